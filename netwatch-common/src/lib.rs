@@ -1,0 +1,189 @@
+//! Types shared by netwatch's BPF programs and its userspace agent.
+//!
+//! The crate root is `no_std` and holds only the kernel ABI: `#[repr(C)]`
+//! structs with explicit padding, laid out identically on both sides of the
+//! map boundary. The NetWatch Cloud JSON wire format lives in [`wire`] behind
+//! the `wire` feature so that a server can depend on it without aya, and so
+//! that nothing here ever pulls `std` into the BPF object.
+#![no_std]
+
+#[cfg(feature = "wire")]
+extern crate std;
+
+#[cfg(feature = "wire")]
+pub mod wire;
+
+/// Length of `task_struct->comm`.
+pub const COMM_LEN: usize = 16;
+
+/// `AF_INET` as the kernel stores it in `sk_family`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` as the kernel stores it in `sk_family`.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: u8 = 17;
+/// The kernel's `TCP_CLOSE` state number (`include/net/tcp_states.h`).
+pub const TCP_CLOSE: u8 = 7;
+
+/// Which hook tier a program belongs to. Stored in every socket record so
+/// userspace can tell which programs counted it.
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// `fentry`/`fexit` on `tcp_sendmsg`, `tcp_cleanup_rbuf`, `udp*_sendmsg`, `skb_consume_udp`.
+    Fentry = 1,
+    /// `kprobe`/`kretprobe` on the same functions.
+    Kprobe = 2,
+    /// `tp_btf` on `sock:sock_send_length` / `sock:sock_recv_length` (Linux ≥ 6.3).
+    Tracepoint = 3,
+}
+
+/// The key of the per-socket map: the kernel address of `struct sock`.
+///
+/// A socket address can be reused after the socket is freed, so userspace
+/// identifies a socket by (`SockKey`, [`SockStats::first_ns`]).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// `struct sock *` as an integer.
+    pub sk: u64,
+}
+
+/// The value of the per-socket map: who owns the socket, what it connects,
+/// and every byte it moved since the programs first saw it.
+///
+/// Addresses are in network byte order as the kernel stores them; IPv4
+/// addresses sit in the first 4 bytes of the 16-byte arrays. Ports are in
+/// host byte order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SockStats {
+    /// Thread-group id (the userspace pid) of the last task that moved bytes on the socket; 0 until one does.
+    pub tgid: u32,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    /// `task->comm` of that task, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// cgroup v2 id of that task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// Last TCP state seen by the lifecycle tracepoint (0 if none).
+    pub state: u8,
+    /// [`Tier`] of the program that created the entry.
+    pub tier: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// Local address.
+    pub laddr: [u8; 16],
+    /// Remote address.
+    pub raddr: [u8; 16],
+    /// Payload bytes sent (return value of the send path, > 0 only).
+    pub tx_bytes: u64,
+    /// Payload bytes received (bytes copied to userspace, > 0 only).
+    pub rx_bytes: u64,
+    /// Number of send calls that moved bytes.
+    pub tx_calls: u64,
+    /// Number of receive calls that moved bytes.
+    pub rx_calls: u64,
+    /// `bpf_ktime_get_ns()` when the entry was created.
+    pub first_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last counted event.
+    pub last_ns: u64,
+}
+
+impl SockStats {
+    /// An all-zero record, the starting point for a new socket.
+    pub const fn zeroed() -> Self {
+        Self {
+            tgid: 0,
+            lport: 0,
+            rport: 0,
+            comm: [0; COMM_LEN],
+            cgroup_id: 0,
+            family: 0,
+            protocol: 0,
+            state: 0,
+            tier: 0,
+            _pad: [0; 3],
+            laddr: [0; 16],
+            raddr: [0; 16],
+            tx_bytes: 0,
+            rx_bytes: 0,
+            tx_calls: 0,
+            rx_calls: 0,
+            first_ns: 0,
+            last_ns: 0,
+        }
+    }
+}
+
+/// A socket's final record, written to the `CLOSED` ring buffer when TCP
+/// moves the socket to `TCP_CLOSE` and its map entry is deleted, so the last
+/// bytes are never lost between two reads.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ClosedSock {
+    /// The socket's map key.
+    pub key: SockKey,
+    /// Its counters at close.
+    pub stats: SockStats,
+}
+
+/// Indexes into the `COUNTERS` per-CPU array: the programs' own accounting,
+/// summed over CPUs by userspace.
+pub mod counter {
+    /// Socket entries created.
+    pub const CREATED: u32 = 0;
+    /// Entries deleted on TCP close (a record was written or dropped).
+    pub const CLOSED: u32 = 1;
+    /// Closed-socket records dropped because the ring buffer was full.
+    pub const RINGBUF_DROPS: u32 = 2;
+    /// Map inserts that failed (other than "already exists").
+    pub const INSERT_FAILED: u32 = 3;
+    /// Events that could not be attributed (no socket, or unreadable fields).
+    pub const UNREADABLE: u32 = 4;
+    /// Number of counters.
+    pub const LEN: u32 = 8;
+}
+
+/// Names of the maps and globals the programs define, shared with the loader.
+pub mod names {
+    /// LRU hash `SockKey -> SockStats`.
+    pub const SOCKETS: &str = "SOCKETS";
+    /// Ring buffer of [`super::ClosedSock`].
+    pub const CLOSED: &str = "CLOSED";
+    /// Per-CPU array of `u64` counters, see [`super::counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Global `u32`: offset of `skc_family` in `struct sock_common`.
+    pub const OFF_SKC_FAMILY: &str = "OFF_SKC_FAMILY";
+    /// Global `u32`: offset of `skc_v6_daddr` in `struct sock_common`.
+    pub const OFF_SKC_V6_DADDR: &str = "OFF_SKC_V6_DADDR";
+    /// Global `u32`: offset of `skc_v6_rcv_saddr` in `struct sock_common`.
+    pub const OFF_SKC_V6_RCV_SADDR: &str = "OFF_SKC_V6_RCV_SADDR";
+    /// Global `u32`: offset of `sk_protocol` in `struct sock`.
+    pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    /// Global `u32`: offset of `sk_type` in `struct sock`.
+    pub const OFF_SK_TYPE: &str = "OFF_SK_TYPE";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are #[repr(C)], made only of integers and byte arrays, with
+    // every padding byte spelled out as a field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClosedSock {}
+}
+
+// The layout is the ABI: pin it so a field change cannot go unnoticed.
+const _: () = assert!(core::mem::size_of::<SockStats>() == 120);
+const _: () = assert!(core::mem::size_of::<ClosedSock>() == 128);

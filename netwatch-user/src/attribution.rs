@@ -1,0 +1,265 @@
+//! Turns per-socket samples into the interval's wire rows: per-socket deltas
+//! against the previous read, summed per process into [`ProcessBandwidth`],
+//! and one [`ConnectionDetail`] per socket. Every source feeds this one step,
+//! so its rules are the same everywhere. It never reads the system itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
+
+use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample};
+
+/// The interval's rows, ready for the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Attributed {
+    /// One row per process that moved bytes or holds a socket, most bytes first.
+    pub processes: Vec<ProcessBandwidth>,
+    /// One row per socket in the batch.
+    pub connections: Vec<ConnectionDetail>,
+    /// The interval the deltas cover.
+    pub interval: Duration,
+}
+
+/// Per-socket delta tracker. Keeps each live socket's last cumulative counters.
+#[derive(Debug)]
+pub struct Attribution {
+    prev: HashMap<SocketId, (u64, u64)>,
+    last_read: Instant,
+    reads: u64,
+}
+
+/// Delta of a cumulative counter; a counter that went backwards was reset
+/// (the socket id was reused), so everything it holds is new.
+fn delta(cur: u64, prev: Option<u64>) -> u64 {
+    match prev {
+        Some(p) if cur >= p => cur - p,
+        _ => cur,
+    }
+}
+
+impl Attribution {
+    /// `started_at` is when the source began counting: the first interval
+    /// runs from there to the first read.
+    pub fn new(started_at: Instant) -> Self {
+        Self {
+            prev: HashMap::new(),
+            last_read: started_at,
+            reads: 0,
+        }
+    }
+
+    /// The bytes `s` moved since the previous read, as (rx, tx).
+    fn socket_delta(&self, s: &SocketSample) -> (u64, u64) {
+        match self.prev.get(&s.id) {
+            Some(&(rx, tx)) => (delta(s.rx_bytes, Some(rx)), delta(s.tx_bytes, Some(tx))),
+            None => match s.origin {
+                CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
+                // First read: the counters predate us and are only a baseline.
+                CountOrigin::SinceSocketOpen if self.reads == 0 => (0, 0),
+                // Later reads: the socket opened within the interval.
+                CountOrigin::SinceSocketOpen => (s.rx_bytes, s.tx_bytes),
+            },
+        }
+    }
+
+    /// Consume one batch: compute deltas, group by process, remember counters.
+    pub fn apply(&mut self, batch: &SampleBatch) -> Attributed {
+        let interval = batch.taken_at.saturating_duration_since(self.last_read);
+        let secs = interval.as_secs_f64();
+        let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+
+        // (pid, name) -> (rx, tx, open sockets); BTreeMap for a stable order.
+        let mut per_process: BTreeMap<(u32, String), (u64, u64, u32)> = BTreeMap::new();
+        let mut connections = Vec::with_capacity(batch.samples.len());
+        let mut next: HashMap<SocketId, (u64, u64)> = HashMap::with_capacity(batch.samples.len());
+
+        for s in &batch.samples {
+            let (rx, tx) = self.socket_delta(s);
+            if !s.closed {
+                next.insert(s.id, (s.rx_bytes, s.tx_bytes));
+            }
+            if let Some(pid) = s.pid.filter(|&p| p != 0) {
+                let name = s.comm.clone().unwrap_or_else(|| format!("pid:{pid}"));
+                let row = per_process.entry((pid, name)).or_default();
+                row.0 += rx;
+                row.1 += tx;
+                if !s.closed {
+                    row.2 += 1;
+                }
+            }
+            connections.push(ConnectionDetail {
+                protocol: s.protocol.as_wire().to_string(),
+                local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
+                remote_addr: s
+                    .remote
+                    .map_or_else(|| "*:*".to_string(), |a| a.to_string()),
+                state: s.state.clone(),
+                pid: s.pid.filter(|&p| p != 0),
+                process_name: s.comm.clone(),
+                kernel_rtt_us: s.rtt_us,
+                rx_bytes: Some(s.rx_bytes),
+                tx_bytes: Some(s.tx_bytes),
+            });
+        }
+
+        let mut processes: Vec<ProcessBandwidth> = per_process
+            .into_iter()
+            .filter(|(_, (rx, tx, open))| rx + tx > 0 || *open > 0)
+            .map(|((pid, name), (rx, tx, open))| {
+                ProcessBandwidth::network_only(name, Some(pid), rx, tx, rate(rx), rate(tx), open)
+            })
+            .collect();
+        processes.sort_by(|a, b| (b.rx_bytes + b.tx_bytes).cmp(&(a.rx_bytes + a.tx_bytes)));
+
+        // Sockets that vanished without a final record are forgotten: a
+        // polling source cannot see their last bytes, an exact one never
+        // drops a socket without one.
+        self.prev = next;
+        self.last_read = batch.taken_at;
+        self.reads += 1;
+        Attributed {
+            processes,
+            connections,
+            interval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Protocol;
+
+    fn sample(id: u64, pid: u32, rx: u64, tx: u64, origin: CountOrigin) -> SocketSample {
+        SocketSample {
+            id: SocketId {
+                primary: id,
+                secondary: 0,
+            },
+            protocol: Protocol::Tcp,
+            local: Some("127.0.0.1:1000".parse().unwrap()),
+            remote: Some("127.0.0.1:2000".parse().unwrap()),
+            state: "ESTABLISHED".into(),
+            pid: Some(pid),
+            comm: Some(format!("p{pid}")),
+            cgroup_id: None,
+            rx_bytes: rx,
+            tx_bytes: tx,
+            rtt_us: None,
+            closed: false,
+            origin,
+        }
+    }
+
+    fn batch(at: Instant, samples: Vec<SocketSample>) -> SampleBatch {
+        SampleBatch {
+            taken_at: at,
+            samples,
+            lost_records: 0,
+            estimated: false,
+        }
+    }
+
+    fn row(a: &Attributed, pid: u32) -> (u64, u64, u32) {
+        let p = a
+            .processes
+            .iter()
+            .find(|p| p.pid == Some(pid))
+            .expect("process row");
+        (p.rx_bytes, p.tx_bytes, p.connection_count)
+    }
+
+    #[test]
+    fn since_attach_counts_first_sight_in_full_and_then_deltas() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(1),
+            vec![sample(1, 10, 5, 7, CountOrigin::SinceAttach)],
+        ));
+        assert_eq!(row(&r, 10), (5, 7, 1));
+        assert_eq!(a.processes_rate_check(&r, 10), (5.0, 7.0));
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(3),
+            vec![sample(1, 10, 25, 7, CountOrigin::SinceAttach)],
+        ));
+        assert_eq!(row(&r, 10), (20, 0, 1));
+        assert_eq!(r.processes[0].rx_rate, 10.0);
+    }
+
+    #[test]
+    fn since_socket_open_baselines_first_read_then_counts_new_sockets_in_full() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        let r = a.apply(&batch(
+            t0,
+            vec![sample(1, 10, 1000, 1000, CountOrigin::SinceSocketOpen)],
+        ));
+        assert_eq!(row(&r, 10), (0, 0, 1));
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(1),
+            vec![
+                sample(1, 10, 1100, 1000, CountOrigin::SinceSocketOpen),
+                sample(2, 10, 50, 60, CountOrigin::SinceSocketOpen),
+            ],
+        ));
+        assert_eq!(row(&r, 10), (150, 60, 2));
+    }
+
+    #[test]
+    fn closed_socket_counts_its_final_bytes_once() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        a.apply(&batch(
+            t0,
+            vec![sample(1, 10, 10, 10, CountOrigin::SinceAttach)],
+        ));
+        let mut last = sample(1, 10, 15, 30, CountOrigin::SinceAttach);
+        last.closed = true;
+        let r = a.apply(&batch(t0 + Duration::from_secs(1), vec![last]));
+        assert_eq!(row(&r, 10), (5, 20, 0));
+        // The id is reused by a new socket: its bytes are all new.
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(2),
+            vec![sample(1, 11, 3, 4, CountOrigin::SinceAttach)],
+        ));
+        assert_eq!(row(&r, 11), (3, 4, 1));
+        assert!(r.processes.iter().all(|p| p.pid != Some(10)));
+    }
+
+    #[test]
+    fn counter_going_backwards_is_a_reset_not_a_huge_delta() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        a.apply(&batch(
+            t0,
+            vec![sample(1, 10, 100, 100, CountOrigin::SinceAttach)],
+        ));
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(1),
+            vec![sample(1, 10, 4, 2, CountOrigin::SinceAttach)],
+        ));
+        assert_eq!(row(&r, 10), (4, 2, 1));
+    }
+
+    #[test]
+    fn sockets_without_pid_make_connections_but_no_process_rows() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        let mut s = sample(1, 0, 9, 9, CountOrigin::SinceAttach);
+        s.pid = None;
+        let r = a.apply(&batch(t0 + Duration::from_secs(1), vec![s]));
+        assert!(r.processes.is_empty());
+        assert_eq!(r.connections.len(), 1);
+        assert_eq!(r.connections[0].rx_bytes, Some(9));
+        assert_eq!(r.connections[0].local_addr, "127.0.0.1:1000");
+    }
+
+    impl Attribution {
+        fn processes_rate_check(&self, a: &Attributed, pid: u32) -> (f64, f64) {
+            let p = a.processes.iter().find(|p| p.pid == Some(pid)).unwrap();
+            (p.rx_rate, p.tx_rate)
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! netwatch: per-process network bandwidth, counted in the kernel.
+//!
+//! Data flows one way: a [`source`] reads per-socket counters, [`attribution`]
+//! turns them into the interval's rows, [`snapshot`] assembles the wire
+//! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
+//! each snapshot, as a value, to every [`sink`].
+
+pub mod attribution;
+pub mod procinfo;
+pub mod source;

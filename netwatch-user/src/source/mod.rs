@@ -1,0 +1,106 @@
+//! Per-socket sources: every way netwatch can learn how many bytes each
+//! socket moved (eBPF maps, `ss -i`, libpcap, macOS tools) yields the same
+//! [`SocketSample`], so attribution and everything after it never know which
+//! source is in use. A source must never build wire rows itself.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+#[cfg(target_os = "linux")]
+pub mod ebpf;
+pub mod macos;
+#[cfg(target_os = "linux")]
+pub mod pcap;
+pub mod ss;
+
+/// Transport protocol of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The wire spelling (`TCP`, `UDP`).
+    pub fn as_wire(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// Since when a sample's cumulative counters count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountOrigin {
+    /// Since the source started watching (eBPF maps, a pcap capture): every
+    /// byte happened while the agent ran, so a socket's first sample counts in full.
+    SinceAttach,
+    /// Since the socket opened (`ss` `bytes_sent`): on the source's first read
+    /// the counters predate the agent and are only a baseline; a socket first
+    /// seen on a later read is taken to have opened within the interval
+    /// (`ss` does not say socket age, so the interval is the bound).
+    SinceSocketOpen,
+}
+
+/// Identifies one socket within one source for the lifetime of the source.
+/// Sources choose what goes in: the kernel `struct sock` address and its
+/// creation time for eBPF, the inode for `ss`, the 5-tuple for pcap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId {
+    pub primary: u64,
+    pub secondary: u64,
+}
+
+/// One socket as one source saw it on one read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketSample {
+    pub id: SocketId,
+    pub protocol: Protocol,
+    /// Local endpoint; `None` when the source does not know it.
+    pub local: Option<SocketAddr>,
+    /// Remote endpoint; `None` for unconnected sockets.
+    pub remote: Option<SocketAddr>,
+    /// Normalized state (`ESTABLISHED`, `LISTEN`, `TIME_WAIT`, `UNCONN`, `CLOSED`, …).
+    pub state: String,
+    /// Owning process (thread-group id), when known.
+    pub pid: Option<u32>,
+    /// Its `comm` (or the best name the source has).
+    pub comm: Option<String>,
+    /// cgroup v2 id of the owner, when the source knows it.
+    pub cgroup_id: Option<u64>,
+    /// Cumulative payload bytes received, counted from [`Self::origin`].
+    pub rx_bytes: u64,
+    /// Cumulative payload bytes sent, counted from [`Self::origin`].
+    pub tx_bytes: u64,
+    /// Kernel smoothed RTT in microseconds, when the source has it.
+    pub rtt_us: Option<f64>,
+    /// The socket is gone: these are its final counters, and it will not be seen again.
+    pub closed: bool,
+    pub origin: CountOrigin,
+}
+
+/// Everything one source read on one tick.
+#[derive(Debug, Clone)]
+pub struct SampleBatch {
+    /// When the read completed.
+    pub taken_at: Instant,
+    pub samples: Vec<SocketSample>,
+    /// Records the source lost since it started (eviction, full buffers,
+    /// unparseable lines, dropped packets), cumulative.
+    pub lost_records: u64,
+    /// True when byte counts are estimates rather than per-socket counts.
+    pub estimated: bool,
+}
+
+/// A per-socket source. `read` is called once per tick from the agent loop.
+pub trait SocketSource: Send {
+    /// Short name for logs and the snapshot (`ebpf`, `ss`, `pcap`, `macos`).
+    fn name(&self) -> &'static str;
+    /// Detail for the snapshot (the eBPF tier), if any.
+    fn detail(&self) -> Option<String> {
+        None
+    }
+    /// Read every socket's current counters.
+    fn read(&mut self) -> anyhow::Result<SampleBatch>;
+}
