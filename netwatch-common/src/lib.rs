@@ -26,6 +26,10 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// The kernel's `TCP_CLOSE` state number (`include/net/tcp_states.h`).
 pub const TCP_CLOSE: u8 = 7;
+/// [`SockStats::state`] of a socket the kernel destroyed whose final record
+/// did not fit in the ring buffer: its counters are final, and userspace
+/// deletes the entry once it has read them.
+pub const STATE_DESTROYED: u8 = 0xff;
 
 /// Which hook tier a program belongs to. Stored in every socket record so
 /// userspace can tell which programs counted it.
@@ -74,9 +78,9 @@ pub struct SockStats {
     pub family: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub protocol: u8,
-    /// Last TCP state seen by the lifecycle tracepoint (0 if none).
+    /// Last TCP state seen by the lifecycle tracepoint (0 if none; [`STATE_DESTROYED`] once final).
     pub state: u8,
-    /// [`Tier`] of the program that created the entry.
+    /// [`Tier`] the loader attached when the entry was created.
     pub tier: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 3],
@@ -124,9 +128,10 @@ impl SockStats {
     }
 }
 
-/// A socket's final record, written to the `CLOSED` ring buffer when TCP
-/// moves the socket to `TCP_CLOSE` and its map entry is deleted, so the last
-/// bytes are never lost between two reads.
+/// A socket's final record, written to the `CLOSED` ring buffer when the
+/// kernel destroys a TCP socket (or a UDP socket's address is reused by a new
+/// one) and its map entry is deleted, so the last bytes are never lost
+/// between two reads.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ClosedSock {
@@ -141,14 +146,14 @@ pub struct ClosedSock {
 pub mod counter {
     /// Socket entries created.
     pub const CREATED: u32 = 0;
-    /// Entries deleted on TCP close (a record was written or dropped).
+    /// Entries deleted when their socket was destroyed or replaced (final record written).
     pub const CLOSED: u32 = 1;
-    /// Closed-socket records dropped because the ring buffer was full.
+    /// Final records that did not fit in the ring buffer (the entry stays, marked destroyed).
     pub const RINGBUF_DROPS: u32 = 2;
     /// Map inserts that failed (other than "already exists").
     pub const INSERT_FAILED: u32 = 3;
-    /// Events that could not be attributed (no socket, or unreadable fields).
-    pub const UNREADABLE: u32 = 4;
+    /// Final records of replaced UDP entries lost to a full ring buffer.
+    pub const REPLACED_LOST: u32 = 4;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -169,8 +174,10 @@ pub mod names {
     pub const OFF_SKC_V6_RCV_SADDR: &str = "OFF_SKC_V6_RCV_SADDR";
     /// Global `u32`: offset of `sk_protocol` in `struct sock`.
     pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
-    /// Global `u32`: offset of `sk_type` in `struct sock`.
-    pub const OFF_SK_TYPE: &str = "OFF_SK_TYPE";
+    /// Global `u32`: the [`super::Tier`] attached, stamped on new entries.
+    pub const TIER: &str = "TIER";
+    /// Map `u64 pid_tgid -> u64 sk` used by the kprobe tier between entry and return.
+    pub const SEND_ARGS: &str = "SEND_ARGS";
 }
 
 #[cfg(feature = "user")]

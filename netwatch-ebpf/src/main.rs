@@ -1,8 +1,36 @@
+//! netwatch's BPF programs: count every payload byte each TCP/UDP socket
+//! sends and receives, per socket, tagged with the owning process.
+//!
+//! Three hook tiers count the same thing through one accounting function
+//! ([`account::account`]), so they cannot drift apart:
+//! - `fentry`/`fexit` ([`tcp`], [`udp`]): cheapest, needs BPF trampolines;
+//! - `kprobe`/`kretprobe` ([`tcp`], [`udp`]): for kernels without trampolines;
+//! - `tp_btf` on `sock:sock_{send,recv}_length` ([`sock`]): Linux ≥ 6.3.
+//!
+//! [`lifecycle`] follows TCP state changes on every tier and hands a
+//! socket's final counters to userspace when it closes. Nothing here bakes
+//! in a `struct sock` offset beyond the first 16 bytes of `sock_common`: the
+//! rest comes from the running kernel's BTF through load-time globals.
 #![no_std]
 #![no_main]
-// The BPF programs land here in the next commit.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod account;
+mod lifecycle;
+mod maps;
+mod sock;
+mod tcp;
+mod udp;
+
+/// The kernel only lets GPL programs call the helpers we need.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+    // SAFETY: the verifier proves no panic path is reachable; this is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
 }

@@ -1,0 +1,116 @@
+//! TCP socket lifecycle on every tier. `sock:inet_sock_set_state` keeps an
+//! entry's state and addresses current (from the tracepoint's own fields,
+//! valid on every kernel) and creates the entry when a connection is
+//! established. `tcp:tcp_destroy_sock` is the end: the final counters go to
+//! the `CLOSED` ring buffer and the entry is deleted. Not `TCP_CLOSE`: an
+//! active closer enters TIME_WAIT (and `TCP_CLOSE`) in softirq before its
+//! application has read the last bytes. If the ring buffer is full the entry
+//! is kept, marked `STATE_DESTROYED`, and userspace reads then deletes it: a
+//! full buffer costs memory, never bytes. The owner is never set here: state
+//! changes run in softirq context, where the current task is unrelated.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::debug;
+use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, STATE_DESTROYED};
+
+use crate::{
+    account::{emit_final, entry},
+    maps::{bump, SOCKETS},
+};
+
+/// `TCP_ESTABLISHED`.
+const TCP_ESTABLISHED: i32 = 1;
+
+// Field offsets of the tracepoint records (`format` in tracefs), stable
+// since the IPv6 fields were added (4.16); the integration tests check them
+// against the running kernel's format files.
+mod set_state {
+    pub const SKADDR: usize = 8;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+mod destroy {
+    pub const SKADDR: usize = 8;
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record at its documented offsets.
+    unsafe { on_state(&ctx) }.unwrap_or(0)
+}
+
+unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
+    use set_state::*;
+    if ctx.read_at::<u16>(PROTOCOL)? != IPPROTO_TCP as u16 {
+        return Ok(0);
+    }
+    let sk: u64 = ctx.read_at(SKADDR)?;
+    let newstate: i32 = ctx.read_at(NEWSTATE)?;
+    let family: u16 = ctx.read_at(FAMILY)?;
+    let st = match SOCKETS.get_ptr_mut(&SockKey { sk }) {
+        Some(p) => p,
+        None if newstate == TCP_ESTABLISHED => match entry(sk as *const u8, family, IPPROTO_TCP) {
+            Some(p) => p,
+            None => return Ok(0),
+        },
+        None => return Ok(0),
+    };
+    let st = &mut *st;
+    if st.state == STATE_DESTROYED {
+        return Ok(0);
+    }
+    st.state = newstate as u8;
+    st.family = family;
+    st.lport = ctx.read_at(SPORT)?;
+    st.rport = ctx.read_at(DPORT)?;
+    if family == AF_INET {
+        let s: [u8; 4] = ctx.read_at(SADDR)?;
+        let d: [u8; 4] = ctx.read_at(DADDR)?;
+        st.laddr = [0; 16];
+        st.raddr = [0; 16];
+        st.laddr[..4].copy_from_slice(&s);
+        st.raddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        st.laddr = ctx.read_at(SADDR_V6)?;
+        st.raddr = ctx.read_at(DADDR_V6)?;
+    }
+    Ok(0)
+}
+
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record at its documented offset.
+    unsafe { on_destroy(&ctx) }.unwrap_or(0)
+}
+
+unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
+    let sk: u64 = ctx.read_at(destroy::SKADDR)?;
+    let key = SockKey { sk };
+    let Some(st) = SOCKETS.get_ptr_mut(&key) else {
+        return Ok(0);
+    };
+    let st = &mut *st;
+    if st.tx_bytes == 0 && st.rx_bytes == 0 {
+        // Nothing was ever counted: no record needed.
+        let _ = SOCKETS.remove(&key);
+    } else if emit_final(key, st) {
+        let _ = SOCKETS.remove(&key);
+    } else {
+        st.state = STATE_DESTROYED;
+        bump(counter::RINGBUF_DROPS);
+        debug!(
+            ctx,
+            "netwatch: CLOSED ring buffer full; socket {:x} stays in the map", sk
+        );
+        return Ok(0);
+    }
+    bump(counter::CLOSED);
+    Ok(0)
+}

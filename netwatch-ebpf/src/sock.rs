@@ -1,0 +1,42 @@
+//! The tracepoint tier: `tp_btf` on `sock:sock_send_length` and
+//! `sock:sock_recv_length` (Linux ≥ 6.3), which fire in the sending or
+//! receiving task for every socket family with the bytes moved. Peeks
+//! (`MSG_PEEK`) are skipped: the same bytes are read again later.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{
+    account::{account, read_at, Dir},
+    maps,
+};
+
+/// `MSG_PEEK`.
+const MSG_PEEK: i32 = 2;
+
+/// `TP_PROTO(struct sock *sk, int ret, int flags)` for both tracepoints.
+#[inline(always)]
+fn on_length(ctx: &BtfTracePointContext, dir: Dir) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret = ctx.arg::<i64>(1) as i32 as i64;
+    let flags = ctx.arg::<i64>(2) as i32;
+    if ret <= 0 || (dir == Dir::Rx && flags & MSG_PEEK != 0) || sk.is_null() {
+        return 0;
+    }
+    // SAFETY: sk is the tracepoint's socket argument; protocol is read at
+    // the BTF-resolved offset of `sk_protocol` (a u16 since Linux 5.6).
+    unsafe {
+        let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8;
+        account(sk, dir, ret, protocol);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn tp_sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_length(&ctx, Dir::Tx)
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn tp_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_length(&ctx, Dir::Rx)
+}

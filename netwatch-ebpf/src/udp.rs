@@ -1,0 +1,99 @@
+//! UDP byte counting on the fentry and kprobe tiers: the return values of
+//! `udp_sendmsg`/`udpv6_sendmsg` and the `len` of `skb_consume_udp` (bytes
+//! copied to userspace by `udp_recvmsg`/`udpv6_recvmsg`, whose own argument
+//! lists changed across kernel versions).
+//!
+//! `udpv6_sendmsg` hands IPv4-mapped destinations to `udp_sendmsg`; the
+//! IPv4 hook skips AF_INET6 sockets so such a send is counted once.
+
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use netwatch_common::{AF_INET6, IPPROTO_UDP};
+
+use crate::{
+    account::{account, sk_family, Dir},
+    tcp::{stash_send, take_send},
+};
+
+/// `int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`.
+#[fexit(function = "udp_sendmsg")]
+pub fn fexit_udp_sendmsg(ctx: FExitContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: sk is the traced function's socket argument.
+    unsafe {
+        if sk_family(sk) == AF_INET6 {
+            return 0;
+        }
+        account(sk, Dir::Tx, ctx.arg::<i64>(3) as i32 as i64, IPPROTO_UDP);
+    }
+    0
+}
+
+/// `int udpv6_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`.
+#[fexit(function = "udpv6_sendmsg")]
+pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: as above.
+    unsafe { account(sk, Dir::Tx, ctx.arg::<i64>(3) as i32 as i64, IPPROTO_UDP) };
+    0
+}
+
+/// `void skb_consume_udp(struct sock *sk, struct sk_buff *skb, int len)`.
+#[fentry(function = "skb_consume_udp")]
+pub fn fentry_skb_consume_udp(ctx: FEntryContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: as above.
+    unsafe { account(sk, Dir::Rx, ctx.arg::<i64>(2) as i32 as i64, IPPROTO_UDP) };
+    0
+}
+
+#[kprobe(function = "udp_sendmsg")]
+pub fn kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        // SAFETY: sk is the probed function's socket argument.
+        if unsafe { sk_family(sk as *const u8) } != AF_INET6 {
+            stash_send(sk);
+        }
+    }
+    0
+}
+
+#[kretprobe(function = "udp_sendmsg")]
+pub fn kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
+    udp_send_return(&ctx)
+}
+
+#[kprobe(function = "udpv6_sendmsg")]
+pub fn kprobe_udpv6_sendmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        stash_send(sk);
+    }
+    0
+}
+
+#[kretprobe(function = "udpv6_sendmsg")]
+pub fn kretprobe_udpv6_sendmsg(ctx: RetProbeContext) -> u32 {
+    udp_send_return(&ctx)
+}
+
+#[inline(always)]
+fn udp_send_return(ctx: &RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret::<i64>() as i32 as i64;
+    if let Some(sk) = take_send() {
+        // SAFETY: sk was the socket argument of this thread's send.
+        unsafe { account(sk, Dir::Tx, ret, IPPROTO_UDP) };
+    }
+    0
+}
+
+#[kprobe(function = "skb_consume_udp")]
+pub fn kprobe_skb_consume_udp(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) else {
+        return 0;
+    };
+    // SAFETY: sk is the probed function's socket argument.
+    unsafe { account(sk as *const u8, Dir::Rx, len as i32 as i64, IPPROTO_UDP) };
+    0
+}

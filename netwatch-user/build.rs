@@ -1,0 +1,89 @@
+//! Builds the BPF programs (`netwatch-ebpf`, target bpfel-unknown-none) with
+//! aya-build so that a plain `cargo build` of the agent embeds a fresh
+//! object. It picks the toolchain that can build `core` for BPF:
+//! `$NETWATCH_BPF_TOOLCHAIN` if set, else the `netwatch-bpf` toolchain that
+//! `cargo xtask setup` links (Debian's rustc-web + rust-web-src), else
+//! rustup's `nightly` (the standard aya setup).
+
+use std::{env, path::PathBuf, process::Command};
+
+use aya_build::{Package, Toolchain};
+
+/// The rustup name `cargo xtask setup` gives Debian's toolchain.
+const LINKED_TOOLCHAIN: &str = "netwatch-bpf";
+
+fn rustup_has(toolchain: &str) -> bool {
+    Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(toolchain))
+        })
+        .unwrap_or(false)
+}
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=NETWATCH_BPF_TOOLCHAIN");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let object = out_dir.join("netwatch");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        // Only Linux loads BPF; other targets embed nothing.
+        std::fs::write(&object, [])?;
+        return Ok(());
+    }
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        // The loader reports "built without a BPF object" at run time.
+        std::fs::write(&object, [])?;
+    }
+
+    let chosen = env::var("NETWATCH_BPF_TOOLCHAIN").ok();
+    let toolchain = match chosen.as_deref() {
+        Some(name) => Toolchain::Custom(name),
+        None if rustup_has(LINKED_TOOLCHAIN) => Toolchain::Custom(LINKED_TOOLCHAIN),
+        None => Toolchain::Nightly,
+    };
+    if matches!(toolchain, Toolchain::Custom(LINKED_TOOLCHAIN)) {
+        // Debian's rustc is a stable compiler: let it take -Z build-std.
+        env::set_var("RUSTC_BOOTSTRAP", "1");
+    }
+    // bpf-linker is installed into cargo's bin dir by `cargo xtask setup`.
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into_os_string()))
+    {
+        let bin = PathBuf::from(home).join("bin");
+        let path = env::var_os("PATH").unwrap_or_default();
+        let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();
+        if !paths.contains(&bin) {
+            paths.push(bin);
+            env::set_var("PATH", env::join_paths(paths)?);
+        }
+    }
+
+    // aya-build relays the inner cargo's stderr as `cargo:warning` lines;
+    // keep its progress lines out so only real diagnostics surface.
+    env::set_var("CARGO_TERM_QUIET", "true");
+
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../netwatch-ebpf");
+    let root_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "netwatch-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        toolchain,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "building the BPF programs failed: {e:#}\n\
+             The BPF toolchain may be missing: run `cargo xtask setup` \
+             (or set AYA_BUILD_SKIP=1 to build the agent without BPF)."
+        )
+    })
+}

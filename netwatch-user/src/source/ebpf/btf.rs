@@ -1,0 +1,149 @@
+//! Resolves the `struct sock` field offsets the BPF programs need from the
+//! running kernel's BTF (`/sys/kernel/btf/vmlinux`), since rustc emits no
+//! CO-RE relocations for BPF. Only reads BTF; never guesses an offset.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use thiserror::Error;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets into `struct sock` (which starts with `struct sock_common`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_protocol: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("reading kernel BTF from {path}: {source} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
+    Read {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(&'static str),
+    #[error("kernel BTF: struct {strukt} has no member {member}")]
+    NoMember {
+        strukt: &'static str,
+        member: &'static str,
+    },
+    #[error("kernel BTF: {strukt}.{member} is a bitfield or not byte aligned (bit offset {bits})")]
+    Unaligned {
+        strukt: &'static str,
+        member: &'static str,
+        bits: u32,
+    },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] btf_rs::Error),
+}
+
+/// Bit offset of `member` in the struct or union `ty`, looking through
+/// anonymous struct/union members as C does.
+fn member_bits(btf: &Btf, ty: &Type, member: &str, depth: u32) -> Result<Option<u32>, BtfError> {
+    let (Type::Struct(s) | Type::Union(s)) = ty else {
+        return Ok(None);
+    };
+    if depth > 8 {
+        return Ok(None);
+    }
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            if m.bitfield_size().is_some_and(|b| b != 0) {
+                return Ok(Some(u32::MAX));
+            }
+            return Ok(Some(m.bit_offset()));
+        }
+        if name.is_empty() {
+            let inner = btf.resolve_chained_type(m)?;
+            if let Some(bits) = member_bits(btf, &inner, member, depth + 1)? {
+                return Ok(Some(if bits == u32::MAX {
+                    bits
+                } else {
+                    m.bit_offset() + bits
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
+    btf.resolve_types_by_name(name)
+        .map_err(|_| BtfError::NoStruct(name))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .ok_or(BtfError::NoStruct(name))
+}
+
+fn offset(
+    btf: &Btf,
+    ty: &Type,
+    strukt: &'static str,
+    member: &'static str,
+) -> Result<u32, BtfError> {
+    let bits = member_bits(btf, ty, member, 0)?.ok_or(BtfError::NoMember { strukt, member })?;
+    if bits == u32::MAX || bits % 8 != 0 {
+        return Err(BtfError::Unaligned {
+            strukt,
+            member,
+            bits,
+        });
+    }
+    Ok(bits / 8)
+}
+
+impl SockOffsets {
+    /// Resolve from the running kernel.
+    pub fn from_kernel() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    /// Resolve from a BTF file (the kernel's, or a saved copy).
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let common = find_struct(&btf, "sock_common")?;
+        let sock = find_struct(&btf, "sock")?;
+        Ok(Self {
+            skc_family: offset(&btf, &common, "sock_common", "skc_family")?,
+            skc_v6_daddr: offset(&btf, &common, "sock_common", "skc_v6_daddr")?,
+            skc_v6_rcv_saddr: offset(&btf, &common, "sock_common", "skc_v6_rcv_saddr")?,
+            sk_protocol: offset(&btf, &sock, "sock", "sk_protocol")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF gives offsets inside `struct sock_common`
+    /// where the stable IPv4 part (first 16 bytes) ends.
+    #[test]
+    fn resolves_offsets_from_running_kernel() {
+        let o = SockOffsets::from_kernel().expect("this kernel publishes BTF");
+        assert_eq!(
+            o.skc_family, 16,
+            "skc_family follows the 16-byte address/port block"
+        );
+        assert!(o.skc_v6_daddr > 16 && o.skc_v6_daddr % 4 == 0, "{o:?}");
+        assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
+        assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let e = SockOffsets::from_file(Path::new("/nonexistent/btf")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/btf"), "{e}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Hook tiers and the loader that picks one: fentry/fexit, then
+//! kprobe/kretprobe, then tp_btf on `sock:sock_*_length`. Each attempt loads
+//! a fresh copy of the object, so a failed tier leaves nothing behind. The
+//! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`)
+//! go with every tier.
+
+use std::fmt;
+use std::io;
+
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use log::{info, warn};
+use netwatch_common::{names, Tier as AbiTier};
+use thiserror::Error;
+
+use super::btf::{BtfError, SockOffsets};
+use super::BPF_OBJECT;
+
+/// A hook tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Tier {
+    /// Best first.
+    pub const ALL: [Tier; 3] = [Tier::Fentry, Tier::Kprobe, Tier::Tracepoint];
+
+    /// The name used on the command line, in logs and in snapshots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Fentry => "fentry",
+            Tier::Kprobe => "kprobe",
+            Tier::Tracepoint => "tracepoint",
+        }
+    }
+
+    fn abi(self) -> AbiTier {
+        match self {
+            Tier::Fentry => AbiTier::Fentry,
+            Tier::Kprobe => AbiTier::Kprobe,
+            Tier::Tracepoint => AbiTier::Tracepoint,
+        }
+    }
+
+    /// The tier's programs, as (program name in the object, hook kind, kernel target).
+    pub fn programs(self) -> &'static [Hook] {
+        use HookKind::*;
+        match self {
+            Tier::Fentry => &[
+                Hook {
+                    program: "fexit_tcp_sendmsg",
+                    kind: Fexit,
+                    target: "tcp_sendmsg",
+                },
+                Hook {
+                    program: "fentry_tcp_cleanup_rbuf",
+                    kind: Fentry,
+                    target: "tcp_cleanup_rbuf",
+                },
+                Hook {
+                    program: "fexit_udp_sendmsg",
+                    kind: Fexit,
+                    target: "udp_sendmsg",
+                },
+                Hook {
+                    program: "fexit_udpv6_sendmsg",
+                    kind: Fexit,
+                    target: "udpv6_sendmsg",
+                },
+                Hook {
+                    program: "fentry_skb_consume_udp",
+                    kind: Fentry,
+                    target: "skb_consume_udp",
+                },
+            ],
+            Tier::Kprobe => &[
+                Hook {
+                    program: "kprobe_tcp_sendmsg",
+                    kind: Kprobe,
+                    target: "tcp_sendmsg",
+                },
+                Hook {
+                    program: "kretprobe_tcp_sendmsg",
+                    kind: Kretprobe,
+                    target: "tcp_sendmsg",
+                },
+                Hook {
+                    program: "kprobe_tcp_cleanup_rbuf",
+                    kind: Kprobe,
+                    target: "tcp_cleanup_rbuf",
+                },
+                Hook {
+                    program: "kprobe_udp_sendmsg",
+                    kind: Kprobe,
+                    target: "udp_sendmsg",
+                },
+                Hook {
+                    program: "kretprobe_udp_sendmsg",
+                    kind: Kretprobe,
+                    target: "udp_sendmsg",
+                },
+                Hook {
+                    program: "kprobe_udpv6_sendmsg",
+                    kind: Kprobe,
+                    target: "udpv6_sendmsg",
+                },
+                Hook {
+                    program: "kretprobe_udpv6_sendmsg",
+                    kind: Kretprobe,
+                    target: "udpv6_sendmsg",
+                },
+                Hook {
+                    program: "kprobe_skb_consume_udp",
+                    kind: Kprobe,
+                    target: "skb_consume_udp",
+                },
+            ],
+            Tier::Tracepoint => &[
+                Hook {
+                    program: "tp_sock_send_length",
+                    kind: TpBtf,
+                    target: "sock_send_length",
+                },
+                Hook {
+                    program: "tp_sock_recv_length",
+                    kind: TpBtf,
+                    target: "sock_recv_length",
+                },
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The lifecycle programs attached with every tier.
+pub const LIFECYCLE: [Hook; 2] = [
+    Hook {
+        program: "tp_inet_sock_set_state",
+        kind: HookKind::Tracepoint,
+        target: "sock/inet_sock_set_state",
+    },
+    Hook {
+        program: "tp_tcp_destroy_sock",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_destroy_sock",
+    },
+];
+
+/// How a program hooks the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Fentry,
+    Fexit,
+    Kprobe,
+    Kretprobe,
+    TpBtf,
+    Tracepoint,
+}
+
+impl HookKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            HookKind::Fentry => "fentry",
+            HookKind::Fexit => "fexit",
+            HookKind::Kprobe => "kprobe",
+            HookKind::Kretprobe => "kretprobe",
+            HookKind::TpBtf => "tp_btf",
+            HookKind::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// One program and where it hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    pub program: &'static str,
+    pub kind: HookKind,
+    pub target: &'static str,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.prefix(), self.target)
+    }
+}
+
+/// Which tier to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TierChoice {
+    /// The best the kernel allows, in [`Tier::ALL`] order.
+    #[default]
+    Auto,
+    /// Exactly this tier, or an error.
+    Only(Tier),
+}
+
+impl std::str::FromStr for TierChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(TierChoice::Auto),
+            other => Tier::ALL
+                .into_iter()
+                .find(|t| t.name() == other)
+                .map(TierChoice::Only)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown eBPF tier {other:?}: expected auto, fentry, kprobe or tracepoint"
+                    )
+                }),
+        }
+    }
+}
+
+/// Loader settings.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub tier: TierChoice,
+    /// Capacity of the per-socket LRU map.
+    pub max_sockets: u32,
+    /// Size of the closed-socket ring buffer in bytes (a power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            tier: TierChoice::Auto,
+            max_sockets: 65536,
+            ringbuf_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why loading failed.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("this agent was built without its BPF object (AYA_BUILD_SKIP); rebuild with the BPF toolchain (`cargo xtask setup`)")]
+    NoObject,
+    #[error("resolving struct sock offsets: {0}")]
+    Btf(#[from] BtfError),
+    #[error("reading kernel BTF for BTF-typed programs: {0}")]
+    KernelBtf(#[source] aya::BtfError),
+    #[error("loading the BPF object (maps, globals): {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("{action} {hook} ({tier} tier): {reason}")]
+    Program {
+        tier: Tier,
+        hook: Hook,
+        action: &'static str,
+        reason: String,
+    },
+    #[error("no eBPF tier could be attached: {}", .0.join("; "))]
+    NoTier(Vec<String>),
+    #[error("the BPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("opening map {0}: {1}")]
+    Map(&'static str, #[source] aya::maps::MapError),
+}
+
+/// A short explanation of a program error: the errno and what it usually means.
+fn explain(e: &ProgramError) -> String {
+    let io = match e {
+        ProgramError::LoadError { io_error, .. } => Some(io_error),
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    };
+    let hint = match io.and_then(io::Error::raw_os_error) {
+        Some(libc::EPERM) => {
+            " (EPERM: the kernel refuses this program type here, e.g. no BPF trampolines)"
+        }
+        Some(libc::ENOENT) => " (ENOENT: the hook does not exist on this kernel)",
+        Some(libc::ESRCH) => " (ESRCH: the hook does not exist on this kernel)",
+        Some(libc::EINVAL) => " (EINVAL: the kernel rejected the program or attach type)",
+        _ => "",
+    };
+    format!("{e}{hint}")
+}
+
+fn program_error(tier: Tier, hook: Hook, action: &'static str, e: ProgramError) -> LoadError {
+    if let ProgramError::LoadError { verifier_log, .. } = &e {
+        log::debug!("verifier log for {hook}:\n{verifier_log}");
+    }
+    LoadError::Program {
+        tier,
+        hook,
+        action,
+        reason: explain(&e),
+    }
+}
+
+/// Create the maps and set the globals for `tier` (no program loaded yet).
+pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
+    if BPF_OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let tier_value = tier.abi() as u32;
+    EbpfLoader::new()
+        .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
+        .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)
+        .override_global(names::OFF_SKC_V6_RCV_SADDR, &offsets.skc_v6_rcv_saddr, true)
+        .override_global(names::OFF_SK_PROTOCOL, &offsets.sk_protocol, true)
+        .override_global(names::TIER, &tier_value, true)
+        .map_max_entries(names::SOCKETS, opts.max_sockets)
+        .map_max_entries(names::CLOSED, opts.ringbuf_bytes)
+        .load(BPF_OBJECT)
+        .map_err(LoadError::Object)
+}
+
+/// Load (verify) one program without attaching it.
+pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Result<(), LoadError> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| LoadError::Program {
+            tier,
+            hook,
+            action: "finding",
+            reason: "program missing from the BPF object".into(),
+        })?;
+    let err = |e| program_error(tier, hook, "loading", e);
+    match hook.kind {
+        HookKind::Fentry => {
+            let p: &mut FEntry = prog.try_into().map_err(err)?;
+            p.load(hook.target, btf).map_err(err)
+        }
+        HookKind::Fexit => {
+            let p: &mut FExit = prog.try_into().map_err(err)?;
+            p.load(hook.target, btf).map_err(err)
+        }
+        HookKind::Kprobe | HookKind::Kretprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        HookKind::TpBtf => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            p.load(hook.target, btf).map_err(err)
+        }
+        HookKind::Tracepoint => {
+            let p: &mut TracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+    }
+}
+
+/// Attach a loaded program. The link lives as long as `ebpf`.
+fn attach_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<(), LoadError> {
+    let prog = ebpf
+        .program_mut(hook.program)
+        .ok_or_else(|| LoadError::Program {
+            tier,
+            hook,
+            action: "finding",
+            reason: "program missing from the BPF object".into(),
+        })?;
+    let err = |e| program_error(tier, hook, "attaching", e);
+    match hook.kind {
+        HookKind::Fentry => {
+            let p: &mut FEntry = prog.try_into().map_err(err)?;
+            p.attach().map(drop).map_err(err)
+        }
+        HookKind::Fexit => {
+            let p: &mut FExit = prog.try_into().map_err(err)?;
+            p.attach().map(drop).map_err(err)
+        }
+        HookKind::Kprobe | HookKind::Kretprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(err)?;
+            p.attach(hook.target, 0).map(drop).map_err(err)
+        }
+        HookKind::TpBtf => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            p.attach().map(drop).map_err(err)
+        }
+        HookKind::Tracepoint => {
+            let p: &mut TracePoint = prog.try_into().map_err(err)?;
+            let (category, name) = hook.target.split_once('/').unwrap_or(("", hook.target));
+            p.attach(category, name).map(drop).map_err(err)
+        }
+    }
+}
+
+/// Load and attach every program of `tier` plus the lifecycle tracepoint.
+pub fn load_tier(
+    tier: Tier,
+    opts: &LoadOptions,
+    offsets: &SockOffsets,
+    btf: &Btf,
+) -> Result<Ebpf, LoadError> {
+    let mut ebpf = open(tier, opts, offsets)?;
+    for &hook in tier.programs().iter().chain(&LIFECYCLE) {
+        load_program(&mut ebpf, tier, hook, btf)?;
+        attach_program(&mut ebpf, tier, hook)?;
+    }
+    Ok(ebpf)
+}
+
+/// Raise RLIMIT_MEMLOCK for kernels that still charge BPF memory to it.
+/// Current kernels charge the cgroup instead, so failure is only a warning.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; no memory is retained.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!(
+            "raising RLIMIT_MEMLOCK: {} (fine on kernels ≥ 5.11, which charge BPF memory to the cgroup)",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Load the tier `opts` asks for, or the best one that attaches.
+pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
+    if BPF_OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    raise_memlock();
+    let offsets = SockOffsets::from_kernel()?;
+    let btf = Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
+    let candidates: Vec<Tier> = match opts.tier {
+        TierChoice::Auto => Tier::ALL.to_vec(),
+        TierChoice::Only(t) => vec![t],
+    };
+    let mut reasons = Vec::new();
+    for (i, &tier) in candidates.iter().enumerate() {
+        match load_tier(tier, opts, &offsets, &btf) {
+            Ok(ebpf) => {
+                info!("eBPF collector attached on the {tier} tier");
+                return Ok((ebpf, tier));
+            }
+            Err(e) if opts.tier == TierChoice::Auto => {
+                match candidates.get(i + 1) {
+                    Some(next) => warn!("{e}; falling back to the {next} tier"),
+                    None => warn!("{e}; no tier left"),
+                }
+                reasons.push(e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(LoadError::NoTier(reasons))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_choice_parses() {
+        assert_eq!("auto".parse::<TierChoice>(), Ok(TierChoice::Auto));
+        assert_eq!(
+            "kprobe".parse::<TierChoice>(),
+            Ok(TierChoice::Only(Tier::Kprobe))
+        );
+        assert!("xdp".parse::<TierChoice>().unwrap_err().contains("fentry"));
+    }
+
+    #[test]
+    fn every_tier_counts_both_directions() {
+        for tier in Tier::ALL {
+            let names: Vec<_> = tier.programs().iter().map(|h| h.program).collect();
+            assert!(
+                names.iter().any(|n| n.contains("send")),
+                "{tier}: {names:?}"
+            );
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.contains("cleanup_rbuf") || n.contains("recv")),
+                "{tier}: {names:?}"
+            );
+        }
+    }
+}
