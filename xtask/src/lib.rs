@@ -1,0 +1,6 @@
+//! The project's developer tasks as a library, so that one task can call
+//! another (`cargo xtask test` runs guest tests through [`vm::run_in_vm`]).
+//! `main.rs` only parses the command line and dispatches here.
+
+pub mod host;
+pub mod vm;
