@@ -24,6 +24,16 @@ use netwatch_common::wire::ConnectionDetail;
 
 // ---------- environment ----------
 
+/// The kernel (and this process's pid, whose bytes the tests count) is
+/// shared state: tests that load programs or move bytes run one at a time
+/// even when the harness runs tests in parallel.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -49,8 +59,8 @@ fn genuinely_unavailable(tier: Tier, err: &LoadError) -> Option<String> {
         Tier::Tracepoint => {
             let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").ok()?;
             btf.resolve_ids_by_name("btf_trace_sock_send_length")
-                .is_err()
-                .then(|| "sock:sock_send_length does not exist (Linux < 6.3)".to_string())
+                .map_or(true, |ids| ids.is_empty())
+                .then(|| format!("sock:sock_send_length does not exist (Linux < 6.3): {msg}"))
         }
         Tier::Kprobe => (!std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists())
             .then(|| "the kernel has no kprobe PMU (CONFIG_KPROBES is not set)".to_string()),
@@ -447,6 +457,7 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
 
 #[test]
 fn exact_bytes_tracepoint_tier() {
+    let _serial = serial();
     if let Some(src) = load_or_skip(Tier::Tracepoint) {
         exact_bytes(Tier::Tracepoint, src);
     }
@@ -454,6 +465,7 @@ fn exact_bytes_tracepoint_tier() {
 
 #[test]
 fn exact_bytes_kprobe_tier() {
+    let _serial = serial();
     if let Some(src) = load_or_skip(Tier::Kprobe) {
         exact_bytes(Tier::Kprobe, src);
     }
@@ -461,6 +473,7 @@ fn exact_bytes_kprobe_tier() {
 
 #[test]
 fn exact_bytes_fentry_tier() {
+    let _serial = serial();
     if let Some(src) = load_or_skip(Tier::Fentry) {
         exact_bytes(Tier::Fentry, src);
     }
@@ -469,6 +482,7 @@ fn exact_bytes_fentry_tier() {
 /// Every program of every tier passes the verifier wherever its hook exists.
 #[test]
 fn verifier_accepts_every_program() {
+    let _serial = serial();
     require_root();
     let offsets = SockOffsets::from_kernel().unwrap();
     let btf = aya::Btf::from_sys_fs().unwrap();

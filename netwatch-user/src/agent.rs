@@ -1,0 +1,115 @@
+//! The tick loop: one clock drives everything. Each tick reads the socket
+//! source and the host collectors, builds one `Snapshot` value and hands it
+//! to every sink. The loop owns no collection logic of its own; delivery
+//! policy (spool, retries) belongs to the sinks.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use log::{error, warn};
+use netwatch_common::wire::{CollectorInfo, Snapshot};
+
+use crate::attribution::Attribution;
+use crate::sink::{Flow, Sink};
+use crate::snapshot::HostCollectors;
+use crate::source::SocketSource;
+
+/// The agent: one source, the host collectors, the sinks.
+pub struct Agent {
+    source: Box<dyn SocketSource>,
+    info: CollectorInfo,
+    attribution: Attribution,
+    host: HostCollectors,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Agent {
+    /// `started_at` is when the source began counting.
+    pub fn new(
+        source: Box<dyn SocketSource>,
+        info: CollectorInfo,
+        host: HostCollectors,
+        sinks: Vec<Box<dyn Sink>>,
+        started_at: Instant,
+    ) -> Self {
+        Self {
+            source,
+            info,
+            attribution: Attribution::new(started_at),
+            host,
+            sinks,
+        }
+    }
+
+    /// The first read: sets every baseline (interface counters, CPU times,
+    /// socket counters) so the first emitted snapshot covers one interval.
+    pub fn prime(&mut self) {
+        let _ = self.snapshot();
+    }
+
+    /// Collect one snapshot. Collector failures are logged and leave their
+    /// section empty; they never stop the tick.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let timestamp = Utc::now();
+        let mut snap = Snapshot::empty(timestamp);
+        self.host.fill(&mut snap);
+        let mut info = self.info.clone();
+        match self.source.read() {
+            Ok(batch) => {
+                let rows = self.attribution.apply(&batch);
+                let mut processes = if batch.estimated {
+                    crate::estimate::attribute(&rows.connections, &snap.interfaces, usize::MAX)
+                } else {
+                    rows.processes
+                };
+                self.host.fill_processes(&mut processes);
+                snap.processes = Some(processes);
+                snap.connections = Some(rows.connections);
+                info.estimated = batch.estimated;
+                info.lost_records = Some(batch.lost_records);
+            }
+            Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
+        }
+        snap.dns_analytics = self.source.take_dns();
+        snap.collector = Some(info);
+        snap
+    }
+
+    /// Give `snapshot` to every sink. `Stop` if a sink's consumer is gone.
+    pub fn deliver(&mut self, snapshot: &Snapshot) -> Flow {
+        let mut flow = Flow::Continue;
+        for sink in &mut self.sinks {
+            match sink.emit(snapshot) {
+                Ok(Flow::Stop) => flow = Flow::Stop,
+                Ok(Flow::Continue) => {}
+                Err(e) => error!("{} sink: {e:#}", sink.name()),
+            }
+        }
+        flow
+    }
+}
+
+/// Run the agent: prime, then one snapshot per `interval` until Ctrl-C,
+/// SIGTERM, a sink's `Stop`, or (with `once`) the first snapshot.
+pub async fn run(mut agent: Agent, interval: Duration, once: bool) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // completes immediately
+    tokio::task::block_in_place(|| agent.prime());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        let flow = tokio::task::block_in_place(|| {
+            let snap = agent.snapshot();
+            agent.deliver(&snap)
+        });
+        if once || flow == Flow::Stop {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Sinks: where finished snapshots go. Each receives every snapshot as a
+//! value and must never reach back into a source; a sink that fails reports
+//! an error and the agent decides (stdout gone: stop; a network sink: retry
+//! later). New sinks (ingest + spool, /metrics) plug in here.
+
+pub mod json;
+pub mod table;
+
+use netwatch_common::wire::Snapshot;
+
+/// What a sink wants from the agent after an emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The sink's consumer is gone (e.g. stdout closed): stop the agent.
+    Stop,
+}
+
+/// A destination for snapshots.
+pub trait Sink: Send {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    /// Deliver one snapshot.
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow>;
+}

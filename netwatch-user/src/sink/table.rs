@@ -1,0 +1,193 @@
+//! The live table for developers (`cargo xtask run`, `--output table`):
+//! interfaces and the top processes of each snapshot, redrawn in place on a
+//! terminal and appended as plain text otherwise. Rendering is a pure
+//! function of the snapshot so it can be tested as text.
+
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+
+use netwatch_common::wire::Snapshot;
+
+use super::{Flow, Sink};
+
+/// Human-readable bytes per second.
+pub fn rate(bytes_per_sec: f64) -> String {
+    const UNITS: [&str; 5] = ["B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s"];
+    let mut v = bytes_per_sec.max(0.0);
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Render one snapshot as the table text (at most `max_rows` processes).
+pub fn render(s: &Snapshot, max_rows: usize) -> String {
+    let mut out = String::new();
+    let source = s.collector.as_ref().map_or("-".to_string(), |c| {
+        let mut t = c.source.clone();
+        if let Some(tier) = &c.ebpf_tier {
+            t.push_str(&format!(" ({tier})"));
+        }
+        if c.estimated {
+            t.push_str(", estimated");
+        }
+        t
+    });
+    let _ = writeln!(
+        out,
+        "netwatch  {}  source: {source}  connections: {}",
+        s.timestamp.format("%Y-%m-%d %H:%M:%S UTC"),
+        s.connection_count.map_or("-".into(), |c| c.to_string())
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<16} {:>4} {:>14} {:>14}", "INTERFACE", "UP", "RX", "TX");
+    for i in &s.interfaces {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>4} {:>14} {:>14}",
+            truncate(&i.name, 16),
+            if i.is_up { "up" } else { "down" },
+            rate(i.rx_rate.unwrap_or(0.0)),
+            rate(i.tx_rate.unwrap_or(0.0))
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:>8} {:<16} {:>14} {:>14} {:>12} {:>12} {:>5}",
+        "PID", "PROCESS", "RX", "TX", "RX BYTES", "TX BYTES", "CONNS"
+    );
+    let procs = s.processes.as_deref().unwrap_or_default();
+    for p in procs.iter().take(max_rows) {
+        let _ = writeln!(
+            out,
+            "{:>8} {:<16} {:>14} {:>14} {:>12} {:>12} {:>5}",
+            p.pid.map_or("-".into(), |p| p.to_string()),
+            truncate(&p.process_name, 16),
+            rate(p.rx_rate),
+            rate(p.tx_rate),
+            p.rx_bytes,
+            p.tx_bytes,
+            p.connection_count
+        );
+    }
+    if procs.len() > max_rows {
+        let _ = writeln!(out, "… {} more processes", procs.len() - max_rows);
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+/// Draws the table on stdout.
+pub struct Table {
+    max_rows: usize,
+    redraw: bool,
+}
+
+impl Table {
+    pub fn stdout(max_rows: usize) -> Self {
+        Self {
+            max_rows,
+            redraw: io::stdout().is_terminal(),
+        }
+    }
+}
+
+impl Sink for Table {
+    fn name(&self) -> &'static str {
+        "table"
+    }
+
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+        let text = render(snapshot, self.max_rows);
+        let mut out = io::stdout().lock();
+        let res = if self.redraw {
+            // Clear the screen and home the cursor, then draw.
+            write!(out, "\x1b[2J\x1b[H{text}")
+        } else {
+            writeln!(out, "{text}")
+        }
+        .and_then(|()| out.flush());
+        match res {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use netwatch_common::wire::{CollectorInfo, InterfaceMetric, ProcessBandwidth};
+
+    #[test]
+    fn rates_are_human_readable() {
+        assert_eq!(rate(0.0), "0 B/s");
+        assert_eq!(rate(1023.0), "1023 B/s");
+        assert_eq!(rate(1536.0), "1.5 KiB/s");
+        assert_eq!(rate(10.0 * 1024.0 * 1024.0), "10.0 MiB/s");
+        assert_eq!(rate(-5.0), "0 B/s");
+    }
+
+    #[test]
+    fn renders_interfaces_and_top_processes() {
+        let mut s = Snapshot::empty(Utc.with_ymd_and_hms(2026, 11, 24, 19, 0, 0).unwrap());
+        s.connection_count = Some(3);
+        s.collector = Some(CollectorInfo {
+            source: "ebpf".into(),
+            ebpf_tier: Some("tracepoint".into()),
+            estimated: false,
+            fallback_reason: None,
+            lost_records: Some(0),
+        });
+        s.interfaces.push(InterfaceMetric {
+            name: "lo".into(),
+            is_up: true,
+            rx_bytes: 10,
+            tx_bytes: 10,
+            rx_bytes_delta: 2048,
+            tx_bytes_delta: 2048,
+            rx_packets: 1,
+            tx_packets: 1,
+            rx_errors: 0,
+            tx_errors: 0,
+            rx_drops: 0,
+            tx_drops: 0,
+            rx_rate: Some(2048.0),
+            tx_rate: Some(2048.0),
+            rx_history: None,
+            tx_history: None,
+        });
+        s.processes = Some(vec![
+            ProcessBandwidth::network_only("a-very-long-process-name".into(), Some(42), 1000, 2000, 1000.0, 2000.0, 2),
+            ProcessBandwidth::network_only("curl".into(), Some(7), 1, 2, 1.0, 2.0, 1),
+        ]);
+        let text = render(&s, 1);
+        let expected = "\
+netwatch  2026-11-24 19:00:00 UTC  source: ebpf (tracepoint)  connections: 3
+
+INTERFACE          UP             RX             TX
+lo                 up      2.0 KiB/s      2.0 KiB/s
+
+     PID PROCESS                      RX             TX     RX BYTES     TX BYTES CONNS
+      42 a-very-long-pro…       1000 B/s       2000 B/s         1000         2000     2
+… 1 more processes
+";
+        assert_eq!(text, expected);
+    }
+}
