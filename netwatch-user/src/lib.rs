@@ -6,5 +6,6 @@
 //! each snapshot, as a value, to every [`sink`].
 
 pub mod attribution;
+pub mod estimate;
 pub mod procinfo;
 pub mod source;
