@@ -104,10 +104,8 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
     if old.lport == lport && old.rport == rport && same_v4 {
         return;
     }
-    if old.tx_bytes != 0 || old.rx_bytes != 0 {
-        if !emit_final(key, old) {
-            bump(counter::REPLACED_LOST);
-        }
+    if (old.tx_bytes != 0 || old.rx_bytes != 0) && !emit_final(key, old) {
+        bump(counter::REPLACED_LOST);
     }
     *st = fresh(sk, old.family, old.protocol);
 }
@@ -116,14 +114,14 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
 #[inline(always)]
 pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut SockStats> {
     let key = SockKey { sk: sk as u64 };
-    if let Some(p) = SOCKETS.get_ptr_mut(&key) {
+    if let Some(p) = SOCKETS.get_ptr_mut(key) {
         if protocol == IPPROTO_UDP && (*p).protocol == IPPROTO_UDP {
             replace_if_reused(sk, key, p);
         }
         return Some(p);
     }
     let st = fresh(sk, family, protocol);
-    match SOCKETS.insert(&key, &st, BPF_NOEXIST) {
+    match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => bump(counter::CREATED),
         Err(e) if e == EEXIST => {}
         Err(_) => {
@@ -131,7 +129,7 @@ pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut Soc
             return None;
         }
     }
-    SOCKETS.get_ptr_mut(&key)
+    SOCKETS.get_ptr_mut(key)
 }
 
 /// Count `bytes` moved on `sk` in direction `dir` by the current task.

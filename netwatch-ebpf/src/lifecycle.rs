@@ -54,7 +54,7 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.read_at(SKADDR)?;
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;
-    let st = match SOCKETS.get_ptr_mut(&SockKey { sk }) {
+    let st = match SOCKETS.get_ptr_mut(SockKey { sk }) {
         Some(p) => p,
         None if newstate == TCP_ESTABLISHED => match entry(sk as *const u8, family, IPPROTO_TCP) {
             Some(p) => p,
@@ -93,15 +93,15 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.read_at(destroy::SKADDR)?;
     let key = SockKey { sk };
-    let Some(st) = SOCKETS.get_ptr_mut(&key) else {
+    let Some(st) = SOCKETS.get_ptr_mut(key) else {
         return Ok(0);
     };
     let st = &mut *st;
     if st.tx_bytes == 0 && st.rx_bytes == 0 {
         // Nothing was ever counted: no record needed.
-        let _ = SOCKETS.remove(&key);
+        let _ = SOCKETS.remove(key);
     } else if emit_final(key, st) {
-        let _ = SOCKETS.remove(&key);
+        let _ = SOCKETS.remove(key);
     } else {
         st.state = STATE_DESTROYED;
         bump(counter::RINGBUF_DROPS);

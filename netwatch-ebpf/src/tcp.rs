@@ -38,7 +38,7 @@ pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> i32 {
 /// Remember the socket of a send until its return probe fires.
 #[inline(always)]
 pub fn stash_send(sk: u64) {
-    let _ = SEND_ARGS.insert(&bpf_get_current_pid_tgid(), &sk, 0);
+    let _ = SEND_ARGS.insert(bpf_get_current_pid_tgid(), sk, 0);
 }
 
 /// Take the socket stashed by [`stash_send`] for this thread.
@@ -46,8 +46,8 @@ pub fn stash_send(sk: u64) {
 pub fn take_send() -> Option<*const u8> {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: a plain value copy out of the map.
-    let sk = unsafe { SEND_ARGS.get(&id) }.copied();
-    let _ = SEND_ARGS.remove(&id);
+    let sk = unsafe { SEND_ARGS.get(id) }.copied();
+    let _ = SEND_ARGS.remove(id);
     sk.map(|s| s as *const u8)
 }
 

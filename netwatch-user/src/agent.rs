@@ -58,7 +58,7 @@ impl Agent {
             Ok(batch) => {
                 let rows = self.attribution.apply(&batch);
                 let mut processes = if batch.estimated {
-                    crate::estimate::attribute(&rows.connections, &snap.interfaces, usize::MAX)
+                    crate::estimate::split_by_connections(&rows.connections, &snap.interfaces)
                 } else {
                     rows.processes
                 };

@@ -5,7 +5,10 @@
 //! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
 //! each snapshot, as a value, to every [`sink`].
 
+pub mod agent;
 pub mod attribution;
 pub mod estimate;
 pub mod procinfo;
+pub mod sink;
+pub mod snapshot;
 pub mod source;

@@ -3,4 +3,7 @@
 //! `main.rs` only parses the command line and dispatches here.
 
 pub mod host;
+pub mod run;
+pub mod setup;
+pub mod test;
 pub mod vm;

@@ -12,11 +12,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install the BPF toolchain and test dependencies (apt + crates.io); idempotent.
+    Setup,
+    /// Build the agent and run it as root with the live table.
+    Run(xtask::run::RunArgs),
+    /// The whole test suite: lint, host tests, macOS check, guest kernel tests.
+    Test(xtask::test::TestArgs),
+    /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Setup => xtask::setup::ensure().map(|t| eprintln!("xtask setup: ready (BPF toolchain: {})", t.rustup_name())),
+        Command::Run(args) => xtask::run::run(args),
+        Command::Test(args) => xtask::test::run(args),
         Command::Vm(args) => xtask::vm::cli::run(args),
     }
 }

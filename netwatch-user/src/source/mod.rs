@@ -11,6 +11,7 @@ pub mod ebpf;
 pub mod macos;
 #[cfg(target_os = "linux")]
 pub mod pcap;
+pub mod select;
 pub mod ss;
 
 /// Transport protocol of a socket.
@@ -103,4 +104,8 @@ pub trait SocketSource: Send {
     }
     /// Read every socket's current counters.
     fn read(&mut self) -> anyhow::Result<SampleBatch>;
+    /// DNS analytics for the interval since the last call, for sources that see packets.
+    fn take_dns(&mut self) -> Option<netwatch_common::wire::DnsAnalytics> {
+        None
+    }
 }

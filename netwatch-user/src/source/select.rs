@@ -1,0 +1,108 @@
+//! Mode selection: which source fills the process rows. `auto` tries the
+//! exact sources first (eBPF), then `ss`, then libpcap, and logs why each
+//! was passed over; the reason also goes into the snapshot. Selection only
+//! constructs sources; it never reads them.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use log::{info, warn};
+use netwatch_common::wire::CollectorInfo;
+
+use super::SocketSource;
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// eBPF if it loads, else ss, else pcap.
+    Auto,
+    /// Kernel counters (exact). Linux only.
+    Ebpf,
+    /// `ss -tunapie` socket counters (TCP exact, sockets closed between reads lost).
+    Ss,
+    /// libpcap capture joined to the socket table.
+    Pcap,
+    /// /proc socket table with bytes estimated from interface counters.
+    Proc,
+}
+
+/// Settings the sources need.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    #[cfg(target_os = "linux")]
+    pub ebpf: super::ebpf::LoadOptions,
+    /// Capture interface for pcap (`None`: all).
+    pub interface: Option<String>,
+}
+
+/// The chosen source and how to describe it in snapshots.
+pub struct Selected {
+    pub source: Box<dyn SocketSource>,
+    pub info: CollectorInfo,
+    /// When the source began counting.
+    pub started_at: Instant,
+}
+
+fn info(source: &dyn SocketSource, fallback_reason: Option<String>) -> CollectorInfo {
+    CollectorInfo {
+        source: source.name().to_string(),
+        ebpf_tier: source.detail(),
+        estimated: false,
+        fallback_reason,
+        lost_records: None,
+    }
+}
+
+fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
+    match mode {
+        #[cfg(target_os = "linux")]
+        Mode::Ebpf => Ok(Box::new(super::ebpf::EbpfSource::load(&opts.ebpf)?)),
+        Mode::Ss => Ok(Box::new(super::ss::SsSource::new())),
+        #[cfg(target_os = "linux")]
+        Mode::Pcap => Ok(Box::new(super::pcap::PcapSource::open(opts.interface.as_deref())?)),
+        #[cfg(target_os = "linux")]
+        Mode::Proc => Ok(Box::new(super::procnet::ProcNetSource::new())),
+        #[cfg(not(target_os = "linux"))]
+        Mode::Ebpf | Mode::Pcap | Mode::Proc => {
+            let _ = opts;
+            Err(anyhow!("--mode {mode:?} is only available on Linux"))
+        }
+        Mode::Auto => Err(anyhow!("auto is resolved by select()")),
+    }
+}
+
+/// Open the source `mode` asks for; `auto` falls back in order.
+pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
+    #[cfg(target_os = "macos")]
+    if mode == Mode::Auto {
+        let source: Box<dyn SocketSource> = Box::new(super::macos::MacSource::new());
+        let info = info(source.as_ref(), None);
+        return Ok(Selected { source, info, started_at: Instant::now() });
+    }
+    let order: &[Mode] = match mode {
+        Mode::Auto => &[Mode::Ebpf, Mode::Ss, Mode::Pcap],
+        _ => std::slice::from_ref(&mode),
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    for &m in order {
+        let started_at = Instant::now();
+        match open(m, opts) {
+            Ok(source) => {
+                let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+                let info = info(source.as_ref(), reason);
+                info!(
+                    "process rows from the {} source{}",
+                    info.source,
+                    info.ebpf_tier.as_deref().map(|t| format!(" ({t} tier)")).unwrap_or_default()
+                );
+                return Ok(Selected { source, info, started_at });
+            }
+            Err(e) if mode == Mode::Auto => {
+                warn!("{m:?} source unavailable: {e:#}");
+                reasons.push(format!("{m:?}: {e:#}").to_lowercase());
+            }
+            Err(e) => return Err(e.context(format!("opening the {m:?} source"))),
+        }
+    }
+    Err(anyhow!("no source available: {}", reasons.join("; ")))
+}
