@@ -1,0 +1,138 @@
+//! The agent binary end to end, as outside checks use it: `--output json`
+//! streams one `Snapshot` per line, `--once` prints exactly one after one
+//! interval, and the process rows carry a transfer's exact bytes under the
+//! transferring process's pid. Needs root (the agent loads BPF programs).
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use netwatch_common::wire::Snapshot;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the agent tests load BPF programs: run as root");
+}
+
+/// One process-wide lock: both tests count this process's bytes.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Start the agent; returns it once it says it has attached (stderr).
+fn start_agent(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(AGENT)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netwatch-agent");
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (log_tx, log_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("process rows from the") {
+                let _ = ready_tx.send(());
+            }
+            let _ = log_tx.send(line);
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("agent did not attach; log: {:?}", log_rx.try_iter().collect::<Vec<_>>()));
+    // The agent primes its baselines right after attaching.
+    thread::sleep(Duration::from_millis(300));
+    (child, log_rx)
+}
+
+/// Move exactly `n` bytes from this process to itself over loopback TCP.
+fn transfer(n: usize) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let reader = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        buf.len()
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&vec![7u8; n]).unwrap();
+    drop(c);
+    assert_eq!(reader.join().unwrap(), n);
+}
+
+fn my_bytes(s: &Snapshot) -> (u64, u64) {
+    let me = std::process::id();
+    s.processes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p.pid == Some(me))
+        .fold((0, 0), |a, p| (a.0 + p.rx_bytes, a.1 + p.tx_bytes))
+}
+
+#[test]
+fn once_prints_one_snapshot_with_the_transfer_exact() {
+    require_root();
+    let _serial = serial();
+    let (mut agent, _log) = start_agent(&["--output", "json", "--once", "--interval", "4"]);
+    transfer(1_234_567);
+    let mut out = String::new();
+    agent.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(agent.wait().unwrap().success(), "agent --once exits 0");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "--once prints exactly one snapshot: {out}");
+    let snap: Snapshot = serde_json::from_str(lines[0]).expect("a Snapshot");
+    assert_eq!(my_bytes(&snap), (1_234_567, 1_234_567), "this process sent and received the transfer");
+    let c = snap.collector.as_ref().expect("collector info");
+    assert_eq!(c.source, "ebpf");
+    assert!(c.ebpf_tier.is_some());
+    assert!(!snap.interfaces.is_empty(), "interfaces are collected");
+    let me = snap
+        .processes
+        .unwrap()
+        .into_iter()
+        .find(|p| p.pid == Some(std::process::id()))
+        .unwrap();
+    assert_eq!(me.cmd.as_deref(), std::env::current_exe().unwrap().to_str(), "cmd is the exe path, never argv");
+}
+
+#[test]
+fn json_stream_carries_every_byte_across_intervals() {
+    require_root();
+    let _serial = serial();
+    let (mut agent, _log) = start_agent(&["--output", "json", "--interval", "0.5"]);
+    let stdout = agent.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    for n in [1, 65_536, 3_000_000] {
+        transfer(n);
+    }
+    // Let at least two more intervals pass so every byte has been reported.
+    thread::sleep(Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "agent stops cleanly on SIGINT: {status}");
+    let snaps: Vec<Snapshot> = rx
+        .try_iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a Snapshot ({e}): {l}")))
+        .collect();
+    assert!(snaps.len() >= 3, "one snapshot per interval, got {}", snaps.len());
+    let total = snaps.iter().map(my_bytes).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let want = (1 + 65_536 + 3_000_000) as u64;
+    assert_eq!(total, (want, want), "every byte, exactly once, over all intervals");
+}
