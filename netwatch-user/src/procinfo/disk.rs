@@ -1,0 +1,458 @@
+//! Disk usage of device-backed mounts (`/proc/self/mounts` + `statvfs`) and
+//! bytes read/written by whole physical disks since the previous call
+//! (`/proc/diskstats`). It must never count the same I/O twice (a partition
+//! and its disk, a device-mapper volume and the disk under it) nor report
+//! one filesystem twice.
+//!
+//! Where it differs from netwatch-sdk 0.3.2: the SDK sums every diskstats
+//! row but `loop*`/`ram*`/`dm-*`, so partitions count on top of their disk;
+//! here only whole disks backed by a device (`/sys/block/<name>/device`)
+//! count, which also leaves out `zram`, `md` and `nbd`. Mounts of the same
+//! device (bind mounts) are reported once, and a mount hidden under a later
+//! mount on the same path is dropped, since `statvfs` would report the top one.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::Path;
+
+use netwatch_common::wire::{DiskIo, DiskUsage};
+use procfs::{DiskStat, FromBufRead, MountEntry};
+
+use super::{counter_delta, round_to};
+
+/// Filesystems that live in the kernel and have no meaningful usage (the SDK's list).
+const VIRTUAL_FS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devpts",
+    "tmpfs",
+    "devtmpfs",
+    "cgroup",
+    "cgroup2",
+    "pstore",
+    "securityfs",
+    "debugfs",
+    "configfs",
+    "fusectl",
+    "mqueue",
+    "hugetlbfs",
+    "autofs",
+    "rpc_pipefs",
+    "nfsd",
+    "binfmt_misc",
+    "tracefs",
+    "squashfs",
+    "overlay",
+    "ramfs",
+    "efivarfs",
+];
+
+/// `/proc/diskstats` counts in 512-byte sectors whatever the device's own sector size.
+const DISKSTATS_SECTOR_BYTES: u64 = 512;
+
+/// A mount whose usage is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageMount {
+    pub device: String,
+    pub mount_point: String,
+}
+
+/// Cumulative sectors (read, written) of one disk.
+type Sectors = (u64, u64);
+
+/// Samples disk usage and I/O; keeps the previous per-disk counters.
+#[derive(Debug, Default)]
+pub struct DiskTracker {
+    prev: Option<HashMap<String, Sectors>>,
+}
+
+impl DiskTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Usage of every device-backed mount, and the I/O since the previous
+    /// call (`None` on the first call, or when diskstats or /sys/block
+    /// could not be read; the next call then starts a new baseline).
+    pub fn sample(&mut self) -> (Vec<DiskUsage>, Option<DiskIo>) {
+        (read_usage(), self.read_io())
+    }
+
+    fn read_io(&mut self) -> Option<DiskIo> {
+        let cur = match read_disk_sectors() {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("{e}; disk I/O left empty");
+                self.prev = None;
+                return None;
+            }
+        };
+        let io = self.prev.as_ref().map(|prev| io_since(prev, &cur));
+        self.prev = Some(cur);
+        io
+    }
+}
+
+/// Bytes moved between two per-disk counter sets. A disk absent from
+/// `prev` (hot-plugged) starts its baseline now; a counter that went
+/// backwards (the disk was re-attached) counts from its reset.
+pub fn io_since(prev: &HashMap<String, Sectors>, cur: &HashMap<String, Sectors>) -> DiskIo {
+    let (mut read, mut written) = (0u64, 0u64);
+    for (name, &(r, w)) in cur {
+        if let Some(&(pr, pw)) = prev.get(name) {
+            read = read.saturating_add(counter_delta(pr, r));
+            written = written.saturating_add(counter_delta(pw, w));
+        }
+    }
+    DiskIo {
+        read_bytes: read.saturating_mul(DISKSTATS_SECTOR_BYTES),
+        write_bytes: written.saturating_mul(DISKSTATS_SECTOR_BYTES),
+    }
+}
+
+/// Per-disk cumulative sectors of the rows naming a whole disk.
+pub fn whole_disk_sectors(
+    stats: &[DiskStat],
+    whole_disks: &HashSet<String>,
+) -> HashMap<String, Sectors> {
+    stats
+        .iter()
+        .filter(|s| whole_disks.contains(&s.name))
+        .map(|s| (s.name.clone(), (s.sectors_read, s.sectors_written)))
+        .collect()
+}
+
+/// Parse `/proc/diskstats` text line by line with procfs's row parser; a
+/// malformed row is skipped and counted instead of failing the whole read.
+pub fn parse_diskstats(text: &str) -> (Vec<DiskStat>, usize) {
+    let mut skipped = 0;
+    let stats = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| DiskStat::from_line(l).map_err(|_| skipped += 1).ok())
+        .collect();
+    (stats, skipped)
+}
+
+fn read_disk_sectors() -> Result<HashMap<String, Sectors>, String> {
+    let text = fs::read_to_string("/proc/diskstats")
+        .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
+    let (stats, skipped) = parse_diskstats(&text);
+    if skipped > 0 {
+        log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
+    }
+    let whole =
+        whole_disks(Path::new("/sys/block")).map_err(|e| format!("listing /sys/block: {e}"))?;
+    Ok(whole_disk_sectors(&stats, &whole))
+}
+
+/// Names in `sys_block` that have a backing `device`: physical whole disks,
+/// not partitions (never listed there) nor virtual stacks (`loop`, `dm-`,
+/// `md`, `zram`, `nbd` have no `device` link).
+pub fn whole_disks(sys_block: &Path) -> std::io::Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for entry in fs::read_dir(sys_block)? {
+        let entry = entry?;
+        if entry.path().join("device").exists() {
+            out.insert(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Parse `/proc/mounts` text line by line with procfs's parser, skipping
+/// (and counting) malformed lines. procfs 0.17 leaves `\040` (space)
+/// escaped in paths; it is undone here.
+pub fn parse_mounts(text: &str) -> (Vec<MountEntry>, usize) {
+    let mut skipped = 0;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match Vec::<MountEntry>::from_buf_read(line.as_bytes()) {
+            Ok(v) => out.extend(v.into_iter().map(|mut m| {
+                m.fs_spec = m.fs_spec.replace(r"\040", " ");
+                m.fs_file = m.fs_file.replace(r"\040", " ");
+                m
+            })),
+            Err(_) => skipped += 1,
+        }
+    }
+    (out, skipped)
+}
+
+/// The mounts whose usage is reported, in mount order: backed by a
+/// `/dev/…` device, not a virtual filesystem, not hidden by a later mount
+/// on the same path, and only the first mount of each device.
+pub fn usage_mounts(mounts: &[MountEntry]) -> Vec<UsageMount> {
+    // Last mount on each path wins: earlier ones are hidden under it.
+    let mut top: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in mounts.iter().enumerate() {
+        top.insert(m.fs_file.as_str(), i);
+    }
+    let mut seen_devices = HashSet::new();
+    mounts
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| top.get(m.fs_file.as_str()) == Some(i))
+        .map(|(_, m)| m)
+        .filter(|m| m.fs_spec.starts_with("/dev/") && !VIRTUAL_FS.contains(&m.fs_vfstype.as_str()))
+        .filter(|m| seen_devices.insert(m.fs_spec.as_str()))
+        .map(|m| UsageMount {
+            device: m.fs_spec.clone(),
+            mount_point: m.fs_file.clone(),
+        })
+        .collect()
+}
+
+/// Usage from `statvfs` figures, as the SDK computes it: used = total −
+/// free, available = what unprivileged users may still use, percentage of
+/// total rounded to 0.1. `None` for a zero-sized filesystem.
+pub fn usage(
+    mount: &UsageMount,
+    frsize: u64,
+    blocks: u64,
+    bfree: u64,
+    bavail: u64,
+) -> Option<DiskUsage> {
+    let total_bytes = blocks.saturating_mul(frsize);
+    if total_bytes == 0 {
+        return None;
+    }
+    let used_bytes = total_bytes.saturating_sub(bfree.saturating_mul(frsize));
+    Some(DiskUsage {
+        mount_point: mount.mount_point.clone(),
+        device: mount.device.clone(),
+        total_bytes,
+        used_bytes,
+        available_bytes: bavail.saturating_mul(frsize),
+        usage_pct: round_to(used_bytes as f64 / total_bytes as f64 * 100.0, 1),
+    })
+}
+
+fn read_usage() -> Vec<DiskUsage> {
+    let text = match fs::read_to_string("/proc/self/mounts") {
+        Ok(t) => t,
+        Err(e) => {
+            log::debug!("reading /proc/self/mounts: {e}; disk usage left empty");
+            return Vec::new();
+        }
+    };
+    let (mounts, skipped) = parse_mounts(&text);
+    if skipped > 0 {
+        log::debug!("/proc/self/mounts: skipped {skipped} malformed lines");
+    }
+    usage_mounts(&mounts)
+        .iter()
+        .filter_map(|m| match rustix::fs::statvfs(m.mount_point.as_str()) {
+            Ok(s) => usage(m, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
+            Err(e) => {
+                log::debug!("statvfs {}: {e}; mount skipped", m.mount_point);
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(text: &str) -> Vec<MountEntry> {
+        let (m, skipped) = parse_mounts(text);
+        assert_eq!(skipped, 0, "fixture must parse");
+        m
+    }
+
+    fn points(text: &str) -> Vec<(String, String)> {
+        usage_mounts(&mounts(text))
+            .into_iter()
+            .map(|m| (m.device, m.mount_point))
+            .collect()
+    }
+
+    fn pair(d: &str, p: &str) -> (String, String) {
+        (d.to_string(), p.to_string())
+    }
+
+    #[test]
+    fn keeps_device_backed_mounts_and_skips_virtual_ones() {
+        let got = points(
+            "proc /proc proc rw,relatime 0 0\n\
+             sysfs /sys sysfs rw 0 0\n\
+             tmpfs /run tmpfs rw,size=1632400k 0 0\n\
+             cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n\
+             /dev/sda1 / ext4 rw,relatime 0 0\n\
+             /dev/nvme0n1p2 /home xfs rw 0 0\n\
+             /dev/mapper/vg0-var /var ext4 rw 0 0\n\
+             /dev/loop12 /snap/core22/834 squashfs ro 0 0\n\
+             overlay /var/lib/docker/overlay2/x/merged overlay rw,lowerdir=/x 0 0\n",
+        );
+        assert_eq!(
+            got,
+            [
+                pair("/dev/sda1", "/"),
+                pair("/dev/nvme0n1p2", "/home"),
+                pair("/dev/mapper/vg0-var", "/var")
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_mounts_of_one_device_are_reported_once() {
+        let got = points(
+            "/dev/vda / ext4 rw 0 0\n\
+             /dev/vda /etc/hosts ext4 rw 0 0\n\
+             /dev/vda /etc/resolv.conf ext4 rw 0 0\n",
+        );
+        assert_eq!(got, [pair("/dev/vda", "/")]);
+    }
+
+    #[test]
+    fn a_mount_hidden_under_a_later_one_is_dropped() {
+        let got = points("/dev/sda1 /mnt ext4 rw 0 0\n/dev/sdb1 /mnt xfs rw 0 0\n");
+        assert_eq!(got, [pair("/dev/sdb1", "/mnt")]);
+    }
+
+    #[test]
+    fn escaped_spaces_in_mount_points_are_undone() {
+        let got = points("/dev/sdc1 /media/My\\040Disk vfat rw 0 0\n");
+        assert_eq!(got, [pair("/dev/sdc1", "/media/My Disk")]);
+    }
+
+    #[test]
+    fn malformed_mount_lines_are_counted_and_skipped() {
+        let (m, skipped) = parse_mounts("\n/dev/sda1\n/dev/sda2 /boot\n/dev/sda3 / ext4 rw 0 0\n");
+        assert_eq!(skipped, 2);
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn usage_math_is_exact() {
+        let m = UsageMount {
+            device: "/dev/sda1".into(),
+            mount_point: "/".into(),
+        };
+        let u = usage(&m, 4096, 1000, 250, 200);
+        assert_eq!(
+            u,
+            Some(DiskUsage {
+                mount_point: "/".into(),
+                device: "/dev/sda1".into(),
+                total_bytes: 4_096_000,
+                used_bytes: 3_072_000,
+                available_bytes: 819_200,
+                usage_pct: 75.0,
+            })
+        );
+        assert_eq!(usage(&m, 4096, 0, 0, 0), None);
+        assert_eq!(usage(&m, 4096, 3, 2, 2).map(|u| u.usage_pct), Some(33.3));
+    }
+
+    const DISKSTATS: &str = "\
+   7       0 loop0 100 0 200 10 50 0 400 20 0 10 10 0 0 0 0 0 0
+ 253       0 zram0 100 0 200 10 50 0 400 20 0 10 10 0 0 0 0 0 0
+ 254       0 dm-0 100 0 900 10 50 0 900 20 0 10 10 0 0 0 0 0 0
+   8       0 sda 1000 0 2000 100 500 0 4000 200 0 100 100 0 0 0 0 0 0
+   8       1 sda1 800 0 1500 80 400 0 3000 150 0 80 80 0 0 0 0 0 0
+ 259       0 nvme0n1 200 0 1000 50 100 0 500 25 0 50 50
+ 259       1 nvme0n1p1 200 0 1000 50 100 0 500 25 0 50 50
+";
+
+    fn whole(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_whole_disks_count_no_partition_or_stack_double_count() {
+        let (stats, skipped) = parse_diskstats(DISKSTATS);
+        assert_eq!((stats.len(), skipped), (7, 0));
+        let s = whole_disk_sectors(&stats, &whole(&["sda", "nvme0n1"]));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get("sda"), Some(&(2000, 4000)));
+        assert_eq!(s.get("nvme0n1"), Some(&(1000, 500)));
+    }
+
+    #[test]
+    fn malformed_diskstats_rows_are_counted_and_skipped() {
+        let (stats, skipped) = parse_diskstats("short line\n   8 0 sda x 0 1 1 1 1 1 1 1 1 1\n   8       0 sda 1000 0 2000 100 500 0 4000 200 0 100 100\n");
+        assert_eq!((stats.len(), skipped), (1, 2));
+    }
+
+    #[test]
+    fn io_since_sums_sector_deltas_times_512() {
+        let prev: HashMap<String, Sectors> = [
+            ("sda".into(), (2000, 4000)),
+            ("nvme0n1".into(), (1000, 500)),
+        ]
+        .into();
+        let cur: HashMap<String, Sectors> = [
+            ("sda".into(), (2100, 4010)),
+            ("nvme0n1".into(), (1001, 500)),
+        ]
+        .into();
+        assert_eq!(
+            io_since(&prev, &cur),
+            DiskIo {
+                read_bytes: 101 * 512,
+                write_bytes: 10 * 512
+            }
+        );
+    }
+
+    #[test]
+    fn io_since_baselines_new_disks_and_counts_resets_from_zero() {
+        let prev: HashMap<String, Sectors> = [("sda".into(), (5000, 5000))].into();
+        let cur: HashMap<String, Sectors> =
+            [("sda".into(), (10, 20)), ("sdb".into(), (999, 999))].into();
+        assert_eq!(
+            io_since(&prev, &cur),
+            DiskIo {
+                read_bytes: 10 * 512,
+                write_bytes: 20 * 512
+            }
+        );
+    }
+
+    #[test]
+    fn whole_disks_are_the_sys_block_entries_with_a_device() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for (name, has_device) in [
+            ("sda", true),
+            ("vda", true),
+            ("loop0", false),
+            ("dm-0", false),
+        ] {
+            let d = dir.path().join(name);
+            fs::create_dir(&d)?;
+            if has_device {
+                fs::create_dir(d.join("device"))?;
+            }
+        }
+        assert_eq!(whole_disks(dir.path())?, whole(&["sda", "vda"]));
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_mount_parsing_and_filtering_never_panic(s in "(.{0,100}\n){0,6}") {
+            let (m, _) = parse_mounts(&s);
+            let _ = usage_mounts(&m);
+        }
+
+        #[test]
+        fn prop_diskstats_parsing_never_panics(s in "(.{0,120}\n){0,6}") {
+            let (stats, _) = parse_diskstats(&s);
+            let names: HashSet<String> = stats.iter().map(|d| d.name.clone()).collect();
+            let cur = whole_disk_sectors(&stats, &names);
+            let _ = io_since(&cur, &cur);
+        }
+
+        #[test]
+        fn prop_usage_is_consistent(frsize in 0u64..1 << 20, blocks: u64, bfree: u64, bavail: u64) {
+            let m = UsageMount { device: "/dev/x".into(), mount_point: "/".into() };
+            if let Some(u) = usage(&m, frsize, blocks, bfree, bavail) {
+                proptest::prop_assert!(u.used_bytes <= u.total_bytes);
+                proptest::prop_assert!((0.0..=100.0).contains(&u.usage_pct));
+            }
+        }
+    }
+}
