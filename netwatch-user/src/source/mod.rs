@@ -11,6 +11,8 @@ pub mod ebpf;
 pub mod macos;
 #[cfg(target_os = "linux")]
 pub mod pcap;
+#[cfg(target_os = "linux")]
+pub mod procnet;
 pub mod select;
 pub mod ss;
 
