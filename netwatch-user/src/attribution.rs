@@ -110,7 +110,7 @@ impl Attribution {
                 ProcessBandwidth::network_only(name, Some(pid), rx, tx, rate(rx), rate(tx), open)
             })
             .collect();
-        processes.sort_by(|a, b| (b.rx_bytes + b.tx_bytes).cmp(&(a.rx_bytes + a.tx_bytes)));
+        processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
 
         // Sockets that vanished without a final record are forgotten: a
         // polling source cannot see their last bytes, an exact one never
