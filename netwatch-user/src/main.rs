@@ -59,7 +59,10 @@ fn main() -> Result<()> {
         .target(env_logger::Target::Stderr)
         .init();
     if !(cli.interval.is_finite() && cli.interval >= 0.05) {
-        bail!("--interval must be at least 0.05 seconds (got {})", cli.interval);
+        bail!(
+            "--interval must be at least 0.05 seconds (got {})",
+            cli.interval
+        );
     }
     let interval = Duration::from_secs_f64(cli.interval);
 
@@ -78,7 +81,13 @@ fn main() -> Result<()> {
         Output::Json => vec![Box::new(JsonLines::stdout())],
         Output::Table => vec![Box::new(Table::stdout(cli.rows))],
     };
-    let agent = Agent::new(selected.source, selected.info, host, sinks, selected.started_at);
+    let agent = Agent::new(
+        selected.source,
+        selected.info,
+        host,
+        sinks,
+        selected.started_at,
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -26,6 +26,8 @@ pub struct HostCollectors {
     disk: DiskTracker,
     #[cfg(target_os = "linux")]
     meta: ProcessMetaTracker,
+    #[cfg(target_os = "macos")]
+    tools: crate::source::macos::MacTools,
     /// Collectors that failed on the last tick.
     failures: u32,
 }
@@ -42,6 +44,8 @@ impl HostCollectors {
             disk: DiskTracker::new(),
             #[cfg(target_os = "linux")]
             meta: ProcessMetaTracker::new(),
+            #[cfg(target_os = "macos")]
+            tools: crate::source::macos::MacTools::default(),
             failures: 0,
         }
     }
@@ -51,7 +55,10 @@ impl HostCollectors {
         #[cfg(target_os = "linux")]
         return crate::procinfo::host::host_info(&self.host_id_file);
         #[cfg(not(target_os = "linux"))]
-        anyhow::bail!("host info for {} is not implemented on this OS", self.host_id_file.display())
+        anyhow::bail!(
+            "host info for {} is not implemented on this OS",
+            self.host_id_file.display()
+        )
     }
 
     /// Collectors that failed on the last tick (0: all good).
@@ -81,7 +88,26 @@ impl HostCollectors {
         snap.disk_io = io;
     }
 
-    #[cfg(not(target_os = "linux"))]
+    /// macOS: cumulative interface counters from `netstat -ibn` and TCP
+    /// state counts from `netstat -an -p tcp`.
+    #[cfg(target_os = "macos")]
+    pub fn fill(&mut self, snap: &mut Snapshot) {
+        self.failures = 0;
+        match self.tools.interfaces() {
+            Ok(n) => snap.interfaces = n.interfaces,
+            Err(e) => self.failed("interfaces", &e.into()),
+        }
+        match self.tools.tcp_states() {
+            Ok(t) => {
+                snap.connection_count = Some(t.established);
+                snap.tcp_time_wait = Some(t.time_wait);
+                snap.tcp_close_wait = Some(t.close_wait);
+            }
+            Err(e) => self.failed("TCP states", &e.into()),
+        }
+    }
+
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     pub fn fill(&mut self, _snap: &mut Snapshot) {
         self.failures = 0;
     }

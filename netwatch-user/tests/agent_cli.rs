@@ -17,7 +17,11 @@ const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the agent tests load BPF programs: run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the agent tests load BPF programs: run as root"
+    );
 }
 
 /// One process-wide lock: both tests count this process's bytes.
@@ -48,7 +52,12 @@ fn start_agent(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     });
     ready_rx
         .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("agent did not attach; log: {:?}", log_rx.try_iter().collect::<Vec<_>>()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "agent did not attach; log: {:?}",
+                log_rx.try_iter().collect::<Vec<_>>()
+            )
+        });
     // The agent primes its baselines right after attaching.
     thread::sleep(Duration::from_millis(300));
     (child, log_rx)
@@ -87,12 +96,21 @@ fn once_prints_one_snapshot_with_the_transfer_exact() {
     let (mut agent, _log) = start_agent(&["--output", "json", "--once", "--interval", "4"]);
     transfer(1_234_567);
     let mut out = String::new();
-    agent.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    agent
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(agent.wait().unwrap().success(), "agent --once exits 0");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "--once prints exactly one snapshot: {out}");
     let snap: Snapshot = serde_json::from_str(lines[0]).expect("a Snapshot");
-    assert_eq!(my_bytes(&snap), (1_234_567, 1_234_567), "this process sent and received the transfer");
+    assert_eq!(
+        my_bytes(&snap),
+        (1_234_567, 1_234_567),
+        "this process sent and received the transfer"
+    );
     let c = snap.collector.as_ref().expect("collector info");
     assert_eq!(c.source, "ebpf");
     assert!(c.ebpf_tier.is_some());
@@ -103,7 +121,11 @@ fn once_prints_one_snapshot_with_the_transfer_exact() {
         .into_iter()
         .find(|p| p.pid == Some(std::process::id()))
         .unwrap();
-    assert_eq!(me.cmd.as_deref(), std::env::current_exe().unwrap().to_str(), "cmd is the exe path, never argv");
+    assert_eq!(
+        me.cmd.as_deref(),
+        std::env::current_exe().unwrap().to_str(),
+        "cmd is the exe path, never argv"
+    );
 }
 
 #[test]
@@ -131,8 +153,19 @@ fn json_stream_carries_every_byte_across_intervals() {
         .try_iter()
         .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a Snapshot ({e}): {l}")))
         .collect();
-    assert!(snaps.len() >= 3, "one snapshot per interval, got {}", snaps.len());
-    let total = snaps.iter().map(my_bytes).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(
+        snaps.len() >= 3,
+        "one snapshot per interval, got {}",
+        snaps.len()
+    );
+    let total = snaps
+        .iter()
+        .map(my_bytes)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let want = (1 + 65_536 + 3_000_000) as u64;
-    assert_eq!(total, (want, want), "every byte, exactly once, over all intervals");
+    assert_eq!(
+        total,
+        (want, want),
+        "every byte, exactly once, over all intervals"
+    );
 }

@@ -570,3 +570,72 @@ fn lifecycle_tracepoint_formats_match() {
         "tcp_destroy_sock skaddr:\n{format}"
     );
 }
+
+/// Load the best tier this kernel allows with custom map sizes, or skip.
+fn load_best_with(max_sockets: u32, ringbuf_bytes: u32) -> Option<EbpfSource> {
+    require_root();
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        max_sockets,
+        ringbuf_bytes,
+    };
+    Some(EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads on this kernel: {e}")))
+}
+
+/// A ring buffer too small for the closed-socket records costs memory,
+/// never bytes: the records that do not fit stay in the map, marked
+/// destroyed, and are read from there.
+#[test]
+fn full_ring_buffer_loses_no_bytes() {
+    let _serial = serial();
+    // One page holds ~30 records; 200 connections close between two reads.
+    let Some(mut src) = load_best_with(65536, 4096) else { return };
+    let mut attribution = Attribution::new(Instant::now());
+    attribution.apply(&src.read().unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    const CONNS: usize = 200;
+    const EACH: usize = 3000;
+    let server = thread::spawn(move || {
+        for _ in 0..CONNS {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            assert_eq!(got.len(), EACH);
+        }
+    });
+    for _ in 0..CONNS {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(&pattern(EACH)).unwrap();
+    }
+    server.join().unwrap();
+    let batch = src.read().unwrap();
+    let a = attribution.apply(&batch);
+    let k = src.kernel_counters();
+    assert!(k.ringbuf_drops > 0, "the test must overflow the ring buffer: {k:?}");
+    let want = (CONNS * EACH) as u64;
+    assert_eq!(proc_bytes(&a, std::process::id()), (want, want), "every byte despite {} dropped records", k.ringbuf_drops);
+    assert_eq!(batch.lost_records, 0);
+    println!("NETWATCH-TIER {}: {} records overflowed the ring buffer, bytes exact", src.tier(), k.ringbuf_drops);
+}
+
+/// Sockets evicted from a full LRU map are counted as lost, not hidden.
+#[test]
+fn lru_evictions_are_counted() {
+    let _serial = serial();
+    let Some(mut src) = load_best_with(16, 256 * 1024) else { return };
+    src.read().unwrap();
+    let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = target.local_addr().unwrap();
+    let senders: Vec<UdpSocket> = (0..200).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for s in &senders {
+        s.send_to(b"x", to).unwrap();
+    }
+    let batch = src.read().unwrap();
+    assert!(
+        batch.lost_records > 0,
+        "200 sockets through a 16-entry map must report evictions: {:?}",
+        src.kernel_counters()
+    );
+    println!("NETWATCH-TIER {}: {} LRU evictions reported", src.tier(), batch.lost_records);
+}

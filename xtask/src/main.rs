@@ -24,7 +24,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Setup => xtask::setup::ensure().map(|t| eprintln!("xtask setup: ready (BPF toolchain: {})", t.rustup_name())),
+        Command::Setup => xtask::setup::ensure()
+            .map(|t| eprintln!("xtask setup: ready (BPF toolchain: {})", t.rustup_name())),
         Command::Run(args) => xtask::run::run(args),
         Command::Test(args) => xtask::test::run(args),
         Command::Vm(args) => xtask::vm::cli::run(args),

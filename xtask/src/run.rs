@@ -32,7 +32,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     let agent = root.join("target/release/netwatch-agent");
     let mut agent_args = args.agent_args;
-    if !agent_args.iter().any(|a| a == "--output" || a.starts_with("--output=")) {
+    if !agent_args
+        .iter()
+        .any(|a| a == "--output" || a.starts_with("--output="))
+    {
         agent_args.extend(["--output".to_string(), "table".to_string()]);
     }
     // SAFETY: geteuid has no preconditions.
@@ -46,7 +49,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         c
     };
     cmd.args(&agent_args);
-    eprintln!("xtask run: {} (Ctrl-C stops it)", crate::host::command_line(&cmd));
+    eprintln!(
+        "xtask run: {} (Ctrl-C stops it)",
+        crate::host::command_line(&cmd)
+    );
     let err = cmd.exec();
     Err(err).with_context(|| format!("starting {}", agent.display()))
 }

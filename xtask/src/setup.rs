@@ -19,10 +19,23 @@ const BPF_LINKER: &str = "bpf-linker@0.13.0";
 /// Packages the agent and its tests need whatever the BPF toolchain:
 /// libpcap for the pcap source, iproute2 for `ss`, QEMU + busybox + cpio
 /// for the guest kernel tests.
-const HOST_PACKAGES: &[&str] = &["libpcap-dev", "iproute2", "qemu-system-x86", "busybox-static", "cpio", "gzip"];
+const HOST_PACKAGES: &[&str] = &[
+    "libpcap-dev",
+    "iproute2",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "gzip",
+];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.
-const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "rust-web-clippy", "llvm-22-dev"];
+const DEBIAN_BPF_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "rust-web-clippy",
+    "llvm-22-dev",
+];
 
 /// Which toolchain builds the BPF crate (and the macOS type-check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +62,8 @@ impl BpfToolchain {
         if self == BpfToolchain::Debian {
             cmd.env("RUSTC_BOOTSTRAP", "1");
         }
-        cmd.env_remove("RUSTC").env_remove("RUSTC_WORKSPACE_WRAPPER");
+        cmd.env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER");
         cmd
     }
 }
@@ -64,11 +78,18 @@ fn dpkg_installed(package: &str) -> bool {
 
 /// Install the Debian packages of `wanted` that are missing.
 fn ensure_packages(wanted: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask setup: installing Debian packages: {}", missing.join(" "));
+    eprintln!(
+        "xtask setup: installing Debian packages: {}",
+        missing.join(" ")
+    );
     apt_install(&missing)
 }
 
@@ -84,7 +105,11 @@ fn nightly_has_rust_src() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        })
         .unwrap_or(false)
 }
 
@@ -106,7 +131,9 @@ fn bpf_linker() -> Option<PathBuf> {
 /// The toolchain already present, if any, without installing anything.
 pub fn detect() -> Option<BpfToolchain> {
     let list = rustup_toolchains();
-    let linked = list.lines().any(|l| l.split_whitespace().next() == Some(LINKED_TOOLCHAIN));
+    let linked = list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(LINKED_TOOLCHAIN));
     if linked && dpkg_installed("rust-web-src") && bpf_linker().is_some() {
         return Some(BpfToolchain::Debian);
     }
@@ -128,7 +155,10 @@ pub fn ensure() -> Result<BpfToolchain> {
     }
     ensure_packages(DEBIAN_BPF_PACKAGES)?;
     let list = rustup_toolchains();
-    if !list.lines().any(|l| l.split_whitespace().next() == Some(LINKED_TOOLCHAIN)) {
+    if !list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(LINKED_TOOLCHAIN))
+    {
         eprintln!("xtask setup: registering Debian's rustc-web with rustup as `{LINKED_TOOLCHAIN}` (rustup toolchain link {LINKED_TOOLCHAIN} /usr)");
         run_captured(
             Command::new("rustup").args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"]),
@@ -138,7 +168,14 @@ pub fn ensure() -> Result<BpfToolchain> {
     if bpf_linker().is_none() {
         eprintln!("xtask setup: building {BPF_LINKER} against Debian's LLVM 22 (about a minute)");
         let status = Command::new("/usr/bin/cargo")
-            .args(["install", "--locked", BPF_LINKER, "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "--locked",
+                BPF_LINKER,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("RUSTC", "/usr/bin/rustc")
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .status()

@@ -47,7 +47,9 @@ fn step(what: &str, cmd: &mut Command) -> Result<Duration> {
     cmd.current_dir(root());
     eprintln!("\nxtask test: {what}: {}", crate::host::command_line(cmd));
     let t = Instant::now();
-    let status = cmd.status().with_context(|| format!("{what}: could not start"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -61,7 +63,10 @@ fn cargo() -> Command {
 /// Kernel release as (major, minor).
 fn kernel_version() -> Option<(u32, u32)> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut it = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    let mut it = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().ok());
     Some((it.next()??, it.next()??))
 }
 
@@ -82,11 +87,22 @@ fn host_required_tiers() -> String {
 fn tier_test_binary() -> Result<PathBuf> {
     let out = cargo()
         .current_dir(root())
-        .args(["test", "-p", "netwatch-user", "--test", "ebpf_tiers", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "netwatch-user",
+            "--test",
+            "ebpf_tiers",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()
         .context("building the ebpf_tiers test binary")?;
     if !out.status.success() {
-        bail!("building the ebpf_tiers test binary failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the ebpf_tiers test binary failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -99,10 +115,16 @@ fn tier_test_binary() -> Result<PathBuf> {
 fn guest_tests() -> Result<Duration> {
     let t = Instant::now();
     let bin = tier_test_binary()?;
-    eprintln!("\nxtask test: eBPF tiers in a QEMU guest (Debian stock kernel, TCG): {}", bin.display());
+    eprintln!(
+        "\nxtask test: eBPF tiers in a QEMU guest (Debian stock kernel, TCG): {}",
+        bin.display()
+    );
     let commands = GUEST_TESTS
         .iter()
-        .map(|name| Ok(GuestCommand::cargo_test(&bin, name)?.env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS)))
+        .map(|name| {
+            Ok(GuestCommand::cargo_test(&bin, name)?
+                .env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS))
+        })
         .collect::<Result<Vec<_>>>()?;
     let opts = VmOptions {
         bpf_stats: true,
@@ -132,27 +154,54 @@ pub fn run(args: TestArgs) -> Result<()> {
     let mut timings: Vec<(&str, Duration)> = Vec::new();
 
     if !args.skip_lint {
-        timings.push(("fmt", step("format check", cargo().args(["fmt", "--all", "--", "--check"]))?));
+        timings.push((
+            "fmt",
+            step(
+                "format check",
+                cargo().args(["fmt", "--all", "--", "--check"]),
+            )?,
+        ));
         timings.push((
             "clippy",
-            step("clippy (host crates)", cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?,
+            step(
+                "clippy (host crates)",
+                cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+            )?,
         ));
-        timings.push(("clippy-ebpf", step("clippy (BPF crate, bpfel-unknown-none)", &mut ebpf_clippy(toolchain))?));
+        timings.push((
+            "clippy-ebpf",
+            step(
+                "clippy (BPF crate, bpfel-unknown-none)",
+                &mut ebpf_clippy(toolchain),
+            )?,
+        ));
     }
 
     let mut test = cargo();
     test.args(["test", "--workspace", "--exclude", "netwatch-ebpf"])
         .args(&args.cargo_args)
         .env("NETWATCH_REQUIRE_TIERS", host_required_tiers());
-    timings.push(("host tests", step("host tests (as root, real kernel)", &mut test)?));
+    timings.push((
+        "host tests",
+        step("host tests (as root, real kernel)", &mut test)?,
+    ));
 
-    timings.push(("macos check", step("macOS type-check (aarch64-apple-darwin)", &mut macos_check(toolchain))?));
+    timings.push((
+        "macos check",
+        step(
+            "macOS type-check (aarch64-apple-darwin)",
+            &mut macos_check(toolchain),
+        )?,
+    ));
 
     if !args.skip_vm {
         timings.push(("guest tests", guest_tests()?));
     }
 
-    eprintln!("\nxtask test: all steps passed in {:.0?}", started.elapsed());
+    eprintln!(
+        "\nxtask test: all steps passed in {:.0?}",
+        started.elapsed()
+    );
     for (name, d) in timings {
         eprintln!("  {name:<12} {d:.1?}");
     }

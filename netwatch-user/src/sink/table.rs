@@ -46,7 +46,11 @@ pub fn render(s: &Snapshot, max_rows: usize) -> String {
         s.connection_count.map_or("-".into(), |c| c.to_string())
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<16} {:>4} {:>14} {:>14}", "INTERFACE", "UP", "RX", "TX");
+    let _ = writeln!(
+        out,
+        "{:<16} {:>4} {:>14} {:>14}",
+        "INTERFACE", "UP", "RX", "TX"
+    );
     for i in &s.interfaces {
         let _ = writeln!(
             out,
@@ -174,7 +178,15 @@ mod tests {
             tx_history: None,
         });
         s.processes = Some(vec![
-            ProcessBandwidth::network_only("a-very-long-process-name".into(), Some(42), 1000, 2000, 1000.0, 2000.0, 2),
+            ProcessBandwidth::network_only(
+                "a-very-long-process-name".into(),
+                Some(42),
+                1000,
+                2000,
+                1000.0,
+                2000.0,
+                2,
+            ),
             ProcessBandwidth::network_only("curl".into(), Some(7), 1, 2, 1.0, 2.0, 1),
         ]);
         let text = render(&s, 1);

@@ -59,7 +59,9 @@ fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
         Mode::Ebpf => Ok(Box::new(super::ebpf::EbpfSource::load(&opts.ebpf)?)),
         Mode::Ss => Ok(Box::new(super::ss::SsSource::new())),
         #[cfg(target_os = "linux")]
-        Mode::Pcap => Ok(Box::new(super::pcap::PcapSource::open(opts.interface.as_deref())?)),
+        Mode::Pcap => Ok(Box::new(super::pcap::PcapSource::open(
+            opts.interface.as_deref(),
+        )?)),
         #[cfg(target_os = "linux")]
         Mode::Proc => Ok(Box::new(super::procnet::ProcNetSource::new())),
         #[cfg(not(target_os = "linux"))]
@@ -75,9 +77,15 @@ fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
 pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
     #[cfg(target_os = "macos")]
     if mode == Mode::Auto {
-        let source: Box<dyn SocketSource> = Box::new(super::macos::MacSource::new());
+        let source: Box<dyn SocketSource> = Box::new(super::macos::MacSource::new(
+            super::macos::MacTools::default(),
+        )?);
         let info = info(source.as_ref(), None);
-        return Ok(Selected { source, info, started_at: Instant::now() });
+        return Ok(Selected {
+            source,
+            info,
+            started_at: Instant::now(),
+        });
     }
     let order: &[Mode] = match mode {
         Mode::Auto => &[Mode::Ebpf, Mode::Ss, Mode::Pcap],
@@ -93,9 +101,16 @@ pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
                 info!(
                     "process rows from the {} source{}",
                     info.source,
-                    info.ebpf_tier.as_deref().map(|t| format!(" ({t} tier)")).unwrap_or_default()
+                    info.ebpf_tier
+                        .as_deref()
+                        .map(|t| format!(" ({t} tier)"))
+                        .unwrap_or_default()
                 );
-                return Ok(Selected { source, info, started_at });
+                return Ok(Selected {
+                    source,
+                    info,
+                    started_at,
+                });
             }
             Err(e) if mode == Mode::Auto => {
                 warn!("{m:?} source unavailable: {e:#}");
