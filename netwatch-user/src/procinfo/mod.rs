@@ -17,6 +17,8 @@ pub mod process;
 #[cfg(target_os = "linux")]
 pub mod system;
 #[cfg(target_os = "linux")]
+pub mod sockets;
+#[cfg(target_os = "linux")]
 pub mod tcp_states;
 
 /// Delta of a cumulative kernel counter between two reads. A counter that
