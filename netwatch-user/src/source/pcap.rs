@@ -20,8 +20,13 @@
 //! socket that closed since the previous read is still found through the
 //! previous table, and its final sample is `closed`. A side with no socket
 //! (one opened and closed between two reads, one in another network
-//! namespace) is counted on a socket-less flow (`pid: None`) if its address
-//! is local, and dropped if not (forwarded traffic).
+//! namespace) is counted on a socket-less flow (`pid: None`, state
+//! `UNKNOWN`, closed after a read with no bytes) if its address is local,
+//! and dropped if not (forwarded traffic).
+//!
+//! # DNS
+//! Port-53 UDP payloads feed a [`dns::DnsTracker`]; the interval's
+//! analytics come out of [`SocketSource::take_dns`].
 //!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
@@ -222,10 +227,20 @@ impl std::fmt::Debug for PcapSource {
 }
 
 impl PcapSource {
-    /// Open the capture and start the capture thread. Counting starts now.
+    /// Capture on `device` (`None`: all interfaces, `any`) with the default
+    /// [`PcapConfig`]. Counting starts now.
     ///
     /// Needs root or `CAP_NET_RAW`; the error says so when that is the cause.
-    pub fn open(config: PcapConfig) -> Result<Self, PcapError> {
+    pub fn open(device: Option<&str>) -> Result<Self, PcapError> {
+        Self::with_config(PcapConfig {
+            device: device.map(str::to_string),
+            ..PcapConfig::default()
+        })
+    }
+
+    /// Open the capture as `config` says and start the capture thread.
+    /// Counting starts now.
+    pub fn with_config(config: PcapConfig) -> Result<Self, PcapError> {
         let device = config.device.clone().unwrap_or_else(|| "any".to_string());
         let open_err = |source: pcap::Error| {
             let hint = open_hint(&source.to_string());
@@ -297,12 +312,6 @@ impl PcapSource {
         lock(&self.shared).stats
     }
 
-    /// DNS analytics for the interval since the previous call (the first
-    /// call covers everything since the capture opened).
-    pub fn take_dns(&mut self) -> DnsAnalytics {
-        lock(&self.shared).dns.take()
-    }
-
     /// Addresses of this host's interfaces, for telling which end of a
     /// socket-less flow is local. Kept as is if listing fails.
     fn refresh_local_ips(&mut self) {
@@ -318,10 +327,6 @@ impl PcapSource {
 impl SocketSource for PcapSource {
     fn name(&self) -> &'static str {
         "pcap"
-    }
-
-    fn detail(&self) -> Option<String> {
-        Some(format!("libpcap on {} ({:?})", self.device, self.link))
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
@@ -351,6 +356,13 @@ impl SocketSource for PcapSource {
             lost_records: stats.lost_records(),
             estimated: false,
         })
+    }
+
+    /// DNS analytics for the interval since the previous call (the first
+    /// call covers everything since the capture opened). Always `Some`: a
+    /// capture that saw no DNS reports zeros.
+    fn take_dns(&mut self) -> Option<DnsAnalytics> {
+        Some(lock(&self.shared).dns.take())
     }
 }
 

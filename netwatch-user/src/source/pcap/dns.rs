@@ -61,10 +61,13 @@ const HEADER_LEN: usize = 12;
 
 /// Parse the 12-byte header.
 pub fn parse_header(msg: &[u8]) -> Result<DnsHeader, DnsError> {
-    let h = msg.get(..HEADER_LEN).ok_or(DnsError::Truncated {
-        need: HEADER_LEN,
-        have: msg.len(),
-    })?;
+    let h: [u8; HEADER_LEN] = msg
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(DnsError::Truncated {
+            need: HEADER_LEN,
+            have: msg.len(),
+        })?;
     Ok(DnsHeader {
         id: u16::from_be_bytes([h[0], h[1]]),
         is_response: h[2] & 0x80 != 0,
@@ -286,10 +289,9 @@ pub fn build_message(id: u16, response: bool, rcode: u8, name: &str, qtype: u16)
         .split('.')
         .filter(|l| !l.is_empty())
     {
-        let bytes = label.as_bytes();
-        let len = bytes.len().min(63);
-        m.push(len as u8);
-        m.extend_from_slice(&bytes[..len]);
+        let label = label.as_bytes().iter().take(63);
+        m.push(label.len() as u8);
+        m.extend(label);
     }
     m.push(0);
     m.extend_from_slice(&qtype.to_be_bytes());

@@ -311,14 +311,8 @@ fn ipv6(d: &[u8], wire: usize) -> Result<Packet<'_>, FrameError> {
         p if p > avail => return Err(truncated(L, 40 + p, wire)),
         p => p,
     };
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&hdr[24..40]);
-    let (src, dst) = (
-        IpAddr::V6(Ipv6Addr::from(src)),
-        IpAddr::V6(Ipv6Addr::from(dst)),
-    );
+    let src = IpAddr::V6(Ipv6Addr::from(bytes::<16>(d, 8, L)?));
+    let dst = IpAddr::V6(Ipv6Addr::from(bytes::<16>(d, 24, L)?));
 
     let mut next = hdr[6];
     let mut off = 40usize;
@@ -606,8 +600,8 @@ pub(crate) mod tests {
         )
     }
 
-    /// Every (link type, frame, expected) case the decoder must get right.
-    fn valid_frames() -> Vec<(
+    /// A valid frame: (name, link type, bytes, protocol, src, dst, payload length).
+    type Case = (
         &'static str,
         LinkType,
         Vec<u8>,
@@ -615,7 +609,10 @@ pub(crate) mod tests {
         &'static str,
         &'static str,
         u32,
-    )> {
+    );
+
+    /// Every (link type, frame, expected) case the decoder must get right.
+    fn valid_frames() -> Vec<Case> {
         let t4 = (Protocol::Tcp, "10.0.0.1:40000", "10.0.0.2:443");
         let u6 = (Protocol::Udp, "[fe80::1]:5353", "[2001:db8::2]:53");
         let n = PAYLOAD.len() as u32;
@@ -942,19 +939,18 @@ pub(crate) mod tests {
     #[test]
     fn impossible_fields_are_malformed() {
         let good = v4_tcp();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
-            ("version 5", Box::new(|f| f[0] = 0x55)),
-            ("ihl 4", Box::new(|f| f[0] = 0x44)),
-            (
-                "total < ihl",
-                Box::new(|f| f[2..4].copy_from_slice(&10u16.to_be_bytes())),
-            ),
-            (
-                "total > frame",
-                Box::new(|f| f[2..4].copy_from_slice(&9000u16.to_be_bytes())),
-            ),
-            ("tcp offset 4", Box::new(|f| f[20 + 12] = 0x40)),
-            ("tcp offset past end", Box::new(|f| f[20 + 12] = 0xf0)),
+        type Mutation = (&'static str, fn(&mut Vec<u8>));
+        let cases: [Mutation; 6] = [
+            ("version 5", |f| f[0] = 0x55),
+            ("ihl 4", |f| f[0] = 0x44),
+            ("total < ihl", |f| {
+                f[2..4].copy_from_slice(&10u16.to_be_bytes())
+            }),
+            ("total > frame", |f| {
+                f[2..4].copy_from_slice(&9000u16.to_be_bytes())
+            }),
+            ("tcp offset 4", |f| f[20 + 12] = 0x40),
+            ("tcp offset past end", |f| f[20 + 12] = 0xf0),
         ];
         for (name, mutate) in cases {
             let mut f = good.clone();
