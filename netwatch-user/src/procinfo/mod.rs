@@ -15,6 +15,8 @@ pub mod interfaces;
 #[cfg(target_os = "linux")]
 pub mod process;
 #[cfg(target_os = "linux")]
+pub mod sockets;
+#[cfg(target_os = "linux")]
 pub mod system;
 #[cfg(target_os = "linux")]
 pub mod tcp_states;

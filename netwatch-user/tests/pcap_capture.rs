@@ -1,0 +1,405 @@
+//! The pcap source against real loopback traffic. Every test here NEEDS
+//! ROOT (CAP_NET_RAW to capture, root to bind port 53) and fails, loudly,
+//! without it. The tests run one at a time (they share this process's pid,
+//! which is what the per-process assertions are about).
+//!
+//! The byte bound: the source counts transport payload from the IP/TCP/UDP
+//! length fields. A TCP stream of N bytes therefore counts N + retransmitted
+//! bytes; loopback does not lose segments, so the assertions are exact.
+//! UDP datagrams count exactly their payload.
+#![cfg(target_os = "linux")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use netwatch::attribution::Attribution;
+use netwatch::source::pcap::{dns, PcapConfig, PcapError, PcapSource};
+use netwatch::source::{CountOrigin, SampleBatch, SocketSample, SocketSource};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Take the one-test-at-a-time lock and insist on root.
+fn root_test() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("Uid line in /proc/self/status");
+    assert_eq!(
+        euid, "0",
+        "this test NEEDS ROOT: it captures on loopback with libpcap (CAP_NET_RAW) \
+         and binds UDP port 53; run it as root (e.g. `sudo -E cargo test --test pcap_capture`)"
+    );
+    guard
+}
+
+fn open(device: &str, filter: Option<String>) -> PcapSource {
+    PcapSource::with_config(PcapConfig {
+        device: Some(device.to_string()),
+        filter,
+        ..PcapConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("opening the capture: {e}"))
+}
+
+fn our_comm() -> String {
+    let c = std::fs::read_to_string("/proc/self/comm").unwrap();
+    c.strip_suffix('\n').unwrap_or(&c).to_string()
+}
+
+/// The sample of the socket with these endpoints.
+fn sample(b: &SampleBatch, local: SocketAddr, remote: Option<SocketAddr>) -> Option<&SocketSample> {
+    b.samples
+        .iter()
+        .find(|s| s.local == Some(local) && s.remote == remote)
+}
+
+fn counts(b: &SampleBatch, local: SocketAddr, remote: Option<SocketAddr>) -> (u64, u64) {
+    sample(b, local, remote).map_or((0, 0), |s| (s.tx_bytes, s.rx_bytes))
+}
+
+/// Read until `want` holds for a batch (packets reach the capture thread
+/// within one capture timeout), then once more after a pause, so late
+/// over-counting would show. Every batch also goes through `attribution`.
+/// Returns the last batch and the per-process (rx, tx) deltas summed for our pid.
+fn settle(
+    src: &mut PcapSource,
+    attribution: &mut Attribution,
+    want: impl Fn(&SampleBatch) -> bool,
+) -> (SampleBatch, (u64, u64)) {
+    let pid = std::process::id();
+    let mut ours = (0, 0);
+    let mut apply = |b: &SampleBatch| {
+        let a = attribution.apply(b);
+        if let Some(p) = a.processes.iter().find(|p| p.pid == Some(pid)) {
+            ours.0 += p.rx_bytes;
+            ours.1 += p.tx_bytes;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = src.read().expect("read");
+        apply(&b);
+        if want(&b) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let b = src.read().expect("read");
+    apply(&b);
+    (b, ours)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// Client sends `up` bytes, server answers `down` bytes, over TCP on `ip`,
+/// captured on `lo`; both sockets stay open until the counts are read.
+fn tcp_exact(ip: &str) {
+    const UP: usize = 1_000_003;
+    const DOWN: usize = 70_001;
+    let _root = root_test();
+    let mut src = open("lo", None);
+    let mut attribution = Attribution::new(Instant::now());
+
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server_thread = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; UP];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, pattern(UP));
+        s.write_all(&pattern(DOWN)).unwrap();
+        s // kept open until the test is done
+    });
+    let mut client = TcpStream::connect(server_addr).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    client.write_all(&pattern(UP)).unwrap();
+    let mut back = vec![0u8; DOWN];
+    client.read_exact(&mut back).unwrap();
+    let server = server_thread.join().unwrap();
+
+    let (c, s) = (client_addr, server_addr);
+    let (b, ours) = settle(&mut src, &mut attribution, |b| {
+        counts(b, c, Some(s)) == (UP as u64, DOWN as u64)
+            && counts(b, s, Some(c)) == (DOWN as u64, UP as u64)
+    });
+    let stats = src.stats();
+    let bound = "bound: counted = transport payload from IP/TCP length fields = bytes written \
+                 + retransmitted bytes; loopback retransmits nothing, so exactly the bytes written";
+    let cs = sample(&b, c, Some(s)).expect("a sample for the client socket");
+    let ss = sample(&b, s, Some(c)).expect("a sample for the server socket");
+    assert_eq!(
+        (cs.tx_bytes, cs.rx_bytes),
+        (UP as u64, DOWN as u64),
+        "client (tx, rx); {bound}; capture stats {stats:?}"
+    );
+    assert_eq!(
+        (ss.tx_bytes, ss.rx_bytes),
+        (DOWN as u64, UP as u64),
+        "server (tx, rx); {bound}; capture stats {stats:?}"
+    );
+    for x in [cs, ss] {
+        assert_eq!(x.pid, Some(std::process::id()));
+        assert_eq!(x.comm.as_deref(), Some(our_comm().as_str()));
+        assert_eq!(x.state, "ESTABLISHED");
+        assert_eq!(x.origin, CountOrigin::SinceAttach);
+        assert!(!x.closed);
+    }
+    let total = (UP + DOWN) as u64;
+    assert_eq!(
+        ours,
+        (total, total),
+        "our process row (rx, tx) summed over the reads; {bound}"
+    );
+    assert_eq!(stats.decode_errors, 0, "{stats:?}");
+    assert_eq!(src.name(), "pcap");
+    drop((client, server));
+}
+
+#[test]
+fn tcp_over_ipv4_loopback_counts_exact_payload_per_socket_and_process() {
+    tcp_exact("127.0.0.1");
+}
+
+#[test]
+fn tcp_over_ipv6_loopback_counts_exact_payload_per_socket_and_process() {
+    tcp_exact("::1");
+}
+
+/// UDP datagrams of known sizes, captured on `any` (Linux cooked headers):
+/// a connected client and an unconnected server, IPv4 and IPv6, including
+/// a 65527-byte IPv6 datagram that exceeds lo's MTU and is fragmented.
+#[test]
+fn udp_datagrams_on_any_count_exactly_including_ipv6_fragments() {
+    let _root = root_test();
+    for (ip, sizes) in [
+        ("127.0.0.1", &[0usize, 1, 100, 1472, 9000, 65507][..]),
+        ("::1", &[1usize, 512, 65000, 65527][..]),
+    ] {
+        let server = UdpSocket::bind((ip, 0)).unwrap();
+        let client = UdpSocket::bind((ip, 0)).unwrap();
+        let (s, c) = (server.local_addr().unwrap(), client.local_addr().unwrap());
+        client.connect(s).unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // No filter: libpcap's `udp` does not follow IPv6 extension
+        // headers, so it would drop the fragments this test is about.
+        let mut src = open("any", None);
+        let mut attribution = Attribution::new(Instant::now());
+
+        let mut buf = vec![0u8; 70_000];
+        for &n in sizes {
+            client.send(&pattern(n)).unwrap();
+            let (got, from) = server.recv_from(&mut buf).unwrap();
+            assert_eq!((got, from), (n, c));
+            // Answer with half.
+            server.send_to(&pattern(n / 2), c).unwrap();
+            assert_eq!(client.recv(&mut buf).unwrap(), n / 2);
+        }
+        let up: u64 = sizes.iter().map(|&n| n as u64).sum();
+        let down: u64 = sizes.iter().map(|&n| (n / 2) as u64).sum();
+        let (b, ours) = settle(&mut src, &mut attribution, |b| {
+            counts(b, c, Some(s)) == (up, down) && counts(b, s, None) == (down, up)
+        });
+        let stats = src.stats();
+        let cs = sample(&b, c, Some(s)).expect("client sample");
+        let ss = sample(&b, s, None).expect("unconnected server sample");
+        assert_eq!(
+            (cs.tx_bytes, cs.rx_bytes),
+            (up, down),
+            "{ip} client (tx, rx): UDP payload is exact; {stats:?}"
+        );
+        assert_eq!(
+            (ss.tx_bytes, ss.rx_bytes),
+            (down, up),
+            "{ip} server (tx, rx): UDP payload is exact; {stats:?}"
+        );
+        assert_eq!(
+            (cs.state.as_str(), ss.state.as_str()),
+            ("ESTABLISHED", "UNCONN")
+        );
+        assert_eq!(
+            (cs.pid, ss.pid),
+            (Some(std::process::id()), Some(std::process::id()))
+        );
+        assert_eq!(
+            ours,
+            (up + down, up + down),
+            "{ip} our process row (rx, tx)"
+        );
+        assert_eq!(stats.decode_errors, 0, "{stats:?}");
+        if ip == "::1" {
+            // The 65527-byte datagram went as fragments; the later ones are skipped.
+            assert!(
+                stats.skipped >= 1,
+                "expected IPv6 later fragments to be skipped: {stats:?}"
+            );
+        }
+    }
+}
+
+/// A tiny DNS responder on 127.0.0.1:53: NXDOMAIN for `nx.*`, a 150 ms
+/// delay for `slow.*`, silence for `drop.*`, NOERROR otherwise.
+fn responder(sock: UdpSocket, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(m) = dns::parse(&buf[..n]) else {
+                continue;
+            };
+            let Some(q) = m.question else { continue };
+            if q.name.starts_with("drop.") {
+                continue;
+            }
+            if q.name.starts_with("slow.") {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            let rcode = if q.name.starts_with("nx.") { 3 } else { 0 };
+            let reply = dns::build_message(m.header.id, true, rcode, &q.name, q.qtype);
+            sock.send_to(&reply, from).unwrap();
+        }
+    })
+}
+
+#[test]
+fn dns_over_loopback_port_53_is_counted_exactly() {
+    let _root = root_test();
+    let server = UdpSocket::bind("127.0.0.1:53").unwrap_or_else(|e| {
+        panic!("binding 127.0.0.1:53 for the test responder (needs root and a free port): {e}")
+    });
+    let s = server.local_addr().unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let c = client.local_addr().unwrap();
+    let mut src = open(
+        "lo",
+        Some(format!(
+            "udp and host 127.0.0.1 and port 53 and port {}",
+            c.port()
+        )),
+    );
+    let mut attribution = Attribution::new(Instant::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = responder(server.try_clone().unwrap(), Arc::clone(&stop));
+
+    let queries = [
+        (1u16, "www.example.com"),
+        (2, "api.Example.com"),
+        (3, "nx.example.org"),
+        (4, "slow.test.net"),
+        (5, "drop.example.com"),
+    ];
+    let mut up = 0u64;
+    let mut down = 0u64;
+    for (id, name) in queries {
+        let q = dns::build_message(id, false, 0, name, 1);
+        up += q.len() as u64;
+        client.send_to(&q, s).unwrap();
+    }
+    let mut buf = [0u8; 1500];
+    let mut rcodes = Vec::new();
+    for _ in 0..4 {
+        let n = client.recv(&mut buf).expect("a DNS response");
+        down += n as u64;
+        let m = dns::parse(&buf[..n]).unwrap();
+        rcodes.push((m.header.id, m.header.rcode));
+    }
+    rcodes.sort();
+    assert_eq!(rcodes, vec![(1, 0), (2, 0), (3, 3), (4, 0)]);
+
+    let (b, _) = settle(&mut src, &mut attribution, |b| {
+        counts(b, c, None) == (up, down) && counts(b, s, None) == (down, up)
+    });
+    assert_eq!(
+        counts(&b, c, None),
+        (up, down),
+        "client (tx, rx): exact UDP payload"
+    );
+    assert_eq!(
+        counts(&b, s, None),
+        (down, up),
+        "responder (tx, rx): exact UDP payload"
+    );
+
+    let a = src.take_dns().expect("pcap always reports DNS analytics");
+    assert_eq!(a.total_queries, 5, "{a:?}");
+    assert_eq!(a.total_responses, 4, "{a:?}");
+    assert_eq!(a.nxdomain_count, 1, "{a:?}");
+    assert_eq!(
+        a.latency_buckets.iter().sum::<u64>(),
+        4,
+        "one latency per answered query: {a:?}"
+    );
+    assert!(
+        a.latency_buckets[5..].iter().sum::<u64>() >= 1,
+        "the 150 ms answer lands at ≥100 ms: {a:?}"
+    );
+    assert_eq!(
+        a.top_domains,
+        vec![
+            ("example.com".to_string(), 3),
+            ("example.org".to_string(), 1),
+            ("test.net".to_string(), 1),
+        ]
+    );
+    // The interval restarts.
+    let again = src.take_dns().unwrap_or_default();
+    assert_eq!((again.total_queries, again.total_responses), (0, 0));
+    assert_eq!(src.stats().dns_malformed, 0);
+
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+}
+
+#[test]
+fn opening_a_missing_interface_says_what_is_wrong() {
+    let _root = root_test();
+    let err = PcapSource::open(Some("netwatch-nope0")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PcapError::Open { .. }), "{msg}");
+    assert!(
+        msg.contains("netwatch-nope0") && msg.contains("ip link"),
+        "{msg}"
+    );
+    let err = PcapSource::with_config(PcapConfig {
+        device: Some("lo".into()),
+        filter: Some("this is not bpf".into()),
+        ..PcapConfig::default()
+    })
+    .unwrap_err();
+    assert!(matches!(err, PcapError::Filter { .. }), "{err}");
+}
+
+#[test]
+fn dropping_the_source_stops_the_capture_thread_promptly() {
+    let _root = root_test();
+    let src = PcapSource::open(None).expect("capture on any");
+    assert_eq!(src.device(), "any");
+    assert_eq!(src.detail(), None, "detail() is the eBPF tier slot");
+    let t = Instant::now();
+    drop(src);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop took {:?}",
+        t.elapsed()
+    );
+}
