@@ -441,10 +441,9 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
         for (name, prog) in src.ebpf().programs() {
             if let Ok(info) = prog.info() {
                 let (ns, cnt) = (info.run_time().as_nanos() as u64, info.run_count());
-                if cnt > 0 {
+                if let Some(per_event) = ns.checked_div(cnt) {
                     println!(
-                        "NETWATCH-BPFSTATS tier={tier} program={name} run_cnt={cnt} run_time_ns={ns} ns_per_event={}",
-                        ns / cnt
+                        "NETWATCH-BPFSTATS tier={tier} program={name} run_cnt={cnt} run_time_ns={ns} ns_per_event={per_event}"
                     );
                 }
             }
@@ -589,7 +588,9 @@ fn load_best_with(max_sockets: u32, ringbuf_bytes: u32) -> Option<EbpfSource> {
 fn full_ring_buffer_loses_no_bytes() {
     let _serial = serial();
     // One page holds ~30 records; 200 connections close between two reads.
-    let Some(mut src) = load_best_with(65536, 4096) else { return };
+    let Some(mut src) = load_best_with(65536, 4096) else {
+        return;
+    };
     let mut attribution = Attribution::new(Instant::now());
     attribution.apply(&src.read().unwrap());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -612,22 +613,38 @@ fn full_ring_buffer_loses_no_bytes() {
     let batch = src.read().unwrap();
     let a = attribution.apply(&batch);
     let k = src.kernel_counters();
-    assert!(k.ringbuf_drops > 0, "the test must overflow the ring buffer: {k:?}");
+    assert!(
+        k.ringbuf_drops > 0,
+        "the test must overflow the ring buffer: {k:?}"
+    );
     let want = (CONNS * EACH) as u64;
-    assert_eq!(proc_bytes(&a, std::process::id()), (want, want), "every byte despite {} dropped records", k.ringbuf_drops);
+    assert_eq!(
+        proc_bytes(&a, std::process::id()),
+        (want, want),
+        "every byte despite {} dropped records",
+        k.ringbuf_drops
+    );
     assert_eq!(batch.lost_records, 0);
-    println!("NETWATCH-TIER {}: {} records overflowed the ring buffer, bytes exact", src.tier(), k.ringbuf_drops);
+    println!(
+        "NETWATCH-TIER {}: {} records overflowed the ring buffer, bytes exact",
+        src.tier(),
+        k.ringbuf_drops
+    );
 }
 
 /// Sockets evicted from a full LRU map are counted as lost, not hidden.
 #[test]
 fn lru_evictions_are_counted() {
     let _serial = serial();
-    let Some(mut src) = load_best_with(16, 256 * 1024) else { return };
+    let Some(mut src) = load_best_with(16, 256 * 1024) else {
+        return;
+    };
     src.read().unwrap();
     let target = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = target.local_addr().unwrap();
-    let senders: Vec<UdpSocket> = (0..200).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let senders: Vec<UdpSocket> = (0..200)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
     for s in &senders {
         s.send_to(b"x", to).unwrap();
     }
@@ -637,5 +654,9 @@ fn lru_evictions_are_counted() {
         "200 sockets through a 16-entry map must report evictions: {:?}",
         src.kernel_counters()
     );
-    println!("NETWATCH-TIER {}: {} LRU evictions reported", src.tier(), batch.lost_records);
+    println!(
+        "NETWATCH-TIER {}: {} LRU evictions reported",
+        src.tier(),
+        batch.lost_records
+    );
 }

@@ -197,7 +197,7 @@ INTERFACE          UP             RX             TX
 lo                 up      2.0 KiB/s      2.0 KiB/s
 
      PID PROCESS                      RX             TX     RX BYTES     TX BYTES CONNS
-      42 a-very-long-pro…       1000 B/s       2000 B/s         1000         2000     2
+      42 a-very-long-pro…       1000 B/s      2.0 KiB/s         1000         2000     2
 … 1 more processes
 ";
         assert_eq!(text, expected);

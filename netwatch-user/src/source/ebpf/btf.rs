@@ -136,7 +136,10 @@ mod tests {
             o.skc_family, 16,
             "skc_family follows the 16-byte address/port block"
         );
-        assert!(o.skc_v6_daddr > 16 && o.skc_v6_daddr % 4 == 0, "{o:?}");
+        assert!(
+            o.skc_v6_daddr > 16 && o.skc_v6_daddr.is_multiple_of(4),
+            "{o:?}"
+        );
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
     }
