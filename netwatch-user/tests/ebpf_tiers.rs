@@ -222,7 +222,9 @@ fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
         let u = UdpSocket::bind(bind).unwrap();
         addrs.push(u.local_addr().unwrap());
         threads.push(thread::spawn(move || {
-            u.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            // Generous: under software emulation (QEMU TCG) the TCP
+            // transfers before the datagrams can take minutes.
+            u.set_read_timeout(Some(Duration::from_secs(240))).unwrap();
             let mut buf = vec![0u8; 65536];
             let mut seen = Vec::new();
             for _ in 0..udp_datagrams {
@@ -243,8 +245,34 @@ fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
     }
 }
 
-fn spawn_child(role: &str, s: &Servers) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// A workload child that is killed if the test fails before reaping it,
+/// so a failed run never leaves a process holding the guest open.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn_child(role: &str, s: &Servers) -> Worker {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "workload_child",
             "--exact",
@@ -260,7 +288,8 @@ fn spawn_child(role: &str, s: &Servers) -> Child {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("re-executing the test binary as a workload child")
+        .expect("re-executing the test binary as a workload child");
+    Worker(child)
 }
 
 /// Read a child's report lines up to DONE.

@@ -128,6 +128,8 @@ fn guest_tests() -> Result<Duration> {
         .collect::<Result<Vec<_>>>()?;
     let opts = VmOptions {
         bpf_stats: true,
+        // Software emulation is slow and its speed varies with the host's load.
+        timeout: Duration::from_secs(900),
         ..VmOptions::default()
     };
     let report = vm::run_in_vm(&opts, &[bin], &commands)?;
