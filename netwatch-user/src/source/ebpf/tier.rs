@@ -266,8 +266,24 @@ pub enum LoadError {
     Map(&'static str, #[source] aya::maps::MapError),
 }
 
-/// A short explanation of a program error: the errno and what it usually means.
-fn explain(e: &ProgramError) -> String {
+/// A short explanation of a program error: its cause chain, the errno and
+/// what it usually means.
+fn explain(hook: Hook, e: &ProgramError) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    if matches!(hook.kind, HookKind::Kprobe | HookKind::Kretprobe)
+        && !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+    {
+        return format!("{text} (this kernel has no kprobes: CONFIG_KPROBES is not set)");
+    }
     let io = match e {
         ProgramError::LoadError { io_error, .. } => Some(io_error),
         ProgramError::SyscallError(s) => Some(&s.io_error),
@@ -282,7 +298,7 @@ fn explain(e: &ProgramError) -> String {
         Some(libc::EINVAL) => " (EINVAL: the kernel rejected the program or attach type)",
         _ => "",
     };
-    format!("{e}{hint}")
+    format!("{text}{hint}")
 }
 
 fn program_error(tier: Tier, hook: Hook, action: &'static str, e: ProgramError) -> LoadError {
@@ -293,7 +309,7 @@ fn program_error(tier: Tier, hook: Hook, action: &'static str, e: ProgramError) 
         tier,
         hook,
         action,
-        reason: explain(&e),
+        reason: explain(hook, &e),
     }
 }
 
