@@ -153,7 +153,7 @@ fn workload_child() {
         }
         // Short-lived connections (closed before the collector reads) and one idle one.
         "short" => {
-            let idle = TcpStream::connect(addr("TCP4")).unwrap();
+            let idle = TcpStream::connect(addr("IDLE")).unwrap();
             writeln!(out, "IDLE {}", idle.local_addr().unwrap()).unwrap();
             for _ in 0..SHORT_CONNS {
                 let (local, reply) = exchange(addr("TCP6"), SHORT_SEND);
@@ -179,12 +179,15 @@ struct Servers {
     tcp6: SocketAddr,
     udp4: SocketAddr,
     udp6: SocketAddr,
+    idle: SocketAddr,
     threads: Vec<thread::JoinHandle<Seen>>,
+    idle_thread: thread::JoinHandle<()>,
 }
 
 /// The parent's servers: each TCP connection is read to EOF, answered and
-/// closed; UDP sockets receive the expected datagrams. The IPv4 listener
-/// also takes the idle connection, which it never reads.
+/// closed; UDP sockets receive the expected datagrams. The idle connection
+/// has a listener of its own, which holds it without reading until the
+/// client closes it, so no server needs a timing guess to tell them apart.
 fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
     let mut threads = Vec::new();
     let mut addrs = Vec::new();
@@ -193,20 +196,10 @@ fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
         addrs.push(l.local_addr().unwrap());
         threads.push(thread::spawn(move || {
             let mut seen = Vec::new();
-            let mut idle = Vec::new();
-            while seen.len() < conns {
+            for _ in 0..conns {
                 let (mut s, peer) = l.accept().unwrap();
                 let mut got = Vec::new();
-                // The idle connection sends nothing and never closes: park it.
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                match s.read_to_end(&mut got) {
-                    Ok(_) => {}
-                    Err(_) if got.is_empty() => {
-                        idle.push(s);
-                        continue;
-                    }
-                    Err(e) => panic!("server read: {e}"),
-                }
+                s.read_to_end(&mut got).unwrap();
                 let reply = if got.len() == SHORT_SEND {
                     SHORT_REPLY
                 } else {
@@ -218,6 +211,18 @@ fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
             seen
         }));
     }
+    let idle = TcpListener::bind("127.0.0.1:0").unwrap();
+    let idle_addr = idle.local_addr().unwrap();
+    let idle_thread = thread::spawn(move || {
+        let (mut s, _) = idle.accept().unwrap();
+        let mut buf = [0u8; 1];
+        // Returns when the client closes the connection: it sent nothing.
+        assert_eq!(
+            s.read(&mut buf).unwrap(),
+            0,
+            "the idle connection sends nothing"
+        );
+    });
     for bind in ["127.0.0.1:0", "[::1]:0"] {
         let u = UdpSocket::bind(bind).unwrap();
         addrs.push(u.local_addr().unwrap());
@@ -241,7 +246,9 @@ fn start_servers(tcp_conns: [usize; 2], udp_datagrams: usize) -> Servers {
         tcp6: addrs[1],
         udp4: addrs[2],
         udp6: addrs[3],
+        idle: idle_addr,
         threads,
+        idle_thread,
     }
 }
 
@@ -285,6 +292,7 @@ fn spawn_child(role: &str, s: &Servers) -> Worker {
         .env("TCP6", s.tcp6.to_string())
         .env("UDP4", s.udp4.to_string())
         .env("UDP6", s.udp6.to_string())
+        .env("IDLE", s.idle.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -346,7 +354,13 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
     let short_lines = report(&mut short);
     assert!(bulk.wait().unwrap().success(), "bulk workload child failed");
     let mut server_seen = Vec::new();
-    for t in std::mem::take(&mut { servers.threads }) {
+    let Servers {
+        threads,
+        idle_thread,
+        idle: idle_server,
+        ..
+    } = servers;
+    for t in threads {
         server_seen.extend(t.join().unwrap());
     }
 
@@ -357,6 +371,7 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
         short.wait().unwrap().success(),
         "short workload child failed"
     );
+    idle_thread.join().unwrap();
 
     let me = std::process::id();
     let (bulk_pid, short_pid) = (bulk.id(), short.id());
@@ -445,7 +460,7 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
                 checked += 1;
             }
             "IDLE" => {
-                let moved: u64 = conn(&a, "TCP", local, Some(servers.tcp4))
+                let moved: u64 = conn(&a, "TCP", local, Some(idle_server))
                     .iter()
                     .map(|c| c.rx_bytes.unwrap_or(0) + c.tx_bytes.unwrap_or(0))
                     .sum();

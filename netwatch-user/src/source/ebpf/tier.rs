@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 
-use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, ProgramError, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use netwatch_common::{names, Tier as AbiTier};
@@ -331,16 +331,20 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .map_err(LoadError::Object)
 }
 
-/// Load (verify) one program without attaching it.
-pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Result<(), LoadError> {
-    let prog = ebpf
-        .program_mut(hook.program)
+/// The program `hook` names, from the loaded object.
+fn find_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<&mut Program, LoadError> {
+    ebpf.program_mut(hook.program)
         .ok_or_else(|| LoadError::Program {
             tier,
             hook,
             action: "finding",
             reason: "program missing from the BPF object".into(),
-        })?;
+        })
+}
+
+/// Load (verify) one program without attaching it.
+pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Result<(), LoadError> {
+    let prog = find_program(ebpf, tier, hook)?;
     let err = |e| program_error(tier, hook, "loading", e);
     match hook.kind {
         HookKind::Fentry => {
@@ -368,14 +372,7 @@ pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Resul
 
 /// Attach a loaded program. The link lives as long as `ebpf`.
 fn attach_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<(), LoadError> {
-    let prog = ebpf
-        .program_mut(hook.program)
-        .ok_or_else(|| LoadError::Program {
-            tier,
-            hook,
-            action: "finding",
-            reason: "program missing from the BPF object".into(),
-        })?;
+    let prog = find_program(ebpf, tier, hook)?;
     let err = |e| program_error(tier, hook, "attaching", e);
     match hook.kind {
         HookKind::Fentry => {
