@@ -2,6 +2,7 @@
 //! another (`cargo xtask test` runs guest tests through [`vm::run_in_vm`]).
 //! `main.rs` only parses the command line and dispatches here.
 
+pub mod bench;
 pub mod host;
 pub mod run;
 pub mod setup;

@@ -18,6 +18,8 @@ enum Command {
     Run(xtask::run::RunArgs),
     /// The whole test suite: lint, host tests, macOS check, guest kernel tests.
     Test(xtask::test::TestArgs),
+    /// Measurements: BPF per-event cost on the host and guest tiers.
+    Bench(xtask::bench::BenchArgs),
     /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
 }
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             .map(|t| eprintln!("xtask setup: ready (BPF toolchain: {})", t.rustup_name())),
         Command::Run(args) => xtask::run::run(args),
         Command::Test(args) => xtask::test::run(args),
+        Command::Bench(args) => xtask::bench::run(args),
         Command::Vm(args) => xtask::vm::cli::run(args),
     }
 }
