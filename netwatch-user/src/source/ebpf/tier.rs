@@ -431,12 +431,30 @@ fn raise_memlock() {
     }
 }
 
+/// Where tracepoints are attached from.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Classic tracepoints are attached through tracefs, which a fresh system
+/// may not have mounted: mount it (we are root) and say so. Failure is a
+/// warning; attaching then fails with its own error.
+pub fn ensure_tracefs() {
+    let events = std::path::Path::new(TRACEFS).join("events");
+    if events.exists() || std::path::Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    match rustix::mount::mount("nodev", TRACEFS, "tracefs", rustix::mount::MountFlags::empty(), None) {
+        Ok(()) => info!("mounted tracefs at {TRACEFS} (needed to attach tracepoints)"),
+        Err(e) => warn!("tracefs is not mounted and mounting it at {TRACEFS} failed: {e}; tracepoints cannot attach"),
+    }
+}
+
 /// Load the tier `opts` asks for, or the best one that attaches.
 pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
     if BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     raise_memlock();
+    ensure_tracefs();
     let offsets = SockOffsets::from_kernel()?;
     let btf = Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
     let candidates: Vec<Tier> = match opts.tier {
