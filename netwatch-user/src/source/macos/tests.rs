@@ -813,6 +813,34 @@ mod end_to_end {
     }
 
     #[test]
+    fn runner_errors_become_the_mac_errors_that_name_the_tool() {
+        use crate::tool::ToolCommand;
+        use std::path::Path;
+
+        let missing = ToolCommand::new(Path::new("/nonexistent/lsof"), &[], Duration::from_secs(1));
+        let err = MacError::from(missing.run().unwrap_err());
+        assert!(matches!(err, MacError::ToolMissing { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/lsof"), "{err}");
+
+        let slow = ToolCommand::new(
+            Path::new("/bin/sh"),
+            &["-c", "exec sleep 30"],
+            Duration::from_millis(200),
+        );
+        let err = MacError::from(slow.run().unwrap_err());
+        assert!(
+            matches!(
+                err,
+                MacError::Timeout {
+                    timeout_ms: 200,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_failing_nettop_fails_the_read() {
         let b = Bench::new();
         b.put("lsof.out", LSOF_1);
