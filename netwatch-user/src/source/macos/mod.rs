@@ -23,6 +23,8 @@ use crate::tool::ToolError;
 
 mod addr;
 mod correlate;
+#[cfg(test)]
+mod fixtures;
 mod lines;
 pub mod lsof;
 pub mod netstat;
