@@ -3,7 +3,8 @@
 //! Data flows one way: a [`source`] reads per-socket counters, [`attribution`]
 //! turns them into the interval's rows, [`snapshot`] assembles the wire
 //! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
-//! each snapshot, as a value, to every [`sink`].
+//! each snapshot, as a value, to every [`sink`]. Sources that read an
+//! external tool (`ss`, the macOS tools) run it through [`tool`].
 
 pub mod agent;
 pub mod attribution;
@@ -12,3 +13,4 @@ pub mod procinfo;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod tool;

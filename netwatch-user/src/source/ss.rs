@@ -35,13 +35,13 @@ pub use parse::{
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample, SocketSource};
+use crate::tool::{ToolCommand, ToolError};
 
 /// The arguments the source passes to `ss`: TCP and UDP (`-tu`), numeric
 /// (`-n`), all states (`-a`), owning processes (`-p`), `tcp_info` (`-i`) and
@@ -186,6 +186,40 @@ pub enum SsError {
         #[source]
         source: io::Error,
     },
+    /// Only with an output limit, which [`SsSource`] does not set.
+    #[error("`{program} {SS_ARGS}` printed more than {limit_bytes} bytes, refusing to parse it")]
+    TooMuchOutput { program: String, limit_bytes: u64 },
+}
+
+impl From<ToolError> for SsError {
+    fn from(e: ToolError) -> Self {
+        match e {
+            ToolError::NotFound { program } => SsError::NotFound {
+                program: program.display().to_string(),
+            },
+            ToolError::Spawn { program, source } => SsError::Spawn {
+                program: program.display().to_string(),
+                source,
+            },
+            ToolError::Wait { program, source } | ToolError::Read { program, source } => {
+                SsError::Read {
+                    program: program.display().to_string(),
+                    source,
+                }
+            }
+            ToolError::Timeout { program, timeout } => SsError::Timeout {
+                program: program.display().to_string(),
+                timeout,
+            },
+            ToolError::TooMuchOutput {
+                program,
+                limit_bytes,
+            } => SsError::TooMuchOutput {
+                program: program.display().to_string(),
+                limit_bytes,
+            },
+        }
+    }
 }
 
 /// The `ss` socket source. See the module documentation.
@@ -244,52 +278,19 @@ impl SsSource {
     /// Run `ss -tunapie` and return its output, lossily decoded (process
     /// names are raw bytes and may be cut mid-character).
     pub fn run(&self) -> Result<String, SsError> {
-        let program = self.program.display().to_string();
-        let mut child = Command::new(&self.program)
-            .arg(SS_ARGS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound => SsError::NotFound {
-                    program: program.clone(),
-                },
-                _ => SsError::Spawn {
-                    program: program.clone(),
-                    source,
-                },
-            })?;
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-        let status =
-            wait_with_deadline(&mut child, self.timeout).map_err(|source| SsError::Read {
-                program: program.clone(),
-                source,
-            })?;
-        let Some(status) = status else {
-            return Err(SsError::Timeout {
-                program,
-                timeout: self.timeout,
-            });
-        };
-        let read = |r: thread::JoinHandle<io::Result<Vec<u8>>>| {
-            r.join()
-                .unwrap_or_else(|_| Err(io::Error::other("reader thread panicked")))
-                .map_err(|source| SsError::Read {
-                    program: program.clone(),
-                    source,
-                })
-        };
-        let (stdout, stderr) = (read(stdout)?, read(stderr)?);
-        if !status.success() {
+        // No output limit: `ss` is read in full however many sockets the
+        // host has.
+        let out = ToolCommand::new(&self.program, &[SS_ARGS], self.timeout)
+            .max_output_bytes(None)
+            .run()?;
+        if !out.status.success() {
             return Err(SsError::Failed {
-                program,
-                status,
-                stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+                program: self.program.display().to_string(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The samples for one `ss` output, with cgroup ids resolved (one
@@ -349,38 +350,6 @@ impl SocketSource for SsSource {
             lost_records: self.lost_lines,
             estimated: false,
         })
-    }
-}
-
-/// Read a child's pipe to the end on its own thread, so a full pipe never
-/// blocks the child while we wait for it.
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<io::Result<Vec<u8>>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            p.read_to_end(&mut buf)?;
-        }
-        Ok(buf)
-    })
-}
-
-/// Wait for `child` until `timeout`; on timeout kill and reap it and return `None`.
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            // Killing our own child by its handle; it may have just exited.
-            let _ = child.kill();
-            child.wait()?;
-            return Ok(None);
-        }
-        thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 

@@ -149,11 +149,8 @@ pub(crate) const UNKNOWN_STATE: &str = "UNKNOWN";
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::sa;
     use super::*;
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
 
     fn resolved(s: &str, family: Family) -> Option<SocketAddr> {
         parse_endpoint(s).map(|e| e.resolve(family))

@@ -288,13 +288,8 @@ pub fn decode_command(raw: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{sa, LSOF_1};
     use super::*;
-
-    const FIXTURE: &str = include_str!("../../../tests/fixtures/macos/lsof.txt");
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
 
     /// (pid, command, fd, protocol, local, remote, state, TQR, TQS)
     type Row<'a> = (
@@ -555,14 +550,14 @@ mod tests {
         .map(socket)
         .collect();
 
-        let out = parse_lsof(FIXTURE.as_bytes());
+        let out = parse_lsof(LSOF_1.as_bytes());
         assert_eq!(out.sockets.len(), expected.len());
         for (got, want) in out.sockets.iter().zip(&expected) {
             assert_eq!(got, want);
         }
         assert_eq!(out.incomplete_records, 0);
         assert_eq!(out.other_protocol_records, 0);
-        let total = FIXTURE.lines().count();
+        let total = LSOF_1.lines().count();
         assert_eq!(
             out.lines,
             LineCounts {

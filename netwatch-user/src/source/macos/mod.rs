@@ -8,7 +8,7 @@
 //! ([`Correlator`]) are pure and compiled on every OS, so they are tested
 //! everywhere; running the tools ([`MacTools`]' methods, `MacSource`) is
 //! compiled for macOS only (and for tests, which run it against stand-in
-//! scripts).
+//! scripts); the tools themselves run through [`crate::tool`].
 //!
 //! Counts are per socket since it opened ([`CountOrigin::SinceSocketOpen`]):
 //! nettop's per-flow bytes are cumulative for the socket's life.
@@ -19,10 +19,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tool::ToolError;
+
 mod addr;
-#[cfg(any(target_os = "macos", test))]
-mod command;
 mod correlate;
+#[cfg(test)]
+mod fixtures;
 mod lines;
 pub mod lsof;
 pub mod netstat;
@@ -109,4 +111,29 @@ pub enum MacError {
         lines: usize,
         malformed: usize,
     },
+}
+
+impl From<ToolError> for MacError {
+    fn from(e: ToolError) -> Self {
+        match e {
+            ToolError::NotFound { program } => MacError::ToolMissing { tool: program },
+            ToolError::Spawn { program, source }
+            | ToolError::Wait { program, source }
+            | ToolError::Read { program, source } => MacError::Spawn {
+                tool: program,
+                source,
+            },
+            ToolError::Timeout { program, timeout } => MacError::Timeout {
+                tool: program,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            ToolError::TooMuchOutput {
+                program,
+                limit_bytes,
+            } => MacError::TooMuchOutput {
+                tool: program,
+                limit_bytes,
+            },
+        }
+    }
 }

@@ -173,10 +173,8 @@ fn tcp_row(toks: &[&str], out: &mut TcpStateCounts) -> Line {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{AN_TCP, IBN};
     use super::*;
-
-    const IBN: &str = include_str!("../../../tests/fixtures/macos/netstat_ibn.txt");
-    const AN_TCP: &str = include_str!("../../../tests/fixtures/macos/netstat_an_tcp.txt");
 
     /// (name, up, rx_bytes, tx_bytes, rx_packets, tx_packets, rx_errors, tx_errors)
     type Row = (&'static str, bool, u64, u64, u64, u64, u64, u64);

@@ -454,14 +454,8 @@ fn looks_like_time(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{sa, NETTOP_1, NETTOP_COLUMNS};
     use super::*;
-
-    const CSV: &str = include_str!("../../../tests/fixtures/macos/nettop.csv");
-    const COLUMNS: &str = include_str!("../../../tests/fixtures/macos/nettop_columns.txt");
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
 
     /// (pid, name, protocol, local, remote, interface, state, rx, tx, rtt_us)
     type Row<'a> = (
@@ -761,14 +755,14 @@ mod tests {
 
     #[test]
     fn csv_fixture_parses_every_field_exactly() {
-        let out = parse_nettop(CSV);
+        let out = parse_nettop(NETTOP_1);
         let expected = expected_flows();
         assert_eq!(out.flows.len(), expected.len());
         for (got, want) in out.flows.iter().zip(&expected) {
             assert_eq!(got, want);
         }
         assert_eq!(out.processes, expected_processes());
-        let total = CSV.lines().count();
+        let total = NETTOP_1.lines().count();
         assert_eq!(
             out.lines,
             LineCounts {
@@ -782,8 +776,8 @@ mod tests {
 
     #[test]
     fn aligned_columns_fixture_reads_the_same_as_csv() {
-        let out = parse_nettop(COLUMNS);
-        let csv = parse_nettop(CSV);
+        let out = parse_nettop(NETTOP_COLUMNS);
+        let csv = parse_nettop(NETTOP_1);
         assert_eq!(out.flows.len(), csv.flows.len());
         for (got, want) in out.flows.iter().zip(&csv.flows) {
             assert_eq!(got, want);

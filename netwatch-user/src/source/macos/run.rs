@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 
-use super::command::{self, ToolOutput};
 use super::{
     parse_lsof, parse_netstat_interfaces, parse_netstat_tcp, parse_nettop, Correlator, LineCounts,
     LsofOutput, MacError, MacTools, NetstatInterfaces, NettopOutput, TcpStateCounts, LSOF_ARGS,
     NETSTAT_INTERFACE_ARGS, NETSTAT_TCP_ARGS, NETTOP_ARGS,
 };
 use crate::source::{SampleBatch, SocketSource};
+use crate::tool::{ToolCommand, ToolOutput};
 
 impl MacTools {
     /// Run `lsof -i -n -P -F pcPtTn` (in the C locale, so that every
@@ -24,7 +24,9 @@ impl MacTools {
     /// into some processes; whatever it listed is still good, so only an
     /// empty listing with complaints on stderr is a failure.
     pub fn lsof_sockets(&self) -> Result<LsofOutput, MacError> {
-        let out = command::run(&self.lsof, LSOF_ARGS, &[("LC_ALL", "C")], self.timeout)?;
+        let out = ToolCommand::new(&self.lsof, LSOF_ARGS, self.timeout)
+            .env(&[("LC_ALL", "C")])
+            .run()?;
         if !out.status.success() && out.stdout.is_empty() && !out.stderr.is_empty() {
             return Err(failed(&self.lsof, &out));
         }
@@ -64,7 +66,7 @@ impl MacTools {
     }
 
     fn run_ok(&self, tool: &Path, args: &[&str]) -> Result<ToolOutput, MacError> {
-        let out = command::run(tool, args, &[], self.timeout)?;
+        let out = ToolCommand::new(tool, args, self.timeout).run()?;
         if !out.status.success() {
             return Err(failed(tool, &out));
         }

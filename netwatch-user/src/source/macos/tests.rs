@@ -3,26 +3,19 @@
 //! `MacSource` end to end against stand-in scripts.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::fixtures::{sa, AN_TCP, IBN, LSOF_1, LSOF_2, NETTOP_1, NETTOP_2, NETTOP_COLUMNS};
 use super::*;
 use crate::attribution::{Attributed, Attribution};
 use crate::source::{CountOrigin, Protocol, SampleBatch, SocketSample, SocketSource};
 
-const LSOF_1: &str = include_str!("../../../tests/fixtures/macos/lsof.txt");
-const LSOF_2: &str = include_str!("../../../tests/fixtures/macos/lsof_read2.txt");
-const NETTOP_1: &str = include_str!("../../../tests/fixtures/macos/nettop.csv");
-const NETTOP_2: &str = include_str!("../../../tests/fixtures/macos/nettop_read2.csv");
-const NETTOP_COLUMNS: &str = include_str!("../../../tests/fixtures/macos/nettop_columns.txt");
-const IBN: &str = include_str!("../../../tests/fixtures/macos/netstat_ibn.txt");
-const AN_TCP: &str = include_str!("../../../tests/fixtures/macos/netstat_an_tcp.txt");
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
+/// Process names in the lsof fixtures too long to write out each time.
+const CHROME: &str = "Google Chrome Helper";
+const SRV: &str = "My Server (dev) 2.0";
+const LONG: &str = "com.example.very-long-background-synchronisation-agent-process-name-x1";
 
 fn join(c: &mut Correlator, lsof: &str, nettop: &str) -> Vec<SocketSample> {
     c.join(&parse_lsof(lsof.as_bytes()), &parse_nettop(nettop))
@@ -46,9 +39,6 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         Option<f64>,
     );
     use Protocol::{Tcp, Udp};
-    let srv = "My Server (dev) 2.0";
-    let chrome = "Google Chrome Helper";
-    let long = "com.example.very-long-background-synchronisation-agent-process-name-x1";
     let want: Vec<Want<'_>> = vec![
         (1, "launchd", Tcp, "[::]:22", None, "LISTEN", 0, 0, None),
         (1, "launchd", Tcp, "0.0.0.0:22", None, "LISTEN", 0, 0, None),
@@ -96,10 +86,10 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
             0,
             None,
         ),
-        (4242, srv, Tcp, "127.0.0.1:5000", None, "LISTEN", 0, 0, None),
+        (4242, SRV, Tcp, "127.0.0.1:5000", None, "LISTEN", 0, 0, None),
         (
             4242,
-            srv,
+            SRV,
             Tcp,
             "127.0.0.1:5000",
             Some("127.0.0.1:6000"),
@@ -110,7 +100,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             4242,
-            srv,
+            SRV,
             Tcp,
             "[::1]:5000",
             Some("[::1]:6000"),
@@ -119,7 +109,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
             4194304,
             Some(80.0),
         ),
-        (4242, srv, Tcp, "[::1]:5000", None, "LISTEN", 0, 0, None),
+        (4242, SRV, Tcp, "[::1]:5000", None, "LISTEN", 0, 0, None),
         // fd 7, a dup of fd 4, is the same socket: not listed twice.
         (
             4300,
@@ -134,7 +124,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             5555,
-            long,
+            LONG,
             Tcp,
             "[fe80::1c2b:3c4d:5e6f:7a8b]:49152",
             Some("[fe80::aede:48ff:fe00:1122]:49153"),
@@ -168,7 +158,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             8123,
-            chrome,
+            CHROME,
             Tcp,
             "192.168.1.23:52344",
             Some("142.250.72.14:443"),
@@ -179,7 +169,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             8123,
-            chrome,
+            CHROME,
             Tcp,
             "[2001:db8:1c2b::23]:52345",
             Some("[2607:f8b0:4005:80e::200e]:443"),
@@ -190,7 +180,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             8123,
-            chrome,
+            CHROME,
             Udp,
             "192.168.1.23:61000",
             Some("142.250.72.14:443"),
@@ -201,7 +191,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
         ),
         (
             8123,
-            chrome,
+            CHROME,
             Tcp,
             "192.168.1.23:52350",
             Some("142.250.72.14:443"),
@@ -365,8 +355,11 @@ fn batch(at: Instant, samples: Vec<SocketSample>) -> SampleBatch {
     }
 }
 
-/// pid → (name, rx, tx, open sockets)
-fn rows(a: &Attributed) -> BTreeMap<u32, (String, u64, u64, u32)> {
+/// A process's row: (name, rx, tx, open sockets).
+type Row = (String, u64, u64, u32);
+
+/// pid → its row.
+fn rows(a: &Attributed) -> BTreeMap<u32, Row> {
     let mut m = BTreeMap::new();
     for p in &a.processes {
         let pid = p.pid.unwrap();
@@ -384,8 +377,53 @@ fn rows(a: &Attributed) -> BTreeMap<u32, (String, u64, u64, u32)> {
     m
 }
 
-fn row(name: &str, rx: u64, tx: u64, open: u32) -> (String, u64, u64, u32) {
+fn row(name: &str, rx: u64, tx: u64, open: u32) -> Row {
     (name.to_string(), rx, tx, open)
+}
+
+/// The rows of read 1 (`LSOF_1` + `NETTOP_1`): counters that predate the
+/// agent are a baseline only, so no bytes.
+fn read_1_rows() -> BTreeMap<u32, Row> {
+    [
+        (1, row("launchd", 0, 0, 2)),
+        (272, row("mDNSResponder", 0, 0, 3)),
+        (412, row("nsurlsessiond", 0, 0, 1)),
+        (600, row("sharingd", 0, 0, 1)),
+        (4242, row(SRV, 0, 0, 4)),
+        (4300, row("curl", 0, 0, 1)),
+        (5555, row(LONG, 0, 0, 1)),
+        (7010, row("sshd-session", 0, 0, 1)),
+        (7011, row("sshd-session", 0, 0, 1)),
+        (8123, row(CHROME, 0, 0, 4)),
+        (9001, row("哔哩哔哩", 0, 0, 1)),
+        (9002, row("Café Sync", 0, 0, 1)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// The rows of read 2 (`LSOF_2` + `NETTOP_2`) after read 1.
+fn read_2_rows() -> BTreeMap<u32, Row> {
+    [
+        (1, row("launchd", 0, 0, 2)),
+        (272, row("mDNSResponder", 1600, 350, 3)),
+        (412, row("nsurlsessiond", 65536, 0, 1)),
+        (600, row("sharingd", 5000, 600, 1)),
+        (4242, row(SRV, 1000, 504096, 4)),
+        (4300, row("curl", 500000, 1000, 1)),
+        (5555, row(LONG, 1000, 2000, 1)),
+        (7010, row("sshd-session", 0, 0, 1)),
+        (7011, row("sshd-session", 100, 2000, 1)),
+        // 52344 +1 MiB/+2 KiB, QUIC +1 MiB/+8 KiB, new 52360 in full; 52350 closed.
+        (8123, row(CHROME, 2117152, 13240, 4)),
+        // nettop missed its flow this time: counters carried, no delta.
+        (9001, row("哔哩哔哩", 0, 0, 1)),
+        (9002, row("Café Sync", 4096, 0, 1)),
+        // New since read 1: all its bytes are new.
+        (9100, row("Slack Helper (Renderer)", 777, 333, 1)),
+    ]
+    .into_iter()
+    .collect()
 }
 
 #[test]
@@ -399,26 +437,7 @@ fn three_reads_through_attribution_give_exact_per_process_deltas() {
         t0 + Duration::from_secs(1),
         join(&mut corr, LSOF_1, NETTOP_1),
     ));
-    let chrome = "Google Chrome Helper";
-    let srv = "My Server (dev) 2.0";
-    let long = "com.example.very-long-background-synchronisation-agent-process-name-x1";
-    let base: BTreeMap<u32, _> = [
-        (1, row("launchd", 0, 0, 2)),
-        (272, row("mDNSResponder", 0, 0, 3)),
-        (412, row("nsurlsessiond", 0, 0, 1)),
-        (600, row("sharingd", 0, 0, 1)),
-        (4242, row(srv, 0, 0, 4)),
-        (4300, row("curl", 0, 0, 1)),
-        (5555, row(long, 0, 0, 1)),
-        (7010, row("sshd-session", 0, 0, 1)),
-        (7011, row("sshd-session", 0, 0, 1)),
-        (8123, row(chrome, 0, 0, 4)),
-        (9001, row("哔哩哔哩", 0, 0, 1)),
-        (9002, row("Café Sync", 0, 0, 1)),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(rows(&r1), base);
+    assert_eq!(rows(&r1), read_1_rows());
     assert_eq!(r1.connections.len(), 21);
 
     // Read 2, two seconds later.
@@ -426,27 +445,7 @@ fn three_reads_through_attribution_give_exact_per_process_deltas() {
         t0 + Duration::from_secs(3),
         join(&mut corr, LSOF_2, NETTOP_2),
     ));
-    let want: BTreeMap<u32, _> = [
-        (1, row("launchd", 0, 0, 2)),
-        (272, row("mDNSResponder", 1600, 350, 3)),
-        (412, row("nsurlsessiond", 65536, 0, 1)),
-        (600, row("sharingd", 5000, 600, 1)),
-        (4242, row(srv, 1000, 504096, 4)),
-        (4300, row("curl", 500000, 1000, 1)),
-        (5555, row(long, 1000, 2000, 1)),
-        (7010, row("sshd-session", 0, 0, 1)),
-        (7011, row("sshd-session", 100, 2000, 1)),
-        // 52344 +1 MiB/+2 KiB, QUIC +1 MiB/+8 KiB, new 52360 in full; 52350 closed.
-        (8123, row(chrome, 2117152, 13240, 4)),
-        // nettop missed its flow this time: counters carried, no delta.
-        (9001, row("哔哩哔哩", 0, 0, 1)),
-        (9002, row("Café Sync", 4096, 0, 1)),
-        // New since read 1: all its bytes are new.
-        (9100, row("Slack Helper (Renderer)", 777, 333, 1)),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(rows(&r2), want);
+    assert_eq!(rows(&r2), read_2_rows());
     assert_eq!(r2.interval, Duration::from_secs(2));
     let chrome_row = r2.processes.iter().find(|p| p.pid == Some(8123)).unwrap();
     assert_eq!(
@@ -781,14 +780,12 @@ mod end_to_end {
         assert!(b.args("nettop").starts_with("-L 1 -n -x LC_ALL="));
         let r1 = attr.apply(&first);
         assert!(r1.processes.iter().all(|p| p.rx_bytes + p.tx_bytes == 0));
+        assert_eq!(rows(&r1), read_1_rows());
 
         b.put("lsof.out", LSOF_2);
         b.put("nettop.out", NETTOP_2);
         let second = retry(|| src.read()).unwrap();
-        let r2 = rows(&attr.apply(&second));
-        assert_eq!(r2[&8123], row("Google Chrome Helper", 2117152, 13240, 4));
-        assert_eq!(r2[&4300], row("curl", 500000, 1000, 1));
-        assert_eq!(r2[&9100], row("Slack Helper (Renderer)", 777, 333, 1));
+        assert_eq!(rows(&attr.apply(&second)), read_2_rows());
     }
 
     #[test]
@@ -810,6 +807,34 @@ mod end_to_end {
         assert!(matches!(err, MacError::ToolMissing { .. }));
         assert!(err.to_string().contains("/nonexistent/nettop"), "{err}");
         assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn runner_errors_become_the_mac_errors_that_name_the_tool() {
+        use crate::tool::ToolCommand;
+        use std::path::Path;
+
+        let missing = ToolCommand::new(Path::new("/nonexistent/lsof"), &[], Duration::from_secs(1));
+        let err = MacError::from(missing.run().unwrap_err());
+        assert!(matches!(err, MacError::ToolMissing { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/lsof"), "{err}");
+
+        let slow = ToolCommand::new(
+            Path::new("/bin/sh"),
+            &["-c", "exec sleep 30"],
+            Duration::from_millis(200),
+        );
+        let err = MacError::from(slow.run().unwrap_err());
+        assert!(
+            matches!(
+                err,
+                MacError::Timeout {
+                    timeout_ms: 200,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
