@@ -26,10 +26,6 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// The kernel's `TCP_CLOSE` state number (`include/net/tcp_states.h`).
 pub const TCP_CLOSE: u8 = 7;
-/// [`SockStats::state`] of a socket the kernel destroyed whose final record
-/// did not fit in the ring buffer: its counters are final, and userspace
-/// deletes the entry once it has read them.
-pub const STATE_DESTROYED: u8 = 0xff;
 
 /// Which hook tier a program belongs to. Stored in every socket record so
 /// userspace can tell which programs counted it.
@@ -78,7 +74,7 @@ pub struct SockStats {
     pub family: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub protocol: u8,
-    /// Last TCP state seen by the lifecycle tracepoint (0 if none; [`STATE_DESTROYED`] once final).
+    /// Last TCP state seen by the lifecycle tracepoint (0 if none).
     pub state: u8,
     /// [`Tier`] the loader attached when the entry was created.
     pub tier: u8,
@@ -128,6 +124,15 @@ impl SockStats {
     }
 }
 
+/// The key of the `DESTROYED` overflow map: a destroyed socket's address and
+/// creation time, unique even after the kernel reuses the address.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestroyedKey {
+    pub sk: u64,
+    pub first_ns: u64,
+}
+
 /// A socket's final record, written to the `CLOSED` ring buffer when the
 /// kernel destroys a TCP socket (or a UDP socket's address is reused by a new
 /// one) and its map entry is deleted, so the last bytes are never lost
@@ -148,12 +153,12 @@ pub mod counter {
     pub const CREATED: u32 = 0;
     /// Entries deleted when their socket was destroyed or replaced (final record written).
     pub const CLOSED: u32 = 1;
-    /// Final records that did not fit in the ring buffer (the entry stays, marked destroyed).
+    /// Final records that did not fit in the ring buffer (moved to the `DESTROYED` map instead).
     pub const RINGBUF_DROPS: u32 = 2;
     /// Map inserts that failed (other than "already exists").
     pub const INSERT_FAILED: u32 = 3;
-    /// Final records of replaced UDP entries lost to a full ring buffer.
-    pub const REPLACED_LOST: u32 = 4;
+    /// Final records lost because both the ring buffer and the `DESTROYED` map were full.
+    pub const FINAL_LOST: u32 = 4;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -164,6 +169,8 @@ pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     /// Ring buffer of [`super::ClosedSock`].
     pub const CLOSED: &str = "CLOSED";
+    /// Hash `DestroyedKey -> SockStats`: final records the ring buffer had no room for.
+    pub const DESTROYED: &str = "DESTROYED";
     /// Per-CPU array of `u64` counters, see [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Global `u32`: offset of `skc_family` in `struct sock_common`.
@@ -189,6 +196,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClosedSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DestroyedKey {}
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.

@@ -9,10 +9,11 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
 };
 use netwatch_common::{
-    counter, ClosedSock, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
+    counter, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
-use crate::maps::{self, bump, CLOSED, SOCKETS};
+use crate::maps::{self, bump, CLOSED, DESTROYED, SOCKETS};
 
 /// Which way the bytes went.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,17 +75,37 @@ unsafe fn fresh(sk: *const u8, family: u16, protocol: u8) -> SockStats {
     st
 }
 
-/// Hand an entry's final counters to userspace through the ring buffer.
+/// Where a final record went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Final {
+    /// The `CLOSED` ring buffer.
+    Ring,
+    /// The `DESTROYED` map (the ring buffer was full).
+    Overflow,
+    /// Nowhere: both were full (counted in `FINAL_LOST`).
+    Lost,
+}
+
+/// Hand an entry's final counters to userspace: through the ring buffer, or
+/// if it is full through the `DESTROYED` map. Counted as lost only if both
+/// are full.
 #[inline(always)]
-pub fn emit_final(key: SockKey, st: &SockStats) -> bool {
-    match CLOSED.reserve::<ClosedSock>(0) {
-        Some(mut slot) => {
-            slot.write(ClosedSock { key, stats: *st });
-            slot.submit(0);
-            true
-        }
-        None => false,
+pub fn emit_final(key: SockKey, st: &SockStats) -> Final {
+    if let Some(mut slot) = CLOSED.reserve::<ClosedSock>(0) {
+        slot.write(ClosedSock { key, stats: *st });
+        slot.submit(0);
+        return Final::Ring;
     }
+    bump(counter::RINGBUF_DROPS);
+    let dkey = DestroyedKey {
+        sk: key.sk,
+        first_ns: st.first_ns,
+    };
+    if DESTROYED.insert(dkey, *st, 0).is_err() {
+        bump(counter::FINAL_LOST);
+        return Final::Lost;
+    }
+    Final::Overflow
 }
 
 /// UDP has no destroy hook we can rely on, so a freed UDP socket's entry
@@ -104,8 +125,8 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
     if old.lport == lport && old.rport == rport && same_v4 {
         return;
     }
-    if (old.tx_bytes != 0 || old.rx_bytes != 0) && !emit_final(key, old) {
-        bump(counter::REPLACED_LOST);
+    if old.tx_bytes != 0 || old.rx_bytes != 0 {
+        let _ = emit_final(key, old);
     }
     *st = fresh(sk, old.family, old.protocol);
 }

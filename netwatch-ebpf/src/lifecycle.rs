@@ -4,17 +4,17 @@
 //! established. `tcp:tcp_destroy_sock` is the end: the final counters go to
 //! the `CLOSED` ring buffer and the entry is deleted. Not `TCP_CLOSE`: an
 //! active closer enters TIME_WAIT (and `TCP_CLOSE`) in softirq before its
-//! application has read the last bytes. If the ring buffer is full the entry
-//! is kept, marked `STATE_DESTROYED`, and userspace reads then deletes it: a
-//! full buffer costs memory, never bytes. The owner is never set here: state
-//! changes run in softirq context, where the current task is unrelated.
+//! application has read the last bytes. If the ring buffer is full the
+//! record goes to the `DESTROYED` map instead: a full buffer costs memory,
+//! never bytes. The owner is never set here: state changes run in softirq
+//! context, where the current task is unrelated.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use aya_log_ebpf::debug;
-use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, STATE_DESTROYED};
+use aya_log_ebpf::{debug, warn};
+use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP};
 
 use crate::{
-    account::{emit_final, entry},
+    account::{emit_final, entry, Final},
     maps::{bump, SOCKETS},
 };
 
@@ -63,9 +63,6 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
         None => return Ok(0),
     };
     let st = &mut *st;
-    if st.state == STATE_DESTROYED {
-        return Ok(0);
-    }
     st.state = newstate as u8;
     st.family = family;
     st.lport = ctx.read_at(SPORT)?;
@@ -96,21 +93,15 @@ unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(st) = SOCKETS.get_ptr_mut(key) else {
         return Ok(0);
     };
-    let st = &mut *st;
-    if st.tx_bytes == 0 && st.rx_bytes == 0 {
-        // Nothing was ever counted: no record needed.
-        let _ = SOCKETS.remove(key);
-    } else if emit_final(key, st) {
-        let _ = SOCKETS.remove(key);
-    } else {
-        st.state = STATE_DESTROYED;
-        bump(counter::RINGBUF_DROPS);
-        debug!(
-            ctx,
-            "netwatch: CLOSED ring buffer full; socket {:x} stays in the map", sk
-        );
-        return Ok(0);
+    let st = &*st;
+    if st.tx_bytes != 0 || st.rx_bytes != 0 {
+        match emit_final(key, st) {
+            Final::Ring => {}
+            Final::Overflow => debug!(ctx, "netwatch: CLOSED ring buffer full; final record of socket {:x} kept in DESTROYED", sk),
+            Final::Lost => warn!(ctx, "netwatch: CLOSED ring buffer and DESTROYED map full; final record of socket {:x} lost", sk),
+        }
     }
+    let _ = SOCKETS.remove(key);
     bump(counter::CLOSED);
     Ok(0)
 }

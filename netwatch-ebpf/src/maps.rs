@@ -6,15 +6,21 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use netwatch_common::{counter, SockKey, SockStats};
+use netwatch_common::{counter, DestroyedKey, SockKey, SockStats};
 
 /// Every socket's counters, keyed by its `struct sock` address.
 #[map(name = "SOCKETS")]
 pub static SOCKETS: LruHashMap<SockKey, SockStats> = LruHashMap::with_max_entries(65536, 0);
 
-/// Final records of TCP sockets that closed (`netwatch_common::ClosedSock`).
+/// Final records of sockets that were destroyed or replaced (`netwatch_common::ClosedSock`).
 #[map(name = "CLOSED")]
-pub static CLOSED: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static CLOSED: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Final records the ring buffer had no room for, until userspace reads them.
+/// Kept apart from `SOCKETS` so a new socket at the same address never
+/// inherits a dead one's counters.
+#[map(name = "DESTROYED")]
+pub static DESTROYED: HashMap<DestroyedKey, SockStats> = HashMap::with_max_entries(16384, 0);
 
 /// The programs' own accounting (`netwatch_common::counter`).
 #[map(name = "COUNTERS")]

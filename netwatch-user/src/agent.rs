@@ -89,25 +89,33 @@ impl Agent {
     }
 }
 
-/// Run the agent: prime, then one snapshot per `interval` until Ctrl-C,
-/// SIGTERM, a sink's `Stop`, or (with `once`) the first snapshot.
+/// Run the agent: prime, then one snapshot per `interval` until Ctrl-C or
+/// SIGTERM (which deliver a final snapshot of the partial interval), a
+/// sink's `Stop`, or (with `once`) the first snapshot.
 pub async fn run(mut agent: Agent, interval: Duration, once: bool) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // completes immediately
+                         // Created once, before the first tick: a signal that arrives while a
+                         // tick is being collected is kept and seen on the next select.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
     tokio::task::block_in_place(|| agent.prime());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
+        let stopping = tokio::select! {
+            biased;
+            _ = int.recv() => true,
+            _ = term.recv() => true,
+            _ = ticker.tick() => false,
+        };
+        // On a stop signal one last, shorter interval is still delivered:
+        // bytes moved since the previous tick are never dropped.
         let flow = tokio::task::block_in_place(|| {
             let snap = agent.snapshot();
             agent.deliver(&snap)
         });
-        if once || flow == Flow::Stop {
+        if stopping || once || flow == Flow::Stop {
             break;
         }
     }

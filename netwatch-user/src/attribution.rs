@@ -21,10 +21,24 @@ pub struct Attributed {
     pub interval: Duration,
 }
 
+/// A socket missing from a read without a final record keeps its last
+/// counters for this many reads: a partial read (a map walk cut short, a
+/// line a parser skipped) must not make it look new, and counted twice, when
+/// it is seen again.
+pub const GRACE_READS: u64 = 5;
+
+/// A socket's last cumulative counters and the read that saw them.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    rx: u64,
+    tx: u64,
+    read: u64,
+}
+
 /// Per-socket delta tracker. Keeps each live socket's last cumulative counters.
 #[derive(Debug)]
 pub struct Attribution {
-    prev: HashMap<SocketId, (u64, u64)>,
+    prev: HashMap<SocketId, Last>,
     last_read: Instant,
     reads: u64,
 }
@@ -52,7 +66,10 @@ impl Attribution {
     /// The bytes `s` moved since the previous read, as (rx, tx).
     fn socket_delta(&self, s: &SocketSample) -> (u64, u64) {
         match self.prev.get(&s.id) {
-            Some(&(rx, tx)) => (delta(s.rx_bytes, Some(rx)), delta(s.tx_bytes, Some(tx))),
+            Some(last) => (
+                delta(s.rx_bytes, Some(last.rx)),
+                delta(s.tx_bytes, Some(last.tx)),
+            ),
             None => match s.origin {
                 CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
                 // First read: the counters predate us and are only a baseline.
@@ -72,13 +89,16 @@ impl Attribution {
         // (pid, name) -> (rx, tx, open sockets); BTreeMap for a stable order.
         let mut per_process: BTreeMap<(u32, String), (u64, u64, u32)> = BTreeMap::new();
         let mut connections = Vec::with_capacity(batch.samples.len());
-        let mut next: HashMap<SocketId, (u64, u64)> = HashMap::with_capacity(batch.samples.len());
+        let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
 
         for s in &batch.samples {
             let (rx, tx) = self.socket_delta(s);
-            if !s.closed {
-                next.insert(s.id, (s.rx_bytes, s.tx_bytes));
-            }
+            let last = (!s.closed).then_some(Last {
+                rx: s.rx_bytes,
+                tx: s.tx_bytes,
+                read: self.reads,
+            });
+            updates.push((s.id, last));
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
                 let name = s.comm.clone().unwrap_or_else(|| format!("pid:{pid}"));
                 let row = per_process.entry((pid, name)).or_default();
@@ -112,10 +132,17 @@ impl Attribution {
             .collect();
         processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
 
-        // Sockets that vanished without a final record are forgotten: a
-        // polling source cannot see their last bytes, an exact one never
-        // drops a socket without one.
-        self.prev = next;
+        for (id, last) in updates {
+            match last {
+                Some(l) => self.prev.insert(id, l),
+                // Closed: its final counters were counted; it never returns.
+                None => self.prev.remove(&id),
+            };
+        }
+        // Sockets gone without a final record for longer than the grace are
+        // forgotten: a polling source cannot see their last bytes.
+        let now = self.reads;
+        self.prev.retain(|_, l| now - l.read < GRACE_READS);
         self.last_read = batch.taken_at;
         self.reads += 1;
         Attributed {
@@ -241,6 +268,30 @@ mod tests {
             vec![sample(1, 10, 4, 2, CountOrigin::SinceAttach)],
         ));
         assert_eq!(row(&r, 10), (4, 2, 1));
+    }
+
+    #[test]
+    fn a_socket_missing_from_one_read_is_not_counted_twice() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        a.apply(&batch(
+            t0,
+            vec![sample(1, 10, 100, 100, CountOrigin::SinceAttach)],
+        ));
+        // A partial read misses it...
+        let r = a.apply(&batch(t0 + Duration::from_secs(1), vec![]));
+        assert!(r.processes.is_empty());
+        // ...and when it is back only its new bytes count.
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(2),
+            vec![sample(1, 10, 130, 100, CountOrigin::SinceAttach)],
+        ));
+        assert_eq!(row(&r, 10), (30, 0, 1));
+        // Gone for longer than the grace: forgotten.
+        for i in 0..GRACE_READS {
+            a.apply(&batch(t0 + Duration::from_secs(3 + i), vec![]));
+        }
+        assert!(a.prev.is_empty());
     }
 
     #[test]

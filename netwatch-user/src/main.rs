@@ -27,6 +27,10 @@ struct Cli {
     #[cfg(target_os = "linux")]
     #[arg(long, default_value_t = 65536)]
     max_sockets: u32,
+    /// Size of the kernel's closed-socket ring buffer in bytes (a power of two, at least a page).
+    #[cfg(target_os = "linux")]
+    #[arg(long, default_value_t = 1 << 20)]
+    ringbuf_bytes: u32,
     /// Seconds between snapshots (fractions allowed).
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
@@ -71,6 +75,7 @@ fn main() -> Result<()> {
         ebpf: netwatch::source::ebpf::LoadOptions {
             tier: cli.ebpf_tier,
             max_sockets: cli.max_sockets,
+            ringbuf_bytes: cli.ringbuf_bytes,
             ..Default::default()
         },
         interface: cli.interface.clone(),

@@ -134,28 +134,34 @@ fn json_stream_carries_every_byte_across_intervals() {
     let _serial = serial();
     let (mut agent, _log) = start_agent(&["--output", "json", "--interval", "0.5"]);
     let stdout = agent.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    let lines = thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
     });
+    // Spread over several intervals; the last transfer ends right before
+    // SIGINT, so only the agent's final partial snapshot can carry it.
     for n in [1, 65_536, 3_000_000] {
         transfer(n);
+        if n != 3_000_000 {
+            thread::sleep(Duration::from_millis(700));
+        }
     }
-    // Let at least two more intervals pass so every byte has been reported.
-    thread::sleep(Duration::from_millis(1500));
+    // No waiting for ticks: on SIGINT the agent delivers the partial interval.
     // SAFETY: plain kill(2) on our child's pid.
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     let status = agent.wait().unwrap();
     assert!(status.success(), "agent stops cleanly on SIGINT: {status}");
-    let snaps: Vec<Snapshot> = rx
-        .try_iter()
+    let snaps: Vec<Snapshot> = lines
+        .join()
+        .unwrap()
+        .into_iter()
         .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a Snapshot ({e}): {l}")))
         .collect();
     assert!(
         snaps.len() >= 3,
-        "one snapshot per interval, got {}",
+        "one snapshot per interval plus the final one, got {}",
         snaps.len()
     );
     let total = snaps

@@ -8,14 +8,18 @@ pub mod tier;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
-use log::{debug, warn};
+use log::debug;
 use netwatch_common::{
-    counter, names, ClosedSock, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP,
-    STATE_DESTROYED,
+    counter, names, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
@@ -105,7 +109,7 @@ pub struct KernelCounters {
     pub closed: u64,
     pub ringbuf_drops: u64,
     pub insert_failed: u64,
-    pub replaced_lost: u64,
+    pub final_lost: u64,
 }
 
 /// The loaded and attached programs and their maps.
@@ -114,11 +118,135 @@ pub struct EbpfSource {
     ebpf: Ebpf,
     tier: tier::Tier,
     sockets: BpfHashMap<MapData, SockKey, SockStats>,
-    closed: RingBuf<MapData>,
+    /// Final records drained from the `CLOSED` ring buffer as they arrive.
+    drain: Drain,
+    destroyed: BpfHashMap<MapData, DestroyedKey, SockStats>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// Entries userspace deleted (closed sockets left in the map by a full ring buffer).
-    user_deleted: u64,
+    /// Capacity of `SOCKETS`, which bounds a map walk.
+    max_sockets: u32,
+    /// Highest eviction count estimated so far (kept monotonic).
+    evicted: u64,
+}
+
+/// Records waiting for the next read at most (128 B each: 32 MiB).
+const MAX_PENDING: usize = 256 * 1024;
+
+/// What the drain thread shares with the reader.
+#[derive(Default)]
+struct Pending {
+    records: Mutex<Vec<ClosedSock>>,
+    /// Records dropped: malformed, or over [`MAX_PENDING`].
+    dropped: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Empties the `CLOSED` ring buffer: by default on a thread of its own,
+/// woken by `poll` on the ring's fd as soon as the kernel writes, so bursts
+/// of closing sockets between two ticks do not overflow it; or, when asked,
+/// only when the source is read.
+enum Drain {
+    Thread {
+        pending: Arc<Pending>,
+        thread: Option<JoinHandle<()>>,
+    },
+    OnRead {
+        ring: RingBuf<MapData>,
+        dropped: u64,
+    },
+}
+
+/// Move every record the ring holds into `out`; returns the malformed count.
+fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<ClosedSock>) -> u64 {
+    let mut malformed = 0;
+    while let Some(item) = ring.next() {
+        let bytes: &[u8] = &item;
+        if bytes.len() < std::mem::size_of::<ClosedSock>() {
+            malformed += 1;
+            continue;
+        }
+        // SAFETY: a ClosedSock written by our programs (length checked);
+        // read_unaligned copes with any alignment.
+        out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ClosedSock>()) });
+    }
+    malformed
+}
+
+impl Drain {
+    fn start(mut ring: RingBuf<MapData>, on_thread: bool) -> std::io::Result<Self> {
+        if !on_thread {
+            return Ok(Drain::OnRead { ring, dropped: 0 });
+        }
+        let pending = Arc::new(Pending::default());
+        let shared = Arc::clone(&pending);
+        let thread = std::thread::Builder::new()
+            .name("netwatch-ringbuf".into())
+            .spawn(move || {
+                let fd = ring.as_raw_fd();
+                while !shared.stop.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the ring buffer's fd, which
+                    // `ring` keeps open for the life of this thread.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    let mut batch = Vec::new();
+                    let malformed = drain_ring(&mut ring, &mut batch);
+                    shared.dropped.fetch_add(malformed, Ordering::Relaxed);
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let mut records = shared.records.lock().unwrap_or_else(|p| p.into_inner());
+                    let room = MAX_PENDING.saturating_sub(records.len());
+                    if batch.len() > room {
+                        shared
+                            .dropped
+                            .fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
+                        batch.truncate(room);
+                    }
+                    records.extend(batch);
+                }
+            })?;
+        Ok(Drain::Thread {
+            pending,
+            thread: Some(thread),
+        })
+    }
+
+    /// Everything drained since the last call.
+    fn take(&mut self) -> Vec<ClosedSock> {
+        match self {
+            Drain::Thread { pending, .. } => {
+                std::mem::take(&mut *pending.records.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            Drain::OnRead { ring, dropped } => {
+                let mut out = Vec::new();
+                *dropped += drain_ring(ring, &mut out);
+                out
+            }
+        }
+    }
+
+    /// Records dropped since start (malformed, or over [`MAX_PENDING`]).
+    fn dropped(&self) -> u64 {
+        match self {
+            Drain::Thread { pending, .. } => pending.dropped.load(Ordering::Relaxed),
+            Drain::OnRead { dropped, .. } => *dropped,
+        }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        if let Drain::Thread { pending, thread } = self {
+            pending.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl EbpfSource {
@@ -139,16 +267,21 @@ impl EbpfSource {
             .map_err(|e| LoadError::Map(names::SOCKETS, e))?;
         let closed = RingBuf::try_from(take(&mut ebpf, names::CLOSED)?)
             .map_err(|e| LoadError::Map(names::CLOSED, e))?;
+        let drain = Drain::start(closed, opts.drain_thread).map_err(LoadError::DrainThread)?;
+        let destroyed = BpfHashMap::try_from(take(&mut ebpf, names::DESTROYED)?)
+            .map_err(|e| LoadError::Map(names::DESTROYED, e))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)
             .map_err(|e| LoadError::Map(names::COUNTERS, e))?;
         Ok(Self {
             ebpf,
             tier,
             sockets,
-            closed,
+            drain,
+            destroyed,
             counters,
             logger,
-            user_deleted: 0,
+            max_sockets: opts.max_sockets,
+            evicted: 0,
         })
     }
 
@@ -175,7 +308,7 @@ impl EbpfSource {
             closed: get(counter::CLOSED),
             ringbuf_drops: get(counter::RINGBUF_DROPS),
             insert_failed: get(counter::INSERT_FAILED),
-            replaced_lost: get(counter::REPLACED_LOST),
+            final_lost: get(counter::FINAL_LOST),
         }
     }
 
@@ -185,25 +318,32 @@ impl EbpfSource {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
+        // Counters before the walk: see `evicted_estimate`.
+        let before = self.kernel_counters();
         let mut samples = Vec::new();
-        let mut malformed = 0u64;
-        while let Some(item) = self.closed.next() {
-            let bytes: &[u8] = &item;
-            if bytes.len() < std::mem::size_of::<ClosedSock>() {
-                malformed += 1;
-                continue;
-            }
-            // SAFETY: the record is a ClosedSock written by our programs (length
-            // checked above); read_unaligned copes with any alignment.
-            let rec: ClosedSock = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        for rec in self.drain.take() {
             if let Some(s) = to_sample(&rec.key, &rec.stats, true) {
                 samples.push(s);
             }
         }
+        // Final records the ring buffer had no room for.
+        let overflowed: Vec<(DestroyedKey, SockStats)> =
+            self.destroyed.iter().filter_map(Result::ok).collect();
+        for (dkey, st) in overflowed {
+            if let Some(s) = to_sample(&SockKey { sk: dkey.sk }, &st, true) {
+                samples.push(s);
+            }
+            // Read once: make room.
+            let _ = self.destroyed.remove(&dkey);
+        }
         let mut live = 0u64;
-        let mut finished = Vec::new();
         let mut seen = HashSet::new();
-        for entry in self.sockets.iter() {
+        // The kernel restarts a walk from the first key when the current one
+        // was deleted meanwhile, so under socket churn a walk may never end:
+        // bound it. A socket missed here is read next time (its counters are
+        // cumulative, and attribution keeps its last values for a while).
+        let max_steps = 2 * self.max_sockets as usize + 1024;
+        for entry in self.sockets.iter().take(max_steps) {
             // An entry deleted while we iterate is simply gone: its record
             // is in the ring buffer for the next read.
             let Ok((key, st)) = entry else { continue };
@@ -211,35 +351,33 @@ impl EbpfSource {
                 continue;
             }
             live += 1;
-            let closed = st.state == STATE_DESTROYED;
-            if closed {
-                finished.push(key);
-            }
-            if let Some(s) = to_sample(&key, &st, closed) {
+            if let Some(s) = to_sample(&key, &st, false) {
                 samples.push(s);
             }
         }
-        for key in finished {
-            // Destroyed, final counters read: make room.
-            if self.sockets.remove(&key).is_ok() {
-                self.user_deleted += 1;
-            }
-        }
-        let k = self.kernel_counters();
-        // Entries the LRU evicted: created, minus every way an entry leaves, minus those still here.
-        let evicted = k
-            .created
-            .saturating_sub(k.closed + self.user_deleted + live);
-        if malformed > 0 {
-            warn!("{malformed} malformed closed-socket records from the kernel");
-        }
+        let after = self.kernel_counters();
+        let estimate = evicted_estimate(&before, &after, live);
+        self.evicted = self.evicted.max(estimate);
         SampleBatch {
             taken_at: Instant::now(),
             samples,
-            lost_records: evicted + k.insert_failed + k.replaced_lost + malformed,
+            lost_records: self.evicted
+                + after.insert_failed
+                + after.final_lost
+                + self.drain.dropped(),
             estimated: false,
         }
     }
+}
+
+/// Entries the LRU evicted, from the identity
+/// `created = deleted by the kernel + evicted + live`.
+/// The map is walked while sockets come and go, so creations are taken from
+/// before the walk and kernel deletions from after it: sockets created or
+/// deleted during the walk can only make the estimate low, never invent a
+/// loss. The caller keeps the highest estimate seen.
+pub fn evicted_estimate(before: &KernelCounters, after: &KernelCounters, live: u64) -> u64 {
+    before.created.saturating_sub(after.closed + live)
 }
 
 impl SocketSource for EbpfSource {
@@ -307,6 +445,21 @@ mod tests {
         assert_eq!(s.local, Some("[::1]:5000".parse().unwrap()));
         assert_eq!(s.remote, None);
         assert_eq!(s.state, "UNCONN");
+    }
+
+    #[test]
+    fn eviction_estimate_never_invents_a_loss_from_churn() {
+        let c = |created, closed| KernelCounters {
+            created,
+            closed,
+            ..Default::default()
+        };
+        // 10 created, 4 closed, 6 live: nothing evicted.
+        assert_eq!(evicted_estimate(&c(10, 4), &c(10, 4), 6), 0);
+        // During the walk 3 sockets were created (2 seen live) and 1 closed.
+        assert_eq!(evicted_estimate(&c(10, 4), &c(13, 5), 7), 0);
+        // 200 created through a 16-entry map, none closed.
+        assert_eq!(evicted_estimate(&c(200, 0), &c(200, 0), 16), 184);
     }
 
     #[test]

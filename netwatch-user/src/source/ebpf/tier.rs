@@ -228,6 +228,9 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// Size of the closed-socket ring buffer in bytes (a power of two, multiple of the page size).
     pub ringbuf_bytes: u32,
+    /// Drain the ring buffer on a thread of its own as records arrive (the
+    /// default), rather than only when the source is read.
+    pub drain_thread: bool,
 }
 
 impl Default for LoadOptions {
@@ -235,7 +238,8 @@ impl Default for LoadOptions {
         Self {
             tier: TierChoice::Auto,
             max_sockets: 65536,
-            ringbuf_bytes: 256 * 1024,
+            ringbuf_bytes: 1024 * 1024,
+            drain_thread: true,
         }
     }
 }
@@ -262,6 +266,8 @@ pub enum LoadError {
     NoTier(Vec<String>),
     #[error("the BPF object has no map {0}")]
     MissingMap(&'static str),
+    #[error("starting the ring buffer drain thread: {0}")]
+    DrainThread(#[source] io::Error),
     #[error("opening map {0}: {1}")]
     Map(&'static str, #[source] aya::maps::MapError),
 }
