@@ -114,7 +114,7 @@ pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
             }
             Err(e) if mode == Mode::Auto => {
                 warn!("{m:?} source unavailable: {e:#}");
-                reasons.push(format!("{m:?}: {e:#}").to_lowercase());
+                reasons.push(format!("{}: {e:#}", format!("{m:?}").to_lowercase()));
             }
             Err(e) => return Err(e.context(format!("opening the {m:?} source"))),
         }
