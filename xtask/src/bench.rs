@@ -25,32 +25,17 @@ pub struct BenchArgs {
 
 /// Build the `bpf_cost` example (release) and return its path.
 fn bpf_cost_binary() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(vm::workspace_root())
-        .args([
+    crate::host::cargo_executable(
+        &[
             "build",
             "--release",
             "-p",
             "netwatch-user",
             "--example",
             "bpf_cost",
-            "--message-format=json",
-        ])
-        .output()
-        .context("building the bpf_cost example")?;
-    if !out.status.success() {
-        bail!(
-            "building bpf_cost failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "bpf_cost")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no bpf_cost executable")
+        ],
+        "bpf_cost",
+    )
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {

@@ -118,3 +118,27 @@ pub fn command_line(cmd: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Run `cargo <args> --message-format=json` from the workspace root and
+/// return the path of the executable it built for target `name`.
+pub fn cargo_executable(args: &[&str], name: &str) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(crate::vm::workspace_root())
+        .args(args)
+        .arg("--message-format=json")
+        .output()
+        .with_context(|| format!("building {name}"))?;
+    if !out.status.success() {
+        bail!(
+            "building {name} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo reported no {name} executable"))
+}

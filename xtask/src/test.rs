@@ -85,31 +85,17 @@ fn host_required_tiers() -> String {
 
 /// Path of the `ebpf_tiers` integration test binary (built if needed).
 fn tier_test_binary() -> Result<PathBuf> {
-    let out = cargo()
-        .current_dir(root())
-        .args([
+    crate::host::cargo_executable(
+        &[
             "test",
             "-p",
             "netwatch-user",
             "--test",
             "ebpf_tiers",
             "--no-run",
-            "--message-format=json",
-        ])
-        .output()
-        .context("building the ebpf_tiers test binary")?;
-    if !out.status.success() {
-        bail!(
-            "building the ebpf_tiers test binary failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ebpf_tiers")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo reported no ebpf_tiers executable")
+        ],
+        "ebpf_tiers",
+    )
 }
 
 fn guest_tests() -> Result<Duration> {
