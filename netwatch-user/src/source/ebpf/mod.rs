@@ -22,29 +22,20 @@ use netwatch_common::{
     IPPROTO_UDP,
 };
 
+use crate::procinfo::sockets::tcp_state_name;
+use procfs::net::TcpState;
+
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
 /// The BPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
 
-/// A TCP state number as the wire spells it.
-fn tcp_state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        // Seen moving bytes before any state change was traced: it is connected.
-        _ => "ESTABLISHED",
-    }
+/// A TCP state number as the wire spells it, the same names every Linux
+/// source uses ([`tcp_state_name`]).
+fn tcp_state(state: u8) -> &'static str {
+    // 0: seen moving bytes before any state change was traced: it is connected.
+    TcpState::from_u8(state).map_or("ESTABLISHED", |s| tcp_state_name(&s))
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
@@ -68,7 +59,7 @@ pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSa
     let remote = (st.rport != 0 || !remote_ip.is_unspecified())
         .then(|| SocketAddr::new(remote_ip, st.rport));
     let state = match protocol {
-        Protocol::Tcp => tcp_state_name(st.state),
+        Protocol::Tcp => tcp_state(st.state),
         Protocol::Udp if remote.is_some() => "ESTABLISHED",
         Protocol::Udp => "UNCONN",
     };
