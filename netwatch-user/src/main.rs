@@ -1,7 +1,6 @@
 //! `netwatch-agent`: the command line only. Parses options, sets up
 //! logging, picks the source, and hands everything to the tick loop.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -43,9 +42,6 @@ struct Cli {
     /// Capture interface for `--mode pcap` (default: all).
     #[arg(short = 'i', long)]
     interface: Option<String>,
-    /// Where the persistent host id is kept.
-    #[arg(long, default_value = "/var/lib/netwatch/host_id")]
-    host_id_file: PathBuf,
     /// Rows in the live table.
     #[arg(long, default_value_t = 20)]
     rows: usize,
@@ -81,7 +77,7 @@ fn main() -> Result<()> {
         interface: cli.interface.clone(),
     };
     let selected = select::select(cli.mode, &opts)?;
-    let host = HostCollectors::new(&cli.host_id_file);
+    let host = HostCollectors::new();
     let sinks: Vec<Box<dyn Sink>> = match cli.output {
         Output::Json => vec![Box::new(JsonLines::stdout())],
         Output::Table => vec![Box::new(Table::stdout(cli.rows))],

@@ -4,10 +4,8 @@
 //! last (no sleeping inside a snapshot). A failing collector leaves its
 //! section empty and is logged; it never stops the tick.
 
-use std::path::{Path, PathBuf};
-
 use log::warn;
-use netwatch_common::wire::{HostInfo, ProcessBandwidth, Snapshot};
+use netwatch_common::wire::{ProcessBandwidth, Snapshot};
 
 #[cfg(target_os = "linux")]
 use crate::procinfo::{
@@ -17,7 +15,6 @@ use crate::procinfo::{
 
 /// Every host collector with its previous sample.
 pub struct HostCollectors {
-    host_id_file: PathBuf,
     #[cfg(target_os = "linux")]
     interfaces: InterfaceTracker,
     #[cfg(target_os = "linux")]
@@ -28,14 +25,17 @@ pub struct HostCollectors {
     meta: ProcessMetaTracker,
     #[cfg(target_os = "macos")]
     tools: crate::source::macos::MacTools,
-    /// Collectors that failed on the last tick.
-    failures: u32,
+}
+
+impl Default for HostCollectors {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HostCollectors {
-    pub fn new(host_id_file: &Path) -> Self {
+    pub fn new() -> Self {
         Self {
-            host_id_file: host_id_file.to_path_buf(),
             #[cfg(target_os = "linux")]
             interfaces: InterfaceTracker::new(),
             #[cfg(target_os = "linux")]
@@ -46,30 +46,12 @@ impl HostCollectors {
             meta: ProcessMetaTracker::new(),
             #[cfg(target_os = "macos")]
             tools: crate::source::macos::MacTools::default(),
-            failures: 0,
         }
-    }
-
-    /// Static host metadata for the ingest envelope.
-    pub fn host_info(&self) -> anyhow::Result<HostInfo> {
-        #[cfg(target_os = "linux")]
-        return crate::procinfo::host::host_info(&self.host_id_file);
-        #[cfg(not(target_os = "linux"))]
-        anyhow::bail!(
-            "host info for {} is not implemented on this OS",
-            self.host_id_file.display()
-        )
-    }
-
-    /// Collectors that failed on the last tick (0: all good).
-    pub fn failures(&self) -> u32 {
-        self.failures
     }
 
     /// Fill the host-wide sections of `snap`.
     #[cfg(target_os = "linux")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
-        self.failures = 0;
         match self.interfaces.sample() {
             Ok(i) => snap.interfaces = i,
             Err(e) => self.failed("interfaces", &e),
@@ -92,7 +74,6 @@ impl HostCollectors {
     /// state counts from `netstat -an -p tcp`.
     #[cfg(target_os = "macos")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
-        self.failures = 0;
         match self.tools.interfaces() {
             Ok(n) => snap.interfaces = n.interfaces,
             Err(e) => self.failed("interfaces", &e.into()),
@@ -108,9 +89,7 @@ impl HostCollectors {
     }
 
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    pub fn fill(&mut self, _snap: &mut Snapshot) {
-        self.failures = 0;
-    }
+    pub fn fill(&mut self, _snap: &mut Snapshot) {}
 
     /// Fill process metadata (ppid, user, cpu, memory, state, start, exe).
     pub fn fill_processes(&mut self, rows: &mut [ProcessBandwidth]) {
@@ -120,8 +99,7 @@ impl HostCollectors {
         let _ = rows;
     }
 
-    fn failed(&mut self, what: &str, e: &anyhow::Error) {
-        self.failures += 1;
+    fn failed(&self, what: &str, e: &anyhow::Error) {
         warn!("{what} collector: {e:#}");
     }
 }
