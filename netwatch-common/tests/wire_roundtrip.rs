@@ -1,4 +1,5 @@
-//! Every payload in `../shared/wire/` must parse into our types and survive a
+//! Every payload in `tests/fixtures/wire/` (the project's copy of the wire
+//! payloads NetWatch Cloud publishes) must parse into our types and survive a
 //! round trip: value after one serialize/parse cycle == value after two.
 #![cfg(feature = "wire")]
 
@@ -9,8 +10,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
 fn wire_dir() -> PathBuf {
-    // The shared folder sits beside the project root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/wire")
+    // Inside the repository: a fresh clone must pass on its own.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire")
 }
 
 fn read(name: &str) -> String {
@@ -67,7 +68,7 @@ fn source(name: &str) -> Value {
 #[test]
 fn every_fixture_is_covered() {
     let mut names: Vec<String> = std::fs::read_dir(wire_dir())
-        .expect("shared/wire must exist beside the project root")
+        .expect("tests/fixtures/wire holds the wire payloads")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
         .collect();
