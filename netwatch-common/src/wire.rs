@@ -17,6 +17,15 @@ use uuid::Uuid;
 /// The version of the ingest envelope this crate writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The version a payload without `schema_version` is read as: a bare
+/// [`IngestRequest`], which is exactly what netwatch-sdk 0.3.2 agents POST.
+/// This stays 1 even when [`SCHEMA_VERSION`] moves on.
+pub const BARE_REQUEST_SCHEMA_VERSION: u32 = 1;
+
+fn bare_request_schema_version() -> u32 {
+    BARE_REQUEST_SCHEMA_VERSION
+}
+
 /// The payload an agent POSTs: host metadata and snapshots in chronological order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IngestRequest {
@@ -31,6 +40,12 @@ pub struct IngestRequest {
 /// The versioned ingest envelope: `schema_version`, the [`IngestRequest`]
 /// fields flattened beside it, and the agent's own health.
 ///
+/// A server reads any [`IngestRequest`] as an envelope: a bare request (no
+/// `schema_version`, no `agent_health`, as netwatch-sdk 0.3.2 sends it) is
+/// version [`BARE_REQUEST_SCHEMA_VERSION`] with a default [`AgentHealth`].
+/// Conversely a 0.3.2 peer reads an envelope as an `IngestRequest`, ignoring
+/// the two extra keys.
+///
 /// ```
 /// use netwatch_common::wire::IngestEnvelope;
 /// let json = r#"{"schema_version":1,"agent_version":"0.1.0",
@@ -40,10 +55,20 @@ pub struct IngestRequest {
 ///   "agent_health":{"collectors_ok":true,"dropped_count":0,"queue_depth":0}}"#;
 /// let env: IngestEnvelope = serde_json::from_str(json).unwrap();
 /// assert_eq!(env.request.host.hostname, "h");
+///
+/// // The same request without the envelope keys: version 1.
+/// let bare = r#"{"agent_version":"0.3.2",
+///   "host":{"host_id":"5f0c6a34-9d1e-4c7b-a0f2-3b8e91d4c217","hostname":"h",
+///   "os":null,"kernel":null,"uptime_secs":null,"cpu_model":null,"cpu_cores":null,
+///   "memory_total_bytes":null},"snapshots":[]}"#;
+/// let env: IngestEnvelope = serde_json::from_str(bare).unwrap();
+/// assert_eq!(env.schema_version, 1);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IngestEnvelope {
-    /// Always [`SCHEMA_VERSION`] when written by this crate.
+    /// Always [`SCHEMA_VERSION`] when written by this crate; read as
+    /// [`BARE_REQUEST_SCHEMA_VERSION`] when absent.
+    #[serde(default = "bare_request_schema_version")]
     pub schema_version: u32,
     /// The request proper.
     #[serde(flatten)]
@@ -275,6 +300,11 @@ pub struct ConnectionDetail {
     pub local_addr: String,
     pub remote_addr: String,
     /// Normalized state: `ESTABLISHED`, `LISTEN`, `TIME_WAIT`, `UNCONN`, …
+    ///
+    /// Free text on the wire. netwatch-sdk 0.3.2 only gives `ESTABLISHED` a
+    /// meaning (its per-process attribution counts sockets in that state);
+    /// its own `ss` parser passes other states through in `ss` spelling
+    /// (`TIME-WAIT`, `UNCONN`), its macOS parser in lsof spelling.
     pub state: String,
     pub pid: Option<u32>,
     pub process_name: Option<String>,
