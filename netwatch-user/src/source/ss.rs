@@ -16,8 +16,39 @@
 //!   and `ss` says nothing about a socket's age. On the first read they are
 //!   only a baseline; a socket first seen on a later read is taken to have
 //!   opened within the interval, so the interval is the bound on when its
-//!   bytes moved. Bytes a socket moves between the last read and its close
-//!   are never seen (a polling limit).
+//!   bytes moved.
+//!
+//! Sockets that close between two reads (see [`destroy`]): polling alone
+//! cannot see the bytes a socket moves after its last read, and a TCP socket
+//! that closes first becomes a TIME-WAIT entry that `ss` shows without
+//! counters or owner. So the source also reads the kernel's `sock_diag`
+//! destroy events (TCP and UDP, IPv4 and IPv6; needs `CAP_NET_ADMIN`, else a
+//! warning and polling alone) on a thread, and turns each into a `closed`
+//! sample with the socket's final counters:
+//! - Owner: the last owner a read saw for that cookie. A socket opened and
+//!   closed between two reads was never seen; if its local address is that
+//!   of a TCP listener whose every owner is one process (in this read or the
+//!   last), it goes to that process (the one that accepted it, unless a
+//!   listener shared across a fork between reads accepted it elsewhere);
+//!   otherwise it has no owner and its bytes go to no process (a connection
+//!   row only): under truth, never above it.
+//! - `rx_bytes` is `bytes_received` less the peer's FIN. The destroy
+//!   message cannot say whether the FIN arrived (the socket is `CLOSE` by
+//!   then; an orphan whose FIN was acknowledged becomes a time-wait socket
+//!   before the peer's FIN comes). The one sure sign that it did not is the
+//!   socket's time-wait successor (same cookie) still in `FIN-WAIT-2` in the
+//!   `ss` output read after the event; then nothing is subtracted, otherwise
+//!   one byte is. A socket that never got the FIN and whose time-wait
+//!   successor got it before that read is counted one byte short.
+//! - `tx_bytes` is `bytes_sent − bytes_retrans` as for live sockets (on
+//!   kernels before 4.19, the last polled value).
+//! - Final counters never go below the socket's last polled ones.
+//! - A time-wait entry in a later read carries the last polled counters of
+//!   its socket until the destroy event is counted, and none after, so the
+//!   socket's bytes are counted once. Events are drained before `ss` runs:
+//!   a socket `ss` lists alive cannot have been counted closed already.
+//! - Lost events (kernel buffer overruns, unreadable messages) are counted
+//!   in `lost_records`.
 //!
 //! A sample's [`SocketId`] is the kernel socket cookie (`sk:` from `-e`):
 //! unique per socket for the system's uptime, never reused, and kept when a
@@ -25,6 +56,7 @@
 //! between the same ports and the inode is 32 bits, recycled, and 0 in
 //! TIME-WAIT, so they are only the fallback when an `ss` prints no cookie.
 
+pub mod destroy;
 mod parse;
 
 pub use parse::{
@@ -33,15 +65,18 @@ pub use parse::{
 };
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample, SocketSource};
+use crate::attribution::GRACE_READS;
+use crate::source::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 use crate::tool::{ToolCommand, ToolError};
+use destroy::{DestroyEvent, DestroyListener};
 
 /// The arguments the source passes to `ss`: TCP and UDP (`-tu`), numeric
 /// (`-n`), all states (`-a`), owning processes (`-p`), `tcp_info` (`-i`) and
@@ -222,6 +257,30 @@ impl From<ToolError> for SsError {
     }
 }
 
+/// What the source remembers of a socket a read listed, by cookie, until
+/// its destroy event is counted (or it has been missing for
+/// [`GRACE_READS`] reads).
+#[derive(Debug, Clone)]
+struct Seen {
+    owner: Option<Owned>,
+    /// The last polled cumulative counters.
+    rx: u64,
+    tx: u64,
+    /// The read that last listed it (or its time-wait successor).
+    read: u64,
+}
+
+/// The process a socket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owned {
+    pid: u32,
+    comm: String,
+    cgroup_id: Option<u64>,
+}
+
+/// A TCP listener's address and, when all its owners are one process, that process.
+type Listener = (SocketAddr, Option<Owned>);
+
 /// The `ss` socket source. See the module documentation.
 #[derive(Debug)]
 pub struct SsSource {
@@ -233,6 +292,18 @@ pub struct SsSource {
     /// Unparseable lines since the source started.
     lost_lines: u64,
     reads: u64,
+    /// The destroy-event reader; `None` when it could not start.
+    destroy: Option<DestroyListener>,
+    /// Events drained and not yet turned into samples (kept if `ss` fails).
+    pending: Vec<DestroyEvent>,
+    /// Events the reader lost, as of the last drain.
+    lost_events: u64,
+    /// Events this source could not use (no cookie).
+    unusable_events: u64,
+    /// Sockets seen by reads, by cookie.
+    seen: HashMap<u64, Seen>,
+    /// The TCP listeners of the last read.
+    listeners: Vec<Listener>,
 }
 
 impl Default for SsSource {
@@ -243,8 +314,22 @@ impl Default for SsSource {
 
 impl SsSource {
     /// A source running `ss` from `PATH`, with [`DEFAULT_TIMEOUT`], the
-    /// [`TxCounter`] for the running kernel and the first cgroup v2 mount.
+    /// [`TxCounter`] for the running kernel and the first cgroup v2 mount,
+    /// reading destroy events from now on (a warning if it cannot).
     pub fn new() -> Self {
+        let destroy = match DestroyListener::start() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("ss: {e}");
+                None
+            }
+        };
+        Self::without_destroy_events().with_destroy_listener(destroy)
+    }
+
+    /// A source that only polls: the bytes a socket moves after its last
+    /// read are not counted.
+    pub fn without_destroy_events() -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Self {
             program: PathBuf::from("ss"),
@@ -255,7 +340,23 @@ impl SsSource {
                 .and_then(|m| cgroup2_mount(&m)),
             lost_lines: 0,
             reads: 0,
+            destroy: None,
+            pending: Vec::new(),
+            lost_events: 0,
+            unusable_events: 0,
+            seen: HashMap::new(),
+            listeners: Vec::new(),
         }
+    }
+
+    fn with_destroy_listener(mut self, destroy: Option<DestroyListener>) -> Self {
+        self.destroy = destroy;
+        self
+    }
+
+    /// Whether destroy events are being read.
+    pub fn destroy_events_enabled(&self) -> bool {
+        self.destroy.is_some()
     }
 
     /// Run this program instead of `ss` from `PATH`.
@@ -293,24 +394,195 @@ impl SsSource {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The samples for one `ss` output, with cgroup ids resolved (one
-    /// `stat` per distinct cgroup path per read).
-    fn samples(&mut self, outcome: &ParseOutcome) -> Vec<SocketSample> {
-        let mut cgroup_ids: HashMap<&str, Option<u64>> = HashMap::new();
-        outcome
-            .sockets
-            .iter()
-            .map(|sock| {
-                let mut sample = sock.to_sample(self.tx_counter);
-                if let (Some(root), Some(path)) = (&self.cgroup2_root, &sock.cgroup_path) {
-                    sample.cgroup_id = *cgroup_ids
-                        .entry(path.as_str())
-                        .or_insert_with(|| cgroup_id(root, path));
+    /// The samples for one `ss` output and the destroy events drained just
+    /// before it ran: a closed sample per event first, then one per listed
+    /// socket, with cgroup ids resolved (one `stat` per distinct cgroup path
+    /// per read). Updates what the source remembers of each socket.
+    fn samples(&mut self, events: Vec<DestroyEvent>, outcome: &ParseOutcome) -> Vec<SocketSample> {
+        let mut cgroup_ids: HashMap<String, Option<u64>> = HashMap::new();
+        let root = self.cgroup2_root.clone();
+        let mut cgroup_of = |path: &Option<String>| -> Option<u64> {
+            let (root, path) = (root.as_ref()?, path.as_ref()?);
+            *cgroup_ids
+                .entry(path.clone())
+                .or_insert_with(|| cgroup_id(root, path))
+        };
+
+        // This read's listeners and time-wait entries.
+        let mut listeners: Vec<Listener> = Vec::new();
+        let mut tw_state: HashMap<u64, &str> = HashMap::new();
+        for sock in &outcome.sockets {
+            if sock.protocol == Protocol::Tcp && sock.state == "LISTEN" {
+                let owner = sock
+                    .owner()
+                    .filter(|o| sock.owners.iter().all(|x| x.pid == o.pid));
+                let owner = owner.map(|o| Owned {
+                    pid: o.pid,
+                    comm: o.name.clone(),
+                    cgroup_id: cgroup_of(&sock.cgroup_path),
+                });
+                listeners.push((sock.local, owner));
+            }
+            if let (true, Some(c)) = (is_time_wait_entry(sock), sock.cookie) {
+                tw_state.insert(c, sock.state.as_str());
+            }
+        }
+
+        let mut samples = Vec::with_capacity(events.len() + outcome.sockets.len());
+        let mut closed_now: HashSet<u64> = HashSet::new();
+        for ev in &events {
+            if ev.cookie == 0 {
+                self.unusable_events += 1;
+                continue;
+            }
+            if !closed_now.insert(ev.cookie) {
+                continue;
+            }
+            let sample = self.closed_sample(ev, &tw_state, &listeners);
+            samples.push(sample);
+        }
+        self.listeners = listeners;
+
+        for sock in &outcome.sockets {
+            let mut sample = sock.to_sample(self.tx_counter);
+            sample.cgroup_id = cgroup_of(&sock.cgroup_path);
+            let Some(cookie) = sock.cookie.filter(|&c| c != 0) else {
+                samples.push(sample);
+                continue;
+            };
+            if is_time_wait_entry(sock) {
+                if closed_now.contains(&cookie) {
+                    // Its socket's closed sample is in this batch: one row per socket.
+                    continue;
                 }
-                sample
-            })
-            .collect()
+                // Until the destroy event is counted, carry the last polled
+                // counters (no delta); after it, none.
+                if let Some(seen) = self.seen.get_mut(&cookie) {
+                    sample.rx_bytes = seen.rx;
+                    sample.tx_bytes = seen.tx;
+                    seen.read = self.reads;
+                }
+            } else {
+                let owner = sample.pid.map(|pid| Owned {
+                    pid,
+                    comm: sample.comm.clone().unwrap_or_default(),
+                    cgroup_id: sample.cgroup_id,
+                });
+                let entry = self.seen.entry(cookie).or_insert(Seen {
+                    owner: None,
+                    rx: 0,
+                    tx: 0,
+                    read: self.reads,
+                });
+                // An orphaned socket (closed, still sending) lists no owner: keep the last one.
+                if owner.is_some() {
+                    entry.owner = owner;
+                }
+                entry.rx = sample.rx_bytes;
+                entry.tx = sample.tx_bytes;
+                entry.read = self.reads;
+            }
+            samples.push(sample);
+        }
+        let now = self.reads;
+        self.seen.retain(|_, s| now - s.read < GRACE_READS);
+        samples
     }
+
+    /// The closed sample for one destroy event (see the module doc).
+    fn closed_sample(
+        &mut self,
+        ev: &DestroyEvent,
+        tw_state: &HashMap<u64, &str>,
+        listeners: &[Listener],
+    ) -> SocketSample {
+        let seen = self.seen.remove(&ev.cookie);
+        let (last_rx, last_tx) = seen.as_ref().map_or((0, 0), |s| (s.rx, s.tx));
+        let owner = seen
+            .and_then(|s| s.owner)
+            .or_else(|| listener_owner(ev, listeners.iter().chain(self.listeners.iter())));
+        let (rx, tx) = match ev.tcp {
+            Some(t) => {
+                let received = t.bytes_received.unwrap_or(0);
+                let no_fin = tw_state.get(&ev.cookie) == Some(&"FIN_WAIT2");
+                let rx = if no_fin {
+                    received
+                } else {
+                    received.saturating_sub(1)
+                };
+                let tx = match (self.tx_counter, t.bytes_sent) {
+                    (TxCounter::BytesSent, Some(sent)) => {
+                        sent.saturating_sub(t.bytes_retrans.unwrap_or(0))
+                    }
+                    _ => last_tx,
+                };
+                (rx.max(last_rx), tx.max(last_tx))
+            }
+            None => (last_rx, last_tx),
+        };
+        SocketSample {
+            id: SocketId {
+                primary: ev.cookie,
+                secondary: 0,
+            },
+            protocol: ev.protocol,
+            local: Some(ev.local),
+            remote: ev.remote,
+            state: "CLOSED".to_string(),
+            pid: owner.as_ref().map(|o| o.pid),
+            comm: owner.as_ref().map(|o| o.comm.clone()),
+            cgroup_id: owner.and_then(|o| o.cgroup_id),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            rtt_us: None,
+            closed: true,
+            origin: CountOrigin::SinceSocketOpen,
+        }
+    }
+}
+
+/// A TCP time-wait entry: `ss` lists it with no owner, no inode and no
+/// `tcp_info` (the kernel keeps no counters for it).
+fn is_time_wait_entry(sock: &ParsedSocket) -> bool {
+    sock.protocol == Protocol::Tcp
+        && matches!(sock.state.as_str(), "TIME_WAIT" | "FIN_WAIT2")
+        && sock.owners.is_empty()
+        && sock.inode.unwrap_or(0) == 0
+        && sock.bytes_received.is_none()
+        && sock.bytes_sent.is_none()
+        && sock.bytes_acked.is_none()
+        && sock.rtt_us.is_none()
+}
+
+/// The owner of the TCP listener a never-seen connected socket was accepted
+/// from: every listener on its local port (and address, or the wildcard)
+/// must name the same single process.
+fn listener_owner<'a>(
+    ev: &DestroyEvent,
+    listeners: impl Iterator<Item = &'a Listener>,
+) -> Option<Owned> {
+    if ev.protocol != Protocol::Tcp || ev.remote.is_none() {
+        return None;
+    }
+    let same_ip = |l: &SocketAddr| {
+        l.ip().is_unspecified() || l.ip() == ev.local.ip() || {
+            // A dual-stack listener's sockets have IPv4-mapped addresses.
+            match (l.ip(), ev.local.ip()) {
+                (std::net::IpAddr::V4(a), std::net::IpAddr::V6(b)) => b.to_ipv4_mapped() == Some(a),
+                _ => false,
+            }
+        }
+    };
+    let mut found: Option<Owned> = None;
+    for (_, owner) in listeners.filter(|(a, _)| a.port() == ev.local.port() && same_ip(a)) {
+        match (owner, &found) {
+            (None, _) => return None,
+            (Some(o), Some(f)) if o.pid != f.pid => return None,
+            (Some(o), None) => found = Some(o.clone()),
+            _ => {}
+        }
+    }
+    found
 }
 
 impl SocketSource for SsSource {
@@ -319,6 +591,12 @@ impl SocketSource for SsSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
+        // Events first: a socket `ss` then lists alive cannot be among them.
+        if let Some(l) = &self.destroy {
+            let (events, lost) = l.drain();
+            self.pending.extend(events);
+            self.lost_events = lost;
+        }
         let text = self.run()?;
         let outcome = parse_ss(&text);
         if outcome.skipped > 0 {
@@ -342,12 +620,13 @@ impl SocketSource for SsSource {
             }
         }
         self.lost_lines += outcome.skipped;
+        let events = std::mem::take(&mut self.pending);
+        let samples = self.samples(events, &outcome);
         self.reads += 1;
-        let samples = self.samples(&outcome);
         Ok(SampleBatch {
             taken_at: Instant::now(),
             samples,
-            lost_records: self.lost_lines,
+            lost_records: self.lost_lines + self.lost_events + self.unusable_events,
             estimated: false,
         })
     }
