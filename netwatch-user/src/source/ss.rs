@@ -746,6 +746,172 @@ mod tests {
         );
     }
 
+    fn event(cookie: u64, received: u64, sent: u64, rqueue: u32) -> DestroyEvent {
+        DestroyEvent {
+            protocol: Protocol::Tcp,
+            cookie,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: Some("127.0.0.1:40000".parse().unwrap()),
+            rqueue,
+            tcp: Some(destroy::TcpFinal {
+                bytes_received: Some(received),
+                bytes_sent: Some(sent),
+                bytes_retrans: Some(0),
+                bytes_acked: None,
+            }),
+        }
+    }
+
+    const LISTENER: &str = "tcp LISTEN 0 8 127.0.0.1:8080 0.0.0.0:* \
+        users:((\"srv\",pid=100,fd=3)) ino:90 sk:2 <->\n\t cubic cwnd:10\n";
+    const ALIVE: &str = "tcp ESTAB 0 0 127.0.0.1:8080 127.0.0.1:40000 \
+        users:((\"srv\",pid=100,fd=5)) ino:91 sk:1a <->\n\t rtt:0.1/0.05 \
+        bytes_sent:200 bytes_acked:201 bytes_received:100\n";
+    const TIME_WAIT: &str = "tcp TIME-WAIT 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:1a\n\t\n";
+    const FIN_WAIT2_TW: &str =
+        "tcp FIN-WAIT-2 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:1a\n\t\n";
+
+    fn read(src: &mut SsSource, events: Vec<DestroyEvent>, text: &str) -> Vec<SocketSample> {
+        let out = parse_ss(text);
+        assert_eq!(out.skipped, 0, "{:?}", out.first_skips);
+        let s = src.samples(events, &out);
+        src.reads += 1;
+        s
+    }
+
+    #[test]
+    fn ss_destroyed_socket_gets_its_owner_final_bytes_less_the_fin() {
+        let mut src = SsSource::without_destroy_events();
+        let first = read(&mut src, vec![], ALIVE);
+        assert_eq!((first[0].rx_bytes, first[0].tx_bytes), (100, 200));
+        // Closed after the read: 150 bytes and the FIN received, 300 sent.
+        let s = read(&mut src, vec![event(0x1a, 151, 300, 1)], TIME_WAIT);
+        assert_eq!(
+            s.len(),
+            1,
+            "the time-wait entry of a socket closed now is no second row"
+        );
+        let c = &s[0];
+        assert!(c.closed);
+        assert_eq!((c.pid, c.comm.as_deref()), (Some(100), Some("srv")));
+        assert_eq!((c.rx_bytes, c.tx_bytes), (150, 300));
+        assert_eq!(
+            c.id,
+            SocketId {
+                primary: 0x1a,
+                secondary: 0
+            }
+        );
+        // Its time-wait entry later: no owner, no counters, no second count.
+        let s = read(&mut src, vec![], TIME_WAIT);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 0, 0));
+    }
+
+    #[test]
+    fn ss_time_wait_successor_in_fin_wait2_means_no_fin_was_received() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        let s = read(&mut src, vec![event(0x1a, 151, 300, 0)], FIN_WAIT2_TW);
+        assert_eq!(s[0].rx_bytes, 151);
+    }
+
+    #[test]
+    fn ss_time_wait_entry_before_its_event_carries_the_last_counters() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        // The event is late: the read lists only the time-wait entry.
+        let s = read(&mut src, vec![], TIME_WAIT);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 100, 200));
+        assert!(!s[0].closed);
+        let s = read(&mut src, vec![event(0x1a, 101, 250, 1)], TIME_WAIT);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(100), 100, 250)
+        );
+    }
+
+    #[test]
+    fn ss_final_counters_never_go_below_the_last_polled_ones() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        // No FIN came (reset), yet one byte is taken off: clamped to the poll.
+        let s = read(&mut src, vec![event(0x1a, 100, 150, 0)], "");
+        assert_eq!((s[0].rx_bytes, s[0].tx_bytes), (100, 200));
+    }
+
+    #[test]
+    fn ss_never_seen_socket_goes_to_its_listeners_single_owner_only() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], LISTENER);
+        let s = read(&mut src, vec![event(0x77, 11, 22, 1)], LISTENER);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(100), 10, 22)
+        );
+        // The listener is gone by this read: the last read's still counts.
+        let s = read(&mut src, vec![event(0x78, 11, 22, 1)], "");
+        assert_eq!(s[0].pid, Some(100));
+        // Shared by two processes: no owner.
+        let shared = "tcp LISTEN 0 8 0.0.0.0:8080 0.0.0.0:* \
+            users:((\"a\",pid=100,fd=3),(\"b\",pid=101,fd=3)) ino:90 sk:2 <->\n\t cwnd:10\n";
+        read(&mut src, vec![], shared);
+        let s = read(&mut src, vec![event(0x79, 11, 22, 1)], shared);
+        assert_eq!(s[0].pid, None);
+        // Another port, or no peer: no owner.
+        let mut other = event(0x7a, 11, 22, 1);
+        other.local = "127.0.0.1:9090".parse().unwrap();
+        let s = read(&mut src, vec![other], LISTENER);
+        assert_eq!(s[0].pid, None);
+        // A dual-stack listener's sockets have IPv4-mapped addresses.
+        let v6 = "tcp LISTEN 0 8 [::ffff:127.0.0.1]:8080 *:* \
+            users:((\"srv6\",pid=102,fd=3)) ino:92 sk:3 <->\n\t cwnd:10\n";
+        read(&mut src, vec![], v6);
+        let mut mapped = event(0x7b, 1, 2, 0);
+        mapped.local = "[::ffff:127.0.0.1]:8080".parse().unwrap();
+        let s = read(&mut src, vec![mapped], v6);
+        assert_eq!(s[0].pid, Some(102));
+    }
+
+    #[test]
+    fn ss_events_without_cookie_are_counted_as_lost_and_duplicates_dropped() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        let s = read(
+            &mut src,
+            vec![
+                event(0, 5, 5, 0),
+                event(0x1a, 101, 200, 1),
+                event(0x1a, 101, 200, 1),
+            ],
+            "",
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(src.unusable_events, 1);
+    }
+
+    #[test]
+    fn ss_udp_destroy_is_a_closed_sample_with_its_owner() {
+        let mut src = SsSource::without_destroy_events();
+        let udp = "udp UNCONN 0 0 127.0.0.1:5353 0.0.0.0:* \
+            users:((\"dns\",pid=7,fd=3)) ino:5 sk:9 <->\n";
+        read(&mut src, vec![], udp);
+        let ev = DestroyEvent {
+            protocol: Protocol::Udp,
+            cookie: 9,
+            local: "127.0.0.1:5353".parse().unwrap(),
+            remote: None,
+            rqueue: 0,
+            tcp: None,
+        };
+        let s = read(&mut src, vec![ev], "");
+        assert!(s[0].closed);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes, s[0].remote),
+            (Some(7), 0, 0, None)
+        );
+    }
+
     #[test]
     fn ss_cgroup2_mount_from_mounts_text() {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
