@@ -268,6 +268,19 @@ struct Seen {
     tx: u64,
     /// The read that last listed it (or its time-wait successor).
     read: u64,
+    /// Reads that listed it without an owner and held its counters.
+    held: u64,
+}
+
+/// How many reads a socket listed with no owner known keeps reporting its
+/// last counters, waiting for its owner to show (see [`SsSource::samples`]).
+const HOLD_OWNERLESS_READS: u64 = 3;
+
+/// A time-wait entry (or closed socket) by cookie or by its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TwKey {
+    Cookie(u64),
+    Ends(SocketAddr, SocketAddr),
 }
 
 /// The process a socket belongs to.
@@ -408,9 +421,11 @@ impl SsSource {
                 .or_insert_with(|| cgroup_id(root, path))
         };
 
-        // This read's listeners and time-wait entries.
+        // This read's listeners and time-wait entries (by cookie, and by
+        // endpoints: a socket whose cookie no read asked for before it closed
+        // gets a fresh cookie in its time-wait successor).
         let mut listeners: Vec<Listener> = Vec::new();
-        let mut tw_state: HashMap<u64, &str> = HashMap::new();
+        let mut tw_state: HashMap<TwKey, &str> = HashMap::new();
         for sock in &outcome.sockets {
             if sock.protocol == Protocol::Tcp && sock.state == "LISTEN" {
                 let owner = sock
@@ -423,25 +438,32 @@ impl SsSource {
                 });
                 listeners.push((sock.local, owner));
             }
-            if let (true, Some(c)) = (is_time_wait_entry(sock), sock.cookie) {
-                tw_state.insert(c, sock.state.as_str());
+            if is_time_wait_entry(sock) {
+                if let Some(c) = sock.cookie {
+                    tw_state.insert(TwKey::Cookie(c), sock.state.as_str());
+                }
+                if let Some(r) = sock.remote {
+                    tw_state.insert(TwKey::Ends(sock.local, r), sock.state.as_str());
+                }
             }
         }
 
         let mut samples = Vec::with_capacity(events.len() + outcome.sockets.len());
-        let mut closed_now: HashSet<u64> = HashSet::new();
+        let mut closed_now: HashSet<TwKey> = HashSet::new();
         for ev in &events {
             if ev.cookie == 0 {
                 self.unusable_events += 1;
                 continue;
             }
-            if !closed_now.insert(ev.cookie) {
+            if !closed_now.insert(TwKey::Cookie(ev.cookie)) {
                 continue;
+            }
+            if let Some(r) = ev.remote {
+                closed_now.insert(TwKey::Ends(ev.local, r));
             }
             let sample = self.closed_sample(ev, &tw_state, &listeners);
             samples.push(sample);
         }
-        self.listeners = listeners;
 
         for sock in &outcome.sockets {
             let mut sample = sock.to_sample(self.tx_counter);
@@ -451,11 +473,14 @@ impl SsSource {
                 continue;
             };
             if is_time_wait_entry(sock) {
-                if closed_now.contains(&cookie) {
+                let ends = sock.remote.map(|r| TwKey::Ends(sock.local, r));
+                if closed_now.contains(&TwKey::Cookie(cookie))
+                    || ends.is_some_and(|e| closed_now.contains(&e))
+                {
                     // Its socket's closed sample is in this batch: one row per socket.
                     continue;
                 }
-                // Until the destroy event is counted, carry the last polled
+                // Until the destroy event is counted, carry the last reported
                 // counters (no delta); after it, none.
                 if let Some(seen) = self.seen.get_mut(&cookie) {
                     sample.rx_bytes = seen.rx;
@@ -463,20 +488,39 @@ impl SsSource {
                     seen.read = self.reads;
                 }
             } else {
-                let owner = sample.pid.map(|pid| Owned {
+                let listed = sample.pid.map(|pid| Owned {
                     pid,
                     comm: sample.comm.clone().unwrap_or_default(),
                     cgroup_id: sample.cgroup_id,
                 });
+                let first_read = self.reads == 0;
                 let entry = self.seen.entry(cookie).or_insert(Seen {
                     owner: None,
                     rx: 0,
                     tx: 0,
                     read: self.reads,
+                    held: 0,
                 });
-                // An orphaned socket (closed, still sending) lists no owner: keep the last one.
-                if owner.is_some() {
-                    entry.owner = owner;
+                let owner = listed
+                    .or_else(|| entry.owner.clone())
+                    .or_else(|| live_listener_owner(&sample, &listeners));
+                match owner {
+                    Some(o) => {
+                        sample.pid = Some(o.pid);
+                        sample.comm = Some(o.comm.clone());
+                        sample.cgroup_id = o.cgroup_id;
+                        entry.owner = Some(o);
+                    }
+                    // No owner yet (`ss -p` maps inodes to processes before it
+                    // lists sockets, so a brand-new socket can miss its owner):
+                    // report the last counters for a few reads so its bytes
+                    // wait for the owner instead of going to nobody.
+                    None if !first_read && entry.held < HOLD_OWNERLESS_READS => {
+                        entry.held += 1;
+                        sample.rx_bytes = entry.rx;
+                        sample.tx_bytes = entry.tx;
+                    }
+                    None => {}
                 }
                 entry.rx = sample.rx_bytes;
                 entry.tx = sample.tx_bytes;
@@ -484,6 +528,7 @@ impl SsSource {
             }
             samples.push(sample);
         }
+        self.listeners = listeners;
         let now = self.reads;
         self.seen.retain(|_, s| now - s.read < GRACE_READS);
         samples
@@ -493,7 +538,7 @@ impl SsSource {
     fn closed_sample(
         &mut self,
         ev: &DestroyEvent,
-        tw_state: &HashMap<u64, &str>,
+        tw_state: &HashMap<TwKey, &str>,
         listeners: &[Listener],
     ) -> SocketSample {
         let seen = self.seen.remove(&ev.cookie);
@@ -504,7 +549,11 @@ impl SsSource {
         let (rx, tx) = match ev.tcp {
             Some(t) => {
                 let received = t.bytes_received.unwrap_or(0);
-                let no_fin = tw_state.get(&ev.cookie) == Some(&"FIN_WAIT2");
+                let successor = tw_state.get(&TwKey::Cookie(ev.cookie)).or_else(|| {
+                    ev.remote
+                        .and_then(|r| tw_state.get(&TwKey::Ends(ev.local, r)))
+                });
+                let no_fin = successor == Some(&"FIN_WAIT2");
                 let rx = if no_fin {
                     received
                 } else {
@@ -552,6 +601,25 @@ fn is_time_wait_entry(sock: &ParsedSocket) -> bool {
         && sock.bytes_sent.is_none()
         && sock.bytes_acked.is_none()
         && sock.rtt_us.is_none()
+}
+
+/// [`listener_owner`] for a live connected TCP socket `ss` listed without owner.
+fn live_listener_owner(sample: &SocketSample, listeners: &[Listener]) -> Option<Owned> {
+    let (Some(local), Some(remote)) = (sample.local, sample.remote) else {
+        return None;
+    };
+    if sample.protocol != Protocol::Tcp {
+        return None;
+    }
+    let probe = DestroyEvent {
+        protocol: Protocol::Tcp,
+        cookie: 0,
+        local,
+        remote: Some(remote),
+        rqueue: 0,
+        tcp: None,
+    };
+    listener_owner(&probe, listeners.iter())
 }
 
 /// The owner of the TCP listener a never-seen connected socket was accepted
@@ -888,6 +956,58 @@ mod tests {
         );
         assert_eq!(s.len(), 1);
         assert_eq!(src.unusable_events, 1);
+    }
+
+    #[test]
+    fn ss_socket_listed_without_owner_waits_for_it_and_an_orphan_keeps_its_owner() {
+        let ownerless = "tcp ESTAB 0 0 127.0.0.1:40000 127.0.0.1:9999 ino:93 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:70 bytes_received:30\n";
+        let owned = "tcp ESTAB 0 0 127.0.0.1:40000 127.0.0.1:9999 \
+            users:((\"cli\",pid=200,fd=4)) ino:93 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:80 bytes_received:40\n";
+        let orphan = "tcp FIN-WAIT-1 0 5 127.0.0.1:40000 127.0.0.1:9999 ino:0 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:90 bytes_received:40\n";
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], "");
+        // Brand new, owner not found by `ss -p`: its counters wait.
+        let s = read(&mut src, vec![], ownerless);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 0, 0));
+        let s = read(&mut src, vec![], owned);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(200), 40, 80)
+        );
+        // Closed by its process, still sending: still its process's.
+        let s = read(&mut src, vec![], orphan);
+        assert_eq!((s[0].pid, s[0].tx_bytes), (Some(200), 90));
+        // Never owned, past the hold: real counters, no owner.
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], "");
+        for _ in 0..HOLD_OWNERLESS_READS {
+            assert_eq!(read(&mut src, vec![], ownerless)[0].rx_bytes, 0);
+        }
+        let s = read(&mut src, vec![], ownerless);
+        assert_eq!((s[0].pid, s[0].rx_bytes), (None, 30));
+    }
+
+    #[test]
+    fn ss_time_wait_entry_with_a_new_cookie_is_matched_by_its_endpoints() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], LISTENER);
+        // Never listed alive: the successor's cookie (0x99) is not the socket's.
+        let tw = "tcp FIN-WAIT-2 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:99\n\t\n";
+        let s = read(
+            &mut src,
+            vec![event(0x77, 11, 22, 0)],
+            &format!("{LISTENER}{tw}"),
+        );
+        let ours: Vec<_> = s.iter().filter(|x| x.remote.is_some()).collect();
+        assert_eq!(ours.len(), 1, "one row for the socket: {ours:?}");
+        assert_eq!(
+            (ours[0].pid, ours[0].rx_bytes),
+            (Some(100), 11),
+            "no FIN taken off"
+        );
     }
 
     #[test]
