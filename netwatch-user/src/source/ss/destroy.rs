@@ -403,6 +403,24 @@ mod tests {
         i
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any single-byte change to a valid message: no
+        /// panic, and never more events than messages.
+        #[test]
+        fn prop_destroy_decode_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            at in 0usize..400,
+            value in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = decode(&bytes);
+            let mut m = message(AF_INET6, Some(IPPROTO_TCP), Some(&tcp_info(5, 6, 1)));
+            let i = at % m.len();
+            m[i] = value;
+            let d = decode(&m);
+            proptest::prop_assert!(d.events.len() <= 1);
+        }
+    }
+
     #[test]
     fn destroy_decodes_tcp_v4_and_v6_with_final_counters() {
         let info = tcp_info(123_457, 54_321, 21);
