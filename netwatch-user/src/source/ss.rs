@@ -32,23 +32,35 @@
 //!   listener shared across a fork between reads accepted it elsewhere);
 //!   otherwise it has no owner and its bytes go to no process (a connection
 //!   row only): under truth, never above it.
-//! - `rx_bytes` is `bytes_received` less the peer's FIN. The destroy
-//!   message cannot say whether the FIN arrived (the socket is `CLOSE` by
-//!   then; an orphan whose FIN was acknowledged becomes a time-wait socket
-//!   before the peer's FIN comes). The one sure sign that it did not is the
-//!   socket's time-wait successor (same cookie) still in `FIN-WAIT-2` in the
-//!   `ss` output read after the event; then nothing is subtracted, otherwise
-//!   one byte is. A socket that never got the FIN and whose time-wait
-//!   successor got it before that read is counted one byte short.
+//! - `rx_bytes` is `bytes_received` less the peer's FIN (which it counts
+//!   as one byte; the SYN it does not). The destroy message cannot say
+//!   whether the FIN arrived: the socket is `CLOSE` by then, and an orphan
+//!   whose own FIN was acknowledged becomes a time-wait socket (and is
+//!   destroyed) before the peer's FIN comes, the usual end of a server that
+//!   replies and closes. The one sure sign that it did not is the socket's
+//!   time-wait successor (same cookie, or same endpoints when the socket
+//!   was never listed) still in `FIN-WAIT-2` in the `ss` output read after
+//!   the event; then nothing is subtracted, otherwise one byte is. So a
+//!   socket destroyed before the FIN whose successor got it before that read
+//!   is counted one byte short: at most one byte per connection, never over.
 //! - `tx_bytes` is `bytes_sent − bytes_retrans` as for live sockets (on
 //!   kernels before 4.19, the last polled value).
-//! - Final counters never go below the socket's last polled ones.
-//! - A time-wait entry in a later read carries the last polled counters of
-//!   its socket until the destroy event is counted, and none after, so the
-//!   socket's bytes are counted once. Events are drained before `ss` runs:
+//! - Final counters never go below the socket's last reported ones.
+//! - A time-wait entry in a later read carries the last reported counters
+//!   of its socket until the destroy event is counted, and none after, and
+//!   is left out of the read that counts the event, so the socket's bytes
+//!   are counted once and it has one row. Events are drained before `ss` runs:
 //!   a socket `ss` lists alive cannot have been counted closed already.
 //! - Lost events (kernel buffer overruns, unreadable messages) are counted
 //!   in `lost_records`.
+//!
+//! Live sockets `ss` lists without an owner: an orphan (closed by its
+//! process, still sending or waiting for the peer) keeps the owner a read
+//! saw; a socket accepted from a single-owner listener gets that owner; a
+//! brand-new socket `ss -p` missed (it maps inodes to processes before it
+//! lists sockets) reports its last counters for up to
+//! `HOLD_OWNERLESS_READS` reads, so its bytes wait for its owner instead of
+//! going to nobody.
 //!
 //! A sample's [`SocketId`] is the kernel socket cookie (`sk:` from `-e`):
 //! unique per socket for the system's uptime, never reused, and kept when a
