@@ -370,3 +370,41 @@ fn ss_closed_udp_socket_yields_a_closed_sample() {
     }
     panic!("no closed sample for UDP {local}");
 }
+
+/// A server socket closed while its peer keeps the connection open: the
+/// peer's FIN never comes, the time-wait successor stays in FIN-WAIT-2, and
+/// the event says so (its final bytes_received holds no FIN).
+#[test]
+fn ss_destroy_event_of_a_server_whose_peer_stays_open_has_no_fin() {
+    use netwatch::source::ss::destroy::DestroyListener;
+    require_root();
+    let listener = DestroyListener::start().expect("joining the destroy groups");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    let server_end = (server.local_addr().unwrap(), server.peer_addr().unwrap());
+    client.write_all(&[1u8; 1234]).unwrap();
+    let mut req = [0u8; 1234];
+    server.read_exact(&mut req).unwrap();
+    server.write_all(&[2u8; 4321]).unwrap();
+    drop(server);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), 4321);
+    for _ in 0..100 {
+        let (events, _) = listener.drain();
+        if let Some(ev) = events
+            .iter()
+            .find(|e| (e.local, e.remote) == (server_end.0, Some(server_end.1)))
+        {
+            let t = ev.tcp.expect("tcp_info");
+            assert_eq!(t.bytes_received, Some(1234), "no FIN: {ev:?}");
+            assert_eq!(t.bytes_sent, Some(4321));
+            assert!(ev.successor_in_fin_wait2, "{ev:?}");
+            drop(client);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no destroy event for the server socket {server_end:?}");
+}

@@ -38,11 +38,14 @@
 //!   whose own FIN was acknowledged becomes a time-wait socket (and is
 //!   destroyed) before the peer's FIN comes, the usual end of a server that
 //!   replies and closes. The one sure sign that it did not is the socket's
-//!   time-wait successor (same cookie, or same endpoints when the socket
-//!   was never listed) still in `FIN-WAIT-2` in the `ss` output read after
-//!   the event; then nothing is subtracted, otherwise one byte is. So a
-//!   socket destroyed before the FIN whose successor got it before that read
-//!   is counted one byte short: at most one byte per connection, never over.
+//!   time-wait successor still in `FIN-WAIT-2`: looked up by endpoints as
+//!   soon as the event is read, and again (same cookie, or same endpoints
+//!   when the socket was never listed) in the `ss` output read after it.
+//!   Then nothing is subtracted, otherwise one byte is. So a socket
+//!   destroyed before the FIN whose successor got it before both looks
+//!   (on loopback, where the peer closes within microseconds, that is
+//!   usual) is counted one byte short: at most one byte per connection,
+//!   never over.
 //! - `tx_bytes` is `bytes_sent − bytes_retrans` as for live sockets (on
 //!   kernels before 4.19, the last polled value).
 //! - Final counters never go below the socket's last reported ones.
@@ -565,7 +568,7 @@ impl SsSource {
                     ev.remote
                         .and_then(|r| tw_state.get(&TwKey::Ends(ev.local, r)))
                 });
-                let no_fin = successor == Some(&"FIN_WAIT2");
+                let no_fin = ev.successor_in_fin_wait2 || successor == Some(&"FIN_WAIT2");
                 let rx = if no_fin {
                     received
                 } else {
@@ -630,6 +633,7 @@ fn live_listener_owner(sample: &SocketSample, listeners: &[Listener]) -> Option<
         remote: Some(remote),
         rqueue: 0,
         tcp: None,
+        successor_in_fin_wait2: false,
     };
     listener_owner(&probe, listeners.iter())
 }
@@ -839,6 +843,7 @@ mod tests {
                 bytes_retrans: Some(0),
                 bytes_acked: None,
             }),
+            successor_in_fin_wait2: false,
         }
     }
 
@@ -1035,6 +1040,7 @@ mod tests {
             remote: None,
             rqueue: 0,
             tcp: None,
+            successor_in_fin_wait2: false,
         };
         let s = read(&mut src, vec![ev], "");
         assert!(s[0].closed);

@@ -90,6 +90,9 @@ pub struct DestroyEvent {
     pub rqueue: u32,
     /// TCP only; `None` for UDP or when the message carried no `tcp_info`.
     pub tcp: Option<TcpFinal>,
+    /// The socket's time-wait successor was in `FIN-WAIT-2` when the event
+    /// was read: the peer's FIN had not come, so `bytes_received` holds none.
+    pub successor_in_fin_wait2: bool,
 }
 
 /// What one netlink datagram held.
@@ -222,7 +225,58 @@ fn decode_inet(body: &[u8]) -> Option<Option<DestroyEvent>> {
         remote: (dport != 0).then(|| SocketAddr::new(remote_ip, dport)),
         rqueue,
         tcp,
+        successor_in_fin_wait2: false,
     }))
+}
+
+/// `TCP_FIN_WAIT2` and `TCP_TIME_WAIT`, the kernel's state numbers.
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_TIME_WAIT: u8 = 6;
+const NLM_F_REQUEST: u16 = 1;
+/// `sizeof(struct inet_diag_req_v2)`.
+const INET_DIAG_REQ_V2_LEN: usize = 56;
+
+/// An exact `SOCK_DIAG_BY_FAMILY` lookup of the TCP socket with `ev`'s
+/// endpoints in time-wait states (its successor), as netlink bytes.
+pub fn successor_query(ev: &DestroyEvent, seq: u32) -> Option<Vec<u8>> {
+    let remote = ev.remote?;
+    let (family, src, dst) = match (ev.local.ip(), remote.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            s[..4].copy_from_slice(&a.octets());
+            d[..4].copy_from_slice(&b.octets());
+            (AF_INET, s, d)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => (AF_INET6, a.octets(), b.octets()),
+        _ => return None,
+    };
+    let mut m = Vec::with_capacity(NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN);
+    m.extend_from_slice(&((NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN) as u32).to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    let states: u32 = (1 << TCP_FIN_WAIT2) | (1 << TCP_TIME_WAIT);
+    m.extend_from_slice(&states.to_ne_bytes());
+    m.extend_from_slice(&ev.local.port().to_be_bytes());
+    m.extend_from_slice(&remote.port().to_be_bytes());
+    m.extend_from_slice(&src);
+    m.extend_from_slice(&dst);
+    m.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+    m.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    Some(m)
+}
+
+/// The state of the socket in a reply to [`successor_query`] number `seq`:
+/// `None` for an error (no such socket), another message, or garbage.
+pub fn successor_state(reply: &[u8], seq: u32) -> Option<u8> {
+    let len = u32_ne(reply, 0)? as usize;
+    if len < NLMSG_HDRLEN + 2 || len > reply.len() || u32_ne(reply, 8)? != seq {
+        return None;
+    }
+    (u16_ne(reply, 4)? == SOCK_DIAG_BY_FAMILY).then(|| reply[NLMSG_HDRLEN + 1])
 }
 
 /// Events decoded by the reader thread and not yet drained.
@@ -287,13 +341,25 @@ impl DestroyListener {
             Some(Duration::from_millis(200)),
         )
         .map_err(|e| ListenError::Socket(e.into()))?;
+        // A second socket for lookups (replies must not mix with events).
+        let query = net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )
+        .and_then(|q| {
+            sockopt::set_socket_timeout(&q, sockopt::Timeout::Recv, Some(QUERY_TIMEOUT))?;
+            Ok(q)
+        })
+        .map_err(|e| ListenError::Socket(e.into()))?;
         let queue = Arc::new(Mutex::new(Queue::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("ss-destroy-events".into())
             .spawn({
                 let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
-                move || read_loop(fd, &queue, &stop)
+                move || read_loop(fd, query, &queue, &stop)
             })
             .map_err(ListenError::Thread)?;
         Ok(Self {
@@ -324,13 +390,51 @@ impl Drop for DestroyListener {
     }
 }
 
-fn read_loop(fd: OwnedFd, queue: &Mutex<Queue>, stop: &AtomicBool) {
+/// How long a successor lookup may take.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Whether the time-wait successor of `ev` is in `FIN-WAIT-2` now. Only
+/// asked for a TCP socket with no unread sequence space (an unread FIN
+/// would show in `rqueue`) that received something.
+fn successor_in_fin_wait2(query: &OwnedFd, ev: &DestroyEvent, seq: u32, buf: &mut [u8]) -> bool {
+    use rustix::net::{netlink::SocketAddrNetlink, recv, sendto, RecvFlags, SendFlags};
+    let Some(msg) = successor_query(ev, seq) else {
+        return false;
+    };
+    if sendto(
+        query,
+        &msg,
+        SendFlags::empty(),
+        &SocketAddrNetlink::new(0, 0),
+    )
+    .is_err()
+    {
+        return false;
+    }
+    // Skip stale replies to earlier lookups that timed out.
+    for _ in 0..4 {
+        match recv(query, &mut *buf, RecvFlags::empty()) {
+            Ok((n, _)) => {
+                let reply = buf.get(..n).unwrap_or_default();
+                if u32_ne(reply, 8) == Some(seq) {
+                    return successor_state(reply, seq) == Some(TCP_FIN_WAIT2);
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn read_loop(fd: OwnedFd, query: OwnedFd, queue: &Mutex<Queue>, stop: &AtomicBool) {
     use rustix::io::Errno;
     use rustix::net::{recv, RecvFlags};
     // One message per datagram; a tcp_info message is well under 1 KiB.
     let mut buf = vec![0u8; 64 * 1024];
+    let mut reply = vec![0u8; 8 * 1024];
+    let mut seq: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let (decoded, lost) = match recv(&fd, &mut buf[..], RecvFlags::TRUNC) {
+        let (mut decoded, lost) = match recv(&fd, &mut buf[..], RecvFlags::TRUNC) {
             Ok((_, n)) if n > buf.len() => (Decoded::default(), 1),
             Ok((got, _)) => (decode(buf.get(..got).unwrap_or_default()), 0),
             Err(Errno::NOBUFS) => (Decoded::default(), 1),
@@ -340,6 +444,13 @@ fn read_loop(fd: OwnedFd, queue: &Mutex<Queue>, stop: &AtomicBool) {
                 return;
             }
         };
+        for ev in &mut decoded.events {
+            let received = ev.tcp.and_then(|t| t.bytes_received).unwrap_or(0);
+            if ev.protocol == Protocol::Tcp && ev.rqueue == 0 && received > 0 {
+                seq = seq.wrapping_add(1);
+                ev.successor_in_fin_wait2 = successor_in_fin_wait2(&query, ev, seq, &mut reply);
+            }
+        }
         let mut q = match queue.lock() {
             Ok(q) => q,
             Err(poisoned) => poisoned.into_inner(),
@@ -440,6 +551,35 @@ mod tests {
             (Some(123_457), Some(54_321), Some(21))
         );
         assert_eq!(d.events[1].local, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn destroy_successor_lookup_request_and_reply() {
+        let d = decode(&message(
+            AF_INET6,
+            Some(IPPROTO_TCP),
+            Some(&tcp_info(1, 2, 0)),
+        ));
+        let q = successor_query(&d.events[0], 7).unwrap();
+        assert_eq!(q.len(), NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN);
+        assert_eq!(u32_ne(&q, 0), Some(q.len() as u32));
+        assert_eq!((q[16], q[17]), (AF_INET6, IPPROTO_TCP));
+        assert_eq!(port_be(&q, 24), Some(8080));
+        assert_eq!(port_be(&q, 26), Some(40000));
+        assert_eq!(&q[64..72], &[0xff; 8]);
+        // A reply: the message header with our seq, then the state byte.
+        let mut r = message(AF_INET, Some(IPPROTO_TCP), None);
+        r[8..12].copy_from_slice(&7u32.to_ne_bytes());
+        r[NLMSG_HDRLEN + 1] = TCP_FIN_WAIT2;
+        assert_eq!(successor_state(&r, 7), Some(TCP_FIN_WAIT2));
+        assert_eq!(successor_state(&r, 8), None, "another lookup's reply");
+        assert_eq!(successor_state(&r[..10], 7), None);
+        r[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(successor_state(&r, 7), None, "no such socket");
+        // No peer, or mixed families: no lookup.
+        let mut ev = d.events[0].clone();
+        ev.remote = None;
+        assert_eq!(successor_query(&ev, 1), None);
     }
 
     #[test]
