@@ -16,8 +16,54 @@
 //!   and `ss` says nothing about a socket's age. On the first read they are
 //!   only a baseline; a socket first seen on a later read is taken to have
 //!   opened within the interval, so the interval is the bound on when its
-//!   bytes moved. Bytes a socket moves between the last read and its close
-//!   are never seen (a polling limit).
+//!   bytes moved.
+//!
+//! Sockets that close between two reads (see [`destroy`]): polling alone
+//! cannot see the bytes a socket moves after its last read, and a TCP socket
+//! that closes first becomes a TIME-WAIT entry that `ss` shows without
+//! counters or owner. So the source also reads the kernel's `sock_diag`
+//! destroy events (TCP and UDP, IPv4 and IPv6; needs `CAP_NET_ADMIN`, else a
+//! warning and polling alone) on a thread, and turns each into a `closed`
+//! sample with the socket's final counters:
+//! - Owner: the last owner a read saw for that cookie. A socket opened and
+//!   closed between two reads was never seen; if its local address is that
+//!   of a TCP listener whose every owner is one process (in this read or the
+//!   last), it goes to that process (the one that accepted it, unless a
+//!   listener shared across a fork between reads accepted it elsewhere);
+//!   otherwise it has no owner and its bytes go to no process (a connection
+//!   row only): under truth, never above it.
+//! - `rx_bytes` is `bytes_received` less the peer's FIN (which it counts
+//!   as one byte; the SYN it does not). The destroy message cannot say
+//!   whether the FIN arrived: the socket is `CLOSE` by then, and an orphan
+//!   whose own FIN was acknowledged becomes a time-wait socket (and is
+//!   destroyed) before the peer's FIN comes, the usual end of a server that
+//!   replies and closes. The one sure sign that it did not is the socket's
+//!   time-wait successor still in `FIN-WAIT-2`: looked up by endpoints as
+//!   soon as the event is read, and again (same cookie, or same endpoints
+//!   when the socket was never listed) in the `ss` output read after it.
+//!   Then nothing is subtracted, otherwise one byte is. So a socket
+//!   destroyed before the FIN whose successor got it before both looks
+//!   (on loopback, where the peer closes within microseconds, that is
+//!   usual) is counted one byte short: at most one byte per connection,
+//!   never over.
+//! - `tx_bytes` is `bytes_sent − bytes_retrans` as for live sockets (on
+//!   kernels before 4.19, the last polled value).
+//! - Final counters never go below the socket's last reported ones.
+//! - A time-wait entry in a later read carries the last reported counters
+//!   of its socket until the destroy event is counted, and none after, and
+//!   is left out of the read that counts the event, so the socket's bytes
+//!   are counted once and it has one row. Events are drained before `ss` runs:
+//!   a socket `ss` lists alive cannot have been counted closed already.
+//! - Lost events (kernel buffer overruns, unreadable messages) are counted
+//!   in `lost_records`.
+//!
+//! Live sockets `ss` lists without an owner: an orphan (closed by its
+//! process, still sending or waiting for the peer) keeps the owner a read
+//! saw; a socket accepted from a single-owner listener gets that owner; a
+//! brand-new socket `ss -p` missed (it maps inodes to processes before it
+//! lists sockets) reports its last counters for up to
+//! `HOLD_OWNERLESS_READS` reads, so its bytes wait for its owner instead of
+//! going to nobody.
 //!
 //! A sample's [`SocketId`] is the kernel socket cookie (`sk:` from `-e`):
 //! unique per socket for the system's uptime, never reused, and kept when a
@@ -25,6 +71,7 @@
 //! between the same ports and the inode is 32 bits, recycled, and 0 in
 //! TIME-WAIT, so they are only the fallback when an `ss` prints no cookie.
 
+pub mod destroy;
 mod parse;
 
 pub use parse::{
@@ -33,15 +80,18 @@ pub use parse::{
 };
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample, SocketSource};
+use crate::attribution::GRACE_READS;
+use crate::source::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 use crate::tool::{ToolCommand, ToolError};
+use destroy::{DestroyEvent, DestroyListener};
 
 /// The arguments the source passes to `ss`: TCP and UDP (`-tu`), numeric
 /// (`-n`), all states (`-a`), owning processes (`-p`), `tcp_info` (`-i`) and
@@ -222,6 +272,43 @@ impl From<ToolError> for SsError {
     }
 }
 
+/// What the source remembers of a socket a read listed, by cookie, until
+/// its destroy event is counted (or it has been missing for
+/// [`GRACE_READS`] reads).
+#[derive(Debug, Clone)]
+struct Seen {
+    owner: Option<Owned>,
+    /// The last polled cumulative counters.
+    rx: u64,
+    tx: u64,
+    /// The read that last listed it (or its time-wait successor).
+    read: u64,
+    /// Reads that listed it without an owner and held its counters.
+    held: u64,
+}
+
+/// How many reads a socket listed with no owner known keeps reporting its
+/// last counters, waiting for its owner to show (see [`SsSource::samples`]).
+const HOLD_OWNERLESS_READS: u64 = 3;
+
+/// A time-wait entry (or closed socket) by cookie or by its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TwKey {
+    Cookie(u64),
+    Ends(SocketAddr, SocketAddr),
+}
+
+/// The process a socket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owned {
+    pid: u32,
+    comm: String,
+    cgroup_id: Option<u64>,
+}
+
+/// A TCP listener's address and, when all its owners are one process, that process.
+type Listener = (SocketAddr, Option<Owned>);
+
 /// The `ss` socket source. See the module documentation.
 #[derive(Debug)]
 pub struct SsSource {
@@ -233,6 +320,18 @@ pub struct SsSource {
     /// Unparseable lines since the source started.
     lost_lines: u64,
     reads: u64,
+    /// The destroy-event reader; `None` when it could not start.
+    destroy: Option<DestroyListener>,
+    /// Events drained and not yet turned into samples (kept if `ss` fails).
+    pending: Vec<DestroyEvent>,
+    /// Events the reader lost, as of the last drain.
+    lost_events: u64,
+    /// Events this source could not use (no cookie).
+    unusable_events: u64,
+    /// Sockets seen by reads, by cookie.
+    seen: HashMap<u64, Seen>,
+    /// The TCP listeners of the last read.
+    listeners: Vec<Listener>,
 }
 
 impl Default for SsSource {
@@ -243,8 +342,22 @@ impl Default for SsSource {
 
 impl SsSource {
     /// A source running `ss` from `PATH`, with [`DEFAULT_TIMEOUT`], the
-    /// [`TxCounter`] for the running kernel and the first cgroup v2 mount.
+    /// [`TxCounter`] for the running kernel and the first cgroup v2 mount,
+    /// reading destroy events from now on (a warning if it cannot).
     pub fn new() -> Self {
+        let destroy = match DestroyListener::start() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("ss: {e}");
+                None
+            }
+        };
+        Self::without_destroy_events().with_destroy_listener(destroy)
+    }
+
+    /// A source that only polls: the bytes a socket moves after its last
+    /// read are not counted.
+    pub fn without_destroy_events() -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Self {
             program: PathBuf::from("ss"),
@@ -255,7 +368,23 @@ impl SsSource {
                 .and_then(|m| cgroup2_mount(&m)),
             lost_lines: 0,
             reads: 0,
+            destroy: None,
+            pending: Vec::new(),
+            lost_events: 0,
+            unusable_events: 0,
+            seen: HashMap::new(),
+            listeners: Vec::new(),
         }
+    }
+
+    fn with_destroy_listener(mut self, destroy: Option<DestroyListener>) -> Self {
+        self.destroy = destroy;
+        self
+    }
+
+    /// Whether destroy events are being read.
+    pub fn destroy_events_enabled(&self) -> bool {
+        self.destroy.is_some()
     }
 
     /// Run this program instead of `ss` from `PATH`.
@@ -293,24 +422,251 @@ impl SsSource {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The samples for one `ss` output, with cgroup ids resolved (one
-    /// `stat` per distinct cgroup path per read).
-    fn samples(&mut self, outcome: &ParseOutcome) -> Vec<SocketSample> {
-        let mut cgroup_ids: HashMap<&str, Option<u64>> = HashMap::new();
-        outcome
-            .sockets
-            .iter()
-            .map(|sock| {
-                let mut sample = sock.to_sample(self.tx_counter);
-                if let (Some(root), Some(path)) = (&self.cgroup2_root, &sock.cgroup_path) {
-                    sample.cgroup_id = *cgroup_ids
-                        .entry(path.as_str())
-                        .or_insert_with(|| cgroup_id(root, path));
+    /// The samples for one `ss` output and the destroy events drained just
+    /// before it ran: a closed sample per event first, then one per listed
+    /// socket, with cgroup ids resolved (one `stat` per distinct cgroup path
+    /// per read). Updates what the source remembers of each socket.
+    fn samples(&mut self, events: Vec<DestroyEvent>, outcome: &ParseOutcome) -> Vec<SocketSample> {
+        let mut cgroup_ids: HashMap<String, Option<u64>> = HashMap::new();
+        let root = self.cgroup2_root.clone();
+        let mut cgroup_of = |path: &Option<String>| -> Option<u64> {
+            let (root, path) = (root.as_ref()?, path.as_ref()?);
+            *cgroup_ids
+                .entry(path.clone())
+                .or_insert_with(|| cgroup_id(root, path))
+        };
+
+        // This read's listeners and time-wait entries (by cookie, and by
+        // endpoints: a socket whose cookie no read asked for before it closed
+        // gets a fresh cookie in its time-wait successor).
+        let mut listeners: Vec<Listener> = Vec::new();
+        let mut tw_state: HashMap<TwKey, &str> = HashMap::new();
+        for sock in &outcome.sockets {
+            if sock.protocol == Protocol::Tcp && sock.state == "LISTEN" {
+                let owner = sock
+                    .owner()
+                    .filter(|o| sock.owners.iter().all(|x| x.pid == o.pid));
+                let owner = owner.map(|o| Owned {
+                    pid: o.pid,
+                    comm: o.name.clone(),
+                    cgroup_id: cgroup_of(&sock.cgroup_path),
+                });
+                listeners.push((sock.local, owner));
+            }
+            if is_time_wait_entry(sock) {
+                if let Some(c) = sock.cookie {
+                    tw_state.insert(TwKey::Cookie(c), sock.state.as_str());
                 }
-                sample
-            })
-            .collect()
+                if let Some(r) = sock.remote {
+                    tw_state.insert(TwKey::Ends(sock.local, r), sock.state.as_str());
+                }
+            }
+        }
+
+        let mut samples = Vec::with_capacity(events.len() + outcome.sockets.len());
+        let mut closed_now: HashSet<TwKey> = HashSet::new();
+        for ev in &events {
+            if ev.cookie == 0 {
+                self.unusable_events += 1;
+                continue;
+            }
+            if !closed_now.insert(TwKey::Cookie(ev.cookie)) {
+                continue;
+            }
+            if let Some(r) = ev.remote {
+                closed_now.insert(TwKey::Ends(ev.local, r));
+            }
+            let sample = self.closed_sample(ev, &tw_state, &listeners);
+            samples.push(sample);
+        }
+
+        for sock in &outcome.sockets {
+            let mut sample = sock.to_sample(self.tx_counter);
+            sample.cgroup_id = cgroup_of(&sock.cgroup_path);
+            let Some(cookie) = sock.cookie.filter(|&c| c != 0) else {
+                samples.push(sample);
+                continue;
+            };
+            if is_time_wait_entry(sock) {
+                let ends = sock.remote.map(|r| TwKey::Ends(sock.local, r));
+                if closed_now.contains(&TwKey::Cookie(cookie))
+                    || ends.is_some_and(|e| closed_now.contains(&e))
+                {
+                    // Its socket's closed sample is in this batch: one row per socket.
+                    continue;
+                }
+                // Until the destroy event is counted, carry the last reported
+                // counters (no delta); after it, none.
+                if let Some(seen) = self.seen.get_mut(&cookie) {
+                    sample.rx_bytes = seen.rx;
+                    sample.tx_bytes = seen.tx;
+                    seen.read = self.reads;
+                }
+            } else {
+                let listed = sample.pid.map(|pid| Owned {
+                    pid,
+                    comm: sample.comm.clone().unwrap_or_default(),
+                    cgroup_id: sample.cgroup_id,
+                });
+                let first_read = self.reads == 0;
+                let entry = self.seen.entry(cookie).or_insert(Seen {
+                    owner: None,
+                    rx: 0,
+                    tx: 0,
+                    read: self.reads,
+                    held: 0,
+                });
+                let owner = listed
+                    .or_else(|| entry.owner.clone())
+                    .or_else(|| live_listener_owner(&sample, &listeners));
+                match owner {
+                    Some(o) => {
+                        sample.pid = Some(o.pid);
+                        sample.comm = Some(o.comm.clone());
+                        sample.cgroup_id = o.cgroup_id;
+                        entry.owner = Some(o);
+                    }
+                    // No owner yet (`ss -p` maps inodes to processes before it
+                    // lists sockets, so a brand-new socket can miss its owner):
+                    // report the last counters for a few reads so its bytes
+                    // wait for the owner instead of going to nobody.
+                    None if !first_read && entry.held < HOLD_OWNERLESS_READS => {
+                        entry.held += 1;
+                        sample.rx_bytes = entry.rx;
+                        sample.tx_bytes = entry.tx;
+                    }
+                    None => {}
+                }
+                entry.rx = sample.rx_bytes;
+                entry.tx = sample.tx_bytes;
+                entry.read = self.reads;
+            }
+            samples.push(sample);
+        }
+        self.listeners = listeners;
+        let now = self.reads;
+        self.seen.retain(|_, s| now - s.read < GRACE_READS);
+        samples
     }
+
+    /// The closed sample for one destroy event (see the module doc).
+    fn closed_sample(
+        &mut self,
+        ev: &DestroyEvent,
+        tw_state: &HashMap<TwKey, &str>,
+        listeners: &[Listener],
+    ) -> SocketSample {
+        let seen = self.seen.remove(&ev.cookie);
+        let (last_rx, last_tx) = seen.as_ref().map_or((0, 0), |s| (s.rx, s.tx));
+        let owner = seen
+            .and_then(|s| s.owner)
+            .or_else(|| listener_owner(ev, listeners.iter().chain(self.listeners.iter())));
+        let (rx, tx) = match ev.tcp {
+            Some(t) => {
+                let received = t.bytes_received.unwrap_or(0);
+                let successor = tw_state.get(&TwKey::Cookie(ev.cookie)).or_else(|| {
+                    ev.remote
+                        .and_then(|r| tw_state.get(&TwKey::Ends(ev.local, r)))
+                });
+                let no_fin = ev.successor_in_fin_wait2 || successor == Some(&"FIN_WAIT2");
+                let rx = if no_fin {
+                    received
+                } else {
+                    received.saturating_sub(1)
+                };
+                let tx = match (self.tx_counter, t.bytes_sent) {
+                    (TxCounter::BytesSent, Some(sent)) => {
+                        sent.saturating_sub(t.bytes_retrans.unwrap_or(0))
+                    }
+                    _ => last_tx,
+                };
+                (rx.max(last_rx), tx.max(last_tx))
+            }
+            None => (last_rx, last_tx),
+        };
+        SocketSample {
+            id: SocketId {
+                primary: ev.cookie,
+                secondary: 0,
+            },
+            protocol: ev.protocol,
+            local: Some(ev.local),
+            remote: ev.remote,
+            state: "CLOSED".to_string(),
+            pid: owner.as_ref().map(|o| o.pid),
+            comm: owner.as_ref().map(|o| o.comm.clone()),
+            cgroup_id: owner.and_then(|o| o.cgroup_id),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            rtt_us: None,
+            closed: true,
+            origin: CountOrigin::SinceSocketOpen,
+        }
+    }
+}
+
+/// A TCP time-wait entry: `ss` lists it with no owner, no inode and no
+/// `tcp_info` (the kernel keeps no counters for it).
+fn is_time_wait_entry(sock: &ParsedSocket) -> bool {
+    sock.protocol == Protocol::Tcp
+        && matches!(sock.state.as_str(), "TIME_WAIT" | "FIN_WAIT2")
+        && sock.owners.is_empty()
+        && sock.inode.unwrap_or(0) == 0
+        && sock.bytes_received.is_none()
+        && sock.bytes_sent.is_none()
+        && sock.bytes_acked.is_none()
+        && sock.rtt_us.is_none()
+}
+
+/// [`listener_owner`] for a live connected TCP socket `ss` listed without owner.
+fn live_listener_owner(sample: &SocketSample, listeners: &[Listener]) -> Option<Owned> {
+    let (Some(local), Some(remote)) = (sample.local, sample.remote) else {
+        return None;
+    };
+    if sample.protocol != Protocol::Tcp {
+        return None;
+    }
+    let probe = DestroyEvent {
+        protocol: Protocol::Tcp,
+        cookie: 0,
+        local,
+        remote: Some(remote),
+        rqueue: 0,
+        tcp: None,
+        successor_in_fin_wait2: false,
+    };
+    listener_owner(&probe, listeners.iter())
+}
+
+/// The owner of the TCP listener a never-seen connected socket was accepted
+/// from: every listener on its local port (and address, or the wildcard)
+/// must name the same single process.
+fn listener_owner<'a>(
+    ev: &DestroyEvent,
+    listeners: impl Iterator<Item = &'a Listener>,
+) -> Option<Owned> {
+    if ev.protocol != Protocol::Tcp || ev.remote.is_none() {
+        return None;
+    }
+    let same_ip = |l: &SocketAddr| {
+        l.ip().is_unspecified() || l.ip() == ev.local.ip() || {
+            // A dual-stack listener's sockets have IPv4-mapped addresses.
+            match (l.ip(), ev.local.ip()) {
+                (std::net::IpAddr::V4(a), std::net::IpAddr::V6(b)) => b.to_ipv4_mapped() == Some(a),
+                _ => false,
+            }
+        }
+    };
+    let mut found: Option<Owned> = None;
+    for (_, owner) in listeners.filter(|(a, _)| a.port() == ev.local.port() && same_ip(a)) {
+        match (owner, &found) {
+            (None, _) => return None,
+            (Some(o), Some(f)) if o.pid != f.pid => return None,
+            (Some(o), None) => found = Some(o.clone()),
+            _ => {}
+        }
+    }
+    found
 }
 
 impl SocketSource for SsSource {
@@ -319,6 +675,12 @@ impl SocketSource for SsSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
+        // Events first: a socket `ss` then lists alive cannot be among them.
+        if let Some(l) = &self.destroy {
+            let (events, lost) = l.drain();
+            self.pending.extend(events);
+            self.lost_events = lost;
+        }
         let text = self.run()?;
         let outcome = parse_ss(&text);
         if outcome.skipped > 0 {
@@ -342,12 +704,13 @@ impl SocketSource for SsSource {
             }
         }
         self.lost_lines += outcome.skipped;
+        let events = std::mem::take(&mut self.pending);
+        let samples = self.samples(events, &outcome);
         self.reads += 1;
-        let samples = self.samples(&outcome);
         Ok(SampleBatch {
             taken_at: Instant::now(),
             samples,
-            lost_records: self.lost_lines,
+            lost_records: self.lost_lines + self.lost_events + self.unusable_events,
             estimated: false,
         })
     }
@@ -464,6 +827,226 @@ mod tests {
         assert_eq!(
             TxCounter::for_kernel_release("garbage"),
             TxCounter::BytesSent
+        );
+    }
+
+    fn event(cookie: u64, received: u64, sent: u64, rqueue: u32) -> DestroyEvent {
+        DestroyEvent {
+            protocol: Protocol::Tcp,
+            cookie,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: Some("127.0.0.1:40000".parse().unwrap()),
+            rqueue,
+            tcp: Some(destroy::TcpFinal {
+                bytes_received: Some(received),
+                bytes_sent: Some(sent),
+                bytes_retrans: Some(0),
+                bytes_acked: None,
+            }),
+            successor_in_fin_wait2: false,
+        }
+    }
+
+    const LISTENER: &str = "tcp LISTEN 0 8 127.0.0.1:8080 0.0.0.0:* \
+        users:((\"srv\",pid=100,fd=3)) ino:90 sk:2 <->\n\t cubic cwnd:10\n";
+    const ALIVE: &str = "tcp ESTAB 0 0 127.0.0.1:8080 127.0.0.1:40000 \
+        users:((\"srv\",pid=100,fd=5)) ino:91 sk:1a <->\n\t rtt:0.1/0.05 \
+        bytes_sent:200 bytes_acked:201 bytes_received:100\n";
+    const TIME_WAIT: &str = "tcp TIME-WAIT 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:1a\n\t\n";
+    const FIN_WAIT2_TW: &str =
+        "tcp FIN-WAIT-2 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:1a\n\t\n";
+
+    fn read(src: &mut SsSource, events: Vec<DestroyEvent>, text: &str) -> Vec<SocketSample> {
+        let out = parse_ss(text);
+        assert_eq!(out.skipped, 0, "{:?}", out.first_skips);
+        let s = src.samples(events, &out);
+        src.reads += 1;
+        s
+    }
+
+    #[test]
+    fn ss_destroyed_socket_gets_its_owner_final_bytes_less_the_fin() {
+        let mut src = SsSource::without_destroy_events();
+        let first = read(&mut src, vec![], ALIVE);
+        assert_eq!((first[0].rx_bytes, first[0].tx_bytes), (100, 200));
+        // Closed after the read: 150 bytes and the FIN received, 300 sent.
+        let s = read(&mut src, vec![event(0x1a, 151, 300, 1)], TIME_WAIT);
+        assert_eq!(
+            s.len(),
+            1,
+            "the time-wait entry of a socket closed now is no second row"
+        );
+        let c = &s[0];
+        assert!(c.closed);
+        assert_eq!((c.pid, c.comm.as_deref()), (Some(100), Some("srv")));
+        assert_eq!((c.rx_bytes, c.tx_bytes), (150, 300));
+        assert_eq!(
+            c.id,
+            SocketId {
+                primary: 0x1a,
+                secondary: 0
+            }
+        );
+        // Its time-wait entry later: no owner, no counters, no second count.
+        let s = read(&mut src, vec![], TIME_WAIT);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 0, 0));
+    }
+
+    #[test]
+    fn ss_time_wait_successor_in_fin_wait2_means_no_fin_was_received() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        let s = read(&mut src, vec![event(0x1a, 151, 300, 0)], FIN_WAIT2_TW);
+        assert_eq!(s[0].rx_bytes, 151);
+    }
+
+    #[test]
+    fn ss_time_wait_entry_before_its_event_carries_the_last_counters() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        // The event is late: the read lists only the time-wait entry.
+        let s = read(&mut src, vec![], TIME_WAIT);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 100, 200));
+        assert!(!s[0].closed);
+        let s = read(&mut src, vec![event(0x1a, 101, 250, 1)], TIME_WAIT);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(100), 100, 250)
+        );
+    }
+
+    #[test]
+    fn ss_final_counters_never_go_below_the_last_polled_ones() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        // No FIN came (reset), yet one byte is taken off: clamped to the poll.
+        let s = read(&mut src, vec![event(0x1a, 100, 150, 0)], "");
+        assert_eq!((s[0].rx_bytes, s[0].tx_bytes), (100, 200));
+    }
+
+    #[test]
+    fn ss_never_seen_socket_goes_to_its_listeners_single_owner_only() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], LISTENER);
+        let s = read(&mut src, vec![event(0x77, 11, 22, 1)], LISTENER);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(100), 10, 22)
+        );
+        // The listener is gone by this read: the last read's still counts.
+        let s = read(&mut src, vec![event(0x78, 11, 22, 1)], "");
+        assert_eq!(s[0].pid, Some(100));
+        // Shared by two processes: no owner.
+        let shared = "tcp LISTEN 0 8 0.0.0.0:8080 0.0.0.0:* \
+            users:((\"a\",pid=100,fd=3),(\"b\",pid=101,fd=3)) ino:90 sk:2 <->\n\t cwnd:10\n";
+        read(&mut src, vec![], shared);
+        let s = read(&mut src, vec![event(0x79, 11, 22, 1)], shared);
+        assert_eq!(s[0].pid, None);
+        // Another port, or no peer: no owner.
+        let mut other = event(0x7a, 11, 22, 1);
+        other.local = "127.0.0.1:9090".parse().unwrap();
+        let s = read(&mut src, vec![other], LISTENER);
+        assert_eq!(s[0].pid, None);
+        // A dual-stack listener's sockets have IPv4-mapped addresses.
+        let v6 = "tcp LISTEN 0 8 [::ffff:127.0.0.1]:8080 *:* \
+            users:((\"srv6\",pid=102,fd=3)) ino:92 sk:3 <->\n\t cwnd:10\n";
+        read(&mut src, vec![], v6);
+        let mut mapped = event(0x7b, 1, 2, 0);
+        mapped.local = "[::ffff:127.0.0.1]:8080".parse().unwrap();
+        let s = read(&mut src, vec![mapped], v6);
+        assert_eq!(s[0].pid, Some(102));
+    }
+
+    #[test]
+    fn ss_events_without_cookie_are_counted_as_lost_and_duplicates_dropped() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], ALIVE);
+        let s = read(
+            &mut src,
+            vec![
+                event(0, 5, 5, 0),
+                event(0x1a, 101, 200, 1),
+                event(0x1a, 101, 200, 1),
+            ],
+            "",
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(src.unusable_events, 1);
+    }
+
+    #[test]
+    fn ss_socket_listed_without_owner_waits_for_it_and_an_orphan_keeps_its_owner() {
+        let ownerless = "tcp ESTAB 0 0 127.0.0.1:40000 127.0.0.1:9999 ino:93 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:70 bytes_received:30\n";
+        let owned = "tcp ESTAB 0 0 127.0.0.1:40000 127.0.0.1:9999 \
+            users:((\"cli\",pid=200,fd=4)) ino:93 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:80 bytes_received:40\n";
+        let orphan = "tcp FIN-WAIT-1 0 5 127.0.0.1:40000 127.0.0.1:9999 ino:0 sk:1b <->\n\t \
+            rtt:0.1/0.05 bytes_sent:90 bytes_received:40\n";
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], "");
+        // Brand new, owner not found by `ss -p`: its counters wait.
+        let s = read(&mut src, vec![], ownerless);
+        assert_eq!((s[0].pid, s[0].rx_bytes, s[0].tx_bytes), (None, 0, 0));
+        let s = read(&mut src, vec![], owned);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes),
+            (Some(200), 40, 80)
+        );
+        // Closed by its process, still sending: still its process's.
+        let s = read(&mut src, vec![], orphan);
+        assert_eq!((s[0].pid, s[0].tx_bytes), (Some(200), 90));
+        // Never owned, past the hold: real counters, no owner.
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], "");
+        for _ in 0..HOLD_OWNERLESS_READS {
+            assert_eq!(read(&mut src, vec![], ownerless)[0].rx_bytes, 0);
+        }
+        let s = read(&mut src, vec![], ownerless);
+        assert_eq!((s[0].pid, s[0].rx_bytes), (None, 30));
+    }
+
+    #[test]
+    fn ss_time_wait_entry_with_a_new_cookie_is_matched_by_its_endpoints() {
+        let mut src = SsSource::without_destroy_events();
+        read(&mut src, vec![], LISTENER);
+        // Never listed alive: the successor's cookie (0x99) is not the socket's.
+        let tw = "tcp FIN-WAIT-2 0 0 127.0.0.1:8080 127.0.0.1:40000 ino:0 sk:99\n\t\n";
+        let s = read(
+            &mut src,
+            vec![event(0x77, 11, 22, 0)],
+            &format!("{LISTENER}{tw}"),
+        );
+        let ours: Vec<_> = s.iter().filter(|x| x.remote.is_some()).collect();
+        assert_eq!(ours.len(), 1, "one row for the socket: {ours:?}");
+        assert_eq!(
+            (ours[0].pid, ours[0].rx_bytes),
+            (Some(100), 11),
+            "no FIN taken off"
+        );
+    }
+
+    #[test]
+    fn ss_udp_destroy_is_a_closed_sample_with_its_owner() {
+        let mut src = SsSource::without_destroy_events();
+        let udp = "udp UNCONN 0 0 127.0.0.1:5353 0.0.0.0:* \
+            users:((\"dns\",pid=7,fd=3)) ino:5 sk:9 <->\n";
+        read(&mut src, vec![], udp);
+        let ev = DestroyEvent {
+            protocol: Protocol::Udp,
+            cookie: 9,
+            local: "127.0.0.1:5353".parse().unwrap(),
+            remote: None,
+            rqueue: 0,
+            tcp: None,
+            successor_in_fin_wait2: false,
+        };
+        let s = read(&mut src, vec![ev], "");
+        assert!(s[0].closed);
+        assert_eq!(
+            (s[0].pid, s[0].rx_bytes, s[0].tx_bytes, s[0].remote),
+            (Some(7), 0, 0, None)
         );
     }
 
