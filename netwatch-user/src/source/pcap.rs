@@ -1216,6 +1216,146 @@ mod tests {
         assert_eq!(s.len(), 1);
     }
 
+    fn listening(inode: u64, local: &str, pid: u32) -> SocketEntry {
+        SocketEntry {
+            state: "LISTEN",
+            ..entry(Protocol::Tcp, inode, local, None, pid)
+        }
+    }
+
+    fn sample_of(s: &[SocketSample], local: &str, remote: &str) -> (u64, u64, Option<u32>, bool) {
+        let x = find(s, local, Some(remote));
+        (x.tx_bytes, x.rx_bytes, x.pid, x.closed)
+    }
+
+    #[test]
+    fn closed_sockets_keep_their_remembered_owner_for_late_bytes() {
+        let mut j = FlowJoiner::default();
+        let both = SocketTable::from_entries(vec![
+            entry(Protocol::Tcp, 1, A, Some(B), 10),
+            entry(Protocol::Tcp, 2, B, Some(A), 20),
+        ]);
+        j.apply(&HashMap::new(), Vec::new(), both, nothing_local);
+        // Both closed; their bytes arrive over two reads (capture lag).
+        let f = flows(&[(Protocol::Tcp, A, B, 100), (Protocol::Tcp, B, A, 50)]);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), nothing_local);
+        assert_eq!(sample_of(&s, A, B), (100, 50, Some(10), true));
+        assert_eq!(sample_of(&s, B, A), (50, 100, Some(20), true));
+        let f = flows(&[(Protocol::Tcp, B, A, 7)]);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), nothing_local);
+        assert_eq!(sample_of(&s, A, B), (0, 7, Some(10), true));
+        assert_eq!(sample_of(&s, B, A), (7, 0, Some(20), true));
+        assert_eq!(j.stats.remembered_owner_bytes, 14);
+        assert_eq!(j.stats.unowned_bytes, 0);
+    }
+
+    #[test]
+    fn sockets_only_a_rescan_saw_are_owned() {
+        let mut j = FlowJoiner::default();
+        let learned = vec![entry(Protocol::Tcp, 5, A, Some(B), 10)];
+        let f = flows(&[(Protocol::Tcp, A, B, 30)]);
+        let s = j.apply(&f, learned, SocketTable::default(), |ip| ip.is_loopback());
+        assert_eq!(sample_of(&s, A, B), (30, 0, Some(10), true));
+        // The server side was never seen and no listener explains it.
+        assert_eq!(sample_of(&s, B, A), (0, 30, None, false));
+        assert_eq!(j.stats.unowned_bytes, 30);
+    }
+
+    #[test]
+    fn accepted_connections_no_scan_saw_belong_to_the_listener() {
+        let mut j = FlowJoiner::default();
+        let c6 = "127.0.0.1:40001";
+        let s6 = "127.0.0.1:9090";
+        let table = SocketTable::from_entries(vec![
+            listening(7, "0.0.0.0:8080", 20),
+            // Dual-stack: an IPv6 wildcard listener accepts IPv4 too.
+            listening(8, "[::]:9090", 30),
+            // Seen by the scan, but its fd was already closed: no owner.
+            SocketEntry {
+                owner: None,
+                ..entry(
+                    Protocol::Tcp,
+                    9,
+                    "127.0.0.1:8080",
+                    Some("127.0.0.1:40002"),
+                    0,
+                )
+            },
+        ]);
+        let f = flows(&[
+            (Protocol::Tcp, A, B, 100),
+            (Protocol::Tcp, B, A, 1000),
+            (Protocol::Tcp, c6, s6, 5),
+            (Protocol::Tcp, "127.0.0.1:8080", "127.0.0.1:40002", 3),
+        ]);
+        let s = j.apply(&f, Vec::new(), table, |ip| ip.is_loopback());
+        assert_eq!(sample_of(&s, B, A), (1000, 100, Some(20), false));
+        assert_eq!(sample_of(&s, s6, c6), (0, 5, Some(30), false));
+        let orphan = find(&s, "127.0.0.1:8080", Some("127.0.0.1:40002"));
+        assert_eq!((orphan.tx_bytes, orphan.pid), (3, Some(20)));
+        assert_eq!(orphan.id.secondary, 9, "still the scanned socket's row");
+        // The clients had no socket any scan saw: counted, without owner.
+        assert_eq!(sample_of(&s, A, B), (100, 1000, None, false));
+        assert_eq!(j.stats.listener_owner_bytes, 1108);
+        assert_eq!(j.stats.unowned_bytes, 1108);
+    }
+
+    #[test]
+    fn remembered_owners_expire_after_the_flow_ends_and_never_own_a_new_connection() {
+        let mut j = FlowJoiner::default();
+        let learned = vec![entry(Protocol::Tcp, 5, A, Some(B), 10)];
+        let mut f = flows(&[(Protocol::Tcp, A, B, 1)]);
+        f.values_mut().for_each(|c| c.ended = true);
+        let s = j.apply(&f, learned, SocketTable::default(), nothing_local);
+        assert_eq!(find(&s, A, Some(B)).pid, Some(10));
+        // Late bytes within the grace still have the owner...
+        let s = j.apply(
+            &flows(&[(Protocol::Tcp, A, B, 2)]),
+            Vec::new(),
+            SocketTable::default(),
+            nothing_local,
+        );
+        assert_eq!(find(&s, A, Some(B)).pid, Some(10));
+        // ...but a new connection on the same tuple (its SYN seen) does not.
+        let mut f = flows(&[(Protocol::Tcp, A, B, 3)]);
+        f.values_mut().for_each(|c| c.opened = true);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), |ip| {
+            ip.is_loopback()
+        });
+        assert_eq!(find(&s, A, Some(B)).pid, None);
+        for _ in 0..END_GRACE_READS {
+            j.apply(
+                &HashMap::new(),
+                Vec::new(),
+                SocketTable::default(),
+                nothing_local,
+            );
+        }
+        assert!(
+            j.owners.is_empty(),
+            "forgotten after the grace: {:?}",
+            j.owners
+        );
+        // Owners whose flow never ended are forgotten after IDLE_READS.
+        let learned = vec![entry(Protocol::Tcp, 6, A, Some(B), 10)];
+        j.apply(
+            &HashMap::new(),
+            learned,
+            SocketTable::default(),
+            nothing_local,
+        );
+        for _ in 0..IDLE_READS {
+            assert_eq!(j.owners.len(), 1);
+            j.apply(
+                &HashMap::new(),
+                Vec::new(),
+                SocketTable::default(),
+                nothing_local,
+            );
+        }
+        assert!(j.owners.is_empty());
+    }
+
     #[test]
     fn ids_are_unique_and_a_reused_tuple_gets_a_new_id() {
         let mut j = FlowJoiner::default();
