@@ -2,37 +2,60 @@
 //! background thread, counts transport payload bytes per 5-tuple and
 //! direction, and on each [`SocketSource::read`] joins those flows to
 //! sockets through the `/proc` socket table, yielding one [`SocketSample`]
-//! per socket. It also keeps DNS analytics from port-53 UDP payloads. It
-//! never builds wire rows and never decides per-process totals.
+//! per socket, and the DNS messages it saw as [`DnsEvent`]s. It never
+//! builds wire rows and never decides per-process totals.
 //!
 //! # What is counted
 //! Transport payload bytes from the IP/TCP/UDP length fields (see
-//! [`frame`]): what the application wrote, plus, for TCP, any retransmitted
-//! bytes (a capture cannot tell them apart cheaply). Snapshot length does
-//! not matter. Counts start when the capture opens
-//! ([`CountOrigin::SinceAttach`]).
+//! [`frame`]); snapshot length does not matter. TCP payload is counted
+//! once per byte of the stream, by sequence number ([`stream`]): a
+//! retransmitted segment, a tail-loss probe or a packet captured twice adds
+//! nothing (those bytes are in [`CaptureStats::repeated_bytes`]), and SYN,
+//! FIN and pure ACKs carry no payload. So a TCP stream counts exactly what
+//! the application wrote; a UDP datagram counts exactly its payload.
+//! Counts start when the capture opens ([`CountOrigin::SinceAttach`]).
 //!
 //! # How flows become sockets
 //! A packet from `src` to `dst` is sent by the socket whose local end is
 //! `src` and received by the socket whose local end is `dst`; each side is
-//! looked up on its own (exact 5-tuple, then unconnected UDP by port), so a
-//! loopback packet credits the sender's `tx` and the receiver's `rx`. A
-//! socket that closed since the previous read is still found through the
-//! previous table, and its final sample is `closed`. A side with no socket
-//! (one opened and closed between two reads, one in another network
-//! namespace) is counted on a socket-less flow (`pid: None`, state
-//! `UNKNOWN`, closed after a read with no bytes) if its address is local,
-//! and dropped if not (forwarded traffic).
+//! looked up on its own, so a loopback packet credits the sender's `tx` and
+//! the receiver's `rx`. A side belongs, in order, to:
+//! 1. the socket of the read's scan with that 5-tuple (or, for UDP, the
+//!    unconnected socket bound to the port);
+//! 2. the socket of the previous read's scan (closed since; its sample is
+//!    then `closed`);
+//! 3. the socket any scan saw with that 5-tuple, closed since: owners seen
+//!    by scans are remembered per 5-tuple until the flow ends (FIN or RST)
+//!    plus three reads, or 60 reads without a scan seeing them. Besides the
+//!    scan at each read, a SYN wakes a rescan thread (at most one scan per
+//!    [`PcapConfig::rescan_gap`]), so sockets that live a little while
+//!    between two reads are seen too;
+//! 4. TCP: the owner of the listening socket on the local address and port,
+//!    for an accepted connection that closed before any scan saw it (the
+//!    reply-and-close server). A listener shared by several processes
+//!    (pre-fork servers) gives the lowest pid;
+//! 5. none: a socket-less flow (`pid: None`, state `UNKNOWN`, closed after
+//!    a read with no bytes) if its address is local, counted in
+//!    [`CaptureStats::unowned_bytes`]; bytes of flows with no local end
+//!    (forwarded traffic) are counted in [`CaptureStats::not_local_bytes`].
+//!    Never silently dropped.
+//!
+//! What stays without an owner: the connecting side of a connection that
+//! opened and closed before any scan could see it (a client process doing
+//! one short request per connection, sub-millisecond on loopback; a scan of
+//! `/proc` takes longer than that), sockets in another network namespace,
+//! and sockets no process holds (orphans, `TIME_WAIT`) that no scan saw
+//! while they had an owner.
 //!
 //! # DNS
-//! Port-53 UDP payloads feed a [`dns::DnsTracker`]; the interval's
-//! analytics come out of [`SocketSource::take_dns`].
+//! Port-53 UDP payloads become [`DnsEvent`]s (see [`dns`]), handed out by
+//! [`SocketSource::take_dns_events`]; the snapshot builds the analytics.
 //!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
-//! was seen. On `any`, traffic crossing several interfaces of this host
-//! (bridges, veth, tunnels) is seen once per interface. DNS over TCP is not
-//! parsed.
+//! was seen. On `any`, UDP crossing several interfaces of this host
+//! (bridges, veth, tunnels) is seen once per interface, and so is TCP whose
+//! 5-tuple is rewritten on the way (NAT). DNS over TCP is not parsed.
 
 pub mod dns;
 pub mod frame;
