@@ -97,8 +97,10 @@ pub struct PcapConfig {
     /// Optional BPF filter (`tcpdump` syntax) applied in the kernel.
     pub filter: Option<String>,
     /// Scan the socket table again when a new connection (a SYN) is seen,
-    /// at most once per this gap, so sockets that open and close between
-    /// two reads still get an owner; `None`: only one scan per read.
+    /// so sockets that open and close between two reads still get an
+    /// owner; at most once per this gap, and never more often than keeps
+    /// the rescans to a tenth of one core (the wait after a scan is at least
+    /// nine times what it took). `None`: only the scan of each read.
     pub rescan_gap: Option<Duration>,
 }
 
@@ -111,7 +113,7 @@ impl Default for PcapConfig {
             timeout_ms: 100,
             immediate: false,
             filter: None,
-            rescan_gap: Some(Duration::from_millis(50)),
+            rescan_gap: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -583,6 +585,8 @@ fn capture_loop(
 
 /// Socket tables learned from rescans, kept between two reads.
 const MAX_LEARNED: usize = 1 << 18;
+/// After a rescan that took `t`, the next waits at least `t` times this.
+const RESCAN_IDLE_FACTOR: u32 = 9;
 
 /// The rescan thread's state: woken by the capture thread when a SYN is
 /// seen, it scans the socket table (at most once per gap) and keeps every
@@ -640,7 +644,9 @@ impl Resolver {
             }
             // A failed scan only means fewer owners learned; the read's own
             // scan reports errors.
+            let started = Instant::now();
             let table = SocketTable::scan().ok();
+            let took = started.elapsed();
             let mut g = self.lock();
             g.scans += 1;
             for e in table.iter().flat_map(|t| t.entries()) {
@@ -652,7 +658,7 @@ impl Resolver {
                     g.learned.insert(key, e.clone());
                 }
             }
-            let until = Instant::now() + gap;
+            let until = Instant::now() + gap.max(took * RESCAN_IDLE_FACTOR);
             loop {
                 let now = Instant::now();
                 if g.stop {
