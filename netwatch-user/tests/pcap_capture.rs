@@ -467,6 +467,45 @@ fn reply_and_close_child() {
                 let _ = std::io::stdin().read_line(&mut line);
             }
         }
+        // In its own network namespace: a server on a bridge, captured on
+        // `any`, where every packet is seen twice (on the bridge and on the
+        // veth enslaved to it). Reports its own process row.
+        "bridge-server" => {
+            let l = TcpListener::bind("10.99.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let mut src = open("any", Some(format!("tcp port {port}")));
+            let mut attribution = Attribution::new(Instant::now());
+            let mut tally = Tally::default();
+            writeln!(out, "PORT {port}").unwrap();
+            out.flush().unwrap();
+            let server = std::thread::spawn(move || {
+                for _ in 0..RC_CONNS {
+                    let (mut s, _) = l.accept().unwrap();
+                    let mut req = vec![0u8; RC_REQUEST];
+                    s.read_exact(&mut req).unwrap();
+                    s.write_all(&pattern(RC_REPLY)).unwrap();
+                }
+            });
+            while !server.is_finished() {
+                std::thread::sleep(Duration::from_millis(300));
+                let b = src.read().expect("read");
+                tally.add(&mut attribution, &b, port);
+            }
+            server.join().unwrap();
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(400));
+                let b = src.read().expect("read");
+                tally.add(&mut attribution, &b, port);
+            }
+            let (rx, tx) = tally.of(std::process::id());
+            let st = src.stats();
+            writeln!(
+                out,
+                "RESULT {rx} {tx} {} {} {}",
+                st.repeated_bytes, st.not_local_bytes, st.decode_errors
+            )
+            .unwrap();
+        }
         other => panic!("unknown role {other}"),
     }
     writeln!(out, "DONE").unwrap();
@@ -674,4 +713,101 @@ fn servers_that_reply_and_close_keep_their_bytes_per_process() {
         closer_with_ownerless, client_truth,
         "closing client + ownerless client sides; {report}"
     );
+}
+
+/// Network namespaces of one test, deleted when dropped.
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running ip(8)");
+    assert!(st.success(), "ip {args:?} failed: {st}");
+}
+
+fn spawn_in(ns: &str, role: &str, server: Option<SocketAddr>) -> Worker {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "reply_and_close_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("NETWATCH_PCAP_ROLE", role)
+        .stdout(std::process::Stdio::piped());
+    if let Some(s) = server {
+        cmd.env("SERVER", s.to_string());
+    }
+    Worker(cmd.spawn().expect("ip netns exec of the test binary"))
+}
+
+/// Every packet of these connections is captured twice (`any` sees it on
+/// the bridge and on the veth port): TCP still counts each byte once, and
+/// the second copies are counted as repeated, not as traffic. All of it
+/// runs in two network namespaces this test creates.
+#[test]
+fn tcp_captured_twice_on_a_bridge_counts_each_byte_once() {
+    let _root = root_test();
+    let id = std::process::id();
+    let (srv_ns, cli_ns) = (format!("nwpcap-s{id}"), format!("nwpcap-c{id}"));
+    ip(&["netns", "add", &srv_ns]);
+    let _ns = Netns(vec![srv_ns.clone()]);
+    ip(&["netns", "add", &cli_ns]);
+    let _ns2 = Netns(vec![cli_ns.clone()]);
+    ip(&["-n", &srv_ns, "link", "add", "br0", "type", "bridge"]);
+    ip(&[
+        "-n", &srv_ns, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli_ns,
+    ]);
+    ip(&["-n", &srv_ns, "link", "set", "vs", "master", "br0"]);
+    ip(&["-n", &srv_ns, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
+    ip(&["-n", &cli_ns, "addr", "add", "10.99.0.2/24", "dev", "vc"]);
+    for (ns, dev) in [(&srv_ns, "br0"), (&srv_ns, "vs"), (&cli_ns, "vc")] {
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+
+    let mut server = spawn_in(&srv_ns, "bridge-server", None);
+    let port: u16 = report_line(&mut server, "PORT ")
+        .expect("the bridge server reports its port")
+        .parse()
+        .unwrap();
+    let mut client = spawn_in(&cli_ns, "client", Some(([10, 99, 0, 1], port).into()));
+    let st = client.0.wait().unwrap();
+    assert!(st.success(), "the client failed: {st}");
+    let result = report_line(&mut server, "RESULT ").expect("the bridge server's result");
+    let st = server.0.wait().unwrap();
+    assert!(st.success(), "the bridge server failed: {st}");
+    let v: Vec<u64> = result
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let up = (RC_CONNS * RC_REQUEST) as u64;
+    let down = (RC_CONNS * RC_REPLY) as u64;
+    let report = format!(
+        "server (rx, tx) = ({}, {}), truth ({up}, {down}); repeated {}; not local {}; decode errors {}",
+        v[0], v[1], v[2], v[3], v[4]
+    );
+    eprintln!("{report}");
+    assert_eq!((v[0], v[1]), (up, down), "{report}");
+    assert_eq!(
+        v[2],
+        up + down,
+        "every byte's second copy is repeated: {report}"
+    );
+    // The client's side is in another namespace: not this host's socket.
+    assert_eq!(v[3], up + down, "{report}");
+    assert_eq!(v[4], 0, "{report}");
 }
