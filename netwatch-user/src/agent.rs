@@ -70,7 +70,7 @@ impl Agent {
             }
             Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
         }
-        snap.dns_analytics = self.source.take_dns();
+        self.host.fill_dns(&mut snap, self.source.take_dns_events());
         snap.collector = Some(info);
         snap
     }

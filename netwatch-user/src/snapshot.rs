@@ -2,10 +2,15 @@
 //! disks, and process metadata for the process rows. One `HostCollectors`
 //! keeps every collector's previous sample, so each tick diffs against the
 //! last (no sleeping inside a snapshot). A failing collector leaves its
-//! section empty and is logged; it never stops the tick.
+//! section empty and is logged; it never stops the tick. DNS analytics are
+//! built here ([`dns`]) from the DNS events the source yields.
+
+pub mod dns;
 
 use log::warn;
 use netwatch_common::wire::{ProcessBandwidth, Snapshot};
+
+use crate::source::DnsEvent;
 
 #[cfg(target_os = "linux")]
 use crate::procinfo::{
@@ -25,6 +30,7 @@ pub struct HostCollectors {
     meta: ProcessMetaTracker,
     #[cfg(target_os = "macos")]
     tools: crate::source::macos::MacTools,
+    dns: dns::DnsTracker,
 }
 
 impl Default for HostCollectors {
@@ -46,6 +52,7 @@ impl HostCollectors {
             meta: ProcessMetaTracker::new(),
             #[cfg(target_os = "macos")]
             tools: crate::source::macos::MacTools::default(),
+            dns: dns::DnsTracker::default(),
         }
     }
 
@@ -90,6 +97,16 @@ impl HostCollectors {
 
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     pub fn fill(&mut self, _snap: &mut Snapshot) {}
+
+    /// Fill `snap.dns_analytics` from the source's DNS events of the
+    /// interval; `None` (a source that sees no packets) leaves it empty.
+    pub fn fill_dns(&mut self, snap: &mut Snapshot, events: Option<Vec<DnsEvent>>) {
+        let Some(events) = events else { return };
+        for e in &events {
+            self.dns.observe(e);
+        }
+        snap.dns_analytics = Some(self.dns.take());
+    }
 
     /// Fill process metadata (ppid, user, cpu, memory, state, start, exe).
     pub fn fill_processes(&mut self, rows: &mut [ProcessBandwidth]) {

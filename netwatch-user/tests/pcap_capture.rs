@@ -340,7 +340,13 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
         "responder (tx, rx): exact UDP payload"
     );
 
-    let a = src.take_dns().expect("pcap always reports DNS analytics");
+    // The analytics are built where snapshots are, from the source's events.
+    let mut host = netwatch::snapshot::HostCollectors::new();
+    let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
+    host.fill_dns(&mut snap, src.take_dns_events());
+    let a = snap
+        .dns_analytics
+        .expect("pcap always yields DNS events, so the snapshot has analytics");
     assert_eq!(a.total_queries, 5, "{a:?}");
     assert_eq!(a.total_responses, 4, "{a:?}");
     assert_eq!(a.nxdomain_count, 1, "{a:?}");
@@ -362,7 +368,9 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
         ]
     );
     // The interval restarts.
-    let again = src.take_dns().unwrap_or_default();
+    let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
+    host.fill_dns(&mut snap, src.take_dns_events());
+    let again = snap.dns_analytics.unwrap_or_default();
     assert_eq!((again.total_queries, again.total_responses), (0, 0));
     assert_eq!(src.stats().dns_malformed, 0);
 
@@ -402,4 +410,404 @@ fn dropping_the_source_stops_the_capture_thread_promptly() {
         "drop took {:?}",
         t.elapsed()
     );
+}
+
+// ---------- servers that reply and close, clients in other processes ----------
+
+/// Request and reply sizes of the reply-and-close workload.
+const RC_REQUEST: usize = 12_345;
+const RC_REPLY: usize = 54_321;
+/// Connections per client process, and client processes.
+const RC_CONNS: usize = 150;
+const RC_CLIENTS: usize = 2;
+
+/// Entry point of the workload processes; a no-op unless re-executed as one.
+/// `server`: accept `RC_CONNS * RC_CLIENTS` connections, each: read exactly
+/// the request, write the reply, close at once. `client`: `RC_CONNS` times
+/// connect, send the request, read the reply to EOF, then close (`HOLD`
+/// unset) or keep the socket until stdin closes (`HOLD=1`).
+#[test]
+fn reply_and_close_child() {
+    let Ok(role) = std::env::var("NETWATCH_PCAP_ROLE") else {
+        return;
+    };
+    let mut out = std::io::stdout();
+    match role.as_str() {
+        "server" => {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            writeln!(out, "PORT {}", l.local_addr().unwrap().port()).unwrap();
+            out.flush().unwrap();
+            for _ in 0..RC_CONNS * RC_CLIENTS {
+                let (mut s, _) = l.accept().unwrap();
+                let mut req = vec![0u8; RC_REQUEST];
+                s.read_exact(&mut req).unwrap();
+                assert_eq!(req, pattern(RC_REQUEST));
+                s.write_all(&pattern(RC_REPLY)).unwrap();
+                drop(s);
+            }
+        }
+        "client" => {
+            let server: SocketAddr = std::env::var("SERVER").unwrap().parse().unwrap();
+            let hold = std::env::var("HOLD").is_ok();
+            let mut held = Vec::new();
+            for _ in 0..RC_CONNS {
+                let mut s = TcpStream::connect(server).unwrap();
+                s.write_all(&pattern(RC_REQUEST)).unwrap();
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).unwrap();
+                assert_eq!(got.len(), RC_REPLY);
+                if hold {
+                    held.push(s);
+                }
+            }
+            if hold {
+                writeln!(out, "HELD").unwrap();
+                out.flush().unwrap();
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            }
+        }
+        // In its own network namespace: a server on a bridge, captured on
+        // `any`, where every packet is seen twice (on the bridge and on the
+        // veth enslaved to it). Reports its own process row.
+        "bridge-server" => {
+            let l = TcpListener::bind("10.99.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            let mut src = open("any", Some(format!("tcp port {port}")));
+            let mut attribution = Attribution::new(Instant::now());
+            let mut tally = Tally::default();
+            writeln!(out, "PORT {port}").unwrap();
+            out.flush().unwrap();
+            let server = std::thread::spawn(move || {
+                for _ in 0..RC_CONNS {
+                    let (mut s, _) = l.accept().unwrap();
+                    let mut req = vec![0u8; RC_REQUEST];
+                    s.read_exact(&mut req).unwrap();
+                    s.write_all(&pattern(RC_REPLY)).unwrap();
+                }
+            });
+            while !server.is_finished() {
+                std::thread::sleep(Duration::from_millis(300));
+                let b = src.read().expect("read");
+                tally.add(&mut attribution, &b, port);
+            }
+            server.join().unwrap();
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(400));
+                let b = src.read().expect("read");
+                tally.add(&mut attribution, &b, port);
+            }
+            let (rx, tx) = tally.of(std::process::id());
+            let st = src.stats();
+            writeln!(
+                out,
+                "RESULT {rx} {tx} {} {} {}",
+                st.repeated_bytes, st.not_local_bytes, st.decode_errors
+            )
+            .unwrap();
+        }
+        other => panic!("unknown role {other}"),
+    }
+    writeln!(out, "DONE").unwrap();
+    out.flush().unwrap();
+}
+
+/// A workload process, killed if the test fails before reaping it.
+struct Worker(std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_worker(role: &str, server: Option<SocketAddr>, hold: bool) -> Worker {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    if hold {
+        cmd.env("HOLD", "1").stdin(std::process::Stdio::piped());
+    }
+    cmd.args([
+        "reply_and_close_child",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("NETWATCH_PCAP_ROLE", role)
+    .stdout(std::process::Stdio::piped());
+    if let Some(s) = server {
+        cmd.env("SERVER", s.to_string());
+    }
+    Worker(
+        cmd.spawn()
+            .expect("re-executing the test binary as a worker"),
+    )
+}
+
+/// The worker's next report line starting with `prefix` (its rest), or
+/// `None` when it ends first.
+fn report_line(w: &mut Worker, prefix: &str) -> Option<String> {
+    use std::io::BufRead;
+    let out = w.0.stdout.as_mut()?;
+    let mut r = std::io::BufReader::new(out);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+            return Some(rest.to_string());
+        }
+    }
+}
+
+/// Per-pid (rx, tx) summed over every read, and the bytes of our port's
+/// flows left without an owner, summed over every read.
+#[derive(Debug, Default)]
+struct Tally {
+    per_pid: std::collections::HashMap<u32, (u64, u64)>,
+    /// Sockets without owner whose local port is the server's.
+    ownerless_servers: (u64, u64),
+    /// Sockets without owner talking to the server's port.
+    ownerless_clients: (u64, u64),
+    ownerless_prev: std::collections::HashMap<netwatch::source::SocketId, (u64, u64)>,
+}
+
+impl Tally {
+    fn add(&mut self, attribution: &mut Attribution, b: &SampleBatch, port: u16) {
+        let a = attribution.apply(b);
+        for p in &a.processes {
+            if let Some(pid) = p.pid {
+                let e = self.per_pid.entry(pid).or_default();
+                e.0 += p.rx_bytes;
+                e.1 += p.tx_bytes;
+            }
+        }
+        for s in b.samples.iter().filter(|s| s.pid.is_none()) {
+            let sum = if s.local.map(|a| a.port()) == Some(port) {
+                &mut self.ownerless_servers
+            } else if s.remote.map(|a| a.port()) == Some(port) {
+                &mut self.ownerless_clients
+            } else {
+                continue;
+            };
+            let (rx0, tx0) = self.ownerless_prev.get(&s.id).copied().unwrap_or((0, 0));
+            sum.0 += s.rx_bytes - rx0;
+            sum.1 += s.tx_bytes - tx0;
+            self.ownerless_prev.insert(s.id, (s.rx_bytes, s.tx_bytes));
+        }
+    }
+
+    fn of(&self, pid: u32) -> (u64, u64) {
+        self.per_pid.get(&pid).copied().unwrap_or((0, 0))
+    }
+}
+
+#[test]
+fn servers_that_reply_and_close_keep_their_bytes_per_process() {
+    let _root = root_test();
+    let mut server = spawn_worker("server", None, false);
+    let port: u16 = report_line(&mut server, "PORT ")
+        .expect("the server reports its port")
+        .parse()
+        .unwrap();
+    let server_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut src = open("lo", Some(format!("tcp port {port}")));
+    let mut attribution = Attribution::new(Instant::now());
+    let mut tally = Tally::default();
+    // The agent's first read, before any client exists.
+    let b = src.read().expect("read");
+    tally.add(&mut attribution, &b, port);
+
+    // One client keeps its sockets until we have read (as a client with
+    // a connection pool would); the other closes each at once.
+    let mut holder = spawn_worker("client", Some(server_addr), true);
+    let mut closer = spawn_worker("client", Some(server_addr), false);
+    let (holder_pid, closer_pid, server_pid) = (holder.0.id(), closer.0.id(), server.0.id());
+    let held_flag = Arc::new(AtomicBool::new(false));
+    let held = {
+        let out = holder.0.stdout.take().unwrap();
+        let flag = Arc::clone(&held_flag);
+        // Reads to EOF: the holder's later lines must not hit a closed pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if l == "HELD" {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
+            flag.load(Ordering::SeqCst)
+        })
+    };
+    // Read as the agent does while the workload runs; release the holder
+    // once a read happened after it held everything.
+    let mut held_seen = false;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let b = src.read().expect("read");
+        tally.add(&mut attribution, &b, port);
+        if held_seen {
+            drop(holder.0.stdin.take());
+        }
+        held_seen |= held_flag.load(Ordering::SeqCst);
+        let mut running = 0;
+        for w in [&mut holder, &mut closer, &mut server] {
+            if !matches!(w.0.try_wait(), Ok(Some(_))) {
+                running += 1;
+            }
+        }
+        if running == 0 {
+            break;
+        }
+    }
+    assert!(held.join().unwrap(), "the holding client reported HELD");
+    for w in [&mut holder, &mut closer, &mut server] {
+        let st = w.0.wait().unwrap();
+        assert!(st.success(), "a workload process failed: {st}");
+    }
+    // Every packet reaches the capture within its timeout.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+        let b = src.read().expect("read");
+        tally.add(&mut attribution, &b, port);
+    }
+    let stats = src.stats();
+    let n = (RC_CONNS * RC_CLIENTS) as u64;
+    let client_truth = ((RC_CONNS * RC_REPLY) as u64, (RC_CONNS * RC_REQUEST) as u64);
+    let server_truth = (n * RC_REQUEST as u64, n * RC_REPLY as u64);
+    let closer_with_ownerless = (
+        tally.of(closer_pid).0 + tally.ownerless_clients.0,
+        tally.of(closer_pid).1 + tally.ownerless_clients.1,
+    );
+    let report = format!(
+        "truth (rx, tx): server {server_truth:?}, each client {client_truth:?}; counted: \
+         server {:?}, holding client {:?}, closing client {:?} + ownerless client sides {:?}; \
+         ownerless server sides {:?}; stats {stats:?}",
+        tally.of(server_pid),
+        tally.of(holder_pid),
+        tally.of(closer_pid),
+        tally.ownerless_clients,
+        tally.ownerless_servers,
+    );
+    eprintln!("{report}");
+    let bound = "bound: counted = new TCP payload by sequence number = bytes written; \
+                 owners of closed sockets from remembered scans or the listener";
+    assert_eq!(
+        tally.of(server_pid),
+        server_truth,
+        "server; {bound}; {report}"
+    );
+    assert_eq!(tally.ownerless_servers, (0, 0), "{report}");
+    assert_eq!(
+        tally.of(holder_pid),
+        client_truth,
+        "holding client; {report}"
+    );
+    // A client socket that opened and closed between two scans has no owner
+    // a capture can know: its bytes are reported without one, never lost
+    // and never counted twice.
+    assert_eq!(
+        closer_with_ownerless, client_truth,
+        "closing client + ownerless client sides; {report}"
+    );
+}
+
+/// Network namespaces of one test, deleted when dropped.
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running ip(8)");
+    assert!(st.success(), "ip {args:?} failed: {st}");
+}
+
+fn spawn_in(ns: &str, role: &str, server: Option<SocketAddr>) -> Worker {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "reply_and_close_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("NETWATCH_PCAP_ROLE", role)
+        .stdout(std::process::Stdio::piped());
+    if let Some(s) = server {
+        cmd.env("SERVER", s.to_string());
+    }
+    Worker(cmd.spawn().expect("ip netns exec of the test binary"))
+}
+
+/// Every packet of these connections is captured twice (`any` sees it on
+/// the bridge and on the veth port): TCP still counts each byte once, and
+/// the second copies are counted as repeated, not as traffic. All of it
+/// runs in two network namespaces this test creates.
+#[test]
+fn tcp_captured_twice_on_a_bridge_counts_each_byte_once() {
+    let _root = root_test();
+    let id = std::process::id();
+    let (srv_ns, cli_ns) = (format!("nwpcap-s{id}"), format!("nwpcap-c{id}"));
+    ip(&["netns", "add", &srv_ns]);
+    let _ns = Netns(vec![srv_ns.clone()]);
+    ip(&["netns", "add", &cli_ns]);
+    let _ns2 = Netns(vec![cli_ns.clone()]);
+    ip(&["-n", &srv_ns, "link", "add", "br0", "type", "bridge"]);
+    ip(&[
+        "-n", &srv_ns, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", &cli_ns,
+    ]);
+    ip(&["-n", &srv_ns, "link", "set", "vs", "master", "br0"]);
+    ip(&["-n", &srv_ns, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
+    ip(&["-n", &cli_ns, "addr", "add", "10.99.0.2/24", "dev", "vc"]);
+    for (ns, dev) in [(&srv_ns, "br0"), (&srv_ns, "vs"), (&cli_ns, "vc")] {
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+
+    let mut server = spawn_in(&srv_ns, "bridge-server", None);
+    let port: u16 = report_line(&mut server, "PORT ")
+        .expect("the bridge server reports its port")
+        .parse()
+        .unwrap();
+    let mut client = spawn_in(&cli_ns, "client", Some(([10, 99, 0, 1], port).into()));
+    let st = client.0.wait().unwrap();
+    assert!(st.success(), "the client failed: {st}");
+    let result = report_line(&mut server, "RESULT ").expect("the bridge server's result");
+    let st = server.0.wait().unwrap();
+    assert!(st.success(), "the bridge server failed: {st}");
+    let v: Vec<u64> = result
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let up = (RC_CONNS * RC_REQUEST) as u64;
+    let down = (RC_CONNS * RC_REPLY) as u64;
+    let report = format!(
+        "server (rx, tx) = ({}, {}), truth ({up}, {down}); repeated {}; not local {}; decode errors {}",
+        v[0], v[1], v[2], v[3], v[4]
+    );
+    eprintln!("{report}");
+    assert_eq!((v[0], v[1]), (up, down), "{report}");
+    assert_eq!(
+        v[2],
+        up + down,
+        "every byte's second copy is repeated: {report}"
+    );
+    // The client's side is in another namespace: not this host's socket.
+    assert_eq!(v[3], up + down, "{report}");
+    assert_eq!(v[4], 0, "{report}");
 }

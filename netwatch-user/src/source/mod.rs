@@ -1,10 +1,11 @@
 //! Per-socket sources: every way netwatch can learn how many bytes each
 //! socket moved (eBPF maps, `ss -i`, libpcap, macOS tools) yields the same
 //! [`SocketSample`], so attribution and everything after it never know which
-//! source is in use. A source must never build wire rows itself.
+//! source is in use. Sources that see packets also yield [`DnsEvent`]s. A
+//! source must never build wire rows itself.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
@@ -96,6 +97,29 @@ pub struct SampleBatch {
     pub estimated: bool,
 }
 
+/// One DNS message a source saw on the wire; the snapshot's DNS analytics
+/// are built from these (`crate::snapshot::dns`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// When it was seen (capture time since the Unix epoch).
+    pub at: Duration,
+    /// The client's endpoint: a query's source, a response's destination.
+    pub client: SocketAddr,
+    /// Transaction id.
+    pub id: u16,
+    pub kind: DnsEventKind,
+}
+
+/// What a [`DnsEvent`] was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsEventKind {
+    /// A query; `name` is its first question's name (lower-cased), when
+    /// it has one that could be read.
+    Query { name: Option<String> },
+    /// A response and its RCODE (3 = NXDOMAIN).
+    Response { rcode: u8 },
+}
+
 /// A per-socket source. `read` is called once per tick from the agent loop.
 pub trait SocketSource: Send {
     /// Short name for logs and the snapshot (`ebpf`, `ss`, `pcap`, `macos`).
@@ -106,8 +130,9 @@ pub trait SocketSource: Send {
     }
     /// Read every socket's current counters.
     fn read(&mut self) -> anyhow::Result<SampleBatch>;
-    /// DNS analytics for the interval since the last call, for sources that see packets.
-    fn take_dns(&mut self) -> Option<netwatch_common::wire::DnsAnalytics> {
+    /// The DNS messages seen since the last call, for sources that see
+    /// packets (`Some`, possibly empty); `None` for sources that cannot.
+    fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
         None
     }
 }

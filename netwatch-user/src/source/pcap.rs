@@ -2,56 +2,81 @@
 //! background thread, counts transport payload bytes per 5-tuple and
 //! direction, and on each [`SocketSource::read`] joins those flows to
 //! sockets through the `/proc` socket table, yielding one [`SocketSample`]
-//! per socket. It also keeps DNS analytics from port-53 UDP payloads. It
-//! never builds wire rows and never decides per-process totals.
+//! per socket, and the DNS messages it saw as [`DnsEvent`]s. It never
+//! builds wire rows and never decides per-process totals.
 //!
 //! # What is counted
 //! Transport payload bytes from the IP/TCP/UDP length fields (see
-//! [`frame`]): what the application wrote, plus, for TCP, any retransmitted
-//! bytes (a capture cannot tell them apart cheaply). Snapshot length does
-//! not matter. Counts start when the capture opens
-//! ([`CountOrigin::SinceAttach`]).
+//! [`frame`]); snapshot length does not matter. TCP payload is counted
+//! once per byte of the stream, by sequence number ([`stream`]): a
+//! retransmitted segment, a tail-loss probe or a packet captured twice adds
+//! nothing (those bytes are in [`CaptureStats::repeated_bytes`]), and SYN,
+//! FIN and pure ACKs carry no payload. So a TCP stream counts exactly what
+//! the application wrote; a UDP datagram counts exactly its payload.
+//! Counts start when the capture opens ([`CountOrigin::SinceAttach`]).
 //!
 //! # How flows become sockets
 //! A packet from `src` to `dst` is sent by the socket whose local end is
 //! `src` and received by the socket whose local end is `dst`; each side is
-//! looked up on its own (exact 5-tuple, then unconnected UDP by port), so a
-//! loopback packet credits the sender's `tx` and the receiver's `rx`. A
-//! socket that closed since the previous read is still found through the
-//! previous table, and its final sample is `closed`. A side with no socket
-//! (one opened and closed between two reads, one in another network
-//! namespace) is counted on a socket-less flow (`pid: None`, state
-//! `UNKNOWN`, closed after a read with no bytes) if its address is local,
-//! and dropped if not (forwarded traffic).
+//! looked up on its own, so a loopback packet credits the sender's `tx` and
+//! the receiver's `rx`. A side belongs, in order, to:
+//! 1. the socket of the read's scan with that 5-tuple (or, for UDP, the
+//!    unconnected socket bound to the port);
+//! 2. the socket of the previous read's scan (closed since; its sample is
+//!    then `closed`);
+//! 3. the socket any scan saw with that 5-tuple, closed since: owners seen
+//!    by scans are remembered per 5-tuple until the flow ends (FIN or RST)
+//!    plus three reads, or 60 reads without a scan seeing them. Besides the
+//!    scan at each read, a SYN wakes a rescan thread (at most one scan per
+//!    [`PcapConfig::rescan_gap`]), so sockets that live a little while
+//!    between two reads are seen too;
+//! 4. TCP: the owner of the listening socket on the local address and port,
+//!    for an accepted connection that closed before any scan saw it (the
+//!    reply-and-close server). A listener shared by several processes
+//!    (pre-fork servers) gives the lowest pid;
+//! 5. none: a socket-less flow (`pid: None`, state `UNKNOWN`, closed after
+//!    a read with no bytes) if its address is local, counted in
+//!    [`CaptureStats::unowned_bytes`]; bytes of flows with no local end
+//!    (forwarded traffic) are counted in [`CaptureStats::not_local_bytes`].
+//!    Never silently dropped.
+//!
+//! What stays without an owner: the connecting side of a connection that
+//! opened and closed before any scan could see it (a client process doing
+//! one short request per connection, sub-millisecond on loopback; a scan of
+//! `/proc` takes longer than that), sockets in another network namespace,
+//! and sockets no process holds (orphans, `TIME_WAIT`) that no scan saw
+//! while they had an owner.
 //!
 //! # DNS
-//! Port-53 UDP payloads feed a [`dns::DnsTracker`]; the interval's
-//! analytics come out of [`SocketSource::take_dns`].
+//! Port-53 UDP payloads become [`DnsEvent`]s (see [`dns`]), handed out by
+//! [`SocketSource::take_dns_events`]; the snapshot builds the analytics.
 //!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
-//! was seen. On `any`, traffic crossing several interfaces of this host
-//! (bridges, veth, tunnels) is seen once per interface. DNS over TCP is not
-//! parsed.
+//! was seen. On `any`, UDP crossing several interfaces of this host
+//! (bridges, veth, tunnels) is seen once per interface, and so is TCP whose
+//! 5-tuple is rewritten on the way (NAT). DNS over TCP is not parsed.
 
 pub mod dns;
 pub mod frame;
+pub mod stream;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use netwatch_common::wire::DnsAnalytics;
 use pcap::{Active, BreakLoop, Capture, Device};
 
-use self::dns::DnsTracker;
 use self::frame::{decode_captured, LinkType};
+use self::stream::Streams;
 use crate::procinfo::sockets::{canonical, SocketEntry, SocketTable};
-use crate::source::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
+use crate::source::{
+    CountOrigin, DnsEvent, Protocol, SampleBatch, SocketId, SocketSample, SocketSource,
+};
 
 /// How to open the capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +96,12 @@ pub struct PcapConfig {
     pub immediate: bool,
     /// Optional BPF filter (`tcpdump` syntax) applied in the kernel.
     pub filter: Option<String>,
+    /// Scan the socket table again when a new connection (a SYN) is seen,
+    /// so sockets that open and close between two reads still get an
+    /// owner; at most once per this gap, and never more often than keeps
+    /// the rescans to a tenth of one core (the wait after a scan is at least
+    /// nine times what it took). `None`: only the scan of each read.
+    pub rescan_gap: Option<Duration>,
 }
 
 impl Default for PcapConfig {
@@ -82,6 +113,7 @@ impl Default for PcapConfig {
             timeout_ms: 100,
             immediate: false,
             filter: None,
+            rescan_gap: Some(Duration::from_millis(100)),
         }
     }
 }
@@ -110,7 +142,7 @@ pub enum PcapError {
         #[source]
         source: pcap::Error,
     },
-    #[error("starting the pcap capture thread: {0}")]
+    #[error("starting a pcap source thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
@@ -130,13 +162,34 @@ pub struct CaptureStats {
     pub flow_overflow: u64,
     /// Port-53 UDP payloads that were not readable DNS.
     pub dns_malformed: u64,
+    /// DNS messages not reported because too many arrived between two
+    /// reads (lost records).
+    pub dns_overflow: u64,
+    /// TCP payload bytes captured but not counted because their stream had
+    /// already counted them (retransmissions, a packet captured twice).
+    pub repeated_bytes: u64,
+    /// Socket-table scans started by a new connection (a SYN), beside the
+    /// one per read.
+    pub rescans: u64,
+    /// Bytes of local flows whose socket was gone before any scan saw it
+    /// and that no listener explains: reported on socket-less samples
+    /// (`pid: None`), never dropped.
+    pub unowned_bytes: u64,
+    /// Bytes credited to the remembered owner of a socket already gone.
+    pub remembered_owner_bytes: u64,
+    /// Bytes credited to the owner of the listening socket a closed
+    /// accepted socket came from.
+    pub listener_owner_bytes: u64,
+    /// Bytes of flows whose end is not an address of this host (forwarded
+    /// traffic): no socket here moved them.
+    pub not_local_bytes: u64,
 }
 
 impl CaptureStats {
     /// Records lost since the capture opened: decode errors, kernel drops
-    /// and flow-table overflow.
+    /// and flow-table or DNS-queue overflow.
     pub fn lost_records(&self) -> u64 {
-        self.decode_errors + self.kernel_drops + self.flow_overflow
+        self.decode_errors + self.kernel_drops + self.flow_overflow + self.dns_overflow
     }
 }
 
@@ -148,16 +201,36 @@ pub struct FlowKey {
     pub dst: SocketAddr,
 }
 
+/// What one direction of a flow did between two reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowCount {
+    /// Payload bytes new to the stream (TCP: see [`stream`]).
+    pub bytes: u64,
+    /// A connection opened in this direction (a SYN without ACK).
+    pub opened: bool,
+    /// The direction ended (FIN or RST).
+    pub ended: bool,
+}
+
 /// Distinct flows kept between two reads before packets are dropped.
 const MAX_FLOWS: usize = 1 << 18;
+/// DNS messages kept between two reads.
+const MAX_DNS_EVENTS: usize = 1 << 16;
 const STATS_EVERY: Duration = Duration::from_millis(250);
+/// How often ended and idle TCP streams are forgotten.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the capture thread fills and `read` drains.
 #[derive(Debug, Default)]
 struct Shared {
-    flows: HashMap<FlowKey, u64>,
-    dns: DnsTracker,
+    flows: HashMap<FlowKey, FlowCount>,
+    streams: Streams,
+    dns: Vec<DnsEvent>,
     stats: CaptureStats,
+    /// Latest capture timestamp.
+    latest: Duration,
+    /// A SYN was seen since the resolver last looked.
+    opened: bool,
     /// The capture failed and the thread stopped.
     fatal: Option<String>,
 }
@@ -176,24 +249,60 @@ impl Shared {
             }
         };
         self.stats.packets += 1;
+        self.latest = self.latest.max(ts);
         let (src, dst) = (canonical(p.src), canonical(p.dst));
-        if p.payload_len > 0 {
-            let key = FlowKey {
-                protocol: p.protocol,
-                src,
-                dst,
-            };
-            if let Some(n) = self.flows.get_mut(&key) {
-                *n += u64::from(p.payload_len);
-            } else if self.flows.len() < MAX_FLOWS {
-                self.flows.insert(key, u64::from(p.payload_len));
-            } else {
-                self.stats.flow_overflow += 1;
+        let key = FlowKey {
+            protocol: p.protocol,
+            src,
+            dst,
+        };
+        let (bytes, opened, ended) = match p.tcp {
+            Some(seg) => {
+                let new = self.streams.count(key, seg, p.payload_len, ts);
+                if !seg.rst() {
+                    self.stats.repeated_bytes += u64::from(p.payload_len).saturating_sub(new);
+                }
+                (new, seg.syn() && !seg.ack(), seg.fin() || seg.rst())
+            }
+            None => (u64::from(p.payload_len), false, false),
+        };
+        if opened {
+            self.opened = true;
+        }
+        if bytes > 0 || opened || ended {
+            let full = self.flows.len() >= MAX_FLOWS;
+            match self.flows.get_mut(&key) {
+                Some(f) => {
+                    f.bytes += bytes;
+                    f.opened |= opened;
+                    f.ended |= ended;
+                }
+                None if !full => {
+                    self.flows.insert(
+                        key,
+                        FlowCount {
+                            bytes,
+                            opened,
+                            ended,
+                        },
+                    );
+                }
+                None if bytes > 0 => self.stats.flow_overflow += 1,
+                None => {}
             }
         }
         if p.protocol == Protocol::Udp && (src.port() == 53 || dst.port() == 53) {
-            self.dns.observe(p.payload, src, dst, ts);
-            self.stats.dns_malformed = self.dns.malformed();
+            let (event, malformed) = dns::event(p.payload, src, dst, ts);
+            if malformed {
+                self.stats.dns_malformed += 1;
+            }
+            if let Some(e) = event {
+                if self.dns.len() < MAX_DNS_EVENTS {
+                    self.dns.push(e);
+                } else {
+                    self.stats.dns_overflow += 1;
+                }
+            }
         }
     }
 }
@@ -213,6 +322,8 @@ pub struct PcapSource {
     /// fire while no packet arrives with TPACKET_V3).
     breaker: BreakLoop,
     thread: Option<JoinHandle<()>>,
+    resolver: Arc<Resolver>,
+    resolver_thread: Option<JoinHandle<()>>,
     joiner: FlowJoiner,
     local_ips: HashSet<IpAddr>,
 }
@@ -276,12 +387,36 @@ impl PcapSource {
         let breaker = cap.breakloop_handle();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let resolver = Arc::new(Resolver::default());
+        // Started first: if it cannot start, no capture thread is left running.
+        let resolver_thread = match config.rescan_gap {
+            Some(gap) => {
+                let r = Arc::clone(&resolver);
+                Some(
+                    std::thread::Builder::new()
+                        .name("netwatch-pcap-scan".into())
+                        .spawn(move || r.run(gap))
+                        .map_err(PcapError::Thread)?,
+                )
+            }
+            None => None,
+        };
         let thread = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            let wake = resolver_thread.is_some().then(|| Arc::clone(&resolver));
             std::thread::Builder::new()
                 .name("netwatch-pcap".into())
-                .spawn(move || capture_loop(cap, link, &shared, &stop))
-                .map_err(PcapError::Thread)?
+                .spawn(move || capture_loop(cap, link, &shared, &stop, wake.as_deref()))
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                resolver.stop();
+                if let Some(t) = resolver_thread {
+                    let _ = t.join();
+                }
+                return Err(PcapError::Thread(e));
+            }
         };
         let mut source = Self {
             device,
@@ -290,6 +425,8 @@ impl PcapSource {
             stop,
             breaker,
             thread: Some(thread),
+            resolver,
+            resolver_thread,
             joiner: FlowJoiner::default(),
             local_ips: HashSet::new(),
         };
@@ -309,7 +446,14 @@ impl PcapSource {
 
     /// Capture counters since the capture opened.
     pub fn stats(&self) -> CaptureStats {
-        lock(&self.shared).stats
+        let mut st = lock(&self.shared).stats;
+        st.rescans = self.resolver.scans();
+        let j = &self.joiner.stats;
+        st.unowned_bytes = j.unowned_bytes;
+        st.remembered_owner_bytes = j.remembered_owner_bytes;
+        st.listener_owner_bytes = j.listener_owner_bytes;
+        st.not_local_bytes = j.not_local_bytes;
+        st
     }
 
     /// Addresses of this host's interfaces, for telling which end of a
@@ -330,9 +474,9 @@ impl SocketSource for PcapSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
-        let (flows, stats, fatal) = {
+        let (flows, fatal) = {
             let mut s = lock(&self.shared);
-            (std::mem::take(&mut s.flows), s.stats, s.fatal.take())
+            (std::mem::take(&mut s.flows), s.fatal.take())
         };
         if let Some(e) = fatal {
             anyhow::bail!("pcap capture on `{}` stopped: {e}", self.device);
@@ -346,28 +490,32 @@ impl SocketSource for PcapSource {
         let table = SocketTable::scan()
             .context("pcap: reading the socket table to attribute captured flows")?;
         self.refresh_local_ips();
+        let learned = self.resolver.take_learned();
         let local = &self.local_ips;
-        let samples = self
-            .joiner
-            .apply(&flows, table, |ip| ip.is_loopback() || local.contains(&ip));
+        let samples = self.joiner.apply(&flows, learned, table, |ip| {
+            ip.is_loopback() || local.contains(&ip)
+        });
         Ok(SampleBatch {
             taken_at: Instant::now(),
             samples,
-            lost_records: stats.lost_records(),
+            lost_records: self.stats().lost_records(),
             estimated: false,
         })
     }
 
-    /// DNS analytics for the interval since the previous call (the first
-    /// call covers everything since the capture opened). Always `Some`: a
-    /// capture that saw no DNS reports zeros.
-    fn take_dns(&mut self) -> Option<DnsAnalytics> {
-        Some(lock(&self.shared).dns.take())
+    /// The DNS messages captured since the previous call (the first call:
+    /// since the capture opened). Always `Some`: a capture sees DNS.
+    fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
+        Some(std::mem::take(&mut lock(&self.shared).dns))
     }
 }
 
 impl Drop for PcapSource {
     fn drop(&mut self) {
+        self.resolver.stop();
+        if let Some(t) = self.resolver_thread.take() {
+            let _ = t.join();
+        }
         self.stop.store(true, Ordering::Relaxed);
         // pcap_breakloop wakes a blocked pcap_next_ex (an eventfd on Linux,
         // libpcap ≥ 1.10) and stays armed if the thread is not blocked yet.
@@ -394,14 +542,23 @@ fn capture_loop(
     link: LinkType,
     shared: &Mutex<Shared>,
     stop: &AtomicBool,
+    resolver: Option<&Resolver>,
 ) {
     let mut last_stats = Instant::now();
+    let mut last_expiry = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         match cap.next_packet() {
             Ok(p) => {
                 let ts = timestamp(p.header.ts);
                 let wire_len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
-                lock(shared).observe(link, p.data, wire_len, ts);
+                let opened = {
+                    let mut s = lock(shared);
+                    s.observe(link, p.data, wire_len, ts);
+                    std::mem::take(&mut s.opened)
+                };
+                if let (true, Some(r)) = (opened, resolver) {
+                    r.wake();
+                }
             }
             Err(pcap::Error::TimeoutExpired) => {}
             // Woken by pcap_breakloop (reported as "no more packets").
@@ -417,6 +574,106 @@ fn capture_loop(
                 lock(shared).stats.kernel_drops = u64::from(s.dropped);
             }
         }
+        if last_expiry.elapsed() >= EXPIRE_EVERY {
+            last_expiry = Instant::now();
+            let mut s = lock(shared);
+            let now = s.latest;
+            s.streams.expire(now);
+        }
+    }
+}
+
+/// Socket tables learned from rescans, kept between two reads.
+const MAX_LEARNED: usize = 1 << 18;
+/// After a rescan that took `t`, the next waits at least `t` times this.
+const RESCAN_IDLE_FACTOR: u32 = 9;
+
+/// The rescan thread's state: woken by the capture thread when a SYN is
+/// seen, it scans the socket table (at most once per gap) and keeps every
+/// owned connected or listening socket it saw until the next read.
+#[derive(Debug, Default)]
+struct Resolver {
+    state: Mutex<ResolverState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ResolverState {
+    pending: bool,
+    stop: bool,
+    learned: HashMap<(Protocol, SocketAddr, Option<SocketAddr>), SocketEntry>,
+    scans: u64,
+}
+
+impl Resolver {
+    fn lock(&self) -> MutexGuard<'_, ResolverState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        self.lock().pending = true;
+        self.cv.notify_one();
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    fn scans(&self) -> u64 {
+        self.lock().scans
+    }
+
+    fn take_learned(&self) -> Vec<SocketEntry> {
+        std::mem::take(&mut self.lock().learned)
+            .into_values()
+            .collect()
+    }
+
+    fn run(&self, gap: Duration) {
+        loop {
+            {
+                let mut g = self.lock();
+                while !g.pending && !g.stop {
+                    g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                if g.stop {
+                    return;
+                }
+                g.pending = false;
+            }
+            // A failed scan only means fewer owners learned; the read's own
+            // scan reports errors.
+            let started = Instant::now();
+            let table = SocketTable::scan().ok();
+            let took = started.elapsed();
+            let mut g = self.lock();
+            g.scans += 1;
+            for e in table.iter().flat_map(|t| t.entries()) {
+                let wanted = e.inode != 0
+                    && e.owner.is_some()
+                    && (e.remote.is_some() || e.state == "LISTEN");
+                let key = (e.protocol, e.local, e.remote);
+                if wanted && (g.learned.len() < MAX_LEARNED || g.learned.contains_key(&key)) {
+                    g.learned.insert(key, e.clone());
+                }
+            }
+            let until = Instant::now() + gap.max(took * RESCAN_IDLE_FACTOR);
+            loop {
+                let now = Instant::now();
+                if g.stop {
+                    return;
+                }
+                if now >= until {
+                    break;
+                }
+                g = self
+                    .cv
+                    .wait_timeout(g, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
     }
 }
 
@@ -430,9 +687,9 @@ fn timestamp(tv: libc::timeval) -> Duration {
 /// Which socket a side of a flow belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SocketKey {
-    /// A socket of the table.
+    /// A socket of the table, or one a scan saw and that is gone now.
     Inode(u64),
-    /// A local endpoint no socket in the table owns.
+    /// A local endpoint of a socket no scan saw.
     Flow {
         protocol: Protocol,
         local: SocketAddr,
@@ -465,16 +722,66 @@ impl Counted {
             self.comm = Some(o.comm.clone());
         }
     }
+
+    fn own(&mut self, m: &Remembered) {
+        if self.pid.is_none() {
+            self.pid = Some(m.pid);
+            self.comm = Some(m.comm.clone());
+        }
+    }
+}
+
+/// The owner a scan saw for a socket, kept after the socket is gone.
+#[derive(Debug, Clone)]
+struct Remembered {
+    inode: u64,
+    pid: u32,
+    comm: String,
+    /// The last read whose scans saw the socket.
+    seen: u64,
+    /// The read in which its flow was seen ending (FIN or RST).
+    ended: Option<u64>,
+}
+
+/// An owner is kept this many reads after its flow ended (late packets of
+/// the other direction, capture lag).
+const END_GRACE_READS: u64 = 3;
+/// An owner whose socket no scan saw and whose flow did not end is kept
+/// this many reads (a lost FIN, a connected UDP socket closed).
+const IDLE_READS: u64 = 60;
+/// Owners kept at most; the least recently seen go first.
+const MAX_OWNERS: usize = 1 << 18;
+
+/// Where the joiner's bytes went, since the source started.
+#[derive(Debug, Clone, Copy, Default)]
+struct JoinStats {
+    unowned_bytes: u64,
+    remembered_owner_bytes: u64,
+    listener_owner_bytes: u64,
+    not_local_bytes: u64,
 }
 
 /// Turns drained flow counters into cumulative per-socket counters. Pure:
-/// it is given the socket table and a locality test, so it is tested
+/// it is given the socket tables and a locality test, so it is tested
 /// without a capture.
+///
+/// A side of a flow belongs, in order, to: the socket of the current table
+/// with its 5-tuple; the one of the previous table (closed since); the
+/// socket a scan saw with that 5-tuple, whose owner is remembered until its
+/// flow ends (FIN/RST) plus [`END_GRACE_READS`]; for TCP, the owner of the
+/// listening socket on its local address and port (an accepted connection
+/// that closed before any scan saw it); else a socket-less flow with no
+/// owner, counted in [`JoinStats::unowned_bytes`] (if its address is local;
+/// forwarded traffic is counted in [`JoinStats::not_local_bytes`]).
 #[derive(Debug, Default)]
 struct FlowJoiner {
     sockets: HashMap<SocketKey, Counted>,
     previous: SocketTable,
+    owners: HashMap<(Protocol, SocketAddr, SocketAddr), Remembered>,
+    listeners: HashMap<(Protocol, SocketAddr), Remembered>,
+    reads: u64,
     next_id: u64,
+    stats: JoinStats,
 }
 
 #[derive(Clone, Copy)]
@@ -484,22 +791,51 @@ enum Side {
 }
 
 impl FlowJoiner {
+    /// One read: `learned` are sockets seen by rescans since the previous
+    /// read, `table` the read's own scan.
     fn apply(
         &mut self,
-        flows: &HashMap<FlowKey, u64>,
+        flows: &HashMap<FlowKey, FlowCount>,
+        learned: Vec<SocketEntry>,
         table: SocketTable,
         is_local: impl Fn(IpAddr) -> bool,
     ) -> Vec<SocketSample> {
+        self.reads += 1;
         for c in self.sockets.values_mut() {
             c.active = false;
+        }
+        for e in learned.iter().chain(table.entries()) {
+            self.learn(e);
         }
         for e in table.entries().iter().filter(|e| e.inode != 0) {
             let c = self.counted(SocketKey::Inode(e.inode), e.protocol, e.local, e.remote);
             c.refresh(e);
         }
-        for (f, &bytes) in flows {
-            self.credit(&table, f.protocol, f.src, f.dst, Side::Tx, bytes, &is_local);
-            self.credit(&table, f.protocol, f.dst, f.src, Side::Rx, bytes, &is_local);
+        for (f, c) in flows {
+            if c.bytes == 0 {
+                continue;
+            }
+            let opened = c.opened || flows.get(&reverse(f)).is_some_and(|r| r.opened);
+            self.credit(
+                &table,
+                f.protocol,
+                f.src,
+                f.dst,
+                Side::Tx,
+                c.bytes,
+                opened,
+                &is_local,
+            );
+            self.credit(
+                &table,
+                f.protocol,
+                f.dst,
+                f.src,
+                Side::Rx,
+                c.bytes,
+                opened,
+                &is_local,
+            );
         }
 
         let mut samples = Vec::with_capacity(self.sockets.len());
@@ -532,8 +868,84 @@ impl FlowJoiner {
             self.sockets.remove(&key);
         }
         self.previous = table;
+        self.forget(flows);
         samples.sort_by_key(|s| s.id);
         samples
+    }
+
+    /// Remember the owner of a connected or listening socket a scan saw.
+    fn learn(&mut self, e: &SocketEntry) {
+        let Some(o) = e.owner.as_ref().filter(|_| e.inode != 0) else {
+            return;
+        };
+        let fresh = |ended| Remembered {
+            inode: e.inode,
+            pid: o.pid,
+            comm: o.comm.clone(),
+            seen: self.reads,
+            ended,
+        };
+        match e.remote {
+            Some(remote) => {
+                let key = (e.protocol, e.local, remote);
+                let ended = self
+                    .owners
+                    .get(&key)
+                    .filter(|m| m.inode == e.inode)
+                    .and_then(|m| m.ended);
+                self.owners.insert(key, fresh(ended));
+            }
+            None if e.protocol == Protocol::Tcp && e.state == "LISTEN" => {
+                self.listeners.insert((e.protocol, e.local), fresh(None));
+            }
+            None => {}
+        }
+    }
+
+    /// Expire remembered owners: flows that ended past the grace, sockets
+    /// no scan saw for a long time, the oldest past the bound.
+    fn forget(&mut self, flows: &HashMap<FlowKey, FlowCount>) {
+        let now = self.reads;
+        for f in flows.iter().filter(|(_, c)| c.ended).map(|(f, _)| f) {
+            for key in [(f.protocol, f.src, f.dst), (f.protocol, f.dst, f.src)] {
+                if let Some(m) = self.owners.get_mut(&key) {
+                    m.ended.get_or_insert(now);
+                }
+            }
+        }
+        self.owners.retain(|_, m| match m.ended {
+            Some(e) => now - e < END_GRACE_READS,
+            None => now - m.seen < IDLE_READS,
+        });
+        self.listeners.retain(|_, m| now - m.seen < IDLE_READS);
+        if self.owners.len() > MAX_OWNERS {
+            let mut by_age: Vec<(u64, (Protocol, SocketAddr, SocketAddr))> =
+                self.owners.iter().map(|(k, m)| (m.seen, *k)).collect();
+            by_age.sort_unstable();
+            let excess = self.owners.len() - MAX_OWNERS;
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.owners.remove(&k);
+            }
+        }
+    }
+
+    /// The listening TCP socket an accepted connection on `local` came
+    /// from: bound to exactly `local`, else to the wildcard of its family,
+    /// else to the IPv6 wildcard (dual-stack).
+    fn listener(&self, local: SocketAddr) -> Option<&Remembered> {
+        let port = local.port();
+        let wildcard = if local.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        [
+            local,
+            SocketAddr::new(wildcard, port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        ]
+        .iter()
+        .find_map(|a| self.listeners.get(&(Protocol::Tcp, *a)))
     }
 
     fn counted(
@@ -567,7 +979,8 @@ impl FlowJoiner {
         })
     }
 
-    /// Credit `bytes` to the socket whose local end is `local` talking to `remote`.
+    /// Credit `bytes` to the socket whose local end is `local` talking to
+    /// `remote`. `opened`: the flow's SYN was seen in this read.
     #[allow(clippy::too_many_arguments)]
     fn credit(
         &mut self,
@@ -577,6 +990,7 @@ impl FlowJoiner {
         remote: SocketAddr,
         side: Side,
         bytes: u64,
+        opened: bool,
         is_local: &impl Fn(IpAddr) -> bool,
     ) {
         let live = |t: &SocketTable| {
@@ -584,27 +998,83 @@ impl FlowJoiner {
                 .filter(|e| e.inode != 0)
                 .map(|e| e.inode)
         };
-        let key = match live(table) {
-            Some(inode) => SocketKey::Inode(inode),
+        let now = self.reads;
+        // A remembered owner of an earlier connection on this tuple does not
+        // own a connection that opened after it ended.
+        let remembered = self
+            .owners
+            .get(&(protocol, local, remote))
+            .filter(|m| !(opened && m.ended.is_some_and(|e| e < now)))
+            .cloned();
+        let key = if let Some(inode) = live(table) {
+            Some(SocketKey::Inode(inode))
+        } else if let Some(inode) =
+            live(&self.previous).filter(|i| self.sockets.contains_key(&SocketKey::Inode(*i)))
+        {
             // Closed since the previous read: its last bytes are its own.
-            None => match live(&self.previous)
-                .filter(|i| self.sockets.contains_key(&SocketKey::Inode(*i)))
-            {
-                Some(inode) => SocketKey::Inode(inode),
-                None if is_local(local.ip()) => SocketKey::Flow {
+            Some(SocketKey::Inode(inode))
+        } else {
+            remembered.as_ref().map(|m| SocketKey::Inode(m.inode))
+        };
+        // A socket the scans saw without an owner (its fd closed between
+        // reading /proc/net and the fd walk) is still owned as below.
+        let owned = key
+            .and_then(|k| self.sockets.get(&k))
+            .is_some_and(|c| c.pid.is_some());
+        let listener = match protocol {
+            Protocol::Tcp => self.listener(local).cloned(),
+            Protocol::Udp => None,
+        };
+        let (key, owner) = match (key, owned, remembered, listener) {
+            (Some(k), true, ..) => (k, None),
+            (Some(k), false, Some(m), _) => {
+                self.stats.remembered_owner_bytes += bytes;
+                (k, Some(m))
+            }
+            (k, false, _, Some(l)) => {
+                self.stats.listener_owner_bytes += bytes;
+                let k = k.unwrap_or(SocketKey::Flow {
                     protocol,
                     local,
                     remote,
-                },
-                None => return,
-            },
+                });
+                (k, Some(l))
+            }
+            (Some(k), ..) => {
+                self.stats.unowned_bytes += bytes;
+                (k, None)
+            }
+            (None, ..) if is_local(local.ip()) => {
+                self.stats.unowned_bytes += bytes;
+                let k = SocketKey::Flow {
+                    protocol,
+                    local,
+                    remote,
+                };
+                (k, None)
+            }
+            (None, ..) => {
+                self.stats.not_local_bytes += bytes;
+                return;
+            }
         };
         let c = self.counted(key, protocol, local, Some(remote));
+        if let Some(m) = &owner {
+            c.own(m);
+        }
         c.active = true;
         match side {
             Side::Tx => c.tx_bytes += bytes,
             Side::Rx => c.rx_bytes += bytes,
         }
+    }
+}
+
+fn reverse(f: &FlowKey) -> FlowKey {
+    FlowKey {
+        protocol: f.protocol,
+        src: f.dst,
+        dst: f.src,
     }
 }
 
@@ -641,7 +1111,7 @@ mod tests {
         }
     }
 
-    fn flows(list: &[(Protocol, &str, &str, u64)]) -> HashMap<FlowKey, u64> {
+    fn flows(list: &[(Protocol, &str, &str, u64)]) -> HashMap<FlowKey, FlowCount> {
         list.iter()
             .map(|&(protocol, s, d, n)| {
                 (
@@ -650,7 +1120,10 @@ mod tests {
                         src: sa(s),
                         dst: sa(d),
                     },
-                    n,
+                    FlowCount {
+                        bytes: n,
+                        ..FlowCount::default()
+                    },
                 )
             })
             .collect()
@@ -682,7 +1155,7 @@ mod tests {
     fn loopback_flow_credits_sender_tx_and_receiver_rx() {
         let mut j = FlowJoiner::default();
         let f = flows(&[(Protocol::Tcp, A, B, 1000), (Protocol::Tcp, B, A, 30)]);
-        let s = j.apply(&f, loopback_table(), nothing_local);
+        let s = j.apply(&f, Vec::new(), loopback_table(), nothing_local);
         let client = find(&s, A, Some(B));
         assert_eq!((client.tx_bytes, client.rx_bytes), (1000, 30));
         assert_eq!(
@@ -703,7 +1176,7 @@ mod tests {
 
         // Cumulative across reads, same ids.
         let f = flows(&[(Protocol::Tcp, A, B, 5)]);
-        let s2 = j.apply(&f, loopback_table(), nothing_local);
+        let s2 = j.apply(&f, Vec::new(), loopback_table(), nothing_local);
         let client2 = find(&s2, A, Some(B));
         assert_eq!((client2.tx_bytes, client2.rx_bytes), (1005, 30));
         assert_eq!(client2.id, client.id);
@@ -717,7 +1190,7 @@ mod tests {
             (Protocol::Udp, "127.0.0.1:53", "127.0.0.1:5000", 100),
             (Protocol::Udp, "10.0.0.9:7000", "10.0.0.1:53", 33),
         ]);
-        let s = j.apply(&f, loopback_table(), |ip| ip.is_loopback());
+        let s = j.apply(&f, Vec::new(), loopback_table(), |ip| ip.is_loopback());
         let srv = find(&s, "0.0.0.0:53", None);
         assert_eq!((srv.rx_bytes, srv.tx_bytes, srv.pid), (73, 100, Some(30)));
         // The client has no socket in the table but is local: a socket-less flow.
@@ -726,11 +1199,15 @@ mod tests {
         // The remote 10.0.0.9 is not local: no sample for its side.
         assert!(!s.iter().any(|x| x.local == Some(sa("10.0.0.9:7000"))));
         // The socket-less flow closes when it goes idle, and is then forgotten.
-        let s = j.apply(&HashMap::new(), loopback_table(), |ip| ip.is_loopback());
+        let s = j.apply(&HashMap::new(), Vec::new(), loopback_table(), |ip| {
+            ip.is_loopback()
+        });
         let cli = find(&s, "127.0.0.1:5000", Some("127.0.0.1:53"));
         assert!(cli.closed);
         assert_eq!(cli.tx_bytes, 40);
-        let s = j.apply(&HashMap::new(), loopback_table(), |ip| ip.is_loopback());
+        let s = j.apply(&HashMap::new(), Vec::new(), loopback_table(), |ip| {
+            ip.is_loopback()
+        });
         assert!(!s.iter().any(|x| x.local == Some(sa("127.0.0.1:5000"))));
     }
 
@@ -739,6 +1216,7 @@ mod tests {
         let mut j = FlowJoiner::default();
         j.apply(
             &flows(&[(Protocol::Tcp, A, B, 10)]),
+            Vec::new(),
             loopback_table(),
             nothing_local,
         );
@@ -747,6 +1225,7 @@ mod tests {
             SocketTable::from_entries(vec![entry(Protocol::Tcp, 4, "0.0.0.0:22", None, 40)]);
         let s = j.apply(
             &flows(&[(Protocol::Tcp, A, B, 7), (Protocol::Tcp, B, A, 3)]),
+            Vec::new(),
             after.clone(),
             nothing_local,
         );
@@ -762,19 +1241,164 @@ mod tests {
             (server.tx_bytes, server.rx_bytes, server.closed),
             (3, 17, true)
         );
-        let s = j.apply(&HashMap::new(), after, nothing_local);
+        let s = j.apply(&HashMap::new(), Vec::new(), after, nothing_local);
         assert_eq!(s.len(), 1);
+    }
+
+    fn listening(inode: u64, local: &str, pid: u32) -> SocketEntry {
+        SocketEntry {
+            state: "LISTEN",
+            ..entry(Protocol::Tcp, inode, local, None, pid)
+        }
+    }
+
+    fn sample_of(s: &[SocketSample], local: &str, remote: &str) -> (u64, u64, Option<u32>, bool) {
+        let x = find(s, local, Some(remote));
+        (x.tx_bytes, x.rx_bytes, x.pid, x.closed)
+    }
+
+    #[test]
+    fn closed_sockets_keep_their_remembered_owner_for_late_bytes() {
+        let mut j = FlowJoiner::default();
+        let both = SocketTable::from_entries(vec![
+            entry(Protocol::Tcp, 1, A, Some(B), 10),
+            entry(Protocol::Tcp, 2, B, Some(A), 20),
+        ]);
+        j.apply(&HashMap::new(), Vec::new(), both, nothing_local);
+        // Both closed; their bytes arrive over two reads (capture lag).
+        let f = flows(&[(Protocol::Tcp, A, B, 100), (Protocol::Tcp, B, A, 50)]);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), nothing_local);
+        assert_eq!(sample_of(&s, A, B), (100, 50, Some(10), true));
+        assert_eq!(sample_of(&s, B, A), (50, 100, Some(20), true));
+        let f = flows(&[(Protocol::Tcp, B, A, 7)]);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), nothing_local);
+        assert_eq!(sample_of(&s, A, B), (0, 7, Some(10), true));
+        assert_eq!(sample_of(&s, B, A), (7, 0, Some(20), true));
+        assert_eq!(j.stats.remembered_owner_bytes, 14);
+        assert_eq!(j.stats.unowned_bytes, 0);
+    }
+
+    #[test]
+    fn sockets_only_a_rescan_saw_are_owned() {
+        let mut j = FlowJoiner::default();
+        let learned = vec![entry(Protocol::Tcp, 5, A, Some(B), 10)];
+        let f = flows(&[(Protocol::Tcp, A, B, 30)]);
+        let s = j.apply(&f, learned, SocketTable::default(), |ip| ip.is_loopback());
+        assert_eq!(sample_of(&s, A, B), (30, 0, Some(10), true));
+        // The server side was never seen and no listener explains it.
+        assert_eq!(sample_of(&s, B, A), (0, 30, None, false));
+        assert_eq!(j.stats.unowned_bytes, 30);
+    }
+
+    #[test]
+    fn accepted_connections_no_scan_saw_belong_to_the_listener() {
+        let mut j = FlowJoiner::default();
+        let c6 = "127.0.0.1:40001";
+        let s6 = "127.0.0.1:9090";
+        let table = SocketTable::from_entries(vec![
+            listening(7, "0.0.0.0:8080", 20),
+            // Dual-stack: an IPv6 wildcard listener accepts IPv4 too.
+            listening(8, "[::]:9090", 30),
+            // Seen by the scan, but its fd was already closed: no owner.
+            SocketEntry {
+                owner: None,
+                ..entry(
+                    Protocol::Tcp,
+                    9,
+                    "127.0.0.1:8080",
+                    Some("127.0.0.1:40002"),
+                    0,
+                )
+            },
+        ]);
+        let f = flows(&[
+            (Protocol::Tcp, A, B, 100),
+            (Protocol::Tcp, B, A, 1000),
+            (Protocol::Tcp, c6, s6, 5),
+            (Protocol::Tcp, "127.0.0.1:8080", "127.0.0.1:40002", 3),
+        ]);
+        let s = j.apply(&f, Vec::new(), table, |ip| ip.is_loopback());
+        assert_eq!(sample_of(&s, B, A), (1000, 100, Some(20), false));
+        assert_eq!(sample_of(&s, s6, c6), (0, 5, Some(30), false));
+        let orphan = find(&s, "127.0.0.1:8080", Some("127.0.0.1:40002"));
+        assert_eq!((orphan.tx_bytes, orphan.pid), (3, Some(20)));
+        assert_eq!(orphan.id.secondary, 9, "still the scanned socket's row");
+        // The clients had no socket any scan saw: counted, without owner.
+        assert_eq!(sample_of(&s, A, B), (100, 1000, None, false));
+        assert_eq!(j.stats.listener_owner_bytes, 1108);
+        assert_eq!(j.stats.unowned_bytes, 1108);
+    }
+
+    #[test]
+    fn remembered_owners_expire_after_the_flow_ends_and_never_own_a_new_connection() {
+        let mut j = FlowJoiner::default();
+        let learned = vec![entry(Protocol::Tcp, 5, A, Some(B), 10)];
+        let mut f = flows(&[(Protocol::Tcp, A, B, 1)]);
+        f.values_mut().for_each(|c| c.ended = true);
+        let s = j.apply(&f, learned, SocketTable::default(), nothing_local);
+        assert_eq!(find(&s, A, Some(B)).pid, Some(10));
+        // Late bytes within the grace still have the owner...
+        let s = j.apply(
+            &flows(&[(Protocol::Tcp, A, B, 2)]),
+            Vec::new(),
+            SocketTable::default(),
+            nothing_local,
+        );
+        assert_eq!(find(&s, A, Some(B)).pid, Some(10));
+        // ...but a new connection on the same tuple (its SYN seen) does not.
+        let mut f = flows(&[(Protocol::Tcp, A, B, 3)]);
+        f.values_mut().for_each(|c| c.opened = true);
+        let s = j.apply(&f, Vec::new(), SocketTable::default(), |ip| {
+            ip.is_loopback()
+        });
+        assert_eq!(find(&s, A, Some(B)).pid, None);
+        for _ in 0..END_GRACE_READS {
+            j.apply(
+                &HashMap::new(),
+                Vec::new(),
+                SocketTable::default(),
+                nothing_local,
+            );
+        }
+        assert!(
+            j.owners.is_empty(),
+            "forgotten after the grace: {:?}",
+            j.owners
+        );
+        // Owners whose flow never ended are forgotten after IDLE_READS.
+        let learned = vec![entry(Protocol::Tcp, 6, A, Some(B), 10)];
+        j.apply(
+            &HashMap::new(),
+            learned,
+            SocketTable::default(),
+            nothing_local,
+        );
+        for _ in 0..IDLE_READS {
+            assert_eq!(j.owners.len(), 1);
+            j.apply(
+                &HashMap::new(),
+                Vec::new(),
+                SocketTable::default(),
+                nothing_local,
+            );
+        }
+        assert!(j.owners.is_empty());
     }
 
     #[test]
     fn ids_are_unique_and_a_reused_tuple_gets_a_new_id() {
         let mut j = FlowJoiner::default();
-        let s1 = j.apply(&HashMap::new(), loopback_table(), nothing_local);
+        let s1 = j.apply(&HashMap::new(), Vec::new(), loopback_table(), nothing_local);
         let ids: HashSet<_> = s1.iter().map(|s| s.id).collect();
         assert_eq!(ids.len(), s1.len());
         // Same 5-tuple, new socket (new inode).
         let t = SocketTable::from_entries(vec![entry(Protocol::Tcp, 99, A, Some(B), 10)]);
-        let s2 = j.apply(&flows(&[(Protocol::Tcp, A, B, 1)]), t, nothing_local);
+        let s2 = j.apply(
+            &flows(&[(Protocol::Tcp, A, B, 1)]),
+            Vec::new(),
+            t,
+            nothing_local,
+        );
         let new = s2.iter().find(|s| s.id.secondary == 99).unwrap();
         assert!(!ids.contains(&new.id));
         assert_eq!(new.tx_bytes, 1);
@@ -822,12 +1446,18 @@ mod tests {
             src: sa("127.0.0.1:1"),
             dst: sa("127.0.0.1:2"),
         };
-        assert_eq!(s.flows.get(&key), Some(&600));
+        // The second copy of the segment (same sequence numbers) is not new.
+        assert_eq!(s.flows.get(&key).map(|f| f.bytes), Some(300));
+        assert_eq!(s.stats.repeated_bytes, 300);
         assert_eq!(s.stats.decode_errors, 1);
         assert_eq!(s.stats.packets, 3);
         assert_eq!(s.stats.lost_records(), 1);
-        let a = s.dns.take();
-        assert_eq!(a.total_queries, 1);
-        assert_eq!(a.top_domains, vec![("example.com".to_string(), 1)]);
+        assert_eq!(s.dns.len(), 1);
+        assert_eq!(
+            s.dns[0].kind,
+            crate::source::DnsEventKind::Query {
+                name: Some("a.example.com".into())
+            }
+        );
     }
 }

@@ -1,15 +1,13 @@
-//! DNS analytics from captured port-53 UDP payloads: a pure parser for the
-//! header and first question (bounded, never panics), and [`DnsTracker`],
-//! which counts queries, responses, NXDOMAINs, response latency and the most
-//! queried domains per interval, with the semantics of netwatch-sdk 0.3.2's
-//! `NetworkIntelCollector` (same latency buckets, same base-domain rule,
-//! top 20). It sees only payload bytes; it never reads the system.
+//! DNS messages in captured port-53 UDP payloads: a pure parser for the
+//! header and first question (bounded, never panics) and [`event`], which
+//! turns a payload into the source's [`DnsEvent`]. The analytics built from
+//! the events belong to the snapshot (`crate::snapshot::dns`). It sees only
+//! payload bytes; it never reads the system and never builds wire rows.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netwatch_common::wire::DnsAnalytics;
+use crate::source::{DnsEvent, DnsEventKind};
 
 /// Why a payload is not a DNS message we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -164,116 +162,45 @@ fn push_label(name: &mut String, label: &[u8]) {
     }
 }
 
-/// netwatch-sdk's base domain: the last two labels (`a.b.example.com` →
-/// `example.com`); a single label as is.
-pub fn base_domain(name: &str) -> String {
-    let parts: Vec<&str> = name.trim_end_matches('.').split('.').collect();
-    match parts.as_slice() {
-        [.., a, b] => format!("{a}.{b}"),
-        _ => name.to_string(),
-    }
-}
-
-/// Latency bucket for a response `latency` after its query:
-/// <5, <10, <25, <50, <100, <250, <500, ≥500 ms.
-pub fn latency_bucket(latency: Duration) -> usize {
-    const UPPER_MS: [f64; 7] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
-    let ms = latency.as_secs_f64() * 1000.0;
-    UPPER_MS.iter().position(|&u| ms < u).unwrap_or(7)
-}
-
-/// Domains listed in [`DnsAnalytics::top_domains`].
-pub const TOP_DOMAINS: usize = 20;
-/// Queries waiting for a response longer than this are forgotten.
-pub const OUTSTANDING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bounds on per-interval state, so a flood cannot grow memory without end.
-const MAX_OUTSTANDING: usize = 65_536;
-const MAX_DOMAINS: usize = 10_000;
-
-/// Per-interval DNS counters fed one message at a time.
-///
-/// A query (QR = 0) is matched to its response (QR = 1) by transaction id
-/// and the client's endpoint (the query's source, the response's
-/// destination); latency is the difference of the two packets' capture
-/// timestamps. Counts cover the interval since the last [`Self::take`];
-/// queries still waiting are carried over.
-#[derive(Debug, Default)]
-pub struct DnsTracker {
-    outstanding: HashMap<(u16, SocketAddr), Duration>,
-    domains: HashMap<String, u32>,
-    analytics: DnsAnalytics,
-    latest: Duration,
-    malformed: u64,
-}
-
-impl DnsTracker {
-    /// Feed one UDP payload seen from `src` to `dst` at capture time `ts`
-    /// (since the Unix epoch). Payloads that are not DNS are counted in
-    /// [`Self::malformed`] and otherwise ignored.
-    pub fn observe(&mut self, payload: &[u8], src: SocketAddr, dst: SocketAddr, ts: Duration) {
-        let header = match parse_header(payload) {
-            Ok(h) => h,
-            Err(_) => {
-                self.malformed += 1;
-                return;
-            }
+/// The DNS event of one port-53 UDP payload seen from `src` to `dst` at
+/// capture time `at` (since the Unix epoch), and whether part of it was
+/// unreadable. A payload without a readable header is no event; a query
+/// whose name cannot be read is still a query (without a name).
+pub fn event(
+    payload: &[u8],
+    src: SocketAddr,
+    dst: SocketAddr,
+    at: Duration,
+) -> (Option<DnsEvent>, bool) {
+    let header = match parse_header(payload) {
+        Ok(h) => h,
+        Err(_) => return (None, true),
+    };
+    if header.is_response {
+        let e = DnsEvent {
+            at,
+            client: dst,
+            id: header.id,
+            kind: DnsEventKind::Response {
+                rcode: header.rcode,
+            },
         };
-        self.latest = self.latest.max(ts);
-        let a = &mut self.analytics;
-        if header.is_response {
-            a.total_responses += 1;
-            if header.rcode == 3 {
-                a.nxdomain_count += 1;
-            }
-            if let Some(sent) = self.outstanding.remove(&(header.id, dst)) {
-                a.latency_buckets[latency_bucket(ts.saturating_sub(sent))] += 1;
-            }
-            return;
-        }
-        a.total_queries += 1;
-        let key = (header.id, src);
-        if self.outstanding.len() < MAX_OUTSTANDING || self.outstanding.contains_key(&key) {
-            self.outstanding.insert(key, ts);
-        }
-        // A query whose name cannot be read still counts as a query.
-        match parse(payload) {
-            Ok(DnsMessage {
-                question: Some(q), ..
-            }) => {
-                let d = base_domain(&q.name);
-                if let Some(n) = self.domains.get_mut(&d) {
-                    *n = n.saturating_add(1);
-                } else if self.domains.len() < MAX_DOMAINS {
-                    self.domains.insert(d, 1);
-                }
-            }
-            Ok(_) => {}
-            Err(_) => self.malformed += 1,
-        }
+        return (Some(e), false);
     }
-
-    /// The interval's analytics; counters restart, outstanding queries
-    /// older than [`OUTSTANDING_TIMEOUT`] (by capture time) are dropped.
-    pub fn take(&mut self) -> DnsAnalytics {
-        let cutoff = self.latest.saturating_sub(OUTSTANDING_TIMEOUT);
-        self.outstanding.retain(|_, sent| *sent >= cutoff);
-        let mut top: Vec<(String, u32)> = self.domains.drain().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        top.truncate(TOP_DOMAINS);
-        let mut out = std::mem::take(&mut self.analytics);
-        out.top_domains = top;
-        out
-    }
-
-    /// Port-53 payloads (or query names) that could not be parsed, since start.
-    pub fn malformed(&self) -> u64 {
-        self.malformed
-    }
-
-    /// Queries waiting for their response.
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.len()
-    }
+    let (name, malformed) = match parse(payload) {
+        Ok(DnsMessage {
+            question: Some(q), ..
+        }) => (Some(q.name), false),
+        Ok(_) => (None, false),
+        Err(_) => (None, true),
+    };
+    let e = DnsEvent {
+        at,
+        client: src,
+        id: header.id,
+        kind: DnsEventKind::Query { name },
+    };
+    (Some(e), malformed)
 }
 
 /// Build a DNS message with one question (for tests and tools).
@@ -408,120 +335,36 @@ mod tests {
     }
 
     #[test]
-    fn base_domain_matches_the_sdk() {
-        assert_eq!(base_domain("a.b.c.d."), "c.d");
-        assert_eq!(base_domain("host"), "host");
-        assert_eq!(base_domain("example.com"), "example.com");
-        assert_eq!(base_domain("."), ".");
-    }
-
-    #[test]
-    fn latency_buckets_match_the_sdk() {
-        let ms = Duration::from_micros;
-        let cases = [
-            (0, 0),
-            (4_999, 0),
-            (5_000, 1),
-            (9_999, 1),
-            (10_000, 2),
-            (24_999, 2),
-            (25_000, 3),
-            (50_000, 4),
-            (100_000, 5),
-            (250_000, 6),
-            (499_999, 6),
-            (500_000, 7),
-            (60_000_000, 7),
-        ];
-        for (us, b) in cases {
-            assert_eq!(latency_bucket(ms(us)), b, "{us}us");
-        }
-    }
-
-    #[test]
-    fn tracker_counts_matches_and_resets_per_interval() {
-        let c1 = sa("10.0.0.5:40001");
-        let c2 = sa("10.0.0.5:40002");
+    fn payloads_become_events() {
+        let c = sa("10.0.0.5:40001");
         let srv = sa("10.0.0.53:53");
-        let t = |ms: u64| Duration::from_secs(1_700_000_000) + Duration::from_millis(ms);
-        let mut d = DnsTracker::default();
-        d.observe(
-            &build_message(1, false, 0, "www.example.com", 1),
-            c1,
-            srv,
-            t(0),
-        );
-        d.observe(
-            &build_message(1, false, 0, "api.example.com", 28),
-            c2,
-            srv,
-            t(1),
-        );
-        d.observe(
-            &build_message(2, false, 0, "nope.test.org", 1),
-            c1,
-            srv,
-            t(2),
-        );
-        d.observe(
-            &build_message(3, false, 0, "lost.example.net", 1),
-            c1,
-            srv,
-            t(3),
-        );
-        // Same txid, other client: matched to c2's query, not c1's.
-        d.observe(
-            &build_message(1, true, 0, "api.example.com", 28),
-            srv,
-            c2,
-            t(31),
-        );
-        d.observe(
-            &build_message(1, true, 0, "www.example.com", 1),
-            srv,
-            c1,
-            t(3),
-        );
-        d.observe(
-            &build_message(2, true, 3, "nope.test.org", 1),
-            srv,
-            c1,
-            t(702),
-        );
-        // A response nobody asked for: counted, no latency.
-        d.observe(&build_message(9, true, 0, "x.y", 1), srv, c1, t(800));
-        d.observe(b"not dns", c1, srv, t(900));
-        let a = d.take();
-        assert_eq!(a.total_queries, 4);
-        assert_eq!(a.total_responses, 4);
-        assert_eq!(a.nxdomain_count, 1);
-        assert_eq!(a.latency_buckets, [1, 0, 0, 1, 0, 0, 0, 1]);
+        let at = Duration::from_millis(7);
+        let q = build_message(1, false, 0, "WWW.example.com", 1);
         assert_eq!(
-            a.top_domains,
-            vec![
-                ("example.com".to_string(), 2),
-                ("example.net".to_string(), 1),
-                ("test.org".to_string(), 1)
-            ]
+            event(&q, c, srv, at),
+            (
+                Some(DnsEvent {
+                    at,
+                    client: c,
+                    id: 1,
+                    kind: DnsEventKind::Query {
+                        name: Some("www.example.com".into())
+                    }
+                }),
+                false
+            )
         );
-        assert_eq!(d.malformed(), 1);
-        assert_eq!(d.outstanding(), 1);
-        // Next interval starts from zero; the late answer still matches.
-        d.observe(
-            &build_message(3, true, 0, "lost.example.net", 1),
-            srv,
-            c1,
-            t(1003),
+        let r = build_message(1, true, 3, "www.example.com", 1);
+        assert_eq!(
+            event(&r, srv, c, at).0.map(|e| (e.client, e.kind)),
+            Some((c, DnsEventKind::Response { rcode: 3 }))
         );
-        let a = d.take();
-        assert_eq!((a.total_queries, a.total_responses), (0, 1));
-        assert_eq!(a.latency_buckets, [0, 0, 0, 0, 0, 0, 0, 1]);
-        assert!(a.top_domains.is_empty());
-        // Queries never answered are forgotten after 5 s of capture time.
-        d.observe(&build_message(4, false, 0, "a.b", 1), c1, srv, t(2000));
-        d.observe(&build_message(5, false, 0, "a.b", 1), c1, srv, t(8000));
-        d.take();
-        assert_eq!(d.outstanding(), 1);
+        // A query whose name is cut off is still a query, and malformed.
+        let (e, malformed) = event(&q[..q.len() - 3], c, srv, at);
+        assert!(malformed);
+        assert_eq!(e.map(|e| e.kind), Some(DnsEventKind::Query { name: None }));
+        // Not DNS at all: no event.
+        assert_eq!(event(b"not dns", c, srv, at), (None, true));
     }
 
     proptest! {
@@ -530,9 +373,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = parse(&data);
-            let mut t = DnsTracker::default();
-            t.observe(&data, "1.1.1.1:1".parse().unwrap(), "2.2.2.2:53".parse().unwrap(), Duration::ZERO);
-            let _ = t.take();
+            let _ = event(&data, "1.1.1.1:1".parse().unwrap(), "2.2.2.2:53".parse().unwrap(), Duration::ZERO);
         }
 
         #[test]

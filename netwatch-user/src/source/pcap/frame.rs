@@ -132,6 +132,39 @@ pub struct Packet<'a> {
     pub payload: &'a [u8],
     /// The packet is the first fragment of a fragmented IP datagram.
     pub first_fragment: bool,
+    /// TCP only: the sequence number and flags, so a retransmitted or
+    /// twice-captured segment can be told from new data.
+    pub tcp: Option<TcpSegment>,
+}
+
+/// The parts of a TCP header that say where a segment's payload sits in
+/// the stream and how the stream starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSegment {
+    /// Sequence number of the first byte (of the SYN, when set).
+    pub seq: u32,
+    /// The flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub flags: u8,
+}
+
+impl TcpSegment {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+
+    pub fn syn(&self) -> bool {
+        self.flags & Self::SYN != 0
+    }
+    pub fn fin(&self) -> bool {
+        self.flags & Self::FIN != 0
+    }
+    pub fn rst(&self) -> bool {
+        self.flags & Self::RST != 0
+    }
+    pub fn ack(&self) -> bool {
+        self.flags & Self::ACK != 0
+    }
 }
 
 /// Decode a whole frame (its original length is its length).
@@ -416,6 +449,13 @@ fn transport(
     let [a, b, c, e] = bytes::<4>(d, 0, layer)?;
     let src = SocketAddr::new(src, u16::from_be_bytes([a, b]));
     let dst = SocketAddr::new(dst, u16::from_be_bytes([c, e]));
+    let tcp = match protocol {
+        Protocol::Tcp => Some(TcpSegment {
+            seq: u32::from_be_bytes(bytes::<4>(d, 4, layer)?),
+            flags: u8_at(d, 13, layer)?,
+        }),
+        Protocol::Udp => None,
+    };
     let payload = d.get(header_len..).unwrap_or(&[]);
     let payload = payload.get(..payload_len).unwrap_or(payload);
     Ok(Packet {
@@ -425,6 +465,7 @@ fn transport(
         payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
         payload,
         first_fragment,
+        tcp,
     })
 }
 
@@ -797,6 +838,21 @@ pub(crate) mod tests {
                 assert_eq!(p.payload, PAYLOAD, "{name}");
             }
         }
+    }
+
+    #[test]
+    fn tcp_sequence_and_flags_are_decoded_udp_has_none() {
+        let mut seg = tcp(1, 2, 4, b"abc");
+        seg[4..8].copy_from_slice(&0xfedc_ba98u32.to_be_bytes());
+        seg[13] = TcpSegment::SYN | TcpSegment::ACK;
+        let f = ipv4([127, 0, 0, 1], [127, 0, 0, 1], TCP, 0, 0, &seg);
+        let p = decode(LinkType::Ipv4, &f).unwrap();
+        let t = p.tcp.unwrap();
+        assert_eq!(t.seq, 0xfedc_ba98);
+        assert!(t.syn() && t.ack() && !t.fin() && !t.rst());
+        assert_eq!(p.payload_len, 3);
+        let f = ipv4([127, 0, 0, 1], [127, 0, 0, 1], UDP, 0, 0, &udp(1, 2, b"x"));
+        assert_eq!(decode(LinkType::Ipv4, &f).unwrap().tcp, None);
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! The snapshot's DNS analytics, built from the DNS events a source yields
+//! (today the pcap source's port-53 messages): queries, responses,
+//! NXDOMAINs, response latency and the most queried domains per interval,
+//! with the semantics of netwatch-sdk 0.3.2's `NetworkIntelCollector` (same
+//! latency buckets, same base-domain rule, top 20). It never reads the
+//! system or the network; it only counts the events it is given.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netwatch_common::wire::DnsAnalytics;
+
+use crate::source::{DnsEvent, DnsEventKind};
+
+/// netwatch-sdk's base domain: the last two labels (`a.b.example.com` →
+/// `example.com`); a single label as is.
+pub fn base_domain(name: &str) -> String {
+    let parts: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    match parts.as_slice() {
+        [.., a, b] => format!("{a}.{b}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Latency bucket for a response `latency` after its query:
+/// <5, <10, <25, <50, <100, <250, <500, ≥500 ms.
+pub fn latency_bucket(latency: Duration) -> usize {
+    const UPPER_MS: [f64; 7] = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
+    let ms = latency.as_secs_f64() * 1000.0;
+    UPPER_MS.iter().position(|&u| ms < u).unwrap_or(7)
+}
+
+/// Domains listed in [`DnsAnalytics::top_domains`].
+pub const TOP_DOMAINS: usize = 20;
+/// Queries waiting for a response longer than this are forgotten.
+pub const OUTSTANDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds on per-interval state, so a flood cannot grow memory without end.
+const MAX_OUTSTANDING: usize = 65_536;
+const MAX_DOMAINS: usize = 10_000;
+
+/// Per-interval DNS counters fed one event at a time.
+///
+/// A query (QR = 0) is matched to its response (QR = 1) by transaction id
+/// and the client's endpoint (the query's source, the response's
+/// destination); latency is the difference of the two packets' capture
+/// timestamps. Counts cover the interval since the last [`Self::take`];
+/// queries still waiting are carried over.
+#[derive(Debug, Default)]
+pub struct DnsTracker {
+    outstanding: HashMap<(u16, SocketAddr), Duration>,
+    domains: HashMap<String, u32>,
+    analytics: DnsAnalytics,
+    latest: Duration,
+}
+
+impl DnsTracker {
+    /// Count one DNS message a source saw.
+    pub fn observe(&mut self, e: &DnsEvent) {
+        self.latest = self.latest.max(e.at);
+        let a = &mut self.analytics;
+        match &e.kind {
+            DnsEventKind::Response { rcode } => {
+                a.total_responses += 1;
+                if *rcode == 3 {
+                    a.nxdomain_count += 1;
+                }
+                if let Some(sent) = self.outstanding.remove(&(e.id, e.client)) {
+                    a.latency_buckets[latency_bucket(e.at.saturating_sub(sent))] += 1;
+                }
+            }
+            DnsEventKind::Query { name } => {
+                a.total_queries += 1;
+                let key = (e.id, e.client);
+                if self.outstanding.len() < MAX_OUTSTANDING || self.outstanding.contains_key(&key) {
+                    self.outstanding.insert(key, e.at);
+                }
+                if let Some(name) = name {
+                    let d = base_domain(name);
+                    if let Some(n) = self.domains.get_mut(&d) {
+                        *n = n.saturating_add(1);
+                    } else if self.domains.len() < MAX_DOMAINS {
+                        self.domains.insert(d, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The interval's analytics; counters restart, outstanding queries
+    /// older than [`OUTSTANDING_TIMEOUT`] (by capture time) are dropped.
+    pub fn take(&mut self) -> DnsAnalytics {
+        let cutoff = self.latest.saturating_sub(OUTSTANDING_TIMEOUT);
+        self.outstanding.retain(|_, sent| *sent >= cutoff);
+        let mut top: Vec<(String, u32)> = self.domains.drain().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(TOP_DOMAINS);
+        let mut out = std::mem::take(&mut self.analytics);
+        out.top_domains = top;
+        out
+    }
+
+    /// Queries waiting for their response.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn query(id: u16, client: SocketAddr, name: &str, at: Duration) -> DnsEvent {
+        DnsEvent {
+            at,
+            client,
+            id,
+            kind: DnsEventKind::Query {
+                name: Some(name.to_string()),
+            },
+        }
+    }
+
+    fn response(id: u16, client: SocketAddr, rcode: u8, at: Duration) -> DnsEvent {
+        DnsEvent {
+            at,
+            client,
+            id,
+            kind: DnsEventKind::Response { rcode },
+        }
+    }
+
+    #[test]
+    fn base_domain_matches_the_sdk() {
+        assert_eq!(base_domain("a.b.c.d."), "c.d");
+        assert_eq!(base_domain("host"), "host");
+        assert_eq!(base_domain("example.com"), "example.com");
+        assert_eq!(base_domain("."), ".");
+    }
+
+    #[test]
+    fn latency_buckets_match_the_sdk() {
+        let ms = Duration::from_micros;
+        let cases = [
+            (0, 0),
+            (4_999, 0),
+            (5_000, 1),
+            (9_999, 1),
+            (10_000, 2),
+            (24_999, 2),
+            (25_000, 3),
+            (50_000, 4),
+            (100_000, 5),
+            (250_000, 6),
+            (499_999, 6),
+            (500_000, 7),
+            (60_000_000, 7),
+        ];
+        for (us, b) in cases {
+            assert_eq!(latency_bucket(ms(us)), b, "{us}us");
+        }
+    }
+
+    #[test]
+    fn tracker_counts_matches_and_resets_per_interval() {
+        let c1 = sa("10.0.0.5:40001");
+        let c2 = sa("10.0.0.5:40002");
+        let t = |ms: u64| Duration::from_secs(1_700_000_000) + Duration::from_millis(ms);
+        let mut d = DnsTracker::default();
+        d.observe(&query(1, c1, "www.example.com", t(0)));
+        d.observe(&query(1, c2, "api.example.com", t(1)));
+        d.observe(&query(2, c1, "nope.test.org", t(2)));
+        d.observe(&query(3, c1, "lost.example.net", t(3)));
+        // Same txid, other client: matched to c2's query, not c1's.
+        d.observe(&response(1, c2, 0, t(31)));
+        d.observe(&response(1, c1, 0, t(3)));
+        d.observe(&response(2, c1, 3, t(702)));
+        // A response nobody asked for: counted, no latency.
+        d.observe(&response(9, c1, 0, t(800)));
+        // A query whose name was unreadable counts as a query.
+        d.observe(&DnsEvent {
+            at: t(900),
+            client: c2,
+            id: 77,
+            kind: DnsEventKind::Query { name: None },
+        });
+        let a = d.take();
+        assert_eq!(a.total_queries, 5);
+        assert_eq!(a.total_responses, 4);
+        assert_eq!(a.nxdomain_count, 1);
+        assert_eq!(a.latency_buckets, [1, 0, 0, 1, 0, 0, 0, 1]);
+        assert_eq!(
+            a.top_domains,
+            vec![
+                ("example.com".to_string(), 2),
+                ("example.net".to_string(), 1),
+                ("test.org".to_string(), 1)
+            ]
+        );
+        assert_eq!(d.outstanding(), 2);
+        // Next interval starts from zero; the late answer still matches.
+        d.observe(&response(3, c1, 0, t(1003)));
+        let a = d.take();
+        assert_eq!((a.total_queries, a.total_responses), (0, 1));
+        assert_eq!(a.latency_buckets, [0, 0, 0, 0, 0, 0, 0, 1]);
+        assert!(a.top_domains.is_empty());
+        // Queries never answered are forgotten after 5 s of capture time.
+        d.observe(&query(4, c1, "a.b", t(2000)));
+        d.observe(&query(5, c1, "a.b", t(8000)));
+        d.take();
+        assert_eq!(d.outstanding(), 1);
+    }
+}
