@@ -517,12 +517,7 @@ impl FlowJoiner {
                 protocol: c.protocol,
                 local: Some(c.local),
                 remote: c.remote,
-                state: if closed {
-                    crate::net::state::CLOSED
-                } else {
-                    c.state
-                }
-                .to_string(),
+                state: if closed { "CLOSED" } else { c.state }.to_string(),
                 pid: c.pid,
                 comm: c.comm.clone(),
                 cgroup_id: None,

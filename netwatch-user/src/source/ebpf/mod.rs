@@ -22,7 +22,7 @@ use netwatch_common::{
     IPPROTO_UDP,
 };
 
-use crate::net::{self, state};
+use crate::net;
 
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 pub use tier::{LoadError, LoadOptions, TierChoice};
@@ -34,7 +34,7 @@ pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// source uses ([`net::tcp_state_name`]).
 fn tcp_state(kernel_state: u8) -> &'static str {
     // 0: seen moving bytes before any state change was traced: it is connected.
-    net::tcp_state_name(kernel_state).unwrap_or(state::ESTABLISHED)
+    net::tcp_state_name(kernel_state).unwrap_or(net::state::ESTABLISHED)
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
@@ -76,7 +76,7 @@ pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSa
         local,
         remote,
         state: if closed {
-            state::CLOSED.to_string()
+            net::state::CLOSED.to_string()
         } else {
             state.to_string()
         },
