@@ -570,7 +570,10 @@ mod procinfo {
             t.fill(&mut rows);
             let sleep_start = expected_start(pid)?;
             assert_eq!(rows[0].cmd.as_deref(), Some("/usr/bin/sleep"));
-            assert_eq!(rows[0].started_at.map(|s| s.timestamp_millis()), Some(sleep_start));
+            assert_eq!(
+                rows[0].started_at.map(|s| s.timestamp_millis()),
+                Some(sleep_start)
+            );
             assert_eq!(rows[0].ppid, Some(std::process::id()));
             first.kill()?;
             first.wait()?;
@@ -603,7 +606,10 @@ mod procinfo {
                 t.fill(&mut rows);
                 assert_eq!(rows[0], named("sleep", pid), "old row got metadata");
                 assert_eq!(rows[1].cmd.as_deref(), Some("/usr/bin/cat"));
-                assert_eq!(rows[1].started_at.map(|s| s.timestamp_millis()), Some(cat_start));
+                assert_eq!(
+                    rows[1].started_at.map(|s| s.timestamp_millis()),
+                    Some(cat_start)
+                );
                 assert_eq!(rows[1].ppid, Some(std::process::id()));
             }
             // A tracker that never saw the first process gives the pid's
@@ -643,9 +649,12 @@ mod procinfo {
                 r[0].state.clone()
             });
             assert_eq!(state.as_deref(), Some("Z"));
+            // First seen as a zombie: its exe link is gone. (A tracker that
+            // saw it alive keeps the exe it read then: the same process.)
             let mut rows = vec![row(pid)];
-            t.fill(&mut rows);
+            ProcessMetaTracker::new().fill(&mut rows);
             assert_eq!(rows[0].cmd, None);
+            assert_eq!(rows[0].state.as_deref(), Some("Z"));
             assert_eq!(rows[0].ppid, Some(std::process::id()));
 
             // Reaped: the pid is gone, every field empty, no panic.
