@@ -30,7 +30,10 @@
 //! metadata once and stays bound to it. A binding is forgotten after
 //! [`FORGET_BINDING_AFTER_FILLS`] fills without its row. Rows whose name
 //! equals both processes' `comm` (the same program restarted on the same
-//! pid) stay empty while bound to the old one.
+//! pid) stay empty while bound to the old one. Start times have clock-tick
+//! resolution (`CLK_TCK`, 10 ms): two processes started on one pid within one
+//! tick cannot be told apart (the kernel would have to cycle through every
+//! pid within 10 ms).
 //!
 //! **Cadence.** `status` (effective uid) and the `exe` link change only at
 //! `setuid`/`exec`, so they are cached per (pid, start time) and re-read
@@ -110,6 +113,8 @@ struct Cached {
 /// The process a row (pid, name) was first filled from.
 #[derive(Debug, Clone)]
 struct Binding {
+    /// The row's name (its pid is the map key).
+    name: String,
     starttime: u64,
     /// That process's `comm` at the time.
     comm: String,
@@ -121,7 +126,9 @@ struct Binding {
 #[derive(Debug)]
 pub struct ProcessMetaTracker {
     cache: HashMap<ProcessKey, Cached>,
-    bound: HashMap<(u32, String), Binding>,
+    /// pid → the bindings of its rows (a few names at most; a list, so a
+    /// lookup by `&str` allocates nothing).
+    bound: HashMap<u32, Vec<Binding>>,
     refresh: Duration,
     fills: u64,
     /// `status`+`exe` reads so far (for tests and the cost bench).
@@ -197,9 +204,8 @@ impl ProcessMetaTracker {
         let mut per_pid: HashMap<u32, Option<Filled>> = HashMap::new();
         for row in rows.iter_mut() {
             let Some(pid) = row.pid else { continue };
-            if !per_pid.contains_key(&pid) {
-                let filled = self.read_process(pid, now_fill);
-                per_pid.insert(pid, filled);
+            if let std::collections::hash_map::Entry::Vacant(v) = per_pid.entry(pid) {
+                v.insert(self.read_process(pid, now_fill));
             }
             let filled = per_pid.get(&pid).and_then(Option::as_ref);
             let Some(f) = filled else {
@@ -214,23 +220,23 @@ impl ProcessMetaTracker {
         }
         self.cache
             .retain(|_, c| now_fill - c.last_fill < FORGET_META_AFTER_FILLS);
-        self.bound
-            .retain(|_, b| now_fill - b.last_fill < FORGET_BINDING_AFTER_FILLS);
+        for list in self.bound.values_mut() {
+            list.retain(|b| now_fill - b.last_fill < FORGET_BINDING_AFTER_FILLS);
+        }
+        self.bound.retain(|_, list| !list.is_empty());
     }
 
     /// Whether row (pid, `name`) belongs to the process `stat` describes,
     /// binding it on first sight and rebinding it per the module's rules.
     fn bind(&mut self, pid: u32, name: &str, stat: &StatNow, now_fill: u64) -> bool {
-        let key = (pid, name.to_string());
-        let Some(b) = self.bound.get_mut(&key) else {
-            self.bound.insert(
-                key,
-                Binding {
-                    starttime: stat.starttime,
-                    comm: stat.comm.clone(),
-                    last_fill: now_fill,
-                },
-            );
+        let list = self.bound.entry(pid).or_default();
+        let Some(b) = list.iter_mut().find(|b| b.name == name) else {
+            list.push(Binding {
+                name: name.to_string(),
+                starttime: stat.starttime,
+                comm: stat.comm.clone(),
+                last_fill: now_fill,
+            });
             return true;
         };
         b.last_fill = now_fill;
@@ -556,6 +562,12 @@ mod tests {
         Ok(())
     }
 
+    impl ProcessMetaTracker {
+        fn binding(&self, pid: u32, name: &str) -> Option<&Binding> {
+            self.bound.get(&pid)?.iter().find(|b| b.name == name)
+        }
+    }
+
     fn row(name: &str, pid: Option<u32>) -> ProcessBandwidth {
         ProcessBandwidth::network_only(name.into(), pid, 0, 0, 0.0, 0.0, 1)
     }
@@ -585,7 +597,21 @@ mod tests {
             t.cache.is_empty(),
             "a process without rows for {FORGET_META_AFTER_FILLS} fills must be forgotten"
         );
-        assert!(t.bound.contains_key(&(me, "me".to_string())));
+        assert!(t.binding(me, "me").is_some());
+    }
+
+    #[test]
+    fn a_binding_is_forgotten_only_after_its_row_is_long_gone() {
+        let me = std::process::id();
+        let mut t = ProcessMetaTracker::new();
+        t.fill(&mut [row("me", Some(me))]);
+        for _ in 1..FORGET_BINDING_AFTER_FILLS {
+            t.fill(&mut []);
+        }
+        assert!(t.binding(me, "me").is_some());
+        t.fill(&mut []);
+        assert!(t.binding(me, "me").is_none());
+        assert!(t.bound.is_empty());
     }
 
     #[test]
@@ -621,14 +647,12 @@ mod tests {
                 last_fill: t.fills,
             },
         );
-        t.bound.insert(
-            (me, name.into()),
-            Binding {
-                starttime: old_start,
-                comm: comm.into(),
-                last_fill: t.fills,
-            },
-        );
+        t.bound.entry(me).or_default().push(Binding {
+            name: name.into(),
+            starttime: old_start,
+            comm: comm.into(),
+            last_fill: t.fills,
+        });
         old_start
     }
 
@@ -679,7 +703,7 @@ mod tests {
         t.fill(&mut rows);
         assert!(rows[0].cmd.is_some() && rows[0].started_at.is_some());
         assert_eq!(
-            t.bound.get(&(me, my_comm.clone())).map(|b| b.starttime),
+            t.binding(me, &my_comm).map(|b| b.starttime),
             Some(my_stat().starttime)
         );
     }
