@@ -241,6 +241,10 @@ impl ProcessMetaTracker {
         };
         b.last_fill = now_fill;
         if b.starttime == stat.starttime {
+            // Same process; after an `exec` it has a new comm.
+            if b.comm != stat.comm {
+                b.comm.clone_from(&stat.comm);
+            }
             return true;
         }
         // The pid was reused while this row was being reported.
