@@ -8,12 +8,16 @@ use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
 
+use crate::counter::counter_delta;
+use crate::net::state;
 use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample};
 
 /// The interval's rows, ready for the snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Attributed {
-    /// One row per process that moved bytes or holds a socket, most bytes first.
+    /// One row per process that moved bytes or holds a socket, most bytes
+    /// first. Its `connection_count` is, as in netwatch-sdk 0.3.2, the
+    /// number of its open sockets whose state is `ESTABLISHED`.
     pub processes: Vec<ProcessBandwidth>,
     /// One row per socket in the batch.
     pub connections: Vec<ConnectionDetail>,
@@ -35,21 +39,23 @@ struct Last {
     read: u64,
 }
 
+/// One process's sums over the interval's samples.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcessSums {
+    rx: u64,
+    tx: u64,
+    /// Sockets still open, in any state: a process holding one keeps its row.
+    open: u32,
+    /// Open sockets in `ESTABLISHED`: the row's `connection_count`.
+    established: u32,
+}
+
 /// Per-socket delta tracker. Keeps each live socket's last cumulative counters.
 #[derive(Debug)]
 pub struct Attribution {
     prev: HashMap<SocketId, Last>,
     last_read: Instant,
     reads: u64,
-}
-
-/// Delta of a cumulative counter; a counter that went backwards was reset
-/// (the socket id was reused), so everything it holds is new.
-fn delta(cur: u64, prev: Option<u64>) -> u64 {
-    match prev {
-        Some(p) if cur >= p => cur - p,
-        _ => cur,
-    }
 }
 
 impl Attribution {
@@ -66,9 +72,11 @@ impl Attribution {
     /// The bytes `s` moved since the previous read, as (rx, tx).
     fn socket_delta(&self, s: &SocketSample) -> (u64, u64) {
         match self.prev.get(&s.id) {
+            // A counter that went backwards: the socket id was reused, so
+            // everything it holds is new.
             Some(last) => (
-                delta(s.rx_bytes, Some(last.rx)),
-                delta(s.tx_bytes, Some(last.tx)),
+                counter_delta(last.rx, s.rx_bytes),
+                counter_delta(last.tx, s.tx_bytes),
             ),
             None => match s.origin {
                 CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
@@ -86,8 +94,8 @@ impl Attribution {
         let secs = interval.as_secs_f64();
         let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
 
-        // (pid, name) -> (rx, tx, open sockets); BTreeMap for a stable order.
-        let mut per_process: BTreeMap<(u32, String), (u64, u64, u32)> = BTreeMap::new();
+        // (pid, name) -> its sums; BTreeMap for a stable order.
+        let mut per_process: BTreeMap<(u32, String), ProcessSums> = BTreeMap::new();
         let mut connections = Vec::with_capacity(batch.samples.len());
         let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
 
@@ -102,10 +110,16 @@ impl Attribution {
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
                 let name = s.comm.clone().unwrap_or_else(|| format!("pid:{pid}"));
                 let row = per_process.entry((pid, name)).or_default();
-                row.0 += rx;
-                row.1 += tx;
+                row.rx += rx;
+                row.tx += tx;
                 if !s.closed {
-                    row.2 += 1;
+                    row.open += 1;
+                    // netwatch-sdk 0.3.2 counts a process's connections whose
+                    // state is exactly `ESTABLISHED` (connected UDP included,
+                    // as `ss` names it), nothing else.
+                    if s.state == state::ESTABLISHED {
+                        row.established += 1;
+                    }
                 }
             }
             connections.push(ConnectionDetail {
@@ -125,9 +139,17 @@ impl Attribution {
 
         let mut processes: Vec<ProcessBandwidth> = per_process
             .into_iter()
-            .filter(|(_, (rx, tx, open))| rx + tx > 0 || *open > 0)
-            .map(|((pid, name), (rx, tx, open))| {
-                ProcessBandwidth::network_only(name, Some(pid), rx, tx, rate(rx), rate(tx), open)
+            .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
+            .map(|((pid, name), s)| {
+                ProcessBandwidth::network_only(
+                    name,
+                    Some(pid),
+                    s.rx,
+                    s.tx,
+                    rate(s.rx),
+                    rate(s.tx),
+                    s.established,
+                )
             })
             .collect();
         processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
@@ -292,6 +314,52 @@ mod tests {
             a.apply(&batch(t0 + Duration::from_secs(3 + i), vec![]));
         }
         assert!(a.prev.is_empty());
+    }
+
+    #[test]
+    fn connection_count_is_the_established_sockets_only() {
+        let t0 = Instant::now();
+        let mut a = Attribution::new(t0);
+        let with = |id, pid, protocol, st: &str, closed| {
+            let mut s = sample(id, pid, 1, 2, CountOrigin::SinceAttach);
+            s.protocol = protocol;
+            s.state = st.to_string();
+            s.closed = closed;
+            s
+        };
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(1),
+            vec![
+                with(1, 10, Protocol::Tcp, "ESTABLISHED", false),
+                with(2, 10, Protocol::Tcp, "ESTABLISHED", false),
+                with(3, 10, Protocol::Tcp, "LISTEN", false),
+                with(4, 10, Protocol::Tcp, "TIME_WAIT", false),
+                with(5, 10, Protocol::Tcp, "CLOSE_WAIT", false),
+                with(6, 10, Protocol::Tcp, "SYN_SENT", false),
+                // Connected UDP is ESTABLISHED, as ss names it: counted.
+                with(7, 10, Protocol::Udp, "ESTABLISHED", false),
+                with(8, 10, Protocol::Udp, "UNCONN", false),
+                // A final record is not a connection any more.
+                with(9, 10, Protocol::Tcp, "CLOSED", true),
+                // Only listening: the process keeps its row, with 0 connections.
+                with(10, 11, Protocol::Tcp, "LISTEN", false),
+                // Another process's established socket is not ours.
+                with(11, 12, Protocol::Tcp, "ESTABLISHED", false),
+            ],
+        ));
+        assert_eq!(row(&r, 10), (9, 18, 3));
+        assert_eq!(row(&r, 11), (1, 2, 0));
+        assert_eq!(row(&r, 12), (1, 2, 1));
+        // Later: one ESTABLISHED socket closes, the listener stays.
+        let r = a.apply(&batch(
+            t0 + Duration::from_secs(2),
+            vec![
+                with(1, 10, Protocol::Tcp, "CLOSED", true),
+                with(2, 10, Protocol::Tcp, "ESTABLISHED", false),
+                with(3, 10, Protocol::Tcp, "LISTEN", false),
+            ],
+        ));
+        assert_eq!(row(&r, 10), (0, 0, 1));
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub fn split_by_connections(
     // (name, pid) -> established connections; pid None = unowned. BTreeMap
     // for a deterministic remainder order.
     let mut counts: BTreeMap<(String, Option<u32>), u64> = BTreeMap::new();
-    for c in connections.iter().filter(|c| c.state == "ESTABLISHED") {
+    for c in connections
+        .iter()
+        .filter(|c| c.state == crate::net::state::ESTABLISHED)
+    {
         let name = c
             .process_name
             .clone()

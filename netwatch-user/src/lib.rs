@@ -8,7 +8,9 @@
 
 pub mod agent;
 pub mod attribution;
+pub mod counter;
 pub mod estimate;
+pub mod net;
 pub mod procinfo;
 pub mod sink;
 pub mod snapshot;

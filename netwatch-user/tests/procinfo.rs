@@ -536,6 +536,93 @@ mod procinfo {
             Ok(())
         }
 
+        /// Field 22 of `/proc/<pid>/stat`, read here without the tracker.
+        fn starttime_ticks(pid: u32) -> Option<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, after_comm) = stat.rsplit_once(')')?;
+            // Fields after the comm start at field 3 (state).
+            after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+        }
+
+        fn named(name: &str, pid: u32) -> ProcessBandwidth {
+            ProcessBandwidth::network_only(name.into(), Some(pid), 0, 0, 0.0, 0.0, 1)
+        }
+
+        fn expected_start(pid: u32) -> anyhow::Result<i64> {
+            let ticks = starttime_ticks(pid).ok_or_else(|| anyhow::anyhow!("no stat for {pid}"))?;
+            let boot = procfs::boot_time_secs()? as i64;
+            let tps = procfs::ticks_per_second() as i64;
+            Ok(boot * 1000 + ticks as i64 * 1000 / tps)
+        }
+
+        /// Real pid reuse: a child runs on a pid and exits, then another
+        /// program is started on the very same pid (the next pid is chosen
+        /// through `/proc/sys/kernel/ns_last_pid`). The row of the first
+        /// program must never get the second one's metadata, and the second
+        /// one's own row gets its own.
+        #[test]
+        fn a_reused_pid_never_gets_another_process_metadata() -> anyhow::Result<()> {
+            require_root("writes /proc/sys/kernel/ns_last_pid to start a child on a chosen pid");
+            let mut t = ProcessMetaTracker::new();
+            let mut first = Command::new("/bin/sleep").arg("30").spawn()?;
+            let pid = first.id();
+            let mut rows = vec![named("sleep", pid)];
+            t.fill(&mut rows);
+            let sleep_start = expected_start(pid)?;
+            assert_eq!(rows[0].cmd.as_deref(), Some("/usr/bin/sleep"));
+            assert_eq!(
+                rows[0].started_at.map(|s| s.timestamp_millis()),
+                Some(sleep_start)
+            );
+            assert_eq!(rows[0].ppid, Some(std::process::id()));
+            first.kill()?;
+            first.wait()?;
+            // Start times have clock-tick resolution: let at least one pass.
+            std::thread::sleep(Duration::from_millis(50));
+
+            // Other processes on this host fork too: retry until we win the pid.
+            let mut second = None;
+            for _ in 0..200 {
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+                let mut c = Command::new("/bin/cat")
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()?;
+                if c.id() == pid {
+                    second = Some(c);
+                    break;
+                }
+                c.kill()?;
+                c.wait()?;
+            }
+            let Some(mut second) = second else {
+                panic!("could not start a process on pid {pid} in 200 tries");
+            };
+            let cat_start = expected_start(pid)?;
+            assert!(cat_start > sleep_start, "{cat_start} vs {sleep_start}");
+
+            // The old row and the new process's row, on one fill and the next.
+            let mut rows = vec![named("sleep", pid), named("cat", pid)];
+            for _ in 0..2 {
+                t.fill(&mut rows);
+                assert_eq!(rows[0], named("sleep", pid), "old row got metadata");
+                assert_eq!(rows[1].cmd.as_deref(), Some("/usr/bin/cat"));
+                assert_eq!(
+                    rows[1].started_at.map(|s| s.timestamp_millis()),
+                    Some(cat_start)
+                );
+                assert_eq!(rows[1].ppid, Some(std::process::id()));
+            }
+            // A tracker that never saw the first process gives the pid's
+            // only process to a row first seen now (the documented window).
+            let mut fresh = ProcessMetaTracker::new();
+            let mut rows = vec![named("cat", pid)];
+            fresh.fill(&mut rows);
+            assert_eq!(rows[0].cmd.as_deref(), Some("/usr/bin/cat"));
+            second.kill()?;
+            second.wait()?;
+            Ok(())
+        }
+
         #[test]
         fn zombie_then_vanished_child_and_never_argv() -> anyhow::Result<()> {
             const SECRET: &str = "s3cr3t-token-in-argv";
@@ -562,9 +649,12 @@ mod procinfo {
                 r[0].state.clone()
             });
             assert_eq!(state.as_deref(), Some("Z"));
+            // First seen as a zombie: its exe link is gone. (A tracker that
+            // saw it alive keeps the exe it read then: the same process.)
             let mut rows = vec![row(pid)];
-            t.fill(&mut rows);
+            ProcessMetaTracker::new().fill(&mut rows);
             assert_eq!(rows[0].cmd, None);
+            assert_eq!(rows[0].state.as_deref(), Some("Z"));
             assert_eq!(rows[0].ppid, Some(std::process::id()));
 
             // Reaped: the pid is gone, every field empty, no panic.

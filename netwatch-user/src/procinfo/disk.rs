@@ -18,7 +18,8 @@ use std::path::Path;
 use netwatch_common::wire::{DiskIo, DiskUsage};
 use procfs::{DiskStat, FromBufRead, MountEntry};
 
-use super::{counter_delta, round_to};
+use super::round_to;
+use crate::counter::counter_delta;
 
 /// Filesystems that live in the kernel and have no meaningful usage (the SDK's list).
 const VIRTUAL_FS: &[&str] = &[

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::Context;
 use netwatch_common::wire::InterfaceMetric;
 
-use super::counter_delta;
+use crate::counter::counter_delta;
 
 /// Rate samples kept per interface and direction, as in the SDK.
 pub const RATE_HISTORY_LEN: usize = 60;

@@ -3,7 +3,8 @@
 //! socket-inode → pid table. They read; they never decide attribution.
 //!
 //! Each collector that needs two reads to say something (rates, CPU %,
-//! disk I/O) is a tracker that diffs against its own previous call: none of
+//! disk I/O) is a tracker that diffs against its own previous call (with
+//! [`crate::counter::counter_delta`] for cumulative counters): none of
 //! them sleeps, so the agent's tick is the measuring interval.
 
 #[cfg(target_os = "linux")]
@@ -21,19 +22,6 @@ pub mod system;
 #[cfg(target_os = "linux")]
 pub mod tcp_states;
 
-/// Delta of a cumulative kernel counter between two reads. A counter that
-/// went backwards was reset (device re-created, driver reloaded), so what it
-/// holds now was all counted since the reset: that is the delta. Never
-/// underflows.
-#[cfg(target_os = "linux")]
-pub(crate) fn counter_delta(prev: u64, cur: u64) -> u64 {
-    if cur >= prev {
-        cur - prev
-    } else {
-        cur
-    }
-}
-
 /// `x` rounded to `decimals` places (the SDK rounds percentages to 0.1).
 #[cfg(target_os = "linux")]
 pub(crate) fn round_to(x: f64, decimals: i32) -> f64 {
@@ -44,16 +32,6 @@ pub(crate) fn round_to(x: f64, decimals: i32) -> f64 {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counter_delta_forward_backward_and_equal() {
-        assert_eq!(counter_delta(100, 250), 150);
-        assert_eq!(counter_delta(250, 250), 0);
-        // Reset: the counter restarted from zero and has counted 40 since.
-        assert_eq!(counter_delta(1_000_000, 40), 40);
-        assert_eq!(counter_delta(u64::MAX, 0), 0);
-        assert_eq!(counter_delta(0, u64::MAX), u64::MAX);
-    }
 
     #[test]
     fn round_to_matches_the_sdk_rounding() {

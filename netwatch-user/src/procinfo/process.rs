@@ -2,14 +2,51 @@
 //! parent, owner, CPU share, memory, state, start time and executable path,
 //! from `/proc/<pid>/{stat,status,exe}`. It must never read or emit argv
 //! (`/proc/<pid>/cmdline` can carry secrets and these rows leave the host),
-//! and a pid that is gone only leaves its fields empty.
+//! must never give a row the metadata of a process other than the one whose
+//! sockets the row counts, and a pid that is gone only leaves its fields empty.
+//!
+//! **Identity.** A process is its pid *and* its start time (`stat` field 22,
+//! `starttime`, clock ticks after boot): the kernel reuses pids. Everything
+//! is keyed by the pair. `stat` is read every fill (one small file per pid:
+//! CPU, memory, state, parent, `comm` and the start time, read in one go),
+//! and each use re-validates the start time against it. A row (pid, name) is
+//! bound to the start time of the process that held the pid when the row
+//! was first filled; when the pid later shows another start time, the row's
+//! sockets were (at least partly) seen under the old process, so:
+//! - the row keeps its bytes and name (they come from the source) but gets
+//!   no metadata, never the new process's;
+//! - unless the row's name is the new process's `comm` and the old process
+//!   had another `comm`: then the row is the new process's own sockets (the
+//!   sources group rows by (pid, name)) and is rebound to it.
+//!
+//! **What is left (the window).** The sources do not say the start time of
+//! a socket's owner: `ss`/`/proc` resolve the owner moments before this
+//! reads `stat`, but the eBPF maps hold the tgid from the last event, and
+//! the kernel cannot cheaply add the start time there. So a row seen for
+//! the *first* time is bound to whichever process holds the pid at that
+//! fill: if the owner exited and its pid was reused between the socket's
+//! last event and that first fill (less than one interval, and a reuse needs
+//! the kernel to cycle through `pid_max` pids), the row gets the new process's
+//! metadata once and stays bound to it. A binding is forgotten after
+//! [`FORGET_BINDING_AFTER_FILLS`] fills without its row. Rows whose name
+//! equals both processes' `comm` (the same program restarted on the same
+//! pid) stay empty while bound to the old one. Start times have clock-tick
+//! resolution (`CLK_TCK`, 10 ms): two processes started on one pid within one
+//! tick cannot be told apart (the kernel would have to cycle through every
+//! pid within 10 ms).
+//!
+//! **Cadence.** `status` (effective uid) and the `exe` link change only at
+//! `setuid`/`exec`, so they are cached per (pid, start time) and re-read
+//! every [`ProcessMetaTracker::refresh`] (default [`META_REFRESH`]) or at once
+//! when `comm` changes (an `exec`). CPU % and memory come from `stat` each
+//! fill, as the rows report them per interval.
 //!
 //! Where it differs from netwatch-sdk 0.3.2 (one `ps` fork per poll): CPU %
 //! is the share of one CPU the process used since the previous
 //! [`ProcessMetaTracker::fill`] (like `top`, so a busy multi-threaded
-//! process can exceed 100), not `ps`'s lifetime average; a reused pid (same
-//! number, new start time) is not diffed against its predecessor; and
-//! `user` is the effective uid's name from `/etc/passwd`, or the number.
+//! process can exceed 100), not `ps`'s lifetime average; a reused pid is
+//! not diffed against its predecessor; and `user` is the effective uid's
+//! name from `/etc/passwd`, or the number.
 
 use std::collections::HashMap;
 use std::fs;
@@ -23,36 +60,79 @@ use procfs::FromRead;
 
 use super::round_to;
 
-/// What one read of a pid found; `None` fields could not be read.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct ProcMeta {
-    ppid: Option<u32>,
-    euid: Option<u32>,
-    /// `utime + stime`, in clock ticks.
-    cpu_ticks: Option<u64>,
-    /// When `stat` was read: the CPU interval's end, exact per pid.
-    stat_read_at: Option<Instant>,
-    /// Start time after boot, in clock ticks; with the pid, identifies the process.
-    starttime: Option<u64>,
-    rss_bytes: Option<u64>,
-    vsz_bytes: Option<u64>,
-    state: Option<char>,
-    exe: Option<String>,
-}
+/// How often `status` and `exe` of a live process are re-read.
+pub const META_REFRESH: Duration = Duration::from_secs(30);
 
-/// A pid's CPU counter at the previous fill.
-#[derive(Debug, Clone, Copy)]
-struct CpuSeen {
+/// A process's cached metadata is dropped after this many fills without a
+/// row for it (its CPU baseline with it).
+pub const FORGET_META_AFTER_FILLS: u64 = 5;
+
+/// A row's binding to its process is dropped after this many fills without
+/// the row. Longer than the metadata: a socket that moves nothing for a
+/// while must still not be handed to the next holder of its pid.
+pub const FORGET_BINDING_AFTER_FILLS: u64 = 600;
+
+/// A process: its pid and its start time in clock ticks after boot.
+pub type ProcessKey = (u32, u64);
+
+/// What one read of `/proc/<pid>/stat` found.
+#[derive(Debug, Clone, PartialEq)]
+struct StatNow {
+    /// Start time after boot, in clock ticks; with the pid, the process.
     starttime: u64,
+    comm: String,
+    ppid: Option<u32>,
+    /// `utime + stime`, in clock ticks.
     cpu_ticks: u64,
-    at: Instant,
+    /// When `stat` was read: the CPU interval's end, exact per pid.
+    read_at: Instant,
+    rss_bytes: u64,
+    vsz_bytes: u64,
+    state: char,
 }
 
-/// Fills process metadata into bandwidth rows, remembering each pid's CPU
-/// counter from the previous call.
+/// What changes only at `exec`/`setuid`, cached per [`ProcessKey`].
+#[derive(Debug, Clone, PartialEq)]
+struct SlowMeta {
+    euid: Option<u32>,
+    exe: Option<String>,
+    /// `comm` when these were read: another `comm` now means an `exec`.
+    comm: String,
+    read_at: Instant,
+}
+
+/// One process's cache entry.
+#[derive(Debug, Clone)]
+struct Cached {
+    slow: SlowMeta,
+    /// CPU counter and when it was read, at the previous fill.
+    cpu: Option<(u64, Instant)>,
+    last_fill: u64,
+}
+
+/// The process a row (pid, name) was first filled from.
+#[derive(Debug, Clone)]
+struct Binding {
+    /// The row's name (its pid is the map key).
+    name: String,
+    starttime: u64,
+    /// That process's `comm` at the time.
+    comm: String,
+    last_fill: u64,
+}
+
+/// Fills process metadata into bandwidth rows, caching it per process
+/// (pid, start time) and remembering which process each row belongs to.
 #[derive(Debug)]
 pub struct ProcessMetaTracker {
-    prev: HashMap<u32, CpuSeen>,
+    cache: HashMap<ProcessKey, Cached>,
+    /// pid → the bindings of its rows (a few names at most; a list, so a
+    /// lookup by `&str` allocates nothing).
+    bound: HashMap<u32, Vec<Binding>>,
+    refresh: Duration,
+    fills: u64,
+    /// `status`+`exe` reads so far (for tests and the cost bench).
+    slow_reads: u64,
     users: UserTable,
     boot_time_secs: Option<u64>,
     ticks_per_second: u64,
@@ -65,10 +145,27 @@ impl Default for ProcessMetaTracker {
     }
 }
 
+/// What the rows of one pid get in one fill.
+#[derive(Debug, Clone)]
+struct Filled {
+    stat: StatNow,
+    slow: SlowMeta,
+    cpu_pct: Option<f64>,
+}
+
 impl ProcessMetaTracker {
     pub fn new() -> Self {
+        Self::with_refresh(META_REFRESH)
+    }
+
+    /// A tracker that re-reads `status`/`exe` every `refresh`.
+    pub fn with_refresh(refresh: Duration) -> Self {
         Self {
-            prev: HashMap::new(),
+            cache: HashMap::new(),
+            bound: HashMap::new(),
+            refresh,
+            fills: 0,
+            slow_reads: 0,
             users: UserTable::default(),
             boot_time_secs: None,
             ticks_per_second: procfs::ticks_per_second(),
@@ -76,12 +173,25 @@ impl ProcessMetaTracker {
         }
     }
 
+    /// How often `status` and `exe` are re-read.
+    pub fn refresh(&self) -> Duration {
+        self.refresh
+    }
+
+    /// `status`+`exe` reads so far.
+    pub fn slow_reads(&self) -> u64 {
+        self.slow_reads
+    }
+
     /// Set every metadata field of each row that has a pid: `Some` where
-    /// the pid's files could be read, `None` where not (the process exited,
-    /// a kernel thread has no exe, permission denied). Rows without a pid
-    /// are left as they are. `cpu_pct` is `None` the first time a process
-    /// is seen. Pids not in `rows` are forgotten.
+    /// the pid's process is the row's and its files could be read, `None`
+    /// where not (the process exited, the pid now belongs to another
+    /// process, a kernel thread has no exe, permission denied). Rows
+    /// without a pid are left as they are. `cpu_pct` is `None` the first
+    /// time a process is seen.
     pub fn fill(&mut self, rows: &mut [ProcessBandwidth]) {
+        self.fills += 1;
+        let now_fill = self.fills;
         self.users.refresh("/etc/passwd");
         if self.boot_time_secs.is_none() {
             self.boot_time_secs = procfs::boot_time_secs()
@@ -90,85 +200,197 @@ impl ProcessMetaTracker {
                 })
                 .ok();
         }
-        let mut next: HashMap<u32, CpuSeen> = HashMap::new();
-        let mut metas: HashMap<u32, (ProcMeta, Option<f64>)> = HashMap::new();
-        for pid in rows.iter().filter_map(|r| r.pid) {
-            if metas.contains_key(&pid) {
-                continue;
-            }
-            let meta = read_meta(pid, self.page_size);
-            let cpu = match (meta.starttime, meta.cpu_ticks, meta.stat_read_at) {
-                (Some(starttime), Some(cpu_ticks), Some(at)) => {
-                    let seen = CpuSeen {
-                        starttime,
-                        cpu_ticks,
-                        at,
-                    };
-                    next.insert(pid, seen);
-                    self.prev
-                        .get(&pid)
-                        .filter(|p| p.starttime == starttime)
-                        .and_then(|p| {
-                            cpu_pct(
-                                p.cpu_ticks,
-                                cpu_ticks,
-                                self.ticks_per_second,
-                                at.saturating_duration_since(p.at),
-                            )
-                        })
-                }
-                _ => None,
-            };
-            metas.insert(pid, (meta, cpu));
-        }
+        // One `stat` read and one decision per pid, whatever its row count.
+        let mut per_pid: HashMap<u32, Option<Filled>> = HashMap::new();
         for row in rows.iter_mut() {
-            let Some((m, cpu)) = row.pid.and_then(|pid| metas.get(&pid)) else {
+            let Some(pid) = row.pid else { continue };
+            if let std::collections::hash_map::Entry::Vacant(v) = per_pid.entry(pid) {
+                v.insert(self.read_process(pid, now_fill));
+            }
+            let filled = per_pid.get(&pid).and_then(Option::as_ref);
+            let Some(f) = filled else {
+                clear_meta(row);
                 continue;
             };
-            row.ppid = m.ppid;
-            row.user = m.euid.map(|uid| self.users.name(uid));
-            row.cpu_pct = *cpu;
-            row.mem_rss_bytes = m.rss_bytes;
-            row.mem_virt_bytes = m.vsz_bytes;
-            row.state = m.state.map(String::from);
-            row.started_at = match (self.boot_time_secs, m.starttime) {
-                (Some(boot), Some(start)) => started_at(boot, start, self.ticks_per_second),
-                _ => None,
-            };
-            row.cmd = m.exe.clone();
+            if self.bind(pid, &row.process_name, &f.stat, now_fill) {
+                self.set_meta(row, f);
+            } else {
+                clear_meta(row);
+            }
         }
-        self.prev = next;
+        self.cache
+            .retain(|_, c| now_fill - c.last_fill < FORGET_META_AFTER_FILLS);
+        for list in self.bound.values_mut() {
+            list.retain(|b| now_fill - b.last_fill < FORGET_BINDING_AFTER_FILLS);
+        }
+        self.bound.retain(|_, list| !list.is_empty());
+    }
+
+    /// Whether row (pid, `name`) belongs to the process `stat` describes,
+    /// binding it on first sight and rebinding it per the module's rules.
+    fn bind(&mut self, pid: u32, name: &str, stat: &StatNow, now_fill: u64) -> bool {
+        let list = self.bound.entry(pid).or_default();
+        let Some(b) = list.iter_mut().find(|b| b.name == name) else {
+            list.push(Binding {
+                name: name.to_string(),
+                starttime: stat.starttime,
+                comm: stat.comm.clone(),
+                last_fill: now_fill,
+            });
+            return true;
+        };
+        b.last_fill = now_fill;
+        if b.starttime == stat.starttime {
+            // Same process; after an `exec` it has a new comm.
+            if b.comm != stat.comm {
+                b.comm.clone_from(&stat.comm);
+            }
+            return true;
+        }
+        // The pid was reused while this row was being reported.
+        if name == stat.comm && b.comm != stat.comm {
+            log::debug!(
+                "pid {pid}: row {name:?} moves from the process started at tick {} to the one started at {}",
+                b.starttime,
+                stat.starttime
+            );
+            b.starttime = stat.starttime;
+            b.comm = stat.comm.clone();
+            return true;
+        }
+        log::debug!(
+            "pid {pid} was reused (start tick {} -> {}): row {name:?} gets no metadata",
+            b.starttime,
+            stat.starttime
+        );
+        false
+    }
+
+    /// Read `stat`, and `status`/`exe` when the cache for this (pid, start
+    /// time) is missing or due; compute CPU % against this process's own
+    /// previous fill. `None` when `stat` cannot be read (the pid is gone).
+    fn read_process(&mut self, pid: u32, now_fill: u64) -> Option<Filled> {
+        let stat = read_stat(pid, self.page_size)?;
+        let key = (pid, stat.starttime);
+        let due = |c: &Cached| {
+            c.slow.comm != stat.comm
+                || stat.read_at.saturating_duration_since(c.slow.read_at) >= self.refresh
+        };
+        let slow = match self.cache.get(&key) {
+            Some(c) if !due(c) => None,
+            _ => Some(read_slow(pid, &stat)),
+        };
+        if slow.is_some() {
+            self.slow_reads += 1;
+        }
+        let tps = self.ticks_per_second;
+        let entry = match (self.cache.entry(key), slow) {
+            (std::collections::hash_map::Entry::Occupied(mut o), s) => {
+                if let Some(s) = s {
+                    o.get_mut().slow = s;
+                }
+                o.into_mut()
+            }
+            (std::collections::hash_map::Entry::Vacant(v), s) => v.insert(Cached {
+                slow: s.unwrap_or_else(|| read_slow(pid, &stat)),
+                cpu: None,
+                last_fill: now_fill,
+            }),
+        };
+        let cpu_pct = entry.cpu.and_then(|(ticks, at)| {
+            cpu_pct(
+                ticks,
+                stat.cpu_ticks,
+                tps,
+                stat.read_at.saturating_duration_since(at),
+            )
+        });
+        entry.cpu = Some((stat.cpu_ticks, stat.read_at));
+        entry.last_fill = now_fill;
+        let slow = entry.slow.clone();
+        Some(Filled {
+            stat,
+            slow,
+            cpu_pct,
+        })
+    }
+
+    fn set_meta(&self, row: &mut ProcessBandwidth, f: &Filled) {
+        row.ppid = f.stat.ppid;
+        row.user = f.slow.euid.map(|uid| self.users.name(uid));
+        row.cpu_pct = f.cpu_pct;
+        row.mem_rss_bytes = Some(f.stat.rss_bytes);
+        row.mem_virt_bytes = Some(f.stat.vsz_bytes);
+        row.state = Some(String::from(f.stat.state));
+        row.started_at = self
+            .boot_time_secs
+            .and_then(|boot| started_at(boot, f.stat.starttime, self.ticks_per_second));
+        row.cmd = f.slow.exe.clone();
     }
 }
 
-/// Read `/proc/<pid>/{stat,status,exe}`; each file that cannot be read
-/// leaves its fields `None`. Never touches `cmdline` or `environ`.
-fn read_meta(pid: u32, page_size: u64) -> ProcMeta {
-    let Ok(pid) = i32::try_from(pid) else {
-        return ProcMeta::default();
-    };
-    let Ok(p) = Process::new(pid) else {
-        return ProcMeta::default();
-    };
-    let mut m = ProcMeta::default();
+/// Every metadata field empty.
+fn clear_meta(row: &mut ProcessBandwidth) {
+    row.ppid = None;
+    row.user = None;
+    row.cpu_pct = None;
+    row.mem_rss_bytes = None;
+    row.mem_virt_bytes = None;
+    row.state = None;
+    row.started_at = None;
+    row.cmd = None;
+}
+
+/// Read `/proc/<pid>/stat`; `None` when the pid is gone or the text is not
+/// of the kernel's shape.
+fn read_stat(pid: u32, page_size: u64) -> Option<StatNow> {
     let mut raw = Vec::with_capacity(512);
-    let stat = p
-        .open_relative("stat")
-        .ok()
-        .and_then(|mut f| f.read_to_end(&mut raw).ok())
-        .and_then(|_| parse_stat(&raw));
-    m.stat_read_at = Some(Instant::now());
-    if let Some(s) = stat {
-        m.ppid = u32::try_from(s.ppid).ok();
-        m.cpu_ticks = Some(s.utime.saturating_add(s.stime));
-        m.starttime = Some(s.starttime);
-        m.rss_bytes = Some(s.rss.saturating_mul(page_size));
-        m.vsz_bytes = Some(s.vsize);
-        m.state = Some(s.state);
+    let path = format!("/proc/{pid}/stat");
+    fs::File::open(path).ok()?.read_to_end(&mut raw).ok()?;
+    let read_at = Instant::now();
+    let s = parse_stat(&raw)?;
+    Some(StatNow {
+        starttime: s.starttime,
+        comm: s.comm,
+        ppid: u32::try_from(s.ppid).ok(),
+        cpu_ticks: s.utime.saturating_add(s.stime),
+        read_at,
+        rss_bytes: s.rss.saturating_mul(page_size),
+        vsz_bytes: s.vsize,
+        state: s.state,
+    })
+}
+
+/// Read `/proc/<pid>/{status,exe}`; each file that cannot be read leaves
+/// its field `None`. Never touches `cmdline` or `environ`. The result is
+/// for the process `stat` described only if the pid still has its start
+/// time afterwards: otherwise the pid was reused mid-read and nothing is kept.
+fn read_slow(pid: u32, stat: &StatNow) -> SlowMeta {
+    let empty = SlowMeta {
+        euid: None,
+        exe: None,
+        comm: stat.comm.clone(),
+        read_at: stat.read_at,
+    };
+    let Ok(ipid) = i32::try_from(pid) else {
+        return empty;
+    };
+    let Ok(p) = Process::new(ipid) else {
+        return empty;
+    };
+    let euid = p.status().ok().map(|s| s.euid);
+    let exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
+    // Re-validate: the same process still holds the pid.
+    let same = read_stat(pid, 1).is_some_and(|s| s.starttime == stat.starttime);
+    if !same {
+        return empty;
     }
-    m.euid = p.status().ok().map(|s| s.euid);
-    m.exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
-    m
+    SlowMeta {
+        euid,
+        exe,
+        comm: stat.comm.clone(),
+        read_at: stat.read_at,
+    }
 }
 
 /// Parse `/proc/<pid>/stat`. procfs 0.17's parser slices around the
@@ -344,63 +566,187 @@ mod tests {
         Ok(())
     }
 
+    impl ProcessMetaTracker {
+        fn binding(&self, pid: u32, name: &str) -> Option<&Binding> {
+            self.bound.get(&pid)?.iter().find(|b| b.name == name)
+        }
+    }
+
+    fn row(name: &str, pid: Option<u32>) -> ProcessBandwidth {
+        ProcessBandwidth::network_only(name.into(), pid, 0, 0, 0.0, 0.0, 1)
+    }
+
+    fn my_stat() -> StatNow {
+        match read_stat(std::process::id(), 4096) {
+            Some(s) => s,
+            None => panic!("/proc/self/stat must be readable"),
+        }
+    }
+
     #[test]
     fn rows_without_pid_are_untouched_and_vanished_pids_are_forgotten() {
         let mut t = ProcessMetaTracker::new();
         let me = std::process::id();
-        let mut no_pid = ProcessBandwidth::network_only("x".into(), None, 0, 0, 0.0, 0.0, 1);
+        let mut no_pid = row("x", None);
         no_pid.user = Some("kept".into());
-        let mut rows = vec![
-            ProcessBandwidth::network_only("me".into(), Some(me), 0, 0, 0.0, 0.0, 1),
-            no_pid,
-        ];
+        let mut rows = vec![row("me", Some(me)), no_pid];
         t.fill(&mut rows);
         assert_eq!(rows[1].user.as_deref(), Some("kept"));
-        assert!(t.prev.contains_key(&me));
-        t.fill(&mut rows[1..]);
+        let key = (me, my_stat().starttime);
+        assert!(t.cache.contains_key(&key));
+        for _ in 0..FORGET_META_AFTER_FILLS {
+            t.fill(&mut rows[1..]);
+        }
         assert!(
-            t.prev.is_empty(),
-            "a pid absent from this call must be forgotten"
+            t.cache.is_empty(),
+            "a process without rows for {FORGET_META_AFTER_FILLS} fills must be forgotten"
         );
+        assert!(t.binding(me, "me").is_some());
+    }
+
+    #[test]
+    fn a_binding_is_forgotten_only_after_its_row_is_long_gone() {
+        let me = std::process::id();
+        let mut t = ProcessMetaTracker::new();
+        t.fill(&mut [row("me", Some(me))]);
+        for _ in 1..FORGET_BINDING_AFTER_FILLS {
+            t.fill(&mut []);
+        }
+        assert!(t.binding(me, "me").is_some());
+        t.fill(&mut []);
+        assert!(t.binding(me, "me").is_none());
+        assert!(t.bound.is_empty());
     }
 
     #[test]
     fn the_same_pid_on_two_rows_gets_the_same_fields() {
         let mut t = ProcessMetaTracker::new();
         let me = std::process::id();
-        let mut rows = vec![
-            ProcessBandwidth::network_only("a".into(), Some(me), 0, 0, 0.0, 0.0, 1),
-            ProcessBandwidth::network_only("b".into(), Some(me), 0, 0, 0.0, 0.0, 1),
-        ];
+        let mut rows = vec![row("a", Some(me)), row("b", Some(me))];
         t.fill(&mut rows);
         std::thread::sleep(Duration::from_millis(20));
         t.fill(&mut rows);
         assert!(rows[0].cpu_pct.is_some());
         assert_eq!(rows[0].cpu_pct, rows[1].cpu_pct);
         assert_eq!(rows[0].cmd, rows[1].cmd);
+        assert!(rows[0].cmd.is_some());
+    }
+
+    /// Plant a predecessor of this process on our own pid: another start
+    /// time, another exe, user and comm, cached and bound to row `name`.
+    fn plant_predecessor(t: &mut ProcessMetaTracker, name: &str, comm: &str) -> u64 {
+        let me = std::process::id();
+        let now = my_stat();
+        let old_start = now.starttime.wrapping_sub(1);
+        t.cache.insert(
+            (me, old_start),
+            Cached {
+                slow: SlowMeta {
+                    euid: Some(4242),
+                    exe: Some("/old/exe".into()),
+                    comm: comm.into(),
+                    read_at: now.read_at,
+                },
+                cpu: Some((0, now.read_at)),
+                last_fill: t.fills,
+            },
+        );
+        t.bound.entry(me).or_default().push(Binding {
+            name: name.into(),
+            starttime: old_start,
+            comm: comm.into(),
+            last_fill: t.fills,
+        });
+        old_start
     }
 
     #[test]
-    fn a_reused_pid_is_not_diffed_against_its_predecessor() {
-        let mut t = ProcessMetaTracker::new();
+    fn a_reused_pid_gives_the_new_metadata_and_never_the_old() {
         let me = std::process::id();
-        let mut rows = vec![ProcessBandwidth::network_only(
-            "me".into(),
-            Some(me),
-            0,
-            0,
-            0.0,
-            0.0,
-            1,
-        )];
+        let my_comm = my_stat().comm;
+        let my_exe = std::env::current_exe()
+            .map(|e| e.to_string_lossy().into_owned())
+            .ok();
+        let mut t = ProcessMetaTracker::new();
+        plant_predecessor(&mut t, "old-name", "old-name");
+
+        // A row first seen now is this process's: fresh metadata, never
+        // the cached predecessor's, and no CPU diff against it.
+        let mut rows = vec![row(&my_comm, Some(me))];
         t.fill(&mut rows);
-        // Pretend the previous holder of this pid started at another time.
-        if let Some(p) = t.prev.get_mut(&me) {
-            p.starttime = p.starttime.wrapping_add(1);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        t.fill(&mut rows);
+        assert_eq!(rows[0].cmd, my_exe);
+        assert_ne!(rows[0].user.as_deref(), Some("4242"));
         assert_eq!(rows[0].cpu_pct, None);
+        assert!(rows[0].started_at.is_some());
+        // ...and the predecessor's cache entry stays its own.
+        let old = t.cache.get(&(me, my_stat().starttime.wrapping_sub(1)));
+        assert_eq!(
+            old.and_then(|c| c.slow.exe.clone()).as_deref(),
+            Some("/old/exe")
+        );
+
+        // The row the predecessor owned: the pid is someone else's now, so
+        // no metadata at all, on this fill and the next.
+        let mut stale = vec![row("old-name", Some(me))];
+        stale[0].cmd = Some("garbage".into());
+        for _ in 0..2 {
+            t.fill(&mut stale);
+            assert_eq!(stale[0], row("old-name", Some(me)));
+        }
+    }
+
+    #[test]
+    fn a_row_named_like_the_new_process_is_rebound_to_it() {
+        let me = std::process::id();
+        let my_comm = my_stat().comm;
+        let mut t = ProcessMetaTracker::new();
+        // The predecessor had another comm, and the row carries ours: the
+        // row is this process's own sockets (rows are per pid and name).
+        plant_predecessor(&mut t, &my_comm, "old-name");
+        let mut rows = vec![row(&my_comm, Some(me))];
+        t.fill(&mut rows);
+        assert!(rows[0].cmd.is_some() && rows[0].started_at.is_some());
+        assert_eq!(
+            t.binding(me, &my_comm).map(|b| b.starttime),
+            Some(my_stat().starttime)
+        );
+    }
+
+    #[test]
+    fn same_name_on_both_sides_of_a_reuse_stays_empty() {
+        let me = std::process::id();
+        let my_comm = my_stat().comm;
+        let mut t = ProcessMetaTracker::new();
+        // The same program restarted on the same pid: which one the row's
+        // sockets belong to is unknowable, so nothing is claimed.
+        plant_predecessor(&mut t, &my_comm, &my_comm);
+        let mut rows = vec![row(&my_comm, Some(me))];
+        t.fill(&mut rows);
+        assert_eq!(rows[0], row(&my_comm, Some(me)));
+    }
+
+    #[test]
+    fn status_and_exe_are_read_once_per_refresh_and_again_after_exec() {
+        let me = std::process::id();
+        let mut t = ProcessMetaTracker::with_refresh(Duration::from_secs(3600));
+        let mut rows = vec![row("me", Some(me)), row("me too", Some(me))];
+        for _ in 0..5 {
+            t.fill(&mut rows);
+        }
+        assert_eq!(t.slow_reads(), 1, "one status+exe read for five fills");
+        assert!(rows[0].mem_rss_bytes.is_some() && rows[1].cmd.is_some());
+        // A comm change is an exec: read again at once.
+        let key = (me, my_stat().starttime);
+        if let Some(c) = t.cache.get_mut(&key) {
+            c.slow.comm = "before-exec".into();
+        }
+        t.fill(&mut rows);
+        assert_eq!(t.slow_reads(), 2);
+        // Refresh due: read again.
+        let mut t = ProcessMetaTracker::with_refresh(Duration::ZERO);
+        t.fill(&mut rows);
+        t.fill(&mut rows);
+        assert_eq!(t.slow_reads(), 2);
     }
 
     #[test]
@@ -423,7 +769,12 @@ mod tests {
 
     #[test]
     fn pid_beyond_i32_reads_nothing() {
-        assert_eq!(read_meta(u32::MAX, 4096), ProcMeta::default());
+        assert_eq!(read_stat(u32::MAX, 4096), None);
+        let mut t = ProcessMetaTracker::new();
+        let mut rows = vec![row("x", Some(u32::MAX))];
+        rows[0].cmd = Some("stale".into());
+        t.fill(&mut rows);
+        assert_eq!(rows[0], row("x", Some(u32::MAX)));
     }
 
     proptest::proptest! {

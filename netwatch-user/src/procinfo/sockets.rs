@@ -17,7 +17,7 @@ use procfs::net::{TcpNetEntries, TcpState, UdpNetEntries, UdpState};
 use procfs::process::{FDTarget, ProcessesIter};
 use procfs::{FromReadSI, ProcError};
 
-use crate::source::Protocol;
+use crate::net::{self, Protocol};
 
 /// Reading the socket table failed as a whole (a single process vanishing
 /// mid-scan is not an error; its sockets are just left without owner).
@@ -68,23 +68,10 @@ pub struct SocketEntry {
     pub owner: Option<SocketOwner>,
 }
 
-/// Normalized name of a kernel TCP state (as in `include/net/tcp_states.h`,
-/// except `TCP_CLOSE`, shown as `UNCONN` like `ss` does).
+/// Normalized name of a procfs TCP state, from the one table in
+/// [`crate::net`] (`TCP_CLOSE` is `UNCONN`, as `ss` says).
 pub fn tcp_state_name(state: &TcpState) -> &'static str {
-    match state {
-        TcpState::Established => "ESTABLISHED",
-        TcpState::SynSent => "SYN_SENT",
-        TcpState::SynRecv => "SYN_RECV",
-        TcpState::FinWait1 => "FIN_WAIT1",
-        TcpState::FinWait2 => "FIN_WAIT2",
-        TcpState::TimeWait => "TIME_WAIT",
-        TcpState::Close => "UNCONN",
-        TcpState::CloseWait => "CLOSE_WAIT",
-        TcpState::LastAck => "LAST_ACK",
-        TcpState::Listen => "LISTEN",
-        TcpState::Closing => "CLOSING",
-        TcpState::NewSynRecv => "NEW_SYN_RECV",
-    }
+    net::tcp_state_name(state.to_u8()).unwrap_or(net::state::UNKNOWN)
 }
 
 /// `a` with an IPv4-mapped IPv6 address turned into the IPv4 address.
@@ -139,10 +126,10 @@ impl SocketTable {
                         protocol: Protocol::Udp,
                         inode: e.inode,
                         local: canonical(e.local_address),
-                        state: match (e.state, remote) {
-                            (UdpState::Established, Some(_)) => "ESTABLISHED",
-                            _ => "UNCONN",
-                        },
+                        state: net::udp_state(matches!(
+                            (e.state, remote),
+                            (UdpState::Established, Some(_))
+                        )),
                         remote,
                         owner: None,
                     }

@@ -17,22 +17,9 @@ pub mod procnet;
 pub mod select;
 pub mod ss;
 
-/// Transport protocol of a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The wire spelling (`TCP`, `UDP`).
-    pub fn as_wire(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        }
-    }
-}
+/// The transport protocol lives in [`crate::net`], below both sources and
+/// `procinfo`; re-exported here for the sources.
+pub use crate::net::Protocol;
 
 /// Since when a sample's cumulative counters count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +52,8 @@ pub struct SocketSample {
     pub local: Option<SocketAddr>,
     /// Remote endpoint; `None` for unconnected sockets.
     pub remote: Option<SocketAddr>,
-    /// Normalized state (`ESTABLISHED`, `LISTEN`, `TIME_WAIT`, `UNCONN`, `CLOSED`, …).
+    /// Normalized state, a name from [`crate::net::state`] (`ESTABLISHED`,
+    /// `LISTEN`, `TIME_WAIT`, `UNCONN`, …; [`crate::net::state::CLOSED`] when `closed`).
     pub state: String,
     /// Owning process (thread-group id), when known.
     pub pid: Option<u32>,

@@ -22,8 +22,7 @@ use netwatch_common::{
     IPPROTO_UDP,
 };
 
-use crate::procinfo::sockets::tcp_state_name;
-use procfs::net::TcpState;
+use crate::net;
 
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 pub use tier::{LoadError, LoadOptions, TierChoice};
@@ -32,10 +31,10 @@ pub use tier::{LoadError, LoadOptions, TierChoice};
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
 
 /// A TCP state number as the wire spells it, the same names every Linux
-/// source uses ([`tcp_state_name`]).
-fn tcp_state(state: u8) -> &'static str {
+/// source uses ([`net::tcp_state_name`]).
+fn tcp_state(kernel_state: u8) -> &'static str {
     // 0: seen moving bytes before any state change was traced: it is connected.
-    TcpState::from_u8(state).map_or("ESTABLISHED", |s| tcp_state_name(&s))
+    net::tcp_state_name(kernel_state).unwrap_or(net::state::ESTABLISHED)
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
@@ -60,8 +59,7 @@ pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSa
         .then(|| SocketAddr::new(remote_ip, st.rport));
     let state = match protocol {
         Protocol::Tcp => tcp_state(st.state),
-        Protocol::Udp if remote.is_some() => "ESTABLISHED",
-        Protocol::Udp => "UNCONN",
+        Protocol::Udp => net::udp_state(remote.is_some()),
     };
     let comm_len = st
         .comm
@@ -78,7 +76,7 @@ pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSa
         local,
         remote,
         state: if closed {
-            "CLOSE".to_string()
+            net::state::CLOSED.to_string()
         } else {
             state.to_string()
         },

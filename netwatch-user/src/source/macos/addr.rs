@@ -103,49 +103,13 @@ fn normalize_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The normalized name of a TCP state in any tool's spelling (`ESTABLISHED`,
-/// `Established`, `CloseWait`, `CLOSE_WAIT`, `SYN_RCVD`, `FinWait1`, …).
-///
-/// Names follow the kernel's `tcp_states.h` (and the Linux sources):
-/// `ESTABLISHED`, `SYN_SENT`, `SYN_RECV`, `FIN_WAIT1`, `FIN_WAIT2`,
-/// `TIME_WAIT`, `CLOSED`, `CLOSE_WAIT`, `LAST_ACK`, `LISTEN`, `CLOSING`.
-pub fn normalize_tcp_state(raw: &str) -> Option<&'static str> {
-    let mut key = String::with_capacity(raw.len());
-    for c in raw.chars() {
-        if c.is_ascii_alphanumeric() {
-            key.push(c.to_ascii_uppercase());
-        } else if !matches!(c, '_' | '-' | ' ') {
-            return None;
-        }
-    }
-    Some(match key.as_str() {
-        "ESTABLISHED" | "ESTAB" => "ESTABLISHED",
-        "LISTEN" => "LISTEN",
-        "SYNSENT" => "SYN_SENT",
-        "SYNRECEIVED" | "SYNRCVD" | "SYNRECV" => "SYN_RECV",
-        "FINWAIT1" => "FIN_WAIT1",
-        "FINWAIT2" => "FIN_WAIT2",
-        "TIMEWAIT" => "TIME_WAIT",
-        "CLOSEWAIT" => "CLOSE_WAIT",
-        "LASTACK" => "LAST_ACK",
-        "CLOSING" => "CLOSING",
-        "CLOSED" | "CLOSE" => "CLOSED",
-        _ => return None,
-    })
-}
-
-/// The state of a UDP socket, which no tool prints: `ESTABLISHED` when
-/// connected (as `ss` says for a connected UDP socket), `UNCONN` otherwise.
-pub(crate) fn udp_state(connected: bool) -> &'static str {
-    if connected {
-        "ESTABLISHED"
-    } else {
-        "UNCONN"
-    }
-}
+/// TCP state names and the UDP state come from the one table in
+/// [`crate::net`].
+pub use crate::net::normalize_tcp_state;
+pub(crate) use crate::net::udp_state;
 
 /// State used when a TCP socket's state is not printed or not recognized.
-pub(crate) const UNKNOWN_STATE: &str = "UNKNOWN";
+pub(crate) const UNKNOWN_STATE: &str = crate::net::state::UNKNOWN;
 
 #[cfg(test)]
 mod tests {

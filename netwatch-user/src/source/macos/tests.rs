@@ -377,24 +377,30 @@ fn rows(a: &Attributed) -> BTreeMap<u32, Row> {
     m
 }
 
-fn row(name: &str, rx: u64, tx: u64, open: u32) -> Row {
-    (name.to_string(), rx, tx, open)
+/// `established`: the row's `connection_count`, its ESTABLISHED sockets.
+fn row(name: &str, rx: u64, tx: u64, established: u32) -> Row {
+    (name.to_string(), rx, tx, established)
 }
 
 /// The rows of read 1 (`LSOF_1` + `NETTOP_1`): counters that predate the
 /// agent are a baseline only, so no bytes.
 fn read_1_rows() -> BTreeMap<u32, Row> {
     [
-        (1, row("launchd", 0, 0, 2)),
-        (272, row("mDNSResponder", 0, 0, 3)),
+        // Listening only: a row, no connection.
+        (1, row("launchd", 0, 0, 0)),
+        // Two unconnected UDP sockets and one connected one.
+        (272, row("mDNSResponder", 0, 0, 1)),
         (412, row("nsurlsessiond", 0, 0, 1)),
-        (600, row("sharingd", 0, 0, 1)),
-        (4242, row(SRV, 0, 0, 4)),
+        // SYN_SENT is not ESTABLISHED yet.
+        (600, row("sharingd", 0, 0, 0)),
+        // Two listeners, two connections.
+        (4242, row(SRV, 0, 0, 2)),
         (4300, row("curl", 0, 0, 1)),
         (5555, row(LONG, 0, 0, 1)),
         (7010, row("sshd-session", 0, 0, 1)),
         (7011, row("sshd-session", 0, 0, 1)),
-        (8123, row(CHROME, 0, 0, 4)),
+        // Three connections and one in CLOSE_WAIT.
+        (8123, row(CHROME, 0, 0, 3)),
         (9001, row("哔哩哔哩", 0, 0, 1)),
         (9002, row("Café Sync", 0, 0, 1)),
     ]
@@ -405,11 +411,11 @@ fn read_1_rows() -> BTreeMap<u32, Row> {
 /// The rows of read 2 (`LSOF_2` + `NETTOP_2`) after read 1.
 fn read_2_rows() -> BTreeMap<u32, Row> {
     [
-        (1, row("launchd", 0, 0, 2)),
-        (272, row("mDNSResponder", 1600, 350, 3)),
+        (1, row("launchd", 0, 0, 0)),
+        (272, row("mDNSResponder", 1600, 350, 1)),
         (412, row("nsurlsessiond", 65536, 0, 1)),
         (600, row("sharingd", 5000, 600, 1)),
-        (4242, row(SRV, 1000, 504096, 4)),
+        (4242, row(SRV, 1000, 504096, 2)),
         (4300, row("curl", 500000, 1000, 1)),
         (5555, row(LONG, 1000, 2000, 1)),
         (7010, row("sshd-session", 0, 0, 1)),

@@ -232,20 +232,10 @@ pub fn parse_ss(text: &str) -> ParseOutcome {
 /// assert_eq!(normalize_state("users:"), None);
 /// ```
 pub fn normalize_state(ss_state: &str) -> Option<String> {
-    let known = match ss_state {
-        "ESTAB" => "ESTABLISHED",
-        "SYN-SENT" => "SYN_SENT",
-        "SYN-RECV" => "SYN_RECV",
-        "FIN-WAIT-1" => "FIN_WAIT1",
-        "FIN-WAIT-2" => "FIN_WAIT2",
-        "TIME-WAIT" => "TIME_WAIT",
-        "UNCONN" => "UNCONN",
-        "CLOSE-WAIT" => "CLOSE_WAIT",
-        "LAST-ACK" => "LAST_ACK",
-        "LISTEN" => "LISTEN",
-        "CLOSING" => "CLOSING",
-        "UNKNOWN" => "UNKNOWN",
-        other => {
+    let known = match crate::net::state_from_ss(ss_state) {
+        Some(name) => name,
+        None => {
+            let other = ss_state;
             let plausible = !other.is_empty()
                 && other.len() <= 32
                 && other
