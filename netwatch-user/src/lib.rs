@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod attribution;
+pub mod config;
 pub mod estimate;
 pub mod procinfo;
 pub mod sink;
