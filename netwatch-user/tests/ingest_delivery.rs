@@ -57,6 +57,8 @@ struct ServerState {
     script: Script,
     requests: Vec<Received>,
     bad_bodies: usize,
+    /// Take requests and never answer them.
+    hang: bool,
 }
 
 struct Server {
@@ -74,6 +76,9 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<ServerState>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if state.lock().unwrap().hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     let path = req.uri().path().to_string();
     let auth = req
         .headers()
@@ -139,6 +144,7 @@ impl Server {
             script: Box::new(|_, _| (200, String::new())),
             requests: Vec::new(),
             bad_bodies: 0,
+            hang: false,
         }));
         let mut s = Self {
             addr,
@@ -725,6 +731,38 @@ fn unauthorized_401_is_said_once_spooling_continues_and_delivery_resumes() {
     assert_eq!(code, Some(0));
     assert_eq!(server.accepted(), printed);
     assert_eq!(count(&log, "HTTP 401"), 1, "{log:#?}");
+}
+
+#[test]
+fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
+    require_root();
+    let server = Server::start();
+    // Requests may take 60 s; the flush may take 2 s.
+    let files = Files::new("request_timeout_secs = 60\nflush_timeout_secs = 2");
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    let cfg = cfg
+        .replace("request_timeout_secs = 5\n", "")
+        .replace("flush_timeout_secs = 5\n", "");
+    write_private(&files.path("config.toml"), &cfg, 0o600);
+    server.state.lock().unwrap().hang = true;
+    let a = Agent::start(&files.args(&server), "info", false);
+    a.wait_for("5 snapshots", |a| a.printed().len() >= 5);
+    let t = Instant::now();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    let took = t.elapsed();
+    println!("SIGTERM to exit with a hanging request: {took:?}");
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(
+        count(&log, "still in flight after the 2 s flush timeout"),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        files.records().len(),
+        printed.len(),
+        "nothing unanswered was removed"
+    );
+    assert!(server.accepted().is_empty());
 }
 
 // ------------------------------------------------------- refused at start

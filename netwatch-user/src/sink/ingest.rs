@@ -83,6 +83,8 @@ impl Shared {
 pub struct IngestSink {
     shared: Arc<Shared>,
     sender: Option<JoinHandle<()>>,
+    /// Disconnects when the sender thread ends.
+    sender_gone: std::sync::mpsc::Receiver<()>,
     flush_timeout: Duration,
 }
 
@@ -122,12 +124,17 @@ impl IngestSink {
         });
         let flush_timeout = cfg.flush_timeout;
         let sender = Sender::new(cfg, host, Arc::clone(&shared));
+        let (alive, sender_gone) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("ingest".into())
-            .spawn(move || sender.run())?;
+            .spawn(move || {
+                let _alive = alive;
+                sender.run()
+            })?;
         Ok(Self {
             shared,
             sender: Some(handle),
+            sender_gone,
             flush_timeout,
         })
     }
@@ -138,7 +145,9 @@ impl IngestSink {
     }
 
     /// Ask the sender to deliver what it can within the flush timeout, and
-    /// wait for it. Whatever is not delivered stays in the spool.
+    /// wait for it, never longer than the flush timeout (plus a second's
+    /// grace): a request still in flight then is abandoned, and its
+    /// snapshots stay in the spool, as does whatever else is undelivered.
     pub fn shutdown(&mut self) {
         let Some(handle) = self.sender.take() else {
             return;
@@ -148,6 +157,18 @@ impl IngestSink {
             st.shutdown_deadline = Some(Instant::now() + self.flush_timeout);
         }
         self.shared.wake.notify_all();
+        let grace = self.flush_timeout + Duration::from_secs(1);
+        match self.sender_gone.recv_timeout(grace) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                warn!(
+                    "ingest: a request is still in flight after the {} s flush timeout; \
+                     leaving it (its snapshots stay in the spool)",
+                    self.flush_timeout.as_secs_f64()
+                );
+                return;
+            }
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+        }
         if handle.join().is_err() {
             error!("ingest: the sender thread panicked; undelivered snapshots stay in the spool");
         }
