@@ -765,6 +765,91 @@ fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
     assert!(server.accepted().is_empty());
 }
 
+/// A real TLS server (`openssl s_server`) on 127.0.0.1 with a self-signed
+/// certificate: rustls must refuse it (no trusted issuer) and nothing may be
+/// sent; the snapshot stays spooled.
+#[test]
+fn https_verifies_certificates_and_refuses_a_self_signed_endpoint() {
+    require_root();
+    let files = Files::new("");
+    let (key, cert) = (files.path("tls.key"), files.path("tls.crt"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("running openssl req");
+    assert!(ok.success(), "openssl req failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut tls = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-key")
+        .arg(&key)
+        .arg("-cert")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "s_server did not listen"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The server answers every request with 200 and never sees a request here.
+    let server = Server::start();
+    let mut args = files.args(&server);
+    let at = args.iter().position(|a| a == "--endpoint").unwrap();
+    args[at + 1] = format!("https://127.0.0.1:{port}");
+    args.push("--once".into());
+    let mut a = Agent::start(&args, "info", false);
+    let status = a.child.wait().unwrap();
+    for r in a.readers.drain(..) {
+        r.join().unwrap();
+    }
+    let _ = tls.kill();
+    let _ = tls.wait();
+    let log = a.log();
+    assert_no_key(&log);
+    assert!(status.success(), "{log:#?}");
+    for l in log.iter().filter(|l| l.contains("certificate")) {
+        println!("{l}");
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("invalid peer certificate: UnknownIssuer")
+                && l.contains(&format!("127.0.0.1:{port}"))),
+        "a certificate error is reported: {log:#?}"
+    );
+    assert_eq!(
+        files.records().len(),
+        a.printed().len(),
+        "the snapshot stays spooled"
+    );
+    assert_eq!(a.printed().len(), 1);
+}
+
 // ------------------------------------------------------- refused at start
 
 fn refused(args: &[&str]) -> String {
