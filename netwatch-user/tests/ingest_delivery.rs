@@ -642,6 +642,48 @@ fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
 }
 
 #[test]
+fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    server.script(|_, _| (503, String::new()));
+    let mut args = files.args(&server);
+    // The smallest bound allowed: one or two snapshots of this host.
+    args.extend(["--spool-max-bytes".into(), "65536".into()]);
+    let a = Agent::start(&args, "info", false);
+    a.wait_for("3 snapshots dropped", |a| {
+        count(&a.log(), "dropped the oldest") >= 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    let dropped = count(&log, "dropped the oldest");
+    let kept = files.records();
+    assert_eq!(
+        kept.len() + dropped,
+        printed.len(),
+        "each snapshot kept or counted"
+    );
+    // The last envelope (the SIGTERM flush, after the last snapshot) says so.
+    let reqs = server.requests();
+    let last = reqs.last().unwrap();
+    assert_eq!(last.env.agent_health.dropped_count, dropped as u64);
+    assert_eq!(last.env.agent_health.queue_depth, kept.len() as u64);
+    // What is kept is the newest, and it is delivered once the cloud is back.
+    server.state.lock().unwrap().requests.clear();
+    server.script(|_, _| (200, String::new()));
+    let mut args = files.args(&server);
+    args.push("--once".into());
+    let mut b = Agent::start(&args, "info", false);
+    assert!(b.child.wait().unwrap().success());
+    for r in b.readers.drain(..) {
+        r.join().unwrap();
+    }
+    let mut expected: Vec<String> = printed[printed.len() - kept.len()..].to_vec();
+    expected.extend(b.printed());
+    assert_eq!(server.accepted(), expected);
+}
+
+#[test]
 fn payment_402_stops_sending_once_and_keeps_collecting() {
     require_root();
     let server = Server::start();

@@ -148,7 +148,13 @@ pub struct Spool {
     bytes: u64,
     next_seq: u64,
     stats: Arc<SpoolStats>,
+    /// The latest evicted sequence numbers: one may be in flight, and if
+    /// the cloud then answers for it, it was not dropped after all.
+    evicted_recently: VecDeque<u64>,
 }
+
+/// How many evicted sequence numbers to remember (batches hold at most 100).
+const EVICTED_MEMORY: usize = 1024;
 
 fn record_name(seq: u64) -> String {
     format!("{seq:020}.{EXT}")
@@ -208,6 +214,7 @@ impl Spool {
             bytes,
             next_seq,
             stats,
+            evicted_recently: VecDeque::new(),
         };
         spool.evict_to(max_bytes);
         spool.publish();
@@ -252,6 +259,10 @@ impl Spool {
             };
             self.unlink(e.seq);
             self.bytes -= e.size;
+            if self.evicted_recently.len() == EVICTED_MEMORY {
+                self.evicted_recently.pop_front();
+            }
+            self.evicted_recently.push_back(e.seq);
             let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
             warn!(
                 "spool: past its bound of {} bytes, dropped the oldest snapshot (record {}; {n} dropped so far)",
@@ -364,7 +375,9 @@ impl Spool {
         Ok(Some((snapshot, payload.len())))
     }
 
-    /// Forget records (accepted, or rejected for good) and delete their files.
+    /// Forget records the cloud answered for (accepted, or rejected for
+    /// good) and delete their files. A record evicted while its request was
+    /// in flight is no longer counted as dropped: the cloud has it.
     pub fn remove(&mut self, seqs: &[u64]) {
         for &seq in seqs {
             if let Some(pos) = self.entries.iter().position(|e| e.seq == seq) {
@@ -372,6 +385,9 @@ impl Spool {
                     self.bytes -= e.size;
                 }
                 self.unlink(seq);
+            } else if let Some(pos) = self.evicted_recently.iter().position(|&s| s == seq) {
+                self.evicted_recently.remove(pos);
+                self.stats.evicted.fetch_sub(1, Ordering::Relaxed);
             }
         }
         self.publish();
@@ -490,6 +506,22 @@ mod tests {
             times(&s.oldest(100, 1 << 20)),
             [1_700_000_002, 1_700_000_003, 1_700_000_004]
         );
+    }
+
+    #[test]
+    fn a_record_evicted_in_flight_and_then_accepted_is_not_counted_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = encode(&serde_json::to_vec(&snap(0)).unwrap()).len() as u64;
+        let mut s = Spool::open(dir.path(), one * 2).unwrap();
+        s.push(&snap(0)).unwrap();
+        s.push(&snap(1)).unwrap();
+        let in_flight = s.oldest(100, 1 << 20);
+        s.push(&snap(2)).unwrap(); // evicts record 0, which is in flight
+        assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 1);
+        s.remove(&[in_flight[0].seq, in_flight[1].seq]);
+        assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 0);
+        assert_eq!(times(&s.oldest(100, 1 << 20)), [1_700_000_002]);
+        assert_eq!(s.bytes(), one);
     }
 
     #[test]
