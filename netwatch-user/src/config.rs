@@ -390,7 +390,7 @@ fn secs(name: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError>
 /// that already ends so is kept). Plain http only to a loopback host unless
 /// `allow_insecure_http`.
 pub fn ingest_url(endpoint: &str, allow_insecure_http: bool) -> Result<String, ConfigError> {
-    let uri: ureq::http::Uri = endpoint
+    let uri: http::Uri = endpoint
         .parse()
         .map_err(|e| invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
     let host = uri

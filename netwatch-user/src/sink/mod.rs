@@ -3,6 +3,7 @@
 //! an error and the agent decides (stdout gone: stop; a network sink: retry
 //! later). `ingest` delivers to NetWatch Cloud through the on-disk `spool`.
 
+#[cfg(target_os = "linux")]
 pub mod ingest;
 pub mod json;
 pub mod spool;
