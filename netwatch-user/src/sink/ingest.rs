@@ -7,7 +7,8 @@
 //!
 //! Answers: 200 all accepted; 207 per-snapshot verdicts (accepted and
 //! rejected ones are both done: rejected ones are logged by index and
-//! counted, never resent); 413 the batch is split in halves (a single
+//! counted, never resent; ones without a verdict are resent after a
+//! backoff); 413 the batch is split in halves (a single
 //! snapshot too large is rejected and counted); 401/403 said once, kept in
 //! the spool, retried with backoff; 402 said once, sending stops until
 //! restart while collection goes on into the spool; 5xx, other answers and
@@ -455,11 +456,16 @@ impl Sender {
                     }
                     done.push(s.seq);
                 }
+                self.succeeded(accepted, rejected);
                 let missing = batch.len() - (accepted + rejected) as usize;
                 if missing > 0 {
-                    warn!("ingest: 207 gave no verdict for {missing} snapshots; they are resent");
+                    // Resent after a backoff, so a server that never gives
+                    // a verdict is not hammered.
+                    return Err(Failure::Retry {
+                        cause: "207 incomplete".into(),
+                        detail: format!("HTTP 207 gave no verdict for {missing} snapshots"),
+                    });
                 }
-                self.succeeded(accepted, rejected);
                 Ok(())
             }
             Reply::TooLarge if batch.len() > 1 => {
