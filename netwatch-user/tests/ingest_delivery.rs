@@ -302,7 +302,9 @@ fn collect(
 }
 
 impl Agent {
-    fn start(args: &[String], rust_log: &str, env_key: bool) -> Self {
+    /// Start the agent with `args` and, besides `RUST_LOG`, only the
+    /// `NETWATCH_*` variables in `env`.
+    fn start(args: &[String], rust_log: &str, env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(AGENT);
         cmd.args(args)
             .env("RUST_LOG", rust_log)
@@ -312,9 +314,7 @@ impl Agent {
             .env_remove("NETWATCH_INTERVAL")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if env_key {
-            cmd.env("NETWATCH_API_KEY", KEY);
-        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("starting netwatch-agent");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -400,7 +400,7 @@ fn count(log: &[String], needle: &str) -> usize {
 /// least `n` snapshots; stop it with SIGTERM. Returns the printed timestamps.
 fn prefill(files: &Files, server: &Server, n: usize) -> Vec<String> {
     server.script(|_, _| (503, "maintenance".into()));
-    let a = Agent::start(&files.args(server), "info", false);
+    let a = Agent::start(&files.args(server), "info", &[]);
     a.wait_for("snapshots to spool", |a| a.printed().len() >= n);
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
@@ -424,7 +424,7 @@ fn normal_delivery_every_snapshot_once_in_order_with_auth_envelope_and_host_id()
     let server = Server::start();
     let files = Files::new("");
     // trace: even ureq's and rustls's own logging must not show the key.
-    let a = Agent::start(&files.args(&server), "trace", false);
+    let a = Agent::start(&files.args(&server), "trace", &[]);
     a.wait_for("5 accepted snapshots", |_| server.accepted().len() >= 5);
     let (code, printed, _log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
@@ -452,22 +452,40 @@ fn key_from_the_environment_is_used_and_never_logged() {
     require_root();
     let server = Server::start();
     let files = Files::new("");
+    // The environment overrides the file: this endpoint and interval lose.
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    let cfg = format!("interval_secs = 30\n{cfg}endpoint = \"http://127.0.0.1:9\"\n");
+    write_private(&files.path("config.toml"), &cfg, 0o600);
     let mut args = files.args(&server);
-    let at = args.iter().position(|a| a == "--api-key-file").unwrap();
-    args.drain(at..at + 2);
+    for flag in ["--api-key-file", "--endpoint", "--config", "--interval"] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args.drain(at..at + 2);
+    }
     args.push("--once".into());
-    let a = Agent::start(&args, "debug", true);
-    let status = {
-        let mut a = a;
-        let s = a.child.wait().unwrap();
-        for r in a.readers.drain(..) {
-            r.join().unwrap();
-        }
-        assert_no_key(&a.log());
-        assert_eq!(server.accepted(), a.printed());
-        s
-    };
-    assert!(status.success());
+    let env = [
+        ("NETWATCH_API_KEY", KEY.to_string()),
+        ("NETWATCH_ENDPOINT", server.endpoint()),
+        ("NETWATCH_INTERVAL", "0.3".to_string()),
+        (
+            "NETWATCH_CONFIG",
+            files.path("config.toml").to_string_lossy().into_owned(),
+        ),
+    ];
+    let mut a = Agent::start(&args, "debug", &env);
+    let status = a.child.wait().unwrap();
+    for r in a.readers.drain(..) {
+        r.join().unwrap();
+    }
+    assert_no_key(&a.log());
+    assert!(status.success(), "{:#?}", a.log());
+    assert_eq!(server.accepted(), a.printed());
+    assert!(
+        a.log()
+            .iter()
+            .any(|l| l.contains("every 0.3 s") && l.contains(&server.endpoint())),
+        "{:#?}",
+        a.log()
+    );
     let reqs = server.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(
@@ -482,7 +500,7 @@ fn endpoint_down_20s_then_back_every_snapshot_arrives_once_in_order() {
     let mut server = Server::start();
     let files = Files::new("batch_max_snapshots = 10");
     server.down();
-    let a = Agent::start(&files.args(&server), "info", false);
+    let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("a first snapshot", |a| !a.printed().is_empty());
     thread::sleep(Duration::from_secs(20));
     let spooled = a.printed().len();
@@ -519,12 +537,12 @@ fn sigkill_while_down_then_restart_delivers_every_spooled_snapshot() {
     let mut server = Server::start();
     let files = Files::new("");
     server.down();
-    let a = Agent::start(&files.args(&server), "info", false);
+    let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("10 snapshots", |a| a.printed().len() >= 10);
     let (code, first, _) = a.stop(libc::SIGKILL);
     assert_eq!(code, None, "killed");
     server.up();
-    let b = Agent::start(&files.args(&server), "info", false);
+    let b = Agent::start(&files.args(&server), "info", &[]);
     b.wait_for("the first run's snapshots and 3 more", |_| {
         server.accepted().len() >= first.len() + 3
     });
@@ -566,7 +584,7 @@ fn a_corrupt_spool_record_is_skipped_and_counted() {
     std::fs::write(victim, bytes).unwrap();
 
     server.script(|_, _| (200, String::new()));
-    let b = Agent::start(&files.args(&server), "info", false);
+    let b = Agent::start(&files.args(&server), "info", &[]);
     b.wait_for("the good spooled snapshots and 3 more", |_| {
         server.accepted().len() >= first.len() - 1 + 3
     });
@@ -614,7 +632,7 @@ fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
         });
         (207, body.to_string())
     });
-    let b = Agent::start(&files.args(&server), "info", false);
+    let b = Agent::start(&files.args(&server), "info", &[]);
     b.wait_for("3 more after the 207", |_| server.requests().len() >= 4);
     let (code, second, log) = b.stop(libc::SIGTERM);
     assert_eq!(code, Some(0));
@@ -650,7 +668,7 @@ fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
     let mut args = files.args(&server);
     // The smallest bound allowed: one or two snapshots of this host.
     args.extend(["--spool-max-bytes".into(), "65536".into()]);
-    let a = Agent::start(&args, "info", false);
+    let a = Agent::start(&args, "info", &[]);
     a.wait_for("3 snapshots dropped", |a| {
         count(&a.log(), "dropped the oldest") >= 3
     });
@@ -673,7 +691,7 @@ fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
     server.script(|_, _| (200, String::new()));
     let mut args = files.args(&server);
     args.push("--once".into());
-    let mut b = Agent::start(&args, "info", false);
+    let mut b = Agent::start(&args, "info", &[]);
     assert!(b.child.wait().unwrap().success());
     for r in b.readers.drain(..) {
         r.join().unwrap();
@@ -689,7 +707,7 @@ fn payment_402_stops_sending_once_and_keeps_collecting() {
     let server = Server::start();
     let files = Files::new("");
     server.script(|_, _| (402, String::new()));
-    let a = Agent::start(&files.args(&server), "info", false);
+    let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("the first request", |_| !server.requests().is_empty());
     let at_402 = a.printed().len();
     a.wait_for("10 more snapshots", |a| a.printed().len() >= at_402 + 10);
@@ -717,7 +735,7 @@ fn too_large_413_splits_the_batch_until_it_fits() {
             (200, String::new())
         }
     });
-    let b = Agent::start(&files.args(&server), "info", false);
+    let b = Agent::start(&files.args(&server), "info", &[]);
     b.wait_for("the backlog and 3 more", |_| {
         server.accepted().len() >= first.len() + 3
     });
@@ -755,7 +773,7 @@ fn unauthorized_401_is_said_once_spooling_continues_and_delivery_resumes() {
             (401, String::new())
         }
     });
-    let a = Agent::start(&files.args(&server), "info", false);
+    let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("three refused requests", |_| server.requests().len() >= 3);
     assert_eq!(
         count(&a.log(), "refused the API key (HTTP 401)"),
@@ -787,7 +805,7 @@ fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
         .replace("flush_timeout_secs = 5\n", "");
     write_private(&files.path("config.toml"), &cfg, 0o600);
     server.state.lock().unwrap().hang = true;
-    let a = Agent::start(&files.args(&server), "info", false);
+    let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("5 snapshots", |a| a.printed().len() >= 5);
     let t = Instant::now();
     let (code, printed, log) = a.stop(libc::SIGTERM);
@@ -865,7 +883,7 @@ fn https_verifies_certificates_and_refuses_a_self_signed_endpoint() {
     let at = args.iter().position(|a| a == "--endpoint").unwrap();
     args[at + 1] = format!("https://127.0.0.1:{port}");
     args.push("--once".into());
-    let mut a = Agent::start(&args, "info", false);
+    let mut a = Agent::start(&args, "info", &[]);
     let status = a.child.wait().unwrap();
     for r in a.readers.drain(..) {
         r.join().unwrap();
