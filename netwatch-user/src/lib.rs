@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod attribution;
+pub mod config;
 pub mod counter;
 pub mod estimate;
 pub mod net;

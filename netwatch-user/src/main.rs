@@ -1,87 +1,93 @@
-//! `netwatch-agent`: the command line only. Parses options, sets up
-//! logging, picks the source, and hands everything to the tick loop.
+//! `netwatch-agent`: the command line only. Reads the configuration (see
+//! `netwatch::config`), sets up logging, picks the source, builds the
+//! sinks and hands everything to the tick loop. The API key is taken out
+//! of the environment before anything else runs, so no child process
+//! (`ss`, …) inherits it.
 
-use std::time::Duration;
-
-use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
+use anyhow::{Context, Result};
+use clap::Parser;
 
 use netwatch::agent::{self, Agent};
+use netwatch::config::{self, Args, Config, Output, API_KEY_ENV};
 use netwatch::sink::{json::JsonLines, table::Table, Sink};
 use netwatch::snapshot::HostCollectors;
-use netwatch::source::select::{self, Mode, SourceOptions};
-
-/// Per-process network bandwidth, counted in the kernel.
-#[derive(Debug, Parser)]
-#[command(name = "netwatch-agent", version, about)]
-struct Cli {
-    /// Where per-process bytes come from.
-    #[arg(long, value_enum, default_value = "auto")]
-    mode: Mode,
-    /// eBPF hook tier: auto, fentry, kprobe or tracepoint.
-    #[cfg(target_os = "linux")]
-    #[arg(long, default_value = "auto")]
-    ebpf_tier: netwatch::source::ebpf::TierChoice,
-    /// Capacity of the kernel's per-socket map.
-    #[cfg(target_os = "linux")]
-    #[arg(long, default_value_t = 65536)]
-    max_sockets: u32,
-    /// Size of the kernel's closed-socket ring buffer in bytes (a power of two, at least a page).
-    #[cfg(target_os = "linux")]
-    #[arg(long, default_value_t = 1 << 20)]
-    ringbuf_bytes: u32,
-    /// Seconds between snapshots (fractions allowed).
-    #[arg(long, default_value_t = 1.0)]
-    interval: f64,
-    /// Print one snapshot after one interval, then exit.
-    #[arg(long)]
-    once: bool,
-    /// Output: a live table, or one JSON `Snapshot` per line.
-    #[arg(long, value_enum, default_value = "json")]
-    output: Output,
-    /// Capture interface for `--mode pcap` (default: all).
-    #[arg(short = 'i', long)]
-    interface: Option<String>,
-    /// Rows in the live table.
-    #[arg(long, default_value_t = 20)]
-    rows: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
+use netwatch::source::select::{self, SourceOptions};
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
         .init();
-    if !(cli.interval.is_finite() && cli.interval >= 0.05) {
-        bail!(
-            "--interval must be at least 0.05 seconds (got {})",
-            cli.interval
-        );
+    let env_key = std::env::var(API_KEY_ENV).ok();
+    // Single-threaded still: nothing else reads the environment now.
+    std::env::remove_var(API_KEY_ENV);
+    let file = config::load_file(&args)?;
+    let cfg = config::resolve(&args, env_key.as_deref(), file)?;
+    drop(env_key);
+    if let Some(p) = &cfg.config_file {
+        log::info!("configuration read from {}", p.display());
     }
-    let interval = Duration::from_secs_f64(cli.interval);
+    run(cfg)
+}
 
+fn sinks(cfg: &Config) -> Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    for output in &cfg.outputs {
+        match output {
+            Output::Json => sinks.push(Box::new(JsonLines::stdout())),
+            Output::Table => sinks.push(Box::new(Table::stdout(cfg.rows))),
+            Output::Ingest => sinks.push(ingest_sink(cfg)?),
+            // Refused by config::resolve.
+            Output::Prometheus => anyhow::bail!("output prometheus is not yet implemented"),
+        }
+    }
+    Ok(sinks)
+}
+
+#[cfg(target_os = "linux")]
+fn ingest_sink(cfg: &Config) -> Result<Box<dyn Sink>> {
+    let Some(ingest) = cfg.ingest.clone() else {
+        anyhow::bail!("output ingest without ingest settings");
+    };
+    let host = netwatch::procinfo::host::host_info(&ingest.host_id_file)?;
+    log::info!(
+        "delivering to {} as host {} every {:.1} s; spool {} (at most {} bytes)",
+        ingest.url,
+        host.host_id,
+        cfg.interval.as_secs_f64(),
+        ingest.spool_dir.display(),
+        ingest.spool_max_bytes
+    );
+    Ok(Box::new(netwatch::sink::ingest::IngestSink::start(
+        ingest, host,
+    )?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ingest_sink(_cfg: &Config) -> Result<Box<dyn Sink>> {
+    anyhow::bail!("output ingest is only available on Linux for now (host info comes from /proc)")
+}
+
+fn run(cfg: Config) -> Result<()> {
     let opts = SourceOptions {
         #[cfg(target_os = "linux")]
         ebpf: netwatch::source::ebpf::LoadOptions {
-            tier: cli.ebpf_tier,
-            max_sockets: cli.max_sockets,
-            ringbuf_bytes: cli.ringbuf_bytes,
+            tier: cfg
+                .ebpf
+                .tier
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?,
+            max_sockets: cfg.ebpf.max_sockets,
+            ringbuf_bytes: cfg.ebpf.ringbuf_bytes,
             ..Default::default()
         },
-        interface: cli.interface.clone(),
+        interface: cfg.interface.clone(),
     };
-    let selected = select::select(cli.mode, &opts)?;
+    // Sinks first: a bad spool directory or host id file stops the agent
+    // before it loads anything into the kernel.
+    let sinks = sinks(&cfg)?;
+    let selected = select::select(cfg.mode, &opts)?;
     let host = HostCollectors::new();
-    let sinks: Vec<Box<dyn Sink>> = match cli.output {
-        Output::Json => vec![Box::new(JsonLines::stdout())],
-        Output::Table => vec![Box::new(Table::stdout(cli.rows))],
-    };
     let agent = Agent::new(
         selected.source,
         selected.info,
@@ -94,5 +100,5 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(agent::run(agent, interval, cli.once))
+        .block_on(agent::run(agent, cfg.interval, cfg.once))
 }

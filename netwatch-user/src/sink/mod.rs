@@ -1,9 +1,12 @@
 //! Sinks: where finished snapshots go. Each receives every snapshot as a
 //! value and must never reach back into a source; a sink that fails reports
 //! an error and the agent decides (stdout gone: stop; a network sink: retry
-//! later). New sinks (ingest + spool, /metrics) plug in here.
+//! later). `ingest` delivers to NetWatch Cloud through the on-disk `spool`.
 
+#[cfg(target_os = "linux")]
+pub mod ingest;
 pub mod json;
+pub mod spool;
 pub mod table;
 
 use netwatch_common::wire::Snapshot;

@@ -1,0 +1,854 @@
+//! Agent configuration: the command line (clap), an optional TOML file and
+//! the `NETWATCH_*` environment, merged into one validated [`Config`]
+//! (command line over environment over file over defaults).
+//!
+//! It must never take the API key from argv, never print it (the key lives
+//! in [`ApiKey`], whose `Debug`/`Display` redact it), never echo a line of
+//! the config file in an error (a parse error names the line and the
+//! problem only), and never turn a bad value into a silent fallback: a bad
+//! value stops the agent at start with a message that names it.
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::source::select::Mode;
+
+/// Where the agent looks for its config file when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/netwatch-agent/config.toml";
+/// The on-disk spool of snapshots not yet accepted by the cloud.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/netwatch-agent/spool";
+/// The persisted host id (the cloud's primary key for this host).
+pub const DEFAULT_HOST_ID_FILE: &str = "/var/lib/netwatch-agent/host-id";
+/// Spool bound when none is configured.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// At most this many snapshots per ingest request (the cloud's limit).
+pub const MAX_BATCH_SNAPSHOTS: usize = 100;
+/// At most this many bytes of JSON per ingest request (the cloud's 5 MB).
+pub const MAX_BATCH_BYTES: usize = 5_000_000;
+/// The interval when delivering to NetWatch Cloud.
+pub const DEFAULT_DELIVERY_INTERVAL_SECS: f64 = 15.0;
+/// The interval of the live view and the NDJSON stream.
+pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
+/// Shortest interval accepted.
+pub const MIN_INTERVAL_SECS: f64 = 0.05;
+/// The environment variable that carries the API key.
+pub const API_KEY_ENV: &str = "NETWATCH_API_KEY";
+
+/// The NetWatch Cloud API key. Its `Debug` and `Display` print
+/// `<redacted>`; only [`ApiKey::expose`] gives the text, for the one header
+/// that needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// A key from its text (surrounding whitespace removed). Refuses an
+    /// empty key and one that cannot be sent in an HTTP header, without
+    /// repeating the key in the error.
+    pub fn new(text: &str) -> Result<Self, ConfigError> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(ConfigError::ApiKey("it is empty".into()));
+        }
+        if !t.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(ConfigError::ApiKey(
+                "it holds spaces, control or non-ASCII characters, which an HTTP header cannot carry"
+                    .into(),
+            ));
+        }
+        Ok(Self(t.to_string()))
+    }
+
+    /// The key's text. Use it for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where snapshots go (`--output`, may be given several times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// A live table on the terminal.
+    Table,
+    /// One JSON `Snapshot` per line on stdout.
+    Json,
+    /// Prometheus `/metrics` (not yet implemented: refused at start).
+    Prometheus,
+    /// NetWatch Cloud ingest, through the on-disk spool.
+    Ingest,
+}
+
+/// Per-process network bandwidth, counted in the kernel.
+///
+/// Settings come from the command line, then the environment
+/// (`NETWATCH_CONFIG`, `NETWATCH_ENDPOINT`, `NETWATCH_INTERVAL`,
+/// `NETWATCH_API_KEY`), then the config file, then defaults. The API key is
+/// never an argument: use `--api-key-file`, `NETWATCH_API_KEY` or
+/// `api_key_file` in the config file.
+#[derive(Debug, Parser)]
+#[command(name = "netwatch-agent", version, about)]
+pub struct Args {
+    /// Config file (TOML). The default path may be absent; a named one must
+    /// exist. Refused if group/world-writable or not owned by root.
+    #[arg(long, env = "NETWATCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where per-process bytes come from [default: auto].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// eBPF hook tier: auto, fentry, kprobe or tracepoint [default: auto].
+    #[arg(long)]
+    pub ebpf_tier: Option<String>,
+    /// Capacity of the kernel's per-socket map [default: 65536].
+    #[arg(long)]
+    pub max_sockets: Option<u32>,
+    /// Size of the kernel's closed-socket ring buffer in bytes (a power of
+    /// two, at least 4096) [default: 1048576].
+    #[arg(long)]
+    pub ringbuf_bytes: Option<u32>,
+    /// Seconds between snapshots (fractions allowed) [default: 15 with
+    /// `--output ingest`, else 1].
+    #[arg(long, env = "NETWATCH_INTERVAL", value_name = "SECONDS")]
+    pub interval: Option<f64>,
+    /// Print one snapshot after one interval, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Output; give several times for several [default: json].
+    #[arg(long, value_enum)]
+    pub output: Vec<Output>,
+    /// Capture interface for `--mode pcap` (default: all).
+    #[arg(short = 'i', long)]
+    pub interface: Option<String>,
+    /// Rows in the live table [default: 20].
+    #[arg(long)]
+    pub rows: Option<usize>,
+    /// NetWatch Cloud base URL (`/api/v1/ingest` is appended).
+    #[arg(long, env = "NETWATCH_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// File holding the API key (one line). Overrides `NETWATCH_API_KEY`.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// Allow plain http to a non-loopback endpoint (the key travels in clear).
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    /// Spool directory for snapshots not yet accepted
+    /// [default: /var/lib/netwatch-agent/spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Spool bound in bytes; past it the oldest snapshots are dropped and counted.
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+    /// Host id file [default: /var/lib/netwatch-agent/host-id].
+    #[arg(long, value_name = "PATH")]
+    pub host_id_file: Option<PathBuf>,
+}
+
+/// The config file, as written. Every key is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub mode: Option<String>,
+    pub interval_secs: Option<f64>,
+    pub outputs: Option<Vec<Output>>,
+    pub interface: Option<String>,
+    pub rows: Option<usize>,
+    #[serde(default)]
+    pub ebpf: EbpfFile,
+    #[serde(default)]
+    pub ingest: IngestFile,
+    #[serde(default)]
+    pub spool: SpoolFile,
+}
+
+/// `[ebpf]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EbpfFile {
+    pub tier: Option<String>,
+    pub max_sockets: Option<u32>,
+    pub ringbuf_bytes: Option<u32>,
+}
+
+/// `[ingest]` in the config file. There is deliberately no `api_key` key:
+/// the key lives in its own file (`api_key_file`, mode 0600).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestFile {
+    pub endpoint: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub allow_insecure_http: Option<bool>,
+    pub host_id_file: Option<PathBuf>,
+    pub batch_max_snapshots: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    pub retry_initial_secs: Option<f64>,
+    pub retry_max_secs: Option<f64>,
+    pub request_timeout_secs: Option<f64>,
+    pub flush_timeout_secs: Option<f64>,
+}
+
+/// `[spool]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolFile {
+    pub dir: Option<PathBuf>,
+    pub max_bytes: Option<u64>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {what}")]
+    File { path: PathBuf, what: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the API key is not usable: {0}")]
+    ApiKey(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// eBPF loader settings.
+#[derive(Debug, Clone)]
+pub struct EbpfSettings {
+    pub tier: String,
+    pub max_sockets: u32,
+    pub ringbuf_bytes: u32,
+}
+
+/// Everything the ingest sink and its spool need.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The full ingest URL (`…/api/v1/ingest`).
+    pub url: String,
+    pub api_key: ApiKey,
+    pub host_id_file: PathBuf,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub batch_max_snapshots: usize,
+    pub batch_max_bytes: usize,
+    /// First retry delay after a failure; doubles per failure.
+    pub retry_initial: Duration,
+    /// Retry delay cap (5 minutes at most).
+    pub retry_max: Duration,
+    pub request_timeout: Duration,
+    /// How long SIGTERM waits for the spool to drain before exiting.
+    pub flush_timeout: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub ebpf: EbpfSettings,
+    pub interval: Duration,
+    pub once: bool,
+    pub outputs: Vec<Output>,
+    pub interface: Option<String>,
+    pub rows: usize,
+    /// Set when `outputs` holds `Ingest`.
+    pub ingest: Option<IngestConfig>,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Read the config file that `args` names (or the default one), check its
+/// ownership and mode, and parse it. `None`: the default file is absent.
+pub fn load_file(args: &Args) -> Result<Option<(PathBuf, FileConfig)>, ConfigError> {
+    let (path, explicit) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
+        Err(e) => {
+            return Err(ConfigError::File {
+                path,
+                what: format!("cannot be read ({e}); it was named by --config or NETWATCH_CONFIG"),
+            })
+        }
+    };
+    check_private(&path, &meta, "config file")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+        path: path.clone(),
+        what: format!("cannot be read: {e}"),
+    })?;
+    let file = parse_file(&text).map_err(|what| ConfigError::File {
+        path: path.clone(),
+        what,
+    })?;
+    Ok(Some((path, file)))
+}
+
+/// Parse config text. The error names the line and the problem, never the
+/// line's text (it might hold a secret someone put there by mistake).
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        // toml's message names keys and expected types. A serde type error
+        // can quote the offending value: keep only the part before it.
+        let msg = e.message().trim();
+        let msg = match msg.find("invalid type:") {
+            Some(_) => msg
+                .split_once(", expected")
+                .map(|(_, exp)| format!("wrong type, expected{exp}"))
+                .unwrap_or_else(|| "wrong type".to_string()),
+            None => msg.to_string(),
+        };
+        match line {
+            Some(l) => format!("line {l}: {msg}"),
+            None => msg,
+        }
+    })
+}
+
+/// Refuse a file that someone other than root (or the agent's own user)
+/// could change: not owned by root/euid, or group/world-writable.
+pub fn check_private(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), ConfigError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(ConfigError::File {
+            path: path.to_path_buf(),
+            what: format!(
+                "{what} is owned by uid {}, not by root: refused (chown root:root {})",
+                meta.uid(),
+                path.display()
+            ),
+        });
+    }
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::File {
+            path: path.to_path_buf(),
+            what: format!(
+                "{what} is group- or world-writable (mode {mode:04o}): refused (chmod go-w {})",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Read the API key from `path` (one line; surrounding whitespace ignored).
+pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        what: format!("API key file cannot be read: {e}"),
+    })?;
+    check_private(path, &meta, "API key file")?;
+    if meta.mode() & 0o044 != 0 {
+        log::warn!(
+            "API key file {} is readable by other users (mode {:04o}); chmod 600 it",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        what: format!("API key file cannot be read: {e}"),
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ConfigError::ApiKey(format!("{} is not UTF-8 text", path.display())))?;
+    ApiKey::new(text).map_err(|e| match e {
+        ConfigError::ApiKey(why) => ConfigError::ApiKey(format!("{} ({why})", path.display())),
+        other => other,
+    })
+}
+
+fn secs(name: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && v >= min && v <= max) {
+        return Err(invalid(format!(
+            "{name} {v}: must be between {min} and {max} seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The ingest URL for an endpoint: `<endpoint>/api/v1/ingest` (an endpoint
+/// that already ends so is kept). Plain http only to a loopback host unless
+/// `allow_insecure_http`.
+pub fn ingest_url(endpoint: &str, allow_insecure_http: bool) -> Result<String, ConfigError> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(format!("endpoint {endpoint:?} has no host")))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = h.eq_ignore_ascii_case("localhost")
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback && !allow_insecure_http {
+                return Err(invalid(format!(
+                    "endpoint {endpoint:?} is plain http to a non-loopback host: the API key \
+                     would travel in clear; use https, or pass --allow-insecure-http"
+                )));
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "endpoint {endpoint:?}: scheme {:?} is not http or https",
+                other.unwrap_or("")
+            )))
+        }
+    }
+    if uri.query().is_some() {
+        return Err(invalid(format!(
+            "endpoint {endpoint:?} has a query string; give the base URL"
+        )));
+    }
+    let base = endpoint.trim_end_matches('/');
+    Ok(if base.ends_with("/api/v1/ingest") {
+        base.to_string()
+    } else {
+        format!("{base}/api/v1/ingest")
+    })
+}
+
+/// Merge `args`, the environment's API key (`env_api_key`, already taken
+/// out of the environment) and the config file into a validated [`Config`].
+pub fn resolve(
+    args: &Args,
+    env_api_key: Option<&str>,
+    file: Option<(PathBuf, FileConfig)>,
+) -> Result<Config, ConfigError> {
+    let (config_file, f) = match file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, FileConfig::default()),
+    };
+
+    let mode = match (&args.mode, &f.mode) {
+        (Some(m), _) => *m,
+        (None, Some(s)) => Mode::from_str(s, true).map_err(|_| {
+            invalid(format!(
+                "mode {s:?} is not a mode: expected auto, ebpf, ss, pcap or proc"
+            ))
+        })?,
+        (None, None) => Mode::Auto,
+    };
+
+    let tier = args
+        .ebpf_tier
+        .clone()
+        .or(f.ebpf.tier.clone())
+        .unwrap_or_else(|| "auto".into());
+    if !matches!(tier.as_str(), "auto" | "fentry" | "kprobe" | "tracepoint") {
+        return Err(invalid(format!(
+            "eBPF tier {tier:?} is not a tier: expected auto, fentry, kprobe or tracepoint"
+        )));
+    }
+    let max_sockets = args.max_sockets.or(f.ebpf.max_sockets).unwrap_or(65536);
+    if max_sockets == 0 {
+        return Err(invalid(
+            "max_sockets 0: the socket map needs at least one entry",
+        ));
+    }
+    let ringbuf_bytes = args
+        .ringbuf_bytes
+        .or(f.ebpf.ringbuf_bytes)
+        .unwrap_or(1 << 20);
+    if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < 4096 {
+        return Err(invalid(format!(
+            "ringbuf_bytes {ringbuf_bytes} is not a power of two of at least 4096 (a page)"
+        )));
+    }
+
+    let mut outputs: Vec<Output> = if !args.output.is_empty() {
+        args.output.clone()
+    } else {
+        f.outputs.clone().unwrap_or_else(|| vec![Output::Json])
+    };
+    if outputs.is_empty() {
+        return Err(invalid("outputs = []: give at least one output"));
+    }
+    // Ingest first: a snapshot is on disk before any other sink shows it.
+    outputs.sort_by_key(|o| *o != Output::Ingest);
+    outputs.dedup();
+    if outputs.contains(&Output::Prometheus) {
+        return Err(invalid(
+            "output prometheus: not yet implemented in this build (issue 8 item 5); \
+             use table, json or ingest",
+        ));
+    }
+    if outputs.contains(&Output::Table) && outputs.contains(&Output::Json) {
+        return Err(invalid(
+            "outputs table and json both write to stdout: choose one",
+        ));
+    }
+    let delivering = outputs.contains(&Output::Ingest);
+
+    let interval_secs = args.interval.or(f.interval_secs).unwrap_or(if delivering {
+        DEFAULT_DELIVERY_INTERVAL_SECS
+    } else {
+        DEFAULT_VIEW_INTERVAL_SECS
+    });
+    if !(interval_secs.is_finite() && interval_secs >= MIN_INTERVAL_SECS) {
+        return Err(invalid(format!(
+            "interval {interval_secs}: must be at least {MIN_INTERVAL_SECS} seconds"
+        )));
+    }
+    let interval = Duration::from_secs_f64(interval_secs);
+
+    let rows = args.rows.or(f.rows).unwrap_or(20);
+    if rows == 0 {
+        return Err(invalid("rows 0: the table needs at least one row"));
+    }
+
+    let endpoint = args.endpoint.clone().or(f.ingest.endpoint.clone());
+    let ingest = if delivering {
+        let endpoint = endpoint.ok_or_else(|| {
+            invalid("output ingest needs an endpoint: --endpoint, NETWATCH_ENDPOINT or [ingest] endpoint")
+        })?;
+        let allow_insecure =
+            args.allow_insecure_http || f.ingest.allow_insecure_http.unwrap_or(false);
+        let url = ingest_url(&endpoint, allow_insecure)?;
+        let api_key = match (&args.api_key_file, env_api_key, &f.ingest.api_key_file) {
+            (Some(p), _, _) => read_api_key_file(p)?,
+            (None, Some(k), _) => ApiKey::new(k).map_err(|e| match e {
+                ConfigError::ApiKey(why) => ConfigError::ApiKey(format!("{API_KEY_ENV} ({why})")),
+                other => other,
+            })?,
+            (None, None, Some(p)) => read_api_key_file(p)?,
+            (None, None, None) => {
+                return Err(invalid(format!(
+                    "output ingest needs an API key: --api-key-file, {API_KEY_ENV} or [ingest] api_key_file"
+                )))
+            }
+        };
+        let batch_max_snapshots = f.ingest.batch_max_snapshots.unwrap_or(MAX_BATCH_SNAPSHOTS);
+        if !(1..=MAX_BATCH_SNAPSHOTS).contains(&batch_max_snapshots) {
+            return Err(invalid(format!(
+                "batch_max_snapshots {batch_max_snapshots}: must be 1 to {MAX_BATCH_SNAPSHOTS}"
+            )));
+        }
+        let batch_max_bytes = f.ingest.batch_max_bytes.unwrap_or(MAX_BATCH_BYTES);
+        if !(64 * 1024..=MAX_BATCH_BYTES).contains(&batch_max_bytes) {
+            return Err(invalid(format!(
+                "batch_max_bytes {batch_max_bytes}: must be 65536 to {MAX_BATCH_BYTES}"
+            )));
+        }
+        let retry_initial = secs(
+            "retry_initial_secs",
+            f.ingest.retry_initial_secs.unwrap_or(1.0),
+            0.01,
+            300.0,
+        )?;
+        let retry_max = secs(
+            "retry_max_secs",
+            f.ingest.retry_max_secs.unwrap_or(300.0),
+            retry_initial.as_secs_f64(),
+            300.0,
+        )?;
+        let request_timeout = secs(
+            "request_timeout_secs",
+            f.ingest.request_timeout_secs.unwrap_or(30.0),
+            0.1,
+            600.0,
+        )?;
+        let flush_timeout = secs(
+            "flush_timeout_secs",
+            f.ingest.flush_timeout_secs.unwrap_or(10.0),
+            0.0,
+            600.0,
+        )?;
+        let spool_max_bytes = args
+            .spool_max_bytes
+            .or(f.spool.max_bytes)
+            .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
+        if spool_max_bytes < 64 * 1024 {
+            return Err(invalid(format!(
+                "spool max_bytes {spool_max_bytes}: must be at least 65536"
+            )));
+        }
+        Some(IngestConfig {
+            url,
+            api_key,
+            host_id_file: args
+                .host_id_file
+                .clone()
+                .or(f.ingest.host_id_file.clone())
+                .unwrap_or_else(|| DEFAULT_HOST_ID_FILE.into()),
+            spool_dir: args
+                .spool_dir
+                .clone()
+                .or(f.spool.dir.clone())
+                .unwrap_or_else(|| DEFAULT_SPOOL_DIR.into()),
+            spool_max_bytes,
+            batch_max_snapshots,
+            batch_max_bytes,
+            retry_initial,
+            retry_max,
+            request_timeout,
+            flush_timeout,
+        })
+    } else {
+        if endpoint.is_some() {
+            log::info!(
+                "an endpoint is configured but output ingest is not selected: not delivering"
+            );
+        }
+        None
+    };
+
+    Ok(Config {
+        mode,
+        ebpf: EbpfSettings {
+            tier,
+            max_sockets,
+            ringbuf_bytes,
+        },
+        interval,
+        once: args.once,
+        outputs,
+        interface: args.interface.clone().or(f.interface.clone()),
+        rows,
+        ingest,
+        config_file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        let mut v = vec!["netwatch-agent"];
+        v.extend_from_slice(argv);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    fn file(text: &str) -> Option<(PathBuf, FileConfig)> {
+        Some((PathBuf::from("/test.toml"), parse_file(text).unwrap()))
+    }
+
+    fn err(r: Result<Config, ConfigError>) -> String {
+        r.map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_json_every_second() {
+        let c = resolve(&args(&[]), None, None).unwrap();
+        assert_eq!(c.outputs, vec![Output::Json]);
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.mode, Mode::Auto);
+        assert!(c.ingest.is_none());
+    }
+
+    #[test]
+    fn delivering_defaults_to_fifteen_seconds_and_full_limits() {
+        let c = resolve(
+            &args(&["--output", "ingest", "--endpoint", "https://cloud.example"]),
+            Some("k3y"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(15));
+        let i = c.ingest.unwrap();
+        assert_eq!(i.url, "https://cloud.example/api/v1/ingest");
+        assert_eq!(i.batch_max_snapshots, 100);
+        assert_eq!(i.batch_max_bytes, 5_000_000);
+        assert_eq!(i.retry_max, Duration::from_secs(300));
+        assert_eq!(i.spool_dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+    }
+
+    #[test]
+    fn command_line_beats_file() {
+        let c = resolve(
+            &args(&["--interval", "2", "--mode", "ss"]),
+            None,
+            file("interval_secs = 5\nmode = \"proc\"\noutputs = [\"json\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.mode, Mode::Ss);
+        let c = resolve(
+            &args(&[]),
+            None,
+            file("interval_secs = 5\nmode = \"proc\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.mode, Mode::Proc);
+    }
+
+    #[test]
+    fn output_may_repeat_and_ingest_comes_first() {
+        let c = resolve(
+            &args(&[
+                "--output",
+                "json",
+                "--output",
+                "ingest",
+                "--output",
+                "json",
+                "--endpoint",
+                "http://127.0.0.1:9",
+            ]),
+            Some("k"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.outputs, vec![Output::Ingest, Output::Json]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_value() {
+        let e = err(resolve(&args(&["--interval", "0"]), None, None));
+        assert!(e.contains("interval 0"), "{e}");
+        let e = err(resolve(&args(&["--ringbuf-bytes", "1000000"]), None, None));
+        assert!(
+            e.contains("ringbuf_bytes 1000000 is not a power of two"),
+            "{e}"
+        );
+        let e = err(resolve(&args(&[]), None, file("mode = \"turbo\"\n")));
+        assert!(e.contains("\"turbo\""), "{e}");
+        let e = err(resolve(
+            &args(&[]),
+            None,
+            file("[ebpf]\ntier = \"fexit\"\n"),
+        ));
+        assert!(e.contains("\"fexit\""), "{e}");
+        let e = err(resolve(&args(&["--output", "prometheus"]), None, None));
+        assert!(e.contains("prometheus: not yet implemented"), "{e}");
+        let e = err(resolve(&args(&["--interval", "NaN"]), None, None));
+        assert!(e.contains("interval NaN"), "{e}");
+        assert!(Args::try_parse_from(["a", "--mode", "turbo"])
+            .unwrap_err()
+            .to_string()
+            .contains("turbo"));
+        assert!(Args::try_parse_from(["a", "--output", "csv"])
+            .unwrap_err()
+            .to_string()
+            .contains("csv"));
+    }
+
+    #[test]
+    fn unknown_output_in_file_is_named() {
+        let e = parse_file("outputs = [\"csv\"]\n").unwrap_err();
+        assert!(e.contains("csv"), "{e}");
+        assert!(e.starts_with("line 1:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_an_inline_api_key_are_refused_without_echoing_values() {
+        let e = parse_file("[ingest]\napi_key = \"s3cr3t-value\"\n").unwrap_err();
+        assert!(e.contains("api_key"), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = parse_file("interval_secs = \"s3cr3t-value\"\n").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = parse_file("[ingest]\nendpoint = \"s3cr3t-value\n").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(ingest_url("http://127.0.0.1:8080", false).is_ok());
+        assert!(ingest_url("http://[::1]:8080/", false).is_ok());
+        assert!(ingest_url("http://localhost", false).is_ok());
+        let e = ingest_url("http://10.0.0.1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--allow-insecure-http"), "{e}");
+        assert_eq!(
+            ingest_url("http://10.0.0.1/", true).unwrap(),
+            "http://10.0.0.1/api/v1/ingest"
+        );
+        assert_eq!(
+            ingest_url("https://c.example/api/v1/ingest", false).unwrap(),
+            "https://c.example/api/v1/ingest"
+        );
+        assert!(ingest_url("ftp://c.example", false).is_err());
+        assert!(ingest_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn ingest_without_key_or_endpoint_is_refused() {
+        let e = err(resolve(&args(&["--output", "ingest"]), Some("k"), None));
+        assert!(e.contains("needs an endpoint"), "{e}");
+        let e = err(resolve(
+            &args(&["--output", "ingest", "--endpoint", "https://c.example"]),
+            None,
+            None,
+        ));
+        assert!(e.contains("needs an API key"), "{e}");
+    }
+
+    #[test]
+    fn the_key_never_prints() {
+        let k = ApiKey::new(" nw_live_abc123\n").unwrap();
+        assert_eq!(k.expose(), "nw_live_abc123");
+        assert_eq!(format!("{k}"), "<redacted>");
+        assert_eq!(format!("{k:?}"), "ApiKey(<redacted>)");
+        let c = resolve(
+            &args(&["--output", "ingest", "--endpoint", "https://c.example"]),
+            Some("nw_live_abc123"),
+            None,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("abc123"));
+        let e = ApiKey::new("nw live").unwrap_err().to_string();
+        assert!(!e.contains("nw live"), "{e}");
+        assert!(ApiKey::new("  \n").is_err());
+    }
+
+    #[test]
+    fn api_key_is_not_an_argument() {
+        assert!(Args::try_parse_from(["a", "--api-key", "x"]).is_err());
+    }
+
+    #[test]
+    fn files_others_can_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.toml");
+        std::fs::write(&p, "interval_secs = 3\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let a = args(&["--config", p.to_str().unwrap()]);
+        let e = load_file(&a).unwrap_err().to_string();
+        assert!(e.contains("group- or world-writable (mode 0664)"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, f) = load_file(&a).unwrap().unwrap();
+        assert_eq!(f.interval_secs, Some(3.0));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+            let e = load_file(&a).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534, not by root"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_named_config_must_exist_the_default_may_not() {
+        let a = args(&["--config", "/nonexistent/netwatch.toml"]);
+        let e = load_file(&a).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/netwatch.toml"), "{e}");
+        if !Path::new(DEFAULT_CONFIG_PATH).exists() {
+            assert!(load_file(&args(&[])).unwrap().is_none());
+        }
+    }
+}

@@ -1,0 +1,616 @@
+//! NetWatch Cloud delivery. The tick hands each snapshot to [`IngestSink`],
+//! which writes it to the on-disk [`Spool`] and returns; a sender thread of
+//! its own POSTs the oldest spooled snapshots, in order, as versioned
+//! envelopes (`schema_version` 1, the request flattened, `agent_health`
+//! from real counters) and removes them once the cloud has answered for
+//! them.
+//!
+//! Answers: 200 all accepted; 207 per-snapshot verdicts (accepted and
+//! rejected ones are both done: rejected ones are logged by index and
+//! counted, never resent; ones without a verdict are resent after a
+//! backoff); 413 the batch is split in halves (a single
+//! snapshot too large is rejected and counted); 401/403 said once, kept in
+//! the spool, retried with backoff; 402 said once, sending stops until
+//! restart while collection goes on into the spool; 5xx, other answers and
+//! transport errors: exponential backoff with jitter, capped at
+//! `retry_max` (5 minutes at most).
+//!
+//! It must never block the tick on the network, never lose a snapshot it
+//! did not get an answer for, and never print the API key.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use netwatch_common::wire::{
+    AgentHealth, HostInfo, IngestEnvelope, IngestRequest, IngestResponse, Snapshot, SCHEMA_VERSION,
+};
+
+use super::spool::{Spool, SpoolStats, Spooled};
+use super::{Flow, Sink};
+use crate::config::IngestConfig;
+
+/// Delivery counters, shared with whoever reports them (logs, `/metrics`).
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Requests sent (any answer, or none).
+    pub requests: AtomicU64,
+    /// Snapshots the cloud accepted.
+    pub delivered: AtomicU64,
+    /// Snapshots the cloud rejected (207 verdicts, a single snapshot too large).
+    pub rejected: AtomicU64,
+    /// Unix seconds of the last request the cloud answered with 200 or 207.
+    pub last_success_unix_secs: AtomicU64,
+    /// Failed requests by cause: an HTTP status (`"503"`) or `"transport"`.
+    pub errors: Mutex<BTreeMap<String, u64>>,
+    /// The spool's own counters (depth, bytes, dropped).
+    pub spool: Arc<SpoolStats>,
+}
+
+impl DeliveryStats {
+    fn error(&self, cause: &str) {
+        let mut m = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(cause.to_string()).or_default() += 1;
+    }
+}
+
+/// What the tick and the sender share.
+struct State {
+    spool: Spool,
+    /// Set on shutdown: flush until then, then stop.
+    shutdown_deadline: Option<Instant>,
+    /// From the latest snapshot: every collector produced data.
+    collectors_ok: bool,
+    /// From the latest snapshot: records the source lost since start.
+    source_lost: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    stats: Arc<DeliveryStats>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The ingest sink: spool on emit, deliver on its own thread.
+pub struct IngestSink {
+    shared: Arc<Shared>,
+    sender: Option<JoinHandle<()>>,
+    /// Disconnects when the sender thread ends.
+    sender_gone: std::sync::mpsc::Receiver<()>,
+    flush_timeout: Duration,
+}
+
+/// Did every collector produce its section? Read from the snapshot the tick
+/// built: the socket source fills `processes`, the interface collector
+/// `interfaces` (Linux always has `lo`), the TCP state collector
+/// `connection_count`; a failure leaves its section empty.
+pub fn collectors_ok(s: &Snapshot) -> bool {
+    s.processes.is_some() && !s.interfaces.is_empty() && s.connection_count.is_some()
+}
+
+impl IngestSink {
+    /// Open the spool and start the sender thread.
+    pub fn start(cfg: IngestConfig, host: HostInfo) -> anyhow::Result<Self> {
+        let spool = Spool::open(&cfg.spool_dir, cfg.spool_max_bytes)?;
+        if !spool.is_empty() {
+            info!(
+                "ingest: {} snapshots ({} bytes) waiting in the spool {} from an earlier run",
+                spool.len(),
+                spool.bytes(),
+                cfg.spool_dir.display()
+            );
+        }
+        let stats = Arc::new(DeliveryStats {
+            spool: spool.stats(),
+            ..Default::default()
+        });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                spool,
+                shutdown_deadline: None,
+                collectors_ok: true,
+                source_lost: 0,
+            }),
+            wake: Condvar::new(),
+            stats,
+        });
+        let flush_timeout = cfg.flush_timeout;
+        let sender = Sender::new(cfg, host, Arc::clone(&shared));
+        let (alive, sender_gone) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || {
+                let _alive = alive;
+                sender.run()
+            })?;
+        Ok(Self {
+            shared,
+            sender: Some(handle),
+            sender_gone,
+            flush_timeout,
+        })
+    }
+
+    /// Counters for reporting.
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        Arc::clone(&self.shared.stats)
+    }
+
+    /// Ask the sender to deliver what it can within the flush timeout, and
+    /// wait for it, never longer than the flush timeout (plus a second's
+    /// grace): a request still in flight then is abandoned, and its
+    /// snapshots stay in the spool, as does whatever else is undelivered.
+    pub fn shutdown(&mut self) {
+        let Some(handle) = self.sender.take() else {
+            return;
+        };
+        {
+            let mut st = self.shared.lock();
+            st.shutdown_deadline = Some(Instant::now() + self.flush_timeout);
+        }
+        self.shared.wake.notify_all();
+        let grace = self.flush_timeout + Duration::from_secs(1);
+        match self.sender_gone.recv_timeout(grace) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                warn!(
+                    "ingest: a request is still in flight after the {} s flush timeout; \
+                     leaving it (its snapshots stay in the spool)",
+                    self.flush_timeout.as_secs_f64()
+                );
+                return;
+            }
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if handle.join().is_err() {
+            error!("ingest: the sender thread panicked; undelivered snapshots stay in the spool");
+        }
+        let st = self.shared.lock();
+        if !st.spool.is_empty() {
+            info!(
+                "ingest: {} snapshots stay in the spool for the next start",
+                st.spool.len()
+            );
+        }
+    }
+}
+
+impl Drop for IngestSink {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Sink for IngestSink {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+        {
+            let mut st = self.shared.lock();
+            st.collectors_ok = collectors_ok(snapshot);
+            st.source_lost = snapshot
+                .collector
+                .as_ref()
+                .and_then(|c| c.lost_records)
+                .unwrap_or(0);
+            st.spool.push(snapshot)?;
+        }
+        self.shared.wake.notify_all();
+        Ok(Flow::Continue)
+    }
+}
+
+/// Retry delays: `initial · 2^failures`, capped at `max`, with equal jitter
+/// (half fixed, half random) so a fleet does not retry in step.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let half = exp / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Why a request did not finish its snapshots.
+#[derive(Debug)]
+enum Failure {
+    /// 5xx, an unexpected answer, or no answer: back off and resend.
+    Retry { cause: String, detail: String },
+    /// 401/403: the key is refused.
+    Auth(u16),
+    /// 402: stop sending.
+    Payment,
+}
+
+/// The cloud's answer to one request.
+enum Reply {
+    Accepted,
+    Partial(IngestResponse),
+    TooLarge,
+    Failed(Failure),
+}
+
+struct Sender {
+    cfg: IngestConfig,
+    host: HostInfo,
+    started: Instant,
+    client: ureq::Agent,
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    auth_said: bool,
+    retry_said: bool,
+    payment_stopped: bool,
+}
+
+impl Sender {
+    fn new(cfg: IngestConfig, host: HostInfo, shared: Arc<Shared>) -> Self {
+        let client: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(cfg.request_timeout))
+            .user_agent(format!("netwatch-agent/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let backoff = Backoff {
+            initial: cfg.retry_initial,
+            max: cfg.retry_max,
+            failures: 0,
+        };
+        Self {
+            cfg,
+            host,
+            started: Instant::now(),
+            client,
+            shared,
+            backoff,
+            auth_said: false,
+            retry_said: false,
+            payment_stopped: false,
+        }
+    }
+
+    fn run(mut self) {
+        let mut next_attempt = Instant::now();
+        loop {
+            let mut st = self.shared.lock();
+            let deadline = loop {
+                if let Some(d) = st.shutdown_deadline {
+                    break Some(d);
+                }
+                let now = Instant::now();
+                if !self.payment_stopped && !st.spool.is_empty() && now >= next_attempt {
+                    break None;
+                }
+                st = if self.payment_stopped || st.spool.is_empty() {
+                    self.shared.wake.wait(st).unwrap_or_else(|p| p.into_inner())
+                } else {
+                    self.shared
+                        .wake
+                        .wait_timeout(st, next_attempt - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                };
+            };
+            drop(st);
+            match deadline {
+                None => {
+                    if let Err(f) = self.round(self.cfg.request_timeout) {
+                        let delay = self.failed(f);
+                        next_attempt = Instant::now() + delay;
+                    }
+                }
+                Some(deadline) => {
+                    self.flush(deadline);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Shutdown: deliver until the spool is empty, the deadline passes or a
+    /// request fails; backoff is not waited out.
+    fn flush(&mut self, deadline: Instant) {
+        loop {
+            let now = Instant::now();
+            if self.payment_stopped || now >= deadline || self.shared.lock().spool.is_empty() {
+                return;
+            }
+            let timeout = (deadline - now).min(self.cfg.request_timeout);
+            if let Err(f) = self.round(timeout) {
+                self.failed(f);
+                return;
+            }
+        }
+    }
+
+    /// Log a failure (each kind once until a success) and pick the delay.
+    fn failed(&mut self, f: Failure) -> Duration {
+        let delay = self.backoff.next();
+        match f {
+            Failure::Auth(status) => {
+                if !self.auth_said {
+                    error!(
+                        "ingest: the endpoint refused the API key (HTTP {status}); snapshots stay \
+                         in the spool and delivery is retried with backoff (up to {} s)",
+                        self.cfg.retry_max.as_secs()
+                    );
+                    self.auth_said = true;
+                }
+            }
+            Failure::Payment => {
+                error!(
+                    "ingest: HTTP 402 Payment Required: sending stopped until the agent restarts; \
+                     snapshots are still collected into the spool (bounded; the oldest are dropped \
+                     and counted past {} bytes)",
+                    self.cfg.spool_max_bytes
+                );
+                self.payment_stopped = true;
+            }
+            Failure::Retry { cause, detail } => {
+                if self.retry_said {
+                    debug!("ingest: {detail}; retrying in {:.1} s", delay.as_secs_f64());
+                } else {
+                    warn!(
+                        "ingest: {detail} ({cause}); snapshots stay in the spool, retrying with \
+                         backoff (next in {:.1} s, at most {} s apart)",
+                        delay.as_secs_f64(),
+                        self.cfg.retry_max.as_secs()
+                    );
+                    self.retry_said = true;
+                }
+            }
+        }
+        delay
+    }
+
+    /// Send the oldest batch; remove what the cloud answered for.
+    fn round(&mut self, timeout: Duration) -> Result<(), Failure> {
+        // Envelope overhead (host, health, brackets) stays well under 64 KiB.
+        let json_budget = self.cfg.batch_max_bytes.saturating_sub(64 * 1024).max(1);
+        let batch = self
+            .shared
+            .lock()
+            .spool
+            .oldest(self.cfg.batch_max_snapshots, json_budget);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let result = self.send_all(&batch, &mut done, timeout);
+        self.shared.lock().spool.remove(&done);
+        if result.is_ok() {
+            if self.auth_said || self.retry_said {
+                info!("ingest: delivering again");
+            }
+            self.auth_said = false;
+            self.retry_said = false;
+            self.backoff.reset();
+        }
+        result
+    }
+
+    /// Deliver `batch`, splitting on 413; `done` collects the sequence
+    /// numbers the cloud answered for (accepted or rejected).
+    fn send_all(
+        &mut self,
+        batch: &[Spooled],
+        done: &mut Vec<u64>,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        match self.post(batch, timeout) {
+            Reply::Accepted => {
+                done.extend(batch.iter().map(|s| s.seq));
+                self.succeeded(batch.len() as u64, 0);
+                Ok(())
+            }
+            Reply::Partial(resp) => {
+                let mut accepted = 0;
+                let mut rejected = 0;
+                for r in &resp.results {
+                    let Some(s) = batch.get(r.index) else {
+                        warn!(
+                            "ingest: 207 names snapshot index {} of a batch of {}; ignored",
+                            r.index,
+                            batch.len()
+                        );
+                        continue;
+                    };
+                    if done.contains(&s.seq) {
+                        continue;
+                    }
+                    if (200..300).contains(&r.status) {
+                        accepted += 1;
+                    } else {
+                        rejected += 1;
+                        warn!(
+                            "ingest: the cloud rejected snapshot {} of the batch (taken at {}): {} {}; \
+                             it is not resent",
+                            r.index,
+                            s.snapshot.timestamp.to_rfc3339(),
+                            r.status,
+                            r.message
+                        );
+                    }
+                    done.push(s.seq);
+                }
+                self.succeeded(accepted, rejected);
+                let missing = batch.len() - (accepted + rejected) as usize;
+                if missing > 0 {
+                    // Resent after a backoff, so a server that never gives
+                    // a verdict is not hammered.
+                    return Err(Failure::Retry {
+                        cause: "207 incomplete".into(),
+                        detail: format!("HTTP 207 gave no verdict for {missing} snapshots"),
+                    });
+                }
+                Ok(())
+            }
+            Reply::TooLarge if batch.len() > 1 => {
+                let mid = batch.len() / 2;
+                debug!(
+                    "ingest: 413 for {} snapshots: splitting into {mid} and {}",
+                    batch.len(),
+                    batch.len() - mid
+                );
+                self.send_all(&batch[..mid], done, timeout)?;
+                self.send_all(&batch[mid..], done, timeout)
+            }
+            Reply::TooLarge => {
+                let s = &batch[0];
+                warn!(
+                    "ingest: 413 for a single snapshot (taken at {}, {} bytes of JSON): rejected, not resent",
+                    s.snapshot.timestamp.to_rfc3339(),
+                    s.json_len
+                );
+                self.shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                done.push(s.seq);
+                Ok(())
+            }
+            Reply::Failed(f) => Err(f),
+        }
+    }
+
+    fn succeeded(&self, accepted: u64, rejected: u64) {
+        let st = &self.shared.stats;
+        st.delivered.fetch_add(accepted, Ordering::Relaxed);
+        st.rejected.fetch_add(rejected, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        st.last_success_unix_secs.store(now, Ordering::Relaxed);
+    }
+
+    fn envelope(&self, batch: &[Spooled]) -> IngestEnvelope {
+        let agent_health = {
+            let st = self.shared.lock();
+            AgentHealth {
+                collectors_ok: st.collectors_ok,
+                dropped_count: self.shared.stats.spool.dropped() + st.source_lost,
+                queue_depth: st.spool.len() as u64,
+            }
+        };
+        let mut host = self.host.clone();
+        host.uptime_secs = host
+            .uptime_secs
+            .map(|u| u + self.started.elapsed().as_secs());
+        IngestEnvelope {
+            schema_version: SCHEMA_VERSION,
+            request: IngestRequest {
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+                host,
+                snapshots: batch.iter().map(|s| s.snapshot.clone()).collect(),
+            },
+            agent_health,
+        }
+    }
+
+    fn post(&mut self, batch: &[Spooled], timeout: Duration) -> Reply {
+        let body = match serde_json::to_vec(&self.envelope(batch)) {
+            Ok(b) => b,
+            Err(e) => {
+                return Reply::Failed(Failure::Retry {
+                    cause: "serialize".into(),
+                    detail: format!("serializing the envelope: {e}"),
+                })
+            }
+        };
+        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self
+            .client
+            .post(&self.cfg.url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("Content-Type", "application/json")
+            .header(
+                "Authorization",
+                format!("Bearer {}", self.cfg.api_key.expose()),
+            )
+            .send(&body[..]);
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.stats.error("transport");
+                return Reply::Failed(Failure::Retry {
+                    cause: "transport".into(),
+                    detail: format!("POST {} failed: {e}", self.cfg.url),
+                });
+            }
+        };
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(4 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        if status != 200 && status != 207 {
+            self.shared.stats.error(&status.to_string());
+        }
+        match status {
+            200 => Reply::Accepted,
+            207 => match serde_json::from_str::<IngestResponse>(&text) {
+                Ok(r) => Reply::Partial(r),
+                Err(e) => Reply::Failed(Failure::Retry {
+                    cause: "207 unreadable".into(),
+                    detail: format!("HTTP 207 with a body that is not an IngestResponse ({e})"),
+                }),
+            },
+            413 => Reply::TooLarge,
+            401 | 403 => Reply::Failed(Failure::Auth(status)),
+            402 => Reply::Failed(Failure::Payment),
+            _ => Reply::Failed(Failure::Retry {
+                cause: format!("HTTP {status}"),
+                detail: format!(
+                    "POST {} answered {status}: {}",
+                    self.cfg.url,
+                    text.chars().take(200).collect::<String>()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let mut b = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            failures: 0,
+        };
+        for n in 0..40u32 {
+            let d = b.next();
+            let exp = Duration::from_secs(1u64 << n.min(20)).min(Duration::from_secs(300));
+            assert!(d >= exp / 2 && d <= exp, "failure {n}: {d:?} vs {exp:?}");
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,979 @@
+//! NetWatch Cloud delivery end to end: the real `netwatch-agent` binary
+//! (`--mode proc`, so no BPF is loaded) against a real HTTP server (hyper)
+//! that this test runs on 127.0.0.1. The agent writes every snapshot to the
+//! spool before printing it (`--output ingest --output json`), so its stdout
+//! is the ground truth: every printed snapshot, identified by timestamp,
+//! must reach the server exactly once and in order. Needs root (the config
+//! and key files must be owned by root, as the agent demands).
+#![cfg(target_os = "linux")]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use netwatch_common::wire::{IngestEnvelope, Snapshot};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
+const KEY: &str = "nwk_test_5e3f9a1c7b2d4e6f8a0b";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the delivery tests write root-owned config and key files: run as root"
+    );
+}
+
+// ---------------------------------------------------------------- server
+
+/// What the server answers: status and body for the n-th request (0-based).
+type Script = Box<dyn FnMut(usize, &IngestEnvelope) -> (u16, String) + Send>;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Received {
+    auth: Option<String>,
+    path: String,
+    status: u16,
+    env: IngestEnvelope,
+    /// Timestamps the answer accepted (200: all; 207: the 2xx verdicts).
+    accepted: Vec<String>,
+}
+
+struct ServerState {
+    script: Script,
+    requests: Vec<Received>,
+    bad_bodies: usize,
+    /// Take requests and never answer them.
+    hang: bool,
+}
+
+struct Server {
+    addr: SocketAddr,
+    rt: tokio::runtime::Runtime,
+    state: Arc<Mutex<ServerState>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn ts(s: &Snapshot) -> String {
+    s.timestamp.to_rfc3339()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<ServerState>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if state.lock().unwrap().hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let path = req.uri().path().to_string();
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let env: IngestEnvelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(_) => {
+            state.lock().unwrap().bad_bodies += 1;
+            return Ok(Response::builder()
+                .status(400)
+                .body(Full::new(Bytes::new()))
+                .unwrap());
+        }
+    };
+    let mut st = state.lock().unwrap();
+    let n = st.requests.len();
+    let (status, text) = (st.script)(n, &env);
+    let accepted = match status {
+        200 => env.request.snapshots.iter().map(ts).collect(),
+        207 => {
+            let r: netwatch_common::wire::IngestResponse = serde_json::from_str(&text).unwrap();
+            r.results
+                .iter()
+                .filter(|v| (200..300).contains(&v.status))
+                .map(|v| ts(&env.request.snapshots[v.index]))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    st.requests.push(Received {
+        auth,
+        path,
+        status,
+        env,
+        accepted,
+    });
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(text)))
+        .unwrap())
+}
+
+impl Server {
+    /// A server that answers 200 to everything, listening.
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(ServerState {
+            script: Box::new(|_, _| (200, String::new())),
+            requests: Vec::new(),
+            bad_bodies: 0,
+            hang: false,
+        }));
+        let mut s = Self {
+            addr,
+            rt,
+            state,
+            task: None,
+        };
+        s.serve(listener);
+        s
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let state = Arc::clone(&self.state);
+        self.task = Some(self.rt.spawn(async move {
+            // Dropping this set (when the task is aborted) closes every connection.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                while conns.try_join_next().is_some() {}
+                let state = Arc::clone(&state);
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(req, Arc::clone(&state)));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Stop listening and close every connection: the endpoint is down.
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = self.rt.block_on(t);
+        }
+    }
+
+    /// Listen again on the same port.
+    fn up(&mut self) {
+        let listener = self
+            .rt
+            .block_on(tokio::net::TcpListener::bind(self.addr))
+            .unwrap();
+        self.serve(listener);
+    }
+
+    fn script(&self, f: impl FnMut(usize, &IngestEnvelope) -> (u16, String) + Send + 'static) {
+        self.state.lock().unwrap().script = Box::new(f);
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .flat_map(|r| r.accepted.clone())
+            .collect()
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+// ---------------------------------------------------------------- agent
+
+/// A test's files: config, key, spool, host id.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new(extra_ingest: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "mode = \"proc\"\n[ingest]\nretry_initial_secs = 0.1\nretry_max_secs = 1.0\n\
+             request_timeout_secs = 5\nflush_timeout_secs = 5\n{extra_ingest}\n"
+        );
+        let c = dir.path().join("config.toml");
+        std::fs::write(&c, config).unwrap();
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let k = dir.path().join("api-key");
+        std::fs::write(&k, format!("{KEY}\n")).unwrap();
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spool(&self) -> PathBuf {
+        self.path("spool")
+    }
+
+    /// Spool record files, oldest first.
+    fn records(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.spool())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "nws"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn args(&self, server: &Server) -> Vec<String> {
+        let p = |n: &str| self.path(n).to_string_lossy().into_owned();
+        vec![
+            "--config".into(),
+            p("config.toml"),
+            "--output".into(),
+            "ingest".into(),
+            "--output".into(),
+            "json".into(),
+            "--interval".into(),
+            "0.2".into(),
+            "--endpoint".into(),
+            server.endpoint(),
+            "--api-key-file".into(),
+            p("api-key"),
+            "--spool-dir".into(),
+            p("spool"),
+            "--host-id-file".into(),
+            p("host-id"),
+        ]
+    }
+}
+
+struct Agent {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+fn collect(
+    r: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            into.lock().unwrap().push(line);
+        }
+    })
+}
+
+impl Agent {
+    /// Start the agent with `args` and, besides `RUST_LOG`, only the
+    /// `NETWATCH_*` variables in `env`.
+    fn start(args: &[String], rust_log: &str, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(AGENT);
+        cmd.args(args)
+            .env("RUST_LOG", rust_log)
+            .env_remove("NETWATCH_API_KEY")
+            .env_remove("NETWATCH_CONFIG")
+            .env_remove("NETWATCH_ENDPOINT")
+            .env_remove("NETWATCH_INTERVAL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.spawn().expect("starting netwatch-agent");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// Timestamps of the snapshots printed so far.
+    fn printed(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let s: Snapshot = serde_json::from_str(l).unwrap();
+                ts(&s)
+            })
+            .collect()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Stop with `sig`; wait for exit and for all output. Returns
+    /// (exit code, printed timestamps, log).
+    fn stop(mut self, sig: i32) -> (Option<i32>, Vec<String>, Vec<String>) {
+        self.signal(sig);
+        let status = self.child.wait().unwrap();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let printed = self.printed();
+        let log = self.log();
+        assert_no_key(&log);
+        (status.code(), printed, log)
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "gave up waiting for {what}; agent log: {:#?}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn assert_no_key(log: &[String]) {
+    for line in log {
+        assert!(
+            !line.contains(KEY),
+            "the API key leaked into a log line: {line}"
+        );
+        assert!(
+            !line.contains("5e3f9a1c"),
+            "part of the API key leaked: {line}"
+        );
+    }
+}
+
+fn count(log: &[String], needle: &str) -> usize {
+    log.iter().filter(|l| l.contains(needle)).count()
+}
+
+/// Run an agent with the endpoint answering 503 until it has spooled at
+/// least `n` snapshots; stop it with SIGTERM. Returns the printed timestamps.
+fn prefill(files: &Files, server: &Server, n: usize) -> Vec<String> {
+    server.script(|_, _| (503, "maintenance".into()));
+    let a = Agent::start(&files.args(server), "info", &[]);
+    a.wait_for("snapshots to spool", |a| a.printed().len() >= n);
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(
+        files.records().len(),
+        printed.len(),
+        "every snapshot spooled"
+    );
+    assert_eq!(server.accepted(), Vec::<String>::new());
+    assert_eq!(count(&log, "(HTTP 503)"), 1, "503 said once: {log:#?}");
+    // The next run's requests are numbered from 0 again.
+    server.state.lock().unwrap().requests.clear();
+    printed
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn normal_delivery_every_snapshot_once_in_order_with_auth_envelope_and_host_id() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    // trace: even ureq's and rustls's own logging must not show the key.
+    let a = Agent::start(&files.args(&server), "trace", &[]);
+    a.wait_for("5 accepted snapshots", |_| server.accepted().len() >= 5);
+    let (code, printed, _log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        server.accepted(),
+        printed,
+        "exactly the printed snapshots, in order"
+    );
+    let host_id = std::fs::read_to_string(files.path("host-id")).unwrap();
+    for r in server.requests() {
+        assert_eq!(r.path, "/api/v1/ingest");
+        assert_eq!(r.auth.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+        assert_eq!(r.env.schema_version, 1);
+        assert_eq!(r.env.request.host.host_id.to_string(), host_id.trim());
+        assert!(r.env.agent_health.collectors_ok);
+        assert_eq!(r.env.agent_health.dropped_count, 0);
+        assert!(!r.env.request.snapshots.is_empty() && r.env.request.snapshots.len() <= 100);
+    }
+    assert_eq!(server.state.lock().unwrap().bad_bodies, 0);
+    assert!(files.records().is_empty(), "nothing left in the spool");
+}
+
+#[test]
+fn key_from_the_environment_is_used_and_never_logged() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    // The environment overrides the file: this endpoint and interval lose.
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    let cfg = format!("interval_secs = 30\n{cfg}endpoint = \"http://127.0.0.1:9\"\n");
+    write_private(&files.path("config.toml"), &cfg, 0o600);
+    let mut args = files.args(&server);
+    for flag in ["--api-key-file", "--endpoint", "--config", "--interval"] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args.drain(at..at + 2);
+    }
+    args.push("--once".into());
+    let env = [
+        ("NETWATCH_API_KEY", KEY.to_string()),
+        ("NETWATCH_ENDPOINT", server.endpoint()),
+        ("NETWATCH_INTERVAL", "0.3".to_string()),
+        (
+            "NETWATCH_CONFIG",
+            files.path("config.toml").to_string_lossy().into_owned(),
+        ),
+    ];
+    let mut a = Agent::start(&args, "debug", &env);
+    let status = a.child.wait().unwrap();
+    for r in a.readers.drain(..) {
+        r.join().unwrap();
+    }
+    assert_no_key(&a.log());
+    assert!(status.success(), "{:#?}", a.log());
+    assert_eq!(server.accepted(), a.printed());
+    assert!(
+        a.log()
+            .iter()
+            .any(|l| l.contains("every 0.3 s") && l.contains(&server.endpoint())),
+        "{:#?}",
+        a.log()
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].auth.as_deref(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+}
+
+#[test]
+fn endpoint_down_20s_then_back_every_snapshot_arrives_once_in_order() {
+    require_root();
+    let mut server = Server::start();
+    let files = Files::new("batch_max_snapshots = 10");
+    server.down();
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("a first snapshot", |a| !a.printed().is_empty());
+    thread::sleep(Duration::from_secs(20));
+    let spooled = a.printed().len();
+    assert!(
+        files.records().len() >= spooled,
+        "all printed snapshots are on disk"
+    );
+    assert!(spooled > 10, "more than a batch waited: {spooled}");
+    server.up();
+    a.wait_for("the backlog and 3 more", |_| {
+        server.accepted().len() >= spooled + 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(server.accepted(), printed, "exactly once, in order");
+    let sizes: Vec<usize> = server
+        .requests()
+        .iter()
+        .map(|r| r.env.request.snapshots.len())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
+    assert_eq!(sizes[0], 10, "the backlog goes in full batches: {sizes:?}");
+    assert_eq!(
+        count(&log, "snapshots stay in the spool, retrying"),
+        1,
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty());
+}
+
+#[test]
+fn sigkill_while_down_then_restart_delivers_every_spooled_snapshot() {
+    require_root();
+    let mut server = Server::start();
+    let files = Files::new("");
+    server.down();
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("10 snapshots", |a| a.printed().len() >= 10);
+    let (code, first, _) = a.stop(libc::SIGKILL);
+    assert_eq!(code, None, "killed");
+    server.up();
+    let b = Agent::start(&files.args(&server), "info", &[]);
+    b.wait_for("the first run's snapshots and 3 more", |_| {
+        server.accepted().len() >= first.len() + 3
+    });
+    let (code, second, _) = b.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let got = server.accepted();
+    // A SIGKILL between spooling a snapshot and printing it leaves one
+    // spooled snapshot that stdout never showed: it must arrive too, in place.
+    let extra = got.len() - first.len() - second.len();
+    assert!(extra <= 1, "{extra} unexpected snapshots");
+    assert_eq!(&got[..first.len()], &first[..]);
+    assert_eq!(&got[first.len() + extra..], &second[..]);
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, got, "in order, none twice");
+    let ids: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.env.request.host.host_id)
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one persisted host id"
+    );
+    assert!(files.records().is_empty());
+}
+
+#[test]
+fn a_corrupt_spool_record_is_skipped_and_counted() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let first = prefill(&files, &server, 5);
+    let victim = &files.records()[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(victim, bytes).unwrap();
+
+    server.script(|_, _| (200, String::new()));
+    let b = Agent::start(&files.args(&server), "info", &[]);
+    b.wait_for("the good spooled snapshots and 3 more", |_| {
+        server.accepted().len() >= first.len() - 1 + 3
+    });
+    let (code, second, log) = b.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let mut expected: Vec<String> = first.clone();
+    expected.remove(1);
+    expected.extend(second);
+    assert_eq!(server.accepted(), expected);
+    assert_eq!(count(&log, "skipping corrupt record"), 1, "{log:#?}");
+    let reqs = server.requests();
+    let first_ok = reqs.iter().find(|r| r.status == 200).unwrap();
+    assert_eq!(
+        first_ok.env.agent_health.dropped_count, 1,
+        "the corrupt record is counted"
+    );
+    assert!(reqs.iter().all(|r| r.env.agent_health.dropped_count == 1));
+}
+
+#[test]
+fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let first = prefill(&files, &server, 4);
+    server.script(|n, env| {
+        if n > 0 {
+            return (200, String::new());
+        }
+        let results: Vec<_> = (0..env.request.snapshots.len())
+            .map(|i| {
+                let (status, message) = if i == 1 {
+                    (422, "bad snapshot")
+                } else {
+                    (200, "ok")
+                };
+                serde_json::json!({"index": i, "status": status, "message": message})
+            })
+            .collect();
+        let body = serde_json::json!({
+            "accepted": env.request.snapshots.len() - 1,
+            "rejected": 1,
+            "host_id": env.request.host.host_id,
+            "results": results,
+        });
+        (207, body.to_string())
+    });
+    let b = Agent::start(&files.args(&server), "info", &[]);
+    b.wait_for("3 more after the 207", |_| server.requests().len() >= 4);
+    let (code, second, log) = b.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let rejected = first[1].clone();
+    let mut expected = first.clone();
+    expected.remove(1);
+    expected.extend(second);
+    assert_eq!(server.accepted(), expected, "accepted ones once, in order");
+    let sent: Vec<String> = server
+        .requests()
+        .iter()
+        .flat_map(|r| r.env.request.snapshots.iter().map(ts).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|t| **t == rejected).count(),
+        1,
+        "the rejected snapshot is not resent"
+    );
+    assert_eq!(
+        count(&log, "rejected snapshot 1 of the batch"),
+        1,
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty());
+}
+
+#[test]
+fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    server.script(|_, _| (503, String::new()));
+    let mut args = files.args(&server);
+    // The smallest bound allowed: one or two snapshots of this host.
+    args.extend(["--spool-max-bytes".into(), "65536".into()]);
+    let a = Agent::start(&args, "info", &[]);
+    a.wait_for("3 snapshots dropped", |a| {
+        count(&a.log(), "dropped the oldest") >= 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    let dropped = count(&log, "dropped the oldest");
+    let kept = files.records();
+    assert_eq!(
+        kept.len() + dropped,
+        printed.len(),
+        "each snapshot kept or counted"
+    );
+    // The last envelope (the SIGTERM flush, after the last snapshot) says so.
+    let reqs = server.requests();
+    let last = reqs.last().unwrap();
+    assert_eq!(last.env.agent_health.dropped_count, dropped as u64);
+    assert_eq!(last.env.agent_health.queue_depth, kept.len() as u64);
+    // What is kept is the newest, and it is delivered once the cloud is back.
+    server.state.lock().unwrap().requests.clear();
+    server.script(|_, _| (200, String::new()));
+    let mut args = files.args(&server);
+    args.push("--once".into());
+    let mut b = Agent::start(&args, "info", &[]);
+    assert!(b.child.wait().unwrap().success());
+    for r in b.readers.drain(..) {
+        r.join().unwrap();
+    }
+    let mut expected: Vec<String> = printed[printed.len() - kept.len()..].to_vec();
+    expected.extend(b.printed());
+    assert_eq!(server.accepted(), expected);
+}
+
+#[test]
+fn payment_402_stops_sending_once_and_keeps_collecting() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    server.script(|_, _| (402, String::new()));
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("the first request", |_| !server.requests().is_empty());
+    let at_402 = a.printed().len();
+    a.wait_for("10 more snapshots", |a| a.printed().len() >= at_402 + 10);
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(server.requests().len(), 1, "no request after the 402");
+    assert_eq!(count(&log, "HTTP 402"), 1, "said once: {log:#?}");
+    assert_eq!(
+        files.records().len(),
+        printed.len(),
+        "every snapshot still spooled"
+    );
+}
+
+#[test]
+fn too_large_413_splits_the_batch_until_it_fits() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let first = prefill(&files, &server, 8);
+    server.script(|_, env| {
+        if env.request.snapshots.len() > 2 {
+            (413, String::new())
+        } else {
+            (200, String::new())
+        }
+    });
+    let b = Agent::start(&files.args(&server), "info", &[]);
+    b.wait_for("the backlog and 3 more", |_| {
+        server.accepted().len() >= first.len() + 3
+    });
+    let (code, second, _) = b.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let mut expected = first.clone();
+    expected.extend(second);
+    assert_eq!(
+        server.accepted(),
+        expected,
+        "split batches arrive once, in order"
+    );
+    let reqs = server.requests();
+    assert!(reqs[0].status == 413 && reqs[0].env.request.snapshots.len() >= 8);
+    assert!(reqs
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.env.request.snapshots.len() <= 2));
+    assert!(reqs
+        .iter()
+        .any(|r| r.status == 200 && r.env.request.snapshots.len() == 2));
+}
+
+#[test]
+fn unauthorized_401_is_said_once_spooling_continues_and_delivery_resumes() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let allow = Arc::new(Mutex::new(false));
+    let gate = Arc::clone(&allow);
+    server.script(move |_, _| {
+        if *gate.lock().unwrap() {
+            (200, String::new())
+        } else {
+            (401, String::new())
+        }
+    });
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("three refused requests", |_| server.requests().len() >= 3);
+    assert_eq!(
+        count(&a.log(), "refused the API key (HTTP 401)"),
+        1,
+        "{:#?}",
+        a.log()
+    );
+    assert!(files.records().len() >= a.printed().len().saturating_sub(1));
+    let before = a.printed().len();
+    *allow.lock().unwrap() = true;
+    a.wait_for("the backlog and 3 more", |_| {
+        server.accepted().len() >= before + 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    assert_eq!(server.accepted(), printed);
+    assert_eq!(count(&log, "HTTP 401"), 1, "{log:#?}");
+}
+
+#[test]
+fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
+    require_root();
+    let server = Server::start();
+    // Requests may take 60 s; the flush may take 2 s.
+    let files = Files::new("request_timeout_secs = 60\nflush_timeout_secs = 2");
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    let cfg = cfg
+        .replace("request_timeout_secs = 5\n", "")
+        .replace("flush_timeout_secs = 5\n", "");
+    write_private(&files.path("config.toml"), &cfg, 0o600);
+    server.state.lock().unwrap().hang = true;
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("5 snapshots", |a| a.printed().len() >= 5);
+    let t = Instant::now();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    let took = t.elapsed();
+    println!("SIGTERM to exit with a hanging request: {took:?}");
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(
+        count(&log, "still in flight after the 2 s flush timeout"),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        files.records().len(),
+        printed.len(),
+        "nothing unanswered was removed"
+    );
+    assert!(server.accepted().is_empty());
+}
+
+/// A real TLS server (`openssl s_server`) on 127.0.0.1 with a self-signed
+/// certificate: rustls must refuse it (no trusted issuer) and nothing may be
+/// sent; the snapshot stays spooled.
+#[test]
+fn https_verifies_certificates_and_refuses_a_self_signed_endpoint() {
+    require_root();
+    let files = Files::new("");
+    let (key, cert) = (files.path("tls.key"), files.path("tls.crt"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("running openssl req");
+    assert!(ok.success(), "openssl req failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut tls = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-key")
+        .arg(&key)
+        .arg("-cert")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting openssl s_server");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "s_server did not listen"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The server answers every request with 200 and never sees a request here.
+    let server = Server::start();
+    let mut args = files.args(&server);
+    let at = args.iter().position(|a| a == "--endpoint").unwrap();
+    args[at + 1] = format!("https://127.0.0.1:{port}");
+    args.push("--once".into());
+    let mut a = Agent::start(&args, "info", &[]);
+    let status = a.child.wait().unwrap();
+    for r in a.readers.drain(..) {
+        r.join().unwrap();
+    }
+    let _ = tls.kill();
+    let _ = tls.wait();
+    let log = a.log();
+    assert_no_key(&log);
+    assert!(status.success(), "{log:#?}");
+    for l in log.iter().filter(|l| l.contains("certificate")) {
+        println!("{l}");
+    }
+    assert!(
+        log.iter()
+            .any(|l| l.contains("invalid peer certificate: UnknownIssuer")
+                && l.contains(&format!("127.0.0.1:{port}"))),
+        "a certificate error is reported: {log:#?}"
+    );
+    assert_eq!(
+        files.records().len(),
+        a.printed().len(),
+        "the snapshot stays spooled"
+    );
+    assert_eq!(a.printed().len(), 1);
+}
+
+// ------------------------------------------------------- refused at start
+
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(AGENT)
+        .args(args)
+        .env_remove("NETWATCH_API_KEY")
+        .env_remove("NETWATCH_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write_private(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start_naming_the_value() {
+    require_root();
+    let files = Files::new("");
+    let c = files.path("c.toml");
+    let cs = c.to_str().unwrap();
+
+    let e = refused(&["--interval", "0"]);
+    assert!(e.contains("interval 0"), "{e}");
+    let e = refused(&["--ringbuf-bytes", "3000"]);
+    assert!(
+        e.contains("ringbuf_bytes 3000 is not a power of two"),
+        "{e}"
+    );
+    let e = refused(&["--mode", "turbo"]);
+    assert!(e.contains("turbo"), "{e}");
+    let e = refused(&["--output", "prometheus"]);
+    assert!(e.contains("not yet implemented"), "{e}");
+
+    write_private(&c, "mode = \"turbo\"\n", 0o600);
+    let e = refused(&["--config", cs]);
+    assert!(e.contains("\"turbo\""), "{e}");
+
+    write_private(&c, "interval_secs = 2\n", 0o666);
+    let e = refused(&["--config", cs]);
+    assert!(e.contains("group- or world-writable (mode 0666)"), "{e}");
+
+    let e = refused(&["--config", "/nonexistent/netwatch/config.toml"]);
+    assert!(e.contains("/nonexistent/netwatch/config.toml"), "{e}");
+
+    write_private(&c, "[ingest]\napi_key = \"nwk_inline_secret\"\n", 0o600);
+    let e = refused(&["--config", cs]);
+    assert!(
+        e.contains("api_key") && !e.contains("nwk_inline_secret"),
+        "{e}"
+    );
+
+    let e = refused(&[
+        "--output",
+        "ingest",
+        "--endpoint",
+        "http://192.0.2.1",
+        "--api-key-file",
+        files.path("api-key").to_str().unwrap(),
+    ]);
+    assert!(e.contains("--allow-insecure-http"), "{e}");
+    assert_no_key(&[e]);
+}
