@@ -52,6 +52,18 @@ fn delta(cur: u64, prev: Option<u64>) -> u64 {
     }
 }
 
+/// `s` is another owner's share of the socket `prev` describes.
+fn same_socket(prev: Option<&SocketSample>, s: &SocketSample) -> bool {
+    prev.is_some_and(|p| {
+        p.id.primary == s.id.primary
+            && p.id != s.id
+            && p.closed == s.closed
+            && p.protocol == s.protocol
+            && p.local == s.local
+            && p.remote == s.remote
+    })
+}
+
 impl Attribution {
     /// `started_at` is when the source began counting: the first interval
     /// runs from there to the first read.
@@ -88,8 +100,9 @@ impl Attribution {
 
         // (pid, name) -> (rx, tx, open sockets); BTreeMap for a stable order.
         let mut per_process: BTreeMap<(u32, String), (u64, u64, u32)> = BTreeMap::new();
-        let mut connections = Vec::with_capacity(batch.samples.len());
+        let mut connections: Vec<ConnectionDetail> = Vec::with_capacity(batch.samples.len());
         let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
+        let mut prev_sample: Option<&SocketSample> = None;
 
         for s in &batch.samples {
             let (rx, tx) = self.socket_delta(s);
@@ -108,6 +121,19 @@ impl Attribution {
                     row.2 += 1;
                 }
             }
+            // One socket shared by several processes comes as adjacent
+            // samples with one `id.primary` and endpoints (the eBPF source's
+            // owners): one connection row, its bytes summed, the first
+            // (most recent) owner named.
+            if let Some(prev) = connections.last_mut() {
+                if same_socket(prev_sample, s) {
+                    prev.rx_bytes = Some(prev.rx_bytes.unwrap_or(0) + s.rx_bytes);
+                    prev.tx_bytes = Some(prev.tx_bytes.unwrap_or(0) + s.tx_bytes);
+                    prev_sample = Some(s);
+                    continue;
+                }
+            }
+            prev_sample = Some(s);
             connections.push(ConnectionDetail {
                 protocol: s.protocol.as_wire().to_string(),
                 local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
