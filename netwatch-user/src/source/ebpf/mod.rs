@@ -8,7 +8,7 @@ pub mod tier;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -156,6 +156,8 @@ pub struct EbpfSource {
     destroyed: BpfHashMap<MapData, DestroyedKey, SockStats>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// A second handle on `SOCKETS` for `BPF_MAP_LOOKUP_BATCH`.
+    sockets_fd: Option<OwnedFd>,
     /// Capacity of `SOCKETS`, which bounds a map walk.
     max_sockets: u32,
     /// Highest eviction count estimated so far (kept monotonic).
@@ -296,8 +298,15 @@ impl EbpfSource {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
         };
-        let sockets = BpfHashMap::try_from(take(&mut ebpf, names::SOCKETS)?)
-            .map_err(|e| LoadError::Map(names::SOCKETS, e))?;
+        let sockets_map = take(&mut ebpf, names::SOCKETS)?;
+        let sockets_fd = match &sockets_map {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+                d.fd().as_fd().try_clone_to_owned().ok()
+            }
+            _ => None,
+        };
+        let sockets =
+            BpfHashMap::try_from(sockets_map).map_err(|e| LoadError::Map(names::SOCKETS, e))?;
         let closed = RingBuf::try_from(take(&mut ebpf, names::CLOSED)?)
             .map_err(|e| LoadError::Map(names::CLOSED, e))?;
         let drain = Drain::start(closed, opts.drain_thread).map_err(LoadError::DrainThread)?;
@@ -313,6 +322,7 @@ impl EbpfSource {
             destroyed,
             counters,
             logger,
+            sockets_fd,
             max_sockets: opts.max_sockets,
             evicted: 0,
         })
@@ -375,19 +385,7 @@ impl EbpfSource {
             let _ = self.destroyed.remove(&dkey);
         }
         let mut live = 0u64;
-        let mut seen = HashSet::new();
-        // The kernel restarts a walk from the first key when the current one
-        // was deleted meanwhile, so under socket churn a walk may never end:
-        // bound it. A socket missed here is read next time (its counters are
-        // cumulative, and attribution keeps its last values for a while).
-        let max_steps = 2 * self.max_sockets as usize + 1024;
-        for entry in self.sockets.iter().take(max_steps) {
-            // An entry deleted while we iterate is simply gone: its record
-            // is in the ring buffer for the next read.
-            let Ok((key, st)) = entry else { continue };
-            if !seen.insert(key.sk) {
-                continue;
-            }
+        for (key, st) in self.walk() {
             live += 1;
             if finished.contains(&(key.sk, st.first_ns)) {
                 continue;
@@ -408,6 +406,105 @@ impl EbpfSource {
                 + self.drain.dropped(),
             estimated: false,
         }
+    }
+}
+
+impl EbpfSource {
+    /// Every live entry, each once. By `BPF_MAP_LOOKUP_BATCH`, whose cursor
+    /// is a hash bucket: deletions and insertions meanwhile never restart
+    /// or skip it, so every entry that lives through the walk is seen.
+    /// Kernels without batch lookups on hash maps (< 5.6) fall back to
+    /// `get_next_key`, which restarts from the first key when the current
+    /// one is deleted: bounded, and deduplicated.
+    fn walk(&self) -> Vec<(SockKey, SockStats)> {
+        if let Some(fd) = &self.sockets_fd {
+            match lookup_batch(fd.as_fd()) {
+                Ok(all) => return all,
+                Err(e) => debug!("BPF_MAP_LOOKUP_BATCH on SOCKETS: {e}; walking by key"),
+            }
+        }
+        let mut seen = HashSet::new();
+        let max_steps = 2 * self.max_sockets as usize + 1024;
+        self.sockets
+            .iter()
+            .take(max_steps)
+            // An entry deleted while we iterate is simply gone: its record
+            // is in the ring buffer for the next read.
+            .filter_map(Result::ok)
+            .filter(|(k, _)| seen.insert(k.sk))
+            .collect()
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// All entries of a hash map of `SockKey -> SockStats`, bucket by bucket.
+fn lookup_batch(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<(SockKey, SockStats)>> {
+    let mut out = Vec::new();
+    let mut chunk = 1024usize;
+    // The cursor of a hash map batch is a u32 bucket index.
+    let mut cursor: u32 = 0;
+    let mut next: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut keys = vec![SockKey::default(); chunk];
+        let mut values = vec![SockStats::zeroed(); chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: bpf(2) with a batch attr whose buffers hold `count` keys
+        // and values of the map's sizes, and whose cursors are live u32s.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            // A bucket holds more entries than the chunk: retry bigger.
+            Some(libc::ENOSPC) if chunk < 1 << 20 => {
+                chunk *= 4;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            _ => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+        out.extend(keys.into_iter().zip(values).take(n));
+        if err.is_some() {
+            // ENOENT: the last buckets are done.
+            return Ok(out);
+        }
+        cursor = next;
+        first = false;
     }
 }
 
