@@ -241,8 +241,6 @@ pub mod names {
     pub const CLAIMS: &str = "CLAIMS";
     /// Global `u32`: index of `flags` among `tcp_recvmsg`'s arguments (4 before Linux 5.19, 3 since).
     pub const RECV_FLAGS_ARG: &str = "RECV_FLAGS_ARG";
-    /// Global `u32`: number of `tcp_recvmsg` arguments (its return value follows them in fexit).
-    pub const RECV_NARGS: &str = "RECV_NARGS";
     /// Global `u32`: offset of `sk` in `struct socket`.
     pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// Global `u32`: offset of `srtt_us` in `struct tcp_sock`.

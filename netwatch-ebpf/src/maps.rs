@@ -80,9 +80,6 @@ static TIER: u32 = 0;
 /// (`nonblock` came first), 3 since. Resolved from BTF by the loader.
 #[unsafe(no_mangle)]
 static RECV_FLAGS_ARG: u32 = 3;
-/// Number of `tcp_recvmsg` arguments (5 since Linux 5.19, 6 before).
-#[unsafe(no_mangle)]
-static RECV_NARGS: u32 = 5;
 /// Offset of `sk` in `struct socket`.
 #[unsafe(no_mangle)]
 static OFF_SOCKET_SK: u32 = 24;
@@ -121,10 +118,6 @@ pub fn off_sk_protocol() -> usize {
 #[inline(always)]
 pub fn recv_flags_arg() -> usize {
     global(&RECV_FLAGS_ARG)
-}
-#[inline(always)]
-pub fn recv_nargs() -> usize {
-    global(&RECV_NARGS)
 }
 #[inline(always)]
 pub fn off_socket_sk() -> usize {

@@ -53,23 +53,32 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     0
 }
 
-/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, [int nonblock,] int flags, int *addr_len)`:
-/// `nonblock` went away in 5.19, so the position of `flags` and of the
-/// return value come from the loader (BTF). Each branch reads a constant
-/// context offset; the verifier knows the read-only global and never looks
-/// at the other branch.
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`
+/// (Linux ≥ 5.19): the return value follows the five arguments.
 #[fexit(function = "tcp_recvmsg")]
 pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    let (flags, ret) = if maps::recv_nargs() == 6 {
-        (ctx.arg::<u64>(4), ctx.arg::<i64>(6))
-    } else {
-        (ctx.arg::<u64>(3), ctx.arg::<i64>(5))
-    };
+    let flags: u64 = ctx.arg(3);
+    let ret: i64 = ctx.arg(5);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)`
+/// (Linux < 5.19). The loader attaches this one or the one above, from the
+/// parameters BTF lists: the verifier rejects a read past a traced
+/// function's arguments, so each program reads only its own.
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
+    let flags: u64 = ctx.arg(4);
+    let ret: i64 = ctx.arg(6);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
+#[inline(always)]
+fn recv_exit(sk: *const u8, flags: u64, ret: i64) -> i32 {
     if flags & MSG_PEEK != 0 {
         return 0;
     }
-    // SAFETY: as above.
+    // SAFETY: sk is the traced function's socket argument.
     unsafe { account(sk, Dir::Rx, ret as i32 as i64, IPPROTO_TCP) };
     0
 }
@@ -189,11 +198,10 @@ pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
     let Some(sk) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    let flags = if maps::recv_flags_arg() == 4 {
-        ctx.arg::<u64>(4)
-    } else {
-        ctx.arg::<u64>(3)
-    };
+    // Both registers are read at constant offsets, then one is chosen:
+    // the verifier refuses a context read at a variable offset.
+    let (a3, a4) = (ctx.arg::<u64>(3), ctx.arg::<u64>(4));
+    let flags = if maps::recv_flags_arg() == 4 { a4 } else { a3 };
     stash_recv(RecvArgs {
         sk,
         flags: flags.unwrap_or(0) & 0xffff_ffff,

@@ -427,6 +427,12 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
                     (Some(sent), Some(reply)),
                     "[{tier}] client {local}->{server}"
                 );
+                // The kernel's smoothed RTT, read at the socket's events.
+                assert!(
+                    client[0].kernel_rtt_us.is_some_and(|r| r > 0.0),
+                    "[{tier}] client {local}->{server} kernel_rtt_us: {:?}",
+                    client[0].kernel_rtt_us
+                );
                 let srv = conn(&a, "TCP", server, Some(local));
                 assert_eq!(
                     srv.len(),

@@ -60,11 +60,6 @@ impl Tier {
                     target: "tcp_sendmsg",
                 },
                 Hook {
-                    program: "fexit_tcp_recvmsg",
-                    kind: Fexit,
-                    target: "tcp_recvmsg",
-                },
-                Hook {
                     program: "fexit_tcp_splice_read",
                     kind: Fexit,
                     target: "tcp_splice_read",
@@ -206,6 +201,19 @@ impl Tier {
     /// Every program the tier attaches on a kernel with these facts.
     pub fn hooks(self, offsets: &SockOffsets) -> Vec<Hook> {
         let mut hooks = self.programs().to_vec();
+        if self == Tier::Fentry {
+            // fexit reads the return value after the arguments, so the
+            // program must match the kernel's `tcp_recvmsg` signature.
+            hooks.push(Hook {
+                program: if offsets.recv_nargs == 6 {
+                    "fexit_tcp_recvmsg_nonblock"
+                } else {
+                    "fexit_tcp_recvmsg"
+                },
+                kind: HookKind::Fexit,
+                target: "tcp_recvmsg",
+            });
+        }
         if offsets.sendpage_path {
             hooks.extend_from_slice(self.sendpage_programs());
         }
@@ -420,7 +428,6 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::OFF_SK_PROTOCOL, &offsets.sk_protocol, true)
         .override_global(names::TIER, &tier_value, true)
         .override_global(names::RECV_FLAGS_ARG, &offsets.recv_flags_arg, true)
-        .override_global(names::RECV_NARGS, &offsets.recv_nargs, true)
         .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
         .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
@@ -657,8 +664,9 @@ mod tests {
 
     #[test]
     fn every_tier_counts_both_directions() {
+        let offsets = SockOffsets::from_kernel().expect("this kernel publishes BTF");
         for tier in Tier::ALL {
-            let names: Vec<_> = tier.programs().iter().map(|h| h.program).collect();
+            let names: Vec<_> = tier.hooks(&offsets).iter().map(|h| h.program).collect();
             assert!(
                 names.iter().any(|n| n.contains("send")),
                 "{tier}: {names:?}"
