@@ -119,7 +119,10 @@ pub unsafe fn emit_final(key: SockKey, st: *const SockStats) -> Final {
         sk: key.sk,
         first_ns: (*st).first_ns,
     };
-    if DESTROYED.insert(dkey, &*st, 0).is_err() {
+    // By reference: a `SockStats` by value would not fit on the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = DESTROYED.insert(dkey, &*st, 0);
+    if inserted.is_err() {
         bump(counter::FINAL_LOST);
         return Final::Lost;
     }
