@@ -62,8 +62,17 @@ pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
     recv_exit(ctx.arg(0), flags, ret)
 }
 
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags)`
+/// (the newest kernels, without `addr_len`).
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg_4(ctx: FExitContext) -> i32 {
+    let flags: u64 = ctx.arg(3);
+    let ret: i64 = ctx.arg(4);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
 /// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)`
-/// (Linux < 5.19). The loader attaches this one or the one above, from the
+/// (Linux < 5.19). The loader attaches one of the three, from the
 /// parameters BTF lists: the verifier rejects a read past a traced
 /// function's arguments, so each program reads only its own.
 #[fexit(function = "tcp_recvmsg")]

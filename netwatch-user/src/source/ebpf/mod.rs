@@ -25,6 +25,8 @@ use netwatch_common::{
 use crate::procinfo::sockets::tcp_state_name;
 use procfs::net::TcpState;
 
+use crate::attribution::SHARED_SOCKET_TAG;
+
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
@@ -47,11 +49,12 @@ fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
 }
 
 /// The id of one owner's share of one socket: the socket is (`key`,
-/// `first_ns`); owners are told apart by their tgid in the high half.
+/// `first_ns`); owners are told apart by their tgid in the high half;
+/// tagged so attribution makes one connection row of the shares.
 fn owner_id(key: &SockKey, first_ns: u64, tgid: u32) -> SocketId {
     SocketId {
         primary: key.sk,
-        secondary: first_ns ^ (u64::from(tgid) << 32),
+        secondary: (first_ns ^ (u64::from(tgid) << 32)) | SHARED_SOCKET_TAG,
     }
 }
 

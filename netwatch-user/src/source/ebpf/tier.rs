@@ -205,10 +205,10 @@ impl Tier {
             // fexit reads the return value after the arguments, so the
             // program must match the kernel's `tcp_recvmsg` signature.
             hooks.push(Hook {
-                program: if offsets.recv_nargs == 6 {
-                    "fexit_tcp_recvmsg_nonblock"
-                } else {
-                    "fexit_tcp_recvmsg"
+                program: match offsets.recv_nargs {
+                    6 => "fexit_tcp_recvmsg_nonblock",
+                    4 => "fexit_tcp_recvmsg_4",
+                    _ => "fexit_tcp_recvmsg",
                 },
                 kind: HookKind::Fexit,
                 target: "tcp_recvmsg",
