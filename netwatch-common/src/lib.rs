@@ -179,10 +179,11 @@ pub struct DestroyedKey {
     pub first_ns: u64,
 }
 
-/// A socket's final record, written to the `CLOSED` ring buffer when the
-/// kernel destroys a TCP socket (or a UDP socket's address is reused by a new
+/// A socket's final record, with every owner's counters, written to the
+/// `CLOSED` ring buffer when the kernel destroys a TCP socket or releases a
+/// UDP socket (or, as a fallback, a UDP socket's address is reused by a new
 /// one) and its map entry is deleted, so the last bytes are never lost
-/// between two reads.
+/// between two reads and nothing can add to a finished entry.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ClosedSock {
