@@ -32,7 +32,7 @@ pub const TCP_CLOSE: u8 = 7;
 #[repr(u8)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Tier {
-    /// `fentry`/`fexit` on `tcp_sendmsg`, `tcp_cleanup_rbuf`, `udp*_sendmsg`, `skb_consume_udp`.
+    /// `fentry`/`fexit` on `tcp_sendmsg`, `tcp_recvmsg`, `tcp_sendpage` (< 6.5), `tcp_splice_read`, `udp*_sendmsg`, `udp_sendpage` (< 6.5), `skb_consume_udp`.
     Fentry = 1,
     /// `kprobe`/`kretprobe` on the same functions.
     Kprobe = 2,
@@ -51,25 +51,69 @@ pub struct SockKey {
     pub sk: u64,
 }
 
-/// The value of the per-socket map: who owns the socket, what it connects,
-/// and every byte it moved since the programs first saw it.
+/// How many processes can own one socket's counters at once (a parent and
+/// its forked children, a pre-fork server's workers). A further process
+/// moving bytes on a socket whose slots are all taken is counted in
+/// [`counter::OWNER_FULL`] (lost), never attributed to another process.
+pub const OWNERS: usize = 4;
+
+/// The bytes one process moved on one socket.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id (the userspace pid); 0 while the slot is free.
+    pub tgid: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// `task->comm` of the last task of this process that moved bytes, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// cgroup v2 id of that task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Payload bytes sent (return value of the send path, > 0 only).
+    pub tx_bytes: u64,
+    /// Payload bytes received (return value of the receive path, > 0 only).
+    pub rx_bytes: u64,
+    /// Number of send calls that moved bytes.
+    pub tx_calls: u64,
+    /// Number of receive calls that moved bytes.
+    pub rx_calls: u64,
+    /// `bpf_ktime_get_ns()` of this owner's last counted call.
+    pub last_ns: u64,
+}
+
+impl Owner {
+    /// A free slot.
+    pub const fn zeroed() -> Self {
+        Self {
+            tgid: 0,
+            _pad: 0,
+            comm: [0; COMM_LEN],
+            cgroup_id: 0,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            tx_calls: 0,
+            rx_calls: 0,
+            last_ns: 0,
+        }
+    }
+}
+
+/// The value of the per-socket map: what the socket connects, and the bytes
+/// each process that used it moved, since the programs first saw it.
 ///
 /// Addresses are in network byte order as the kernel stores them; IPv4
 /// addresses sit in the first 4 bytes of the 16-byte arrays. Ports are in
-/// host byte order.
+/// host byte order. Owner slots are claimed in order by an atomic add on
+/// [`SockStats::claimed`]; two threads of one process may claim two slots
+/// (userspace sums slots of one tgid), and counters are only ever changed by
+/// atomic adds, so no update can be lost to a race.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct SockStats {
-    /// Thread-group id (the userspace pid) of the last task that moved bytes on the socket; 0 until one does.
-    pub tgid: u32,
     /// Local port, host byte order.
     pub lport: u16,
     /// Remote port, host byte order.
     pub rport: u16,
-    /// `task->comm` of that task, NUL padded.
-    pub comm: [u8; COMM_LEN],
-    /// cgroup v2 id of that task (`bpf_get_current_cgroup_id`).
-    pub cgroup_id: u64,
     /// `AF_INET` or `AF_INET6`.
     pub family: u16,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
@@ -80,47 +124,49 @@ pub struct SockStats {
     pub tier: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 3],
+    /// Owner slots claimed so far (may exceed [`OWNERS`]: those were lost).
+    pub claimed: u32,
     /// Local address.
     pub laddr: [u8; 16],
     /// Remote address.
     pub raddr: [u8; 16],
-    /// Payload bytes sent (return value of the send path, > 0 only).
-    pub tx_bytes: u64,
-    /// Payload bytes received (bytes copied to userspace, > 0 only).
-    pub rx_bytes: u64,
-    /// Number of send calls that moved bytes.
-    pub tx_calls: u64,
-    /// Number of receive calls that moved bytes.
-    pub rx_calls: u64,
-    /// `bpf_ktime_get_ns()` when the entry was created.
+    /// `bpf_ktime_get_ns()` when the entry was created: with the key, the
+    /// socket's identity (an address reused by a new socket gets a new entry).
     pub first_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last counted event.
-    pub last_ns: u64,
+    /// Smoothed RTT in µs (`tcp_sock.srtt_us >> 3`) at the last TCP event; 0 if unknown.
+    pub srtt_us: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
+    /// The processes that moved bytes on the socket.
+    pub owners: [Owner; OWNERS],
 }
 
 impl SockStats {
     /// An all-zero record, the starting point for a new socket.
     pub const fn zeroed() -> Self {
         Self {
-            tgid: 0,
             lport: 0,
             rport: 0,
-            comm: [0; COMM_LEN],
-            cgroup_id: 0,
             family: 0,
             protocol: 0,
             state: 0,
             tier: 0,
             _pad: [0; 3],
+            claimed: 0,
             laddr: [0; 16],
             raddr: [0; 16],
-            tx_bytes: 0,
-            rx_bytes: 0,
-            tx_calls: 0,
-            rx_calls: 0,
             first_ns: 0,
-            last_ns: 0,
+            srtt_us: 0,
+            _pad2: 0,
+            owners: [Owner::zeroed(); OWNERS],
         }
+    }
+
+    /// Total (rx, tx) over every owner.
+    pub fn totals(&self) -> (u64, u64) {
+        self.owners
+            .iter()
+            .fold((0, 0), |(r, t), o| (r + o.rx_bytes, t + o.tx_bytes))
     }
 }
 
@@ -133,10 +179,11 @@ pub struct DestroyedKey {
     pub first_ns: u64,
 }
 
-/// A socket's final record, written to the `CLOSED` ring buffer when the
-/// kernel destroys a TCP socket (or a UDP socket's address is reused by a new
+/// A socket's final record, with every owner's counters, written to the
+/// `CLOSED` ring buffer when the kernel destroys a TCP socket or releases a
+/// UDP socket (or, as a fallback, a UDP socket's address is reused by a new
 /// one) and its map entry is deleted, so the last bytes are never lost
-/// between two reads.
+/// between two reads and nothing can add to a finished entry.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ClosedSock {
@@ -159,6 +206,12 @@ pub mod counter {
     pub const INSERT_FAILED: u32 = 3;
     /// Final records lost because both the ring buffer and the `DESTROYED` map were full.
     pub const FINAL_LOST: u32 = 4;
+    /// Calls whose bytes were not counted because all [`super::OWNERS`] slots of the socket were taken.
+    pub const OWNER_FULL: u32 = 5;
+    /// kprobe tier: calls whose return probe never ran (a new entry found the
+    /// previous one still stashed: the kretprobe was missed, e.g. `maxactive`
+    /// exhausted) or whose arguments could not be stashed.
+    pub const MISSED_RETURN: u32 = 6;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -185,6 +238,14 @@ pub mod names {
     pub const TIER: &str = "TIER";
     /// Map `u64 pid_tgid -> u64 sk` used by the kprobe tier between entry and return.
     pub const SEND_ARGS: &str = "SEND_ARGS";
+    /// LRU hash of owner-slot claims, sized `OWNERS` × the `SOCKETS` capacity.
+    pub const CLAIMS: &str = "CLAIMS";
+    /// Global `u32`: index of `flags` among `tcp_recvmsg`'s arguments (4 before Linux 5.19, 3 since).
+    pub const RECV_FLAGS_ARG: &str = "RECV_FLAGS_ARG";
+    /// Global `u32`: offset of `sk` in `struct socket`.
+    pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
+    /// Global `u32`: offset of `srtt_us` in `struct tcp_sock`.
+    pub const OFF_SRTT_US: &str = "OFF_SRTT_US";
 }
 
 #[cfg(feature = "user")]
@@ -198,8 +259,11 @@ mod pod {
     unsafe impl aya::Pod for super::ClosedSock {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DestroyedKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Owner {}
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
-const _: () = assert!(core::mem::size_of::<SockStats>() == 120);
-const _: () = assert!(core::mem::size_of::<ClosedSock>() == 128);
+const _: () = assert!(core::mem::size_of::<Owner>() == 72);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 64 + 72 * OWNERS);
+const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 64 + 72 * OWNERS);

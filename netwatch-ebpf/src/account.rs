@@ -1,6 +1,8 @@
 //! The one accounting function every program calls: find or create the
-//! socket's entry, stamp the current owner, add the bytes. A tier shim only
-//! decides which socket, which direction and how many bytes.
+//! socket's entry, claim the current process's owner slot in it, add the
+//! bytes. A tier shim only decides which socket, which direction and how
+//! many bytes. Counters only ever change by atomic adds; an entry is never
+//! overwritten in place while other CPUs may be adding to it.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -9,11 +11,11 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
 };
 use netwatch_common::{
-    counter, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    counter, ClosedSock, DestroyedKey, Owner, SockKey, SockStats, AF_INET, AF_INET6, COMM_LEN,
+    IPPROTO_TCP, IPPROTO_UDP, OWNERS,
 };
 
-use crate::maps::{self, bump, CLOSED, DESTROYED, SOCKETS};
+use crate::maps::{self, bump, ClaimKey, CLAIMS, CLOSED, DESTROYED, SCRATCH, SOCKETS};
 
 /// Which way the bytes went.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -64,15 +66,18 @@ unsafe fn fill_addresses(sk: *const u8, family: u16, st: &mut SockStats) {
     }
 }
 
-/// A fresh entry for `sk` with its addresses.
+/// A fresh entry for `sk` with its addresses, built in this CPU's scratch
+/// slot (a `SockStats` does not fit on the BPF stack).
 #[inline(always)]
-unsafe fn fresh(sk: *const u8, family: u16, protocol: u8) -> SockStats {
-    let mut st = SockStats::zeroed();
+unsafe fn fresh(sk: *const u8, family: u16, protocol: u8) -> Option<&'static SockStats> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    core::ptr::write_bytes(p, 0, 1);
+    let st = &mut *p;
     st.protocol = protocol;
     st.tier = maps::tier();
     st.first_ns = bpf_ktime_get_ns();
-    fill_addresses(sk, family, &mut st);
-    st
+    fill_addresses(sk, family, st);
+    Some(&*p)
 }
 
 /// Where a final record went.
@@ -88,34 +93,69 @@ pub enum Final {
 
 /// Hand an entry's final counters to userspace: through the ring buffer, or
 /// if it is full through the `DESTROYED` map. Counted as lost only if both
-/// are full.
+/// are full. Copied with `bpf_probe_read_kernel`: the record does not fit
+/// on the stack.
 #[inline(always)]
-pub fn emit_final(key: SockKey, st: &SockStats) -> Final {
+pub unsafe fn emit_final(key: SockKey, st: *const SockStats) -> Final {
     if let Some(mut slot) = CLOSED.reserve::<ClosedSock>(0) {
-        slot.write(ClosedSock { key, stats: *st });
+        let rec = slot.as_mut_ptr();
+        (*rec).key = key;
+        let dst = core::ptr::addr_of_mut!((*rec).stats);
+        if aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut _,
+            core::mem::size_of::<SockStats>() as u32,
+            st as *const _,
+        ) != 0
+        {
+            slot.discard(0);
+            bump(counter::FINAL_LOST);
+            return Final::Lost;
+        }
         slot.submit(0);
         return Final::Ring;
     }
     bump(counter::RINGBUF_DROPS);
     let dkey = DestroyedKey {
         sk: key.sk,
-        first_ns: st.first_ns,
+        first_ns: (*st).first_ns,
     };
-    if DESTROYED.insert(dkey, *st, 0).is_err() {
+    // By reference: a `SockStats` by value would not fit on the BPF stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = DESTROYED.insert(dkey, &*st, 0);
+    if inserted.is_err() {
         bump(counter::FINAL_LOST);
         return Final::Lost;
     }
     Final::Overflow
 }
 
-/// UDP has no destroy hook we can rely on, so a freed UDP socket's entry
-/// stays; when the kernel reuses its memory for a new socket, the ports or
-/// IPv4 addresses differ. Then the old entry's final counters go out as a
-/// record and the entry starts over for the new socket.
+/// The end of a socket: its final counters go out (if it moved any bytes)
+/// and its entry is deleted, so nothing can add to it afterwards and a new
+/// socket at the same address starts a new entry.
 #[inline(always)]
-unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
+pub unsafe fn finish(key: SockKey) -> Option<Final> {
+    let st = SOCKETS.get_ptr_mut(key)?;
+    let (rx, tx) = (*st).totals();
+    let out = if rx != 0 || tx != 0 {
+        Some(emit_final(key, st))
+    } else {
+        None
+    };
+    release_claims(key, (*st).first_ns);
+    let _ = SOCKETS.remove(key);
+    bump(counter::CLOSED);
+    out
+}
+
+/// UDP sockets end at release (`cgroup/sock_release`); should that program
+/// not run for one (a cgroup that overrides it), a freed socket's entry
+/// stays, and when the kernel reuses its memory for a new socket the ports
+/// or IPv4 addresses differ. Then the old entry is finished (final record,
+/// deleted) and the caller creates a new one. True if it was replaced.
+#[inline(always)]
+unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *const SockStats) -> bool {
     let Ok(pair) = read_at::<[u8; 16]>(sk, 0) else {
-        return;
+        return false;
     };
     let rport = u16::from_be_bytes([pair[12], pair[13]]);
     let lport = u16::from_ne_bytes([pair[14], pair[15]]);
@@ -123,12 +163,10 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
     let same_v4 =
         old.family != AF_INET || (old.raddr[..4] == pair[0..4] && old.laddr[..4] == pair[4..8]);
     if old.lport == lport && old.rport == rport && same_v4 {
-        return;
+        return false;
     }
-    if old.tx_bytes != 0 || old.rx_bytes != 0 {
-        let _ = emit_final(key, old);
-    }
-    *st = fresh(sk, old.family, old.protocol);
+    let _ = finish(key);
+    true
 }
 
 /// Look up the socket's entry, creating it (with its addresses) if new.
@@ -136,12 +174,14 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
 pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut SockStats> {
     let key = SockKey { sk: sk as u64 };
     if let Some(p) = SOCKETS.get_ptr_mut(key) {
-        if protocol == IPPROTO_UDP && (*p).protocol == IPPROTO_UDP {
-            replace_if_reused(sk, key, p);
+        if !(protocol == IPPROTO_UDP
+            && (*p).protocol == IPPROTO_UDP
+            && replace_if_reused(sk, key, p))
+        {
+            return Some(p);
         }
-        return Some(p);
     }
-    let st = fresh(sk, family, protocol);
+    let st = fresh(sk, family, protocol)?;
     match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => bump(counter::CREATED),
         Err(e) if e == EEXIST => {}
@@ -151,6 +191,86 @@ pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut Soc
         }
     }
     SOCKETS.get_ptr_mut(key)
+}
+
+/// The owner slot of process `tgid` in `st`, claiming a free one if it has
+/// none. A slot is claimed by creating its key in `CLAIMS` with
+/// `BPF_NOEXIST`, which only one CPU can win, so two processes never share
+/// a slot (the BPF target here has no fetching atomics to do it in place);
+/// two threads of one process see each other's claim. `None` (counted in
+/// `OWNER_FULL`) when every slot is taken.
+#[inline(always)]
+pub unsafe fn owner(
+    key: SockKey,
+    st: *mut SockStats,
+    tgid: u32,
+    comm: &[u8; COMM_LEN],
+    cgroup_id: u64,
+) -> Option<*mut Owner> {
+    let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
+    for i in 0..OWNERS {
+        let o = owners.add(i);
+        if core::ptr::read_volatile(core::ptr::addr_of!((*o).tgid)) == tgid {
+            return Some(o);
+        }
+    }
+    let first_ns = (*st).first_ns;
+    for i in 0..OWNERS {
+        let ck = ClaimKey {
+            sk: key.sk,
+            first_ns,
+            slot: i as u32,
+            _pad: 0,
+        };
+        let won = match CLAIMS.insert(ck, tgid, BPF_NOEXIST) {
+            Ok(()) => true,
+            // SAFETY: a plain value copy out of the map.
+            Err(_) => CLAIMS.get(ck).copied() == Some(tgid),
+        };
+        if won {
+            let o = owners.add(i);
+            (*o).comm = *comm;
+            (*o).cgroup_id = cgroup_id;
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*o).tgid), tgid);
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*st).claimed),
+                1,
+            );
+            return Some(o);
+        }
+    }
+    bump(counter::OWNER_FULL);
+    None
+}
+
+/// Forget the slot claims of a finished entry.
+#[inline(always)]
+unsafe fn release_claims(key: SockKey, first_ns: u64) {
+    for i in 0..OWNERS {
+        let _ = CLAIMS.remove(ClaimKey {
+            sk: key.sk,
+            first_ns,
+            slot: i as u32,
+            _pad: 0,
+        });
+    }
+}
+
+/// Create (or find) the entry of `sk` and the owner slot of `tgid` in it:
+/// the one place an entry and an owner come to be, used by the byte
+/// counters and by anything that learns of an existing socket's owner.
+#[inline(always)]
+#[allow(dead_code)] // the entry point for seeding existing sockets (iter programs)
+pub unsafe fn claim(
+    sk: *const u8,
+    family: u16,
+    protocol: u8,
+    tgid: u32,
+    comm: &[u8; COMM_LEN],
+    cgroup_id: u64,
+) -> Option<*mut Owner> {
+    let st = entry(sk, family, protocol)?;
+    owner(SockKey { sk: sk as u64 }, st, tgid, comm, cgroup_id)
 }
 
 /// Count `bytes` moved on `sk` in direction `dir` by the current task.
@@ -168,25 +288,48 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     let Some(st) = entry(sk, family, protocol) else {
         return;
     };
-    let st = &mut *st;
-    st.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(comm) = bpf_get_current_comm() {
-        st.comm = comm;
+    if protocol == IPPROTO_TCP {
+        record_rtt(sk, st);
     }
-    st.cgroup_id = bpf_get_current_cgroup_id();
-    st.last_ns = bpf_ktime_get_ns();
+    let Some(o) = owner(
+        SockKey { sk: sk as u64 },
+        st,
+        tgid,
+        &comm,
+        bpf_get_current_cgroup_id(),
+    ) else {
+        return;
+    };
+    let o = &mut *o;
+    o.comm = comm;
+    o.last_ns = bpf_ktime_get_ns();
     let n = bytes as u64;
     match dir {
         Dir::Tx => {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut st.tx_bytes, n);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut st.tx_calls, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.tx_bytes, n);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.tx_calls, 1);
         }
         Dir::Rx => {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut st.rx_bytes, n);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut st.rx_calls, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_bytes, n);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_calls, 1);
         }
+    }
+}
+
+/// Keep the entry's smoothed RTT current: `tcp_sock.srtt_us >> 3`, at the
+/// BTF-resolved offset (0 when the loader found none).
+#[inline(always)]
+unsafe fn record_rtt(sk: *const u8, st: *mut SockStats) {
+    let off = maps::off_srtt_us();
+    if off == 0 {
+        return;
+    }
+    if let Ok(srtt) = read_at::<u32>(sk, off) {
+        (*st).srtt_us = srtt >> 3;
     }
 }

@@ -8,14 +8,22 @@
 //! record goes to the `DESTROYED` map instead: a full buffer costs memory,
 //! never bytes. The owner is never set here: state changes run in softirq
 //! context, where the current task is unrelated.
+//!
+//! UDP sockets have no destroy tracepoint: they end at release (the last
+//! `close` of the file), seen by a `cgroup/sock_release` program attached to
+//! the root cgroup v2 on every tier (it needs no kprobes), which emits the
+//! final record and deletes the entry the same way.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
+};
 use aya_log_ebpf::{debug, warn};
-use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP};
+use netwatch_common::{SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    account::{emit_final, entry, Final},
-    maps::{bump, SOCKETS},
+    account::{entry, finish, Final},
+    maps::SOCKETS,
 };
 
 /// `TCP_ESTABLISHED`.
@@ -89,19 +97,37 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 
 unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.read_at(destroy::SKADDR)?;
-    let key = SockKey { sk };
-    let Some(st) = SOCKETS.get_ptr_mut(key) else {
-        return Ok(0);
-    };
-    let st = &*st;
-    if st.tx_bytes != 0 || st.rx_bytes != 0 {
-        match emit_final(key, st) {
-            Final::Ring => {}
-            Final::Overflow => debug!(ctx, "netwatch: CLOSED ring buffer full; final record of socket {:x} kept in DESTROYED", sk),
-            Final::Lost => warn!(ctx, "netwatch: CLOSED ring buffer and DESTROYED map full; final record of socket {:x} lost", sk),
-        }
+    match finish(SockKey { sk }) {
+        Some(Final::Overflow) => debug!(
+            ctx,
+            "netwatch: CLOSED ring buffer full; final record of socket {:x} kept in DESTROYED", sk
+        ),
+        Some(Final::Lost) => warn!(
+            ctx,
+            "netwatch: CLOSED ring buffer and DESTROYED map full; final record of socket {:x} lost",
+            sk
+        ),
+        _ => {}
     }
-    let _ = SOCKETS.remove(key);
-    bump(counter::CLOSED);
     Ok(0)
+}
+
+/// A socket's release (its last file reference closed). UDP sockets end
+/// here; TCP sockets live on in the kernel (FIN_WAIT, TIME_WAIT) and end at
+/// `tcp_destroy_sock`. The context is the kernel's `struct sock` itself, so
+/// its address is the map key. Always allows the release.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: ctx.sock is the released socket's context; protocol is a
+    // field every cgroup/sock program may read.
+    let protocol = unsafe { (*ctx.sock).protocol };
+    if protocol == IPPROTO_UDP as u32 {
+        // SAFETY: only the address is used, as the map key.
+        let _ = unsafe {
+            finish(SockKey {
+                sk: ctx.sock as u64,
+            })
+        };
+    }
+    1
 }

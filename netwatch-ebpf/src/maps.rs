@@ -8,9 +8,33 @@ use aya_ebpf::{
 };
 use netwatch_common::{counter, DestroyedKey, SockKey, SockStats};
 
+/// One owner slot of one socket entry (`SockKey` + `first_ns`), in `CLAIMS`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ClaimKey {
+    pub sk: u64,
+    pub first_ns: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// kprobe tier: a receive in flight, stashed at `tcp_recvmsg` entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecvArgs {
+    pub sk: u64,
+    pub flags: u64,
+}
+
 /// Every socket's counters, keyed by its `struct sock` address.
 #[map(name = "SOCKETS")]
 pub static SOCKETS: LruHashMap<SockKey, SockStats> = LruHashMap::with_max_entries(65536, 0);
+
+/// Which process holds each owner slot of each entry: created with
+/// `BPF_NOEXIST`, so exactly one process wins a slot. Sized by the loader
+/// to `OWNERS` × the `SOCKETS` capacity; removed when the entry finishes.
+#[map(name = "CLAIMS")]
+pub static CLAIMS: LruHashMap<ClaimKey, u32> = LruHashMap::with_max_entries(4 * 65536, 0);
 
 /// Final records of sockets that were destroyed or replaced (`netwatch_common::ClosedSock`).
 #[map(name = "CLOSED")]
@@ -30,6 +54,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::L
 #[map(name = "SEND_ARGS")]
 pub static SEND_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 
+/// kprobe tier: the socket and flags of a `tcp_recvmsg` in flight, by `pid_tgid`.
+#[map(name = "RECV_ARGS")]
+pub static RECV_ARGS: HashMap<u64, RecvArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU room to build a new entry in: a `SockStats` is too big for the
+/// 512-byte BPF stack.
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<SockStats> = PerCpuArray::with_max_entries(1, 0);
+
 // Offsets into `struct sock` resolved from the running kernel's BTF by the
 // loader. The defaults are those of x86_64 6.x kernels built with IPv6.
 #[unsafe(no_mangle)]
@@ -43,6 +76,16 @@ static OFF_SK_PROTOCOL: u32 = 0x204;
 /// The `netwatch_common::Tier` the loader attached, stamped on new entries.
 #[unsafe(no_mangle)]
 static TIER: u32 = 0;
+/// Index of `flags` among `tcp_recvmsg`'s arguments: 4 before Linux 5.19
+/// (`nonblock` came first), 3 since. Resolved from BTF by the loader.
+#[unsafe(no_mangle)]
+static RECV_FLAGS_ARG: u32 = 3;
+/// Offset of `sk` in `struct socket`.
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: u32 = 24;
+/// Offset of `srtt_us` in `struct tcp_sock`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_SRTT_US: u32 = 0;
 
 /// Read a load-time global. `read_volatile` keeps the compiler from folding
 /// in the default, so the loader's value is the one used.
@@ -71,6 +114,18 @@ pub fn off_skc_v6_rcv_saddr() -> usize {
 #[inline(always)]
 pub fn off_sk_protocol() -> usize {
     global(&OFF_SK_PROTOCOL)
+}
+#[inline(always)]
+pub fn recv_flags_arg() -> usize {
+    global(&RECV_FLAGS_ARG)
+}
+#[inline(always)]
+pub fn off_socket_sk() -> usize {
+    global(&OFF_SOCKET_SK)
+}
+#[inline(always)]
+pub fn off_srtt_us() -> usize {
+    global(&OFF_SRTT_US)
 }
 
 /// Add one to a `COUNTERS` slot.

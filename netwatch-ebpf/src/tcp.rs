@@ -1,18 +1,36 @@
-//! TCP byte counting on the fentry and kprobe tiers: `tcp_sendmsg`'s return
-//! value (bytes actually queued, never the requested size) and
-//! `tcp_cleanup_rbuf`'s `copied` (bytes handed to userspace).
+//! TCP byte counting on the fentry and kprobe tiers, always at a call's
+//! return and from its return value (what the application was told):
+//! - sends: `tcp_sendmsg` (`write`, `send*`, `writev`, `sendmmsg`, and
+//!   `sendfile`/`splice` since Linux 6.5), plus `tcp_sendpage` where
+//!   `sendfile`/`splice` still go through it (< 6.5; the loader attaches it
+//!   only when `do_tcp_sendpages` exists, so nothing is counted twice);
+//! - receives: `tcp_recvmsg` (`read`, `recv*`, `readv`, `recvmmsg`), never
+//!   `MSG_PEEK`: counting at return sees one total however often the call
+//!   slept (`MSG_WAITALL`, `SO_RCVLOWAT`), unlike `tcp_cleanup_rbuf`, which
+//!   runs before every sleep with the running total; and `tcp_splice_read`
+//!   for `splice` from a socket, which does not go through `tcp_recvmsg`.
+//!
+//! The kprobe tier stashes the arguments by thread at entry and takes them
+//! at return; a stash found still present at the next entry means a missed
+//! return probe, counted as lost.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{fentry, fexit, kprobe, kretprobe},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{fexit, kprobe, kretprobe},
+    programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use netwatch_common::IPPROTO_TCP;
+use netwatch_common::{counter, IPPROTO_TCP};
 
 use crate::{
-    account::{account, Dir},
-    maps::SEND_ARGS,
+    account::{account, read_at, Dir},
+    maps::{self, bump, RecvArgs, RECV_ARGS, SEND_ARGS},
 };
+
+/// `MSG_PEEK`.
+const MSG_PEEK: u64 = 2;
+
+/// `BPF_NOEXIST`.
+const BPF_NOEXIST: u64 = 1;
 
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`: the
 /// return value follows the three arguments.
@@ -25,56 +43,231 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     0
 }
 
-/// `void tcp_cleanup_rbuf(struct sock *sk, int copied)`.
-#[fentry(function = "tcp_cleanup_rbuf")]
-pub fn fentry_tcp_cleanup_rbuf(ctx: FEntryContext) -> i32 {
+/// `int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)` (< 6.5).
+#[fexit(function = "tcp_sendpage")]
+pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let copied: i64 = ctx.arg::<i64>(1) as i32 as i64;
+    let ret: i64 = ctx.arg::<i64>(5) as i32 as i64;
     // SAFETY: as above.
-    unsafe { account(sk, Dir::Rx, copied, IPPROTO_TCP) };
+    unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
     0
 }
 
-/// Remember the socket of a send until its return probe fires.
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags, int *addr_len)`
+/// (Linux ≥ 5.19): the return value follows the five arguments.
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg(ctx: FExitContext) -> i32 {
+    let flags: u64 = ctx.arg(3);
+    let ret: i64 = ctx.arg(5);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int flags)`
+/// (the newest kernels, without `addr_len`).
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg_4(ctx: FExitContext) -> i32 {
+    let flags: u64 = ctx.arg(3);
+    let ret: i64 = ctx.arg(4);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
+/// `int tcp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int nonblock, int flags, int *addr_len)`
+/// (Linux < 5.19). The loader attaches one of the three, from the
+/// parameters BTF lists: the verifier rejects a read past a traced
+/// function's arguments, so each program reads only its own.
+#[fexit(function = "tcp_recvmsg")]
+pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
+    let flags: u64 = ctx.arg(4);
+    let ret: i64 = ctx.arg(6);
+    recv_exit(ctx.arg(0), flags, ret)
+}
+
 #[inline(always)]
-pub fn stash_send(sk: u64) {
-    let _ = SEND_ARGS.insert(bpf_get_current_pid_tgid(), sk, 0);
+fn recv_exit(sk: *const u8, flags: u64, ret: i64) -> i32 {
+    if flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    // SAFETY: sk is the traced function's socket argument.
+    unsafe { account(sk, Dir::Rx, ret as i32 as i64, IPPROTO_TCP) };
+    0
+}
+
+/// `ssize_t tcp_splice_read(struct socket *sock, loff_t *ppos, struct pipe_inode_info *pipe, size_t len, unsigned int flags)`.
+#[fexit(function = "tcp_splice_read")]
+pub fn fexit_tcp_splice_read(ctx: FExitContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(5);
+    if ret <= 0 || sock.is_null() {
+        return 0;
+    }
+    // SAFETY: sock is the traced function's `struct socket`; its `sk` at the
+    // BTF-resolved offset.
+    unsafe {
+        if let Ok(sk) = read_at::<u64>(sock, maps::off_socket_sk()) {
+            account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP);
+        }
+    }
+    0
+}
+
+/// Which send function a stash belongs to: `*_sendpage` may call
+/// `udp_sendmsg` itself (to start a cork), so the two must not share a slot.
+#[derive(Clone, Copy)]
+pub enum Send {
+    Msg,
+    Page,
+}
+
+/// The `SEND_ARGS` key of this thread's `kind` of send (`pid_tgid` never
+/// has its top bit set).
+#[inline(always)]
+fn send_key(kind: Send) -> u64 {
+    let id = bpf_get_current_pid_tgid();
+    match kind {
+        Send::Msg => id,
+        Send::Page => id | (1 << 63),
+    }
+}
+
+/// Remember the socket of a send in flight until its return probe fires.
+#[inline(always)]
+pub fn stash_send(sk: u64, kind: Send) {
+    let id = send_key(kind);
+    if SEND_ARGS.insert(id, sk, BPF_NOEXIST).is_err() {
+        // Either the previous call's return probe never ran (its stash is
+        // still here), or the map is full: a call's bytes go uncounted.
+        bump(counter::MISSED_RETURN);
+        let _ = SEND_ARGS.insert(id, sk, 0);
+    }
 }
 
 /// Take the socket stashed by [`stash_send`] for this thread.
 #[inline(always)]
-pub fn take_send() -> Option<*const u8> {
-    let id = bpf_get_current_pid_tgid();
+pub fn take_send(kind: Send) -> Option<*const u8> {
+    let id = send_key(kind);
     // SAFETY: a plain value copy out of the map.
     let sk = unsafe { SEND_ARGS.get(id) }.copied();
     let _ = SEND_ARGS.remove(id);
     sk.map(|s| s as *const u8)
 }
 
+#[inline(always)]
+fn send_return(ctx: &RetProbeContext, kind: Send) -> u32 {
+    let ret: i64 = ctx.ret::<i64>() as i32 as i64;
+    if let Some(sk) = take_send(kind) {
+        // SAFETY: sk was the socket argument of this thread's send.
+        unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
+    }
+    0
+}
+
 #[kprobe(function = "tcp_sendmsg")]
 pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        stash_send(sk);
+        stash_send(sk, Send::Msg);
     }
     0
 }
 
 #[kretprobe(function = "tcp_sendmsg")]
 pub fn kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
-    let ret: i64 = ctx.ret::<i64>() as i32 as i64;
-    if let Some(sk) = take_send() {
-        // SAFETY: sk was the socket argument of this thread's tcp_sendmsg.
-        unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
+    send_return(&ctx, Send::Msg)
+}
+
+#[kprobe(function = "tcp_sendpage")]
+pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        stash_send(sk, Send::Page);
     }
     0
 }
 
-#[kprobe(function = "tcp_cleanup_rbuf")]
-pub fn kprobe_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
-    let (Some(sk), Some(copied)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+#[kretprobe(function = "tcp_sendpage")]
+pub fn kretprobe_tcp_sendpage(ctx: RetProbeContext) -> u32 {
+    send_return(&ctx, Send::Page)
+}
+
+/// Stash a receive: its socket, and its flags (or `MSG_PEEK` for a
+/// `tcp_splice_read`, whose first argument is the `struct socket`: marked
+/// by the high bit so the return probe knows to follow `sock->sk`).
+#[inline(always)]
+fn stash_recv(args: RecvArgs) {
+    let id = bpf_get_current_pid_tgid();
+    if RECV_ARGS.insert(id, args, BPF_NOEXIST).is_err() {
+        bump(counter::MISSED_RETURN);
+        let _ = RECV_ARGS.insert(id, args, 0);
+    }
+}
+
+/// Flag marking a stashed `struct socket *` (splice) rather than a `struct sock *`.
+const SPLICE: u64 = 1 << 63;
+
+#[kprobe(function = "tcp_recvmsg")]
+pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    let Some(sk) = ctx.arg::<u64>(0) else {
         return 0;
     };
-    // SAFETY: sk is the probed function's socket argument.
-    unsafe { account(sk as *const u8, Dir::Rx, copied as i32 as i64, IPPROTO_TCP) };
+    // Both registers are read at constant offsets, then one is chosen:
+    // the verifier refuses a context read at a variable offset.
+    let (a3, a4) = (ctx.arg::<u64>(3), ctx.arg::<u64>(4));
+    let flags = if maps::recv_flags_arg() == 4 { a4 } else { a3 };
+    stash_recv(RecvArgs {
+        sk,
+        flags: flags.unwrap_or(0) & 0xffff_ffff,
+    });
+    0
+}
+
+#[kprobe(function = "tcp_splice_read")]
+pub fn kprobe_tcp_splice_read(ctx: ProbeContext) -> u32 {
+    if let Some(sock) = ctx.arg::<u64>(0) {
+        stash_recv(RecvArgs {
+            sk: sock,
+            flags: SPLICE,
+        });
+    }
+    0
+}
+
+#[kretprobe(function = "tcp_recvmsg")]
+pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
+    recv_return(&ctx)
+}
+
+#[kretprobe(function = "tcp_splice_read")]
+pub fn kretprobe_tcp_splice_read(ctx: RetProbeContext) -> u32 {
+    recv_return(&ctx)
+}
+
+#[inline(always)]
+fn recv_return(ctx: &RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: a plain value copy out of the map.
+    let Some(args) = (unsafe { RECV_ARGS.get(id) }).copied() else {
+        return 0;
+    };
+    let _ = RECV_ARGS.remove(id);
+    let ret: i64 = ctx.ret::<i64>();
+    if args.flags & SPLICE != 0 {
+        // SAFETY: args.sk is this thread's tcp_splice_read `struct socket`.
+        unsafe {
+            if let Ok(sk) = read_at::<u64>(args.sk as *const u8, maps::off_socket_sk()) {
+                account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP);
+            }
+        }
+        return 0;
+    }
+    if args.flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    // SAFETY: args.sk was the socket argument of this thread's tcp_recvmsg.
+    unsafe {
+        account(
+            args.sk as *const u8,
+            Dir::Rx,
+            ret as i32 as i64,
+            IPPROTO_TCP,
+        )
+    };
     0
 }

@@ -5,6 +5,9 @@
 //!
 //! `udpv6_sendmsg` hands IPv4-mapped destinations to `udp_sendmsg`; the
 //! IPv4 hook skips AF_INET6 sockets so such a send is counted once.
+//! `skb_consume_udp`'s `len` is what `recvmsg` returns: the copied length,
+//! or the datagram's full length with `MSG_TRUNC`; with `MSG_PEEK` the
+//! callers pass a negated length, which is never counted.
 
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
@@ -14,7 +17,7 @@ use netwatch_common::{AF_INET6, IPPROTO_UDP};
 
 use crate::{
     account::{account, sk_family, Dir},
-    tcp::{stash_send, take_send},
+    tcp::{stash_send, take_send, Send},
 };
 
 /// `int udp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`.
@@ -54,7 +57,7 @@ pub fn kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
         // SAFETY: sk is the probed function's socket argument.
         if unsafe { sk_family(sk as *const u8) } != AF_INET6 {
-            stash_send(sk);
+            stash_send(sk, Send::Msg);
         }
     }
     0
@@ -62,26 +65,50 @@ pub fn kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "udp_sendmsg")]
 pub fn kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
-    udp_send_return(&ctx)
+    udp_send_return(&ctx, Send::Msg)
+}
+
+/// `int udp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
+/// (< 6.5): `sendfile`/`splice` to a UDP socket. It calls `udp_sendmsg`
+/// with no data to start a cork, which returns 0 and counts nothing.
+#[fexit(function = "udp_sendpage")]
+pub fn fexit_udp_sendpage(ctx: FExitContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: sk is the traced function's socket argument.
+    unsafe { account(sk, Dir::Tx, ctx.arg::<i64>(5) as i32 as i64, IPPROTO_UDP) };
+    0
+}
+
+#[kprobe(function = "udp_sendpage")]
+pub fn kprobe_udp_sendpage(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        stash_send(sk, Send::Page);
+    }
+    0
+}
+
+#[kretprobe(function = "udp_sendpage")]
+pub fn kretprobe_udp_sendpage(ctx: RetProbeContext) -> u32 {
+    udp_send_return(&ctx, Send::Page)
 }
 
 #[kprobe(function = "udpv6_sendmsg")]
 pub fn kprobe_udpv6_sendmsg(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        stash_send(sk);
+        stash_send(sk, Send::Msg);
     }
     0
 }
 
 #[kretprobe(function = "udpv6_sendmsg")]
 pub fn kretprobe_udpv6_sendmsg(ctx: RetProbeContext) -> u32 {
-    udp_send_return(&ctx)
+    udp_send_return(&ctx, Send::Msg)
 }
 
 #[inline(always)]
-fn udp_send_return(ctx: &RetProbeContext) -> u32 {
+fn udp_send_return(ctx: &RetProbeContext, kind: Send) -> u32 {
     let ret: i64 = ctx.ret::<i64>() as i32 as i64;
-    if let Some(sk) = take_send() {
+    if let Some(sk) = take_send(kind) {
         // SAFETY: sk was the socket argument of this thread's send.
         unsafe { account(sk, Dir::Tx, ret, IPPROTO_UDP) };
     }

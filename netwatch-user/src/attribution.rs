@@ -58,6 +58,29 @@ pub struct Attribution {
     reads: u64,
 }
 
+/// Set in `SocketId::secondary` by a source that splits one socket between
+/// the processes that used it (the eBPF source): such shares of one socket
+/// come adjacent in a batch, with one `primary` and the same low 32 bits of
+/// `secondary`, and make one connection row. Other sources (one sample per
+/// row, as ss; or one row per socket and pid, as macOS) never set it.
+pub const SHARED_SOCKET_TAG: u64 = 1 << 62;
+
+/// `s` is another owner's share of the socket `prev` describes.
+fn same_socket(prev: Option<&SocketSample>, s: &SocketSample) -> bool {
+    let tagged = |x: &SocketSample| x.id.secondary & SHARED_SOCKET_TAG != 0;
+    prev.is_some_and(|p| {
+        tagged(p)
+            && tagged(s)
+            && p.id.primary == s.id.primary
+            && p.id != s.id
+            && (p.id.secondary ^ s.id.secondary) & 0xffff_ffff == 0
+            && p.closed == s.closed
+            && p.protocol == s.protocol
+            && p.local == s.local
+            && p.remote == s.remote
+    })
+}
+
 impl Attribution {
     /// `started_at` is when the source began counting: the first interval
     /// runs from there to the first read.
@@ -96,8 +119,9 @@ impl Attribution {
 
         // (pid, name) -> its sums; BTreeMap for a stable order.
         let mut per_process: BTreeMap<(u32, String), ProcessSums> = BTreeMap::new();
-        let mut connections = Vec::with_capacity(batch.samples.len());
+        let mut connections: Vec<ConnectionDetail> = Vec::with_capacity(batch.samples.len());
         let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
+        let mut prev_sample: Option<&SocketSample> = None;
 
         for s in &batch.samples {
             let (rx, tx) = self.socket_delta(s);
@@ -122,6 +146,19 @@ impl Attribution {
                     }
                 }
             }
+            // One socket shared by several processes comes as adjacent
+            // samples with one `id.primary` and endpoints (the eBPF source's
+            // owners): one connection row, its bytes summed, the first
+            // (most recent) owner named.
+            if let Some(prev) = connections.last_mut() {
+                if same_socket(prev_sample, s) {
+                    prev.rx_bytes = Some(prev.rx_bytes.unwrap_or(0) + s.rx_bytes);
+                    prev.tx_bytes = Some(prev.tx_bytes.unwrap_or(0) + s.tx_bytes);
+                    prev_sample = Some(s);
+                    continue;
+                }
+            }
+            prev_sample = Some(s);
             connections.push(ConnectionDetail {
                 protocol: s.protocol.as_wire().to_string(),
                 local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
@@ -208,6 +245,33 @@ mod tests {
             lost_records: 0,
             estimated: false,
         }
+    }
+
+    #[test]
+    fn shares_of_one_socket_make_one_connection_row_and_one_process_row_each() {
+        let t0 = Instant::now();
+        let mut attr = Attribution::new(t0);
+        let share = |pid: u32, rx, tx| {
+            let mut s = sample(7, pid, rx, tx, CountOrigin::SinceAttach);
+            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            s
+        };
+        // Untagged samples with one primary (macOS: one row per socket and pid) stay apart.
+        let untagged = sample(8, 3, 1, 1, CountOrigin::SinceAttach);
+        let mut untagged2 = sample(8, 4, 1, 1, CountOrigin::SinceAttach);
+        untagged2.id.secondary = 4;
+        let a = attr.apply(&batch(
+            t0 + Duration::from_secs(1),
+            vec![share(2, 10, 700), share(1, 5, 300), untagged, untagged2],
+        ));
+        assert_eq!(a.connections.len(), 3);
+        assert_eq!(a.connections[0].pid, Some(2));
+        assert_eq!(
+            (a.connections[0].rx_bytes, a.connections[0].tx_bytes),
+            (Some(15), Some(1000))
+        );
+        assert_eq!(row(&a, 1), (5, 300, 1));
+        assert_eq!(row(&a, 2), (10, 700, 1));
     }
 
     fn row(a: &Attributed, pid: u32) -> (u64, u64, u32) {

@@ -35,6 +35,9 @@ const GUEST_TESTS: &[&str] = &[
     "exact_bytes_fentry_tier",
     "exact_bytes_kprobe_tier",
     "exact_bytes_tracepoint_tier",
+    "cases_fentry_tier",
+    "cases_kprobe_tier",
+    "cases_tracepoint_tier",
 ];
 const GUEST_REQUIRED_TIERS: &str = "fentry,kprobe";
 
@@ -109,7 +112,9 @@ fn guest_tests() -> Result<Duration> {
         .iter()
         .map(|name| {
             Ok(GuestCommand::cargo_test(&bin, name)?
-                .env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS))
+                .env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS)
+                // Workloads sized for software emulation.
+                .env("NETWATCH_GUEST", "1"))
         })
         .collect::<Result<Vec<_>>>()?;
     let opts = VmOptions {

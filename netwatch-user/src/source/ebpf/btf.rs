@@ -10,13 +10,25 @@ use thiserror::Error;
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Byte offsets into `struct sock` (which starts with `struct sock_common`).
+/// Byte offsets into `struct sock` (which starts with `struct sock_common`),
+/// and the other kernel facts the programs depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SockOffsets {
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub sk_protocol: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// `struct tcp_sock.srtt_us`; 0 if the kernel has none.
+    pub srtt_us: u32,
+    /// Index of `flags` among `tcp_recvmsg`'s parameters (4 before 5.19, 3 since).
+    pub recv_flags_arg: u32,
+    /// Number of `tcp_recvmsg` parameters.
+    pub recv_nargs: u32,
+    /// `do_tcp_sendpages` exists (Linux < 6.5): `sendfile`/`splice` to a
+    /// socket go through `tcp_sendpage`/`udp_sendpage`, not `*_sendmsg`.
+    pub sendpage_path: bool,
 }
 
 #[derive(Debug, Error)]
@@ -40,6 +52,8 @@ pub enum BtfError {
         member: &'static str,
         bits: u32,
     },
+    #[error("kernel BTF: function {0} has no parameter named flags (unknown signature)")]
+    NoFlags(&'static str),
     #[error("kernel BTF: {0}")]
     Btf(#[from] btf_rs::Error),
 }
@@ -100,6 +114,32 @@ fn offset(
     Ok(bits / 8)
 }
 
+/// The kernel has a function `name`.
+fn has_func(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .is_ok_and(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+}
+
+/// (index of parameter `param`, number of parameters) of function `func`.
+fn func_param(btf: &Btf, func: &'static str, param: &str) -> Result<(u32, u32), BtfError> {
+    let types = btf
+        .resolve_types_by_name(func)
+        .map_err(|_| BtfError::NoFlags(func))?;
+    for t in types {
+        let Type::Func(f) = t else { continue };
+        let Type::FuncProto(proto) = btf.resolve_chained_type(&f)? else {
+            continue;
+        };
+        let n = proto.parameters.len() as u32;
+        for (i, p) in proto.parameters.iter().enumerate() {
+            if btf.resolve_name(p).unwrap_or_default() == param {
+                return Ok((i as u32, n));
+            }
+        }
+    }
+    Err(BtfError::NoFlags(func))
+}
+
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
@@ -114,11 +154,21 @@ impl SockOffsets {
         })?;
         let common = find_struct(&btf, "sock_common")?;
         let sock = find_struct(&btf, "sock")?;
+        let socket = find_struct(&btf, "socket")?;
+        let srtt_us = find_struct(&btf, "tcp_sock")
+            .and_then(|t| offset(&btf, &t, "tcp_sock", "srtt_us"))
+            .unwrap_or(0);
+        let (recv_flags_arg, recv_nargs) = func_param(&btf, "tcp_recvmsg", "flags")?;
         Ok(Self {
             skc_family: offset(&btf, &common, "sock_common", "skc_family")?,
             skc_v6_daddr: offset(&btf, &common, "sock_common", "skc_v6_daddr")?,
             skc_v6_rcv_saddr: offset(&btf, &common, "sock_common", "skc_v6_rcv_saddr")?,
             sk_protocol: offset(&btf, &sock, "sock", "sk_protocol")?,
+            socket_sk: offset(&btf, &socket, "socket", "sk")?,
+            srtt_us,
+            recv_flags_arg,
+            recv_nargs,
+            sendpage_path: has_func(&btf, "do_tcp_sendpages"),
         })
     }
 }
@@ -142,6 +192,13 @@ mod tests {
         );
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
+        assert!(o.socket_sk > 0 && o.srtt_us > 0, "{o:?}");
+        // Linux ≥ 5.19 (this host is newer): `nonblock` is gone (and
+        // `addr_len` too on the newest), and since 6.5 sendfile goes
+        // through tcp_sendmsg.
+        assert_eq!(o.recv_flags_arg, 3, "{o:?}");
+        assert!((4..=5).contains(&o.recv_nargs), "{o:?}");
+        assert!(!o.sendpage_path, "{o:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod tier;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +23,8 @@ use netwatch_common::{
 };
 
 use crate::net;
+
+use crate::attribution::SHARED_SOCKET_TAG;
 
 use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 pub use tier::{LoadError, LoadOptions, TierChoice};
@@ -45,50 +47,91 @@ fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-/// Convert one kernel record into a sample. `None` for records of a family
-/// or protocol the programs should never have produced.
-pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSample> {
+/// The id of one owner's share of one socket: the socket is (`key`,
+/// `first_ns`); owners are told apart by their tgid in the high half;
+/// tagged so attribution makes one connection row of the shares.
+fn owner_id(key: &SockKey, first_ns: u64, tgid: u32) -> SocketId {
+    SocketId {
+        primary: key.sk,
+        secondary: (first_ns ^ (u64::from(tgid) << 32)) | SHARED_SOCKET_TAG,
+    }
+}
+
+fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<String> {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    (len > 0).then(|| String::from_utf8_lossy(&raw[..len]).into_owned())
+}
+
+/// Convert one kernel record into samples: one per process that moved
+/// bytes on the socket (slots of one tgid summed), the most recent mover
+/// first, adjacent and with the same `id.primary` so that attribution makes
+/// one connection row of them. A socket no process has moved bytes on yet
+/// is one sample without an owner. Empty for records of a family or
+/// protocol the programs should never have produced.
+pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSample> {
     let protocol = match st.protocol {
         IPPROTO_TCP => Protocol::Tcp,
         IPPROTO_UDP => Protocol::Udp,
-        _ => return None,
+        _ => return Vec::new(),
     };
     let local = ip(st.family, &st.laddr).map(|a| SocketAddr::new(a, st.lport));
-    let remote_ip = ip(st.family, &st.raddr)?;
+    let Some(remote_ip) = ip(st.family, &st.raddr) else {
+        return Vec::new();
+    };
     let remote = (st.rport != 0 || !remote_ip.is_unspecified())
         .then(|| SocketAddr::new(remote_ip, st.rport));
-    let state = match protocol {
-        Protocol::Tcp => tcp_state(st.state),
-        Protocol::Udp => net::udp_state(remote.is_some()),
+    let state = if closed {
+        net::state::CLOSED
+    } else {
+        match protocol {
+            Protocol::Tcp => tcp_state(st.state),
+            Protocol::Udp => net::udp_state(remote.is_some()),
+        }
     };
-    let comm_len = st
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(st.comm.len());
-    let comm = (comm_len > 0).then(|| String::from_utf8_lossy(&st.comm[..comm_len]).into_owned());
-    Some(SocketSample {
-        id: SocketId {
-            primary: key.sk,
-            secondary: st.first_ns,
-        },
-        protocol,
-        local,
-        remote,
-        state: if closed {
-            net::state::CLOSED.to_string()
-        } else {
-            state.to_string()
-        },
-        pid: (st.tgid != 0).then_some(st.tgid),
-        comm,
-        cgroup_id: (st.cgroup_id != 0).then_some(st.cgroup_id),
-        rx_bytes: st.rx_bytes,
-        tx_bytes: st.tx_bytes,
-        rtt_us: None,
-        closed,
-        origin: CountOrigin::SinceAttach,
-    })
+    // (tgid, comm, cgroup, rx, tx, last_ns), slots of one process summed.
+    let mut owners: Vec<(u32, Option<String>, u64, u64, u64, u64)> = Vec::new();
+    for o in st.owners.iter().filter(|o| o.tgid != 0) {
+        match owners.iter_mut().find(|x| x.0 == o.tgid) {
+            Some(x) => {
+                x.3 += o.rx_bytes;
+                x.4 += o.tx_bytes;
+                if o.last_ns > x.5 {
+                    x.5 = o.last_ns;
+                    x.1 = comm_of(&o.comm).or(x.1.take());
+                }
+            }
+            None => owners.push((
+                o.tgid,
+                comm_of(&o.comm),
+                o.cgroup_id,
+                o.rx_bytes,
+                o.tx_bytes,
+                o.last_ns,
+            )),
+        }
+    }
+    owners.sort_by_key(|o| std::cmp::Reverse(o.5));
+    if owners.is_empty() {
+        owners.push((0, None, 0, 0, 0, 0));
+    }
+    owners
+        .into_iter()
+        .map(|(tgid, comm, cgroup_id, rx, tx, _)| SocketSample {
+            id: owner_id(key, st.first_ns, tgid),
+            protocol,
+            local,
+            remote,
+            state: state.to_string(),
+            pid: (tgid != 0).then_some(tgid),
+            comm,
+            cgroup_id: (cgroup_id != 0).then_some(cgroup_id),
+            rx_bytes: rx,
+            tx_bytes: tx,
+            rtt_us: (protocol == Protocol::Tcp && st.srtt_us != 0).then_some(f64::from(st.srtt_us)),
+            closed,
+            origin: CountOrigin::SinceAttach,
+        })
+        .collect()
 }
 
 /// The programs' own counters, summed over CPUs.
@@ -99,6 +142,8 @@ pub struct KernelCounters {
     pub ringbuf_drops: u64,
     pub insert_failed: u64,
     pub final_lost: u64,
+    pub owner_full: u64,
+    pub missed_return: u64,
 }
 
 /// The loaded and attached programs and their maps.
@@ -112,6 +157,8 @@ pub struct EbpfSource {
     destroyed: BpfHashMap<MapData, DestroyedKey, SockStats>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// A second handle on `SOCKETS` for `BPF_MAP_LOOKUP_BATCH`.
+    sockets_fd: Option<OwnedFd>,
     /// Capacity of `SOCKETS`, which bounds a map walk.
     max_sockets: u32,
     /// Highest eviction count estimated so far (kept monotonic).
@@ -252,8 +299,15 @@ impl EbpfSource {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
         };
-        let sockets = BpfHashMap::try_from(take(&mut ebpf, names::SOCKETS)?)
-            .map_err(|e| LoadError::Map(names::SOCKETS, e))?;
+        let sockets_map = take(&mut ebpf, names::SOCKETS)?;
+        let sockets_fd = match &sockets_map {
+            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
+                d.fd().as_fd().try_clone_to_owned().ok()
+            }
+            _ => None,
+        };
+        let sockets =
+            BpfHashMap::try_from(sockets_map).map_err(|e| LoadError::Map(names::SOCKETS, e))?;
         let closed = RingBuf::try_from(take(&mut ebpf, names::CLOSED)?)
             .map_err(|e| LoadError::Map(names::CLOSED, e))?;
         let drain = Drain::start(closed, opts.drain_thread).map_err(LoadError::DrainThread)?;
@@ -269,6 +323,7 @@ impl EbpfSource {
             destroyed,
             counters,
             logger,
+            sockets_fd,
             max_sockets: opts.max_sockets,
             evicted: 0,
         })
@@ -298,6 +353,8 @@ impl EbpfSource {
             ringbuf_drops: get(counter::RINGBUF_DROPS),
             insert_failed: get(counter::INSERT_FAILED),
             final_lost: get(counter::FINAL_LOST),
+            owner_full: get(counter::OWNER_FULL),
+            missed_return: get(counter::MISSED_RETURN),
         }
     }
 
@@ -310,39 +367,31 @@ impl EbpfSource {
         // Counters before the walk: see `evicted_estimate`.
         let before = self.kernel_counters();
         let mut samples = Vec::new();
+        // Sockets whose final record is in this read: a live entry of one
+        // of them seen by the walk below (deleted just after its record was
+        // written) must not be counted a second time.
+        let mut finished: HashSet<(u64, u64)> = HashSet::new();
         for rec in self.drain.take() {
-            if let Some(s) = to_sample(&rec.key, &rec.stats, true) {
-                samples.push(s);
-            }
+            finished.insert((rec.key.sk, rec.stats.first_ns));
+            samples.extend(to_samples(&rec.key, &rec.stats, true));
         }
         // Final records the ring buffer had no room for.
         let overflowed: Vec<(DestroyedKey, SockStats)> =
             self.destroyed.iter().filter_map(Result::ok).collect();
         for (dkey, st) in overflowed {
-            if let Some(s) = to_sample(&SockKey { sk: dkey.sk }, &st, true) {
-                samples.push(s);
+            if finished.insert((dkey.sk, st.first_ns)) {
+                samples.extend(to_samples(&SockKey { sk: dkey.sk }, &st, true));
             }
             // Read once: make room.
             let _ = self.destroyed.remove(&dkey);
         }
         let mut live = 0u64;
-        let mut seen = HashSet::new();
-        // The kernel restarts a walk from the first key when the current one
-        // was deleted meanwhile, so under socket churn a walk may never end:
-        // bound it. A socket missed here is read next time (its counters are
-        // cumulative, and attribution keeps its last values for a while).
-        let max_steps = 2 * self.max_sockets as usize + 1024;
-        for entry in self.sockets.iter().take(max_steps) {
-            // An entry deleted while we iterate is simply gone: its record
-            // is in the ring buffer for the next read.
-            let Ok((key, st)) = entry else { continue };
-            if !seen.insert(key.sk) {
+        for (key, st) in self.walk() {
+            live += 1;
+            if finished.contains(&(key.sk, st.first_ns)) {
                 continue;
             }
-            live += 1;
-            if let Some(s) = to_sample(&key, &st, false) {
-                samples.push(s);
-            }
+            samples.extend(to_samples(&key, &st, false));
         }
         let after = self.kernel_counters();
         let estimate = evicted_estimate(&before, &after, live);
@@ -353,9 +402,110 @@ impl EbpfSource {
             lost_records: self.evicted
                 + after.insert_failed
                 + after.final_lost
+                + after.owner_full
+                + after.missed_return
                 + self.drain.dropped(),
             estimated: false,
         }
+    }
+}
+
+impl EbpfSource {
+    /// Every live entry, each once. By `BPF_MAP_LOOKUP_BATCH`, whose cursor
+    /// is a hash bucket: deletions and insertions meanwhile never restart
+    /// or skip it, so every entry that lives through the walk is seen.
+    /// Kernels without batch lookups on hash maps (< 5.6) fall back to
+    /// `get_next_key`, which restarts from the first key when the current
+    /// one is deleted: bounded, and deduplicated.
+    fn walk(&self) -> Vec<(SockKey, SockStats)> {
+        if let Some(fd) = &self.sockets_fd {
+            match lookup_batch(fd.as_fd()) {
+                Ok(all) => return all,
+                Err(e) => debug!("BPF_MAP_LOOKUP_BATCH on SOCKETS: {e}; walking by key"),
+            }
+        }
+        let mut seen = HashSet::new();
+        let max_steps = 2 * self.max_sockets as usize + 1024;
+        self.sockets
+            .iter()
+            .take(max_steps)
+            // An entry deleted while we iterate is simply gone: its record
+            // is in the ring buffer for the next read.
+            .filter_map(Result::ok)
+            .filter(|(k, _)| seen.insert(k.sk))
+            .collect()
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// All entries of a hash map of `SockKey -> SockStats`, bucket by bucket.
+fn lookup_batch(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<(SockKey, SockStats)>> {
+    let mut out = Vec::new();
+    let mut chunk = 1024usize;
+    // The cursor of a hash map batch is a u32 bucket index.
+    let mut cursor: u32 = 0;
+    let mut next: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut keys = vec![SockKey::default(); chunk];
+        let mut values = vec![SockStats::zeroed(); chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u32 as u64
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: bpf(2) with a batch attr whose buffers hold `count` keys
+        // and values of the map's sizes, and whose cursors are live u32s.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(chunk);
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            // A bucket holds more entries than the chunk: retry bigger.
+            Some(libc::ENOSPC) if chunk < 1 << 20 => {
+                chunk *= 4;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            _ => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
+        }
+        out.extend(keys.into_iter().zip(values).take(n));
+        if err.is_some() {
+            // ENOENT: the last buckets are done.
+            return Ok(out);
+        }
+        cursor = next;
+        first = false;
     }
 }
 
@@ -395,24 +545,20 @@ mod tests {
         st.raddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         st.lport = 5000;
         st.rport = 443;
-        st.tgid = 42;
-        st.comm[..4].copy_from_slice(b"curl");
-        st.tx_bytes = 10;
-        st.rx_bytes = 20;
+        st.owners[0].tgid = 42;
+        st.owners[0].comm[..4].copy_from_slice(b"curl");
+        st.owners[0].tx_bytes = 10;
+        st.owners[0].rx_bytes = 20;
         st.first_ns = 99;
         st
     }
 
     #[test]
     fn kernel_record_becomes_sample() {
-        let s = to_sample(&SockKey { sk: 7 }, &stats(), false).unwrap();
-        assert_eq!(
-            s.id,
-            SocketId {
-                primary: 7,
-                secondary: 99
-            }
-        );
+        let all = to_samples(&SockKey { sk: 7 }, &stats(), false);
+        assert_eq!(all.len(), 1);
+        let s = &all[0];
+        assert_eq!(s.id, owner_id(&SockKey { sk: 7 }, 99, 42));
         assert_eq!(s.local, Some("127.0.0.1:5000".parse().unwrap()));
         assert_eq!(s.remote, Some("10.1.2.3:443".parse().unwrap()));
         assert_eq!(s.pid, Some(42));
@@ -430,7 +576,7 @@ mod tests {
         st.laddr = Ipv6Addr::LOCALHOST.octets();
         st.raddr = [0; 16];
         st.rport = 0;
-        let s = to_sample(&SockKey { sk: 1 }, &st, false).unwrap();
+        let s = to_samples(&SockKey { sk: 1 }, &st, false).remove(0);
         assert_eq!(s.local, Some("[::1]:5000".parse().unwrap()));
         assert_eq!(s.remote, None);
         assert_eq!(s.state, "UNCONN");
@@ -455,12 +601,37 @@ mod tests {
     fn garbage_records_are_rejected_not_panicked_on() {
         let mut st = stats();
         st.protocol = 99;
-        assert!(to_sample(&SockKey { sk: 1 }, &st, false).is_none());
+        assert!(to_samples(&SockKey { sk: 1 }, &st, false).is_empty());
         let mut st = stats();
         st.family = 1; // AF_UNIX
-        assert!(to_sample(&SockKey { sk: 1 }, &st, false).is_none());
+        assert!(to_samples(&SockKey { sk: 1 }, &st, false).is_empty());
         let mut st = stats();
-        st.comm = [0xff; 16];
-        assert!(to_sample(&SockKey { sk: 1 }, &st, true).unwrap().closed);
+        st.owners[0].comm = [0xff; 16];
+        assert!(to_samples(&SockKey { sk: 1 }, &st, true)[0].closed);
+    }
+
+    #[test]
+    fn each_owner_is_a_sample_and_slots_of_one_process_sum() {
+        let mut st = stats();
+        st.owners[0].last_ns = 5;
+        st.owners[1] = st.owners[0];
+        st.owners[1].tgid = 43;
+        st.owners[1].tx_bytes = 7;
+        st.owners[1].last_ns = 9;
+        // A second slot of pid 42 (two of its threads claimed at once).
+        st.owners[2] = st.owners[0];
+        st.owners[2].tx_bytes = 1;
+        let s = to_samples(&SockKey { sk: 3 }, &st, false);
+        assert_eq!(s.len(), 2);
+        // The most recent mover first.
+        assert_eq!((s[0].pid, s[0].tx_bytes, s[0].rx_bytes), (Some(43), 7, 20));
+        assert_eq!((s[1].pid, s[1].tx_bytes, s[1].rx_bytes), (Some(42), 11, 40));
+        assert_ne!(s[0].id, s[1].id);
+        assert_eq!(s[0].id.primary, s[1].id.primary);
+        // No owner yet: one sample, no pid.
+        let mut st = stats();
+        st.owners[0] = netwatch_common::Owner::zeroed();
+        let s = to_samples(&SockKey { sk: 3 }, &st, false);
+        assert_eq!((s.len(), s[0].pid), (1, None));
     }
 }

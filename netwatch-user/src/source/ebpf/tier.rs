@@ -2,12 +2,16 @@
 //! kprobe/kretprobe, then tp_btf on `sock:sock_*_length`. Each attempt loads
 //! a fresh copy of the object, so a failed tier leaves nothing behind. The
 //! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`)
+//! and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
 //! go with every tier.
 
 use std::fmt;
 use std::io;
 
-use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSock, FEntry, FExit, KProbe, Program, ProgramError,
+    TracePoint,
+};
 use aya::{Btf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use netwatch_common::{names, Tier as AbiTier};
@@ -56,9 +60,9 @@ impl Tier {
                     target: "tcp_sendmsg",
                 },
                 Hook {
-                    program: "fentry_tcp_cleanup_rbuf",
-                    kind: Fentry,
-                    target: "tcp_cleanup_rbuf",
+                    program: "fexit_tcp_splice_read",
+                    kind: Fexit,
+                    target: "tcp_splice_read",
                 },
                 Hook {
                     program: "fexit_udp_sendmsg",
@@ -88,9 +92,24 @@ impl Tier {
                     target: "tcp_sendmsg",
                 },
                 Hook {
-                    program: "kprobe_tcp_cleanup_rbuf",
+                    program: "kprobe_tcp_recvmsg",
                     kind: Kprobe,
-                    target: "tcp_cleanup_rbuf",
+                    target: "tcp_recvmsg",
+                },
+                Hook {
+                    program: "kretprobe_tcp_recvmsg",
+                    kind: Kretprobe,
+                    target: "tcp_recvmsg",
+                },
+                Hook {
+                    program: "kprobe_tcp_splice_read",
+                    kind: Kprobe,
+                    target: "tcp_splice_read",
+                },
+                Hook {
+                    program: "kretprobe_tcp_splice_read",
+                    kind: Kretprobe,
+                    target: "tcp_splice_read",
                 },
                 Hook {
                     program: "kprobe_udp_sendmsg",
@@ -132,6 +151,75 @@ impl Tier {
             ],
         }
     }
+
+    /// Programs attached only where `sendfile`/`splice` to a socket go
+    /// through `tcp_sendpage`/`udp_sendpage` (Linux < 6.5, recognised by
+    /// `do_tcp_sendpages` in BTF). From 6.5 on they go through `*_sendmsg`,
+    /// already counted. The tracepoint tier sees both paths through
+    /// `sock_sendmsg` and needs none.
+    pub fn sendpage_programs(self) -> &'static [Hook] {
+        use HookKind::*;
+        match self {
+            Tier::Fentry => &[
+                Hook {
+                    program: "fexit_tcp_sendpage",
+                    kind: Fexit,
+                    target: "tcp_sendpage",
+                },
+                Hook {
+                    program: "fexit_udp_sendpage",
+                    kind: Fexit,
+                    target: "udp_sendpage",
+                },
+            ],
+            Tier::Kprobe => &[
+                Hook {
+                    program: "kprobe_tcp_sendpage",
+                    kind: Kprobe,
+                    target: "tcp_sendpage",
+                },
+                Hook {
+                    program: "kretprobe_tcp_sendpage",
+                    kind: Kretprobe,
+                    target: "tcp_sendpage",
+                },
+                Hook {
+                    program: "kprobe_udp_sendpage",
+                    kind: Kprobe,
+                    target: "udp_sendpage",
+                },
+                Hook {
+                    program: "kretprobe_udp_sendpage",
+                    kind: Kretprobe,
+                    target: "udp_sendpage",
+                },
+            ],
+            Tier::Tracepoint => &[],
+        }
+    }
+
+    /// Every program the tier attaches on a kernel with these facts.
+    pub fn hooks(self, offsets: &SockOffsets) -> Vec<Hook> {
+        let mut hooks = self.programs().to_vec();
+        if self == Tier::Fentry {
+            // fexit reads the return value after the arguments, so the
+            // program must match the kernel's `tcp_recvmsg` signature.
+            hooks.push(Hook {
+                program: match offsets.recv_nargs {
+                    6 => "fexit_tcp_recvmsg_nonblock",
+                    4 => "fexit_tcp_recvmsg_4",
+                    _ => "fexit_tcp_recvmsg",
+                },
+                kind: HookKind::Fexit,
+                target: "tcp_recvmsg",
+            });
+        }
+        if offsets.sendpage_path {
+            hooks.extend_from_slice(self.sendpage_programs());
+        }
+        hooks.extend_from_slice(&LIFECYCLE);
+        hooks
+    }
 }
 
 impl fmt::Display for Tier {
@@ -141,7 +229,7 @@ impl fmt::Display for Tier {
 }
 
 /// The lifecycle programs attached with every tier.
-pub const LIFECYCLE: [Hook; 2] = [
+pub const LIFECYCLE: [Hook; 3] = [
     Hook {
         program: "tp_inet_sock_set_state",
         kind: HookKind::Tracepoint,
@@ -151,6 +239,11 @@ pub const LIFECYCLE: [Hook; 2] = [
         program: "tp_tcp_destroy_sock",
         kind: HookKind::Tracepoint,
         target: "tcp/tcp_destroy_sock",
+    },
+    Hook {
+        program: "sock_release",
+        kind: HookKind::CgroupSockRelease,
+        target: "sock_release",
     },
 ];
 
@@ -163,6 +256,8 @@ pub enum HookKind {
     Kretprobe,
     TpBtf,
     Tracepoint,
+    /// `cgroup/sock_release` on the root cgroup v2.
+    CgroupSockRelease,
 }
 
 impl HookKind {
@@ -174,6 +269,7 @@ impl HookKind {
             HookKind::Kretprobe => "kretprobe",
             HookKind::TpBtf => "tp_btf",
             HookKind::Tracepoint => "tracepoint",
+            HookKind::CgroupSockRelease => "cgroup",
         }
     }
 }
@@ -331,7 +427,15 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::OFF_SKC_V6_RCV_SADDR, &offsets.skc_v6_rcv_saddr, true)
         .override_global(names::OFF_SK_PROTOCOL, &offsets.sk_protocol, true)
         .override_global(names::TIER, &tier_value, true)
+        .override_global(names::RECV_FLAGS_ARG, &offsets.recv_flags_arg, true)
+        .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
+        .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
+        .map_max_entries(
+            names::CLAIMS,
+            opts.max_sockets
+                .saturating_mul(netwatch_common::OWNERS as u32),
+        )
         .map_max_entries(names::CLOSED, opts.ringbuf_bytes)
         .load(BPF_OBJECT)
         .map_err(LoadError::Object)
@@ -373,6 +477,10 @@ pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Resul
             let p: &mut TracePoint = prog.try_into().map_err(err)?;
             p.load().map_err(err)
         }
+        HookKind::CgroupSockRelease => {
+            let p: &mut CgroupSock = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
     }
 }
 
@@ -402,7 +510,60 @@ fn attach_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<(), LoadErr
             let (category, name) = hook.target.split_once('/').unwrap_or(("", hook.target));
             p.attach(category, name).map(drop).map_err(err)
         }
+        HookKind::CgroupSockRelease => {
+            let root = cgroup2_root().map_err(|e| LoadError::Program {
+                tier,
+                hook,
+                action: "attaching",
+                reason: format!("finding or mounting the root cgroup v2: {e}"),
+            })?;
+            let dir = std::fs::File::open(&root).map_err(|e| LoadError::Program {
+                tier,
+                hook,
+                action: "attaching",
+                reason: format!("opening {}: {e}", root.display()),
+            })?;
+            let p: &mut CgroupSock = prog.try_into().map_err(err)?;
+            // Attached as a BPF link (Linux ≥ 5.7), which always runs
+            // alongside the root cgroup's other programs (systemd's, other
+            // agents'); the kernel takes no attach flags for links.
+            p.attach(&dir, CgroupAttachMode::Single)
+                .map(drop)
+                .map_err(err)
+        }
     }
+}
+
+/// Where this agent mounts cgroup v2 when the system has not.
+const OWN_CGROUP2: &str = "/run/netwatch/cgroup2";
+
+/// The root of the cgroup v2 hierarchy: from `/proc/self/mountinfo` (a
+/// pure v2 system at `/sys/fs/cgroup`, hybrid at `/sys/fs/cgroup/unified`),
+/// or mounted at [`OWN_CGROUP2`] if there is none (a minimal guest).
+pub fn cgroup2_root() -> io::Result<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for line in mountinfo.lines() {
+        // id parent major:minor root mount-point options... - fstype source ...
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        if right.split_whitespace().next() == Some("cgroup2") && fields.get(3) == Some(&"/") {
+            if let Some(mp) = fields.get(4) {
+                return Ok(std::path::PathBuf::from(mp));
+            }
+        }
+    }
+    std::fs::create_dir_all(OWN_CGROUP2)?;
+    rustix::mount::mount(
+        "cgroup2",
+        OWN_CGROUP2,
+        "cgroup2",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )?;
+    info!("mounted cgroup v2 at {OWN_CGROUP2} (needed to see UDP sockets close)");
+    Ok(std::path::PathBuf::from(OWN_CGROUP2))
 }
 
 /// Load and attach every program of `tier` plus the lifecycle tracepoint.
@@ -413,7 +574,7 @@ pub fn load_tier(
     btf: &Btf,
 ) -> Result<Ebpf, LoadError> {
     let mut ebpf = open(tier, opts, offsets)?;
-    for &hook in tier.programs().iter().chain(&LIFECYCLE) {
+    for hook in tier.hooks(offsets) {
         load_program(&mut ebpf, tier, hook, btf)?;
         attach_program(&mut ebpf, tier, hook)?;
     }
@@ -503,16 +664,15 @@ mod tests {
 
     #[test]
     fn every_tier_counts_both_directions() {
+        let offsets = SockOffsets::from_kernel().expect("this kernel publishes BTF");
         for tier in Tier::ALL {
-            let names: Vec<_> = tier.programs().iter().map(|h| h.program).collect();
+            let names: Vec<_> = tier.hooks(&offsets).iter().map(|h| h.program).collect();
             assert!(
                 names.iter().any(|n| n.contains("send")),
                 "{tier}: {names:?}"
             );
             assert!(
-                names
-                    .iter()
-                    .any(|n| n.contains("cleanup_rbuf") || n.contains("recv")),
+                names.iter().any(|n| n.contains("recv")),
                 "{tier}: {names:?}"
             );
         }
