@@ -1,8 +1,10 @@
 //! `cargo xtask test`: the whole suite, from a bare machine of this kind:
 //! setup, format and lint checks (the BPF crate separately), every host test
 //! as root (the tracepoint tier on kernels ≥ 6.3), the macOS type-check, and
-//! the fentry/kprobe tiers inside a QEMU guest on Debian's stock 6.1 kernel.
-//! Each step says what it runs; the first failure stops the run.
+//! the eBPF tier tests inside QEMU guests on two Debian 12 stock kernels: 6.1
+//! (fentry and kprobe tiers must attach) and 6.12 (all three must). Each step
+//! says what it runs; the first failing step stops the run (both guests run
+//! before the guest step is judged).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,13 +14,19 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::setup::{self, BpfToolchain};
-use crate::vm::{self, GuestCommand, VmOptions};
+use crate::vm::{self, GuestCommand, KernelSource, VmOptions};
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Skip the QEMU guest tests (fentry and kprobe tiers).
-    #[arg(long)]
+    /// Skip the QEMU guest tests (the Debian 6.1 and 6.12 kernels).
+    #[arg(long, conflicts_with = "vm_only")]
     pub skip_vm: bool,
+    /// Run only the QEMU guest tests (no lint, host tests or macOS check).
+    #[arg(long)]
+    pub vm_only: bool,
+    /// Boot the guests one after the other instead of side by side.
+    #[arg(long)]
+    pub vm_sequential: bool,
     /// Skip fmt and clippy.
     #[arg(long)]
     pub skip_lint: bool,
@@ -27,8 +35,8 @@ pub struct TestArgs {
     pub cargo_args: Vec<String>,
 }
 
-/// The guest tests: the eBPF tier tests, with the tiers the stock 6.1
-/// kernel must support made mandatory.
+/// The guest tests: the eBPF tier tests, run on every guest kernel with
+/// the tiers that kernel must support made mandatory.
 const GUEST_TESTS: &[&str] = &[
     "verifier_accepts_every_program",
     "lifecycle_tracepoint_formats_match",
@@ -39,7 +47,31 @@ const GUEST_TESTS: &[&str] = &[
     "cases_kprobe_tier",
     "cases_tracepoint_tier",
 ];
-const GUEST_REQUIRED_TIERS: &str = "fentry,kprobe";
+
+/// A stock kernel the guest tests run on.
+struct GuestKernel {
+    /// Short name in messages.
+    label: &'static str,
+    /// The Debian meta-package whose current kernel is booted.
+    meta: &'static str,
+    /// `NETWATCH_REQUIRE_TIERS` in the guest.
+    required_tiers: &'static str,
+}
+
+/// Debian 12's 6.1 has no `sock:sock_send_length` (Linux ≥ 6.3), so its
+/// tracepoint tier is skipped; on 6.12 every tier must attach.
+const GUEST_KERNELS: &[GuestKernel] = &[
+    GuestKernel {
+        label: "6.1",
+        meta: vm::DEBIAN_CLOUD_META,
+        required_tiers: "fentry,kprobe",
+    },
+    GuestKernel {
+        label: "6.12",
+        meta: vm::DEBIAN_612_CLOUD_META,
+        required_tiers: "fentry,kprobe,tracepoint",
+    },
+];
 
 fn root() -> PathBuf {
     vm::workspace_root()
@@ -101,32 +133,183 @@ fn tier_test_binary() -> Result<PathBuf> {
     )
 }
 
-fn guest_tests() -> Result<Duration> {
-    let t = Instant::now();
+/// One guest kernel's run: the report, or why it could not be attempted.
+struct GuestRun {
+    kernel: &'static GuestKernel,
+    package: String,
+    outcome: Result<vm::VmReport>,
+    elapsed: Duration,
+}
+
+/// Runs the guest tests on every [`GUEST_KERNELS`] entry (side by side
+/// unless `sequential`), prints each kernel's results, and fails when any
+/// kernel's run failed. Returns the time of each kernel's run.
+fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let bin = tier_test_binary()?;
+    let work_dir = VmOptions::default().work_dir;
+    // Resolve (and on the first run download) the kernels one at a time, so
+    // apt is never run twice at once.
+    let mut kernels = Vec::new();
+    for kernel in GUEST_KERNELS {
+        let t = Instant::now();
+        let resolved = vm::resolve_kernel(&KernelSource::DebianMeta(kernel.meta.into()), &work_dir)
+            .with_context(|| format!("guest kernel {} ({})", kernel.label, kernel.meta))?;
+        let package = resolved
+            .package
+            .with_context(|| format!("{} resolved to no package", kernel.meta))?;
+        eprintln!(
+            "xtask test: guest kernel {}: {package} ({:.1} s to resolve)",
+            kernel.label,
+            t.elapsed().as_secs_f64()
+        );
+        kernels.push((kernel, package));
+    }
     eprintln!(
-        "\nxtask test: eBPF tiers in a QEMU guest (Debian stock kernel, TCG): {}",
+        "\nxtask test: eBPF tiers in QEMU guests (Debian 12 stock kernels {}, TCG, {}): {}",
+        GUEST_KERNELS
+            .iter()
+            .map(|k| k.label)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        if sequential {
+            "one after the other"
+        } else {
+            "side by side"
+        },
         bin.display()
     );
-    let commands = GUEST_TESTS
-        .iter()
-        .map(|name| {
-            Ok(GuestCommand::cargo_test(&bin, name)?
-                .env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS)
-                // Workloads sized for software emulation.
-                .env("NETWATCH_GUEST", "1"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let opts = VmOptions {
-        bpf_stats: true,
-        // Software emulation is slow and its speed varies with the host's load.
-        timeout: Duration::from_secs(900),
-        ..VmOptions::default()
+    let run_one = |kernel: &'static GuestKernel, package: String| -> GuestRun {
+        let t = Instant::now();
+        let outcome = (|| {
+            let commands = GUEST_TESTS
+                .iter()
+                .map(|name| {
+                    Ok(GuestCommand::cargo_test(&bin, name)?
+                        .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
+                        // Workloads sized for software emulation.
+                        .env("NETWATCH_GUEST", "1"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let opts = VmOptions {
+                kernel: KernelSource::DebianPackage(package.clone()),
+                bpf_stats: true,
+                // Software emulation is slow and its speed varies with the host's load.
+                timeout: Duration::from_secs(900),
+                // Two consoles interleaved are unreadable: side by side, each is
+                // only logged, and the output of failed tests is printed after.
+                echo_console: sequential,
+                ..VmOptions::default()
+            };
+            vm::run_in_vm(&opts, std::slice::from_ref(&bin), &commands)
+        })();
+        GuestRun {
+            kernel,
+            package,
+            outcome,
+            elapsed: t.elapsed(),
+        }
     };
-    let report = vm::run_in_vm(&opts, &[bin], &commands)?;
-    eprintln!("{}", report.summary());
-    report.ensure_success()?;
-    Ok(t.elapsed())
+    let runs: Vec<GuestRun> = if sequential {
+        kernels
+            .into_iter()
+            .map(|(kernel, package)| run_one(kernel, package))
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = kernels
+                .into_iter()
+                .map(|(kernel, package)| scope.spawn(|| run_one(kernel, package)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+
+    let mut failed = Vec::new();
+    let mut timings = Vec::new();
+    for run in &runs {
+        let GuestKernel {
+            label,
+            required_tiers,
+            ..
+        } = run.kernel;
+        eprintln!(
+            "\nxtask test: guest kernel {label} ({}), required tiers {required_tiers}:",
+            run.package
+        );
+        match &run.outcome {
+            Ok(report) => {
+                if !sequential {
+                    for cmd in report.commands.iter().filter(|c| !c.passed()) {
+                        eprintln!("xtask vm: output of {}:\n{}", cmd.name, cmd.output);
+                    }
+                }
+                eprintln!("{}", report.summary());
+                let release = report.kernel_release.as_deref().unwrap_or("?");
+                for cmd in &report.commands {
+                    let notes = tier_notes(&cmd.output);
+                    eprintln!(
+                        "xtask test: {release}: {} {}{}",
+                        if cmd.passed() { "PASS" } else { "FAIL" },
+                        cmd.name,
+                        if notes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", notes.join(", "))
+                        }
+                    );
+                }
+                if let Err(e) = report.ensure_success() {
+                    failed.push(format!("{label} ({release}): {e:#}"));
+                }
+                timings.push((format!("guest {release}"), run.elapsed));
+            }
+            Err(e) => {
+                eprintln!("xtask test: guest kernel {label} could not run: {e:#}");
+                failed.push(format!("{label} ({}): {e:#}", run.package));
+                timings.push((format!("guest {label}"), run.elapsed));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "guest tests failed on {} of {} kernel(s):\n{}",
+            failed.len(),
+            runs.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(timings)
+}
+
+/// What the tier tests said about each tier they tried (`NETWATCH-TIER
+/// <tier>: ...` lines): "fentry attached", "tracepoint skipped".
+fn tier_notes(output: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.split_once("NETWATCH-TIER ").map(|(_, r)| r) else {
+            continue;
+        };
+        let Some((tier, what)) = rest.split_once(": ") else {
+            continue;
+        };
+        let note = if what.starts_with("loaded and attached") {
+            format!("{tier} attached")
+        } else if what.starts_with("SKIPPED") {
+            format!("{tier} skipped")
+        } else {
+            continue;
+        };
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    notes
 }
 
 fn require_root() -> Result<()> {
@@ -144,25 +327,31 @@ pub fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     require_root()?;
     let toolchain = setup::ensure()?;
-    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+
+    if args.vm_only {
+        timings.extend(guest_tests(args.vm_sequential)?);
+        print_timings(started, &timings);
+        return Ok(());
+    }
 
     if !args.skip_lint {
         timings.push((
-            "fmt",
+            "fmt".into(),
             step(
                 "format check",
                 cargo().args(["fmt", "--all", "--", "--check"]),
             )?,
         ));
         timings.push((
-            "clippy",
+            "clippy".into(),
             step(
                 "clippy (host crates)",
                 cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
             )?,
         ));
         timings.push((
-            "clippy-ebpf",
+            "clippy-ebpf".into(),
             step(
                 "clippy (BPF crate, bpfel-unknown-none)",
                 &mut ebpf_clippy(toolchain),
@@ -175,12 +364,12 @@ pub fn run(args: TestArgs) -> Result<()> {
         .args(&args.cargo_args)
         .env("NETWATCH_REQUIRE_TIERS", host_required_tiers());
     timings.push((
-        "host tests",
+        "host tests".into(),
         step("host tests (as root, real kernel)", &mut test)?,
     ));
 
     timings.push((
-        "macos check",
+        "macos check".into(),
         step(
             "macOS type-check (aarch64-apple-darwin)",
             &mut macos_check(toolchain),
@@ -188,17 +377,21 @@ pub fn run(args: TestArgs) -> Result<()> {
     ));
 
     if !args.skip_vm {
-        timings.push(("guest tests", guest_tests()?));
+        timings.extend(guest_tests(args.vm_sequential)?);
     }
 
+    print_timings(started, &timings);
+    Ok(())
+}
+
+fn print_timings(started: Instant, timings: &[(String, Duration)]) {
     eprintln!(
         "\nxtask test: all steps passed in {:.0?}",
         started.elapsed()
     );
     for (name, d) in timings {
-        eprintln!("  {name:<12} {d:.1?}");
+        eprintln!("  {name:<34} {d:.1?}");
     }
-    Ok(())
 }
 
 /// clippy for the BPF crate with the toolchain that can build `core` for BPF.
@@ -237,4 +430,32 @@ pub fn macos_check(toolchain: BpfToolchain) -> Command {
         "target/macos",
     ]);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_notes_say_which_tiers_attached_and_which_were_skipped() {
+        let out = "running 1 test\n\
+                   test exact_bytes_fentry_tier ... NETWATCH-TIER fentry: loaded and attached\n\
+                   NETWATCH-TIER fentry: exact per-process and per-connection bytes OK (11 sockets)\n\
+                   NETWATCH-TIER tracepoint: SKIPPED, unavailable on this kernel: Linux < 6.3\n";
+        assert_eq!(tier_notes(out), ["fentry attached", "tracepoint skipped"]);
+        assert!(tier_notes("test lifecycle_tracepoint_formats_match ... ok\n").is_empty());
+    }
+
+    #[test]
+    fn every_guest_kernel_requires_fentry_and_kprobe_and_612_the_tracepoint_tier() {
+        for kernel in GUEST_KERNELS {
+            let tiers: Vec<&str> = kernel.required_tiers.split(',').collect();
+            assert!(tiers.contains(&"fentry") && tiers.contains(&"kprobe"));
+        }
+        let k612 = GUEST_KERNELS
+            .iter()
+            .find(|k| k.meta == vm::DEBIAN_612_CLOUD_META)
+            .expect("a 6.12 guest kernel");
+        assert!(k612.required_tiers.split(',').any(|t| t == "tracepoint"));
+    }
 }

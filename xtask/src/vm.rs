@@ -24,12 +24,13 @@ mod qemu;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
 pub use console::{CommandReport, VmFailure};
-pub use kernel::{Kernel, KernelSource};
+pub use kernel::{Kernel, KernelSource, DEBIAN_612_CLOUD_META, DEBIAN_CLOUD_META};
 
 use console::{ConsoleParser, Markers};
 use init_script::InitScript;
@@ -252,6 +253,12 @@ impl VmReport {
     }
 }
 
+/// Resolves `source` to a bootable kernel as [`run_in_vm`] would, downloading
+/// it into `<work_dir>/kernels` the first time.
+pub fn resolve_kernel(source: &KernelSource, work_dir: &Path) -> Result<Kernel> {
+    kernel::resolve(source, &work_dir.join("kernels"))
+}
+
 /// Boots a guest whose `/bin` holds `binaries` (with their shared
 /// libraries), runs `commands` in order, and reports each one.
 ///
@@ -352,15 +359,21 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// Creates `runs/<unix ms>-<pid>` and prunes all but the newest runs.
+/// Creates `runs/<unix ms>-<pid>-<n>` (`n` counts this process's runs, so
+/// guests booted side by side never share a directory) and prunes all but
+/// the newest runs.
 fn new_run_dir(work_dir: &Path) -> Result<PathBuf> {
+    static RUNS_STARTED: AtomicUsize = AtomicUsize::new(0);
     let runs = work_dir.join("runs");
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let dir = runs.join(format!("{ms}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let n = RUNS_STARTED.fetch_add(1, Ordering::Relaxed);
+    let dir = runs.join(format!("{ms}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    // `create_dir`, not `create_dir_all`: fails rather than share a directory.
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if let Ok(entries) = std::fs::read_dir(&runs) {
         let mut old: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         // Names start with the creation time in ms, so sorting by name sorts by age.

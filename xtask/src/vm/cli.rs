@@ -43,7 +43,9 @@ pub struct VmArgs {
     /// Boot this bzImage instead of Debian's cloud kernel.
     #[arg(long, value_name = "PATH", conflicts_with = "kernel_package")]
     pub kernel: Option<PathBuf>,
-    /// Download this Debian kernel package instead of the current cloud kernel.
+    /// Download this Debian kernel package instead of the current 6.1 cloud
+    /// kernel; the meta-package `linux-image-6.12-cloud-amd64` stands for the
+    /// newest 6.12 cloud kernel apt offers.
     #[arg(long, value_name = "PACKAGE")]
     pub kernel_package: Option<String>,
     /// Do not stream the guest console to stdout (it is still logged).
@@ -69,6 +71,9 @@ fn base_name(path: &str) -> String {
 pub fn run(args: VmArgs) -> Result<()> {
     let kernel = match (args.kernel, args.kernel_package) {
         (Some(image), _) => KernelSource::Image(image),
+        (None, Some(package)) if package == super::DEBIAN_612_CLOUD_META => {
+            KernelSource::DebianMeta(package)
+        }
         (None, Some(package)) => KernelSource::DebianPackage(package),
         (None, None) => KernelSource::DebianCloud,
     };

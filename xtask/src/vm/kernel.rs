@@ -1,6 +1,9 @@
-//! Finds the guest kernel: Debian's stock cloud kernel, downloaded once with
+//! Finds the guest kernel: a Debian stock cloud kernel, downloaded once with
 //! `apt-get download` and kept under `target/vm/kernels/<package>/`, or an
-//! image the caller names. Never installs the kernel package on the host.
+//! image the caller names. Which package a Debian meta-package (the 6.1
+//! `linux-image-cloud-amd64`, the 6.12 `linux-image-6.12-cloud-amd64`) stands
+//! for is asked of apt each run, so the newest one apt offers is used. Never
+//! installs the kernel package on the host.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +13,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::host;
 
-/// Debian's meta-package that depends on the current cloud kernel.
+/// Debian 12's meta-package that depends on the current 6.1 cloud kernel.
 pub const DEBIAN_CLOUD_META: &str = "linux-image-cloud-amd64";
+
+/// Debian 12's meta-package (bookworm-security) that depends on the current
+/// 6.12 cloud kernel, `linux-image-6.12.*+deb12-cloud-amd64`.
+pub const DEBIAN_612_CLOUD_META: &str = "linux-image-6.12-cloud-amd64";
 
 /// Where the guest kernel comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -20,6 +27,9 @@ pub enum KernelSource {
     /// currently depends on.
     #[default]
     DebianCloud,
+    /// The kernel package a Debian meta-package currently depends on, e.g.
+    /// [`DEBIAN_612_CLOUD_META`] for the newest 6.12 cloud kernel.
+    DebianMeta(String),
     /// An exact Debian kernel package, e.g. `linux-image-6.1.0-56-cloud-amd64`.
     DebianPackage(String),
     /// A bzImage on disk.
@@ -48,29 +58,56 @@ pub fn resolve(source: &KernelSource, cache_dir: &Path) -> Result<Kernel> {
             })
         }
         KernelSource::DebianPackage(package) => fetch(package, cache_dir),
-        KernelSource::DebianCloud => match current_cloud_package() {
-            Ok(package) => fetch(&package, cache_dir),
-            Err(e) => {
-                let Some(cached) = newest_cached(cache_dir) else {
-                    return Err(e);
-                };
-                eprintln!(
-                    "xtask vm: could not ask apt which cloud kernel is current ({e:#}); using the cached {}",
-                    cached.image.display()
-                );
-                Ok(cached)
-            }
-        },
+        KernelSource::DebianCloud => resolve_meta(DEBIAN_CLOUD_META, cache_dir),
+        KernelSource::DebianMeta(meta) => resolve_meta(meta, cache_dir),
     }
 }
 
-/// Asks apt which kernel package `linux-image-cloud-amd64` depends on,
-/// refreshing the package lists once if they do not know it.
-fn current_cloud_package() -> Result<String> {
+/// The kernel package `meta` depends on, fetched. When apt cannot be asked,
+/// the package `meta` last resolved to, if it is cached.
+fn resolve_meta(meta: &str, cache_dir: &Path) -> Result<Kernel> {
+    let package = match current_package(meta) {
+        Ok(package) => package,
+        Err(e) => {
+            let Some(cached) = last_resolved(meta, cache_dir) else {
+                return Err(e);
+            };
+            eprintln!(
+                "xtask vm: could not ask apt which kernel {meta} stands for ({e:#}); using the cached {}",
+                cached.image.display()
+            );
+            return Ok(cached);
+        }
+    };
+    let kernel = match fetch(&package, cache_dir) {
+        Ok(kernel) => kernel,
+        // Stale package lists can name a package the mirror has dropped:
+        // refresh them (at most once per process) and ask again.
+        Err(e) => {
+            if let Err(u) = host::apt_get_update_once() {
+                return Err(e.context(u));
+            }
+            let fresh = current_package(meta)?;
+            if fresh == package {
+                return Err(e);
+            }
+            fetch(&fresh, cache_dir)?
+        }
+    };
+    if let Some(package) = &kernel.package {
+        // Best effort: only the offline fallback reads it.
+        let _ = std::fs::write(resolved_record(meta, cache_dir), format!("{package}\n"));
+    }
+    Ok(kernel)
+}
+
+/// Asks apt which kernel package `meta` depends on, refreshing the package
+/// lists once if they do not know it.
+fn current_package(meta: &str) -> Result<String> {
     let ask = || -> Result<Option<String>> {
         let out = host::run_captured(
-            Command::new("apt-cache").args(["depends", DEBIAN_CLOUD_META]),
-            "asking apt for the current cloud kernel",
+            Command::new("apt-cache").args(["depends", meta]),
+            "asking apt for the current guest kernel",
         )?;
         Ok(parse_depends(&String::from_utf8_lossy(&out.stdout)))
     };
@@ -79,7 +116,26 @@ fn current_cloud_package() -> Result<String> {
     }
     host::apt_get_update_once()?;
     ask()?.with_context(|| {
-        format!("apt-cache depends {DEBIAN_CLOUD_META} names no linux-image-* package even after apt-get update; is this a Debian host with the main archive configured?")
+        format!("apt-cache depends {meta} names no linux-image-* package even after apt-get update; is this a Debian 12 host with the main and security archives configured?")
+    })
+}
+
+/// The file that records which package `meta` last resolved to.
+fn resolved_record(meta: &str, cache_dir: &Path) -> PathBuf {
+    cache_dir.join(format!("{meta}.resolved"))
+}
+
+/// The cached kernel `meta` last resolved to, for when apt cannot be asked.
+fn last_resolved(meta: &str, cache_dir: &Path) -> Option<Kernel> {
+    let record = std::fs::read_to_string(resolved_record(meta, cache_dir)).ok()?;
+    let package = record.trim();
+    if package.is_empty() || package.contains(['/', ' ']) {
+        return None;
+    }
+    let image = find_vmlinuz(&cache_dir.join(package))?;
+    Some(Kernel {
+        image,
+        package: Some(package.to_string()),
     })
 }
 
@@ -219,28 +275,6 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
         })
 }
 
-/// The most recently cached kernel, for when apt cannot be asked.
-fn newest_cached(cache_dir: &Path) -> Option<Kernel> {
-    std::fs::read_dir(cache_dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("linux-image-"))
-        .filter_map(|e| {
-            let image = find_vmlinuz(&e.path())?;
-            let modified = e.metadata().and_then(|m| m.modified()).ok()?;
-            Some((
-                modified,
-                e.file_name().to_string_lossy().into_owned(),
-                image,
-            ))
-        })
-        .max_by_key(|(modified, _, _)| *modified)
-        .map(|(_, package, image)| Kernel {
-            image,
-            package: Some(package),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +290,58 @@ mod tests {
         assert_eq!(
             parse_depends("x\n |Depends: linux-image-6.1.0-9-cloud-amd64\n").as_deref(),
             Some("linux-image-6.1.0-9-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn parse_depends_finds_the_612_kernel_package() {
+        let out =
+            "linux-image-6.12-cloud-amd64\n  Depends: linux-image-6.12.117+deb12-cloud-amd64\n";
+        assert_eq!(
+            parse_depends(out).as_deref(),
+            Some("linux-image-6.12.117+deb12-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn offline_fallback_uses_the_package_this_meta_last_resolved_to() {
+        let dir = std::env::temp_dir().join(format!("xtask-kernel-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (package, image) in [
+            (
+                "linux-image-6.1.0-57-cloud-amd64",
+                "vmlinuz-6.1.0-57-cloud-amd64",
+            ),
+            (
+                "linux-image-6.12.117+deb12-cloud-amd64",
+                "vmlinuz-6.12.117+deb12-cloud-amd64",
+            ),
+        ] {
+            std::fs::create_dir_all(dir.join(package)).expect("temp dir");
+            std::fs::write(dir.join(package).join(image), b"x").expect("temp file");
+        }
+        assert!(last_resolved(DEBIAN_612_CLOUD_META, &dir).is_none());
+        std::fs::write(
+            resolved_record(DEBIAN_CLOUD_META, &dir),
+            "linux-image-6.1.0-57-cloud-amd64\n",
+        )
+        .expect("record");
+        std::fs::write(
+            resolved_record(DEBIAN_612_CLOUD_META, &dir),
+            "linux-image-6.12.117+deb12-cloud-amd64\n",
+        )
+        .expect("record");
+        let old = last_resolved(DEBIAN_CLOUD_META, &dir).expect("6.1 cached");
+        let new = last_resolved(DEBIAN_612_CLOUD_META, &dir).expect("6.12 cached");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            old.package.as_deref(),
+            Some("linux-image-6.1.0-57-cloud-amd64")
+        );
+        assert!(old.image.ends_with("vmlinuz-6.1.0-57-cloud-amd64"));
+        assert_eq!(
+            new.package.as_deref(),
+            Some("linux-image-6.12.117+deb12-cloud-amd64")
         );
     }
 }
