@@ -502,7 +502,12 @@ fn endpoint_down_20s_then_back_every_snapshot_arrives_once_in_order() {
     server.down();
     let a = Agent::start(&files.args(&server), "info", &[]);
     a.wait_for("a first snapshot", |a| !a.printed().is_empty());
-    thread::sleep(Duration::from_secs(20));
+    // Down for 20 s at least, and until more than one batch has waited: on a
+    // loaded machine ticks come late, so the count is waited for, not assumed.
+    let down_since = Instant::now();
+    a.wait_for("20 s down and more than a batch spooled", |a| {
+        down_since.elapsed() >= Duration::from_secs(20) && a.printed().len() > 10
+    });
     let spooled = a.printed().len();
     assert!(
         files.records().len() >= spooled,
