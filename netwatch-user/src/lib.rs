@@ -7,10 +7,12 @@
 //! external tool (`ss`, the macOS tools) run it through [`tool`].
 
 pub mod agent;
+pub mod alerts;
 pub mod attribution;
 pub mod config;
 pub mod counter;
 pub mod estimate;
+pub mod health;
 pub mod net;
 pub mod procinfo;
 pub mod sink;
