@@ -91,6 +91,23 @@ impl Beacon {
     }
 
     pub fn observe(&mut self, e: &Event) -> Option<Raised> {
+        if let Event::Owner {
+            pid,
+            process,
+            local,
+            remote,
+            ..
+        } = e
+        {
+            let key = Key {
+                local: Some(local.ip()),
+                remote: *remote,
+            };
+            if let Some(s) = self.series.get_mut(&key) {
+                s.process = Some((Some(*pid), process.clone().unwrap_or_default()));
+            }
+            return None;
+        }
         let Event::Connect {
             at,
             pid,
@@ -256,6 +273,22 @@ mod tests {
         }
         assert_eq!(fired.len(), 3);
         assert!(fired[0].message.starts_with("Beaconing: curl (pid 9) on 10.0.0.1"), "{}", fired[0].message);
+    }
+
+    #[test]
+    fn an_owner_learned_later_names_the_process() {
+        let mut d = Beacon::new(BeaconConfig::default());
+        let times: Vec<u64> = (0..5).map(|i| i * 10_000).collect();
+        assert!(run(&mut d, None, "198.51.100.1:443", &times).is_empty());
+        d.observe(&Event::Owner {
+            at: t(40_500),
+            pid: 31,
+            process: Some("implant".into()),
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "198.51.100.1:443".parse().unwrap(),
+        });
+        let r = run(&mut d, None, "198.51.100.1:443", &[50_000]);
+        assert_eq!(r[0].message, "Beaconing: implant (pid 31) on 10.0.0.1 → 198.51.100.1:443");
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub struct Feed {
     rows: Option<HashSet<Tuple>>,
     /// Inbound SYNs: (remote, local) → when.
     inbound_syns: HashMap<Tuple, Duration>,
-    /// Connections fed from a SYN: (local, remote) → when.
-    fed: HashMap<Tuple, Duration>,
+    /// Connections fed from a SYN: (local, remote) → when, and whether
+    /// its owner was known then.
+    fed: HashMap<Tuple, (Duration, bool)>,
 }
 
 fn parse(a: &str) -> Option<SocketAddr> {
@@ -97,7 +98,7 @@ impl Feed {
                     if e.src_local {
                         let (pid, process) = owners.get(&(e.src, e.dst)).cloned().unwrap_or_default();
                         if self.fed.len() < MAX_REMEMBERED {
-                            self.fed.insert((e.src, e.dst), e.at);
+                            self.fed.insert((e.src, e.dst), (e.at, pid.is_some()));
                         }
                         out.push(Event::Connect {
                             at: e.at,
@@ -110,7 +111,7 @@ impl Feed {
                 }
                 TcpEventKind::Reset => {
                     // A reset from local `src` to `dst` refusing `dst`'s SYN.
-                    if e.src_local && self.inbound_syns.remove(&(e.dst, e.src)).is_some() {
+                    if e.src_local && self.inbound_syns.contains_key(&(e.dst, e.src)) {
                         out.push(Event::InboundAttempt {
                             at: e.at,
                             remote: e.dst.ip(),
@@ -154,7 +155,7 @@ impl Feed {
         }
         let now = t.now;
         self.inbound_syns.retain(|_, at| now.saturating_sub(*at) < REMEMBER);
-        self.fed.retain(|_, at| now.saturating_sub(*at) < REMEMBER);
+        self.fed.retain(|_, (at, _)| now.saturating_sub(*at) < REMEMBER);
         out
     }
 
@@ -178,10 +179,20 @@ impl Feed {
             }
             rows.insert((local, remote));
             let Some(prev) = &self.rows else { continue };
-            if prev.contains(&(local, remote))
-                || self.fed.contains_key(&(local, remote))
-                || self.inbound_syns.contains_key(&(remote, local))
-            {
+            if prev.contains(&(local, remote)) || self.inbound_syns.contains_key(&(remote, local)) {
+                continue;
+            }
+            if let Some((_, known)) = self.fed.get(&(local, remote)) {
+                // Its SYN was fed; the row may name the owner the SYN lacked.
+                if let (false, Some(pid)) = (known, c.pid) {
+                    out.push(Event::Owner {
+                        at: t.now,
+                        pid,
+                        process: c.process_name.clone(),
+                        local,
+                        remote,
+                    });
+                }
                 continue;
             }
             if listening.contains(&local.port()) {
@@ -283,6 +294,16 @@ mod tests {
                 Event::InboundAttempt { at: Duration::from_millis(5), remote: "198.51.100.9".parse().unwrap(), local: sa("10.0.0.1:81"), failed: false },
                 Event::InboundAttempt { at: Duration::from_millis(6), remote: "198.51.100.9".parse().unwrap(), local: sa("10.0.0.1:81"), failed: true },
             ]
+        );
+        // A SYN whose row comes a tick later: the row lends its owner only.
+        let syn = [tcp(9_500, "10.0.0.1:40004", "192.0.2.1:443", TcpEventKind::Syn, true, false)];
+        let out = f.events(Tick { now: Duration::from_secs(10), tcp: &syn, connections: &rows, ..Default::default() });
+        assert!(matches!(out[..], [Event::Connect { pid: None, .. }]), "{out:?}");
+        let rows = vec![row("10.0.0.1:40004", "192.0.2.1:443", "CLOSED", 78)];
+        let out = f.events(Tick { now: Duration::from_secs(11), connections: &rows, ..Default::default() });
+        assert_eq!(
+            out,
+            vec![Event::Owner { at: Duration::from_secs(11), pid: 78, process: Some("p".into()), local: sa("10.0.0.1:40004"), remote: sa("192.0.2.1:443") }]
         );
     }
 }

@@ -50,6 +50,14 @@ pub enum Event {
         local: Option<SocketAddr>,
         remote: SocketAddr,
     },
+    /// The owner of a connection fed earlier (from its SYN) became known.
+    Owner {
+        at: Duration,
+        pid: u32,
+        process: Option<String>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
     /// A DNS query seen on the wire; `name` lower-cased.
     DnsQuery {
         at: Duration,
@@ -163,6 +171,7 @@ impl AlertEngine {
         let at = match e {
             Event::InboundAttempt { at, .. }
             | Event::Connect { at, .. }
+            | Event::Owner { at, .. }
             | Event::DnsQuery { at, .. }
             | Event::Rate { at, .. } => *at,
         };
