@@ -726,7 +726,10 @@ fn non_negative(name: &str, v: f64) -> Result<f64, ConfigError> {
     }
 }
 
-fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(name: &str, v: T) -> Result<T, ConfigError> {
+fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
+    name: &str,
+    v: T,
+) -> Result<T, ConfigError> {
     if v >= T::from(1) {
         Ok(v)
     } else {
@@ -744,9 +747,10 @@ pub fn resolve_health(
     }
     let d = crate::health::HealthConfig::default();
     let gateway = match &h.gateway {
-        Some(g) => Some(g.parse().map_err(|_| {
-            invalid(format!("[health] gateway {g:?} is not an IP address"))
-        })?),
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| invalid(format!("[health] gateway {g:?} is not an IP address")))?,
+        ),
         None => None,
     };
     let dns_server = match &h.dns_server {
@@ -1069,11 +1073,38 @@ mod tests {
         assert_eq!(a.bandwidth.interface_bps, 1e6);
         let c = resolve(&args(&[]), None, file("[alerts]\nenabled = false\n")).unwrap();
         assert!(c.alerts.is_none());
-        let e = err(resolve(&args(&["--health"]), None, file("[health]\ngateway = \"gw\"\n")));
+        let e = err(resolve(
+            &args(&["--health"]),
+            None,
+            file("[health]\ngateway = \"gw\"\n"),
+        ));
         assert!(e.contains("gateway \"gw\""), "{e}");
-        let e = err(resolve(&args(&[]), None, file("[alerts]\nbeacon_max_jitter = -1\n")));
+        let e = err(resolve(
+            &args(&[]),
+            None,
+            file("[alerts]\nbeacon_max_jitter = -1\n"),
+        ));
         assert!(e.contains("beacon_max_jitter -1"), "{e}");
         assert!(parse_file("[alerts]\nport_scan = 3\n").is_err());
+    }
+
+    #[test]
+    fn the_readme_config_example_parses_with_health_and_alerts() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .find(|b| b.starts_with("# /etc/netwatch-agent/config.toml"))
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let f = parse_file(block).unwrap();
+        assert_eq!(
+            resolve_health(false, &f.health).unwrap(),
+            Some(crate::health::HealthConfig::default())
+        );
+        assert_eq!(
+            resolve_alerts(&f.alerts).unwrap(),
+            Some(crate::alerts::AlertConfig::default())
+        );
     }
 
     #[test]

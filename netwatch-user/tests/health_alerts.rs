@@ -72,9 +72,23 @@ impl Peer {
         ip(&[
             "link", "add", &host_dev, "type", "veth", "peer", "name", "p0", "netns", &ns,
         ]);
-        ip(&["addr", "add", &format!("{}/24", peer.host_ip), "dev", &host_dev]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", peer.host_ip),
+            "dev",
+            &host_dev,
+        ]);
         ip(&["link", "set", &host_dev, "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{}/24", peer.peer_ip), "dev", "p0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", peer.peer_ip),
+            "dev",
+            "p0",
+        ]);
         ip(&["-n", &ns, "link", "set", "p0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         peer
@@ -90,7 +104,13 @@ impl Peer {
             std::process::Command::new("ip")
                 .args(["netns", "exec", &self.ns])
                 .arg(std::env::current_exe().unwrap())
-                .args(["peer_worker", "--exact", "--nocapture", "--test-threads=1", "-q"])
+                .args([
+                    "peer_worker",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                    "-q",
+                ])
                 .env("NW_ROLE", role)
                 .env("NW_BIND", &self.peer_ip)
                 .env("NW_TARGET", target)
@@ -268,7 +288,10 @@ impl Watch {
 fn mine(alerts: Vec<Alert>, ours: &[&str]) -> Vec<Alert> {
     alerts
         .into_iter()
-        .filter(|a| ours.iter().any(|o| a.message.contains(o) || a.detail.contains(o)))
+        .filter(|a| {
+            ours.iter()
+                .any(|o| a.message.contains(o) || a.detail.contains(o))
+        })
         .collect()
 }
 
@@ -297,7 +320,12 @@ fn real_traffic_raises_exactly_the_right_alert() {
     let mut w = Watch::new(&peer.host_dev, cfg);
     let pid = std::process::id();
     let pid_tag = format!("(pid {pid})");
-    let ours = [peer.peer_ip.as_str(), peer.host_ip.as_str(), peer.host_dev.as_str(), pid_tag.as_str()];
+    let ours = [
+        peer.peer_ip.as_str(),
+        peer.host_ip.as_str(),
+        peer.host_dev.as_str(),
+        pid_tag.as_str(),
+    ];
 
     // 1. A scan of 50 closed ports of this host from the namespace.
     let mut scanner = peer.spawn("scan", &peer.host_ip);
@@ -322,7 +350,11 @@ fn real_traffic_raises_exactly_the_right_alert() {
     });
     let got = w.during(busy, &ours);
     only(&got, AlertCategory::Beaconing, "beacon");
-    assert!(got[0].message.ends_with(&format!("→ {target}")), "{}", got[0].message);
+    assert!(
+        got[0].message.ends_with(&format!("→ {target}")),
+        "{}",
+        got[0].message
+    );
 
     // 3. Long random names to the peer's UDP port 53.
     let dns = peer.peer(53);
@@ -330,7 +362,9 @@ fn real_traffic_raises_exactly_the_right_alert() {
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
         for id in 0..5u16 {
             let label = |n: usize| -> String {
-                (0..n).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect()
+                (0..n)
+                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                    .collect()
             };
             let name = format!("{}.{}.exfil.test", label(60), label(40));
             let mut q = id.to_be_bytes().to_vec();
@@ -370,15 +404,26 @@ fn real_traffic_raises_exactly_the_right_alert() {
         rest.extend(mine(got, &ours));
         rest
     };
-    let iface: Vec<Alert> = got.iter().filter(|a| a.message.starts_with(&format!("{}:", peer.host_dev))).cloned().collect();
-    let proc_: Vec<Alert> = got.iter().filter(|a| a.message.contains(&pid_tag)).cloned().collect();
+    let iface: Vec<Alert> = got
+        .iter()
+        .filter(|a| a.message.starts_with(&format!("{}:", peer.host_dev)))
+        .cloned()
+        .collect();
+    let proc_: Vec<Alert> = got
+        .iter()
+        .filter(|a| a.message.contains(&pid_tag))
+        .cloned()
+        .collect();
     only(&iface, AlertCategory::Bandwidth, "burst, interface");
     only(&proc_, AlertCategory::Bandwidth, "burst, process");
     assert_eq!(got.len(), 2, "only the two bandwidth alerts: {got:#?}");
 
     let total = mine(w.alerts.clone(), &ours);
     for a in &total {
-        eprintln!("{:?} {:?}: {} — {}", a.severity, a.category, a.message, a.detail);
+        eprintln!(
+            "{:?} {:?}: {} — {}",
+            a.severity, a.category, a.message, a.detail
+        );
     }
     assert_eq!(total.len(), 5, "{total:#?}");
     drop(servers);
@@ -404,7 +449,11 @@ fn health_probe_measures_a_peer_and_reports_loss_when_it_goes_down() {
     let wait_rounds = |n: u64| {
         let t0 = Instant::now();
         while prober.rounds() < n {
-            assert!(t0.elapsed() < Duration::from_secs(30), "the prober stalled at {} rounds", prober.rounds());
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the prober stalled at {} rounds",
+                prober.rounds()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -435,6 +484,9 @@ fn health_probe_measures_a_peer_and_reports_loss_when_it_goes_down() {
     let dh = down.dns_rtt_history.unwrap();
     assert_eq!(gh.last(), Some(&None), "{gh:?}");
     assert_eq!(dh.last(), Some(&None), "{dh:?}");
-    assert!(gh.iter().any(Option::is_some), "the up rounds are kept: {gh:?}");
+    assert!(
+        gh.iter().any(Option::is_some),
+        "the up rounds are kept: {gh:?}"
+    );
     assert!(gh.len() <= 60);
 }

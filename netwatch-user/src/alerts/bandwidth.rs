@@ -166,7 +166,8 @@ impl Bandwidth {
     /// Forget subjects not sampled for [`BandwidthConfig::idle`].
     pub fn expire(&mut self, now: Duration) {
         let idle = self.cfg.idle;
-        self.subjects.retain(|_, s| now.saturating_sub(s.last) < idle);
+        self.subjects
+            .retain(|_, s| now.saturating_sub(s.last) < idle);
     }
 }
 
@@ -210,18 +211,38 @@ mod tests {
             ..Default::default()
         });
         let over = 200e6;
-        assert!(fired(&mut d, &[iface(0, "eth0", over)]).is_empty(), "one sample is not enough");
+        assert!(
+            fired(&mut d, &[iface(0, "eth0", over)]).is_empty(),
+            "one sample is not enough"
+        );
         let r = fired(&mut d, &[iface(1, "eth0", over), iface(2, "eth0", over)]);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].message, "eth0: bandwidth threshold exceeded");
-        assert_eq!(r[0].detail, "RX: 200.0 MB/s, TX: 0 B/s (threshold: 100.0 MB/s; 2 consecutive samples)");
+        assert_eq!(
+            r[0].detail,
+            "RX: 200.0 MB/s, TX: 0 B/s (threshold: 100.0 MB/s; 2 consecutive samples)"
+        );
         // 95 MB/s is not over, but not below 90 %: the episode goes on.
         assert!(fired(&mut d, &[iface(3, "eth0", 95e6), iface(4, "eth0", over)]).is_empty());
         // 80 MB/s ends it; the next two samples over fire again.
-        let r = fired(&mut d, &[iface(5, "eth0", 80e6), iface(6, "eth0", over), iface(7, "eth0", over)]);
+        let r = fired(
+            &mut d,
+            &[
+                iface(5, "eth0", 80e6),
+                iface(6, "eth0", over),
+                iface(7, "eth0", over),
+            ],
+        );
         assert_eq!(r.len(), 1);
         // Over, under, over: never two consecutive.
-        let r = fired(&mut d, &[iface(8, "wlan0", over), iface(9, "wlan0", 1e6), iface(10, "wlan0", over)]);
+        let r = fired(
+            &mut d,
+            &[
+                iface(8, "wlan0", over),
+                iface(9, "wlan0", 1e6),
+                iface(10, "wlan0", over),
+            ],
+        );
         assert!(r.is_empty());
     }
 
@@ -235,18 +256,32 @@ mod tests {
         ev.push(proc_rate(12, 42, 20e6));
         let r = fired(&mut d, &ev);
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].message, "process scp (pid 42): bandwidth threshold exceeded");
-        assert!(r[0].detail.contains("20x its baseline of 1.0 MB/s"), "{}", r[0].detail);
+        assert_eq!(
+            r[0].message,
+            "process scp (pid 42): bandwidth threshold exceeded"
+        );
+        assert!(
+            r[0].detail.contains("20x its baseline of 1.0 MB/s"),
+            "{}",
+            r[0].detail
+        );
     }
 
     #[test]
     fn spikes_need_a_baseline_and_a_floor() {
         let mut d = Bandwidth::new(BandwidthConfig::default());
         // Only 3 samples of baseline: not trusted yet.
-        let ev: Vec<Event> = [1e3, 1e3, 1e3, 50e6, 50e6].iter().enumerate().map(|(i, &r)| proc_rate(i as u64, 1, r)).collect();
+        let ev: Vec<Event> = [1e3, 1e3, 1e3, 50e6, 50e6]
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| proc_rate(i as u64, 1, r))
+            .collect();
         assert!(fired(&mut d, &ev).is_empty());
         // Baseline 1 KB/s, 100x spike to 100 KB/s: under the 10 MB/s floor.
-        let ev: Vec<Event> = (0..10).map(|i| proc_rate(i, 2, 1e3)).chain((10..13).map(|i| proc_rate(i, 2, 1e5))).collect();
+        let ev: Vec<Event> = (0..10)
+            .map(|i| proc_rate(i, 2, 1e3))
+            .chain((10..13).map(|i| proc_rate(i, 2, 1e5)))
+            .collect();
         assert!(fired(&mut d, &ev).is_empty());
     }
 
@@ -257,7 +292,15 @@ mod tests {
             baseline_multiple: 0.0,
             ..Default::default()
         });
-        let r = fired(&mut d, &[proc_rate(0, 9, 2e6), proc_rate(1, 9, 2e6), iface(0, "eth0", 2e6), iface(1, "eth0", 2e6)]);
+        let r = fired(
+            &mut d,
+            &[
+                proc_rate(0, 9, 2e6),
+                proc_rate(1, 9, 2e6),
+                iface(0, "eth0", 2e6),
+                iface(1, "eth0", 2e6),
+            ],
+        );
         assert_eq!(r.len(), 1);
         assert!(r[0].message.starts_with("process scp (pid 9)"));
     }

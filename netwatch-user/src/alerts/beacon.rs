@@ -218,8 +218,13 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].category, AlertCategory::Beaconing);
         assert_eq!(r[0].severity, AlertSeverity::Warning);
-        assert_eq!(r[0].message, "Beaconing: curl (pid 7) on 10.0.0.1 → 198.51.100.1:443");
-        assert!(r[0].detail.starts_with("Regular interval 10.000s (jitter 0.0%), 5 intervals over 6"));
+        assert_eq!(
+            r[0].message,
+            "Beaconing: curl (pid 7) on 10.0.0.1 → 198.51.100.1:443"
+        );
+        assert!(r[0]
+            .detail
+            .starts_with("Regular interval 10.000s (jitter 0.0%), 5 intervals over 6"));
         // Still beaconing: no second alert.
         assert!(run(&mut d, Some(7), "198.51.100.1:443", &[60_000, 70_000]).is_empty());
     }
@@ -272,7 +277,13 @@ mod tests {
             }
         }
         assert_eq!(fired.len(), 3);
-        assert!(fired[0].message.starts_with("Beaconing: curl (pid 9) on 10.0.0.1"), "{}", fired[0].message);
+        assert!(
+            fired[0]
+                .message
+                .starts_with("Beaconing: curl (pid 9) on 10.0.0.1"),
+            "{}",
+            fired[0].message
+        );
     }
 
     #[test]
@@ -288,7 +299,10 @@ mod tests {
             remote: "198.51.100.1:443".parse().unwrap(),
         });
         let r = run(&mut d, None, "198.51.100.1:443", &[50_000]);
-        assert_eq!(r[0].message, "Beaconing: implant (pid 31) on 10.0.0.1 → 198.51.100.1:443");
+        assert_eq!(
+            r[0].message,
+            "Beaconing: implant (pid 31) on 10.0.0.1 → 198.51.100.1:443"
+        );
     }
 
     #[test]

@@ -116,10 +116,10 @@ mod tests {
         let scan = alert(0, AlertCategory::PortScan, AlertSeverity::Critical, "scan");
         let bw = alert(1, AlertCategory::Bandwidth, AlertSeverity::Warning, "bw");
         let mut c = AlertCounter::new();
-        c.observe(&[scan.clone()]);
+        c.observe(std::slice::from_ref(&scan));
         c.observe(&[scan.clone(), bw.clone()]);
         c.observe(&[scan.clone(), bw.clone()]);
-        c.observe(&[bw.clone()]);
+        c.observe(std::slice::from_ref(&bw));
         c.observe(&[]);
         let bw2 = alert(70, AlertCategory::Bandwidth, AlertSeverity::Warning, "bw");
         c.observe(&[bw2]);

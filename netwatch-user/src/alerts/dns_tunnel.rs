@@ -163,7 +163,12 @@ impl DnsTunnel {
         if queries <= self.cfg.max_queries {
             return None;
         }
-        let distinct = d.queries.iter().map(|(_, l)| l).collect::<HashSet<_>>().len();
+        let distinct = d
+            .queries
+            .iter()
+            .map(|(_, l)| l)
+            .collect::<HashSet<_>>()
+            .len();
         if distinct <= self.cfg.max_subdomains {
             return None;
         }
@@ -217,8 +222,13 @@ mod tests {
         assert_eq!(r.category, AlertCategory::DnsTunnel);
         assert_eq!(r.severity, AlertSeverity::Warning);
         assert_eq!(r.message, "Suspicious DNS: long query name (97b)");
-        assert!(d.observe(&q(t(2), &long)).is_none(), "same parent, same window");
-        assert!(d.observe(&q(t(3), &format!("{}.other.org", "c".repeat(90)))).is_some());
+        assert!(
+            d.observe(&q(t(2), &long)).is_none(),
+            "same parent, same window"
+        );
+        assert!(d
+            .observe(&q(t(3), &format!("{}.other.org", "c".repeat(90))))
+            .is_some());
         assert!(d.observe(&q(t(60_001), &long)).is_some(), "next window");
     }
 
@@ -250,7 +260,11 @@ mod tests {
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].severity, AlertSeverity::Critical);
         assert_eq!(fired[0].message, "DNS tunnel suspect: tunnel.test");
-        assert!(fired[0].detail.starts_with("51 queries in 60s, 51 unique"), "{}", fired[0].detail);
+        assert!(
+            fired[0].detail.starts_with("51 queries in 60s, 51 unique"),
+            "{}",
+            fired[0].detail
+        );
     }
 
     #[test]
@@ -258,11 +272,15 @@ mod tests {
         let mut d = DnsTunnel::new(DnsTunnelConfig::default());
         // 200 queries a minute over 30 names: not more than 30 distinct.
         for i in 0..200u64 {
-            assert!(d.observe(&q(t(i * 300), &format!("h{}.cdn.test", i % 30))).is_none());
+            assert!(d
+                .observe(&q(t(i * 300), &format!("h{}.cdn.test", i % 30)))
+                .is_none());
         }
         // 100 distinct names, one every 1.5 s: at most 40 per minute.
         for i in 0..100u64 {
-            assert!(d.observe(&q(t(i * 1_500), &format!("n{i}.slow.test"))).is_none());
+            assert!(d
+                .observe(&q(t(i * 1_500), &format!("n{i}.slow.test")))
+                .is_none());
         }
     }
 }

@@ -96,7 +96,8 @@ impl Feed {
                         });
                     }
                     if e.src_local {
-                        let (pid, process) = owners.get(&(e.src, e.dst)).cloned().unwrap_or_default();
+                        let (pid, process) =
+                            owners.get(&(e.src, e.dst)).cloned().unwrap_or_default();
                         if self.fed.len() < MAX_REMEMBERED {
                             self.fed.insert((e.src, e.dst), (e.at, pid.is_some()));
                         }
@@ -154,8 +155,10 @@ impl Feed {
             }
         }
         let now = t.now;
-        self.inbound_syns.retain(|_, at| now.saturating_sub(*at) < REMEMBER);
-        self.fed.retain(|_, (at, _)| now.saturating_sub(*at) < REMEMBER);
+        self.inbound_syns
+            .retain(|_, at| now.saturating_sub(*at) < REMEMBER);
+        self.fed
+            .retain(|_, (at, _)| now.saturating_sub(*at) < REMEMBER);
         out
     }
 
@@ -238,7 +241,14 @@ mod tests {
         }
     }
 
-    fn tcp(at_ms: u64, src: &str, dst: &str, kind: TcpEventKind, src_local: bool, dst_local: bool) -> TcpEvent {
+    fn tcp(
+        at_ms: u64,
+        src: &str,
+        dst: &str,
+        kind: TcpEventKind,
+        src_local: bool,
+        dst_local: bool,
+    ) -> TcpEvent {
         TcpEvent {
             at: Duration::from_millis(at_ms),
             src: sa(src),
@@ -255,23 +265,50 @@ mod tests {
         let listen = row("0.0.0.0:22", "0.0.0.0:0", "LISTEN", 1);
         let old = row("10.0.0.1:40000", "192.0.2.1:443", "ESTABLISHED", 5);
         let rows = vec![listen.clone(), old.clone()];
-        assert!(f.events(Tick { now: Duration::from_secs(1), connections: &rows, ..Default::default() }).is_empty());
+        assert!(f
+            .events(Tick {
+                now: Duration::from_secs(1),
+                connections: &rows,
+                ..Default::default()
+            })
+            .is_empty());
         let rows = vec![
             listen,
             old,
             row("10.0.0.1:22", "198.51.100.9:5555", "ESTABLISHED", 1),
             row("10.0.0.1:40001", "192.0.2.1:443", "CLOSED", 5),
         ];
-        let ev = f.events(Tick { now: Duration::from_secs(2), connections: &rows, ..Default::default() });
+        let ev = f.events(Tick {
+            now: Duration::from_secs(2),
+            connections: &rows,
+            ..Default::default()
+        });
         assert_eq!(
             ev,
             vec![
-                Event::InboundAttempt { at: Duration::from_secs(2), remote: "198.51.100.9".parse().unwrap(), local: sa("10.0.0.1:22"), failed: false },
-                Event::Connect { at: Duration::from_secs(2), pid: Some(5), process: Some("p".into()), local: Some(sa("10.0.0.1:40001")), remote: sa("192.0.2.1:443") },
+                Event::InboundAttempt {
+                    at: Duration::from_secs(2),
+                    remote: "198.51.100.9".parse().unwrap(),
+                    local: sa("10.0.0.1:22"),
+                    failed: false
+                },
+                Event::Connect {
+                    at: Duration::from_secs(2),
+                    pid: Some(5),
+                    process: Some("p".into()),
+                    local: Some(sa("10.0.0.1:40001")),
+                    remote: sa("192.0.2.1:443")
+                },
             ]
         );
         // Seen again: nothing new.
-        assert!(f.events(Tick { now: Duration::from_secs(3), connections: &rows, ..Default::default() }).is_empty());
+        assert!(f
+            .events(Tick {
+                now: Duration::from_secs(3),
+                connections: &rows,
+                ..Default::default()
+            })
+            .is_empty());
     }
 
     #[test]
@@ -279,31 +316,105 @@ mod tests {
         let mut f = Feed::new();
         f.events(Tick::default());
         let ev = [
-            tcp(5, "198.51.100.9:5000", "10.0.0.1:81", TcpEventKind::Syn, false, true),
-            tcp(6, "10.0.0.1:81", "198.51.100.9:5000", TcpEventKind::Reset, true, false),
+            tcp(
+                5,
+                "198.51.100.9:5000",
+                "10.0.0.1:81",
+                TcpEventKind::Syn,
+                false,
+                true,
+            ),
+            tcp(
+                6,
+                "10.0.0.1:81",
+                "198.51.100.9:5000",
+                TcpEventKind::Reset,
+                true,
+                false,
+            ),
             // A reset nobody's SYN asked for: an ordinary abort, not counted.
-            tcp(7, "10.0.0.1:40002", "192.0.2.1:443", TcpEventKind::Reset, true, false),
-            tcp(3, "10.0.0.1:40003", "192.0.2.1:443", TcpEventKind::Syn, true, false),
+            tcp(
+                7,
+                "10.0.0.1:40002",
+                "192.0.2.1:443",
+                TcpEventKind::Reset,
+                true,
+                false,
+            ),
+            tcp(
+                3,
+                "10.0.0.1:40003",
+                "192.0.2.1:443",
+                TcpEventKind::Syn,
+                true,
+                false,
+            ),
         ];
         let rows = vec![row("10.0.0.1:40003", "192.0.2.1:443", "ESTABLISHED", 77)];
-        let out = f.events(Tick { now: Duration::from_secs(9), tcp: &ev, connections: &rows, ..Default::default() });
+        let out = f.events(Tick {
+            now: Duration::from_secs(9),
+            tcp: &ev,
+            connections: &rows,
+            ..Default::default()
+        });
         assert_eq!(
             out,
             vec![
-                Event::Connect { at: Duration::from_millis(3), pid: Some(77), process: Some("p".into()), local: Some(sa("10.0.0.1:40003")), remote: sa("192.0.2.1:443") },
-                Event::InboundAttempt { at: Duration::from_millis(5), remote: "198.51.100.9".parse().unwrap(), local: sa("10.0.0.1:81"), failed: false },
-                Event::InboundAttempt { at: Duration::from_millis(6), remote: "198.51.100.9".parse().unwrap(), local: sa("10.0.0.1:81"), failed: true },
+                Event::Connect {
+                    at: Duration::from_millis(3),
+                    pid: Some(77),
+                    process: Some("p".into()),
+                    local: Some(sa("10.0.0.1:40003")),
+                    remote: sa("192.0.2.1:443")
+                },
+                Event::InboundAttempt {
+                    at: Duration::from_millis(5),
+                    remote: "198.51.100.9".parse().unwrap(),
+                    local: sa("10.0.0.1:81"),
+                    failed: false
+                },
+                Event::InboundAttempt {
+                    at: Duration::from_millis(6),
+                    remote: "198.51.100.9".parse().unwrap(),
+                    local: sa("10.0.0.1:81"),
+                    failed: true
+                },
             ]
         );
         // A SYN whose row comes a tick later: the row lends its owner only.
-        let syn = [tcp(9_500, "10.0.0.1:40004", "192.0.2.1:443", TcpEventKind::Syn, true, false)];
-        let out = f.events(Tick { now: Duration::from_secs(10), tcp: &syn, connections: &rows, ..Default::default() });
-        assert!(matches!(out[..], [Event::Connect { pid: None, .. }]), "{out:?}");
+        let syn = [tcp(
+            9_500,
+            "10.0.0.1:40004",
+            "192.0.2.1:443",
+            TcpEventKind::Syn,
+            true,
+            false,
+        )];
+        let out = f.events(Tick {
+            now: Duration::from_secs(10),
+            tcp: &syn,
+            connections: &rows,
+            ..Default::default()
+        });
+        assert!(
+            matches!(out[..], [Event::Connect { pid: None, .. }]),
+            "{out:?}"
+        );
         let rows = vec![row("10.0.0.1:40004", "192.0.2.1:443", "CLOSED", 78)];
-        let out = f.events(Tick { now: Duration::from_secs(11), connections: &rows, ..Default::default() });
+        let out = f.events(Tick {
+            now: Duration::from_secs(11),
+            connections: &rows,
+            ..Default::default()
+        });
         assert_eq!(
             out,
-            vec![Event::Owner { at: Duration::from_secs(11), pid: 78, process: Some("p".into()), local: sa("10.0.0.1:40004"), remote: sa("192.0.2.1:443") }]
+            vec![Event::Owner {
+                at: Duration::from_secs(11),
+                pid: 78,
+                process: Some("p".into()),
+                local: sa("10.0.0.1:40004"),
+                remote: sa("192.0.2.1:443")
+            }]
         );
     }
 }

@@ -156,7 +156,9 @@ mod tests {
     fn twenty_distinct_ports_fire_once_nineteen_do_not() {
         let mut d = PortScan::new(PortScanConfig::default());
         for p in 1..=19 {
-            assert!(d.observe(&attempt(t(p.into()), "192.0.2.7", p, false)).is_none());
+            assert!(d
+                .observe(&attempt(t(p.into()), "192.0.2.7", p, false))
+                .is_none());
         }
         // A repeated port is not a new one.
         assert!(d.observe(&attempt(t(20), "192.0.2.7", 19, false)).is_none());
@@ -164,7 +166,11 @@ mod tests {
         assert_eq!(r.category, AlertCategory::PortScan);
         assert_eq!(r.severity, AlertSeverity::Critical);
         assert_eq!(r.message, "Port scan from 192.0.2.7");
-        assert!(r.detail.contains("20 unique ports (1-20) on 10.0.0.1"), "{}", r.detail);
+        assert!(
+            r.detail.contains("20 unique ports (1-20) on 10.0.0.1"),
+            "{}",
+            r.detail
+        );
         for p in 21..=50 {
             assert!(d.observe(&attempt(t(30), "192.0.2.7", p, false)).is_none());
         }
@@ -186,7 +192,9 @@ mod tests {
         let mut fired = 0;
         for (base, src) in [(0, "192.0.2.7"), (0, "192.0.2.8"), (31_000, "192.0.2.7")] {
             for p in 1..=25 {
-                fired += d.observe(&attempt(t(base + u64::from(p)), src, p, false)).is_some() as u32;
+                fired += d
+                    .observe(&attempt(t(base + u64::from(p)), src, p, false))
+                    .is_some() as u32;
             }
         }
         assert_eq!(fired, 3);
@@ -202,7 +210,11 @@ mod tests {
             .filter_map(|i| d.observe(&attempt(t(i * 10), "192.0.2.9", 22, true)))
             .collect();
         assert_eq!(fired.len(), 1);
-        assert!(fired[0].detail.contains("10 refused or reset"), "{}", fired[0].detail);
+        assert!(
+            fired[0].detail.contains("10 refused or reset"),
+            "{}",
+            fired[0].detail
+        );
         let mut off = PortScan::new(PortScanConfig {
             failed_attempts: 0,
             ..Default::default()

@@ -41,7 +41,11 @@ pub fn is_answer(msg: &[u8], id: u16) -> bool {
 /// Send one query for `name` to `server` and wait up to `timeout` for
 /// its answer: the round trip, or `None` (no answer, or the query could
 /// not be sent: the server is unreachable).
-pub fn probe(server: SocketAddr, name: &str, timeout: Duration) -> std::io::Result<Option<Duration>> {
+pub fn probe(
+    server: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> std::io::Result<Option<Duration>> {
     let bind: SocketAddr = if server.is_ipv6() {
         "[::]:0".parse().map_err(std::io::Error::other)?
     } else {
@@ -51,7 +55,10 @@ pub fn probe(server: SocketAddr, name: &str, timeout: Duration) -> std::io::Resu
     sock.connect(server)?;
     let id = fastrand::u16(..);
     let q = query(id, name, QTYPE_NS).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name:?} is not a DNS name"))
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a DNS name"),
+        )
     })?;
     let sent = Instant::now();
     if sock.send(&q).is_err() {
@@ -89,7 +96,10 @@ mod tests {
     #[test]
     fn root_and_named_queries_encode() {
         let q = query(0xabcd, ".", QTYPE_NS).unwrap();
-        assert_eq!(q, vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1]);
+        assert_eq!(
+            q,
+            vec![0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1]
+        );
         let q = query(1, "example.com", 1).unwrap();
         assert_eq!(&q[12..25], b"\x07example\x03com\x00");
         assert!(query(1, "a..b", 1).is_none());

@@ -193,7 +193,10 @@ mod tests {
         assert!(!is_reply(&r, false, Some(7), 3, b"other123"));
         assert!(!is_reply(&r[..10], false, Some(7), 3, &t));
         let req = request(false, 7, 3, &t);
-        assert!(!is_reply(&req, false, Some(7), 3, &t), "our own request is not a reply");
+        assert!(
+            !is_reply(&req, false, Some(7), 3, &t),
+            "our own request is not a reply"
+        );
         let mut r6 = request(true, 7, 3, &t);
         r6[0] = 129;
         assert!(is_reply(&r6, true, None, 3, &t));

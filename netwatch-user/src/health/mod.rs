@@ -171,13 +171,15 @@ pub fn probe_gateway(gateway: IpAddr, cfg: &HealthConfig) -> Round {
 /// Query `server` `cfg.probes` times.
 pub fn probe_dns(server: SocketAddr, cfg: &HealthConfig) -> Round {
     let rtts: Vec<Option<Duration>> = (0..cfg.probes)
-        .map(|_| match dns_probe::probe(server, &cfg.dns_query_name, cfg.timeout) {
-            Ok(r) => r,
-            Err(e) => {
-                log::debug!("health DNS probe of {server}: {e}");
-                None
-            }
-        })
+        .map(
+            |_| match dns_probe::probe(server, &cfg.dns_query_name, cfg.timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("health DNS probe of {server}: {e}");
+                    None
+                }
+            },
+        )
         .collect();
     Round::from_rtts(&rtts)
 }

@@ -92,7 +92,10 @@ pub fn pick_dns(resolv_conf: &str, upstream: Option<&str>) -> Option<IpAddr> {
 pub fn detect_gateway() -> Option<IpAddr> {
     #[cfg(target_os = "macos")]
     {
-        let out = std::process::Command::new("netstat").arg("-rn").output().ok()?;
+        let out = std::process::Command::new("netstat")
+            .arg("-rn")
+            .output()
+            .ok()?;
         parse_netstat_rn(&String::from_utf8_lossy(&out.stdout))
     }
     #[cfg(not(target_os = "macos"))]
@@ -117,7 +120,8 @@ mod tests {
 
     #[test]
     fn proc_route_default_gateway_lowest_metric() {
-        let t = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let t =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
 eth0\t00000000\t0102A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
 wg0\t00000000\t0100000A\t0003\t0\t0\t50\t00000000\t0\t0\t0\n\
 eth0\t0002A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0\n";
@@ -140,17 +144,29 @@ fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
     fn netstat_default_row() {
         let t = "Routing tables\n\nInternet:\nDestination        Gateway            Flags        Netif Expire\ndefault            10.0.0.1           UGScg          en0\n";
         assert_eq!(parse_netstat_rn(t), Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(parse_netstat_rn("default fe80::1%en0 UGc en0"), Some("fe80::1".parse().unwrap()));
+        assert_eq!(
+            parse_netstat_rn("default fe80::1%en0 UGc en0"),
+            Some("fe80::1".parse().unwrap())
+        );
     }
 
     #[test]
     fn resolved_stub_is_replaced_by_its_upstream() {
         let stub = "# managed\nnameserver 127.0.0.53\noptions edns0\n";
         let up = "nameserver 192.168.1.1\nnameserver 1.1.1.1\n";
-        assert_eq!(pick_dns(stub, Some(up)), Some("192.168.1.1".parse().unwrap()));
+        assert_eq!(
+            pick_dns(stub, Some(up)),
+            Some("192.168.1.1".parse().unwrap())
+        );
         assert_eq!(pick_dns(stub, None), Some(RESOLVED_STUB));
-        assert_eq!(pick_dns("nameserver 9.9.9.9\nnameserver 127.0.0.53\n", Some(up)), Some("9.9.9.9".parse().unwrap()));
+        assert_eq!(
+            pick_dns("nameserver 9.9.9.9\nnameserver 127.0.0.53\n", Some(up)),
+            Some("9.9.9.9".parse().unwrap())
+        );
         assert_eq!(pick_dns("; nothing\nnameserverX 1.2.3.4\n", None), None);
-        assert_eq!(parse_nameservers("nameserver fe80::1%eth0\n"), vec!["fe80::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            parse_nameservers("nameserver fe80::1%eth0\n"),
+            vec!["fe80::1".parse::<IpAddr>().unwrap()]
+        );
     }
 }
