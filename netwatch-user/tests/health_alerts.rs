@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, Read, Write};
+
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,25 +101,25 @@ impl Peer {
 
     /// Run this test binary's `peer_worker` in the namespace.
     fn spawn(&self, role: &str, target: &str) -> Worker {
-        let mut w = Worker(
-            std::process::Command::new("ip")
-                .args(["netns", "exec", &self.ns])
-                .arg(std::env::current_exe().unwrap())
-                .args([
-                    "peer_worker",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                    "-q",
-                ])
-                .env("NW_ROLE", role)
-                .env("NW_BIND", &self.peer_ip)
-                .env("NW_TARGET", target)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .expect("ip netns exec of the test binary"),
-        );
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "peer_worker",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env("NW_ROLE", role)
+            .env("NW_BIND", &self.peer_ip)
+            .env("NW_TARGET", target)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip netns exec of the test binary");
+        let out = std::io::BufReader::new(child.stdout.take().expect("worker stdout"));
+        let mut w = Worker(child, out);
         w.wait_for("READY");
         w
     }
@@ -138,18 +139,20 @@ impl Drop for Peer {
 }
 
 /// A worker process in the namespace, killed if still running when dropped.
-struct Worker(std::process::Child);
+struct Worker(
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+);
 
 impl Worker {
-    fn wait_for(&mut self, word: &str) {
-        let out = self.0.stdout.as_mut().expect("worker stdout");
-        let mut r = std::io::BufReader::new(out);
+    /// Read lines until one is `word` (or starts with it): that line.
+    fn wait_for(&mut self, word: &str) -> String {
         loop {
             let mut line = String::new();
-            let n = r.read_line(&mut line).expect("reading the worker");
+            let n = self.1.read_line(&mut line).expect("reading the worker");
             assert!(n > 0, "the worker ended before saying {word}");
-            if line.trim() == word {
-                return;
+            if line.trim().starts_with(word) {
+                return line.trim().to_string();
             }
         }
     }
@@ -211,6 +214,19 @@ fn peer_worker() {
                 let _ = TcpStream::connect_timeout(&a, Duration::from_secs(1));
             }
             writeln!(out, "DONE").unwrap();
+            out.flush().unwrap();
+        }
+        // In a namespace whose ping_group_range admits root's group: the
+        // unprivileged datagram socket, pinging this host's end.
+        "echo-dgram" => {
+            let target = std::env::var("NW_TARGET").unwrap().parse().unwrap();
+            let mut e = netwatch::health::icmp::Echo::open(target).unwrap();
+            assert_eq!(e.kind(), netwatch::health::icmp::SocketKind::Datagram);
+            let answered = (0..3)
+                .filter(|&seq| matches!(e.ping(seq, Duration::from_secs(1)), Ok(Some(_))))
+                .count();
+            writeln!(out, "READY").unwrap();
+            writeln!(out, "ANSWERED {answered}").unwrap();
             out.flush().unwrap();
         }
         other => panic!("unknown role {other}"),
@@ -329,7 +345,9 @@ fn real_traffic_raises_exactly_the_right_alert() {
 
     // 1. A scan of 50 closed ports of this host from the namespace.
     let mut scanner = peer.spawn("scan", &peer.host_ip);
-    let busy = std::thread::spawn(move || scanner.wait_for("DONE"));
+    let busy = std::thread::spawn(move || {
+        scanner.wait_for("DONE");
+    });
     let got = w.during(busy, &ours);
     only(&got, AlertCategory::PortScan, "port scan");
     assert_eq!(got[0].message, format!("Port scan from {}", peer.peer_ip));
@@ -427,6 +445,99 @@ fn real_traffic_raises_exactly_the_right_alert() {
     }
     assert_eq!(total.len(), 5, "{total:#?}");
     drop(servers);
+}
+
+/// Without raw-socket rights the echo goes over an unprivileged ICMP
+/// datagram socket: run in the test's namespace with
+/// `net.ipv4.ping_group_range` (per namespace) admitting group 0.
+#[test]
+fn icmp_echo_over_an_unprivileged_datagram_socket() {
+    let _root = root_test();
+    let peer = Peer::new("d", 233);
+    let st = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &peer.ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ping_group_range=0 0",
+        ])
+        .status()
+        .expect("sysctl in the namespace");
+    assert!(st.success(), "setting ping_group_range in {}", peer.ns);
+    let mut w = peer.spawn("echo-dgram", &peer.host_ip);
+    assert_eq!(w.wait_for("ANSWERED"), "ANSWERED 3");
+    assert!(w.0.wait().unwrap().success());
+}
+
+/// The agent binary: `--health` with the probe targets in the config file
+/// fills `health` from a namespace peer; without it `health` stays empty;
+/// `alerts` is always there (empty when nothing fired).
+#[test]
+fn the_agent_reports_health_only_when_asked() {
+    let _root = root_test();
+    let peer = Peer::new("b", 234);
+    let _servers = peer.spawn("servers", "");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[health]\ninterval_secs = 0.2\ntimeout_ms = 300\ngateway = \"{}\"\ndns_server = \"{}\"\n",
+            peer.peer_ip, peer.peer_ip
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> Vec<netwatch_common::wire::Snapshot> {
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "--mode",
+            "pcap",
+            "-i",
+            &peer.host_dev,
+            "--output",
+            "json",
+            "--interval",
+            "0.3",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netwatch-agent"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the agent");
+        let out = child.stdout.take().unwrap();
+        let snaps: Vec<_> = std::io::BufReader::new(out)
+            .lines()
+            .take(6)
+            .map(|l| serde_json::from_str(&l.expect("agent output")).expect("a snapshot"))
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        snaps
+    };
+    let without = run(&[]);
+    assert!(
+        without.iter().all(|s| s.health.is_none()),
+        "health without --health"
+    );
+    assert!(without.iter().all(|s| s.alerts.is_some()));
+    let with = run(&["--health"]);
+    let h = with
+        .iter()
+        .rev()
+        .find_map(|s| s.health.clone())
+        .expect("health in one of six snapshots with --health");
+    assert_eq!(h.gateway_ip.as_deref(), Some(peer.peer_ip.as_str()));
+    assert_eq!(h.gateway_loss_pct, Some(0.0));
+    assert_eq!(h.dns_loss_pct, Some(0.0));
+    assert!(
+        h.gateway_rtt_ms.is_some() && h.dns_rtt_ms.is_some(),
+        "{h:?}"
+    );
 }
 
 /// The probe measures a namespace peer's RTT (ICMP echo and a DNS query to
