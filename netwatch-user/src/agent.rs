@@ -89,8 +89,9 @@ impl Agent {
             Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
         }
         let dns = self.source.take_dns_events();
+        // Drained every tick, so a source never holds them for nobody.
+        let tcp = self.source.take_tcp_events().unwrap_or_default();
         if let Some(d) = &mut self.alerts {
-            let tcp = self.source.take_tcp_events().unwrap_or_default();
             snap.alerts = Some(d.tick(Tick {
                 now: crate::alerts::since_epoch(timestamp),
                 tcp: &tcp,

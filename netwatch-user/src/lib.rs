@@ -4,7 +4,9 @@
 //! turns them into the interval's rows, [`snapshot`] assembles the wire
 //! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
 //! each snapshot, as a value, to every [`sink`]. Sources that read an
-//! external tool (`ss`, the macOS tools) run it through [`tool`].
+//! external tool (`ss`, the macOS tools) run it through [`tool`]. The
+//! [`alerts`] detectors are fed each tick's rows and the source's events;
+//! the opt-in [`health`] probes run on their own thread.
 
 pub mod agent;
 pub mod alerts;

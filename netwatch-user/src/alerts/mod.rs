@@ -214,6 +214,7 @@ impl AlertEngine {
         self.port_scan.expire(now);
         self.beacon.expire(now);
         self.dns_tunnel.expire(now);
+        self.bandwidth.expire(now);
     }
 
     /// Alerts raised within the active period, oldest first: the

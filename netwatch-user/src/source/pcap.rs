@@ -51,6 +51,11 @@
 //! Port-53 UDP payloads become [`DnsEvent`]s (see [`dns`]), handed out by
 //! [`SocketSource::take_dns_events`]; the snapshot builds the analytics.
 //!
+//! # TCP events
+//! SYNs (without ACK) and resets become [`TcpEvent`]s, handed out by
+//! [`SocketSource::take_tcp_events`] for the alert detectors (port scans,
+//! beaconing); at most 65536 between two reads.
+//!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
 //! was seen. On `any`, UDP crossing several interfaces of this host
