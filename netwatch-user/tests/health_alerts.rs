@@ -92,7 +92,16 @@ impl Peer {
         ]);
         ip(&["-n", &ns, "link", "set", "p0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let v6 = |h: u8| format!("fd00:{second_octet}:{n}::{h}/64");
+        ip(&["-6", "addr", "add", &v6(1), "dev", &host_dev, "nodad"]);
+        ip(&["-n", &ns, "-6", "addr", "add", &v6(2), "dev", "p0", "nodad"]);
         peer
+    }
+
+    fn peer_ip6(&self) -> std::net::IpAddr {
+        let v4: std::net::Ipv4Addr = self.peer_ip.parse().unwrap();
+        let [_, b, n, _] = v4.octets();
+        format!("fd00:{b}:{n}::2").parse().unwrap()
     }
 
     fn peer(&self, port: u16) -> SocketAddr {
@@ -469,6 +478,21 @@ fn icmp_echo_over_an_unprivileged_datagram_socket() {
     let mut w = peer.spawn("echo-dgram", &peer.host_ip);
     assert_eq!(w.wait_for("ANSWERED"), "ANSWERED 3");
     assert!(w.0.wait().unwrap().success());
+}
+
+/// ICMPv6 echo (here over the raw socket: this host's ping_group_range
+/// admits nobody) to a namespace peer's ULA address.
+#[test]
+fn icmpv6_echo_to_a_namespace_peer() {
+    let _root = root_test();
+    let peer = Peer::new("v", 235);
+    let mut e = netwatch::health::icmp::Echo::open(peer.peer_ip6()).expect("an ICMPv6 socket");
+    let answered = (0..3)
+        .filter(|&seq| matches!(e.ping(seq, Duration::from_secs(2)), Ok(Some(_))))
+        .count();
+    assert_eq!(answered, 3, "{:?} socket to {}", e.kind(), peer.peer_ip6());
+    ip(&["-n", &peer.ns, "link", "set", "p0", "down"]);
+    assert_eq!(e.ping(9, Duration::from_millis(300)).unwrap(), None);
 }
 
 /// The agent binary: `--health` with the probe targets in the config file
