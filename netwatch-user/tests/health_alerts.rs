@@ -225,6 +225,18 @@ fn peer_worker() {
             writeln!(out, "DONE").unwrap();
             out.flush().unwrap();
         }
+        // Connects to 25 ports of `NW_TARGET` from 21000 and holds them
+        // until stdin closes.
+        "connect-hold" => {
+            let target = std::env::var("NW_TARGET").unwrap();
+            let held: Vec<TcpStream> = (21_000..21_025u16)
+                .map(|p| TcpStream::connect(format!("{target}:{p}")).unwrap())
+                .collect();
+            writeln!(out, "READY").unwrap();
+            out.flush().unwrap();
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+            drop(held);
+        }
         // In a namespace whose ping_group_range admits root's group: the
         // unprivileged datagram socket, pinging this host's end.
         "echo-dgram" => {
@@ -257,21 +269,19 @@ impl Watch {
             ..PcapConfig::default()
         })
         .unwrap_or_else(|e| panic!("opening the capture on {dev}: {e}"));
+        Self::with_source(Box::new(src), cfg)
+    }
+
+    fn with_source(src: Box<dyn netwatch::source::SocketSource>, cfg: AlertConfig) -> Self {
         let info = CollectorInfo {
-            source: "pcap".into(),
+            source: src.name().into(),
             ebpf_tier: None,
             estimated: false,
             fallback_reason: None,
             lost_records: None,
         };
-        let mut agent = Agent::new(
-            Box::new(src),
-            info,
-            HostCollectors::new(),
-            Vec::new(),
-            Instant::now(),
-        )
-        .with_alerts(Detectors::new(cfg));
+        let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
+            .with_alerts(Detectors::new(cfg));
         agent.prime();
         Self {
             agent,
@@ -454,6 +464,42 @@ fn real_traffic_raises_exactly_the_right_alert() {
     }
     assert_eq!(total.len(), 5, "{total:#?}");
     drop(servers);
+}
+
+/// Without a packet source (`ss` rows only), connections accepted on many
+/// local ports from one remote are a port scan too: 25 ports held open from
+/// the namespace raise exactly one alert.
+#[test]
+fn ss_rows_alone_reveal_a_scan_of_open_ports() {
+    let _root = root_test();
+    let peer = Peer::new("s", 236);
+    let listeners: Vec<TcpListener> = (21_000..21_025u16)
+        .map(|p| TcpListener::bind(format!("{}:{p}", peer.host_ip)).unwrap())
+        .collect();
+    let mut w = Watch::with_source(
+        Box::new(netwatch::source::ss::SsSource::new()),
+        AlertConfig::default(),
+    );
+    let scanner = peer.spawn("connect-hold", &peer.host_ip);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.extend(w.tick());
+    }
+    let got = mine(got, &[peer.peer_ip.as_str()]);
+    only(&got, AlertCategory::PortScan, "ss port scan");
+    // Rows come in no particular order: the alert names the first 20 seen.
+    assert!(
+        got[0].detail.contains("20 unique ports (210"),
+        "{}",
+        got[0].detail
+    );
+    assert!(
+        got[0].detail.contains(&format!("on {}", peer.host_ip)),
+        "{}",
+        got[0].detail
+    );
+    drop(scanner);
+    drop(listeners);
 }
 
 /// Without raw-socket rights the echo goes over an unprivileged ICMP
