@@ -9,7 +9,9 @@ use chrono::Utc;
 use log::{error, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
+use crate::alerts::{feed::Tick, Detectors};
 use crate::attribution::Attribution;
+use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
 use crate::source::SocketSource;
@@ -21,6 +23,8 @@ pub struct Agent {
     attribution: Attribution,
     host: HostCollectors,
     sinks: Vec<Box<dyn Sink>>,
+    alerts: Option<Detectors>,
+    health: Option<Prober>,
 }
 
 impl Agent {
@@ -38,7 +42,21 @@ impl Agent {
             attribution: Attribution::new(started_at),
             host,
             sinks,
+            alerts: None,
+            health: None,
         }
+    }
+
+    /// Run the alert detectors on every tick (fills `alerts`).
+    pub fn with_alerts(mut self, alerts: Detectors) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// Copy the probe thread's latest result into every snapshot (`health`).
+    pub fn with_health(mut self, prober: Prober) -> Self {
+        self.health = Some(prober);
+        self
     }
 
     /// The first read: sets every baseline (interface counters, CPU times,
@@ -70,7 +88,23 @@ impl Agent {
             }
             Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
         }
-        self.host.fill_dns(&mut snap, self.source.take_dns_events());
+        let dns = self.source.take_dns_events();
+        // Drained every tick, so a source never holds them for nobody.
+        let tcp = self.source.take_tcp_events().unwrap_or_default();
+        if let Some(d) = &mut self.alerts {
+            snap.alerts = Some(d.tick(Tick {
+                now: crate::alerts::since_epoch(timestamp),
+                tcp: &tcp,
+                connections: snap.connections.as_deref().unwrap_or(&[]),
+                dns: dns.as_deref().unwrap_or(&[]),
+                processes: snap.processes.as_deref().unwrap_or(&[]),
+                interfaces: &snap.interfaces,
+            }));
+        }
+        self.host.fill_dns(&mut snap, dns);
+        if let Some(p) = &self.health {
+            snap.health = p.latest();
+        }
         snap.collector = Some(info);
         snap
     }

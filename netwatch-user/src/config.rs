@@ -158,6 +158,11 @@ pub struct Args {
     /// Host id file [default: /var/lib/netwatch-agent/host-id].
     #[arg(long, value_name = "PATH")]
     pub host_id_file: Option<PathBuf>,
+    /// Probe the gateway (ICMP echo) and the DNS server (a query) every
+    /// `[health] interval_secs` (default 30) for the snapshot's `health`.
+    /// Off unless given here or `[health] enabled = true`.
+    #[arg(long)]
+    pub health: bool,
 }
 
 /// The config file, as written. Every key is optional; unknown keys are refused.
@@ -175,6 +180,70 @@ pub struct FileConfig {
     pub ingest: IngestFile,
     #[serde(default)]
     pub spool: SpoolFile,
+    #[serde(default)]
+    pub health: HealthFile,
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// `[health]` in the config file: gateway and DNS probes (opt-in).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub enabled: Option<bool>,
+    pub interval_secs: Option<f64>,
+    /// Echo requests / DNS queries per round [default: 3].
+    pub probes: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    /// Probe this gateway instead of the host's default gateway.
+    pub gateway: Option<String>,
+    /// Query this DNS server (`ip` or `ip:port`) instead of the host's.
+    pub dns_server: Option<String>,
+    /// The name the DNS probe asks for [default: "." (root NS)].
+    pub dns_query_name: Option<String>,
+}
+
+/// `[alerts]` in the config file. Defaults are netwatch-sdk 0.3.2's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// [default: true]
+    pub enabled: Option<bool>,
+    /// How long an alert stays in snapshots [default: 60].
+    pub active_secs: Option<f64>,
+    /// Alerts kept in the history [default: 100].
+    pub history: Option<usize>,
+    /// Distinct local ports from one source [default: 20]…
+    pub port_scan_ports: Option<usize>,
+    /// …or refused/reset attempts from it (0: off) [default: 100]…
+    pub port_scan_failed: Option<u32>,
+    /// …within this window [default: 30].
+    pub port_scan_window_secs: Option<f64>,
+    /// Regular intervals before beaconing is judged [default: 5].
+    pub beacon_min_intervals: Option<usize>,
+    /// Jitter (stddev / mean) below which it is a beacon [default: 0.15].
+    pub beacon_max_jitter: Option<f64>,
+    /// Intervals outside [min, max] do not count [default: 5, 3600].
+    pub beacon_min_interval_secs: Option<f64>,
+    pub beacon_max_interval_secs: Option<f64>,
+    /// Query names longer than this are suspicious [default: 80].
+    pub dns_max_name_bytes: Option<usize>,
+    /// More than this many queries a minute to one parent domain… [default: 50]
+    pub dns_max_queries_per_min: Option<usize>,
+    /// …with more than this many distinct subdomains [default: 30].
+    pub dns_max_subdomains: Option<usize>,
+    /// Entropy (bits/char) of long subdomains that is suspicious (0: off) [default: 4.2].
+    pub dns_entropy_bits: Option<f64>,
+    /// Bytes per second, each way, per interface [default: 100000000]…
+    pub bandwidth_interface_bps: Option<f64>,
+    /// …and per process [default: 100000000]…
+    pub bandwidth_process_bps: Option<f64>,
+    /// …for this many consecutive samples [default: 2].
+    pub bandwidth_consecutive: Option<u32>,
+    /// A rate this many times the subject's baseline is a spike (0: off) [default: 10]…
+    pub bandwidth_baseline_multiple: Option<f64>,
+    /// …when at least this many bytes per second [default: 10000000].
+    pub bandwidth_baseline_min_bps: Option<f64>,
 }
 
 /// `[ebpf]` in the config file.
@@ -268,6 +337,10 @@ pub struct Config {
     pub ingest: Option<IngestConfig>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Health probes; `None`: off (the default).
+    pub health: Option<crate::health::HealthConfig>,
+    /// Alert detectors; `None`: off.
+    pub alerts: Option<crate::alerts::AlertConfig>,
 }
 
 /// Read the config file that `args` names (or the default one), check its
@@ -615,6 +688,9 @@ pub fn resolve(
         None
     };
 
+    let health = resolve_health(args.health, &f.health)?;
+    let alerts = resolve_alerts(&f.alerts)?;
+
     Ok(Config {
         mode,
         ebpf: EbpfSettings {
@@ -629,7 +705,161 @@ pub fn resolve(
         rows,
         ingest,
         config_file,
+        health,
+        alerts,
     })
+}
+
+fn positive(name: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(format!("{name} {v}: must be a positive number")))
+    }
+}
+
+fn non_negative(name: &str, v: f64) -> Result<f64, ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid(format!("{name} {v}: must be 0 or more")))
+    }
+}
+
+fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
+    name: &str,
+    v: T,
+) -> Result<T, ConfigError> {
+    if v >= T::from(1) {
+        Ok(v)
+    } else {
+        Err(invalid(format!("{name} {v}: must be at least 1")))
+    }
+}
+
+/// `[health]` and `--health` into the probe settings; `None` unless enabled.
+pub fn resolve_health(
+    flag: bool,
+    h: &HealthFile,
+) -> Result<Option<crate::health::HealthConfig>, ConfigError> {
+    if !(flag || h.enabled.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let d = crate::health::HealthConfig::default();
+    let gateway = match &h.gateway {
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| invalid(format!("[health] gateway {g:?} is not an IP address")))?,
+        ),
+        None => None,
+    };
+    let dns_server = match &h.dns_server {
+        Some(s) => Some(
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .map_err(|_| {
+                    invalid(format!(
+                        "[health] dns_server {s:?} is not an IP address or address:port"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let dns_query_name = h.dns_query_name.clone().unwrap_or(d.dns_query_name);
+    if crate::health::dns_probe::query(0, &dns_query_name, 2).is_none() {
+        return Err(invalid(format!(
+            "[health] dns_query_name {dns_query_name:?} is not a DNS name"
+        )));
+    }
+    let timeout_ms = h.timeout_ms.unwrap_or(1000);
+    if !(10..=10_000).contains(&timeout_ms) {
+        return Err(invalid(format!(
+            "[health] timeout_ms {timeout_ms}: must be 10 to 10000"
+        )));
+    }
+    Ok(Some(crate::health::HealthConfig {
+        interval: secs(
+            "[health] interval_secs",
+            h.interval_secs.unwrap_or(d.interval.as_secs_f64()),
+            0.1,
+            3600.0,
+        )?,
+        probes: at_least_one("[health] probes", h.probes.unwrap_or(d.probes))?.min(10),
+        timeout: Duration::from_millis(timeout_ms),
+        gateway,
+        dns_server,
+        dns_query_name,
+    }))
+}
+
+/// `[alerts]` into the detector thresholds; `None` when `enabled = false`.
+pub fn resolve_alerts(a: &AlertsFile) -> Result<Option<crate::alerts::AlertConfig>, ConfigError> {
+    use crate::alerts::AlertConfig;
+    if !a.enabled.unwrap_or(true) {
+        return Ok(None);
+    }
+    let mut c = AlertConfig::default();
+    if let Some(v) = a.active_secs {
+        c.active = secs("[alerts] active_secs", v, 1.0, 86_400.0)?;
+    }
+    if let Some(v) = a.history {
+        c.history = at_least_one("[alerts] history", v)?;
+    }
+    if let Some(v) = a.port_scan_ports {
+        c.port_scan.distinct_ports = at_least_one("[alerts] port_scan_ports", v)?;
+    }
+    if let Some(v) = a.port_scan_failed {
+        c.port_scan.failed_attempts = v;
+    }
+    if let Some(v) = a.port_scan_window_secs {
+        c.port_scan.window = secs("[alerts] port_scan_window_secs", v, 0.1, 86_400.0)?;
+    }
+    if let Some(v) = a.beacon_min_intervals {
+        c.beacon.min_intervals = at_least_one("[alerts] beacon_min_intervals", v)?;
+        c.beacon.max_intervals = c.beacon.max_intervals.max(v);
+    }
+    if let Some(v) = a.beacon_max_jitter {
+        c.beacon.max_jitter = positive("[alerts] beacon_max_jitter", v)?;
+    }
+    if let Some(v) = a.beacon_min_interval_secs {
+        c.beacon.min_interval = secs("[alerts] beacon_min_interval_secs", v, 0.0, 86_400.0)?;
+    }
+    if let Some(v) = a.beacon_max_interval_secs {
+        c.beacon.max_interval = secs(
+            "[alerts] beacon_max_interval_secs",
+            v,
+            c.beacon.min_interval.as_secs_f64(),
+            86_400.0,
+        )?;
+    }
+    if let Some(v) = a.dns_max_name_bytes {
+        c.dns_tunnel.max_name_bytes = at_least_one("[alerts] dns_max_name_bytes", v)?;
+    }
+    if let Some(v) = a.dns_max_queries_per_min {
+        c.dns_tunnel.max_queries = at_least_one("[alerts] dns_max_queries_per_min", v)?;
+    }
+    if let Some(v) = a.dns_max_subdomains {
+        c.dns_tunnel.max_subdomains = v;
+    }
+    if let Some(v) = a.dns_entropy_bits {
+        c.dns_tunnel.entropy_bits = non_negative("[alerts] dns_entropy_bits", v)?;
+    }
+    if let Some(v) = a.bandwidth_interface_bps {
+        c.bandwidth.interface_bps = positive("[alerts] bandwidth_interface_bps", v)?;
+    }
+    if let Some(v) = a.bandwidth_process_bps {
+        c.bandwidth.process_bps = positive("[alerts] bandwidth_process_bps", v)?;
+    }
+    if let Some(v) = a.bandwidth_consecutive {
+        c.bandwidth.consecutive = at_least_one("[alerts] bandwidth_consecutive", v)?;
+    }
+    if let Some(v) = a.bandwidth_baseline_multiple {
+        c.bandwidth.baseline_multiple = non_negative("[alerts] bandwidth_baseline_multiple", v)?;
+    }
+    if let Some(v) = a.bandwidth_baseline_min_bps {
+        c.bandwidth.baseline_min_bps = non_negative("[alerts] bandwidth_baseline_min_bps", v)?;
+    }
+    Ok(Some(c))
 }
 
 #[cfg(test)]
@@ -814,6 +1044,67 @@ mod tests {
         let e = ApiKey::new("nw live").unwrap_err().to_string();
         assert!(!e.contains("nw live"), "{e}");
         assert!(ApiKey::new("  \n").is_err());
+    }
+
+    #[test]
+    fn health_is_opt_in_and_alerts_default_to_the_sdk() {
+        let c = resolve(&args(&[]), None, None).unwrap();
+        assert!(c.health.is_none(), "the bare command line probes nothing");
+        assert_eq!(c.alerts, Some(crate::alerts::AlertConfig::default()));
+        let c = resolve(&args(&["--health"]), None, None).unwrap();
+        assert_eq!(c.health, Some(crate::health::HealthConfig::default()));
+        let c = resolve(
+            &args(&[]),
+            None,
+            file(
+                "[health]\nenabled = true\ninterval_secs = 5\ngateway = \"10.1.2.3\"\n\
+                 dns_server = \"10.1.2.4:5353\"\n[alerts]\nport_scan_ports = 10\n\
+                 beacon_min_interval_secs = 0.1\nbandwidth_interface_bps = 1e6\n",
+            ),
+        )
+        .unwrap();
+        let h = c.health.unwrap();
+        assert_eq!(h.interval, Duration::from_secs(5));
+        assert_eq!(h.gateway, Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(h.dns_server, Some("10.1.2.4:5353".parse().unwrap()));
+        let a = c.alerts.unwrap();
+        assert_eq!(a.port_scan.distinct_ports, 10);
+        assert_eq!(a.beacon.min_interval, Duration::from_millis(100));
+        assert_eq!(a.bandwidth.interface_bps, 1e6);
+        let c = resolve(&args(&[]), None, file("[alerts]\nenabled = false\n")).unwrap();
+        assert!(c.alerts.is_none());
+        let e = err(resolve(
+            &args(&["--health"]),
+            None,
+            file("[health]\ngateway = \"gw\"\n"),
+        ));
+        assert!(e.contains("gateway \"gw\""), "{e}");
+        let e = err(resolve(
+            &args(&[]),
+            None,
+            file("[alerts]\nbeacon_max_jitter = -1\n"),
+        ));
+        assert!(e.contains("beacon_max_jitter -1"), "{e}");
+        assert!(parse_file("[alerts]\nport_scan = 3\n").is_err());
+    }
+
+    #[test]
+    fn the_readme_config_example_parses_with_health_and_alerts() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .find(|b| b.starts_with("# /etc/netwatch-agent/config.toml"))
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let f = parse_file(block).unwrap();
+        assert_eq!(
+            resolve_health(false, &f.health).unwrap(),
+            Some(crate::health::HealthConfig::default())
+        );
+        assert_eq!(
+            resolve_alerts(&f.alerts).unwrap(),
+            Some(crate::alerts::AlertConfig::default())
+        );
     }
 
     #[test]

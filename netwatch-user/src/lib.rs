@@ -4,13 +4,17 @@
 //! turns them into the interval's rows, [`snapshot`] assembles the wire
 //! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
 //! each snapshot, as a value, to every [`sink`]. Sources that read an
-//! external tool (`ss`, the macOS tools) run it through [`tool`].
+//! external tool (`ss`, the macOS tools) run it through [`tool`]. The
+//! [`alerts`] detectors are fed each tick's rows and the source's events;
+//! the opt-in [`health`] probes run on their own thread.
 
 pub mod agent;
+pub mod alerts;
 pub mod attribution;
 pub mod config;
 pub mod counter;
 pub mod estimate;
+pub mod health;
 pub mod net;
 pub mod procinfo;
 pub mod sink;

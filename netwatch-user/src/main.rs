@@ -88,13 +88,27 @@ fn run(cfg: Config) -> Result<()> {
     let sinks = sinks(&cfg)?;
     let selected = select::select(cfg.mode, &opts)?;
     let host = HostCollectors::new();
-    let agent = Agent::new(
+    let mut agent = Agent::new(
         selected.source,
         selected.info,
         host,
         sinks,
         selected.started_at,
     );
+    if let Some(a) = cfg.alerts.clone() {
+        agent = agent.with_alerts(netwatch::alerts::Detectors::new(a));
+    }
+    if let Some(h) = cfg.health.clone() {
+        log::info!(
+            "health probes every {:.0} s (gateway {}, DNS {})",
+            h.interval.as_secs_f64(),
+            h.gateway.map_or("detected".into(), |g| g.to_string()),
+            h.dns_server.map_or("detected".into(), |d| d.to_string())
+        );
+        agent = agent.with_health(
+            netwatch::health::Prober::start(h).context("starting the health probe thread")?,
+        );
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -108,6 +108,33 @@ pub enum DnsEventKind {
     Response { rcode: u8 },
 }
 
+/// A TCP control event a source saw: a connection attempt (SYN without
+/// ACK) or a reset, with its capture time. The alert detectors are fed
+/// from these (`crate::alerts::feed`); the pcap source yields them today,
+/// and the kernel collector's `inet_sock_set_state` can (SYN_RECV for an
+/// inbound SYN, SYN_SENT for an outbound one, a reset closing a socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// When it was seen (since the Unix epoch).
+    pub at: Duration,
+    /// The packet's source and destination.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub kind: TcpEventKind,
+    /// The source / destination address is one of this host's.
+    pub src_local: bool,
+    pub dst_local: bool,
+}
+
+/// What a [`TcpEvent`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpEventKind {
+    /// SYN without ACK: a connection attempt from `src` to `dst`.
+    Syn,
+    /// RST from `src` to `dst`.
+    Reset,
+}
+
 /// A per-socket source. `read` is called once per tick from the agent loop.
 pub trait SocketSource: Send {
     /// Short name for logs and the snapshot (`ebpf`, `ss`, `pcap`, `macos`).
@@ -121,6 +148,11 @@ pub trait SocketSource: Send {
     /// The DNS messages seen since the last call, for sources that see
     /// packets (`Some`, possibly empty); `None` for sources that cannot.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
+        None
+    }
+    /// The TCP SYNs and resets seen since the last call, for sources that
+    /// see them (`Some`); `None` for sources that cannot.
+    fn take_tcp_events(&mut self) -> Option<Vec<TcpEvent>> {
         None
     }
 }

@@ -51,6 +51,11 @@
 //! Port-53 UDP payloads become [`DnsEvent`]s (see [`dns`]), handed out by
 //! [`SocketSource::take_dns_events`]; the snapshot builds the analytics.
 //!
+//! # TCP events
+//! SYNs (without ACK) and resets become [`TcpEvent`]s, handed out by
+//! [`SocketSource::take_tcp_events`] for the alert detectors (port scans,
+//! beaconing); at most 65536 between two reads.
+//!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
 //! was seen. On `any`, UDP crossing several interfaces of this host
@@ -75,7 +80,8 @@ use self::frame::{decode_captured, LinkType};
 use self::stream::Streams;
 use crate::procinfo::sockets::{canonical, SocketEntry, SocketTable};
 use crate::source::{
-    CountOrigin, DnsEvent, Protocol, SampleBatch, SocketId, SocketSample, SocketSource,
+    CountOrigin, DnsEvent, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent,
+    TcpEventKind,
 };
 
 /// How to open the capture.
@@ -216,6 +222,8 @@ pub struct FlowCount {
 const MAX_FLOWS: usize = 1 << 18;
 /// DNS messages kept between two reads.
 const MAX_DNS_EVENTS: usize = 1 << 16;
+/// TCP SYNs and resets kept between two reads.
+const MAX_TCP_EVENTS: usize = 1 << 16;
 const STATS_EVERY: Duration = Duration::from_millis(250);
 /// How often ended and idle TCP streams are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
@@ -226,6 +234,8 @@ struct Shared {
     flows: HashMap<FlowKey, FlowCount>,
     streams: Streams,
     dns: Vec<DnsEvent>,
+    /// SYNs and resets, for the alert detectors (locality filled at read).
+    tcp_events: Vec<TcpEvent>,
     stats: CaptureStats,
     /// Latest capture timestamp.
     latest: Duration,
@@ -268,6 +278,27 @@ impl Shared {
         };
         if opened {
             self.opened = true;
+        }
+        if let Some(seg) = p.tcp {
+            let kind = if seg.rst() {
+                Some(TcpEventKind::Reset)
+            } else if opened {
+                Some(TcpEventKind::Syn)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                if self.tcp_events.len() < MAX_TCP_EVENTS {
+                    self.tcp_events.push(TcpEvent {
+                        at: ts,
+                        src,
+                        dst,
+                        kind,
+                        src_local: false,
+                        dst_local: false,
+                    });
+                }
+            }
         }
         if bytes > 0 || opened || ended {
             let full = self.flows.len() >= MAX_FLOWS;
@@ -507,6 +538,19 @@ impl SocketSource for PcapSource {
     /// since the capture opened). Always `Some`: a capture sees DNS.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
         Some(std::mem::take(&mut lock(&self.shared).dns))
+    }
+
+    /// The SYNs and resets captured since the previous call, each side
+    /// marked local when it is loopback or one of this host's addresses.
+    fn take_tcp_events(&mut self) -> Option<Vec<TcpEvent>> {
+        // `read` refreshed the local addresses this tick.
+        let mut events = std::mem::take(&mut lock(&self.shared).tcp_events);
+        let local = |ip: IpAddr| ip.is_loopback() || self.local_ips.contains(&ip);
+        for e in &mut events {
+            e.src_local = local(e.src.ip());
+            e.dst_local = local(e.dst.ip());
+        }
+        Some(events)
     }
 }
 

@@ -1,0 +1,310 @@
+//! Network-intelligence alerts: port scans, beaconing, DNS tunnelling and
+//! bandwidth, each a small pure state machine ([`port_scan`], [`beacon`],
+//! [`dns_tunnel`], [`bandwidth`]) fed [`Event`]s, with netwatch-sdk 0.3.2's
+//! thresholds as defaults ([`AlertConfig`]). The [`AlertEngine`] owns the
+//! detectors, keeps each raised alert active for 60 s and the last 100 in a
+//! history, and is what the snapshot's `alerts` field is filled from.
+//! [`feed`] turns what the agent sees each tick into events; [`counter`]
+//! counts alerts per category and severity for a metrics sink.
+//!
+//! It must never read the system or the network, and never take the clock
+//! itself: every event carries its time (since the Unix epoch), so the same
+//! events always raise the same alerts.
+
+pub mod bandwidth;
+pub mod beacon;
+pub mod counter;
+pub mod dns_tunnel;
+pub mod feed;
+pub mod port_scan;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use netwatch_common::wire::{Alert, AlertCategory, AlertSeverity};
+
+/// One thing a detector may care about. Sources produce the facts; the
+/// agent turns them into events ([`feed`]); each detector takes the kinds
+/// it understands and ignores the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A remote endpoint tried to reach a local TCP port: a SYN seen
+    /// arriving (pcap), an accepted connection (a new socket row whose local
+    /// port listens), or, with `failed`, an attempt this host refused or
+    /// reset. The eBPF collector's `inet_sock_set_state` (SYN_RECV, resets)
+    /// maps here too.
+    InboundAttempt {
+        at: Duration,
+        remote: IpAddr,
+        local: SocketAddr,
+        failed: bool,
+    },
+    /// This host opened a connection to `remote` (a SYN sent, or a new
+    /// outbound socket row, closed-socket samples included).
+    Connect {
+        at: Duration,
+        pid: Option<u32>,
+        process: Option<String>,
+        local: Option<SocketAddr>,
+        remote: SocketAddr,
+    },
+    /// The owner of a connection fed earlier (from its SYN) became known.
+    Owner {
+        at: Duration,
+        pid: u32,
+        process: Option<String>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// A DNS query seen on the wire; `name` lower-cased.
+    DnsQuery {
+        at: Duration,
+        client: SocketAddr,
+        name: String,
+    },
+    /// The rate of a process or interface over the last sample.
+    Rate {
+        at: Duration,
+        subject: Subject,
+        rx_bps: f64,
+        tx_bps: f64,
+    },
+}
+
+/// Whose rate a [`Event::Rate`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Interface(String),
+    Process { pid: Option<u32>, name: String },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Interface(n) => write!(f, "interface {n}"),
+            Subject::Process { pid: Some(p), name } => write!(f, "process {name} (pid {p})"),
+            Subject::Process { pid: None, name } => write!(f, "process {name}"),
+        }
+    }
+}
+
+/// What a detector hands back when it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raised {
+    pub severity: AlertSeverity,
+    pub category: AlertCategory,
+    pub message: String,
+    pub detail: String,
+}
+
+/// Every threshold, with netwatch-sdk 0.3.2's values as defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertConfig {
+    pub port_scan: port_scan::PortScanConfig,
+    pub beacon: beacon::BeaconConfig,
+    pub dns_tunnel: dns_tunnel::DnsTunnelConfig,
+    pub bandwidth: bandwidth::BandwidthConfig,
+    /// How long a raised alert stays in the snapshot's `alerts` (SDK: 60 s).
+    pub active: Duration,
+    /// How many raised alerts the history keeps (SDK: 100).
+    pub history: usize,
+}
+
+/// SDK `ACTIVE_ALERT_TTL_SECS`.
+pub const DEFAULT_ACTIVE: Duration = Duration::from_secs(60);
+/// SDK alert history length.
+pub const DEFAULT_HISTORY: usize = 100;
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            port_scan: Default::default(),
+            beacon: Default::default(),
+            dns_tunnel: Default::default(),
+            bandwidth: Default::default(),
+            active: DEFAULT_ACTIVE,
+            history: DEFAULT_HISTORY,
+        }
+    }
+}
+
+/// Wall-clock time of an event time (since the Unix epoch).
+pub fn wall(at: Duration) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(
+        i64::try_from(at.as_secs()).unwrap_or(i64::MAX),
+        at.subsec_nanos(),
+    )
+    .unwrap_or_default()
+}
+
+/// The detectors, the active alerts and the history.
+#[derive(Debug)]
+pub struct AlertEngine {
+    cfg: AlertConfig,
+    port_scan: port_scan::PortScan,
+    beacon: beacon::Beacon,
+    dns_tunnel: dns_tunnel::DnsTunnel,
+    bandwidth: bandwidth::Bandwidth,
+    active: VecDeque<(Duration, Alert)>,
+    history: VecDeque<Alert>,
+    latest: Duration,
+}
+
+impl AlertEngine {
+    pub fn new(cfg: AlertConfig) -> Self {
+        Self {
+            port_scan: port_scan::PortScan::new(cfg.port_scan.clone()),
+            beacon: beacon::Beacon::new(cfg.beacon.clone()),
+            dns_tunnel: dns_tunnel::DnsTunnel::new(cfg.dns_tunnel.clone()),
+            bandwidth: bandwidth::Bandwidth::new(cfg.bandwidth.clone()),
+            cfg,
+            active: VecDeque::new(),
+            history: VecDeque::new(),
+            latest: Duration::ZERO,
+        }
+    }
+
+    /// Feed one event to every detector; returns what it raised.
+    pub fn observe(&mut self, e: &Event) -> Vec<Alert> {
+        let at = match e {
+            Event::InboundAttempt { at, .. }
+            | Event::Connect { at, .. }
+            | Event::Owner { at, .. }
+            | Event::DnsQuery { at, .. }
+            | Event::Rate { at, .. } => *at,
+        };
+        self.latest = self.latest.max(at);
+        let raised: Vec<Raised> = [
+            self.port_scan.observe(e),
+            self.beacon.observe(e),
+            self.dns_tunnel.observe(e),
+            self.bandwidth.observe(e),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        raised.into_iter().map(|r| self.push(at, r)).collect()
+    }
+
+    fn push(&mut self, at: Duration, r: Raised) -> Alert {
+        let alert = Alert {
+            severity: r.severity,
+            category: r.category,
+            message: r.message,
+            detail: r.detail,
+            timestamp: wall(at),
+        };
+        self.active.push_back((at, alert.clone()));
+        self.history.push_back(alert.clone());
+        while self.history.len() > self.cfg.history {
+            self.history.pop_front();
+        }
+        alert
+    }
+
+    /// Drop alerts older than the active period and detector state nobody
+    /// refreshed, as of `now` (call once per tick).
+    pub fn expire(&mut self, now: Duration) {
+        let now = now.max(self.latest);
+        let active = self.cfg.active;
+        self.active
+            .retain(|(at, _)| now.saturating_sub(*at) < active);
+        self.port_scan.expire(now);
+        self.beacon.expire(now);
+        self.dns_tunnel.expire(now);
+        self.bandwidth.expire(now);
+    }
+
+    /// Alerts raised within the active period, oldest first: the
+    /// snapshot's `alerts`.
+    pub fn active(&self) -> Vec<Alert> {
+        self.active.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// The last [`AlertConfig::history`] alerts raised, oldest first.
+    pub fn history(&self) -> &VecDeque<Alert> {
+        &self.history
+    }
+}
+
+/// The engine and its feed: what the agent holds.
+#[derive(Debug)]
+pub struct Detectors {
+    pub engine: AlertEngine,
+    feed: feed::Feed,
+}
+
+impl Detectors {
+    pub fn new(cfg: AlertConfig) -> Self {
+        Self {
+            engine: AlertEngine::new(cfg),
+            feed: feed::Feed::new(),
+        }
+    }
+
+    /// Feed one tick's observations; returns the active alerts (the
+    /// snapshot's `alerts`).
+    pub fn tick(&mut self, t: feed::Tick<'_>) -> Vec<Alert> {
+        for e in self.feed.events(t) {
+            for a in self.engine.observe(&e) {
+                log::warn!("alert: {} ({})", a.message, a.detail);
+            }
+        }
+        self.engine.expire(t.now);
+        self.engine.active()
+    }
+}
+
+/// A wall-clock time as an event time (since the Unix epoch).
+pub fn since_epoch(t: DateTime<Utc>) -> Duration {
+    Duration::new(
+        u64::try_from(t.timestamp()).unwrap_or(0),
+        t.timestamp_subsec_nanos(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: u64) -> Duration {
+        Duration::from_secs(1_700_000_000 + x)
+    }
+
+    fn rate(at: Duration, iface: &str, bps: f64) -> Event {
+        Event::Rate {
+            at,
+            subject: Subject::Interface(iface.into()),
+            rx_bps: bps,
+            tx_bps: 0.0,
+        }
+    }
+
+    #[test]
+    fn alerts_stay_active_sixty_seconds() {
+        let mut e = AlertEngine::new(AlertConfig::default());
+        e.observe(&rate(s(0), "eth0", 2e8));
+        assert_eq!(e.observe(&rate(s(1), "eth0", 2e8)).len(), 1);
+        e.expire(s(60));
+        assert_eq!(e.active().len(), 1, "59 s old: still active");
+        e.expire(s(61));
+        assert!(e.active().is_empty(), "60 s old: expired");
+        assert_eq!(e.history().len(), 1, "history keeps it");
+        assert_eq!(e.history()[0].timestamp, wall(s(1)));
+    }
+
+    #[test]
+    fn history_keeps_the_last_hundred() {
+        let mut e = AlertEngine::new(AlertConfig::default());
+        for i in 0..120u64 {
+            let name = format!("if{i}");
+            e.observe(&rate(s(i), &name, 2e8));
+            e.observe(&rate(s(i), &name, 2e8));
+        }
+        assert_eq!(e.history().len(), 100);
+        assert_eq!(e.history()[0].message, "if20: bandwidth threshold exceeded");
+        assert_eq!(e.active().len(), 120);
+    }
+}
