@@ -902,9 +902,9 @@ async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Err(e)) => log::debug!("/metrics connection: {e}"),
-                Ok(Ok(())) | Err(_) => {}
+            // A connection past its time is dropped (closed).
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                log::debug!("/metrics connection: {e}");
             }
         });
     }
