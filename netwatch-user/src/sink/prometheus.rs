@@ -241,7 +241,11 @@ impl MetricsState {
         self.series_expired_total += (before - self.processes.len()) as u64;
 
         // Busiest first; ties by key so the outcome does not depend on hashing.
-        newcomers.sort_by(|a, b| (b.1 + b.2).cmp(&(a.1 + a.2)).then_with(|| a.0.cmp(&b.0)));
+        newcomers.sort_by(|a, b| {
+            (b.1.saturating_add(b.2))
+                .cmp(&a.1.saturating_add(a.2))
+                .then_with(|| a.0.cmp(&b.0))
+        });
         for (key, rx, tx) in newcomers {
             let bytes = rx.saturating_add(tx);
             if self.processes.len() >= self.limits.top_processes {
