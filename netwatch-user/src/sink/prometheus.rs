@@ -681,15 +681,24 @@ pub fn render(
     state: &Arc<Mutex<MetricsState>>,
     delivery: Option<Arc<dyn DeliveryReport>>,
 ) -> String {
+    let registry = registry(state, delivery);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The registry `/metrics` encodes: one collector over the shared state.
+fn registry(
+    state: &Arc<Mutex<MetricsState>>,
+    delivery: Option<Arc<dyn DeliveryReport>>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StateCollector {
         state: Arc::clone(state),
         delivery,
     }));
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    out
+    registry
 }
 
 /// At most this many scrapes at once; more connections are closed at once.
@@ -735,12 +744,7 @@ impl PrometheusSink {
             expiry: cfg.process_expiry,
             top_processes: cfg.top_processes,
         })));
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(StateCollector {
-            state: Arc::clone(&state),
-            delivery,
-        }));
-        let registry = Arc::new(registry);
+        let registry = Arc::new(registry(&state, delivery));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -1201,6 +1205,29 @@ mod tests {
         ] {
             assert!(p.contains(line), "missing {line:?} in\n{p}");
         }
+    }
+
+    #[test]
+    fn only_get_and_head_of_metrics_and_root_are_served() {
+        let st = Arc::new(Mutex::new(state(10, 300)));
+        let reg = registry(&st, None);
+        let req = |m: &str, path: &str| {
+            http::Request::builder()
+                .method(m)
+                .uri(path)
+                .body(())
+                .unwrap()
+        };
+        let r = answer(&req("GET", "/metrics"), &reg);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[http::header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(answer(&req("HEAD", "/metrics"), &reg).status(), 200);
+        assert_eq!(answer(&req("GET", "/"), &reg).status(), 200);
+        let r = answer(&req("POST", "/metrics"), &reg);
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()[http::header::ALLOW], "GET, HEAD");
+        assert_eq!(answer(&req("GET", "/metrics/x"), &reg).status(), 404);
+        assert_eq!(answer(&req("GET", "/api/v1/ingest"), &reg).status(), 404);
     }
 
     #[test]
