@@ -412,3 +412,21 @@ fn delivery_counters_are_exact_and_the_key_is_never_shown() {
     );
     assert!(!page.contains(&cloud.url), "the endpoint is on /metrics");
 }
+
+#[test]
+fn an_address_in_use_stops_the_agent_at_start_naming_it() {
+    require_root();
+    let taken = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = taken.local_addr().expect("address").to_string();
+    let out = Command::new(AGENT)
+        .args(["--output", "prometheus", "--metrics-listen", &addr])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("running netwatch-agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started on a taken port");
+    assert!(
+        err.contains(&format!("listening for /metrics on {addr}")),
+        "the error names the address: {err}"
+    );
+}
