@@ -430,3 +430,73 @@ fn an_address_in_use_stops_the_agent_at_start_naming_it() {
         "the error names the address: {err}"
     );
 }
+
+#[test]
+fn a_child_process_bytes_are_exact_and_its_series_expires_after_it_exits() {
+    require_root();
+    let _serial = serial();
+    let agent = start_agent(
+        &[
+            "--output",
+            "prometheus",
+            "--mode",
+            "ebpf",
+            "--interval",
+            "0.5",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-top-processes",
+            "100000",
+            "--metrics-process-expiry",
+            "1",
+        ],
+        &[],
+    );
+    wait_for_snapshots(&agent, 1);
+    // A curl child scrapes once and tells how many bytes it sent and read.
+    let child = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_request} %{size_header} %{size_download}",
+            &agent.metrics_url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running curl");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("curl output");
+    assert!(out.status.success(), "curl failed");
+    let sizes: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().expect("a size"))
+        .collect();
+    let (sent, read) = (sizes[0], sizes[1] + sizes[2]);
+
+    let page = after_two_snapshots(&agent);
+    assert_eq!(
+        (
+            pid_total(&page, "netwatch_process_receive_bytes_total", pid),
+            pid_total(&page, "netwatch_process_transmit_bytes_total", pid)
+        ),
+        (read, sent),
+        "curl (pid {pid}) read the response and sent the request, exactly; page:\n{page}"
+    );
+
+    // Gone for longer than the 1 s expiry: its series is removed.
+    let deadline = Instant::now() + PATIENCE;
+    let marker = format!("{{pid=\"{pid}\",");
+    loop {
+        let page = scrape(&agent);
+        if !page.contains(&marker) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the series of exited pid {pid} is still there after {PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
