@@ -1,11 +1,12 @@
 //! `/metrics` end to end: the real agent binary with `--output prometheus`
 //! (eBPF source) on a free loopback port, scraped over HTTP by `curl` (a
-//! child process, so the scrapes are not this process's bytes) while this
-//! process moves exactly N bytes to itself over loopback; its per-process
-//! counters must equal N exactly, and grow by exactly M after a second
-//! transfer. A second test wires ingest delivery to a server of its own
-//! (one 200, then 402) and finds the delivery counters exact and the API
-//! key nowhere on the page. Needs root (the agent loads BPF programs).
+//! child process, so the scrapes are not this process's bytes). This
+//! process moves exactly N bytes to itself over loopback: its per-process
+//! counters equal N exactly, then N+M after a second transfer. A curl
+//! child's counters equal the bytes curl reports, and its series expires
+//! after it exits. Ingest delivery to a stand-in of our own (one 200, then
+//! 402) gives exact delivery counters and no API key on the page. A taken
+//! port stops the agent at start. Needs root (the agent loads BPF programs).
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read, Write};
