@@ -39,6 +39,12 @@ pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
 /// The environment variable that carries the API key.
 pub const API_KEY_ENV: &str = "NETWATCH_API_KEY";
+/// Where `/metrics` listens when none is configured.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// A process series not seen this long is removed from `/metrics`.
+pub const DEFAULT_PROCESS_EXPIRY_SECS: f64 = 300.0;
+/// At most this many process series on `/metrics` by default.
+pub const DEFAULT_TOP_PROCESSES: usize = 100;
 
 /// The NetWatch Cloud API key. Its `Debug` and `Display` print
 /// `<redacted>`; only [`ApiKey::expose`] gives the text, for the one header
@@ -90,7 +96,7 @@ pub enum Output {
     Table,
     /// One JSON `Snapshot` per line on stdout.
     Json,
-    /// Prometheus `/metrics` (not yet implemented: refused at start).
+    /// Prometheus `/metrics` over HTTP (see `[prometheus]`).
     Prometheus,
     /// NetWatch Cloud ingest, through the on-disk spool.
     Ingest,
@@ -163,6 +169,18 @@ pub struct Args {
     /// Off unless given here or `[health] enabled = true`.
     #[arg(long)]
     pub health: bool,
+    /// Address `/metrics` listens on (port 0: any free port)
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// Seconds a process series stays on `/metrics` after its process is
+    /// last seen [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub metrics_process_expiry: Option<f64>,
+    /// At most this many process series on `/metrics`; the bytes of other
+    /// processes are counted under comm="other" [default: 100].
+    #[arg(long, value_name = "N")]
+    pub metrics_top_processes: Option<usize>,
 }
 
 /// The config file, as written. Every key is optional; unknown keys are refused.
@@ -184,6 +202,8 @@ pub struct FileConfig {
     pub health: HealthFile,
     #[serde(default)]
     pub alerts: AlertsFile,
+    #[serde(default)]
+    pub prometheus: PrometheusFile,
 }
 
 /// `[health]` in the config file: gateway and DNS probes (opt-in).
@@ -280,6 +300,15 @@ pub struct SpoolFile {
     pub max_bytes: Option<u64>,
 }
 
+/// `[prometheus]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusFile {
+    pub listen: Option<String>,
+    pub process_expiry_secs: Option<f64>,
+    pub top_processes: Option<usize>,
+}
+
 /// Why the configuration was refused.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -323,6 +352,16 @@ pub struct IngestConfig {
     pub flush_timeout: Duration,
 }
 
+/// The `/metrics` server and its process series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusConfig {
+    pub listen: std::net::SocketAddr,
+    /// A process series absent from the snapshots this long is removed.
+    pub process_expiry: Duration,
+    /// At most this many process series.
+    pub top_processes: usize,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -335,6 +374,8 @@ pub struct Config {
     pub rows: usize,
     /// Set when `outputs` holds `Ingest`.
     pub ingest: Option<IngestConfig>,
+    /// Set when `outputs` holds `Prometheus`.
+    pub prometheus: Option<PrometheusConfig>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Health probes; `None`: off (the default).
@@ -562,12 +603,11 @@ pub fn resolve(
     // Ingest first: a snapshot is on disk before any other sink shows it.
     outputs.sort_by_key(|o| *o != Output::Ingest);
     outputs.dedup();
-    if outputs.contains(&Output::Prometheus) {
-        return Err(invalid(
-            "output prometheus: not yet implemented in this build (issue 8 item 5); \
-             use table, json or ingest",
-        ));
-    }
+    let prometheus = if outputs.contains(&Output::Prometheus) {
+        Some(prometheus_config(args, &f.prometheus)?)
+    } else {
+        None
+    };
     if outputs.contains(&Output::Table) && outputs.contains(&Output::Json) {
         return Err(invalid(
             "outputs table and json both write to stdout: choose one",
@@ -704,6 +744,7 @@ pub fn resolve(
         interface: args.interface.clone().or(f.interface.clone()),
         rows,
         ingest,
+        prometheus,
         config_file,
         health,
         alerts,
@@ -862,6 +903,42 @@ pub fn resolve_alerts(a: &AlertsFile) -> Result<Option<crate::alerts::AlertConfi
     Ok(Some(c))
 }
 
+fn prometheus_config(args: &Args, f: &PrometheusFile) -> Result<PrometheusConfig, ConfigError> {
+    let listen_text = args
+        .metrics_listen
+        .clone()
+        .or(f.listen.clone())
+        .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.into());
+    let listen = listen_text.parse().map_err(|_| {
+        invalid(format!(
+            "metrics listen address {listen_text:?} is not an IP address and port \
+             (e.g. 127.0.0.1:9464 or [::1]:9464)"
+        ))
+    })?;
+    let process_expiry = secs(
+        "process_expiry_secs",
+        args.metrics_process_expiry
+            .or(f.process_expiry_secs)
+            .unwrap_or(DEFAULT_PROCESS_EXPIRY_SECS),
+        1.0,
+        7.0 * 86400.0,
+    )?;
+    let top_processes = args
+        .metrics_top_processes
+        .or(f.top_processes)
+        .unwrap_or(DEFAULT_TOP_PROCESSES);
+    if !(1..=100_000).contains(&top_processes) {
+        return Err(invalid(format!(
+            "top_processes {top_processes}: must be 1 to 100000"
+        )));
+    }
+    Ok(PrometheusConfig {
+        listen,
+        process_expiry,
+        top_processes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,8 +1040,29 @@ mod tests {
             file("[ebpf]\ntier = \"fexit\"\n"),
         ));
         assert!(e.contains("\"fexit\""), "{e}");
-        let e = err(resolve(&args(&["--output", "prometheus"]), None, None));
-        assert!(e.contains("prometheus: not yet implemented"), "{e}");
+        let e = err(resolve(
+            &args(&[
+                "--output",
+                "prometheus",
+                "--metrics-listen",
+                "localhost:9464",
+            ]),
+            None,
+            None,
+        ));
+        assert!(e.contains("\"localhost:9464\" is not an IP address"), "{e}");
+        let e = err(resolve(
+            &args(&["--output", "prometheus"]),
+            None,
+            file("[prometheus]\ntop_processes = 0\n"),
+        ));
+        assert!(e.contains("top_processes 0"), "{e}");
+        let e = err(resolve(
+            &args(&["--output", "prometheus", "--metrics-process-expiry", "0"]),
+            None,
+            None,
+        ));
+        assert!(e.contains("process_expiry_secs 0"), "{e}");
         let e = err(resolve(&args(&["--interval", "NaN"]), None, None));
         assert!(e.contains("interval NaN"), "{e}");
         assert!(Args::try_parse_from(["a", "--mode", "turbo"])
@@ -975,6 +1073,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("csv"));
+    }
+
+    #[test]
+    fn prometheus_defaults_and_overrides() {
+        let c = resolve(&args(&["--output", "prometheus"]), None, None).unwrap();
+        assert_eq!(
+            c.prometheus,
+            Some(PrometheusConfig {
+                listen: "127.0.0.1:9464".parse().unwrap(),
+                process_expiry: Duration::from_secs(300),
+                top_processes: 100,
+            })
+        );
+        let c = resolve(
+            &args(&["--output", "prometheus", "--metrics-top-processes", "7"]),
+            None,
+            file(
+                "[prometheus]\nlisten = \"[::1]:0\"\nprocess_expiry_secs = 30\ntop_processes = 9\n",
+            ),
+        )
+        .unwrap();
+        let p = c.prometheus.unwrap();
+        assert_eq!(p.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(p.process_expiry, Duration::from_secs(30));
+        assert_eq!(p.top_processes, 7);
+        assert!(resolve(&args(&[]), None, None)
+            .unwrap()
+            .prometheus
+            .is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use netwatch::agent::{self, Agent};
 use netwatch::config::{self, Args, Config, Output, API_KEY_ENV};
+use netwatch::sink::prometheus::{DeliveryReport, PrometheusSink};
 use netwatch::sink::{json::JsonLines, table::Table, Sink};
 use netwatch::snapshot::HostCollectors;
 use netwatch::source::select::{self, SourceOptions};
@@ -32,20 +33,30 @@ fn main() -> Result<()> {
 
 fn sinks(cfg: &Config) -> Result<Vec<Box<dyn Sink>>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    // Ingest comes first in `outputs`: its counters are there for /metrics.
+    let mut delivery: Option<std::sync::Arc<dyn DeliveryReport>> = None;
     for output in &cfg.outputs {
         match output {
             Output::Json => sinks.push(Box::new(JsonLines::stdout())),
             Output::Table => sinks.push(Box::new(Table::stdout(cfg.rows))),
-            Output::Ingest => sinks.push(ingest_sink(cfg)?),
-            // Refused by config::resolve.
-            Output::Prometheus => anyhow::bail!("output prometheus is not yet implemented"),
+            Output::Ingest => {
+                let (sink, stats) = ingest_sink(cfg)?;
+                delivery = Some(stats);
+                sinks.push(sink);
+            }
+            Output::Prometheus => {
+                let Some(prom) = &cfg.prometheus else {
+                    anyhow::bail!("output prometheus without prometheus settings");
+                };
+                sinks.push(Box::new(PrometheusSink::start(prom, delivery.clone())?));
+            }
         }
     }
     Ok(sinks)
 }
 
 #[cfg(target_os = "linux")]
-fn ingest_sink(cfg: &Config) -> Result<Box<dyn Sink>> {
+fn ingest_sink(cfg: &Config) -> Result<(Box<dyn Sink>, std::sync::Arc<dyn DeliveryReport>)> {
     let Some(ingest) = cfg.ingest.clone() else {
         anyhow::bail!("output ingest without ingest settings");
     };
@@ -58,13 +69,13 @@ fn ingest_sink(cfg: &Config) -> Result<Box<dyn Sink>> {
         ingest.spool_dir.display(),
         ingest.spool_max_bytes
     );
-    Ok(Box::new(netwatch::sink::ingest::IngestSink::start(
-        ingest, host,
-    )?))
+    let sink = netwatch::sink::ingest::IngestSink::start(ingest, host)?;
+    let stats = sink.stats();
+    Ok((Box::new(sink), stats))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn ingest_sink(_cfg: &Config) -> Result<Box<dyn Sink>> {
+fn ingest_sink(_cfg: &Config) -> Result<(Box<dyn Sink>, std::sync::Arc<dyn DeliveryReport>)> {
     anyhow::bail!("output ingest is only available on Linux for now (host info comes from /proc)")
 }
 

@@ -950,8 +950,13 @@ fn bad_configuration_is_refused_at_start_naming_the_value() {
     );
     let e = refused(&["--mode", "turbo"]);
     assert!(e.contains("turbo"), "{e}");
-    let e = refused(&["--output", "prometheus"]);
-    assert!(e.contains("not yet implemented"), "{e}");
+    let e = refused(&[
+        "--output",
+        "prometheus",
+        "--metrics-listen",
+        "localhost:9464",
+    ]);
+    assert!(e.contains("is not an IP address and port"), "{e}");
 
     write_private(&c, "mode = \"turbo\"\n", 0o600);
     let e = refused(&["--config", cs]);

@@ -1,11 +1,13 @@
 //! Sinks: where finished snapshots go. Each receives every snapshot as a
 //! value and must never reach back into a source; a sink that fails reports
 //! an error and the agent decides (stdout gone: stop; a network sink: retry
-//! later). `ingest` delivers to NetWatch Cloud through the on-disk `spool`.
+//! later). `ingest` delivers to NetWatch Cloud through the on-disk `spool`;
+//! `prometheus` serves `/metrics`.
 
 #[cfg(target_os = "linux")]
 pub mod ingest;
 pub mod json;
+pub mod prometheus;
 pub mod spool;
 pub mod table;
 

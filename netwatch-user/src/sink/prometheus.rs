@@ -1,0 +1,1302 @@
+//! Prometheus `/metrics`: each snapshot updates a [`MetricsState`] (per-process
+//! byte counters accumulated from the snapshots' per-interval bytes,
+//! interface counters, TCP state gauges, agent self-metrics), and a small
+//! HTTP/1 server on a thread of its own renders it in the OpenMetrics text
+//! format with `prometheus-client` on every `GET /metrics`.
+//!
+//! It must never block the tick on a scrape (the tick and a scrape share the
+//! state behind one mutex; both hold it only to copy numbers, the scrape
+//! encodes outside it), never let a process counter go down while its
+//! series lives, never hold more than `top_processes` process series (bytes
+//! of processes without a series are counted in the `comm="other"` series),
+//! and never expose configuration: no API key, no endpoint.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use netwatch_common::wire::{CollectorInfo, InterfaceMetric, Snapshot};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder,
+    LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Flow, Sink};
+use crate::config::PrometheusConfig;
+
+/// The `Content-Type` of a `/metrics` answer.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The `comm` label of the series that counts processes without a series.
+pub const OTHER_COMM: &str = "other";
+
+/// Limits on the per-process series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesLimits {
+    /// A process series absent from the snapshots' process rows this long
+    /// (its process exited or holds no socket) is removed.
+    pub expiry: Duration,
+    /// At most this many process series (the `other` series not counted).
+    pub top_processes: usize,
+}
+
+/// What identifies a process series: its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub comm: String,
+    /// The cgroup path (`/proc/<pid>/cgroup`), empty if unknown.
+    pub cgroup: String,
+}
+
+/// One process series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSeries {
+    pub rx_bytes_total: u64,
+    pub tx_bytes_total: u64,
+    /// Last snapshot whose process rows held this process.
+    last_seen: Instant,
+    /// Last snapshot in which it moved bytes.
+    last_active: Instant,
+    /// Bytes it moved in the latest snapshot.
+    tick_bytes: u64,
+}
+
+/// Delivery counters as `/metrics` shows them (from the ingest sink).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryView {
+    pub requests: u64,
+    pub delivered: u64,
+    pub rejected: u64,
+    /// 0: never.
+    pub last_success_unix_secs: u64,
+    /// Failed requests by cause: an HTTP status or `transport`.
+    pub errors: Vec<(String, u64)>,
+    pub spool_depth: u64,
+    pub spool_bytes: u64,
+    pub spool_evicted: u64,
+    pub spool_corrupt: u64,
+    pub spool_torn: u64,
+}
+
+/// Something that reports delivery counters (the ingest sink's stats).
+pub trait DeliveryReport: Send + Sync + std::fmt::Debug {
+    fn view(&self) -> DeliveryView;
+}
+
+#[cfg(target_os = "linux")]
+impl DeliveryReport for super::ingest::DeliveryStats {
+    fn view(&self) -> DeliveryView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        DeliveryView {
+            requests: self.requests.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            last_success_unix_secs: self.last_success_unix_secs.load(Relaxed),
+            errors,
+            spool_depth: self.spool.depth.load(Relaxed),
+            spool_bytes: self.spool.bytes.load(Relaxed),
+            spool_evicted: self.spool.evicted.load(Relaxed),
+            spool_corrupt: self.spool.corrupt.load(Relaxed),
+            spool_torn: self.spool.torn.load(Relaxed),
+        }
+    }
+}
+
+/// Everything `/metrics` shows, updated once per snapshot. Pure: the
+/// cgroup of a pid comes from the caller.
+#[derive(Debug, Clone)]
+pub struct MetricsState {
+    limits: SeriesLimits,
+    processes: HashMap<ProcessKey, ProcessSeries>,
+    other_rx_bytes_total: u64,
+    other_tx_bytes_total: u64,
+    /// Series removed because their process was gone past the expiry.
+    series_expired_total: u64,
+    /// Series removed to make room for a busier process.
+    series_evicted_total: u64,
+    interfaces: Vec<InterfaceMetric>,
+    /// (established, time_wait, close_wait), host-wide.
+    tcp: Option<(u32, u32, u32)>,
+    collector: Option<CollectorInfo>,
+    snapshots_total: u64,
+    connections: u64,
+    process_rows: u64,
+    lost_records_total: u64,
+}
+
+impl MetricsState {
+    pub fn new(limits: SeriesLimits) -> Self {
+        Self {
+            limits,
+            processes: HashMap::new(),
+            other_rx_bytes_total: 0,
+            other_tx_bytes_total: 0,
+            series_expired_total: 0,
+            series_evicted_total: 0,
+            interfaces: Vec::new(),
+            tcp: None,
+            collector: None,
+            snapshots_total: 0,
+            connections: 0,
+            process_rows: 0,
+            lost_records_total: 0,
+        }
+    }
+
+    /// The live process series.
+    pub fn processes(&self) -> &HashMap<ProcessKey, ProcessSeries> {
+        &self.processes
+    }
+
+    /// Bytes of processes that had no series: (rx, tx).
+    pub fn other_bytes_total(&self) -> (u64, u64) {
+        (self.other_rx_bytes_total, self.other_tx_bytes_total)
+    }
+
+    /// Take in one snapshot taken at `now`. Process bytes are added to
+    /// their series (or to `other`); series not seen for the expiry are
+    /// removed; new processes get a series while there is room, or take
+    /// the place of the series idle the longest if it moved nothing in this
+    /// snapshot and the newcomer did.
+    pub fn apply(
+        &mut self,
+        snap: &Snapshot,
+        now: Instant,
+        cgroup_of: &mut dyn FnMut(u32) -> String,
+    ) {
+        self.snapshots_total += 1;
+        self.interfaces = snap.interfaces.clone();
+        self.tcp = snap.connection_count.map(|e| {
+            (
+                e,
+                snap.tcp_time_wait.unwrap_or(0),
+                snap.tcp_close_wait.unwrap_or(0),
+            )
+        });
+        if let Some(c) = &snap.collector {
+            // The source's count is since its start: it only grows.
+            if let Some(l) = c.lost_records {
+                self.lost_records_total = self.lost_records_total.max(l);
+            }
+            self.collector = Some(c.clone());
+        }
+        self.connections = snap.connections.as_ref().map_or(0, |c| c.len() as u64);
+        let rows = snap.processes.as_deref().unwrap_or_default();
+        self.process_rows = rows.len() as u64;
+
+        // One entry per key (rows are per (pid, name) already; sum anyway).
+        let mut tick: HashMap<ProcessKey, (u64, u64)> = HashMap::new();
+        for row in rows {
+            let Some(pid) = row.pid else {
+                self.add_other(row.rx_bytes, row.tx_bytes);
+                continue;
+            };
+            let key = ProcessKey {
+                pid,
+                comm: row.process_name.clone(),
+                cgroup: cgroup_of(pid),
+            };
+            let e = tick.entry(key).or_default();
+            e.0 = e.0.saturating_add(row.rx_bytes);
+            e.1 = e.1.saturating_add(row.tx_bytes);
+        }
+
+        for s in self.processes.values_mut() {
+            s.tick_bytes = 0;
+        }
+        let mut newcomers = Vec::new();
+        for (key, (rx, tx)) in tick {
+            match self.processes.get_mut(&key) {
+                Some(s) => {
+                    s.rx_bytes_total = s.rx_bytes_total.saturating_add(rx);
+                    s.tx_bytes_total = s.tx_bytes_total.saturating_add(tx);
+                    s.last_seen = now;
+                    s.tick_bytes = rx.saturating_add(tx);
+                    if s.tick_bytes > 0 {
+                        s.last_active = now;
+                    }
+                }
+                None => newcomers.push((key, rx, tx)),
+            }
+        }
+
+        let expiry = self.limits.expiry;
+        let before = self.processes.len();
+        self.processes
+            .retain(|_, s| now.saturating_duration_since(s.last_seen) < expiry);
+        self.series_expired_total += (before - self.processes.len()) as u64;
+
+        // Busiest first; ties by key so the outcome does not depend on hashing.
+        newcomers.sort_by(|a, b| {
+            (b.1.saturating_add(b.2))
+                .cmp(&a.1.saturating_add(a.2))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        for (key, rx, tx) in newcomers {
+            let bytes = rx.saturating_add(tx);
+            if self.processes.len() >= self.limits.top_processes {
+                let idlest = self
+                    .processes
+                    .iter()
+                    .filter(|(_, s)| s.tick_bytes == 0)
+                    .min_by(|a, b| {
+                        a.1.last_active
+                            .cmp(&b.1.last_active)
+                            .then_with(|| a.0.cmp(b.0))
+                    })
+                    .map(|(k, _)| k.clone());
+                match idlest {
+                    Some(k) if bytes > 0 => {
+                        self.processes.remove(&k);
+                        self.series_evicted_total += 1;
+                    }
+                    _ => {
+                        self.add_other(rx, tx);
+                        continue;
+                    }
+                }
+            }
+            self.processes.insert(
+                key,
+                ProcessSeries {
+                    rx_bytes_total: rx,
+                    tx_bytes_total: tx,
+                    last_seen: now,
+                    last_active: now,
+                    tick_bytes: bytes,
+                },
+            );
+        }
+    }
+
+    fn add_other(&mut self, rx: u64, tx: u64) {
+        self.other_rx_bytes_total = self.other_rx_bytes_total.saturating_add(rx);
+        self.other_tx_bytes_total = self.other_tx_bytes_total.saturating_add(tx);
+    }
+}
+
+/// A label value, escaped as the text format requires (`\`, `"`, newline).
+/// prometheus-client writes label values as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Text<'a>(&'a str);
+
+impl EncodeLabelValue for Text<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A set of `(name, value)` labels with escaped values.
+#[derive(Debug)]
+struct Labels<'a, const N: usize>([(&'static str, Text<'a>); N]);
+
+impl<const N: usize> EncodeLabelSet for Labels<'_, N> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.as_slice().encode(encoder)
+    }
+}
+
+/// The registered collector: copies the state under the lock, encodes
+/// outside it.
+#[derive(Debug)]
+struct StateCollector {
+    state: Arc<Mutex<MetricsState>>,
+    delivery: Option<Arc<dyn DeliveryReport>>,
+}
+
+fn lock(m: &Mutex<MetricsState>) -> MutexGuard<'_, MetricsState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn counter<S: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(S, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge<S: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(S, i64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// A counter without labels.
+fn counter1(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: u64,
+) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}
+
+/// A gauge without labels.
+fn gauge1(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: i64,
+) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let st = lock(&self.state).clone();
+        let delivery = self.delivery.as_ref().map(|d| d.view());
+        encode_state(&mut enc, &st, delivery.as_ref())
+    }
+}
+
+fn encode_state(
+    enc: &mut DescriptorEncoder,
+    st: &MetricsState,
+    delivery: Option<&DeliveryView>,
+) -> std::fmt::Result {
+    let bytes = Some(&Unit::Bytes);
+
+    // Processes, sorted for a stable page.
+    let mut procs: Vec<(&ProcessKey, &ProcessSeries)> = st.processes.iter().collect();
+    procs.sort_by(|a, b| a.0.cmp(b.0));
+    let pids: Vec<String> = procs.iter().map(|(k, _)| k.pid.to_string()).collect();
+    let mut rx = Vec::with_capacity(procs.len() + 1);
+    let mut tx = Vec::with_capacity(procs.len() + 1);
+    for ((k, s), pid) in procs.iter().zip(&pids) {
+        let labels = || {
+            Labels([
+                ("pid", Text(pid)),
+                ("comm", Text(&k.comm)),
+                ("cgroup", Text(&k.cgroup)),
+            ])
+        };
+        rx.push((labels(), s.rx_bytes_total));
+        tx.push((labels(), s.tx_bytes_total));
+    }
+    let other = || {
+        Labels([
+            ("pid", Text("")),
+            ("comm", Text(OTHER_COMM)),
+            ("cgroup", Text("")),
+        ])
+    };
+    rx.push((other(), st.other_rx_bytes_total));
+    tx.push((other(), st.other_tx_bytes_total));
+    counter(
+        enc,
+        "netwatch_process_receive",
+        "Bytes received by a process's sockets (comm=\"other\": processes without a series of their own)",
+        bytes,
+        &rx,
+    )?;
+    counter(
+        enc,
+        "netwatch_process_transmit",
+        "Bytes sent by a process's sockets (comm=\"other\": processes without a series of their own)",
+        bytes,
+        &tx,
+    )?;
+    gauge1(
+        enc,
+        "netwatch_process_series",
+        "Process series now shown (bounded by top_processes)",
+        None,
+        signed(st.processes.len() as u64),
+    )?;
+    counter(
+        enc,
+        "netwatch_process_series_removed",
+        "Process series removed: expired (process gone) or evicted (room for a busier one)",
+        None,
+        &[
+            (
+                Labels([("reason", Text("expired"))]),
+                st.series_expired_total,
+            ),
+            (
+                Labels([("reason", Text("evicted"))]),
+                st.series_evicted_total,
+            ),
+        ],
+    )?;
+
+    // Interfaces.
+    type Field = fn(&InterfaceMetric) -> u64;
+    let iface: [(&str, &str, Option<&Unit>, Field); 8] = [
+        (
+            "netwatch_interface_receive",
+            "Bytes received by the interface",
+            bytes,
+            |i| i.rx_bytes,
+        ),
+        (
+            "netwatch_interface_transmit",
+            "Bytes sent by the interface",
+            bytes,
+            |i| i.tx_bytes,
+        ),
+        (
+            "netwatch_interface_receive_packets",
+            "Packets received by the interface",
+            None,
+            |i| i.rx_packets,
+        ),
+        (
+            "netwatch_interface_transmit_packets",
+            "Packets sent by the interface",
+            None,
+            |i| i.tx_packets,
+        ),
+        (
+            "netwatch_interface_receive_errors",
+            "Receive errors of the interface",
+            None,
+            |i| i.rx_errors,
+        ),
+        (
+            "netwatch_interface_transmit_errors",
+            "Transmit errors of the interface",
+            None,
+            |i| i.tx_errors,
+        ),
+        (
+            "netwatch_interface_receive_drops",
+            "Received packets the interface dropped",
+            None,
+            |i| i.rx_drops,
+        ),
+        (
+            "netwatch_interface_transmit_drops",
+            "Packets to send the interface dropped",
+            None,
+            |i| i.tx_drops,
+        ),
+    ];
+    for (name, help, unit, field) in iface {
+        let series: Vec<_> = st
+            .interfaces
+            .iter()
+            .map(|i| (Labels([("interface", Text(&i.name))]), field(i)))
+            .collect();
+        counter(enc, name, help, unit, &series)?;
+    }
+    let up: Vec<_> = st
+        .interfaces
+        .iter()
+        .map(|i| (Labels([("interface", Text(&i.name))]), i64::from(i.is_up)))
+        .collect();
+    gauge(
+        enc,
+        "netwatch_interface_up",
+        "1 if the interface is up",
+        None,
+        &up,
+    )?;
+
+    // TCP states, host-wide.
+    if let Some((est, tw, cw)) = st.tcp {
+        gauge(
+            enc,
+            "netwatch_tcp_connections",
+            "TCP sockets of the host by state",
+            None,
+            &[
+                (Labels([("state", Text("established"))]), i64::from(est)),
+                (Labels([("state", Text("time_wait"))]), i64::from(tw)),
+                (Labels([("state", Text("close_wait"))]), i64::from(cw)),
+            ],
+        )?;
+    }
+
+    // The agent itself.
+    {
+        let mut m = enc.encode_descriptor(
+            "netwatch_agent_build",
+            "The agent's version",
+            None,
+            MetricType::Info,
+        )?;
+        m.encode_info(&Labels([("version", Text(env!("CARGO_PKG_VERSION")))]))?;
+    }
+    if let Some(c) = &st.collector {
+        let mut m = enc.encode_descriptor(
+            "netwatch_agent_collector",
+            "Where per-process bytes come from: source, eBPF tier, estimated",
+            None,
+            MetricType::Info,
+        )?;
+        let estimated = if c.estimated { "true" } else { "false" };
+        m.encode_info(&Labels([
+            ("source", Text(&c.source)),
+            ("tier", Text(c.ebpf_tier.as_deref().unwrap_or(""))),
+            ("estimated", Text(estimated)),
+        ]))?;
+    }
+    counter1(
+        enc,
+        "netwatch_agent_snapshots",
+        "Snapshots taken",
+        None,
+        st.snapshots_total,
+    )?;
+    gauge1(
+        enc,
+        "netwatch_agent_connections",
+        "Connections (socket samples) in the latest snapshot",
+        None,
+        signed(st.connections),
+    )?;
+    gauge1(
+        enc,
+        "netwatch_agent_processes",
+        "Process rows in the latest snapshot",
+        None,
+        signed(st.process_rows),
+    )?;
+    counter1(
+        enc,
+        "netwatch_agent_lost_records",
+        "Records the source lost since the agent started (map eviction, full ring buffer, dropped packets)",
+        None,
+        st.lost_records_total,
+    )?;
+
+    if let Some(d) = delivery {
+        counter1(
+            enc,
+            "netwatch_agent_delivery_requests",
+            "Ingest requests sent",
+            None,
+            d.requests,
+        )?;
+        counter1(
+            enc,
+            "netwatch_agent_delivered_snapshots",
+            "Snapshots NetWatch Cloud accepted",
+            None,
+            d.delivered,
+        )?;
+        counter1(
+            enc,
+            "netwatch_agent_rejected_snapshots",
+            "Snapshots NetWatch Cloud rejected (not resent)",
+            None,
+            d.rejected,
+        )?;
+        let errors: Vec<_> = d
+            .errors
+            .iter()
+            .map(|(k, v)| (Labels([("status", Text(k))]), *v))
+            .collect();
+        counter(
+            enc,
+            "netwatch_agent_delivery_errors",
+            "Failed ingest requests by HTTP status, or status=\"transport\"",
+            None,
+            &errors,
+        )?;
+        gauge1(
+            enc,
+            "netwatch_agent_last_delivery_timestamp_seconds",
+            "Unix time of the last request NetWatch Cloud answered with 200 or 207 (0: never)",
+            None,
+            signed(d.last_success_unix_secs),
+        )?;
+        gauge1(
+            enc,
+            "netwatch_agent_spool_snapshots",
+            "Snapshots waiting in the spool",
+            None,
+            signed(d.spool_depth),
+        )?;
+        gauge1(
+            enc,
+            "netwatch_agent_spool",
+            "Bytes the spool holds on disk",
+            bytes,
+            signed(d.spool_bytes),
+        )?;
+        counter(
+            enc,
+            "netwatch_agent_spool_dropped_snapshots",
+            "Spooled snapshots lost: evicted past the bound, corrupt, or torn writes",
+            None,
+            &[
+                (Labels([("reason", Text("evicted"))]), d.spool_evicted),
+                (Labels([("reason", Text("corrupt"))]), d.spool_corrupt),
+                (Labels([("reason", Text("torn"))]), d.spool_torn),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Render `state` (and `delivery`) as one OpenMetrics page.
+pub fn render(
+    state: &Arc<Mutex<MetricsState>>,
+    delivery: Option<Arc<dyn DeliveryReport>>,
+) -> String {
+    let registry = registry(state, delivery);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The registry `/metrics` encodes: one collector over the shared state.
+fn registry(
+    state: &Arc<Mutex<MetricsState>>,
+    delivery: Option<Arc<dyn DeliveryReport>>,
+) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StateCollector {
+        state: Arc::clone(state),
+        delivery,
+    }));
+    registry
+}
+
+/// At most this many scrapes at once; more connections are closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection lives longer than this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `/metrics` sink: updates the shared state on each snapshot; the
+/// server thread renders it on each scrape.
+pub struct PrometheusSink {
+    state: Arc<Mutex<MetricsState>>,
+    /// pid → cgroup path, for the pids of the latest snapshot.
+    cgroups: HashMap<u32, String>,
+    local_addr: SocketAddr,
+    /// Dropped with the sink: the server stops.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PrometheusSink {
+    /// Bind the listener (an address in use stops the agent at start) and
+    /// start the server thread.
+    pub fn start(
+        cfg: &PrometheusConfig,
+        delivery: Option<Arc<dyn DeliveryReport>>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
+            format!(
+                "listening for /metrics on {} (is another exporter on that port? \
+                 set --metrics-listen or [prometheus] listen)",
+                cfg.listen
+            )
+        })?;
+        listener
+            .set_nonblocking(true)
+            .context("making the /metrics listener non-blocking")?;
+        let local_addr = listener
+            .local_addr()
+            .context("reading the /metrics listener's address")?;
+        let state = Arc::new(Mutex::new(MetricsState::new(SeriesLimits {
+            expiry: cfg.process_expiry,
+            top_processes: cfg.top_processes,
+        })));
+        let registry = Arc::new(registry(&state, delivery));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the /metrics runtime")?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || rt.block_on(serve(listener, registry, stop_rx)))
+            .context("starting the /metrics thread")?;
+        log::info!("serving Prometheus metrics on http://{local_addr}/metrics");
+        Ok(Self {
+            state,
+            cgroups: HashMap::new(),
+            local_addr,
+            _stop: stop_tx,
+        })
+    }
+
+    /// Where the server listens (the port chosen when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Sink for PrometheusSink {
+    fn name(&self) -> &'static str {
+        "prometheus"
+    }
+
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+        let now = Instant::now();
+        // Cgroups are read outside the lock, once per pid while it shows.
+        let pids: std::collections::HashSet<u32> = snapshot
+            .processes
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.pid)
+            .collect();
+        self.cgroups.retain(|p, _| pids.contains(p));
+        for pid in pids {
+            self.cgroups.entry(pid).or_insert_with(|| read_cgroup(pid));
+        }
+        let cgroups = &self.cgroups;
+        let mut lookup = |pid: u32| cgroups.get(&pid).cloned().unwrap_or_default();
+        lock(&self.state).apply(snapshot, now, &mut lookup);
+        Ok(Flow::Continue)
+    }
+}
+
+/// The cgroup path of `pid`: the cgroup v2 entry of `/proc/<pid>/cgroup`,
+/// else the first v1 entry's path; empty if the process is gone.
+#[cfg(target_os = "linux")]
+fn read_cgroup(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|t| parse_cgroup(&t))
+        .unwrap_or_default()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cgroup(_pid: u32) -> String {
+    String::new()
+}
+
+/// The path of a `/proc/<pid>/cgroup` text: the `0::` (v2) line's, else
+/// the first line's third field.
+pub fn parse_cgroup(text: &str) -> String {
+    let v2 = text.lines().find_map(|l| l.strip_prefix("0::"));
+    let path = v2.or_else(|| text.lines().next().and_then(|l| l.splitn(3, ':').nth(2)));
+    path.unwrap_or_default().trim().to_string()
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn reply(status: http::StatusCode, content_type: &str, body: String) -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(bytes::Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// One request: `GET /metrics` renders the page; `/` points to it.
+fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body> {
+    use http::{Method, StatusCode};
+    let text = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, registry) {
+                Ok(()) => reply(StatusCode::OK, CONTENT_TYPE, out),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    text,
+                    "encoding the metrics failed\n".into(),
+                ),
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/") => reply(
+            StatusCode::OK,
+            text,
+            "netwatch-agent: metrics at /metrics\n".into(),
+        ),
+        (_, "/metrics") | (_, "/") => {
+            let mut r = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                text,
+                "only GET and HEAD\n".into(),
+            );
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            r
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "not found: try /metrics\n".into(),
+        ),
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    registry: Arc<Registry>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("/metrics: cannot use the listener: {e}; not serving metrics");
+            return;
+        }
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    log::warn!("/metrics: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            log::debug!("/metrics: {MAX_CONNECTIONS} connections open; closing a new one");
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc = hyper::service::service_fn(move |req| {
+                let r = answer(&req, &registry);
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            // A connection past its time is dropped (closed).
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                log::debug!("/metrics connection: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use netwatch_common::wire::ProcessBandwidth;
+
+    fn snap(rows: &[(u32, &str, u64, u64)]) -> Snapshot {
+        let mut s = Snapshot::empty(Utc::now());
+        s.processes = Some(
+            rows.iter()
+                .map(|&(pid, comm, rx, tx)| {
+                    ProcessBandwidth::network_only(comm.into(), Some(pid), rx, tx, 0.0, 0.0, 1)
+                })
+                .collect(),
+        );
+        s
+    }
+
+    fn state(top: usize, expiry_secs: u64) -> MetricsState {
+        MetricsState::new(SeriesLimits {
+            expiry: Duration::from_secs(expiry_secs),
+            top_processes: top,
+        })
+    }
+
+    fn cg(pid: u32) -> String {
+        format!("/test/{pid}")
+    }
+
+    fn key(pid: u32, comm: &str) -> ProcessKey {
+        ProcessKey {
+            pid,
+            comm: comm.into(),
+            cgroup: cg(pid),
+        }
+    }
+
+    fn totals(st: &MetricsState, pid: u32, comm: &str) -> Option<(u64, u64)> {
+        st.processes()
+            .get(&key(pid, comm))
+            .map(|s| (s.rx_bytes_total, s.tx_bytes_total))
+    }
+
+    fn page(st: &MetricsState, delivery: Option<DeliveryView>) -> String {
+        #[derive(Debug)]
+        struct Fixed(DeliveryView);
+        impl DeliveryReport for Fixed {
+            fn view(&self) -> DeliveryView {
+                self.0.clone()
+            }
+        }
+        let d = delivery.map(|d| Arc::new(Fixed(d)) as Arc<dyn DeliveryReport>);
+        render(&Arc::new(Mutex::new(st.clone())), d)
+    }
+
+    #[test]
+    fn counters_accumulate_interval_bytes_across_snapshots() {
+        let mut st = state(10, 300);
+        let t0 = Instant::now();
+        let mut now = t0;
+        for (rx, tx) in [(100, 1), (0, 0), (250, 2), (1, 7)] {
+            st.apply(&snap(&[(42, "curl", rx, tx)]), now, &mut cg);
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(totals(&st, 42, "curl"), Some((351, 10)));
+        let p = page(&st, None);
+        assert!(
+            p.contains(
+                "netwatch_process_receive_bytes_total{pid=\"42\",comm=\"curl\",cgroup=\"/test/42\"} 351\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains(
+                "netwatch_process_transmit_bytes_total{pid=\"42\",comm=\"curl\",cgroup=\"/test/42\"} 10\n"
+            ),
+            "{p}"
+        );
+        assert!(
+            p.contains("# TYPE netwatch_process_receive_bytes counter\n"),
+            "{p}"
+        );
+        assert!(
+            p.contains("# UNIT netwatch_process_receive_bytes bytes\n"),
+            "{p}"
+        );
+        assert!(p.contains("netwatch_agent_snapshots_total 4\n"), "{p}");
+        assert!(p.ends_with("# EOF\n"), "{p}");
+    }
+
+    #[test]
+    fn series_of_gone_processes_expire_after_the_configured_time() {
+        let mut st = state(10, 60);
+        let t0 = Instant::now();
+        st.apply(&snap(&[(7, "a", 5, 5), (8, "b", 1, 1)]), t0, &mut cg);
+        // pid 7 exits; pid 8 keeps showing.
+        st.apply(
+            &snap(&[(8, "b", 1, 1)]),
+            t0 + Duration::from_secs(59),
+            &mut cg,
+        );
+        assert_eq!(totals(&st, 7, "a"), Some((5, 5)), "kept until the expiry");
+        st.apply(
+            &snap(&[(8, "b", 0, 0)]),
+            t0 + Duration::from_secs(60),
+            &mut cg,
+        );
+        assert_eq!(totals(&st, 7, "a"), None, "expired");
+        assert_eq!(totals(&st, 8, "b"), Some((2, 2)));
+        assert_eq!(st.series_expired_total, 1);
+        let p = page(&st, None);
+        assert!(!p.contains("pid=\"7\""), "{p}");
+        assert!(
+            p.contains("netwatch_process_series_removed_total{reason=\"expired\"} 1\n"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn at_most_top_n_series_and_the_rest_is_counted_as_other() {
+        let mut st = state(2, 300);
+        let t0 = Instant::now();
+        st.apply(
+            &snap(&[(1, "small", 10, 0), (2, "big", 1000, 0), (3, "mid", 100, 0)]),
+            t0,
+            &mut cg,
+        );
+        assert_eq!(st.processes().len(), 2);
+        assert_eq!(totals(&st, 2, "big"), Some((1000, 0)));
+        assert_eq!(totals(&st, 3, "mid"), Some((100, 0)));
+        assert_eq!(st.other_bytes_total(), (10, 0));
+
+        // Every series busy: the newcomer stays in other.
+        let t1 = t0 + Duration::from_secs(1);
+        st.apply(
+            &snap(&[(1, "small", 5, 1), (2, "big", 1, 0), (3, "mid", 1, 0)]),
+            t1,
+            &mut cg,
+        );
+        assert_eq!(st.processes().len(), 2);
+        assert_eq!(st.other_bytes_total(), (15, 1));
+
+        // "mid" goes idle: the busy newcomer takes its place; what "mid"
+        // counted stays counted (its series ends), nothing moves to other.
+        let t2 = t1 + Duration::from_secs(1);
+        st.apply(
+            &snap(&[(1, "small", 3, 3), (2, "big", 1, 0), (3, "mid", 0, 0)]),
+            t2,
+            &mut cg,
+        );
+        assert_eq!(st.processes().len(), 2);
+        assert_eq!(totals(&st, 1, "small"), Some((3, 3)));
+        assert_eq!(totals(&st, 3, "mid"), None);
+        assert_eq!(st.other_bytes_total(), (15, 1));
+        assert_eq!(st.series_evicted_total, 1);
+        let p = page(&st, None);
+        assert!(
+            p.contains(
+                "netwatch_process_receive_bytes_total{pid=\"\",comm=\"other\",cgroup=\"\"} 15\n"
+            ),
+            "{p}"
+        );
+        assert!(p.contains("netwatch_process_series 2\n"), "{p}");
+
+        // An idle newcomer never evicts anyone.
+        st.apply(
+            &snap(&[(1, "small", 0, 0), (2, "big", 0, 0), (4, "idle", 0, 0)]),
+            t2 + Duration::from_secs(1),
+            &mut cg,
+        );
+        assert_eq!(totals(&st, 4, "idle"), None);
+        assert_eq!(st.series_evicted_total, 1);
+    }
+
+    #[test]
+    fn rows_without_a_pid_count_as_other() {
+        let mut st = state(10, 300);
+        let mut s = snap(&[(5, "x", 1, 2)]);
+        if let Some(p) = s.processes.as_mut() {
+            p.push(ProcessBandwidth::network_only(
+                "?".into(),
+                None,
+                30,
+                40,
+                0.0,
+                0.0,
+                0,
+            ));
+        }
+        st.apply(&s, Instant::now(), &mut cg);
+        assert_eq!(st.other_bytes_total(), (30, 40));
+        assert_eq!(totals(&st, 5, "x"), Some((1, 2)));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut st = state(10, 300);
+        st.apply(
+            &snap(&[(9, "we\"ird\\na\nme", 1, 1)]),
+            Instant::now(),
+            &mut |_| "/a\"b".to_string(),
+        );
+        let p = page(&st, None);
+        assert!(
+            p.contains(
+                "netwatch_process_receive_bytes_total{pid=\"9\",comm=\"we\\\"ird\\\\na\\nme\",cgroup=\"/a\\\"b\"} 1\n"
+            ),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn interfaces_tcp_states_collector_and_delivery_are_rendered() {
+        let mut st = state(10, 300);
+        let mut s = snap(&[]);
+        s.interfaces = vec![InterfaceMetric {
+            name: "lo".into(),
+            is_up: true,
+            rx_bytes: 11,
+            tx_bytes: 12,
+            rx_bytes_delta: 0,
+            tx_bytes_delta: 0,
+            rx_packets: 13,
+            tx_packets: 14,
+            rx_errors: 15,
+            tx_errors: 16,
+            rx_drops: 17,
+            tx_drops: 18,
+            rx_rate: None,
+            tx_rate: None,
+            rx_history: None,
+            tx_history: None,
+        }];
+        s.connection_count = Some(3);
+        s.tcp_time_wait = Some(4);
+        s.tcp_close_wait = Some(5);
+        s.collector = Some(CollectorInfo {
+            source: "ebpf".into(),
+            ebpf_tier: Some("tracepoint".into()),
+            estimated: false,
+            fallback_reason: None,
+            lost_records: Some(6),
+        });
+        st.apply(&s, Instant::now(), &mut cg);
+        let p = page(
+            &st,
+            Some(DeliveryView {
+                requests: 9,
+                delivered: 7,
+                rejected: 1,
+                last_success_unix_secs: 1_700_000_000,
+                errors: vec![("503".into(), 2), ("transport".into(), 3)],
+                spool_depth: 4,
+                spool_bytes: 4096,
+                spool_evicted: 1,
+                spool_corrupt: 2,
+                spool_torn: 0,
+            }),
+        );
+        for line in [
+            "netwatch_interface_receive_bytes_total{interface=\"lo\"} 11\n",
+            "netwatch_interface_transmit_bytes_total{interface=\"lo\"} 12\n",
+            "netwatch_interface_receive_packets_total{interface=\"lo\"} 13\n",
+            "netwatch_interface_transmit_packets_total{interface=\"lo\"} 14\n",
+            "netwatch_interface_receive_errors_total{interface=\"lo\"} 15\n",
+            "netwatch_interface_transmit_errors_total{interface=\"lo\"} 16\n",
+            "netwatch_interface_receive_drops_total{interface=\"lo\"} 17\n",
+            "netwatch_interface_transmit_drops_total{interface=\"lo\"} 18\n",
+            "netwatch_interface_up{interface=\"lo\"} 1\n",
+            "netwatch_tcp_connections{state=\"established\"} 3\n",
+            "netwatch_tcp_connections{state=\"time_wait\"} 4\n",
+            "netwatch_tcp_connections{state=\"close_wait\"} 5\n",
+            "netwatch_agent_collector_info{source=\"ebpf\",tier=\"tracepoint\",estimated=\"false\"} 1\n",
+            "netwatch_agent_lost_records_total 6\n",
+            "netwatch_agent_delivery_requests_total 9\n",
+            "netwatch_agent_delivered_snapshots_total 7\n",
+            "netwatch_agent_rejected_snapshots_total 1\n",
+            "netwatch_agent_delivery_errors_total{status=\"503\"} 2\n",
+            "netwatch_agent_delivery_errors_total{status=\"transport\"} 3\n",
+            "netwatch_agent_last_delivery_timestamp_seconds 1700000000\n",
+            "netwatch_agent_spool_snapshots 4\n",
+            "netwatch_agent_spool_bytes 4096\n",
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"} 1\n",
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"corrupt\"} 2\n",
+        ] {
+            assert!(p.contains(line), "missing {line:?} in\n{p}");
+        }
+    }
+
+    #[test]
+    fn only_get_and_head_of_metrics_and_root_are_served() {
+        let st = Arc::new(Mutex::new(state(10, 300)));
+        let reg = registry(&st, None);
+        let req = |m: &str, path: &str| {
+            http::Request::builder()
+                .method(m)
+                .uri(path)
+                .body(())
+                .unwrap()
+        };
+        let r = answer(&req("GET", "/metrics"), &reg);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[http::header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(answer(&req("HEAD", "/metrics"), &reg).status(), 200);
+        assert_eq!(answer(&req("GET", "/"), &reg).status(), 200);
+        let r = answer(&req("POST", "/metrics"), &reg);
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()[http::header::ALLOW], "GET, HEAD");
+        assert_eq!(answer(&req("GET", "/metrics/x"), &reg).status(), 404);
+        assert_eq!(answer(&req("GET", "/api/v1/ingest"), &reg).status(), 404);
+    }
+
+    #[test]
+    fn cgroup_paths_are_read_from_v2_then_v1() {
+        assert_eq!(
+            parse_cgroup("0::/system.slice/sshd.service\n"),
+            "/system.slice/sshd.service"
+        );
+        assert_eq!(
+            parse_cgroup("12:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n0::/x\n"),
+            "/x"
+        );
+        assert_eq!(parse_cgroup("12:cpu,cpuacct:/docker/abc\n"), "/docker/abc");
+        assert_eq!(parse_cgroup(""), "");
+    }
+
+    proptest::proptest! {
+        /// Whatever the rows, the limits and the clock: a series that lives
+        /// on never goes down, `other` never goes down, there are at most
+        /// top_n series, and every byte fed in is in a series, in `other`,
+        /// or in a series that ended (expired or evicted).
+        #[test]
+        fn counters_are_monotonic_bounded_and_conserve_bytes(
+            top in 1usize..5,
+            ticks in proptest::collection::vec(
+                (0u64..40, proptest::collection::vec((0u32..8, 0u64..1000, 0u64..1000), 0..8)),
+                1..30,
+            ),
+        ) {
+            let mut st = state(top, 60);
+            let mut now = Instant::now();
+            let (mut fed_rx, mut fed_tx) = (0u64, 0u64);
+            let (mut gone_rx, mut gone_tx) = (0u64, 0u64);
+            for (step, rows) in ticks {
+                now += Duration::from_secs(step);
+                let mut seen = std::collections::HashSet::new();
+                let rows: Vec<(u32, &str, u64, u64)> = rows
+                    .into_iter()
+                    .filter(|r| seen.insert(r.0))
+                    .map(|(pid, rx, tx)| (pid, "p", rx, tx))
+                    .collect();
+                for r in &rows {
+                    fed_rx += r.2;
+                    fed_tx += r.3;
+                }
+                let before = st.clone();
+                st.apply(&snap(&rows), now, &mut cg);
+                proptest::prop_assert!(st.processes().len() <= top);
+                proptest::prop_assert!(st.other_rx_bytes_total >= before.other_rx_bytes_total);
+                proptest::prop_assert!(st.other_tx_bytes_total >= before.other_tx_bytes_total);
+                for (k, old) in before.processes() {
+                    match st.processes().get(k) {
+                        Some(new) => {
+                            proptest::prop_assert!(new.rx_bytes_total >= old.rx_bytes_total);
+                            proptest::prop_assert!(new.tx_bytes_total >= old.tx_bytes_total);
+                        }
+                        None => {
+                            // Ended this tick: whatever it moved this tick
+                            // (nothing, or it would not have ended) is in.
+                            gone_rx += old.rx_bytes_total;
+                            gone_tx += old.tx_bytes_total;
+                        }
+                    }
+                }
+                let live_rx: u64 = st.processes().values().map(|s| s.rx_bytes_total).sum();
+                let live_tx: u64 = st.processes().values().map(|s| s.tx_bytes_total).sum();
+                proptest::prop_assert_eq!(live_rx + gone_rx + st.other_rx_bytes_total, fed_rx);
+                proptest::prop_assert_eq!(live_tx + gone_tx + st.other_tx_bytes_total, fed_tx);
+            }
+        }
+    }
+}

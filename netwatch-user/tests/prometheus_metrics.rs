@@ -1,0 +1,503 @@
+//! `/metrics` end to end: the real agent binary with `--output prometheus`
+//! (eBPF source) on a free loopback port, scraped over HTTP by `curl` (a
+//! child process, so the scrapes are not this process's bytes). This
+//! process moves exactly N bytes to itself over loopback: its per-process
+//! counters equal N exactly, then N+M after a second transfer. A curl
+//! child's counters equal the bytes curl reports, and its series expires
+//! after it exits. Ingest delivery to a stand-in of our own (one 200, then
+//! 402) gives exact delivery counters and no API key on the page. A taken
+//! port stops the agent at start. Needs root (the agent loads BPF programs).
+#![cfg(target_os = "linux")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
+/// Give up waiting for the agent after this long (a hang, not a measure).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the /metrics tests run the agent with the eBPF source: run as root"
+    );
+}
+
+/// Both tests make loopback traffic from this process: one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The agent, killed when dropped.
+struct Agent {
+    child: Child,
+    metrics_url: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the agent with `args`; returns once it serves /metrics and its
+/// source is attached.
+fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Agent {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting netwatch-agent");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (url_tx, url_rx) = mpsc::channel();
+    let (log_tx, log_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut url = None;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("serving Prometheus metrics on ").nth(1) {
+                url = Some(rest.trim().to_string());
+            }
+            if line.contains("process rows from the") {
+                let _ = url_tx.send(url.clone());
+            }
+            let _ = log_tx.send(line);
+        }
+    });
+    let url = url_rx.recv_timeout(PATIENCE).ok().flatten();
+    let Some(metrics_url) = url else {
+        let _ = child.kill();
+        panic!(
+            "the agent did not serve /metrics and attach; log: {:?}",
+            log_rx.try_iter().collect::<Vec<_>>()
+        );
+    };
+    Agent {
+        child,
+        metrics_url,
+        log: log_rx,
+    }
+}
+
+/// One scrape, by a `curl` child process.
+fn scrape(agent: &Agent) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", &agent.metrics_url])
+        .output()
+        .expect("running curl (install curl for this test)");
+    assert!(
+        out.status.success(),
+        "scraping {}: {}",
+        agent.metrics_url,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+}
+
+/// The value of the sample `name{labels}` exactly (labels as printed, or
+/// empty for none), if the page has it.
+fn sample(page: &str, name_and_labels: &str) -> Option<u64> {
+    page.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == name_and_labels).then(|| value.parse().ok())?
+    })
+}
+
+/// Sum of a counter over every series whose labels start with `pid="<pid>"`.
+fn pid_total(page: &str, name: &str, pid: u32) -> u64 {
+    let prefix = format!("{name}{{pid=\"{pid}\",");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("not a counter sample: {l}"))
+        })
+        .sum()
+}
+
+fn snapshots(page: &str) -> u64 {
+    sample(page, "netwatch_agent_snapshots_total")
+        .unwrap_or_else(|| panic!("no netwatch_agent_snapshots_total in\n{page}"))
+}
+
+/// Scrape until the agent has taken at least `n` snapshots.
+fn wait_for_snapshots(agent: &Agent, n: u64) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let page = scrape(agent);
+        if snapshots(&page) >= n {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent took fewer than {n} snapshots in {PATIENCE:?}; log: {:?}",
+            agent.log.try_iter().collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Scrape until two more snapshots have been taken than when called: the
+/// second of them read the source entirely after this call.
+fn after_two_snapshots(agent: &Agent) -> String {
+    let start = snapshots(&scrape(agent));
+    wait_for_snapshots(agent, start + 2)
+}
+
+/// Move exactly `n` bytes from this process to itself over loopback TCP.
+fn transfer(n: usize) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
+    let addr = l.local_addr().expect("listener address");
+    let reader = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accepting");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).expect("reading");
+        buf.len()
+    });
+    let mut c = TcpStream::connect(addr).expect("connecting");
+    c.write_all(&vec![7u8; n]).expect("writing");
+    drop(c);
+    assert_eq!(reader.join().expect("reader thread"), n);
+}
+
+#[test]
+fn scrape_finds_this_process_exact_bytes_and_they_only_grow() {
+    require_root();
+    let _serial = serial();
+    let agent = start_agent(
+        &[
+            "--output",
+            "prometheus",
+            "--mode",
+            "ebpf",
+            "--interval",
+            "0.5",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            // Other processes on this host must not crowd this one out.
+            "--metrics-top-processes",
+            "100000",
+        ],
+        &[],
+    );
+    // The first snapshot is out: the agent's baselines were set before it,
+    // so every byte from now on is counted.
+    wait_for_snapshots(&agent, 1);
+    let me = std::process::id();
+    let rx = "netwatch_process_receive_bytes_total";
+    let tx = "netwatch_process_transmit_bytes_total";
+
+    let first = 1_234_567;
+    transfer(first);
+    let page = after_two_snapshots(&agent);
+    assert_eq!(
+        (pid_total(&page, rx, me), pid_total(&page, tx, me)),
+        (first as u64, first as u64),
+        "this process sent and received the transfer, exactly; page:\n{page}"
+    );
+    assert!(
+        page.contains("netwatch_agent_collector_info{source=\"ebpf\","),
+        "collector info names the eBPF source:\n{page}"
+    );
+
+    let second = 65_537;
+    transfer(second);
+    let page = after_two_snapshots(&agent);
+    let want = (first + second) as u64;
+    assert_eq!(
+        (pid_total(&page, rx, me), pid_total(&page, tx, me)),
+        (want, want),
+        "the counters add the second transfer to the first, exactly; page:\n{page}"
+    );
+    // The series' labels: comm is the name of the task that moved the bytes
+    // (this test's thread), the cgroup this process's.
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("own comm");
+    let cgroup = std::fs::read_to_string(format!("/proc/{me}/cgroup")).expect("own cgroup");
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default();
+    assert_eq!(
+        sample(
+            &page,
+            &format!(
+                "{rx}{{pid=\"{me}\",comm=\"{}\",cgroup=\"{cgroup}\"}}",
+                comm.trim()
+            )
+        ),
+        Some(want),
+        "the series carries pid, comm and cgroup labels:\n{page}"
+    );
+
+    let head = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type}",
+            &agent.metrics_url,
+        ])
+        .output()
+        .expect("running curl");
+    assert_eq!(
+        String::from_utf8_lossy(&head.stdout),
+        "200 application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+}
+
+/// A NetWatch Cloud stand-in: answers the first request 200 and every later
+/// one 402, counting requests and the snapshots of the accepted one.
+struct Cloud {
+    url: String,
+    requests: Arc<AtomicU64>,
+    accepted_snapshots: Arc<AtomicU64>,
+    accepted_at_unix_secs: Arc<AtomicU64>,
+}
+
+fn start_cloud() -> Cloud {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding the cloud stand-in");
+    let url = format!("http://{}", l.local_addr().expect("address"));
+    let requests = Arc::new(AtomicU64::new(0));
+    let accepted_snapshots = Arc::new(AtomicU64::new(0));
+    let accepted_at = Arc::new(AtomicU64::new(0));
+    let (r, a, t) = (
+        Arc::clone(&requests),
+        Arc::clone(&accepted_snapshots),
+        Arc::clone(&accepted_at),
+    );
+    thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            let answer = if n == 0 {
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON envelope");
+                let count = v["snapshots"].as_array().map_or(0, |s| s.len());
+                a.store(count as u64, Ordering::SeqCst);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .expect("clock after 1970")
+                    .as_secs();
+                t.store(now, Ordering::SeqCst);
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                "HTTP/1.1 402 Payment Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            let _ = reader.get_mut().write_all(answer.as_bytes());
+        }
+    });
+    Cloud {
+        url,
+        requests,
+        accepted_snapshots,
+        accepted_at_unix_secs: accepted_at,
+    }
+}
+
+#[test]
+fn delivery_counters_are_exact_and_the_key_is_never_shown() {
+    require_root();
+    let _serial = serial();
+    let cloud = start_cloud();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = dir.path().join("spool");
+    let host_id = dir.path().join("host-id");
+    let key = "nw_test_Prom3theusMustNeverShowThis";
+    let agent = start_agent(
+        &[
+            "--output",
+            "ingest",
+            "--output",
+            "prometheus",
+            "--mode",
+            "ebpf",
+            "--interval",
+            "0.5",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--endpoint",
+            &cloud.url,
+            "--spool-dir",
+            spool.to_str().expect("UTF-8 path"),
+            "--host-id-file",
+            host_id.to_str().expect("UTF-8 path"),
+        ],
+        &[("NETWATCH_API_KEY", key)],
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let page = loop {
+        let page = scrape(&agent);
+        if sample(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"402\"}",
+        )
+        .is_some()
+        {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 402 counted within {PATIENCE:?}; page:\n{page}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    // After a 402 the agent sends nothing more: these are final.
+    assert_eq!(cloud.requests.load(Ordering::SeqCst), 2, "one 200, one 402");
+    assert_eq!(
+        sample(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"402\"}"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        sample(&page, "netwatch_agent_delivery_requests_total"),
+        Some(2)
+    );
+    assert_eq!(
+        sample(&page, "netwatch_agent_delivered_snapshots_total"),
+        Some(cloud.accepted_snapshots.load(Ordering::SeqCst))
+    );
+    let last = sample(&page, "netwatch_agent_last_delivery_timestamp_seconds")
+        .expect("last delivery time");
+    let answered = cloud.accepted_at_unix_secs.load(Ordering::SeqCst);
+    assert!(
+        last == answered || last == answered + 1,
+        "last delivery {last} is when the stand-in answered 200 ({answered})"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"}"
+        ),
+        Some(0)
+    );
+    assert!(!page.contains(key), "the API key is on /metrics");
+    assert!(
+        !page.contains("Prom3theus"),
+        "part of the API key is on /metrics"
+    );
+    assert!(!page.contains(&cloud.url), "the endpoint is on /metrics");
+}
+
+#[test]
+fn an_address_in_use_stops_the_agent_at_start_naming_it() {
+    require_root();
+    let taken = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = taken.local_addr().expect("address").to_string();
+    let out = Command::new(AGENT)
+        .args(["--output", "prometheus", "--metrics-listen", &addr])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("running netwatch-agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started on a taken port");
+    assert!(
+        err.contains(&format!("listening for /metrics on {addr}")),
+        "the error names the address: {err}"
+    );
+}
+
+#[test]
+fn a_child_process_bytes_are_exact_and_its_series_expires_after_it_exits() {
+    require_root();
+    let _serial = serial();
+    let agent = start_agent(
+        &[
+            "--output",
+            "prometheus",
+            "--mode",
+            "ebpf",
+            "--interval",
+            "0.5",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-top-processes",
+            "100000",
+            "--metrics-process-expiry",
+            "1",
+        ],
+        &[],
+    );
+    wait_for_snapshots(&agent, 1);
+    // A curl child scrapes once and tells how many bytes it sent and read.
+    let child = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_request} %{size_header} %{size_download}",
+            &agent.metrics_url,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running curl");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("curl output");
+    assert!(out.status.success(), "curl failed");
+    let sizes: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().expect("a size"))
+        .collect();
+    let (sent, read) = (sizes[0], sizes[1] + sizes[2]);
+
+    let page = after_two_snapshots(&agent);
+    assert_eq!(
+        (
+            pid_total(&page, "netwatch_process_receive_bytes_total", pid),
+            pid_total(&page, "netwatch_process_transmit_bytes_total", pid)
+        ),
+        (read, sent),
+        "curl (pid {pid}) read the response and sent the request, exactly; page:\n{page}"
+    );
+
+    // Gone for longer than the 1 s expiry: its series is removed.
+    let deadline = Instant::now() + PATIENCE;
+    let marker = format!("{{pid=\"{pid}\",");
+    loop {
+        let page = scrape(&agent);
+        if !page.contains(&marker) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the series of exited pid {pid} is still there after {PATIENCE:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
