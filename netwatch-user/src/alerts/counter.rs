@@ -55,7 +55,7 @@ fn identity(a: &Alert) -> Identity {
 }
 
 /// Monotonic counts of alerts raised, per (category, severity).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AlertCounter {
     counts: [u64; 8],
     /// Alerts of the previous snapshot: an alert stays in consecutive

@@ -136,6 +136,8 @@ pub struct MetricsState {
     connections: u64,
     process_rows: u64,
     lost_records_total: u64,
+    /// Alerts raised, each counted once however many snapshots carry it.
+    alerts: crate::alerts::counter::AlertCounter,
 }
 
 impl MetricsState {
@@ -154,6 +156,7 @@ impl MetricsState {
             connections: 0,
             process_rows: 0,
             lost_records_total: 0,
+            alerts: crate::alerts::counter::AlertCounter::new(),
         }
     }
 
@@ -195,6 +198,8 @@ impl MetricsState {
             self.collector = Some(c.clone());
         }
         self.connections = snap.connections.as_ref().map_or(0, |c| c.len() as u64);
+        self.alerts
+            .observe(snap.alerts.as_deref().unwrap_or_default());
         let rows = snap.processes.as_deref().unwrap_or_default();
         self.process_rows = rows.len() as u64;
 
@@ -604,6 +609,27 @@ fn encode_state(
         "Records the source lost since the agent started (map eviction, full ring buffer, dropped packets)",
         None,
         st.lost_records_total,
+    )?;
+    let alerts: Vec<_> = st
+        .alerts
+        .totals()
+        .into_iter()
+        .map(|(c, s, n)| {
+            (
+                Labels([
+                    ("category", Text(crate::alerts::counter::category_label(c))),
+                    ("severity", Text(crate::alerts::counter::severity_label(s))),
+                ]),
+                n,
+            )
+        })
+        .collect();
+    counter(
+        enc,
+        "netwatch_alerts",
+        "Alerts raised (port scan, beaconing, DNS tunnel, bandwidth), each counted once",
+        None,
+        &alerts,
     )?;
 
     if let Some(d) = delivery {
@@ -1202,6 +1228,33 @@ mod tests {
             "netwatch_agent_spool_bytes 4096\n",
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"} 1\n",
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"corrupt\"} 2\n",
+        ] {
+            assert!(p.contains(line), "missing {line:?} in\n{p}");
+        }
+    }
+
+    #[test]
+    fn alerts_are_counted_once_by_category_and_severity() {
+        use netwatch_common::wire::{Alert, AlertCategory, AlertSeverity};
+        let mut st = state(10, 300);
+        let scan = Alert {
+            severity: AlertSeverity::Critical,
+            category: AlertCategory::PortScan,
+            message: "port scan from 10.0.0.9".into(),
+            detail: "25 ports in 30 s".into(),
+            timestamp: Utc::now(),
+        };
+        let mut s = snap(&[]);
+        s.alerts = Some(vec![scan.clone()]);
+        // An active alert rides along in consecutive snapshots: one count.
+        for _ in 0..3 {
+            st.apply(&s, Instant::now(), &mut cg);
+        }
+        let p = page(&st, None);
+        for line in [
+            "netwatch_alerts_total{category=\"port_scan\",severity=\"critical\"} 1\n",
+            "netwatch_alerts_total{category=\"port_scan\",severity=\"warning\"} 0\n",
+            "netwatch_alerts_total{category=\"bandwidth\",severity=\"warning\"} 0\n",
         ] {
             assert!(p.contains(line), "missing {line:?} in\n{p}");
         }
