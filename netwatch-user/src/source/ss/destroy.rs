@@ -17,10 +17,12 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+#[cfg(target_os = "linux")]
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+#[cfg(target_os = "linux")]
 use std::time::Duration;
 
 use crate::source::Protocol;
@@ -311,11 +313,21 @@ pub enum ListenError {
     Bind(#[source] io::Error),
     #[error("starting the destroy-event reader thread: {0}")]
     Thread(#[source] io::Error),
+    #[error("sock_diag destroy events exist only on Linux")]
+    Unsupported,
 }
 
 impl DestroyListener {
     /// Join the four destroy groups of this network namespace and start
     /// reading them.
+    #[cfg(not(target_os = "linux"))]
+    pub fn start() -> Result<Self, ListenError> {
+        Err(ListenError::Unsupported)
+    }
+
+    /// Join the four destroy groups of this network namespace and start
+    /// reading them.
+    #[cfg(target_os = "linux")]
     pub fn start() -> Result<Self, ListenError> {
         use rustix::net::{self, netlink, sockopt, AddressFamily, SocketFlags, SocketType};
         let fd = net::socket_with(
@@ -391,11 +403,13 @@ impl Drop for DestroyListener {
 }
 
 /// How long a successor lookup may take.
+#[cfg(target_os = "linux")]
 const QUERY_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Whether the time-wait successor of `ev` is in `FIN-WAIT-2` now. Only
 /// asked for a TCP socket with no unread sequence space (an unread FIN
 /// would show in `rqueue`) that received something.
+#[cfg(target_os = "linux")]
 fn successor_in_fin_wait2(query: &OwnedFd, ev: &DestroyEvent, seq: u32, buf: &mut [u8]) -> bool {
     use rustix::net::{netlink::SocketAddrNetlink, recv, sendto, RecvFlags, SendFlags};
     let Some(msg) = successor_query(ev, seq) else {
@@ -426,6 +440,7 @@ fn successor_in_fin_wait2(query: &OwnedFd, ev: &DestroyEvent, seq: u32, buf: &mu
     false
 }
 
+#[cfg(target_os = "linux")]
 fn read_loop(fd: OwnedFd, query: OwnedFd, queue: &Mutex<Queue>, stop: &AtomicBool) {
     use rustix::io::Errno;
     use rustix::net::{recv, RecvFlags};
