@@ -163,6 +163,18 @@ pub mod counter {
     pub const LEN: u32 = 8;
 }
 
+/// What the seeding iterator (`iter/task_file`) did with one existing
+/// socket: the one byte it writes to its output per IPv4/IPv6 TCP/UDP socket.
+pub mod seeded {
+    /// A new entry was created (0 bytes, owner from the task).
+    pub const CREATED: u8 = 0;
+    /// The socket already had an entry (it moved bytes since attach, or
+    /// another process sharing it was seen first): left as it was.
+    pub const TRACKED: u8 = 1;
+    /// The map refused the entry.
+    pub const FAILED: u8 = 2;
+}
+
 /// Names of the maps and globals the programs define, shared with the loader.
 pub mod names {
     /// LRU hash `SockKey -> SockStats`.

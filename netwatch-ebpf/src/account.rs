@@ -190,3 +190,42 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
         }
     }
 }
+
+/// Create the entry of a socket that existed before the programs were
+/// attached (found by the `iter/task_file` iterator in [`crate::seed`]),
+/// owned by `tgid`/`comm`/`cgroup_id`, with 0 bytes and its current TCP
+/// state. An existing entry is left alone: it is newer than anything an
+/// iterator can see. Counted in `CREATED` like any entry, so the eviction
+/// identity (created = closed + evicted + live) still holds. Returns a
+/// `netwatch_common::seeded` code.
+#[inline(always)]
+pub unsafe fn seed(
+    sk: *const u8,
+    family: u16,
+    protocol: u8,
+    tgid: u32,
+    comm: [u8; netwatch_common::COMM_LEN],
+    cgroup_id: u64,
+) -> u8 {
+    use netwatch_common::seeded;
+    let key = SockKey { sk: sk as u64 };
+    if SOCKETS.get_ptr_mut(key).is_some() {
+        return seeded::TRACKED;
+    }
+    let mut st = fresh(sk, family, protocol);
+    st.tgid = tgid;
+    st.comm = comm;
+    st.cgroup_id = cgroup_id;
+    st.last_ns = st.first_ns;
+    if protocol == IPPROTO_TCP {
+        st.state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
+    }
+    match SOCKETS.insert(key, st, BPF_NOEXIST) {
+        Ok(()) => {
+            bump(counter::CREATED);
+            seeded::CREATED
+        }
+        Err(e) if e == EEXIST => seeded::TRACKED,
+        Err(_) => seeded::FAILED,
+    }
+}

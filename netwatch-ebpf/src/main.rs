@@ -19,6 +19,7 @@
 mod account;
 mod lifecycle;
 mod maps;
+mod seed;
 mod sock;
 mod tcp;
 mod udp;

@@ -75,7 +75,7 @@ fn member_bits(btf: &Btf, ty: &Type, member: &str, depth: u32) -> Result<Option<
     Ok(None)
 }
 
-fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
+pub(super) fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
     btf.resolve_types_by_name(name)
         .map_err(|_| BtfError::NoStruct(name))?
         .into_iter()
@@ -83,7 +83,7 @@ fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
         .ok_or(BtfError::NoStruct(name))
 }
 
-fn offset(
+pub(super) fn offset(
     btf: &Btf,
     ty: &Type,
     strukt: &'static str,

@@ -4,6 +4,7 @@
 //! builds wire rows or decides attribution.
 
 pub mod btf;
+pub mod seed;
 pub mod tier;
 
 use std::collections::HashSet;
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
-use log::debug;
+use log::{debug, info, warn};
 use netwatch_common::{
     counter, names, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
     IPPROTO_UDP,
@@ -244,6 +245,14 @@ impl EbpfSource {
     /// Load and attach on the tier `opts` asks for (or the best available).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, tier) = tier::load_best(opts)?;
+        // After attach, so a socket is either seen by the programs or seeded.
+        match seed::run(&mut ebpf) {
+            Ok(r) => info!(
+                "seeded {} existing sockets ({} already tracked, {} refused by a full map)",
+                r.created, r.tracked, r.failed
+            ),
+            Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {

@@ -1,0 +1,150 @@
+//! Seeding: a BPF iterator over every open file of every task
+//! (`iter/task_file`, Linux ≥ 5.8), run once by the loader after the tier's
+//! programs are attached, that creates a `SOCKETS` entry (0 bytes, owner
+//! from the task) for each IPv4/IPv6 TCP/UDP socket that already exists, so
+//! idle sockets opened before the agent started are listed from the first
+//! read. It never counts bytes and never replaces an entry the counting
+//! programs already made.
+//!
+//! Every offset into `file`, `inode`, `socket`, `task_struct` and the cgroup
+//! chain comes from the running kernel's BTF through the load-time globals
+//! below (rustc emits no CO-RE relocations); the defaults are placeholders.
+//! For each socket it writes one byte to the iterator's output
+//! (`netwatch_common::seeded`) so userspace can tally what was seeded, and
+//! the kernel never walks a million objects without output (it would stop
+//! the read with EAGAIN).
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_seq_write;
+use netwatch_common::{AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::account::{read_at, sk_family};
+use crate::maps;
+
+/// `S_IFMT` and `S_IFSOCK` from `include/uapi/linux/stat.h`.
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+// Load-time globals, set by the loader from BTF (netwatch-user's
+// `source::ebpf::seed`, which names each one).
+#[unsafe(no_mangle)]
+static OFF_FILE_F_INODE: u32 = 32;
+#[unsafe(no_mangle)]
+static OFF_FILE_PRIVATE_DATA: u32 = 200;
+#[unsafe(no_mangle)]
+static OFF_INODE_I_MODE: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SOCKET_SK: u32 = 24;
+#[unsafe(no_mangle)]
+static OFF_TASK_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_COMM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_TASK_CGROUPS: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CSS_SET_DFL_CGRP: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_CGROUP_KN: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_KERNFS_NODE_ID: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKC_STATE: u32 = 18;
+
+#[inline(always)]
+fn global(v: &'static u32) -> usize {
+    // SAFETY: reading an initialised static; volatile so the loader's value is used.
+    unsafe { core::ptr::read_volatile(v) as usize }
+}
+
+/// Offset of `skc_state` in `struct sock_common`.
+#[inline(always)]
+pub fn off_skc_state() -> usize {
+    global(&OFF_SKC_STATE)
+}
+
+/// Read a kernel pointer at `base + off`; null if unreadable.
+#[inline(always)]
+unsafe fn ptr_at(base: *const u8, off: usize) -> *const u8 {
+    read_at::<u64>(base, off).unwrap_or(0) as *const u8
+}
+
+/// The cgroup v2 id of `task`: `task->cgroups->dfl_cgrp->kn->id`, 0 if any
+/// link is unreadable.
+#[inline(always)]
+unsafe fn task_cgroup_id(task: *const u8) -> u64 {
+    let cset = ptr_at(task, global(&OFF_TASK_CGROUPS));
+    if cset.is_null() {
+        return 0;
+    }
+    let cgrp = ptr_at(cset, global(&OFF_CSS_SET_DFL_CGRP));
+    if cgrp.is_null() {
+        return 0;
+    }
+    let kn = ptr_at(cgrp, global(&OFF_CGROUP_KN));
+    if kn.is_null() {
+        return 0;
+    }
+    read_at::<u64>(kn, global(&OFF_KERNFS_NODE_ID)).unwrap_or(0)
+}
+
+/// `struct bpf_iter__task_file`: one 8-byte slot per argument of
+/// `bpf_iter_task_file(meta, task, fd, file)`.
+mod ctx {
+    pub const META: usize = 0;
+    pub const TASK: usize = 8;
+    pub const FILE: usize = 24;
+}
+
+/// Called by the kernel for each (task, open file), and once more with a
+/// null task at the end.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn iter_task_file(ctx: *mut c_void) -> i32 {
+    // SAFETY: `ctx` is the kernel's `bpf_iter__task_file`; its pointer
+    // fields are null-checked before use and everything behind them is read
+    // with bpf_probe_read_kernel.
+    unsafe { on_file(ctx as *const u8) };
+    0
+}
+
+#[inline(always)]
+unsafe fn on_file(ctx: *const u8) {
+    let meta = core::ptr::read(ctx.add(ctx::META) as *const *const u8);
+    let task = core::ptr::read(ctx.add(ctx::TASK) as *const *const u8);
+    let file = core::ptr::read(ctx.add(ctx::FILE) as *const *const u8);
+    if meta.is_null() || task.is_null() || file.is_null() {
+        return;
+    }
+    let inode = ptr_at(file, global(&OFF_FILE_F_INODE));
+    if inode.is_null() {
+        return;
+    }
+    let mode = read_at::<u16>(inode, global(&OFF_INODE_I_MODE)).unwrap_or(0);
+    if mode & S_IFMT != S_IFSOCK {
+        return;
+    }
+    let socket = ptr_at(file, global(&OFF_FILE_PRIVATE_DATA));
+    if socket.is_null() {
+        return;
+    }
+    let sk = ptr_at(socket, global(&OFF_SOCKET_SK));
+    if sk.is_null() {
+        return;
+    }
+    let family = sk_family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8;
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return;
+    }
+    let tgid = read_at::<u32>(task, global(&OFF_TASK_TGID)).unwrap_or(0);
+    let comm = read_at::<[u8; COMM_LEN]>(task, global(&OFF_TASK_COMM)).unwrap_or([0; COMM_LEN]);
+    let cgroup_id = task_cgroup_id(task);
+    let outcome = crate::account::seed(sk, family, protocol, tgid, comm, cgroup_id);
+    // `meta->seq` is the first field of `struct bpf_iter_meta`.
+    let seq = core::ptr::read(meta as *const *mut c_void);
+    bpf_seq_write(seq.cast(), &outcome as *const u8 as *const c_void, 1);
+}
