@@ -246,10 +246,14 @@ impl EbpfSource {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, tier) = tier::load_best(opts)?;
         // After attach, so a socket is either seen by the programs or seeded.
+        let started = Instant::now();
         match seed::run(&mut ebpf) {
             Ok(r) => info!(
-                "seeded {} existing sockets ({} already tracked, {} refused by a full map)",
-                r.created, r.tracked, r.failed
+                "seeded {} existing sockets in {:.1?} ({} already tracked, {} refused by a full map)",
+                r.created,
+                started.elapsed(),
+                r.tracked,
+                r.failed
             ),
             Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
         }
