@@ -1,10 +1,12 @@
-//! Seeding: a BPF iterator over every open file of every task
-//! (`iter/task_file`, Linux ≥ 5.8), run once by the loader after the tier's
-//! programs are attached, that creates a `SOCKETS` entry (0 bytes, owner
-//! from the task) for each IPv4/IPv6 TCP/UDP socket that already exists, so
-//! idle sockets opened before the agent started are listed from the first
-//! read. It never counts bytes and never replaces an entry the counting
-//! programs already made.
+//! Seeding: BPF iterators run once by the loader after the tier's programs
+//! are attached, that create a `SOCKETS` entry (0 bytes) for each IPv4/IPv6
+//! TCP/UDP socket that already exists, so idle sockets opened before the
+//! agent started are listed from the first read. First every open file of
+//! every task (`iter/task_file`, Linux ≥ 5.8), which gives each socket its
+//! owner; then the TCP and UDP socket tables (`iter/tcp`, `iter/udp`,
+//! Linux ≥ 5.9) for sockets no task holds (no owner, as `ss` shows them;
+//! time-wait and request sockets excluded). It never counts bytes and never
+//! replaces an entry the counting programs (or an earlier pass) made.
 //!
 //! Every offset into `file`, `inode`, `socket`, `task_struct` and the cgroup
 //! chain comes from the running kernel's BTF through the load-time globals
@@ -88,6 +90,76 @@ unsafe fn task_cgroup_id(task: *const u8) -> u64 {
     read_at::<u64>(kn, global(&OFF_KERNFS_NODE_ID)).unwrap_or(0)
 }
 
+/// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: not full sockets (no
+/// `tcp_destroy_sock` ever ends them), never seeded.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// Write one outcome byte to the iterator's output.
+#[inline(always)]
+unsafe fn emit(meta: *const u8, outcome: u8) {
+    // `meta->seq` is the first field of `struct bpf_iter_meta`.
+    let seq = core::ptr::read(meta as *const *mut c_void);
+    bpf_seq_write(seq.cast(), &outcome as *const u8 as *const c_void, 1);
+}
+
+/// Seed `sk` with no owner (found by `iter/tcp` or `iter/udp` after
+/// `iter/task_file` has seeded every socket some task holds open): sockets
+/// no visible process holds, as `ss` lists them without `users:`.
+#[inline(always)]
+unsafe fn seed_ownerless(meta: *const u8, sk: *const u8, protocol: u8) {
+    let family = sk_family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let outcome = crate::account::seed(sk, family, protocol, 0, [0; COMM_LEN], 0);
+    emit(meta, outcome);
+}
+
+/// Called for each TCP socket of the agent's network namespace
+/// (`struct bpf_iter__tcp { meta, sk_common, uid }`, Linux ≥ 5.9).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn iter_tcp(ctx: *mut c_void) -> i32 {
+    // SAFETY: `ctx` is the kernel's `bpf_iter__tcp`; the socket pointer is
+    // null-checked and read with bpf_probe_read_kernel.
+    unsafe {
+        let ctx = ctx as *const u8;
+        let meta = core::ptr::read(ctx as *const *const u8);
+        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
+        if meta.is_null() || sk.is_null() {
+            return 0;
+        }
+        // `sock_common` heads full, time-wait and request sockets alike.
+        let state = read_at::<u8>(sk, off_skc_state()).unwrap_or(TCP_TIME_WAIT);
+        if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+            return 0;
+        }
+        seed_ownerless(meta, sk, IPPROTO_TCP);
+    }
+    0
+}
+
+/// Called for each UDP socket of the agent's network namespace
+/// (`struct bpf_iter__udp { meta, udp_sk, uid, bucket }`, Linux ≥ 5.9).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/udp")]
+pub fn iter_udp(ctx: *mut c_void) -> i32 {
+    // SAFETY: `ctx` is the kernel's `bpf_iter__udp`; the socket pointer
+    // (a `udp_sock`, which starts with its `struct sock`) is null-checked
+    // and read with bpf_probe_read_kernel.
+    unsafe {
+        let ctx = ctx as *const u8;
+        let meta = core::ptr::read(ctx as *const *const u8);
+        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
+        if meta.is_null() || sk.is_null() {
+            return 0;
+        }
+        seed_ownerless(meta, sk, IPPROTO_UDP);
+    }
+    0
+}
+
 /// `struct bpf_iter__task_file`: one 8-byte slot per argument of
 /// `bpf_iter_task_file(meta, task, fd, file)`.
 mod ctx {
@@ -144,7 +216,5 @@ unsafe fn on_file(ctx: *const u8) {
     let comm = read_at::<[u8; COMM_LEN]>(task, global(&OFF_TASK_COMM)).unwrap_or([0; COMM_LEN]);
     let cgroup_id = task_cgroup_id(task);
     let outcome = crate::account::seed(sk, family, protocol, tgid, comm, cgroup_id);
-    // `meta->seq` is the first field of `struct bpf_iter_meta`.
-    let seq = core::ptr::read(meta as *const *mut c_void);
-    bpf_seq_write(seq.cast(), &outcome as *const u8 as *const c_void, 1);
+    emit(meta, outcome);
 }

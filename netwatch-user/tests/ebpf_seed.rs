@@ -12,6 +12,8 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
@@ -119,6 +121,25 @@ fn seed_child() {
     )
     .unwrap();
     writeln!(out, "UNCONN UDP {} *:*", addr(idle6.local_addr())).unwrap();
+    // Two sockets no process holds: sent over a Unix socket (SCM_RIGHTS)
+    // and closed, they live in flight, in no task's file table.
+    let (tx, rx) = UnixStream::pair().unwrap();
+    let lost_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lost_udp = UdpSocket::bind("[::1]:0").unwrap();
+    writeln!(
+        out,
+        "NOOWNER LISTEN TCP {} *:*",
+        addr(lost_listener.local_addr())
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "NOOWNER UNCONN UDP {} *:*",
+        addr(lost_udp.local_addr())
+    )
+    .unwrap();
+    send_fds(&tx, &[lost_listener.as_raw_fd(), lost_udp.as_raw_fd()]);
+    drop((lost_listener, lost_udp));
     writeln!(out, "READY").unwrap();
     out.flush().unwrap();
 
@@ -140,6 +161,41 @@ fn seed_child() {
     // Hold every socket until the parent has read and closes our stdin.
     line.clear();
     let _ = stdin.read_line(&mut line);
+    drop((tx, rx));
+}
+
+/// Send `fds` over `via` with SCM_RIGHTS. Until received they are held only
+/// by the message in flight.
+fn send_fds(via: &UnixStream, fds: &[RawFd]) {
+    let payload = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    // u64 words: the control buffer must be aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `control` holds CMSG_SPACE(fd_bytes) bytes, so the first
+    // header and its CMSG_LEN(fd_bytes) data fit; iov points at `payload`;
+    // every pointer outlives the sendmsg call.
+    let sent = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(!cmsg.is_null());
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        libc::sendmsg(via.as_raw_fd(), &msg, 0)
+    };
+    assert_eq!(sent, 1, "sendmsg: {}", std::io::Error::last_os_error());
 }
 
 /// The child, killed if the test fails before reaping it.
@@ -190,7 +246,7 @@ impl Worker {
             if line == end {
                 return lines;
             }
-            if ["LISTEN ", "ESTABLISHED ", "UNCONN "]
+            if ["LISTEN ", "ESTABLISHED ", "UNCONN ", "NOOWNER "]
                 .iter()
                 .any(|p| line.starts_with(p))
             {
@@ -221,6 +277,15 @@ fn row_key(c: &ConnectionDetail) -> String {
     )
 }
 
+/// The rows among `keys` that have no owner and 0 bytes.
+fn ownerless_rows(rows: &[ConnectionDetail], keys: &BTreeSet<String>) -> BTreeSet<String> {
+    rows.iter()
+        .filter(|c| c.pid.is_none() && keys.contains(&row_key(c)))
+        .inspect(|c| assert_eq!((c.rx_bytes, c.tx_bytes), (Some(0), Some(0)), "{c:?}"))
+        .map(row_key)
+        .collect()
+}
+
 fn rows_of(a: &Attributed, pid: u32) -> Vec<&ConnectionDetail> {
     a.connections
         .iter()
@@ -248,8 +313,19 @@ fn row<'a>(a: &'a Attributed, pid: u32, key: &str) -> &'a ConnectionDetail {
 fn seeded_sockets_listed(tier: Tier) {
     require_root();
     let mut child = Worker::spawn();
-    let expected: BTreeSet<String> = child.lines_until("READY").into_iter().collect();
-    assert_eq!(expected.len(), 9, "{expected:?}");
+    let (ownerless, expected): (BTreeSet<String>, BTreeSet<String>) = child
+        .lines_until("READY")
+        .into_iter()
+        .partition(|l| l.starts_with("NOOWNER "));
+    let ownerless: BTreeSet<String> = ownerless
+        .iter()
+        .map(|l| l.trim_start_matches("NOOWNER ").to_string())
+        .collect();
+    assert_eq!(
+        (expected.len(), ownerless.len()),
+        (9, 2),
+        "{expected:?} {ownerless:?}"
+    );
     let pid = child.child.id();
     let comm = child.comm();
 
@@ -263,6 +339,12 @@ fn seeded_sockets_listed(tier: Tier) {
         .map(row_key)
         .collect();
     assert_eq!(ss_rows, expected, "ss lists the child's sockets");
+    let ss_ownerless = Attribution::new(Instant::now()).apply(&ss).connections;
+    assert_eq!(
+        ownerless_rows(&ss_ownerless, &ownerless),
+        ownerless,
+        "ss lists the sockets in flight, without owner"
+    );
 
     let opts = LoadOptions {
         tier: TierChoice::Only(tier),
@@ -300,6 +382,11 @@ fn seeded_sockets_listed(tier: Tier) {
             "[{tier}] {c:?}"
         );
     }
+    assert_eq!(
+        ownerless_rows(&a.connections, &ownerless),
+        ownerless,
+        "[{tier}] the first read lists the sockets no process holds, without owner"
+    );
     let procs: Vec<_> = a.processes.iter().filter(|p| p.pid == Some(pid)).collect();
     assert_eq!(procs.len(), 1, "[{tier}] one process row: {procs:?}");
     assert_eq!(

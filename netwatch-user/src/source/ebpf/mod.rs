@@ -249,8 +249,9 @@ impl EbpfSource {
         let started = Instant::now();
         match seed::run(&mut ebpf) {
             Ok(r) => info!(
-                "seeded {} existing sockets in {:.1?} ({} already tracked, {} refused by a full map)",
+                "seeded {} existing sockets and {} no process holds in {:.1?} ({} already tracked, {} refused by a full map)",
                 r.created,
+                r.ownerless,
                 started.elapsed(),
                 r.tracked,
                 r.failed

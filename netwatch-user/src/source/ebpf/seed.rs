@@ -1,9 +1,11 @@
 //! Seeds the kernel's socket table with the sockets that exist before the
 //! programs attach, so the first read lists idle connections, listeners and
 //! unconnected UDP sockets with their owners, as `ss -p` does. It resolves
-//! the iterator's field offsets from the running kernel's BTF (given to the
+//! the iterators' field offsets from the running kernel's BTF (given to the
 //! object as load-time globals by [`super::tier::open`]) and runs the BPF
-//! iterator `iter/task_file` once after the tier's programs are attached.
+//! iterators once after the tier's programs are attached: `iter/task_file`
+//! (every socket a process holds, with that owner), then `iter/tcp` and
+//! `iter/udp` (sockets no process holds, listed without owner as `ss` does).
 //! It never counts bytes (seeded entries hold 0) and never fails the load:
 //! a kernel without BPF iterators (< 5.8) loses only the seeding, which is
 //! reported as an error for the caller to log.
@@ -20,10 +22,14 @@ use thiserror::Error;
 
 use super::btf::{find_struct, offset, BtfError, VMLINUX_BTF};
 
-/// The iterator program's name in the object.
-pub const PROGRAM: &str = "iter_task_file";
-/// The iterator target it attaches to (`bpf_iter_task_file` in kernel BTF).
-pub const TARGET: &str = "task_file";
+/// The iterators, in the order they run: (program name in the object,
+/// iterator target, needed). `task_file` gives sockets their owners and must
+/// work; `tcp` and `udp` (Linux ≥ 5.9) add sockets no task holds.
+pub const PASSES: [(&str, &str, bool); 3] = [
+    ("iter_task_file", "task_file", true),
+    ("iter_tcp", "tcp", false),
+    ("iter_udp", "udp", false),
+];
 
 /// Byte offsets the iterator needs, from kernel BTF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,17 +112,27 @@ pub fn globals() -> &'static [(&'static str, u32)] {
 /// What the seeding did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeedReport {
-    /// Entries created for sockets the programs had not seen.
+    /// Entries created for sockets a process holds, with that owner.
     pub created: u64,
-    /// Sockets that already had an entry (moved bytes since attach, or
-    /// shared with a process seen first).
+    /// Entries created for sockets no visible process holds (no owner).
+    pub ownerless: u64,
+    /// Sockets that already had an entry when the owners' pass met them
+    /// (moved bytes since attach, or shared with a process seen first).
     pub tracked: u64,
     /// Entries the map refused (full).
     pub failed: u64,
 }
 
-impl SeedReport {
-    fn tally(&mut self, codes: &[u8]) {
+/// One pass's outcome codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    created: u64,
+    tracked: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, codes: &[u8]) {
         for &c in codes {
             match c {
                 seeded::CREATED => self.created += 1,
@@ -133,18 +149,27 @@ pub enum SeedError {
     Offsets(String),
     #[error("reading kernel BTF: {0}")]
     KernelBtf(#[source] aya::BtfError),
-    #[error("the BPF object has no program {PROGRAM}")]
-    Missing,
-    #[error("{action} the iter/{TARGET} program (BPF iterators need Linux ≥ 5.8): {source}")]
+    #[error("the BPF object has no program {0}")]
+    Missing(&'static str),
+    #[error("{action} the iter/{target} program (BPF iterators need Linux ≥ 5.8, iter/tcp and iter/udp ≥ 5.9): {source}")]
     Program {
         action: &'static str,
+        target: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("creating the iter/{TARGET} iterator: {0}")]
-    Link(#[source] aya::programs::links::LinkError),
-    #[error("reading the iter/{TARGET} iterator: {0}")]
-    Read(#[source] io::Error),
+    #[error("creating the iter/{target} iterator: {source}")]
+    Link {
+        target: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("reading the iter/{target} iterator: {source}")]
+    Read {
+        target: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Most consecutive EAGAIN reads tolerated: the kernel stops a read after a
@@ -152,47 +177,86 @@ pub enum SeedError {
 /// next read resumes where it stopped.
 const MAX_EAGAIN: u32 = 1000;
 
-/// Load the iterator into `ebpf` (whose tier programs are attached), run it
-/// once to the end, and unload it.
+/// Run every pass once, in order, against `ebpf` (whose tier programs are
+/// attached), unloading each iterator after use. Fails only if the owners'
+/// pass fails; a later pass that fails is logged and skipped.
 pub fn run(ebpf: &mut Ebpf) -> Result<SeedReport, SeedError> {
     kernel_offsets()
         .as_ref()
         .map_err(|e| SeedError::Offsets(e.clone()))?;
     let btf = aya::Btf::from_sys_fs().map_err(SeedError::KernelBtf)?;
-    let prog: &mut Iter = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(SeedError::Missing)?
-        .try_into()
-        .map_err(|source| SeedError::Program {
-            action: "finding",
+    let mut report = SeedReport::default();
+    for (program, target, needed) in PASSES {
+        match run_pass(ebpf, &btf, program, target) {
+            Ok(t) if needed => {
+                report.created += t.created;
+                report.tracked += t.tracked;
+                report.failed += t.failed;
+            }
+            Ok(t) => {
+                report.ownerless += t.created;
+                report.failed += t.failed;
+            }
+            Err(e) if needed => return Err(e),
+            Err(e) => {
+                log::warn!("sockets no process holds are not listed until they move bytes: {e}")
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn run_pass(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    program: &'static str,
+    target: &'static str,
+) -> Result<Tally, SeedError> {
+    let err = |action| {
+        move |source| SeedError::Program {
+            action,
+            target,
             source,
-        })?;
-    let err = |action| move |source| SeedError::Program { action, source };
-    prog.load(TARGET, &btf).map_err(err("loading"))?;
-    let result = iterate(prog);
-    // The program is needed once: free it whatever happened.
+        }
+    };
+    let prog: &mut Iter = ebpf
+        .program_mut(program)
+        .ok_or(SeedError::Missing(program))?
+        .try_into()
+        .map_err(err("finding"))?;
+    prog.load(target, btf).map_err(err("loading"))?;
+    let result = iterate(prog, target);
+    // Each iterator runs once: free it whatever happened.
     let _ = prog.unload();
     result
 }
 
-fn iterate(prog: &mut Iter) -> Result<SeedReport, SeedError> {
-    let err = |action| move |source| SeedError::Program { action, source };
+fn iterate(prog: &mut Iter, target: &'static str) -> Result<Tally, SeedError> {
+    let err = |action| {
+        move |source| SeedError::Program {
+            action,
+            target,
+            source,
+        }
+    };
     let link_id = prog.attach().map_err(err("attaching"))?;
     let link = prog.take_link(link_id).map_err(err("taking the link of"))?;
-    let mut file = link.into_file().map_err(SeedError::Link)?;
-    let mut report = SeedReport::default();
+    let mut file = link
+        .into_file()
+        .map_err(|source| SeedError::Link { target, source })?;
+    let mut tally = Tally::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut eagain = 0;
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok(report),
+            Ok(0) => return Ok(tally),
             Ok(n) => {
                 eagain = 0;
-                report.tally(&buf[..n]);
+                tally.add(&buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && eagain < MAX_EAGAIN => eagain += 1,
-            Err(e) => return Err(SeedError::Read(e)),
+            Err(source) => return Err(SeedError::Read { target, source }),
         }
     }
 }
@@ -212,11 +276,11 @@ mod tests {
 
     #[test]
     fn tally_counts_each_code() {
-        let mut r = SeedReport::default();
-        r.tally(&[seeded::CREATED, seeded::CREATED, seeded::TRACKED, 9]);
+        let mut t = Tally::default();
+        t.add(&[seeded::CREATED, seeded::CREATED, seeded::TRACKED, 9]);
         assert_eq!(
-            r,
-            SeedReport {
+            t,
+            Tally {
                 created: 2,
                 tracked: 1,
                 failed: 1
