@@ -468,8 +468,9 @@ fn seeded_sockets_listed(tier: Tier) {
     drop(child.child.stdin.take());
     assert!(child.child.wait().unwrap().success(), "child failed");
     println!(
-        "NETWATCH-SEED {tier}: {} pre-existing sockets listed with owner, then exact bytes",
-        expected.len()
+        "NETWATCH-SEED {tier}: {} pre-existing sockets listed with owner, {} without, then exact bytes",
+        expected.len(),
+        ownerless.len()
     );
 }
 
