@@ -173,6 +173,8 @@ pub mod seeded {
     pub const TRACKED: u8 = 1;
     /// The map refused the entry.
     pub const FAILED: u8 = 2;
+    /// Not seeded: the seeding budget (half the map) was used up.
+    pub const SKIPPED: u8 = 3;
 }
 
 /// Names of the maps and globals the programs define, shared with the loader.

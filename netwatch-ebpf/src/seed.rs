@@ -19,7 +19,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
-use netwatch_common::{AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP};
+use aya_ebpf::{macros::map, maps::Array};
+use netwatch_common::{seeded, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::account::{read_at, sk_family};
 use crate::maps;
@@ -52,6 +53,38 @@ static OFF_CGROUP_KN: u32 = 0;
 static OFF_KERNFS_NODE_ID: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SKC_STATE: u32 = 18;
+/// Most entries seeding may create (the loader sets half the capacity of
+/// `SOCKETS`), so existing idle sockets never make the LRU evict entries.
+#[unsafe(no_mangle)]
+static SEED_LIMIT: u32 = 0;
+
+/// Entries seeding created so far (slot 0). The iterators run one object at
+/// a time in the reading task, so a plain read-modify-write is enough.
+#[map(name = "SEEDED")]
+static SEEDED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `account::seed` within the budget, else `seeded::SKIPPED`.
+#[inline(always)]
+unsafe fn seed_within_limit(
+    sk: *const u8,
+    family: u16,
+    protocol: u8,
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+    cgroup_id: u64,
+) -> u8 {
+    let Some(count) = SEEDED.get_ptr_mut(0) else {
+        return seeded::SKIPPED;
+    };
+    if *count as usize >= global(&SEED_LIMIT) {
+        return seeded::SKIPPED;
+    }
+    let outcome = crate::account::seed(sk, family, protocol, tgid, comm, cgroup_id);
+    if outcome == seeded::CREATED {
+        *count += 1;
+    }
+    outcome
+}
 
 #[inline(always)]
 fn global(v: &'static u32) -> usize {
@@ -112,7 +145,7 @@ unsafe fn seed_ownerless(meta: *const u8, sk: *const u8, protocol: u8) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let outcome = crate::account::seed(sk, family, protocol, 0, [0; COMM_LEN], 0);
+    let outcome = seed_within_limit(sk, family, protocol, 0, [0; COMM_LEN], 0);
     emit(meta, outcome);
 }
 
@@ -215,6 +248,6 @@ unsafe fn on_file(ctx: *const u8) {
     let tgid = read_at::<u32>(task, global(&OFF_TASK_TGID)).unwrap_or(0);
     let comm = read_at::<[u8; COMM_LEN]>(task, global(&OFF_TASK_COMM)).unwrap_or([0; COMM_LEN]);
     let cgroup_id = task_cgroup_id(task);
-    let outcome = crate::account::seed(sk, family, protocol, tgid, comm, cgroup_id);
+    let outcome = seed_within_limit(sk, family, protocol, tgid, comm, cgroup_id);
     emit(meta, outcome);
 }

@@ -79,8 +79,10 @@ fn pattern(n: usize) -> Vec<u8> {
 /// bytes, reports MOVED, and exits when its stdin closes.
 #[test]
 fn seed_child() {
-    if std::env::var("NETWATCH_SEED_ROLE").as_deref() != Ok("child") {
-        return;
+    match std::env::var("NETWATCH_SEED_ROLE").as_deref() {
+        Ok("child") => {}
+        Ok("many") => return many_sockets_child(),
+        _ => return,
     }
     let mut out = std::io::stdout();
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -164,6 +166,26 @@ fn seed_child() {
     drop((tx, rx));
 }
 
+/// Sockets the budget child holds: more than the budget of a `SMALL_MAP`.
+const MANY: usize = 40;
+/// A socket map this small gives seeding a budget of `SMALL_MAP / 2 < MANY`.
+const SMALL_MAP: u32 = 64;
+
+/// Holds `MANY` idle UDP sockets until its stdin closes.
+fn many_sockets_child() {
+    let socks: Vec<UdpSocket> = (0..MANY)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut out = std::io::stdout();
+    for s in &socks {
+        writeln!(out, "UNCONN UDP {} *:*", s.local_addr().unwrap()).unwrap();
+    }
+    writeln!(out, "READY").unwrap();
+    out.flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
 /// Send `fds` over `via` with SCM_RIGHTS. Until received they are held only
 /// by the message in flight.
 fn send_fds(via: &UnixStream, fds: &[RawFd]) {
@@ -214,7 +236,7 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    fn spawn() -> Self {
+    fn spawn(role: &str) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "seed_child",
@@ -223,7 +245,7 @@ impl Worker {
                 "--test-threads=1",
                 "-q",
             ])
-            .env("NETWATCH_SEED_ROLE", "child")
+            .env("NETWATCH_SEED_ROLE", role)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -312,7 +334,7 @@ fn row<'a>(a: &'a Attributed, pid: u32, key: &str) -> &'a ConnectionDetail {
 
 fn seeded_sockets_listed(tier: Tier) {
     require_root();
-    let mut child = Worker::spawn();
+    let mut child = Worker::spawn("child");
     let (ownerless, expected): (BTreeSet<String>, BTreeSet<String>) = child
         .lines_until("READY")
         .into_iter()
@@ -490,4 +512,51 @@ fn seeded_sockets_listed_kprobe_tier() {
 fn seeded_sockets_listed_fentry_tier() {
     let _serial = serial();
     seeded_sockets_listed(Tier::Fentry);
+}
+
+/// Seeding fills at most half the socket map, whatever exists, so idle
+/// sockets can never push out the entries of sockets that move bytes.
+#[test]
+fn seeding_fills_at_most_half_the_map() {
+    let _serial = serial();
+    require_root();
+    let mut child = Worker::spawn("many");
+    let sockets = child.lines_until("READY");
+    assert_eq!(sockets.len(), MANY);
+    let pid = child.child.id();
+    let opts = LoadOptions {
+        max_sockets: SMALL_MAP,
+        ..LoadOptions::default()
+    };
+    let mut src = EbpfSource::load(&opts).expect("some tier loads");
+    let tier = src.tier();
+    let report = src.seed_report().expect("seeding ran");
+    let budget = u64::from(SMALL_MAP / 2);
+    assert_eq!(
+        report.created + report.ownerless,
+        budget,
+        "[{tier}] {MANY} sockets exist: the whole budget and no more is used: {report:?}"
+    );
+    assert!(
+        report.skipped >= MANY as u64 - budget,
+        "[{tier}] the rest are skipped: {report:?}"
+    );
+    let a = Attribution::new(Instant::now()).apply(&src.read().unwrap());
+    let listed = rows_of(&a, pid);
+    assert!(
+        listed.len() as u64 <= budget,
+        "[{tier}] at most the budget is listed: {}",
+        listed.len()
+    );
+    for c in listed {
+        assert!(sockets.contains(&row_key(c)), "[{tier}] {c:?}");
+        assert_eq!(
+            (c.rx_bytes, c.tx_bytes),
+            (Some(0), Some(0)),
+            "[{tier}] {c:?}"
+        );
+    }
+    drop(child.child.stdin.take());
+    assert!(child.child.wait().unwrap().success(), "child failed");
+    println!("NETWATCH-SEED {tier}: budget {budget} of a {SMALL_MAP}-entry map: {report:?}");
 }

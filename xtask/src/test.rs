@@ -43,6 +43,7 @@ const GUEST_SEED_TESTS: &[&str] = &[
     "seeded_sockets_listed_fentry_tier",
     "seeded_sockets_listed_kprobe_tier",
     "seeded_sockets_listed_tracepoint_tier",
+    "seeding_fills_at_most_half_the_map",
 ];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";

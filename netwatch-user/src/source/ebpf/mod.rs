@@ -119,6 +119,8 @@ pub struct EbpfSource {
     max_sockets: u32,
     /// Highest eviction count estimated so far (kept monotonic).
     evicted: u64,
+    /// What seeding found at load (`None`: it could not run).
+    seeded: Option<seed::SeedReport>,
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -247,15 +249,21 @@ impl EbpfSource {
         let (mut ebpf, tier) = tier::load_best(opts)?;
         // After attach, so a socket is either seen by the programs or seeded.
         let started = Instant::now();
-        match seed::run(&mut ebpf) {
-            Ok(r) => info!(
-                "seeded {} existing sockets and {} no process holds in {:.1?} ({} already tracked, {} refused by a full map)",
-                r.created,
-                r.ownerless,
-                started.elapsed(),
-                r.tracked,
-                r.failed
-            ),
+        let seeded = seed::run(&mut ebpf);
+        match &seeded {
+            Ok(r) => {
+                info!(
+                    "seeded {} existing sockets and {} no process holds in {:.1?} ({} already tracked, {} refused by a full map)",
+                    r.created,
+                    r.ownerless,
+                    started.elapsed(),
+                    r.tracked,
+                    r.failed
+                );
+                if r.skipped > 0 {
+                    warn!("{} existing sockets are not listed until they move bytes: seeding may fill at most half the socket map ({} entries; raise it with --max-sockets)", r.skipped, seed::limit(opts.max_sockets));
+                }
+            }
             Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
         }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -287,7 +295,13 @@ impl EbpfSource {
             logger,
             max_sockets: opts.max_sockets,
             evicted: 0,
+            seeded: seeded.ok(),
         })
+    }
+
+    /// What seeding found at load, if it ran.
+    pub fn seed_report(&self) -> Option<seed::SeedReport> {
+        self.seeded
     }
 
     /// The tier in use.

@@ -90,6 +90,15 @@ impl SeedOffsets {
     }
 }
 
+/// The global holding the most entries seeding may create.
+pub const LIMIT_GLOBAL: &str = "SEED_LIMIT";
+
+/// Seeding may fill at most half the socket map: the rest stays free for
+/// sockets that move bytes, and seeding never makes the LRU evict.
+pub fn limit(max_sockets: u32) -> u32 {
+    max_sockets / 2
+}
+
 /// The running kernel's offsets, resolved once per process.
 fn kernel_offsets() -> &'static Result<SeedOffsets, String> {
     static OFFSETS: OnceLock<Result<SeedOffsets, String>> = OnceLock::new();
@@ -121,6 +130,8 @@ pub struct SeedReport {
     pub tracked: u64,
     /// Entries the map refused (full).
     pub failed: u64,
+    /// Sockets not seeded because seeding had filled half the map.
+    pub skipped: u64,
 }
 
 /// One pass's outcome codes.
@@ -129,6 +140,7 @@ struct Tally {
     created: u64,
     tracked: u64,
     failed: u64,
+    skipped: u64,
 }
 
 impl Tally {
@@ -137,6 +149,7 @@ impl Tally {
             match c {
                 seeded::CREATED => self.created += 1,
                 seeded::TRACKED => self.tracked += 1,
+                seeded::SKIPPED => self.skipped += 1,
                 _ => self.failed += 1,
             }
         }
@@ -192,10 +205,12 @@ pub fn run(ebpf: &mut Ebpf) -> Result<SeedReport, SeedError> {
                 report.created += t.created;
                 report.tracked += t.tracked;
                 report.failed += t.failed;
+                report.skipped += t.skipped;
             }
             Ok(t) => {
                 report.ownerless += t.created;
                 report.failed += t.failed;
+                report.skipped += t.skipped;
             }
             Err(e) if needed => return Err(e),
             Err(e) => {
@@ -277,13 +292,20 @@ mod tests {
     #[test]
     fn tally_counts_each_code() {
         let mut t = Tally::default();
-        t.add(&[seeded::CREATED, seeded::CREATED, seeded::TRACKED, 9]);
+        t.add(&[
+            seeded::CREATED,
+            seeded::CREATED,
+            seeded::TRACKED,
+            seeded::SKIPPED,
+            9,
+        ]);
         assert_eq!(
             t,
             Tally {
                 created: 2,
                 tracked: 1,
-                failed: 1
+                failed: 1,
+                skipped: 1,
             }
         );
     }

@@ -325,10 +325,12 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         return Err(LoadError::NoObject);
     }
     let tier_value = tier.abi() as u32;
+    let seed_limit = super::seed::limit(opts.max_sockets);
     let mut loader = EbpfLoader::new();
     for (name, value) in super::seed::globals() {
         loader.override_global(name, value, true);
     }
+    loader.override_global(super::seed::LIMIT_GLOBAL, &seed_limit, true);
     loader
         .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)
