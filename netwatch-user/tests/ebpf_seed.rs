@@ -487,6 +487,32 @@ fn seeded_sockets_listed(tier: Tier) {
         "[{tier}] the child's bytes in the interval"
     );
     assert_eq!(second.lost_records, 0, "[{tier}] nothing lost");
+
+    // The owner's cgroup, read by the iterator from the task, is the one
+    // the counting programs read from the task that moved the bytes.
+    let cgroups = |batch: &netwatch::source::SampleBatch, moved: bool| -> BTreeSet<Option<u64>> {
+        batch
+            .samples
+            .iter()
+            .filter(|s| s.pid == Some(pid) && (!moved || s.rx_bytes + s.tx_bytes > 0))
+            .map(|s| s.cgroup_id)
+            .collect()
+    };
+    let seeded_cgroup = cgroups(&first, false);
+    assert_eq!(
+        seeded_cgroup.len(),
+        1,
+        "[{tier}] one cgroup: {seeded_cgroup:?}"
+    );
+    assert!(
+        !seeded_cgroup.contains(&None),
+        "[{tier}] seeded with the owner's cgroup"
+    );
+    assert_eq!(
+        cgroups(&second, true),
+        seeded_cgroup,
+        "[{tier}] the same cgroup id as bpf_get_current_cgroup_id"
+    );
     drop(child.child.stdin.take());
     assert!(child.child.wait().unwrap().success(), "child failed");
     println!(
