@@ -20,7 +20,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use aya_ebpf::{macros::map, maps::Array};
-use netwatch_common::{seeded, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP};
+use netwatch_common::{seeded, AF_INET, AF_INET6, COMM_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE};
 
 use crate::account::{read_at, sk_family};
 use crate::maps;
@@ -28,6 +28,9 @@ use crate::maps;
 /// `S_IFMT` and `S_IFSOCK` from `include/uapi/linux/stat.h`.
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
+/// `SOCK_STREAM` and `SOCK_DGRAM` (`socket->type`).
+const SOCK_STREAM: u16 = 1;
+const SOCK_DGRAM: u16 = 2;
 
 // Load-time globals, set by the loader from BTF (netwatch-user's
 // `source::ebpf::seed`, which names each one).
@@ -39,6 +42,8 @@ static OFF_FILE_PRIVATE_DATA: u32 = 200;
 static OFF_INODE_I_MODE: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SOCKET_SK: u32 = 24;
+#[unsafe(no_mangle)]
+static OFF_SOCKET_TYPE: u32 = 4;
 #[unsafe(no_mangle)]
 static OFF_TASK_TGID: u32 = 0;
 #[unsafe(no_mangle)]
@@ -233,6 +238,8 @@ unsafe fn on_file(ctx: *const u8) {
     if socket.is_null() {
         return;
     }
+    // Raw sockets may carry IPPROTO_TCP/UDP too: only stream and datagram.
+    let kind = read_at::<u16>(socket, global(&OFF_SOCKET_TYPE)).unwrap_or(0);
     let sk = ptr_at(socket, global(&OFF_SOCKET_SK));
     if sk.is_null() {
         return;
@@ -241,8 +248,23 @@ unsafe fn on_file(ctx: *const u8) {
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8;
-    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+    // Compared as the kernel's u16: IPPROTO_MPTCP (262) is not TCP.
+    let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0);
+    let protocol = match (protocol, kind) {
+        (p, SOCK_STREAM) if p == IPPROTO_TCP as u16 => IPPROTO_TCP,
+        (p, SOCK_DGRAM) if p == IPPROTO_UDP as u16 => IPPROTO_UDP,
+        _ => return,
+    };
+    // `ss` lists no TCP socket in CLOSE (never connected, or bound and not
+    // listening: neither is in the tables it dumps), and neither do we.
+    if protocol == IPPROTO_TCP
+        && read_at::<u8>(sk, off_skc_state()).unwrap_or(TCP_CLOSE) == TCP_CLOSE
+    {
+        return;
+    }
+    // Nor a UDP socket never bound (local port 0: in no table). `skc_num`,
+    // the local port, sits at byte 14 of `sock_common` on every kernel.
+    if protocol == IPPROTO_UDP && read_at::<u16>(sk, 14).unwrap_or(0) == 0 {
         return;
     }
     let tgid = read_at::<u32>(task, global(&OFF_TASK_TGID)).unwrap_or(0);

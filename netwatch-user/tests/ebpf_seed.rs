@@ -123,6 +123,13 @@ fn seed_child() {
     )
     .unwrap();
     writeln!(out, "UNCONN UDP {} *:*", addr(idle6.local_addr())).unwrap();
+    // Sockets `ss -tu` does not list, nor may we: a raw socket of protocol
+    // UDP, a TCP socket never connected (CLOSE, in no table), a UDP socket
+    // never bound, and an MPTCP socket where the kernel has MPTCP.
+    let _raw = raw_socket(libc::SOCK_RAW, libc::IPPROTO_UDP).expect("raw socket (root)");
+    let _unconnected = raw_socket(libc::SOCK_STREAM, libc::IPPROTO_TCP).expect("TCP socket");
+    let _unbound = raw_socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP).expect("UDP socket");
+    let _mptcp = raw_socket(libc::SOCK_STREAM, libc::IPPROTO_MPTCP);
     // Two sockets no process holds: sent over a Unix socket (SCM_RIGHTS)
     // and closed, they live in flight, in no task's file table.
     let (tx, rx) = UnixStream::pair().unwrap();
@@ -184,6 +191,18 @@ fn many_sockets_child() {
     out.flush().unwrap();
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
+}
+
+/// An IPv4 socket of `kind` and `protocol`, closed on drop.
+fn raw_socket(kind: libc::c_int, protocol: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind, protocol) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Send `fds` over `via` with SCM_RIGHTS. Until received they are held only
