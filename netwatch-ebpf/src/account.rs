@@ -1,6 +1,7 @@
 //! The one accounting function every program calls: find or create the
 //! socket's entry, stamp the current owner, add the bytes. A tier shim only
-//! decides which socket, which direction and how many bytes.
+//! decides which socket, which direction and how many bytes. [`seed`] enters
+//! a socket that existed before attach, with 0 bytes; it never counts.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
