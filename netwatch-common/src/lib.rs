@@ -96,6 +96,11 @@ pub struct SockStats {
     pub first_ns: u64,
     /// `bpf_ktime_get_ns()` of the last counted event.
     pub last_ns: u64,
+    /// TCP: `tcp_sock->srtt_us` (smoothed RTT in µs, << 3) at the last
+    /// event or at seeding; 0 if never measured or not TCP.
+    pub srtt_us: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: [u8; 4],
 }
 
 impl SockStats {
@@ -120,6 +125,8 @@ impl SockStats {
             rx_calls: 0,
             first_ns: 0,
             last_ns: 0,
+            srtt_us: 0,
+            _pad2: [0; 4],
         }
     }
 }
@@ -195,6 +202,8 @@ pub mod names {
     pub const OFF_SKC_V6_RCV_SADDR: &str = "OFF_SKC_V6_RCV_SADDR";
     /// Global `u32`: offset of `sk_protocol` in `struct sock`.
     pub const OFF_SK_PROTOCOL: &str = "OFF_SK_PROTOCOL";
+    /// Global `u32`: offset of `srtt_us` in `struct tcp_sock`.
+    pub const OFF_TCP_SRTT_US: &str = "OFF_TCP_SRTT_US";
     /// Global `u32`: the [`super::Tier`] attached, stamped on new entries.
     pub const TIER: &str = "TIER";
     /// Map `u64 pid_tgid -> u64 sk` used by the kprobe tier between entry and return.
@@ -215,5 +224,5 @@ mod pod {
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
-const _: () = assert!(core::mem::size_of::<SockStats>() == 120);
-const _: () = assert!(core::mem::size_of::<ClosedSock>() == 128);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 128);
+const _: () = assert!(core::mem::size_of::<ClosedSock>() == 136);

@@ -132,6 +132,20 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *mut SockStats) {
     *st = fresh(sk, old.family, old.protocol);
 }
 
+/// Keep a TCP socket's smoothed RTT (`tcp_sock->srtt_us`, BTF offset) in
+/// its entry; 0 (not measured yet) leaves the last value.
+#[inline(always)]
+pub unsafe fn update_rtt(sk: *const u8, protocol: u8, st: &mut SockStats) {
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    if let Ok(srtt) = read_at::<u32>(sk, maps::off_tcp_srtt_us()) {
+        if srtt != 0 {
+            st.srtt_us = srtt;
+        }
+    }
+}
+
 /// Look up the socket's entry, creating it (with its addresses) if new.
 #[inline(always)]
 pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut SockStats> {
@@ -179,6 +193,7 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
     }
     st.cgroup_id = bpf_get_current_cgroup_id();
     st.last_ns = bpf_ktime_get_ns();
+    update_rtt(sk, protocol, st);
     let n = bytes as u64;
     match dir {
         Dir::Tx => {
@@ -221,6 +236,7 @@ pub unsafe fn seed(
     if protocol == IPPROTO_TCP {
         st.state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
     }
+    update_rtt(sk, protocol, &mut st);
     match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => {
             bump(counter::CREATED);

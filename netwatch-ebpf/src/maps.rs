@@ -40,6 +40,8 @@ static OFF_SKC_V6_DADDR: u32 = 56;
 static OFF_SKC_V6_RCV_SADDR: u32 = 72;
 #[unsafe(no_mangle)]
 static OFF_SK_PROTOCOL: u32 = 0x204;
+#[unsafe(no_mangle)]
+static OFF_TCP_SRTT_US: u32 = 0;
 /// The `netwatch_common::Tier` the loader attached, stamped on new entries.
 #[unsafe(no_mangle)]
 static TIER: u32 = 0;
@@ -71,6 +73,10 @@ pub fn off_skc_v6_rcv_saddr() -> usize {
 #[inline(always)]
 pub fn off_sk_protocol() -> usize {
     global(&OFF_SK_PROTOCOL)
+}
+#[inline(always)]
+pub fn off_tcp_srtt_us() -> usize {
+    global(&OFF_TCP_SRTT_US)
 }
 
 /// Add one to a `COUNTERS` slot.

@@ -327,6 +327,14 @@ fn ownerless_rows(rows: &[ConnectionDetail], keys: &BTreeSet<String>) -> BTreeSe
         .collect()
 }
 
+/// Each row's `kernel_rtt_us` in whole microseconds, by row key.
+fn rtts(a: &Attributed, pid: u32) -> std::collections::BTreeMap<String, Option<u64>> {
+    rows_of(a, pid)
+        .into_iter()
+        .map(|c| (row_key(c), c.kernel_rtt_us.map(|r| r as u64)))
+        .collect()
+}
+
 fn rows_of(a: &Attributed, pid: u32) -> Vec<&ConnectionDetail> {
     a.connections
         .iter()
@@ -380,6 +388,8 @@ fn seeded_sockets_listed(tier: Tier) {
         .map(row_key)
         .collect();
     assert_eq!(ss_rows, expected, "ss lists the child's sockets");
+    // The smoothed RTT of an idle connection no longer changes.
+    let ss_rtt = rtts(&Attribution::new(Instant::now()).apply(&ss), pid);
     let ss_ownerless = Attribution::new(Instant::now()).apply(&ss).connections;
     assert_eq!(
         ownerless_rows(&ss_ownerless, &ownerless),
@@ -410,6 +420,16 @@ fn seeded_sockets_listed(tier: Tier) {
     assert_eq!(
         listed, expected,
         "[{tier}] the first read lists what ss lists"
+    );
+    assert_eq!(
+        rtts(&a, pid),
+        ss_rtt,
+        "[{tier}] kernel_rtt_us as ss reports it (TCP connections only)"
+    );
+    assert_eq!(
+        ss_rtt.values().filter(|r| r.is_some()).count(),
+        4,
+        "ss shows the RTT of the 4 TCP connections: {ss_rtt:?}"
     );
     for c in rows_of(&a, pid) {
         assert_eq!(
@@ -471,6 +491,7 @@ fn seeded_sockets_listed(tier: Tier) {
         assert_eq!(pair.len(), 2, "[{tier}] {pair:?}");
         for (local, remote) in pair {
             let c = get(format!("ESTABLISHED TCP {local} {remote}"));
+            assert!(c.kernel_rtt_us.is_some(), "[{tier}] RTT kept: {c:?}");
             let is_client = listeners.contains(&remote);
             let sent = is_client == client_sends;
             let want = if sent {

@@ -17,6 +17,8 @@ pub struct SockOffsets {
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub sk_protocol: u32,
+    /// `srtt_us` in `struct tcp_sock`.
+    pub tcp_srtt_us: u32,
 }
 
 #[derive(Debug, Error)]
@@ -119,6 +121,7 @@ impl SockOffsets {
             skc_v6_daddr: offset(&btf, &common, "sock_common", "skc_v6_daddr")?,
             skc_v6_rcv_saddr: offset(&btf, &common, "sock_common", "skc_v6_rcv_saddr")?,
             sk_protocol: offset(&btf, &sock, "sock", "sk_protocol")?,
+            tcp_srtt_us: offset(&btf, &find_struct(&btf, "tcp_sock")?, "tcp_sock", "srtt_us")?,
         })
     }
 }

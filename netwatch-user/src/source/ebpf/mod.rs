@@ -88,7 +88,8 @@ pub fn to_sample(key: &SockKey, st: &SockStats, closed: bool) -> Option<SocketSa
         cgroup_id: (st.cgroup_id != 0).then_some(st.cgroup_id),
         rx_bytes: st.rx_bytes,
         tx_bytes: st.tx_bytes,
-        rtt_us: None,
+        // As `ss` reports it (`tcpi_rtt`): srtt_us >> 3, whole microseconds.
+        rtt_us: (protocol == Protocol::Tcp && st.srtt_us != 0).then(|| f64::from(st.srtt_us >> 3)),
         closed,
         origin: CountOrigin::SinceAttach,
     })
@@ -450,6 +451,25 @@ mod tests {
         assert_eq!((s.rx_bytes, s.tx_bytes), (20, 10));
         assert_eq!(s.state, "ESTABLISHED");
         assert_eq!(s.origin, CountOrigin::SinceAttach);
+    }
+
+    #[test]
+    fn rtt_is_srtt_over_8_for_tcp_only() {
+        let mut st = stats();
+        st.srtt_us = 23 * 8 + 7;
+        let s = to_sample(&SockKey { sk: 7 }, &st, false).unwrap();
+        assert_eq!(s.rtt_us, Some(23.0), "as ss: tcpi_rtt = srtt_us >> 3");
+        st.srtt_us = 0;
+        assert_eq!(
+            to_sample(&SockKey { sk: 7 }, &st, false).unwrap().rtt_us,
+            None
+        );
+        st.srtt_us = 800;
+        st.protocol = IPPROTO_UDP;
+        assert_eq!(
+            to_sample(&SockKey { sk: 7 }, &st, false).unwrap().rtt_us,
+            None
+        );
     }
 
     #[test]

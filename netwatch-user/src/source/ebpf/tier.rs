@@ -336,6 +336,7 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)
         .override_global(names::OFF_SKC_V6_RCV_SADDR, &offsets.skc_v6_rcv_saddr, true)
         .override_global(names::OFF_SK_PROTOCOL, &offsets.sk_protocol, true)
+        .override_global(names::OFF_TCP_SRTT_US, &offsets.tcp_srtt_us, true)
         .override_global(names::TIER, &tier_value, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
         .map_max_entries(names::CLOSED, opts.ringbuf_bytes)
