@@ -145,6 +145,8 @@ mod tests {
         );
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
+        // tcp_sock embeds struct sock (via inet_connection_sock) first.
+        assert!(o.tcp_srtt_us > o.sk_protocol, "{o:?}");
     }
 
     #[test]
