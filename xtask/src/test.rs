@@ -40,6 +40,16 @@ const GUEST_TESTS: &[&str] = &[
     "cases_tracepoint_tier",
 ];
 const GUEST_REQUIRED_TIERS: &str = "fentry,kprobe";
+/// The seeding tests (`ebpf_seed`): sockets opened before load are listed
+/// as `ss` lists them, so the guest also gets the host's `ss`.
+const GUEST_SEED_TESTS: &[&str] = &[
+    "seeded_sockets_listed_fentry_tier",
+    "seeded_sockets_listed_kprobe_tier",
+    "seeded_sockets_listed_tracepoint_tier",
+    "seeding_fills_at_most_half_the_map",
+];
+/// Where iproute2 puts `ss` on the host.
+const HOST_SS: &str = "/usr/bin/ss";
 
 fn root() -> PathBuf {
     vm::workspace_root()
@@ -101,17 +111,38 @@ fn tier_test_binary() -> Result<PathBuf> {
     )
 }
 
+/// Path of the `ebpf_seed` integration test binary (built if needed).
+fn seed_test_binary() -> Result<PathBuf> {
+    crate::host::cargo_executable(
+        &[
+            "test",
+            "-p",
+            "netwatch-user",
+            "--test",
+            "ebpf_seed",
+            "--no-run",
+        ],
+        "ebpf_seed",
+    )
+}
+
 fn guest_tests() -> Result<Duration> {
     let t = Instant::now();
     let bin = tier_test_binary()?;
+    let seed_bin = seed_test_binary()?;
+    if !Path::new(HOST_SS).exists() {
+        bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
+    }
     eprintln!(
         "\nxtask test: eBPF tiers in a QEMU guest (Debian stock kernel, TCG): {}",
         bin.display()
     );
     let commands = GUEST_TESTS
         .iter()
-        .map(|name| {
-            Ok(GuestCommand::cargo_test(&bin, name)?
+        .map(|name| (&bin, name))
+        .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
+        .map(|(bin, name)| {
+            Ok(GuestCommand::cargo_test(bin, name)?
                 .env("NETWATCH_REQUIRE_TIERS", GUEST_REQUIRED_TIERS)
                 // Workloads sized for software emulation.
                 .env("NETWATCH_GUEST", "1"))
@@ -123,7 +154,7 @@ fn guest_tests() -> Result<Duration> {
         timeout: Duration::from_secs(900),
         ..VmOptions::default()
     };
-    let report = vm::run_in_vm(&opts, &[bin], &commands)?;
+    let report = vm::run_in_vm(&opts, &[bin, seed_bin, PathBuf::from(HOST_SS)], &commands)?;
     eprintln!("{}", report.summary());
     report.ensure_success()?;
     Ok(t.elapsed())
