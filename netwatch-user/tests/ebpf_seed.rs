@@ -82,6 +82,8 @@ fn seed_child() {
     match std::env::var("NETWATCH_SEED_ROLE").as_deref() {
         Ok("child") => {}
         Ok("many") => return many_sockets_child(),
+        Ok("shared") => return shared_sockets_child(),
+        Ok("thread") => return named_thread_child(),
         _ => return,
     }
     let mut out = std::io::stdout();
@@ -193,6 +195,112 @@ fn many_sockets_child() {
     let _ = std::io::stdin().read_line(&mut line);
 }
 
+/// Bytes the shared-socket child sends on its connection after the first read.
+const SHARED_BYTES: usize = 54_321;
+
+/// Opens a listener and a connected pair, then forks: the forked process
+/// holds all three (as a pre-fork server's workers hold the listener) and
+/// moves nothing; it exits when this process does. Reports the sockets and
+/// `FORKED <pid>`, then on MOVE sends `SHARED_BYTES` client to server.
+fn shared_sockets_child() {
+    let mut out = std::io::stdout();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe(2) writes two fds into the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the forked process only calls async-signal-safe functions
+    // (close, read, _exit) before it exits.
+    let forked = unsafe { libc::fork() };
+    if forked == 0 {
+        // SAFETY: plain fd operations on fds this process owns.
+        unsafe {
+            libc::close(fds[1]);
+            let mut b = 0u8;
+            // Blocks until the writer (this process's parent) exits.
+            while libc::read(fds[0], (&mut b as *mut u8).cast(), 1) > 0 {}
+            libc::_exit(0);
+        }
+    }
+    assert!(forked > 0, "fork: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the read end this process does not use.
+    unsafe { libc::close(fds[0]) };
+    writeln!(out, "LISTEN TCP {} *:*", l.local_addr().unwrap()).unwrap();
+    for t in [&c, &s] {
+        writeln!(
+            out,
+            "ESTABLISHED TCP {} {}",
+            t.local_addr().unwrap(),
+            t.peer_addr().unwrap()
+        )
+        .unwrap();
+    }
+    writeln!(out, "FORKED {forked}").unwrap();
+    writeln!(out, "READY").unwrap();
+    out.flush().unwrap();
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "MOVE");
+    c.write_all(&pattern(SHARED_BYTES)).unwrap();
+    let mut buf = vec![0u8; SHARED_BYTES];
+    s.read_exact(&mut buf).unwrap();
+    writeln!(out, "MOVED").unwrap();
+    out.flush().unwrap();
+    line.clear();
+    let _ = stdin.read_line(&mut line);
+    // Our exit closes the pipe's write end: the forked process exits too.
+}
+
+/// Bytes the named thread moves on the seeded and on its own connection.
+const THREAD_SEEDED_BYTES: usize = 31_337;
+const THREAD_NEW_BYTES: usize = 8_191;
+/// The worker thread's own name (`PR_SET_NAME`), unlike the process's.
+const THREAD_NAME: &str = "nw-named-thr";
+
+/// Opens a listener and a connected pair before load; on MOVE a worker
+/// thread that renamed itself to `THREAD_NAME` sends `THREAD_SEEDED_BYTES`
+/// on the seeded pair and `THREAD_NEW_BYTES` on a connection it opens
+/// itself (first seen by the counting programs, not by seeding).
+fn named_thread_child() {
+    let mut out = std::io::stdout();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    writeln!(out, "LISTEN TCP {} *:*", l.local_addr().unwrap()).unwrap();
+    writeln!(out, "READY").unwrap();
+    out.flush().unwrap();
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "MOVE");
+    let worker = std::thread::spawn(move || {
+        let name = std::ffi::CString::new(THREAD_NAME).unwrap();
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of ≤ 16 bytes.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+        let (mut c, mut s) = (c, s);
+        c.write_all(&pattern(THREAD_SEEDED_BYTES)).unwrap();
+        let mut buf = vec![0u8; THREAD_SEEDED_BYTES];
+        s.read_exact(&mut buf).unwrap();
+        let mut c2 = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s2, _) = l.accept().unwrap();
+        c2.write_all(&pattern(THREAD_NEW_BYTES)).unwrap();
+        let mut buf = vec![0u8; THREAD_NEW_BYTES];
+        s2.read_exact(&mut buf).unwrap();
+        let tid = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        (c, s, c2, s2, l, tid.trim().to_string())
+    });
+    let held = worker.join().unwrap();
+    writeln!(out, "THREAD {}", held.5).unwrap();
+    writeln!(out, "MOVED").unwrap();
+    out.flush().unwrap();
+    line.clear();
+    let _ = stdin.read_line(&mut line);
+    drop(held);
+}
+
 /// An IPv4 socket of `kind` and `protocol`, closed on drop.
 fn raw_socket(kind: libc::c_int, protocol: libc::c_int) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -271,6 +379,26 @@ impl Worker {
             .expect("re-executing the test binary as the child");
         let out = BufReader::new(child.stdout.take().unwrap());
         Worker { child, out }
+    }
+
+    /// Lines up to `end` that start with `prefix`, prefix removed.
+    fn tagged_until(&mut self, end: &str, prefix: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert_ne!(
+                self.out.read_line(&mut line).unwrap(),
+                0,
+                "child exited early"
+            );
+            let line = line.trim();
+            if line == end {
+                return lines;
+            }
+            if let Some(rest) = line.strip_prefix(prefix) {
+                lines.push(rest.to_string());
+            }
+        }
     }
 
     /// Lines up to `end` that start with a socket state.
@@ -637,4 +765,199 @@ fn seeding_fills_at_most_half_the_map() {
     drop(child.child.stdin.take());
     assert!(child.child.wait().unwrap().success(), "child failed");
     println!("NETWATCH-SEED {tier}: budget {budget} of a {SMALL_MAP}-entry map: {report:?}");
+}
+
+/// Load `tier`, or `None` (printed) if this kernel genuinely lacks it and
+/// it is not required.
+fn load_tier(tier: Tier) -> Option<EbpfSource> {
+    let opts = LoadOptions {
+        tier: TierChoice::Only(tier),
+        ..LoadOptions::default()
+    };
+    match EbpfSource::load(&opts) {
+        Ok(src) => Some(src),
+        Err(e) => match genuinely_unavailable(tier, &e.to_string()) {
+            Some(why) if !required(tier) => {
+                println!("NETWATCH-SEED {tier}: SKIPPED, unavailable on this kernel: {why}");
+                None
+            }
+            _ => panic!("{tier} tier failed to load: {e}"),
+        },
+    }
+}
+
+/// The pids the batch gives as owners of the socket `key` (a row key).
+fn owners_of(batch: &netwatch::source::SampleBatch, key: &str) -> BTreeSet<u32> {
+    let any = |a: Option<SocketAddr>| a.map_or_else(|| "*:*".to_string(), |a| a.to_string());
+    batch
+        .samples
+        .iter()
+        .filter(|s| {
+            let f: Vec<&str> = key.split(' ').collect();
+            f.len() == 4 && any(s.local) == f[2] && any(s.remote) == f[3]
+        })
+        .inspect(|s| assert_eq!((s.rx_bytes, s.tx_bytes), (0, 0), "seeded: {s:?}"))
+        .filter_map(|s| s.pid)
+        .collect()
+}
+
+/// A listener and a connected pair opened before a `fork` (as a pre-fork
+/// server's listener): seeding lists both processes as owners of each, one
+/// connection row per socket, nothing lost; then the bytes one of them
+/// moves are its own and the other's stay 0.
+fn shared_sockets_seeded(tier: Tier) {
+    require_root();
+    let mut child = Worker::spawn("shared");
+    let mut forked = Vec::new();
+    let mut sockets = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            child.out.read_line(&mut line).unwrap(),
+            0,
+            "child exited early"
+        );
+        let line = line.trim();
+        if line == "READY" {
+            break;
+        }
+        match line.strip_prefix("FORKED ") {
+            Some(p) => forked.push(p.parse::<u32>().unwrap()),
+            None if line.starts_with("LISTEN ") || line.starts_with("ESTABLISHED ") => {
+                sockets.push(line.to_string())
+            }
+            None => {}
+        }
+    }
+    assert_eq!((sockets.len(), forked.len()), (3, 1), "{sockets:?}");
+    let (pid, other) = (child.child.id(), forked[0]);
+    let Some(mut src) = load_tier(tier) else {
+        return;
+    };
+    let mut attribution = Attribution::new(Instant::now());
+    let first = src.read().unwrap();
+    let a = attribution.apply(&first);
+    for key in &sockets {
+        assert_eq!(
+            owners_of(&first, key),
+            BTreeSet::from([pid, other]),
+            "[{tier}] both holders are owners of {key}"
+        );
+        let rows: Vec<_> = a
+            .connections
+            .iter()
+            .filter(|c| &row_key(c) == key)
+            .collect();
+        assert_eq!(rows.len(), 1, "[{tier}] one row per socket: {rows:?}");
+        assert_eq!((rows[0].rx_bytes, rows[0].tx_bytes), (Some(0), Some(0)));
+    }
+    assert_eq!(first.lost_records, 0, "[{tier}] seeding loses nothing");
+    let report = src.seed_report().expect("seeding ran");
+    assert_eq!(report.failed, 0, "[{tier}] {report:?}");
+
+    child.say("MOVE");
+    child.lines_until("MOVED");
+    let second = src.read().unwrap();
+    let a = attribution.apply(&second);
+    let n = SHARED_BYTES as u64;
+    assert_eq!(proc_bytes(&a, pid), (n, n), "[{tier}] the mover's bytes");
+    assert_eq!(proc_bytes(&a, other), (0, 0), "[{tier}] the other holder's");
+    for key in sockets.iter().filter(|k| k.starts_with("ESTABLISHED")) {
+        let rows: Vec<_> = a
+            .connections
+            .iter()
+            .filter(|c| &row_key(c) == key)
+            .collect();
+        assert_eq!(rows.len(), 1, "[{tier}] one row per socket: {rows:?}");
+        let moved = rows[0].rx_bytes.unwrap_or(0) + rows[0].tx_bytes.unwrap_or(0);
+        assert_eq!(moved, n, "[{tier}] {key}: {rows:?}");
+    }
+    assert_eq!(second.lost_records, 0, "[{tier}] nothing lost");
+    drop(child.child.stdin.take());
+    assert!(child.child.wait().unwrap().success(), "child failed");
+    println!("NETWATCH-SEED {tier}: 3 sockets shared across fork, both holders owners; {n} bytes to the mover only");
+}
+
+#[test]
+fn shared_sockets_seeded_tracepoint_tier() {
+    let _serial = serial();
+    shared_sockets_seeded(Tier::Tracepoint);
+}
+
+#[test]
+fn shared_sockets_seeded_kprobe_tier() {
+    let _serial = serial();
+    shared_sockets_seeded(Tier::Kprobe);
+}
+
+#[test]
+fn shared_sockets_seeded_fentry_tier() {
+    let _serial = serial();
+    shared_sockets_seeded(Tier::Fentry);
+}
+
+/// A worker thread renamed with `PR_SET_NAME` moves bytes on a seeded
+/// connection and on one it opens itself: every row of the process, and
+/// its one process row, carry the process's name, not the thread's.
+fn thread_bytes_named_by_process(tier: Tier) {
+    require_root();
+    let mut child = Worker::spawn("thread");
+    child.lines_until("READY");
+    let pid = child.child.id();
+    let comm = child.comm();
+    assert_ne!(comm, THREAD_NAME);
+    let Some(mut src) = load_tier(tier) else {
+        return;
+    };
+    let mut attribution = Attribution::new(Instant::now());
+    let _ = attribution.apply(&src.read().unwrap());
+    child.say("MOVE");
+    let thread = child.tagged_until("MOVED", "THREAD ");
+    assert_eq!(thread, [THREAD_NAME], "the thread renamed itself");
+    let batch = src.read().unwrap();
+    let a = attribution.apply(&batch);
+    let moved = (THREAD_SEEDED_BYTES + THREAD_NEW_BYTES) as u64;
+    let procs: Vec<_> = a.processes.iter().filter(|p| p.pid == Some(pid)).collect();
+    assert_eq!(procs.len(), 1, "[{tier}] one process row: {procs:?}");
+    assert_eq!(procs[0].process_name, comm, "[{tier}] named by the process");
+    assert_eq!(
+        (procs[0].rx_bytes, procs[0].tx_bytes),
+        (moved, moved),
+        "[{tier}] the thread's bytes"
+    );
+    let rows = rows_of(&a, pid);
+    assert_eq!(
+        rows.len(),
+        5,
+        "[{tier}] the listener and both pairs: {rows:?}"
+    );
+    for c in rows {
+        assert_eq!(
+            c.process_name.as_deref(),
+            Some(comm.as_str()),
+            "[{tier}] {c:?}"
+        );
+    }
+    assert_eq!(batch.lost_records, 0, "[{tier}] nothing lost");
+    drop(child.child.stdin.take());
+    assert!(child.child.wait().unwrap().success(), "child failed");
+    println!("NETWATCH-SEED {tier}: thread {THREAD_NAME:?} moved {moved} bytes each way, rows named {comm:?}");
+}
+
+#[test]
+fn thread_bytes_named_by_process_tracepoint_tier() {
+    let _serial = serial();
+    thread_bytes_named_by_process(Tier::Tracepoint);
+}
+
+#[test]
+fn thread_bytes_named_by_process_kprobe_tier() {
+    let _serial = serial();
+    thread_bytes_named_by_process(Tier::Kprobe);
+}
+
+#[test]
+fn thread_bytes_named_by_process_fentry_tier() {
+    let _serial = serial();
+    thread_bytes_named_by_process(Tier::Fentry);
 }

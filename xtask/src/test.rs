@@ -47,6 +47,12 @@ const GUEST_SEED_TESTS: &[&str] = &[
     "seeded_sockets_listed_kprobe_tier",
     "seeded_sockets_listed_tracepoint_tier",
     "seeding_fills_at_most_half_the_map",
+    "shared_sockets_seeded_fentry_tier",
+    "shared_sockets_seeded_kprobe_tier",
+    "shared_sockets_seeded_tracepoint_tier",
+    "thread_bytes_named_by_process_fentry_tier",
+    "thread_bytes_named_by_process_kprobe_tier",
+    "thread_bytes_named_by_process_tracepoint_tier",
 ];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";

@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
         assert!(o.socket_sk > 0 && o.srtt_us > 0, "{o:?}");
-        assert!(o.task_comm > o.task_group_leader && o.task_group_leader > 0, "{o:?}");
+        assert!(
+            o.task_comm > o.task_group_leader && o.task_group_leader > 0,
+            "{o:?}"
+        );
         // Linux ≥ 5.19 (this host is newer): `nonblock` is gone (and
         // `addr_len` too on the newest), and since 6.5 sendfile goes
         // through tcp_sendmsg.

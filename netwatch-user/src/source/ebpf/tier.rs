@@ -436,7 +436,11 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::RECV_FLAGS_ARG, &offsets.recv_flags_arg, true)
         .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
         .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
-        .override_global(names::OFF_TASK_GROUP_LEADER, &offsets.task_group_leader, true)
+        .override_global(
+            names::OFF_TASK_GROUP_LEADER,
+            &offsets.task_group_leader,
+            true,
+        )
         .override_global(names::OFF_TASK_COMM, &offsets.task_comm, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
         .map_max_entries(
