@@ -65,7 +65,8 @@ pub struct Owner {
     pub tgid: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
-    /// `task->comm` of the last task of this process that moved bytes, NUL padded.
+    /// `comm` of the process's thread-group leader (the process name, not a
+    /// thread's), read when the slot was claimed, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// cgroup v2 id of that task (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
@@ -216,6 +217,30 @@ pub mod counter {
     pub const LEN: u32 = 8;
 }
 
+/// What a seeding iterator (`iter/task_file`, `iter/tcp`, `iter/udp`) did
+/// with one existing socket: the one byte it writes to its output per
+/// IPv4/IPv6 TCP/UDP socket (per holder: a socket several processes hold is
+/// met once per holder).
+pub mod seeded {
+    /// A new entry was created (0 bytes), with this holder as its first owner
+    /// (none for a socket no process holds).
+    pub const CREATED: u8 = 0;
+    /// The socket already had an entry (it moved bytes since attach, or
+    /// another holder was met first): this holder has (or now has) an owner
+    /// slot in it, 0 bytes.
+    pub const TRACKED: u8 = 1;
+    /// The map refused the entry.
+    pub const FAILED: u8 = 2;
+    /// Not seeded: the seeding budget (half the map) was used up.
+    pub const SKIPPED: u8 = 3;
+    /// The entry exists but all [`super::OWNERS`] slots were taken by other
+    /// holders: this holder is not listed as an owner. Not a loss (seeding
+    /// counts no bytes; not in [`super::counter::OWNER_FULL`]); should this
+    /// process later move bytes on the socket, those are counted in
+    /// `OWNER_FULL` like any process past the slot limit.
+    pub const OWNERS_FULL: u8 = 4;
+}
+
 /// Names of the maps and globals the programs define, shared with the loader.
 pub mod names {
     /// LRU hash `SockKey -> SockStats`.
@@ -246,6 +271,10 @@ pub mod names {
     pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// Global `u32`: offset of `srtt_us` in `struct tcp_sock`.
     pub const OFF_SRTT_US: &str = "OFF_SRTT_US";
+    /// Global `u32`: offset of `group_leader` in `struct task_struct`.
+    pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+    /// Global `u32`: offset of `comm` in `struct task_struct`.
+    pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
 }
 
 #[cfg(feature = "user")]

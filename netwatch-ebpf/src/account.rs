@@ -1,18 +1,20 @@
 //! The one accounting function every program calls: find or create the
 //! socket's entry, claim the current process's owner slot in it, add the
 //! bytes. A tier shim only decides which socket, which direction and how
-//! many bytes. Counters only ever change by atomic adds; an entry is never
-//! overwritten in place while other CPUs may be adding to it.
+//! many bytes. [`seed`] enters a socket that existed before attach with its
+//! holders as owners and 0 bytes; it never counts. Counters only ever change
+//! by atomic adds; an entry is never overwritten in place while other CPUs
+//! may be adding to it.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-    bpf_probe_read_kernel,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
 };
 use netwatch_common::{
-    counter, ClosedSock, DestroyedKey, Owner, SockKey, SockStats, AF_INET, AF_INET6, COMM_LEN,
-    IPPROTO_TCP, IPPROTO_UDP, OWNERS,
+    counter, seeded, ClosedSock, DestroyedKey, Owner, SockKey, SockStats, AF_INET, AF_INET6,
+    COMM_LEN, IPPROTO_TCP, IPPROTO_UDP, OWNERS,
 };
 
 use crate::maps::{self, bump, ClaimKey, CLAIMS, CLOSED, DESTROYED, SCRATCH, SOCKETS};
@@ -172,39 +174,90 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *const SockStats) -
 /// Look up the socket's entry, creating it (with its addresses) if new.
 #[inline(always)]
 pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut SockStats> {
+    entry_new(sk, family, protocol).map(|(st, _)| st)
+}
+
+/// [`entry`], and whether this call created it.
+#[inline(always)]
+unsafe fn entry_new(sk: *const u8, family: u16, protocol: u8) -> Option<(*mut SockStats, bool)> {
     let key = SockKey { sk: sk as u64 };
     if let Some(p) = SOCKETS.get_ptr_mut(key) {
         if !(protocol == IPPROTO_UDP
             && (*p).protocol == IPPROTO_UDP
             && replace_if_reused(sk, key, p))
         {
-            return Some(p);
+            return Some((p, false));
         }
     }
     let st = fresh(sk, family, protocol)?;
-    match SOCKETS.insert(key, st, BPF_NOEXIST) {
-        Ok(()) => bump(counter::CREATED),
-        Err(e) if e == EEXIST => {}
+    let created = match SOCKETS.insert(key, st, BPF_NOEXIST) {
+        Ok(()) => {
+            bump(counter::CREATED);
+            true
+        }
+        Err(e) if e == EEXIST => false,
         Err(_) => {
             bump(counter::INSERT_FAILED);
             return None;
         }
+    };
+    SOCKETS.get_ptr_mut(key).map(|p| (p, created))
+}
+
+/// The process name of `task`: `task->group_leader->comm`, so that every
+/// thread of a process (named apart with `PR_SET_NAME` or not) gives the
+/// same name, as netwatch-sdk names processes. `None` when the loader found
+/// no offsets or the kernel memory is unreadable.
+#[inline(always)]
+unsafe fn leader_comm(task: *const u8) -> Option<[u8; COMM_LEN]> {
+    let (off_leader, off_comm) = (maps::off_task_group_leader(), maps::off_task_comm());
+    if task.is_null() || off_leader == 0 || off_comm == 0 {
+        return None;
     }
-    SOCKETS.get_ptr_mut(key)
+    let leader = read_at::<u64>(task, off_leader).ok()? as *const u8;
+    if leader.is_null() {
+        return None;
+    }
+    read_at::<[u8; COMM_LEN]>(leader, off_comm).ok()
+}
+
+/// Whose owner slot to find or claim.
+#[derive(Clone, Copy)]
+pub enum Holder {
+    /// The task running the program (a counted call).
+    Current,
+    /// A task met by a seeding iterator (`struct task_struct *`).
+    Task(*const u8),
+}
+
+impl Holder {
+    /// The process name to store in a newly claimed slot.
+    #[inline(always)]
+    unsafe fn comm(self) -> [u8; COMM_LEN] {
+        match self {
+            Holder::Current => leader_comm(bpf_get_current_task() as *const u8)
+                .or_else(|| bpf_get_current_comm().ok())
+                .unwrap_or([0; COMM_LEN]),
+            Holder::Task(task) => leader_comm(task)
+                .or_else(|| read_at::<[u8; COMM_LEN]>(task, maps::off_task_comm()).ok())
+                .unwrap_or([0; COMM_LEN]),
+        }
+    }
 }
 
 /// The owner slot of process `tgid` in `st`, claiming a free one if it has
 /// none. A slot is claimed by creating its key in `CLAIMS` with
 /// `BPF_NOEXIST`, which only one CPU can win, so two processes never share
 /// a slot (the BPF target here has no fetching atomics to do it in place);
-/// two threads of one process see each other's claim. `None` (counted in
-/// `OWNER_FULL`) when every slot is taken.
+/// two threads of one process see each other's claim. The slot's name is
+/// the holder's process name, read only when the slot is claimed. `None`
+/// when every slot is taken (the caller decides whether that lost bytes).
 #[inline(always)]
 pub unsafe fn owner(
     key: SockKey,
     st: *mut SockStats,
     tgid: u32,
-    comm: &[u8; COMM_LEN],
+    holder: Holder,
     cgroup_id: u64,
 ) -> Option<*mut Owner> {
     let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
@@ -229,7 +282,7 @@ pub unsafe fn owner(
         };
         if won {
             let o = owners.add(i);
-            (*o).comm = *comm;
+            (*o).comm = holder.comm();
             (*o).cgroup_id = cgroup_id;
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*o).tgid), tgid);
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
@@ -239,7 +292,6 @@ pub unsafe fn owner(
             return Some(o);
         }
     }
-    bump(counter::OWNER_FULL);
     None
 }
 
@@ -258,19 +310,64 @@ unsafe fn release_claims(key: SockKey, first_ns: u64) {
 
 /// Create (or find) the entry of `sk` and the owner slot of `tgid` in it:
 /// the one place an entry and an owner come to be, used by the byte
-/// counters and by anything that learns of an existing socket's owner.
+/// counters ([`account`]) and by seeding ([`seed`]). Also returns whether
+/// this call created the entry; `Some((st, created, None))` when every
+/// owner slot is taken.
 #[inline(always)]
-#[allow(dead_code)] // the entry point for seeding existing sockets (iter programs)
 pub unsafe fn claim(
     sk: *const u8,
     family: u16,
     protocol: u8,
     tgid: u32,
-    comm: &[u8; COMM_LEN],
+    holder: Holder,
     cgroup_id: u64,
-) -> Option<*mut Owner> {
-    let st = entry(sk, family, protocol)?;
-    owner(SockKey { sk: sk as u64 }, st, tgid, comm, cgroup_id)
+) -> Option<(*mut SockStats, bool, Option<*mut Owner>)> {
+    let (st, created) = entry_new(sk, family, protocol)?;
+    let o = owner(SockKey { sk: sk as u64 }, st, tgid, holder, cgroup_id);
+    Some((st, created, o))
+}
+
+/// Enter a socket that existed before the programs were attached (met by
+/// a seeding iterator in [`crate::seed`]): create its entry if it has none
+/// (0 bytes, its current TCP state and smoothed RTT) and, for a socket a
+/// process holds (`task` not null), claim that process's owner slot, 0
+/// bytes. A socket several processes hold (inherited across `fork`) is met
+/// once per holder and gets each as an owner, up to [`OWNERS`]; a holder
+/// past that is reported as `seeded::OWNERS_FULL` and not listed (no bytes
+/// were lost: nothing is added to `OWNER_FULL`). Counters are never
+/// touched, and an entry the counting programs made is kept as it is.
+/// Entries created here count in `CREATED` like any other, so the eviction
+/// identity (created = closed + evicted + live) holds. Returns a
+/// `netwatch_common::seeded` code.
+#[inline(always)]
+pub unsafe fn seed(
+    sk: *const u8,
+    family: u16,
+    protocol: u8,
+    task: *const u8,
+    tgid: u32,
+    cgroup_id: u64,
+) -> u8 {
+    let found = if task.is_null() || tgid == 0 {
+        entry_new(sk, family, protocol).map(|(st, created)| (st, created, None))
+    } else {
+        claim(sk, family, protocol, tgid, Holder::Task(task), cgroup_id)
+            .map(|(st, created, o)| (st, created, Some(o)))
+    };
+    let Some((st, created, slot)) = found else {
+        return seeded::FAILED;
+    };
+    if protocol == IPPROTO_TCP {
+        if created {
+            (*st).state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
+        }
+        record_rtt(sk, st);
+    }
+    match (created, slot) {
+        (_, Some(None)) => seeded::OWNERS_FULL,
+        (true, _) => seeded::CREATED,
+        (false, _) => seeded::TRACKED,
+    }
 }
 
 /// Count `bytes` moved on `sk` in direction `dir` by the current task.
@@ -289,24 +386,24 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    let Some(st) = entry(sk, family, protocol) else {
+    let Some((st, _, o)) = claim(
+        sk,
+        family,
+        protocol,
+        tgid,
+        Holder::Current,
+        bpf_get_current_cgroup_id(),
+    ) else {
         return;
     };
     if protocol == IPPROTO_TCP {
         record_rtt(sk, st);
     }
-    let Some(o) = owner(
-        SockKey { sk: sk as u64 },
-        st,
-        tgid,
-        &comm,
-        bpf_get_current_cgroup_id(),
-    ) else {
+    let Some(o) = o else {
+        bump(counter::OWNER_FULL);
         return;
     };
     let o = &mut *o;
-    o.comm = comm;
     o.last_ns = bpf_ktime_get_ns();
     let n = bytes as u64;
     match dir {

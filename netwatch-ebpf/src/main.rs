@@ -8,7 +8,9 @@
 //! - `tp_btf` on `sock:sock_{send,recv}_length` ([`sock`]): Linux ≥ 6.3.
 //!
 //! [`lifecycle`] follows TCP state changes on every tier and hands a
-//! socket's final counters to userspace when it closes. Nothing here bakes
+//! socket's final counters to userspace when it closes. [`seed`] runs once
+//! at load (BPF iterators) and enters the sockets that already exist, with
+//! their owners and 0 bytes, through [`account::seed`]. Nothing here bakes
 //! in a `struct sock` offset beyond the first 16 bytes of `sock_common`: the
 //! rest comes from the running kernel's BTF through load-time globals.
 #![no_std]
@@ -19,6 +21,7 @@
 mod account;
 mod lifecycle;
 mod maps;
+mod seed;
 mod sock;
 mod tcp;
 mod udp;

@@ -86,6 +86,12 @@ static OFF_SOCKET_SK: u32 = 24;
 /// Offset of `srtt_us` in `struct tcp_sock`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_SRTT_US: u32 = 0;
+/// Offset of `group_leader` in `struct task_struct`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_TASK_GROUP_LEADER: u32 = 0;
+/// Offset of `comm` in `struct task_struct`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_TASK_COMM: u32 = 0;
 
 /// Read a load-time global. `read_volatile` keeps the compiler from folding
 /// in the default, so the loader's value is the one used.
@@ -126,6 +132,14 @@ pub fn off_socket_sk() -> usize {
 #[inline(always)]
 pub fn off_srtt_us() -> usize {
     global(&OFF_SRTT_US)
+}
+#[inline(always)]
+pub fn off_task_group_leader() -> usize {
+    global(&OFF_TASK_GROUP_LEADER)
+}
+#[inline(always)]
+pub fn off_task_comm() -> usize {
+    global(&OFF_TASK_COMM)
 }
 
 /// Add one to a `COUNTERS` slot.

@@ -72,6 +72,22 @@ const GUEST_KERNELS: &[GuestKernel] = &[
         required_tiers: "fentry,kprobe,tracepoint",
     },
 ];
+/// The seeding tests (`ebpf_seed`): sockets opened before load are listed
+/// as `ss` lists them, so the guest also gets the host's `ss`.
+const GUEST_SEED_TESTS: &[&str] = &[
+    "seeded_sockets_listed_fentry_tier",
+    "seeded_sockets_listed_kprobe_tier",
+    "seeded_sockets_listed_tracepoint_tier",
+    "seeding_fills_at_most_half_the_map",
+    "shared_sockets_seeded_fentry_tier",
+    "shared_sockets_seeded_kprobe_tier",
+    "shared_sockets_seeded_tracepoint_tier",
+    "thread_bytes_named_by_process_fentry_tier",
+    "thread_bytes_named_by_process_kprobe_tier",
+    "thread_bytes_named_by_process_tracepoint_tier",
+];
+/// Where iproute2 puts `ss` on the host.
+const HOST_SS: &str = "/usr/bin/ss";
 
 fn root() -> PathBuf {
     vm::workspace_root()
@@ -133,6 +149,21 @@ fn tier_test_binary() -> Result<PathBuf> {
     )
 }
 
+/// Path of the `ebpf_seed` integration test binary (built if needed).
+fn seed_test_binary() -> Result<PathBuf> {
+    crate::host::cargo_executable(
+        &[
+            "test",
+            "-p",
+            "netwatch-user",
+            "--test",
+            "ebpf_seed",
+            "--no-run",
+        ],
+        "ebpf_seed",
+    )
+}
+
 /// One guest kernel's run: the report, or why it could not be attempted.
 struct GuestRun {
     kernel: &'static GuestKernel,
@@ -146,6 +177,10 @@ struct GuestRun {
 /// kernel's run failed. Returns the time of each kernel's run.
 fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let bin = tier_test_binary()?;
+    let seed_bin = seed_test_binary()?;
+    if !Path::new(HOST_SS).exists() {
+        bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
+    }
     let work_dir = VmOptions::default().work_dir;
     // Resolve (and on the first run download) the kernels one at a time, so
     // apt is never run twice at once.
@@ -183,8 +218,10 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
         let outcome = (|| {
             let commands = GUEST_TESTS
                 .iter()
-                .map(|name| {
-                    Ok(GuestCommand::cargo_test(&bin, name)?
+                .map(|name| (&bin, name))
+                .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
+                .map(|(bin, name)| {
+                    Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
                         // Workloads sized for software emulation.
                         .env("NETWATCH_GUEST", "1"))
@@ -200,7 +237,11 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 echo_console: sequential,
                 ..VmOptions::default()
             };
-            vm::run_in_vm(&opts, std::slice::from_ref(&bin), &commands)
+            vm::run_in_vm(
+                &opts,
+                &[bin.clone(), seed_bin.clone(), PathBuf::from(HOST_SS)],
+                &commands,
+            )
         })();
         GuestRun {
             kernel,

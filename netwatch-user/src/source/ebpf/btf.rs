@@ -22,6 +22,10 @@ pub struct SockOffsets {
     pub socket_sk: u32,
     /// `struct tcp_sock.srtt_us`; 0 if the kernel has none.
     pub srtt_us: u32,
+    /// `struct task_struct.group_leader` (the owner's name is its leader's `comm`).
+    pub task_group_leader: u32,
+    /// `struct task_struct.comm`.
+    pub task_comm: u32,
     /// Index of `flags` among `tcp_recvmsg`'s parameters (4 before 5.19, 3 since).
     pub recv_flags_arg: u32,
     /// Number of `tcp_recvmsg` parameters.
@@ -89,7 +93,7 @@ fn member_bits(btf: &Btf, ty: &Type, member: &str, depth: u32) -> Result<Option<
     Ok(None)
 }
 
-fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
+pub(super) fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
     btf.resolve_types_by_name(name)
         .map_err(|_| BtfError::NoStruct(name))?
         .into_iter()
@@ -97,7 +101,7 @@ fn find_struct(btf: &Btf, name: &'static str) -> Result<Type, BtfError> {
         .ok_or(BtfError::NoStruct(name))
 }
 
-fn offset(
+pub(super) fn offset(
     btf: &Btf,
     ty: &Type,
     strukt: &'static str,
@@ -155,6 +159,7 @@ impl SockOffsets {
         let common = find_struct(&btf, "sock_common")?;
         let sock = find_struct(&btf, "sock")?;
         let socket = find_struct(&btf, "socket")?;
+        let task = find_struct(&btf, "task_struct")?;
         let srtt_us = find_struct(&btf, "tcp_sock")
             .and_then(|t| offset(&btf, &t, "tcp_sock", "srtt_us"))
             .unwrap_or(0);
@@ -166,6 +171,8 @@ impl SockOffsets {
             sk_protocol: offset(&btf, &sock, "sock", "sk_protocol")?,
             socket_sk: offset(&btf, &socket, "socket", "sk")?,
             srtt_us,
+            task_group_leader: offset(&btf, &task, "task_struct", "group_leader")?,
+            task_comm: offset(&btf, &task, "task_struct", "comm")?,
             recv_flags_arg,
             recv_nargs,
             sendpage_path: has_func(&btf, "do_tcp_sendpages"),
@@ -193,6 +200,10 @@ mod tests {
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
         assert!(o.socket_sk > 0 && o.srtt_us > 0, "{o:?}");
+        assert!(
+            o.task_comm > o.task_group_leader && o.task_group_leader > 0,
+            "{o:?}"
+        );
         // Linux ≥ 5.19 (this host is newer): `nonblock` is gone (and
         // `addr_len` too on the newest), and since 6.5 sendfile goes
         // through tcp_sendmsg.

@@ -4,6 +4,7 @@
 //! builds wire rows or decides attribution.
 
 pub mod btf;
+pub mod seed;
 pub mod tier;
 
 use std::collections::HashSet;
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
-use log::debug;
+use log::{debug, info, warn};
 use netwatch_common::{
     counter, names, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
     IPPROTO_UDP,
@@ -163,6 +164,8 @@ pub struct EbpfSource {
     max_sockets: u32,
     /// Highest eviction count estimated so far (kept monotonic).
     evicted: u64,
+    /// What seeding found at load (`None`: it could not run).
+    seeded: Option<seed::SeedReport>,
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -289,6 +292,27 @@ impl EbpfSource {
     /// Load and attach on the tier `opts` asks for (or the best available).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, tier) = tier::load_best(opts)?;
+        // After attach, so a socket is either seen by the programs or seeded.
+        let started = Instant::now();
+        let seeded = seed::run(&mut ebpf);
+        match &seeded {
+            Ok(r) => {
+                info!(
+                    "seeded {} existing sockets and {} no process holds in {:.1?} ({} already tracked, {} refused by a full map, {} holders past the {} owner slots)",
+                    r.created,
+                    r.ownerless,
+                    started.elapsed(),
+                    r.tracked,
+                    r.failed,
+                    r.owners_full,
+                    netwatch_common::OWNERS
+                );
+                if r.skipped > 0 {
+                    warn!("{} existing sockets are not listed until they move bytes: seeding may fill at most half the socket map ({} entries; raise it with --max-sockets)", r.skipped, seed::limit(opts.max_sockets));
+                }
+            }
+            Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -326,7 +350,13 @@ impl EbpfSource {
             sockets_fd,
             max_sockets: opts.max_sockets,
             evicted: 0,
+            seeded: seeded.ok(),
         })
+    }
+
+    /// What seeding found at load, if it ran.
+    pub fn seed_report(&self) -> Option<seed::SeedReport> {
+        self.seeded
     }
 
     /// The tier in use.

@@ -421,7 +421,13 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         return Err(LoadError::NoObject);
     }
     let tier_value = tier.abi() as u32;
-    EbpfLoader::new()
+    let seed_limit = super::seed::limit(opts.max_sockets);
+    let mut loader = EbpfLoader::new();
+    for (name, value) in super::seed::globals() {
+        loader.override_global(name, value, true);
+    }
+    loader.override_global(super::seed::LIMIT_GLOBAL, &seed_limit, true);
+    loader
         .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)
         .override_global(names::OFF_SKC_V6_RCV_SADDR, &offsets.skc_v6_rcv_saddr, true)
@@ -430,6 +436,12 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::RECV_FLAGS_ARG, &offsets.recv_flags_arg, true)
         .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
         .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
+        .override_global(
+            names::OFF_TASK_GROUP_LEADER,
+            &offsets.task_group_leader,
+            true,
+        )
+        .override_global(names::OFF_TASK_COMM, &offsets.task_comm, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
         .map_max_entries(
             names::CLAIMS,
