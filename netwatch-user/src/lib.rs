@@ -12,6 +12,8 @@ pub mod config;
 pub mod counter;
 pub mod estimate;
 pub mod net;
+#[cfg(target_os = "linux")]
+pub mod privilege;
 pub mod procinfo;
 pub mod sink;
 pub mod snapshot;
