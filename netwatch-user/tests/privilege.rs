@@ -347,6 +347,8 @@ fn run_and_count(mode: &str, ambient: Option<&[String]>, n: usize) -> (String, (
         .map(my_bytes)
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     drop(held);
+    let who = if ambient.is_some() { "nobody" } else { "root" };
+    eprintln!("--mode {mode} as {who}: source {source}, this process {total:?} bytes");
     (source, total)
 }
 
