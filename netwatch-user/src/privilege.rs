@@ -134,8 +134,13 @@ pub fn check_start(source: &str) -> Result<(), PrivilegeError> {
     let Some((name, needed)) = start_needs(source) else {
         return Ok(());
     };
-    let have = caps::read(None, CapSet::Effective).map_err(|e| PrivilegeError::Read(e.to_string()))?;
-    let mut missing: Vec<Capability> = needed.iter().copied().filter(|c| !have.contains(c)).collect();
+    let have =
+        caps::read(None, CapSet::Effective).map_err(|e| PrivilegeError::Read(e.to_string()))?;
+    let mut missing: Vec<Capability> = needed
+        .iter()
+        .copied()
+        .filter(|c| !have.contains(c))
+        .collect();
     // Kernels before 5.8 have no CAP_BPF/CAP_PERFMON: CAP_SYS_ADMIN covers both.
     if have.contains(&Capability::CAP_SYS_ADMIN) {
         missing.retain(|c| !matches!(c, Capability::CAP_BPF | Capability::CAP_PERFMON));
@@ -269,7 +274,8 @@ fn apply_to_this_thread() -> u32 {
         for cap in 0..=last.min(63) {
             if keep & (1 << cap) == 0 {
                 // SAFETY: prctl with integer arguments only.
-                let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                let r =
+                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
                 if r != 0 && errno() != libc::EINVAL {
                     T_ERRNO.store(errno(), Ordering::SeqCst);
                     return 1;
@@ -300,7 +306,13 @@ fn apply_to_this_thread() -> u32 {
     ];
     // SAFETY: capset(2) with a version-3 header and the two data words it
     // reads; both live on this stack for the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     if r != 0 {
         T_ERRNO.store(errno(), Ordering::SeqCst);
         return 2;

@@ -335,7 +335,10 @@ mod tests {
         assert!(matches!(err, ToolError::NotAbsolute { .. }), "{err}");
         for bad in ["", "sh/..", "../sh", ".", ".."] {
             let err = system_tool(bad).unwrap_err();
-            assert!(matches!(err, ToolError::NotAbsolute { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, ToolError::NotAbsolute { .. }),
+                "{bad:?}: {err}"
+            );
         }
     }
 
@@ -349,7 +352,10 @@ mod tests {
         );
         let err = system_tool("netwatch-no-such-tool").unwrap_err();
         assert!(matches!(err, ToolError::NotFound { .. }), "{err}");
-        assert!(err.to_string().contains("/usr/sbin, /usr/bin, /sbin, /bin"), "{err}");
+        assert!(
+            err.to_string().contains("/usr/sbin, /usr/bin, /sbin, /bin"),
+            "{err}"
+        );
         // A tool others can write is refused, not run.
         let dir = tempfile::tempdir().unwrap();
         let tool = dir.path().join("tool");

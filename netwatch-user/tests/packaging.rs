@@ -56,13 +56,19 @@ fn the_unit_grants_the_start_set_to_a_dedicated_user_in_a_strict_sandbox() {
 fn systemd_analyze_verify_accepts_the_unit() {
     let tool = std::path::Path::new("/usr/bin/systemd-analyze");
     if !tool.exists() {
-        eprintln!("SKIPPED: {} is not installed; the unit was not verified", tool.display());
+        eprintln!(
+            "SKIPPED: {} is not installed; the unit was not verified",
+            tool.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("netwatch-agent.service");
     // The binary this build made stands in for /usr/bin/netwatch-agent.
-    let text = UNIT.replace("/usr/bin/netwatch-agent", env!("CARGO_BIN_EXE_netwatch-agent"));
+    let text = UNIT.replace(
+        "/usr/bin/netwatch-agent",
+        env!("CARGO_BIN_EXE_netwatch-agent"),
+    );
     std::fs::write(&unit, text).unwrap();
     let out = std::process::Command::new(tool)
         .arg("verify")
@@ -122,7 +128,10 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
             .map(|s| s.as_str().expect("a name").to_string())
             .collect()
     };
-    assert_eq!(list(&sc["capabilities"]["drop"]), ["ALL".to_string()].into());
+    assert_eq!(
+        list(&sc["capabilities"]["drop"]),
+        ["ALL".to_string()].into()
+    );
     let added: BTreeSet<String> = list(&sc["capabilities"]["add"])
         .into_iter()
         .map(|c| format!("CAP_{c}"))

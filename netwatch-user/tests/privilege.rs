@@ -340,8 +340,16 @@ fn run_and_count(mode: &str, ambient: Option<&[String]>, n: usize) -> (String, (
         .find(|p| p.pid == Some(me))
         .unwrap_or_else(|| panic!("{mode} as {ambient:?}: no row for this process"));
     // Kept CAP_SYS_PTRACE: the exe link of a root process is still read.
-    assert_eq!(row.cmd.as_deref(), exe.to_str(), "{mode}: exe after the drop");
-    assert_eq!(row.user.as_deref(), Some("root"), "{mode}: owner after the drop");
+    assert_eq!(
+        row.cmd.as_deref(),
+        exe.to_str(),
+        "{mode}: exe after the drop"
+    );
+    assert_eq!(
+        row.user.as_deref(),
+        Some("root"),
+        "{mode}: owner after the drop"
+    );
     let total = snaps
         .iter()
         .map(my_bytes)
@@ -384,9 +392,13 @@ fn unprivileged_with_the_units_ambient_set_every_mode_counts_exactly() {
 /// Start the agent as nobody with `caps`, expect a refusal naming `missing`.
 fn assert_refused(mode: &str, caps: &[String], missing: &str) {
     let (_dir, bin) = agent_copy();
-    let out = command(&bin, Some(caps), &["--mode", mode, "--output", "json", "--once"])
-        .output()
-        .unwrap();
+    let out = command(
+        &bin,
+        Some(caps),
+        &["--mode", mode, "--output", "json", "--once"],
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -402,9 +414,8 @@ fn assert_refused(mode: &str, caps: &[String], missing: &str) {
 fn a_missing_capability_is_refused_by_name() {
     require_root();
     let _serial = serial();
-    let without = |name: &str| -> Vec<String> {
-        unit_ambient().into_iter().filter(|c| c != name).collect()
-    };
+    let without =
+        |name: &str| -> Vec<String> { unit_ambient().into_iter().filter(|c| c != name).collect() };
     assert_refused("ss", &without("CAP_SYS_PTRACE"), "CAP_SYS_PTRACE");
     assert_refused("ss", &without("CAP_DAC_READ_SEARCH"), "CAP_DAC_READ_SEARCH");
     assert_refused("ebpf", &without("CAP_BPF"), "CAP_BPF");
