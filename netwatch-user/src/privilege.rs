@@ -24,12 +24,19 @@
 //!   (mode 0500), and, at eBPF start-up, tracefs (`/sys/kernel/tracing`,
 //!   mode 0700) where tracepoint ids are read.
 //! - eBPF maps and the ring buffer are read through the fds opened at
-//!   start-up: no capability on kernels ≥ 6.5. Before 6.5 the `bpf()`
-//!   syscall itself asks for `CAP_BPF` when `kernel.unprivileged_bpf_disabled`
-//!   is set, so `CAP_BPF` stays effective there.
+//!   start-up: no capability on kernels ≥ 5.19 (measured on 6.18). Before
+//!   5.19 (commit c8644cd0efe7, "bpf: refine kernel.unprivileged_bpf_disabled
+//!   behaviour") every `bpf()` command asks for `CAP_BPF` when
+//!   `kernel.unprivileged_bpf_disabled` is set, so `CAP_BPF` stays effective there.
 //! - `ss` runs as a child: it gets the "for `ss`" set through the ambient
 //!   set (a non-root agent), or the bounding set (root, with
 //!   `no_new_privs` capping it at the agent's permitted set).
+//! - Capabilities belong to threads. The threads the sources started before
+//!   the drop (ring-buffer drain, destroy events, capture, delivery) get it
+//!   from a real-time signal whose handler makes the same raw syscalls (the
+//!   way glibc makes `setuid` process-wide); a blocking call such a thread
+//!   was in may see one `EINTR` (the readers retry; one `ss` FIN lookup in
+//!   flight at that instant would answer "unknown").
 //! - `CAP_NET_ADMIN` (joining the sock_diag destroy groups on older kernels,
 //!   cgroup programs) and `CAP_SETPCAP` (shrinking the bounding set) are
 //!   start-up only: dropped with the rest when held.
@@ -156,7 +163,7 @@ pub fn check_start(source: &str) -> Result<(), PrivilegeError> {
 }
 
 /// Whether reading BPF maps through an open fd still needs `CAP_BPF`:
-/// kernels before 6.5 check `unprivileged_bpf_disabled` on every `bpf()`
+/// kernels before 5.19 check `unprivileged_bpf_disabled` on every `bpf()`
 /// command.
 fn bpf_reads_need_cap(osrelease: &str, unprivileged_bpf_disabled: &str) -> bool {
     let mut parts = osrelease
@@ -166,7 +173,7 @@ fn bpf_reads_need_cap(osrelease: &str, unprivileged_bpf_disabled: &str) -> bool 
     let major = parts.next().flatten().unwrap_or(0);
     let minor = parts.next().flatten().unwrap_or(0);
     let disabled = unprivileged_bpf_disabled.trim() != "0";
-    (major, minor) < (6, 5) && disabled
+    (major, minor) < (5, 19) && disabled
 }
 
 /// The steady-state set of the source named `source` on this kernel.
@@ -580,11 +587,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bpf_reads_need_cap_only_before_6_5_with_unprivileged_bpf_disabled() {
-        assert!(bpf_reads_need_cap("6.1.0-27-cloud-amd64", "2"));
+    fn bpf_reads_need_cap_only_before_5_19_with_unprivileged_bpf_disabled() {
+        assert!(!bpf_reads_need_cap("6.1.0-27-cloud-amd64", "2"));
         assert!(bpf_reads_need_cap("5.15.0", "1"));
-        assert!(!bpf_reads_need_cap("6.1.0", "0"));
-        assert!(!bpf_reads_need_cap("6.5.0", "2"));
+        assert!(bpf_reads_need_cap("5.18.19", "2"));
+        assert!(!bpf_reads_need_cap("5.15.0", "0"));
+        assert!(!bpf_reads_need_cap("5.19.0", "2"));
         assert!(!bpf_reads_need_cap("6.18.0-rc1", "2"));
         assert!(bpf_reads_need_cap("garbage", "2"));
     }

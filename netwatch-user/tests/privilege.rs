@@ -58,7 +58,7 @@ struct Sets {
 fn documented(source: &str) -> Sets {
     match source {
         "ebpf" => {
-            // Before 6.5, bpf() map reads need CAP_BPF when
+            // Before 5.19, bpf() map reads need CAP_BPF when
             // unprivileged_bpf_disabled is set.
             let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
             let mut v = release
@@ -69,7 +69,7 @@ fn documented(source: &str) -> Sets {
             let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
                 .map(|s| s.trim() != "0")
                 .unwrap_or(true);
-            let bpf = if (major, minor) < (6, 5) && disabled {
+            let bpf = if (major, minor) < (5, 19) && disabled {
                 CAP_BPF
             } else {
                 0
