@@ -37,6 +37,11 @@
 //!   way glibc makes `setuid` process-wide); a blocking call such a thread
 //!   was in may see one `EINTR` (the readers retry; one `ss` FIN lookup in
 //!   flight at that instant would answer "unknown").
+//! - Debian's and Ubuntu's kernels patch `perf_event_open` so that
+//!   `kernel.perf_event_paranoid` ≥ 3 (their default) lets only
+//!   `CAP_SYS_ADMIN` open perf events, which attaching tracepoints and
+//!   kprobes needs (measured on Debian 6.1: EACCES with `CAP_PERFMON`). The
+//!   eBPF source refuses, naming the sysctl, when that is the case.
 //! - `CAP_NET_ADMIN` (joining the sock_diag destroy groups on older kernels,
 //!   cgroup programs) and `CAP_SETPCAP` (shrinking the bounding set) are
 //!   start-up only: dropped with the rest when held.
@@ -98,6 +103,12 @@ pub enum PrivilegeError {
         needed: String,
         missing: String,
     },
+    #[error(
+        "the ebpf source attaches tracepoints and kprobes with perf_event_open, which \
+         kernel.perf_event_paranoid={level} (a Debian/Ubuntu patch) allows only with CAP_SYS_ADMIN; \
+         set kernel.perf_event_paranoid=2 (sysctl.d) so CAP_PERFMON suffices, or run as root"
+    )]
+    PerfParanoid { level: i32 },
     #[error("reading this process's capabilities: {0}")]
     Read(String),
     #[error("dropping capabilities: {what}: {source}")]
@@ -153,6 +164,15 @@ pub fn check_start(source: &str) -> Result<(), PrivilegeError> {
         missing.retain(|c| !matches!(c, Capability::CAP_BPF | Capability::CAP_PERFMON));
     }
     if missing.is_empty() {
+        if name == "ebpf" && !have.contains(&Capability::CAP_SYS_ADMIN) {
+            let level = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .unwrap_or(2);
+            if level > 2 {
+                return Err(PrivilegeError::PerfParanoid { level });
+            }
+        }
         return Ok(());
     }
     Err(PrivilegeError::Missing {
