@@ -164,12 +164,12 @@ pub fn check_start(source: &str) -> Result<(), PrivilegeError> {
         missing.retain(|c| !matches!(c, Capability::CAP_BPF | Capability::CAP_PERFMON));
     }
     if missing.is_empty() {
-        if name == "ebpf" && !have.contains(&Capability::CAP_SYS_ADMIN) {
+        if name == "ebpf" {
             let level = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
                 .unwrap_or(2);
-            if level > 2 {
+            if perf_needs_sys_admin(level, have.contains(&Capability::CAP_SYS_ADMIN)) {
                 return Err(PrivilegeError::PerfParanoid { level });
             }
         }
@@ -180,6 +180,13 @@ pub fn check_start(source: &str) -> Result<(), PrivilegeError> {
         needed: names(mask(&needed)),
         missing: names(mask(&missing)),
     })
+}
+
+/// Whether `perf_event_open` is closed to this process: Debian's and
+/// Ubuntu's kernels allow it at `perf_event_paranoid` ≥ 3 only with
+/// `CAP_SYS_ADMIN` (mainline has no level above 2).
+fn perf_needs_sys_admin(perf_event_paranoid: i32, has_sys_admin: bool) -> bool {
+    perf_event_paranoid > 2 && !has_sys_admin
 }
 
 /// Whether reading BPF maps through an open fd still needs `CAP_BPF`:
@@ -615,6 +622,20 @@ mod tests {
         assert!(!bpf_reads_need_cap("5.19.0", "2"));
         assert!(!bpf_reads_need_cap("6.18.0-rc1", "2"));
         assert!(bpf_reads_need_cap("garbage", "2"));
+    }
+
+    #[test]
+    fn perf_paranoid_above_2_needs_sys_admin() {
+        assert!(perf_needs_sys_admin(3, false));
+        assert!(perf_needs_sys_admin(4, false));
+        assert!(!perf_needs_sys_admin(3, true));
+        assert!(!perf_needs_sys_admin(2, false));
+        assert!(!perf_needs_sys_admin(-1, false));
+        let e = PrivilegeError::PerfParanoid { level: 3 }.to_string();
+        assert!(
+            e.contains("kernel.perf_event_paranoid=3") && e.contains("=2"),
+            "{e}"
+        );
     }
 
     #[test]
