@@ -16,6 +16,8 @@ pub mod counter;
 pub mod estimate;
 pub mod health;
 pub mod net;
+#[cfg(target_os = "linux")]
+pub mod privilege;
 pub mod procinfo;
 pub mod sink;
 pub mod snapshot;

@@ -98,6 +98,18 @@ fn run(cfg: Config) -> Result<()> {
     // before it loads anything into the kernel.
     let sinks = sinks(&cfg)?;
     let selected = select::select(cfg.mode, &opts)?;
+    // Programs attached, maps, sockets and capture open: keep only what the
+    // source needs from here on, on every thread, before the tick loop.
+    #[cfg(target_os = "linux")]
+    {
+        use netwatch::privilege;
+        let mut steady = privilege::steady_state(&selected.info.source);
+        if cfg.health.is_some() {
+            steady = steady.with_health_probes();
+        }
+        let kept = privilege::drop_to(steady).context("dropping capabilities after start-up")?;
+        log::info!("least privilege: kept {kept}");
+    }
     let host = HostCollectors::new();
     let mut agent = Agent::new(
         selected.source,

@@ -1,7 +1,9 @@
 //! Runs one external tool with a deadline and keeps what it printed: the one
 //! way netwatch starts a child process (`ss`; lsof, nettop and netstat on
-//! macOS). It never interprets the output, and never leaves a child running
-//! past its deadline.
+//! macOS). It never interprets the output, never leaves a child running
+//! past its deadline, and never looks a program up in `PATH`: the agent may
+//! hold capabilities, so a program is an absolute path, found with
+//! [`system_tool`] in a fixed list of system directories.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -16,9 +18,62 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 << 20;
 /// The longest pause between two looks at whether the tool has exited.
 const MAX_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Where [`system_tool`] looks, in order. Never `PATH`.
+pub const SYSTEM_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// The absolute path of the system tool `name`: the first of
+/// [`SYSTEM_DIRS`] holding a regular file of that name that is owned by
+/// root and writable by nobody else (a tool the agent may run while it
+/// holds capabilities). `/sbin` → `/usr/sbin` symlinks are followed.
+pub fn system_tool(name: &str) -> Result<PathBuf, ToolError> {
+    system_tool_in(name, SYSTEM_DIRS)
+}
+
+/// [`system_tool`] over the given directories.
+pub fn system_tool_in(name: &str, dirs: &[&str]) -> Result<PathBuf, ToolError> {
+    let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    if !plain {
+        return Err(ToolError::NotAbsolute {
+            program: PathBuf::from(name),
+        });
+    }
+    for dir in dirs {
+        let path = Path::new(dir).join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+                return Err(ToolError::Unsafe {
+                    program: path,
+                    uid: meta.uid(),
+                    mode: meta.mode() & 0o7777,
+                });
+            }
+        }
+        return Ok(path);
+    }
+    Err(ToolError::NotFound {
+        program: PathBuf::from(format!("{name} (looked in {})", dirs.join(", "))),
+    })
+}
+
 /// Why running a tool gave no output to use. Each variant names the program.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    #[error("refusing to run {program}: not an absolute path (tools are never looked up in PATH)")]
+    NotAbsolute { program: PathBuf },
+    #[error("refusing to run {program}: owned by uid {uid} with mode {mode:o}; a tool run with privileges must be owned by root and writable by nobody else")]
+    Unsafe {
+        program: PathBuf,
+        uid: u32,
+        mode: u32,
+    },
     #[error("running {program}: not found; install it or give the path to it")]
     NotFound { program: PathBuf },
     #[error("starting {program}: {source}")]
@@ -116,8 +171,14 @@ impl<'a> ToolCommand<'a> {
         self
     }
 
-    /// Run the tool and wait for it, up to the timeout.
+    /// Run the tool and wait for it, up to the timeout. A program that is
+    /// not an absolute path is refused.
     pub fn run(&self) -> Result<ToolOutput, ToolError> {
+        if !self.program.is_absolute() {
+            return Err(ToolError::NotAbsolute {
+                program: self.program.to_path_buf(),
+            });
+        }
         let mut child = Command::new(self.program)
             .args(self.args)
             .envs(self.env.iter().copied())
@@ -264,6 +325,46 @@ mod tests {
         assert_eq!(out.stdout, b"a\nbenv-ok\n");
         assert_eq!(out.stderr_excerpt(), "oops");
         assert_eq!(out.status.code(), Some(3));
+    }
+
+    #[test]
+    fn a_relative_program_is_refused_never_looked_up_in_path() {
+        let err = ToolCommand::new(Path::new("sh"), &["-c", "true"], Duration::from_secs(5))
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, ToolError::NotAbsolute { .. }), "{err}");
+        for bad in ["", "sh/..", "../sh", ".", ".."] {
+            let err = system_tool(bad).unwrap_err();
+            assert!(
+                matches!(err, ToolError::NotAbsolute { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn system_tools_come_from_the_fixed_directories_only() {
+        let sh = system_tool("sh").unwrap();
+        assert!(
+            SYSTEM_DIRS.iter().any(|d| sh.starts_with(d)),
+            "{}",
+            sh.display()
+        );
+        let err = system_tool("netwatch-no-such-tool").unwrap_err();
+        assert!(matches!(err, ToolError::NotFound { .. }), "{err}");
+        assert!(
+            err.to_string().contains("/usr/sbin, /usr/bin, /sbin, /bin"),
+            "{err}"
+        );
+        // A tool others can write is refused, not run.
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let d = dir.path().to_str().unwrap();
+        let err = system_tool_in("tool", &[d]).unwrap_err();
+        assert!(matches!(err, ToolError::Unsafe { .. }), "{err}");
     }
 
     #[test]

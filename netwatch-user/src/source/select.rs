@@ -53,7 +53,23 @@ fn info(source: &dyn SocketSource, fallback_reason: Option<String>) -> Collector
     }
 }
 
+/// The name the source of `mode` reports (`SocketSource::name`).
+fn source_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Auto => "auto",
+        Mode::Ebpf => "ebpf",
+        Mode::Ss => "ss",
+        Mode::Pcap => "pcap",
+        Mode::Proc => "proc",
+    }
+}
+
 fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
+    // Refuse before touching the kernel when a needed capability is missing.
+    #[cfg(target_os = "linux")]
+    crate::privilege::check_start(source_name(mode))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = source_name(mode);
     match mode {
         #[cfg(target_os = "linux")]
         Mode::Ebpf => Ok(Box::new(super::ebpf::EbpfSource::load(&opts.ebpf)?)),

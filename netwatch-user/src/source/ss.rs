@@ -239,11 +239,17 @@ pub enum SsError {
     /// Only with an output limit, which [`SsSource`] does not set.
     #[error("`{program} {SS_ARGS}` printed more than {limit_bytes} bytes, refusing to parse it")]
     TooMuchOutput { program: String, limit_bytes: u64 },
+    /// The program is not one the agent may run with privileges.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<ToolError> for SsError {
     fn from(e: ToolError) -> Self {
         match e {
+            e @ (ToolError::NotAbsolute { .. } | ToolError::Unsafe { .. }) => {
+                SsError::Refused(e.to_string())
+            }
             ToolError::NotFound { program } => SsError::NotFound {
                 program: program.display().to_string(),
             },
@@ -341,7 +347,8 @@ impl Default for SsSource {
 }
 
 impl SsSource {
-    /// A source running `ss` from `PATH`, with [`DEFAULT_TIMEOUT`], the
+    /// A source running `ss` from the system directories
+    /// ([`crate::tool::system_tool`], never `PATH`), with [`DEFAULT_TIMEOUT`], the
     /// [`TxCounter`] for the running kernel and the first cgroup v2 mount,
     /// reading destroy events from now on (a warning if it cannot).
     pub fn new() -> Self {
@@ -360,7 +367,11 @@ impl SsSource {
     pub fn without_destroy_events() -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         Self {
-            program: PathBuf::from("ss"),
+            // Never from PATH: the agent may hold capabilities when it runs `ss`.
+            program: crate::tool::system_tool("ss").unwrap_or_else(|e| {
+                log::warn!("ss: {e}");
+                PathBuf::from("/usr/bin/ss")
+            }),
             timeout: DEFAULT_TIMEOUT,
             tx_counter: TxCounter::for_kernel_release(release.trim()),
             cgroup2_root: std::fs::read_to_string("/proc/self/mounts")
@@ -387,7 +398,7 @@ impl SsSource {
         self.destroy.is_some()
     }
 
-    /// Run this program instead of `ss` from `PATH`.
+    /// Run this program (an absolute path) instead of the system's `ss`.
     pub fn with_program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = program.into();
         self

@@ -117,6 +117,16 @@ impl From<ToolError> for MacError {
     fn from(e: ToolError) -> Self {
         match e {
             ToolError::NotFound { program } => MacError::ToolMissing { tool: program },
+            ToolError::NotAbsolute { program } => MacError::Spawn {
+                source: std::io::Error::other("not an absolute path (tools are never looked up in PATH)"),
+                tool: program,
+            },
+            ToolError::Unsafe { program, uid, mode } => MacError::Spawn {
+                source: std::io::Error::other(format!(
+                    "owned by uid {uid} with mode {mode:o}; must be root's and writable by nobody else"
+                )),
+                tool: program,
+            },
             ToolError::Spawn { program, source }
             | ToolError::Wait { program, source }
             | ToolError::Read { program, source } => MacError::Spawn {
