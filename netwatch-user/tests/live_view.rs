@@ -116,14 +116,17 @@ mod linux {
     }
 
     /// Wait (bounded) until `done` holds for the captured pane.
-    fn wait_for(socket: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    fn wait_for(socket: &str, pane: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let screen = tmux(socket, &["capture-pane", "-p", "-t", "live"]);
+            let screen = tmux(socket, &["capture-pane", "-p", "-t", pane]);
             if done(&screen) {
                 return screen;
             }
-            let dead = tmux(socket, &["display-message", "-p", "-t", "live", "#{pane_dead}"]);
+            let dead = tmux(
+                socket,
+                &["display-message", "-p", "-t", pane, "#{pane_dead}"],
+            );
             assert!(
                 dead.trim() != "1" && Instant::now() < deadline,
                 "waiting for {what}; the pane shows:\n{screen}"
@@ -164,23 +167,27 @@ mod linux {
         // stays after the agent exits so its exit status can be read.
         let conf = dir.path().join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").expect("conf");
-        let agent = format!("{AGENT} --output table --interval 1");
-        tmux(
-            &socket,
-            &[
-                "-f",
-                conf.to_str().expect("utf-8 path"),
-                "new-session",
-                "-d",
-                "-s",
-                "live",
-                "-x",
-                "80",
-                "-y",
-                "24",
-                &agent,
-            ],
-        );
+        // `exec`: the pane's process is the agent itself.
+        let agent = format!("exec {AGENT} --output table --interval 1");
+        let conf = conf.to_str().expect("utf-8 path");
+        for session in ["live", "term"] {
+            tmux(
+                &socket,
+                &[
+                    "-f",
+                    conf,
+                    "new-session",
+                    "-d",
+                    "-s",
+                    session,
+                    "-x",
+                    "80",
+                    "-y",
+                    "24",
+                    &agent,
+                ],
+            );
+        }
 
         let row_of = |screen: &str| -> Option<Vec<String>> {
             screen
@@ -192,12 +199,17 @@ mod linux {
         // may outrank it for a moment), so it becomes the first row and is
         // selected: its connections fill the pane below.
         let pane_title = format!("── connections of {pid} {MOVER}: 2 ");
-        let screen = wait_for(&socket, "the mover's row, first, with its connections", |s| {
-            let lines: Vec<&str> = s.lines().collect();
-            lines.len() > 3
-                && row_of(lines[3]).is_some()
-                && lines.iter().any(|l| l.starts_with(&pane_title))
-        });
+        let screen = wait_for(
+            &socket,
+            "live",
+            "the mover's row, first, with its connections",
+            |s| {
+                let lines: Vec<&str> = s.lines().collect();
+                lines.len() > 3
+                    && row_of(lines[3]).is_some()
+                    && lines.iter().any(|l| l.starts_with(&pane_title))
+            },
+        );
         println!("{screen}");
         let lines: Vec<&str> = screen.lines().collect();
         assert_eq!(lines.len(), 24, "{screen}");
@@ -237,37 +249,79 @@ mod linux {
             "{screen}"
         );
         assert_eq!(
-            tmux(&socket, &["display-message", "-p", "-t", "live", "#{alternate_on}"]).trim(),
+            tmux(
+                &socket,
+                &["display-message", "-p", "-t", "live", "#{alternate_on}"]
+            )
+            .trim(),
             "1",
             "the view draws on the alternate screen"
         );
 
         tmux(&socket, &["send-keys", "-t", "live", "q"]);
+        assert_ends_cleanly(&socket, "live", "q");
+
+        // SIGTERM (systemd, kill): the same clean end.
+        wait_for(&socket, "term", "the view in the second pane", |s| {
+            s.lines().nth(2).is_some_and(|l| l.contains("PID NAME"))
+        });
+        let agent_pid = tmux(
+            &socket,
+            &["display-message", "-p", "-t", "term", "#{pane_pid}"],
+        );
+        let agent_pid: i32 = agent_pid.trim().parse().expect("pane_pid");
+        // SAFETY: kill(2) with a pid and a valid signal number.
+        assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGTERM) }, 0);
+        assert_ends_cleanly(&socket, "term", "SIGTERM");
+
+        // Not a terminal: plain text, no escape sequences.
+        let out = Command::new(AGENT)
+            .args(["--output", "table", "--once", "--interval", "0.5"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the agent");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.starts_with("netwatch  "), "{text}");
+        assert!(text.contains("     PID PROCESS "), "{text}");
+        assert!(!text.contains('\x1b'), "{text:?}");
+    }
+
+    /// The agent in `pane` exits with status 0 and leaves the normal
+    /// screen, with the log lines held back while the view was up on it.
+    fn assert_ends_cleanly(socket: &str, pane: &str, how: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             let s = tmux(
-                &socket,
+                socket,
                 &[
                     "display-message",
                     "-p",
                     "-t",
-                    "live",
+                    pane,
                     "#{pane_dead} #{pane_dead_status} #{alternate_on}",
                 ],
             );
-            if s.starts_with("1 ") || Instant::now() > deadline {
+            // The exit status shows a moment after the pane is dead.
+            if s.split_whitespace().count() == 3 && s.starts_with("1 ") || Instant::now() > deadline
+            {
                 break s;
             }
             thread::sleep(Duration::from_millis(100));
         };
-        let after = tmux(&socket, &["capture-pane", "-p", "-t", "live"]);
+        let after = tmux(socket, &["capture-pane", "-p", "-t", pane]);
         assert_eq!(
             status.trim(),
             "1 0 0",
-            "after q: pane dead, exit status 0, normal screen; the pane shows:\n{after}"
+            "after {how}: pane dead, exit status 0, normal screen; the pane shows:\n{after}"
         );
-        // The log lines held back while the view was up are on the normal
-        // screen now.
-        assert!(after.contains("process rows from the"), "{after}");
+        assert!(
+            after.contains("process rows from the"),
+            "after {how}:\n{after}"
+        );
     }
 }

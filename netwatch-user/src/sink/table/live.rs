@@ -142,13 +142,17 @@ impl LiveTable {
         install_panic_hook();
         if let Err(e) = enter() {
             restore();
-            return Err(anyhow::anyhow!("starting the live view on the terminal: {e}"));
+            return Err(anyhow::anyhow!(
+                "starting the live view on the terminal: {e}"
+            ));
         }
         let terminal = match Terminal::new(CrosstermBackend::new(io::stdout())) {
             Ok(t) => t,
             Err(e) => {
                 restore();
-                return Err(anyhow::anyhow!("starting the live view on the terminal: {e}"));
+                return Err(anyhow::anyhow!(
+                    "starting the live view on the terminal: {e}"
+                ));
             }
         };
         let (tx, rx) = mpsc::channel::<Box<Snapshot>>();
@@ -201,7 +205,7 @@ fn run(
             }
         }
         if let Some(line) = log_buffer().latest.take() {
-            ui.status = Some(line);
+            ui.status = Some(view::status_text(&line));
             dirty = true;
         }
         if dirty {

@@ -197,7 +197,8 @@ fn key(p: &ProcessBandwidth) -> ProcKey {
 
 /// The snapshot's process rows in the state's order.
 pub fn sorted_rows<'a>(s: &'a Snapshot, ui: &UiState) -> Vec<&'a ProcessBandwidth> {
-    let mut rows: Vec<&ProcessBandwidth> = s.processes.as_deref().unwrap_or_default().iter().collect();
+    let mut rows: Vec<&ProcessBandwidth> =
+        s.processes.as_deref().unwrap_or_default().iter().collect();
     let by_pid = |a: &&ProcessBandwidth, b: &&ProcessBandwidth| {
         a.pid
             .cmp(&b.pid)
@@ -236,7 +237,11 @@ pub fn selected_row(rows: &[&ProcessBandwidth], ui: &UiState) -> Option<usize> {
 /// `512B`, `1.5K`, `10.0M`, `512K` (no decimal from 100 up).
 pub fn human(bytes: f64) -> String {
     const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
-    let mut v = if bytes.is_finite() { bytes.max(0.0) } else { 0.0 };
+    let mut v = if bytes.is_finite() {
+        bytes.max(0.0)
+    } else {
+        0.0
+    };
     let mut unit = 0;
     while v >= 1024.0 && unit < UNITS.len() - 1 {
         v /= 1024.0;
@@ -303,6 +308,17 @@ pub fn cgroup_path(text: &str) -> Option<&str> {
         first.get_or_insert(path);
     }
     first
+}
+
+/// A log line for the footer: env_logger's `[time LEVEL target] message`
+/// becomes `LEVEL message`; other text is kept as it is.
+pub fn status_text(line: &str) -> String {
+    let parsed = line.strip_prefix('[').and_then(|rest| {
+        let (head, msg) = rest.split_once("] ")?;
+        let level = head.split_whitespace().nth(1)?;
+        Some(format!("{level} {msg}"))
+    });
+    parsed.unwrap_or_else(|| line.to_string())
 }
 
 const BOLD: Style = Style::new().add_modifier(Modifier::BOLD);
@@ -453,13 +469,10 @@ fn process_columns(width: u16) -> Vec<(&'static str, Constraint, bool)> {
 }
 
 fn header_row(cols: &[(&'static str, Constraint, bool)]) -> Row<'static> {
-    Row::new(cols.iter().map(|(h, _, r)| {
-        if *r {
-            right(*h)
-        } else {
-            Cell::from(*h)
-        }
-    }))
+    Row::new(
+        cols.iter()
+            .map(|(h, _, r)| if *r { right(*h) } else { Cell::from(*h) }),
+    )
     .style(BOLD)
 }
 
@@ -500,8 +513,7 @@ fn draw_connections(
     s: &Snapshot,
     selected: Option<&ProcessBandwidth>,
 ) {
-    let [title, list] =
-        Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+    let [title, list] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
     let mut conns: Vec<&ConnectionDetail> = match selected {
         Some(p) => s
             .connections
@@ -566,17 +578,19 @@ fn draw_connections(
         ]
     };
     let body = conns.iter().map(|c| {
-        Row::new(cols.iter().map(|(h, _, _)| match *h {
-            "PROTO" => Cell::from(c.protocol.clone()),
-            "LOCAL" => Cell::from(c.local_addr.clone()),
-            "REMOTE" => Cell::from(c.remote_addr.clone()),
-            "STATE" => Cell::from(c.state.clone()),
-            "RX" => right(c.rx_bytes.map_or("-".into(), |b| human(b as f64))),
-            "TX" => right(c.tx_bytes.map_or("-".into(), |b| human(b as f64))),
-            _ => right(
-                c.kernel_rtt_us
-                    .map_or("-".into(), |us| format!("{:.1}ms", us / 1000.0)),
-            ),
+        Row::new(cols.iter().map(|(h, _, _)| {
+            match *h {
+                "PROTO" => Cell::from(c.protocol.clone()),
+                "LOCAL" => Cell::from(c.local_addr.clone()),
+                "REMOTE" => Cell::from(c.remote_addr.clone()),
+                "STATE" => Cell::from(c.state.clone()),
+                "RX" => right(c.rx_bytes.map_or("-".into(), |b| human(b as f64))),
+                "TX" => right(c.tx_bytes.map_or("-".into(), |b| human(b as f64))),
+                _ => right(
+                    c.kernel_rtt_us
+                        .map_or("-".into(), |us| format!("{:.1}ms", us / 1000.0)),
+                ),
+            }
         }))
     });
     let table = Table::new(body, cols.iter().map(|c| c.1)).header(header_row(&cols));
@@ -646,7 +660,10 @@ mod tests {
     fn state(s: &Snapshot) -> UiState {
         let mut ui = UiState::new("web-1");
         ui.apply(s, |pid| match pid {
-            4242 => Some(cgroup_label(&format!("/system.slice/docker-{}.scope", "ab12".repeat(16)))),
+            4242 => Some(cgroup_label(&format!(
+                "/system.slice/docker-{}.scope",
+                "ab12".repeat(16)
+            ))),
             812 => Some("ssh.service".into()),
             _ => None,
         });
@@ -774,15 +791,33 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (SortKey::Rx, vec!["curl".into(), "sshd".into(), "postgres".into()]),
-                (SortKey::Tx, vec!["curl".into(), "sshd".into(), "postgres".into()]),
-                (SortKey::Pid, vec!["sshd".into(), "postgres".into(), "curl".into()]),
-                (SortKey::Name, vec!["curl".into(), "postgres".into(), "sshd".into()]),
-                (SortKey::Total, vec!["curl".into(), "sshd".into(), "postgres".into()]),
+                (
+                    SortKey::Rx,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
+                (
+                    SortKey::Tx,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
+                (
+                    SortKey::Pid,
+                    vec!["sshd".into(), "postgres".into(), "curl".into()]
+                ),
+                (
+                    SortKey::Name,
+                    vec!["curl".into(), "postgres".into(), "sshd".into()]
+                ),
+                (
+                    SortKey::Total,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
             ]
         );
         let ui2 = ui.clone();
-        assert_eq!(screen(Some(&s), &ui2, 80, 24)[15], format!("── connections of 812 sshd: 1 {}", "─".repeat(50)));
+        assert_eq!(
+            screen(Some(&s), &ui2, 80, 24)[15],
+            format!("── connections of 812 sshd: 1 {}", "─".repeat(50))
+        );
     }
 
     #[test]
@@ -799,7 +834,10 @@ mod tests {
         assert_eq!(ui.selected_index, 2);
         // postgres exits: the selection stays at the last place.
         let mut next = fixture();
-        next.processes.as_mut().unwrap().retain(|p| p.process_name != "postgres");
+        next.processes
+            .as_mut()
+            .unwrap()
+            .retain(|p| p.process_name != "postgres");
         ui.apply(&next, |_| None);
         assert_eq!(ui.selected, Some((Some(812), "sshd".into())));
     }
@@ -839,7 +877,10 @@ mod tests {
                 "   1500 postgres                     700B   900B   1.6K    4",
             ]
         );
-        assert_eq!(got[9], "PROTO REMOTE                                     STATE");
+        assert_eq!(
+            got[9],
+            "PROTO REMOTE                                     STATE"
+        );
         let tiny = screen(Some(&s), &ui, 30, 6);
         assert_eq!(tiny[2], "    PID NAME       RX/s   TX/s");
         assert_eq!(tiny[5], " q quit  ↑↓ select  s sort: to");
@@ -851,6 +892,16 @@ mod tests {
         let got = screen(None, &ui, 80, 24);
         assert_eq!(got[0], "netwatch  host web-1");
         assert_eq!(got[1], "waiting for the first snapshot…");
+    }
+
+    #[test]
+    fn log_lines_lose_time_and_target_in_the_footer() {
+        assert_eq!(
+            status_text("[2026-11-29T21:33:22Z INFO  netwatch::source::select] process rows from the ss source"),
+            "INFO process rows from the ss source"
+        );
+        assert_eq!(status_text("plain"), "plain");
+        assert_eq!(status_text("[unclosed"), "[unclosed");
     }
 
     #[test]
@@ -868,17 +919,31 @@ mod tests {
     #[test]
     fn cgroup_labels_name_the_container_or_the_unit() {
         let id = "0123456789abcdef".repeat(4);
-        assert_eq!(cgroup_label(&format!("/system.slice/docker-{id}.scope")), "docker:0123456789ab");
-        assert_eq!(cgroup_label(&format!("/docker/{id}")), "docker:0123456789ab");
         assert_eq!(
-            cgroup_label(&format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope")),
+            cgroup_label(&format!("/system.slice/docker-{id}.scope")),
+            "docker:0123456789ab"
+        );
+        assert_eq!(
+            cgroup_label(&format!("/docker/{id}")),
+            "docker:0123456789ab"
+        );
+        assert_eq!(
+            cgroup_label(&format!(
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            )),
             "containerd:0123456789ab"
         );
-        assert_eq!(cgroup_label(&format!("/machine.slice/libpod-{id}.scope")), "podman:0123456789ab");
+        assert_eq!(
+            cgroup_label(&format!("/machine.slice/libpod-{id}.scope")),
+            "podman:0123456789ab"
+        );
         assert_eq!(cgroup_label("/system.slice/ssh.service"), "ssh.service");
         assert_eq!(cgroup_label("/"), "/");
         assert_eq!(cgroup_label("/docker-short.scope"), "docker-short.scope");
-        assert_eq!(cgroup_path("12:cpu:/a\n0::/user.slice/session-3.scope\n"), Some("/user.slice/session-3.scope"));
+        assert_eq!(
+            cgroup_path("12:cpu:/a\n0::/user.slice/session-3.scope\n"),
+            Some("/user.slice/session-3.scope")
+        );
         assert_eq!(cgroup_path("4:memory:/lxc/x\n"), Some("/lxc/x"));
         assert_eq!(cgroup_path("garbage"), None);
     }
