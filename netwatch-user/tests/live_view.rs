@@ -67,6 +67,7 @@ mod linux {
         let mut tx = TcpStream::connect(l.local_addr().expect("mover: addr")).expect("connect");
         let (mut rx, _) = l.accept().expect("mover: accept");
         drop(l);
+        println!("ready");
         thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
             loop {
@@ -146,11 +147,20 @@ mod linux {
         let link = dir.path().join(MOVER);
         std::os::unix::fs::symlink(std::env::current_exe().expect("current_exe"), &link)
             .expect("symlink");
-        let mover = Command::new(&link)
+        let mut mover = Command::new(&link)
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("starting the mover");
         let pid = mover.id();
+        // Once it says so, it has exec'd (so has its name) and connected.
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(mover.stdout.take().expect("stdout")),
+            &mut ready,
+        )
+        .expect("reading the mover");
+        assert_eq!(ready, "ready\n");
         let socket = format!("nwlive-{}", std::process::id());
         let _cleanup = Cleanup {
             mover,
