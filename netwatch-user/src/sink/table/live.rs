@@ -192,6 +192,7 @@ fn run(
 ) -> io::Result<bool> {
     let mut snapshot: Option<Box<Snapshot>> = None;
     let mut dirty = true;
+    let mut keys = true;
     loop {
         loop {
             match rx.try_recv() {
@@ -216,11 +217,24 @@ fn run(
             dirty = false;
         }
         // Wait for a key at most this long before looking for snapshots.
-        if !event::poll(Duration::from_millis(100))? {
+        const TICK: Duration = Duration::from_millis(100);
+        if !keys {
+            std::thread::sleep(TICK);
             continue;
         }
+        let event = match event::poll(TICK).and_then(|ready| ready.then(event::read).transpose()) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => {
+                // No keyboard (no controlling terminal): keep drawing;
+                // SIGINT/SIGTERM still stop the agent.
+                log::warn!("live view: reading keys: {e}; keys are off");
+                keys = false;
+                continue;
+            }
+        };
         let page = terminal.size()?.height.saturating_sub(14) as usize;
-        match event::read()? {
+        match event {
             Event::Key(k) if k.kind != KeyEventKind::Release => {
                 let action = match k.code {
                     KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc => return Ok(true),
