@@ -121,12 +121,24 @@ fn install_panic_hook() {
     });
 }
 
-/// Ask the agent to stop the way Ctrl-C does outside raw mode.
+/// Ask the agent to stop the way Ctrl-C does outside raw mode. Before the
+/// agent handles SIGINT (it is still loading its source) the signal would
+/// kill it; then the next emit's `Flow::Stop` ends it instead.
 fn raise_sigint() {
-    // SAFETY: kill(2) on our own pid with a valid signal number has no
-    // memory-safety preconditions.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGINT);
+    // SAFETY: an all-zero sigaction is a valid out-parameter; sigaction(2)
+    // with a null new action only reads the current one into it.
+    let handled = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGINT, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction != libc::SIG_DFL
+            && current.sa_sigaction != libc::SIG_IGN
+    };
+    if handled {
+        // SAFETY: kill(2) on our own pid with a valid signal number has no
+        // memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGINT);
+        }
     }
 }
 
