@@ -3,6 +3,7 @@
 //! [`view`] draws); when stdout is not a terminal, each snapshot's
 //! interfaces and top processes as plain text ([`render`]), appended.
 //! Rendering stays a pure function of its inputs so it is tested as text.
+//! It must never write escape sequences to a stdout that is not a terminal.
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
