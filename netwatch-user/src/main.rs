@@ -10,14 +10,15 @@ use clap::Parser;
 use netwatch::agent::{self, Agent};
 use netwatch::config::{self, Args, Config, Output, API_KEY_ENV};
 use netwatch::sink::prometheus::{DeliveryReport, PrometheusSink};
-use netwatch::sink::{json::JsonLines, table::Table, Sink};
+use netwatch::sink::{json::JsonLines, table, Sink};
 use netwatch::snapshot::HostCollectors;
 use netwatch::source::select::{self, SourceOptions};
 
 fn main() -> Result<()> {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .target(env_logger::Target::Stderr)
+        // Stderr, held back while the live view owns the terminal.
+        .target(env_logger::Target::Pipe(Box::new(table::live::LogWriter)))
         .init();
     let env_key = std::env::var(API_KEY_ENV).ok();
     // Single-threaded still: nothing else reads the environment now.
@@ -38,7 +39,7 @@ fn sinks(cfg: &Config) -> Result<Vec<Box<dyn Sink>>> {
     for output in &cfg.outputs {
         match output {
             Output::Json => sinks.push(Box::new(JsonLines::stdout())),
-            Output::Table => sinks.push(Box::new(Table::stdout(cfg.rows))),
+            Output::Table => sinks.push(table::stdout_sink(cfg.rows)?),
             Output::Ingest => {
                 let (sink, stats) = ingest_sink(cfg)?;
                 delivery = Some(stats);

@@ -1,6 +1,7 @@
 //! `cargo xtask run`: set up, build the release agent (BPF object
 //! embedded), and run it as root with the live table. Arguments after `--`
-//! go to the agent. The agent replaces this process, so Ctrl-C reaches it.
+//! go to the agent. The agent replaces this process, so the terminal (keys,
+//! Ctrl-C) is its own.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -50,7 +51,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     cmd.args(&agent_args);
     eprintln!(
-        "xtask run: {} (Ctrl-C stops it)",
+        "xtask run: {} (q quits the live view; Ctrl-C stops any output)",
         crate::host::command_line(&cmd)
     );
     let err = cmd.exec();

@@ -1,7 +1,9 @@
-//! The live table for developers (`cargo xtask run`, `--output table`):
-//! interfaces and the top processes of each snapshot, redrawn in place on a
-//! terminal and appended as plain text otherwise. Rendering is a pure
-//! function of the snapshot so it can be tested as text.
+//! The table for people (`cargo xtask run`, `--output table`): on a
+//! terminal, the full-screen live view ([`live`] drives the terminal,
+//! [`view`] draws); when stdout is not a terminal, each snapshot's
+//! interfaces and top processes as plain text ([`render`]), appended.
+//! Rendering stays a pure function of its inputs so it is tested as text.
+//! It must never write escape sequences to a stdout that is not a terminal.
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -9,6 +11,34 @@ use std::io::{self, IsTerminal, Write};
 use netwatch_common::wire::Snapshot;
 
 use super::{Flow, Sink};
+
+pub mod live;
+pub mod view;
+
+/// The table sink for stdout: the live view when stdout is a terminal,
+/// plain periodic text (at most `max_rows` processes) otherwise.
+pub fn stdout_sink(max_rows: usize) -> anyhow::Result<Box<dyn Sink>> {
+    if io::stdout().is_terminal() {
+        Ok(Box::new(live::LiveTable::start(hostname())?))
+    } else {
+        Ok(Box::new(Table::stdout(max_rows)))
+    }
+}
+
+/// This host's name (the kernel's nodename).
+pub fn hostname() -> String {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        "-".to_string()
+    }
+}
 
 /// Human-readable bytes per second.
 pub fn rate(bytes_per_sec: f64) -> String {
@@ -95,18 +125,14 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// Draws the table on stdout.
+/// Appends the plain-text table to stdout (not a terminal).
 pub struct Table {
     max_rows: usize,
-    redraw: bool,
 }
 
 impl Table {
     pub fn stdout(max_rows: usize) -> Self {
-        Self {
-            max_rows,
-            redraw: io::stdout().is_terminal(),
-        }
+        Self { max_rows }
     }
 }
 
@@ -118,13 +144,7 @@ impl Sink for Table {
     fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
         let text = render(snapshot, self.max_rows);
         let mut out = io::stdout().lock();
-        let res = if self.redraw {
-            // Clear the screen and home the cursor, then draw.
-            write!(out, "\x1b[2J\x1b[H{text}")
-        } else {
-            writeln!(out, "{text}")
-        }
-        .and_then(|()| out.flush());
+        let res = writeln!(out, "{text}").and_then(|()| out.flush());
         match res {
             Ok(()) => Ok(Flow::Continue),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
