@@ -409,7 +409,17 @@ fn draw_totals(buf: &mut Buffer, area: Rect, s: &Snapshot, ui: &UiState) {
         dash(s.connection_count),
         dash(lost),
     );
-    Paragraph::new(line).render(area, buf);
+    let mut spans = vec![Span::raw(line)];
+    // Active alerts (port scan, beaconing, DNS tunnel, bandwidth): how many,
+    // and the newest one's message.
+    let alerts = s.alerts.as_deref().unwrap_or_default();
+    if let Some(newest) = alerts.iter().max_by_key(|a| a.timestamp) {
+        spans.push(Span::styled(
+            format!("  ALERTS {}: {}", alerts.len(), newest.message),
+            BOLD,
+        ));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
 fn draw_footer(buf: &mut Buffer, area: Rect, ui: &UiState) {
@@ -721,6 +731,30 @@ mod tests {
         let s = fixture();
         let ui = state(&s);
         assert_eq!(screen(Some(&s), &ui, 80, 24), SCREEN_80X24);
+    }
+
+    #[test]
+    fn active_alerts_show_their_count_and_the_newest_message() {
+        use netwatch_common::wire::{Alert, AlertCategory, AlertSeverity};
+        let mut s = fixture();
+        let alert = |secs: i64, m: &str| Alert {
+            severity: AlertSeverity::Critical,
+            category: AlertCategory::PortScan,
+            message: m.into(),
+            detail: String::new(),
+            timestamp: s.timestamp - chrono::Duration::seconds(secs),
+        };
+        s.alerts = Some(vec![
+            alert(30, "older"),
+            alert(1, "port scan from 10.0.0.9"),
+        ]);
+        let ui = state(&s);
+        let got = screen(Some(&s), &ui, 120, 40);
+        assert_eq!(
+            got[1],
+            "rx 5.0 MiB/s  tx 40.2 KiB/s  total 5.0 MiB  procs 3  conns 17  lost 3  \
+             ALERTS 2: port scan from 10.0.0.9"
+        );
     }
 
     #[test]
