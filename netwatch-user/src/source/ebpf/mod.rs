@@ -305,6 +305,25 @@ impl EbpfSource {
         let Some(pin_opts) = &opts.pin else {
             return Self::load_fresh(opts);
         };
+        match Self::load_pinned(opts, pin_opts) {
+            Err(LoadError::Pin(e)) => {
+                // Whatever this attempt pinned half-way goes.
+                let _ = pin::remove(&pin::staging(pin_opts, opts));
+                warn!(
+                    "pinning under {} is not possible ({e}): running without pins, counters restart with the agent (--no-pin silences this)",
+                    pin_opts.dir.display()
+                );
+                Self::load_fresh(&LoadOptions {
+                    pin: None,
+                    ..opts.clone()
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::load`] with pins: continue from them, or load and pin.
+    fn load_pinned(opts: &LoadOptions, pin_opts: &pin::PinOptions) -> Result<Self, LoadError> {
         let Some(lock) = pin::lock(pin_opts).map_err(LoadError::Pin)? else {
             warn!(
                 "another agent holds the pins at {} (lock {}.lock): running without pinning",

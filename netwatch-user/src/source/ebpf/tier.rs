@@ -509,11 +509,10 @@ where
     FdLink: TryFrom<L>,
     <FdLink as TryFrom<L>>::Error: fmt::Display,
 {
-    let fail = |reason: String| LoadError::Program {
-        tier,
-        hook,
-        action: "pinning",
-        reason,
+    let fail = |reason: String| {
+        LoadError::Pin(io::Error::other(format!(
+            "pinning the {tier} tier's link for {hook}: {reason}"
+        )))
     };
     let fd = FdLink::try_from(link).map_err(|e| fail(format!("not a BPF link: {e}")))?;
     std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
@@ -697,6 +696,8 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
                 info!("eBPF collector attached on the {tier} tier");
                 return Ok((ebpf, tier));
             }
+            // Not the tier's fault: the caller goes on without pins.
+            Err(e @ LoadError::Pin(_)) => return Err(e),
             Err(e) if opts.tier == TierChoice::Auto => {
                 match candidates.get(i + 1) {
                     Some(next) => warn!("{e}; falling back to the {next} tier"),
