@@ -1018,6 +1018,28 @@ mod tests {
     }
 
     #[test]
+    fn pinning_is_the_default_and_no_pin_or_the_file_turns_it_off() {
+        let c = resolve(&args(&[]), None, None).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
+        assert_eq!(c.ebpf.pin_state_file, PathBuf::from(DEFAULT_PIN_STATE_FILE));
+        let c = resolve(
+            &args(&["--no-pin", "--pin-dir", "/sys/fs/bpf/x"]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
+        let f = "[ebpf]\npin_dir = \"/sys/fs/bpf/f\"\npin_state_file = \"/s/b\"\n";
+        let c = resolve(&args(&[]), None, file(f)).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/f")));
+        assert_eq!(c.ebpf.pin_state_file, PathBuf::from("/s/b"));
+        let c = resolve(&args(&["--pin-dir", "/sys/fs/bpf/a"]), None, file(f)).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/a")));
+        let c = resolve(&args(&[]), None, file("[ebpf]\npin = false\n")).unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
+    }
+
+    #[test]
     fn command_line_beats_file() {
         let c = resolve(
             &args(&["--interval", "2", "--mode", "ss"]),

@@ -46,10 +46,7 @@ struct Pins {
 
 impl Pins {
     fn new(name: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/nwtest-{name}-{}",
-            std::process::id()
-        ));
+        let dir = PathBuf::from(format!("/sys/fs/bpf/nwtest-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Self {
             dir,
@@ -242,7 +239,8 @@ fn restart_mid_transfer(name: &str, sig: i32) {
     let mut total = (0, 0);
     let (half_tx, half) = mpsc::channel();
     let (writer, reader) = stream(600, half_tx);
-    half.recv_timeout(PATIENCE).expect("the writer got half way");
+    half.recv_timeout(PATIENCE)
+        .expect("the writer got half way");
     // Mid-transfer: stop the agent, start another on the same pins.
     let (sum, _) = first.stop(sig);
     add(&mut total, sum);
@@ -265,9 +263,14 @@ fn restart_mid_transfer(name: &str, sig: i32) {
     let (sum, log) = second.stop(libc::SIGTERM);
     add(&mut total, sum);
     let expected = written as u64;
-    eprintln!("{name}: {expected} bytes each way; first agent counted {by_first:?}, in all {total:?}");
+    eprintln!(
+        "{name}: {expected} bytes each way; first agent counted {by_first:?}, in all {total:?}"
+    );
     // The restart really was mid-transfer: each agent counted some.
-    assert!(by_first.1 > 0 && by_first.1 < expected, "{by_first:?} of {expected}");
+    assert!(
+        by_first.1 > 0 && by_first.1 < expected,
+        "{by_first:?} of {expected}"
+    );
     assert_eq!(
         total,
         (expected, expected),

@@ -348,7 +348,11 @@ impl EbpfSource {
         );
         let restore = pin::load_baseline(&pin_opts.state_file, &pinned.instance);
         if let Some(r) = &restore {
-            info!("baseline of {} sockets restored from {}", r.len(), pin_opts.state_file.display());
+            info!(
+                "baseline of {} sockets restored from {}",
+                r.len(),
+                pin_opts.state_file.display()
+            );
         }
         let mut maps = pinned.maps;
         let mut take = |name: &'static str| maps.remove(name).ok_or(LoadError::MissingMap(name));

@@ -193,7 +193,13 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
             dir.display()
         )));
     }
-    rustix::mount::mount("bpf", BPFFS, "bpf", rustix::mount::MountFlags::empty(), None)?;
+    rustix::mount::mount(
+        "bpf",
+        BPFFS,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )?;
     info!("mounted the BPF filesystem at {BPFFS} (needed to pin maps and links)");
     Ok(())
 }
@@ -260,8 +266,7 @@ fn open_set(root: &Path, abi: &str, opts: &LoadOptions) -> Result<Pinned, String
     let offsets = super::btf::SockOffsets::from_kernel().map_err(|e| e.to_string())?;
     for hook in tier.hooks(&offsets) {
         let path = one.path().join(hook.program);
-        PinnedLink::from_pin(&path)
-            .map_err(|e| format!("link {}: {e}", path.display()))?;
+        PinnedLink::from_pin(&path).map_err(|e| format!("link {}: {e}", path.display()))?;
     }
     Ok(Pinned {
         tier,
@@ -370,7 +375,11 @@ impl BaselineEntry {
     pub fn sample(&self) -> SocketSample {
         SocketSample {
             id: self.id,
-            protocol: if self.udp { Protocol::Udp } else { Protocol::Tcp },
+            protocol: if self.udp {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
             local: None,
             remote: None,
             state: crate::net::state::ESTABLISHED.to_string(),

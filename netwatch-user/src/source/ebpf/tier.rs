@@ -8,11 +8,11 @@
 use std::fmt;
 use std::io;
 
-use aya::programs::{
-    BtfTracePoint, CgroupAttachMode, CgroupSock, FEntry, FExit, KProbe, Program,
-    ProgramError, TracePoint,
-};
 use aya::programs::links::FdLink;
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSock, FEntry, FExit, KProbe, Program, ProgramError,
+    TracePoint,
+};
 use aya::{Btf, Ebpf, EbpfLoader};
 use log::{info, warn};
 use netwatch_common::{names, Tier as AbiTier};
