@@ -215,7 +215,14 @@ pub fn open_existing(pin: &PinOptions, opts: &LoadOptions) -> io::Result<Option<
     }
     for entry in std::fs::read_dir(&pin.dir)? {
         let entry = entry?;
-        if entry.file_name().to_str() != Some(abi.as_str()) {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("staging-") {
+            warn!(
+                "removing {}, left half-made by an agent that stopped while pinning",
+                entry.path().display()
+            );
+            remove(&entry.path())?;
+        } else if name.to_str() != Some(abi.as_str()) {
             warn!(
                 "removing pins of another netwatch build or layout at {} (not {abi}); counters restart",
                 entry.path().display()
