@@ -75,7 +75,11 @@ fn main() -> Result<()> {
         src.tier(),
         calls * 512
     );
-    for (name, prog) in src.ebpf().programs() {
+    for (name, prog) in src
+        .ebpf()
+        .expect("loaded, not continued from pins")
+        .programs()
+    {
         // Programs of other tiers are in the object but not loaded.
         let Ok(info) = prog.info() else { continue };
         let (ns, cnt) = (info.run_time().as_nanos() as u64, info.run_count());

@@ -119,6 +119,9 @@ impl Agent {
                 Err(e) => error!("{} sink: {e:#}", sink.name()),
             }
         }
+        // After the sinks: what a restarted agent continues from is
+        // exactly what was delivered.
+        self.source.delivered();
         flow
     }
 }

@@ -22,6 +22,10 @@ use crate::source::select::Mode;
 /// Where the agent looks for its config file when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/netwatch-agent/config.toml";
 /// The on-disk spool of snapshots not yet accepted by the cloud.
+/// Where the BPF maps and links are pinned.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netwatch";
+/// The per-socket baseline a restarted agent continues from.
+pub const DEFAULT_PIN_STATE_FILE: &str = "/var/lib/netwatch-agent/ebpf-baseline";
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/netwatch-agent/spool";
 /// The persisted host id (the cloud's primary key for this host).
 pub const DEFAULT_HOST_ID_FILE: &str = "/var/lib/netwatch-agent/host-id";
@@ -129,6 +133,17 @@ pub struct Args {
     /// two, at least 4096) [default: 1048576].
     #[arg(long)]
     pub ringbuf_bytes: Option<u32>,
+    /// Do not pin the BPF maps and links: everything goes with the agent
+    /// and a restart counts from zero (development).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Where the BPF maps and links are pinned [default: /sys/fs/bpf/netwatch].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Where the last delivered per-socket baseline is kept, for restarts
+    /// [default: /var/lib/netwatch-agent/ebpf-baseline].
+    #[arg(long, value_name = "PATH")]
+    pub pin_state_file: Option<PathBuf>,
     /// Seconds between snapshots (fractions allowed) [default: 15 with
     /// `--output ingest`, else 1].
     #[arg(long, env = "NETWATCH_INTERVAL", value_name = "SECONDS")]
@@ -273,6 +288,10 @@ pub struct EbpfFile {
     pub tier: Option<String>,
     pub max_sockets: Option<u32>,
     pub ringbuf_bytes: Option<u32>,
+    /// `false`: do not pin (as `--no-pin`).
+    pub pin: Option<bool>,
+    pub pin_dir: Option<PathBuf>,
+    pub pin_state_file: Option<PathBuf>,
 }
 
 /// `[ingest]` in the config file. There is deliberately no `api_key` key:
@@ -330,6 +349,10 @@ pub struct EbpfSettings {
     pub tier: String,
     pub max_sockets: u32,
     pub ringbuf_bytes: u32,
+    /// Pin maps and links here (`None`: `--no-pin`).
+    pub pin_dir: Option<PathBuf>,
+    /// The baseline file for restarts.
+    pub pin_state_file: PathBuf,
 }
 
 /// Everything the ingest sink and its spool need.
@@ -737,6 +760,17 @@ pub fn resolve(
             tier,
             max_sockets,
             ringbuf_bytes,
+            pin_dir: (!args.no_pin && f.ebpf.pin != Some(false)).then(|| {
+                args.pin_dir
+                    .clone()
+                    .or(f.ebpf.pin_dir.clone())
+                    .unwrap_or_else(|| DEFAULT_PIN_DIR.into())
+            }),
+            pin_state_file: args
+                .pin_state_file
+                .clone()
+                .or(f.ebpf.pin_state_file.clone())
+                .unwrap_or_else(|| DEFAULT_PIN_STATE_FILE.into()),
         },
         interval,
         once: args.once,
@@ -981,6 +1015,28 @@ mod tests {
         assert_eq!(i.batch_max_bytes, 5_000_000);
         assert_eq!(i.retry_max, Duration::from_secs(300));
         assert_eq!(i.spool_dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+    }
+
+    #[test]
+    fn pinning_is_the_default_and_no_pin_or_the_file_turns_it_off() {
+        let c = resolve(&args(&[]), None, None).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
+        assert_eq!(c.ebpf.pin_state_file, PathBuf::from(DEFAULT_PIN_STATE_FILE));
+        let c = resolve(
+            &args(&["--no-pin", "--pin-dir", "/sys/fs/bpf/x"]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
+        let f = "[ebpf]\npin_dir = \"/sys/fs/bpf/f\"\npin_state_file = \"/s/b\"\n";
+        let c = resolve(&args(&[]), None, file(f)).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/f")));
+        assert_eq!(c.ebpf.pin_state_file, PathBuf::from("/s/b"));
+        let c = resolve(&args(&["--pin-dir", "/sys/fs/bpf/a"]), None, file(f)).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/a")));
+        let c = resolve(&args(&[]), None, file("[ebpf]\npin = false\n")).unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
     }
 
     #[test]

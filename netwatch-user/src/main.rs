@@ -91,6 +91,14 @@ fn run(cfg: Config) -> Result<()> {
                 .map_err(|e: String| anyhow::anyhow!(e))?,
             max_sockets: cfg.ebpf.max_sockets,
             ringbuf_bytes: cfg.ebpf.ringbuf_bytes,
+            pin: cfg
+                .ebpf
+                .pin_dir
+                .clone()
+                .map(|dir| netwatch::source::ebpf::pin::PinOptions {
+                    dir,
+                    state_file: cfg.ebpf.pin_state_file.clone(),
+                }),
             ..Default::default()
         },
         interface: cfg.interface.clone(),

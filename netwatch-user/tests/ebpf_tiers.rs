@@ -494,7 +494,11 @@ fn exact_bytes(tier: Tier, mut src: EbpfSource) {
 
     // Per-event cost, from the kernel's own statistics.
     if stats_fd.is_some() {
-        for (name, prog) in src.ebpf().programs() {
+        for (name, prog) in src
+            .ebpf()
+            .expect("loaded, not continued from pins")
+            .programs()
+        {
             if let Ok(info) = prog.info() {
                 let (ns, cnt) = (info.run_time().as_nanos() as u64, info.run_count());
                 if let Some(per_event) = ns.checked_div(cnt) {
@@ -634,6 +638,7 @@ fn load_best_with(max_sockets: u32, ringbuf_bytes: u32, drain_thread: bool) -> O
         max_sockets,
         ringbuf_bytes,
         drain_thread,
+        pin: None,
     };
     Some(EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads on this kernel: {e}")))
 }

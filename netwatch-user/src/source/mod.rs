@@ -145,6 +145,9 @@ pub trait SocketSource: Send {
     }
     /// Read every socket's current counters.
     fn read(&mut self) -> anyhow::Result<SampleBatch>;
+    /// The snapshot built from the last read went to the sinks: a source
+    /// that persists what was delivered (pinned eBPF) stores it now.
+    fn delivered(&mut self) {}
     /// The DNS messages seen since the last call, for sources that see
     /// packets (`Some`, possibly empty); `None` for sources that cannot.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {

@@ -4,6 +4,7 @@
 //! builds wire rows or decides attribution.
 
 pub mod btf;
+pub mod pin;
 pub mod seed;
 pub mod tier;
 
@@ -149,8 +150,9 @@ pub struct KernelCounters {
 
 /// The loaded and attached programs and their maps.
 pub struct EbpfSource {
-    /// Owns the programs and their links: dropping it detaches everything.
-    ebpf: Ebpf,
+    /// Owns the programs and their links: dropping it detaches everything
+    /// not pinned. `None` when continuing from pins (the pins hold them).
+    ebpf: Option<Ebpf>,
     tier: tier::Tier,
     sockets: BpfHashMap<MapData, SockKey, SockStats>,
     /// Final records drained from the `CLOSED` ring buffer as they arrive.
@@ -166,6 +168,14 @@ pub struct EbpfSource {
     evicted: u64,
     /// What seeding found at load (`None`: it could not run).
     seeded: Option<seed::SeedReport>,
+    /// Pinned: the pins' instance tag and the baseline file.
+    pinned: Option<(String, std::path::PathBuf)>,
+    /// The baseline to prime deltas with at the first read (restarted agent).
+    restore: Option<Vec<pin::BaselineEntry>>,
+    /// The owners' counters of the last read, stored once it is delivered.
+    last_read: Vec<pin::BaselineEntry>,
+    /// Held while this agent owns the pins.
+    lock: Option<std::fs::File>,
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -289,8 +299,84 @@ impl Drop for Drain {
 }
 
 impl EbpfSource {
-    /// Load and attach on the tier `opts` asks for (or the best available).
+    /// Load and attach on the tier `opts` asks for (or the best available);
+    /// with `opts.pin`, continue from this build's pins if there are some.
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let Some(pin_opts) = &opts.pin else {
+            return Self::load_fresh(opts);
+        };
+        match Self::load_pinned(opts, pin_opts) {
+            Err(LoadError::Pin(e)) => {
+                // Whatever this attempt pinned half-way goes.
+                let _ = pin::remove(&pin::staging(pin_opts, opts));
+                warn!(
+                    "pinning under {} is not possible ({e}): running without pins, counters restart with the agent (--no-pin silences this)",
+                    pin_opts.dir.display()
+                );
+                Self::load_fresh(&LoadOptions {
+                    pin: None,
+                    ..opts.clone()
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::load`] with pins: continue from them, or load and pin.
+    fn load_pinned(opts: &LoadOptions, pin_opts: &pin::PinOptions) -> Result<Self, LoadError> {
+        let Some(lock) = pin::lock(pin_opts).map_err(LoadError::Pin)? else {
+            warn!(
+                "another agent holds the pins at {} (lock {}.lock): running without pinning",
+                pin_opts.dir.display(),
+                pin_opts.state_file.display()
+            );
+            return Self::load_fresh(&LoadOptions {
+                pin: None,
+                ..opts.clone()
+            });
+        };
+        let pinned = pin::open_existing(pin_opts, opts).map_err(LoadError::Pin)?;
+        let Some(pinned) = pinned else {
+            let mut source = Self::load_fresh(opts)?;
+            source.lock = Some(lock);
+            return Ok(source);
+        };
+        info!(
+            "continuing from the maps and links pinned at {} ({} tier): the programs kept counting",
+            pin_opts.dir.display(),
+            pinned.tier
+        );
+        let restore = pin::load_baseline(&pin_opts.state_file, &pinned.instance);
+        if let Some(r) = &restore {
+            info!(
+                "baseline of {} sockets restored from {}",
+                r.len(),
+                pin_opts.state_file.display()
+            );
+        }
+        let mut maps = pinned.maps;
+        let mut take = |name: &'static str| maps.remove(name).ok_or(LoadError::MissingMap(name));
+        let mut source = Self::from_maps(
+            None,
+            pinned.tier,
+            opts,
+            None,
+            [
+                take(names::SOCKETS)?,
+                take(names::CLOSED)?,
+                take(names::DESTROYED)?,
+                take(names::COUNTERS)?,
+            ],
+            None,
+        )?;
+        source.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
+        source.restore = restore;
+        source.lock = Some(lock);
+        Ok(source)
+    }
+
+    /// Load and attach anew (pinning everything when asked).
+    fn load_fresh(opts: &LoadOptions) -> Result<Self, LoadError> {
         let (mut ebpf, tier) = tier::load_best(opts)?;
         // After attach, so a socket is either seen by the programs or seeded.
         let started = Instant::now();
@@ -313,6 +399,18 @@ impl EbpfSource {
             }
             Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
         }
+        let instance = match &opts.pin {
+            Some(p) => Some((
+                pin::publish(&ebpf, &pin::staging(p, opts), p, opts).map_err(|e| {
+                    LoadError::Pin(std::io::Error::other(format!(
+                        "pinning under {}: {e}",
+                        p.dir.display()
+                    )))
+                })?,
+                p.state_file.clone(),
+            )),
+            None => None,
+        };
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -323,7 +421,25 @@ impl EbpfSource {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(LoadError::MissingMap(name))
         };
-        let sockets_map = take(&mut ebpf, names::SOCKETS)?;
+        let maps = [
+            take(&mut ebpf, names::SOCKETS)?,
+            take(&mut ebpf, names::CLOSED)?,
+            take(&mut ebpf, names::DESTROYED)?,
+            take(&mut ebpf, names::COUNTERS)?,
+        ];
+        let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
+        source.pinned = instance;
+        Ok(source)
+    }
+
+    fn from_maps(
+        ebpf: Option<Ebpf>,
+        tier: tier::Tier,
+        opts: &LoadOptions,
+        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+        [sockets_map, closed, destroyed, counters]: [aya::maps::Map; 4],
+        seeded: Option<seed::SeedReport>,
+    ) -> Result<Self, LoadError> {
         let sockets_fd = match &sockets_map {
             aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
                 d.fd().as_fd().try_clone_to_owned().ok()
@@ -332,13 +448,15 @@ impl EbpfSource {
         };
         let sockets =
             BpfHashMap::try_from(sockets_map).map_err(|e| LoadError::Map(names::SOCKETS, e))?;
-        let closed = RingBuf::try_from(take(&mut ebpf, names::CLOSED)?)
-            .map_err(|e| LoadError::Map(names::CLOSED, e))?;
-        let drain = Drain::start(closed, opts.drain_thread).map_err(LoadError::DrainThread)?;
-        let destroyed = BpfHashMap::try_from(take(&mut ebpf, names::DESTROYED)?)
-            .map_err(|e| LoadError::Map(names::DESTROYED, e))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, names::COUNTERS)?)
-            .map_err(|e| LoadError::Map(names::COUNTERS, e))?;
+        let closed = RingBuf::try_from(closed).map_err(|e| LoadError::Map(names::CLOSED, e))?;
+        // Pinned: records stay in the kernel's ring until a read takes
+        // them, so a killed agent loses none it had not delivered.
+        let drain = Drain::start(closed, opts.drain_thread && opts.pin.is_none())
+            .map_err(LoadError::DrainThread)?;
+        let destroyed =
+            BpfHashMap::try_from(destroyed).map_err(|e| LoadError::Map(names::DESTROYED, e))?;
+        let counters =
+            PerCpuArray::try_from(counters).map_err(|e| LoadError::Map(names::COUNTERS, e))?;
         Ok(Self {
             ebpf,
             tier,
@@ -350,7 +468,11 @@ impl EbpfSource {
             sockets_fd,
             max_sockets: opts.max_sockets,
             evicted: 0,
-            seeded: seeded.ok(),
+            seeded,
+            pinned: None,
+            restore: None,
+            last_read: Vec::new(),
+            lock: None,
         })
     }
 
@@ -364,9 +486,20 @@ impl EbpfSource {
         self.tier
     }
 
-    /// The loaded programs, for statistics (`run_time_ns / run_cnt`).
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    /// The loaded programs, for statistics (`run_time_ns / run_cnt`);
+    /// `None` when continuing from pins.
+    pub fn ebpf(&self) -> Option<&Ebpf> {
+        self.ebpf.as_ref()
+    }
+
+    /// Store the counters of the last read as the baseline a restarted
+    /// agent starts from: called once that read's snapshot was delivered.
+    pub fn store_baseline(&mut self) {
+        if let Some((instance, path)) = &self.pinned {
+            if let Err(e) = pin::store(path, instance, &self.last_read) {
+                warn!("storing the baseline at {}: {e}", path.display());
+            }
+        }
     }
 
     /// The programs' own counters, summed over CPUs.
@@ -393,6 +526,19 @@ impl EbpfSource {
     pub fn read_samples(&mut self) -> SampleBatch {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
+        }
+        // A restarted agent's first read (its priming read, never
+        // delivered) is exactly what the previous agent last delivered:
+        // the next read's deltas then count everything after it, once.
+        // Nothing is drained here: closed records wait in the kernel.
+        if let Some(restore) = self.restore.take() {
+            self.last_read = restore.clone();
+            return SampleBatch {
+                taken_at: Instant::now(),
+                samples: restore.iter().map(pin::BaselineEntry::sample).collect(),
+                lost_records: 0,
+                estimated: false,
+            };
         }
         // Counters before the walk: see `evicted_estimate`.
         let before = self.kernel_counters();
@@ -424,6 +570,13 @@ impl EbpfSource {
             samples.extend(to_samples(&key, &st, false));
         }
         let after = self.kernel_counters();
+        if self.pinned.is_some() {
+            self.last_read = samples
+                .iter()
+                .filter(|s| !s.closed)
+                .map(pin::BaselineEntry::of)
+                .collect();
+        }
         let estimate = evicted_estimate(&before, &after, live);
         self.evicted = self.evicted.max(estimate);
         SampleBatch {
@@ -560,6 +713,10 @@ impl SocketSource for EbpfSource {
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
         Ok(self.read_samples())
+    }
+
+    fn delivered(&mut self) {
+        self.store_baseline();
     }
 }
 

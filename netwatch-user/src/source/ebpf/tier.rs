@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 
+use aya::programs::links::FdLink;
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSock, FEntry, FExit, KProbe, Program, ProgramError,
     TracePoint,
@@ -327,6 +328,9 @@ pub struct LoadOptions {
     /// Drain the ring buffer on a thread of its own as records arrive (the
     /// default), rather than only when the source is read.
     pub drain_thread: bool,
+    /// Pin maps and links here and reuse them across restarts (`None`:
+    /// everything goes with the agent, `--no-pin`).
+    pub pin: Option<super::pin::PinOptions>,
 }
 
 impl Default for LoadOptions {
@@ -336,6 +340,7 @@ impl Default for LoadOptions {
             max_sockets: 65536,
             ringbuf_bytes: 1024 * 1024,
             drain_thread: true,
+            pin: None,
         }
     }
 }
@@ -364,6 +369,8 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("starting the ring buffer drain thread: {0}")]
     DrainThread(#[source] io::Error),
+    #[error("pinned maps and links: {0}")]
+    Pin(#[source] io::Error),
     #[error("opening map {0}: {1}")]
     Map(&'static str, #[source] aya::maps::MapError),
 }
@@ -496,31 +503,64 @@ pub fn load_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook, btf: &Btf) -> Resul
     }
 }
 
-/// Attach a loaded program. The link lives as long as `ebpf`.
-fn attach_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<(), LoadError> {
+/// Pin a freshly made link at `dir/<program>` (nothing without `dir`).
+fn pin_link<L>(link: L, dir: &std::path::Path, tier: Tier, hook: Hook) -> Result<(), LoadError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: fmt::Display,
+{
+    let fail = |reason: String| {
+        LoadError::Pin(io::Error::other(format!(
+            "pinning the {tier} tier's link for {hook}: {reason}"
+        )))
+    };
+    let fd = FdLink::try_from(link).map_err(|e| fail(format!("not a BPF link: {e}")))?;
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    fd.pin(dir.join(hook.program))
+        .map(drop)
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Attach a loaded program. The link lives as long as `ebpf`, or, pinned
+/// under `pin` (a directory), until its pin is removed.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    tier: Tier,
+    hook: Hook,
+    pin: Option<&std::path::Path>,
+) -> Result<(), LoadError> {
     let prog = find_program(ebpf, tier, hook)?;
     let err = |e| program_error(tier, hook, "attaching", e);
+    macro_rules! done {
+        ($p:expr, $id:expr) => {{
+            let id = $id.map_err(err)?;
+            match pin {
+                Some(dir) => pin_link($p.take_link(id).map_err(err)?, dir, tier, hook),
+                None => Ok(()),
+            }
+        }};
+    }
     match hook.kind {
         HookKind::Fentry => {
             let p: &mut FEntry = prog.try_into().map_err(err)?;
-            p.attach().map(drop).map_err(err)
+            done!(p, p.attach())
         }
         HookKind::Fexit => {
             let p: &mut FExit = prog.try_into().map_err(err)?;
-            p.attach().map(drop).map_err(err)
+            done!(p, p.attach())
         }
         HookKind::Kprobe | HookKind::Kretprobe => {
             let p: &mut KProbe = prog.try_into().map_err(err)?;
-            p.attach(hook.target, 0).map(drop).map_err(err)
+            done!(p, p.attach(hook.target, 0))
         }
         HookKind::TpBtf => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
-            p.attach().map(drop).map_err(err)
+            done!(p, p.attach())
         }
         HookKind::Tracepoint => {
             let p: &mut TracePoint = prog.try_into().map_err(err)?;
             let (category, name) = hook.target.split_once('/').unwrap_or(("", hook.target));
-            p.attach(category, name).map(drop).map_err(err)
+            done!(p, p.attach(category, name))
         }
         HookKind::CgroupSockRelease => {
             let root = cgroup2_root().map_err(|e| LoadError::Program {
@@ -539,9 +579,7 @@ fn attach_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<(), LoadErr
             // Attached as a BPF link (Linux ≥ 5.7), which always runs
             // alongside the root cgroup's other programs (systemd's, other
             // agents'); the kernel takes no attach flags for links.
-            p.attach(&dir, CgroupAttachMode::Single)
-                .map(drop)
-                .map_err(err)
+            done!(p, p.attach(&dir, CgroupAttachMode::Single))
         }
     }
 }
@@ -586,9 +624,20 @@ pub fn load_tier(
     btf: &Btf,
 ) -> Result<Ebpf, LoadError> {
     let mut ebpf = open(tier, opts, offsets)?;
+    // Pinned links go to the staging directory's `links/<tier>/`.
+    let links = opts
+        .pin
+        .as_ref()
+        .map(|p| super::pin::staging(p, opts).join("links").join(tier.name()));
+    if let Some(stage) = &links {
+        // A tier that failed before left its links here: unpin them.
+        if let Some(parent) = stage.parent().and_then(std::path::Path::parent) {
+            let _ = super::pin::remove(parent);
+        }
+    }
     for hook in tier.hooks(offsets) {
         load_program(&mut ebpf, tier, hook, btf)?;
-        attach_program(&mut ebpf, tier, hook)?;
+        attach_program(&mut ebpf, tier, hook, links.as_deref())?;
     }
     Ok(ebpf)
 }
@@ -647,6 +696,8 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
                 info!("eBPF collector attached on the {tier} tier");
                 return Ok((ebpf, tier));
             }
+            // Not the tier's fault: the caller goes on without pins.
+            Err(e @ LoadError::Pin(_)) => return Err(e),
             Err(e) if opts.tier == TierChoice::Auto => {
                 match candidates.get(i + 1) {
                     Some(next) => warn!("{e}; falling back to the {next} tier"),
