@@ -33,6 +33,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// Start the agent; returns it once it says it has attached (stderr).
 fn start_agent(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(AGENT)
+        .arg("--no-pin")
         .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

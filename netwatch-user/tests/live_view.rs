@@ -178,7 +178,7 @@ mod linux {
         let conf = dir.path().join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").expect("conf");
         // `exec`: the pane's process is the agent itself.
-        let agent = format!("exec {AGENT} --output table --interval 1");
+        let agent = format!("exec {AGENT} --no-pin --output table --interval 1");
         let conf = conf.to_str().expect("utf-8 path");
         for session in ["live", "term"] {
             tmux(
@@ -286,7 +286,7 @@ mod linux {
 
         // Not a terminal: plain text, no escape sequences.
         let out = Command::new(AGENT)
-            .args(["--output", "table", "--once", "--interval", "0.5"])
+            .args(["--no-pin", "--output", "table", "--once", "--interval", "0.5"])
             .stdin(Stdio::null())
             .output()
             .expect("running the agent");

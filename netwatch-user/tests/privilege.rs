@@ -322,7 +322,7 @@ fn run_and_count(mode: &str, ambient: Option<&[String]>, n: usize) -> (String, (
     let mut agent = Running::start(command(
         &bin,
         ambient,
-        &["--mode", mode, "--output", "json", "--interval", "1"],
+        &["--no-pin", "--mode", mode, "--output", "json", "--interval", "1"],
     ));
     let first = agent.next_snapshot();
     let source = source_of(&first);
@@ -395,7 +395,7 @@ fn assert_refused(mode: &str, caps: &[String], missing: &str) {
     let out = command(
         &bin,
         Some(caps),
-        &["--mode", mode, "--output", "json", "--once"],
+        &["--no-pin", "--mode", mode, "--output", "json", "--once"],
     )
     .output()
     .unwrap();

@@ -55,7 +55,7 @@ impl Drop for Agent {
 /// source is attached.
 fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Agent {
     let mut cmd = Command::new(AGENT);
-    cmd.args(args)
+    cmd.arg("--no-pin").args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -224,9 +224,10 @@ fn scrape_finds_this_process_exact_bytes_and_they_only_grow() {
         (want, want),
         "the counters add the second transfer to the first, exactly; page:\n{page}"
     );
-    // The series' labels: comm is the name of the task that moved the bytes
-    // (this test's thread), the cgroup this process's.
-    let comm = std::fs::read_to_string("/proc/thread-self/comm").expect("own comm");
+    // The series' labels: comm is the process's name (its thread-group
+    // leader's comm, as netwatch-sdk names rows), never the moving thread's;
+    // the cgroup this process's.
+    let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).expect("own comm");
     let cgroup = std::fs::read_to_string(format!("/proc/{me}/cgroup")).expect("own cgroup");
     let cgroup = cgroup
         .lines()
@@ -420,7 +421,7 @@ fn an_address_in_use_stops_the_agent_at_start_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     let addr = taken.local_addr().expect("address").to_string();
     let out = Command::new(AGENT)
-        .args(["--output", "prometheus", "--metrics-listen", &addr])
+        .args(["--no-pin", "--output", "prometheus", "--metrics-listen", &addr])
         .env("RUST_LOG", "info")
         .output()
         .expect("running netwatch-agent");

@@ -39,6 +39,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     {
         agent_args.extend(["--output".to_string(), "table".to_string()]);
     }
+    // A developer's run leaves no programs attached behind it (pinning is for
+    // the deployed daemon, which continues from the kernel's counts).
+    if !agent_args.iter().any(|a| a == "--no-pin") {
+        agent_args.push("--no-pin".to_string());
+    }
     // SAFETY: geteuid has no preconditions.
     let is_root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if is_root {
