@@ -47,7 +47,10 @@ fn batch(at: Instant, sockets: u64, tick: u64) -> SampleBatch {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let sockets: u64 = args.next().map_or(Ok(10_000), |a| a.parse()).context("sockets")?;
+    let sockets: u64 = args
+        .next()
+        .map_or(Ok(10_000), |a| a.parse())
+        .context("sockets")?;
     let ticks: u64 = args.next().map_or(Ok(20), |a| a.parse()).context("ticks")?;
     let max: usize = args.next().map_or(Ok(1000), |a| a.parse()).context("max")?;
     for bound in [usize::MAX, max] {
@@ -62,10 +65,15 @@ fn main() -> Result<()> {
             let mut a = attr.apply(b);
             truncate_connections(&mut a.connections, &a.connection_bytes, bound);
             rows = a.connections.len();
-            json_bytes = serde_json::to_vec(&a.connections)?.len() + serde_json::to_vec(&a.processes)?.len();
+            json_bytes =
+                serde_json::to_vec(&a.connections)?.len() + serde_json::to_vec(&a.processes)?.len();
         }
         let per = start.elapsed().as_secs_f64() * 1e3 / ticks as f64;
-        let label = if bound == usize::MAX { "unbounded".to_string() } else { format!("top {bound}") };
+        let label = if bound == usize::MAX {
+            "unbounded".to_string()
+        } else {
+            format!("top {bound}")
+        };
         println!("{sockets} sockets, {label}: {per:.3} ms/tick (apply + truncate + JSON), {rows} rows, {json_bytes} JSON bytes");
     }
     Ok(())
