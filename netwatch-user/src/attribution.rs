@@ -120,8 +120,10 @@ impl Attribution {
         let secs = interval.as_secs_f64();
         let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
 
-        // (pid, name) -> its sums; BTreeMap for a stable order.
-        let mut per_process: BTreeMap<(u32, String), ProcessSums> = BTreeMap::new();
+        // (pid, name) -> its sums; BTreeMap for a stable order. The name is
+        // borrowed from the batch (no String per socket); a missing comm is
+        // named `pid:N` once per row below.
+        let mut per_process: BTreeMap<(u32, Option<&str>), ProcessSums> = BTreeMap::new();
         let mut connections: Vec<ConnectionDetail> = Vec::with_capacity(batch.samples.len());
         let mut connection_bytes: Vec<u64> = Vec::with_capacity(batch.samples.len());
         let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
@@ -136,8 +138,7 @@ impl Attribution {
             });
             updates.push((s.id, last));
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
-                let name = s.comm.clone().unwrap_or_else(|| format!("pid:{pid}"));
-                let row = per_process.entry((pid, name)).or_default();
+                let row = per_process.entry((pid, s.comm.as_deref())).or_default();
                 row.rx += rx;
                 row.tx += tx;
                 if !s.closed {
@@ -187,7 +188,7 @@ impl Attribution {
             .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
             .map(|((pid, name), s)| {
                 ProcessBandwidth::network_only(
-                    name,
+                    name.map_or_else(|| format!("pid:{pid}"), str::to_string),
                     Some(pid),
                     s.rx,
                     s.tx,
