@@ -168,6 +168,11 @@ pub struct CollectorInfo {
     /// Records the source lost since start (map eviction, full ring buffer, dropped packets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_records: Option<u64>,
+    /// Connection rows left out of this snapshot's `connections` by the
+    /// top-N bound (`max_connections`); the per-process totals still count
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_truncated: Option<u64>,
 }
 
 /// Per-interface counters and derived rates.

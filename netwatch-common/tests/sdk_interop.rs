@@ -359,6 +359,7 @@ fn collector() -> ours::CollectorInfo {
         estimated: false,
         fallback_reason: Some("fentry: EPERM".to_string()),
         lost_records: Some(7),
+        connections_truncated: None,
     }
 }
 
@@ -388,6 +389,7 @@ fn our_request() -> ours::IngestRequest {
                 estimated: true,
                 fallback_reason: None,
                 lost_records: None,
+                connections_truncated: None,
             })),
         ],
     }

@@ -10,7 +10,7 @@ use log::{error, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
 use crate::alerts::{feed::Tick, Detectors};
-use crate::attribution::Attribution;
+use crate::attribution::{truncate_connections, Attribution};
 use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
@@ -25,6 +25,7 @@ pub struct Agent {
     sinks: Vec<Box<dyn Sink>>,
     alerts: Option<Detectors>,
     health: Option<Prober>,
+    max_connections: usize,
 }
 
 impl Agent {
@@ -44,12 +45,20 @@ impl Agent {
             sinks,
             alerts: None,
             health: None,
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
         }
     }
 
     /// Run the alert detectors on every tick (fills `alerts`).
     pub fn with_alerts(mut self, alerts: Detectors) -> Self {
         self.alerts = Some(alerts);
+        self
+    }
+
+    /// Emit at most `max` connection rows per snapshot (the busiest this
+    /// interval); per-process totals and the alert detectors see them all.
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
         self
     }
 
@@ -72,6 +81,7 @@ impl Agent {
         let mut snap = Snapshot::empty(timestamp);
         self.host.fill(&mut snap);
         let mut info = self.info.clone();
+        let mut connection_bytes = Vec::new();
         match self.source.read() {
             Ok(batch) => {
                 let rows = self.attribution.apply(&batch);
@@ -83,6 +93,7 @@ impl Agent {
                 self.host.fill_processes(&mut processes);
                 snap.processes = Some(processes);
                 snap.connections = Some(rows.connections);
+                connection_bytes = rows.connection_bytes;
                 info.estimated = batch.estimated;
                 info.lost_records = Some(batch.lost_records);
             }
@@ -100,6 +111,12 @@ impl Agent {
                 processes: snap.processes.as_deref().unwrap_or(&[]),
                 interfaces: &snap.interfaces,
             }));
+        }
+        if let Some(c) = &mut snap.connections {
+            let left_out = truncate_connections(c, &connection_bytes, self.max_connections);
+            if left_out > 0 {
+                info.connections_truncated = Some(left_out);
+            }
         }
         self.host.fill_dns(&mut snap, dns);
         if let Some(p) = &self.health {

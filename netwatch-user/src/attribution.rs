@@ -21,6 +21,9 @@ pub struct Attributed {
     pub processes: Vec<ProcessBandwidth>,
     /// One row per socket in the batch.
     pub connections: Vec<ConnectionDetail>,
+    /// The bytes (rx + tx) each row of `connections` moved this interval,
+    /// index for index: what [`truncate_connections`] ranks by.
+    pub connection_bytes: Vec<u64>,
     /// The interval the deltas cover.
     pub interval: Duration,
 }
@@ -117,9 +120,12 @@ impl Attribution {
         let secs = interval.as_secs_f64();
         let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
 
-        // (pid, name) -> its sums; BTreeMap for a stable order.
-        let mut per_process: BTreeMap<(u32, String), ProcessSums> = BTreeMap::new();
+        // (pid, name) -> its sums; BTreeMap for a stable order. The name is
+        // borrowed from the batch (no String per socket); a missing comm is
+        // named `pid:N` once per row below.
+        let mut per_process: BTreeMap<(u32, Option<&str>), ProcessSums> = BTreeMap::new();
         let mut connections: Vec<ConnectionDetail> = Vec::with_capacity(batch.samples.len());
+        let mut connection_bytes: Vec<u64> = Vec::with_capacity(batch.samples.len());
         let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
         let mut prev_sample: Option<&SocketSample> = None;
 
@@ -132,8 +138,7 @@ impl Attribution {
             });
             updates.push((s.id, last));
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
-                let name = s.comm.clone().unwrap_or_else(|| format!("pid:{pid}"));
-                let row = per_process.entry((pid, name)).or_default();
+                let row = per_process.entry((pid, s.comm.as_deref())).or_default();
                 row.rx += rx;
                 row.tx += tx;
                 if !s.closed {
@@ -154,11 +159,15 @@ impl Attribution {
                 if same_socket(prev_sample, s) {
                     prev.rx_bytes = Some(prev.rx_bytes.unwrap_or(0) + s.rx_bytes);
                     prev.tx_bytes = Some(prev.tx_bytes.unwrap_or(0) + s.tx_bytes);
+                    if let Some(b) = connection_bytes.last_mut() {
+                        *b = b.saturating_add(rx.saturating_add(tx));
+                    }
                     prev_sample = Some(s);
                     continue;
                 }
             }
             prev_sample = Some(s);
+            connection_bytes.push(rx.saturating_add(tx));
             connections.push(ConnectionDetail {
                 protocol: s.protocol.as_wire().to_string(),
                 local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
@@ -179,7 +188,7 @@ impl Attribution {
             .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
             .map(|((pid, name), s)| {
                 ProcessBandwidth::network_only(
-                    name,
+                    name.map_or_else(|| format!("pid:{pid}"), str::to_string),
                     Some(pid),
                     s.rx,
                     s.tx,
@@ -207,9 +216,43 @@ impl Attribution {
         Attributed {
             processes,
             connections,
+            connection_bytes,
             interval,
         }
     }
+}
+
+/// Keep the `max` connection rows that moved the most bytes this interval
+/// (`bytes`, index for index with `rows`; ties: `ESTABLISHED` first, as
+/// netwatch-sdk 0.3.2's `top_connections` prefers, then batch order), and
+/// say how many were left out. Per-process totals are computed from every
+/// socket before this and are not touched.
+pub fn truncate_connections(rows: &mut Vec<ConnectionDetail>, bytes: &[u64], max: usize) -> u64 {
+    if rows.len() <= max {
+        return 0;
+    }
+    let dropped = (rows.len() - max) as u64;
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let key = |i: usize| {
+        (
+            std::cmp::Reverse(bytes.get(i).copied().unwrap_or(0)),
+            rows[i].state != state::ESTABLISHED,
+            i,
+        )
+    };
+    if max > 0 {
+        order.select_nth_unstable_by_key(max - 1, |&i| key(i));
+    }
+    order.truncate(max);
+    order.sort_unstable_by_key(|&i| key(i));
+    let mut keep: Vec<Option<ConnectionDetail>> =
+        std::mem::take(rows).into_iter().map(Some).collect();
+    rows.extend(
+        order
+            .into_iter()
+            .filter_map(|i| keep.get_mut(i).and_then(Option::take)),
+    );
+    dropped
 }
 
 #[cfg(test)]
@@ -281,6 +324,36 @@ mod tests {
             .find(|p| p.pid == Some(pid))
             .expect("process row");
         (p.rx_bytes, p.tx_bytes, p.connection_count)
+    }
+
+    #[test]
+    fn top_n_keeps_the_busiest_rows_and_per_process_totals_stay_exact() {
+        let t0 = Instant::now();
+        let mut at = Attribution::new(t0);
+        // pid 1: ten sockets, moving 1..=10 bytes rx each; pid 2: one
+        // socket moving 100 tx.
+        let mut v: Vec<SocketSample> = (1..=10)
+            .map(|i| sample(i, 1, i, 0, CountOrigin::SinceAttach))
+            .collect();
+        v.push(sample(11, 2, 0, 100, CountOrigin::SinceAttach));
+        let mut a = at.apply(&batch(t0 + Duration::from_secs(1), v));
+        assert_eq!(a.connections.len(), 11);
+        let dropped = truncate_connections(&mut a.connections, &a.connection_bytes, 3);
+        assert_eq!(dropped, 8);
+        let kept: Vec<_> = a
+            .connections
+            .iter()
+            .map(|c| (c.pid, c.rx_bytes.unwrap_or(0) + c.tx_bytes.unwrap_or(0)))
+            .collect();
+        assert_eq!(kept, vec![(Some(2), 100), (Some(1), 10), (Some(1), 9)]);
+        // Totals come from every socket, truncated or not.
+        assert_eq!(row(&a, 1), (55, 0, 10));
+        assert_eq!(row(&a, 2), (0, 100, 1));
+        // Nothing to cut: nothing left out.
+        let mut b = a.connections.clone();
+        assert_eq!(truncate_connections(&mut b, &[1, 2, 3], 3), 0);
+        assert_eq!(truncate_connections(&mut b, &[1, 2, 3], 0), 3);
+        assert!(b.is_empty());
     }
 
     #[test]

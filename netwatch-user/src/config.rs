@@ -39,6 +39,10 @@ pub const MAX_BATCH_BYTES: usize = 5_000_000;
 pub const DEFAULT_DELIVERY_INTERVAL_SECS: f64 = 15.0;
 /// The interval of the live view and the NDJSON stream.
 pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
+/// Connection rows per snapshot by default. netwatch-sdk 0.3.2 leaves the
+/// bound to its caller (`top_connections(conns, max)`); 1000 rows keep a
+/// snapshot near 200 KB of JSON.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
 /// The environment variable that carries the API key.
@@ -160,6 +164,10 @@ pub struct Args {
     /// Rows in the live table [default: 20].
     #[arg(long)]
     pub rows: Option<usize>,
+    /// Connection rows per snapshot at most, the busiest this interval
+    /// first; per-process totals still count every socket [default: 1000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// NetWatch Cloud base URL (`/api/v1/ingest` is appended).
     #[arg(long, env = "NETWATCH_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
@@ -207,6 +215,7 @@ pub struct FileConfig {
     pub outputs: Option<Vec<Output>>,
     pub interface: Option<String>,
     pub rows: Option<usize>,
+    pub max_connections: Option<usize>,
     #[serde(default)]
     pub ebpf: EbpfFile,
     #[serde(default)]
@@ -395,6 +404,8 @@ pub struct Config {
     pub outputs: Vec<Output>,
     pub interface: Option<String>,
     pub rows: usize,
+    /// Connection rows per snapshot at most (top-N by interval bytes).
+    pub max_connections: usize,
     /// Set when `outputs` holds `Ingest`.
     pub ingest: Option<IngestConfig>,
     /// Set when `outputs` holds `Prometheus`.
@@ -654,6 +665,10 @@ pub fn resolve(
     if rows == 0 {
         return Err(invalid("rows 0: the table needs at least one row"));
     }
+    let max_connections = args
+        .max_connections
+        .or(f.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
 
     let endpoint = args.endpoint.clone().or(f.ingest.endpoint.clone());
     let ingest = if delivering {
@@ -777,6 +792,7 @@ pub fn resolve(
         outputs,
         interface: args.interface.clone().or(f.interface.clone()),
         rows,
+        max_connections,
         ingest,
         prometheus,
         config_file,

@@ -126,7 +126,8 @@ fn run(cfg: Config) -> Result<()> {
         host,
         sinks,
         selected.started_at,
-    );
+    )
+    .with_max_connections(cfg.max_connections);
     if let Some(a) = cfg.alerts.clone() {
         agent = agent.with_alerts(netwatch::alerts::Detectors::new(a));
     }

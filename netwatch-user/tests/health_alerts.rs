@@ -279,6 +279,7 @@ impl Watch {
             estimated: false,
             fallback_reason: None,
             lost_records: None,
+            connections_truncated: None,
         };
         let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
             .with_alerts(Detectors::new(cfg));

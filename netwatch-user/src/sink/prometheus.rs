@@ -1186,6 +1186,7 @@ mod tests {
             estimated: false,
             fallback_reason: None,
             lost_records: Some(6),
+            connections_truncated: None,
         });
         st.apply(&s, Instant::now(), &mut cg);
         let p = page(

@@ -178,6 +178,7 @@ mod tests {
             estimated: false,
             fallback_reason: None,
             lost_records: Some(0),
+            connections_truncated: None,
         });
         s.interfaces.push(InterfaceMetric {
             name: "lo".into(),

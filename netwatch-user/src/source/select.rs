@@ -50,6 +50,7 @@ fn info(source: &dyn SocketSource, fallback_reason: Option<String>) -> Collector
         estimated: false,
         fallback_reason,
         lost_records: None,
+        connections_truncated: None,
     }
 }
 
