@@ -279,6 +279,11 @@ impl Files {
             p("spool"),
             "--host-id-file".into(),
             p("host-id"),
+            // Snapshots of a bounded size whatever else this host runs (a
+            // busy host's thousands of sockets would make each one larger
+            // than these tests' batch and spool bounds assume).
+            "--max-connections".into(),
+            "20".into(),
         ]
     }
 }
