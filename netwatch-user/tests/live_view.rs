@@ -286,7 +286,14 @@ mod linux {
 
         // Not a terminal: plain text, no escape sequences.
         let out = Command::new(AGENT)
-            .args(["--no-pin", "--output", "table", "--once", "--interval", "0.5"])
+            .args([
+                "--no-pin",
+                "--output",
+                "table",
+                "--once",
+                "--interval",
+                "0.5",
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("running the agent");

@@ -322,7 +322,15 @@ fn run_and_count(mode: &str, ambient: Option<&[String]>, n: usize) -> (String, (
     let mut agent = Running::start(command(
         &bin,
         ambient,
-        &["--no-pin", "--mode", mode, "--output", "json", "--interval", "1"],
+        &[
+            "--no-pin",
+            "--mode",
+            mode,
+            "--output",
+            "json",
+            "--interval",
+            "1",
+        ],
     ));
     let first = agent.next_snapshot();
     let source = source_of(&first);

@@ -55,7 +55,8 @@ impl Drop for Agent {
 /// source is attached.
 fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Agent {
     let mut cmd = Command::new(AGENT);
-    cmd.arg("--no-pin").args(args)
+    cmd.arg("--no-pin")
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -421,7 +422,13 @@ fn an_address_in_use_stops_the_agent_at_start_naming_it() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     let addr = taken.local_addr().expect("address").to_string();
     let out = Command::new(AGENT)
-        .args(["--no-pin", "--output", "prometheus", "--metrics-listen", &addr])
+        .args([
+            "--no-pin",
+            "--output",
+            "prometheus",
+            "--metrics-listen",
+            &addr,
+        ])
         .env("RUST_LOG", "info")
         .output()
         .expect("running netwatch-agent");
