@@ -653,6 +653,7 @@ mod tests {
             estimated: false,
             fallback_reason: None,
             lost_records: Some(3),
+            connections_truncated: None,
         });
         s.processes = Some(vec![
             proc("sshd", 812, 2_048, 10_240, 1, "root"),
