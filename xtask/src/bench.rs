@@ -436,8 +436,11 @@ fn scale_point(
     let truth = parse_truth(rest.lines().last().unwrap_or(""))?;
     std::thread::sleep(Duration::from_millis(2500));
     let hwm = procfs::status_kb(pid, "VmHWM").unwrap_or(0) as f64;
+    let out_file = mon.out.clone();
     let text = mon.stop()?;
     let a = monitor::parse(kind, &text);
+    // The agent's output at 50,000 sockets is large: keep only the figures.
+    let _ = std::fs::remove_file(out_file);
     let (tpid, comm, ttx, trx) = truth.procs.first().cloned().unwrap_or_default();
     let (gtx, grx) = a.get(tpid, &comm);
     Ok(ScalePoint {

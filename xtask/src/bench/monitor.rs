@@ -233,14 +233,28 @@ pub fn parse(kind: Kind, out: &str) -> Attributed {
     let mut a = Attributed::default();
     match kind {
         k if k.is_netwatch() => {
+            // Snapshots can carry every connection (megabytes a line at
+            // 50,000 sockets): parse only the `processes` array and the
+            // `collector` object, each as the first value of a stream.
+            let first = |s: &str| {
+                serde_json::Deserializer::from_str(s)
+                    .into_iter::<serde_json::Value>()
+                    .next()
+                    .and_then(|r| r.ok())
+                    .unwrap_or_default()
+            };
             for line in out.lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                if let Some(i) = line.rfind("\"collector\":") {
+                    let c = first(&line[i + 12..]);
+                    if let Some(l) = c["lost_records"].as_u64() {
+                        a.lost_records = a.lost_records.max(l);
+                    }
+                }
+                let Some(i) = line.find("\"processes\":") else {
                     continue;
                 };
-                if let Some(l) = v["collector"]["lost_records"].as_u64() {
-                    a.lost_records = a.lost_records.max(l);
-                }
-                for p in v["processes"].as_array().into_iter().flatten() {
+                let procs = first(&line[i + 12..]);
+                for p in procs.as_array().into_iter().flatten() {
                     let Some(pid) = p["pid"].as_u64() else {
                         continue;
                     };
