@@ -12,6 +12,7 @@
 //!
 //! Usage:
 //!   bench_load transfer <bytes> [v4|v6]     client writes in 4 KiB, server reads
+//!   bench_load paced <bytes> <secs> [v4|v6]  the same, spread evenly over secs
 //!   bench_load short <conns> <bytes>        connections shorter than an interval
 //!   bench_load reply-close <conns> <req> <reply>  server replies, then closes
 //!   bench_load udp <datagrams> <size> [v4|v6]     echoed datagrams
@@ -40,7 +41,8 @@ fn main() -> Result<()> {
     };
     let fam = |i: usize| args.get(i).map(String::as_str) == Some("v6");
     match cmd {
-        "transfer" => transfer(num(2)?, fam(3)),
+        "transfer" => transfer(num(2)?, fam(3), 0),
+        "paced" => transfer(num(2)?, fam(4), num(3)?),
         "short" => short(num(2)?, num(3)?),
         "reply-close" => reply_close(num(2)?, num(3)?, num(4)?),
         "udp" => udp(num(2)?, num(3)?, fam(4)),
@@ -177,12 +179,25 @@ fn me() -> (u32, String) {
     (pid, comm(pid))
 }
 
-fn transfer(bytes: u64, v6: bool) -> Result<()> {
+/// One connection, `bytes` in 4 KiB writes; spread over `secs` seconds in
+/// 100 even slices when `secs` > 0.
+fn transfer(bytes: u64, v6: bool, secs: u64) -> Result<()> {
     let srv = Server::start(&["sink", if v6 { "v6" } else { "v4" }, "1"])?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let mut c = TcpStream::connect(srv.addr)?;
-    write_chunks(&mut c, bytes)?;
+    if secs == 0 {
+        write_chunks(&mut c, bytes)?;
+    } else {
+        let slices = 100 * secs;
+        for i in 0..slices {
+            write_chunks(&mut c, bytes * (i + 1) / slices - bytes * i / slices)?;
+            let due = Duration::from_millis((i + 1) * 1000 * secs / slices);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
     c.shutdown(std::net::Shutdown::Write)?;
     let back = read_to_end_count(&mut c)?;
     drop(c);
@@ -310,12 +325,26 @@ fn same(bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Sockets one process holds at most; more are spread over child processes
+/// (this sandbox refuses an RLIMIT_NOFILE hard limit above 20,000).
+const PER_PROCESS: u64 = 16_000;
+
+/// Raise RLIMIT_NOFILE to `want`, or to the hard limit when that is lower
+/// and cannot be raised.
 fn raise_nofile(want: u64) -> Result<()> {
     let want = want as libc::rlim_t;
-    let lim = libc::rlimit {
+    let mut lim = libc::rlimit {
         rlim_cur: want,
         rlim_max: want,
     };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur = lim.rlim_max.min(want);
+    }
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         bail!(
@@ -329,6 +358,9 @@ fn raise_nofile(want: u64) -> Result<()> {
 /// `sockets` open TCP sockets (pairs on loopback, both ends here); each
 /// second `active` of them write 64 bytes, read on the other end.
 fn idle(sockets: u64, active: u64, secs: u64) -> Result<()> {
+    if sockets > PER_PROCESS {
+        return idle_spread(sockets, active, secs);
+    }
     raise_nofile(sockets + 1024)?;
     let l = TcpListener::bind(loopback(false))?;
     let addr = l.local_addr()?;
@@ -369,6 +401,55 @@ fn idle(sockets: u64, active: u64, secs: u64) -> Result<()> {
     Ok(())
 }
 
+/// `idle` over several processes of at most [`PER_PROCESS`] sockets each.
+fn idle_spread(sockets: u64, active: u64, secs: u64) -> Result<()> {
+    let me = std::env::args().next().context("argv[0]")?;
+    let parts = sockets.div_ceil(PER_PROCESS);
+    let mut kids = Vec::new();
+    for i in 0..parts {
+        let n = sockets / parts + u64::from(i < sockets % parts);
+        let a = active / parts + u64::from(i < active % parts);
+        let mut child = Command::new(&me)
+            .args(["idle", &n.to_string(), &a.to_string(), &secs.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting an idle part")?;
+        let out = BufReader::new(child.stdout.take().context("part stdout")?);
+        kids.push((child, out));
+    }
+    for (_, out) in &mut kids {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("an idle part did not start: {line:?}");
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut procs = Vec::new();
+    for (mut child, mut out) in kids {
+        let mut rest = String::new();
+        out.read_to_string(&mut rest)?;
+        if !child.wait()?.success() {
+            bail!("an idle part failed");
+        }
+        let line = rest.lines().last().unwrap_or("");
+        // {"wall_s":..,"cpu_s":..,"procs":[{...}]}: keep the procs entries.
+        let start = line.find("\"procs\":[").context("part report")? + 9;
+        let end = line.rfind(']').context("part report")?;
+        procs.push(line[start..end].to_string());
+    }
+    println!(
+        r#"{{"wall_s":{:.6},"cpu_s":{:.6},"procs":[{}]}}"#,
+        t0.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu0,
+        procs.join(",")
+    );
+    Ok(())
+}
+
 /// New short connections at `per_s` a second for `secs` seconds; each
 /// sends 100 bytes; the server thread reads to EOF.
 fn rate(per_s: u64, secs: u64) -> Result<()> {
@@ -388,7 +469,7 @@ fn rate(per_s: u64, secs: u64) -> Result<()> {
     std::io::stdout().flush()?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    let slices = 20u64;
+    let slices = 100u64;
     let mut made = 0u64;
     for tick in 0..secs * slices {
         let per = (per_s * (tick % slices + 1)) / slices - (per_s * (tick % slices)) / slices;

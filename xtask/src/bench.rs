@@ -68,11 +68,11 @@ impl Plan {
         Plan {
             quick: q,
             reps: args.reps.unwrap_or(if q { 2 } else { 5 }),
-            transfer_bytes: if q { 256 << 20 } else { 1 << 30 },
+            transfer_bytes: if q { 512 << 20 } else { 4 << 30 },
             small_bytes: 16 << 20,
             conns: 200,
             udp_datagrams: 2000,
-            window_s: if q { 3 } else { 5 },
+            window_s: if q { 3 } else { 4 },
             sockets: vec![100, 1_000, 10_000, 50_000],
             rates: vec![500, 2_000, 5_000],
             active_per_s: 500,
@@ -122,9 +122,14 @@ fn workloads(p: &Plan) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let conns = p.conns.to_string();
     vec![
         (
-            "long transfer (TCP, 4 KiB writes)",
+            "bulk transfer (TCP, 4 KiB writes)",
             "xfer",
             s(&["transfer", &p.transfer_bytes.to_string(), "v4"]),
+        ),
+        (
+            "long transfer paced over 3 s",
+            "paced",
+            s(&["paced", &(64u64 << 20).to_string(), "3", "v4"]),
         ),
         (
             "connections shorter than an interval",
@@ -215,6 +220,9 @@ pub struct Session {
     /// Monitor CPU seconds during the long transfer.
     pub mon_cpu: f64,
     pub mon_hwm: f64,
+    /// Monitor CPU seconds over the whole session, and the session's length.
+    pub mon_cpu_session: f64,
+    pub session_s: f64,
     /// (workload label, tx ratio, rx ratio)
     pub accuracy: Vec<(&'static str, f64, f64)>,
     pub error: Option<String>,
@@ -236,6 +244,8 @@ fn overhead(plan: &Plan, tools: &Tools, kinds: &[Kind], dir: &Path, out: &Path) 
                 cpu: f64::NAN,
                 mon_cpu: f64::NAN,
                 mon_hwm: f64::NAN,
+                mon_cpu_session: f64::NAN,
+                session_s: f64::NAN,
                 accuracy: Vec::new(),
                 error: Some(format!("{e:#}")),
             });
@@ -278,6 +288,10 @@ fn session(
         .and_then(|m| procfs::status_kb(m.pid(), "VmHWM"))
         .map(|b| b as f64)
         .unwrap_or(f64::NAN);
+    let (cpu_all, secs_all) = mon
+        .as_ref()
+        .map(|m| (m.cpu(), m.started.elapsed().as_secs_f64()))
+        .unwrap_or((f64::NAN, f64::NAN));
     let mut accuracy = Vec::new();
     if let Some(m) = mon {
         let text = m.stop()?;
@@ -308,6 +322,8 @@ fn session(
         cpu: xfer.cpu,
         mon_cpu: c1 - c0,
         mon_hwm: hwm,
+        mon_cpu_session: cpu_all,
+        session_s: secs_all,
         accuracy,
         error: None,
     })
@@ -441,8 +457,14 @@ fn scale_point(
     let a = monitor::parse(kind, &text);
     // The agent's output at 50,000 sockets is large: keep only the figures.
     let _ = std::fs::remove_file(out_file);
-    let (tpid, comm, ttx, trx) = truth.procs.first().cloned().unwrap_or_default();
-    let (gtx, grx) = a.get(tpid, &comm);
+    let (mut gtx, mut grx, mut ttx, mut trx) = (0u64, 0u64, 0u64, 0u64);
+    for (pid, comm, tx, rx) in &truth.procs {
+        let (g, r) = a.get(*pid, comm);
+        gtx += g;
+        grx += r;
+        ttx += tx;
+        trx += rx;
+    }
     Ok(ScalePoint {
         kind,
         sockets,

@@ -161,7 +161,8 @@ fn accuracy_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
         "\n## Accuracy\n\nApplication bytes each monitor attributed to the right process (by pid; bandwhich by \
          process name: each role runs under its own name), divided by the bytes the workload moved, per direction. \
          1.000 is exact; above 1 counts headers or another process's bytes. All workloads run in each repetition \
-         while the monitor runs. Workloads: the long transfer is {} MiB in 4 KiB writes; {} connections of 2000 B \
+         while the monitor runs. Workloads: the bulk transfer is {} MiB in 4 KiB writes as fast as loopback goes (well under an interval); \
+         the paced one is 64 MiB in 4 KiB writes spread over 3 s; {} connections of 2000 B \
          each (each far shorter than an interval); {} request/reply connections where the server writes 5000 B and \
          closes first; {} echoed 1000 B UDP datagrams; {} MiB over ::1; {} MiB with both ends in one process.\n",
         ctx.plan.transfer_bytes >> 20,
@@ -170,6 +171,16 @@ fn accuracy_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
         ctx.plan.udp_datagrams,
         ctx.plan.small_bytes >> 20,
         ctx.plan.small_bytes >> 20
+    );
+    let _ = writeln!(
+        md,
+        "How to read it: netwatch's `ss`, `pcap` and `proc` modes read socket tables between intervals, so bytes of \
+         sockets that open and close between two reads are lost (documented; the eBPF tiers count them). bandwhich \
+         and nethogs count packets on `lo` (headers included) and find the owning process through the socket inode \
+         table they refresh periodically: each loopback packet is seen once, so one end's bytes show as sent and \
+         the other end's not at all, and connections shorter than their refresh go to `<UNKNOWN>`/`unknown TCP`. \
+         The bpftrace one-liner sums the same tracepoints as netwatch's tracepoint tier and so is exact, but keeps \
+         no per-socket, per-interval or closed-socket state.\n"
     );
     let labels: Vec<&str> = sessions
         .iter()
@@ -205,12 +216,13 @@ fn accuracy_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
 fn overhead_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
     let _ = writeln!(
         md,
-        "\n## Overhead on the workload and the monitor's own cost\n\nThe long transfer ({} MiB on loopback in 4 KiB \
+        "\n## Overhead on the workload and the monitor's own cost\n\nThe bulk transfer ({} MiB on loopback in 4 KiB \
          writes, client and server processes). Wall time and the workload's own CPU (both processes, getrusage) \
          are divided by the run without a monitor in the same repetition. The monitor's CPU is utime+stime from \
-         `/proc/<pid>/stat` during the transfer; eBPF work done in the workload's context (netwatch ebpf, \
+         `/proc/<pid>/stat` during the transfer, and over the whole session (start-up, all accuracy workloads, \
+         and 2.5 s of idle at the end) as a share of one core; eBPF work done in the workload's context (netwatch ebpf, \
          bpftrace) shows up in the workload's CPU, not here. Peak RSS is `VmHWM` at the end of the session.\n\n\
-         | monitor | wall ÷ no monitor | workload CPU ÷ no monitor | monitor CPU during transfer | peak RSS | netwatch ebpf wall ÷ this | netwatch ebpf CPU ÷ this monitor's CPU |\n|---|---|---|---|---|---|---|",
+         | monitor | wall ÷ no monitor | workload CPU ÷ no monitor | monitor CPU during transfer | monitor CPU, % of one core over the whole session | peak RSS | netwatch ebpf wall ÷ this | netwatch ebpf session CPU ÷ this monitor's |\n|---|---|---|---|---|---|---|---|",
         ctx.plan.transfer_bytes >> 20
     );
     for &k in &ctx.kinds {
@@ -224,7 +236,7 @@ fn overhead_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
             (
                 fmt(&paired(sessions, Kind::NetwatchEbpf, k, |s| s.wall), ratio),
                 fmt(
-                    &paired(sessions, Kind::NetwatchEbpf, k, |s| s.mon_cpu),
+                    &paired(sessions, Kind::NetwatchEbpf, k, |s| s.mon_cpu_session),
                     ratio,
                 ),
             )
@@ -236,7 +248,7 @@ fn overhead_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             k.label(),
             base,
             if k == Kind::Baseline {
@@ -248,6 +260,14 @@ fn overhead_table(md: &mut String, ctx: &Context, sessions: &[Session]) {
                 "—".into()
             } else {
                 fmt(&mon, secs)
+            },
+            if k == Kind::Baseline {
+                "—".into()
+            } else {
+                fmt(
+                    &per_rep(sessions, k, |s| s.mon_cpu_session / s.session_s),
+                    |x| format!("{:.2}%", x * 100.0),
+                )
             },
             if k == Kind::Baseline {
                 "—".into()
@@ -363,7 +383,7 @@ fn raw_json(
         "machine": ctx.machine,
         "sessions": sessions.iter().map(|s| json!({
             "monitor": s.kind.label(), "rep": s.rep, "wall_s": s.wall, "cpu_s": s.cpu,
-            "monitor_cpu_s": s.mon_cpu, "monitor_hwm": s.mon_hwm, "error": s.error,
+            "monitor_cpu_s": s.mon_cpu, "monitor_cpu_session_s": s.mon_cpu_session, "session_s": s.session_s, "monitor_hwm": s.mon_hwm, "error": s.error,
             "accuracy": s.accuracy.iter().map(|a| json!({"workload": a.0, "tx": a.1, "rx": a.2})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "scale": scale.iter().map(|p| json!({
@@ -412,7 +432,7 @@ fn slowdown_plot(path: &Path, ctx: &Context, sessions: &[Session]) -> Result<()>
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "Long loopback transfer: wall-time slowdown per monitor (median, min-max bar)",
+                "Bulk loopback transfer: wall-time slowdown per monitor (median, min-max bar)",
                 ("sans-serif", 18),
             )
             .margin(15)
