@@ -17,8 +17,11 @@ pub const LINKED_TOOLCHAIN: &str = "netwatch-bpf";
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 
 /// Packages the agent and its tests need whatever the BPF toolchain:
-/// libpcap for the pcap source, iproute2 for `ss`, QEMU + busybox + cpio
-/// for the guest kernel tests.
+/// libpcap for the pcap source, iproute2 for `ss` and `ip netns`, QEMU +
+/// busybox + cpio for the guest kernel tests; and the tools the tests drive:
+/// bpftool (incompatible pins), tmux (the live view), curl (/metrics
+/// scrapes), openssl (a TLS peer), util-linux's setpriv (least privilege).
+/// (`systemd-analyze verify` of the unit runs where systemd is installed.)
 const HOST_PACKAGES: &[&str] = &[
     "libpcap-dev",
     "iproute2",
@@ -26,6 +29,11 @@ const HOST_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "gzip",
+    "bpftool",
+    "tmux",
+    "curl",
+    "openssl",
+    "util-linux",
 ];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.
