@@ -272,13 +272,16 @@ pub fn successor_query(ev: &DestroyEvent, seq: u32) -> Option<Vec<u8>> {
 }
 
 /// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
+#[cfg(target_os = "linux")]
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// The length of [`dump_request`]'s message.
+#[cfg(target_os = "linux")]
 pub(crate) const DUMP_REQUEST_LEN: usize = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
 
 /// A `SOCK_DIAG_BY_FAMILY` dump of every TCP socket of `family` whose state
 /// bit is set in `states` (bit `n` = kernel state `n`), asking for no
 /// extensions: the replies are bare `inet_diag_msg`s.
+#[cfg(target_os = "linux")]
 pub(crate) fn dump_request(family: u8, states: u32, seq: u32) -> [u8; DUMP_REQUEST_LEN] {
     let mut m = [0u8; DUMP_REQUEST_LEN];
     m[0..4].copy_from_slice(&(DUMP_REQUEST_LEN as u32).to_ne_bytes());
