@@ -166,6 +166,9 @@ pub async fn run(mut agent: Agent, interval: Duration, once: bool) -> anyhow::Re
         // On a stop signal one last, shorter interval is still delivered:
         // bytes moved since the previous tick are never dropped.
         let flow = tokio::task::block_in_place(|| {
+            if stopping {
+                agent.source.settle();
+            }
             let snap = agent.snapshot();
             agent.deliver(&snap)
         });

@@ -154,12 +154,7 @@ fn json_stream_carries_every_byte_across_intervals() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
     let status = agent.wait().unwrap();
     assert!(status.success(), "agent stops cleanly on SIGINT: {status}");
-    let snaps: Vec<Snapshot> = lines
-        .join()
-        .unwrap()
-        .into_iter()
-        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a Snapshot ({e}): {l}")))
-        .collect();
+    let snaps = snapshots(lines);
     assert!(
         snaps.len() >= 3,
         "one snapshot per interval plus the final one, got {}",
@@ -175,4 +170,85 @@ fn json_stream_carries_every_byte_across_intervals() {
         (want, want),
         "every byte, exactly once, over all intervals"
     );
+}
+
+/// Every `--output json` line the agent printed, parsed.
+fn snapshots(lines: thread::JoinHandle<Vec<String>>) -> Vec<Snapshot> {
+    lines
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not a Snapshot ({e}): {l}")))
+        .collect()
+}
+
+/// A connection every mode has seen (and knows the owner of) finishes a
+/// 3 MB transfer and closes right before SIGINT: the final snapshot of the
+/// partial interval carries all of it, whether the bytes wait in a ring
+/// buffer (eBPF), a destroy event (ss) or the capture buffer (pcap).
+fn bytes_of_a_connection_closed_just_before_stop_are_delivered(mode: &str) {
+    require_root();
+    let _serial = serial();
+    let (mut agent, log) = start_agent(&["--mode", mode, "--output", "json", "--interval", "0.5"]);
+    let stdout = agent.stdout.take().unwrap();
+    let lines = thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    const N: usize = 3_000_000;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    let (mut s, _) = l.accept().unwrap();
+    // Two ticks see both ends idle (and, for ss and pcap, their owner).
+    thread::sleep(Duration::from_millis(1_200));
+    let reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        buf.len()
+    });
+    c.write_all(&vec![7u8; N]).unwrap();
+    drop(c);
+    assert_eq!(reader.join().unwrap(), N);
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "agent stops cleanly on SIGINT: {status}");
+    let snaps = snapshots(lines);
+    let source = snaps
+        .last()
+        .and_then(|s| s.collector.as_ref())
+        .map(|c| c.source.clone());
+    assert_eq!(
+        source.as_deref(),
+        Some(mode),
+        "the agent ran the mode asked for"
+    );
+    let total = snaps
+        .iter()
+        .map(my_bytes)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(
+        total,
+        (N as u64, N as u64),
+        "{mode}: the transfer, exactly, by the time the agent stopped; log: {:?}",
+        log.try_iter().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn ebpf_delivers_a_connection_closed_just_before_stop() {
+    bytes_of_a_connection_closed_just_before_stop_are_delivered("ebpf");
+}
+
+#[test]
+fn ss_delivers_a_connection_closed_just_before_stop() {
+    bytes_of_a_connection_closed_just_before_stop_are_delivered("ss");
+}
+
+#[test]
+fn pcap_delivers_a_connection_closed_just_before_stop() {
+    bytes_of_a_connection_closed_just_before_stop_are_delivered("pcap");
 }

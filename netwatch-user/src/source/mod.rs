@@ -148,6 +148,11 @@ pub trait SocketSource: Send {
     /// The snapshot built from the last read went to the sinks: a source
     /// that persists what was delivered (pinned eBPF) stores it now.
     fn delivered(&mut self) {}
+    /// The agent is stopping and takes one last read next: wait for what
+    /// the source still holds in flight (packets in pcap's capture buffer)
+    /// so that read carries it. Sources that read the kernel's counters
+    /// directly have nothing to wait for.
+    fn settle(&mut self) {}
     /// The DNS messages seen since the last call, for sources that see
     /// packets (`Some`, possibly empty); `None` for sources that cannot.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {

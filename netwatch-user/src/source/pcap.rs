@@ -357,6 +357,9 @@ pub struct PcapSource {
     resolver_thread: Option<JoinHandle<()>>,
     joiner: FlowJoiner,
     local_ips: HashSet<IpAddr>,
+    /// The capture's read timeout: the longest a captured packet waits in
+    /// libpcap's buffer before the capture thread sees it.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for PcapSource {
@@ -460,6 +463,7 @@ impl PcapSource {
             resolver_thread,
             joiner: FlowJoiner::default(),
             local_ips: HashSet::new(),
+            timeout: Duration::from_millis(config.timeout_ms.max(1) as u64),
         };
         source.refresh_local_ips();
         Ok(source)
@@ -502,6 +506,13 @@ impl PcapSource {
 impl SocketSource for PcapSource {
     fn name(&self) -> &'static str {
         "pcap"
+    }
+
+    /// Packets captured before the stop wait up to one read timeout in the
+    /// kernel's capture block, then the capture thread counts them: twice
+    /// that, and a margin for scheduling.
+    fn settle(&mut self) {
+        std::thread::sleep(2 * self.timeout + Duration::from_millis(50));
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {

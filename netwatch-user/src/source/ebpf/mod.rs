@@ -182,12 +182,37 @@ pub struct EbpfSource {
 const MAX_PENDING: usize = 256 * 1024;
 
 /// What the drain thread shares with the reader.
-#[derive(Default)]
 struct Pending {
+    /// The ring itself: the thread empties it as soon as the kernel writes,
+    /// and a read empties it too, so a record written just before a read
+    /// (a socket closed right before the agent's final snapshot) is in that
+    /// read whether or not the thread has woken yet.
+    ring: Mutex<RingBuf<MapData>>,
     records: Mutex<Vec<ClosedSock>>,
     /// Records dropped: malformed, or over [`MAX_PENDING`].
     dropped: AtomicU64,
     stop: AtomicBool,
+}
+
+impl Pending {
+    /// Move what the ring holds into `records`. Lock order: ring, records.
+    fn drain(&self) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Vec::new();
+        let malformed = drain_ring(&mut ring, &mut batch);
+        self.dropped.fetch_add(malformed, Ordering::Relaxed);
+        if batch.is_empty() {
+            return;
+        }
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_PENDING.saturating_sub(records.len());
+        if batch.len() > room {
+            self.dropped
+                .fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
+            batch.truncate(room);
+        }
+        records.extend(batch);
+    }
 }
 
 /// Empties the `CLOSED` ring buffer: by default on a thread of its own,
@@ -222,16 +247,21 @@ fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<ClosedSock>) -> u64 {
 }
 
 impl Drain {
-    fn start(mut ring: RingBuf<MapData>, on_thread: bool) -> std::io::Result<Self> {
+    fn start(ring: RingBuf<MapData>, on_thread: bool) -> std::io::Result<Self> {
         if !on_thread {
             return Ok(Drain::OnRead { ring, dropped: 0 });
         }
-        let pending = Arc::new(Pending::default());
+        let fd = ring.as_raw_fd();
+        let pending = Arc::new(Pending {
+            ring: Mutex::new(ring),
+            records: Mutex::default(),
+            dropped: AtomicU64::default(),
+            stop: AtomicBool::default(),
+        });
         let shared = Arc::clone(&pending);
         let thread = std::thread::Builder::new()
             .name("netwatch-ringbuf".into())
             .spawn(move || {
-                let fd = ring.as_raw_fd();
                 while !shared.stop.load(Ordering::Relaxed) {
                     let mut pfd = libc::pollfd {
                         fd,
@@ -239,23 +269,9 @@ impl Drain {
                         revents: 0,
                     };
                     // SAFETY: one valid pollfd for the ring buffer's fd, which
-                    // `ring` keeps open for the life of this thread.
+                    // `shared.ring` keeps open for the life of this thread.
                     unsafe { libc::poll(&mut pfd, 1, 100) };
-                    let mut batch = Vec::new();
-                    let malformed = drain_ring(&mut ring, &mut batch);
-                    shared.dropped.fetch_add(malformed, Ordering::Relaxed);
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let mut records = shared.records.lock().unwrap_or_else(|p| p.into_inner());
-                    let room = MAX_PENDING.saturating_sub(records.len());
-                    if batch.len() > room {
-                        shared
-                            .dropped
-                            .fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
-                        batch.truncate(room);
-                    }
-                    records.extend(batch);
+                    shared.drain();
                 }
             })?;
         Ok(Drain::Thread {
@@ -264,10 +280,11 @@ impl Drain {
         })
     }
 
-    /// Everything drained since the last call.
+    /// Everything written to the ring so far and not taken before.
     fn take(&mut self) -> Vec<ClosedSock> {
         match self {
             Drain::Thread { pending, .. } => {
+                pending.drain();
                 std::mem::take(&mut *pending.records.lock().unwrap_or_else(|p| p.into_inner()))
             }
             Drain::OnRead { ring, dropped } => {

@@ -318,12 +318,41 @@ struct Queue {
 
 /// A thread that reads the destroy groups continuously (so the socket buffer
 /// does not overflow between the agent's reads) and queues the events.
+/// [`DestroyListener::drain`] reads the socket too, so an event the kernel
+/// sent just before (a socket closed right before the agent's final
+/// snapshot) is in what it returns whether or not the thread has woken yet.
 /// Dropping it stops the thread.
 #[derive(Debug)]
 pub struct DestroyListener {
-    queue: Arc<Mutex<Queue>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the thread and [`DestroyListener::drain`] share. Lock order:
+/// `reader`, then `queue`.
+#[derive(Debug)]
+struct Shared {
+    /// `None` off Linux (never constructed there).
+    reader: Mutex<Option<Reader>>,
+    queue: Mutex<Queue>,
+    stop: AtomicBool,
+}
+
+/// The netlink sockets and buffers; one reader at a time.
+#[derive(Debug)]
+struct Reader {
+    #[cfg(target_os = "linux")]
+    events: OwnedFd,
+    #[cfg(target_os = "linux")]
+    query: OwnedFd,
+    #[cfg(target_os = "linux")]
+    buf: Vec<u8>,
+    #[cfg(target_os = "linux")]
+    reply: Vec<u8>,
+    #[cfg(target_os = "linux")]
+    seq: u32,
+    /// Set once reading failed for good.
+    failed: bool,
 }
 
 /// Opening the netlink socket failed.
@@ -340,6 +369,10 @@ pub enum ListenError {
     Thread(#[source] io::Error),
     #[error("sock_diag destroy events exist only on Linux")]
     Unsupported,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DestroyListener {
@@ -371,13 +404,6 @@ impl DestroyListener {
             &netlink::SocketAddrNetlink::new(0, DESTROY_GROUPS_MASK),
         )
         .map_err(|e| ListenError::Bind(e.into()))?;
-        // Wake up now and then to notice `stop`.
-        sockopt::set_socket_timeout(
-            &fd,
-            sockopt::Timeout::Recv,
-            Some(Duration::from_millis(200)),
-        )
-        .map_err(|e| ListenError::Socket(e.into()))?;
         // A second socket for lookups (replies must not mix with events).
         let query = net::socket_with(
             AddressFamily::NETLINK,
@@ -390,39 +416,134 @@ impl DestroyListener {
             Ok(q)
         })
         .map_err(|e| ListenError::Socket(e.into()))?;
-        let queue = Arc::new(Mutex::new(Queue::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_raw_fd();
+        let shared = Arc::new(Shared {
+            reader: Mutex::new(Some(Reader {
+                events: fd,
+                query,
+                // One message per datagram; a tcp_info message is well under 1 KiB.
+                buf: vec![0u8; 64 * 1024],
+                reply: vec![0u8; 8 * 1024],
+                seq: 0,
+                failed: false,
+            })),
+            queue: Mutex::new(Queue::default()),
+            stop: AtomicBool::new(false),
+        });
         let thread = std::thread::Builder::new()
             .name("ss-destroy-events".into())
             .spawn({
-                let (queue, stop) = (Arc::clone(&queue), Arc::clone(&stop));
-                move || read_loop(fd, query, &queue, &stop)
+                let shared = Arc::clone(&shared);
+                move || {
+                    while !shared.stop.load(Ordering::Relaxed) {
+                        let mut pfd = libc::pollfd {
+                            fd: raw,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; `shared.reader` keeps the
+                        // socket open for the life of this thread. Wakes up
+                        // now and then to notice `stop`.
+                        unsafe { libc::poll(&mut pfd, 1, 200) };
+                        if !shared.read_available() {
+                            return;
+                        }
+                    }
+                }
             })
             .map_err(ListenError::Thread)?;
         Ok(Self {
-            queue,
-            stop,
+            shared,
             thread: Some(thread),
         })
     }
 
-    /// Take the queued events, and the events lost since the start.
+    /// Take the queued events (reading what the kernel has sent so far
+    /// first), and the events lost since the start.
     pub fn drain(&self) -> (Vec<DestroyEvent>, u64) {
-        match self.queue.lock() {
-            Ok(mut q) => (std::mem::take(&mut q.events), q.lost),
-            Err(poisoned) => {
-                let mut q = poisoned.into_inner();
-                (std::mem::take(&mut q.events), q.lost)
-            }
-        }
+        self.shared.read_available();
+        let mut q = lock(&self.shared.queue);
+        (std::mem::take(&mut q.events), q.lost)
     }
 }
 
 impl Drop for DestroyListener {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Read and queue every event waiting in the socket, without blocking.
+    /// `false` once reading has failed for good.
+    #[cfg(target_os = "linux")]
+    fn read_available(&self) -> bool {
+        let mut reader = lock(&self.reader);
+        let Some(r) = reader.as_mut() else {
+            return false;
+        };
+        if r.failed {
+            return false;
+        }
+        while let Some(read) = r.read_one() {
+            let mut q = lock(&self.queue);
+            match read {
+                Ok((decoded, lost)) => {
+                    q.lost += lost + decoded.malformed + decoded.overruns;
+                    let room = MAX_QUEUED_EVENTS.saturating_sub(q.events.len());
+                    let n = decoded.events.len();
+                    q.lost += n.saturating_sub(room) as u64;
+                    q.events.extend(decoded.events.into_iter().take(room));
+                }
+                Err(e) => {
+                    log::warn!("ss: reading sock_diag destroy events failed, stopping: {e}");
+                    r.failed = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read_available(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Reader {
+    /// One datagram, decoded, and how many events it lost; `None` when
+    /// nothing is waiting.
+    fn read_one(&mut self) -> Option<Result<(Decoded, u64), rustix::io::Errno>> {
+        use rustix::io::Errno;
+        use rustix::net::{recv, RecvFlags};
+        loop {
+            let (mut decoded, lost) = match recv(
+                &self.events,
+                &mut self.buf[..],
+                RecvFlags::TRUNC | RecvFlags::DONTWAIT,
+            ) {
+                Ok((_, n)) if n > self.buf.len() => (Decoded::default(), 1),
+                Ok((got, _)) => (decode(self.buf.get(..got).unwrap_or_default()), 0),
+                Err(Errno::NOBUFS) => (Decoded::default(), 1),
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return None,
+                Err(e) => return Some(Err(e)),
+            };
+            for ev in &mut decoded.events {
+                let received = ev.tcp.and_then(|t| t.bytes_received).unwrap_or(0);
+                if ev.protocol == Protocol::Tcp && ev.rqueue == 0 && received > 0 {
+                    self.seq = self.seq.wrapping_add(1);
+                    ev.successor_in_fin_wait2 =
+                        successor_in_fin_wait2(&self.query, ev, self.seq, &mut self.reply);
+                }
+            }
+            return Some(Ok((decoded, lost)));
         }
     }
 }
@@ -463,44 +584,6 @@ fn successor_in_fin_wait2(query: &OwnedFd, ev: &DestroyEvent, seq: u32, buf: &mu
         }
     }
     false
-}
-
-#[cfg(target_os = "linux")]
-fn read_loop(fd: OwnedFd, query: OwnedFd, queue: &Mutex<Queue>, stop: &AtomicBool) {
-    use rustix::io::Errno;
-    use rustix::net::{recv, RecvFlags};
-    // One message per datagram; a tcp_info message is well under 1 KiB.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut reply = vec![0u8; 8 * 1024];
-    let mut seq: u32 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let (mut decoded, lost) = match recv(&fd, &mut buf[..], RecvFlags::TRUNC) {
-            Ok((_, n)) if n > buf.len() => (Decoded::default(), 1),
-            Ok((got, _)) => (decode(buf.get(..got).unwrap_or_default()), 0),
-            Err(Errno::NOBUFS) => (Decoded::default(), 1),
-            Err(Errno::AGAIN | Errno::INTR) => continue,
-            Err(e) => {
-                log::warn!("ss: reading sock_diag destroy events failed, stopping: {e}");
-                return;
-            }
-        };
-        for ev in &mut decoded.events {
-            let received = ev.tcp.and_then(|t| t.bytes_received).unwrap_or(0);
-            if ev.protocol == Protocol::Tcp && ev.rqueue == 0 && received > 0 {
-                seq = seq.wrapping_add(1);
-                ev.successor_in_fin_wait2 = successor_in_fin_wait2(&query, ev, seq, &mut reply);
-            }
-        }
-        let mut q = match queue.lock() {
-            Ok(q) => q,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        q.lost += lost + decoded.malformed + decoded.overruns;
-        let room = MAX_QUEUED_EVENTS.saturating_sub(q.events.len());
-        let n = decoded.events.len();
-        q.lost += n.saturating_sub(room) as u64;
-        q.events.extend(decoded.events.into_iter().take(room));
-    }
 }
 
 #[cfg(test)]
