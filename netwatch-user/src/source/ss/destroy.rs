@@ -332,24 +332,20 @@ pub struct DestroyListener {
 /// `reader`, then `queue`.
 #[derive(Debug)]
 struct Shared {
-    /// `None` off Linux (never constructed there).
-    reader: Mutex<Option<Reader>>,
+    #[cfg(target_os = "linux")]
+    reader: Mutex<Reader>,
     queue: Mutex<Queue>,
     stop: AtomicBool,
 }
 
 /// The netlink sockets and buffers; one reader at a time.
+#[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct Reader {
-    #[cfg(target_os = "linux")]
     events: OwnedFd,
-    #[cfg(target_os = "linux")]
     query: OwnedFd,
-    #[cfg(target_os = "linux")]
     buf: Vec<u8>,
-    #[cfg(target_os = "linux")]
     reply: Vec<u8>,
-    #[cfg(target_os = "linux")]
     seq: u32,
     /// Set once reading failed for good.
     failed: bool,
@@ -419,7 +415,7 @@ impl DestroyListener {
         use std::os::fd::AsRawFd;
         let raw = fd.as_raw_fd();
         let shared = Arc::new(Shared {
-            reader: Mutex::new(Some(Reader {
+            reader: Mutex::new(Reader {
                 events: fd,
                 query,
                 // One message per datagram; a tcp_info message is well under 1 KiB.
@@ -427,7 +423,7 @@ impl DestroyListener {
                 reply: vec![0u8; 8 * 1024],
                 seq: 0,
                 failed: false,
-            })),
+            }),
             queue: Mutex::new(Queue::default()),
             stop: AtomicBool::new(false),
         });
@@ -483,9 +479,7 @@ impl Shared {
     #[cfg(target_os = "linux")]
     fn read_available(&self) -> bool {
         let mut reader = lock(&self.reader);
-        let Some(r) = reader.as_mut() else {
-            return false;
-        };
+        let r = &mut *reader;
         if r.failed {
             return false;
         }
