@@ -37,6 +37,11 @@ impl Agent {
         sinks: Vec<Box<dyn Sink>>,
         started_at: Instant,
     ) -> Self {
+        let mut sinks = sinks;
+        let continuity = source.continuity();
+        for sink in &mut sinks {
+            sink.resume(continuity.as_ref());
+        }
         Self {
             source,
             info,
@@ -139,6 +144,12 @@ impl Agent {
         // After the sinks: what a restarted agent continues from is
         // exactly what was delivered.
         self.source.delivered();
+        // Then the sinks' own state (counters accumulated from the bytes):
+        // a kill between the two loses at most that one interval from
+        // them, and never counts it twice.
+        for sink in &mut self.sinks {
+            sink.delivered();
+        }
         flow
     }
 }

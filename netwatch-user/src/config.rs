@@ -177,6 +177,10 @@ pub struct Args {
     /// Allow plain http to a non-loopback endpoint (the key travels in clear).
     #[arg(long)]
     pub allow_insecure_http: bool,
+    /// PEM file of a private CA to trust for the endpoint, besides the
+    /// Mozilla roots.
+    #[arg(long, value_name = "PATH")]
+    pub ingest_ca_file: Option<PathBuf>,
     /// Spool directory for snapshots not yet accepted
     /// [default: /var/lib/netwatch-agent/spool].
     #[arg(long, value_name = "DIR")]
@@ -311,6 +315,7 @@ pub struct IngestFile {
     pub endpoint: Option<String>,
     pub api_key_file: Option<PathBuf>,
     pub allow_insecure_http: Option<bool>,
+    pub ca_file: Option<PathBuf>,
     pub host_id_file: Option<PathBuf>,
     pub batch_max_snapshots: Option<usize>,
     pub batch_max_bytes: Option<usize>,
@@ -318,6 +323,7 @@ pub struct IngestFile {
     pub retry_max_secs: Option<f64>,
     pub request_timeout_secs: Option<f64>,
     pub flush_timeout_secs: Option<f64>,
+    pub payment_recheck_secs: Option<f64>,
 }
 
 /// `[spool]` in the config file.
@@ -370,6 +376,8 @@ pub struct IngestConfig {
     /// The full ingest URL (`…/api/v1/ingest`).
     pub url: String,
     pub api_key: ApiKey,
+    /// A private CA (PEM) trusted besides the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
     pub host_id_file: PathBuf,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
@@ -382,6 +390,8 @@ pub struct IngestConfig {
     pub request_timeout: Duration,
     /// How long SIGTERM waits for the spool to drain before exiting.
     pub flush_timeout: Duration,
+    /// After a 402, one batch is sent again this long after (default 1 h).
+    pub payment_recheck: Duration,
 }
 
 /// The `/metrics` server and its process series.
@@ -727,6 +737,12 @@ pub fn resolve(
             0.0,
             600.0,
         )?;
+        let payment_recheck = secs(
+            "payment_recheck_secs",
+            f.ingest.payment_recheck_secs.unwrap_or(3600.0),
+            0.1,
+            7.0 * 86400.0,
+        )?;
         let spool_max_bytes = args
             .spool_max_bytes
             .or(f.spool.max_bytes)
@@ -739,6 +755,7 @@ pub fn resolve(
         Some(IngestConfig {
             url,
             api_key,
+            ca_file: args.ingest_ca_file.clone().or(f.ingest.ca_file.clone()),
             host_id_file: args
                 .host_id_file
                 .clone()
@@ -756,6 +773,7 @@ pub fn resolve(
             retry_max,
             request_timeout,
             flush_timeout,
+            payment_recheck,
         })
     } else {
         if endpoint.is_some() {
@@ -1031,6 +1049,40 @@ mod tests {
         assert_eq!(i.batch_max_bytes, 5_000_000);
         assert_eq!(i.retry_max, Duration::from_secs(300));
         assert_eq!(i.spool_dir, PathBuf::from(DEFAULT_SPOOL_DIR));
+        assert_eq!(i.payment_recheck, Duration::from_secs(3600));
+        assert_eq!(i.ca_file, None);
+    }
+
+    #[test]
+    fn ca_file_and_payment_recheck_from_flags_and_file() {
+        let base = ["--output", "ingest", "--endpoint", "https://cloud.example"];
+        let c = resolve(
+            &args(&base),
+            Some("k3y"),
+            file("[ingest]\nca_file = \"/etc/ca.pem\"\npayment_recheck_secs = 60\n"),
+        )
+        .unwrap();
+        let i = c.ingest.unwrap();
+        assert_eq!(i.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(i.payment_recheck, Duration::from_secs(60));
+        let mut flags = base.to_vec();
+        flags.extend(["--ingest-ca-file", "/other.pem"]);
+        let c = resolve(
+            &args(&flags),
+            Some("k3y"),
+            file("[ingest]\nca_file = \"/etc/ca.pem\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.ingest.unwrap().ca_file, Some(PathBuf::from("/other.pem")));
+        let e = resolve(
+            &args(&base),
+            Some("k3y"),
+            file("[ingest]\npayment_recheck_secs = 0\n"),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("payment_recheck_secs 0"), "{e}");
     }
 
     #[test]

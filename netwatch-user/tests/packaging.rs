@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 
+use yaml_rust2::{Yaml, YamlLoader};
+
 const UNIT: &str = include_str!("../../packaging/netwatch-agent.service");
 const DAEMONSET: &str = include_str!("../../packaging/netwatch-agent-daemonset.yaml");
 
@@ -83,28 +85,25 @@ fn systemd_analyze_verify_accepts_the_unit() {
     );
 }
 
-fn get<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> &'a serde_yaml::Value {
+fn get<'a>(v: &'a Yaml, path: &[&str]) -> &'a Yaml {
     path.iter().fold(v, |v, k| &v[*k])
 }
 
 /// Whether any mapping anywhere sets `privileged: true`.
-fn privileged_anywhere(v: &serde_yaml::Value) -> bool {
+fn privileged_anywhere(v: &Yaml) -> bool {
     match v {
-        serde_yaml::Value::Mapping(m) => m.iter().any(|(k, v)| {
+        Yaml::Hash(m) => m.iter().any(|(k, v)| {
             (k.as_str() == Some("privileged") && v.as_bool() == Some(true))
                 || privileged_anywhere(v)
         }),
-        serde_yaml::Value::Sequence(s) => s.iter().any(privileged_anywhere),
+        Yaml::Array(s) => s.iter().any(privileged_anywhere),
         _ => false,
     }
 }
 
 #[test]
 fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
-    use serde::Deserialize;
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(DAEMONSET)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-        .collect();
+    let docs = YamlLoader::load_from_str(DAEMONSET).expect("the DaemonSet manifest is YAML");
     let ds = docs
         .iter()
         .find(|d| d["kind"].as_str() == Some("DaemonSet"))
@@ -115,14 +114,18 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
     assert_eq!(pod["hostPID"].as_bool(), Some(true));
     assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
     let labels = get(ds, &["spec", "template", "metadata", "labels"]);
+    assert!(
+        labels.as_hash().is_some_and(|h| !h.is_empty()),
+        "pod labels: {labels:?}"
+    );
     assert_eq!(get(ds, &["spec", "selector", "matchLabels"]), labels);
-    let containers = pod["containers"].as_sequence().expect("containers");
+    let containers = pod["containers"].as_vec().expect("containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"].as_bool(), Some(false));
-    let list = |v: &serde_yaml::Value| -> BTreeSet<String> {
-        v.as_sequence()
+    let list = |v: &Yaml| -> BTreeSet<String> {
+        v.as_vec()
             .expect("a list")
             .iter()
             .map(|s| s.as_str().expect("a name").to_string())
@@ -139,7 +142,7 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
     assert_eq!(added, start_set(), "the DaemonSet adds the unit's set");
     // Host mounts: path → read-only.
     let mounts: Vec<(String, bool)> = c["volumeMounts"]
-        .as_sequence()
+        .as_vec()
         .expect("volumeMounts")
         .iter()
         .map(|m| {
@@ -164,12 +167,12 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
     }
     // Every mount has its volume.
     let volumes: BTreeSet<&str> = pod["volumes"]
-        .as_sequence()
+        .as_vec()
         .unwrap()
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    for m in c["volumeMounts"].as_sequence().unwrap() {
+    for m in c["volumeMounts"].as_vec().unwrap() {
         assert!(volumes.contains(m["name"].as_str().unwrap()), "{m:?}");
     }
 }

@@ -6,7 +6,9 @@
 //! per-interval bytes of this pid summed over both agents' snapshots equal T
 //! exactly, in both directions. Incompatible pins (a `SOCKETS` map of
 //! another value size, a directory of another build) are replaced with a
-//! log line; `--no-pin` leaves nothing pinned. Needs root.
+//! log line; `--no-pin` leaves nothing pinned. With `--output prometheus`
+//! the per-process counters on `/metrics` continue exactly across the
+//! restart and never go down. Needs root.
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -402,4 +404,246 @@ fn no_pin_leaves_nothing_pinned() {
         .collect();
     assert!(left.is_empty(), "left under the pin dir: {left:?}");
     assert!(!pins.state_file().exists());
+}
+
+/// An agent serving `/metrics` (Prometheus output) on a free loopback port,
+/// stopped with SIGTERM when dropped.
+struct MetricsAgent {
+    child: Child,
+    url: String,
+    log: mpsc::Receiver<String>,
+    seen_log: Vec<String>,
+}
+
+impl MetricsAgent {
+    /// Start; returns once it serves /metrics and its source is attached.
+    fn start(extra: &[String]) -> Self {
+        let mut child = Command::new(AGENT)
+            .args([
+                "--mode",
+                "ebpf",
+                "--ebpf-tier",
+                "tracepoint",
+                "--output",
+                "prometheus",
+                "--interval",
+                "0.3",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                // Other processes on this host must not crowd this one out.
+                "--metrics-top-processes",
+                "100000",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting netwatch-agent");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (url_tx, url_rx) = mpsc::channel();
+        let (log_tx, log) = mpsc::channel();
+        thread::spawn(move || {
+            let mut url = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("serving Prometheus metrics on ").nth(1) {
+                    url = Some(rest.trim().to_string());
+                }
+                if line.contains("process rows from the") {
+                    let _ = url_tx.send(url.clone());
+                }
+                let _ = log_tx.send(line);
+            }
+        });
+        let Some(url) = url_rx.recv_timeout(PATIENCE).ok().flatten() else {
+            let _ = child.kill();
+            panic!(
+                "the agent did not serve /metrics and attach; log: {:?}",
+                log.try_iter().collect::<Vec<_>>()
+            );
+        };
+        Self {
+            child,
+            url,
+            log,
+            seen_log: Vec::new(),
+        }
+    }
+
+    fn logs(&mut self) -> &[String] {
+        self.seen_log.extend(self.log.try_iter());
+        &self.seen_log
+    }
+
+    fn logged(&mut self, needle: &str) -> bool {
+        self.logs().iter().any(|l| l.contains(needle))
+    }
+
+    /// One scrape, by a `curl` child process (its bytes are not ours).
+    fn scrape(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", &self.url])
+            .output()
+            .expect("running curl (install curl for this test)");
+        assert!(
+            out.status.success(),
+            "scraping {}: {}",
+            self.url,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+    }
+
+    /// Scrape until the agent took two more snapshots than at the call: the
+    /// second of them read the kernel entirely after the call.
+    fn after_two_snapshots(&self) -> String {
+        let snapshots = |page: &str| {
+            page.lines()
+                .find_map(|l| l.strip_prefix("netwatch_agent_snapshots_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no netwatch_agent_snapshots_total in\n{page}"))
+        };
+        let want = snapshots(&self.scrape()) + 2;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let page = self.scrape();
+            if snapshots(&page) >= want {
+                return page;
+            }
+            assert!(std::time::Instant::now() < deadline, "no snapshots");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, wait for the exit; the log.
+    fn stop(mut self) -> Vec<String> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // The reader ends at EOF.
+        while let Ok(l) = self.log.recv_timeout(PATIENCE) {
+            self.seen_log.push(l);
+        }
+        std::mem::take(&mut self.seen_log)
+    }
+}
+
+impl Drop for MetricsAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// This pid's (rx, tx) counters on a page, summed over its series (one).
+fn pid_counters(page: &str, pid: u32) -> (u64, u64) {
+    let total = |name: &str| -> u64 {
+        let prefix = format!("{name}{{pid=\"{pid}\",");
+        page.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("not a counter sample: {l}"))
+            })
+            .sum()
+    };
+    (
+        total("netwatch_process_receive_bytes_total"),
+        total("netwatch_process_transmit_bytes_total"),
+    )
+}
+
+/// Every scrape's (rx, tx) of this pid, checked never to go down.
+struct Monotonic {
+    pid: u32,
+    last: (u64, u64),
+    scrapes: usize,
+}
+
+impl Monotonic {
+    fn see(&mut self, page: &str, when: &str) -> (u64, u64) {
+        let now = pid_counters(page, self.pid);
+        assert!(
+            now.0 >= self.last.0 && now.1 >= self.last.1,
+            "a counter went down {when}: {:?} then {now:?}; page:\n{page}",
+            self.last
+        );
+        self.last = now;
+        self.scrapes += 1;
+        now
+    }
+}
+
+#[test]
+fn sigterm_mid_transfer_then_restart_metrics_counters_continue_exactly() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("metrics");
+    let me = std::process::id();
+    let mut seen = Monotonic {
+        pid: me,
+        last: (0, 0),
+        scrapes: 0,
+    };
+    let mut first = MetricsAgent::start(&pins.args());
+    first.after_two_snapshots(); // primed and counting
+    assert!(
+        first.logged("maps and links pinned at") && first.logged("new pins: /metrics"),
+        "{:?}",
+        first.logs()
+    );
+    let (half_tx, half) = mpsc::channel();
+    let (writer, reader) = stream(1000, half_tx);
+    // Scrape the first agent until the writer is half way.
+    loop {
+        seen.see(&first.scrape(), "during the first agent");
+        if half.try_recv().is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let by_first = seen.see(&first.scrape(), "during the first agent");
+    // Mid-transfer: SIGTERM, and another agent on the same pins and state.
+    let log = first.stop();
+    assert!(
+        pins.state_dir.path().join("baseline.prometheus").exists(),
+        "counters file beside the baseline; log: {log:?}"
+    );
+    let mut second = MetricsAgent::start(&pins.args());
+    // Its very first answer already carries the restored counters.
+    let resumed = seen.see(&second.scrape(), "across the restart");
+    assert!(
+        second.logged("continuing from the maps and links pinned at")
+            && second.logged("/metrics process counters continue from"),
+        "{:?}",
+        second.logs()
+    );
+    while !writer.is_finished() {
+        seen.see(&second.scrape(), "during the second agent");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let written = writer.join().expect("writer thread");
+    let read = reader.join().expect("reader thread");
+    assert_eq!(written, read, "loopback lost bytes?");
+    let expected = written as u64;
+    let end = seen.see(&second.after_two_snapshots(), "after the transfer");
+    let log = second.stop();
+    eprintln!(
+        "metrics: {expected} bytes each way; first agent's last scrape {by_first:?}, \
+         second's first {resumed:?}, end {end:?}, {} scrapes",
+        seen.scrapes
+    );
+    // The restart really was mid-transfer.
+    assert!(
+        by_first.1 > 0 && by_first.1 < expected,
+        "{by_first:?} of {expected}"
+    );
+    assert!(resumed.1 < expected, "{resumed:?} of {expected}");
+    assert_eq!(
+        end,
+        (expected, expected),
+        "(rx, tx) of this pid on /metrics after the restart; second agent's log: {log:?}"
+    );
 }

@@ -10,8 +10,9 @@
 //! counted, never resent; ones without a verdict are resent after a
 //! backoff); 413 the batch is split in halves (a single
 //! snapshot too large is rejected and counted); 401/403 said once, kept in
-//! the spool, retried with backoff; 402 said once, sending stops until
-//! restart while collection goes on into the spool; 5xx, other answers and
+//! the spool, retried with backoff; 402 said once, sending stops while
+//! collection goes on into the spool, and one batch is sent again every
+//! `payment_recheck` (default 1 h) until one is accepted; 5xx, other answers and
 //! transport errors: exponential backoff with jitter, capped at
 //! `retry_max` (5 minutes at most).
 //!
@@ -124,7 +125,8 @@ impl IngestSink {
             stats,
         });
         let flush_timeout = cfg.flush_timeout;
-        let sender = Sender::new(cfg, host, Arc::clone(&shared));
+        let roots = root_certs(cfg.ca_file.as_deref())?;
+        let sender = Sender::new(cfg, host, roots, Arc::clone(&shared));
         let (alive, sender_gone) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("ingest".into())
@@ -210,6 +212,74 @@ impl Sink for IngestSink {
     }
 }
 
+/// Why a CA file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("ingest CA file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ingest CA file {path}: not PEM ({why})")]
+    Pem {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("ingest CA file {path}: holds no CERTIFICATE block")]
+    Empty { path: std::path::PathBuf },
+}
+
+/// The certificates in a PEM text (`CERTIFICATE` blocks; keys and other
+/// blocks are skipped).
+pub fn pem_certificates(
+    path: &std::path::Path,
+    pem: &[u8],
+) -> Result<Vec<ureq::tls::Certificate<'static>>, CaFileError> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(CaFileError::Pem {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                })
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(CaFileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The roots the endpoint's certificate must chain to: the Mozilla roots,
+/// plus the certificates of `ca_file` if given.
+pub fn root_certs(ca_file: Option<&std::path::Path>) -> Result<ureq::tls::RootCerts, CaFileError> {
+    let Some(path) = ca_file else {
+        return Ok(ureq::tls::RootCerts::WebPki);
+    };
+    let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let private = pem_certificates(path, &pem)?;
+    info!(
+        "ingest: trusting {} certificate(s) from {} besides the Mozilla roots",
+        private.len(),
+        path.display()
+    );
+    let mut all: Vec<ureq::tls::Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    all.extend(private);
+    Ok(ureq::tls::RootCerts::new_with_certs(&all))
+}
+
 /// Retry delays: `initial · 2^failures`, capped at `max`, with equal jitter
 /// (half fixed, half random) so a fleet does not retry in step.
 #[derive(Debug)]
@@ -263,12 +333,21 @@ struct Sender {
     backoff: Backoff,
     auth_said: bool,
     retry_said: bool,
+    /// A 402 stopped sending: only one batch per `payment_recheck`.
     payment_stopped: bool,
+    /// When the next batch may be sent while stopped by a 402.
+    payment_recheck_at: Instant,
 }
 
 impl Sender {
-    fn new(cfg: IngestConfig, host: HostInfo, shared: Arc<Shared>) -> Self {
+    fn new(
+        cfg: IngestConfig,
+        host: HostInfo,
+        roots: ureq::tls::RootCerts,
+        shared: Arc<Shared>,
+    ) -> Self {
         let client: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .http_status_as_error(false)
             .timeout_global(Some(cfg.request_timeout))
             .user_agent(format!("netwatch-agent/{}", env!("CARGO_PKG_VERSION")))
@@ -289,6 +368,7 @@ impl Sender {
             auth_said: false,
             retry_said: false,
             payment_stopped: false,
+            payment_recheck_at: Instant::now(),
         }
     }
 
@@ -301,15 +381,21 @@ impl Sender {
                     break Some(d);
                 }
                 let now = Instant::now();
-                if !self.payment_stopped && !st.spool.is_empty() && now >= next_attempt {
+                // Stopped by a 402: the next batch waits for the recheck.
+                let due = if self.payment_stopped {
+                    next_attempt.max(self.payment_recheck_at)
+                } else {
+                    next_attempt
+                };
+                if !st.spool.is_empty() && now >= due {
                     break None;
                 }
-                st = if self.payment_stopped || st.spool.is_empty() {
+                st = if st.spool.is_empty() {
                     self.shared.wake.wait(st).unwrap_or_else(|p| p.into_inner())
                 } else {
                     self.shared
                         .wake
-                        .wait_timeout(st, next_attempt - now)
+                        .wait_timeout(st, due - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 };
@@ -361,13 +447,24 @@ impl Sender {
                 }
             }
             Failure::Payment => {
-                error!(
-                    "ingest: HTTP 402 Payment Required: sending stopped until the agent restarts; \
-                     snapshots are still collected into the spool (bounded; the oldest are dropped \
-                     and counted past {} bytes)",
-                    self.cfg.spool_max_bytes
-                );
-                self.payment_stopped = true;
+                let recheck = self.cfg.payment_recheck;
+                if self.payment_stopped {
+                    debug!(
+                        "ingest: HTTP 402 again; next try in {:.0} s",
+                        recheck.as_secs_f64()
+                    );
+                } else {
+                    error!(
+                        "ingest: HTTP 402 Payment Required: sending stopped; snapshots are still \
+                         collected into the spool (bounded; the oldest are dropped and counted \
+                         past {} bytes); one batch is sent again every {:.0} s until the \
+                         endpoint accepts it",
+                        self.cfg.spool_max_bytes,
+                        recheck.as_secs_f64()
+                    );
+                    self.payment_stopped = true;
+                }
+                self.payment_recheck_at = Instant::now() + recheck;
             }
             Failure::Retry { cause, detail } => {
                 if self.retry_said {
@@ -402,7 +499,12 @@ impl Sender {
         let result = self.send_all(&batch, &mut done, timeout);
         self.shared.lock().spool.remove(&done);
         if result.is_ok() {
-            if self.auth_said || self.retry_said {
+            if self.payment_stopped {
+                info!(
+                    "ingest: the endpoint accepted a batch again after HTTP 402: delivery resumed"
+                );
+                self.payment_stopped = false;
+            } else if self.auth_said || self.retry_said {
                 info!("ingest: delivering again");
             }
             self.auth_said = false;
@@ -554,9 +656,19 @@ impl Sender {
             Ok(r) => r,
             Err(e) => {
                 self.shared.stats.error("transport");
+                let text = e.to_string();
+                let detail = if text.contains("invalid peer certificate") {
+                    format!(
+                        "POST {}: TLS certificate verification failed ({text}); nothing was sent \
+                         (a private CA: --ingest-ca-file or [ingest] ca_file)",
+                        self.cfg.url
+                    )
+                } else {
+                    format!("POST {} failed: {text}", self.cfg.url)
+                };
                 return Reply::Failed(Failure::Retry {
                     cause: "transport".into(),
-                    detail: format!("POST {} failed: {e}", self.cfg.url),
+                    detail,
                 });
             }
         };

@@ -27,4 +27,12 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
     /// Deliver one snapshot.
     fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow>;
+    /// Called once before the first snapshot with the source's
+    /// continuity: a sink that accumulates the snapshots' bytes takes back
+    /// the totals an earlier agent on the same pins saved, and keeps them
+    /// from now on. `None`: counts restart with the agent, nothing kept.
+    fn resume(&mut self, _continuity: Option<&crate::source::Continuity>) {}
+    /// Every sink took the latest snapshot and the source stored its
+    /// baseline: save what a restarted agent continues from.
+    fn delivered(&mut self) {}
 }

@@ -292,6 +292,192 @@ impl MetricsState {
         self.other_rx_bytes_total = self.other_rx_bytes_total.saturating_add(rx);
         self.other_tx_bytes_total = self.other_tx_bytes_total.saturating_add(tx);
     }
+
+    /// The counters accumulated from the snapshots' bytes, as kept on disk
+    /// for a restarted agent: the process series (with how long ago, at
+    /// `now`, each was seen and active), `other`, and the removed series.
+    pub fn saved(&self, instance: &str, now: Instant, unix_ms: u64) -> SavedCounters {
+        let ago = |t: Instant| {
+            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        };
+        let mut processes: Vec<SavedProcess> = self
+            .processes
+            .iter()
+            .map(|(k, s)| SavedProcess {
+                pid: k.pid,
+                comm: k.comm.clone(),
+                cgroup: k.cgroup.clone(),
+                rx_bytes_total: s.rx_bytes_total,
+                tx_bytes_total: s.tx_bytes_total,
+                seen_ms_ago: ago(s.last_seen),
+                active_ms_ago: ago(s.last_active),
+            })
+            .collect();
+        processes.sort_by(|a, b| (a.pid, &a.comm, &a.cgroup).cmp(&(b.pid, &b.comm, &b.cgroup)));
+        SavedCounters {
+            instance: instance.to_string(),
+            saved_unix_ms: unix_ms,
+            processes,
+            other_rx_bytes_total: self.other_rx_bytes_total,
+            other_tx_bytes_total: self.other_tx_bytes_total,
+            series_expired_total: self.series_expired_total,
+            series_evicted_total: self.series_evicted_total,
+        }
+    }
+
+    /// Take back counters a previous agent saved, at `now` (`unix_ms`):
+    /// the time the agent was down counts toward expiry (series past it
+    /// are expired now), and at most `top_processes` series come back (the
+    /// most recently active; the others are evicted). Replaces the process
+    /// series and the accumulated totals.
+    pub fn restore(&mut self, saved: &SavedCounters, now: Instant, unix_ms: u64) {
+        let down = Duration::from_millis(unix_ms.saturating_sub(saved.saved_unix_ms));
+        self.other_rx_bytes_total = saved.other_rx_bytes_total;
+        self.other_tx_bytes_total = saved.other_tx_bytes_total;
+        self.series_expired_total = saved.series_expired_total;
+        self.series_evicted_total = saved.series_evicted_total;
+        self.processes.clear();
+        let mut live = Vec::new();
+        for p in &saved.processes {
+            let seen_ago = Duration::from_millis(p.seen_ms_ago).saturating_add(down);
+            let active_ago = Duration::from_millis(p.active_ms_ago).saturating_add(down);
+            if seen_ago >= self.limits.expiry {
+                self.series_expired_total += 1;
+                continue;
+            }
+            // An instant before the clock's origin: the oldest there is.
+            let last_seen = now.checked_sub(seen_ago).unwrap_or(now);
+            let last_active = now.checked_sub(active_ago).unwrap_or(last_seen);
+            live.push((active_ago, p, last_seen, last_active));
+        }
+        // Most recently active first; ties by key, so the outcome is stable.
+        live.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| (a.1.pid, &a.1.comm).cmp(&(b.1.pid, &b.1.comm)))
+        });
+        for (i, (_, p, last_seen, last_active)) in live.into_iter().enumerate() {
+            if i >= self.limits.top_processes {
+                self.series_evicted_total += 1;
+                continue;
+            }
+            let key = ProcessKey {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                cgroup: p.cgroup.clone(),
+            };
+            let s = self.processes.entry(key).or_insert(ProcessSeries {
+                rx_bytes_total: 0,
+                tx_bytes_total: 0,
+                last_seen,
+                last_active,
+                tick_bytes: 0,
+            });
+            // A key twice in a (hand-edited) file: its counts add up.
+            s.rx_bytes_total = s.rx_bytes_total.saturating_add(p.rx_bytes_total);
+            s.tx_bytes_total = s.tx_bytes_total.saturating_add(p.tx_bytes_total);
+        }
+    }
+}
+
+/// One process series as kept on disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    pub rx_bytes_total: u64,
+    pub tx_bytes_total: u64,
+    /// Milliseconds between its last snapshot row and the save.
+    pub seen_ms_ago: u64,
+    /// Milliseconds between its last bytes and the save.
+    pub active_ms_ago: u64,
+}
+
+/// The counters `/metrics` accumulates from the snapshots' bytes, as kept
+/// on disk beside the pinned source's baseline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedCounters {
+    /// The pins' instance tag: restored only by an agent on the same pins.
+    pub instance: String,
+    /// Wall-clock time of the save (Unix milliseconds).
+    pub saved_unix_ms: u64,
+    pub processes: Vec<SavedProcess>,
+    pub other_rx_bytes_total: u64,
+    pub other_tx_bytes_total: u64,
+    pub series_expired_total: u64,
+    pub series_evicted_total: u64,
+}
+
+/// The first line of a counters file: this, the CRC-32 of the rest (8 hex
+/// digits), a newline, then the JSON body.
+const COUNTERS_HEADER: &str = "netwatch-prometheus-counters 1";
+
+impl SavedCounters {
+    /// The file's text: header line with the body's checksum, JSON body.
+    pub fn encode(&self) -> String {
+        // Serializing plain structs of strings and integers cannot fail.
+        let body = serde_json::to_string(self).unwrap_or_default();
+        format!(
+            "{COUNTERS_HEADER} {:08x}\n{body}",
+            crc32fast::hash(body.as_bytes())
+        )
+    }
+
+    /// Parse a counters file saved for `instance`; `Err` says why it is
+    /// not used (not such a file, torn or altered, other pins).
+    pub fn decode(text: &str, instance: &str) -> Result<Self, String> {
+        let (header, body) = text.split_once('\n').ok_or("no header line")?;
+        let crc = header
+            .strip_prefix(COUNTERS_HEADER)
+            .map(str::trim)
+            .ok_or("not a counters file")?;
+        let crc = u32::from_str_radix(crc, 16).map_err(|e| format!("bad checksum field: {e}"))?;
+        if crc32fast::hash(body.as_bytes()) != crc {
+            return Err("checksum mismatch (torn or altered)".into());
+        }
+        let saved: Self = serde_json::from_str(body).map_err(|e| format!("bad body: {e}"))?;
+        if saved.instance != instance {
+            return Err(format!("saved for other pins ({})", saved.instance));
+        }
+        Ok(saved)
+    }
+}
+
+/// Where the counters are kept beside the source's baseline file.
+pub fn counters_file(baseline: &std::path::Path) -> std::path::PathBuf {
+    let mut name = baseline
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".prometheus");
+    baseline.with_file_name(name)
+}
+
+/// Write `text` to a temporary file beside `path`, flush it to disk, then
+/// rename it over `path`: a reader sees the old file or the new, whole.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_data()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// A label value, escaped as the text format requires (`\`, `"`, newline).
@@ -741,6 +927,11 @@ pub struct PrometheusSink {
     /// pid → cgroup path, for the pids of the latest snapshot.
     cgroups: HashMap<u32, String>,
     local_addr: SocketAddr,
+    /// Pinned source: the pins' instance tag and the counters file, written
+    /// each time a snapshot was delivered.
+    persist: Option<(String, std::path::PathBuf)>,
+    /// Sent once the counters are restored: the server starts answering.
+    go: Option<std::sync::mpsc::Sender<()>>,
     /// Dropped with the sink: the server stops.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -776,17 +967,34 @@ impl PrometheusSink {
             .build()
             .context("starting the /metrics runtime")?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        // The server starts once the counters are restored (`resume`):
+        // until then scrapes wait in the listen backlog, so none ever sees
+        // a restored counter at 0.
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || rt.block_on(serve(listener, registry, stop_rx)))
+            .spawn(move || {
+                if go_rx.recv().is_ok() {
+                    rt.block_on(serve(listener, registry, stop_rx));
+                }
+            })
             .context("starting the /metrics thread")?;
         log::info!("serving Prometheus metrics on http://{local_addr}/metrics");
         Ok(Self {
             state,
             cgroups: HashMap::new(),
             local_addr,
+            persist: None,
+            go: Some(go_tx),
             _stop: stop_tx,
         })
+    }
+
+    /// Let the server thread answer scrapes (once).
+    fn serve_now(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
     }
 
     /// Where the server listens (the port chosen when the config said 0).
@@ -801,6 +1009,7 @@ impl Sink for PrometheusSink {
     }
 
     fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+        self.serve_now();
         let now = Instant::now();
         // Cgroups are read outside the lock, once per pid while it shows.
         let pids: std::collections::HashSet<u32> = snapshot
@@ -818,6 +1027,61 @@ impl Sink for PrometheusSink {
         let mut lookup = |pid: u32| cgroups.get(&pid).cloned().unwrap_or_default();
         lock(&self.state).apply(snapshot, now, &mut lookup);
         Ok(Flow::Continue)
+    }
+
+    fn resume(&mut self, continuity: Option<&crate::source::Continuity>) {
+        let Some(c) = continuity else {
+            self.serve_now();
+            return;
+        };
+        let path = counters_file(&c.state_file);
+        if c.continued {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log::warn!(
+                        "no process counters at {} ({e}): /metrics process counters start at 0",
+                        path.display()
+                    );
+                    None
+                }
+            };
+            if let Some(text) = text {
+                match SavedCounters::decode(&text, &c.instance) {
+                    Ok(saved) => {
+                        lock(&self.state).restore(&saved, Instant::now(), unix_ms());
+                        log::info!(
+                            "/metrics process counters continue from {} ({} series)",
+                            path.display(),
+                            saved.processes.len()
+                        );
+                    }
+                    Err(e) => log::warn!(
+                        "process counters {} not used: {e}; /metrics process counters start at 0",
+                        path.display()
+                    ),
+                }
+            }
+        } else {
+            log::info!(
+                "new pins: /metrics process counters start at 0 (kept in {})",
+                path.display()
+            );
+        }
+        self.persist = Some((c.instance.clone(), path));
+        self.serve_now();
+    }
+
+    fn delivered(&mut self) {
+        let Some((instance, path)) = &self.persist else {
+            return;
+        };
+        let text = lock(&self.state)
+            .saved(instance, Instant::now(), unix_ms())
+            .encode();
+        if let Err(e) = write_atomically(path, &text) {
+            log::warn!("storing the process counters at {}: {e}", path.display());
+        }
     }
 }
 
@@ -1116,6 +1380,70 @@ mod tests {
         );
         assert_eq!(totals(&st, 4, "idle"), None);
         assert_eq!(st.series_evicted_total, 1);
+    }
+
+    #[test]
+    fn saved_counters_round_trip_and_continue_exactly() {
+        let t0 = Instant::now();
+        let mut st = state(10, 300);
+        st.apply(&snap(&[(1, "a b", 100, 7), (2, "c", 5, 0)]), t0, &mut cg);
+        st.add_other(3, 4);
+        let saved = st.saved("pins-1", t0 + Duration::from_secs(2), 1_000_000);
+        let text = saved.encode();
+        let back = SavedCounters::decode(&text, "pins-1").expect("decodes");
+        assert_eq!(back, saved);
+
+        // A new agent 10 s later on the same pins goes on from there.
+        let t1 = Instant::now() + Duration::from_secs(1);
+        let mut next = state(10, 300);
+        next.restore(&back, t1, 1_010_000);
+        assert_eq!(totals(&next, 1, "a b"), Some((100, 7)));
+        assert_eq!(totals(&next, 2, "c"), Some((5, 0)));
+        assert_eq!(next.other_bytes_total(), (3, 4));
+        next.apply(&snap(&[(1, "a b", 1, 1)]), t1, &mut cg);
+        assert_eq!(totals(&next, 1, "a b"), Some((101, 8)));
+        // Seen 12 s ago at restore: 288 s later it expires, as it would have.
+        next.apply(&snap(&[]), t1 + Duration::from_secs(287), &mut cg);
+        assert_eq!(totals(&next, 2, "c"), Some((5, 0)));
+        next.apply(&snap(&[]), t1 + Duration::from_secs(289), &mut cg);
+        assert_eq!(totals(&next, 2, "c"), None);
+    }
+
+    #[test]
+    fn saved_counters_refuse_other_pins_torn_and_altered_files() {
+        let mut st = state(10, 300);
+        st.apply(&snap(&[(1, "a", 100, 7)]), Instant::now(), &mut cg);
+        let text = st.saved("pins-1", Instant::now(), 5).encode();
+        let err = |t: &str, i: &str| SavedCounters::decode(t, i).unwrap_err();
+        assert!(err(&text, "pins-2").contains("other pins"));
+        assert!(err(&text[..text.len() - 3], "pins-1").contains("checksum"));
+        assert!(err(&text.replace("100", "900"), "pins-1").contains("checksum"));
+        assert!(err("", "pins-1").contains("no header"));
+        assert!(err("netwatch-ebpf-baseline 1 x\n", "pins-1").contains("not a counters file"));
+        assert!(err("netwatch-prometheus-counters 1 zz\n{}", "pins-1").contains("checksum field"));
+    }
+
+    #[test]
+    fn restore_keeps_top_n_and_expires_series_gone_past_the_expiry() {
+        let t0 = Instant::now();
+        let mut st = state(10, 60);
+        st.apply(&snap(&[(1, "old", 1, 1)]), t0, &mut cg);
+        let later = t0 + Duration::from_secs(50);
+        st.apply(&snap(&[(2, "mid", 2, 2), (3, "new", 3, 3)]), later, &mut cg);
+        st.apply(
+            &snap(&[(3, "new", 1, 0)]),
+            later + Duration::from_secs(1),
+            &mut cg,
+        );
+        let saved = st.saved("p", later + Duration::from_secs(1), 0);
+        // Down 10 s: "old" (seen 51 s before the save) is past 60 s; of the
+        // other two only the most recently active fits a top-1.
+        let mut next = state(1, 60);
+        next.restore(&saved, Instant::now(), 10_000);
+        assert_eq!(totals(&next, 3, "new"), Some((4, 3)));
+        assert_eq!(next.processes().len(), 1);
+        assert_eq!(next.series_expired_total, 1);
+        assert_eq!(next.series_evicted_total, 1);
     }
 
     #[test]

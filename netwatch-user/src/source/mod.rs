@@ -21,6 +21,20 @@ pub mod ss;
 /// `procinfo`; re-exported here for the sources.
 pub use crate::net::Protocol;
 
+/// A source whose counts survive agent restarts: the tag of the set of
+/// kernel maps it counts in, and the file its delivered baseline lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continuity {
+    /// Names one set of pinned maps; another set (replaced, re-created
+    /// after a reboot) has another tag.
+    pub instance: String,
+    /// The source's baseline file; sinks keep their state beside it.
+    pub state_file: std::path::PathBuf,
+    /// True when this agent continued from pins an earlier agent left
+    /// (their counts go on); false when it created them now.
+    pub continued: bool,
+}
+
 /// Since when a sample's cumulative counters count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CountOrigin {
@@ -148,6 +162,13 @@ pub trait SocketSource: Send {
     /// The snapshot built from the last read went to the sinks: a source
     /// that persists what was delivered (pinned eBPF) stores it now.
     fn delivered(&mut self) {}
+    /// Whether this source's counts survive agent restarts (pinned eBPF):
+    /// what a sink that accumulates the snapshots' bytes needs to persist
+    /// its totals beside the source's baseline. `None`: counts restart
+    /// with the agent.
+    fn continuity(&self) -> Option<Continuity> {
+        None
+    }
     /// The agent is stopping and takes one last read next: wait for what
     /// the source still holds in flight (packets in pcap's capture buffer)
     /// so that read carries it. Sources that read the kernel's counters

@@ -176,6 +176,8 @@ pub struct EbpfSource {
     last_read: Vec<pin::BaselineEntry>,
     /// Held while this agent owns the pins.
     lock: Option<std::fs::File>,
+    /// True when continuing from pins an earlier agent left.
+    continued: bool,
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -389,6 +391,7 @@ impl EbpfSource {
         source.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
         source.restore = restore;
         source.lock = Some(lock);
+        source.continued = true;
         Ok(source)
     }
 
@@ -490,6 +493,7 @@ impl EbpfSource {
             restore: None,
             last_read: Vec::new(),
             lock: None,
+            continued: false,
         })
     }
 
@@ -734,6 +738,16 @@ impl SocketSource for EbpfSource {
 
     fn delivered(&mut self) {
         self.store_baseline();
+    }
+
+    fn continuity(&self) -> Option<crate::source::Continuity> {
+        self.pinned
+            .as_ref()
+            .map(|(instance, state_file)| crate::source::Continuity {
+                instance: instance.clone(),
+                state_file: state_file.clone(),
+                continued: self.continued,
+            })
     }
 }
 
