@@ -3,6 +3,7 @@
 //! CO-RE relocations for BPF. Only reads BTF; never guesses an offset.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use btf_rs::{Btf, Type};
 use thiserror::Error;
@@ -144,38 +145,73 @@ fn func_param(btf: &Btf, func: &'static str, param: &str) -> Result<(u32, u32), 
     Err(BtfError::NoFlags(func))
 }
 
+/// Parse a BTF file, read whole first (the kernel's is ~5 MB; parsing it
+/// through small buffered reads and seeks costs twice the time).
+pub(super) fn read_btf(path: &Path) -> Result<Btf, BtfError> {
+    let read_err = |source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(|e| read_err(btf_rs::Error::from(e)))?;
+    Btf::from_bytes(&bytes).map_err(read_err)
+}
+
+/// The running kernel's BTF, parsed once per process: the offsets of every
+/// program (and of seeding, and of the pin layout check) come from it, and
+/// a start-up spends tens of milliseconds per parse.
+pub(super) fn kernel_btf() -> Result<&'static Btf, BtfError> {
+    static KERNEL: OnceLock<Btf> = OnceLock::new();
+    if let Some(btf) = KERNEL.get() {
+        return Ok(btf);
+    }
+    let btf = read_btf(Path::new(VMLINUX_BTF))?;
+    Ok(KERNEL.get_or_init(|| btf))
+}
+
+/// The running kernel's BTF as aya reads it (to load fentry, tp_btf and
+/// iterator programs), parsed once per process.
+pub(super) fn kernel_btf_aya() -> Result<&'static aya::Btf, aya::BtfError> {
+    static KERNEL: OnceLock<aya::Btf> = OnceLock::new();
+    if let Some(btf) = KERNEL.get() {
+        return Ok(btf);
+    }
+    let btf = aya::Btf::from_sys_fs()?;
+    Ok(KERNEL.get_or_init(|| btf))
+}
+
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
-        Self::from_file(Path::new(VMLINUX_BTF))
+        Self::from_btf(kernel_btf()?)
     }
 
     /// Resolve from a BTF file (the kernel's, or a saved copy).
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let common = find_struct(&btf, "sock_common")?;
-        let sock = find_struct(&btf, "sock")?;
-        let socket = find_struct(&btf, "socket")?;
-        let task = find_struct(&btf, "task_struct")?;
-        let srtt_us = find_struct(&btf, "tcp_sock")
-            .and_then(|t| offset(&btf, &t, "tcp_sock", "srtt_us"))
+        Self::from_btf(&read_btf(path)?)
+    }
+
+    /// Resolve from parsed BTF.
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let common = find_struct(btf, "sock_common")?;
+        let sock = find_struct(btf, "sock")?;
+        let socket = find_struct(btf, "socket")?;
+        let task = find_struct(btf, "task_struct")?;
+        let srtt_us = find_struct(btf, "tcp_sock")
+            .and_then(|t| offset(btf, &t, "tcp_sock", "srtt_us"))
             .unwrap_or(0);
-        let (recv_flags_arg, recv_nargs) = func_param(&btf, "tcp_recvmsg", "flags")?;
+        let (recv_flags_arg, recv_nargs) = func_param(btf, "tcp_recvmsg", "flags")?;
         Ok(Self {
-            skc_family: offset(&btf, &common, "sock_common", "skc_family")?,
-            skc_v6_daddr: offset(&btf, &common, "sock_common", "skc_v6_daddr")?,
-            skc_v6_rcv_saddr: offset(&btf, &common, "sock_common", "skc_v6_rcv_saddr")?,
-            sk_protocol: offset(&btf, &sock, "sock", "sk_protocol")?,
-            socket_sk: offset(&btf, &socket, "socket", "sk")?,
+            skc_family: offset(btf, &common, "sock_common", "skc_family")?,
+            skc_v6_daddr: offset(btf, &common, "sock_common", "skc_v6_daddr")?,
+            skc_v6_rcv_saddr: offset(btf, &common, "sock_common", "skc_v6_rcv_saddr")?,
+            sk_protocol: offset(btf, &sock, "sock", "sk_protocol")?,
+            socket_sk: offset(btf, &socket, "socket", "sk")?,
             srtt_us,
-            task_group_leader: offset(&btf, &task, "task_struct", "group_leader")?,
-            task_comm: offset(&btf, &task, "task_struct", "comm")?,
+            task_group_leader: offset(btf, &task, "task_struct", "group_leader")?,
+            task_comm: offset(btf, &task, "task_struct", "comm")?,
             recv_flags_arg,
             recv_nargs,
-            sendpage_path: has_func(&btf, "do_tcp_sendpages"),
+            sendpage_path: has_func(btf, "do_tcp_sendpages"),
         })
     }
 }

@@ -20,7 +20,7 @@ use btf_rs::Btf;
 use netwatch_common::seeded;
 use thiserror::Error;
 
-use super::btf::{find_struct, offset, BtfError, VMLINUX_BTF};
+use super::btf::{find_struct, kernel_btf, kernel_btf_aya, offset, read_btf, BtfError};
 
 /// The iterators, in the order they run: (program name in the object,
 /// iterator target, needed). `task_file` gives sockets their owners and must
@@ -49,12 +49,13 @@ pub struct SeedOffsets {
 impl SeedOffsets {
     /// Resolve from a BTF file (the kernel's, or a saved copy).
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        Self::from_btf(&read_btf(path)?)
+    }
+
+    /// Resolve from parsed BTF.
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
         let off = |strukt: &'static str, member: &'static str| -> Result<u32, BtfError> {
-            offset(&btf, &find_struct(&btf, strukt)?, strukt, member)
+            offset(btf, &find_struct(btf, strukt)?, strukt, member)
         };
         Ok(Self {
             file_f_inode: off("file", "f_inode")?,
@@ -99,8 +100,11 @@ pub fn limit(max_sockets: u32) -> u32 {
 /// The running kernel's offsets, resolved once per process.
 fn kernel_offsets() -> &'static Result<SeedOffsets, String> {
     static OFFSETS: OnceLock<Result<SeedOffsets, String>> = OnceLock::new();
-    OFFSETS
-        .get_or_init(|| SeedOffsets::from_file(Path::new(VMLINUX_BTF)).map_err(|e| e.to_string()))
+    OFFSETS.get_or_init(|| {
+        kernel_btf()
+            .and_then(SeedOffsets::from_btf)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// The load-time globals to set on the object: empty (defaults kept, and
@@ -201,10 +205,10 @@ pub fn run(ebpf: &mut Ebpf) -> Result<SeedReport, SeedError> {
     kernel_offsets()
         .as_ref()
         .map_err(|e| SeedError::Offsets(e.clone()))?;
-    let btf = aya::Btf::from_sys_fs().map_err(SeedError::KernelBtf)?;
+    let btf = kernel_btf_aya().map_err(SeedError::KernelBtf)?;
     let mut report = SeedReport::default();
     for (program, target, needed) in PASSES {
-        match run_pass(ebpf, &btf, program, target) {
+        match run_pass(ebpf, btf, program, target) {
             Ok(t) if needed => {
                 report.created += t.created;
                 report.tracked += t.tracked;
@@ -287,7 +291,8 @@ mod tests {
 
     #[test]
     fn resolves_offsets_from_running_kernel() {
-        let o = SeedOffsets::from_file(Path::new(VMLINUX_BTF)).expect("this kernel publishes BTF");
+        let o = SeedOffsets::from_file(Path::new(super::super::btf::VMLINUX_BTF))
+            .expect("this kernel publishes BTF");
         // skc_state follows skc_family (u16 at 16) in sock_common on every kernel.
         assert_eq!(o.skc_state, 18, "{o:?}");
         assert_ne!(o.file_private_data, o.file_f_inode, "{o:?}");

@@ -676,6 +676,27 @@ pub fn ensure_tracefs() {
     }
 }
 
+/// aya attaches kprobes through the kprobe PMU (Linux >= 4.17), whose type
+/// it reads from here: a kernel built without kprobes has no such file.
+const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Why `tier` cannot attach on this kernel, when that is known without
+/// trying.
+fn unavailable(tier: Tier) -> Option<LoadError> {
+    if tier == Tier::Kprobe && !std::path::Path::new(KPROBE_PMU_TYPE).exists() {
+        let hook = tier.programs().first().copied()?;
+        return Some(LoadError::Program {
+            tier,
+            hook,
+            action: "attaching",
+            reason: format!(
+                "`{KPROBE_PMU_TYPE}` is absent: this kernel has no kprobes (CONFIG_KPROBES off)"
+            ),
+        });
+    }
+    None
+}
+
 /// Load the tier `opts` asks for, or the best one that attaches.
 pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
     if BPF_OBJECT.is_empty() {
@@ -684,14 +705,20 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
     raise_memlock();
     ensure_tracefs();
     let offsets = SockOffsets::from_kernel()?;
-    let btf = Btf::from_sys_fs().map_err(LoadError::KernelBtf)?;
+    let btf = super::btf::kernel_btf_aya().map_err(LoadError::KernelBtf)?;
     let candidates: Vec<Tier> = match opts.tier {
         TierChoice::Auto => Tier::ALL.to_vec(),
         TierChoice::Only(t) => vec![t],
     };
     let mut reasons = Vec::new();
     for (i, &tier) in candidates.iter().enumerate() {
-        match load_tier(tier, opts, &offsets, &btf) {
+        // Known not to attach: skip creating the tier's maps and loading
+        // its programs only to learn it (start-up time).
+        let attempt = match unavailable(tier) {
+            Some(e) => Err(e),
+            None => load_tier(tier, opts, &offsets, btf),
+        };
+        match attempt {
             Ok(ebpf) => {
                 info!("eBPF collector attached on the {tier} tier");
                 return Ok((ebpf, tier));
