@@ -33,6 +33,8 @@ pub struct SockOffsets {
     /// `do_tcp_sendpages` exists (Linux < 6.5): `sendfile`/`splice` to a
     /// socket go through `tcp_sendpage`/`udp_sendpage`, not `*_sendmsg`.
     pub sendpage_path: bool,
+    /// `struct sk_buff.data` (a reset's answered segment); 0 if unknown.
+    pub skb_data: u32,
 }
 
 #[derive(Debug, Error)]
@@ -176,6 +178,9 @@ impl SockOffsets {
             recv_flags_arg,
             recv_nargs,
             sendpage_path: has_func(&btf, "do_tcp_sendpages"),
+            skb_data: find_struct(&btf, "sk_buff")
+                .and_then(|t| offset(&btf, &t, "sk_buff", "data"))
+                .unwrap_or(0),
         })
     }
 }

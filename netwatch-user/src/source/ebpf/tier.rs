@@ -1,8 +1,9 @@
 //! Hook tiers and the loader that picks one: fentry/fexit, then
 //! kprobe/kretprobe, then tp_btf on `sock:sock_*_length`. Each attempt loads
 //! a fresh copy of the object, so a failed tier leaves nothing behind. The
-//! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`)
-//! and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
+//! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`),
+//! the reset tracepoints (`tcp:tcp_{receive,send}_reset`, TCP events for the
+//! alert detectors) and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
 //! go with every tier.
 
 use std::fmt;
@@ -230,7 +231,7 @@ impl fmt::Display for Tier {
 }
 
 /// The lifecycle programs attached with every tier.
-pub const LIFECYCLE: [Hook; 3] = [
+pub const LIFECYCLE: [Hook; 5] = [
     Hook {
         program: "tp_inet_sock_set_state",
         kind: HookKind::Tracepoint,
@@ -245,6 +246,17 @@ pub const LIFECYCLE: [Hook; 3] = [
         program: "sock_release",
         kind: HookKind::CgroupSockRelease,
         target: "sock_release",
+    },
+    // TCP control events for the alert detectors (`super::tcp_events`).
+    Hook {
+        program: "tp_tcp_receive_reset",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_receive_reset",
+    },
+    Hook {
+        program: "tp_tcp_send_reset",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_send_reset",
     },
 ];
 
@@ -434,6 +446,11 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         loader.override_global(name, value, true);
     }
     loader.override_global(super::seed::LIMIT_GLOBAL, &seed_limit, true);
+    let send_reset = super::tcp_events::SendResetFormat::from_kernel().globals();
+    for (name, value) in &send_reset {
+        loader.override_global(name, value, true);
+    }
+    loader.override_global(names::OFF_SKB_DATA, &offsets.skb_data, true);
     loader
         .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)

@@ -1,0 +1,320 @@
+//! TCP control events for the port-scan and connection detectors: connection
+//! attempts (`inet_sock_set_state` into SYN_SENT / SYN_RECV) and resets
+//! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`), one fixed-size
+//! `TcpEventRecord` each in the bounded `TCP_EVENTS` ring buffer; a record
+//! that does not fit is counted (`counter::TCP_EVENTS_LOST`), never dropped
+//! silently. It only reads tracepoint fields (and, for a reset, the first
+//! TCP header bytes of the answered segment); it never touches the
+//! accounting maps.
+//!
+//! What each kernel shows:
+//! - SYN_SENT fires in `connect`, before the ephemeral port is chosen: the
+//!   SYN is remembered (`PENDING_SYNS`, by socket) and recorded with its
+//!   original time and process once the socket leaves SYN_SENT and its port
+//!   is known (answered, refused or timed out).
+//! - SYN_RECV fires when a listener's child socket is created, i.e. when the
+//!   handshake completes: a half-open SYN to an open port (`nmap -sS`) never
+//!   creates one and is not seen here.
+//! - `tcp_send_reset` has the answered segment's addresses only from
+//!   Linux 6.10 on (`SOCKADDR` layout): there a SYN to a closed port is seen
+//!   as a reset with no socket. Before 6.10 (`FIELDS` layout) the tracepoint
+//!   fires only for resets of full sockets, and a closed port is invisible.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, tracepoint},
+    maps::{LruHashMap, RingBuf},
+    programs::TracePointContext,
+};
+use netwatch_common::{counter, send_reset, tcp_event, TcpEventRecord, AF_INET, AF_INET6};
+
+use crate::maps::bump;
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+
+/// The events, for userspace (read at every `take_tcp_events`).
+#[map(name = "TCP_EVENTS")]
+pub static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// A connect's SYN until its socket leaves SYN_SENT (port then known).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingSyn {
+    pub ts_ns: u64,
+    pub pid_tgid: u64,
+}
+
+#[map(name = "PENDING_SYNS")]
+pub static PENDING_SYNS: LruHashMap<u64, PendingSyn> = LruHashMap::with_max_entries(8192, 0);
+
+// `tcp:tcp_send_reset`'s layout and field offsets, from the running
+// kernel's format file (set by the loader; `NONE` records nothing).
+#[unsafe(no_mangle)]
+static SEND_RESET_LAYOUT: u32 = send_reset::NONE;
+#[unsafe(no_mangle)]
+static SEND_RESET_SKBADDR: u32 = 8;
+#[unsafe(no_mangle)]
+static SEND_RESET_SKADDR: u32 = 16;
+#[unsafe(no_mangle)]
+static SEND_RESET_SPORT: u32 = 0;
+#[unsafe(no_mangle)]
+static SEND_RESET_DPORT: u32 = 0;
+#[unsafe(no_mangle)]
+static SEND_RESET_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static SEND_RESET_SADDR: u32 = 32;
+#[unsafe(no_mangle)]
+static SEND_RESET_DADDR: u32 = 60;
+#[unsafe(no_mangle)]
+static SEND_RESET_SADDR_V6: u32 = 0;
+#[unsafe(no_mangle)]
+static SEND_RESET_DADDR_V6: u32 = 0;
+/// Offset of `data` in `struct sk_buff` (0: unknown, SYNs not told apart).
+#[unsafe(no_mangle)]
+static OFF_SKB_DATA: u32 = 0;
+
+#[inline(always)]
+fn global(v: &'static u32) -> usize {
+    // SAFETY: reading an initialised static; volatile so the loader's value is used.
+    unsafe { core::ptr::read_volatile(v) as usize }
+}
+
+// `sock:inet_sock_set_state` offsets beyond those lifecycle.rs reads.
+const SET_STATE_OLDSTATE: usize = 16;
+const SET_STATE_SPORT: usize = 24;
+const SET_STATE_DPORT: usize = 26;
+const SET_STATE_SADDR: usize = 32;
+const SET_STATE_DADDR: usize = 36;
+const SET_STATE_SADDR_V6: usize = 40;
+const SET_STATE_DADDR_V6: usize = 56;
+
+// `tcp:tcp_receive_reset` (class `tcp_event_sk`), stable since 5.x; the
+// integration tests check them against the running kernel's format file.
+mod receive_reset {
+    pub const SPORT: usize = 16;
+    pub const DPORT: usize = 18;
+    pub const FAMILY: usize = 20;
+    pub const SADDR: usize = 22;
+    pub const DADDR: usize = 26;
+    pub const SADDR_V6: usize = 30;
+    pub const DADDR_V6: usize = 46;
+}
+
+#[inline(always)]
+fn emit(rec: &TcpEventRecord) {
+    if TCP_EVENTS.output::<TcpEventRecord>(rec, 0).is_err() {
+        bump(counter::TCP_EVENTS_LOST);
+    }
+}
+
+/// The addresses of a `tcp_event_sk`-style record: `(local, remote)` from
+/// the v4 or v6 fields by family.
+#[inline(always)]
+unsafe fn addrs(
+    ctx: &TracePointContext,
+    family: u16,
+    s4: usize,
+    d4: usize,
+    s6: usize,
+    d6: usize,
+) -> Result<([u8; 16], [u8; 16]), i64> {
+    let mut s = [0u8; 16];
+    let mut d = [0u8; 16];
+    if family == AF_INET {
+        let a: [u8; 4] = ctx.read_at(s4)?;
+        let b: [u8; 4] = ctx.read_at(d4)?;
+        s[..4].copy_from_slice(&a);
+        d[..4].copy_from_slice(&b);
+    } else if family == AF_INET6 {
+        s = ctx.read_at(s6)?;
+        d = ctx.read_at(d6)?;
+    } else {
+        return Err(0);
+    }
+    Ok((s, d))
+}
+
+/// Called by the `inet_sock_set_state` program for every TCP state change.
+#[inline(always)]
+pub unsafe fn on_state(
+    ctx: &TracePointContext,
+    sk: u64,
+    newstate: i32,
+    family: u16,
+) -> Result<(), i64> {
+    if newstate == TCP_SYN_SENT {
+        let pending = PendingSyn {
+            ts_ns: bpf_ktime_get_ns(),
+            pid_tgid: bpf_get_current_pid_tgid(),
+        };
+        if PENDING_SYNS.insert(&sk, &pending, 0).is_err() {
+            bump(counter::TCP_EVENTS_LOST);
+        }
+        return Ok(());
+    }
+    let inbound = newstate == TCP_SYN_RECV;
+    let (ts_ns, pid_tgid) = if inbound {
+        (bpf_ktime_get_ns(), 0)
+    } else {
+        if ctx.read_at::<i32>(SET_STATE_OLDSTATE)? != TCP_SYN_SENT {
+            return Ok(());
+        }
+        let Some(p) = PENDING_SYNS.get(&sk) else {
+            return Ok(());
+        };
+        let p = *p;
+        let _ = PENDING_SYNS.remove(&sk);
+        (p.ts_ns, p.pid_tgid)
+    };
+    let lport: u16 = ctx.read_at(SET_STATE_SPORT)?;
+    let rport: u16 = ctx.read_at(SET_STATE_DPORT)?;
+    if lport == 0 {
+        // Left SYN_SENT without a port: `connect` failed before any SYN.
+        return Ok(());
+    }
+    let (local, remote) = addrs(
+        ctx,
+        family,
+        SET_STATE_SADDR,
+        SET_STATE_DADDR,
+        SET_STATE_SADDR_V6,
+        SET_STATE_DADDR_V6,
+    )?;
+    let rec = if inbound {
+        TcpEventRecord {
+            ts_ns,
+            pid_tgid,
+            saddr: remote,
+            daddr: local,
+            sport: rport,
+            dport: lport,
+            family,
+            kind: tcp_event::SYN_RECV,
+            flags: 0,
+        }
+    } else {
+        TcpEventRecord {
+            ts_ns,
+            pid_tgid,
+            saddr: local,
+            daddr: remote,
+            sport: lport,
+            dport: rport,
+            family,
+            kind: tcp_event::SYN_SENT,
+            flags: 0,
+        }
+    };
+    emit(&rec);
+    Ok(())
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record at its documented offsets.
+    let _ = unsafe { on_receive_reset(&ctx) };
+    0
+}
+
+unsafe fn on_receive_reset(ctx: &TracePointContext) -> Result<(), i64> {
+    use receive_reset::*;
+    let family: u16 = ctx.read_at(FAMILY)?;
+    let (local, remote) = addrs(ctx, family, SADDR, DADDR, SADDR_V6, DADDR_V6)?;
+    emit(&TcpEventRecord {
+        ts_ns: bpf_ktime_get_ns(),
+        pid_tgid: 0,
+        saddr: remote,
+        daddr: local,
+        sport: ctx.read_at(DPORT)?,
+        dport: ctx.read_at(SPORT)?,
+        family,
+        kind: tcp_event::RST_RECEIVED,
+        flags: 0,
+    });
+    Ok(())
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tp_tcp_send_reset(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record at the offsets the loader
+    // took from this kernel's format file, and kernel memory by probe read.
+    let _ = unsafe { on_send_reset(&ctx) };
+    0
+}
+
+/// One address of a `struct sockaddr_in6`-sized field: (family, port, addr).
+#[inline(always)]
+unsafe fn sockaddr(ctx: &TracePointContext, off: usize) -> Result<(u16, u16, [u8; 16]), i64> {
+    let family: u16 = ctx.read_at(off)?;
+    let port = u16::from_be(ctx.read_at::<u16>(off + 2)?);
+    let mut a = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = ctx.read_at(off + 4)?;
+        a[..4].copy_from_slice(&v4);
+    } else if family == AF_INET6 {
+        a = ctx.read_at(off + 8)?;
+    } else {
+        return Err(0);
+    }
+    Ok((family, port, a))
+}
+
+unsafe fn on_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
+    let layout = global(&SEND_RESET_LAYOUT) as u32;
+    let mut rec = TcpEventRecord {
+        ts_ns: bpf_ktime_get_ns(),
+        pid_tgid: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind: tcp_event::RST_SENT,
+        flags: 0,
+    };
+    if layout == send_reset::SOCKADDR {
+        let (family, sport, s) = sockaddr(ctx, global(&SEND_RESET_SADDR))?;
+        let (_, dport, d) = sockaddr(ctx, global(&SEND_RESET_DADDR))?;
+        rec.family = family;
+        rec.sport = sport;
+        rec.dport = dport;
+        rec.saddr = s;
+        rec.daddr = d;
+    } else if layout == send_reset::FIELDS {
+        rec.family = ctx.read_at(global(&SEND_RESET_FAMILY))?;
+        rec.sport = ctx.read_at(global(&SEND_RESET_SPORT))?;
+        rec.dport = ctx.read_at(global(&SEND_RESET_DPORT))?;
+        let (s, d) = addrs(
+            ctx,
+            rec.family,
+            global(&SEND_RESET_SADDR),
+            global(&SEND_RESET_DADDR),
+            global(&SEND_RESET_SADDR_V6),
+            global(&SEND_RESET_DADDR_V6),
+        )?;
+        rec.saddr = s;
+        rec.daddr = d;
+    } else {
+        return Ok(());
+    }
+    let sk: u64 = ctx.read_at(global(&SEND_RESET_SKADDR))?;
+    if sk == 0 {
+        rec.flags |= tcp_event::FLAG_NO_SOCKET;
+    }
+    let skb: u64 = ctx.read_at(global(&SEND_RESET_SKBADDR))?;
+    let off_data = global(&OFF_SKB_DATA);
+    if skb != 0 && off_data != 0 {
+        // The answered segment: `skb->data` is its TCP header here.
+        if let Ok(th) = bpf_probe_read_kernel((skb as usize + off_data) as *const u64) {
+            if let Ok(flags) = bpf_probe_read_kernel((th as usize + 13) as *const u8) {
+                // SYN set, ACK clear.
+                if flags & 0x12 == 0x02 {
+                    rec.flags |= tcp_event::FLAG_ANSWERED_SYN;
+                }
+            }
+        }
+    }
+    emit(&rec);
+    Ok(())
+}
