@@ -323,6 +323,10 @@ pub mod names {
     pub const TCP_EVENTS: &str = "TCP_EVENTS";
     /// Global `u32`: offset of `data` in `struct sk_buff` (0: unknown).
     pub const OFF_SKB_DATA: &str = "OFF_SKB_DATA";
+    /// Globals `u32`: offsets of `head`, `network_header`, `transport_header` in `struct sk_buff`.
+    pub const OFF_SKB_HEAD: &str = "OFF_SKB_HEAD";
+    pub const OFF_SKB_NETWORK_HEADER: &str = "OFF_SKB_NETWORK_HEADER";
+    pub const OFF_SKB_TRANSPORT_HEADER: &str = "OFF_SKB_TRANSPORT_HEADER";
     /// Global `u32`: the `tcp:tcp_send_reset` record's layout, one of
     /// [`super::send_reset`]'s values.
     pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";

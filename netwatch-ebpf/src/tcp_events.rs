@@ -14,17 +14,22 @@
 //!   is known (answered, refused or timed out).
 //! - SYN_RECV fires when a listener's child socket is created, i.e. when the
 //!   handshake completes: a half-open SYN to an open port (`nmap -sS`) never
-//!   creates one and is not seen here.
+//!   creates one and is not seen here. On older kernels (6.1) the child's
+//!   remote address is still zero then: it is remembered the same way and
+//!   recorded when the child becomes ESTABLISHED, right after.
 //! - `tcp_send_reset` has the answered segment's addresses only from
 //!   Linux 6.10 on (`SOCKADDR` layout): there a SYN to a closed port is seen
 //!   as a reset with no socket. Before 6.10 (`FIELDS` layout) the tracepoint
-//!   fires only for resets of full sockets, and a closed port is invisible.
+//!   fires only for resets of full sockets; there the fentry and kprobe
+//!   tiers attach to `tcp_v4_send_reset`/`tcp_v6_send_reset` and record
+//!   the resets no socket took from the answered segment's headers. The
+//!   tracepoint tier needs Linux ≥ 6.3, so every tier sees closed ports.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{map, tracepoint},
+    macros::{fentry, kprobe, map, tracepoint},
     maps::{LruHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, ProbeContext, TracePointContext},
 };
 use netwatch_common::{counter, send_reset, tcp_event, TcpEventRecord, AF_INET, AF_INET6};
 
@@ -43,6 +48,8 @@ pub static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub struct PendingSyn {
     pub ts_ns: u64,
     pub pid_tgid: u64,
+    /// `tcp_event::SYN_SENT` or `SYN_RECV`.
+    pub kind: u64,
 }
 
 #[map(name = "PENDING_SYNS")]
@@ -73,6 +80,14 @@ static SEND_RESET_DADDR_V6: u32 = 0;
 /// Offset of `data` in `struct sk_buff` (0: unknown, SYNs not told apart).
 #[unsafe(no_mangle)]
 static OFF_SKB_DATA: u32 = 0;
+/// Offsets of `head`, `network_header` and `transport_header` in `struct
+/// sk_buff` (0: unknown, the `tcp_v*_send_reset` programs record nothing).
+#[unsafe(no_mangle)]
+static OFF_SKB_HEAD: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_NETWORK_HEADER: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_TRANSPORT_HEADER: u32 = 0;
 
 #[inline(always)]
 fn global(v: &'static u32) -> usize {
@@ -143,36 +158,54 @@ pub unsafe fn on_state(
     newstate: i32,
     family: u16,
 ) -> Result<(), i64> {
-    if newstate == TCP_SYN_SENT {
-        let pending = PendingSyn {
-            ts_ns: bpf_ktime_get_ns(),
-            pid_tgid: bpf_get_current_pid_tgid(),
+    let lport: u16 = ctx.read_at(SET_STATE_SPORT)?;
+    let rport: u16 = ctx.read_at(SET_STATE_DPORT)?;
+    // SYN_SENT is entered before the local port is chosen, and before
+    // Linux 6.x's newest kernels a listener's child enters SYN_RECV before
+    // its remote address is copied: remember the event until the socket
+    // leaves that state (immediately after, for a child).
+    let (kind, ts_ns, pid_tgid) = if newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV {
+        let inbound = newstate == TCP_SYN_RECV;
+        let kind = if inbound {
+            tcp_event::SYN_RECV
+        } else {
+            tcp_event::SYN_SENT
         };
-        if PENDING_SYNS.insert(&sk, &pending, 0).is_err() {
-            bump(counter::TCP_EVENTS_LOST);
-        }
-        return Ok(());
-    }
-    let inbound = newstate == TCP_SYN_RECV;
-    let (ts_ns, pid_tgid) = if inbound {
-        (bpf_ktime_get_ns(), 0)
-    } else {
-        if ctx.read_at::<i32>(SET_STATE_OLDSTATE)? != TCP_SYN_SENT {
+        // Only a connect runs in its process's context.
+        let pid_tgid = if inbound {
+            0
+        } else {
+            bpf_get_current_pid_tgid()
+        };
+        if !inbound || rport == 0 {
+            let pending = PendingSyn {
+                ts_ns: bpf_ktime_get_ns(),
+                pid_tgid,
+                kind: u64::from(kind),
+            };
+            if PENDING_SYNS.insert(sk, pending, 0).is_err() {
+                bump(counter::TCP_EVENTS_LOST);
+            }
             return Ok(());
         }
-        let Some(p) = PENDING_SYNS.get(&sk) else {
+        (kind, bpf_ktime_get_ns(), pid_tgid)
+    } else {
+        let old: i32 = ctx.read_at(SET_STATE_OLDSTATE)?;
+        if old != TCP_SYN_SENT && old != TCP_SYN_RECV {
+            return Ok(());
+        }
+        let Some(p) = PENDING_SYNS.get(sk) else {
             return Ok(());
         };
         let p = *p;
-        let _ = PENDING_SYNS.remove(&sk);
-        (p.ts_ns, p.pid_tgid)
+        let _ = PENDING_SYNS.remove(sk);
+        (p.kind as u8, p.ts_ns, p.pid_tgid)
     };
-    let lport: u16 = ctx.read_at(SET_STATE_SPORT)?;
-    let rport: u16 = ctx.read_at(SET_STATE_DPORT)?;
-    if lport == 0 {
+    if lport == 0 || rport == 0 {
         // Left SYN_SENT without a port: `connect` failed before any SYN.
         return Ok(());
     }
+    let inbound = kind == tcp_event::SYN_RECV;
     let (local, remote) = addrs(
         ctx,
         family,
@@ -314,6 +347,101 @@ unsafe fn on_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
                 }
             }
         }
+    }
+    emit(&rec);
+    Ok(())
+}
+
+/// `void tcp_v4_send_reset(const struct sock *sk, struct sk_buff *skb)`
+/// (fentry tier, kernels whose `tcp_send_reset` misses closed ports).
+#[fentry(function = "tcp_v4_send_reset")]
+pub fn fentry_tcp_v4_send_reset(ctx: FEntryContext) -> i32 {
+    // SAFETY: the traced function's arguments; kernel memory by probe read.
+    let _ = unsafe { on_reset_skb(ctx.arg(0), ctx.arg(1), AF_INET) };
+    0
+}
+
+/// `void tcp_v6_send_reset(const struct sock *sk, struct sk_buff *skb)`.
+#[fentry(function = "tcp_v6_send_reset")]
+pub fn fentry_tcp_v6_send_reset(ctx: FEntryContext) -> i32 {
+    // SAFETY: as above.
+    let _ = unsafe { on_reset_skb(ctx.arg(0), ctx.arg(1), AF_INET6) };
+    0
+}
+
+/// kprobe tier: as [`fentry_tcp_v4_send_reset`].
+#[kprobe]
+pub fn kprobe_tcp_v4_send_reset(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let _ = unsafe { on_reset_skb(sk, skb, AF_INET) };
+    0
+}
+
+/// kprobe tier: as [`fentry_tcp_v6_send_reset`].
+#[kprobe]
+pub fn kprobe_tcp_v6_send_reset(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let _ = unsafe { on_reset_skb(sk, skb, AF_INET6) };
+    0
+}
+
+#[inline(always)]
+unsafe fn kread<T>(addr: u64) -> Result<T, i64> {
+    bpf_probe_read_kernel(addr as *const T).map_err(i64::from)
+}
+
+/// A reset about to answer `skb` when no socket took it (`sk` NULL): this
+/// host (the segment's destination) to its sender. Resets of sockets are
+/// the tracepoint's; a received RST is never answered (the function
+/// returns at once) and is skipped.
+#[inline(always)]
+unsafe fn on_reset_skb(sk: u64, skb: u64, family: u16) -> Result<(), i64> {
+    let (off_head, off_nh, off_th) = (
+        global(&OFF_SKB_HEAD),
+        global(&OFF_SKB_NETWORK_HEADER),
+        global(&OFF_SKB_TRANSPORT_HEADER),
+    );
+    if sk != 0 || skb == 0 || off_head == 0 || off_nh == 0 || off_th == 0 {
+        return Ok(());
+    }
+    let head: u64 = kread(skb + off_head as u64)?;
+    let nh: u16 = kread(skb + off_nh as u64)?;
+    let th_off: u16 = kread(skb + off_th as u64)?;
+    let th = head + u64::from(th_off);
+    let iph = head + u64::from(nh);
+    let flags: u8 = kread(th + 13)?;
+    if flags & 0x04 != 0 {
+        return Ok(());
+    }
+    let mut rec = TcpEventRecord {
+        ts_ns: bpf_ktime_get_ns(),
+        pid_tgid: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        // The segment's destination port is the reset's source.
+        sport: u16::from_be(kread::<u16>(th + 2)?),
+        dport: u16::from_be(kread::<u16>(th)?),
+        family,
+        kind: tcp_event::RST_SENT,
+        flags: tcp_event::FLAG_NO_SOCKET,
+    };
+    if flags & 0x12 == 0x02 {
+        rec.flags |= tcp_event::FLAG_ANSWERED_SYN;
+    }
+    if family == AF_INET {
+        let seg_src: [u8; 4] = kread(iph + 12)?;
+        let seg_dst: [u8; 4] = kread(iph + 16)?;
+        rec.saddr[..4].copy_from_slice(&seg_dst);
+        rec.daddr[..4].copy_from_slice(&seg_src);
+    } else {
+        rec.daddr = kread(iph + 8)?;
+        rec.saddr = kread(iph + 24)?;
     }
     emit(&rec);
     Ok(())

@@ -1658,8 +1658,7 @@ fn involving(recs: &[Rec], port: u16) -> Vec<(u8, u8, SocketAddr, SocketAddr, u3
 
 /// Exact kernel records for an accepted connect (SYN_SENT by this process,
 /// SYN_RECV of the listener's child), a refused connect (SYN_SENT, the
-/// reset received, and, where the kernel traces it, the reset sent for the
-/// closed port), then the same refused connect as the detectors see it:
+/// reset received, and the reset sent for the closed port), then the same refused connect as the detectors see it:
 /// one SYN and one RST.
 fn tcp_events(tier: Tier, mut src: EbpfSource) {
     use netwatch::source::TcpEventKind;
@@ -1667,7 +1666,7 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
     let pid = std::process::id();
     let closed_visible = kernel_traces_closed_port_resets();
     println!(
-        "NETWATCH-TCP-EVENTS {tier}: closed-port resets traced by this kernel: {closed_visible}"
+        "NETWATCH-TCP-EVENTS {tier}: tcp:tcp_send_reset sees closed ports on this kernel: {closed_visible}"
     );
     for ip in ["127.0.0.1", "::1"] {
         let ip: std::net::IpAddr = ip.parse().unwrap();
@@ -1719,19 +1718,20 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
             .map(|g| g.2)
             .unwrap_or_else(|| panic!("{tier} {ip}: no SYN_SENT for the refused connect: {got:?}"));
         assert_eq!(rport.ip(), ip, "{tier}");
-        let mut want = Vec::new();
-        if closed_visible {
-            want.push((
+        // The reset for the closed port: from `tcp_send_reset` (≥ 6.10) or
+        // from `tcp_v*_send_reset` (fentry/kprobe tiers, older kernels).
+        let want = vec![
+            (
                 RST_SENT,
                 FLAG_NO_SOCKET | FLAG_ANSWERED_SYN,
                 refused,
                 rport,
                 0,
-            ));
-        }
-        want.push((RST_RECEIVED, 0, refused, rport, 0));
-        // Recorded when the socket leaves SYN_SENT (its port known then).
-        want.push((SYN_SENT, 0, rport, refused, pid));
+            ),
+            (RST_RECEIVED, 0, refused, rport, 0),
+            // Recorded when the socket leaves SYN_SENT (its port known then).
+            (SYN_SENT, 0, rport, refused, pid),
+        ];
         assert_eq!(got, want, "{tier} {ip}: refused connect");
         drop((client, accepted, listener));
 

@@ -35,6 +35,10 @@ pub struct SockOffsets {
     pub sendpage_path: bool,
     /// `struct sk_buff.data` (a reset's answered segment); 0 if unknown.
     pub skb_data: u32,
+    /// `struct sk_buff.{head, network_header, transport_header}`; 0 if unknown.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
 }
 
 #[derive(Debug, Error)]
@@ -146,6 +150,13 @@ fn func_param(btf: &Btf, func: &'static str, param: &str) -> Result<(u32, u32), 
     Err(BtfError::NoFlags(func))
 }
 
+/// Offset of `member` in `struct sk_buff`, 0 if unknown.
+fn skb_offset(btf: &Btf, member: &'static str) -> u32 {
+    find_struct(btf, "sk_buff")
+        .and_then(|t| offset(btf, &t, "sk_buff", member))
+        .unwrap_or(0)
+}
+
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
@@ -178,9 +189,10 @@ impl SockOffsets {
             recv_flags_arg,
             recv_nargs,
             sendpage_path: has_func(&btf, "do_tcp_sendpages"),
-            skb_data: find_struct(&btf, "sk_buff")
-                .and_then(|t| offset(&btf, &t, "sk_buff", "data"))
-                .unwrap_or(0),
+            skb_data: skb_offset(&btf, "data"),
+            skb_head: skb_offset(&btf, "head"),
+            skb_network_header: skb_offset(&btf, "network_header"),
+            skb_transport_header: skb_offset(&btf, "transport_header"),
         })
     }
 }

@@ -515,7 +515,7 @@ impl EbpfSource {
         let ring = RingBuf::try_from(ring).map_err(|e| LoadError::Map(names::TCP_EVENTS, e))?;
         info!(
             "{}",
-            tcp_events::coverage(&tcp_events::SendResetFormat::from_kernel())
+            tcp_events::coverage(&tcp_events::SendResetFormat::from_kernel(), self.tier)
         );
         self.tcp_events = Some(tcp_events::TcpEvents::new(ring));
         Ok(())

@@ -15,9 +15,11 @@
 //!
 //! What each kernel shows (also logged once at load, [`coverage`]):
 //! outbound SYNs, completed inbound handshakes and received resets on every
-//! kernel; resets answering segments to closed ports only from Linux 6.10
-//! on (the `tcp_send_reset` record with `sockaddr` fields). Half-open SYNs
-//! to open ports (`nmap -sS`) create no socket and are never seen.
+//! kernel and tier; resets answering segments to closed ports from Linux
+//! 6.10 on from `tcp_send_reset` (its record has the segment's addresses),
+//! before that from `tcp_v4/v6_send_reset` on the fentry and kprobe tiers
+//! (the tracepoint tier, Linux ≥ 6.3, misses them on 6.3-6.9). Half-open
+//! SYNs to open ports (`nmap -sS`) create no socket and are never seen.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -145,13 +147,16 @@ impl SendResetFormat {
     }
 }
 
-/// What this kernel's tracepoints let the collector see, for the log.
-pub fn coverage(format: &SendResetFormat) -> String {
+/// What this kernel and tier let the collector see, for the log.
+pub fn coverage(format: &SendResetFormat, tier: super::tier::Tier) -> String {
     let base = "TCP events from the kernel: outbound SYNs, completed inbound handshakes (SYN_RECV; half-open SYNs to open ports are not seen), resets received";
     match format.layout {
         send_reset::SOCKADDR => format!("{base}, resets sent (closed ports included)"),
+        send_reset::FIELDS if tier != super::tier::Tier::Tracepoint => format!(
+            "{base}, resets sent (closed ports from tcp_v4/v6_send_reset, since this kernel's tcp:tcp_send_reset misses them)"
+        ),
         send_reset::FIELDS => format!(
-            "{base}, resets sent by full sockets only: this kernel's tcp:tcp_send_reset (Linux < 6.10) does not fire for SYNs to closed ports, so a scan of closed ports is seen only through the scanner's own resets received, not here"
+            "{base}, resets sent by full sockets only: this kernel's tcp:tcp_send_reset (Linux < 6.10) does not fire for SYNs to closed ports and the tracepoint tier has no kprobes, so a scan of closed ports is not seen"
         ),
         _ => format!(
             "{base}; resets sent are not traced (tcp:tcp_send_reset's format is unknown or unreadable)"

@@ -200,6 +200,40 @@ impl Tier {
         }
     }
 
+    /// Programs attached where `tcp:tcp_send_reset` misses resets to
+    /// closed ports (Linux < 6.10): they read the answered segment. The
+    /// tracepoint tier needs Linux ≥ 6.3 and has no kprobes to rely on.
+    pub fn reset_programs(self) -> &'static [Hook] {
+        use HookKind::*;
+        match self {
+            Tier::Fentry => &[
+                Hook {
+                    program: "fentry_tcp_v4_send_reset",
+                    kind: Fentry,
+                    target: "tcp_v4_send_reset",
+                },
+                Hook {
+                    program: "fentry_tcp_v6_send_reset",
+                    kind: Fentry,
+                    target: "tcp_v6_send_reset",
+                },
+            ],
+            Tier::Kprobe => &[
+                Hook {
+                    program: "kprobe_tcp_v4_send_reset",
+                    kind: Kprobe,
+                    target: "tcp_v4_send_reset",
+                },
+                Hook {
+                    program: "kprobe_tcp_v6_send_reset",
+                    kind: Kprobe,
+                    target: "tcp_v6_send_reset",
+                },
+            ],
+            Tier::Tracepoint => &[],
+        }
+    }
+
     /// Every program the tier attaches on a kernel with these facts.
     pub fn hooks(self, offsets: &SockOffsets) -> Vec<Hook> {
         let mut hooks = self.programs().to_vec();
@@ -218,6 +252,9 @@ impl Tier {
         }
         if offsets.sendpage_path {
             hooks.extend_from_slice(self.sendpage_programs());
+        }
+        if !super::tcp_events::SendResetFormat::from_kernel().sees_closed_ports() {
+            hooks.extend_from_slice(self.reset_programs());
         }
         hooks.extend_from_slice(&LIFECYCLE);
         hooks
@@ -450,7 +487,19 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
     for (name, value) in &send_reset {
         loader.override_global(name, value, true);
     }
-    loader.override_global(names::OFF_SKB_DATA, &offsets.skb_data, true);
+    loader
+        .override_global(names::OFF_SKB_DATA, &offsets.skb_data, true)
+        .override_global(names::OFF_SKB_HEAD, &offsets.skb_head, true)
+        .override_global(
+            names::OFF_SKB_NETWORK_HEADER,
+            &offsets.skb_network_header,
+            true,
+        )
+        .override_global(
+            names::OFF_SKB_TRANSPORT_HEADER,
+            &offsets.skb_transport_header,
+            true,
+        );
     loader
         .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)
