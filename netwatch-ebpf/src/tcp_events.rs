@@ -40,7 +40,7 @@ const TCP_SYN_RECV: i32 = 3;
 
 /// The events, for userspace (read at every `take_tcp_events`).
 #[map(name = "TCP_EVENTS")]
-pub static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// A connect's SYN until its socket leaves SYN_SENT (port then known).
 #[repr(C)]
@@ -158,13 +158,21 @@ pub unsafe fn on_state(
     newstate: i32,
     family: u16,
 ) -> Result<(), i64> {
+    let entering = newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV;
+    if !entering {
+        // The common case (every other state change) costs one read.
+        let old: i32 = ctx.read_at(SET_STATE_OLDSTATE)?;
+        if old != TCP_SYN_SENT && old != TCP_SYN_RECV {
+            return Ok(());
+        }
+    }
     let lport: u16 = ctx.read_at(SET_STATE_SPORT)?;
     let rport: u16 = ctx.read_at(SET_STATE_DPORT)?;
-    // SYN_SENT is entered before the local port is chosen, and before
-    // Linux 6.x's newest kernels a listener's child enters SYN_RECV before
-    // its remote address is copied: remember the event until the socket
-    // leaves that state (immediately after, for a child).
-    let (kind, ts_ns, pid_tgid) = if newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV {
+    // SYN_SENT is entered before the local port is chosen, and on older
+    // kernels (6.1) a listener's child enters SYN_RECV before its remote
+    // address is copied: remember the event until the socket leaves that
+    // state (immediately after, for a child).
+    let (kind, ts_ns, pid_tgid) = if entering {
         let inbound = newstate == TCP_SYN_RECV;
         let kind = if inbound {
             tcp_event::SYN_RECV
@@ -190,10 +198,6 @@ pub unsafe fn on_state(
         }
         (kind, bpf_ktime_get_ns(), pid_tgid)
     } else {
-        let old: i32 = ctx.read_at(SET_STATE_OLDSTATE)?;
-        if old != TCP_SYN_SENT && old != TCP_SYN_RECV {
-            return Ok(());
-        }
         let Some(p) = PENDING_SYNS.get(sk) else {
             return Ok(());
         };

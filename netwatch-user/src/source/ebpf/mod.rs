@@ -37,8 +37,8 @@ pub use tier::{LoadError, LoadOptions, TierChoice};
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
 
 /// Size of the `TCP_EVENTS` ring buffer, as the BPF object defines it
-/// (4681 records of 56 bytes; drained every tick).
-pub const TCP_EVENTS_BYTES: u32 = 256 * 1024;
+/// (16384 records: 56 bytes and an 8-byte header each; drained every tick).
+pub const TCP_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// A TCP state number as the wire spells it, the same names every Linux
 /// source uses ([`net::tcp_state_name`]).
@@ -186,8 +186,8 @@ pub struct EbpfSource {
     lock: Option<std::fs::File>,
     /// The TCP events ring, read at every [`SocketSource::take_tcp_events`].
     tcp_events: Option<tcp_events::TcpEvents>,
-    /// Lost TCP events already warned about.
-    tcp_events_lost_logged: u64,
+    /// Lost TCP events already warned about, and when (at most once a minute).
+    tcp_events_lost_logged: (u64, Option<Instant>),
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -506,7 +506,7 @@ impl EbpfSource {
             last_read: Vec::new(),
             lock: None,
             tcp_events: None,
-            tcp_events_lost_logged: 0,
+            tcp_events_lost_logged: (0, None),
         })
     }
 
@@ -790,12 +790,12 @@ impl SocketSource for EbpfSource {
     /// from the ring now. Lost ones (a full ring) are logged as they grow.
     fn take_tcp_events(&mut self) -> Option<Vec<TcpEvent>> {
         let lost = self.tcp_events_lost();
-        if lost > self.tcp_events_lost_logged {
+        let (logged, when) = self.tcp_events_lost_logged;
+        if lost > logged && when.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
             warn!(
-                "{} TCP events (SYNs, resets) lost since start: the kernel's ring buffer was full; port-scan alerts may miss attempts",
-                lost
+                "{lost} TCP events (SYNs, resets) lost since start: the kernel's ring buffer was full between two reads; port-scan and connection alerts may miss attempts"
             );
-            self.tcp_events_lost_logged = lost;
+            self.tcp_events_lost_logged = (lost, Some(Instant::now()));
         }
         let t = self.tcp_events.as_mut()?;
         Some(t.take(&tcp_events::host_ips()))
