@@ -194,6 +194,46 @@ pub struct ClosedSock {
     pub stats: SockStats,
 }
 
+/// One TCP control event from the kernel, written to the `TCP_EVENTS` ring
+/// buffer: a connection attempt (SYN) or a reset (RST), its addresses in
+/// packet direction (`src` sent the segment). Addresses are IPv4 in the
+/// first 4 bytes or IPv6; ports in host byte order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TcpEventRecord {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it happened.
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid` where the kernel ran in the process that
+    /// caused it (a `connect`); 0 otherwise (softirq).
+    pub pid_tgid: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// One of [`tcp_event`]'s kinds.
+    pub kind: u8,
+    /// [`tcp_event`]'s `FLAG_*` bits.
+    pub flags: u8,
+}
+
+/// Kinds and flags of [`TcpEventRecord`].
+pub mod tcp_event {
+    /// A local socket entered SYN_SENT: `connect` sent a SYN (src = local).
+    pub const SYN_SENT: u8 = 1;
+    /// A listener's child entered SYN_RECV: a remote's SYN was accepted and
+    /// the handshake completed (src = remote, dst = local).
+    pub const SYN_RECV: u8 = 2;
+    /// A local socket received a RST (`tcp:tcp_receive_reset`; src = remote).
+    pub const RST_RECEIVED: u8 = 3;
+    /// This host sent a RST (`tcp:tcp_send_reset`; src = local).
+    pub const RST_SENT: u8 = 4;
+    /// `RST_SENT` answering a segment no socket took (a closed port).
+    pub const FLAG_NO_SOCKET: u8 = 1;
+    /// `RST_SENT` answering a SYN without ACK (a connection attempt refused).
+    pub const FLAG_ANSWERED_SYN: u8 = 2;
+}
+
 /// Indexes into the `COUNTERS` per-CPU array: the programs' own accounting,
 /// summed over CPUs by userspace.
 pub mod counter {
@@ -213,6 +253,10 @@ pub mod counter {
     /// previous one still stashed: the kretprobe was missed, e.g. `maxactive`
     /// exhausted) or whose arguments could not be stashed.
     pub const MISSED_RETURN: u32 = 6;
+    /// TCP control events ([`super::TcpEventRecord`]) lost: the `TCP_EVENTS`
+    /// ring buffer was full, or a connect's SYN could not be remembered
+    /// until its local port was known.
+    pub const TCP_EVENTS_LOST: u32 = 7;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -275,6 +319,43 @@ pub mod names {
     pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     /// Global `u32`: offset of `comm` in `struct task_struct`.
     pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
+    /// Ring buffer of [`super::TcpEventRecord`].
+    pub const TCP_EVENTS: &str = "TCP_EVENTS";
+    /// Global `u32`: offset of `data` in `struct sk_buff` (0: unknown).
+    pub const OFF_SKB_DATA: &str = "OFF_SKB_DATA";
+    /// Globals `u32`: offsets of `head`, `network_header`, `transport_header` in `struct sk_buff`.
+    pub const OFF_SKB_HEAD: &str = "OFF_SKB_HEAD";
+    pub const OFF_SKB_NETWORK_HEADER: &str = "OFF_SKB_NETWORK_HEADER";
+    pub const OFF_SKB_TRANSPORT_HEADER: &str = "OFF_SKB_TRANSPORT_HEADER";
+    /// Global `u32`: the `tcp:tcp_send_reset` record's layout, one of
+    /// [`super::send_reset`]'s values.
+    pub const SEND_RESET_LAYOUT: &str = "SEND_RESET_LAYOUT";
+    /// Globals `u32`: offsets of `tcp:tcp_send_reset`'s fields in its record,
+    /// from the running kernel's tracefs `format` file.
+    pub const SEND_RESET_SKBADDR: &str = "SEND_RESET_SKBADDR";
+    pub const SEND_RESET_SKADDR: &str = "SEND_RESET_SKADDR";
+    pub const SEND_RESET_SPORT: &str = "SEND_RESET_SPORT";
+    pub const SEND_RESET_DPORT: &str = "SEND_RESET_DPORT";
+    pub const SEND_RESET_FAMILY: &str = "SEND_RESET_FAMILY";
+    pub const SEND_RESET_SADDR: &str = "SEND_RESET_SADDR";
+    pub const SEND_RESET_DADDR: &str = "SEND_RESET_DADDR";
+    pub const SEND_RESET_SADDR_V6: &str = "SEND_RESET_SADDR_V6";
+    pub const SEND_RESET_DADDR_V6: &str = "SEND_RESET_DADDR_V6";
+}
+
+/// Layouts of the `tcp:tcp_send_reset` record ([`names::SEND_RESET_LAYOUT`]).
+pub mod send_reset {
+    /// Unknown format: the program records nothing.
+    pub const NONE: u32 = 0;
+    /// Linux < 6.10: `sport`, `dport`, `family`, `saddr[4]`, `daddr[4]`,
+    /// `saddr_v6`, `daddr_v6` from the (full) socket; fires only for resets
+    /// of a full socket.
+    pub const FIELDS: u32 = 1;
+    /// Linux ≥ 6.10: `saddr`/`daddr` are `struct sockaddr_in6`-sized
+    /// (`sockaddr_in` or `sockaddr_in6`, port in network order), filled from
+    /// the socket or, without one, from the answered segment: fires for
+    /// resets to closed ports too.
+    pub const SOCKADDR: u32 = 2;
 }
 
 #[cfg(feature = "user")]
@@ -290,9 +371,12 @@ mod pod {
     unsafe impl aya::Pod for super::DestroyedKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above (no padding: 8 + 8 + 16 + 16 + 2 + 2 + 2 + 1 + 1).
+    unsafe impl aya::Pod for super::TcpEventRecord {}
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
 const _: () = assert!(core::mem::size_of::<Owner>() == 72);
+const _: () = assert!(core::mem::size_of::<TcpEventRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<SockStats>() == 64 + 72 * OWNERS);
 const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 64 + 72 * OWNERS);

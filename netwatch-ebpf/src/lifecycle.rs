@@ -62,6 +62,7 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.read_at(SKADDR)?;
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;
+    let _ = crate::tcp_events::on_state(ctx, sk, newstate, family);
     let st = match SOCKETS.get_ptr_mut(SockKey { sk }) {
         Some(p) => p,
         None if newstate == TCP_ESTABLISHED => match entry(sk as *const u8, family, IPPROTO_TCP) {

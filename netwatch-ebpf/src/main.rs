@@ -8,7 +8,9 @@
 //! - `tp_btf` on `sock:sock_{send,recv}_length` ([`sock`]): Linux ≥ 6.3.
 //!
 //! [`lifecycle`] follows TCP state changes on every tier and hands a
-//! socket's final counters to userspace when it closes. [`seed`] runs once
+//! socket's final counters to userspace when it closes; it also hands
+//! [`tcp_events`] the connection attempts, which with the reset tracepoints
+//! feed userspace's port-scan detector. [`seed`] runs once
 //! at load (BPF iterators) and enters the sockets that already exist, with
 //! their owners and 0 bytes, through [`account::seed`]. Nothing here bakes
 //! in a `struct sock` offset beyond the first 16 bytes of `sock_common`: the
@@ -24,6 +26,7 @@ mod maps;
 mod seed;
 mod sock;
 mod tcp;
+mod tcp_events;
 mod udp;
 
 /// The kernel only lets GPL programs call the helpers we need.

@@ -627,6 +627,38 @@ fn lifecycle_tracepoint_formats_match() {
         offsets.get("skaddr"),
         Some(&8),
         "tcp_destroy_sock skaddr:\n{format}"
+    ); // The TCP events program's fixed offsets (`oldstate` besides the above).
+    let (format, offsets) = tracepoint_format("sock/inet_sock_set_state");
+    assert_eq!(offsets.get("oldstate"), Some(&16), "{format}");
+    let (format, offsets) = tracepoint_format("tcp/tcp_receive_reset");
+    for (field, want) in [
+        ("sport", 16),
+        ("dport", 18),
+        ("family", 20),
+        ("saddr", 22),
+        ("daddr", 26),
+        ("saddr_v6", 30),
+        ("daddr_v6", 46),
+    ] {
+        assert_eq!(
+            offsets.get(field),
+            Some(&want),
+            "tcp_receive_reset field {field}:\n{format}"
+        );
+    }
+    // `tcp_send_reset`'s are read from the format at load: it must be one
+    // of the two known layouts.
+    let (format, _) = tracepoint_format("tcp/tcp_send_reset");
+    let parsed = netwatch::source::ebpf::tcp_events::SendResetFormat::parse(&format);
+    assert_ne!(
+        parsed.layout,
+        netwatch_common::send_reset::NONE,
+        "unknown tcp_send_reset layout:\n{format}"
+    );
+    assert_eq!(
+        parsed.sees_closed_ports(),
+        kernel_traces_closed_port_resets(),
+        "{format}"
     );
 }
 
@@ -1577,5 +1609,210 @@ fn cases_fentry_tier() {
     let _serial = serial();
     if let Some(src) = load_or_skip(Tier::Fentry) {
         all_cases(Tier::Fentry, src);
+    }
+}
+
+// ---------- TCP events (SYNs and resets for the port-scan detector) ----------
+
+/// Linux ≥ 6.10: `tcp:tcp_send_reset` fires for resets answering segments
+/// to closed ports (it carries the segment's addresses).
+fn kernel_traces_closed_port_resets() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 10)
+}
+
+/// A port nothing listens on: bound by a listener just closed.
+fn closed_port(ip: std::net::IpAddr) -> u16 {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+type Rec = (netwatch_common::TcpEventRecord, std::time::Duration);
+
+fn rec_addrs(r: &netwatch_common::TcpEventRecord) -> (SocketAddr, SocketAddr) {
+    let a = |raw: &[u8; 16], port| {
+        let ip = if r.family == netwatch_common::AF_INET {
+            std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+        } else {
+            std::net::IpAddr::from(*raw)
+        };
+        SocketAddr::new(ip, port)
+    };
+    (a(&r.saddr, r.sport), a(&r.daddr, r.dport))
+}
+
+/// The records of `recs` that involve `port` on either side, as
+/// (kind, flags, src, dst, tgid).
+fn involving(recs: &[Rec], port: u16) -> Vec<(u8, u8, SocketAddr, SocketAddr, u32)> {
+    recs.iter()
+        .filter(|(r, _)| r.sport == port || r.dport == port)
+        .map(|(r, _)| {
+            let (s, d) = rec_addrs(r);
+            (r.kind, r.flags, s, d, (r.pid_tgid >> 32) as u32)
+        })
+        .collect()
+}
+
+/// Exact kernel records for an accepted connect (SYN_SENT by this process,
+/// SYN_RECV of the listener's child), a refused connect (SYN_SENT, the
+/// reset received, and the reset sent for the closed port), then the same refused connect as the detectors see it:
+/// one SYN and one RST.
+fn tcp_events(tier: Tier, mut src: EbpfSource) {
+    use netwatch::source::TcpEventKind;
+    use netwatch_common::tcp_event::*;
+    let pid = std::process::id();
+    let closed_visible = kernel_traces_closed_port_resets();
+    println!(
+        "NETWATCH-TCP-EVENTS {tier}: tcp:tcp_send_reset sees closed ports on this kernel: {closed_visible}"
+    );
+    for ip in ["127.0.0.1", "::1"] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        src.take_tcp_records();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        // Accepted.
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+        let server = listener.local_addr().unwrap();
+        let client = TcpStream::connect(server).unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // Refused.
+        let port = closed_port(ip);
+        let refused = SocketAddr::new(ip, port);
+        let err = TcpStream::connect(refused).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        let recs = src.take_tcp_records();
+        let ended = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        for (r, at) in &recs {
+            if r.sport == server.port() || r.dport == server.port() || r.dport == port {
+                // Wall-clock times of the kernel's monotonic stamps.
+                let slack = Duration::from_secs(1);
+                assert!(
+                    *at + slack >= started && *at <= ended + slack,
+                    "{tier}: record time {at:?} outside [{started:?}, {ended:?}]"
+                );
+            }
+        }
+        let got = involving(&recs, server.port());
+        assert_eq!(
+            got,
+            // In causal order: the client is established (SYN_SENT
+            // recorded) when the SYN-ACK arrives; its ACK creates the child.
+            [
+                (SYN_SENT, 0, client_addr, server, pid),
+                (SYN_RECV, 0, client_addr, server, 0),
+            ],
+            "{tier} {ip}: accepted connect"
+        );
+        let got = involving(&recs, port);
+        // The refused connect's own port is only in its records.
+        let rport = got
+            .iter()
+            .find(|g| g.0 == SYN_SENT)
+            .map(|g| g.2)
+            .unwrap_or_else(|| panic!("{tier} {ip}: no SYN_SENT for the refused connect: {got:?}"));
+        assert_eq!(rport.ip(), ip, "{tier}");
+        // The reset for the closed port: from `tcp_send_reset` (≥ 6.10) or
+        // from `tcp_v*_send_reset` (fentry/kprobe tiers, older kernels).
+        let want = vec![
+            (
+                RST_SENT,
+                FLAG_NO_SOCKET | FLAG_ANSWERED_SYN,
+                refused,
+                rport,
+                0,
+            ),
+            (RST_RECEIVED, 0, refused, rport, 0),
+            // Recorded when the socket leaves SYN_SENT (its port known then).
+            (SYN_SENT, 0, rport, refused, pid),
+        ];
+        assert_eq!(got, want, "{tier} {ip}: refused connect");
+        drop((client, accepted, listener));
+
+        // As the detectors see it: the segments on the wire, each once.
+        src.take_tcp_events();
+        let port = closed_port(ip);
+        let refused = SocketAddr::new(ip, port);
+        TcpStream::connect(refused).unwrap_err();
+        let events: Vec<_> = src
+            .take_tcp_events()
+            .expect("the eBPF source reports TCP events")
+            .into_iter()
+            .filter(|e| e.src.port() == port || e.dst.port() == port)
+            .map(|e| (e.kind, e.src, e.dst, e.src_local, e.dst_local))
+            .collect();
+        let rport = events
+            .first()
+            .map(|e| e.1)
+            .unwrap_or_else(|| panic!("{tier} {ip}: no events"));
+        assert_eq!(
+            events,
+            [
+                (TcpEventKind::Syn, rport, refused, true, true),
+                (TcpEventKind::Reset, refused, rport, true, true),
+            ],
+            "{tier} {ip}: refused connect as TcpEvents"
+        );
+    }
+}
+
+/// A full TCP events ring is counted, never silent: 10,000 refused
+/// connects (3 records each) between two reads overflow its 16,384 slots,
+/// and every one of our records not read is among those counted lost.
+#[test]
+fn tcp_events_overflow_is_counted() {
+    let _serial = serial();
+    let Some(mut src) = load_best_with(65536, 1024 * 1024, true) else {
+        return;
+    };
+    src.take_tcp_records();
+    let port = closed_port("127.0.0.1".parse().unwrap());
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    const CONNECTS: u64 = 10_000;
+    for _ in 0..CONNECTS {
+        TcpStream::connect(target).unwrap_err();
+    }
+    let recs = src.take_tcp_records();
+    let ours = involving(&recs, port).len() as u64;
+    let lost = src.tcp_events_lost();
+    let capacity = u64::from(netwatch::source::ebpf::TCP_EVENTS_BYTES)
+        / (std::mem::size_of::<netwatch_common::TcpEventRecord>() as u64 + 8);
+    println!("NETWATCH-TCP-EVENTS overflow: {ours} of ours read, {lost} lost, capacity {capacity}");
+    assert!(recs.len() as u64 <= capacity, "{} > {capacity}", recs.len());
+    assert!(lost > 0, "the ring cannot hold {} records", 3 * CONNECTS);
+    assert!(
+        ours + lost >= 3 * CONNECTS,
+        "{ours} read + {lost} lost < {} written: records lost silently",
+        3 * CONNECTS
+    );
+}
+
+#[test]
+fn tcp_events_tracepoint_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Tracepoint) {
+        tcp_events(Tier::Tracepoint, src);
+    }
+}
+
+#[test]
+fn tcp_events_kprobe_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Kprobe) {
+        tcp_events(Tier::Kprobe, src);
+    }
+}
+
+#[test]
+fn tcp_events_fentry_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Fentry) {
+        tcp_events(Tier::Fentry, src);
     }
 }

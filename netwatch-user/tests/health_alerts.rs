@@ -505,6 +505,74 @@ fn ss_rows_alone_reveal_a_scan_of_open_ports() {
     drop(listeners);
 }
 
+/// With the kernel collector (eBPF, the default on servers) a scan of 50
+/// ports, 3 of them open, from the namespace raises exactly one port-scan
+/// alert, from the SYNs and resets the kernel traced; ordinary connections
+/// before it raise none.
+#[test]
+fn ebpf_tcp_events_reveal_a_port_scan() {
+    let _root = root_test();
+    let peer = Peer::new("e", 237);
+    let servers = peer.spawn("servers", "");
+    let src = netwatch::source::ebpf::EbpfSource::load(&netwatch::source::ebpf::LoadOptions {
+        pin: None,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("loading the eBPF collector: {e}"));
+    let mut w = Watch::with_source(Box::new(src), AlertConfig::default());
+    let pid_tag = format!("(pid {})", std::process::id());
+    let ours = [
+        peer.peer_ip.as_str(),
+        peer.host_ip.as_str(),
+        peer.host_dev.as_str(),
+        pid_tag.as_str(),
+    ];
+
+    // Ordinary traffic: three connections to the peer's sink, one refused
+    // connect to the peer, and one over loopback.
+    let target = peer.peer(7000);
+    let closed = peer.peer(7001);
+    let busy = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let mut s = TcpStream::connect(target).expect("connect to the peer");
+            s.write_all(b"hello").unwrap();
+        }
+        assert!(TcpStream::connect(closed).is_err());
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let _a = l.accept().unwrap();
+    });
+    let got = w.during(busy, &ours);
+    assert!(got.is_empty(), "ordinary traffic raised {got:#?}");
+
+    // The scan: ports 20000-20049 of this side, 20005, 20030 and 20045 open.
+    let open: Vec<TcpListener> = [20_005u16, 20_030, 20_045]
+        .iter()
+        .map(|p| TcpListener::bind(format!("{}:{p}", peer.host_ip)).unwrap())
+        .collect();
+    let mut scanner = peer.spawn("scan", &peer.host_ip);
+    let busy = std::thread::spawn(move || {
+        scanner.wait_for("DONE");
+    });
+    let got = w.during(busy, &ours);
+    only(&got, AlertCategory::PortScan, "eBPF port scan");
+    assert_eq!(got[0].message, format!("Port scan from {}", peer.peer_ip));
+    // The 20th distinct port raises it: 20000-20019, one of them open, and
+    // the resets of the 18 closed ones before the 20th.
+    assert!(
+        got[0].detail.starts_with(&format!(
+            "{} → 20 unique ports (20000-20019) on {}, 18 refused or reset, in ",
+            peer.peer_ip, peer.host_ip
+        )),
+        "{}",
+        got[0].detail
+    );
+    let total = mine(w.alerts.clone(), &ours);
+    assert_eq!(total.len(), 1, "{total:#?}");
+    drop(open);
+    drop(servers);
+}
+
 /// Without raw-socket rights the echo goes over an unprivileged ICMP
 /// datagram socket: run in the test's namespace with
 /// `net.ipv4.ping_group_range` (per namespace) admitting group 0.

@@ -379,6 +379,36 @@ fn incompatible_pins_are_replaced_with_a_log_line_never_read() {
     assert_eq!(sum, (123_457, 123_457));
 }
 
+/// A set pinned before the TCP events ring existed (no `TCP_EVENTS` pin)
+/// is incompatible: replaced, with a log line naming the missing map.
+#[test]
+fn pins_without_the_tcp_events_ring_are_replaced() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("tcpev");
+    let (_, log) = {
+        let mut a = Agent::start(&pins.args());
+        a.next();
+        a.stop(libc::SIGTERM)
+    };
+    assert!(
+        log.iter().any(|l| l.contains("maps and links pinned at")),
+        "{log:?}"
+    );
+    let set = pins.set();
+    std::fs::remove_file(set.join("maps").join("TCP_EVENTS")).expect("unpinning TCP_EVENTS");
+    let mut b = Agent::start(&pins.args());
+    b.next();
+    assert!(
+        b.logged("replacing incompatible pins at") && b.logged("TCP_EVENTS: opening the pin"),
+        "{:?}",
+        b.logs()
+    );
+    assert!(b.logged("maps and links pinned at"), "{:?}", b.logs());
+    b.stop(libc::SIGTERM);
+    assert!(pins.set().join("maps").join("TCP_EVENTS").exists());
+}
+
 #[test]
 fn no_pin_leaves_nothing_pinned() {
     require_root();

@@ -46,6 +46,9 @@ const GUEST_TESTS: &[&str] = &[
     "cases_fentry_tier",
     "cases_kprobe_tier",
     "cases_tracepoint_tier",
+    "tcp_events_fentry_tier",
+    "tcp_events_kprobe_tier",
+    "tcp_events_tracepoint_tier",
 ];
 
 /// A stock kernel the guest tests run on.

@@ -1,6 +1,6 @@
 //! Turns what the agent sees each tick into detector [`Event`]s: the
-//! source's TCP control events (SYNs and resets; the pcap source today, the
-//! kernel collector's `inet_sock_set_state` later), new connection rows
+//! source's TCP control events (SYNs and resets: captured by pcap, or traced
+//! by the kernel collector, `source::ebpf::tcp_events`), new connection rows
 //! (closed-socket samples included), DNS queries, and process and interface
 //! rates. It never reads the system; it only compares this tick's rows with
 //! the previous tick's.

@@ -34,6 +34,12 @@ pub struct SockOffsets {
     /// `do_tcp_sendpages` exists (Linux < 6.5): `sendfile`/`splice` to a
     /// socket go through `tcp_sendpage`/`udp_sendpage`, not `*_sendmsg`.
     pub sendpage_path: bool,
+    /// `struct sk_buff.data` (a reset's answered segment); 0 if unknown.
+    pub skb_data: u32,
+    /// `struct sk_buff.{head, network_header, transport_header}`; 0 if unknown.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
 }
 
 #[derive(Debug, Error)]
@@ -179,6 +185,13 @@ pub(super) fn kernel_btf_aya() -> Result<&'static aya::Btf, aya::BtfError> {
     Ok(KERNEL.get_or_init(|| btf))
 }
 
+/// Offset of `member` in `struct sk_buff`, 0 if unknown.
+fn skb_offset(btf: &Btf, member: &'static str) -> u32 {
+    find_struct(btf, "sk_buff")
+        .and_then(|t| offset(btf, &t, "sk_buff", member))
+        .unwrap_or(0)
+}
+
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
@@ -212,6 +225,10 @@ impl SockOffsets {
             recv_flags_arg,
             recv_nargs,
             sendpage_path: has_func(btf, "do_tcp_sendpages"),
+            skb_data: skb_offset(btf, "data"),
+            skb_head: skb_offset(btf, "head"),
+            skb_network_header: skb_offset(btf, "network_header"),
+            skb_transport_header: skb_offset(btf, "transport_header"),
         })
     }
 }

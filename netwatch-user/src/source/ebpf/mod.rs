@@ -1,11 +1,13 @@
 //! The kernel collector: loads netwatch's BPF programs on the best hook tier
 //! the running kernel allows, and turns the per-socket map and the
-//! closed-socket ring buffer into [`SocketSample`]s. It reads maps; it never
-//! builds wire rows or decides attribution.
+//! closed-socket ring buffer into [`SocketSample`]s, and the TCP events ring
+//! into [`TcpEvent`]s ([`tcp_events`]). It reads maps; it never builds wire
+//! rows or decides attribution.
 
 pub mod btf;
 pub mod pin;
 pub mod seed;
+pub mod tcp_events;
 pub mod tier;
 
 use std::collections::HashSet;
@@ -28,11 +30,15 @@ use crate::net;
 
 use crate::attribution::SHARED_SOCKET_TAG;
 
-use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
+use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent};
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
 /// The BPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
+
+/// Size of the `TCP_EVENTS` ring buffer, as the BPF object defines it
+/// (16384 records: 56 bytes and an 8-byte header each; drained every tick).
+pub const TCP_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// A TCP state number as the wire spells it, the same names every Linux
 /// source uses ([`net::tcp_state_name`]).
@@ -146,6 +152,8 @@ pub struct KernelCounters {
     pub final_lost: u64,
     pub owner_full: u64,
     pub missed_return: u64,
+    /// TCP events the kernel could not hand over (ring full).
+    pub tcp_events_lost: u64,
 }
 
 /// The loaded and attached programs and their maps.
@@ -178,6 +186,10 @@ pub struct EbpfSource {
     lock: Option<std::fs::File>,
     /// True when continuing from pins an earlier agent left.
     continued: bool,
+    /// The TCP events ring, read at every [`SocketSource::take_tcp_events`].
+    tcp_events: Option<tcp_events::TcpEvents>,
+    /// Lost TCP events already warned about, and when (at most once a minute).
+    tcp_events_lost_logged: (u64, Option<Instant>),
 }
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
@@ -392,6 +404,7 @@ impl EbpfSource {
         source.restore = restore;
         source.lock = Some(lock);
         source.continued = true;
+        source.start_tcp_events(take(names::TCP_EVENTS)?)?;
         Ok(source)
     }
 
@@ -447,8 +460,10 @@ impl EbpfSource {
             take(&mut ebpf, names::DESTROYED)?,
             take(&mut ebpf, names::COUNTERS)?,
         ];
+        let tcp_ring = take(&mut ebpf, names::TCP_EVENTS)?;
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
         source.pinned = instance;
+        source.start_tcp_events(tcp_ring)?;
         Ok(source)
     }
 
@@ -494,7 +509,41 @@ impl EbpfSource {
             last_read: Vec::new(),
             lock: None,
             continued: false,
+            tcp_events: None,
+            tcp_events_lost_logged: (0, None),
         })
+    }
+
+    /// Take the TCP events ring and say once what this kernel shows.
+    fn start_tcp_events(&mut self, ring: aya::maps::Map) -> Result<(), LoadError> {
+        let ring = RingBuf::try_from(ring).map_err(|e| LoadError::Map(names::TCP_EVENTS, e))?;
+        info!(
+            "{}",
+            tcp_events::coverage(&tcp_events::SendResetFormat::from_kernel(), self.tier)
+        );
+        self.tcp_events = Some(tcp_events::TcpEvents::new(ring));
+        Ok(())
+    }
+
+    /// The kernel's TCP event records now in the ring, raw, with their time
+    /// since the Unix epoch (what [`SocketSource::take_tcp_events`] reads).
+    pub fn take_tcp_records(
+        &mut self,
+    ) -> Vec<(netwatch_common::TcpEventRecord, std::time::Duration)> {
+        self.tcp_events
+            .as_mut()
+            .map(tcp_events::TcpEvents::take_records)
+            .unwrap_or_default()
+    }
+
+    /// TCP events lost since load: the kernel's count (ring full) and
+    /// malformed records.
+    pub fn tcp_events_lost(&self) -> u64 {
+        self.kernel_counters().tcp_events_lost
+            + self
+                .tcp_events
+                .as_ref()
+                .map_or(0, tcp_events::TcpEvents::malformed)
     }
 
     /// What seeding found at load, if it ran.
@@ -539,6 +588,7 @@ impl EbpfSource {
             final_lost: get(counter::FINAL_LOST),
             owner_full: get(counter::OWNER_FULL),
             missed_return: get(counter::MISSED_RETURN),
+            tcp_events_lost: get(counter::TCP_EVENTS_LOST),
         }
     }
 
@@ -748,6 +798,21 @@ impl SocketSource for EbpfSource {
                 state_file: state_file.clone(),
                 continued: self.continued,
             })
+    }
+
+    /// The SYNs and resets the kernel traced since the last call, read
+    /// from the ring now. Lost ones (a full ring) are logged as they grow.
+    fn take_tcp_events(&mut self) -> Option<Vec<TcpEvent>> {
+        let lost = self.tcp_events_lost();
+        let (logged, when) = self.tcp_events_lost_logged;
+        if lost > logged && when.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            warn!(
+                "{lost} TCP events (SYNs, resets) lost since start: the kernel's ring buffer was full between two reads; port-scan and connection alerts may miss attempts"
+            );
+            self.tcp_events_lost_logged = (lost, Some(Instant::now()));
+        }
+        let t = self.tcp_events.as_mut()?;
+        Some(t.take(&tcp_events::host_ips()))
     }
 }
 

@@ -31,12 +31,13 @@ pub const DEFAULT_STATE_FILE: &str = crate::config::DEFAULT_PIN_STATE_FILE;
 /// The maps that carry state userspace reads, pinned and reopened by name.
 /// (`SEND_ARGS`/`RECV_ARGS`/`SCRATCH` are only the programs' own scratch:
 /// the pinned links keep the programs, and the programs keep them.)
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     names::SOCKETS,
     names::CLAIMS,
     names::CLOSED,
     names::DESTROYED,
     names::COUNTERS,
+    names::TCP_EVENTS,
 ];
 
 /// Where to pin, and where the baseline lives.
@@ -105,6 +106,7 @@ fn expected(name: &str, opts: &LoadOptions) -> Option<(MapType, u32, u32, u32)> 
             0,
         ),
         names::COUNTERS => (MapType::PerCpuArray, 4, 8, counter::LEN),
+        names::TCP_EVENTS => (MapType::RingBuf, 0, 0, super::TCP_EVENTS_BYTES),
         _ => return None,
     })
 }
@@ -160,7 +162,7 @@ fn wrap(name: &str, data: MapData) -> Result<Map, String> {
     let map = match name {
         names::SOCKETS | names::CLAIMS => Map::LruHashMap(data),
         names::DESTROYED => Map::HashMap(data),
-        names::CLOSED => Map::RingBuf(data),
+        names::CLOSED | names::TCP_EVENTS => Map::RingBuf(data),
         names::COUNTERS => Map::PerCpuArray(data),
         _ => return Err(format!("{name}: not a map netwatch pins")),
     };

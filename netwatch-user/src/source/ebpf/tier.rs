@@ -1,8 +1,9 @@
 //! Hook tiers and the loader that picks one: fentry/fexit, then
 //! kprobe/kretprobe, then tp_btf on `sock:sock_*_length`. Each attempt loads
 //! a fresh copy of the object, so a failed tier leaves nothing behind. The
-//! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`)
-//! and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
+//! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`),
+//! the reset tracepoints (`tcp:tcp_{receive,send}_reset`, TCP events for the
+//! alert detectors) and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
 //! go with every tier.
 
 use std::fmt;
@@ -199,6 +200,40 @@ impl Tier {
         }
     }
 
+    /// Programs attached where `tcp:tcp_send_reset` misses resets to
+    /// closed ports (Linux < 6.10): they read the answered segment. The
+    /// tracepoint tier needs Linux ≥ 6.3 and has no kprobes to rely on.
+    pub fn reset_programs(self) -> &'static [Hook] {
+        use HookKind::*;
+        match self {
+            Tier::Fentry => &[
+                Hook {
+                    program: "fentry_tcp_v4_send_reset",
+                    kind: Fentry,
+                    target: "tcp_v4_send_reset",
+                },
+                Hook {
+                    program: "fentry_tcp_v6_send_reset",
+                    kind: Fentry,
+                    target: "tcp_v6_send_reset",
+                },
+            ],
+            Tier::Kprobe => &[
+                Hook {
+                    program: "kprobe_tcp_v4_send_reset",
+                    kind: Kprobe,
+                    target: "tcp_v4_send_reset",
+                },
+                Hook {
+                    program: "kprobe_tcp_v6_send_reset",
+                    kind: Kprobe,
+                    target: "tcp_v6_send_reset",
+                },
+            ],
+            Tier::Tracepoint => &[],
+        }
+    }
+
     /// Every program the tier attaches on a kernel with these facts.
     pub fn hooks(self, offsets: &SockOffsets) -> Vec<Hook> {
         let mut hooks = self.programs().to_vec();
@@ -218,6 +253,9 @@ impl Tier {
         if offsets.sendpage_path {
             hooks.extend_from_slice(self.sendpage_programs());
         }
+        if !super::tcp_events::SendResetFormat::from_kernel().sees_closed_ports() {
+            hooks.extend_from_slice(self.reset_programs());
+        }
         hooks.extend_from_slice(&LIFECYCLE);
         hooks
     }
@@ -230,7 +268,7 @@ impl fmt::Display for Tier {
 }
 
 /// The lifecycle programs attached with every tier.
-pub const LIFECYCLE: [Hook; 3] = [
+pub const LIFECYCLE: [Hook; 5] = [
     Hook {
         program: "tp_inet_sock_set_state",
         kind: HookKind::Tracepoint,
@@ -245,6 +283,17 @@ pub const LIFECYCLE: [Hook; 3] = [
         program: "sock_release",
         kind: HookKind::CgroupSockRelease,
         target: "sock_release",
+    },
+    // TCP control events for the alert detectors (`super::tcp_events`).
+    Hook {
+        program: "tp_tcp_receive_reset",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_receive_reset",
+    },
+    Hook {
+        program: "tp_tcp_send_reset",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_send_reset",
     },
 ];
 
@@ -434,6 +483,23 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         loader.override_global(name, value, true);
     }
     loader.override_global(super::seed::LIMIT_GLOBAL, &seed_limit, true);
+    let send_reset = super::tcp_events::SendResetFormat::from_kernel().globals();
+    for (name, value) in &send_reset {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .override_global(names::OFF_SKB_DATA, &offsets.skb_data, true)
+        .override_global(names::OFF_SKB_HEAD, &offsets.skb_head, true)
+        .override_global(
+            names::OFF_SKB_NETWORK_HEADER,
+            &offsets.skb_network_header,
+            true,
+        )
+        .override_global(
+            names::OFF_SKB_TRANSPORT_HEADER,
+            &offsets.skb_transport_header,
+            true,
+        );
     loader
         .override_global(names::OFF_SKC_FAMILY, &offsets.skc_family, true)
         .override_global(names::OFF_SKC_V6_DADDR, &offsets.skc_v6_daddr, true)

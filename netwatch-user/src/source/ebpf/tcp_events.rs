@@ -1,0 +1,448 @@
+//! TCP control events from the kernel (the `TCP_EVENTS` ring buffer written
+//! by the BPF crate's `tcp_events` module) turned into the [`TcpEvent`]s the
+//! alert detectors read, in packet direction as the pcap source reports
+//! them: a SYN from the connecting side, a RST from the side that sent it.
+//! Also reads `tcp:tcp_send_reset`'s format so the program reads its fields
+//! where this kernel puts them. It reads the ring only when asked (a record
+//! written just before a take is in that take) and never blocks.
+//!
+//! Both ends of a local connection are traced (and, with network
+//! namespaces, both ends of a veth pair): the connecting side's SYN_SENT and
+//! the listener's SYN_RECV (or the reset answering it) are one SYN on the
+//! wire, a reset sent and the same reset received are one RST. Events with
+//! the same kind, source and destination within [`SAME_SEGMENT`] are
+//! therefore reported once.
+//!
+//! What each kernel shows (also logged once at load, [`coverage`]):
+//! outbound SYNs, completed inbound handshakes and received resets on every
+//! kernel and tier; resets answering segments to closed ports from Linux
+//! 6.10 on from `tcp_send_reset` (its record has the segment's addresses),
+//! before that from `tcp_v4/v6_send_reset` on the fentry and kprobe tiers
+//! (the tracepoint tier, Linux ≥ 6.3, misses them on 6.3-6.9). Half-open
+//! SYNs to open ports (`nmap -sS`) create no socket and are never seen.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use netwatch_common::{send_reset, tcp_event, TcpEventRecord, AF_INET, AF_INET6};
+
+use crate::source::{TcpEvent, TcpEventKind};
+
+/// Two traced halves of one segment are this close in time at most.
+pub const SAME_SEGMENT: Duration = Duration::from_secs(2);
+/// Bound on the remembered recent events (for [`SAME_SEGMENT`]).
+const MAX_RECENT: usize = 1 << 16;
+/// Records taken per call at most (the ring holds fewer).
+const MAX_TAKE: usize = 1 << 16;
+
+/// The `tcp:tcp_send_reset` layout and field offsets (globals of the programs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendResetFormat {
+    pub layout: u32,
+    pub skbaddr: u32,
+    pub skaddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// `sizeof(struct sockaddr_in6)`: the 6.10+ `saddr`/`daddr` fields.
+const SOCKADDR_IN6: usize = 28;
+
+impl SendResetFormat {
+    /// From the running kernel's tracefs; `NONE` layout if unreadable.
+    pub fn from_kernel() -> Self {
+        ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .find_map(|d| {
+                std::fs::read_to_string(format!("{d}/events/tcp/tcp_send_reset/format")).ok()
+            })
+            .map(|f| Self::parse(&f))
+            .unwrap_or_default()
+    }
+
+    /// From the text of a `format` file.
+    pub fn parse(format: &str) -> Self {
+        // name -> (offset, size)
+        let fields: HashMap<&str, (u32, usize)> = format
+            .lines()
+            .filter_map(|l| {
+                let decl = l.split("field:").nth(1)?.split(';').next()?;
+                let name = decl.split_whitespace().last()?.split('[').next()?;
+                let off = l.split("offset:").nth(1)?.split(';').next()?.parse().ok()?;
+                let size = l.split("size:").nth(1)?.split(';').next()?.parse().ok()?;
+                Some((name, (off, size)))
+            })
+            .collect();
+        let off = |n: &str| fields.get(n).map(|f| f.0);
+        let (Some(skbaddr), Some(skaddr)) = (off("skbaddr"), off("skaddr")) else {
+            return Self::default();
+        };
+        let base = Self {
+            skbaddr,
+            skaddr,
+            ..Self::default()
+        };
+        match (fields.get("saddr"), fields.get("daddr")) {
+            (Some(&(saddr, SOCKADDR_IN6)), Some(&(daddr, SOCKADDR_IN6))) => Self {
+                layout: send_reset::SOCKADDR,
+                saddr,
+                daddr,
+                ..base
+            },
+            (Some(&(saddr, 4)), Some(&(daddr, 4))) => {
+                let all = (
+                    off("sport"),
+                    off("dport"),
+                    off("family"),
+                    off("saddr_v6"),
+                    off("daddr_v6"),
+                );
+                let (Some(sport), Some(dport), Some(family), Some(saddr_v6), Some(daddr_v6)) = all
+                else {
+                    return Self::default();
+                };
+                Self {
+                    layout: send_reset::FIELDS,
+                    sport,
+                    dport,
+                    family,
+                    saddr,
+                    daddr,
+                    saddr_v6,
+                    daddr_v6,
+                    ..base
+                }
+            }
+            _ => Self::default(),
+        }
+    }
+
+    /// (global name, value) pairs for the loader.
+    pub fn globals(&self) -> [(&'static str, u32); 10] {
+        use netwatch_common::names::*;
+        [
+            (SEND_RESET_LAYOUT, self.layout),
+            (SEND_RESET_SKBADDR, self.skbaddr),
+            (SEND_RESET_SKADDR, self.skaddr),
+            (SEND_RESET_SPORT, self.sport),
+            (SEND_RESET_DPORT, self.dport),
+            (SEND_RESET_FAMILY, self.family),
+            (SEND_RESET_SADDR, self.saddr),
+            (SEND_RESET_DADDR, self.daddr),
+            (SEND_RESET_SADDR_V6, self.saddr_v6),
+            (SEND_RESET_DADDR_V6, self.daddr_v6),
+        ]
+    }
+
+    /// Resets answering segments no socket took (closed ports) are traced.
+    pub fn sees_closed_ports(&self) -> bool {
+        self.layout == send_reset::SOCKADDR
+    }
+}
+
+/// What this kernel and tier let the collector see, for the log.
+pub fn coverage(format: &SendResetFormat, tier: super::tier::Tier) -> String {
+    let base = "TCP events from the kernel: outbound SYNs, completed inbound handshakes (SYN_RECV; half-open SYNs to open ports are not seen), resets received";
+    match format.layout {
+        send_reset::SOCKADDR => format!("{base}, resets sent (closed ports included)"),
+        send_reset::FIELDS if tier != super::tier::Tier::Tracepoint => format!(
+            "{base}, resets sent (closed ports from tcp_v4/v6_send_reset, since this kernel's tcp:tcp_send_reset misses them)"
+        ),
+        send_reset::FIELDS => format!(
+            "{base}, resets sent by full sockets only: this kernel's tcp:tcp_send_reset (Linux < 6.10) does not fire for SYNs to closed ports and the tracepoint tier has no kprobes, so a scan of closed ports is not seen"
+        ),
+        _ => format!(
+            "{base}; resets sent are not traced (tcp:tcp_send_reset's format is unknown or unreadable)"
+        ),
+    }
+}
+
+/// The addresses of this host's interfaces (and loopback), for telling
+/// which side of an event is local.
+pub fn host_ips() -> std::collections::HashSet<IpAddr> {
+    let mut out = std::collections::HashSet::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                out.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                out.insert(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
+fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(*raw)).to_canonical(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The packets one record stands for, in wire order: a reset answering a
+/// SYN to a closed port is that SYN and the reset. `at` is the record's
+/// time since the Unix epoch. Empty for a malformed record.
+pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
+    let (Some(src), Some(dst)) = (
+        addr(rec.family, &rec.saddr, rec.sport),
+        addr(rec.family, &rec.daddr, rec.dport),
+    ) else {
+        return Vec::new();
+    };
+    let ev = |kind, src, dst| TcpEvent {
+        at,
+        src,
+        dst,
+        kind,
+        src_local: false,
+        dst_local: false,
+    };
+    match rec.kind {
+        tcp_event::SYN_SENT | tcp_event::SYN_RECV => vec![ev(TcpEventKind::Syn, src, dst)],
+        tcp_event::RST_RECEIVED => vec![ev(TcpEventKind::Reset, src, dst)],
+        tcp_event::RST_SENT if rec.flags & tcp_event::FLAG_ANSWERED_SYN != 0 => vec![
+            ev(TcpEventKind::Syn, dst, src),
+            ev(TcpEventKind::Reset, src, dst),
+        ],
+        tcp_event::RST_SENT => vec![ev(TcpEventKind::Reset, src, dst)],
+        _ => Vec::new(),
+    }
+}
+
+/// Current (CLOCK_REALTIME − CLOCK_MONOTONIC): turns `bpf_ktime_get_ns`
+/// into time since the Unix epoch.
+fn realtime_offset_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// The ring and what is needed to report each segment once.
+pub struct TcpEvents {
+    ring: RingBuf<MapData>,
+    /// (kind, src, dst) → time of the last event reported.
+    recent: HashMap<(bool, SocketAddr, SocketAddr), Duration>,
+    /// Records of the wrong size (never written by our programs).
+    malformed: u64,
+}
+
+impl TcpEvents {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Self {
+            ring,
+            recent: HashMap::new(),
+            malformed: 0,
+        }
+    }
+
+    /// Malformed records seen so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Every record the ring holds now, with its time since the Unix epoch.
+    pub fn take_records(&mut self) -> Vec<(TcpEventRecord, Duration)> {
+        let offset = realtime_offset_ns();
+        let mut out = Vec::new();
+        while out.len() < MAX_TAKE {
+            let Some(item) = self.ring.next() else { break };
+            let bytes: &[u8] = &item;
+            if bytes.len() < std::mem::size_of::<TcpEventRecord>() {
+                self.malformed += 1;
+                continue;
+            }
+            // SAFETY: a TcpEventRecord written by our programs (length
+            // checked); read_unaligned copes with any alignment.
+            let rec = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TcpEventRecord>()) };
+            let ns = (i128::from(rec.ts_ns) + offset).max(0);
+            let at = Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
+            out.push((rec, at));
+        }
+        out
+    }
+
+    /// The segments seen since the last call, each once, sides marked local
+    /// when loopback or one of `local_ips`.
+    pub fn take(&mut self, local_ips: &std::collections::HashSet<IpAddr>) -> Vec<TcpEvent> {
+        let records = self.take_records();
+        let mut out = Vec::new();
+        for (rec, at) in &records {
+            for mut e in to_events(rec, *at) {
+                let key = (e.kind == TcpEventKind::Syn, e.src, e.dst);
+                if let Some(prev) = self.recent.get(&key) {
+                    if prev.abs_diff(e.at) < SAME_SEGMENT {
+                        continue;
+                    }
+                }
+                if self.recent.len() < MAX_RECENT {
+                    self.recent.insert(key, e.at);
+                }
+                let local = |ip: IpAddr| ip.is_loopback() || local_ips.contains(&ip);
+                e.src_local = local(e.src.ip());
+                e.dst_local = local(e.dst.ip());
+                out.push(e);
+            }
+        }
+        if let Some(newest) = out.iter().map(|e| e.at).max() {
+            self.recent
+                .retain(|_, at| newest.saturating_sub(*at) < 10 * SAME_SEGMENT);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT_6_18: &str = "name: tcp_send_reset
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+";
+
+    const FORMAT_OLD: &str = "name: tcp_send_reset
+format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn send_reset_formats_parse() {
+        let new = SendResetFormat::parse(FORMAT_6_18);
+        assert_eq!(
+            new,
+            SendResetFormat {
+                layout: send_reset::SOCKADDR,
+                skbaddr: 8,
+                skaddr: 16,
+                saddr: 32,
+                daddr: 60,
+                ..Default::default()
+            }
+        );
+        assert!(new.sees_closed_ports());
+        let old = SendResetFormat::parse(FORMAT_OLD);
+        assert_eq!(
+            old,
+            SendResetFormat {
+                layout: send_reset::FIELDS,
+                skbaddr: 8,
+                skaddr: 16,
+                sport: 28,
+                dport: 30,
+                family: 32,
+                saddr: 34,
+                daddr: 38,
+                saddr_v6: 42,
+                daddr_v6: 58,
+            }
+        );
+        assert!(!old.sees_closed_ports());
+        assert_eq!(SendResetFormat::parse("garbage").layout, send_reset::NONE);
+        assert_eq!(SendResetFormat::parse("").layout, send_reset::NONE);
+    }
+
+    fn rec(kind: u8, flags: u8) -> TcpEventRecord {
+        let mut saddr = [0; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        TcpEventRecord {
+            ts_ns: 0,
+            pid_tgid: 0,
+            saddr,
+            daddr,
+            sport: 80,
+            dport: 40000,
+            family: AF_INET,
+            kind,
+            flags,
+        }
+    }
+
+    #[test]
+    fn records_become_packets_in_wire_direction() {
+        let at = Duration::from_secs(5);
+        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let kinds = |r| {
+            to_events(&r, at)
+                .iter()
+                .map(|e| (e.kind, e.src, e.dst))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(rec(tcp_event::SYN_SENT, 0)),
+            [(TcpEventKind::Syn, a, b)]
+        );
+        assert_eq!(
+            kinds(rec(tcp_event::RST_RECEIVED, 0)),
+            [(TcpEventKind::Reset, a, b)]
+        );
+        assert_eq!(
+            kinds(rec(tcp_event::RST_SENT, tcp_event::FLAG_NO_SOCKET)),
+            [(TcpEventKind::Reset, a, b)]
+        );
+        assert_eq!(
+            kinds(rec(
+                tcp_event::RST_SENT,
+                tcp_event::FLAG_NO_SOCKET | tcp_event::FLAG_ANSWERED_SYN
+            )),
+            [(TcpEventKind::Syn, b, a), (TcpEventKind::Reset, a, b)]
+        );
+        let mut bad = rec(tcp_event::SYN_SENT, 0);
+        bad.family = 1;
+        assert!(to_events(&bad, at).is_empty());
+        assert!(to_events(&rec(99, 0), at).is_empty());
+    }
+}
