@@ -122,3 +122,64 @@ fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
         "closed sockets still listed as open: {still_open:?}"
     );
 }
+
+/// The iterator's TCP state counts match the truth this test created and
+/// `sock_diag`'s count of the same sockets: one connection left
+/// ESTABLISHED (both ends), one whose client closed (the server end in
+/// CLOSE_WAIT), one both closed (the client end in TIME_WAIT).
+#[test]
+fn tcp_states_from_the_iterator_are_exact() {
+    use netwatch::procinfo::tcp_states::TcpStates;
+    use netwatch::source::TcpStateCounts;
+    use std::net::Shutdown;
+
+    require_root();
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        pin: None,
+        ..LoadOptions::default()
+    };
+    let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let pair = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    };
+    let (_open_c, _open_s) = pair();
+    let (half_c, _half_s) = pair();
+    half_c.shutdown(Shutdown::Both).unwrap();
+    drop(half_c);
+    let (done_c, mut done_s) = pair();
+    drop(done_c);
+    let mut rest = Vec::new();
+    done_s.read_to_end(&mut rest).unwrap();
+    drop(done_s);
+    let want = TcpStateCounts {
+        established: 2,
+        time_wait: 1,
+        close_wait: 1,
+    };
+    let ours = |l: u16, r: u16| l == port || r == port;
+    // The closes complete in softirq right after the calls return: wait
+    // (bounded) until the kernel's own dump shows them, then compare.
+    let mut last = None;
+    for _ in 0..200 {
+        let diag = TcpStates::read_netlink(ours).expect("sock_diag dump");
+        let diag = TcpStateCounts {
+            established: diag.connection_count,
+            time_wait: diag.time_wait,
+            close_wait: diag.close_wait,
+        };
+        let iter = src
+            .count_tcp_states(ours)
+            .expect("the TCP state iterator runs");
+        if diag == want && iter == want {
+            return;
+        }
+        last = Some((diag, iter));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("want {want:?}; (sock_diag, iterator) last saw {last:?}");
+}

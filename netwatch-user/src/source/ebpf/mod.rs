@@ -7,6 +7,7 @@ pub mod active;
 pub mod btf;
 pub mod pin;
 pub mod seed;
+pub mod states;
 pub mod tier;
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +30,9 @@ use crate::net;
 
 use crate::attribution::SHARED_SOCKET_TAG;
 
-use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
+use super::{
+    CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpStateCounts,
+};
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
 /// The BPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
@@ -196,6 +199,10 @@ pub struct EbpfSource {
     walk_next: bool,
     /// How the last read found its sockets.
     last_refresh: Refresh,
+    /// The TCP state iterator is loaded (`states::prepare`) and has not failed.
+    states_iter: bool,
+    /// Its output, reused.
+    states_buf: Vec<u8>,
 }
 
 /// How a read found the live sockets.
@@ -491,8 +498,16 @@ impl EbpfSource {
             take(&mut ebpf, names::COUNTERS)?,
         ];
         let active = [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| ebpf.take_map(n));
+        let states_iter = match states::prepare(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("TCP states come from sock_diag: {e}");
+                false
+            }
+        };
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
         source.active = active::ActiveSet::from_maps(active);
+        source.states_iter = states_iter;
         source.pinned = instance;
         Ok(source)
     }
@@ -546,6 +561,8 @@ impl EbpfSource {
             active_full_seen: 0,
             walk_next: false,
             last_refresh: Refresh::None,
+            states_iter: false,
+            states_buf: Vec::new(),
         })
     }
 
@@ -746,6 +763,24 @@ impl EbpfSource {
         self.last_refresh
     }
 
+    /// Count the TCP sockets `keep(local port, remote port)` selects by
+    /// state with the BPF iterator; `None` when it is not loaded (a
+    /// restarted agent continuing from pins) or failed (logged once).
+    pub fn count_tcp_states(&mut self, keep: impl Fn(u16, u16) -> bool) -> Option<TcpStateCounts> {
+        if !self.states_iter {
+            return None;
+        }
+        let ebpf = self.ebpf.as_mut()?;
+        match states::count(ebpf, &mut self.states_buf, keep) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                info!("TCP states come from sock_diag from now on: {e}");
+                self.states_iter = false;
+                None
+            }
+        }
+    }
+
     /// Remember one live entry's samples.
     fn track(&mut self, key: &SockKey, st: &SockStats) {
         let samples = to_samples(key, st, false);
@@ -885,6 +920,10 @@ impl SocketSource for EbpfSource {
 
     fn delivered(&mut self) {
         self.store_baseline();
+    }
+
+    fn tcp_states(&mut self) -> Option<TcpStateCounts> {
+        self.count_tcp_states(|_, _| true)
     }
 }
 
