@@ -136,8 +136,10 @@ pub struct SockStats {
     pub first_ns: u64,
     /// Smoothed RTT in µs (`tcp_sock.srtt_us >> 3`) at the last TCP event; 0 if unknown.
     pub srtt_us: u32,
-    /// Explicit padding; always zero.
-    pub _pad2: u32,
+    /// The interval this entry was last entered in the active set, plus
+    /// one (0 for an entry never marked), see [`names::EPOCH`]. Userspace
+    /// ignores it.
+    pub epoch: u32,
     /// The processes that moved bytes on the socket.
     pub owners: [Owner; OWNERS],
 }
@@ -158,7 +160,7 @@ impl SockStats {
             raddr: [0; 16],
             first_ns: 0,
             srtt_us: 0,
-            _pad2: 0,
+            epoch: 0,
             owners: [Owner::zeroed(); OWNERS],
         }
     }
@@ -257,8 +259,12 @@ pub mod counter {
     /// ring buffer was full, or a connect's SYN could not be remembered
     /// until its local port was known.
     pub const TCP_EVENTS_LOST: u32 = 7;
+    /// Inserts into the active set (`ACTIVE0`/`ACTIVE1`) that failed (a full
+    /// map): the socket is not in the set, so userspace walks the whole
+    /// socket map on its next read. Not a loss.
+    pub const ACTIVE_FULL: u32 = 8;
     /// Number of counters.
-    pub const LEN: u32 = 8;
+    pub const LEN: u32 = 9;
 }
 
 /// What a seeding iterator (`iter/task_file`, `iter/tcp`, `iter/udp`) did
@@ -295,6 +301,15 @@ pub mod names {
     pub const DESTROYED: &str = "DESTROYED";
     /// Per-CPU array of `u64` counters, see [`super::counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Array of one `u32`: the current interval number, which userspace
+    /// advances once per read. Events of interval `e` mark their socket in
+    /// [`ACTIVE`]`[e & 1]` (once per socket and interval, through
+    /// [`super::SockStats::epoch`]), so a read drains the other generation
+    /// and looks up only the sockets that moved bytes or changed state.
+    pub const EPOCH: &str = "EPOCH";
+    /// The two generations of the active set: hash `SockKey -> u32` (the
+    /// value is unused), each sized like `SOCKETS`.
+    pub const ACTIVE: [&str; 2] = ["ACTIVE0", "ACTIVE1"];
     /// Global `u32`: offset of `skc_family` in `struct sock_common`.
     pub const OFF_SKC_FAMILY: &str = "OFF_SKC_FAMILY";
     /// Global `u32`: offset of `skc_v6_daddr` in `struct sock_common`.

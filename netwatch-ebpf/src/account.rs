@@ -17,7 +17,9 @@ use netwatch_common::{
     COMM_LEN, IPPROTO_TCP, IPPROTO_UDP, OWNERS,
 };
 
-use crate::maps::{self, bump, ClaimKey, CLAIMS, CLOSED, DESTROYED, SCRATCH, SOCKETS};
+use crate::maps::{
+    self, bump, ClaimKey, ACTIVE0, ACTIVE1, CLAIMS, CLOSED, DESTROYED, EPOCH, SCRATCH, SOCKETS,
+};
 
 /// Which way the bytes went.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,24 @@ pub enum Final {
     Lost,
 }
 
+/// `bpf_ringbuf_submit` flags: no wakeup while the ring is less than a
+/// quarter full (the drain thread polls it every 100 ms anyway), a forced
+/// one past that. The default (wake the reader whenever it has caught up)
+/// woke it for nearly every record, and a wakeup from a tracepoint costs
+/// an interrupt-work self-IPI, the bulk of a close's cost in a VM.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_RING_SIZE: u64 = 1;
+    if CLOSED.query(BPF_RB_AVAIL_DATA) > CLOSED.query(BPF_RB_RING_SIZE) / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Hand an entry's final counters to userspace: through the ring buffer, or
 /// if it is full through the `DESTROYED` map. Counted as lost only if both
 /// are full. Copied with `bpf_probe_read_kernel`: the record does not fit
@@ -113,7 +133,7 @@ pub unsafe fn emit_final(key: SockKey, st: *const SockStats) -> Final {
             bump(counter::FINAL_LOST);
             return Final::Lost;
         }
-        slot.submit(0);
+        slot.submit(wakeup_flags());
         return Final::Ring;
     }
     bump(counter::RINGBUF_DROPS);
@@ -141,9 +161,11 @@ pub unsafe fn finish(key: SockKey) -> Option<Final> {
     let out = if rx != 0 || tx != 0 {
         Some(emit_final(key, st))
     } else {
+        // No final record: the active set tells userspace it is gone.
+        mark_active(key, st);
         None
     };
-    release_claims(key, (*st).first_ns);
+    release_claims(key, (*st).first_ns, (*st).claimed);
     let _ = SOCKETS.remove(key);
     bump(counter::CLOSED);
     out
@@ -295,10 +317,16 @@ pub unsafe fn owner(
     None
 }
 
-/// Forget the slot claims of a finished entry.
+/// Forget the slot claims of a finished entry: slots are claimed in order
+/// (each claimer takes the first free one), so the `claimed` first ones;
+/// a claim still in flight on another CPU is left to the LRU (its key
+/// carries `first_ns`, so no later entry can mistake it for its own).
 #[inline(always)]
-unsafe fn release_claims(key: SockKey, first_ns: u64) {
+unsafe fn release_claims(key: SockKey, first_ns: u64, claimed: u32) {
     for i in 0..OWNERS {
+        if i as u32 >= claimed {
+            break;
+        }
         let _ = CLAIMS.remove(ClaimKey {
             sk: key.sk,
             first_ns,
@@ -415,6 +443,38 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_bytes, n);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_calls, 1);
         }
+    }
+    // After the adds: see `mark_active`.
+    mark_active(SockKey { sk: sk as u64 }, st);
+}
+
+/// Enter the socket in this interval's active set, once per interval: only
+/// the first event of a socket in an interval pays the insert, the others
+/// one compare. Called after the counters changed, so that a read which
+/// found the socket in the set also finds the change: an event that read
+/// the old interval number had already added its bytes before userspace
+/// advanced it (x86's atomic add is a full barrier), and one that reads the
+/// new number marks the socket in the new generation. A mark that lands in
+/// the old generation after userspace drained it is read one interval
+/// later; the counters are cumulative, so nothing is lost, only delayed. A
+/// full set is counted in `ACTIVE_FULL`, which makes userspace walk the
+/// whole socket map.
+#[inline(always)]
+pub unsafe fn mark_active(key: SockKey, st: *mut SockStats) {
+    let Some(e) = EPOCH.get_ptr(0) else {
+        return;
+    };
+    let e = core::ptr::read_volatile(e);
+    let mark = e.wrapping_add(1);
+    let at = core::ptr::addr_of_mut!((*st).epoch);
+    if core::ptr::read_volatile(at) == mark {
+        return;
+    }
+    let set = if e & 1 == 0 { &ACTIVE0 } else { &ACTIVE1 };
+    if set.insert(key, 0u32, 0).is_ok() {
+        core::ptr::write_volatile(at, mark);
+    } else {
+        bump(counter::ACTIVE_FULL);
     }
 }
 

@@ -22,7 +22,7 @@ use aya_log_ebpf::{debug, warn};
 use netwatch_common::{SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    account::{entry, finish, Final},
+    account::{entry, finish, mark_active, Final},
     maps::SOCKETS,
 };
 
@@ -87,6 +87,8 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
         st.laddr = ctx.read_at(SADDR_V6)?;
         st.raddr = ctx.read_at(DADDR_V6)?;
     }
+    // A state change is news for userspace even when no byte moved.
+    mark_active(SockKey { sk }, st);
     Ok(0)
 }
 

@@ -12,7 +12,8 @@
 //! [`tcp_events`] the connection attempts, which with the reset tracepoints
 //! feed userspace's port-scan detector. [`seed`] runs once
 //! at load (BPF iterators) and enters the sockets that already exist, with
-//! their owners and 0 bytes, through [`account::seed`]. Nothing here bakes
+//! their owners and 0 bytes, through [`account::seed`]. [`states`] counts
+//! TCP sockets by state once per read, for the snapshot. Nothing here bakes
 //! in a `struct sock` offset beyond the first 16 bytes of `sock_common`: the
 //! rest comes from the running kernel's BTF through load-time globals.
 #![no_std]
@@ -25,6 +26,7 @@ mod lifecycle;
 mod maps;
 mod seed;
 mod sock;
+mod states;
 mod tcp;
 mod tcp_events;
 mod udp;

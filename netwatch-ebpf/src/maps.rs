@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use netwatch_common::{counter, DestroyedKey, SockKey, SockStats};
 
@@ -45,6 +45,20 @@ pub static CLOSED: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// inherits a dead one's counters.
 #[map(name = "DESTROYED")]
 pub static DESTROYED: HashMap<DestroyedKey, SockStats> = HashMap::with_max_entries(16384, 0);
+
+/// The current interval number (`netwatch_common::names::EPOCH`), advanced
+/// by userspace once per read.
+#[map(name = "EPOCH")]
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The sockets that moved bytes or changed state in an even interval…
+#[map(name = "ACTIVE0")]
+pub static ACTIVE0: HashMap<SockKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// …and in an odd one. Userspace drains the generation the events have
+/// just left with `BPF_MAP_LOOKUP_AND_DELETE_BATCH`. Sized like `SOCKETS`.
+#[map(name = "ACTIVE1")]
+pub static ACTIVE1: HashMap<SockKey, u32> = HashMap::with_max_entries(65536, 0);
 
 /// The programs' own accounting (`netwatch_common::counter`).
 #[map(name = "COUNTERS")]

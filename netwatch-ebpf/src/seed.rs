@@ -54,6 +54,9 @@ static OFF_CGROUP_KN: u32 = 0;
 static OFF_KERNFS_NODE_ID: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SKC_STATE: u32 = 18;
+/// `inet_timewait_sock.tw_substate` (`crate::states`); 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_TW_SUBSTATE: u32 = 0;
 /// Most entries seeding may create (the loader sets half the capacity of
 /// `SOCKETS`), so existing idle sockets never make the LRU evict entries.
 #[unsafe(no_mangle)]
@@ -101,6 +104,12 @@ fn global(v: &'static u32) -> usize {
 #[inline(always)]
 pub fn off_skc_state() -> usize {
     global(&OFF_SKC_STATE)
+}
+
+/// Offset of `tw_substate` in `struct inet_timewait_sock`; 0 when unknown.
+#[inline(always)]
+pub fn off_tw_substate() -> usize {
+    global(&OFF_TW_SUBSTATE)
 }
 
 /// Read a kernel pointer at `base + off`; null if unreadable.

@@ -84,6 +84,11 @@ impl Agent {
     pub fn snapshot(&mut self) -> Snapshot {
         let timestamp = Utc::now();
         let mut snap = Snapshot::empty(timestamp);
+        if let Some(t) = self.source.tcp_states() {
+            snap.connection_count = Some(t.established);
+            snap.tcp_time_wait = Some(t.time_wait);
+            snap.tcp_close_wait = Some(t.close_wait);
+        }
         self.host.fill(&mut snap);
         let mut info = self.info.clone();
         let mut connection_bytes = Vec::new();

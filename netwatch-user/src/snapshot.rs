@@ -56,13 +56,26 @@ impl HostCollectors {
         }
     }
 
-    /// Fill the host-wide sections of `snap`.
+    /// Fill the host-wide sections of `snap`; the TCP state counts only if
+    /// the source has not (`SocketSource::tcp_states`).
     #[cfg(target_os = "linux")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
         match self.interfaces.sample() {
             Ok(i) => snap.interfaces = i,
             Err(e) => self.failed("interfaces", &e),
         }
+        if snap.connection_count.is_none() {
+            self.fill_tcp_states(snap);
+        }
+        snap.system = Some(self.system.sample());
+        let (usage, io) = self.disk.sample();
+        snap.disk_usage = Some(usage);
+        snap.disk_io = io;
+    }
+
+    /// TCP state counts from the `sock_diag` dump (or `/proc`).
+    #[cfg(target_os = "linux")]
+    fn fill_tcp_states(&mut self, snap: &mut Snapshot) {
         match TcpStates::read() {
             Ok(t) => {
                 snap.connection_count = Some(t.connection_count);
@@ -71,10 +84,6 @@ impl HostCollectors {
             }
             Err(e) => self.failed("TCP states", &e),
         }
-        snap.system = Some(self.system.sample());
-        let (usage, io) = self.disk.sample();
-        snap.disk_usage = Some(usage);
-        snap.disk_io = io;
     }
 
     /// macOS: cumulative interface counters from `netstat -ibn` and TCP

@@ -149,6 +149,16 @@ pub enum TcpEventKind {
     Reset,
 }
 
+/// TCP sockets of the agent's network namespace by state, for a source
+/// that counts them itself (the snapshot's `connection_count`,
+/// `tcp_time_wait`, `tcp_close_wait`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpStateCounts {
+    pub established: u32,
+    pub time_wait: u32,
+    pub close_wait: u32,
+}
+
 /// A per-socket source. `read` is called once per tick from the agent loop.
 pub trait SocketSource: Send {
     /// Short name for logs and the snapshot (`ebpf`, `ss`, `pcap`, `macos`).
@@ -177,6 +187,12 @@ pub trait SocketSource: Send {
     /// The DNS messages seen since the last call, for sources that see
     /// packets (`Some`, possibly empty); `None` for sources that cannot.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
+        None
+    }
+    /// The host's TCP sockets counted by state, for sources that can count
+    /// them more cheaply than the host collector's `sock_diag` dump (`None`:
+    /// the host collector counts them).
+    fn tcp_states(&mut self) -> Option<TcpStateCounts> {
         None
     }
     /// The TCP SYNs and resets seen since the last call, for sources that

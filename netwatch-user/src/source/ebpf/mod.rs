@@ -4,13 +4,15 @@
 //! into [`TcpEvent`]s ([`tcp_events`]). It reads maps; it never builds wire
 //! rows or decides attribution.
 
+pub mod active;
 pub mod btf;
 pub mod pin;
 pub mod seed;
 pub mod tcp_events;
+pub mod states;
 pub mod tier;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +32,10 @@ use crate::net;
 
 use crate::attribution::SHARED_SOCKET_TAG;
 
-use super::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent};
+use super::{
+    CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent,
+    TcpStateCounts,
+};
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
 /// The BPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
@@ -154,6 +159,8 @@ pub struct KernelCounters {
     pub missed_return: u64,
     /// TCP events the kernel could not hand over (ring full).
     pub tcp_events_lost: u64,
+    /// Active-set inserts that failed (not a loss: the next read walks).
+    pub active_full: u64,
 }
 
 /// The loaded and attached programs and their maps.
@@ -190,7 +197,51 @@ pub struct EbpfSource {
     tcp_events: Option<tcp_events::TcpEvents>,
     /// Lost TCP events already warned about, and when (at most once a minute).
     tcp_events_lost_logged: (u64, Option<Instant>),
+    /// The sockets that moved bytes or changed state since the last read
+    /// (`None`: the loaded object has no active set; every read walks).
+    active: Option<active::ActiveSet>,
+    /// Every live socket's samples as of its last change, by `struct sock`
+    /// address: an idle socket's come from here, not from the kernel.
+    tracked: HashMap<u64, Tracked>,
+    /// Keys drained from the active set, reused across reads.
+    active_keys: Vec<SockKey>,
+    /// A `SOCKETS` value to look up into, reused.
+    scratch: Box<SockStats>,
+    /// Reads so far, and the `ACTIVE_FULL` count the last read saw.
+    reads: u64,
+    active_full_seen: u64,
+    /// The next read walks the whole map (a lookup failed).
+    walk_next: bool,
+    /// How the last read found its sockets.
+    last_refresh: Refresh,
+    /// The TCP state iterator is loaded (`states::prepare`) and has not failed.
+    states_iter: bool,
+    /// Its output, reused.
+    states_buf: Vec<u8>,
 }
+
+/// How a read found the live sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Refresh {
+    /// No read yet, or a restarted agent's baseline.
+    #[default]
+    None,
+    /// The whole socket map was walked.
+    Walk,
+    /// Only the sockets of the active set were looked up (how many).
+    Active(usize),
+}
+
+/// One live socket as its last change left it.
+struct Tracked {
+    first_ns: u64,
+    samples: Vec<SocketSample>,
+}
+
+/// Every this many reads the whole map is walked even when the active set
+/// worked: entries the LRU evicted leave `tracked` then, and a mark lost
+/// to a race (see `mark_active` in the programs) is bounded in time.
+const FULL_WALK_EVERY: u64 = 60;
 
 /// Records waiting for the next read at most (128 B each: 32 MiB).
 const MAX_PENDING: usize = 256 * 1024;
@@ -400,11 +451,15 @@ impl EbpfSource {
             ],
             None,
         )?;
+        let tcp_ring = take(names::TCP_EVENTS)?;
+        source.active = active::ActiveSet::from_maps(
+            [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| maps.remove(n)),
+        );
         source.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
         source.restore = restore;
         source.lock = Some(lock);
         source.continued = true;
-        source.start_tcp_events(take(names::TCP_EVENTS)?)?;
+        source.start_tcp_events(tcp_ring)?;
         Ok(source)
     }
 
@@ -461,7 +516,17 @@ impl EbpfSource {
             take(&mut ebpf, names::COUNTERS)?,
         ];
         let tcp_ring = take(&mut ebpf, names::TCP_EVENTS)?;
+        let active = [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| ebpf.take_map(n));
+        let states_iter = match states::prepare(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("TCP states come from sock_diag: {e}");
+                false
+            }
+        };
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
+        source.active = active::ActiveSet::from_maps(active);
+        source.states_iter = states_iter;
         source.pinned = instance;
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
@@ -511,6 +576,16 @@ impl EbpfSource {
             continued: false,
             tcp_events: None,
             tcp_events_lost_logged: (0, None),
+            active: None,
+            tracked: HashMap::new(),
+            active_keys: Vec::new(),
+            scratch: Box::new(SockStats::zeroed()),
+            reads: 0,
+            active_full_seen: 0,
+            walk_next: false,
+            last_refresh: Refresh::None,
+            states_iter: false,
+            states_buf: Vec::new(),
         })
     }
 
@@ -589,6 +664,7 @@ impl EbpfSource {
             owner_full: get(counter::OWNER_FULL),
             missed_return: get(counter::MISSED_RETURN),
             tcp_events_lost: get(counter::TCP_EVENTS_LOST),
+            active_full: get(counter::ACTIVE_FULL),
         }
     }
 
@@ -613,10 +689,10 @@ impl EbpfSource {
         }
         // Counters before the walk: see `evicted_estimate`.
         let before = self.kernel_counters();
-        let mut samples = Vec::new();
+        let mut samples = Vec::with_capacity(self.tracked.len() + 64);
         // Sockets whose final record is in this read: a live entry of one
-        // of them seen by the walk below (deleted just after its record was
-        // written) must not be counted a second time.
+        // of them seen below (deleted just after its record was written)
+        // must not be counted a second time.
         let mut finished: HashSet<(u64, u64)> = HashSet::new();
         for rec in self.drain.take() {
             finished.insert((rec.key.sk, rec.stats.first_ns));
@@ -632,19 +708,27 @@ impl EbpfSource {
             // Read once: make room.
             let _ = self.destroyed.remove(&dkey);
         }
-        let mut live = 0u64;
-        for (key, st) in self.walk() {
-            live += 1;
-            if finished.contains(&(key.sk, st.first_ns)) {
-                continue;
+        for &(sk, first_ns) in &finished {
+            if self
+                .tracked
+                .get(&sk)
+                .is_some_and(|t| t.first_ns == first_ns)
+            {
+                self.tracked.remove(&sk);
             }
-            samples.extend(to_samples(&key, &st, false));
         }
+        let live = self.refresh(&before, &finished);
+        for t in self.tracked.values() {
+            samples.extend(t.samples.iter().cloned());
+        }
+        self.reads += 1;
         let after = self.kernel_counters();
         if self.pinned.is_some() {
+            // A socket missing from the baseline is counted in full by the
+            // next agent: exact for those still at 0, which need no line.
             self.last_read = samples
                 .iter()
-                .filter(|s| !s.closed)
+                .filter(|s| !s.closed && (s.rx_bytes != 0 || s.tx_bytes != 0))
                 .map(pin::BaselineEntry::of)
                 .collect();
         }
@@ -665,6 +749,110 @@ impl EbpfSource {
 }
 
 impl EbpfSource {
+    /// Bring `tracked` up to date and return how many live entries it
+    /// holds: the sockets of the active set only, or (first read, a full
+    /// set, a failed drain or lookup, a map near full, and every
+    /// [`FULL_WALK_EVERY`] reads) the whole map. The interval advances
+    /// before anything is read, so an event after the read marks its
+    /// socket for the next one.
+    fn refresh(&mut self, before: &KernelCounters, finished: &HashSet<(u64, u64)>) -> u64 {
+        let near_full =
+            before.created.saturating_sub(before.closed) >= u64::from(self.max_sockets) / 8 * 7;
+        let mut walk = self.reads == 0
+            || self.walk_next
+            || near_full
+            || before.active_full > self.active_full_seen
+            || self.reads.is_multiple_of(FULL_WALK_EVERY);
+        self.active_full_seen = before.active_full;
+        self.walk_next = false;
+        let mut keys = std::mem::take(&mut self.active_keys);
+        match self.active.as_mut() {
+            Some(a) => {
+                if let Err(e) = a.advance().and_then(|g| a.drain(g, &mut keys)) {
+                    debug!("draining the active set: {e}; walking the socket map");
+                    walk = true;
+                }
+            }
+            None => walk = true,
+        }
+        if walk {
+            let all = self.walk();
+            let live = all.len() as u64;
+            self.tracked.clear();
+            for (key, st) in all {
+                if !finished.contains(&(key.sk, st.first_ns)) {
+                    self.track(&key, &st);
+                }
+            }
+            self.active_keys = keys;
+            self.last_refresh = Refresh::Walk;
+            return live;
+        }
+        for key in &keys {
+            let found = match &self.sockets_fd {
+                Some(fd) => active::lookup(fd.as_fd(), key, &mut self.scratch),
+                None => Ok(false),
+            };
+            match found {
+                Ok(true) if !finished.contains(&(key.sk, self.scratch.first_ns)) => {
+                    let st = *self.scratch;
+                    self.track(key, &st);
+                }
+                // Finished (its final record is in this read or the next)
+                // or evicted: gone either way.
+                Ok(_) => {
+                    self.tracked.remove(&key.sk);
+                }
+                Err(e) => {
+                    debug!("looking up socket {:x}: {e}; walking next read", key.sk);
+                    self.walk_next = true;
+                }
+            }
+        }
+        self.last_refresh = Refresh::Active(keys.len());
+        self.active_keys = keys;
+        self.tracked.len() as u64
+    }
+
+    /// How the last read found the live sockets.
+    pub fn last_refresh(&self) -> Refresh {
+        self.last_refresh
+    }
+
+    /// Count the TCP sockets `keep(local port, remote port)` selects by
+    /// state with the BPF iterator; `None` when it is not loaded (a
+    /// restarted agent continuing from pins) or failed (logged once).
+    pub fn count_tcp_states(&mut self, keep: impl Fn(u16, u16) -> bool) -> Option<TcpStateCounts> {
+        if !self.states_iter {
+            return None;
+        }
+        let ebpf = self.ebpf.as_mut()?;
+        match states::count(ebpf, &mut self.states_buf, keep) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                info!("TCP states come from sock_diag from now on: {e}");
+                self.states_iter = false;
+                None
+            }
+        }
+    }
+
+    /// Remember one live entry's samples.
+    fn track(&mut self, key: &SockKey, st: &SockStats) {
+        let samples = to_samples(key, st, false);
+        if samples.is_empty() {
+            self.tracked.remove(&key.sk);
+            return;
+        }
+        self.tracked.insert(
+            key.sk,
+            Tracked {
+                first_ns: st.first_ns,
+                samples,
+            },
+        );
+    }
+
     /// Every live entry, each once. By `BPF_MAP_LOOKUP_BATCH`, whose cursor
     /// is a hash bucket: deletions and insertions meanwhile never restart
     /// or skip it, so every entry that lives through the walk is seen.
@@ -813,6 +1001,10 @@ impl SocketSource for EbpfSource {
         }
         let t = self.tcp_events.as_mut()?;
         Some(t.take(&tcp_events::host_ips()))
+    }
+
+    fn tcp_states(&mut self) -> Option<TcpStateCounts> {
+        self.count_tcp_states(|_, _| true)
     }
 }
 

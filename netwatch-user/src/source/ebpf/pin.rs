@@ -31,13 +31,16 @@ pub const DEFAULT_STATE_FILE: &str = crate::config::DEFAULT_PIN_STATE_FILE;
 /// The maps that carry state userspace reads, pinned and reopened by name.
 /// (`SEND_ARGS`/`RECV_ARGS`/`SCRATCH` are only the programs' own scratch:
 /// the pinned links keep the programs, and the programs keep them.)
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 9] = [
     names::SOCKETS,
     names::CLAIMS,
     names::CLOSED,
     names::DESTROYED,
     names::COUNTERS,
     names::TCP_EVENTS,
+    names::EPOCH,
+    names::ACTIVE[0],
+    names::ACTIVE[1],
 ];
 
 /// Where to pin, and where the baseline lives.
@@ -107,6 +110,13 @@ fn expected(name: &str, opts: &LoadOptions) -> Option<(MapType, u32, u32, u32)> 
         ),
         names::COUNTERS => (MapType::PerCpuArray, 4, 8, counter::LEN),
         names::TCP_EVENTS => (MapType::RingBuf, 0, 0, super::TCP_EVENTS_BYTES),
+        names::EPOCH => (MapType::Array, 4, 4, 1),
+        n if names::ACTIVE.contains(&n) => (
+            MapType::Hash,
+            sz(std::mem::size_of::<SockKey>()),
+            4,
+            opts.max_sockets,
+        ),
         _ => return None,
     })
 }
@@ -162,6 +172,8 @@ fn wrap(name: &str, data: MapData) -> Result<Map, String> {
     let map = match name {
         names::SOCKETS | names::CLAIMS => Map::LruHashMap(data),
         names::DESTROYED => Map::HashMap(data),
+        n if names::ACTIVE.contains(&n) => Map::HashMap(data),
+        names::EPOCH => Map::Array(data),
         names::CLOSED | names::TCP_EVENTS => Map::RingBuf(data),
         names::COUNTERS => Map::PerCpuArray(data),
         _ => return Err(format!("{name}: not a map netwatch pins")),

@@ -44,6 +44,9 @@ pub struct SeedOffsets {
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
     pub skc_state: u32,
+    /// `inet_timewait_sock.tw_substate`: the state a time-wait socket
+    /// reports (`iter_tcp_states`), as `sock_diag` and `/proc` do.
+    pub tw_substate: u32,
 }
 
 impl SeedOffsets {
@@ -68,6 +71,7 @@ impl SeedOffsets {
             cgroup_kn: off("cgroup", "kn")?,
             kernfs_node_id: off("kernfs_node", "id")?,
             skc_state: off("sock_common", "skc_state")?,
+            tw_substate: off("inet_timewait_sock", "tw_substate")?,
         })
     }
 
@@ -84,6 +88,7 @@ impl SeedOffsets {
             ("OFF_CGROUP_KN", self.cgroup_kn),
             ("OFF_KERNFS_NODE_ID", self.kernfs_node_id),
             ("OFF_SKC_STATE", self.skc_state),
+            ("OFF_TW_SUBSTATE", self.tw_substate),
         ]
     }
 }

@@ -522,6 +522,8 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
                 .saturating_mul(netwatch_common::OWNERS as u32),
         )
         .map_max_entries(names::CLOSED, opts.ringbuf_bytes)
+        .map_max_entries(names::ACTIVE[0], opts.max_sockets)
+        .map_max_entries(names::ACTIVE[1], opts.max_sockets)
         .load(BPF_OBJECT)
         .map_err(LoadError::Object)
 }

@@ -1,0 +1,50 @@
+//! TCP state counts for the snapshot (`connection_count`, TIME_WAIT,
+//! CLOSE_WAIT): an `iter/tcp` program userspace runs once per read, which
+//! writes 5 bytes per socket of the agent's network namespace (full,
+//! time-wait and request sockets alike): the state (a time-wait socket's
+//! substate, as `sock_diag` reports it), the local port (host
+//! order) and the remote port (network order). Userspace counts them; this
+//! is `sock_diag`'s dump without building a netlink message per socket. It
+//! never touches a map.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_seq_write;
+
+use crate::account::read_at;
+
+/// `TCP_TIME_WAIT`.
+const TCP_TIME_WAIT: u8 = 6;
+
+/// Called for each TCP socket (`struct bpf_iter__tcp { meta, sk_common, uid }`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn iter_tcp_states(ctx: *mut c_void) -> i32 {
+    // SAFETY: `ctx` is the kernel's `bpf_iter__tcp`; the socket pointer is
+    // null-checked and read with bpf_probe_read_kernel.
+    unsafe {
+        let ctx = ctx as *const u8;
+        let meta = core::ptr::read(ctx as *const *const u8);
+        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
+        if meta.is_null() || sk.is_null() {
+            return 0;
+        }
+        // skc_dport @12 (network order), skc_num @14 (host order), the
+        // same in every `sock_common`.
+        let Ok(head) = read_at::<[u8; 16]>(sk, 0) else {
+            return 0;
+        };
+        let mut state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
+        // A time-wait socket reports its substate (FIN_WAIT2 for an
+        // orphan waiting for its peer's FIN), as `sock_diag` does.
+        let off_sub = crate::seed::off_tw_substate();
+        if state == TCP_TIME_WAIT && off_sub != 0 {
+            state = read_at::<u8>(sk, off_sub).unwrap_or(state);
+        }
+        let rec: [u8; 5] = [state, head[14], head[15], head[12], head[13]];
+        // `meta->seq` is the first field of `struct bpf_iter_meta`.
+        let seq = core::ptr::read(meta as *const *mut c_void);
+        bpf_seq_write(seq.cast(), rec.as_ptr() as *const c_void, 5);
+    }
+    0
+}

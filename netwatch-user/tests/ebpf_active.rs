@@ -1,0 +1,185 @@
+//! The active set on a real kernel: after the first read, a read looks up
+//! only the sockets that moved bytes or changed state since the last one,
+//! and idle sockets are still listed with their exact cumulative counts;
+//! a socket that closes, with or without bytes, leaves the listing. Needs
+//! root; the kernel is shared with other tests, so every assert is about
+//! this test's own ports, never about global totals.
+#![cfg(target_os = "linux")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use netwatch::source::ebpf::{EbpfSource, LoadOptions, Refresh, TierChoice};
+use netwatch::source::{SampleBatch, SocketSource};
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the eBPF tests load BPF programs and must run as root (run `cargo xtask test`)"
+    );
+}
+
+/// (rx, tx, closed) of the samples of the socket `(local, remote)`.
+fn find(batch: &SampleBatch, (local, remote): (SocketAddr, SocketAddr)) -> Vec<(u64, u64, bool)> {
+    batch
+        .samples
+        .iter()
+        .filter(|s| s.local == Some(local) && s.remote == Some(remote))
+        .map(|s| (s.rx_bytes, s.tx_bytes, s.closed))
+        .collect()
+}
+
+fn read(src: &mut EbpfSource) -> SampleBatch {
+    src.read().expect("reading the eBPF source")
+}
+
+#[test]
+fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
+    require_root();
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        pin: None,
+        ..LoadOptions::default()
+    };
+    let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+    let first = read(&mut src);
+    assert_eq!(src.last_refresh(), Refresh::Walk, "the first read walks");
+    drop(first);
+
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    let c_addr = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let s_addr = (server.local_addr().unwrap(), server.peer_addr().unwrap());
+    client.write_all(&[7u8; 1000]).unwrap();
+    let mut buf = vec![0u8; 1000];
+    server.read_exact(&mut buf).unwrap();
+
+    // A connection that never moves a byte: listed once established, and
+    // gone once closed, though no final record is written for it.
+    let quiet = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (quiet_server, _) = l.accept().unwrap();
+    let quiet_addr = (quiet.local_addr().unwrap(), quiet.peer_addr().unwrap());
+
+    let b = read(&mut src);
+    assert!(
+        matches!(src.last_refresh(), Refresh::Active(n) if n >= 3),
+        "the second read looks up the active sockets only: {:?}",
+        src.last_refresh()
+    );
+    assert_eq!(find(&b, c_addr), vec![(0, 1000, false)]);
+    assert_eq!(find(&b, s_addr), vec![(1000, 0, false)]);
+    assert_eq!(
+        find(&b, quiet_addr).len(),
+        1,
+        "an idle new connection is listed"
+    );
+
+    // Idle reads: nothing of ours in the active set, still listed, same counts.
+    for _ in 0..3 {
+        let b = read(&mut src);
+        assert!(matches!(src.last_refresh(), Refresh::Active(_)));
+        assert_eq!(find(&b, c_addr), vec![(0, 1000, false)]);
+        assert_eq!(find(&b, s_addr), vec![(1000, 0, false)]);
+        assert_eq!(find(&b, quiet_addr).len(), 1);
+    }
+
+    // Active again: the new cumulative counts.
+    server.write_all(&[1u8; 250]).unwrap();
+    let mut back = vec![0u8; 250];
+    client.read_exact(&mut back).unwrap();
+    let b = read(&mut src);
+    assert_eq!(find(&b, c_addr), vec![(250, 1000, false)]);
+    assert_eq!(find(&b, s_addr), vec![(1000, 250, false)]);
+
+    // Closed: the final record once, then never again; the quiet pair
+    // (no bytes, so no final record) leaves the listing too.
+    drop(quiet);
+    drop(quiet_server);
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+    drop(server);
+    let mut finals = Vec::new();
+    let mut still_open = Vec::new();
+    // Two reads: a socket destroyed just after a read is in the next one.
+    for _ in 0..2 {
+        let b = read(&mut src);
+        finals.extend(find(&b, c_addr).into_iter().filter(|x| x.2));
+        finals.extend(find(&b, s_addr).into_iter().filter(|x| x.2));
+        still_open = [c_addr, s_addr, quiet_addr]
+            .iter()
+            .flat_map(|a| find(&b, *a))
+            .filter(|x| !x.2)
+            .collect();
+    }
+    finals.sort();
+    assert_eq!(finals, vec![(250, 1000, true), (1000, 250, true)]);
+    assert!(
+        still_open.is_empty(),
+        "closed sockets still listed as open: {still_open:?}"
+    );
+}
+
+/// The iterator's TCP state counts match the truth this test created and
+/// `sock_diag`'s count of the same sockets: one connection left
+/// ESTABLISHED (both ends), one whose client closed (the server end in
+/// CLOSE_WAIT), one both closed (the client end in TIME_WAIT).
+#[test]
+fn tcp_states_from_the_iterator_are_exact() {
+    use netwatch::procinfo::tcp_states::TcpStates;
+    use netwatch::source::TcpStateCounts;
+    use std::net::Shutdown;
+
+    require_root();
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        pin: None,
+        ..LoadOptions::default()
+    };
+    let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let pair = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    };
+    let (_open_c, _open_s) = pair();
+    let (half_c, _half_s) = pair();
+    half_c.shutdown(Shutdown::Both).unwrap();
+    drop(half_c);
+    let (done_c, mut done_s) = pair();
+    drop(done_c);
+    let mut rest = Vec::new();
+    done_s.read_to_end(&mut rest).unwrap();
+    drop(done_s);
+    let want = TcpStateCounts {
+        established: 2,
+        time_wait: 1,
+        close_wait: 1,
+    };
+    let ours = |l: u16, r: u16| l == port || r == port;
+    // The closes complete in softirq right after the calls return: wait
+    // (bounded) until the kernel's own dump shows them, then compare.
+    let mut last = None;
+    for _ in 0..200 {
+        let diag = TcpStates::read_netlink(ours).expect("sock_diag dump");
+        let diag = TcpStateCounts {
+            established: diag.connection_count,
+            time_wait: diag.time_wait,
+            close_wait: diag.close_wait,
+        };
+        let iter = src
+            .count_tcp_states(ours)
+            .expect("the TCP state iterator runs");
+        if diag == want && iter == want {
+            return;
+        }
+        last = Some((diag, iter));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("want {want:?}; (sock_diag, iterator) last saw {last:?}");
+}
