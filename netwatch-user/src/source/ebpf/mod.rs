@@ -8,8 +8,8 @@ pub mod active;
 pub mod btf;
 pub mod pin;
 pub mod seed;
-pub mod tcp_events;
 pub mod states;
+pub mod tcp_events;
 pub mod tier;
 
 use std::collections::{HashMap, HashSet};
