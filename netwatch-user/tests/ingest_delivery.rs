@@ -68,6 +68,10 @@ struct Server {
     task: Option<tokio::task::JoinHandle<()>>,
     /// Serve HTTPS with this (`None`: plain HTTP).
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// While down: the port, bound but not listening (connections are
+    /// refused), so no other test's server can take it meanwhile and
+    /// receive this test's agent's snapshots.
+    held: Option<tokio::net::TcpSocket>,
 }
 
 fn ts(s: &Snapshot) -> String {
@@ -163,6 +167,7 @@ impl Server {
             state,
             task: None,
             tls,
+            held: None,
         };
         s.serve(listener);
         s
@@ -204,20 +209,27 @@ impl Server {
         }));
     }
 
-    /// Stop listening and close every connection: the endpoint is down.
+    /// Stop listening and close every connection: the endpoint is down
+    /// (connections are refused). The port stays this server's.
     fn down(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
             let _ = self.rt.block_on(t);
         }
+        let _guard = self.rt.enter();
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.set_reuseaddr(true).unwrap();
+        held.bind(self.addr).unwrap();
+        self.held = Some(held);
     }
 
     /// Listen again on the same port.
     fn up(&mut self) {
-        let listener = self
-            .rt
-            .block_on(tokio::net::TcpListener::bind(self.addr))
-            .unwrap();
+        let held = self.held.take().expect("up() follows down()");
+        let listener = {
+            let _guard = self.rt.enter();
+            held.listen(1024).unwrap()
+        };
         self.serve(listener);
     }
 
