@@ -159,18 +159,40 @@ impl Agent {
     }
 }
 
+/// SIGINT and SIGTERM, taken over from the process's default (which kills
+/// it) as early as possible: a stop that arrives while the source is still
+/// loading is kept and seen by [`run`]'s first select, so the agent still
+/// ends cleanly (a final snapshot delivered, the live view's terminal
+/// restored) instead of dying mid-start.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Must be called inside a Tokio runtime context (`Runtime::enter`).
+    pub fn take_over() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
 /// Run the agent: prime, then one snapshot per `interval` until Ctrl-C or
 /// SIGTERM (which deliver a final snapshot of the partial interval), a
 /// sink's `Stop`, or (with `once`) the first snapshot.
-pub async fn run(mut agent: Agent, interval: Duration, once: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut agent: Agent,
+    interval: Duration,
+    once: bool,
+    stops: StopSignals,
+) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // completes immediately
-                         // Created once, before the first tick: a signal that arrives while a
-                         // tick is being collected is kept and seen on the next select.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let StopSignals { mut int, mut term } = stops;
     tokio::task::block_in_place(|| agent.prime());
     loop {
         let stopping = tokio::select! {

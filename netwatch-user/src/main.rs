@@ -23,13 +23,25 @@ fn main() -> Result<()> {
     let env_key = std::env::var(API_KEY_ENV).ok();
     // Single-threaded still: nothing else reads the environment now.
     std::env::remove_var(API_KEY_ENV);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Before anything that takes time (loading the source) or owns the
+    // terminal (the live view): a stop signal from here on ends the agent
+    // cleanly once it has started, never kills it half-way.
+    let stops = {
+        let _ctx = runtime.enter();
+        agent::StopSignals::take_over().context("handling SIGINT and SIGTERM")?
+    };
     let file = config::load_file(&args)?;
     let cfg = config::resolve(&args, env_key.as_deref(), file)?;
     drop(env_key);
     if let Some(p) = &cfg.config_file {
         log::info!("configuration read from {}", p.display());
     }
-    run(cfg)
+    run(cfg, &runtime, stops)
 }
 
 fn sinks(cfg: &Config) -> Result<Vec<Box<dyn Sink>>> {
@@ -80,7 +92,7 @@ fn ingest_sink(_cfg: &Config) -> Result<(Box<dyn Sink>, std::sync::Arc<dyn Deliv
     anyhow::bail!("output ingest is only available on Linux for now (host info comes from /proc)")
 }
 
-fn run(cfg: Config) -> Result<()> {
+fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals) -> Result<()> {
     let opts = SourceOptions {
         #[cfg(target_os = "linux")]
         ebpf: netwatch::source::ebpf::LoadOptions {
@@ -142,10 +154,5 @@ fn run(cfg: Config) -> Result<()> {
             netwatch::health::Prober::start(h).context("starting the health probe thread")?,
         );
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(agent::run(agent, cfg.interval, cfg.once))
+    runtime.block_on(agent::run(agent, cfg.interval, cfg.once, stops))
 }

@@ -252,3 +252,59 @@ fn ss_delivers_a_connection_closed_just_before_stop() {
 fn pcap_delivers_a_connection_closed_just_before_stop() {
     bytes_of_a_connection_closed_just_before_stop_are_delivered("pcap");
 }
+
+/// SIGTERM while the agent is still loading its source (systemd stopping
+/// a unit that just started): it finishes starting, delivers one snapshot
+/// and exits 0, instead of being killed half-way by the default action.
+#[test]
+fn sigterm_during_start_up_still_ends_cleanly_with_one_snapshot() {
+    require_root();
+    let _serial = serial();
+    let mut child = Command::new(AGENT)
+        .args(["--no-pin", "--output", "json", "--interval", "30"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netwatch-agent");
+    let stderr = child.stderr.take().unwrap();
+    let (loading_tx, loading_rx) = mpsc::channel();
+    let log = thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The first line the eBPF loader logs: the source is loading.
+            if line.contains("netwatch::source") {
+                let _ = loading_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    loading_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent logs while loading its source");
+    // SAFETY: plain kill(2) on our child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(
+        status.success(),
+        "a stop during start-up ends the agent cleanly: {status}; log: {log:?}"
+    );
+    let snaps: Vec<Snapshot> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a Snapshot"))
+        .collect();
+    assert_eq!(snaps.len(), 1, "the final snapshot, and only it: {out}");
+    assert!(
+        log.iter().any(|l| l.contains("process rows from the")),
+        "it finished starting first: {log:?}"
+    );
+}
