@@ -177,10 +177,18 @@ mod linux {
         // stays after the agent exits so its exit status can be read.
         let conf = dir.path().join("tmux.conf");
         std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").expect("conf");
-        // `exec`: the pane's process is the agent itself.
-        let agent = format!("exec {AGENT} --no-pin --output table --interval 1");
+        // The pane's shell runs the agent in the foreground and writes its
+        // exit status to a file: tmux's own `pane_dead_status` is lost when
+        // the agent's SIGCHLD coalesces with one from a job tmux waits for
+        // synchronously (seen here: the pane stays dead with no status and
+        // the agent an unreaped zombie until tmux gets another SIGCHLD).
         let conf = conf.to_str().expect("utf-8 path");
         for session in ["live", "term"] {
+            let status_file = dir.path().join(format!("{session}.status"));
+            let agent = format!(
+                "{AGENT} --no-pin --output table --interval 1; echo $? > {}",
+                status_file.display()
+            );
             tmux(
                 &socket,
                 &[
@@ -269,20 +277,21 @@ mod linux {
         );
 
         tmux(&socket, &["send-keys", "-t", "live", "q"]);
-        assert_ends_cleanly(&socket, "live", "q");
+        assert_ends_cleanly(&socket, "live", &dir.path().join("live.status"), "q");
 
         // SIGTERM (systemd, kill): the same clean end.
         wait_for(&socket, "term", "the view in the second pane", |s| {
             s.lines().nth(2).is_some_and(|l| l.contains("PID NAME"))
         });
-        let agent_pid = tmux(
+        let shell_pid = tmux(
             &socket,
             &["display-message", "-p", "-t", "term", "#{pane_pid}"],
         );
-        let agent_pid: i32 = agent_pid.trim().parse().expect("pane_pid");
+        let shell_pid: i32 = shell_pid.trim().parse().expect("pane_pid");
+        let agent_pid = child_of(shell_pid).expect("the agent, child of the pane's shell");
         // SAFETY: kill(2) with a pid and a valid signal number.
         assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGTERM) }, 0);
-        assert_ends_cleanly(&socket, "term", "SIGTERM");
+        assert_ends_cleanly(&socket, "term", &dir.path().join("term.status"), "SIGTERM");
 
         // Not a terminal: plain text, no escape sequences.
         let out = Command::new(AGENT)
@@ -308,33 +317,50 @@ mod linux {
         assert!(!text.contains('\x1b'), "{text:?}");
     }
 
-    /// The agent in `pane` exits with status 0 and leaves the normal
-    /// screen, with the log lines held back while the view was up on it.
-    fn assert_ends_cleanly(socket: &str, pane: &str, how: &str) {
+    /// The only child of `parent` (from `/proc/*/stat`).
+    fn child_of(parent: i32) -> Option<i32> {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|st| {
+                        // The fields after `(comm)`: state, ppid, …
+                        let rest = &st[st.rfind(')')? + 1..];
+                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    })
+                    == Some(parent)
+            })
+    }
+
+    /// The agent in `pane` exits with status 0 (written to `status_file`
+    /// by the pane's shell) and leaves the normal screen, with the log
+    /// lines held back while the view was up on it.
+    fn assert_ends_cleanly(socket: &str, pane: &str, status_file: &std::path::Path, how: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
-            let s = tmux(
+            let dead = tmux(
                 socket,
                 &[
                     "display-message",
                     "-p",
                     "-t",
                     pane,
-                    "#{pane_dead} #{pane_dead_status} #{alternate_on}",
+                    "#{pane_dead} #{alternate_on}",
                 ],
             );
-            // The exit status shows a moment after the pane is dead.
-            if s.split_whitespace().count() == 3 && s.starts_with("1 ") || Instant::now() > deadline
-            {
-                break s;
+            let code = std::fs::read_to_string(status_file).unwrap_or_default();
+            if (dead.starts_with("1 ") && code.ends_with('\n')) || Instant::now() > deadline {
+                break format!("{} {}", code.trim(), dead.trim());
             }
             thread::sleep(Duration::from_millis(100));
         };
         let after = tmux(socket, &["capture-pane", "-p", "-t", pane]);
         assert_eq!(
-            status.trim(),
-            "1 0 0",
-            "after {how}: pane dead, exit status 0, normal screen; the pane shows:\n{after}"
+            status, "0 1 0",
+            "after {how}: exit status 0, pane dead, normal screen; the pane shows:\n{after}"
         );
         assert!(
             after.contains("process rows from the"),
