@@ -3,7 +3,7 @@
 //! CO-RE relocations for BPF. Only reads BTF; never guesses an offset.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 
 use btf_rs::{Btf, Type};
 use thiserror::Error;
@@ -162,27 +162,61 @@ pub(super) fn read_btf(path: &Path) -> Result<Btf, BtfError> {
     Btf::from_bytes(&bytes).map_err(read_err)
 }
 
-/// The running kernel's BTF, parsed once per process: the offsets of every
-/// program (and of seeding, and of the pin layout check) come from it, and
-/// a start-up spends tens of milliseconds per parse.
-pub(super) fn kernel_btf() -> Result<&'static Btf, BtfError> {
-    static KERNEL: OnceLock<Btf> = OnceLock::new();
-    if let Some(btf) = KERNEL.get() {
-        return Ok(btf);
+/// A value parsed once and shared until [`release_kernel_btf`].
+struct Cached<T>(Mutex<Option<Arc<T>>>);
+
+impl<T> Cached<T> {
+    const fn new() -> Self {
+        Self(Mutex::new(None))
     }
-    let btf = read_btf(Path::new(VMLINUX_BTF))?;
-    Ok(KERNEL.get_or_init(|| btf))
+
+    fn get_or_try<E>(&self, parse: impl FnOnce() -> Result<T, E>) -> Result<Arc<T>, E> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(v) = slot.as_ref() {
+            return Ok(Arc::clone(v));
+        }
+        let v = Arc::new(parse()?);
+        *slot = Some(Arc::clone(&v));
+        Ok(v)
+    }
+
+    fn release(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+static KERNEL_BTF: Cached<Btf> = Cached::new();
+static KERNEL_BTF_AYA: Cached<aya::Btf> = Cached::new();
+
+/// The running kernel's BTF, parsed once while the source loads: the
+/// offsets of every program, of seeding and of the pin layout check come
+/// from it, and a start-up spends tens of milliseconds per parse.
+pub(super) fn kernel_btf() -> Result<Arc<Btf>, BtfError> {
+    KERNEL_BTF.get_or_try(|| read_btf(Path::new(VMLINUX_BTF)))
 }
 
 /// The running kernel's BTF as aya reads it (to load fentry, tp_btf and
-/// iterator programs), parsed once per process.
-pub(super) fn kernel_btf_aya() -> Result<&'static aya::Btf, aya::BtfError> {
-    static KERNEL: OnceLock<aya::Btf> = OnceLock::new();
-    if let Some(btf) = KERNEL.get() {
-        return Ok(btf);
+/// iterator programs), parsed once while the source loads.
+pub(super) fn kernel_btf_aya() -> Result<Arc<aya::Btf>, aya::BtfError> {
+    KERNEL_BTF_AYA.get_or_try(aya::Btf::from_sys_fs)
+}
+
+/// Loading is over: free both parsed copies (tens of MB the agent would
+/// otherwise keep resident for its whole life) and hand the memory back.
+pub fn release_kernel_btf() {
+    KERNEL_BTF.release();
+    KERNEL_BTF_AYA.release();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
-    let btf = aya::Btf::from_sys_fs()?;
-    Ok(KERNEL.get_or_init(|| btf))
 }
 
 /// Offset of `member` in `struct sk_buff`, 0 if unknown.
@@ -195,7 +229,7 @@ fn skb_offset(btf: &Btf, member: &'static str) -> u32 {
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
-        Self::from_btf(kernel_btf()?)
+        Self::from_btf(&*kernel_btf()?)
     }
 
     /// Resolve from a BTF file (the kernel's, or a saved copy).

@@ -384,6 +384,13 @@ impl EbpfSource {
     /// Load and attach on the tier `opts` asks for (or the best available);
     /// with `opts.pin`, continue from this build's pins if there are some.
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let loaded = Self::load_inner(opts);
+        // Loaded or not, the kernel's parsed BTF is not needed any more.
+        btf::release_kernel_btf();
+        loaded
+    }
+
+    fn load_inner(opts: &LoadOptions) -> Result<Self, LoadError> {
         let Some(pin_opts) = &opts.pin else {
             return Self::load_fresh(opts);
         };

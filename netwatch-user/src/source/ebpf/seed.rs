@@ -107,7 +107,7 @@ fn kernel_offsets() -> &'static Result<SeedOffsets, String> {
     static OFFSETS: OnceLock<Result<SeedOffsets, String>> = OnceLock::new();
     OFFSETS.get_or_init(|| {
         kernel_btf()
-            .and_then(SeedOffsets::from_btf)
+            .and_then(|btf| SeedOffsets::from_btf(&btf))
             .map_err(|e| e.to_string())
     })
 }
@@ -213,7 +213,7 @@ pub fn run(ebpf: &mut Ebpf) -> Result<SeedReport, SeedError> {
     let btf = kernel_btf_aya().map_err(SeedError::KernelBtf)?;
     let mut report = SeedReport::default();
     for (program, target, needed) in PASSES {
-        match run_pass(ebpf, btf, program, target) {
+        match run_pass(ebpf, &btf, program, target) {
             Ok(t) if needed => {
                 report.created += t.created;
                 report.tracked += t.tracked;

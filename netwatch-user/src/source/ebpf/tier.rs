@@ -784,7 +784,7 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
         // its programs only to learn it (start-up time).
         let attempt = match unavailable(tier) {
             Some(e) => Err(e),
-            None => load_tier(tier, opts, &offsets, btf),
+            None => load_tier(tier, opts, &offsets, &btf),
         };
         match attempt {
             Ok(ebpf) => {
