@@ -139,8 +139,21 @@ unsafe fn task_cgroup_id(task: *const u8) -> u64 {
 
 /// `TCP_TIME_WAIT` and `TCP_NEW_SYN_RECV`: not full sockets (no
 /// `tcp_destroy_sock` ever ends them), never seeded.
-const TCP_TIME_WAIT: u8 = 6;
+pub(crate) const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// `meta` and the socket of a `bpf_iter__tcp` / `bpf_iter__udp` context
+/// (both start `{ meta, sock }`); `None` when either is null.
+///
+/// # Safety
+/// `ctx` must be the kernel's iterator context for `iter/tcp` or `iter/udp`.
+#[inline(always)]
+pub(crate) unsafe fn iter_sock(ctx: *mut c_void) -> Option<(*const u8, *const u8)> {
+    let ctx = ctx as *const u8;
+    let meta = core::ptr::read(ctx as *const *const u8);
+    let sk = core::ptr::read(ctx.add(8) as *const *const u8);
+    (!meta.is_null() && !sk.is_null()).then_some((meta, sk))
+}
 
 /// Write one outcome byte to the iterator's output.
 #[inline(always)]
@@ -171,12 +184,9 @@ pub fn iter_tcp(ctx: *mut c_void) -> i32 {
     // SAFETY: `ctx` is the kernel's `bpf_iter__tcp`; the socket pointer is
     // null-checked and read with bpf_probe_read_kernel.
     unsafe {
-        let ctx = ctx as *const u8;
-        let meta = core::ptr::read(ctx as *const *const u8);
-        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
-        if meta.is_null() || sk.is_null() {
+        let Some((meta, sk)) = iter_sock(ctx) else {
             return 0;
-        }
+        };
         // `sock_common` heads full, time-wait and request sockets alike.
         let state = read_at::<u8>(sk, off_skc_state()).unwrap_or(TCP_TIME_WAIT);
         if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
@@ -196,12 +206,9 @@ pub fn iter_udp(ctx: *mut c_void) -> i32 {
     // (a `udp_sock`, which starts with its `struct sock`) is null-checked
     // and read with bpf_probe_read_kernel.
     unsafe {
-        let ctx = ctx as *const u8;
-        let meta = core::ptr::read(ctx as *const *const u8);
-        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
-        if meta.is_null() || sk.is_null() {
+        let Some((meta, sk)) = iter_sock(ctx) else {
             return 0;
-        }
+        };
         seed_ownerless(meta, sk, IPPROTO_UDP);
     }
     0

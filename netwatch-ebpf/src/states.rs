@@ -13,8 +13,7 @@ use aya_ebpf::helpers::generated::bpf_seq_write;
 
 use crate::account::read_at;
 
-/// `TCP_TIME_WAIT`.
-const TCP_TIME_WAIT: u8 = 6;
+use crate::seed::TCP_TIME_WAIT;
 
 /// Called for each TCP socket (`struct bpf_iter__tcp { meta, sk_common, uid }`).
 #[unsafe(no_mangle)]
@@ -23,12 +22,9 @@ pub fn iter_tcp_states(ctx: *mut c_void) -> i32 {
     // SAFETY: `ctx` is the kernel's `bpf_iter__tcp`; the socket pointer is
     // null-checked and read with bpf_probe_read_kernel.
     unsafe {
-        let ctx = ctx as *const u8;
-        let meta = core::ptr::read(ctx as *const *const u8);
-        let sk = core::ptr::read(ctx.add(8) as *const *const u8);
-        if meta.is_null() || sk.is_null() {
+        let Some((meta, sk)) = crate::seed::iter_sock(ctx) else {
             return 0;
-        }
+        };
         // skc_dport @12 (network order), skc_num @14 (host order), the
         // same in every `sock_common`.
         let Ok(head) = read_at::<[u8; 16]>(sk, 0) else {

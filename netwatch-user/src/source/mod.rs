@@ -159,6 +159,15 @@ pub struct TcpStateCounts {
     pub close_wait: u32,
 }
 
+/// Append `batch` to a queue a reader drains, keeping it at most `max`
+/// long; returns how many were dropped (for the caller's loss counter).
+pub(crate) fn append_bounded<T>(queue: &mut Vec<T>, batch: Vec<T>, max: usize) -> u64 {
+    let room = max.saturating_sub(queue.len());
+    let dropped = batch.len().saturating_sub(room) as u64;
+    queue.extend(batch.into_iter().take(room));
+    dropped
+}
+
 /// A per-socket source. `read` is called once per tick from the agent loop.
 pub trait SocketSource: Send {
     /// Short name for logs and the snapshot (`ebpf`, `ss`, `pcap`, `macos`).

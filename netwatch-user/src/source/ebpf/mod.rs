@@ -270,13 +270,8 @@ impl Pending {
             return;
         }
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_PENDING.saturating_sub(records.len());
-        if batch.len() > room {
-            self.dropped
-                .fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
-            batch.truncate(room);
-        }
-        records.extend(batch);
+        let dropped = super::append_bounded(&mut records, batch, MAX_PENDING);
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 

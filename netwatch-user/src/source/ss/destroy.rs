@@ -488,10 +488,11 @@ impl Shared {
             match read {
                 Ok((decoded, lost)) => {
                     q.lost += lost + decoded.malformed + decoded.overruns;
-                    let room = MAX_QUEUED_EVENTS.saturating_sub(q.events.len());
-                    let n = decoded.events.len();
-                    q.lost += n.saturating_sub(room) as u64;
-                    q.events.extend(decoded.events.into_iter().take(room));
+                    q.lost += crate::source::append_bounded(
+                        &mut q.events,
+                        decoded.events,
+                        MAX_QUEUED_EVENTS,
+                    );
                 }
                 Err(e) => {
                     log::warn!("ss: reading sock_diag destroy events failed, stopping: {e}");
