@@ -74,12 +74,12 @@ pub struct Owner {
     pub tx_bytes: u64,
     /// Payload bytes received (return value of the receive path, > 0 only).
     pub rx_bytes: u64,
-    /// Number of send calls that moved bytes.
-    pub tx_calls: u64,
-    /// Number of receive calls that moved bytes.
-    pub rx_calls: u64,
-    /// `bpf_ktime_get_ns()` of this owner's last counted call.
-    pub last_ns: u64,
+    /// The interval of this owner's last counted call: the `EPOCH` value
+    /// then, plus one (0: no call counted yet, e.g. a seeded holder). Orders
+    /// a socket's owners, most recent first, without a clock read per call.
+    pub last_epoch: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
 }
 
 impl Owner {
@@ -92,9 +92,8 @@ impl Owner {
             cgroup_id: 0,
             tx_bytes: 0,
             rx_bytes: 0,
-            tx_calls: 0,
-            rx_calls: 0,
-            last_ns: 0,
+            last_epoch: 0,
+            _pad2: 0,
         }
     }
 }
@@ -263,8 +262,12 @@ pub mod counter {
     /// map): the socket is not in the set, so userspace walks the whole
     /// socket map on its next read. Not a loss.
     pub const ACTIVE_FULL: u32 = 8;
+    /// TCP state changes (`sock:inet_sock_set_state`, every network
+    /// namespace): while it and the time-wait count stand still, the TCP
+    /// state counts cannot have changed, and userspace skips its walk.
+    pub const STATE_CHANGES: u32 = 9;
     /// Number of counters.
-    pub const LEN: u32 = 9;
+    pub const LEN: u32 = 10;
 }
 
 /// What a seeding iterator (`iter/task_file`, `iter/tcp`, `iter/udp`) did
@@ -391,7 +394,7 @@ mod pod {
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
-const _: () = assert!(core::mem::size_of::<Owner>() == 72);
+const _: () = assert!(core::mem::size_of::<Owner>() == 56);
 const _: () = assert!(core::mem::size_of::<TcpEventRecord>() == 56);
-const _: () = assert!(core::mem::size_of::<SockStats>() == 64 + 72 * OWNERS);
-const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 64 + 72 * OWNERS);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 64 + 56 * OWNERS);
+const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 64 + 56 * OWNERS);

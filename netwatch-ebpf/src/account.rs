@@ -403,49 +403,106 @@ pub unsafe fn seed(
 /// and anything but IPv4/IPv6 TCP/UDP is ignored.
 #[inline(always)]
 pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
+    account_lazy(sk, dir, bytes, || protocol)
+}
+
+/// [`account`], with the protocol read only when the socket has no entry
+/// yet (`protocol` may cost a kernel read: the tracepoint tier's hooks fire
+/// for every socket family). The common case, a known socket whose process
+/// already has its slot, costs one map lookup, the slot scan, one atomic
+/// add and two compares: the process's name, cgroup, the socket's family
+/// and addresses are read when an entry or a slot is created, the RTT once
+/// per interval (when the socket enters the active set).
+#[inline(always)]
+pub unsafe fn account_lazy(sk: *const u8, dir: Dir, bytes: i64, protocol: impl FnOnce() -> u8) {
     if bytes <= 0 || sk.is_null() {
         return;
     }
-    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
-        return;
-    }
-    let family = sk_family(sk);
-    if family != AF_INET && family != AF_INET6 {
-        return;
-    }
+    let key = SockKey { sk: sk as u64 };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some((st, _, o)) = claim(
-        sk,
-        family,
-        protocol,
-        tgid,
-        Holder::Current,
-        bpf_get_current_cgroup_id(),
-    ) else {
-        return;
+    let (st, o) = match known_slot(sk, key, tgid) {
+        Some(found) => found,
+        None => {
+            let protocol = protocol();
+            if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+                return;
+            }
+            let family = sk_family(sk);
+            if family != AF_INET && family != AF_INET6 {
+                return;
+            }
+            let Some((st, _, o)) = claim(
+                sk,
+                family,
+                protocol,
+                tgid,
+                Holder::Current,
+                bpf_get_current_cgroup_id(),
+            ) else {
+                return;
+            };
+            let Some(o) = o else {
+                bump(counter::OWNER_FULL);
+                return;
+            };
+            (st, o)
+        }
     };
-    if protocol == IPPROTO_TCP {
-        record_rtt(sk, st);
+    let mark = current_mark();
+    let last = core::ptr::addr_of_mut!((*o).last_epoch);
+    if core::ptr::read_volatile(last) != mark {
+        core::ptr::write_volatile(last, mark);
     }
-    let Some(o) = o else {
-        bump(counter::OWNER_FULL);
-        return;
-    };
-    let o = &mut *o;
-    o.last_ns = bpf_ktime_get_ns();
     let n = bytes as u64;
     match dir {
         Dir::Tx => {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.tx_bytes, n);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.tx_calls, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*o).tx_bytes),
+                n,
+            );
         }
         Dir::Rx => {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_bytes, n);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut o.rx_calls, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*o).rx_bytes),
+                n,
+            );
         }
     }
     // After the adds: see `mark_active`.
-    mark_active(SockKey { sk: sk as u64 }, st);
+    mark_active_at(key, st, mark);
+}
+
+/// The entry of a socket already known, and the slot `tgid` already holds
+/// in it. `None` sends the caller to [`claim`]: no entry, no slot yet, or a
+/// UDP entry whose socket was freed and reused (finished here).
+#[inline(always)]
+unsafe fn known_slot(
+    sk: *const u8,
+    key: SockKey,
+    tgid: u32,
+) -> Option<(*mut SockStats, *mut Owner)> {
+    let st = SOCKETS.get_ptr_mut(key)?;
+    if (*st).protocol == IPPROTO_UDP && replace_if_reused(sk, key, st) {
+        return None;
+    }
+    let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
+    for i in 0..OWNERS {
+        let o = owners.add(i);
+        if core::ptr::read_volatile(core::ptr::addr_of!((*o).tgid)) == tgid {
+            return Some((st, o));
+        }
+    }
+    None
+}
+
+/// This interval's mark: the `EPOCH` userspace advances at each read, plus
+/// one (so 0 means "never"); 0 if the global cannot be read.
+#[inline(always)]
+unsafe fn current_mark() -> u32 {
+    match EPOCH.get_ptr(0) {
+        Some(e) => core::ptr::read_volatile(e).wrapping_add(1),
+        None => 0,
+    }
 }
 
 /// Enter the socket in this interval's active set, once per interval: only
@@ -461,16 +518,29 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
 /// whole socket map.
 #[inline(always)]
 pub unsafe fn mark_active(key: SockKey, st: *mut SockStats) {
-    let Some(e) = EPOCH.get_ptr(0) else {
+    mark_active_at(key, st, current_mark());
+}
+
+/// [`mark_active`] with the mark already read. The socket's first event of
+/// an interval also refreshes a TCP socket's smoothed RTT (so a connection
+/// row's RTT is at most one interval old).
+#[inline(always)]
+unsafe fn mark_active_at(key: SockKey, st: *mut SockStats, mark: u32) {
+    if mark == 0 {
         return;
-    };
-    let e = core::ptr::read_volatile(e);
-    let mark = e.wrapping_add(1);
+    }
     let at = core::ptr::addr_of_mut!((*st).epoch);
     if core::ptr::read_volatile(at) == mark {
         return;
     }
-    let set = if e & 1 == 0 { &ACTIVE0 } else { &ACTIVE1 };
+    if (*st).protocol == IPPROTO_TCP {
+        record_rtt(key.sk as *const u8, st);
+    }
+    let set = if mark.wrapping_sub(1) & 1 == 0 {
+        &ACTIVE0
+    } else {
+        &ACTIVE1
+    };
     if set.insert(key, 0u32, 0).is_ok() {
         core::ptr::write_volatile(at, mark);
     } else {

@@ -19,11 +19,11 @@ use aya_ebpf::{
     programs::{SockContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use netwatch_common::{SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     account::{entry, finish, mark_active, Final},
-    maps::SOCKETS,
+    maps::{bump, SOCKETS},
 };
 
 /// `TCP_ESTABLISHED`.
@@ -59,6 +59,7 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     if ctx.read_at::<u16>(PROTOCOL)? != IPPROTO_TCP as u16 {
         return Ok(0);
     }
+    bump(counter::STATE_CHANGES);
     let sk: u64 = ctx.read_at(SKADDR)?;
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;

@@ -6,7 +6,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    account::{account, read_at, Dir},
+    account::{account_lazy, read_at, Dir},
     maps,
 };
 
@@ -23,10 +23,12 @@ fn on_length(ctx: &BtfTracePointContext, dir: Dir) -> i32 {
         return 0;
     }
     // SAFETY: sk is the tracepoint's socket argument; protocol is read at
-    // the BTF-resolved offset of `sk_protocol` (a u16 since Linux 5.6).
+    // the BTF-resolved offset of `sk_protocol` (a u16 since Linux 5.6),
+    // only for a socket without an entry yet.
     unsafe {
-        let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8;
-        account(sk, dir, ret, protocol);
+        account_lazy(sk, dir, ret, || {
+            read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8
+        });
     }
     0
 }

@@ -116,9 +116,17 @@ mod receive_reset {
     pub const DADDR_V6: usize = 46;
 }
 
+/// `BPF_RB_NO_WAKEUP`: userspace reads this ring at every snapshot and
+/// never waits on it, so a wakeup (an interrupt-work self-IPI from a
+/// tracepoint) would buy nothing.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 #[inline(always)]
 fn emit(rec: &TcpEventRecord) {
-    if TCP_EVENTS.output::<TcpEventRecord>(rec, 0).is_err() {
+    if TCP_EVENTS
+        .output::<TcpEventRecord>(rec, BPF_RB_NO_WAKEUP)
+        .is_err()
+    {
         bump(counter::TCP_EVENTS_LOST);
     }
 }

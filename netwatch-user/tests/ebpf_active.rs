@@ -183,3 +183,152 @@ fn tcp_states_from_the_iterator_are_exact() {
     }
     panic!("want {want:?}; (sock_diag, iterator) last saw {last:?}");
 }
+
+/// Three connections on `l`: the first left ESTABLISHED (both ends, which
+/// are returned), the other two closed client first (each client end in
+/// TIME_WAIT, the server ends gone).
+fn three_states(l: &TcpListener) -> (TcpStream, TcpStream) {
+    use std::net::Shutdown;
+    let port = l.local_addr().unwrap().port();
+    let pair = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    };
+    let kept = pair();
+    let (half_c, _half_s) = pair();
+    half_c.shutdown(Shutdown::Both).unwrap();
+    drop(half_c);
+    let (done_c, mut done_s) = pair();
+    drop(done_c);
+    let mut rest = Vec::new();
+    done_s.read_to_end(&mut rest).unwrap();
+    drop(done_s);
+    // `_half_s` (CLOSE_WAIT until now) closes when dropped here.
+    kept
+}
+
+/// Poll (bounded) until `counts()` gives `want`; the closes above complete
+/// in softirq right after the calls return.
+fn settle<F: FnMut() -> Option<netwatch::source::TcpStateCounts>>(
+    mut counts: F,
+    want: netwatch::source::TcpStateCounts,
+) {
+    let mut last = None;
+    for _ in 0..300 {
+        last = counts();
+        if last == Some(want) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("want {want:?}, last saw {last:?}");
+}
+
+/// A restarted agent continuing from pins counts TCP states with the
+/// pinned iterator too (before, it fell back to a `sock_diag` dump of
+/// every socket each read).
+#[test]
+fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
+    use netwatch::source::ebpf::pin::{self, PinOptions};
+    use netwatch::source::TcpStateCounts;
+
+    require_root();
+    let dir = std::env::temp_dir().join(format!("netwatch-active-pins-{}", std::process::id()));
+    let pins = PinOptions {
+        dir: format!("/sys/fs/bpf/netwatch-test-active-{}", std::process::id()).into(),
+        state_file: dir.join("baseline"),
+    };
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        pin: Some(pins.clone()),
+        ..LoadOptions::default()
+    };
+    // Unpinned and removed however the test ends.
+    struct Cleanup(PinOptions);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = pin::remove(&self.0.dir);
+            if let Some(d) = self.0.state_file.parent() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    let _cleanup = Cleanup(pins.clone());
+    let first = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+    drop(first);
+    let mut again = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("reloading from pins: {e}"));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _kept = three_states(&l);
+    let ours = |lp: u16, rp: u16| lp == port || rp == port;
+    let want = TcpStateCounts {
+        established: 2,
+        time_wait: 2,
+        close_wait: 0,
+    };
+    settle(|| again.count_tcp_states(ours), want);
+}
+
+/// The counts a read keeps between walks (skipped while no TCP state
+/// changed and the time-wait count stood still) follow every change
+/// exactly. In a network namespace of this thread's own, so the counts
+/// are all this test's sockets: the iterator and `/proc/thread-self/net`
+/// both see the reading thread's namespace.
+#[test]
+fn tcp_state_counts_kept_between_walks_follow_every_change() {
+    use netwatch::source::TcpStateCounts;
+
+    require_root();
+    let opts = LoadOptions {
+        tier: TierChoice::Auto,
+        pin: None,
+        ..LoadOptions::default()
+    };
+    let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("running ip");
+            assert!(up.success(), "ip link set lo up: {up}");
+            let none = TcpStateCounts::default();
+            assert_eq!(
+                src.tcp_states(),
+                Some(none),
+                "a new namespace has no socket"
+            );
+            assert_eq!(src.tcp_states(), Some(none), "and still none");
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let kept = three_states(&l);
+            let want = TcpStateCounts {
+                established: 2,
+                time_wait: 2,
+                close_wait: 0,
+            };
+            settle(|| src.tcp_states(), want);
+            assert_eq!(src.tcp_states(), Some(want), "kept while nothing changes");
+            // One change more: the kept connection's client closes, its
+            // server end sees the FIN (CLOSE_WAIT), then closes too.
+            let (c, s) = kept;
+            drop(c);
+            let want = TcpStateCounts {
+                established: 0,
+                time_wait: 2,
+                close_wait: 1,
+            };
+            settle(|| src.tcp_states(), want);
+            drop(s);
+            let want = TcpStateCounts {
+                established: 0,
+                time_wait: 3,
+                close_wait: 0,
+            };
+            settle(|| src.tcp_states(), want);
+        });
+    });
+}

@@ -101,15 +101,15 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
             Protocol::Udp => net::udp_state(remote.is_some()),
         }
     };
-    // (tgid, comm, cgroup, rx, tx, last_ns), slots of one process summed.
-    let mut owners: Vec<(u32, Option<String>, u64, u64, u64, u64)> = Vec::new();
+    // (tgid, comm, cgroup, rx, tx, last interval), slots of one process summed.
+    let mut owners: Vec<(u32, Option<String>, u64, u64, u64, u32)> = Vec::new();
     for o in st.owners.iter().filter(|o| o.tgid != 0) {
         match owners.iter_mut().find(|x| x.0 == o.tgid) {
             Some(x) => {
                 x.3 += o.rx_bytes;
                 x.4 += o.tx_bytes;
-                if o.last_ns > x.5 {
-                    x.5 = o.last_ns;
+                if o.last_epoch > x.5 {
+                    x.5 = o.last_epoch;
                     x.1 = comm_of(&o.comm).or(x.1.take());
                 }
             }
@@ -119,7 +119,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
                 o.cgroup_id,
                 o.rx_bytes,
                 o.tx_bytes,
-                o.last_ns,
+                o.last_epoch,
             )),
         }
     }
@@ -189,6 +189,9 @@ pub struct EbpfSource {
     restore: Option<Vec<pin::BaselineEntry>>,
     /// The owners' counters of the last read, stored once it is delivered.
     last_read: Vec<pin::BaselineEntry>,
+    /// What this agent last wrote to the baseline file (a read that changed
+    /// nothing is not written again); `None` before its first write.
+    stored: Option<Vec<pin::BaselineEntry>>,
     /// Held while this agent owns the pins.
     lock: Option<std::fs::File>,
     /// True when continuing from pins an earlier agent left.
@@ -214,11 +217,19 @@ pub struct EbpfSource {
     walk_next: bool,
     /// How the last read found its sockets.
     last_refresh: Refresh,
-    /// The TCP state iterator is loaded (`states::prepare`) and has not failed.
-    states_iter: bool,
+    /// The TCP state iterator, loaded (`states::prepare`) or reopened from
+    /// its pin; `None` when neither worked or it failed (sock_diag then).
+    states_iter: Option<states::Loaded>,
+    /// The last counts of every TCP socket, the (state changes, time-wait
+    /// count) they were taken at, and reads since the last walk.
+    states_last: Option<((u64, Option<u64>), TcpStateCounts, u32)>,
     /// Its output, reused.
     states_buf: Vec<u8>,
 }
+
+/// The TCP state counts are walked again after this many reads even when
+/// nothing seemed to change.
+const STATES_WALK_EVERY: u32 = 30;
 
 /// How a read found the live sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -461,6 +472,7 @@ impl EbpfSource {
         source.restore = restore;
         source.lock = Some(lock);
         source.continued = true;
+        source.states_iter = pinned.states.map(|p| states::Loaded::Pinned(Box::new(p)));
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
     }
@@ -471,6 +483,14 @@ impl EbpfSource {
         // After attach, so a socket is either seen by the programs or seeded.
         let started = Instant::now();
         let seeded = seed::run(&mut ebpf);
+        // Before pinning, so the pins carry it for a restarted agent.
+        let states_iter = match states::prepare(&mut ebpf) {
+            Ok(()) => Some(states::Loaded::InObject),
+            Err(e) => {
+                debug!("TCP states come from sock_diag: {e}");
+                None
+            }
+        };
         match &seeded {
             Ok(r) => {
                 info!(
@@ -491,7 +511,7 @@ impl EbpfSource {
         }
         let instance = match &opts.pin {
             Some(p) => Some((
-                pin::publish(&ebpf, &pin::staging(p, opts), p, opts).map_err(|e| {
+                pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts).map_err(|e| {
                     LoadError::Pin(std::io::Error::other(format!(
                         "pinning under {}: {e}",
                         p.dir.display()
@@ -519,16 +539,9 @@ impl EbpfSource {
         ];
         let tcp_ring = take(&mut ebpf, names::TCP_EVENTS)?;
         let active = [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| ebpf.take_map(n));
-        let states_iter = match states::prepare(&mut ebpf) {
-            Ok(()) => true,
-            Err(e) => {
-                debug!("TCP states come from sock_diag: {e}");
-                false
-            }
-        };
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
-        source.active = active::ActiveSet::from_maps(active);
         source.states_iter = states_iter;
+        source.active = active::ActiveSet::from_maps(active);
         source.pinned = instance;
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
@@ -574,6 +587,7 @@ impl EbpfSource {
             pinned: None,
             restore: None,
             last_read: Vec::new(),
+            stored: None,
             lock: None,
             continued: false,
             tcp_events: None,
@@ -586,7 +600,8 @@ impl EbpfSource {
             active_full_seen: 0,
             walk_next: false,
             last_refresh: Refresh::None,
-            states_iter: false,
+            states_iter: None,
+            states_last: None,
             states_buf: Vec::new(),
         })
     }
@@ -643,20 +658,22 @@ impl EbpfSource {
     /// agent starts from: called once that read's snapshot was delivered.
     pub fn store_baseline(&mut self) {
         if let Some((instance, path)) = &self.pinned {
-            if let Err(e) = pin::store(path, instance, &self.last_read) {
-                warn!("storing the baseline at {}: {e}", path.display());
+            if self.stored.as_ref() == Some(&self.last_read) {
+                return;
+            }
+            match pin::store(path, instance, &self.last_read) {
+                Ok(()) => match &mut self.stored {
+                    Some(v) => v.clone_from(&self.last_read),
+                    None => self.stored = Some(self.last_read.clone()),
+                },
+                Err(e) => warn!("storing the baseline at {}: {e}", path.display()),
             }
         }
     }
 
     /// The programs' own counters, summed over CPUs.
     pub fn kernel_counters(&self) -> KernelCounters {
-        let get = |i: u32| -> u64 {
-            self.counters
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let get = |i: u32| self.kernel_counter(i);
         KernelCounters {
             created: get(counter::CREATED),
             closed: get(counter::CLOSED),
@@ -822,21 +839,58 @@ impl EbpfSource {
     }
 
     /// Count the TCP sockets `keep(local port, remote port)` selects by
-    /// state with the BPF iterator; `None` when it is not loaded (a
-    /// restarted agent continuing from pins) or failed (logged once).
+    /// state with the BPF iterator; `None` when it is not loaded (pins of
+    /// an older agent) or failed (logged once).
     pub fn count_tcp_states(&mut self, keep: impl Fn(u16, u16) -> bool) -> Option<TcpStateCounts> {
-        if !self.states_iter {
-            return None;
-        }
-        let ebpf = self.ebpf.as_mut()?;
-        match states::count(ebpf, &mut self.states_buf, keep) {
+        let loaded = self.states_iter.as_mut()?;
+        match states::count(loaded, self.ebpf.as_mut(), &mut self.states_buf, keep) {
             Ok(c) => Some(c),
             Err(e) => {
                 info!("TCP states come from sock_diag from now on: {e}");
-                self.states_iter = false;
+                self.states_iter = None;
                 None
             }
         }
+    }
+
+    /// One `COUNTERS` slot summed over CPUs (0 if unreadable).
+    fn kernel_counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Every TCP socket of the namespace by state, walked only when a
+    /// state changed (the kernel's `STATE_CHANGES`, any namespace) or the
+    /// time-wait count moved (a time-wait socket expiring is no state
+    /// change), and at least every [`STATES_WALK_EVERY`] reads (a
+    /// time-wait socket's substate can change silently). Read before the
+    /// walk, so a change during it makes the next read walk again.
+    fn all_tcp_states(&mut self) -> Option<TcpStateCounts> {
+        let stamp = (
+            self.kernel_counter(counter::STATE_CHANGES),
+            states::sockstat_tw(),
+        );
+        if let Some((at, counts, age)) = &mut self.states_last {
+            if *at == stamp && stamp.1.is_some() && *age < STATES_WALK_EVERY {
+                *age += 1;
+                return Some(*counts);
+            }
+        }
+        let counts = self.count_tcp_states(|_, _| true).or_else(|| {
+            // No iterator: the same rule spares sock_diag dumps.
+            crate::procinfo::tcp_states::TcpStates::read()
+                .map_err(|e| debug!("TCP states by sock_diag: {e:#}"))
+                .ok()
+                .map(|t| TcpStateCounts {
+                    established: t.connection_count,
+                    time_wait: t.time_wait,
+                    close_wait: t.close_wait,
+                })
+        })?;
+        self.states_last = Some((stamp, counts, 0));
+        Some(counts)
     }
 
     /// Remember one live entry's samples.
@@ -1006,7 +1060,7 @@ impl SocketSource for EbpfSource {
     }
 
     fn tcp_states(&mut self) -> Option<TcpStateCounts> {
-        self.count_tcp_states(|_, _| true)
+        self.all_tcp_states()
     }
 }
 
@@ -1090,11 +1144,11 @@ mod tests {
     #[test]
     fn each_owner_is_a_sample_and_slots_of_one_process_sum() {
         let mut st = stats();
-        st.owners[0].last_ns = 5;
+        st.owners[0].last_epoch = 5;
         st.owners[1] = st.owners[0];
         st.owners[1].tgid = 43;
         st.owners[1].tx_bytes = 7;
-        st.owners[1].last_ns = 9;
+        st.owners[1].last_epoch = 9;
         // A second slot of pid 42 (two of its threads claimed at once).
         st.owners[2] = st.owners[0];
         st.owners[2].tx_bytes = 1;

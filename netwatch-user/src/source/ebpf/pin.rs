@@ -10,7 +10,6 @@
 //! never read. It never touches anything outside its pin directory.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -151,6 +150,8 @@ fn check_map(name: &str, path: &Path, opts: &LoadOptions) -> Result<MapData, Str
 pub struct Pinned {
     pub tier: Tier,
     pub maps: HashMap<&'static str, Map>,
+    /// The TCP state iterator (`super::states`), if it was pinned.
+    pub states: Option<aya::programs::Iter>,
     /// A tag naming this set of pins (layout, boot and map id), which a
     /// baseline file must carry to be used.
     pub instance: String,
@@ -289,9 +290,22 @@ fn open_set(root: &Path, abi: &str, opts: &LoadOptions) -> Result<Pinned, String
         let path = one.path().join(hook.program);
         PinnedLink::from_pin(&path).map_err(|e| format!("link {}: {e}", path.display()))?;
     }
+    // Optional: without it, TCP states come from sock_diag.
+    let states_pin = root.join("progs").join(super::states::PROGRAM);
+    let states = match aya::programs::Iter::from_pin(&states_pin) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::debug!(
+                "{}: {e}; TCP states come from sock_diag",
+                states_pin.display()
+            );
+            None
+        }
+    };
     Ok(Pinned {
         tier,
         maps,
+        states,
         instance,
     })
 }
@@ -316,7 +330,7 @@ pub fn staging(pin: &PinOptions, opts: &LoadOptions) -> PathBuf {
 /// Publish a complete staging directory: maps pinned into it, then renamed
 /// to its final name (one rename: a crash leaves no half-made set there).
 pub fn publish(
-    ebpf: &aya::Ebpf,
+    ebpf: &mut aya::Ebpf,
     stage: &Path,
     pin: &PinOptions,
     opts: &LoadOptions,
@@ -335,6 +349,17 @@ pub fn publish(
             let data = MapData::from_pin(maps_dir.join(name)).map_err(|e| e.to_string())?;
             instance = instance_tag(&abi, &data);
         }
+    }
+    // The TCP state iterator, when it loaded: a restarted agent counts
+    // states with it too. A program has no link to keep it; its pin does.
+    if let Some(prog) = ebpf
+        .program_mut(super::states::PROGRAM)
+        .filter(|p| p.fd().is_ok())
+    {
+        let dir = stage.join("progs");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        prog.pin(dir.join(super::states::PROGRAM))
+            .map_err(|e| format!("pinning {}: {e}", super::states::PROGRAM))?;
     }
     let root = pin.dir.join(&abi);
     std::fs::rename(stage, &root)
@@ -416,64 +441,97 @@ impl BaselineEntry {
     }
 }
 
-const STATE_HEADER: &str = "netwatch-ebpf-baseline 1";
+/// The baseline file's first bytes (format 2: binary; format 1 was text).
+const STATE_MAGIC: &[u8; 8] = b"NWBASE02";
+/// Bytes per entry: primary, secondary (u64), pid (u32), udp (u8), rx, tx (u64).
+const ENTRY_LEN: usize = 8 + 8 + 4 + 1 + 8 + 8;
 
-/// The baseline file's text: a header line with the pins' instance tag,
-/// one line per owner, and an `end <count>` line (a torn file is refused).
-pub fn encode(instance: &str, entries: &[BaselineEntry]) -> String {
-    let mut out = format!("{STATE_HEADER} {instance}\n");
+/// The baseline file's bytes: the magic, the pins' instance tag (u16
+/// length, then its bytes), the entry count (u64), fixed-size entries, all
+/// little-endian, and a CRC-32 of everything before it, so a torn or
+/// altered file is refused. Binary: the agent writes it after every
+/// delivered snapshot that changed it, and formatting thousands of lines
+/// cost more than the rest of an idle tick.
+pub fn encode(instance: &str, entries: &[BaselineEntry]) -> Vec<u8> {
+    let tag = instance.as_bytes();
+    let tag = &tag[..tag.len().min(usize::from(u16::MAX))];
+    let mut out = Vec::with_capacity(8 + 2 + tag.len() + 8 + entries.len() * ENTRY_LEN + 4);
+    out.extend_from_slice(STATE_MAGIC);
+    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for e in entries {
-        let _ = writeln!(
-            out,
-            "{} {} {} {} {} {}",
-            e.id.primary,
-            e.id.secondary,
-            e.pid,
-            u8::from(e.udp),
-            e.rx,
-            e.tx
-        );
+        out.extend_from_slice(&e.id.primary.to_le_bytes());
+        out.extend_from_slice(&e.id.secondary.to_le_bytes());
+        out.extend_from_slice(&e.pid.to_le_bytes());
+        out.push(u8::from(e.udp));
+        out.extend_from_slice(&e.rx.to_le_bytes());
+        out.extend_from_slice(&e.tx.to_le_bytes());
     }
-    let _ = writeln!(out, "end {}", entries.len());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
+/// Little-endian reader over a byte slice; `None` past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+}
+
 /// Parse a baseline file written for `instance`; `Err` says why it is not used.
-pub fn decode(text: &str, instance: &str) -> Result<Vec<BaselineEntry>, String> {
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let Some(tag) = header.strip_prefix(STATE_HEADER).map(str::trim) else {
-        return Err("not a baseline file".into());
+pub fn decode(bytes: &[u8], instance: &str) -> Result<Vec<BaselineEntry>, String> {
+    if !bytes.starts_with(STATE_MAGIC) {
+        return Err("not a baseline file of this version".into());
+    }
+    let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+        return Err("truncated".into());
     };
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch (torn or altered)".into());
+    }
+    let mut r = Reader(body.get(STATE_MAGIC.len()..).unwrap_or_default());
+    let torn = || "truncated".to_string();
+    let tag_len = usize::from(r.u16().ok_or_else(torn)?);
+    let tag = String::from_utf8_lossy(r.take(tag_len).ok_or_else(torn)?).into_owned();
     if tag != instance {
         return Err(format!("written for other pins ({tag})"));
     }
-    let mut out = Vec::new();
-    for line in lines {
-        if let Some(n) = line.strip_prefix("end ") {
-            return if n.parse::<usize>().ok() == Some(out.len()) {
-                Ok(out)
-            } else {
-                Err("entry count does not match".into())
-            };
-        }
-        let f: Vec<u64> = line
-            .split(' ')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad line {line:?}: {e}"))?;
-        let [primary, secondary, pid, udp, rx, tx] = f[..] else {
-            return Err(format!("bad line {line:?}"));
-        };
+    let count = r.u64().ok_or_else(torn)?;
+    if count.checked_mul(ENTRY_LEN as u64) != Some(r.0.len() as u64) {
+        return Err("entry count does not match".into());
+    }
+    let mut out = Vec::with_capacity(r.0.len() / ENTRY_LEN);
+    while !r.0.is_empty() {
+        let primary = r.u64().ok_or_else(torn)?;
+        let secondary = r.u64().ok_or_else(torn)?;
+        let pid = r.u32().ok_or_else(torn)?;
+        let udp = r.take(1).ok_or_else(torn)?.first().copied().unwrap_or(0) != 0;
+        let rx = r.u64().ok_or_else(torn)?;
+        let tx = r.u64().ok_or_else(torn)?;
         out.push(BaselineEntry {
             id: SocketId { primary, secondary },
-            pid: u32::try_from(pid).map_err(|e| e.to_string())?,
-            udp: udp != 0,
+            pid,
+            udp,
             rx,
             tx,
         });
     }
-    Err("truncated (no end line)".into())
+    Ok(out)
 }
 
 /// Write the baseline: to a temporary file, then renamed over the old one.
@@ -489,7 +547,7 @@ pub fn store(path: &Path, instance: &str, entries: &[BaselineEntry]) -> io::Resu
 /// Read the baseline for `instance`; a missing, foreign or torn file is
 /// no baseline (logged).
 pub fn load_baseline(path: &Path, instance: &str) -> Option<Vec<BaselineEntry>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) => {
             warn!(
@@ -539,13 +597,20 @@ mod tests {
                 tx: 0,
             },
         ];
-        let text = encode("tag:a", &e);
-        assert_eq!(decode(&text, "tag:a").unwrap(), e);
-        assert!(decode(&text, "tag:b").unwrap_err().contains("other pins"));
-        let torn = &text[..text.len() - 6];
-        assert!(decode(torn, "tag:a").is_err());
-        assert!(decode("garbage", "tag:a").is_err());
-        assert!(decode(&text.replace("42", "x"), "tag:a").is_err());
+        let bytes = encode("tag:a", &e);
+        assert_eq!(decode(&bytes, "tag:a").unwrap(), e);
+        assert_eq!(decode(&encode("tag:a", &[]), "tag:a").unwrap(), vec![]);
+        assert!(decode(&bytes, "tag:b").unwrap_err().contains("other pins"));
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut], "tag:a").is_err(), "torn at {cut}");
+        }
+        assert!(decode(b"garbage", "tag:a").is_err());
+        assert!(decode(b"netwatch-ebpf-baseline 1 tag:a\nend 0\n", "tag:a").is_err());
+        for i in 0..bytes.len() {
+            let mut altered = bytes.clone();
+            altered[i] ^= 0x10;
+            assert!(decode(&altered, "tag:a").is_err(), "altered byte {i}");
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! TCP sockets counted by state (the snapshot's `connection_count`,
 //! `tcp_time_wait`, `tcp_close_wait`) by the `iter_tcp_states` BPF
-//! iterator, run once per read: the kernel writes 5 bytes per socket of the
-//! agent's network namespace instead of a `sock_diag` netlink message, and
-//! nothing is allocated per socket here. It counts; it never attributes, and
-//! a failure only sends the caller back to `sock_diag`.
+//! iterator: the kernel writes 5 bytes per socket of the agent's network
+//! namespace instead of a `sock_diag` netlink message, and nothing is
+//! allocated per socket here. The walk runs only when something changed:
+//! the source keeps the last counts while the kernel's count of TCP state
+//! changes (`counter::STATE_CHANGES`) and the time-wait count of
+//! `/proc/thread-self/net/sockstat` ([`sockstat_tw`]) stand still. It counts; it never
+//! attributes, and a failure only sends the caller back to `sock_diag`.
 
 use std::io::{self, Read};
 
@@ -39,18 +42,36 @@ pub fn prepare(ebpf: &mut Ebpf) -> io::Result<()> {
     prog.load("tcp", &btf).map_err(|e| other("loading", e))
 }
 
+/// The loaded iterator: in the object this agent loaded, or reopened from
+/// its pin by a restarted agent.
+pub enum Loaded {
+    InObject,
+    Pinned(Box<Iter>),
+}
+
+impl Loaded {
+    fn program<'a>(&'a mut self, ebpf: Option<&'a mut Ebpf>) -> io::Result<&'a mut Iter> {
+        match self {
+            Loaded::Pinned(p) => Ok(p),
+            Loaded::InObject => ebpf
+                .ok_or_else(|| other("finding", "no object"))?
+                .program_mut(PROGRAM)
+                .ok_or_else(|| other("finding", "not in the object"))?
+                .try_into()
+                .map_err(|e| other("finding", e)),
+        }
+    }
+}
+
 /// Run the iterator once and count the sockets `keep(local port, remote
 /// port)` selects (a test counts only its own). `buf` is reused.
 pub fn count(
-    ebpf: &mut Ebpf,
+    loaded: &mut Loaded,
+    ebpf: Option<&mut Ebpf>,
     buf: &mut Vec<u8>,
     keep: impl Fn(u16, u16) -> bool,
 ) -> io::Result<TcpStateCounts> {
-    let prog: &mut Iter = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| other("finding", "not in the object"))?
-        .try_into()
-        .map_err(|e| other("finding", e))?;
+    let prog = loaded.program(ebpf)?;
     let link_id = prog.attach().map_err(|e| other("attaching", e))?;
     let link = prog
         .take_link(link_id)
@@ -72,6 +93,27 @@ pub fn count(
         }
     }
     Ok(tally(buf, keep))
+}
+
+/// The time-wait sockets of the calling thread's network namespace (the
+/// one the iterator walks), from the `tw` field of
+/// `/proc/thread-self/net/sockstat` (IPv4 and IPv6 share the count): O(1)
+/// to read, so a read can tell that no time-wait socket expired without
+/// walking them. `None` if the file or the field is missing.
+pub fn sockstat_tw() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
+    parse_sockstat_tw(&text)
+}
+
+fn parse_sockstat_tw(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "tw" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 /// Count the records in `bytes` (a torn tail is ignored).
@@ -96,6 +138,20 @@ pub fn tally(bytes: &[u8], keep: impl Fn(u16, u16) -> bool) -> TcpStateCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockstat_tw_is_read_from_the_tcp_line_only() {
+        let text =
+            "sockets: used 301\nTCP: inuse 9 orphan 1 tw 42 alloc 12 mem 3\nUDP: inuse 4 mem 2\n";
+        assert_eq!(parse_sockstat_tw(text), Some(42));
+        assert_eq!(parse_sockstat_tw("TCP: inuse 9 orphan 1 tw\n"), None);
+        assert_eq!(parse_sockstat_tw("TCP: inuse 9 tw x\n"), None);
+        assert_eq!(parse_sockstat_tw("UDP: inuse 4 tw 3\n"), None);
+        assert!(
+            sockstat_tw().is_some(),
+            "this kernel's /proc/net/sockstat has tw"
+        );
+    }
 
     #[test]
     fn tally_counts_three_states_by_port_and_ignores_a_torn_tail() {
