@@ -262,8 +262,9 @@ pub mod counter {
     /// map): the socket is not in the set, so userspace walks the whole
     /// socket map on its next read. Not a loss.
     pub const ACTIVE_FULL: u32 = 8;
-    /// TCP state changes (`sock:inet_sock_set_state`, every network
-    /// namespace): while it and the time-wait count stand still, the TCP
+    /// TCP state changes (`sock:inet_sock_set_state`) in the loader's
+    /// network namespace (every namespace when its offsets are unknown):
+    /// while it and the time-wait count stand still, the TCP
     /// state counts cannot have changed, and userspace skips its walk.
     pub const STATE_CHANGES: u32 = 9;
     /// Number of counters.
@@ -339,6 +340,14 @@ pub mod names {
     pub const OFF_TASK_COMM: &str = "OFF_TASK_COMM";
     /// Ring buffer of [`super::TcpEventRecord`].
     pub const TCP_EVENTS: &str = "TCP_EVENTS";
+    /// Global `u32`: offset of `skc_net` (a `possible_net_t`, whose first
+    /// member is the `struct net *`) in `struct sock_common` (0: unknown).
+    pub const OFF_SKC_NET: &str = "OFF_SKC_NET";
+    /// Global `u32`: offset of `ns.inum` in `struct net` (0: unknown).
+    pub const OFF_NET_INUM: &str = "OFF_NET_INUM";
+    /// Global `u32`: the inode number of the loader's network namespace
+    /// (0: count every namespace).
+    pub const NETNS_INUM: &str = "NETNS_INUM";
     /// Global `u32`: offset of `data` in `struct sk_buff` (0: unknown).
     pub const OFF_SKB_DATA: &str = "OFF_SKB_DATA";
     /// Globals `u32`: offsets of `head`, `network_header`, `transport_header` in `struct sk_buff`.

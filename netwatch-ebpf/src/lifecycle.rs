@@ -22,8 +22,8 @@ use aya_log_ebpf::{debug, warn};
 use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    account::{entry, finish, mark_active, Final},
-    maps::{bump, SOCKETS},
+    account::{entry, finish, mark_active, read_at, Final},
+    maps::{self, bump, SOCKETS},
 };
 
 /// `TCP_ESTABLISHED`.
@@ -59,8 +59,10 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     if ctx.read_at::<u16>(PROTOCOL)? != IPPROTO_TCP as u16 {
         return Ok(0);
     }
-    bump(counter::STATE_CHANGES);
     let sk: u64 = ctx.read_at(SKADDR)?;
+    if in_loader_netns(sk as *const u8) {
+        bump(counter::STATE_CHANGES);
+    }
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;
     let _ = crate::tcp_events::on_state(ctx, sk, newstate, family);
@@ -91,6 +93,27 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     // A state change is news for userspace even when no byte moved.
     mark_active(SockKey { sk }, st);
     Ok(0)
+}
+
+/// `sk` is in the loader's network namespace (`sk->__sk_common.skc_net`'s
+/// `ns.inum`), or the loader could not tell (then every namespace counts).
+#[inline(always)]
+unsafe fn in_loader_netns(sk: *const u8) -> bool {
+    let (want, off_net, off_inum) = (
+        maps::netns_inum(),
+        maps::off_skc_net(),
+        maps::off_net_inum(),
+    );
+    if want == 0 || off_net == 0 || off_inum == 0 {
+        return true;
+    }
+    let Ok(net) = read_at::<u64>(sk, off_net) else {
+        return true;
+    };
+    if net == 0 {
+        return true;
+    }
+    read_at::<u32>(net as *const u8, off_inum).map_or(true, |inum| inum == want)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]

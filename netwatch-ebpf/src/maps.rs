@@ -107,6 +107,16 @@ static OFF_TASK_GROUP_LEADER: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_COMM: u32 = 0;
 
+/// Offset of `skc_net` in `struct sock_common`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_SKC_NET: u32 = 0;
+/// Offset of `ns.inum` in `struct net`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_NET_INUM: u32 = 0;
+/// The loader's network namespace inode number; 0 when unknown.
+#[unsafe(no_mangle)]
+static NETNS_INUM: u32 = 0;
+
 /// Read a load-time global. `read_volatile` keeps the compiler from folding
 /// in the default, so the loader's value is the one used.
 #[inline(always)]
@@ -154,6 +164,19 @@ pub fn off_task_group_leader() -> usize {
 #[inline(always)]
 pub fn off_task_comm() -> usize {
     global(&OFF_TASK_COMM)
+}
+
+#[inline(always)]
+pub fn off_skc_net() -> usize {
+    global(&OFF_SKC_NET)
+}
+#[inline(always)]
+pub fn off_net_inum() -> usize {
+    global(&OFF_NET_INUM)
+}
+#[inline(always)]
+pub fn netns_inum() -> u32 {
+    global(&NETNS_INUM) as u32
 }
 
 /// Add one to a `COUNTERS` slot.

@@ -272,63 +272,92 @@ fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
 
 /// The counts a read keeps between walks (skipped while no TCP state
 /// changed and the time-wait count stood still) follow every change
-/// exactly. In a network namespace of this thread's own, so the counts
-/// are all this test's sockets: the iterator and `/proc/thread-self/net`
-/// both see the reading thread's namespace.
+/// exactly; and only changes in the agent's own network namespace count as
+/// changes. In a namespace of this test's own (entered by one thread, where
+/// the source is loaded too), so the counts are all this test's sockets:
+/// the iterator and `/proc/thread-self/net` see the reading thread's
+/// namespace.
 #[test]
 fn tcp_state_counts_kept_between_walks_follow_every_change() {
     use netwatch::source::TcpStateCounts;
 
     require_root();
-    let opts = LoadOptions {
-        tier: TierChoice::Auto,
-        pin: None,
-        ..LoadOptions::default()
-    };
-    let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread.
-            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
-            let up = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .expect("running ip");
-            assert!(up.success(), "ip link set lo up: {up}");
-            let none = TcpStateCounts::default();
-            assert_eq!(
-                src.tcp_states(),
-                Some(none),
-                "a new namespace has no socket"
-            );
-            assert_eq!(src.tcp_states(), Some(none), "and still none");
+    // The namespace the test starts in (the process's), to go back to.
+    let host_ns = std::fs::File::open("/proc/self/ns/net").expect("opening /proc/self/ns/net");
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET moves only this thread.
+        let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("running ip");
+        assert!(up.success(), "ip link set lo up: {up}");
+        let opts = LoadOptions {
+            tier: TierChoice::Auto,
+            pin: None,
+            ..LoadOptions::default()
+        };
+        let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
+        let none = TcpStateCounts::default();
+        assert_eq!(
+            src.tcp_states(),
+            Some(none),
+            "a new namespace has no socket"
+        );
+        assert_eq!(src.tcp_states(), Some(none), "and still none");
+
+        // Connections in another namespace (the test process's own) are
+        // not state changes of this one.
+        let changes = src.kernel_counters().state_changes;
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on a namespace fd this test opened; it
+            // moves only this (new) thread.
+            let r = unsafe { libc::setns(host_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            let kept = three_states(&l);
-            let want = TcpStateCounts {
-                established: 2,
-                time_wait: 2,
-                close_wait: 0,
-            };
-            settle(|| src.tcp_states(), want);
-            assert_eq!(src.tcp_states(), Some(want), "kept while nothing changes");
-            // One change more: the kept connection's client closes, its
-            // server end sees the FIN (CLOSE_WAIT), then closes too.
-            let (c, s) = kept;
-            drop(c);
-            let want = TcpStateCounts {
-                established: 0,
-                time_wait: 2,
-                close_wait: 1,
-            };
-            settle(|| src.tcp_states(), want);
-            drop(s);
-            let want = TcpStateCounts {
-                established: 0,
-                time_wait: 3,
-                close_wait: 0,
-            };
-            settle(|| src.tcp_states(), want);
-        });
-    });
+            drop(three_states(&l));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            src.kernel_counters().state_changes,
+            changes,
+            "state changes of another namespace counted"
+        );
+
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let kept = three_states(&l);
+        assert!(
+            src.kernel_counters().state_changes > changes,
+            "this namespace's state changes not counted"
+        );
+        let want = TcpStateCounts {
+            established: 2,
+            time_wait: 2,
+            close_wait: 0,
+        };
+        settle(|| src.tcp_states(), want);
+        assert_eq!(src.tcp_states(), Some(want), "kept while nothing changes");
+        // One change more: the kept connection's client closes, its
+        // server end sees the FIN (CLOSE_WAIT), then closes too.
+        let (c, s) = kept;
+        drop(c);
+        let want = TcpStateCounts {
+            established: 0,
+            time_wait: 2,
+            close_wait: 1,
+        };
+        settle(|| src.tcp_states(), want);
+        drop(s);
+        let want = TcpStateCounts {
+            established: 0,
+            time_wait: 3,
+            close_wait: 0,
+        };
+        settle(|| src.tcp_states(), want);
+    })
+    .join()
+    .expect("the namespace thread");
 }

@@ -347,12 +347,11 @@ pub struct ScalePoint {
     pub error: Option<String>,
 }
 
+/// The scale rows: (agent, open sockets, new connections/s). (ebpf, 0, 0)
+/// is the idle agent: the workload holds no socket and moves nothing.
 fn scale_rows(plan: &Plan) -> Vec<(Kind, u64, u64)> {
-    let mut rows: Vec<(Kind, u64, u64)> = plan
-        .sockets
-        .iter()
-        .map(|&n| (Kind::NetwatchEbpf, n, 0))
-        .collect();
+    let mut rows: Vec<(Kind, u64, u64)> = vec![(Kind::NetwatchEbpf, 0, 0)];
+    rows.extend(plan.sockets.iter().map(|&n| (Kind::NetwatchEbpf, n, 0)));
     rows.extend(plan.rates.iter().map(|&r| (Kind::NetwatchEbpf, 0, r)));
     rows.push((Kind::NetwatchSs, 10_000, 0));
     rows
@@ -409,13 +408,9 @@ fn scale_point(
     let tag = format!("scale-s{sockets}-r{rate}-{rep}");
     let mon = Running::start(kind, tools, out, &tag)?.context("no agent")?;
     let secs = (plan.window_s + 1).to_string();
+    let active = if sockets == 0 { 0 } else { plan.active_per_s };
     let args: Vec<String> = if rate == 0 {
-        vec![
-            "idle".into(),
-            sockets.to_string(),
-            plan.active_per_s.to_string(),
-            secs,
-        ]
+        vec!["idle".into(), sockets.to_string(), active.to_string(), secs]
     } else {
         vec!["rate".into(), rate.to_string(), secs]
     };
@@ -475,8 +470,17 @@ fn scale_point(
         hwm,
         memlock,
         lost: a.lost_records,
-        exact_tx: gtx as f64 / ttx.max(1) as f64,
-        exact_rx: grx as f64 / trx.max(1) as f64,
+        // Nothing to attribute (the idle row): no ratio.
+        exact_tx: if ttx == 0 {
+            f64::NAN
+        } else {
+            gtx as f64 / ttx as f64
+        },
+        exact_rx: if trx == 0 {
+            f64::NAN
+        } else {
+            grx as f64 / trx as f64
+        },
         achieved: truth.achieved.unwrap_or(f64::NAN),
         error: None,
     })

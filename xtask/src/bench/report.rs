@@ -285,7 +285,8 @@ fn scale_table(md: &mut String, ctx: &Context, scale: &[ScalePoint]) {
         md,
         "\n## Scale\n\nThe agent at a 1 s interval while one process holds N open TCP sockets on loopback \
          (RLIMIT_NOFILE raised) with {} of them writing 64 B each second, or opens short connections \
-         (100 B each) at a rate. CPU is the agent's utime+stime over a {} s window divided by the window \
+         (100 B each) at a rate; \"idle\" is the agent while the workload holds no socket and moves nothing \
+         (what it costs on a quiet server: the machine's own background traffic still counts). CPU is the agent's utime+stime over a {} s window divided by the window \
          (seconds per 1 s interval = fraction of one core). RSS is `VmRSS` at the end of the window, peak \
          `VmHWM`; map memory is the sum of `memlock` in `/proc/<agent>/fdinfo` of its BPF map fds. \
          lost_records is the agent's own counter; exact = bytes attributed to the workload's pid ÷ truth.\n\n\
@@ -311,7 +312,9 @@ fn scale_table(md: &mut String, ctx: &Context, scale: &[ScalePoint]) {
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.0.label(),
-            if r.1 == 0 {
+            if r.1 == 0 && r.2 == 0 {
+                "idle".into()
+            } else if r.1 == 0 {
                 "—".into()
             } else {
                 r.1.to_string()

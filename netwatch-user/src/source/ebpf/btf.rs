@@ -40,6 +40,10 @@ pub struct SockOffsets {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
+    /// `struct sock_common.skc_net` (its first member is the `struct net *`); 0 if unknown.
+    pub skc_net: u32,
+    /// `struct net.ns` + `struct ns_common.inum`; 0 if unknown.
+    pub net_inum: u32,
 }
 
 #[derive(Debug, Error)]
@@ -226,6 +230,14 @@ fn skb_offset(btf: &Btf, member: &'static str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Offset of `ns.inum` in `struct net`.
+fn net_inum_offset(btf: &Btf) -> Result<u32, BtfError> {
+    let net = find_struct(btf, "net")?;
+    let ns = offset(btf, &net, "net", "ns")?;
+    let common = find_struct(btf, "ns_common")?;
+    Ok(ns + offset(btf, &common, "ns_common", "inum")?)
+}
+
 impl SockOffsets {
     /// Resolve from the running kernel.
     pub fn from_kernel() -> Result<Self, BtfError> {
@@ -263,6 +275,8 @@ impl SockOffsets {
             skb_head: skb_offset(btf, "head"),
             skb_network_header: skb_offset(btf, "network_header"),
             skb_transport_header: skb_offset(btf, "transport_header"),
+            skc_net: offset(btf, &common, "sock_common", "skc_net").unwrap_or(0),
+            net_inum: net_inum_offset(btf).unwrap_or(0),
         })
     }
 }
@@ -297,6 +311,7 @@ mod tests {
         assert_eq!(o.recv_flags_arg, 3, "{o:?}");
         assert!((4..=5).contains(&o.recv_nargs), "{o:?}");
         assert!(!o.sendpage_path, "{o:?}");
+        assert!(o.skc_net > o.skc_family && o.net_inum > 0, "{o:?}");
     }
 
     #[test]

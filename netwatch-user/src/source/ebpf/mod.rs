@@ -161,6 +161,8 @@ pub struct KernelCounters {
     pub tcp_events_lost: u64,
     /// Active-set inserts that failed (not a loss: the next read walks).
     pub active_full: u64,
+    /// TCP state changes in the loader's network namespace.
+    pub state_changes: u64,
 }
 
 /// The loaded and attached programs and their maps.
@@ -684,6 +686,7 @@ impl EbpfSource {
             missed_return: get(counter::MISSED_RETURN),
             tcp_events_lost: get(counter::TCP_EVENTS_LOST),
             active_full: get(counter::ACTIVE_FULL),
+            state_changes: get(counter::STATE_CHANGES),
         }
     }
 

@@ -477,6 +477,13 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         return Err(LoadError::NoObject);
     }
     let tier_value = tier.abi() as u32;
+    // The TCP state-change counter counts this namespace only (0: all).
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            u32::try_from(m.ino()).unwrap_or(0)
+        })
+        .unwrap_or(0);
     let seed_limit = super::seed::limit(opts.max_sockets);
     let mut loader = EbpfLoader::new();
     for (name, value) in super::seed::globals() {
@@ -515,6 +522,9 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
             true,
         )
         .override_global(names::OFF_TASK_COMM, &offsets.task_comm, true)
+        .override_global(names::OFF_SKC_NET, &offsets.skc_net, true)
+        .override_global(names::OFF_NET_INUM, &offsets.net_inum, true)
+        .override_global(names::NETNS_INUM, &netns, true)
         .map_max_entries(names::SOCKETS, opts.max_sockets)
         .map_max_entries(
             names::CLAIMS,
