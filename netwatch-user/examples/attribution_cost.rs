@@ -78,10 +78,13 @@ fn main() -> Result<()> {
         let mut attr = Attribution::new(t0);
         let mut feed = Feed::new();
         let (mut agent, mut rows, mut events) = (Duration::ZERO, 0, 0);
+        let (mut reading, mut choosing) = (Duration::ZERO, Duration::ZERO);
         for (k, b) in batches.iter().enumerate() {
             let start = Instant::now();
             let iv = attr.read(b);
+            let read_at = Instant::now();
             let (top, _left_out) = iv.top_connections(b, max);
+            let top_at = Instant::now();
             let conns: Vec<Conn<'_>> = iv
                 .rows
                 .iter()
@@ -98,10 +101,14 @@ fn main() -> Result<()> {
             });
             if k > 0 {
                 agent += start.elapsed();
+                reading += read_at - start;
+                choosing += top_at - read_at;
             }
             rows = top.len();
             events = ev.len();
             std::hint::black_box((top, ev));
+            drop(conns);
+            attr.recycle(iv);
         }
 
         let mut attr = Attribution::new(t0);
@@ -124,8 +131,12 @@ fn main() -> Result<()> {
         }
         println!(
             "{sockets} sockets, {ACTIVE} active, top {max}: agent path {:.1} ns/socket/tick \
-             ({rows} rows, {events} feed events last tick); all rows {:.1}; clone {:.1}",
+             (read {:.1}, top N {:.1}, feed {:.1}; {rows} rows, {events} feed events last tick); \
+             all rows {:.1}; clone {:.1}",
             per_socket(agent),
+            per_socket(reading),
+            per_socket(choosing),
+            per_socket(agent - reading - choosing),
             per_socket(all),
             per_socket(clone),
         );

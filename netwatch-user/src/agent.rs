@@ -148,6 +148,9 @@ impl Agent {
                 interfaces: &snap.interfaces,
             }));
         }
+        if let Some((_, rows)) = read {
+            self.attribution.recycle(rows);
+        }
         self.host.fill_dns(&mut snap, dns);
         if let Some(p) = &self.health {
             snap.health = p.latest();

@@ -97,6 +97,9 @@ pub struct Attribution {
     prev: FastMap<SocketId, Last>,
     last_read: Instant,
     reads: u64,
+    /// The rows of an [`Interval`] handed back ([`Self::recycle`]): the
+    /// next read fills them again instead of allocating.
+    spare_rows: Vec<Row>,
 }
 
 /// Set in `SocketId::secondary` by a source that splits one socket between
@@ -135,7 +138,14 @@ impl Attribution {
             prev: FastMap::default(),
             last_read: started_at,
             reads: 0,
+            spare_rows: Vec::new(),
         }
+    }
+
+    /// Hand an interval's rows back once they are used: the next
+    /// [`Self::read`] reuses their memory.
+    pub fn recycle(&mut self, iv: Interval) {
+        self.spare_rows = iv.rows;
     }
 
     /// Consume one batch: compute deltas, group by process, remember
@@ -163,9 +173,14 @@ impl Attribution {
         let reads = self.reads;
 
         // (pid, name) -> its sums. The name is borrowed from the batch (no
-        // String per socket); a missing comm is named `pid:N` once per row below.
-        let mut per_process: FastMap<(u32, Option<&str>), ProcessSums> = FastMap::default();
-        let mut rows: Vec<Row> = Vec::with_capacity(batch.samples.len());
+        // String per socket); a missing comm is named `pid:N` once per row
+        // below. A process's sockets nearly always carry one name: keyed by
+        // pid alone (the pid's first name), other names of a pid apart.
+        let mut by_pid: FastMap<u32, (Option<&str>, ProcessSums)> = FastMap::default();
+        let mut other_names: FastMap<(u32, Option<&str>), ProcessSums> = FastMap::default();
+        let mut rows = std::mem::take(&mut self.spare_rows);
+        rows.clear();
+        rows.reserve(batch.samples.len());
         let mut prev_sample: Option<&SocketSample> = None;
         // Entries of `prev` that this read saw (and kept): when every
         // entry was seen, none can have outlived the grace.
@@ -227,7 +242,15 @@ impl Attribution {
                         secondary: s.id.secondary ^ (u64::from(s.pid.unwrap_or(0)) << 32),
                     }));
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
-                let row = per_process.entry((pid, s.comm.as_deref())).or_default();
+                let name = s.comm.as_deref();
+                let (first, sums) = by_pid
+                    .entry(pid)
+                    .or_insert_with(|| (name, ProcessSums::default()));
+                let row = if *first == name {
+                    sums
+                } else {
+                    other_names.entry((pid, name)).or_default()
+                };
                 row.rx += rx;
                 row.tx += tx;
                 if !s.closed {
@@ -265,8 +288,10 @@ impl Attribution {
             });
         }
 
-        let mut sums: Vec<((u32, Option<&str>), ProcessSums)> = per_process
+        let mut sums: Vec<((u32, Option<&str>), ProcessSums)> = by_pid
             .into_iter()
+            .map(|(pid, (name, sums))| ((pid, name), sums))
+            .chain(other_names)
             .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
             .collect();
         // (pid, name) order first, then most bytes first (a stable sort):
@@ -334,25 +359,30 @@ impl Interval {
         if n <= max {
             return ((0..n).collect(), 0);
         }
-        let established = |i: usize| {
-            self.rows
-                .get(i)
-                .and_then(|r| batch.samples.get(r.sample))
-                .is_some_and(|s| s.state == state::ESTABLISHED)
-        };
-        let key = |i: usize| {
-            (
-                std::cmp::Reverse(self.rows.get(i).map_or(0, |r| r.bytes)),
-                !established(i),
-                i,
-            )
-        };
-        let mut order: Vec<usize> = (0..n).collect();
+        // Each row's rank as one integer, smallest first: (most bytes,
+        // then ESTABLISHED, then batch order) packed as (!bytes, not
+        // established, index), so selecting compares integers only.
+        let mut keys: Vec<u128> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let established = batch
+                    .samples
+                    .get(r.sample)
+                    .is_some_and(|s| s.state == state::ESTABLISHED);
+                (u128::from(!r.bytes) << 64) | (u128::from(!established) << 63) | i as u128
+            })
+            .collect();
         if max > 0 {
-            order.select_nth_unstable_by_key(max - 1, |&i| key(i));
+            keys.select_nth_unstable(max - 1);
         }
-        order.truncate(max);
-        order.sort_unstable_by_key(|&i| key(i));
+        keys.truncate(max);
+        keys.sort_unstable();
+        let order = keys
+            .into_iter()
+            .map(|k| (k & u128::from(u64::MAX >> 1)) as usize)
+            .collect();
         (order, (n - max) as u64)
     }
 

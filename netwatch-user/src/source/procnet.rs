@@ -39,7 +39,7 @@ pub fn samples(table: &SocketTable) -> Vec<SocketSample> {
                 protocol: e.protocol,
                 local: Some(e.local),
                 remote: e.remote,
-                state: crate::source::state_name(&e.state),
+                state: e.state.into(),
                 pid: e.owner.as_ref().map(|o| o.pid),
                 comm: e.owner.as_ref().map(|o| o.comm.as_str().into()),
                 cgroup_id: None,

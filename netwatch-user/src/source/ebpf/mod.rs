@@ -102,7 +102,8 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
         }
     };
     // (tgid, comm, cgroup, rx, tx, last_ns), slots of one process summed.
-    let mut owners: Vec<(u32, Option<Arc<str>>, u64, u64, u64, u64)> = Vec::new();
+    type OwnerSums = (u32, Option<Arc<str>>, u64, u64, u64, u64);
+    let mut owners: Vec<OwnerSums> = Vec::new();
     for o in st.owners.iter().filter(|o| o.tgid != 0) {
         match owners.iter_mut().find(|x| x.0 == o.tgid) {
             Some(x) => {
