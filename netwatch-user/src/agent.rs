@@ -9,8 +9,9 @@ use chrono::Utc;
 use log::{error, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
-use crate::alerts::{feed::Tick, Detectors};
-use crate::attribution::{truncate_connections, Attribution};
+use crate::alerts::feed::{Conn, Tick};
+use crate::alerts::Detectors;
+use crate::attribution::Attribution;
 use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
@@ -91,21 +92,32 @@ impl Agent {
         }
         self.host.fill(&mut snap);
         let mut info = self.info.clone();
-        let mut connection_bytes = Vec::new();
+        // The batch and its compact rows live until the alerts are fed;
+        // wire rows are built for the top N only.
+        let mut read = None;
         match self.source.read() {
             Ok(batch) => {
-                let rows = self.attribution.apply(&batch);
+                let mut rows = self.attribution.read(&batch);
                 let mut processes = if batch.estimated {
-                    crate::estimate::split_by_connections(&rows.connections, &snap.interfaces)
+                    // The estimate splits by every ESTABLISHED connection
+                    // (the fallback sources only).
+                    crate::estimate::split_by_connections(
+                        &rows.all_connections(&batch),
+                        &snap.interfaces,
+                    )
                 } else {
-                    rows.processes
+                    std::mem::take(&mut rows.processes)
                 };
                 self.host.fill_processes(&mut processes);
                 snap.processes = Some(processes);
-                snap.connections = Some(rows.connections);
-                connection_bytes = rows.connection_bytes;
+                let (connections, left_out) = rows.top_connections(&batch, self.max_connections);
+                snap.connections = Some(connections);
+                if left_out > 0 {
+                    info.connections_truncated = Some(left_out);
+                }
                 info.estimated = batch.estimated;
                 info.lost_records = Some(batch.lost_records);
+                read = Some((batch, rows));
             }
             Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
         }
@@ -113,20 +125,31 @@ impl Agent {
         // Drained every tick, so a source never holds them for nobody.
         let tcp = self.source.take_tcp_events().unwrap_or_default();
         if let Some(d) = &mut self.alerts {
+            // The feed sees the new rows and the listeners, typed: never
+            // every socket, never strings to parse back.
+            let conns: Vec<Conn<'_>> = read
+                .as_ref()
+                .map(|(batch, rows)| {
+                    rows.rows
+                        .iter()
+                        .filter_map(|r| {
+                            let s = batch.samples.get(r.sample)?;
+                            Conn::wanted(s, r.new).then(|| Conn::of(s, r.new))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             snap.alerts = Some(d.tick(Tick {
                 now: crate::alerts::since_epoch(timestamp),
                 tcp: &tcp,
-                connections: snap.connections.as_deref().unwrap_or(&[]),
+                connections: &conns,
                 dns: dns.as_deref().unwrap_or(&[]),
                 processes: snap.processes.as_deref().unwrap_or(&[]),
                 interfaces: &snap.interfaces,
             }));
         }
-        if let Some(c) = &mut snap.connections {
-            let left_out = truncate_connections(c, &connection_bytes, self.max_connections);
-            if left_out > 0 {
-                info.connections_truncated = Some(left_out);
-            }
+        if let Some((_, rows)) = read {
+            self.attribution.recycle(rows);
         }
         self.host.fill_dns(&mut snap, dns);
         if let Some(p) = &self.health {

@@ -1,9 +1,14 @@
 //! Turns per-socket samples into the interval's wire rows: per-socket deltas
 //! against the previous read, summed per process into [`ProcessBandwidth`],
-//! and one [`ConnectionDetail`] per socket. Every source feeds this one step,
+//! and one connection row per socket. Every source feeds this one step,
 //! so its rules are the same everywhere. It never reads the system itself.
+//!
+//! Per socket per tick it must never allocate, format or parse: a read
+//! ([`Attribution::read`]) yields compact [`Row`]s that point into the
+//! batch, and wire [`ConnectionDetail`]s are built only for the rows that
+//! go out ([`Interval::top_connections`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
@@ -11,6 +16,10 @@ use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
 use crate::counter::counter_delta;
 use crate::net::state;
 use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample};
+
+/// Maps hashed once per socket per read: a fast hasher (the keys are
+/// kernel addresses, inodes and tuples, not attacker-chosen strings).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The interval's rows, ready for the snapshot.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +33,35 @@ pub struct Attributed {
     /// The bytes (rx + tx) each row of `connections` moved this interval,
     /// index for index: what [`truncate_connections`] ranks by.
     pub connection_bytes: Vec<u64>,
+    /// The interval the deltas cover.
+    pub interval: Duration,
+}
+
+/// One socket's connection row of one read, before it is built for the
+/// wire: where it is in the batch and what it counted. Small and `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// Index in the batch of the row's first sample (a shared socket's
+    /// most recent owner): its endpoints, state, owner and RTT.
+    pub sample: usize,
+    /// Cumulative counters, summed over the socket's shares.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// The bytes (rx + tx) it moved this interval: what the top N ranks by.
+    pub bytes: u64,
+    /// The socket was first seen on this read: in no earlier read (within
+    /// [`GRACE_READS`]), under none of its owners' ids. Never set on the
+    /// first read, whose sockets predate it and are a baseline.
+    pub new: bool,
+}
+
+/// One read's result: per-process rows (exact, from every socket) and one
+/// compact [`Row`] per socket, in batch order, pointing into the batch.
+#[derive(Debug, Clone, Default)]
+pub struct Interval {
+    /// As [`Attributed::processes`].
+    pub processes: Vec<ProcessBandwidth>,
+    pub rows: Vec<Row>,
     /// The interval the deltas cover.
     pub interval: Duration,
 }
@@ -56,9 +94,12 @@ struct ProcessSums {
 /// Per-socket delta tracker. Keeps each live socket's last cumulative counters.
 #[derive(Debug)]
 pub struct Attribution {
-    prev: HashMap<SocketId, Last>,
+    prev: FastMap<SocketId, Last>,
     last_read: Instant,
     reads: u64,
+    /// The rows of an [`Interval`] handed back ([`Self::recycle`]): the
+    /// next read fills them again instead of allocating.
+    spare_rows: Vec<Row>,
 }
 
 /// Set in `SocketId::secondary` by a source that splits one socket between
@@ -66,14 +107,19 @@ pub struct Attribution {
 /// come adjacent in a batch, with one `primary` and the same low 32 bits of
 /// `secondary`, and make one connection row. Other sources (one sample per
 /// row, as ss; or one row per socket and pid, as macOS) never set it.
+/// The owner's tgid is XORed into the high half of `secondary`, so the
+/// ownerless sample of a socket (tgid 0) has the id of the socket itself.
 pub const SHARED_SOCKET_TAG: u64 = 1 << 62;
+
+fn tagged(id: SocketId) -> bool {
+    id.secondary & SHARED_SOCKET_TAG != 0
+}
 
 /// `s` is another owner's share of the socket `prev` describes.
 fn same_socket(prev: Option<&SocketSample>, s: &SocketSample) -> bool {
-    let tagged = |x: &SocketSample| x.id.secondary & SHARED_SOCKET_TAG != 0;
     prev.is_some_and(|p| {
-        tagged(p)
-            && tagged(s)
+        tagged(p.id)
+            && tagged(s.id)
             && p.id.primary == s.id.primary
             && p.id != s.id
             && (p.id.secondary ^ s.id.secondary) & 0xffff_ffff == 0
@@ -89,56 +135,122 @@ impl Attribution {
     /// runs from there to the first read.
     pub fn new(started_at: Instant) -> Self {
         Self {
-            prev: HashMap::new(),
+            prev: FastMap::default(),
             last_read: started_at,
             reads: 0,
+            spare_rows: Vec::new(),
         }
     }
 
-    /// The bytes `s` moved since the previous read, as (rx, tx).
-    fn socket_delta(&self, s: &SocketSample) -> (u64, u64) {
-        match self.prev.get(&s.id) {
-            // A counter that went backwards: the socket id was reused, so
-            // everything it holds is new.
-            Some(last) => (
-                counter_delta(last.rx, s.rx_bytes),
-                counter_delta(last.tx, s.tx_bytes),
-            ),
-            None => match s.origin {
-                CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
-                // First read: the counters predate us and are only a baseline.
-                CountOrigin::SinceSocketOpen if self.reads == 0 => (0, 0),
-                // Later reads: the socket opened within the interval.
-                CountOrigin::SinceSocketOpen => (s.rx_bytes, s.tx_bytes),
-            },
-        }
+    /// Hand an interval's rows back once they are used: the next
+    /// [`Self::read`] reuses their memory.
+    pub fn recycle(&mut self, iv: Interval) {
+        self.spare_rows = iv.rows;
     }
 
-    /// Consume one batch: compute deltas, group by process, remember counters.
+    /// Consume one batch: compute deltas, group by process, remember
+    /// counters, and build every connection row (the convenience form of
+    /// [`Self::read`] + [`Interval::all_connections`]; the agent builds
+    /// only the top N).
     pub fn apply(&mut self, batch: &SampleBatch) -> Attributed {
+        let iv = self.read(batch);
+        let connections = iv.all_connections(batch);
+        Attributed {
+            connection_bytes: iv.rows.iter().map(|r| r.bytes).collect(),
+            connections,
+            processes: iv.processes,
+            interval: iv.interval,
+        }
+    }
+
+    /// Consume one batch: per-socket deltas against the previous read
+    /// (the map updated in place, one lookup per sample), per-process sums,
+    /// and one compact [`Row`] per socket. Nothing per socket allocates.
+    pub fn read(&mut self, batch: &SampleBatch) -> Interval {
         let interval = batch.taken_at.saturating_duration_since(self.last_read);
         let secs = interval.as_secs_f64();
         let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        let reads = self.reads;
 
-        // (pid, name) -> its sums; BTreeMap for a stable order. The name is
-        // borrowed from the batch (no String per socket); a missing comm is
-        // named `pid:N` once per row below.
-        let mut per_process: BTreeMap<(u32, Option<&str>), ProcessSums> = BTreeMap::new();
-        let mut connections: Vec<ConnectionDetail> = Vec::with_capacity(batch.samples.len());
-        let mut connection_bytes: Vec<u64> = Vec::with_capacity(batch.samples.len());
-        let mut updates: Vec<(SocketId, Option<Last>)> = Vec::with_capacity(batch.samples.len());
+        // (pid, name) -> its sums. The name is borrowed from the batch (no
+        // String per socket); a missing comm is named `pid:N` once per row
+        // below. A process's sockets nearly always carry one name: keyed by
+        // pid alone (the pid's first name), other names of a pid apart.
+        let mut by_pid: FastMap<u32, (Option<&str>, ProcessSums)> = FastMap::default();
+        let mut other_names: FastMap<(u32, Option<&str>), ProcessSums> = FastMap::default();
+        let mut rows = std::mem::take(&mut self.spare_rows);
+        rows.clear();
+        rows.reserve(batch.samples.len());
         let mut prev_sample: Option<&SocketSample> = None;
+        // Entries of `prev` that this read saw (and kept): when every
+        // entry was seen, none can have outlived the grace.
+        let mut refreshed = 0usize;
 
-        for s in &batch.samples {
-            let (rx, tx) = self.socket_delta(s);
-            let last = (!s.closed).then_some(Last {
+        for (i, s) in batch.samples.iter().enumerate() {
+            let current = Last {
                 rx: s.rx_bytes,
                 tx: s.tx_bytes,
-                read: self.reads,
-            });
-            updates.push((s.id, last));
+                read: reads,
+            };
+            let ((rx, tx), known) = match self.prev.entry(s.id) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let last = *e.get();
+                    // A counter that went backwards: the socket id was
+                    // reused, so everything it holds is new.
+                    let delta = (
+                        counter_delta(last.rx, s.rx_bytes),
+                        counter_delta(last.tx, s.tx_bytes),
+                    );
+                    let counted = last.read == reads;
+                    if s.closed {
+                        // Its final counters are counted; it never returns.
+                        e.remove();
+                        if counted {
+                            refreshed -= 1;
+                        }
+                    } else {
+                        *e.get_mut() = current;
+                        if !counted {
+                            refreshed += 1;
+                        }
+                    }
+                    (delta, true)
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    if !s.closed {
+                        e.insert(current);
+                        refreshed += 1;
+                    }
+                    let delta = match s.origin {
+                        CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
+                        // First read: the counters predate us and are only a baseline.
+                        CountOrigin::SinceSocketOpen if reads == 0 => (0, 0),
+                        // Later reads: the socket opened within the interval.
+                        CountOrigin::SinceSocketOpen => (s.rx_bytes, s.tx_bytes),
+                    };
+                    (delta, false)
+                }
+            };
+            // A shared socket's owner seen for the first time: the socket
+            // itself is not new when its ownerless sample was seen before.
+            let new = reads > 0
+                && !known
+                && !(tagged(s.id)
+                    && s.pid.is_some_and(|p| p != 0)
+                    && self.prev.contains_key(&SocketId {
+                        primary: s.id.primary,
+                        secondary: s.id.secondary ^ (u64::from(s.pid.unwrap_or(0)) << 32),
+                    }));
             if let Some(pid) = s.pid.filter(|&p| p != 0) {
-                let row = per_process.entry((pid, s.comm.as_deref())).or_default();
+                let name = s.comm.as_deref();
+                let (first, sums) = by_pid
+                    .entry(pid)
+                    .or_insert_with(|| (name, ProcessSums::default()));
+                let row = if *first == name {
+                    sums
+                } else {
+                    other_names.entry((pid, name)).or_default()
+                };
                 row.rx += rx;
                 row.tx += tx;
                 if !s.closed {
@@ -151,41 +263,42 @@ impl Attribution {
                     }
                 }
             }
+            let bytes = rx.saturating_add(tx);
             // One socket shared by several processes comes as adjacent
             // samples with one `id.primary` and endpoints (the eBPF source's
             // owners): one connection row, its bytes summed, the first
             // (most recent) owner named.
-            if let Some(prev) = connections.last_mut() {
-                if same_socket(prev_sample, s) {
-                    prev.rx_bytes = Some(prev.rx_bytes.unwrap_or(0) + s.rx_bytes);
-                    prev.tx_bytes = Some(prev.tx_bytes.unwrap_or(0) + s.tx_bytes);
-                    if let Some(b) = connection_bytes.last_mut() {
-                        *b = b.saturating_add(rx.saturating_add(tx));
-                    }
+            if same_socket(prev_sample, s) {
+                if let Some(r) = rows.last_mut() {
+                    r.rx_bytes = r.rx_bytes.saturating_add(s.rx_bytes);
+                    r.tx_bytes = r.tx_bytes.saturating_add(s.tx_bytes);
+                    r.bytes = r.bytes.saturating_add(bytes);
+                    r.new &= new;
                     prev_sample = Some(s);
                     continue;
                 }
             }
             prev_sample = Some(s);
-            connection_bytes.push(rx.saturating_add(tx));
-            connections.push(ConnectionDetail {
-                protocol: s.protocol.as_wire().to_string(),
-                local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
-                remote_addr: s
-                    .remote
-                    .map_or_else(|| "*:*".to_string(), |a| a.to_string()),
-                state: s.state.clone(),
-                pid: s.pid.filter(|&p| p != 0),
-                process_name: s.comm.clone(),
-                kernel_rtt_us: s.rtt_us,
-                rx_bytes: Some(s.rx_bytes),
-                tx_bytes: Some(s.tx_bytes),
+            rows.push(Row {
+                sample: i,
+                rx_bytes: s.rx_bytes,
+                tx_bytes: s.tx_bytes,
+                bytes,
+                new,
             });
         }
 
-        let mut processes: Vec<ProcessBandwidth> = per_process
+        let mut sums: Vec<((u32, Option<&str>), ProcessSums)> = by_pid
             .into_iter()
+            .map(|(pid, (name, sums))| ((pid, name), sums))
+            .chain(other_names)
             .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
+            .collect();
+        // (pid, name) order first, then most bytes first (a stable sort):
+        // equal totals keep a stable order.
+        sums.sort_unstable_by_key(|(k, _)| *k);
+        let mut processes: Vec<ProcessBandwidth> = sums
+            .into_iter()
             .map(|((pid, name), s)| {
                 ProcessBandwidth::network_only(
                     name.map_or_else(|| format!("pid:{pid}"), str::to_string),
@@ -200,25 +313,97 @@ impl Attribution {
             .collect();
         processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
 
-        for (id, last) in updates {
-            match last {
-                Some(l) => self.prev.insert(id, l),
-                // Closed: its final counters were counted; it never returns.
-                None => self.prev.remove(&id),
-            };
-        }
         // Sockets gone without a final record for longer than the grace are
-        // forgotten: a polling source cannot see their last bytes.
-        let now = self.reads;
-        self.prev.retain(|_, l| now - l.read < GRACE_READS);
+        // forgotten: a polling source cannot see their last bytes. Only
+        // when some entry was not seen now (else none can be that old).
+        if self.prev.len() > refreshed {
+            self.prev.retain(|_, l| reads - l.read < GRACE_READS);
+        }
         self.last_read = batch.taken_at;
         self.reads += 1;
-        Attributed {
+        Interval {
             processes,
-            connections,
-            connection_bytes,
+            rows,
             interval,
         }
+    }
+}
+
+/// The wire row of `row`, whose samples are in `batch`; `None` if `row`
+/// is not of this batch.
+pub fn connection_detail(batch: &SampleBatch, row: &Row) -> Option<ConnectionDetail> {
+    let s = batch.samples.get(row.sample)?;
+    Some(ConnectionDetail {
+        protocol: s.protocol.as_wire().to_string(),
+        local_addr: s.local.map_or_else(|| "*:*".to_string(), |a| a.to_string()),
+        remote_addr: s
+            .remote
+            .map_or_else(|| "*:*".to_string(), |a| a.to_string()),
+        state: s.state.to_string(),
+        pid: s.pid.filter(|&p| p != 0),
+        process_name: s.comm.as_deref().map(str::to_string),
+        kernel_rtt_us: s.rtt_us,
+        rx_bytes: Some(row.rx_bytes),
+        tx_bytes: Some(row.tx_bytes),
+    })
+}
+
+impl Interval {
+    /// The indices (into [`Self::rows`]) of the `max` rows that moved the
+    /// most bytes this interval, in the order they go out, and how many
+    /// were left out. The same choice and order as [`truncate_connections`]
+    /// (ties: `ESTABLISHED` first, then batch order; nothing to cut: all,
+    /// in batch order).
+    pub fn top(&self, batch: &SampleBatch, max: usize) -> (Vec<usize>, u64) {
+        let n = self.rows.len();
+        if n <= max {
+            return ((0..n).collect(), 0);
+        }
+        // Each row's rank as one integer, smallest first: (most bytes,
+        // then ESTABLISHED, then batch order) packed as (!bytes, not
+        // established, index), so selecting compares integers only.
+        let mut keys: Vec<u128> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let established = batch
+                    .samples
+                    .get(r.sample)
+                    .is_some_and(|s| s.state == state::ESTABLISHED);
+                (u128::from(!r.bytes) << 64) | (u128::from(!established) << 63) | i as u128
+            })
+            .collect();
+        if max > 0 {
+            keys.select_nth_unstable(max - 1);
+        }
+        keys.truncate(max);
+        keys.sort_unstable();
+        let order = keys
+            .into_iter()
+            .map(|k| (k & u128::from(u64::MAX >> 1)) as usize)
+            .collect();
+        (order, (n - max) as u64)
+    }
+
+    /// The wire rows of the top `max` (see [`Self::top`]), built only for
+    /// them, and how many rows were left out.
+    pub fn top_connections(&self, batch: &SampleBatch, max: usize) -> (Vec<ConnectionDetail>, u64) {
+        let (order, left_out) = self.top(batch, max);
+        let rows = order
+            .into_iter()
+            .filter_map(|i| self.rows.get(i))
+            .filter_map(|r| connection_detail(batch, r))
+            .collect();
+        (rows, left_out)
+    }
+
+    /// Every row's wire row, in batch order.
+    pub fn all_connections(&self, batch: &SampleBatch) -> Vec<ConnectionDetail> {
+        self.rows
+            .iter()
+            .filter_map(|r| connection_detail(batch, r))
+            .collect()
     }
 }
 
@@ -271,7 +456,7 @@ mod tests {
             remote: Some("127.0.0.1:2000".parse().unwrap()),
             state: "ESTABLISHED".into(),
             pid: Some(pid),
-            comm: Some(format!("p{pid}")),
+            comm: Some(format!("p{pid}").into()),
             cgroup_id: None,
             rx_bytes: rx,
             tx_bytes: tx,
@@ -460,7 +645,7 @@ mod tests {
         let with = |id, pid, protocol, st: &str, closed| {
             let mut s = sample(id, pid, 1, 2, CountOrigin::SinceAttach);
             s.protocol = protocol;
-            s.state = st.to_string();
+            s.state = st.to_string().into();
             s.closed = closed;
             s
         };
@@ -510,6 +695,127 @@ mod tests {
         assert_eq!(r.connections.len(), 1);
         assert_eq!(r.connections[0].rx_bytes, Some(9));
         assert_eq!(r.connections[0].local_addr, "127.0.0.1:1000");
+    }
+
+    #[test]
+    fn top_n_chosen_before_building_rows_matches_building_all_then_truncating() {
+        // Ties on bytes, states other than ESTABLISHED, shared sockets
+        // (one row of several samples), closed and ownerless sockets.
+        let t0 = Instant::now();
+        let states = [
+            "ESTABLISHED",
+            "LISTEN",
+            "TIME_WAIT",
+            "ESTABLISHED",
+            "UNCONN",
+        ];
+        let make = |tick: u64| {
+            let mut v = Vec::new();
+            for i in 0..60u64 {
+                let moved = (i * 7 + tick * 3) % 5 * 10;
+                if i % 9 == 0 {
+                    // Two owners of one socket, the most recent first.
+                    for pid in [20 + i as u32, 10] {
+                        let mut s = sample(i, pid, moved * tick, tick, CountOrigin::SinceAttach);
+                        s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | i;
+                        v.push(s);
+                    }
+                    continue;
+                }
+                let mut s = sample(
+                    i,
+                    1 + (i % 4) as u32,
+                    moved * tick,
+                    0,
+                    CountOrigin::SinceAttach,
+                );
+                s.state = states[(i % 5) as usize].into();
+                if i % 11 == 0 {
+                    s.pid = None;
+                    s.comm = None;
+                }
+                s.closed = tick == 2 && i % 13 == 0;
+                v.push(s);
+            }
+            v
+        };
+        for max in [0, 1, 5, 17, 30, 54, 60, 1000] {
+            let (mut fast, mut full) = (Attribution::new(t0), Attribution::new(t0));
+            for tick in 1..4 {
+                let b = batch(t0 + Duration::from_secs(tick), make(tick));
+                let iv = fast.read(&b);
+                let (rows, left_out) = iv.top_connections(&b, max);
+                let mut all = full.apply(&b);
+                let expected_left_out =
+                    truncate_connections(&mut all.connections, &all.connection_bytes, max);
+                assert_eq!(rows, all.connections, "max {max}, tick {tick}");
+                assert_eq!(left_out, expected_left_out, "max {max}, tick {tick}");
+                assert_eq!(
+                    left_out as usize,
+                    iv.rows.len().saturating_sub(max),
+                    "exactly the rows left out"
+                );
+                assert_eq!(iv.processes, all.processes);
+            }
+        }
+    }
+
+    fn new_flags(a: &mut Attribution, at: Instant, v: Vec<SocketSample>) -> Vec<(u64, bool)> {
+        let b = batch(at, v);
+        let iv = a.read(&b);
+        iv.rows
+            .iter()
+            .map(|r| (b.samples[r.sample].id.primary, r.new))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_is_new_when_its_socket_was_not_seen_before() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut a = Attribution::new(t0);
+        let s = |id| sample(id, 10, 1, 1, CountOrigin::SinceAttach);
+        // The first read is a baseline: nothing new.
+        assert_eq!(new_flags(&mut a, at(1), vec![s(1)]), vec![(1, false)]);
+        assert_eq!(
+            new_flags(&mut a, at(2), vec![s(1), s(2)]),
+            vec![(1, false), (2, true)]
+        );
+        // Missing from one read, then back: not new (the grace keeps it).
+        assert_eq!(new_flags(&mut a, at(3), vec![s(2)]), vec![(2, false)]);
+        assert_eq!(
+            new_flags(&mut a, at(4), vec![s(1), s(2)]),
+            vec![(1, false), (2, false)]
+        );
+        // A socket opened and closed within the interval: new.
+        let mut gone = s(3);
+        gone.closed = true;
+        assert_eq!(new_flags(&mut a, at(5), vec![gone]), vec![(3, true)]);
+        // A shared socket first seen without an owner, then with one (a
+        // new share id): the socket is not new. Another owner joining: not new.
+        let share = |pid: u32| {
+            let mut s = sample(7, pid, 1, 1, CountOrigin::SinceAttach);
+            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            if pid == 0 {
+                s.pid = None;
+            }
+            s
+        };
+        assert_eq!(new_flags(&mut a, at(6), vec![share(0)]), vec![(7, true)]);
+        assert_eq!(new_flags(&mut a, at(7), vec![share(5)]), vec![(7, false)]);
+        assert_eq!(
+            new_flags(&mut a, at(8), vec![share(6), share(5)]),
+            vec![(7, false)]
+        );
+        // A socket first seen with two owners at once: one row, new.
+        let mut other = share(8);
+        other.id.primary = 70;
+        let mut other2 = share(9);
+        other2.id.primary = 70;
+        assert_eq!(
+            new_flags(&mut a, at(9), vec![other, other2]),
+            vec![(70, true)]
+        );
     }
 
     impl Attribution {

@@ -226,10 +226,7 @@ fn udp_datagrams_on_any_count_exactly_including_ipv6_fragments() {
             (down, up),
             "{ip} server (tx, rx): UDP payload is exact; {stats:?}"
         );
-        assert_eq!(
-            (cs.state.as_str(), ss.state.as_str()),
-            ("ESTABLISHED", "UNCONN")
-        );
+        assert_eq!((&*cs.state, &*ss.state), ("ESTABLISHED", "UNCONN"));
         assert_eq!(
             (cs.pid, ss.pid),
             (Some(std::process::id()), Some(std::process::id()))

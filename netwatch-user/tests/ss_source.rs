@@ -134,10 +134,7 @@ fn exact_bytes_over(ip: &str) {
         let receiver = find(&batch, p.server_end());
         for s in [sender, receiver] {
             assert_ours(s);
-            assert_eq!(
-                (s.protocol, s.state.as_str()),
-                (Protocol::Tcp, "ESTABLISHED")
-            );
+            assert_eq!((s.protocol, &*s.state), (Protocol::Tcp, "ESTABLISHED"));
             assert!(s.rtt_us.is_some_and(|r| r >= 0.0), "rtt of {s:?}");
         }
         assert_eq!(
@@ -200,13 +197,13 @@ fn ss_shows_udp_sockets() {
     for sock in [&unconnected, &v6] {
         let s = by_local(sock.local_addr().expect("udp address"));
         assert_ours(s);
-        assert_eq!((s.state.as_str(), s.remote), ("UNCONN", None));
+        assert_eq!((&*s.state, s.remote), ("UNCONN", None));
         // ss has no byte counters for UDP.
         assert_eq!((s.rx_bytes, s.tx_bytes, s.rtt_us), (0, 0, None));
     }
     let c = by_local(connected.local_addr().expect("udp address"));
     assert_ours(c);
-    assert_eq!((c.state.as_str(), c.remote), ("ESTABLISHED", Some(target)));
+    assert_eq!((&*c.state, c.remote), ("ESTABLISHED", Some(target)));
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! source's TCP control events (SYNs and resets: captured by pcap, or traced
 //! by the kernel collector, `source::ebpf::tcp_events`), new connection rows
 //! (closed-socket samples included), DNS queries, and process and interface
-//! rates. It never reads the system; it only compares this tick's rows with
-//! the previous tick's.
+//! rates. It never reads the system, and never looks at every socket: it
+//! takes typed rows ([`Conn`]), only the ones new this tick (attribution
+//! flags them: [`crate::attribution::Row::new`]) and the listening ones.
 //!
 //! Directions: a SYN arriving at a local address is an inbound attempt; a
 //! SYN leaving one is a connection this host opened; a reset sent in answer
@@ -17,11 +18,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netwatch_common::wire::{ConnectionDetail, InterfaceMetric, ProcessBandwidth};
+use netwatch_common::wire::{InterfaceMetric, ProcessBandwidth};
 
 use super::{Event, Subject};
 use crate::net::state;
-use crate::source::{DnsEvent, DnsEventKind, TcpEvent, TcpEventKind};
+use crate::source::{DnsEvent, DnsEventKind, Protocol, SocketSample, TcpEvent, TcpEventKind};
 
 /// How long an inbound SYN is remembered to match the reset refusing it,
 /// and a fed connection to skip its row.
@@ -31,33 +32,66 @@ const MAX_REMEMBERED: usize = 1 << 16;
 
 type Tuple = (SocketAddr, SocketAddr);
 
+/// One connection row as the feed reads it: typed, borrowed from the
+/// sample it was made of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conn<'a> {
+    pub protocol: Protocol,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// A name from [`crate::net::state`].
+    pub state: &'a str,
+    pub pid: Option<u32>,
+    pub process: Option<&'a str>,
+    /// The socket was first seen this tick (see [`crate::attribution::Row::new`]).
+    pub new: bool,
+}
+
+impl<'a> Conn<'a> {
+    /// The row of sample `s` (a connection row's first sample).
+    pub fn of(s: &'a SocketSample, new: bool) -> Self {
+        Self {
+            protocol: s.protocol,
+            local: s.local,
+            remote: s.remote,
+            state: &s.state,
+            pid: s.pid.filter(|&p| p != 0),
+            process: s.comm.as_deref(),
+            new,
+        }
+    }
+
+    /// The rows the feed needs to see: new ones and TCP listeners.
+    pub fn wanted(s: &SocketSample, new: bool) -> bool {
+        new || (s.protocol == Protocol::Tcp && s.state == state::LISTEN)
+    }
+}
+
 /// What the agent saw in one tick.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tick<'a> {
     /// The tick's time since the Unix epoch.
     pub now: Duration,
     pub tcp: &'a [TcpEvent],
-    pub connections: &'a [ConnectionDetail],
+    /// The tick's connection rows that are new ([`Conn::new`]) or listen
+    /// ([`Conn::wanted`]); others may be present and are ignored.
+    pub connections: &'a [Conn<'a>],
     pub dns: &'a [DnsEvent],
     pub processes: &'a [ProcessBandwidth],
     pub interfaces: &'a [InterfaceMetric],
 }
 
-/// The previous tick's rows and the recent SYNs.
+/// Whether a tick came before, and the recent SYNs.
 #[derive(Debug, Default)]
 pub struct Feed {
-    /// (local, remote) of the previous tick's TCP rows; `None` before the
-    /// first tick (whose rows predate the agent and are a baseline).
-    rows: Option<HashSet<Tuple>>,
+    /// A tick came before: the first tick's rows predate the agent and are
+    /// a baseline.
+    primed: bool,
     /// Inbound SYNs: (remote, local) → when.
     inbound_syns: HashMap<Tuple, Duration>,
     /// Connections fed from a SYN: (local, remote) → when, and whether
     /// its owner was known then.
     fed: HashMap<Tuple, (Duration, bool)>,
-}
-
-fn parse(a: &str) -> Option<SocketAddr> {
-    a.parse().ok()
 }
 
 impl Feed {
@@ -68,16 +102,13 @@ impl Feed {
     /// The events of one tick, oldest first where times are known.
     pub fn events(&mut self, t: Tick<'_>) -> Vec<Event> {
         let mut out = Vec::new();
-        let owners: HashMap<Tuple, (Option<u32>, Option<String>)> = t
+        // Owners of the new rows: a SYN sent this tick is of a socket first
+        // seen this tick (or of a row a later tick brings: `Owner`).
+        let owners: HashMap<Tuple, (Option<u32>, Option<&str>)> = t
             .connections
             .iter()
-            .filter(|c| c.protocol == "TCP")
-            .filter_map(|c| {
-                Some((
-                    (parse(&c.local_addr)?, parse(&c.remote_addr)?),
-                    (c.pid, c.process_name.clone()),
-                ))
-            })
+            .filter(|c| c.protocol == Protocol::Tcp && c.new)
+            .filter_map(|c| Some(((c.local?, c.remote?), (c.pid, c.process))))
             .collect();
         let mut tcp: Vec<&TcpEvent> = t.tcp.iter().collect();
         tcp.sort_by_key(|e| e.at);
@@ -97,7 +128,8 @@ impl Feed {
                     }
                     if e.src_local {
                         let (pid, process) =
-                            owners.get(&(e.src, e.dst)).cloned().unwrap_or_default();
+                            owners.get(&(e.src, e.dst)).copied().unwrap_or_default();
+                        let process = process.map(str::to_string);
                         if self.fed.len() < MAX_REMEMBERED {
                             self.fed.insert((e.src, e.dst), (e.at, pid.is_some()));
                         }
@@ -163,26 +195,27 @@ impl Feed {
     }
 
     fn rows_events(&mut self, t: &Tick<'_>, out: &mut Vec<Event>) {
+        let primed = std::mem::replace(&mut self.primed, true);
+        if !primed {
+            return;
+        }
         let listening: HashSet<u16> = t
             .connections
             .iter()
-            .filter(|c| c.protocol == "TCP" && c.state == state::LISTEN)
-            .filter_map(|c| parse(&c.local_addr).map(|a| a.port()))
+            .filter(|c| c.protocol == Protocol::Tcp && c.state == state::LISTEN)
+            .filter_map(|c| c.local.map(|a| a.port()))
             .collect();
-        let mut rows = HashSet::new();
         for c in t.connections {
-            if c.protocol != "TCP" || c.state == state::LISTEN {
+            if !c.new || c.protocol != Protocol::Tcp || c.state == state::LISTEN {
                 continue;
             }
-            let (Some(local), Some(remote)) = (parse(&c.local_addr), parse(&c.remote_addr)) else {
+            let (Some(local), Some(remote)) = (c.local, c.remote) else {
                 continue;
             };
             if remote.port() == 0 || remote.ip().is_unspecified() {
                 continue;
             }
-            rows.insert((local, remote));
-            let Some(prev) = &self.rows else { continue };
-            if prev.contains(&(local, remote)) || self.inbound_syns.contains_key(&(remote, local)) {
+            if self.inbound_syns.contains_key(&(remote, local)) {
                 continue;
             }
             if let Some((_, known)) = self.fed.get(&(local, remote)) {
@@ -191,7 +224,7 @@ impl Feed {
                     out.push(Event::Owner {
                         at: t.now,
                         pid,
-                        process: c.process_name.clone(),
+                        process: c.process.map(str::to_string),
                         local,
                         remote,
                     });
@@ -209,13 +242,12 @@ impl Feed {
                 out.push(Event::Connect {
                     at: t.now,
                     pid: c.pid,
-                    process: c.process_name.clone(),
+                    process: c.process.map(str::to_string),
                     local: Some(local),
                     remote,
                 });
             }
         }
-        self.rows = Some(rows);
     }
 }
 
@@ -227,18 +259,21 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn row(local: &str, remote: &str, st: &str, pid: u32) -> ConnectionDetail {
-        ConnectionDetail {
-            protocol: "TCP".into(),
-            local_addr: local.into(),
-            remote_addr: remote.into(),
-            state: st.into(),
+    fn row(local: &str, remote: &str, st: &'static str, pid: u32) -> Conn<'static> {
+        Conn {
+            protocol: Protocol::Tcp,
+            local: Some(sa(local)),
+            remote: Some(sa(remote)),
+            state: st,
             pid: Some(pid),
-            process_name: Some("p".into()),
-            kernel_rtt_us: None,
-            rx_bytes: None,
-            tx_bytes: None,
+            process: Some("p"),
+            new: false,
         }
+    }
+
+    /// `c`, first seen this tick.
+    fn new(c: Conn<'static>) -> Conn<'static> {
+        Conn { new: true, ..c }
     }
 
     fn tcp(
@@ -264,7 +299,8 @@ mod tests {
         let mut f = Feed::new();
         let listen = row("0.0.0.0:22", "0.0.0.0:0", "LISTEN", 1);
         let old = row("10.0.0.1:40000", "192.0.2.1:443", "ESTABLISHED", 5);
-        let rows = vec![listen.clone(), old.clone()];
+        // Flagged new on the first tick too: the feed's own baseline holds.
+        let rows = vec![new(listen), new(old)];
         assert!(f
             .events(Tick {
                 now: Duration::from_secs(1),
@@ -275,8 +311,8 @@ mod tests {
         let rows = vec![
             listen,
             old,
-            row("10.0.0.1:22", "198.51.100.9:5555", "ESTABLISHED", 1),
-            row("10.0.0.1:40001", "192.0.2.1:443", "CLOSED", 5),
+            new(row("10.0.0.1:22", "198.51.100.9:5555", "ESTABLISHED", 1)),
+            new(row("10.0.0.1:40001", "192.0.2.1:443", "CLOSED", 5)),
         ];
         let ev = f.events(Tick {
             now: Duration::from_secs(2),
@@ -302,6 +338,7 @@ mod tests {
             ]
         );
         // Seen again: nothing new.
+        let rows: Vec<_> = rows.into_iter().map(|c| Conn { new: false, ..c }).collect();
         assert!(f
             .events(Tick {
                 now: Duration::from_secs(3),
@@ -350,7 +387,12 @@ mod tests {
                 false,
             ),
         ];
-        let rows = vec![row("10.0.0.1:40003", "192.0.2.1:443", "ESTABLISHED", 77)];
+        let rows = vec![new(row(
+            "10.0.0.1:40003",
+            "192.0.2.1:443",
+            "ESTABLISHED",
+            77,
+        ))];
         let out = f.events(Tick {
             now: Duration::from_secs(9),
             tcp: &ev,
@@ -382,6 +424,7 @@ mod tests {
             ]
         );
         // A SYN whose row comes a tick later: the row lends its owner only.
+        let rows = vec![row("10.0.0.1:40003", "192.0.2.1:443", "ESTABLISHED", 77)];
         let syn = [tcp(
             9_500,
             "10.0.0.1:40004",
@@ -400,7 +443,7 @@ mod tests {
             matches!(out[..], [Event::Connect { pid: None, .. }]),
             "{out:?}"
         );
-        let rows = vec![row("10.0.0.1:40004", "192.0.2.1:443", "CLOSED", 78)];
+        let rows = vec![new(row("10.0.0.1:40004", "192.0.2.1:443", "CLOSED", 78))];
         let out = f.events(Tick {
             now: Duration::from_secs(11),
             connections: &rows,

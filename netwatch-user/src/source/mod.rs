@@ -4,7 +4,9 @@
 //! source is in use. Sources that see packets also yield [`DnsEvent`]s. A
 //! source must never build wire rows itself.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(target_os = "linux")]
@@ -68,11 +70,14 @@ pub struct SocketSample {
     pub remote: Option<SocketAddr>,
     /// Normalized state, a name from [`crate::net::state`] (`ESTABLISHED`,
     /// `LISTEN`, `TIME_WAIT`, `UNCONN`, …; [`crate::net::state::CLOSED`] when `closed`).
-    pub state: String,
+    /// Borrowed for every name netwatch knows ([`state_name`]): a sample
+    /// is cloned and compared per socket per tick without allocating.
+    pub state: Cow<'static, str>,
     /// Owning process (thread-group id), when known.
     pub pid: Option<u32>,
-    /// Its `comm` (or the best name the source has).
-    pub comm: Option<String>,
+    /// Its `comm` (or the best name the source has); shared, so cloning a
+    /// cached sample does not allocate.
+    pub comm: Option<Arc<str>>,
     /// cgroup v2 id of the owner, when the source knows it.
     pub cgroup_id: Option<u64>,
     /// Cumulative payload bytes received, counted from [`Self::origin`].
@@ -84,6 +89,34 @@ pub struct SocketSample {
     /// The socket is gone: these are its final counters, and it will not be seen again.
     pub closed: bool,
     pub origin: CountOrigin,
+}
+
+/// A state as a sample holds it: the static name when `name` is one of
+/// [`crate::net::state`]'s, else an owned copy (text a tool printed that no
+/// table knows is kept as it was).
+pub fn state_name(name: &str) -> Cow<'static, str> {
+    use crate::net::state::*;
+    const KNOWN: [&str; 15] = [
+        ESTABLISHED,
+        SYN_SENT,
+        SYN_RECV,
+        FIN_WAIT1,
+        FIN_WAIT2,
+        TIME_WAIT,
+        CLOSE_WAIT,
+        LAST_ACK,
+        LISTEN,
+        CLOSING,
+        NEW_SYN_RECV,
+        UNCONN,
+        CLOSED,
+        UNKNOWN,
+        "",
+    ];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(k) => Cow::Borrowed(*k),
+        None => Cow::Owned(name.to_string()),
+    }
 }
 
 /// Everything one source read on one tick.

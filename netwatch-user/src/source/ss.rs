@@ -198,9 +198,9 @@ impl ParsedSocket {
             protocol: self.protocol,
             local: Some(self.local),
             remote: self.remote,
-            state: self.state.clone(),
+            state: super::state_name(&self.state),
             pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.name.clone()),
+            comm: owner.map(|o| o.name.as_str().into()),
             cgroup_id: None,
             rx_bytes: self.rx_bytes(),
             tx_bytes: self.tx_bytes(counter),
@@ -308,7 +308,7 @@ enum TwKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Owned {
     pid: u32,
-    comm: String,
+    comm: std::sync::Arc<str>,
     cgroup_id: Option<u64>,
 }
 
@@ -459,7 +459,7 @@ impl SsSource {
                     .filter(|o| sock.owners.iter().all(|x| x.pid == o.pid));
                 let owner = owner.map(|o| Owned {
                     pid: o.pid,
-                    comm: o.name.clone(),
+                    comm: o.name.as_str().into(),
                     cgroup_id: cgroup_of(&sock.cgroup_path),
                 });
                 listeners.push((sock.local, owner));
@@ -516,7 +516,7 @@ impl SsSource {
             } else {
                 let listed = sample.pid.map(|pid| Owned {
                     pid,
-                    comm: sample.comm.clone().unwrap_or_default(),
+                    comm: sample.comm.clone().unwrap_or_else(|| "".into()),
                     cgroup_id: sample.cgroup_id,
                 });
                 let first_read = self.reads == 0;
@@ -603,7 +603,7 @@ impl SsSource {
             protocol: ev.protocol,
             local: Some(ev.local),
             remote: ev.remote,
-            state: "CLOSED".to_string(),
+            state: crate::net::state::CLOSED.into(),
             pid: owner.as_ref().map(|o| o.pid),
             comm: owner.as_ref().map(|o| o.comm.clone()),
             cgroup_id: owner.and_then(|o| o.cgroup_id),

@@ -70,9 +70,9 @@ fn owner_id(key: &SockKey, first_ns: u64, tgid: u32) -> SocketId {
     }
 }
 
-fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<String> {
+fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<Arc<str>> {
     let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    (len > 0).then(|| String::from_utf8_lossy(&raw[..len]).into_owned())
+    (len > 0).then(|| Arc::from(String::from_utf8_lossy(&raw[..len])))
 }
 
 /// Convert one kernel record into samples: one per process that moved
@@ -102,7 +102,8 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
         }
     };
     // (tgid, comm, cgroup, rx, tx, last interval), slots of one process summed.
-    let mut owners: Vec<(u32, Option<String>, u64, u64, u64, u32)> = Vec::new();
+    type OwnerSums = (u32, Option<Arc<str>>, u64, u64, u64, u32);
+    let mut owners: Vec<OwnerSums> = Vec::new();
     for o in st.owners.iter().filter(|o| o.tgid != 0) {
         match owners.iter_mut().find(|x| x.0 == o.tgid) {
             Some(x) => {
@@ -134,7 +135,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
             protocol,
             local,
             remote,
-            state: state.to_string(),
+            state: state.into(),
             pid: (tgid != 0).then_some(tgid),
             comm,
             cgroup_id: (cgroup_id != 0).then_some(cgroup_id),

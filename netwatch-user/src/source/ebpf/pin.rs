@@ -428,7 +428,7 @@ impl BaselineEntry {
             },
             local: None,
             remote: None,
-            state: crate::net::state::ESTABLISHED.to_string(),
+            state: crate::net::state::ESTABLISHED.into(),
             pid: (self.pid != 0).then_some(self.pid),
             comm: None,
             cgroup_id: None,

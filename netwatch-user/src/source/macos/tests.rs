@@ -244,9 +244,9 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
             protocol: w.2,
             local: Some(local),
             remote,
-            state: w.5.to_string(),
+            state: w.5.to_string().into(),
             pid: Some(w.0),
-            comm: Some(w.1.to_string()),
+            comm: Some(w.1.into()),
             cgroup_id: None,
             rx_bytes: w.6,
             tx_bytes: w.7,
@@ -322,7 +322,7 @@ fn nettop_name_is_used_only_when_lsof_has_none_for_the_pid() {
     let s = join(&mut Correlator::new(), lsof, nettop);
     let names: Vec<_> = s
         .iter()
-        .map(|s| (s.pid, s.comm.clone(), s.rx_bytes))
+        .map(|s| (s.pid, s.comm.as_deref().map(str::to_string), s.rx_bytes))
         .collect();
     assert_eq!(
         names,
