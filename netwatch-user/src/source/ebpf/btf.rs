@@ -211,6 +211,11 @@ pub(super) fn kernel_btf_aya() -> Result<Arc<aya::Btf>, aya::BtfError> {
     KERNEL_BTF_AYA.get_or_try(aya::Btf::from_sys_fs)
 }
 
+/// Free the btf-rs copy (offsets resolved): the next use parses again.
+pub(super) fn release_btf_rs() {
+    KERNEL_BTF.release();
+}
+
 /// Loading is over: free both parsed copies (tens of MB the agent would
 /// otherwise keep resident for its whole life) and hand the memory back.
 pub fn release_kernel_btf() {

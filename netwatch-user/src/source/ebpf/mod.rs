@@ -25,8 +25,9 @@ use aya::Ebpf;
 use log::{debug, info, warn};
 use netwatch_common::{
     counter, names, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    IPPROTO_UDP, OWNERS,
 };
+use smallvec::SmallVec;
 
 use crate::net;
 
@@ -81,15 +82,15 @@ fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<Arc<str>> {
 /// one connection row of them. A socket no process has moved bytes on yet
 /// is one sample without an owner. Empty for records of a family or
 /// protocol the programs should never have produced.
-pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSample> {
+pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
     let protocol = match st.protocol {
         IPPROTO_TCP => Protocol::Tcp,
         IPPROTO_UDP => Protocol::Udp,
-        _ => return Vec::new(),
+        _ => return Samples::new(),
     };
     let local = ip(st.family, &st.laddr).map(|a| SocketAddr::new(a, st.lport));
     let Some(remote_ip) = ip(st.family, &st.raddr) else {
-        return Vec::new();
+        return Samples::new();
     };
     let remote = (st.rport != 0 || !remote_ip.is_unspecified())
         .then(|| SocketAddr::new(remote_ip, st.rport));
@@ -103,7 +104,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Vec<SocketSamp
     };
     // (tgid, comm, cgroup, rx, tx, last interval), slots of one process summed.
     type OwnerSums = (u32, Option<Arc<str>>, u64, u64, u64, u32);
-    let mut owners: Vec<OwnerSums> = Vec::new();
+    let mut owners: SmallVec<[OwnerSums; OWNERS]> = SmallVec::new();
     for o in st.owners.iter().filter(|o| o.tgid != 0) {
         match owners.iter_mut().find(|x| x.0 == o.tgid) {
             Some(x) => {
@@ -246,10 +247,14 @@ pub enum Refresh {
     Active(usize),
 }
 
+/// One socket's samples, one per owner: inline for the usual single owner,
+/// so a tracked socket costs no allocation of its own.
+pub type Samples = SmallVec<[SocketSample; 1]>;
+
 /// One live socket as its last change left it.
 struct Tracked {
     first_ns: u64,
-    samples: Vec<SocketSample>,
+    samples: Samples,
 }
 
 /// Every this many reads the whole map is walked even when the active set
@@ -799,14 +804,7 @@ impl EbpfSource {
             None => walk = true,
         }
         if walk {
-            let all = self.walk();
-            let live = all.len() as u64;
-            self.tracked.clear();
-            for (key, st) in all {
-                if !finished.contains(&(key.sk, st.first_ns)) {
-                    self.track(&key, &st);
-                }
-            }
+            let live = self.walk(finished);
             self.active_keys = keys;
             self.last_refresh = Refresh::Walk;
             return live;
@@ -899,44 +897,68 @@ impl EbpfSource {
 
     /// Remember one live entry's samples.
     fn track(&mut self, key: &SockKey, st: &SockStats) {
-        let samples = to_samples(key, st, false);
-        if samples.is_empty() {
-            self.tracked.remove(&key.sk);
-            return;
-        }
-        self.tracked.insert(
-            key.sk,
-            Tracked {
-                first_ns: st.first_ns,
-                samples,
-            },
-        );
+        track_into(&mut self.tracked, key, st);
     }
 
-    /// Every live entry, each once. By `BPF_MAP_LOOKUP_BATCH`, whose cursor
-    /// is a hash bucket: deletions and insertions meanwhile never restart
-    /// or skip it, so every entry that lives through the walk is seen.
+    /// Rebuild `tracked` from every live entry, each once (those whose
+    /// final record is in this read left out), and return how many live
+    /// entries the map held. By `BPF_MAP_LOOKUP_BATCH`, whose cursor is a
+    /// hash bucket: deletions and insertions meanwhile never restart or
+    /// skip it, so every entry that lives through the walk is seen; taken
+    /// a chunk at a time, so a walk never holds a copy of the whole map.
     /// Kernels without batch lookups on hash maps (< 5.6) fall back to
     /// `get_next_key`, which restarts from the first key when the current
     /// one is deleted: bounded, and deduplicated.
-    fn walk(&self) -> Vec<(SockKey, SockStats)> {
+    fn walk(&mut self, finished: &HashSet<(u64, u64)>) -> u64 {
+        let tracked = &mut self.tracked;
+        tracked.clear();
+        let mut live = 0u64;
+        let mut each = |key: &SockKey, st: &SockStats| {
+            live += 1;
+            if !finished.contains(&(key.sk, st.first_ns)) {
+                track_into(tracked, key, st);
+            }
+        };
         if let Some(fd) = &self.sockets_fd {
-            match lookup_batch(fd.as_fd()) {
-                Ok(all) => return all,
+            match lookup_batch(fd.as_fd(), &mut each) {
+                Ok(()) => return live,
                 Err(e) => debug!("BPF_MAP_LOOKUP_BATCH on SOCKETS: {e}; walking by key"),
             }
         }
+        // Start over: the batch walk may have stopped half way.
+        self.tracked.clear();
+        let mut live = 0u64;
         let mut seen = HashSet::new();
         let max_steps = 2 * self.max_sockets as usize + 1024;
-        self.sockets
-            .iter()
-            .take(max_steps)
-            // An entry deleted while we iterate is simply gone: its record
-            // is in the ring buffer for the next read.
-            .filter_map(Result::ok)
-            .filter(|(k, _)| seen.insert(k.sk))
-            .collect()
+        // An entry deleted while we iterate is simply gone: its record is
+        // in the ring buffer for the next read.
+        for (key, st) in self.sockets.iter().take(max_steps).filter_map(Result::ok) {
+            if seen.insert(key.sk) {
+                live += 1;
+                if !finished.contains(&(key.sk, st.first_ns)) {
+                    track_into(&mut self.tracked, &key, &st);
+                }
+            }
+        }
+        live
     }
+}
+
+/// Remember one live entry's samples in `tracked` (or forget it, if it
+/// yields none).
+fn track_into(tracked: &mut HashMap<u64, Tracked>, key: &SockKey, st: &SockStats) {
+    let samples = to_samples(key, st, false);
+    if samples.is_empty() {
+        tracked.remove(&key.sk);
+        return;
+    }
+    tracked.insert(
+        key.sk,
+        Tracked {
+            first_ns: st.first_ns,
+            samples,
+        },
+    );
 }
 
 /// `BPF_MAP_LOOKUP_BATCH`.
@@ -956,17 +978,22 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// All entries of a hash map of `SockKey -> SockStats`, bucket by bucket.
-fn lookup_batch(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<(SockKey, SockStats)>> {
-    let mut out = Vec::new();
-    let mut chunk = 1024usize;
+/// Every entry of a hash map of `SockKey -> SockStats`, bucket by bucket,
+/// handed to `each` a chunk at a time (the buffers are reused).
+fn lookup_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    each: &mut impl FnMut(&SockKey, &SockStats),
+) -> std::io::Result<()> {
+    let mut chunk = 256usize;
     // The cursor of a hash map batch is a u32 bucket index.
     let mut cursor: u32 = 0;
     let mut next: u32 = 0;
     let mut first = true;
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
     loop {
-        let mut keys = vec![SockKey::default(); chunk];
-        let mut values = vec![SockStats::zeroed(); chunk];
+        keys.resize(chunk, SockKey::default());
+        values.resize(chunk, SockStats::zeroed());
         let mut attr = BatchAttr {
             in_batch: if first {
                 0
@@ -1001,10 +1028,12 @@ fn lookup_batch(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<(SockKey
             None | Some(libc::ENOENT) => {}
             _ => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
         }
-        out.extend(keys.into_iter().zip(values).take(n));
+        for (k, v) in keys.iter().zip(&values).take(n) {
+            each(k, v);
+        }
         if err.is_some() {
             // ENOENT: the last buckets are done.
-            return Ok(out);
+            return Ok(());
         }
         cursor = next;
         first = false;

@@ -33,7 +33,8 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
 
 /// Load the iterator (once, at start).
 pub fn prepare(ebpf: &mut Ebpf) -> io::Result<()> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| other("kernel BTF for", e))?;
+    // The copy parsed once while the source loads (not a parse of its own).
+    let btf = super::btf::kernel_btf_aya().map_err(|e| other("kernel BTF for", e))?;
     let prog: &mut Iter = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| other("finding", "not in the object"))?

@@ -695,13 +695,12 @@ pub fn cgroup2_root() -> io::Result<std::path::PathBuf> {
 }
 
 /// Load and attach every program of `tier` plus the lifecycle tracepoint.
-pub fn load_tier(
-    tier: Tier,
-    opts: &LoadOptions,
-    offsets: &SockOffsets,
-    btf: &Btf,
-) -> Result<Ebpf, LoadError> {
+pub fn load_tier(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebpf, LoadError> {
     let mut ebpf = open(tier, opts, offsets)?;
+    // Parsed after `open`, whose loader parses (and drops) a copy of its
+    // own: never two copies at once.
+    let btf = super::btf::kernel_btf_aya().map_err(LoadError::KernelBtf)?;
+    let btf: &Btf = &btf;
     // Pinned links go to the staging directory's `links/<tier>/`.
     let links = opts
         .pin
@@ -783,7 +782,11 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
     raise_memlock();
     ensure_tracefs();
     let offsets = SockOffsets::from_kernel()?;
-    let btf = super::btf::kernel_btf_aya().map_err(LoadError::KernelBtf)?;
+    // Everything the btf-rs parse gives is resolved now (the seeding
+    // offsets are kept once resolved): free it before aya parses its own,
+    // so start-up never holds both (~40 MB and ~25 MB).
+    let _ = super::seed::globals();
+    super::btf::release_btf_rs();
     let candidates: Vec<Tier> = match opts.tier {
         TierChoice::Auto => Tier::ALL.to_vec(),
         TierChoice::Only(t) => vec![t],
@@ -794,7 +797,7 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
         // its programs only to learn it (start-up time).
         let attempt = match unavailable(tier) {
             Some(e) => Err(e),
-            None => load_tier(tier, opts, &offsets, &btf),
+            None => load_tier(tier, opts, &offsets),
         };
         match attempt {
             Ok(ebpf) => {
