@@ -657,6 +657,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
     links(&bench_load, &dir, &stems)?;
     let sections: Vec<&str> = args.only.split(',').map(str::trim).collect();
+    monitor::reset_pins().context("removing the bench's old pins")?;
     let mut load = vec![procfs::loadavg()];
     let t_start = Instant::now();
 

@@ -77,8 +77,31 @@ pub struct Tools {
 }
 
 /// netwatch agent arguments for a mode, JSON lines on stdout.
+/// Where the bench's eBPF agents pin their maps and baseline: their own,
+/// emptied when a bench starts ([`reset_pins`]), so a run never continues
+/// from (or reports the lost records of) pins some earlier agent left.
+pub const PIN_DIR: &str = "/sys/fs/bpf/netwatch-bench";
+pub const PIN_STATE_DIR: &str = "/run/netwatch-bench";
+
+/// Remove the bench's pins and baseline (a missing one is fine).
+pub fn reset_pins() -> std::io::Result<()> {
+    for d in [PIN_DIR, PIN_STATE_DIR] {
+        match std::fs::remove_dir_all(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn agent_args(kind: Kind, interval: &str) -> Vec<String> {
     let mut a: Vec<String> = vec!["--interval".into(), interval.into()];
+    a.extend([
+        "--pin-dir".into(),
+        PIN_DIR.into(),
+        "--pin-state-file".into(),
+        format!("{PIN_STATE_DIR}/ebpf-baseline"),
+    ]);
     a.extend(
         match kind {
             Kind::NetwatchSs => vec!["--mode", "ss"],
