@@ -267,8 +267,12 @@ pub mod counter {
     /// while it and the time-wait count stand still, the TCP
     /// state counts cannot have changed, and userspace skips its walk.
     pub const STATE_CHANGES: u32 = 9;
+    /// Sockets entered in the active set `ACTIVE0` (index + 1: `ACTIVE1`):
+    /// while a generation's count stands still since userspace last
+    /// drained it, the drain (a walk of every bucket) is skipped.
+    pub const ACTIVE_MARKS0: u32 = 10;
     /// Number of counters.
-    pub const LEN: u32 = 10;
+    pub const LEN: u32 = 12;
 }
 
 /// What a seeding iterator (`iter/task_file`, `iter/tcp`, `iter/udp`) did

@@ -536,13 +536,11 @@ unsafe fn mark_active_at(key: SockKey, st: *mut SockStats, mark: u32) {
     if (*st).protocol == IPPROTO_TCP {
         record_rtt(key.sk as *const u8, st);
     }
-    let set = if mark.wrapping_sub(1) & 1 == 0 {
-        &ACTIVE0
-    } else {
-        &ACTIVE1
-    };
+    let gen = mark.wrapping_sub(1) & 1;
+    let set = if gen == 0 { &ACTIVE0 } else { &ACTIVE1 };
     if set.insert(key, 0u32, 0).is_ok() {
         core::ptr::write_volatile(at, mark);
+        bump(counter::ACTIVE_MARKS0 + gen);
     } else {
         bump(counter::ACTIVE_FULL);
     }

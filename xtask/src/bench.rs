@@ -407,7 +407,15 @@ fn scale_point(
 ) -> Result<ScalePoint> {
     let tag = format!("scale-s{sockets}-r{rate}-{rep}");
     let mon = Running::start(kind, tools, out, &tag)?.context("no agent")?;
-    let secs = (plan.window_s + 1).to_string();
+    // Open sockets: measured once their creation burst is over (two
+    // intervals), since the rate rows measure creation. Idle: a longer
+    // window, as CPU time comes in 10 ms ticks (0.25 % of a 4 s window).
+    let (settle_ms, window_s) = match (sockets, rate) {
+        (0, 0) => (1_500, plan.window_s * 5),
+        (_, 0) => (2_500, plan.window_s),
+        _ => (500, plan.window_s),
+    };
+    let secs = (window_s + settle_ms / 1000 + 2).to_string();
     let active = if sockets == 0 { 0 } else { plan.active_per_s };
     let args: Vec<String> = if rate == 0 {
         vec!["idle".into(), sockets.to_string(), active.to_string(), secs]
@@ -428,10 +436,10 @@ fn scale_point(
         mon.stop()?;
         bail!("scale workload did not start: {line:?}");
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(settle_ms));
     let c0 = mon.cpu();
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(plan.window_s));
+    std::thread::sleep(Duration::from_secs(window_s));
     let c1 = mon.cpu();
     let elapsed = t0.elapsed().as_secs_f64();
     let pid = mon.pid();

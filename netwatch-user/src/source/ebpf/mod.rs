@@ -214,6 +214,12 @@ pub struct EbpfSource {
     active_keys: Vec<SockKey>,
     /// A `SOCKETS` value to look up into, reused.
     scratch: Box<SockStats>,
+    /// Per active-set generation, its `ACTIVE_MARKS` count read just before
+    /// its last drain (`None`: drain it next time).
+    drained_marks: [Option<u64>; 2],
+    /// The `RINGBUF_DROPS` count read before the last look at `DESTROYED`,
+    /// which emptied it: while it stands still, nothing is there to read.
+    destroyed_seen_drops: Option<u64>,
     /// Reads so far, and the `ACTIVE_FULL` count the last read saw.
     reads: u64,
     active_full_seen: u64,
@@ -606,6 +612,8 @@ impl EbpfSource {
             scratch: Box::new(SockStats::zeroed()),
             reads: 0,
             active_full_seen: 0,
+            drained_marks: [None; 2],
+            destroyed_seen_drops: None,
             walk_next: false,
             last_refresh: Refresh::None,
             states_iter: None,
@@ -726,15 +734,21 @@ impl EbpfSource {
             finished.insert((rec.key.sk, rec.stats.first_ns));
             samples.extend(to_samples(&rec.key, &rec.stats, true));
         }
-        // Final records the ring buffer had no room for.
-        let overflowed: Vec<(DestroyedKey, SockStats)> =
-            self.destroyed.iter().filter_map(Result::ok).collect();
-        for (dkey, st) in overflowed {
-            if finished.insert((dkey.sk, st.first_ns)) {
-                samples.extend(to_samples(&SockKey { sk: dkey.sk }, &st, true));
+        // Final records the ring buffer had no room for (only ever written
+        // when it was full, which `RINGBUF_DROPS` counts: while that count
+        // stands still since the last look emptied the map, there is none).
+        if self.destroyed_seen_drops != Some(before.ringbuf_drops) {
+            let overflowed: Vec<(DestroyedKey, SockStats)> =
+                self.destroyed.iter().filter_map(Result::ok).collect();
+            let mut emptied = true;
+            for (dkey, st) in overflowed {
+                if finished.insert((dkey.sk, st.first_ns)) {
+                    samples.extend(to_samples(&SockKey { sk: dkey.sk }, &st, true));
+                }
+                // Read once: make room.
+                emptied &= self.destroyed.remove(&dkey).is_ok();
             }
-            // Read once: make room.
-            let _ = self.destroyed.remove(&dkey);
+            self.destroyed_seen_drops = emptied.then_some(before.ringbuf_drops);
         }
         for &(sk, first_ns) in &finished {
             if self
@@ -794,13 +808,28 @@ impl EbpfSource {
         self.active_full_seen = before.active_full;
         self.walk_next = false;
         let mut keys = std::mem::take(&mut self.active_keys);
+        let marks = [
+            self.kernel_counter(counter::ACTIVE_MARKS0),
+            self.kernel_counter(counter::ACTIVE_MARKS0 + 1),
+        ];
         match self.active.as_mut() {
-            Some(a) => {
-                if let Err(e) = a.advance().and_then(|g| a.drain(g, &mut keys)) {
-                    debug!("draining the active set: {e}; walking the socket map");
+            Some(a) => match a.advance() {
+                // Nothing entered this generation since its last drain:
+                // skip the drain, a walk of every bucket of the set.
+                Ok(g) if self.drained_marks[g & 1] == Some(marks[g & 1]) => keys.clear(),
+                Ok(g) => match a.drain(g, &mut keys) {
+                    Ok(()) => self.drained_marks[g & 1] = Some(marks[g & 1]),
+                    Err(e) => {
+                        debug!("draining the active set: {e}; walking the socket map");
+                        self.drained_marks = [None; 2];
+                        walk = true;
+                    }
+                },
+                Err(e) => {
+                    debug!("advancing the active set: {e}; walking the socket map");
                     walk = true;
                 }
-            }
+            },
             None => walk = true,
         }
         if walk {
