@@ -282,13 +282,10 @@ pub unsafe fn owner(
     holder: Holder,
     cgroup_id: u64,
 ) -> Option<*mut Owner> {
-    let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
-    for i in 0..OWNERS {
-        let o = owners.add(i);
-        if core::ptr::read_volatile(core::ptr::addr_of!((*o).tgid)) == tgid {
-            return Some(o);
-        }
+    if let Some(o) = slot_of(st, tgid) {
+        return Some(o);
     }
+    let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
     let first_ns = (*st).first_ns;
     for i in 0..OWNERS {
         let ck = ClaimKey {
@@ -485,11 +482,17 @@ unsafe fn known_slot(
     if (*st).protocol == IPPROTO_UDP && replace_if_reused(sk, key, st) {
         return None;
     }
+    slot_of(st, tgid).map(|o| (st, o))
+}
+
+/// The owner slot process `tgid` already holds in `st`, if any.
+#[inline(always)]
+unsafe fn slot_of(st: *mut SockStats, tgid: u32) -> Option<*mut Owner> {
     let owners = core::ptr::addr_of_mut!((*st).owners) as *mut Owner;
     for i in 0..OWNERS {
         let o = owners.add(i);
         if core::ptr::read_volatile(core::ptr::addr_of!((*o).tgid)) == tgid {
-            return Some((st, o));
+            return Some(o);
         }
     }
     None

@@ -412,6 +412,11 @@ impl Interval {
 /// netwatch-sdk 0.3.2's `top_connections` prefers, then batch order), and
 /// say how many were left out. Per-process totals are computed from every
 /// socket before this and are not touched.
+///
+/// The agent does not call it: it picks with [`Interval::top`] before any
+/// row is built. This straightforward form over built rows is the reference
+/// the tests check `Interval::top` against, and the old path
+/// `examples/attribution_cost.rs` measures beside it.
 pub fn truncate_connections(rows: &mut Vec<ConnectionDetail>, bytes: &[u64], max: usize) -> u64 {
     if rows.len() <= max {
         return 0;

@@ -131,7 +131,6 @@ fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
 fn tcp_states_from_the_iterator_are_exact() {
     use netwatch::procinfo::tcp_states::TcpStates;
     use netwatch::source::TcpStateCounts;
-    use std::net::Shutdown;
 
     require_root();
     let opts = LoadOptions {
@@ -142,20 +141,8 @@ fn tcp_states_from_the_iterator_are_exact() {
     let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let pair = || {
-        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (s, _) = l.accept().unwrap();
-        (c, s)
-    };
-    let (_open_c, _open_s) = pair();
-    let (half_c, _half_s) = pair();
-    half_c.shutdown(Shutdown::Both).unwrap();
-    drop(half_c);
-    let (done_c, mut done_s) = pair();
-    drop(done_c);
-    let mut rest = Vec::new();
-    done_s.read_to_end(&mut rest).unwrap();
-    drop(done_s);
+    // The half-closed connection's server end stays open: CLOSE_WAIT.
+    let (_open, _half_s) = three_states(&l);
     let want = TcpStateCounts {
         established: 2,
         time_wait: 1,
@@ -184,10 +171,11 @@ fn tcp_states_from_the_iterator_are_exact() {
     panic!("want {want:?}; (sock_diag, iterator) last saw {last:?}");
 }
 
-/// Three connections on `l`: the first left ESTABLISHED (both ends, which
-/// are returned), the other two closed client first (each client end in
-/// TIME_WAIT, the server ends gone).
-fn three_states(l: &TcpListener) -> (TcpStream, TcpStream) {
+/// Three connections on `l`: the first left ESTABLISHED (both ends,
+/// returned), the second closed by its client only (the server end is
+/// returned, in CLOSE_WAIT: dropping it sends that client end to
+/// TIME_WAIT too), the third closed by both (its client end in TIME_WAIT).
+fn three_states(l: &TcpListener) -> ((TcpStream, TcpStream), TcpStream) {
     use std::net::Shutdown;
     let port = l.local_addr().unwrap().port();
     let pair = || {
@@ -196,7 +184,7 @@ fn three_states(l: &TcpListener) -> (TcpStream, TcpStream) {
         (c, s)
     };
     let kept = pair();
-    let (half_c, _half_s) = pair();
+    let (half_c, half_s) = pair();
     half_c.shutdown(Shutdown::Both).unwrap();
     drop(half_c);
     let (done_c, mut done_s) = pair();
@@ -204,8 +192,7 @@ fn three_states(l: &TcpListener) -> (TcpStream, TcpStream) {
     let mut rest = Vec::new();
     done_s.read_to_end(&mut rest).unwrap();
     drop(done_s);
-    // `_half_s` (CLOSE_WAIT until now) closes when dropped here.
-    kept
+    (kept, half_s)
 }
 
 /// Poll (bounded) until `counts()` gives `want`; the closes above complete
@@ -260,7 +247,8 @@ fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
     let mut again = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("reloading from pins: {e}"));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let _kept = three_states(&l);
+    let (_kept, half_s) = three_states(&l);
+    drop(half_s);
     let ours = |lp: u16, rp: u16| lp == port || rp == port;
     let want = TcpStateCounts {
         established: 2,
@@ -328,7 +316,8 @@ fn tcp_state_counts_kept_between_walks_follow_every_change() {
         );
 
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let kept = three_states(&l);
+        let (kept, half_s) = three_states(&l);
+        drop(half_s);
         assert!(
             src.kernel_counters().state_changes > changes,
             "this namespace's state changes not counted"

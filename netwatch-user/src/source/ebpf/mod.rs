@@ -939,37 +939,52 @@ impl EbpfSource {
     /// `get_next_key`, which restarts from the first key when the current
     /// one is deleted: bounded, and deduplicated.
     fn walk(&mut self, finished: &HashSet<(u64, u64)>) -> u64 {
-        let tracked = &mut self.tracked;
-        tracked.clear();
-        let mut live = 0u64;
-        let mut each = |key: &SockKey, st: &SockStats| {
-            live += 1;
-            if !finished.contains(&(key.sk, st.first_ns)) {
-                track_into(tracked, key, st);
-            }
+        let mut rebuild = Rebuild {
+            tracked: &mut self.tracked,
+            finished,
+            live: 0,
         };
+        rebuild.restart();
         if let Some(fd) = &self.sockets_fd {
-            match lookup_batch(fd.as_fd(), &mut each) {
-                Ok(()) => return live,
+            match lookup_batch(fd.as_fd(), &mut |k, st| rebuild.take(k, st)) {
+                Ok(()) => return rebuild.live,
                 Err(e) => debug!("BPF_MAP_LOOKUP_BATCH on SOCKETS: {e}; walking by key"),
             }
+            // Start over: the batch walk may have stopped half way.
+            rebuild.restart();
         }
-        // Start over: the batch walk may have stopped half way.
-        self.tracked.clear();
-        let mut live = 0u64;
         let mut seen = HashSet::new();
         let max_steps = 2 * self.max_sockets as usize + 1024;
         // An entry deleted while we iterate is simply gone: its record is
         // in the ring buffer for the next read.
         for (key, st) in self.sockets.iter().take(max_steps).filter_map(Result::ok) {
             if seen.insert(key.sk) {
-                live += 1;
-                if !finished.contains(&(key.sk, st.first_ns)) {
-                    track_into(&mut self.tracked, &key, &st);
-                }
+                rebuild.take(&key, &st);
             }
         }
-        live
+        rebuild.live
+    }
+}
+
+/// `tracked` rebuilt by a walk: every live entry met is counted, and kept
+/// unless its final record is in this read.
+struct Rebuild<'a> {
+    tracked: &'a mut HashMap<u64, Tracked>,
+    finished: &'a HashSet<(u64, u64)>,
+    live: u64,
+}
+
+impl Rebuild<'_> {
+    fn restart(&mut self) {
+        self.tracked.clear();
+        self.live = 0;
+    }
+
+    fn take(&mut self, key: &SockKey, st: &SockStats) {
+        self.live += 1;
+        if !self.finished.contains(&(key.sk, st.first_ns)) {
+            track_into(self.tracked, key, st);
+        }
     }
 }
 
