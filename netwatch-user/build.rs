@@ -85,5 +85,32 @@ fn main() -> anyhow::Result<()> {
              The BPF toolchain may be missing: run `cargo xtask setup` \
              (or set AYA_BUILD_SKIP=1 to build the agent without BPF)."
         )
-    })
+    })?;
+    if !skip {
+        strip_debug(&object);
+    }
+    Ok(())
+}
+
+/// Drop the object's DWARF sections (`.debug_*`, four fifths of its size)
+/// before it is embedded: the loader needs only the programs, maps and
+/// BTF (`.BTF`, `.BTF.ext`, which stay), and every embedded byte is paged
+/// into the agent when it parses the object, so it shows in its resident
+/// memory for as long as it runs. Uses the `llvm-objcopy` of the LLVM that
+/// `cargo xtask setup` installs for bpf-linker; where there is none the
+/// object is embedded as built, which loads the same.
+fn strip_debug(object: &std::path::Path) {
+    let stripped = object.with_extension("stripped");
+    for tool in ["/usr/lib/llvm-22/bin/llvm-objcopy", "llvm-objcopy"] {
+        let ok = Command::new(tool)
+            .arg("--strip-debug")
+            .arg(object)
+            .arg(&stripped)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok && std::fs::rename(&stripped, object).is_ok() {
+            return;
+        }
+    }
+    let _ = std::fs::remove_file(&stripped);
 }

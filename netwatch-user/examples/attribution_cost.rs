@@ -58,6 +58,7 @@ fn batch(at: Instant, sockets: u64, tick: u64, comms: &[Arc<str>]) -> SampleBatc
         samples,
         lost_records: 0,
         estimated: false,
+        omitted: None,
     }
 }
 

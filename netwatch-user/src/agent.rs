@@ -43,6 +43,8 @@ impl Agent {
         for sink in &mut sinks {
             sink.resume(continuity.as_ref());
         }
+        let mut source = source;
+        source.set_row_budget(crate::config::DEFAULT_MAX_CONNECTIONS);
         Self {
             source,
             info,
@@ -62,9 +64,11 @@ impl Agent {
     }
 
     /// Emit at most `max` connection rows per snapshot (the busiest this
-    /// interval); per-process totals and the alert detectors see them all.
+    /// interval); per-process totals count every socket, and the alert
+    /// detectors see every new one.
     pub fn with_max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
+        self.source.set_row_budget(max);
         self
     }
 
@@ -231,11 +235,29 @@ pub async fn run(
                 agent.source.settle();
             }
             let snap = agent.snapshot();
-            agent.deliver(&snap)
+            let flow = agent.deliver(&snap);
+            drop(snap);
+            release_free_memory();
+            flow
         });
         if stopping || once || flow == Flow::Stop {
             break;
         }
     }
     Ok(())
+}
+
+/// Hand the pages the tick freed back to the kernel. A tick's buffers
+/// (a map walk's batch, the snapshot and its JSON) are freed at its end,
+/// but glibc keeps freed memory inside its heaps, so without this the
+/// agent's resident memory stays at its busiest tick's: at 10,000 sockets
+/// 31 MB against 23 MB with it. It costs a walk of malloc's free lists and
+/// one `madvise` per free run, a few microseconds at idle.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory the program holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -8,10 +8,12 @@
 //! batch, and wire [`ConnectionDetail`]s are built only for the rows that
 //! go out ([`Interval::top_connections`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
+use smallvec::SmallVec;
 
 use crate::counter::counter_delta;
 use crate::net::state;
@@ -72,31 +74,89 @@ pub struct Interval {
 /// it is seen again.
 pub const GRACE_READS: u64 = 5;
 
-/// A socket's last cumulative counters and the read that saw them.
-#[derive(Debug, Clone, Copy)]
+/// A socket's last cumulative counters, the read that last listed it, and
+/// what it adds to its process's row while it is open.
+#[derive(Debug, Clone)]
 struct Last {
     rx: u64,
     tx: u64,
-    read: u64,
+    /// The read (its index) that last listed it.
+    seen: u64,
+    /// Its owner (a pid other than 0) and the name it is counted under.
+    owner: Option<(u32, Option<Arc<str>>)>,
+    /// In `ESTABLISHED`: counted in its process's `connection_count`.
+    established: bool,
+    /// Counted in its owner's [`Held`] counts: it is, from the read that
+    /// lists it until a full read does not.
+    held: bool,
 }
 
-/// One process's sums over the interval's samples.
-#[derive(Debug, Clone, Copy, Default)]
-struct ProcessSums {
-    rx: u64,
-    tx: u64,
+/// The open sockets one process holds under one name, as `prev` holds
+/// them: kept up to date from the sockets each read lists, so a socket a
+/// read leaves out (a partial batch omits unchanged ones) still counts.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    name: Option<Arc<str>>,
     /// Sockets still open, in any state: a process holding one keeps its row.
     open: u32,
     /// Open sockets in `ESTABLISHED`: the row's `connection_count`.
     established: u32,
 }
 
-/// Per-socket delta tracker. Keeps each live socket's last cumulative counters.
+/// Per pid, its [`Held`] counts per name (nearly always one).
+type HeldMap = FastMap<u32, SmallVec<[Held; 1]>>;
+
+/// Add (`add`) or take back one open socket of `owner` in `held`.
+fn hold(held: &mut HeldMap, owner: &(u32, Option<Arc<str>>), established: bool, add: bool) {
+    let (pid, name) = owner;
+    let names = held.entry(*pid).or_default();
+    let at = match names.iter().position(|h| h.name == *name) {
+        Some(at) => at,
+        None if add => {
+            names.push(Held {
+                name: name.clone(),
+                ..Held::default()
+            });
+            names.len() - 1
+        }
+        None => return,
+    };
+    let h = &mut names[at];
+    let step = |n: u32| if add { n + 1 } else { n.saturating_sub(1) };
+    h.open = step(h.open);
+    if established {
+        h.established = step(h.established);
+    }
+    if h.open == 0 {
+        names.swap_remove(at);
+        if names.is_empty() {
+            held.remove(pid);
+        }
+    }
+}
+
+/// One process's bytes over one read's samples, under one name.
+#[derive(Debug, Clone, Copy)]
+struct Moved<'a> {
+    name: Option<&'a str>,
+    rx: u64,
+    tx: u64,
+    /// Already in a row (its process holds an open socket under this name).
+    listed: bool,
+}
+
+/// Per-socket delta tracker. Keeps each live socket's last cumulative
+/// counters and owner, and every process's open and established counts.
 #[derive(Debug)]
 pub struct Attribution {
     prev: FastMap<SocketId, Last>,
+    held: HeldMap,
     last_read: Instant,
     reads: u64,
+    /// The indices of the last [`GRACE_READS`] reads of a full batch
+    /// (every socket listed): the clock the grace counts in, as only a
+    /// full read can miss a socket.
+    recent_full: VecDeque<u64>,
     /// The rows of an [`Interval`] handed back ([`Self::recycle`]): the
     /// next read fills them again instead of allocating.
     spare_rows: Vec<Row>,
@@ -136,8 +196,10 @@ impl Attribution {
     pub fn new(started_at: Instant) -> Self {
         Self {
             prev: FastMap::default(),
+            held: HeldMap::default(),
             last_read: started_at,
             reads: 0,
+            recent_full: VecDeque::with_capacity(GRACE_READS as usize + 1),
             spare_rows: Vec::new(),
         }
     }
@@ -165,19 +227,20 @@ impl Attribution {
 
     /// Consume one batch: per-socket deltas against the previous read
     /// (the map updated in place, one lookup per sample), per-process sums,
-    /// and one compact [`Row`] per socket. Nothing per socket allocates.
+    /// and one compact [`Row`] per listed socket. Nothing per socket
+    /// allocates. A partial batch ([`SampleBatch::omitted`]) costs only
+    /// what it lists: the sockets it leaves out are unchanged, still open
+    /// and still counted in their processes' rows.
     pub fn read(&mut self, batch: &SampleBatch) -> Interval {
         let interval = batch.taken_at.saturating_duration_since(self.last_read);
         let secs = interval.as_secs_f64();
         let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
         let reads = self.reads;
+        let full = batch.omitted.is_none();
 
-        // (pid, name) -> its sums. The name is borrowed from the batch (no
-        // String per socket); a missing comm is named `pid:N` once per row
-        // below. A process's sockets nearly always carry one name: keyed by
-        // pid alone (the pid's first name), other names of a pid apart.
-        let mut by_pid: FastMap<u32, (Option<&str>, ProcessSums)> = FastMap::default();
-        let mut other_names: FastMap<(u32, Option<&str>), ProcessSums> = FastMap::default();
+        // Per pid, the bytes its samples moved by name, borrowed from the
+        // batch (no String per socket).
+        let mut moved: FastMap<u32, SmallVec<[Moved<'_>; 1]>> = FastMap::default();
         let mut rows = std::mem::take(&mut self.spare_rows);
         rows.clear();
         rows.reserve(batch.samples.len());
@@ -185,31 +248,53 @@ impl Attribution {
         // Entries of `prev` that this read saw (and kept): when every
         // entry was seen, none can have outlived the grace.
         let mut refreshed = 0usize;
+        let (prev, held) = (&mut self.prev, &mut self.held);
 
         for (i, s) in batch.samples.iter().enumerate() {
-            let current = Last {
-                rx: s.rx_bytes,
-                tx: s.tx_bytes,
-                read: reads,
-            };
-            let ((rx, tx), known) = match self.prev.entry(s.id) {
+            let pid = s.pid.filter(|&p| p != 0);
+            // netwatch-sdk 0.3.2 counts a process's connections whose state
+            // is exactly `ESTABLISHED` (connected UDP included, as `ss`
+            // names it), nothing else.
+            let established = s.state == state::ESTABLISHED;
+            let ((rx, tx), known) = match prev.entry(s.id) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let last = *e.get();
+                    let last = e.get_mut();
                     // A counter that went backwards: the socket id was
                     // reused, so everything it holds is new.
                     let delta = (
                         counter_delta(last.rx, s.rx_bytes),
                         counter_delta(last.tx, s.tx_bytes),
                     );
-                    let counted = last.read == reads;
+                    let counted = last.seen == reads;
                     if s.closed {
                         // Its final counters are counted; it never returns.
-                        e.remove();
+                        let last = e.remove();
+                        if let (Some(o), true) = (&last.owner, last.held) {
+                            hold(held, o, last.established, false);
+                        }
                         if counted {
                             refreshed -= 1;
                         }
                     } else {
-                        *e.get_mut() = current;
+                        let same_owner = match (&last.owner, pid) {
+                            (Some((p, name)), Some(q)) => *p == q && *name == s.comm,
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        if !last.held || !same_owner || last.established != established {
+                            if let (Some(o), true) = (&last.owner, last.held) {
+                                hold(held, o, last.established, false);
+                            }
+                            last.owner = pid.map(|p| (p, s.comm.clone()));
+                            last.established = established;
+                            last.held = true;
+                            if let Some(o) = &last.owner {
+                                hold(held, o, established, true);
+                            }
+                        }
+                        last.rx = s.rx_bytes;
+                        last.tx = s.tx_bytes;
+                        last.seen = reads;
                         if !counted {
                             refreshed += 1;
                         }
@@ -218,7 +303,18 @@ impl Attribution {
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
                     if !s.closed {
-                        e.insert(current);
+                        let owner = pid.map(|p| (p, s.comm.clone()));
+                        if let Some(o) = &owner {
+                            hold(held, o, established, true);
+                        }
+                        e.insert(Last {
+                            rx: s.rx_bytes,
+                            tx: s.tx_bytes,
+                            seen: reads,
+                            owner,
+                            established,
+                            held: true,
+                        });
                         refreshed += 1;
                     }
                     let delta = match s.origin {
@@ -236,30 +332,26 @@ impl Attribution {
             let new = reads > 0
                 && !known
                 && !(tagged(s.id)
-                    && s.pid.is_some_and(|p| p != 0)
-                    && self.prev.contains_key(&SocketId {
+                    && pid.is_some()
+                    && prev.contains_key(&SocketId {
                         primary: s.id.primary,
-                        secondary: s.id.secondary ^ (u64::from(s.pid.unwrap_or(0)) << 32),
+                        secondary: s.id.secondary ^ (u64::from(pid.unwrap_or(0)) << 32),
                     }));
-            if let Some(pid) = s.pid.filter(|&p| p != 0) {
-                let name = s.comm.as_deref();
-                let (first, sums) = by_pid
-                    .entry(pid)
-                    .or_insert_with(|| (name, ProcessSums::default()));
-                let row = if *first == name {
-                    sums
-                } else {
-                    other_names.entry((pid, name)).or_default()
-                };
-                row.rx += rx;
-                row.tx += tx;
-                if !s.closed {
-                    row.open += 1;
-                    // netwatch-sdk 0.3.2 counts a process's connections whose
-                    // state is exactly `ESTABLISHED` (connected UDP included,
-                    // as `ss` names it), nothing else.
-                    if s.state == state::ESTABLISHED {
-                        row.established += 1;
+            if let Some(pid) = pid {
+                if rx != 0 || tx != 0 {
+                    let name = s.comm.as_deref();
+                    let names = moved.entry(pid).or_default();
+                    match names.iter_mut().find(|m| m.name == name) {
+                        Some(m) => {
+                            m.rx += rx;
+                            m.tx += tx;
+                        }
+                        None => names.push(Moved {
+                            name,
+                            rx,
+                            tx,
+                            listed: false,
+                        }),
                     }
                 }
             }
@@ -288,37 +380,69 @@ impl Attribution {
             });
         }
 
-        let mut sums: Vec<((u32, Option<&str>), ProcessSums)> = by_pid
-            .into_iter()
-            .map(|(pid, (name, sums))| ((pid, name), sums))
-            .chain(other_names)
-            .filter(|(_, s)| s.rx + s.tx > 0 || s.open > 0)
-            .collect();
-        // (pid, name) order first, then most bytes first (a stable sort):
-        // equal totals keep a stable order.
-        sums.sort_unstable_by_key(|(k, _)| *k);
+        // A full batch's missing sockets: no longer counted in their
+        // processes' rows (a polling source cannot see a last byte or a
+        // close), and forgotten once no full read of the grace listed them.
+        // Only when some entry was not listed now.
+        if full {
+            if self.recent_full.len() == GRACE_READS as usize {
+                self.recent_full.pop_front();
+            }
+            self.recent_full.push_back(reads);
+            let oldest = self.recent_full.front().copied().unwrap_or(reads);
+            if prev.len() > refreshed {
+                prev.retain(|_, l| {
+                    if l.seen == reads {
+                        return true;
+                    }
+                    if let (Some(o), true) = (&l.owner, l.held) {
+                        hold(held, o, l.established, false);
+                        l.held = false;
+                    }
+                    l.seen >= oldest
+                });
+            }
+        }
+
+        // A row per process and name that holds an open socket or moved
+        // bytes: (pid, name) order first, then most bytes first (a stable
+        // sort): equal totals keep a stable order.
+        let mut sums: Vec<(u32, Option<&str>, u64, u64, u32)> = Vec::new();
+        for (&pid, names) in self.held.iter() {
+            for h in names.iter().filter(|h| h.open > 0) {
+                let name = h.name.as_deref();
+                let (rx, tx) = moved
+                    .get_mut(&pid)
+                    .and_then(|v| v.iter_mut().find(|m| m.name == name))
+                    .map_or((0, 0), |m| {
+                        m.listed = true;
+                        (m.rx, m.tx)
+                    });
+                sums.push((pid, name, rx, tx, h.established));
+            }
+        }
+        for (&pid, names) in &moved {
+            for m in names.iter().filter(|m| !m.listed) {
+                sums.push((pid, m.name, m.rx, m.tx, 0));
+            }
+        }
+        sums.sort_unstable_by_key(|&(pid, name, ..)| (pid, name));
         let mut processes: Vec<ProcessBandwidth> = sums
             .into_iter()
-            .map(|((pid, name), s)| {
+            .map(|(pid, name, rx, tx, established)| {
                 ProcessBandwidth::network_only(
                     name.map_or_else(|| format!("pid:{pid}"), str::to_string),
                     Some(pid),
-                    s.rx,
-                    s.tx,
-                    rate(s.rx),
-                    rate(s.tx),
-                    s.established,
+                    rx,
+                    tx,
+                    rate(rx),
+                    rate(tx),
+                    established,
                 )
             })
             .collect();
         processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
 
-        // Sockets gone without a final record for longer than the grace are
-        // forgotten: a polling source cannot see their last bytes. Only
-        // when some entry was not seen now (else none can be that old).
-        if self.prev.len() > refreshed {
-            self.prev.retain(|_, l| reads - l.read < GRACE_READS);
-        }
         self.last_read = batch.taken_at;
         self.reads += 1;
         Interval {
@@ -356,8 +480,11 @@ impl Interval {
     /// in batch order).
     pub fn top(&self, batch: &SampleBatch, max: usize) -> (Vec<usize>, u64) {
         let n = self.rows.len();
+        // Sockets a partial batch left out (unchanged, no bytes this
+        // interval) are left out of the snapshot too, and counted.
+        let omitted = batch.omitted.unwrap_or(0);
         if n <= max {
-            return ((0..n).collect(), 0);
+            return ((0..n).collect(), omitted);
         }
         // Each row's rank as one integer, smallest first: (most bytes,
         // then ESTABLISHED, then batch order) packed as (!bytes, not
@@ -383,7 +510,7 @@ impl Interval {
             .into_iter()
             .map(|k| (k & u128::from(u64::MAX >> 1)) as usize)
             .collect();
-        (order, (n - max) as u64)
+        (order, (n - max) as u64 + omitted)
     }
 
     /// The wire rows of the top `max` (see [`Self::top`]), built only for
@@ -477,6 +604,7 @@ mod tests {
             samples,
             lost_records: 0,
             estimated: false,
+            omitted: None,
         }
     }
 
@@ -641,6 +769,70 @@ mod tests {
             a.apply(&batch(t0 + Duration::from_secs(3 + i), vec![]));
         }
         assert!(a.prev.is_empty());
+    }
+
+    #[test]
+    fn a_partial_batch_attributes_as_the_full_batch_would() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let open = |id, pid, rx, tx| sample(id, pid, rx, tx, CountOrigin::SinceAttach);
+        let mut listen = open(3, 20, 0, 0);
+        listen.state = state::LISTEN.into();
+        listen.remote = None;
+        let mut gone = open(4, 20, 10, 10);
+        gone.state = state::CLOSED.into();
+        gone.closed = true;
+        let idle = vec![open(2, 10, 5, 5), listen.clone()];
+        let first = vec![
+            open(1, 10, 100, 0),
+            open(2, 10, 5, 5),
+            listen,
+            open(4, 20, 7, 7),
+        ];
+        let mut full = Attribution::new(t0);
+        let mut part = Attribution::new(t0);
+        full.apply(&batch(at(1), first.clone()));
+        part.apply(&batch(at(1), first));
+
+        // Socket 1 moved 50 bytes and socket 4 closed with 3 more each
+        // way; 2 and the listener did nothing. The partial batch lists the
+        // changes only.
+        let changed = vec![open(1, 10, 150, 0), gone];
+        let partial = |samples: Vec<SocketSample>, omitted| SampleBatch {
+            omitted: Some(omitted),
+            ..batch(at(2), samples)
+        };
+        let f = full.read(&batch(at(2), [changed.clone(), idle.clone()].concat()));
+        let p = part.read(&partial(changed, 2));
+        assert_eq!(p.processes, f.processes);
+        assert_eq!(
+            p.processes
+                .iter()
+                .map(|r| (r.pid, r.rx_bytes, r.tx_bytes, r.connection_count))
+                .collect::<Vec<_>>(),
+            // pid 10: 50 B, two sockets ESTABLISHED; pid 20: 3 + 3 B from
+            // the final record, its listener keeps the row.
+            vec![(Some(10), 50, 0, 2), (Some(20), 3, 3, 0)]
+        );
+        // The connection list: what the batch listed, the rest counted as
+        // left out.
+        assert_eq!(p.rows.len(), 2);
+        let (order, left_out) = p.top(&partial(vec![], 2), 10);
+        assert_eq!((order.len(), left_out), (2, 2));
+
+        // Nothing changed at all: an empty partial batch, same rows as a
+        // full one of the same sockets.
+        let f = full.read(&batch(at(3), [vec![open(1, 10, 150, 0)], idle].concat()));
+        let p = part.read(&partial(vec![], 3));
+        assert_eq!(p.processes, f.processes);
+        assert_eq!(
+            p.processes
+                .iter()
+                .map(|r| (r.pid, r.rx_bytes + r.tx_bytes, r.connection_count))
+                .collect::<Vec<_>>(),
+            vec![(Some(10), 0, 2), (Some(20), 0, 0)]
+        );
+        assert!(p.rows.is_empty());
     }
 
     #[test]

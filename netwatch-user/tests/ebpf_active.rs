@@ -1,7 +1,9 @@
 //! The active set on a real kernel: after the first read, a read looks up
-//! only the sockets that moved bytes or changed state since the last one,
-//! and idle sockets are still listed with their exact cumulative counts;
-//! a socket that closes, with or without bytes, leaves the listing. Needs
+//! only the sockets that moved bytes or changed state since the last one
+//! and lists only those (a partial batch), listeners, and as many
+//! unchanged sockets as its row budget asks for, with their exact
+//! cumulative counts; a socket that closes, with or without bytes, leaves
+//! the listing. Needs
 //! root; the kernel is shared with other tests, so every assert is about
 //! this test's own ports, never about global totals.
 #![cfg(target_os = "linux")]
@@ -43,12 +45,13 @@ fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
         pin: None,
         ..LoadOptions::default()
     };
+    // Listening before the programs load: seeding finds it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut src = EbpfSource::load(&opts).unwrap_or_else(|e| panic!("no tier loads: {e}"));
     let first = read(&mut src);
     assert_eq!(src.last_refresh(), Refresh::Walk, "the first read walks");
     drop(first);
 
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (mut server, _) = l.accept().unwrap();
     let c_addr = (client.local_addr().unwrap(), client.peer_addr().unwrap());
@@ -77,14 +80,40 @@ fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
         "an idle new connection is listed"
     );
 
-    // Idle reads: nothing of ours in the active set, still listed, same counts.
+    // Idle reads: nothing of ours in the active set. A partial batch
+    // leaves them out and counts them as omitted (no row budget: only
+    // what changed, and listeners, is listed)...
     for _ in 0..3 {
         let b = read(&mut src);
         assert!(matches!(src.last_refresh(), Refresh::Active(_)));
-        assert_eq!(find(&b, c_addr), vec![(0, 1000, false)]);
-        assert_eq!(find(&b, s_addr), vec![(1000, 0, false)]);
-        assert_eq!(find(&b, quiet_addr).len(), 1);
+        assert!(
+            b.omitted.is_some_and(|n| n >= 4),
+            "our four idle sockets are omitted: {:?}",
+            b.omitted
+        );
+        for a in [c_addr, s_addr, quiet_addr] {
+            assert_eq!(find(&b, a), vec![], "idle socket {a:?} listed");
+        }
+        // The listener is listed every read, idle or not.
+        let port = l.local_addr().unwrap().port();
+        let listener: Vec<_> = b
+            .samples
+            .iter()
+            .filter(|s| s.local.is_some_and(|a| a.port() == port) && s.state == "LISTEN")
+            .map(|s| (s.local, s.remote, s.state.to_string()))
+            .collect();
+        assert_eq!(listener.len(), 1, "the listener, every read: {listener:?}");
     }
+    // ...and, given a row budget, fills the listing with unchanged
+    // sockets, with their exact cumulative counts.
+    src.set_row_budget(usize::MAX);
+    let b = read(&mut src);
+    assert!(matches!(src.last_refresh(), Refresh::Active(_)));
+    assert_eq!(find(&b, c_addr), vec![(0, 1000, false)]);
+    assert_eq!(find(&b, s_addr), vec![(1000, 0, false)]);
+    assert_eq!(find(&b, quiet_addr).len(), 1);
+    assert_eq!(b.omitted, Some(0), "a budget past every socket omits none");
+    src.set_row_budget(0);
 
     // Active again: the new cumulative counts.
     server.write_all(&[1u8; 250]).unwrap();
@@ -95,7 +124,9 @@ fn idle_sockets_are_not_read_yet_stay_listed_exactly() {
     assert_eq!(find(&b, s_addr), vec![(1000, 250, false)]);
 
     // Closed: the final record once, then never again; the quiet pair
-    // (no bytes, so no final record) leaves the listing too.
+    // (no bytes, so no final record) leaves the listing too, even when
+    // every unchanged socket is listed.
+    src.set_row_budget(usize::MAX);
     drop(quiet);
     drop(quiet_server);
     drop(client);

@@ -406,6 +406,9 @@ fn scale_point(
     out: &Path,
 ) -> Result<ScalePoint> {
     let tag = format!("scale-s{sockets}-r{rate}-{rep}");
+    if (sockets, rate) == (0, 0) {
+        quiet_time_wait();
+    }
     let mon = Running::start(kind, tools, out, &tag)?.context("no agent")?;
     // Open sockets: measured once their creation burst is over (two
     // intervals), since the rate rows measure creation. Idle: a longer
@@ -492,6 +495,28 @@ fn scale_point(
         achieved: truth.achieved.unwrap_or(f64::NAN),
         error: None,
     })
+}
+
+/// Wait (at most 70 s) until the TIME_WAIT sockets earlier rows left
+/// behind have expired (the kernel keeps them 60 s): the idle row measures
+/// a quiet server, not one whose thousands of TIME_WAIT sockets are
+/// expiring, which is TCP state churn the agent follows.
+fn quiet_time_wait() {
+    let tw = || {
+        std::fs::read_to_string("/proc/net/sockstat")
+            .ok()
+            .and_then(|t| {
+                let line = t.lines().find(|l| l.starts_with("TCP:"))?.to_string();
+                let mut it = line.split_whitespace();
+                it.position(|w| w == "tw")?;
+                it.next()?.parse::<u64>().ok()
+            })
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    while tw() > 64 && t0.elapsed() < Duration::from_secs(70) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Seconds from launch to the first snapshot, minus the 1 s interval.

@@ -61,10 +61,62 @@ pub struct UsageMount {
 /// Cumulative sectors (read, written) of one disk.
 type Sectors = (u64, u64);
 
-/// Samples disk usage and I/O; keeps the previous per-disk counters.
+/// Samples disk usage and I/O; keeps the previous per-disk counters, and
+/// what changes only with the system's configuration: the mounts to report
+/// (parsed again only when the kernel says the mount table changed) and
+/// the whole disks of `/sys/block` (listed again when the disks in
+/// `/proc/diskstats` change).
 #[derive(Debug, Default)]
 pub struct DiskTracker {
     prev: Option<HashMap<String, Sectors>>,
+    mounts: Option<Mounts>,
+    /// The whole disks, and the diskstats names they were listed for.
+    whole: Option<(Vec<String>, HashSet<String>)>,
+}
+
+/// `/proc/self/mounts`, kept open: polling it reports a change of the
+/// mount table (`POLLPRI`, proc(5)), so an unchanged table is not read.
+#[derive(Debug)]
+struct Mounts {
+    file: fs::File,
+    usage: Vec<UsageMount>,
+}
+
+impl Mounts {
+    fn open() -> std::io::Result<Self> {
+        let file = fs::File::open("/proc/self/mounts")?;
+        let mut m = Self {
+            file,
+            usage: Vec::new(),
+        };
+        m.read()?;
+        Ok(m)
+    }
+
+    /// Parse the table again, from its start.
+    fn read(&mut self) -> std::io::Result<()> {
+        use std::io::{Read, Seek};
+        self.file.rewind()?;
+        let mut text = String::new();
+        self.file.read_to_string(&mut text)?;
+        let (mounts, skipped) = parse_mounts(&text);
+        if skipped > 0 {
+            log::debug!("/proc/self/mounts: skipped {skipped} malformed lines");
+        }
+        self.usage = usage_mounts(&mounts);
+        Ok(())
+    }
+
+    /// The table changed since it was last read.
+    fn changed(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(&self.file, PollFlags::PRI)];
+        match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+            Ok(0) => false,
+            Ok(_) => fds[0].revents().intersects(PollFlags::PRI | PollFlags::ERR),
+            Err(_) => true,
+        }
+    }
 }
 
 impl DiskTracker {
@@ -76,11 +128,32 @@ impl DiskTracker {
     /// call (`None` on the first call, or when diskstats or /sys/block
     /// could not be read; the next call then starts a new baseline).
     pub fn sample(&mut self) -> (Vec<DiskUsage>, Option<DiskIo>) {
-        (read_usage(), self.read_io())
+        (self.read_usage(), self.read_io())
+    }
+
+    fn read_usage(&mut self) -> Vec<DiskUsage> {
+        let fresh = match self.mounts.take() {
+            Some(mut m) if m.changed() => m.read().map(|()| m),
+            Some(m) => Ok(m),
+            None => Mounts::open(),
+        };
+        match fresh {
+            Ok(m) => self
+                .mounts
+                .insert(m)
+                .usage
+                .iter()
+                .filter_map(statvfs_usage)
+                .collect(),
+            Err(e) => {
+                log::debug!("reading /proc/self/mounts: {e}; disk usage left empty");
+                Vec::new()
+            }
+        }
     }
 
     fn read_io(&mut self) -> Option<DiskIo> {
-        let cur = match read_disk_sectors() {
+        let cur = match self.read_disk_sectors() {
             Ok(c) => c,
             Err(e) => {
                 log::debug!("{e}; disk I/O left empty");
@@ -135,16 +208,26 @@ pub fn parse_diskstats(text: &str) -> (Vec<DiskStat>, usize) {
     (stats, skipped)
 }
 
-fn read_disk_sectors() -> Result<HashMap<String, Sectors>, String> {
-    let text = fs::read_to_string("/proc/diskstats")
-        .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
-    let (stats, skipped) = parse_diskstats(&text);
-    if skipped > 0 {
-        log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
+impl DiskTracker {
+    fn read_disk_sectors(&mut self) -> Result<HashMap<String, Sectors>, String> {
+        let text = fs::read_to_string("/proc/diskstats")
+            .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
+        let (stats, skipped) = parse_diskstats(&text);
+        if skipped > 0 {
+            log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
+        }
+        // A disk added or removed shows in diskstats: only then list
+        // /sys/block again.
+        let listed = stats.iter().map(|s| s.name.as_str());
+        let whole = match self.whole.take() {
+            Some((names, whole)) if names.iter().map(String::as_str).eq(listed) => whole,
+            _ => whole_disks(Path::new("/sys/block"))
+                .map_err(|e| format!("listing /sys/block: {e}"))?,
+        };
+        let sectors = whole_disk_sectors(&stats, &whole);
+        self.whole = Some((stats.into_iter().map(|s| s.name).collect(), whole));
+        Ok(sectors)
     }
-    let whole =
-        whole_disks(Path::new("/sys/block")).map_err(|e| format!("listing /sys/block: {e}"))?;
-    Ok(whole_disk_sectors(&stats, &whole))
 }
 
 /// Names in `sys_block` that have a backing `device`: physical whole disks,
@@ -229,33 +312,52 @@ pub fn usage(
     })
 }
 
-fn read_usage() -> Vec<DiskUsage> {
-    let text = match fs::read_to_string("/proc/self/mounts") {
-        Ok(t) => t,
+/// One mount's usage by `statvfs`; `None` (logged) when it fails.
+fn statvfs_usage(m: &UsageMount) -> Option<DiskUsage> {
+    match rustix::fs::statvfs(m.mount_point.as_str()) {
+        Ok(s) => usage(m, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
         Err(e) => {
-            log::debug!("reading /proc/self/mounts: {e}; disk usage left empty");
-            return Vec::new();
+            log::debug!("statvfs {}: {e}; mount skipped", m.mount_point);
+            None
         }
-    };
-    let (mounts, skipped) = parse_mounts(&text);
-    if skipped > 0 {
-        log::debug!("/proc/self/mounts: skipped {skipped} malformed lines");
     }
-    usage_mounts(&mounts)
-        .iter()
-        .filter_map(|m| match rustix::fs::statvfs(m.mount_point.as_str()) {
-            Ok(s) => usage(m, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
-            Err(e) => {
-                log::debug!("statvfs {}: {e}; mount skipped", m.mount_point);
-                None
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kept-open table reports a real mount and unmount, and nothing
+    /// while the table stands still. Needs root (it mounts a tmpfs).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_mount_table_is_read_again_only_when_it_changed() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test mounts a tmpfs and must run as root (run `cargo xtask test`)"
+        );
+        let mut m = Mounts::open().expect("/proc/self/mounts");
+        assert!(!m.changed(), "nothing changed since it was read");
+        let dir = tempfile::tempdir().unwrap();
+        rustix::mount::mount(
+            "netwatch-test",
+            dir.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .expect("mounting a tmpfs");
+        let mounted = m.changed();
+        m.read().unwrap();
+        let still = m.changed();
+        rustix::mount::unmount(dir.path(), rustix::mount::UnmountFlags::empty())
+            .expect("unmounting the tmpfs");
+        assert!(mounted, "a mount is a change");
+        assert!(!still, "reading it again settles the change");
+        assert!(m.changed(), "an unmount is a change");
+    }
 
     fn mounts(text: &str) -> Vec<MountEntry> {
         let (m, skipped) = parse_mounts(text);

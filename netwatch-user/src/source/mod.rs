@@ -130,6 +130,14 @@ pub struct SampleBatch {
     pub lost_records: u64,
     /// True when byte counts are estimates rather than per-socket counts.
     pub estimated: bool,
+    /// `None`: `samples` lists every socket (a full batch). `Some(n)`: a
+    /// partial batch, which lists the sockets that changed since the
+    /// source's previous batch (bytes, state, owner; closed ones with their
+    /// final counters) and may add unchanged ones (listeners, rows to fill
+    /// the snapshot's connection list); `n` more sockets, each listed in an
+    /// earlier batch, are unchanged, still open, and left out. The first
+    /// batch of a source is full.
+    pub omitted: Option<u64>,
 }
 
 /// One DNS message a source saw on the wire; the snapshot's DNS analytics
@@ -216,6 +224,11 @@ pub trait SocketSource: Send {
     /// The snapshot built from the last read went to the sinks: a source
     /// that persists what was delivered (pinned eBPF) stores it now.
     fn delivered(&mut self) {}
+
+    /// How many connection rows the snapshot shows: a source that reads
+    /// partial batches ([`SampleBatch::omitted`]) adds up to this many
+    /// unchanged sockets to each, so the list is not only the busy ones.
+    fn set_row_budget(&mut self, _rows: usize) {}
     /// Whether this source's counts survive agent restarts (pinned eBPF):
     /// what a sink that accumulates the snapshots' bytes needs to persist
     /// its totals beside the source's baseline. `None`: counts restart

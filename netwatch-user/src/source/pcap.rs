@@ -542,6 +542,7 @@ impl SocketSource for PcapSource {
             samples,
             lost_records: self.stats().lost_records(),
             estimated: false,
+            omitted: None,
         })
     }
 

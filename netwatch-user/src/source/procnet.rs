@@ -65,6 +65,7 @@ impl SocketSource for ProcNetSource {
             samples: samples(&table),
             lost_records: 0,
             estimated: true,
+            omitted: None,
         })
     }
 }

@@ -723,6 +723,7 @@ impl SocketSource for SsSource {
             samples,
             lost_records: self.lost_lines + self.lost_events + self.unusable_events,
             estimated: false,
+            omitted: None,
         })
     }
 }

@@ -286,7 +286,7 @@ fn scale_table(md: &mut String, ctx: &Context, scale: &[ScalePoint]) {
         "\n## Scale\n\nThe agent at a 1 s interval while one process holds N open TCP sockets on loopback \
          (RLIMIT_NOFILE raised) with {} of them writing 64 B each second, or opens short connections \
          (100 B each) at a rate; \"idle\" is the agent while the workload holds no socket and moves nothing \
-         (what it costs on a quiet server: the machine's own background traffic still counts). CPU is the agent's utime+stime over a {} s window ({} s idle; open-socket rows start it 2.5 s after the sockets exist, once their creation burst is over, which the connection-rate rows measure) divided by the window \
+         (what it costs on a quiet server: the machine's own background traffic still counts; it starts once the TIME_WAIT sockets earlier rows left have expired, at most 70 s later). CPU is the agent's utime+stime over a {} s window ({} s idle; open-socket rows start it 2.5 s after the sockets exist, once their creation burst is over, which the connection-rate rows measure) divided by the window \
          (seconds per 1 s interval = fraction of one core). RSS is `VmRSS` at the end of the window, peak \
          `VmHWM`; map memory is the sum of `memlock` in `/proc/<agent>/fdinfo` of its BPF map fds. \
          lost_records is the agent's own counter; exact = bytes attributed to the workload's pid ÷ truth.\n\n\

@@ -209,7 +209,12 @@ pub struct EbpfSource {
     active: Option<active::ActiveSet>,
     /// Every live socket's samples as of its last change, by `struct sock`
     /// address: an idle socket's come from here, not from the kernel.
-    tracked: HashMap<u64, Tracked>,
+    tracked: Tracker,
+    /// Unchanged sockets a partial batch adds to fill the snapshot's
+    /// connection list ([`SocketSource::set_row_budget`]).
+    row_budget: usize,
+    /// A read changed `tracked` since the baseline was last built.
+    baseline_dirty: bool,
     /// Keys drained from the active set, reused across reads.
     active_keys: Vec<SockKey>,
     /// A `SOCKETS` value to look up into, reused.
@@ -261,6 +266,51 @@ pub type Samples = SmallVec<[SocketSample; 1]>;
 struct Tracked {
     first_ns: u64,
     samples: Samples,
+}
+
+/// Every live socket's samples, and which of them listen (a partial batch
+/// lists every listener: the alert feed reads them each tick).
+#[derive(Default)]
+struct Tracker {
+    by_sk: HashMap<u64, Tracked>,
+    listeners: HashSet<u64>,
+}
+
+impl Tracker {
+    /// Remember one live entry's samples (or forget it, if it yields none).
+    fn insert(&mut self, key: &SockKey, st: &SockStats) {
+        let samples = to_samples(key, st, false);
+        if samples.is_empty() {
+            self.remove(key.sk);
+            return;
+        }
+        if samples.iter().any(|s| s.state == crate::net::state::LISTEN) {
+            self.listeners.insert(key.sk);
+        } else {
+            self.listeners.remove(&key.sk);
+        }
+        self.by_sk.insert(
+            key.sk,
+            Tracked {
+                first_ns: st.first_ns,
+                samples,
+            },
+        );
+    }
+
+    fn remove(&mut self, sk: u64) {
+        self.by_sk.remove(&sk);
+        self.listeners.remove(&sk);
+    }
+
+    fn clear(&mut self) {
+        self.by_sk.clear();
+        self.listeners.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.by_sk.len()
+    }
 }
 
 /// Every this many reads the whole map is walked even when the active set
@@ -607,7 +657,9 @@ impl EbpfSource {
             tcp_events: None,
             tcp_events_lost_logged: (0, None),
             active: None,
-            tracked: HashMap::new(),
+            tracked: Tracker::default(),
+            row_budget: 0,
+            baseline_dirty: false,
             active_keys: Vec::new(),
             scratch: Box::new(SockStats::zeroed()),
             reads: 0,
@@ -674,6 +726,20 @@ impl EbpfSource {
     /// agent starts from: called once that read's snapshot was delivered.
     pub fn store_baseline(&mut self) {
         if let Some((instance, path)) = &self.pinned {
+            if std::mem::take(&mut self.baseline_dirty) {
+                // A socket missing from the baseline is counted in full by
+                // the next agent: exact for those still at 0, which need
+                // no line.
+                self.last_read.clear();
+                self.last_read.extend(
+                    self.tracked
+                        .by_sk
+                        .values()
+                        .flat_map(|t| t.samples.iter())
+                        .filter(|s| s.rx_bytes != 0 || s.tx_bytes != 0)
+                        .map(pin::BaselineEntry::of),
+                );
+            }
             if self.stored.as_ref() == Some(&self.last_read) {
                 return;
             }
@@ -716,16 +782,18 @@ impl EbpfSource {
         // Nothing is drained here: closed records wait in the kernel.
         if let Some(restore) = self.restore.take() {
             self.last_read = restore.clone();
+            self.baseline_dirty = false;
             return SampleBatch {
                 taken_at: Instant::now(),
                 samples: restore.iter().map(pin::BaselineEntry::sample).collect(),
                 lost_records: 0,
                 estimated: false,
+                omitted: None,
             };
         }
         // Counters before the walk: see `evicted_estimate`.
         let before = self.kernel_counters();
-        let mut samples = Vec::with_capacity(self.tracked.len() + 64);
+        let mut samples = Vec::new();
         // Sockets whose final record is in this read: a live entry of one
         // of them seen below (deleted just after its record was written)
         // must not be counted a second time.
@@ -753,27 +821,27 @@ impl EbpfSource {
         for &(sk, first_ns) in &finished {
             if self
                 .tracked
+                .by_sk
                 .get(&sk)
                 .is_some_and(|t| t.first_ns == first_ns)
             {
-                self.tracked.remove(&sk);
+                self.tracked.remove(sk);
             }
         }
         let live = self.refresh(&before, &finished);
-        for t in self.tracked.values() {
-            samples.extend(t.samples.iter().cloned());
-        }
+        let omitted = if self.last_refresh == Refresh::Walk {
+            // A walk saw every socket: list them all (a full batch).
+            samples.reserve(self.tracked.len());
+            for t in self.tracked.by_sk.values() {
+                samples.extend(t.samples.iter().cloned());
+            }
+            None
+        } else {
+            Some(self.list_changed(&mut samples))
+        };
+        self.baseline_dirty |= omitted.is_none_or(|_| !samples.is_empty());
         self.reads += 1;
         let after = self.kernel_counters();
-        if self.pinned.is_some() {
-            // A socket missing from the baseline is counted in full by the
-            // next agent: exact for those still at 0, which need no line.
-            self.last_read = samples
-                .iter()
-                .filter(|s| !s.closed && (s.rx_bytes != 0 || s.tx_bytes != 0))
-                .map(pin::BaselineEntry::of)
-                .collect();
-        }
         let estimate = evicted_estimate(&before, &after, live);
         self.evicted = self.evicted.max(estimate);
         SampleBatch {
@@ -786,7 +854,40 @@ impl EbpfSource {
                 + after.missed_return
                 + self.drain.dropped(),
             estimated: false,
+            omitted,
         }
+    }
+
+    /// A partial batch after the active set's lookups: the sockets they
+    /// found (changed since the last read), every listener, and up to
+    /// [`Self::row_budget`] unchanged ones, each socket once; returns how
+    /// many live sockets it left out.
+    fn list_changed(&self, samples: &mut Vec<SocketSample>) -> u64 {
+        let mut listed: HashSet<u64> = HashSet::with_capacity(self.active_keys.len());
+        let mut list = |sk: u64, samples: &mut Vec<SocketSample>| {
+            if let Some(t) = self.tracked.by_sk.get(&sk) {
+                if listed.insert(sk) {
+                    samples.extend(t.samples.iter().cloned());
+                }
+            }
+        };
+        for key in &self.active_keys {
+            list(key.sk, samples);
+        }
+        for &sk in &self.tracked.listeners {
+            list(sk, samples);
+        }
+        let mut fill = self.row_budget;
+        for (&sk, t) in &self.tracked.by_sk {
+            if fill == 0 {
+                break;
+            }
+            if listed.insert(sk) {
+                samples.extend(t.samples.iter().cloned());
+                fill -= 1;
+            }
+        }
+        (self.tracked.len() - listed.len()) as u64
     }
 }
 
@@ -851,7 +952,7 @@ impl EbpfSource {
                 // Finished (its final record is in this read or the next)
                 // or evicted: gone either way.
                 Ok(_) => {
-                    self.tracked.remove(&key.sk);
+                    self.tracked.remove(key.sk);
                 }
                 Err(e) => {
                     debug!("looking up socket {:x}: {e}; walking next read", key.sk);
@@ -926,7 +1027,7 @@ impl EbpfSource {
 
     /// Remember one live entry's samples.
     fn track(&mut self, key: &SockKey, st: &SockStats) {
-        track_into(&mut self.tracked, key, st);
+        self.tracked.insert(key, st);
     }
 
     /// Rebuild `tracked` from every live entry, each once (those whose
@@ -969,7 +1070,7 @@ impl EbpfSource {
 /// `tracked` rebuilt by a walk: every live entry met is counted, and kept
 /// unless its final record is in this read.
 struct Rebuild<'a> {
-    tracked: &'a mut HashMap<u64, Tracked>,
+    tracked: &'a mut Tracker,
     finished: &'a HashSet<(u64, u64)>,
     live: u64,
 }
@@ -983,26 +1084,9 @@ impl Rebuild<'_> {
     fn take(&mut self, key: &SockKey, st: &SockStats) {
         self.live += 1;
         if !self.finished.contains(&(key.sk, st.first_ns)) {
-            track_into(self.tracked, key, st);
+            self.tracked.insert(key, st);
         }
     }
-}
-
-/// Remember one live entry's samples in `tracked` (or forget it, if it
-/// yields none).
-fn track_into(tracked: &mut HashMap<u64, Tracked>, key: &SockKey, st: &SockStats) {
-    let samples = to_samples(key, st, false);
-    if samples.is_empty() {
-        tracked.remove(&key.sk);
-        return;
-    }
-    tracked.insert(
-        key.sk,
-        Tracked {
-            first_ns: st.first_ns,
-            samples,
-        },
-    );
 }
 
 /// `BPF_MAP_LOOKUP_BATCH`.
@@ -1105,6 +1189,10 @@ impl SocketSource for EbpfSource {
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
         Ok(self.read_samples())
+    }
+
+    fn set_row_budget(&mut self, rows: usize) {
+        self.row_budget = rows;
     }
 
     fn delivered(&mut self) {

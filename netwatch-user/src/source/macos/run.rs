@@ -161,6 +161,7 @@ impl SocketSource for MacSource {
             samples,
             lost_records: self.lost_records,
             estimated: false,
+            omitted: None,
         })
     }
 }

@@ -352,6 +352,7 @@ fn batch(at: Instant, samples: Vec<SocketSample>) -> SampleBatch {
         samples,
         lost_records: 0,
         estimated: false,
+        omitted: None,
     }
 }
 
