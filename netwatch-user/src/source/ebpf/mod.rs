@@ -210,6 +210,9 @@ pub struct EbpfSource {
     /// Every live socket's samples as of its last change, by `struct sock`
     /// address: an idle socket's come from here, not from the kernel.
     tracked: Tracker,
+    /// Sockets that left the map without a final record (they never
+    /// moved a byte), as closed samples for the read that found them gone.
+    gone: Vec<SocketSample>,
     /// Unchanged sockets a partial batch adds to fill the snapshot's
     /// connection list ([`SocketSource::set_row_budget`]).
     row_budget: usize,
@@ -658,6 +661,7 @@ impl EbpfSource {
             tcp_events_lost_logged: (0, None),
             active: None,
             tracked: Tracker::default(),
+            gone: Vec::new(),
             row_budget: 0,
             baseline_dirty: false,
             active_keys: Vec::new(),
@@ -829,6 +833,7 @@ impl EbpfSource {
             }
         }
         let live = self.refresh(&before, &finished);
+        samples.append(&mut self.gone);
         let omitted = if self.last_refresh == Refresh::Walk {
             // A walk saw every socket: list them all (a full batch).
             samples.reserve(self.tracked.len());
@@ -950,8 +955,19 @@ impl EbpfSource {
                     self.track(key, &st);
                 }
                 // Finished (its final record is in this read or the next)
-                // or evicted: gone either way.
+                // or evicted: gone either way. One that never moved a byte
+                // gets no final record: its samples go out closed now, or
+                // its process would count it open until the next walk.
                 Ok(_) => {
+                    if let Some(t) = self.tracked.by_sk.get(&key.sk) {
+                        if t.samples.iter().all(|s| s.rx_bytes == 0 && s.tx_bytes == 0) {
+                            self.gone.extend(t.samples.iter().cloned().map(|mut s| {
+                                s.closed = true;
+                                s.state = crate::net::state::CLOSED.into();
+                                s
+                            }));
+                        }
+                    }
                     self.tracked.remove(key.sk);
                 }
                 Err(e) => {
