@@ -834,6 +834,9 @@ impl EbpfSource {
         }
         let live = self.refresh(&before, &finished);
         samples.append(&mut self.gone);
+        // What the pin baseline holds changed: a socket closed, went, or
+        // was looked up (listeners and filler rows are unchanged ones).
+        self.baseline_dirty |= !samples.is_empty() || !self.active_keys.is_empty();
         let omitted = if self.last_refresh == Refresh::Walk {
             // A walk saw every socket: list them all (a full batch).
             samples.reserve(self.tracked.len());
@@ -844,7 +847,7 @@ impl EbpfSource {
         } else {
             Some(self.list_changed(&mut samples))
         };
-        self.baseline_dirty |= omitted.is_none_or(|_| !samples.is_empty());
+        self.baseline_dirty |= omitted.is_none();
         self.reads += 1;
         let after = self.kernel_counters();
         let estimate = evicted_estimate(&before, &after, live);
