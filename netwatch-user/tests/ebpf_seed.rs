@@ -543,6 +543,10 @@ fn seeded_sockets_listed(tier: Tier) {
             _ => panic!("{tier} tier failed to load: {e}"),
         },
     };
+    // Reads after the first list what changed; as the agent does with
+    // `--max-connections`, let them add the unchanged ones (here all), so
+    // every seeded socket is compared each read.
+    src.set_row_budget(usize::MAX);
     let mut attribution = Attribution::new(Instant::now());
 
     // First read: every socket, with its owner and 0 bytes.
