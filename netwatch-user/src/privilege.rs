@@ -315,7 +315,12 @@ fn apply_to_this_thread() -> u32 {
     if T_DROP_BND.load(Ordering::SeqCst) {
         let keep = T_BND_KEEP.load(Ordering::SeqCst);
         for cap in 0..=last.min(63) {
-            if keep & (1 << cap) == 0 {
+            // Already out of this thread's bounding set: a thread started
+            // by one that had dropped it inherits the smaller set, and
+            // dropping again needs the CAP_SETPCAP it no longer has.
+            // SAFETY: prctl with integer arguments only.
+            let held = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+            if keep & (1 << cap) == 0 && held != 0 {
                 // SAFETY: prctl with integer arguments only.
                 let r =
                     unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
