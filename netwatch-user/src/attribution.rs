@@ -58,7 +58,8 @@ pub struct Row {
 }
 
 /// One read's result: per-process rows (exact, from every socket) and one
-/// compact [`Row`] per socket, in batch order, pointing into the batch.
+/// compact [`Row`] per socket the batch lists, in batch order, pointing
+/// into the batch.
 #[derive(Debug, Clone, Default)]
 pub struct Interval {
     /// As [`Attributed::processes`].
@@ -68,10 +69,11 @@ pub struct Interval {
     pub interval: Duration,
 }
 
-/// A socket missing from a read without a final record keeps its last
-/// counters for this many reads: a partial read (a map walk cut short, a
-/// line a parser skipped) must not make it look new, and counted twice, when
-/// it is seen again.
+/// A socket missing from a full batch without a final record keeps its last
+/// counters for this many full reads: an incomplete read (a map walk cut
+/// short, a line a parser skipped) must not make it look new, and counted
+/// twice, when it is seen again. Partial batches ([`SampleBatch::omitted`])
+/// leave unchanged sockets out on purpose and do not count.
 pub const GRACE_READS: u64 = 5;
 
 /// A socket's last cumulative counters, the read that last listed it, and

@@ -182,11 +182,7 @@ fn tcp_states_from_the_iterator_are_exact() {
     let port = l.local_addr().unwrap().port();
     // The half-closed connection's server end stays open: CLOSE_WAIT.
     let (_open, _half_s) = three_states(&l);
-    let want = TcpStateCounts {
-        established: 2,
-        time_wait: 1,
-        close_wait: 1,
-    };
+    let want = state_counts(2, 1, 1);
     let ours = |l: u16, r: u16| l == port || r == port;
     // The closes complete in softirq right after the calls return: wait
     // (bounded) until the kernel's own dump shows them, then compare.
@@ -234,6 +230,19 @@ fn three_states(l: &TcpListener) -> ((TcpStream, TcpStream), TcpStream) {
     (kept, half_s)
 }
 
+/// The counts a test expects: (ESTABLISHED, TIME_WAIT, CLOSE_WAIT).
+fn state_counts(
+    established: u32,
+    time_wait: u32,
+    close_wait: u32,
+) -> netwatch::source::TcpStateCounts {
+    netwatch::source::TcpStateCounts {
+        established,
+        time_wait,
+        close_wait,
+    }
+}
+
 /// Poll (bounded) until `counts()` gives `want`; the closes above complete
 /// in softirq right after the calls return.
 fn settle<F: FnMut() -> Option<netwatch::source::TcpStateCounts>>(
@@ -257,7 +266,6 @@ fn settle<F: FnMut() -> Option<netwatch::source::TcpStateCounts>>(
 #[test]
 fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
     use netwatch::source::ebpf::pin::{self, PinOptions};
-    use netwatch::source::TcpStateCounts;
 
     require_root();
     let dir = std::env::temp_dir().join(format!("netwatch-active-pins-{}", std::process::id()));
@@ -289,11 +297,7 @@ fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
     let (_kept, half_s) = three_states(&l);
     drop(half_s);
     let ours = |lp: u16, rp: u16| lp == port || rp == port;
-    let want = TcpStateCounts {
-        established: 2,
-        time_wait: 2,
-        close_wait: 0,
-    };
+    let want = state_counts(2, 2, 0);
     settle(|| again.count_tcp_states(ours), want);
 }
 
@@ -361,29 +365,17 @@ fn tcp_state_counts_kept_between_walks_follow_every_change() {
             src.kernel_counters().state_changes > changes,
             "this namespace's state changes not counted"
         );
-        let want = TcpStateCounts {
-            established: 2,
-            time_wait: 2,
-            close_wait: 0,
-        };
+        let want = state_counts(2, 2, 0);
         settle(|| src.tcp_states(), want);
         assert_eq!(src.tcp_states(), Some(want), "kept while nothing changes");
         // One change more: the kept connection's client closes, its
         // server end sees the FIN (CLOSE_WAIT), then closes too.
         let (c, s) = kept;
         drop(c);
-        let want = TcpStateCounts {
-            established: 0,
-            time_wait: 2,
-            close_wait: 1,
-        };
+        let want = state_counts(0, 2, 1);
         settle(|| src.tcp_states(), want);
         drop(s);
-        let want = TcpStateCounts {
-            established: 0,
-            time_wait: 3,
-            close_wait: 0,
-        };
+        let want = state_counts(0, 3, 0);
         settle(|| src.tcp_states(), want);
     })
     .join()

@@ -165,6 +165,26 @@ impl DiskTracker {
         self.prev = Some(cur);
         io
     }
+
+    fn read_disk_sectors(&mut self) -> Result<HashMap<String, Sectors>, String> {
+        let text = fs::read_to_string("/proc/diskstats")
+            .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
+        let (stats, skipped) = parse_diskstats(&text);
+        if skipped > 0 {
+            log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
+        }
+        // A disk added or removed shows in diskstats: only then list
+        // /sys/block again.
+        let listed = stats.iter().map(|s| s.name.as_str());
+        let whole = match self.whole.take() {
+            Some((names, whole)) if names.iter().map(String::as_str).eq(listed) => whole,
+            _ => whole_disks(Path::new("/sys/block"))
+                .map_err(|e| format!("listing /sys/block: {e}"))?,
+        };
+        let sectors = whole_disk_sectors(&stats, &whole);
+        self.whole = Some((stats.into_iter().map(|s| s.name).collect(), whole));
+        Ok(sectors)
+    }
 }
 
 /// Bytes moved between two per-disk counter sets. A disk absent from
@@ -206,28 +226,6 @@ pub fn parse_diskstats(text: &str) -> (Vec<DiskStat>, usize) {
         .filter_map(|l| DiskStat::from_line(l).map_err(|_| skipped += 1).ok())
         .collect();
     (stats, skipped)
-}
-
-impl DiskTracker {
-    fn read_disk_sectors(&mut self) -> Result<HashMap<String, Sectors>, String> {
-        let text = fs::read_to_string("/proc/diskstats")
-            .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
-        let (stats, skipped) = parse_diskstats(&text);
-        if skipped > 0 {
-            log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
-        }
-        // A disk added or removed shows in diskstats: only then list
-        // /sys/block again.
-        let listed = stats.iter().map(|s| s.name.as_str());
-        let whole = match self.whole.take() {
-            Some((names, whole)) if names.iter().map(String::as_str).eq(listed) => whole,
-            _ => whole_disks(Path::new("/sys/block"))
-                .map_err(|e| format!("listing /sys/block: {e}"))?,
-        };
-        let sectors = whole_disk_sectors(&stats, &whole);
-        self.whole = Some((stats.into_iter().map(|s| s.name).collect(), whole));
-        Ok(sectors)
-    }
 }
 
 /// Names in `sys_block` that have a backing `device`: physical whole disks,
