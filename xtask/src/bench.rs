@@ -9,8 +9,8 @@
 //! guest (software emulation: compare tiers there with each other only).
 //! No figure here is asserted anywhere; `cargo xtask test` never runs this.
 
-mod monitor;
-mod procfs;
+pub(crate) mod monitor;
+pub(crate) mod procfs;
 mod report;
 mod stats;
 mod tools;
@@ -153,7 +153,7 @@ fn workloads(p: &Plan) -> Vec<(&'static str, &'static str, Vec<String>)> {
 
 /// Symlinks `nwb-<stem>-c` / `-s` to bench_load so each role has its own
 /// process name (bandwhich attributes by name only).
-fn links(bench_load: &Path, dir: &Path, stems: &[&str]) -> Result<()> {
+pub(crate) fn links(bench_load: &Path, dir: &Path, stems: &[&str]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for stem in stems {
         for end in ["c", "s"] {
@@ -166,7 +166,7 @@ fn links(bench_load: &Path, dir: &Path, stems: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn run_workload(dir: &Path, stem: &str, args: &[String]) -> Result<Truth> {
+pub(crate) fn run_workload(dir: &Path, stem: &str, args: &[String]) -> Result<Truth> {
     let exe = dir.join(format!("nwb-{stem}-c"));
     let out = Command::new(&exe)
         .args(args)
@@ -180,7 +180,7 @@ fn run_workload(dir: &Path, stem: &str, args: &[String]) -> Result<Truth> {
     parse_truth(text.lines().last().unwrap_or(""))
 }
 
-fn build(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn build(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask bench: cargo build --release -p netwatch-user --bin netwatch-agent --example bpf_cost --example bench_load");
     let st = Command::new(cargo)

@@ -6,5 +6,6 @@ pub mod bench;
 pub mod host;
 pub mod run;
 pub mod setup;
+pub mod soak;
 pub mod test;
 pub mod vm;

@@ -20,6 +20,9 @@ enum Command {
     Test(xtask::test::TestArgs),
     /// Measurements: BPF per-event cost on the host and guest tiers.
     Bench(xtask::bench::BenchArgs),
+    /// A long run under churn with a flapping ingest endpoint: RSS, fds and
+    /// threads over time, lost records, bytes against truth (RELIABILITY.md).
+    Soak(xtask::soak::SoakArgs),
     /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
 }
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => xtask::run::run(args),
         Command::Test(args) => xtask::test::run(args),
         Command::Bench(args) => xtask::bench::run(args),
+        Command::Soak(args) => xtask::soak::run(args),
         Command::Vm(args) => xtask::vm::cli::run(args),
     }
 }
