@@ -301,6 +301,10 @@ impl Files {
     }
 
     fn args(&self, server: &Server) -> Vec<String> {
+        self.args_for(&server.endpoint())
+    }
+
+    fn args_for(&self, endpoint: &str) -> Vec<String> {
         let p = |n: &str| self.path(n).to_string_lossy().into_owned();
         vec![
             "--config".into(),
@@ -312,7 +316,7 @@ impl Files {
             "--interval".into(),
             "0.2".into(),
             "--endpoint".into(),
-            server.endpoint(),
+            endpoint.to_string(),
             "--api-key-file".into(),
             p("api-key"),
             "--spool-dir".into(),
@@ -1216,4 +1220,412 @@ fn bad_configuration_is_refused_at_start_naming_the_value() {
     ]);
     assert!(e.contains("--allow-insecure-http"), "{e}");
     assert_no_key(&[e]);
+}
+
+// ------------------------------------------- endpoint faults (raw HTTP/1.1)
+
+/// What the raw server does with one ingest request, after reading it whole.
+#[derive(Debug, Clone)]
+enum Raw {
+    /// Answer with this status and body (a 3xx adds `Location: /landing`).
+    Answer(u16, String),
+    /// Close the connection without a byte of answer.
+    Close,
+    /// Send half a status line, then close.
+    HalfStatus,
+    /// Send the status line and half the headers, then close.
+    HalfHeaders,
+    /// Say nothing for this long, then close.
+    Hang(Duration),
+}
+
+/// A request to `/landing`, where every redirect points.
+#[derive(Debug, Clone)]
+struct Landing {
+    method: String,
+    body_len: usize,
+}
+
+struct RawState {
+    script: Box<dyn FnMut(usize) -> Raw + Send>,
+    /// Ingest requests in arrival order, with what was done to them.
+    requests: Vec<(Raw, IngestEnvelope)>,
+    /// Timestamps answered 200 (all of the request's) or 207 (the 2xx verdicts).
+    accepted: Vec<String>,
+    landing: Vec<Landing>,
+}
+
+/// An HTTP/1.1 endpoint on 127.0.0.1 written on plain TCP, so it can fail
+/// in ways a server library will not: close after reading a request,
+/// answer half a status line or half the headers, hang, redirect.
+struct RawServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<RawState>>,
+}
+
+/// Read one request (head and `Content-Length` body); `None` at EOF.
+fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<(String, String, Vec<u8>)> {
+    use std::io::Read;
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((method, path, body))
+}
+
+fn answer(status: u16, body: &str) -> String {
+    let location = if (300..400).contains(&status) {
+        "Location: /landing\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status} X\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+impl RawServer {
+    fn start(script: impl FnMut(usize) -> Raw + Send + 'static) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(RawState {
+            script: Box::new(script),
+            requests: Vec::new(),
+            accepted: Vec::new(),
+            landing: Vec::new(),
+        }));
+        let st = Arc::clone(&state);
+        // Threads end with the test process; the listener lives as long.
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let st = Arc::clone(&st);
+                thread::spawn(move || Self::serve(stream, &st));
+            }
+        });
+        Self { addr, state }
+    }
+
+    fn serve(stream: std::net::TcpStream, st: &Mutex<RawState>) {
+        use std::io::Write;
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        while let Some((method, path, body)) = read_request(&mut r) {
+            if path == "/landing" {
+                st.lock().unwrap().landing.push(Landing {
+                    method,
+                    body_len: body.len(),
+                });
+                let _ = w.write_all(answer(200, "landed").as_bytes());
+                continue;
+            }
+            let env: IngestEnvelope = serde_json::from_slice(&body).unwrap();
+            let what = {
+                let mut s = st.lock().unwrap();
+                let n = s.requests.len();
+                let what = (s.script)(n);
+                s.requests.push((what.clone(), env.clone()));
+                what
+            };
+            match what {
+                Raw::Answer(status, text) => {
+                    let accepted: Vec<String> = match status {
+                        200 => env.request.snapshots.iter().map(ts).collect(),
+                        207 => match serde_json::from_str::<netwatch_common::wire::IngestResponse>(
+                            &text,
+                        ) {
+                            Ok(r) => r
+                                .results
+                                .iter()
+                                .filter(|v| (200..300).contains(&v.status))
+                                .map(|v| ts(&env.request.snapshots[v.index]))
+                                .collect(),
+                            Err(_) => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    if w.write_all(answer(status, &text).as_bytes()).is_ok() {
+                        st.lock().unwrap().accepted.extend(accepted);
+                    }
+                }
+                Raw::Close => return,
+                Raw::HalfStatus => {
+                    let _ = w.write_all(b"HTTP/1.1 20");
+                    return;
+                }
+                Raw::HalfHeaders => {
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applic");
+                    return;
+                }
+                Raw::Hang(d) => {
+                    thread::sleep(d);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    fn requests(&self) -> Vec<(Raw, IngestEnvelope)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn landing(&self) -> Vec<Landing> {
+        self.state.lock().unwrap().landing.clone()
+    }
+}
+
+/// The agent's args for `endpoint`, with `/metrics` on a free port too
+/// (found by [`Agent::metrics`] in its log).
+fn args_with_metrics(files: &Files, endpoint: &str) -> Vec<String> {
+    let mut args = files.args_for(endpoint);
+    args.extend(["--output", "prometheus", "--metrics-listen", "127.0.0.1:0"].map(String::from));
+    args
+}
+
+impl Agent {
+    /// The agent's `/metrics` page (its address from the log).
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut addr = None;
+        self.wait_for("/metrics to listen", |a| {
+            addr = a.log().iter().find_map(|l| {
+                let at = l.find("serving Prometheus metrics on http://")?;
+                let rest = &l[at + "serving Prometheus metrics on http://".len()..];
+                Some(rest.trim_end_matches("/metrics").trim().to_string())
+            });
+            addr.is_some()
+        });
+        let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        page
+    }
+}
+
+/// The value of the series `name` (with its labels) on a `/metrics` page;
+/// 0 when absent.
+fn metric(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Each of `got` once, in the order `printed` has them, and nothing else.
+fn assert_once_in_order(got: &[String], printed: &[String]) {
+    let mut sorted = got.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        got.len(),
+        "a snapshot arrived twice: {got:#?}"
+    );
+    let mut it = printed.iter();
+    for g in got {
+        assert!(
+            it.any(|p| p == g),
+            "{g} was not printed, or arrived out of order"
+        );
+    }
+}
+
+/// A 302, 307 or 308 to `/landing` (which answers any method with 200) is
+/// never followed: nothing reaches `/landing`, nothing counts as delivered,
+/// every snapshot stays spooled, the redirect is said once and counted by
+/// status in `/metrics`. Once the endpoint answers 200, every snapshot
+/// arrives exactly once, in order.
+#[test]
+fn a_redirect_is_a_failure_never_followed_and_nothing_is_lost() {
+    require_root();
+    let redirecting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r = Arc::clone(&redirecting);
+    let server = RawServer::start(move |n| {
+        if r.load(std::sync::atomic::Ordering::SeqCst) {
+            Raw::Answer([302, 307, 308][n % 3], "moved".into())
+        } else {
+            Raw::Answer(200, String::new())
+        }
+    });
+    let files = Files::new("");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("6 redirected requests", |_| server.requests().len() >= 6);
+    // Every printed snapshot is still spooled (it is spooled before it is
+    // printed, and nothing left).
+    let printed = a.printed();
+    let records = files.records().len();
+    assert!(
+        records >= printed.len() && !printed.is_empty(),
+        "{records} records for {} printed",
+        printed.len()
+    );
+    let page = a.metrics();
+    let landing = server.landing();
+    assert_eq!(landing.len(), 0, "a redirect was followed: {landing:?}");
+    assert_eq!(server.accepted(), Vec::<String>::new());
+    assert_eq!(metric(&page, "netwatch_agent_delivered_snapshots_total"), 0);
+    let by_status: Vec<u64> = [302, 307, 308]
+        .iter()
+        .map(|s| {
+            metric(
+                &page,
+                &format!("netwatch_agent_delivery_errors_total{{status=\"{s}\"}}"),
+            )
+        })
+        .collect();
+    let sent = metric(&page, "netwatch_agent_delivery_requests_total");
+    assert!(sent >= 6, "{page}");
+    assert!(by_status.iter().all(|&n| n >= 2), "{by_status:?}\n{page}");
+    // Every request but one possibly in flight was answered with a redirect.
+    let redirects = by_status.iter().sum::<u64>();
+    assert!(redirects == sent || redirects + 1 == sent, "{page}");
+
+    redirecting.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.wait_for("the backlog and 3 more", |_| {
+        server.accepted().len() >= printed.len() + 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    assert_eq!(server.landing().len(), 0);
+    assert_eq!(
+        count(&log, "which is not followed"),
+        1,
+        "said once: {log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("a redirect to /landing")),
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty());
+}
+
+/// An endpoint that reads the request and then closes, answers half a
+/// status line or half its headers, hangs past `request_timeout_secs`: no
+/// answer is an acceptance. Each request is resent after a backoff until
+/// the endpoint answers 200, and every snapshot arrives exactly once.
+#[test]
+fn an_endpoint_that_closes_or_hangs_mid_answer_loses_nothing() {
+    require_root();
+    let faults = [
+        Raw::Close,
+        Raw::HalfStatus,
+        Raw::HalfHeaders,
+        Raw::Hang(Duration::from_secs(3)),
+        Raw::Close,
+        Raw::HalfStatus,
+        Raw::HalfHeaders,
+    ];
+    let n_faults = faults.len();
+    let server = RawServer::start(move |n| {
+        faults
+            .get(n)
+            .cloned()
+            .unwrap_or(Raw::Answer(200, String::new()))
+    });
+    let files = Files::new("");
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    write_private(
+        &files.path("config.toml"),
+        &cfg.replace("request_timeout_secs = 5", "request_timeout_secs = 1"),
+        0o600,
+    );
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("the faults and 5 accepted snapshots", |_| {
+        server.requests().len() > n_faults && server.accepted().len() >= 5
+    });
+    let page = a.metrics();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    let reqs = server.requests();
+    // The first answered request carries everything the faults left.
+    let first_ok = &reqs[n_faults].1;
+    assert_eq!(
+        first_ok.request.snapshots.first().map(ts),
+        printed.first().cloned()
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"transport\"}"
+        ),
+        n_faults as u64,
+        "{page}"
+    );
+    assert!(files.records().is_empty());
+}
+
+/// 500s, a 207 whose body is not JSON, a 207 of 5 MiB (past the 4 MiB the
+/// agent reads), then 200s whose body is garbage: the 500s and the
+/// unusable 207s are failures (counted, resent); a 200 is an acceptance
+/// whatever its body. Every snapshot arrives exactly once.
+#[test]
+fn server_errors_and_unusable_207s_are_retried_and_garbage_200s_accepted() {
+    require_root();
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let server = RawServer::start(move |n| match n {
+        0 | 1 => Raw::Answer(500, "oops".into()),
+        2 => Raw::Answer(207, "<html>not json</html>".into()),
+        3 => Raw::Answer(207, huge.clone()),
+        _ => Raw::Answer(200, "\u{0}garbage{".into()),
+    });
+    let files = Files::new("");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("the faults and 5 accepted snapshots", |_| {
+        server.requests().len() > 4 && server.accepted().len() >= 5
+    });
+    let page = a.metrics();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"500\"}"
+        ),
+        2,
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"207_unreadable\"}"
+        ),
+        2,
+        "{page}"
+    );
+    assert!(files.records().is_empty());
 }
