@@ -1492,8 +1492,12 @@ fn a_redirect_is_a_failure_never_followed_and_nothing_is_lost() {
         printed.len()
     );
     let page = a.metrics();
-    let landing = server.landing();
-    assert_eq!(landing.len(), 0, "a redirect was followed: {landing:?}");
+    let landing: Vec<String> = server
+        .landing()
+        .iter()
+        .map(|l| format!("{} with {} bytes", l.method, l.body_len))
+        .collect();
+    assert_eq!(landing, Vec::<String>::new(), "a redirect was followed");
     assert_eq!(server.accepted(), Vec::<String>::new());
     assert_eq!(metric(&page, "netwatch_agent_delivered_snapshots_total"), 0);
     let by_status: Vec<u64> = [302, 307, 308]
@@ -1628,4 +1632,205 @@ fn server_errors_and_unusable_207s_are_retried_and_garbage_200s_accepted() {
         "{page}"
     );
     assert!(files.records().is_empty());
+}
+
+// ------------------------------------------------- spool filesystem faults
+
+/// A tmpfs of `size` mounted on the test's spool directory; unmounted on
+/// drop, even when the test fails.
+struct SpoolFs {
+    at: PathBuf,
+}
+
+impl SpoolFs {
+    fn mount(files: &Files, size: &str) -> Self {
+        let at = files.spool();
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("netwatch-test-spool")
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", at.display());
+        Self { at }
+    }
+
+    /// `mount -o remount,<how>`; a write in progress makes it EBUSY for a
+    /// moment, so it is tried a few times.
+    fn remount(&self, how: &str) {
+        for _ in 0..50 {
+            let ok = Command::new("mount")
+                .args(["-o", &format!("remount,{how}")])
+                .arg(&self.at)
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("remount,{how} of {} failed", self.at.display());
+    }
+
+    /// Fill what is left of the filesystem with one file.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.at.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // The last bytes, one at a time, so not a page is left.
+        while let Ok(1) = f.write(&[0]) {}
+        path
+    }
+}
+
+impl Drop for SpoolFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// What the run proves about snapshots the spool could not keep: each
+/// printed snapshot either reached the endpoint once (in order) or was
+/// dropped, and the agent's count of drops is exactly the printed ones
+/// that never arrived. Returns that number.
+fn assert_delivered_or_counted(server: &Server, printed: &[String], during: usize) -> usize {
+    let got = server.accepted();
+    assert_once_in_order(&got, printed);
+    let missing = printed.iter().filter(|p| !got.contains(p)).count();
+    assert!(
+        missing >= during,
+        "{missing} dropped, but {during} snapshots were taken while the spool could not write"
+    );
+    let reqs = server.requests();
+    let last = reqs.last().expect("requests were sent");
+    assert_eq!(
+        last.env.agent_health.dropped_count, missing as u64,
+        "dropped_count is exactly the snapshots that never arrived"
+    );
+    missing
+}
+
+/// The spool on a 1 MiB tmpfs, the endpoint failing (503) so records pile
+/// up, then the filesystem filled: snapshots keep coming every interval
+/// (on stdout), each one the spool cannot write is counted once (in
+/// `dropped_count` and `/metrics`), no older record is evicted for it, and
+/// the failure is said once. Space back and the endpoint up: every spooled
+/// snapshot arrives once, in order, and nothing twice.
+#[test]
+fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates() {
+    require_root();
+    let server = Server::start();
+    server.script(|_, _| (503, "maintenance".into()));
+    let files = Files::new("");
+    let fs = SpoolFs::mount(&files, "1m");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    let filler = fs.fill();
+    // A write that had its pages before the filler took the rest lands now.
+    thread::sleep(Duration::from_millis(500));
+    let spooled = files.records().len();
+    let full_at = a.printed().len();
+    a.wait_for("5 snapshots on a full filesystem", |a| {
+        a.printed().len() >= full_at + 5
+    });
+    assert_eq!(files.records().len(), spooled, "nothing evicted, nothing written");
+    let page = a.metrics();
+    let failed = metric(
+        &page,
+        "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"}",
+    );
+    assert!(failed >= 5, "{page}");
+    assert_eq!(
+        metric(&page, "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"}"),
+        0
+    );
+    std::fs::remove_file(filler).unwrap();
+    server.script(|_, _| (200, String::new()));
+    let back_at = a.printed().len();
+    a.wait_for("3 accepted snapshots taken after space returned", |a| {
+        let printed = a.printed();
+        let got = server.accepted();
+        printed.len() > back_at + 3
+            && printed[back_at..back_at + 3].iter().all(|p| got.contains(p))
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    let dropped = assert_delivered_or_counted(&server, &printed, 5);
+    assert!(dropped as u64 >= failed);
+    assert_eq!(
+        count(&log, "until a write succeeds"),
+        1,
+        "said once: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("No space left on device") && l.contains(".tmp-")),
+        "the errno and the path are named: {log:#?}"
+    );
+    assert_eq!(count(&log, "writing records to"), 1, "{log:#?}");
+    assert!(files.records().is_empty());
+    drop(fs);
+}
+
+/// The spool's filesystem remounted read-only while the endpoint accepts:
+/// records already spooled are delivered (their files cannot be removed
+/// yet, and are not sent again), new snapshots cannot be spooled and are
+/// counted, collection goes on. Remounted read-write: the leftover files
+/// are removed, delivery continues, nothing arrives twice.
+#[test]
+fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let fs = SpoolFs::mount(&files, "4m");
+    // Failing first, so records wait in the spool when it turns read-only.
+    server.script(|_, _| (503, "maintenance".into()));
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    fs.remount("ro");
+    let ro_at = a.printed().len();
+    server.script(|_, _| (200, String::new()));
+    a.wait_for("5 snapshots on a read-only filesystem, the backlog accepted", |a| {
+        a.printed().len() >= ro_at + 5 && server.accepted().len() >= 3
+    });
+    // Delivered, but their files could not be removed yet.
+    assert!(!files.records().is_empty());
+    let page = a.metrics();
+    assert!(
+        metric(
+            &page,
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"}"
+        ) >= 5,
+        "{page}"
+    );
+    fs.remount("rw");
+    let back_at = a.printed().len();
+    a.wait_for("3 accepted snapshots taken after the remount", |a| {
+        let printed = a.printed();
+        let got = server.accepted();
+        printed.len() > back_at + 3
+            && printed[back_at..back_at + 3].iter().all(|p| got.contains(p))
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_delivered_or_counted(&server, &printed, 5);
+    assert_eq!(count(&log, "until a write succeeds"), 1, "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("Read-only file system")),
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty(), "leftover files removed");
+    drop(fs);
 }
