@@ -1745,7 +1745,11 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
     a.wait_for("5 snapshots on a full filesystem", |a| {
         a.printed().len() >= full_at + 5
     });
-    assert_eq!(files.records().len(), spooled, "nothing evicted, nothing written");
+    assert_eq!(
+        files.records().len(),
+        spooled,
+        "nothing evicted, nothing written"
+    );
     let page = a.metrics();
     let failed = metric(
         &page,
@@ -1753,7 +1757,10 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
     );
     assert!(failed >= 5, "{page}");
     assert_eq!(
-        metric(&page, "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"}"),
+        metric(
+            &page,
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"}"
+        ),
         0
     );
     std::fs::remove_file(filler).unwrap();
@@ -1763,7 +1770,9 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
         let printed = a.printed();
         let got = server.accepted();
         printed.len() > back_at + 3
-            && printed[back_at..back_at + 3].iter().all(|p| got.contains(p))
+            && printed[back_at..back_at + 3]
+                .iter()
+                .all(|p| got.contains(p))
     });
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
@@ -1802,9 +1811,10 @@ fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
     fs.remount("ro");
     let ro_at = a.printed().len();
     server.script(|_, _| (200, String::new()));
-    a.wait_for("5 snapshots on a read-only filesystem, the backlog accepted", |a| {
-        a.printed().len() >= ro_at + 5 && server.accepted().len() >= 3
-    });
+    a.wait_for(
+        "5 snapshots on a read-only filesystem, the backlog accepted",
+        |a| a.printed().len() >= ro_at + 5 && server.accepted().len() >= 3,
+    );
     // Delivered, but their files could not be removed yet.
     assert!(!files.records().is_empty());
     let page = a.metrics();
@@ -1821,7 +1831,9 @@ fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
         let printed = a.printed();
         let got = server.accepted();
         printed.len() > back_at + 3
-            && printed[back_at..back_at + 3].iter().all(|p| got.contains(p))
+            && printed[back_at..back_at + 3]
+                .iter()
+                .all(|p| got.contains(p))
     });
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
