@@ -1,12 +1,13 @@
 //! The tick loop: one clock drives everything. Each tick reads the socket
 //! source and the host collectors, builds one `Snapshot` value and hands it
 //! to every sink. The loop owns no collection logic of its own; delivery
-//! policy (spool, retries) belongs to the sinks.
+//! policy (spool, retries) belongs to the sinks. It must never move the
+//! source's persisted baseline past a snapshot that no sink kept.
 
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use log::{error, warn};
+use log::{error, info, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
 use crate::alerts::feed::{Conn, Tick};
@@ -27,6 +28,10 @@ pub struct Agent {
     alerts: Option<Detectors>,
     health: Option<Prober>,
     max_connections: usize,
+    /// Snapshots no sink kept (see [`Agent::unkept_snapshots`]).
+    unkept: u64,
+    /// The latest snapshot was kept by no sink: said once until one is.
+    unkept_said: bool,
 }
 
 impl Agent {
@@ -54,6 +59,8 @@ impl Agent {
             alerts: None,
             health: None,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            unkept: 0,
+            unkept_said: false,
         }
     }
 
@@ -163,18 +170,56 @@ impl Agent {
         snap
     }
 
+    /// Snapshots that no sink kept since start (each sink counts its own
+    /// losses too: the spool's write failures are in the ingest sink's
+    /// `dropped_count` and in `/metrics`). The source's baseline did not
+    /// move past them, so a restarted agent counts their bytes again.
+    pub fn unkept_snapshots(&self) -> u64 {
+        self.unkept
+    }
+
     /// Give `snapshot` to every sink. `Stop` if a sink's consumer is gone.
+    /// The source stores its baseline, and the sinks their own state, only
+    /// when at least one sink kept the snapshot.
     pub fn deliver(&mut self, snapshot: &Snapshot) -> Flow {
         let mut flow = Flow::Continue;
+        let mut kept = false;
         for sink in &mut self.sinks {
             match sink.emit(snapshot) {
-                Ok(Flow::Stop) => flow = Flow::Stop,
-                Ok(Flow::Continue) => {}
+                Ok(e) => {
+                    kept |= e.kept;
+                    if e.flow == Flow::Stop {
+                        flow = Flow::Stop;
+                    }
+                }
                 Err(e) => error!("{} sink: {e:#}", sink.name()),
             }
         }
+        if !kept {
+            // Nothing holds this snapshot: what a restarted agent continues
+            // from stays before it, so its bytes are counted again then.
+            self.unkept += 1;
+            if !self.unkept_said {
+                warn!(
+                    "no output kept the snapshot taken at {} (see the lines above for why); \
+                     the saved baseline stays before it; {} such snapshots so far, said \
+                     once until one is kept",
+                    snapshot.timestamp.to_rfc3339(),
+                    self.unkept
+                );
+                self.unkept_said = true;
+            }
+            return flow;
+        }
+        if self.unkept_said {
+            info!(
+                "an output kept a snapshot again ({} were kept by none)",
+                self.unkept
+            );
+            self.unkept_said = false;
+        }
         // After the sinks: what a restarted agent continues from is
-        // exactly what was delivered.
+        // exactly what was kept.
         self.source.delivered();
         // Then the sinks' own state (counters accumulated from the bytes):
         // a kill between the two loses at most that one interval from
@@ -259,5 +304,123 @@ fn release_free_memory() {
     // touches no memory the program holds.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Emitted;
+    use crate::source::SampleBatch;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    /// Counts `delivered()` calls: the baseline moves once per call.
+    struct Baseline(Arc<AtomicU64>);
+
+    impl SocketSource for Baseline {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn read(&mut self) -> anyhow::Result<SampleBatch> {
+            anyhow::bail!("not read in these tests")
+        }
+        fn delivered(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers each emit from a script; counts its own `delivered()`.
+    struct Scripted {
+        answers: Vec<anyhow::Result<Emitted>>,
+        saved: Arc<AtomicU64>,
+    }
+
+    impl Sink for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn emit(&mut self, _: &Snapshot) -> anyhow::Result<Emitted> {
+            self.answers.remove(0)
+        }
+        fn delivered(&mut self) {
+            self.saved.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn agent(sinks: Vec<Vec<anyhow::Result<Emitted>>>) -> (Agent, Arc<AtomicU64>, Arc<AtomicU64>) {
+        let moved = Arc::new(AtomicU64::new(0));
+        let saved = Arc::new(AtomicU64::new(0));
+        let sinks = sinks
+            .into_iter()
+            .map(|answers| {
+                Box::new(Scripted {
+                    answers,
+                    saved: Arc::clone(&saved),
+                }) as Box<dyn Sink>
+            })
+            .collect();
+        let info = CollectorInfo {
+            source: "test".into(),
+            ebpf_tier: None,
+            estimated: false,
+            fallback_reason: None,
+            lost_records: None,
+            connections_truncated: None,
+        };
+        let agent = Agent::new(
+            Box::new(Baseline(Arc::clone(&moved))),
+            info,
+            HostCollectors::new(),
+            sinks,
+            Instant::now(),
+        );
+        (agent, moved, saved)
+    }
+
+    /// Snapshot by snapshot: the baseline (and the sinks' saved state)
+    /// moves only past a snapshot at least one sink kept; an error, a
+    /// `LOST` and a `STOP` are not kept.
+    #[test]
+    fn the_baseline_moves_only_past_a_snapshot_some_sink_kept() {
+        let snap = Snapshot::empty(Utc::now());
+        let (mut a, moved, saved) = agent(vec![
+            // The "ingest" sink: spooled, lost (disk full), lost, error, kept.
+            vec![
+                Ok(Emitted::KEPT),
+                Ok(Emitted::LOST),
+                Ok(Emitted::LOST),
+                Err(anyhow::anyhow!("broken")),
+                Ok(Emitted::KEPT),
+            ],
+            // The "json" sink: kept, stdout gone on the third, then errors.
+            vec![
+                Ok(Emitted::KEPT),
+                Ok(Emitted::KEPT),
+                Ok(Emitted::STOP),
+                Err(anyhow::anyhow!("EIO")),
+                Err(anyhow::anyhow!("EIO")),
+            ],
+        ]);
+        let mut trail = Vec::new();
+        for _ in 0..5 {
+            let flow = a.deliver(&snap);
+            trail.push((
+                flow,
+                moved.load(Ordering::Relaxed),
+                saved.load(Ordering::Relaxed),
+                a.unkept_snapshots(),
+            ));
+        }
+        assert_eq!(
+            trail,
+            [
+                (Flow::Continue, 1, 2, 0), // both kept
+                (Flow::Continue, 2, 4, 0), // json kept it
+                (Flow::Stop, 2, 4, 1),     // none kept: baseline stays
+                (Flow::Continue, 2, 4, 2), // errors: none kept
+                (Flow::Continue, 3, 6, 2), // ingest kept it
+            ]
+        );
     }
 }

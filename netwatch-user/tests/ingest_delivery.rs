@@ -301,6 +301,10 @@ impl Files {
     }
 
     fn args(&self, server: &Server) -> Vec<String> {
+        self.args_for(&server.endpoint())
+    }
+
+    fn args_for(&self, endpoint: &str) -> Vec<String> {
         let p = |n: &str| self.path(n).to_string_lossy().into_owned();
         vec![
             "--config".into(),
@@ -312,7 +316,7 @@ impl Files {
             "--interval".into(),
             "0.2".into(),
             "--endpoint".into(),
-            server.endpoint(),
+            endpoint.to_string(),
             "--api-key-file".into(),
             p("api-key"),
             "--spool-dir".into(),
@@ -1216,4 +1220,629 @@ fn bad_configuration_is_refused_at_start_naming_the_value() {
     ]);
     assert!(e.contains("--allow-insecure-http"), "{e}");
     assert_no_key(&[e]);
+}
+
+// ------------------------------------------- endpoint faults (raw HTTP/1.1)
+
+/// What the raw server does with one ingest request, after reading it whole.
+#[derive(Debug, Clone)]
+enum Raw {
+    /// Answer with this status and body (a 3xx adds `Location: /landing`).
+    Answer(u16, String),
+    /// Close the connection without a byte of answer.
+    Close,
+    /// Send half a status line, then close.
+    HalfStatus,
+    /// Send the status line and half the headers, then close.
+    HalfHeaders,
+    /// Say nothing for this long, then close.
+    Hang(Duration),
+}
+
+/// A request to `/landing`, where every redirect points.
+#[derive(Debug, Clone)]
+struct Landing {
+    method: String,
+    body_len: usize,
+}
+
+struct RawState {
+    script: Box<dyn FnMut(usize) -> Raw + Send>,
+    /// Ingest requests in arrival order, with what was done to them.
+    requests: Vec<(Raw, IngestEnvelope)>,
+    /// Timestamps answered 200 (all of the request's) or 207 (the 2xx verdicts).
+    accepted: Vec<String>,
+    landing: Vec<Landing>,
+}
+
+/// An HTTP/1.1 endpoint on 127.0.0.1 written on plain TCP, so it can fail
+/// in ways a server library will not: close after reading a request,
+/// answer half a status line or half the headers, hang, redirect.
+struct RawServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<RawState>>,
+}
+
+/// Read one request (head and `Content-Length` body); `None` at EOF.
+fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<(String, String, Vec<u8>)> {
+    use std::io::Read;
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((method, path, body))
+}
+
+fn answer(status: u16, body: &str) -> String {
+    let location = if (300..400).contains(&status) {
+        "Location: /landing\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP/1.1 {status} X\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+impl RawServer {
+    fn start(script: impl FnMut(usize) -> Raw + Send + 'static) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(RawState {
+            script: Box::new(script),
+            requests: Vec::new(),
+            accepted: Vec::new(),
+            landing: Vec::new(),
+        }));
+        let st = Arc::clone(&state);
+        // Threads end with the test process; the listener lives as long.
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let st = Arc::clone(&st);
+                thread::spawn(move || Self::serve(stream, &st));
+            }
+        });
+        Self { addr, state }
+    }
+
+    fn serve(stream: std::net::TcpStream, st: &Mutex<RawState>) {
+        use std::io::Write;
+        let mut w = stream.try_clone().unwrap();
+        let mut r = BufReader::new(stream);
+        while let Some((method, path, body)) = read_request(&mut r) {
+            if path == "/landing" {
+                st.lock().unwrap().landing.push(Landing {
+                    method,
+                    body_len: body.len(),
+                });
+                let _ = w.write_all(answer(200, "landed").as_bytes());
+                continue;
+            }
+            let env: IngestEnvelope = serde_json::from_slice(&body).unwrap();
+            let what = {
+                let mut s = st.lock().unwrap();
+                let n = s.requests.len();
+                let what = (s.script)(n);
+                s.requests.push((what.clone(), env.clone()));
+                what
+            };
+            match what {
+                Raw::Answer(status, text) => {
+                    let accepted: Vec<String> = match status {
+                        200 => env.request.snapshots.iter().map(ts).collect(),
+                        207 => match serde_json::from_str::<netwatch_common::wire::IngestResponse>(
+                            &text,
+                        ) {
+                            Ok(r) => r
+                                .results
+                                .iter()
+                                .filter(|v| (200..300).contains(&v.status))
+                                .map(|v| ts(&env.request.snapshots[v.index]))
+                                .collect(),
+                            Err(_) => Vec::new(),
+                        },
+                        _ => Vec::new(),
+                    };
+                    if w.write_all(answer(status, &text).as_bytes()).is_ok() {
+                        st.lock().unwrap().accepted.extend(accepted);
+                    }
+                }
+                Raw::Close => return,
+                Raw::HalfStatus => {
+                    let _ = w.write_all(b"HTTP/1.1 20");
+                    return;
+                }
+                Raw::HalfHeaders => {
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: applic");
+                    return;
+                }
+                Raw::Hang(d) => {
+                    thread::sleep(d);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.state.lock().unwrap().accepted.clone()
+    }
+
+    fn requests(&self) -> Vec<(Raw, IngestEnvelope)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn landing(&self) -> Vec<Landing> {
+        self.state.lock().unwrap().landing.clone()
+    }
+}
+
+/// The agent's args for `endpoint`, with `/metrics` on a free port too
+/// (found by [`Agent::metrics`] in its log).
+fn args_with_metrics(files: &Files, endpoint: &str) -> Vec<String> {
+    let mut args = files.args_for(endpoint);
+    args.extend(["--output", "prometheus", "--metrics-listen", "127.0.0.1:0"].map(String::from));
+    args
+}
+
+impl Agent {
+    /// The agent's `/metrics` page (its address from the log).
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut addr = None;
+        self.wait_for("/metrics to listen", |a| {
+            addr = a.log().iter().find_map(|l| {
+                let at = l.find("serving Prometheus metrics on http://")?;
+                let rest = &l[at + "serving Prometheus metrics on http://".len()..];
+                Some(rest.trim_end_matches("/metrics").trim().to_string())
+            });
+            addr.is_some()
+        });
+        let mut s = std::net::TcpStream::connect(addr.unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        s.read_to_string(&mut page).unwrap();
+        page
+    }
+}
+
+/// The value of the series `name` (with its labels) on a `/metrics` page;
+/// 0 when absent.
+fn metric(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Each of `got` once, in the order `printed` has them, and nothing else.
+fn assert_once_in_order(got: &[String], printed: &[String]) {
+    let mut sorted = got.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        got.len(),
+        "a snapshot arrived twice: {got:#?}"
+    );
+    let mut it = printed.iter();
+    for g in got {
+        assert!(
+            it.any(|p| p == g),
+            "{g} was not printed, or arrived out of order"
+        );
+    }
+}
+
+/// A 302, 307 or 308 to `/landing` (which answers any method with 200) is
+/// never followed: nothing reaches `/landing`, nothing counts as delivered,
+/// every snapshot stays spooled, the redirect is said once and counted by
+/// status in `/metrics`. Once the endpoint answers 200, every snapshot
+/// arrives exactly once, in order.
+#[test]
+fn a_redirect_is_a_failure_never_followed_and_nothing_is_lost() {
+    require_root();
+    let redirecting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r = Arc::clone(&redirecting);
+    let server = RawServer::start(move |n| {
+        if r.load(std::sync::atomic::Ordering::SeqCst) {
+            Raw::Answer([302, 307, 308][n % 3], "moved".into())
+        } else {
+            Raw::Answer(200, String::new())
+        }
+    });
+    let files = Files::new("");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("6 redirected requests", |_| server.requests().len() >= 6);
+    // Every printed snapshot is still spooled (it is spooled before it is
+    // printed, and nothing left).
+    let printed = a.printed();
+    let records = files.records().len();
+    assert!(
+        records >= printed.len() && !printed.is_empty(),
+        "{records} records for {} printed",
+        printed.len()
+    );
+    let page = a.metrics();
+    let landing: Vec<String> = server
+        .landing()
+        .iter()
+        .map(|l| format!("{} with {} bytes", l.method, l.body_len))
+        .collect();
+    assert_eq!(landing, Vec::<String>::new(), "a redirect was followed");
+    assert_eq!(server.accepted(), Vec::<String>::new());
+    assert_eq!(metric(&page, "netwatch_agent_delivered_snapshots_total"), 0);
+    let by_status: Vec<u64> = [302, 307, 308]
+        .iter()
+        .map(|s| {
+            metric(
+                &page,
+                &format!("netwatch_agent_delivery_errors_total{{status=\"{s}\"}}"),
+            )
+        })
+        .collect();
+    let sent = metric(&page, "netwatch_agent_delivery_requests_total");
+    assert!(sent >= 6, "{page}");
+    assert!(by_status.iter().all(|&n| n >= 2), "{by_status:?}\n{page}");
+    // Every request but one possibly in flight was answered with a redirect.
+    let redirects = by_status.iter().sum::<u64>();
+    assert!(redirects == sent || redirects + 1 == sent, "{page}");
+
+    redirecting.store(false, std::sync::atomic::Ordering::SeqCst);
+    a.wait_for("the backlog and 3 more", |_| {
+        server.accepted().len() >= printed.len() + 3
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    assert_eq!(server.landing().len(), 0);
+    assert_eq!(
+        count(&log, "which is not followed"),
+        1,
+        "said once: {log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("a redirect to /landing")),
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty());
+}
+
+/// An endpoint that reads the request and then closes, answers half a
+/// status line or half its headers, hangs past `request_timeout_secs`: no
+/// answer is an acceptance. Each request is resent after a backoff until
+/// the endpoint answers 200, and every snapshot arrives exactly once.
+#[test]
+fn an_endpoint_that_closes_or_hangs_mid_answer_loses_nothing() {
+    require_root();
+    let faults = [
+        Raw::Close,
+        Raw::HalfStatus,
+        Raw::HalfHeaders,
+        Raw::Hang(Duration::from_secs(3)),
+        Raw::Close,
+        Raw::HalfStatus,
+        Raw::HalfHeaders,
+    ];
+    let n_faults = faults.len();
+    let server = RawServer::start(move |n| {
+        faults
+            .get(n)
+            .cloned()
+            .unwrap_or(Raw::Answer(200, String::new()))
+    });
+    let files = Files::new("");
+    let cfg = std::fs::read_to_string(files.path("config.toml")).unwrap();
+    write_private(
+        &files.path("config.toml"),
+        &cfg.replace("request_timeout_secs = 5", "request_timeout_secs = 1"),
+        0o600,
+    );
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("the faults and 5 accepted snapshots", |_| {
+        server.requests().len() > n_faults && server.accepted().len() >= 5
+    });
+    let page = a.metrics();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    let reqs = server.requests();
+    // The first answered request carries everything the faults left.
+    let first_ok = &reqs[n_faults].1;
+    assert_eq!(
+        first_ok.request.snapshots.first().map(ts),
+        printed.first().cloned()
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"transport\"}"
+        ),
+        n_faults as u64,
+        "{page}"
+    );
+    assert!(files.records().is_empty());
+}
+
+/// 500s, a 207 whose body is not JSON, a 207 of 5 MiB (past the 4 MiB the
+/// agent reads), then 200s whose body is garbage: the 500s and the
+/// unusable 207s are failures (counted, resent); a 200 is an acceptance
+/// whatever its body. Every snapshot arrives exactly once.
+#[test]
+fn server_errors_and_unusable_207s_are_retried_and_garbage_200s_accepted() {
+    require_root();
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let server = RawServer::start(move |n| match n {
+        0 | 1 => Raw::Answer(500, "oops".into()),
+        2 => Raw::Answer(207, "<html>not json</html>".into()),
+        3 => Raw::Answer(207, huge.clone()),
+        _ => Raw::Answer(200, "\u{0}garbage{".into()),
+    });
+    let files = Files::new("");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("the faults and 5 accepted snapshots", |_| {
+        server.requests().len() > 4 && server.accepted().len() >= 5
+    });
+    let page = a.metrics();
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_eq!(server.accepted(), printed, "every snapshot once, in order");
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"500\"}"
+        ),
+        2,
+        "{page}"
+    );
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_delivery_errors_total{status=\"207_unreadable\"}"
+        ),
+        2,
+        "{page}"
+    );
+    assert!(files.records().is_empty());
+}
+
+// ------------------------------------------------- spool filesystem faults
+
+/// A tmpfs of `size` mounted on the test's spool directory; unmounted on
+/// drop, even when the test fails.
+struct SpoolFs {
+    at: PathBuf,
+}
+
+impl SpoolFs {
+    fn mount(files: &Files, size: &str) -> Self {
+        let at = files.spool();
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("netwatch-test-spool")
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs on {}", at.display());
+        Self { at }
+    }
+
+    /// `mount -o remount,<how>`; a write in progress makes it EBUSY for a
+    /// moment, so it is tried a few times.
+    fn remount(&self, how: &str) {
+        for _ in 0..50 {
+            let ok = Command::new("mount")
+                .args(["-o", &format!("remount,{how}")])
+                .arg(&self.at)
+                .status()
+                .unwrap()
+                .success();
+            if ok {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("remount,{how} of {} failed", self.at.display());
+    }
+
+    /// Fill what is left of the filesystem with one file.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.at.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // The last bytes, one at a time, so not a page is left.
+        while let Ok(1) = f.write(&[0]) {}
+        path
+    }
+}
+
+impl Drop for SpoolFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// What the run proves about snapshots the spool could not keep: each
+/// printed snapshot either reached the endpoint once (in order) or was
+/// dropped, and the agent's count of drops is exactly the printed ones
+/// that never arrived. Returns that number.
+fn assert_delivered_or_counted(server: &Server, printed: &[String], during: usize) -> usize {
+    let got = server.accepted();
+    assert_once_in_order(&got, printed);
+    let missing = printed.iter().filter(|p| !got.contains(p)).count();
+    assert!(
+        missing >= during,
+        "{missing} dropped, but {during} snapshots were taken while the spool could not write"
+    );
+    let reqs = server.requests();
+    let last = reqs.last().expect("requests were sent");
+    assert_eq!(
+        last.env.agent_health.dropped_count, missing as u64,
+        "dropped_count is exactly the snapshots that never arrived"
+    );
+    missing
+}
+
+/// The spool on a 1 MiB tmpfs, the endpoint failing (503) so records pile
+/// up, then the filesystem filled: snapshots keep coming every interval
+/// (on stdout), each one the spool cannot write is counted once (in
+/// `dropped_count` and `/metrics`), no older record is evicted for it, and
+/// the failure is said once. Space back and the endpoint up: every spooled
+/// snapshot arrives once, in order, and nothing twice.
+#[test]
+fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates() {
+    require_root();
+    let server = Server::start();
+    server.script(|_, _| (503, "maintenance".into()));
+    let files = Files::new("");
+    let fs = SpoolFs::mount(&files, "1m");
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    let filler = fs.fill();
+    // A write that had its pages before the filler took the rest lands now.
+    thread::sleep(Duration::from_millis(500));
+    let spooled = files.records().len();
+    let full_at = a.printed().len();
+    a.wait_for("5 snapshots on a full filesystem", |a| {
+        a.printed().len() >= full_at + 5
+    });
+    assert_eq!(
+        files.records().len(),
+        spooled,
+        "nothing evicted, nothing written"
+    );
+    let page = a.metrics();
+    let failed = metric(
+        &page,
+        "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"}",
+    );
+    assert!(failed >= 5, "{page}");
+    assert_eq!(
+        metric(
+            &page,
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"}"
+        ),
+        0
+    );
+    std::fs::remove_file(filler).unwrap();
+    server.script(|_, _| (200, String::new()));
+    let back_at = a.printed().len();
+    a.wait_for("3 accepted snapshots taken after space returned", |a| {
+        let printed = a.printed();
+        let got = server.accepted();
+        printed.len() > back_at + 3
+            && printed[back_at..back_at + 3]
+                .iter()
+                .all(|p| got.contains(p))
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    let dropped = assert_delivered_or_counted(&server, &printed, 5);
+    assert!(dropped as u64 >= failed);
+    assert_eq!(
+        count(&log, "until a write succeeds"),
+        1,
+        "said once: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("No space left on device") && l.contains(".tmp-")),
+        "the errno and the path are named: {log:#?}"
+    );
+    assert_eq!(count(&log, "writing records to"), 1, "{log:#?}");
+    assert!(files.records().is_empty());
+    drop(fs);
+}
+
+/// The spool's filesystem remounted read-only while the endpoint accepts:
+/// records already spooled are delivered (their files cannot be removed
+/// yet, and are not sent again), new snapshots cannot be spooled and are
+/// counted, collection goes on. Remounted read-write: the leftover files
+/// are removed, delivery continues, nothing arrives twice.
+#[test]
+fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    let fs = SpoolFs::mount(&files, "4m");
+    // Failing first, so records wait in the spool when it turns read-only.
+    server.script(|_, _| (503, "maintenance".into()));
+    let a = Agent::start(&args_with_metrics(&files, &server.endpoint()), "info", &[]);
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    fs.remount("ro");
+    let ro_at = a.printed().len();
+    server.script(|_, _| (200, String::new()));
+    a.wait_for(
+        "5 snapshots on a read-only filesystem, the backlog accepted",
+        |a| a.printed().len() >= ro_at + 5 && server.accepted().len() >= 3,
+    );
+    // Delivered, but their files could not be removed yet.
+    assert!(!files.records().is_empty());
+    let page = a.metrics();
+    assert!(
+        metric(
+            &page,
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"}"
+        ) >= 5,
+        "{page}"
+    );
+    fs.remount("rw");
+    let back_at = a.printed().len();
+    a.wait_for("3 accepted snapshots taken after the remount", |a| {
+        let printed = a.printed();
+        let got = server.accepted();
+        printed.len() > back_at + 3
+            && printed[back_at..back_at + 3]
+                .iter()
+                .all(|p| got.contains(p))
+    });
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert_delivered_or_counted(&server, &printed, 5);
+    assert_eq!(count(&log, "until a write succeeds"), 1, "{log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("Read-only file system")),
+        "{log:#?}"
+    );
+    assert!(files.records().is_empty(), "leftover files removed");
+    drop(fs);
 }

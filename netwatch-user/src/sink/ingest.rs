@@ -5,6 +5,11 @@
 //! from real counters) and removes them once the cloud has answered for
 //! them.
 //!
+//! Only a 200 or a 207 from the endpoint itself is an answer: redirects
+//! are never followed (a client that follows a 302 turns the POST into a
+//! body-less GET, and the 200 of the page it lands on would count as
+//! delivered); a 3xx is a failure like a 5xx, counted by its status.
+//!
 //! Answers: 200 all accepted; 207 per-snapshot verdicts (accepted and
 //! rejected ones are both done: rejected ones are logged by index and
 //! counted, never resent; ones without a verdict are resent after a
@@ -17,7 +22,8 @@
 //! `retry_max` (5 minutes at most).
 //!
 //! It must never block the tick on the network, never lose a snapshot it
-//! did not get an answer for, and never print the API key.
+//! did not get an answer for, never count as delivered what the endpoint
+//! did not accept with 200 or 207, and never print the API key.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +37,7 @@ use netwatch_common::wire::{
 };
 
 use super::spool::{Spool, SpoolStats, Spooled};
-use super::{Flow, Sink};
+use super::{Emitted, Sink};
 use crate::config::IngestConfig;
 
 /// Delivery counters, shared with whoever reports them (logs, `/metrics`).
@@ -45,7 +51,9 @@ pub struct DeliveryStats {
     pub rejected: AtomicU64,
     /// Unix seconds of the last request the cloud answered with 200 or 207.
     pub last_success_unix_secs: AtomicU64,
-    /// Failed requests by cause: an HTTP status (`"503"`) or `"transport"`.
+    /// Failed requests by cause: an HTTP status (`"503"`, `"302"`),
+    /// `"transport"` (no answer, or half of one), or a 207 the agent cannot
+    /// use (`"207_unreadable"`, `"207_incomplete"`).
     pub errors: Mutex<BTreeMap<String, u64>>,
     /// The spool's own counters (depth, bytes, dropped).
     pub spool: Arc<SpoolStats>,
@@ -196,8 +204,11 @@ impl Sink for IngestSink {
         "ingest"
     }
 
-    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
-        {
+    /// Kept once durably spooled. A snapshot the spool cannot write is
+    /// not kept: the spool counted it (in `dropped_count` and `/metrics`)
+    /// and said so, once per run of failures, so it is not an error here.
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
+        let pushed = {
             let mut st = self.shared.lock();
             st.collectors_ok = collectors_ok(snapshot);
             st.source_lost = snapshot
@@ -205,10 +216,15 @@ impl Sink for IngestSink {
                 .as_ref()
                 .and_then(|c| c.lost_records)
                 .unwrap_or(0);
-            st.spool.push(snapshot)?;
+            st.spool.push(snapshot)
+        };
+        match pushed {
+            Ok(()) => {
+                self.shared.wake.notify_all();
+                Ok(Emitted::KEPT)
+            }
+            Err(_) => Ok(Emitted::LOST),
         }
-        self.shared.wake.notify_all();
-        Ok(Flow::Continue)
     }
 }
 
@@ -314,6 +330,9 @@ enum Failure {
     Auth(u16),
     /// 402: stop sending.
     Payment,
+    /// No spooled record could be read (an I/O error; the spool said so
+    /// once and kept them): back off and read again.
+    SpoolRead,
 }
 
 /// The cloud's answer to one request.
@@ -349,6 +368,10 @@ impl Sender {
         let client: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .http_status_as_error(false)
+            // ureq follows up to 10 by default, a 302 as a body-less GET.
+            // 0: no redirect is followed and the 3xx itself is returned
+            // (never a TooManyRedirects error: ureq-3 run.rs).
+            .max_redirects(0)
             .timeout_global(Some(cfg.request_timeout))
             .user_agent(format!("netwatch-agent/{}", env!("CARGO_PKG_VERSION")))
             .build()
@@ -466,6 +489,12 @@ impl Sender {
                 }
                 self.payment_recheck_at = Instant::now() + recheck;
             }
+            Failure::SpoolRead => {
+                debug!(
+                    "ingest: no spooled record readable; next try in {:.1} s",
+                    delay.as_secs_f64()
+                );
+            }
             Failure::Retry { cause, detail } => {
                 if self.retry_said {
                     debug!("ingest: {detail}; retrying in {:.1} s", delay.as_secs_f64());
@@ -491,7 +520,8 @@ impl Sender {
             .shared
             .lock()
             .spool
-            .oldest(self.cfg.batch_max_snapshots, json_budget);
+            .oldest(self.cfg.batch_max_snapshots, json_budget)
+            .map_err(|_| Failure::SpoolRead)?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -563,6 +593,7 @@ impl Sender {
                 if missing > 0 {
                     // Resent after a backoff, so a server that never gives
                     // a verdict is not hammered.
+                    self.shared.stats.error("207_incomplete");
                     return Err(Failure::Retry {
                         cause: "207 incomplete".into(),
                         detail: format!("HTTP 207 gave no verdict for {missing} snapshots"),
@@ -673,6 +704,12 @@ impl Sender {
             }
         };
         let status = resp.status().as_u16();
+        let location = resp.headers().get("location").map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(200)
+                .collect::<String>()
+        });
         let text = resp
             .body_mut()
             .with_config()
@@ -686,11 +723,28 @@ impl Sender {
             200 => Reply::Accepted,
             207 => match serde_json::from_str::<IngestResponse>(&text) {
                 Ok(r) => Reply::Partial(r),
-                Err(e) => Reply::Failed(Failure::Retry {
-                    cause: "207 unreadable".into(),
-                    detail: format!("HTTP 207 with a body that is not an IngestResponse ({e})"),
-                }),
+                Err(e) => {
+                    // The verdicts are unknown: every snapshot is resent.
+                    self.shared.stats.error("207_unreadable");
+                    Reply::Failed(Failure::Retry {
+                        cause: "207 unreadable".into(),
+                        detail: format!(
+                            "HTTP 207 with a body that is not an IngestResponse ({e}; \
+                             over 4 MiB reads as empty)"
+                        ),
+                    })
+                }
             },
+            300..=399 => Reply::Failed(Failure::Retry {
+                cause: format!("HTTP {status}"),
+                detail: format!(
+                    "POST {} answered {status}, a redirect{}, which is not followed (a \
+                     redirect is not an acceptance): set the endpoint to the ingest \
+                     address itself",
+                    self.cfg.url,
+                    location.map_or(String::new(), |l| format!(" to {l}"))
+                ),
+            }),
             413 => Reply::TooLarge,
             401 | 403 => Reply::Failed(Failure::Auth(status)),
             402 => Reply::Failed(Failure::Payment),

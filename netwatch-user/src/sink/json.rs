@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use netwatch_common::wire::Snapshot;
 
-use super::{Flow, Sink};
+use super::{Emitted, Sink};
 
 /// Writes each snapshot as one JSON line and flushes.
 pub struct JsonLines<W: Write + Send> {
@@ -30,12 +30,12 @@ impl<W: Write + Send> Sink for JsonLines<W> {
         "json"
     }
 
-    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
         let mut line = serde_json::to_vec(snapshot)?;
         line.push(b'\n');
         match self.out.write_all(&line).and_then(|()| self.out.flush()) {
-            Ok(()) => Ok(Flow::Continue),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
+            Ok(()) => Ok(Emitted::KEPT),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Emitted::STOP),
             Err(e) => Err(anyhow::Error::new(e).context("writing a snapshot to stdout")),
         }
     }
@@ -52,8 +52,8 @@ mod tests {
         {
             let mut sink = JsonLines::new(&mut buf);
             let snap = Snapshot::empty(Utc.with_ymd_and_hms(2026, 11, 24, 19, 0, 0).unwrap());
-            assert_eq!(sink.emit(&snap).unwrap(), Flow::Continue);
-            assert_eq!(sink.emit(&snap).unwrap(), Flow::Continue);
+            assert_eq!(sink.emit(&snap).unwrap(), Emitted::KEPT);
+            assert_eq!(sink.emit(&snap).unwrap(), Emitted::KEPT);
         }
         let text = String::from_utf8(buf).unwrap();
         let lines: Vec<_> = text.lines().collect();
@@ -76,6 +76,6 @@ mod tests {
     fn closed_stdout_stops_the_agent_instead_of_erroring() {
         let mut sink = JsonLines::new(Closed);
         let snap = Snapshot::empty(Utc::now());
-        assert_eq!(sink.emit(&snap).unwrap(), Flow::Stop);
+        assert_eq!(sink.emit(&snap).unwrap(), Emitted::STOP);
     }
 }

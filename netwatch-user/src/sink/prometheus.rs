@@ -28,7 +28,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Flow, Sink};
+use super::{Emitted, Sink};
 use crate::config::PrometheusConfig;
 
 /// The `Content-Type` of a `/metrics` answer.
@@ -83,6 +83,10 @@ pub struct DeliveryView {
     pub spool_evicted: u64,
     pub spool_corrupt: u64,
     pub spool_torn: u64,
+    /// Snapshots the spool could not write (full, read-only, I/O error).
+    pub spool_write_failed: u64,
+    /// Record reads that failed for an I/O reason (records kept).
+    pub spool_read_errors: u64,
 }
 
 /// Something that reports delivery counters (the ingest sink's stats).
@@ -112,6 +116,8 @@ impl DeliveryReport for super::ingest::DeliveryStats {
             spool_evicted: self.spool.evicted.load(Relaxed),
             spool_corrupt: self.spool.corrupt.load(Relaxed),
             spool_torn: self.spool.torn.load(Relaxed),
+            spool_write_failed: self.spool.write_failed.load(Relaxed),
+            spool_read_errors: self.spool.read_errors.load(Relaxed),
         }
     }
 }
@@ -848,7 +854,7 @@ fn encode_state(
         counter(
             enc,
             "netwatch_agent_delivery_errors",
-            "Failed ingest requests by HTTP status, or status=\"transport\"",
+            "Failed ingest requests by HTTP status (a 3xx included: redirects are not followed), status=\"transport\" (no or half an answer), or a 207 not usable (207_unreadable, 207_incomplete)",
             None,
             &errors,
         )?;
@@ -876,13 +882,21 @@ fn encode_state(
         counter(
             enc,
             "netwatch_agent_spool_dropped_snapshots",
-            "Spooled snapshots lost: evicted past the bound, corrupt, or torn writes",
+            "Snapshots the spool lost: evicted past the bound, corrupt, torn writes, or writes that failed (full, read-only, I/O error)",
             None,
             &[
                 (Labels([("reason", Text("evicted"))]), d.spool_evicted),
                 (Labels([("reason", Text("corrupt"))]), d.spool_corrupt),
                 (Labels([("reason", Text("torn"))]), d.spool_torn),
+                (Labels([("reason", Text("write_failed"))]), d.spool_write_failed),
             ],
+        )?;
+        counter1(
+            enc,
+            "netwatch_agent_spool_read_errors",
+            "Spool record reads that failed for an I/O reason (EMFILE, EIO, ...); the records are kept and read again",
+            None,
+            d.spool_read_errors,
         )?;
     }
     Ok(())
@@ -1008,7 +1022,7 @@ impl Sink for PrometheusSink {
         "prometheus"
     }
 
-    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
         self.serve_now();
         let now = Instant::now();
         // Cgroups are read outside the lock, once per pid while it shows.
@@ -1026,7 +1040,7 @@ impl Sink for PrometheusSink {
         let cgroups = &self.cgroups;
         let mut lookup = |pid: u32| cgroups.get(&pid).cloned().unwrap_or_default();
         lock(&self.state).apply(snapshot, now, &mut lookup);
-        Ok(Flow::Continue)
+        Ok(Emitted::KEPT)
     }
 
     fn resume(&mut self, continuity: Option<&crate::source::Continuity>) {
@@ -1530,6 +1544,8 @@ mod tests {
                 spool_evicted: 1,
                 spool_corrupt: 2,
                 spool_torn: 0,
+                spool_write_failed: 5,
+                spool_read_errors: 6,
             }),
         );
         for line in [
@@ -1557,6 +1573,8 @@ mod tests {
             "netwatch_agent_spool_bytes 4096\n",
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"evicted\"} 1\n",
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"corrupt\"} 2\n",
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"} 5\n",
+            "netwatch_agent_spool_read_errors_total 6\n",
         ] {
             assert!(p.contains(line), "missing {line:?} in\n{p}");
         }

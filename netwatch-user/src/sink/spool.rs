@@ -1,14 +1,22 @@
 //! The on-disk spool: every snapshot not yet accepted by the cloud, one
 //! checksummed record per file, oldest first, bounded by bytes.
 //!
-//! A record is written to a hidden temporary file, fsynced, renamed to
-//! `<seq>.nws` and the directory fsynced, so after a crash (SIGKILL, power
-//! loss) a record is either whole or absent; a leftover temporary file is a
-//! torn write and is removed and counted. A record whose frame or checksum
-//! is wrong is skipped, removed and counted: it must never crash the agent
-//! nor stop the records behind it. Past the byte bound the oldest records
-//! are dropped and counted. This module stores and reads records; it never
-//! talks to the network.
+//! A record is written to a hidden temporary file created new (`O_EXCL`),
+//! fsynced, renamed to `<seq>.nws` and the directory fsynced, so after a
+//! crash (SIGKILL, power loss) a record is either whole or absent; a
+//! leftover temporary file is a torn write and is removed and counted. Only
+//! after a write succeeded are the oldest records past the byte bound
+//! dropped (counted), so a write that fails (disk full, read-only, EIO)
+//! never costs an older record too; the snapshot it could not write is
+//! counted as dropped and said once per run of failures. A record whose
+//! frame or checksum is wrong is skipped, removed and counted: it must
+//! never crash the agent nor stop the records behind it. A record that
+//! cannot be read for an I/O reason (EMFILE, EIO, ENOMEM, EACCES, …) is
+//! never removed: it stays and is read again later.
+//!
+//! This module stores and reads records; it never talks to the network,
+//! never deletes a record it could not read for a reason other than its
+//! content, and never loses a snapshot without counting it.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -17,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::warn;
+use log::{info, warn};
 use netwatch_common::wire::Snapshot;
 use thiserror::Error;
 
@@ -94,10 +102,30 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], FrameError> {
 pub enum SpoolError {
     #[error("spool directory {dir}: {source}")]
     Dir { dir: PathBuf, source: io::Error },
-    #[error("writing spool record {path}: {source}")]
+    #[error(
+        "writing spool record {path}: {source}; the snapshot is dropped (counted): \
+         free space on that filesystem or make it writable"
+    )]
     Write { path: PathBuf, source: io::Error },
-    #[error("serializing a snapshot: {0}")]
+    #[error("serializing a snapshot for the spool: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error(
+        "a snapshot of {size} bytes is larger than the whole spool bound of {max} bytes: \
+         dropped (counted); raise [spool] max_bytes"
+    )]
+    TooLarge { size: u64, max: u64 },
+    #[error("reading spool record {path}: {source}; the record is kept and read again later")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Why one record could not be read back: its content is bad (it is
+/// removed and counted), or the read itself failed (it is kept).
+#[derive(Debug, Error)]
+enum ReadError {
+    #[error(transparent)]
+    Corrupt(#[from] FrameError),
+    #[error("{0}")]
+    Io(io::Error),
 }
 
 /// Counters shared with the delivery side and (later) `/metrics`.
@@ -109,6 +137,12 @@ pub struct SpoolStats {
     pub corrupt: AtomicU64,
     /// Temporary files of torn writes found at start.
     pub torn: AtomicU64,
+    /// Snapshots that could not be written (disk full, read-only, EIO,
+    /// serialization): lost, counted here.
+    pub write_failed: AtomicU64,
+    /// Record reads that failed for an I/O reason (the record was kept and
+    /// is read again later); not a loss.
+    pub read_errors: AtomicU64,
     /// Records waiting now.
     pub depth: AtomicU64,
     /// Bytes on disk now (headers included).
@@ -116,11 +150,13 @@ pub struct SpoolStats {
 }
 
 impl SpoolStats {
-    /// Everything the spool lost: evicted, corrupt and torn records.
+    /// Everything the spool lost: evicted, corrupt and torn records, and
+    /// snapshots it could not write.
     pub fn dropped(&self) -> u64 {
         self.evicted.load(Ordering::Relaxed)
             + self.corrupt.load(Ordering::Relaxed)
             + self.torn.load(Ordering::Relaxed)
+            + self.write_failed.load(Ordering::Relaxed)
     }
 }
 
@@ -151,7 +187,20 @@ pub struct Spool {
     /// The latest evicted sequence numbers: one may be in flight, and if
     /// the cloud then answers for it, it was not dropped after all.
     evicted_recently: VecDeque<u64>,
+    /// Records already answered for or evicted whose file could not be
+    /// removed (a read-only filesystem): removal is tried again at every
+    /// push and remove; they are never sent again by this run.
+    undeleted: Vec<u64>,
+    /// Writes are failing: said once until one succeeds.
+    write_failing: bool,
+    /// Reads are failing for an I/O reason: said once until a batch reads
+    /// without one.
+    read_failing: bool,
 }
+
+/// At most this many records that fail to read (I/O) are tried per batch,
+/// so a spool of many records on a failing disk is not read whole each round.
+const MAX_READ_FAILURES_PER_BATCH: usize = 8;
 
 /// How many evicted sequence numbers to remember (batches hold at most 100).
 const EVICTED_MEMORY: usize = 1024;
@@ -215,6 +264,9 @@ impl Spool {
             next_seq,
             stats,
             evicted_recently: VecDeque::new(),
+            undeleted: Vec::new(),
+            write_failing: false,
+            read_failing: false,
         };
         spool.evict_to(max_bytes);
         spool.publish();
@@ -258,7 +310,7 @@ impl Spool {
                 break;
             };
             self.unlink(e.seq);
-            self.bytes -= e.size;
+            self.bytes = self.bytes.saturating_sub(e.size);
             if self.evicted_recently.len() == EVICTED_MEMORY {
                 self.evicted_recently.pop_front();
             }
@@ -271,63 +323,160 @@ impl Spool {
         }
     }
 
-    fn unlink(&self, seq: u64) {
+    /// Remove a record's file; one that cannot be removed now is tried
+    /// again later (never sent again meanwhile).
+    fn unlink(&mut self, seq: u64) {
         match fs::remove_file(self.path(seq)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => warn!("spool: removing record {seq}: {e}"),
+            Err(e) => {
+                if self.undeleted.is_empty() {
+                    warn!(
+                        "spool: cannot remove {} ({e}), a record already delivered or dropped; \
+                         removal is retried (a restart before it succeeds sends it again)",
+                        self.path(seq).display()
+                    );
+                }
+                if !self.undeleted.contains(&seq) {
+                    self.undeleted.push(seq);
+                }
+            }
         }
     }
 
-    /// Append `snapshot` durably. Past the bound the oldest records are
-    /// dropped (counted); a snapshot larger than the whole bound is dropped
-    /// itself (counted).
+    /// Try again to remove the files of records already done with.
+    fn retry_unlinks(&mut self) {
+        if self.undeleted.is_empty() {
+            return;
+        }
+        let dir = self.dir.clone();
+        self.undeleted
+            .retain(|&seq| match fs::remove_file(dir.join(record_name(seq))) {
+                Ok(()) => false,
+                Err(e) => e.kind() != io::ErrorKind::NotFound,
+            });
+        if self.undeleted.is_empty() {
+            info!("spool: removed the records whose removal had failed");
+        }
+    }
+
+    /// Append `snapshot` durably, then drop the oldest records past the
+    /// bound (counted). A snapshot that cannot be written (the error says
+    /// why: no space, read-only, I/O error, larger than the whole bound)
+    /// is dropped and counted, and no older record is touched; failures
+    /// are logged once until a write succeeds again.
     pub fn push(&mut self, snapshot: &Snapshot) -> Result<(), SpoolError> {
+        self.retry_unlinks();
+        match self.write(snapshot) {
+            Ok(()) => {
+                if self.write_failing {
+                    info!(
+                        "spool: writing records to {} again ({} snapshots dropped so far)",
+                        self.dir.display(),
+                        self.stats.dropped()
+                    );
+                    self.write_failing = false;
+                }
+                self.publish();
+                Ok(())
+            }
+            Err(e) => {
+                if let SpoolError::TooLarge { .. } = e {
+                    let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                    warn!("spool: {e} ({n} evicted so far)");
+                } else {
+                    let n = self.stats.write_failed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if !self.write_failing {
+                        warn!(
+                            "spool: {e}; every snapshot is dropped and counted until a write \
+                             succeeds ({n} so far)"
+                        );
+                        self.write_failing = true;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Write one record (temporary file, fsync, rename, directory fsync),
+    /// then evict past the bound.
+    fn write(&mut self, snapshot: &Snapshot) -> Result<(), SpoolError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let record = encode(&serde_json::to_vec(snapshot)?);
         let size = record.len() as u64;
         if size > self.max_bytes {
-            let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-            warn!(
-                "spool: a snapshot of {size} bytes is larger than the whole spool bound of {} bytes: dropped ({n} dropped so far)",
-                self.max_bytes
-            );
-            return Ok(());
+            return Err(SpoolError::TooLarge {
+                size,
+                max: self.max_bytes,
+            });
         }
-        self.evict_to(self.max_bytes - size);
+        // Every attempt takes a new number: a temporary file an earlier
+        // failed attempt could not remove never collides with this one.
         let seq = self.next_seq;
+        self.next_seq += 1;
         let path = self.path(seq);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{seq:020}"));
-        let write = || -> io::Result<()> {
+        let mut created = false;
+        let mut renamed = false;
+        let mut write = || -> io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .mode(0o600)
                 .open(&tmp)?;
+            created = true;
             f.write_all(&record)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
+            renamed = true;
             fs::File::open(&self.dir)?.sync_all()
         };
         if let Err(source) = write() {
-            let _ = fs::remove_file(&tmp);
+            // Not durable: take it back whole, so it is neither counted
+            // kept nor found by the next start.
+            let leftover = if renamed { &path } else { &tmp };
+            if created {
+                if let Err(e) = fs::remove_file(leftover) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        warn!(
+                            "spool: removing {} after a failed write: {e}",
+                            leftover.display()
+                        );
+                    }
+                }
+            }
+            let path = if renamed { path } else { tmp };
             return Err(SpoolError::Write { path, source });
         }
-        self.next_seq += 1;
         self.entries.push_back(Entry { seq, size });
         self.bytes += size;
-        self.publish();
+        self.evict_to(self.max_bytes);
         Ok(())
     }
 
     /// The oldest records, in order: at most `max_count`, and at most
     /// `max_json_bytes` of snapshot JSON (but always at least one record
-    /// when any is readable). Corrupt or unreadable records met on the way
-    /// are removed and counted.
-    pub fn oldest(&mut self, max_count: usize, max_json_bytes: usize) -> Vec<Spooled> {
+    /// when any is readable). Corrupt records met on the way are removed
+    /// and counted. A record that cannot be read for an I/O reason is kept
+    /// and skipped this time (the records behind it still go); when no
+    /// record could be read for that reason the error says which and why,
+    /// so the caller backs off.
+    pub fn oldest(
+        &mut self,
+        max_count: usize,
+        max_json_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
+        self.retry_unlinks();
         let mut out: Vec<Spooled> = Vec::new();
         let mut total = 0usize;
+        let mut failed: Option<SpoolError> = None;
+        let mut failures = 0usize;
         let mut i = 0;
-        while i < self.entries.len() && out.len() < max_count {
+        while i < self.entries.len()
+            && out.len() < max_count
+            && failures < MAX_READ_FAILURES_PER_BATCH
+        {
             let e = self.entries[i];
             match self.read(e.seq) {
                 Ok(Some((snapshot, json_len))) => {
@@ -344,34 +493,58 @@ impl Spool {
                 }
                 Ok(None) => {
                     // Gone from disk (removed by hand): forget it.
-                    self.bytes -= e.size;
+                    self.bytes = self.bytes.saturating_sub(e.size);
                     let _ = self.entries.remove(i);
                 }
-                Err(why) => {
+                Err(ReadError::Io(source)) => {
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    let err = SpoolError::Read {
+                        path: self.path(e.seq),
+                        source,
+                    };
+                    if !self.read_failing {
+                        warn!("spool: {err}; said once until records read again");
+                        self.read_failing = true;
+                    }
+                    failed.get_or_insert(err);
+                    i += 1;
+                }
+                Err(ReadError::Corrupt(why)) => {
                     let n = self.stats.corrupt.fetch_add(1, Ordering::Relaxed) + 1;
                     warn!(
                         "spool: skipping corrupt record {} ({why}); {n} corrupt so far, counted as dropped",
                         self.path(e.seq).display()
                     );
                     self.unlink(e.seq);
-                    self.bytes -= e.size;
+                    self.bytes = self.bytes.saturating_sub(e.size);
                     let _ = self.entries.remove(i);
                 }
             }
         }
         self.publish();
-        out
+        match failed {
+            None => {
+                if self.read_failing {
+                    info!("spool: records read again");
+                    self.read_failing = false;
+                }
+                Ok(out)
+            }
+            Some(e) if out.is_empty() => Err(e),
+            Some(_) => Ok(out),
+        }
     }
 
-    fn read(&self, seq: u64) -> Result<Option<(Snapshot, usize)>, FrameError> {
+    fn read(&self, seq: u64) -> Result<Option<(Snapshot, usize)>, ReadError> {
         let bytes = match fs::read(self.path(seq)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FrameError::Payload(format!("unreadable: {e}"))),
+            Err(e) => return Err(ReadError::Io(e)),
         };
         let payload = decode(&bytes)?;
-        let snapshot: Snapshot =
-            serde_json::from_slice(payload).map_err(|e| FrameError::Payload(e.to_string()))?;
+        let snapshot: Snapshot = serde_json::from_slice(payload)
+            .map_err(|e| ReadError::Corrupt(FrameError::Payload(e.to_string())))?;
         Ok(Some((snapshot, payload.len())))
     }
 
@@ -379,10 +552,11 @@ impl Spool {
     /// good) and delete their files. A record evicted while its request was
     /// in flight is no longer counted as dropped: the cloud has it.
     pub fn remove(&mut self, seqs: &[u64]) {
+        self.retry_unlinks();
         for &seq in seqs {
             if let Some(pos) = self.entries.iter().position(|e| e.seq == seq) {
                 if let Some(e) = self.entries.remove(pos) {
-                    self.bytes -= e.size;
+                    self.bytes = self.bytes.saturating_sub(e.size);
                 }
                 self.unlink(seq);
             } else if let Some(pos) = self.evicted_recently.iter().position(|&s| s == seq) {
@@ -462,7 +636,7 @@ mod tests {
                 fs::write(dir.path().join(record_name(i as u64)), f).unwrap();
             }
             let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-            let got = s.oldest(100, 1 << 20);
+            let got = s.oldest(100, 1 << 20).unwrap();
             prop_assert!(got.is_empty());
             prop_assert_eq!(s.stats().corrupt.load(Ordering::Relaxed), files.len() as u64);
             prop_assert!(s.is_empty());
@@ -477,14 +651,14 @@ mod tests {
             for i in 0..5 {
                 s.push(&snap(i)).unwrap();
             }
-            let first = s.oldest(2, 1 << 20);
+            let first = s.oldest(2, 1 << 20).unwrap();
             assert_eq!(times(&first), [1_700_000_000, 1_700_000_001]);
             s.remove(&[first[0].seq, first[1].seq]);
         }
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.len(), 3);
         s.push(&snap(5)).unwrap();
-        let rest = s.oldest(100, 1 << 20);
+        let rest = s.oldest(100, 1 << 20).unwrap();
         assert_eq!(
             times(&rest),
             [1_700_000_002, 1_700_000_003, 1_700_000_004, 1_700_000_005]
@@ -503,7 +677,7 @@ mod tests {
         assert_eq!(s.bytes(), one * 3);
         assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 2);
         assert_eq!(
-            times(&s.oldest(100, 1 << 20)),
+            times(&s.oldest(100, 1 << 20).unwrap()),
             [1_700_000_002, 1_700_000_003, 1_700_000_004]
         );
     }
@@ -515,12 +689,12 @@ mod tests {
         let mut s = Spool::open(dir.path(), one * 2).unwrap();
         s.push(&snap(0)).unwrap();
         s.push(&snap(1)).unwrap();
-        let in_flight = s.oldest(100, 1 << 20);
+        let in_flight = s.oldest(100, 1 << 20).unwrap();
         s.push(&snap(2)).unwrap(); // evicts record 0, which is in flight
         assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 1);
         s.remove(&[in_flight[0].seq, in_flight[1].seq]);
         assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 0);
-        assert_eq!(times(&s.oldest(100, 1 << 20)), [1_700_000_002]);
+        assert_eq!(times(&s.oldest(100, 1 << 20).unwrap()), [1_700_000_002]);
         assert_eq!(s.bytes(), one);
     }
 
@@ -545,7 +719,7 @@ mod tests {
 
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.stats().torn.load(Ordering::Relaxed), 1);
-        let got = s.oldest(100, 1 << 20);
+        let got = s.oldest(100, 1 << 20).unwrap();
         assert_eq!(times(&got), [1_700_000_000, 1_700_000_003]);
         assert_eq!(s.stats().corrupt.load(Ordering::Relaxed), 2);
         assert_eq!(s.stats().dropped(), 3);
@@ -553,6 +727,151 @@ mod tests {
         // New records continue after the highest sequence number.
         s.push(&snap(9)).unwrap();
         assert!(dir.path().join(record_name(4)).exists());
+    }
+
+    /// A record whose read fails for an I/O reason (here EISDIR: a
+    /// directory stands where its file was) is kept, not counted corrupt,
+    /// and the records behind it still go; once readable it goes too.
+    #[test]
+    fn a_record_that_cannot_be_read_is_kept_and_read_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..3 {
+            s.push(&snap(i)).unwrap();
+        }
+        let p1 = dir.path().join(record_name(1));
+        let good = fs::read(&p1).unwrap();
+        fs::remove_file(&p1).unwrap();
+        fs::create_dir(&p1).unwrap();
+
+        let got = s.oldest(100, 1 << 20).unwrap();
+        assert_eq!(times(&got), [1_700_000_000, 1_700_000_002]);
+        assert_eq!(s.stats().read_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats().corrupt.load(Ordering::Relaxed), 0);
+        assert_eq!(s.stats().dropped(), 0);
+        s.remove(&[got[0].seq, got[1].seq]);
+        assert_eq!(s.len(), 1, "the unreadable record is kept");
+        // Nothing else to send: the caller is told why, to back off.
+        match s.oldest(100, 1 << 20) {
+            Err(SpoolError::Read { path, source }) => {
+                assert_eq!(path, p1);
+                assert_eq!(source.kind(), io::ErrorKind::IsADirectory);
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
+        assert_eq!(s.stats().read_errors.load(Ordering::Relaxed), 2);
+        assert!(p1.exists());
+
+        fs::remove_dir(&p1).unwrap();
+        fs::write(&p1, good).unwrap();
+        assert_eq!(times(&s.oldest(100, 1 << 20).unwrap()), [1_700_000_001]);
+        assert_eq!(s.stats().dropped(), 0);
+    }
+
+    /// Out of file descriptors (EMFILE), in a child process of this test
+    /// binary so the lowered limit touches no other test: every record is
+    /// kept and comes back, in order, once descriptors are free again.
+    #[test]
+    fn out_of_file_descriptors_deletes_nothing() {
+        const CHILD: &str = "NETWATCH_SPOOL_EMFILE_CHILD";
+        let Some(dir) = std::env::var_os(CHILD) else {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+                for i in 0..4 {
+                    s.push(&snap(i)).unwrap();
+                }
+            }
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "sink::spool::tests::out_of_file_descriptors_deletes_nothing",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "child: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+            // Nothing was removed by the child.
+            let records = fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(records, 4);
+            return;
+        };
+        let mut s = Spool::open(Path::new(&dir), 1 << 20).unwrap();
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+        // The lowest free descriptor is the limit: no new file opens.
+        let probe = fs::File::open("/dev/null").unwrap();
+        let lowest = std::os::fd::AsRawFd::as_raw_fd(&probe) as libc::rlim_t;
+        drop(probe);
+        let low = libc::rlimit {
+            rlim_cur: lowest,
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        let starved = s.oldest(100, 1 << 20);
+        // SAFETY: as above; the soft limit goes back up to where it was.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
+        match starved {
+            Err(SpoolError::Read { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EMFILE));
+            }
+            other => panic!("expected EMFILE, got {other:?}"),
+        }
+        assert_eq!(s.stats().corrupt.load(Ordering::Relaxed), 0);
+        assert_eq!(s.len(), 4);
+        assert_eq!(
+            times(&s.oldest(100, 1 << 20).unwrap()),
+            [1_700_000_000, 1_700_000_001, 1_700_000_002, 1_700_000_003]
+        );
+    }
+
+    /// A write that fails (here the temporary file's name is taken, so the
+    /// exclusive create fails) drops that snapshot, counted, and evicts
+    /// nothing: the full spool keeps its older records. The next write
+    /// works and only then evicts the oldest.
+    #[test]
+    fn a_failed_write_is_counted_and_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = encode(&serde_json::to_vec(&snap(0)).unwrap()).len() as u64;
+        let mut s = Spool::open(dir.path(), one * 2).unwrap();
+        s.push(&snap(0)).unwrap();
+        s.push(&snap(1)).unwrap();
+        let blocker = dir.path().join(format!("{TMP_PREFIX}{:020}", 2));
+        fs::create_dir(&blocker).unwrap();
+        match s.push(&snap(2)) {
+            Err(SpoolError::Write { path, source }) => {
+                assert_eq!(path, blocker);
+                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists);
+            }
+            other => panic!("expected a write error, got {other:?}"),
+        }
+        assert_eq!(s.stats().write_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 0);
+        assert_eq!(s.stats().dropped(), 1);
+        assert_eq!(s.len(), 2);
+        assert!(blocker.is_dir(), "not someone else's to remove");
+
+        s.push(&snap(3)).unwrap();
+        assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(s.stats().dropped(), 2);
+        assert_eq!(
+            times(&s.oldest(100, 1 << 20).unwrap()),
+            [1_700_000_001, 1_700_000_003]
+        );
+        assert_eq!(s.bytes(), one * 2);
     }
 
     #[test]
@@ -563,8 +882,8 @@ mod tests {
             s.push(&snap(i)).unwrap();
         }
         let one = serde_json::to_vec(&snap(0)).unwrap().len();
-        assert_eq!(s.oldest(100, one * 2).len(), 2);
-        assert_eq!(s.oldest(100, 1).len(), 1);
-        assert_eq!(s.oldest(3, 1 << 20).len(), 3);
+        assert_eq!(s.oldest(100, one * 2).unwrap().len(), 2);
+        assert_eq!(s.oldest(100, 1).unwrap().len(), 1);
+        assert_eq!(s.oldest(3, 1 << 20).unwrap().len(), 3);
     }
 }

@@ -10,7 +10,7 @@ use std::io::{self, IsTerminal, Write};
 
 use netwatch_common::wire::Snapshot;
 
-use super::{Flow, Sink};
+use super::{Emitted, Sink};
 
 pub mod live;
 pub mod view;
@@ -141,13 +141,13 @@ impl Sink for Table {
         "table"
     }
 
-    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
         let text = render(snapshot, self.max_rows);
         let mut out = io::stdout().lock();
         let res = writeln!(out, "{text}").and_then(|()| out.flush());
         match res {
-            Ok(()) => Ok(Flow::Continue),
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
+            Ok(()) => Ok(Emitted::KEPT),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Emitted::STOP),
             Err(e) => Err(e.into()),
         }
     }

@@ -27,7 +27,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
 use super::view::{self, Action, UiState};
-use crate::sink::{Flow, Sink};
+use crate::sink::{Emitted, Sink};
 
 /// Set while the terminal is in raw mode on the alternate screen.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -282,13 +282,13 @@ impl Sink for LiveTable {
         "table"
     }
 
-    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Flow> {
+    fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
         let sent = self
             .tx
             .as_ref()
             .is_some_and(|tx| tx.send(Box::new(snapshot.clone())).is_ok());
         // The view is gone only after `q` (SIGINT is on its way) or an error.
-        Ok(if sent { Flow::Continue } else { Flow::Stop })
+        Ok(if sent { Emitted::KEPT } else { Emitted::STOP })
     }
 }
 
