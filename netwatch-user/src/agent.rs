@@ -1,17 +1,20 @@
 //! The tick loop: one clock drives everything. Each tick reads the socket
 //! source and the host collectors, builds one `Snapshot` value and hands it
 //! to every sink. The loop owns no collection logic of its own; delivery
-//! policy (spool, retries) belongs to the sinks.
+//! policy (spool, retries) belongs to the sinks. Windows (alerts, DNS) run
+//! on the monotonic clock; the wall clock only stamps the snapshot and its
+//! alerts ([`crate::clock`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use log::{error, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
 use crate::alerts::feed::{Conn, Tick};
 use crate::alerts::Detectors;
 use crate::attribution::Attribution;
+use crate::clock::{Clock, SystemClock};
 use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
@@ -27,6 +30,7 @@ pub struct Agent {
     alerts: Option<Detectors>,
     health: Option<Prober>,
     max_connections: usize,
+    clock: Arc<dyn Clock>,
 }
 
 impl Agent {
@@ -54,7 +58,15 @@ impl Agent {
             alerts: None,
             health: None,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Read time from `clock` instead of the system's (tests step it). Its
+    /// monotonic part must be on the scale of the source's event times.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Run the alert detectors on every tick (fills `alerts`).
@@ -87,7 +99,10 @@ impl Agent {
     /// Collect one snapshot. Collector failures are logged and leave their
     /// section empty; they never stop the tick.
     pub fn snapshot(&mut self) -> Snapshot {
-        let timestamp = Utc::now();
+        // One reading of each clock per tick: the monotonic one for every
+        // window, the wall one for timestamps only.
+        let now = self.clock.mono();
+        let timestamp = self.clock.wall();
         let mut snap = Snapshot::empty(timestamp);
         if let Some(t) = self.source.tcp_states() {
             snap.connection_count = Some(t.established);
@@ -144,7 +159,8 @@ impl Agent {
                 })
                 .unwrap_or_default();
             snap.alerts = Some(d.tick(Tick {
-                now: crate::alerts::since_epoch(timestamp),
+                now,
+                wall: timestamp,
                 tcp: &tcp,
                 connections: &conns,
                 dns: dns.as_deref().unwrap_or(&[]),
@@ -155,7 +171,7 @@ impl Agent {
         if let Some((_, rows)) = read {
             self.attribution.recycle(rows);
         }
-        self.host.fill_dns(&mut snap, dns);
+        self.host.fill_dns(&mut snap, dns, now);
         if let Some(p) = &self.health {
             snap.health = p.latest();
         }
