@@ -554,6 +554,31 @@ mod tests {
         assert!(m.changed(), "an unmount is a change");
     }
 
+    /// Answers come back in mount order, a failing mount is skipped, and
+    /// the workers are reused (none left busy, none added on the next tick).
+    #[test]
+    fn statvfs_workers_answer_in_mount_order_and_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = |device: &str, point: &str| UsageMount {
+            device: device.into(),
+            mount_point: point.into(),
+        };
+        let mounts = [
+            m("/dev/a", "/"),
+            m("/dev/b", "/nonexistent/netwatch-statvfs-test"),
+            m("/dev/c", &dir.path().display().to_string()),
+        ];
+        let mut w = StatvfsWorkers::default();
+        let devices = |rows: Vec<DiskUsage>| rows.into_iter().map(|r| r.device).collect::<Vec<_>>();
+        let budget = Duration::from_secs(10);
+        assert_eq!(devices(w.usage(&mounts, budget)), ["/dev/a", "/dev/c"]);
+        let workers = w.idle.len();
+        assert!((1..=3).contains(&workers), "{workers} workers");
+        assert!(w.busy.is_empty() && w.hung.is_empty());
+        assert_eq!(devices(w.usage(&mounts, budget)), ["/dev/a", "/dev/c"]);
+        assert_eq!(w.idle.len(), workers, "no worker added");
+    }
+
     fn mounts(text: &str) -> Vec<MountEntry> {
         let (m, skipped) = parse_mounts(text);
         assert_eq!(skipped, 0, "fixture must parse");
