@@ -170,6 +170,10 @@ fn a_hung_fuse_mount_costs_its_row_never_a_snapshot() {
     thread::sleep(Duration::from_secs(4));
     let during: Vec<Line> = snaps.try_iter().collect();
     let log: Vec<String> = logs.try_iter().collect();
+    println!(
+        "NETWATCH-HUNG-MOUNT: {} snapshots in the 4 s the mount hung",
+        during.len()
+    );
     // 8 intervals of 0.5 s; a generous bound for a loaded machine. On the
     // old code this is 0: the tick waits in statvfs.
     assert!(
