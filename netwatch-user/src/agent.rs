@@ -2,17 +2,20 @@
 //! source and the host collectors, builds one `Snapshot` value and hands it
 //! to every sink. The loop owns no collection logic of its own; delivery
 //! policy (spool, retries) belongs to the sinks. It must never move the
-//! source's persisted baseline past a snapshot that no sink kept.
+//! source's persisted baseline past a snapshot that no sink kept. Windows
+//! (alerts, DNS) run on the monotonic clock; the wall clock only stamps the
+//! snapshot and its alerts ([`crate::clock`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use log::{error, info, warn};
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
 use crate::alerts::feed::{Conn, Tick};
 use crate::alerts::Detectors;
 use crate::attribution::Attribution;
+use crate::clock::{Clock, SystemClock};
 use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
@@ -32,6 +35,7 @@ pub struct Agent {
     unkept: u64,
     /// The latest snapshot was kept by no sink: said once until one is.
     unkept_said: bool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Agent {
@@ -61,7 +65,15 @@ impl Agent {
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
             unkept: 0,
             unkept_said: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Read time from `clock` instead of the system's (tests step it). Its
+    /// monotonic part must be on the scale of the source's event times.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Run the alert detectors on every tick (fills `alerts`).
@@ -94,7 +106,10 @@ impl Agent {
     /// Collect one snapshot. Collector failures are logged and leave their
     /// section empty; they never stop the tick.
     pub fn snapshot(&mut self) -> Snapshot {
-        let timestamp = Utc::now();
+        // One reading of each clock per tick: the monotonic one for every
+        // window, the wall one for timestamps only.
+        let now = self.clock.mono();
+        let timestamp = self.clock.wall();
         let mut snap = Snapshot::empty(timestamp);
         if let Some(t) = self.source.tcp_states() {
             snap.connection_count = Some(t.established);
@@ -151,7 +166,8 @@ impl Agent {
                 })
                 .unwrap_or_default();
             snap.alerts = Some(d.tick(Tick {
-                now: crate::alerts::since_epoch(timestamp),
+                now,
+                wall: timestamp,
                 tcp: &tcp,
                 connections: &conns,
                 dns: dns.as_deref().unwrap_or(&[]),
@@ -162,7 +178,7 @@ impl Agent {
         if let Some((_, rows)) = read {
             self.attribution.recycle(rows);
         }
-        self.host.fill_dns(&mut snap, dns);
+        self.host.fill_dns(&mut snap, dns, now);
         if let Some(p) = &self.health {
             snap.health = p.latest();
         }
@@ -383,7 +399,7 @@ mod tests {
     /// `LOST` and a `STOP` are not kept.
     #[test]
     fn the_baseline_moves_only_past_a_snapshot_some_sink_kept() {
-        let snap = Snapshot::empty(Utc::now());
+        let snap = Snapshot::empty(chrono::Utc::now());
         let (mut a, moved, saved) = agent(vec![
             // The "ingest" sink: spooled, lost (disk full), lost, error, kept.
             vec![

@@ -6,7 +6,11 @@
 //! in [`ApiKey`], whose `Debug`/`Display` redact it), never echo a line of
 //! the config file in an error (a parse error names the line and the
 //! problem only), and never turn a bad value into a silent fallback: a bad
-//! value stops the agent at start with a message that names it.
+//! value stops the agent at start with a message that names it. Every
+//! numeric setting has a range ([`limits`]); a value outside it (NaN and
+//! infinities included) is refused with the setting, the value and the
+//! range, so no value reaches a panic (`Duration::from_secs_f64`) or an
+//! absurd allocation later.
 
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -45,6 +49,8 @@ pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
+/// Longest interval accepted (a day).
+pub const MAX_INTERVAL_SECS: f64 = 86_400.0;
 /// The environment variable that carries the API key.
 pub const API_KEY_ENV: &str = "NETWATCH_API_KEY";
 /// Where `/metrics` listens when none is configured.
@@ -535,13 +541,110 @@ pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
     })
 }
 
+/// The bounds of the numeric settings that have no constant of their own.
+pub mod limits {
+    /// `max_sockets`: the kernel socket map's entries (the claims map
+    /// holds 4 per socket).
+    pub const MAX_SOCKETS: (u32, u32) = (1, 1 << 24);
+    /// `ringbuf_bytes`: a power of two from a page to 1 GiB.
+    pub const RINGBUF_BYTES: (u32, u32) = (4096, 1 << 30);
+    /// `rows` of the live table.
+    pub const ROWS: (usize, usize) = (1, 10_000);
+    /// `max_connections` per snapshot (0: none listed).
+    pub const MAX_CONNECTIONS: (usize, usize) = (0, 1_000_000);
+    /// The spool's bound, bytes (64 KiB to 1 TiB).
+    pub const SPOOL_MAX_BYTES: (u64, u64) = (64 * 1024, 1 << 40);
+    /// `[health] probes` per round.
+    pub const HEALTH_PROBES: (u32, u32) = (1, 10);
+    /// `[alerts] history`.
+    pub const ALERT_HISTORY: (usize, usize) = (1, 100_000);
+    /// `[alerts] port_scan_ports` (a source cannot touch more ports).
+    pub const PORT_SCAN_PORTS: (usize, usize) = (1, 65_535);
+    /// `[alerts] port_scan_failed` (0: off).
+    pub const PORT_SCAN_FAILED: (u32, u32) = (0, 1_000_000);
+    /// `[alerts] beacon_min_intervals` (each destination keeps this many).
+    pub const BEACON_MIN_INTERVALS: (usize, usize) = (1, 1_000);
+    /// `[alerts] beacon_max_jitter` (stddev / mean).
+    pub const BEACON_MAX_JITTER: (f64, f64) = (0.0, 10.0);
+    /// `[alerts] dns_max_name_bytes` (a DNS name has at most 255).
+    pub const DNS_MAX_NAME_BYTES: (usize, usize) = (1, 255);
+    /// `[alerts] dns_max_queries_per_min`.
+    pub const DNS_MAX_QUERIES_PER_MIN: (usize, usize) = (1, 1_000_000);
+    /// `[alerts] dns_max_subdomains`.
+    pub const DNS_MAX_SUBDOMAINS: (usize, usize) = (0, 1_000_000);
+    /// `[alerts] dns_entropy_bits`, bits per character (0: off).
+    pub const DNS_ENTROPY_BITS: (f64, f64) = (0.0, 8.0);
+    /// `[alerts] bandwidth_*_bps` thresholds, bytes per second (1 PB/s).
+    pub const BANDWIDTH_BPS: (f64, f64) = (0.0, 1e15);
+    /// `[alerts] bandwidth_consecutive` samples.
+    pub const BANDWIDTH_CONSECUTIVE: (u32, u32) = (1, 10_000);
+    /// `[alerts] bandwidth_baseline_multiple` (0: off).
+    pub const BANDWIDTH_BASELINE_MULTIPLE: (f64, f64) = (0.0, 1e6);
+}
+
+/// A number as a message shows it: plainly, or in exponent form when it is
+/// huge, tiny, NaN or infinite (`1e300`, not three hundred digits).
+fn shown(v: f64) -> String {
+    let a = v.abs();
+    if v.is_finite() && (a == 0.0 || (1e-6..1e15).contains(&a)) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// A duration setting: `v` seconds, finite and within `min..=max`.
 fn secs(name: &str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
     if !(v.is_finite() && v >= min && v <= max) {
         return Err(invalid(format!(
-            "{name} {v}: must be between {min} and {max} seconds"
+            "{name} {}: must be between {} and {} seconds",
+            shown(v),
+            shown(min),
+            shown(max)
         )));
     }
-    Ok(Duration::from_secs_f64(v))
+    Duration::try_from_secs_f64(v).map_err(|e| invalid(format!("{name} {}: {e}", shown(v))))
+}
+
+/// An integer setting within `(lo, hi)`, both included.
+fn int_in<T: PartialOrd + fmt::Display + Copy>(
+    name: &str,
+    v: T,
+    (lo, hi): (T, T),
+) -> Result<T, ConfigError> {
+    if v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(invalid(format!(
+            "{name} {v}: must be between {lo} and {hi}"
+        )))
+    }
+}
+
+/// A real-number setting, finite and within `(lo, hi)`; with
+/// `exclusive_lo` it must be above `lo`.
+fn real_in(
+    name: &str,
+    v: f64,
+    (lo, hi): (f64, f64),
+    exclusive_lo: bool,
+) -> Result<f64, ConfigError> {
+    let above = if exclusive_lo { v > lo } else { v >= lo };
+    if v.is_finite() && above && v <= hi {
+        Ok(v)
+    } else {
+        let (from, to) = if exclusive_lo {
+            ("above", "and at most")
+        } else {
+            ("between", "and")
+        };
+        Err(invalid(format!(
+            "{name} {}: must be {from} {} {to} {}",
+            shown(v),
+            shown(lo),
+            shown(hi)
+        )))
+    }
 }
 
 /// The ingest URL for an endpoint: `<endpoint>/api/v1/ingest` (an endpoint
@@ -620,21 +723,21 @@ pub fn resolve(
             "eBPF tier {tier:?} is not a tier: expected auto, fentry, kprobe or tracepoint"
         )));
     }
-    let max_sockets = args.max_sockets.or(f.ebpf.max_sockets).unwrap_or(65536);
-    if max_sockets == 0 {
-        return Err(invalid(
-            "max_sockets 0: the socket map needs at least one entry",
-        ));
-    }
+    let max_sockets = int_in(
+        "max_sockets",
+        args.max_sockets.or(f.ebpf.max_sockets).unwrap_or(65536),
+        limits::MAX_SOCKETS,
+    )?;
     let ringbuf_bytes = args
         .ringbuf_bytes
         .or(f.ebpf.ringbuf_bytes)
         .unwrap_or(1 << 20);
-    if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < 4096 {
+    if !ringbuf_bytes.is_power_of_two() || ringbuf_bytes < limits::RINGBUF_BYTES.0 {
         return Err(invalid(format!(
             "ringbuf_bytes {ringbuf_bytes} is not a power of two of at least 4096 (a page)"
         )));
     }
+    int_in("ringbuf_bytes", ringbuf_bytes, limits::RINGBUF_BYTES)?;
 
     let mut outputs: Vec<Output> = if !args.output.is_empty() {
         args.output.clone()
@@ -664,21 +767,21 @@ pub fn resolve(
     } else {
         DEFAULT_VIEW_INTERVAL_SECS
     });
-    if !(interval_secs.is_finite() && interval_secs >= MIN_INTERVAL_SECS) {
-        return Err(invalid(format!(
-            "interval {interval_secs}: must be at least {MIN_INTERVAL_SECS} seconds"
-        )));
-    }
-    let interval = Duration::from_secs_f64(interval_secs);
+    let interval = secs(
+        "interval",
+        interval_secs,
+        MIN_INTERVAL_SECS,
+        MAX_INTERVAL_SECS,
+    )?;
 
-    let rows = args.rows.or(f.rows).unwrap_or(20);
-    if rows == 0 {
-        return Err(invalid("rows 0: the table needs at least one row"));
-    }
-    let max_connections = args
-        .max_connections
-        .or(f.max_connections)
-        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let rows = int_in("rows", args.rows.or(f.rows).unwrap_or(20), limits::ROWS)?;
+    let max_connections = int_in(
+        "max_connections",
+        args.max_connections
+            .or(f.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        limits::MAX_CONNECTIONS,
+    )?;
 
     let endpoint = args.endpoint.clone().or(f.ingest.endpoint.clone());
     let ingest = if delivering {
@@ -743,15 +846,13 @@ pub fn resolve(
             0.1,
             7.0 * 86400.0,
         )?;
-        let spool_max_bytes = args
-            .spool_max_bytes
-            .or(f.spool.max_bytes)
-            .unwrap_or(DEFAULT_SPOOL_MAX_BYTES);
-        if spool_max_bytes < 64 * 1024 {
-            return Err(invalid(format!(
-                "spool max_bytes {spool_max_bytes}: must be at least 65536"
-            )));
-        }
+        let spool_max_bytes = int_in(
+            "spool max_bytes",
+            args.spool_max_bytes
+                .or(f.spool.max_bytes)
+                .unwrap_or(DEFAULT_SPOOL_MAX_BYTES),
+            limits::SPOOL_MAX_BYTES,
+        )?;
         Some(IngestConfig {
             url,
             api_key,
@@ -819,33 +920,6 @@ pub fn resolve(
     })
 }
 
-fn positive(name: &str, v: f64) -> Result<f64, ConfigError> {
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(invalid(format!("{name} {v}: must be a positive number")))
-    }
-}
-
-fn non_negative(name: &str, v: f64) -> Result<f64, ConfigError> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(invalid(format!("{name} {v}: must be 0 or more")))
-    }
-}
-
-fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
-    name: &str,
-    v: T,
-) -> Result<T, ConfigError> {
-    if v >= T::from(1) {
-        Ok(v)
-    } else {
-        Err(invalid(format!("{name} {v}: must be at least 1")))
-    }
-}
-
 /// `[health]` and `--health` into the probe settings; `None` unless enabled.
 pub fn resolve_health(
     flag: bool,
@@ -893,7 +967,11 @@ pub fn resolve_health(
             0.1,
             3600.0,
         )?,
-        probes: at_least_one("[health] probes", h.probes.unwrap_or(d.probes))?.min(10),
+        probes: int_in(
+            "[health] probes",
+            h.probes.unwrap_or(d.probes),
+            limits::HEALTH_PROBES,
+        )?,
         timeout: Duration::from_millis(timeout_ms),
         gateway,
         dns_server,
@@ -912,23 +990,34 @@ pub fn resolve_alerts(a: &AlertsFile) -> Result<Option<crate::alerts::AlertConfi
         c.active = secs("[alerts] active_secs", v, 1.0, 86_400.0)?;
     }
     if let Some(v) = a.history {
-        c.history = at_least_one("[alerts] history", v)?;
+        c.history = int_in("[alerts] history", v, limits::ALERT_HISTORY)?;
     }
     if let Some(v) = a.port_scan_ports {
-        c.port_scan.distinct_ports = at_least_one("[alerts] port_scan_ports", v)?;
+        c.port_scan.distinct_ports =
+            int_in("[alerts] port_scan_ports", v, limits::PORT_SCAN_PORTS)?;
     }
     if let Some(v) = a.port_scan_failed {
-        c.port_scan.failed_attempts = v;
+        c.port_scan.failed_attempts =
+            int_in("[alerts] port_scan_failed", v, limits::PORT_SCAN_FAILED)?;
     }
     if let Some(v) = a.port_scan_window_secs {
         c.port_scan.window = secs("[alerts] port_scan_window_secs", v, 0.1, 86_400.0)?;
     }
     if let Some(v) = a.beacon_min_intervals {
-        c.beacon.min_intervals = at_least_one("[alerts] beacon_min_intervals", v)?;
+        c.beacon.min_intervals = int_in(
+            "[alerts] beacon_min_intervals",
+            v,
+            limits::BEACON_MIN_INTERVALS,
+        )?;
         c.beacon.max_intervals = c.beacon.max_intervals.max(v);
     }
     if let Some(v) = a.beacon_max_jitter {
-        c.beacon.max_jitter = positive("[alerts] beacon_max_jitter", v)?;
+        c.beacon.max_jitter = real_in(
+            "[alerts] beacon_max_jitter",
+            v,
+            limits::BEACON_MAX_JITTER,
+            true,
+        )?;
     }
     if let Some(v) = a.beacon_min_interval_secs {
         c.beacon.min_interval = secs("[alerts] beacon_min_interval_secs", v, 0.0, 86_400.0)?;
@@ -942,31 +1031,66 @@ pub fn resolve_alerts(a: &AlertsFile) -> Result<Option<crate::alerts::AlertConfi
         )?;
     }
     if let Some(v) = a.dns_max_name_bytes {
-        c.dns_tunnel.max_name_bytes = at_least_one("[alerts] dns_max_name_bytes", v)?;
+        c.dns_tunnel.max_name_bytes =
+            int_in("[alerts] dns_max_name_bytes", v, limits::DNS_MAX_NAME_BYTES)?;
     }
     if let Some(v) = a.dns_max_queries_per_min {
-        c.dns_tunnel.max_queries = at_least_one("[alerts] dns_max_queries_per_min", v)?;
+        c.dns_tunnel.max_queries = int_in(
+            "[alerts] dns_max_queries_per_min",
+            v,
+            limits::DNS_MAX_QUERIES_PER_MIN,
+        )?;
     }
     if let Some(v) = a.dns_max_subdomains {
-        c.dns_tunnel.max_subdomains = v;
+        c.dns_tunnel.max_subdomains =
+            int_in("[alerts] dns_max_subdomains", v, limits::DNS_MAX_SUBDOMAINS)?;
     }
     if let Some(v) = a.dns_entropy_bits {
-        c.dns_tunnel.entropy_bits = non_negative("[alerts] dns_entropy_bits", v)?;
+        c.dns_tunnel.entropy_bits = real_in(
+            "[alerts] dns_entropy_bits",
+            v,
+            limits::DNS_ENTROPY_BITS,
+            false,
+        )?;
     }
     if let Some(v) = a.bandwidth_interface_bps {
-        c.bandwidth.interface_bps = positive("[alerts] bandwidth_interface_bps", v)?;
+        c.bandwidth.interface_bps = real_in(
+            "[alerts] bandwidth_interface_bps",
+            v,
+            limits::BANDWIDTH_BPS,
+            true,
+        )?;
     }
     if let Some(v) = a.bandwidth_process_bps {
-        c.bandwidth.process_bps = positive("[alerts] bandwidth_process_bps", v)?;
+        c.bandwidth.process_bps = real_in(
+            "[alerts] bandwidth_process_bps",
+            v,
+            limits::BANDWIDTH_BPS,
+            true,
+        )?;
     }
     if let Some(v) = a.bandwidth_consecutive {
-        c.bandwidth.consecutive = at_least_one("[alerts] bandwidth_consecutive", v)?;
+        c.bandwidth.consecutive = int_in(
+            "[alerts] bandwidth_consecutive",
+            v,
+            limits::BANDWIDTH_CONSECUTIVE,
+        )?;
     }
     if let Some(v) = a.bandwidth_baseline_multiple {
-        c.bandwidth.baseline_multiple = non_negative("[alerts] bandwidth_baseline_multiple", v)?;
+        c.bandwidth.baseline_multiple = real_in(
+            "[alerts] bandwidth_baseline_multiple",
+            v,
+            limits::BANDWIDTH_BASELINE_MULTIPLE,
+            false,
+        )?;
     }
     if let Some(v) = a.bandwidth_baseline_min_bps {
-        c.bandwidth.baseline_min_bps = non_negative("[alerts] bandwidth_baseline_min_bps", v)?;
+        c.bandwidth.baseline_min_bps = real_in(
+            "[alerts] bandwidth_baseline_min_bps",
+            v,
+            limits::BANDWIDTH_BPS,
+            false,
+        )?;
     }
     Ok(Some(c))
 }
@@ -1391,6 +1515,299 @@ mod tests {
         assert!(e.contains("/nonexistent/netwatch.toml"), "{e}");
         if !Path::new(DEFAULT_CONFIG_PATH).exists() {
             assert!(load_file(&args(&[])).unwrap().is_none());
+        }
+    }
+
+    /// Every numeric setting has a range, and its message names the
+    /// setting, the value and the range.
+    #[test]
+    fn every_numeric_setting_is_range_checked_with_a_clear_message() {
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["--interval", "1e300"],
+                "",
+                "interval 1e300: must be between 0.05 and 86400 seconds",
+            ),
+            (
+                &["--interval", "inf"],
+                "",
+                "interval inf: must be between 0.05 and 86400 seconds",
+            ),
+            (
+                &[],
+                "interval_secs = 86400.5\n",
+                "interval 86400.5: must be between 0.05 and 86400 seconds",
+            ),
+            (
+                &["--max-sockets", "0"],
+                "",
+                "max_sockets 0: must be between 1 and 16777216",
+            ),
+            (
+                &[],
+                "[ebpf]\nmax_sockets = 4294967295\n",
+                "max_sockets 4294967295: must be between 1 and 16777216",
+            ),
+            (
+                &["--ringbuf-bytes", "2147483648"],
+                "",
+                "ringbuf_bytes 2147483648: must be between 4096 and 1073741824",
+            ),
+            (&["--rows", "0"], "", "rows 0: must be between 1 and 10000"),
+            (
+                &["--max-connections", "18446744073709551615"],
+                "",
+                "max_connections 18446744073709551615: must be between 0 and 1000000",
+            ),
+            (
+                &[
+                    "--output",
+                    "prometheus",
+                    "--metrics-process-expiry",
+                    "1e300",
+                ],
+                "",
+                "process_expiry_secs 1e300: must be between 1 and 604800 seconds",
+            ),
+            (
+                &["--health"],
+                "[health]\nprobes = 11\n",
+                "[health] probes 11: must be between 1 and 10",
+            ),
+            (
+                &["--health"],
+                "[health]\ninterval_secs = nan\n",
+                "[health] interval_secs NaN: must be between 0.1 and 3600 seconds",
+            ),
+            (
+                &[],
+                "[alerts]\nactive_secs = -inf\n",
+                "[alerts] active_secs -inf: must be between 1 and 86400 seconds",
+            ),
+            (
+                &[],
+                "[alerts]\nhistory = 100001\n",
+                "[alerts] history 100001: must be between 1 and 100000",
+            ),
+            (
+                &[],
+                "[alerts]\nport_scan_ports = 70000\n",
+                "[alerts] port_scan_ports 70000: must be between 1 and 65535",
+            ),
+            (
+                &[],
+                "[alerts]\nport_scan_failed = 2000000\n",
+                "[alerts] port_scan_failed 2000000: must be between 0 and 1000000",
+            ),
+            (
+                &[],
+                "[alerts]\nbeacon_min_intervals = 5000\n",
+                "[alerts] beacon_min_intervals 5000: must be between 1 and 1000",
+            ),
+            (
+                &[],
+                "[alerts]\nbeacon_max_jitter = 0\n",
+                "[alerts] beacon_max_jitter 0: must be above 0 and at most 10",
+            ),
+            (
+                &[],
+                "[alerts]\ndns_max_name_bytes = 256\n",
+                "[alerts] dns_max_name_bytes 256: must be between 1 and 255",
+            ),
+            (
+                &[],
+                "[alerts]\ndns_max_subdomains = 1000001\n",
+                "[alerts] dns_max_subdomains 1000001: must be between 0 and 1000000",
+            ),
+            (
+                &[],
+                "[alerts]\ndns_entropy_bits = 9\n",
+                "[alerts] dns_entropy_bits 9: must be between 0 and 8",
+            ),
+            (
+                &[],
+                "[alerts]\nbandwidth_process_bps = 1e300\n",
+                "[alerts] bandwidth_process_bps 1e300: must be above 0 and at most 1e15",
+            ),
+            (
+                &[],
+                "[alerts]\nbandwidth_consecutive = 0\n",
+                "[alerts] bandwidth_consecutive 0: must be between 1 and 10000",
+            ),
+            (
+                &[],
+                "[alerts]\nbandwidth_baseline_multiple = nan\n",
+                "[alerts] bandwidth_baseline_multiple NaN: must be between 0 and 1000000",
+            ),
+        ];
+        for (argv, text, want) in cases {
+            let f = (!text.is_empty()).then(|| file(text)).flatten();
+            let e = err(resolve(&args(argv), None, f));
+            assert_eq!(&e, want, "{argv:?} {text:?}");
+        }
+        let ingest = ["--output", "ingest", "--endpoint", "https://cloud.example"];
+        let e = err(resolve(
+            &args(&[&ingest[..], &["--spool-max-bytes", "18446744073709551615"]].concat()),
+            Some("k3y"),
+            None,
+        ));
+        assert_eq!(
+            e,
+            "spool max_bytes 18446744073709551615: must be between 65536 and 1099511627776"
+        );
+        let e = err(resolve(
+            &args(&ingest),
+            Some("k3y"),
+            file("[ingest]\nrequest_timeout_secs = 1e300\n"),
+        ));
+        assert_eq!(
+            e,
+            "request_timeout_secs 1e300: must be between 0.1 and 600 seconds"
+        );
+    }
+
+    /// Numeric settings of the config file, by section ("" for top level).
+    const FLOAT_KEYS: &[(&str, &str)] = &[
+        ("", "interval_secs"),
+        ("ingest", "retry_initial_secs"),
+        ("ingest", "retry_max_secs"),
+        ("ingest", "request_timeout_secs"),
+        ("ingest", "flush_timeout_secs"),
+        ("ingest", "payment_recheck_secs"),
+        ("prometheus", "process_expiry_secs"),
+        ("health", "interval_secs"),
+        ("alerts", "active_secs"),
+        ("alerts", "port_scan_window_secs"),
+        ("alerts", "beacon_max_jitter"),
+        ("alerts", "beacon_min_interval_secs"),
+        ("alerts", "beacon_max_interval_secs"),
+        ("alerts", "dns_entropy_bits"),
+        ("alerts", "bandwidth_interface_bps"),
+        ("alerts", "bandwidth_process_bps"),
+        ("alerts", "bandwidth_baseline_multiple"),
+        ("alerts", "bandwidth_baseline_min_bps"),
+    ];
+    const INT_KEYS: &[(&str, &str)] = &[
+        ("", "rows"),
+        ("", "max_connections"),
+        ("ebpf", "max_sockets"),
+        ("ebpf", "ringbuf_bytes"),
+        ("ingest", "batch_max_snapshots"),
+        ("ingest", "batch_max_bytes"),
+        ("spool", "max_bytes"),
+        ("prometheus", "top_processes"),
+        ("health", "probes"),
+        ("health", "timeout_ms"),
+        ("alerts", "history"),
+        ("alerts", "port_scan_ports"),
+        ("alerts", "port_scan_failed"),
+        ("alerts", "beacon_min_intervals"),
+        ("alerts", "dns_max_name_bytes"),
+        ("alerts", "dns_max_queries_per_min"),
+        ("alerts", "dns_max_subdomains"),
+        ("alerts", "bandwidth_consecutive"),
+    ];
+    /// Command-line flags that take a number.
+    const NUMERIC_FLAGS: &[&str] = &[
+        "--interval",
+        "--max-sockets",
+        "--ringbuf-bytes",
+        "--rows",
+        "--max-connections",
+        "--spool-max-bytes",
+        "--metrics-process-expiry",
+        "--metrics-top-processes",
+    ];
+
+    /// How TOML writes `v` (`nan`, `inf`, `1e300`).
+    fn toml_float(v: f64) -> String {
+        if v.is_nan() {
+            "nan".into()
+        } else if v.is_infinite() {
+            if v > 0.0 { "inf" } else { "-inf" }.into()
+        } else {
+            format!("{v:?}")
+        }
+    }
+
+    /// Resolve with every section in use (ingest, prometheus, health,
+    /// alerts), so every key is validated.
+    fn resolve_all(extra: &[&str], text: &str) -> Result<Config, ConfigError> {
+        let mut argv = vec![
+            "netwatch-agent",
+            "--output",
+            "ingest",
+            "--output",
+            "prometheus",
+            "--endpoint",
+            "https://cloud.example",
+            "--health",
+        ];
+        argv.extend_from_slice(extra);
+        let Ok(a) = Args::try_parse_from(argv) else {
+            return Err(invalid("refused by the command-line parser"));
+        };
+        let f = match parse_file(text) {
+            Ok(f) => Some((PathBuf::from("/test.toml"), f)),
+            Err(e) => return Err(invalid(e)),
+        };
+        resolve(&a, Some("k3y"), f)
+    }
+
+    /// A resolved config holds only what its users can take: durations
+    /// that `Duration` arithmetic and timers accept.
+    fn usable(c: &Config) {
+        assert!(c.interval >= Duration::from_millis(50));
+        assert!(c.interval <= Duration::from_secs(86_400));
+        if let Some(i) = &c.ingest {
+            assert!(i.retry_initial <= i.retry_max);
+            assert!(i.request_timeout <= Duration::from_secs(600));
+        }
+    }
+
+    proptest::proptest! {
+        /// Any value of any numeric setting, in the file or on the command
+        /// line, either resolves to a usable config or is refused with a
+        /// message naming the setting; nothing panics.
+        #[test]
+        fn prop_numeric_settings_resolve_or_refuse_never_panic(
+            fk in 0..FLOAT_KEYS.len(),
+            fv in proptest::num::f64::ANY,
+            ik in 0..INT_KEYS.len(),
+            iv in proptest::prelude::any::<u64>(),
+            flag in 0..NUMERIC_FLAGS.len(),
+            small in proptest::prelude::any::<bool>(),
+        ) {
+            // Small values reach the interesting edges more often.
+            let iv = if small { iv % 300_000 } else { iv };
+            let (section, key) = FLOAT_KEYS[fk];
+            let text = if section.is_empty() {
+                format!("{key} = {}\n", toml_float(fv))
+            } else {
+                format!("[{section}]\n{key} = {}\n", toml_float(fv))
+            };
+            match resolve_all(&[], &text) {
+                Ok(c) => usable(&c),
+                Err(e) => {
+                    let e = e.to_string();
+                    let named = e.contains(key) || e.contains("interval") || e.contains("max_bytes");
+                    proptest::prop_assert!(named, "{text:?}: {e}");
+                }
+            }
+            let (section, key) = INT_KEYS[ik];
+            let text = if section.is_empty() {
+                format!("{key} = {iv}\n")
+            } else {
+                format!("[{section}]\n{key} = {iv}\n")
+            };
+            if let Ok(c) = resolve_all(&[], &text) {
+                usable(&c);
+            }
+            for v in [fv.to_string(), iv.to_string()] {
+                if let Ok(c) = resolve_all(&[NUMERIC_FLAGS[flag], &v], "") {
+                    usable(&c);
+                }
+            }
         }
     }
 }

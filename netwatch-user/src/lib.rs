@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod attribution;
+pub mod clock;
 pub mod config;
 pub mod counter;
 pub mod estimate;

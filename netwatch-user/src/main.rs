@@ -36,8 +36,17 @@ fn main() -> Result<()> {
         let _ctx = runtime.enter();
         agent::StopSignals::take_over().context("handling SIGINT and SIGTERM")?
     };
-    let file = config::load_file(&args)?;
-    let cfg = config::resolve(&args, env_key.as_deref(), file)?;
+    let cfg = match config::load_file(&args)
+        .and_then(|file| config::resolve(&args, env_key.as_deref(), file))
+    {
+        Ok(cfg) => cfg,
+        // A usage error, as clap's own: status 2, the message names the
+        // setting, the value and what is allowed.
+        Err(e) => {
+            eprintln!("netwatch-agent: {e}");
+            std::process::exit(2);
+        }
+    };
     drop(env_key);
     if let Some(p) = &cfg.config_file {
         log::info!("configuration read from {}", p.display());

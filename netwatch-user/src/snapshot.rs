@@ -108,13 +108,20 @@ impl HostCollectors {
     pub fn fill(&mut self, _snap: &mut Snapshot) {}
 
     /// Fill `snap.dns_analytics` from the source's DNS events of the
-    /// interval; `None` (a source that sees no packets) leaves it empty.
-    pub fn fill_dns(&mut self, snap: &mut Snapshot, events: Option<Vec<DnsEvent>>) {
+    /// interval, as of the tick's monotonic time `now`
+    /// ([`crate::clock::Clock::mono`]); `None` (a source that sees no
+    /// packets) leaves it empty.
+    pub fn fill_dns(
+        &mut self,
+        snap: &mut Snapshot,
+        events: Option<Vec<DnsEvent>>,
+        now: std::time::Duration,
+    ) {
         let Some(events) = events else { return };
         for e in &events {
             self.dns.observe(e);
         }
-        snap.dns_analytics = Some(self.dns.take());
+        snap.dns_analytics = Some(self.dns.take(now));
     }
 
     /// Fill process metadata (ppid, user, cpu, memory, state, start, exe).

@@ -1671,9 +1671,7 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
     for ip in ["127.0.0.1", "::1"] {
         let ip: std::net::IpAddr = ip.parse().unwrap();
         src.take_tcp_records();
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
+        let started = netwatch::clock::mono_now();
         // Accepted.
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
         let server = listener.local_addr().unwrap();
@@ -1686,15 +1684,13 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
         let err = TcpStream::connect(refused).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
         let recs = src.take_tcp_records();
-        let ended = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
+        let ended = netwatch::clock::mono_now();
         for (r, at) in &recs {
             if r.sport == server.port() || r.dport == server.port() || r.dport == port {
-                // Wall-clock times of the kernel's monotonic stamps.
-                let slack = Duration::from_secs(1);
+                // The kernel's monotonic stamps, on the agent's monotonic
+                // clock: within the calls that made them.
                 assert!(
-                    *at + slack >= started && *at <= ended + slack,
+                    *at >= started && *at <= ended,
                     "{tier}: record time {at:?} outside [{started:?}, {ended:?}]"
                 );
             }
@@ -1815,4 +1811,135 @@ fn tcp_events_fentry_tier() {
     if let Some(src) = load_or_skip(Tier::Fentry) {
         tcp_events(Tier::Fentry, src);
     }
+}
+
+/// Sets the wall clock by `by_secs` (negative: back) with
+/// `clock_settime(CLOCK_REALTIME)`.
+fn step_wall_clock(by_secs: i64) {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime/clock_settime read and write one timespec we own.
+    unsafe {
+        assert_eq!(libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts), 0);
+        ts.tv_sec += by_secs;
+        assert_eq!(
+            libc::clock_settime(libc::CLOCK_REALTIME, &ts),
+            0,
+            "setting the guest's wall clock: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Puts the wall clock back where the test found it, even if it fails.
+struct WallClockStep(i64);
+
+impl WallClockStep {
+    fn by(&mut self, secs: i64) {
+        step_wall_clock(secs);
+        self.0 += secs;
+    }
+}
+
+impl Drop for WallClockStep {
+    fn drop(&mut self) {
+        step_wall_clock(-self.0);
+    }
+}
+
+/// The wall clock really stepped (guest only: it sets the clock, which on
+/// the host would disturb everything else): the kernel collector's TCP
+/// events raise a port-scan alert after the clock went back an hour, the
+/// alert is stamped with the stepped wall clock, and it stays active for
+/// exactly its window (4 s here) across a step two hours forward. With
+/// wall-clock windows it expired on the tick that raised it.
+#[test]
+fn an_alert_keeps_its_window_when_the_guest_wall_clock_steps() {
+    use netwatch::agent::Agent;
+    use netwatch::alerts::{AlertConfig, Detectors};
+    use netwatch_common::wire::{AlertCategory, CollectorInfo};
+    let _serial = serial();
+    if !cases::guest() {
+        println!("skipped on the host: it sets the wall clock (runs in the QEMU guest)");
+        return;
+    }
+    let Some(src) = load_best_with(65536, 1 << 20, true) else {
+        return;
+    };
+    let info = CollectorInfo {
+        source: "ebpf".into(),
+        ebpf_tier: None,
+        estimated: false,
+        fallback_reason: None,
+        lost_records: None,
+        connections_truncated: None,
+    };
+    let active = Duration::from_secs(4);
+    let cfg = AlertConfig {
+        active,
+        ..AlertConfig::default()
+    };
+    let mut agent = Agent::new(
+        Box::new(src),
+        info,
+        netwatch::snapshot::HostCollectors::new(),
+        Vec::new(),
+        Instant::now(),
+    )
+    .with_alerts(Detectors::new(cfg));
+    agent.prime();
+    let mut wall = WallClockStep(0);
+    wall.by(-3600);
+    // 20 refused connects to distinct closed ports of 127.0.0.1.
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < 20 {
+        let port = closed_port("127.0.0.1".parse().unwrap());
+        if ports.insert(port) {
+            TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap_err();
+        }
+    }
+    let scanned = Instant::now();
+    let ours = |snap: &netwatch_common::wire::Snapshot| -> Vec<netwatch_common::wire::Alert> {
+        snap.alerts
+            .iter()
+            .flatten()
+            .filter(|a| {
+                a.category == AlertCategory::PortScan && a.message == "Port scan from 127.0.0.1"
+            })
+            .cloned()
+            .collect()
+    };
+    let snap = agent.snapshot();
+    let raised = ours(&snap);
+    assert_eq!(raised.len(), 1, "one scan alert: {:#?}", snap.alerts);
+    let lag = (chrono::Utc::now() - raised[0].timestamp).num_milliseconds();
+    assert!(
+        (0..5_000).contains(&lag),
+        "stamped with the stepped wall clock: {} is {lag} ms before now",
+        raised[0].timestamp
+    );
+    wall.by(7200);
+    let mut seen_until = Duration::ZERO;
+    loop {
+        thread::sleep(Duration::from_millis(200));
+        let snap = agent.snapshot();
+        let age = scanned.elapsed();
+        let now = ours(&snap);
+        if now.is_empty() {
+            assert!(
+                age >= active - Duration::from_millis(500),
+                "the alert went after {age:?}, before its {active:?} window"
+            );
+            break;
+        }
+        assert_eq!(now[0].timestamp, raised[0].timestamp, "its timestamp stays");
+        seen_until = age;
+        assert!(
+            age < active + Duration::from_secs(3),
+            "the alert outlived its window: still active after {age:?}"
+        );
+    }
+    println!("NETWATCH-CLOCK-STEP: the alert stayed {seen_until:?} of its {active:?} window across steps of -1 h and +2 h");
 }

@@ -340,7 +340,11 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
     // The analytics are built where snapshots are, from the source's events.
     let mut host = netwatch::snapshot::HostCollectors::new();
     let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
-    host.fill_dns(&mut snap, src.take_dns_events());
+    host.fill_dns(
+        &mut snap,
+        src.take_dns_events(),
+        netwatch::clock::mono_now(),
+    );
     let a = snap
         .dns_analytics
         .expect("pcap always yields DNS events, so the snapshot has analytics");
@@ -366,7 +370,11 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
     );
     // The interval restarts.
     let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
-    host.fill_dns(&mut snap, src.take_dns_events());
+    host.fill_dns(
+        &mut snap,
+        src.take_dns_events(),
+        netwatch::clock::mono_now(),
+    );
     let again = snap.dns_analytics.unwrap_or_default();
     assert_eq!((again.total_queries, again.total_responses), (0, 0));
     assert_eq!(src.stats().dns_malformed, 0);

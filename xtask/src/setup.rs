@@ -20,7 +20,8 @@ const BPF_LINKER: &str = "bpf-linker@0.13.0";
 /// libpcap for the pcap source, iproute2 for `ss` and `ip netns`, QEMU +
 /// busybox + cpio for the guest kernel tests; and the tools the tests drive:
 /// bpftool (incompatible pins), tmux (the live view), curl (/metrics
-/// scrapes), openssl (a TLS peer), util-linux's setpriv (least privilege).
+/// scrapes), openssl (a TLS peer), util-linux's setpriv (least privilege),
+/// bindfs (a FUSE filesystem the hung-mount test stops).
 /// (`systemd-analyze verify` of the unit runs where systemd is installed.)
 const HOST_PACKAGES: &[&str] = &[
     "libpcap-dev",
@@ -34,6 +35,7 @@ const HOST_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "util-linux",
+    "bindfs",
 ];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.

@@ -49,6 +49,7 @@ const GUEST_TESTS: &[&str] = &[
     "tcp_events_fentry_tier",
     "tcp_events_kprobe_tier",
     "tcp_events_tracepoint_tier",
+    "an_alert_keeps_its_window_when_the_guest_wall_clock_steps",
 ];
 
 /// A stock kernel the guest tests run on.

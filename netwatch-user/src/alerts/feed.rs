@@ -70,8 +70,12 @@ impl<'a> Conn<'a> {
 /// What the agent saw in one tick.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tick<'a> {
-    /// The tick's time since the Unix epoch.
+    /// The tick's monotonic time ([`crate::clock::Clock::mono`]): the
+    /// scale of every event time.
     pub now: Duration,
+    /// The tick's wall-clock time, read with `now`: for alert timestamps
+    /// only, never for a window.
+    pub wall: chrono::DateTime<chrono::Utc>,
     pub tcp: &'a [TcpEvent],
     /// The tick's connection rows that are new ([`Conn::new`]) or listen
     /// ([`Conn::wanted`]); others may be present and are ignored.

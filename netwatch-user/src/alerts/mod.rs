@@ -8,8 +8,11 @@
 //! counts alerts per category and severity for a metrics sink.
 //!
 //! It must never read the system or the network, and never take the clock
-//! itself: every event carries its time (since the Unix epoch), so the same
-//! events always raise the same alerts.
+//! itself: every event carries its time, so the same events always raise
+//! the same alerts. Event times are monotonic ([`crate::clock::Clock::mono`]),
+//! so every window and the active period are immune to wall-clock steps;
+//! an alert's wall-clock `timestamp` is derived from the tick's reading of
+//! both clocks ([`AlertEngine::set_clock`]).
 
 pub mod bandwidth;
 pub mod beacon;
@@ -130,7 +133,9 @@ impl Default for AlertConfig {
     }
 }
 
-/// Wall-clock time of an event time (since the Unix epoch).
+/// An event time read as time since the Unix epoch: the wall time of an
+/// event when monotonic and wall clocks are taken to agree (an engine
+/// whose clock was never set, as in tests).
 pub fn wall(at: Duration) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp(
         i64::try_from(at.as_secs()).unwrap_or(i64::MAX),
@@ -150,6 +155,9 @@ pub struct AlertEngine {
     active: VecDeque<(Duration, Alert)>,
     history: VecDeque<Alert>,
     latest: Duration,
+    /// The latest reading of both clocks (monotonic, wall), for alert
+    /// timestamps.
+    clock: (Duration, DateTime<Utc>),
 }
 
 impl AlertEngine {
@@ -163,7 +171,16 @@ impl AlertEngine {
             active: VecDeque::new(),
             history: VecDeque::new(),
             latest: Duration::ZERO,
+            clock: (Duration::ZERO, DateTime::<Utc>::UNIX_EPOCH),
         }
+    }
+
+    /// One reading of both clocks (monotonic `mono`, wall `wall`), taken
+    /// each tick: raised alerts get the wall time that is as far from
+    /// `wall` as their event is from `mono`. Until set, an event time is
+    /// read as time since the Unix epoch ([`wall`]).
+    pub fn set_clock(&mut self, mono: Duration, wall: DateTime<Utc>) {
+        self.clock = (mono, wall);
     }
 
     /// Feed one event to every detector; returns what it raised.
@@ -194,7 +211,7 @@ impl AlertEngine {
             category: r.category,
             message: r.message,
             detail: r.detail,
-            timestamp: wall(at),
+            timestamp: crate::clock::wall_at(at, self.clock.0, self.clock.1),
         };
         self.active.push_back((at, alert.clone()));
         self.history.push_back(alert.clone());
@@ -247,6 +264,7 @@ impl Detectors {
     /// Feed one tick's observations; returns the active alerts (the
     /// snapshot's `alerts`).
     pub fn tick(&mut self, t: feed::Tick<'_>) -> Vec<Alert> {
+        self.engine.set_clock(t.now, t.wall);
         for e in self.feed.events(t) {
             for a in self.engine.observe(&e) {
                 log::warn!("alert: {} ({})", a.message, a.detail);
@@ -255,14 +273,6 @@ impl Detectors {
         self.engine.expire(t.now);
         self.engine.active()
     }
-}
-
-/// A wall-clock time as an event time (since the Unix epoch).
-pub fn since_epoch(t: DateTime<Utc>) -> Duration {
-    Duration::new(
-        u64::try_from(t.timestamp()).unwrap_or(0),
-        t.timestamp_subsec_nanos(),
-    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,13 @@
 //! and its disk, a device-mapper volume and the disk under it) nor report
 //! one filesystem twice.
 //!
+//! It must never let a filesystem stall the tick: `statvfs` on a hung mount
+//! (a FUSE server stopped, a dead NFS server) blocks until the filesystem
+//! answers, so every `statvfs` runs on a worker thread ([`StatvfsWorkers`])
+//! and the tick waits for them at most [`STATVFS_BUDGET`] in total. A mount
+//! that has not answered by then loses its row (logged once until it
+//! answers again) and is not asked again while its call is stuck.
+//!
 //! Where it differs from netwatch-sdk 0.3.2: the SDK sums every diskstats
 //! row but `loop*`/`ram*`/`dm-*`, so partitions count on top of their disk;
 //! here only whole disks backed by a device (`/sys/block/<name>/device`)
@@ -11,9 +18,11 @@
 //! device (bind mounts) are reported once, and a mount hidden under a later
 //! mount on the same path is dropped, since `statvfs` would report the top one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{DiskIo, DiskUsage};
 use procfs::{DiskStat, FromBufRead, MountEntry};
@@ -72,6 +81,208 @@ pub struct DiskTracker {
     mounts: Option<Mounts>,
     /// The whole disks, and the diskstats names they were listed for.
     whole: Option<(Vec<String>, HashSet<String>)>,
+    statvfs: StatvfsWorkers,
+}
+
+/// The longest a tick waits, in total, for the `statvfs` calls of its
+/// mounts. A local filesystem answers in microseconds; one that takes
+/// longer than this is hung or behind a stalled network, and its row is
+/// left out of this tick.
+pub const STATVFS_BUDGET: Duration = Duration::from_millis(200);
+/// `statvfs` worker threads at most, hung ones included: past this many
+/// hung mounts, further mounts wait for a worker (within the budget).
+pub const MAX_STATVFS_WORKERS: usize = 16;
+/// A worker's stack: it only calls `statvfs`.
+const WORKER_STACK_BYTES: usize = 64 * 1024;
+
+/// `statvfs` figures: (fragment size, blocks, free blocks, blocks
+/// available to unprivileged users).
+type Figures = (u64, u64, u64, u64);
+
+/// A worker's answer for one mount point.
+struct Done {
+    mount_point: String,
+    figures: Result<Figures, rustix::io::Errno>,
+}
+
+/// A worker thread, waiting for mount points to `statvfs`.
+#[derive(Debug)]
+struct Worker {
+    jobs: mpsc::Sender<String>,
+}
+
+/// Threads that run `statvfs` for the tick, each one call at a time, and
+/// what they are doing. A worker whose call hangs stays with its mount
+/// (`busy`) until the call returns; the tick never waits for it beyond the
+/// budget and never joins it, so neither a tick nor the agent's exit
+/// waits on a hung filesystem. At most one call per mount is outstanding,
+/// and at most [`MAX_STATVFS_WORKERS`] workers exist.
+#[derive(Debug)]
+pub struct StatvfsWorkers {
+    idle: Vec<Worker>,
+    /// Mount point → the worker whose call for it has not returned.
+    busy: HashMap<String, Worker>,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    /// Mount points whose call missed the budget and has not answered in
+    /// time since (logged once).
+    hung: HashSet<String>,
+    /// Mounts were left unasked for want of a worker (logged once).
+    starved: bool,
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Done")
+            .field("mount_point", &self.mount_point)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StatvfsWorkers {
+    fn default() -> Self {
+        let (done_tx, done_rx) = mpsc::channel();
+        Self {
+            idle: Vec::new(),
+            busy: HashMap::new(),
+            done_tx,
+            done_rx,
+            hung: HashSet::new(),
+            starved: false,
+        }
+    }
+}
+
+impl StatvfsWorkers {
+    /// The usage of each of `mounts` (in their order) whose `statvfs`
+    /// answered within `budget`; the others are left out, and logged once
+    /// until they answer again.
+    pub fn usage(&mut self, mounts: &[UsageMount], budget: Duration) -> Vec<DiskUsage> {
+        let deadline = Instant::now() + budget;
+        let mut answers: HashMap<String, Result<Figures, rustix::io::Errno>> = HashMap::new();
+        let mut asked: HashSet<&str> = HashSet::new();
+        // A mount whose earlier call is still stuck is not asked again.
+        let mut queue: VecDeque<&UsageMount> = mounts
+            .iter()
+            .filter(|m| !self.busy.contains_key(&m.mount_point))
+            .collect();
+        let mut waiting = 0usize;
+        loop {
+            while let Some(m) = queue.front() {
+                let Some(w) = self.worker() else { break };
+                if w.jobs.send(m.mount_point.clone()).is_err() {
+                    // Its thread is gone (it cannot panic; but never trust
+                    // a dead worker): forget it and try another.
+                    continue;
+                }
+                self.busy.insert(m.mount_point.clone(), w);
+                asked.insert(&m.mount_point);
+                waiting += 1;
+                queue.pop_front();
+            }
+            if waiting == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(left) {
+                Ok(done) => {
+                    if let Some(w) = self.busy.remove(&done.mount_point) {
+                        self.idle.push(w);
+                    }
+                    if asked.contains(done.mount_point.as_str()) {
+                        waiting -= 1;
+                        answers.insert(done.mount_point, done.figures);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if !queue.is_empty() {
+            if !std::mem::replace(&mut self.starved, true) {
+                log::warn!(
+                    "statvfs: {} calls are stuck on hung filesystems; {} more mounts get no \
+                     disk row until one returns",
+                    self.busy.len(),
+                    queue.len()
+                );
+            }
+        } else {
+            self.starved = false;
+        }
+        self.hung
+            .retain(|p| mounts.iter().any(|m| &m.mount_point == p));
+        let mut rows = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            match answers.remove(&m.mount_point) {
+                Some(figures) => {
+                    if self.hung.remove(&m.mount_point) {
+                        log::info!(
+                            "statvfs {} ({}) answers again; its disk row is back",
+                            m.mount_point,
+                            m.device
+                        );
+                    }
+                    match figures {
+                        Ok((frsize, blocks, bfree, bavail)) => {
+                            rows.extend(usage(m, frsize, blocks, bfree, bavail));
+                        }
+                        Err(e) => log::debug!("statvfs {}: {e}; mount skipped", m.mount_point),
+                    }
+                }
+                None if asked.contains(m.mount_point.as_str())
+                    && self.hung.insert(m.mount_point.clone()) =>
+                {
+                    log::warn!(
+                        "statvfs {} ({}) did not answer within {} ms (a hung FUSE or network \
+                         filesystem?): its disk row is left out, and it is not asked again \
+                         until that call returns",
+                        m.mount_point,
+                        m.device,
+                        budget.as_millis()
+                    );
+                }
+                None => {}
+            }
+        }
+        rows
+    }
+
+    /// An idle worker, or a new one while fewer than the cap exist.
+    fn worker(&mut self) -> Option<Worker> {
+        if let Some(w) = self.idle.pop() {
+            return Some(w);
+        }
+        if self.idle.len() + self.busy.len() >= MAX_STATVFS_WORKERS {
+            return None;
+        }
+        let (jobs, rx) = mpsc::channel::<String>();
+        let done = self.done_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("netwatch-statvfs".into())
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                // Ends when the tracker is dropped (its job sender with it)
+                // or, for a call still stuck then, once that call returns.
+                for mount_point in rx {
+                    let figures = rustix::fs::statvfs(mount_point.as_str())
+                        .map(|s| (s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail));
+                    let answer = Done {
+                        mount_point,
+                        figures,
+                    };
+                    if done.send(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Worker { jobs }),
+            Err(e) => {
+                log::debug!("starting a statvfs worker thread: {e}; disk rows left out this tick");
+                None
+            }
+        }
+    }
 }
 
 /// `/proc/self/mounts`, kept open: polling it reports a change of the
@@ -138,13 +349,10 @@ impl DiskTracker {
             None => Mounts::open(),
         };
         match fresh {
-            Ok(m) => self
-                .mounts
-                .insert(m)
-                .usage
-                .iter()
-                .filter_map(statvfs_usage)
-                .collect(),
+            Ok(m) => {
+                let mounts = &self.mounts.insert(m).usage;
+                self.statvfs.usage(mounts, STATVFS_BUDGET)
+            }
             Err(e) => {
                 log::debug!("reading /proc/self/mounts: {e}; disk usage left empty");
                 Vec::new()
@@ -310,17 +518,6 @@ pub fn usage(
     })
 }
 
-/// One mount's usage by `statvfs`; `None` (logged) when it fails.
-fn statvfs_usage(m: &UsageMount) -> Option<DiskUsage> {
-    match rustix::fs::statvfs(m.mount_point.as_str()) {
-        Ok(s) => usage(m, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
-        Err(e) => {
-            log::debug!("statvfs {}: {e}; mount skipped", m.mount_point);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +552,31 @@ mod tests {
         assert!(mounted, "a mount is a change");
         assert!(!still, "reading it again settles the change");
         assert!(m.changed(), "an unmount is a change");
+    }
+
+    /// Answers come back in mount order, a failing mount is skipped, and
+    /// the workers are reused (none left busy, none added on the next tick).
+    #[test]
+    fn statvfs_workers_answer_in_mount_order_and_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = |device: &str, point: &str| UsageMount {
+            device: device.into(),
+            mount_point: point.into(),
+        };
+        let mounts = [
+            m("/dev/a", "/"),
+            m("/dev/b", "/nonexistent/netwatch-statvfs-test"),
+            m("/dev/c", &dir.path().display().to_string()),
+        ];
+        let mut w = StatvfsWorkers::default();
+        let devices = |rows: Vec<DiskUsage>| rows.into_iter().map(|r| r.device).collect::<Vec<_>>();
+        let budget = Duration::from_secs(10);
+        assert_eq!(devices(w.usage(&mounts, budget)), ["/dev/a", "/dev/c"]);
+        let workers = w.idle.len();
+        assert!((1..=3).contains(&workers), "{workers} workers");
+        assert!(w.busy.is_empty() && w.hung.is_empty());
+        assert_eq!(devices(w.usage(&mounts, budget)), ["/dev/a", "/dev/c"]);
+        assert_eq!(w.idle.len(), workers, "no worker added");
     }
 
     fn mounts(text: &str) -> Vec<MountEntry> {

@@ -33,8 +33,14 @@ pub fn latency_bucket(latency: Duration) -> usize {
 
 /// Domains listed in [`DnsAnalytics::top_domains`].
 pub const TOP_DOMAINS: usize = 20;
-/// Queries waiting for a response longer than this are forgotten.
+/// Queries waiting for a response longer than this (monotonic time) are
+/// forgotten.
 pub const OUTSTANDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far the capture timestamps' latency may exceed the monotonic
+/// arrival times' before it is taken for a wall-clock step: packets wait
+/// up to the capture's read timeout (100 ms) before the capture thread
+/// reads them, so arrival times can be that much closer together.
+pub const CAPTURE_SLACK: Duration = Duration::from_secs(1);
 /// Bounds on per-interval state, so a flood cannot grow memory without end.
 const MAX_OUTSTANDING: usize = 65_536;
 const MAX_DOMAINS: usize = 10_000;
@@ -43,21 +49,34 @@ const MAX_DOMAINS: usize = 10_000;
 ///
 /// A query (QR = 0) is matched to its response (QR = 1) by transaction id
 /// and the client's endpoint (the query's source, the response's
-/// destination); latency is the difference of the two packets' capture
-/// timestamps. Counts cover the interval since the last [`Self::take`];
-/// queries still waiting are carried over.
+/// destination). Latency is the difference of the two packets' capture
+/// timestamps (precise, but wall clock), unless it is negative or exceeds
+/// the difference of their monotonic arrival times by more than
+/// [`CAPTURE_SLACK`] (the wall clock was stepped in between): then the
+/// arrival times' difference. Counts cover the interval since the last
+/// [`Self::take`]; queries still waiting are carried over, and forgotten
+/// after [`OUTSTANDING_TIMEOUT`] of monotonic time.
 #[derive(Debug, Default)]
 pub struct DnsTracker {
-    outstanding: HashMap<(u16, SocketAddr), Duration>,
+    /// (txid, client) → the query's (arrival, capture timestamp).
+    outstanding: HashMap<(u16, SocketAddr), (Duration, Duration)>,
     domains: HashMap<String, u32>,
     analytics: DnsAnalytics,
-    latest: Duration,
+}
+
+/// The latency of response `r` to a query that arrived at `sent` (monotonic)
+/// and was stamped `captured` (wall): see [`DnsTracker`].
+fn latency((sent, captured): (Duration, Duration), r: &DnsEvent) -> Duration {
+    let arrival = r.at.saturating_sub(sent);
+    match r.captured.checked_sub(captured) {
+        Some(wall) if wall <= arrival + CAPTURE_SLACK => wall,
+        _ => arrival,
+    }
 }
 
 impl DnsTracker {
     /// Count one DNS message a source saw.
     pub fn observe(&mut self, e: &DnsEvent) {
-        self.latest = self.latest.max(e.at);
         let a = &mut self.analytics;
         match &e.kind {
             DnsEventKind::Response { rcode } => {
@@ -66,14 +85,14 @@ impl DnsTracker {
                     a.nxdomain_count += 1;
                 }
                 if let Some(sent) = self.outstanding.remove(&(e.id, e.client)) {
-                    a.latency_buckets[latency_bucket(e.at.saturating_sub(sent))] += 1;
+                    a.latency_buckets[latency_bucket(latency(sent, e))] += 1;
                 }
             }
             DnsEventKind::Query { name } => {
                 a.total_queries += 1;
                 let key = (e.id, e.client);
                 if self.outstanding.len() < MAX_OUTSTANDING || self.outstanding.contains_key(&key) {
-                    self.outstanding.insert(key, e.at);
+                    self.outstanding.insert(key, (e.at, e.captured));
                 }
                 if let Some(name) = name {
                     let d = base_domain(name);
@@ -87,11 +106,12 @@ impl DnsTracker {
         }
     }
 
-    /// The interval's analytics; counters restart, outstanding queries
-    /// older than [`OUTSTANDING_TIMEOUT`] (by capture time) are dropped.
-    pub fn take(&mut self) -> DnsAnalytics {
-        let cutoff = self.latest.saturating_sub(OUTSTANDING_TIMEOUT);
-        self.outstanding.retain(|_, sent| *sent >= cutoff);
+    /// The interval's analytics as of monotonic time `now`; counters
+    /// restart, outstanding queries that arrived more than
+    /// [`OUTSTANDING_TIMEOUT`] before `now` are dropped.
+    pub fn take(&mut self, now: Duration) -> DnsAnalytics {
+        let cutoff = now.saturating_sub(OUTSTANDING_TIMEOUT);
+        self.outstanding.retain(|_, (sent, _)| *sent >= cutoff);
         let mut top: Vec<(String, u32)> = self.domains.drain().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(TOP_DOMAINS);
@@ -117,6 +137,7 @@ mod tests {
     fn query(id: u16, client: SocketAddr, name: &str, at: Duration) -> DnsEvent {
         DnsEvent {
             at,
+            captured: at,
             client,
             id,
             kind: DnsEventKind::Query {
@@ -128,6 +149,7 @@ mod tests {
     fn response(id: u16, client: SocketAddr, rcode: u8, at: Duration) -> DnsEvent {
         DnsEvent {
             at,
+            captured: at,
             client,
             id,
             kind: DnsEventKind::Response { rcode },
@@ -184,11 +206,12 @@ mod tests {
         // A query whose name was unreadable counts as a query.
         d.observe(&DnsEvent {
             at: t(900),
+            captured: t(900),
             client: c2,
             id: 77,
             kind: DnsEventKind::Query { name: None },
         });
-        let a = d.take();
+        let a = d.take(t(900));
         assert_eq!(a.total_queries, 5);
         assert_eq!(a.total_responses, 4);
         assert_eq!(a.nxdomain_count, 1);
@@ -204,14 +227,14 @@ mod tests {
         assert_eq!(d.outstanding(), 2);
         // Next interval starts from zero; the late answer still matches.
         d.observe(&response(3, c1, 0, t(1003)));
-        let a = d.take();
+        let a = d.take(t(1003));
         assert_eq!((a.total_queries, a.total_responses), (0, 1));
         assert_eq!(a.latency_buckets, [0, 0, 0, 0, 0, 0, 0, 1]);
         assert!(a.top_domains.is_empty());
-        // Queries never answered are forgotten after 5 s of capture time.
+        // Queries never answered are forgotten after 5 s.
         d.observe(&query(4, c1, "a.b", t(2000)));
         d.observe(&query(5, c1, "a.b", t(8000)));
-        d.take();
+        d.take(t(8000));
         assert_eq!(d.outstanding(), 1);
     }
 }

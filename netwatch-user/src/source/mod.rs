@@ -144,8 +144,15 @@ pub struct SampleBatch {
 /// are built from these (`crate::snapshot::dns`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsEvent {
-    /// When it was seen (capture time since the Unix epoch).
+    /// When it was seen, on the monotonic clock
+    /// ([`crate::clock::Clock::mono`]; pcap: when the capture thread read
+    /// the packet): what windows and pending-query expiry use.
     pub at: Duration,
+    /// The packet's own capture timestamp (wall clock, since the Unix
+    /// epoch), finer than `at` but subject to clock steps: used only for
+    /// the latency between a query and its response, and only when it
+    /// agrees with `at` (`crate::snapshot::dns`).
+    pub captured: Duration,
     /// The client's endpoint: a query's source, a response's destination.
     pub client: SocketAddr,
     /// Transaction id.
@@ -170,7 +177,9 @@ pub enum DnsEventKind {
 /// inbound SYN, SYN_SENT for an outbound one, a reset closing a socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpEvent {
-    /// When it was seen (since the Unix epoch).
+    /// When it was seen, on the monotonic clock
+    /// ([`crate::clock::Clock::mono`]: the BPF programs' `bpf_ktime_get_ns`,
+    /// or when the capture thread read the packet).
     pub at: Duration,
     /// The packet's source and destination.
     pub src: SocketAddr,

@@ -237,8 +237,6 @@ struct Shared {
     /// SYNs and resets, for the alert detectors (locality filled at read).
     tcp_events: Vec<TcpEvent>,
     stats: CaptureStats,
-    /// Latest capture timestamp.
-    latest: Duration,
     /// A SYN was seen since the resolver last looked.
     opened: bool,
     /// The capture failed and the thread stopped.
@@ -246,7 +244,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn observe(&mut self, link: LinkType, data: &[u8], wire_len: usize, ts: Duration) {
+    /// Count one captured frame. `arrival` is when the capture thread read
+    /// it (monotonic, [`crate::clock::mono_now`]): the time every window
+    /// and expiry uses. `captured` is libpcap's timestamp (wall clock),
+    /// kept only for DNS latency.
+    fn observe(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        wire_len: usize,
+        arrival: Duration,
+        captured: Duration,
+    ) {
         let p = match decode_captured(link, data, wire_len) {
             Ok(p) => p,
             Err(e) if e.is_malformed() => {
@@ -259,7 +268,6 @@ impl Shared {
             }
         };
         self.stats.packets += 1;
-        self.latest = self.latest.max(ts);
         let (src, dst) = (canonical(p.src), canonical(p.dst));
         let key = FlowKey {
             protocol: p.protocol,
@@ -268,7 +276,7 @@ impl Shared {
         };
         let (bytes, opened, ended) = match p.tcp {
             Some(seg) => {
-                let new = self.streams.count(key, seg, p.payload_len, ts);
+                let new = self.streams.count(key, seg, p.payload_len, arrival);
                 if !seg.rst() {
                     self.stats.repeated_bytes += u64::from(p.payload_len).saturating_sub(new);
                 }
@@ -290,7 +298,7 @@ impl Shared {
             if let Some(kind) = kind {
                 if self.tcp_events.len() < MAX_TCP_EVENTS {
                     self.tcp_events.push(TcpEvent {
-                        at: ts,
+                        at: arrival,
                         src,
                         dst,
                         kind,
@@ -323,7 +331,7 @@ impl Shared {
             }
         }
         if p.protocol == Protocol::Udp && (src.port() == 53 || dst.port() == 53) {
-            let (event, malformed) = dns::event(p.payload, src, dst, ts);
+            let (event, malformed) = dns::event(p.payload, src, dst, arrival, captured);
             if malformed {
                 self.stats.dns_malformed += 1;
             }
@@ -335,6 +343,14 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+impl Shared {
+    /// Forget TCP streams that ended or went idle, as of monotonic time
+    /// `now` (on the scale of the arrival times).
+    fn expire(&mut self, now: Duration) {
+        self.streams.expire(now);
     }
 }
 
@@ -605,11 +621,14 @@ fn capture_loop(
     while !stop.load(Ordering::Relaxed) {
         match cap.next_packet() {
             Ok(p) => {
-                let ts = timestamp(p.header.ts);
+                // Read now, on the monotonic clock: libpcap's own stamp is
+                // wall-clock time, which a clock step moves.
+                let arrival = crate::clock::mono_now();
+                let captured = timestamp(p.header.ts);
                 let wire_len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
                 let opened = {
                     let mut s = lock(shared);
-                    s.observe(link, p.data, wire_len, ts);
+                    s.observe(link, p.data, wire_len, arrival, captured);
                     std::mem::take(&mut s.opened)
                 };
                 if let (true, Some(r)) = (opened, resolver) {
@@ -632,9 +651,7 @@ fn capture_loop(
         }
         if last_expiry.elapsed() >= EXPIRE_EVERY {
             last_expiry = Instant::now();
-            let mut s = lock(shared);
-            let now = s.latest;
-            s.streams.expire(now);
+            lock(shared).expire(crate::clock::mono_now());
         }
     }
 }
@@ -1487,16 +1504,40 @@ mod tests {
                 &tcp(1, 2, 0, &[0; 300]),
             ),
         );
-        s.observe(LinkType::Ethernet, &f, f.len(), Duration::ZERO);
-        s.observe(LinkType::Ethernet, &f[..40], 40, Duration::ZERO);
-        s.observe(LinkType::Ethernet, &f[..64], f.len(), Duration::ZERO);
+        s.observe(
+            LinkType::Ethernet,
+            &f,
+            f.len(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        s.observe(
+            LinkType::Ethernet,
+            &f[..40],
+            40,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        s.observe(
+            LinkType::Ethernet,
+            &f[..64],
+            f.len(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         let q = dns::build_message(1, false, 0, "a.example.com", 1);
         let d = ethernet(
             0x0800,
             &[],
             &ipv4([127, 0, 0, 1], [127, 0, 0, 1], UDP, 0, 0, &udp(999, 53, &q)),
         );
-        s.observe(LinkType::Ethernet, &d, d.len(), Duration::ZERO);
+        s.observe(
+            LinkType::Ethernet,
+            &d,
+            d.len(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         let key = FlowKey {
             protocol: Protocol::Tcp,
             src: sa("127.0.0.1:1"),
@@ -1515,5 +1556,174 @@ mod tests {
                 name: Some("a.example.com".into())
             }
         );
+    }
+
+    /// The test clock's wall part as a libpcap timestamp would carry it.
+    fn stamp(c: &crate::clock::TestClock) -> Duration {
+        use crate::clock::Clock;
+        let w = c.wall();
+        Duration::new(
+            u64::try_from(w.timestamp()).unwrap(),
+            w.timestamp_subsec_nanos(),
+        )
+    }
+
+    fn test_clock() -> crate::clock::TestClock {
+        let wall = chrono::DateTime::<chrono::Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        crate::clock::TestClock::new(Duration::from_secs(5_000), wall)
+    }
+
+    /// A frame as captured now: arrival from the clock's monotonic part,
+    /// libpcap's stamp from its wall part.
+    fn capture(s: &mut Shared, c: &crate::clock::TestClock, f: &[u8]) {
+        use crate::clock::Clock;
+        s.observe(LinkType::Ethernet, f, f.len(), c.mono(), stamp(c));
+    }
+
+    /// One second of the capture thread: time passes, streams expire.
+    fn second(s: &mut Shared, c: &crate::clock::TestClock) {
+        use crate::clock::Clock;
+        c.advance(Duration::from_secs(1));
+        s.expire(c.mono());
+    }
+
+    /// A TCP segment from 127.0.0.1:`sport` to 127.0.0.1:80.
+    fn segment(sport: u16, seq: u32, flags: u8, len: usize) -> Vec<u8> {
+        use frame::tests::{ethernet, ipv4, tcp, TCP};
+        let mut t = tcp(sport, 80, 0, &vec![0x5a; len]);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[13] = flags;
+        ethernet(
+            0x0800,
+            &[],
+            &ipv4([127, 0, 0, 1], [127, 0, 0, 1], TCP, 0, 0, &t),
+        )
+    }
+
+    /// The wall clock stepped back an hour, then forward two, while
+    /// monotonic time runs on: no stream expires early, so retransmitted
+    /// segments count nothing, and every byte counts once (exact totals).
+    /// With libpcap's stamps as the streams' clock, the streams opened after
+    /// the step back expired on the next second and the ones before it on
+    /// the step forward, and each retransmission counted again.
+    #[test]
+    fn clock_steps_neither_expire_streams_nor_count_retransmissions_twice() {
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        let c = test_clock();
+        let mut s = Shared::default();
+        // Stream A before the step.
+        capture(&mut s, &c, &segment(1000, 100, SYN, 0));
+        capture(&mut s, &c, &segment(1000, 101, ACK, 1000));
+        second(&mut s, &c);
+        c.step_wall(chrono::TimeDelta::hours(-1));
+        // Stream B after it.
+        capture(&mut s, &c, &segment(1001, 500, SYN, 0));
+        capture(&mut s, &c, &segment(1001, 501, ACK, 700));
+        for _ in 0..3 {
+            second(&mut s, &c);
+        }
+        // Both retransmit their data.
+        capture(&mut s, &c, &segment(1000, 101, ACK, 1000));
+        capture(&mut s, &c, &segment(1001, 501, ACK, 700));
+        c.step_wall(chrono::TimeDelta::hours(2));
+        // Stream C after the step forward; A and B retransmit again.
+        capture(&mut s, &c, &segment(1002, 9, ACK, 300));
+        for _ in 0..3 {
+            second(&mut s, &c);
+        }
+        capture(&mut s, &c, &segment(1000, 101, ACK, 1000));
+        capture(&mut s, &c, &segment(1001, 501, ACK, 700));
+        let bytes = |port: u16| {
+            s.flows
+                .get(&FlowKey {
+                    protocol: Protocol::Tcp,
+                    src: SocketAddr::from(([127, 0, 0, 1], port)),
+                    dst: sa("127.0.0.1:80"),
+                })
+                .map(|f| f.bytes)
+        };
+        assert_eq!(
+            (bytes(1000), bytes(1001), bytes(1002)),
+            (Some(1000), Some(700), Some(300))
+        );
+        assert_eq!(s.stats.repeated_bytes, 2 * 1000 + 2 * 700);
+        assert_eq!(s.streams.len(), 3, "no stream expired");
+        assert_eq!(s.streams.resyncs(), 0);
+        // Monotonic time alone ends them: idle for IDLE.
+        c.advance(stream::IDLE);
+        s.expire(crate::clock::Clock::mono(&c));
+        assert!(s.streams.is_empty());
+    }
+
+    /// DNS queries match their answers across wall-clock steps, and the
+    /// latency is the real one: a query waiting across a tick after the
+    /// wall clock went back an hour is not forgotten (with capture stamps
+    /// as the clock it was: older than the newest stamp by an hour), and a
+    /// step between a query and its answer does not make it an hour long.
+    #[test]
+    fn clock_steps_neither_lose_pending_dns_queries_nor_skew_latency() {
+        use crate::clock::Clock;
+        use crate::snapshot::dns::DnsTracker;
+        use frame::tests::{ethernet, ipv4, udp, UDP};
+        let c = test_clock();
+        let mut s = Shared::default();
+        let mut tracker = DnsTracker::default();
+        let mut buckets = [0u64; 8];
+        let (mut queries, mut responses) = (0, 0);
+        let dns = |id: u16, response: bool| {
+            let m = dns::build_message(id, response, 0, "www.example.com", 1);
+            let (sp, dp) = if response {
+                (53, 40000 + id)
+            } else {
+                (40000 + id, 53)
+            };
+            ethernet(
+                0x0800,
+                &[],
+                &ipv4([127, 0, 0, 1], [127, 0, 0, 1], UDP, 0, 0, &udp(sp, dp, &m)),
+            )
+        };
+        let mut tick = |s: &mut Shared, t: &mut DnsTracker| {
+            for e in std::mem::take(&mut s.dns) {
+                t.observe(&e);
+            }
+            let a = t.take(c.mono());
+            for (b, n) in buckets.iter_mut().zip(a.latency_buckets) {
+                *b += n;
+            }
+            queries += a.total_queries;
+            responses += a.total_responses;
+        };
+        // 1: the wall clock goes back an hour between query and answer.
+        capture(&mut s, &c, &dns(1, false));
+        tick(&mut s, &mut tracker);
+        c.step_wall(chrono::TimeDelta::hours(-1));
+        c.advance(Duration::from_millis(20));
+        capture(&mut s, &c, &dns(1, true));
+        tick(&mut s, &mut tracker);
+        // 2: after the step, a query waits across a tick.
+        capture(&mut s, &c, &dns(2, false));
+        c.advance(Duration::from_millis(15));
+        tick(&mut s, &mut tracker);
+        c.advance(Duration::from_millis(15));
+        capture(&mut s, &c, &dns(2, true));
+        tick(&mut s, &mut tracker);
+        // 3: the wall clock goes forward two hours between query and answer.
+        capture(&mut s, &c, &dns(3, false));
+        tick(&mut s, &mut tracker);
+        c.step_wall(chrono::TimeDelta::hours(2));
+        c.advance(Duration::from_millis(40));
+        capture(&mut s, &c, &dns(3, true));
+        tick(&mut s, &mut tracker);
+        // 4: no step: the capture stamps give the latency.
+        capture(&mut s, &c, &dns(4, false));
+        c.advance(Duration::from_millis(3));
+        capture(&mut s, &c, &dns(4, true));
+        tick(&mut s, &mut tracker);
+        assert_eq!((queries, responses), (4, 4));
+        // 20 ms, 30 ms, 40 ms, 3 ms.
+        assert_eq!(buckets, [1, 0, 1, 2, 0, 0, 0, 0]);
+        assert_eq!(tracker.outstanding(), 0);
     }
 }

@@ -689,8 +689,9 @@ impl EbpfSource {
         Ok(())
     }
 
-    /// The kernel's TCP event records now in the ring, raw, with their time
-    /// since the Unix epoch (what [`SocketSource::take_tcp_events`] reads).
+    /// The kernel's TCP event records now in the ring, raw, with their
+    /// monotonic time (`bpf_ktime_get_ns`; what
+    /// [`SocketSource::take_tcp_events`] reads).
     pub fn take_tcp_records(
         &mut self,
     ) -> Vec<(netwatch_common::TcpEventRecord, std::time::Duration)> {

@@ -210,7 +210,7 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
 
 /// The packets one record stands for, in wire order: a reset answering a
 /// SYN to a closed port is that SYN and the reset. `at` is the record's
-/// time since the Unix epoch. Empty for a malformed record.
+/// monotonic time (`bpf_ktime_get_ns`). Empty for a malformed record.
 pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
     let (Some(src), Some(dst)) = (
         addr(rec.family, &rec.saddr, rec.sport),
@@ -238,21 +238,6 @@ pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
     }
 }
 
-/// Current (CLOCK_REALTIME − CLOCK_MONOTONIC): turns `bpf_ktime_get_ns`
-/// into time since the Unix epoch.
-fn realtime_offset_ns() -> i128 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec we own.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
-}
-
 /// The ring and what is needed to report each segment once.
 pub struct TcpEvents {
     ring: RingBuf<MapData>,
@@ -276,9 +261,10 @@ impl TcpEvents {
         self.malformed
     }
 
-    /// Every record the ring holds now, with its time since the Unix epoch.
+    /// Every record the ring holds now, with its monotonic time
+    /// (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`: the scale of
+    /// [`crate::clock::Clock::mono`], so no wall-clock step moves it).
     pub fn take_records(&mut self) -> Vec<(TcpEventRecord, Duration)> {
-        let offset = realtime_offset_ns();
         let mut out = Vec::new();
         while out.len() < MAX_TAKE {
             let Some(item) = self.ring.next() else { break };
@@ -290,9 +276,7 @@ impl TcpEvents {
             // SAFETY: a TcpEventRecord written by our programs (length
             // checked); read_unaligned copes with any alignment.
             let rec = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TcpEventRecord>()) };
-            let ns = (i128::from(rec.ts_ns) + offset).max(0);
-            let at = Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX));
-            out.push((rec, at));
+            out.push((rec, Duration::from_nanos(rec.ts_ns)));
         }
         out
     }

@@ -162,15 +162,17 @@ fn push_label(name: &mut String, label: &[u8]) {
     }
 }
 
-/// The DNS event of one port-53 UDP payload seen from `src` to `dst` at
-/// capture time `at` (since the Unix epoch), and whether part of it was
-/// unreadable. A payload without a readable header is no event; a query
-/// whose name cannot be read is still a query (without a name).
+/// The DNS event of one port-53 UDP payload seen from `src` to `dst`, read
+/// by the capture thread at monotonic time `at` and stamped `captured` by
+/// the kernel (wall clock, since the Unix epoch), and whether part of it
+/// was unreadable. A payload without a readable header is no event; a
+/// query whose name cannot be read is still a query (without a name).
 pub fn event(
     payload: &[u8],
     src: SocketAddr,
     dst: SocketAddr,
     at: Duration,
+    captured: Duration,
 ) -> (Option<DnsEvent>, bool) {
     let header = match parse_header(payload) {
         Ok(h) => h,
@@ -179,6 +181,7 @@ pub fn event(
     if header.is_response {
         let e = DnsEvent {
             at,
+            captured,
             client: dst,
             id: header.id,
             kind: DnsEventKind::Response {
@@ -196,6 +199,7 @@ pub fn event(
     };
     let e = DnsEvent {
         at,
+        captured,
         client: src,
         id: header.id,
         kind: DnsEventKind::Query { name },
@@ -341,10 +345,11 @@ mod tests {
         let at = Duration::from_millis(7);
         let q = build_message(1, false, 0, "WWW.example.com", 1);
         assert_eq!(
-            event(&q, c, srv, at),
+            event(&q, c, srv, at, at),
             (
                 Some(DnsEvent {
                     at,
+                    captured: at,
                     client: c,
                     id: 1,
                     kind: DnsEventKind::Query {
@@ -356,15 +361,15 @@ mod tests {
         );
         let r = build_message(1, true, 3, "www.example.com", 1);
         assert_eq!(
-            event(&r, srv, c, at).0.map(|e| (e.client, e.kind)),
+            event(&r, srv, c, at, at).0.map(|e| (e.client, e.kind)),
             Some((c, DnsEventKind::Response { rcode: 3 }))
         );
         // A query whose name is cut off is still a query, and malformed.
-        let (e, malformed) = event(&q[..q.len() - 3], c, srv, at);
+        let (e, malformed) = event(&q[..q.len() - 3], c, srv, at, at);
         assert!(malformed);
         assert_eq!(e.map(|e| e.kind), Some(DnsEventKind::Query { name: None }));
         // Not DNS at all: no event.
-        assert_eq!(event(b"not dns", c, srv, at), (None, true));
+        assert_eq!(event(b"not dns", c, srv, at, at), (None, true));
     }
 
     proptest! {
@@ -373,7 +378,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = parse(&data);
-            let _ = event(&data, "1.1.1.1:1".parse().unwrap(), "2.2.2.2:53".parse().unwrap(), Duration::ZERO);
+            let _ = event(&data, "1.1.1.1:1".parse().unwrap(), "2.2.2.2:53".parse().unwrap(), Duration::ZERO, Duration::ZERO);
         }
 
         #[test]

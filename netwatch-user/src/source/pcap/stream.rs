@@ -30,7 +30,12 @@ use super::FlowKey;
 
 /// Directions tracked at most.
 pub const MAX_STREAMS: usize = 1 << 18;
-/// A direction idle this long (capture time) is forgotten.
+/// A direction idle this long is forgotten.
+///
+/// Every time here is monotonic: when the capture thread read the segment
+/// ([`crate::clock::mono_now`]), never libpcap's wall-clock stamp, so a
+/// clock step can neither expire a live stream (whose retransmissions would
+/// then count again) nor keep a dead one.
 pub const IDLE: Duration = Duration::from_secs(300);
 /// A direction that ended (FIN or RST) is kept this long for late copies.
 pub const END_GRACE: Duration = Duration::from_secs(10);
@@ -44,7 +49,7 @@ struct Stream {
     isn: Option<u32>,
     /// Sequence number just past the last payload byte counted.
     next: u32,
-    /// Capture time of the latest segment.
+    /// Arrival time (monotonic) of the latest segment.
     last: Duration,
     /// FIN or RST seen.
     ended: bool,
@@ -59,8 +64,8 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// The payload bytes of this segment (`len` bytes from `key.src`, at
-    /// capture time `ts`) that are new to its stream.
+    /// The payload bytes of this segment (`len` bytes from `key.src`,
+    /// arrived at monotonic time `ts`) that are new to its stream.
     pub fn count(&mut self, key: FlowKey, seg: TcpSegment, len: u32, ts: Duration) -> u64 {
         let start = seg.seq.wrapping_add(u32::from(seg.syn()));
         let end = start.wrapping_add(len);
@@ -110,7 +115,7 @@ impl Streams {
     }
 
     /// Forget directions that ended more than [`END_GRACE`] or went idle
-    /// more than [`IDLE`] before capture time `now`.
+    /// more than [`IDLE`] before monotonic time `now`.
     pub fn expire(&mut self, now: Duration) {
         self.map.retain(|_, s| {
             let age = now.saturating_sub(s.last);
