@@ -761,14 +761,7 @@ fn still_loaded(ids: &std::collections::BTreeSet<u32>) -> Vec<u32> {
 /// An agent run to the end with `--once`, its programs read from
 /// `/proc/<pid>/fdinfo` once it is attached; (exit success, stdout,
 /// stderr, program ids).
-fn run_once(
-    extra: &[String],
-) -> (
-    bool,
-    String,
-    Vec<String>,
-    std::collections::BTreeSet<u32>,
-) {
+fn run_once(extra: &[String]) -> (bool, String, Vec<String>, std::collections::BTreeSet<u32>) {
     let mut child = Command::new(AGENT)
         .args([
             "--mode",
@@ -892,7 +885,10 @@ fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
     assert!(ids.len() >= 8, "{ids:?}");
     // Not while an agent runs on them (it would pin them again).
     let (ok, _, err) = unpin(&pins.paths());
-    assert!(!ok && err.contains("an agent is running on these pins"), "{err}");
+    assert!(
+        !ok && err.contains("an agent is running on these pins"),
+        "{err}"
+    );
     a.stop(libc::SIGTERM);
     // Pinned: the programs go on counting without the agent.
     assert!(ids.iter().all(|&id| prog_exists(id)), "{ids:?}");
@@ -901,10 +897,7 @@ fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
     foreign_map(&foreign);
     let (ok, out, err) = unpin(&pins.paths());
     assert!(ok, "--unpin failed: {out}{err}");
-    assert!(
-        out.contains(&format!("removed {}", set.display())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("removed {}", set.display())), "{out}");
     assert!(
         out.contains(&format!("left {}", foreign.display())),
         "{out}"
@@ -913,7 +906,10 @@ fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
     assert_eq!(entries(&pins.dir), vec![foreign.clone()]);
     // Nothing left to remove is not an error.
     let (ok, out, err) = unpin(&pins.paths());
-    assert!(ok && out.contains("nothing of netwatch's is pinned"), "{out}{err}");
+    assert!(
+        ok && out.contains("nothing of netwatch's is pinned"),
+        "{out}{err}"
+    );
     assert!(foreign.exists());
 }
 
@@ -926,7 +922,10 @@ fn a_pin_dir_holding_a_foreign_map_is_refused_and_the_map_survives() {
     let foreign = pins.dir.join("foreign");
     foreign_map(&foreign);
     let (ok, _, log, _) = run_once(&pins.args());
-    assert!(!ok, "the agent ran on a pin dir holding a foreign map: {log:?}");
+    assert!(
+        !ok,
+        "the agent ran on a pin dir holding a foreign map: {log:?}"
+    );
     let text = log.join("\n");
     assert!(
         text.contains("holds 1 entry netwatch did not make (foreign)"),
@@ -1116,8 +1115,8 @@ struct Conn {
 impl Conn {
     fn open() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
-        let client = TcpStream::connect(l.local_addr().expect("listener address"))
-            .expect("connecting");
+        let client =
+            TcpStream::connect(l.local_addr().expect("listener address")).expect("connecting");
         let (server, _) = l.accept().expect("accepting");
         Self { client, server }
     }

@@ -94,7 +94,9 @@ pub fn create(path: &Path) -> io::Result<()> {
 /// of one `u64`): anything else is refused, never read.
 pub fn open(path: &Path) -> Result<Array<MapData, u64>, String> {
     let data = MapData::from_pin(path).map_err(|e| format!("{MAP}: opening the pin: {e}"))?;
-    let info = data.info().map_err(|e| format!("{MAP}: reading its info: {e}"))?;
+    let info = data
+        .info()
+        .map_err(|e| format!("{MAP}: reading its info: {e}"))?;
     let ty = info.map_type().map_err(|e| format!("{MAP}: {e}"))?;
     let shape = (ty, info.key_size(), info.value_size(), info.max_entries());
     if shape != (MapType::Array, 4, 8, 1) {
@@ -336,7 +338,10 @@ impl BaselineStore {
     /// baseline as the pending section beside the committed one. Nothing
     /// is written when it equals the committed one and the file holds that.
     pub fn prepare(&mut self, entries: &[BaselineEntry]) {
-        let same = self.committed.as_ref().is_some_and(|c| c.entries == entries);
+        let same = self
+            .committed
+            .as_ref()
+            .is_some_and(|c| c.entries == entries);
         if same {
             self.pending = None;
             if self.file_current {
@@ -425,7 +430,7 @@ mod tests {
                 secondary: 7,
             },
             pid: 42,
-            udp: primary % 2 == 0,
+            udp: primary.is_multiple_of(2),
             rx,
             tx: 3,
         }

@@ -595,8 +595,8 @@ impl EbpfSource {
                         p.dir.display()
                     )))
                 };
-                let published = pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts)
-                    .map_err(fail)?;
+                let published =
+                    pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts).map_err(fail)?;
                 let held = held::Held::open(&published.root).map_err(LoadError::Pin)?;
                 let store = generation::BaselineStore::fresh(
                     &p.state_file,

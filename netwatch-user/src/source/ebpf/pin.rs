@@ -348,7 +348,9 @@ pub fn remove(path: &Path) -> io::Result<()> {
 /// Whether `name` is a layout tag: `v1-` and 16 lowercase hex digits.
 fn is_tag(name: &str) -> bool {
     name.strip_prefix("v1-").is_some_and(|h| {
-        h.len() == 16 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -414,13 +416,13 @@ pub fn is_ours(path: &Path) -> bool {
                 "links" => names_in(&sub).is_some_and(|tiers| {
                     tiers.iter().all(|(tier, d)| {
                         *d && Tier::ALL.iter().any(|t| t.name() == tier.as_str())
-                            && names_in(&sub.join(tier)).is_some_and(|l| {
-                                l.iter().all(|(n, d)| !d && is_program_name(n))
-                            })
+                            && names_in(&sub.join(tier))
+                                .is_some_and(|l| l.iter().all(|(n, d)| !d && is_program_name(n)))
                     })
                 }),
-                "progs" => names_in(&sub)
-                    .is_some_and(|p| p.iter().all(|(n, d)| !d && is_program_name(n))),
+                "progs" => {
+                    names_in(&sub).is_some_and(|p| p.iter().all(|(n, d)| !d && is_program_name(n)))
+                }
                 _ => false,
             }
     })
@@ -759,9 +761,15 @@ mod tests {
         assert!(e.contains("cilium_calls"), "{e}");
         assert!(check_dir(Path::new("relative/dir")).is_err());
         // A filesystem's root, and where the BPF filesystem is mounted.
-        assert!(check_dir(Path::new("/")).unwrap_err().contains("root of a mounted"));
-        assert!(check_dir(Path::new("/proc")).unwrap_err().contains("root of a mounted"));
-        assert!(check_dir(Path::new(BPFFS)).unwrap_err().contains("root of a mounted"));
+        assert!(check_dir(Path::new("/"))
+            .unwrap_err()
+            .contains("root of a mounted"));
+        assert!(check_dir(Path::new("/proc"))
+            .unwrap_err()
+            .contains("root of a mounted"));
+        assert!(check_dir(Path::new(BPFFS))
+            .unwrap_err()
+            .contains("root of a mounted"));
     }
 
     #[test]
