@@ -597,7 +597,11 @@ impl EbpfSource {
                 };
                 let published =
                     pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts).map_err(fail)?;
-                let held = held::Held::open(&published.root).map_err(LoadError::Pin)?;
+                let held = held::Held::open(&published.root).map_err(|e| {
+                    // Not left attached behind an agent that runs unpinned.
+                    let _ = pin::remove(&published.root);
+                    LoadError::Pin(e)
+                })?;
                 let store = generation::BaselineStore::fresh(
                     &p.state_file,
                     &published.instance,
