@@ -1190,3 +1190,81 @@ fn a_baseline_write_that_fails_never_makes_a_restart_count_twice() {
         "{log:?}"
     );
 }
+
+/// The baseline store's steps against a real generation map (on a BPF
+/// filesystem of this test's own): only the section of the snapshot the
+/// sinks kept last is ever named by the kernel's generation; a failed
+/// write leaves the kernel naming no section until a write succeeds; a
+/// read whose snapshot was not kept is never used.
+#[test]
+fn the_baseline_generation_names_only_what_the_sinks_kept() {
+    use netwatch::source::ebpf::generation::{self, BaselineStore};
+    use netwatch::source::ebpf::pin::BaselineEntry;
+    use netwatch::source::SocketId;
+
+    require_root();
+    let fs = Bpffs::mount("generation");
+    let map = fs.0.join("GENERATION");
+    generation::create(&map).expect("creating the generation map");
+    let open = || generation::open(&map).expect("opening the generation map");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("baseline");
+    // A directory where the temporary file goes makes every write fail.
+    let block = |on: bool| {
+        let tmp = path.with_extension("tmp");
+        if on {
+            std::fs::create_dir(&tmp).expect("blocking the temporary file");
+        } else {
+            std::fs::remove_dir(&tmp).expect("unblocking the temporary file");
+        }
+    };
+    let base = |rx: u64| {
+        vec![BaselineEntry {
+            id: SocketId {
+                primary: 1,
+                secondary: 2,
+            },
+            pid: 7,
+            udp: false,
+            rx,
+            tx: rx / 2,
+        }]
+    };
+    let resumed = || BaselineStore::resume(&path, "inst", open()).1;
+
+    let mut s = BaselineStore::fresh(&path, "inst", open());
+    // Nothing delivered yet: the kernel's generation 0 names nothing.
+    s.prepare(&base(10));
+    assert_eq!(resumed(), None);
+    s.commit();
+    assert_eq!(resumed(), Some(base(10)));
+    // A read whose snapshot no sink kept (no commit), then one kept.
+    s.prepare(&base(20));
+    assert_eq!(resumed(), Some(base(10)));
+    s.prepare(&base(30));
+    s.commit();
+    assert_eq!(resumed(), Some(base(30)));
+    // The same baseline again: nothing to write, the generation stays.
+    let g = s.kernel_generation();
+    s.prepare(&base(30));
+    s.commit();
+    assert_eq!((s.kernel_generation(), resumed()), (g, Some(base(30))));
+    // The write fails (a full or read-only disk), the snapshot is kept:
+    // the kernel names a section no file holds, so a restart uses none.
+    block(true);
+    s.prepare(&base(40));
+    s.commit();
+    assert_eq!(resumed(), None);
+    // The next write that succeeds stores the committed baseline again,
+    // even when the read did not change it.
+    block(false);
+    s.prepare(&base(40));
+    assert_eq!(resumed(), Some(base(40)));
+    // A failed write of a snapshot no sink kept changes nothing.
+    block(true);
+    s.prepare(&base(50));
+    block(false);
+    assert_eq!(resumed(), Some(base(40)));
+    // Another agent's instance never reads this file.
+    assert_eq!(BaselineStore::resume(&path, "other", open()).1, None);
+}
