@@ -775,7 +775,8 @@ fn run_once(extra: &[String]) -> (bool, String, Vec<String>, std::collections::B
             "1.5",
         ])
         .args(extra)
-        .env("RUST_LOG", "info")
+        // Debug for the source: it logs the ids of the programs it loaded.
+        .env("RUST_LOG", "info,netwatch::source::ebpf=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -839,7 +840,17 @@ fn a_run_by_hand_leaves_no_program_loaded_when_it_exits() {
         entries(&pins.dir)
     );
     assert_eq!(entries(&pins.dir), Vec::<PathBuf>::new());
-    assert!(!log.iter().any(|l| l.contains("pinned")), "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("pinned at")), "{log:?}");
+    // The ids it logged are the programs it held.
+    let logged: std::collections::BTreeSet<u32> = log
+        .iter()
+        .find_map(|l| l.split("BPF programs loaded, ids [").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no program ids logged: {log:?}"))
+        .split(", ")
+        .map(|id| id.parse().expect("a program id"))
+        .collect();
+    assert_eq!(logged, ids);
 }
 
 /// `bpftool map create` of a small hash map named `foreign` at `path`:

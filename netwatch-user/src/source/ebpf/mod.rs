@@ -629,6 +629,20 @@ impl EbpfSource {
         ];
         let tcp_ring = take(&mut ebpf, names::TCP_EVENTS)?;
         let active = [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| ebpf.take_map(n));
+        if log::log_enabled!(log::Level::Debug) {
+            let ids: Vec<u32> = ebpf
+                .programs()
+                .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+                .collect();
+            debug!(
+                "BPF programs loaded, ids {ids:?} ({}: `bpftool prog show id N`)",
+                if opts.pin.is_some() {
+                    "pinned: they stay after the agent exits, until `netwatch-agent --unpin`"
+                } else {
+                    "not pinned: they go when the agent exits"
+                }
+            );
+        }
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
         source.states_iter = states_iter;
         source.active = active::ActiveSet::from_maps(active);
