@@ -143,10 +143,21 @@ pub struct Args {
     /// two, at least 4096) [default: 1048576].
     #[arg(long)]
     pub ringbuf_bytes: Option<u32>,
-    /// Do not pin the BPF maps and links: everything goes with the agent
-    /// and a restart counts from zero (development).
+    /// Pin the BPF maps and links under --pin-dir, so the programs keep
+    /// counting while the agent is stopped and a restart continues from
+    /// them (the packaged service does; `--unpin` removes what it left).
+    /// Without it, everything is detached when the agent exits.
+    #[arg(long, conflicts_with = "no_pin")]
+    pub pin: bool,
+    /// Do not pin, even if the config file says `pin = true` (the default
+    /// without either).
     #[arg(long)]
     pub no_pin: bool,
+    /// Remove the BPF pins a pinned agent left under --pin-dir (only
+    /// netwatch's own, named `v1-<16 hex>`), say what was removed, and exit.
+    /// Refused while an agent runs on them.
+    #[arg(long, conflicts_with_all = ["pin", "once"])]
+    pub unpin: bool,
     /// Where the BPF maps and links are pinned [default: /sys/fs/bpf/netwatch].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
@@ -307,7 +318,7 @@ pub struct EbpfFile {
     pub tier: Option<String>,
     pub max_sockets: Option<u32>,
     pub ringbuf_bytes: Option<u32>,
-    /// `false`: do not pin (as `--no-pin`).
+    /// `true`: pin (as `--pin`); off by default.
     pub pin: Option<bool>,
     pub pin_dir: Option<PathBuf>,
     pub pin_state_file: Option<PathBuf>,
@@ -370,7 +381,8 @@ pub struct EbpfSettings {
     pub tier: String,
     pub max_sockets: u32,
     pub ringbuf_bytes: u32,
-    /// Pin maps and links here (`None`: `--no-pin`).
+    /// Pin maps and links here (`None`: not pinning, the default; `--pin`
+    /// or `[ebpf] pin = true` turn it on).
     pub pin_dir: Option<PathBuf>,
     /// The baseline file for restarts.
     pub pin_state_file: PathBuf,
@@ -894,17 +906,9 @@ pub fn resolve(
             tier,
             max_sockets,
             ringbuf_bytes,
-            pin_dir: (!args.no_pin && f.ebpf.pin != Some(false)).then(|| {
-                args.pin_dir
-                    .clone()
-                    .or(f.ebpf.pin_dir.clone())
-                    .unwrap_or_else(|| DEFAULT_PIN_DIR.into())
-            }),
-            pin_state_file: args
-                .pin_state_file
-                .clone()
-                .or(f.ebpf.pin_state_file.clone())
-                .unwrap_or_else(|| DEFAULT_PIN_STATE_FILE.into()),
+            pin_dir: (!args.no_pin && (args.pin || f.ebpf.pin == Some(true)))
+                .then(|| pin_paths(args, &f).0),
+            pin_state_file: pin_paths(args, &f).1,
         },
         interval,
         once: args.once,
@@ -918,6 +922,21 @@ pub fn resolve(
         health,
         alerts,
     })
+}
+
+/// The pin directory and the baseline file, pinning or not (`--unpin`
+/// needs them too): command line, then file, then defaults.
+pub fn pin_paths(args: &Args, file: &FileConfig) -> (PathBuf, PathBuf) {
+    (
+        args.pin_dir
+            .clone()
+            .or(file.ebpf.pin_dir.clone())
+            .unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        args.pin_state_file
+            .clone()
+            .or(file.ebpf.pin_state_file.clone())
+            .unwrap_or_else(|| DEFAULT_PIN_STATE_FILE.into()),
+    )
 }
 
 /// `[health]` and `--health` into the probe settings; `None` unless enabled.
@@ -1210,25 +1229,30 @@ mod tests {
     }
 
     #[test]
-    fn pinning_is_the_default_and_no_pin_or_the_file_turns_it_off() {
+    fn pinning_is_off_by_default_and_pin_or_the_file_turns_it_on() {
         let c = resolve(&args(&[]), None, None).unwrap();
-        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
-        assert_eq!(c.ebpf.pin_state_file, PathBuf::from(DEFAULT_PIN_STATE_FILE));
-        let c = resolve(
-            &args(&["--no-pin", "--pin-dir", "/sys/fs/bpf/x"]),
-            None,
-            None,
-        )
-        .unwrap();
         assert_eq!(c.ebpf.pin_dir, None);
-        let f = "[ebpf]\npin_dir = \"/sys/fs/bpf/f\"\npin_state_file = \"/s/b\"\n";
+        assert_eq!(c.ebpf.pin_state_file, PathBuf::from(DEFAULT_PIN_STATE_FILE));
+        let c = resolve(&args(&["--pin"]), None, None).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from(DEFAULT_PIN_DIR)));
+        let c = resolve(&args(&["--pin", "--pin-dir", "/sys/fs/bpf/x"]), None, None).unwrap();
+        assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/x")));
+        // A directory alone does not pin.
+        let c = resolve(&args(&["--pin-dir", "/sys/fs/bpf/x"]), None, None).unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
+        let f = "[ebpf]\npin = true\npin_dir = \"/sys/fs/bpf/f\"\npin_state_file = \"/s/b\"\n";
         let c = resolve(&args(&[]), None, file(f)).unwrap();
         assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/f")));
         assert_eq!(c.ebpf.pin_state_file, PathBuf::from("/s/b"));
         let c = resolve(&args(&["--pin-dir", "/sys/fs/bpf/a"]), None, file(f)).unwrap();
         assert_eq!(c.ebpf.pin_dir, Some(PathBuf::from("/sys/fs/bpf/a")));
+        // --no-pin beats the file (a run by hand with the packaged config).
+        let c = resolve(&args(&["--no-pin"]), None, file(f)).unwrap();
+        assert_eq!(c.ebpf.pin_dir, None);
         let c = resolve(&args(&[]), None, file("[ebpf]\npin = false\n")).unwrap();
         assert_eq!(c.ebpf.pin_dir, None);
+        assert!(Args::try_parse_from(["netwatch-agent", "--pin", "--no-pin"]).is_err());
+        assert!(Args::try_parse_from(["netwatch-agent", "--unpin", "--pin"]).is_err());
     }
 
     #[test]

@@ -36,22 +36,53 @@ fn main() -> Result<()> {
         let _ctx = runtime.enter();
         agent::StopSignals::take_over().context("handling SIGINT and SIGTERM")?
     };
-    let cfg = match config::load_file(&args)
-        .and_then(|file| config::resolve(&args, env_key.as_deref(), file))
-    {
-        Ok(cfg) => cfg,
-        // A usage error, as clap's own: status 2, the message names the
-        // setting, the value and what is allowed.
-        Err(e) => {
-            eprintln!("netwatch-agent: {e}");
-            std::process::exit(2);
-        }
+    // A usage error, as clap's own: status 2, the message names the
+    // setting, the value and what is allowed.
+    let usage = |e: config::ConfigError| -> ! {
+        eprintln!("netwatch-agent: {e}");
+        std::process::exit(2);
     };
+    let file = config::load_file(&args).unwrap_or_else(|e| usage(e));
+    if args.unpin {
+        return unpin(&args, file.as_ref().map(|(_, f)| f));
+    }
+    let cfg = config::resolve(&args, env_key.as_deref(), file).unwrap_or_else(|e| usage(e));
     drop(env_key);
     if let Some(p) = &cfg.config_file {
         log::info!("configuration read from {}", p.display());
     }
     run(cfg, &runtime, stops)
+}
+
+/// `--unpin`: remove the pins a pinned agent left, say what, exit 0.
+#[cfg(target_os = "linux")]
+fn unpin(args: &Args, file: Option<&config::FileConfig>) -> Result<()> {
+    use netwatch::source::ebpf::pin;
+    let default = config::FileConfig::default();
+    let (dir, state_file) = config::pin_paths(args, file.unwrap_or(&default));
+    let done = pin::unpin(&pin::PinOptions {
+        dir: dir.clone(),
+        state_file,
+    })
+    .with_context(|| format!("removing netwatch's pins under {}", dir.display()))?;
+    for p in &done.removed {
+        println!("removed {} (its programs are detached)", p.display());
+    }
+    for p in &done.left {
+        println!(
+            "left {}: not of netwatch's naming scheme (v1-<16 hex>)",
+            p.display()
+        );
+    }
+    if done.removed.is_empty() {
+        println!("nothing of netwatch's is pinned under {}", dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unpin(_args: &Args, _file: Option<&config::FileConfig>) -> Result<()> {
+    anyhow::bail!("--unpin: BPF pins exist on Linux only")
 }
 
 fn sinks(cfg: &Config) -> Result<Vec<Box<dyn Sink>>> {
@@ -125,6 +156,12 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
         },
         interface: cfg.interface.clone(),
     };
+    // A pin directory that is a filesystem's root or holds other
+    // software's pins is refused before anything is loaded or removed.
+    #[cfg(target_os = "linux")]
+    if let Some(dir) = &cfg.ebpf.pin_dir {
+        netwatch::source::ebpf::pin::check_dir(dir).map_err(|e| anyhow::anyhow!(e))?;
+    }
     // Sinks first: a bad spool directory or host id file stops the agent
     // before it loads anything into the kernel.
     let sinks = sinks(&cfg)?;

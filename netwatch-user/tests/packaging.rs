@@ -50,6 +50,8 @@ fn the_unit_grants_the_start_set_to_a_dedicated_user_in_a_strict_sandbox() {
     assert_eq!(unit_values("NoNewPrivileges"), ["yes"]);
     let exec = unit_values("ExecStart");
     assert!(exec.first().is_some_and(|p| p.starts_with('/')), "{exec:?}");
+    // The service pins (a run by hand does not).
+    assert!(exec.iter().any(|a| a == "--pin"), "{exec:?}");
     // The agent must see every process.
     assert!(unit_values("ProtectProc").is_empty() && unit_values("ProcSubset").is_empty());
 }
@@ -122,6 +124,13 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
     let containers = pod["containers"].as_vec().expect("containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
+    let args: Vec<&str> = c["args"]
+        .as_vec()
+        .expect("args")
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(args.contains(&"--pin"), "the DaemonSet pins: {args:?}");
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"].as_bool(), Some(false));
     let list = |v: &Yaml| -> BTreeSet<String> {

@@ -1,12 +1,18 @@
 //! Counters survive agent restarts: the real agent binary (eBPF source,
-//! tracepoint tier, `--output json`) with its maps and links pinned under a
-//! BPF-filesystem directory of this test's own. This process streams
+//! tracepoint tier, `--output json`, `--pin`) with its maps and links pinned
+//! under a BPF-filesystem directory of this test's own. This process streams
 //! exactly T bytes to itself over one loopback TCP connection while the
 //! agent is stopped (SIGTERM, or SIGKILL) and restarted mid-transfer: the
 //! per-interval bytes of this pid summed over both agents' snapshots equal T
 //! exactly, in both directions. Incompatible pins (a `SOCKETS` map of
 //! another value size, a directory of another build) are replaced with a
-//! log line; `--no-pin` leaves nothing pinned. With `--output prometheus`
+//! log line; `--no-pin` leaves nothing pinned. Pinning is opt-in: a run
+//! without `--pin` leaves no program loaded when it exits, and `--unpin`
+//! removes what a pinned run left (only netwatch's own entries). A pin
+//! directory that is a filesystem's root or holds a foreign map is refused
+//! and the foreign map survives. Pins removed under a running agent are
+//! pinned again and counting goes on exactly. A baseline write that fails
+//! (a full filesystem) never makes a restart count bytes twice. With `--output prometheus`
 //! the per-process counters on `/metrics` continue exactly across the
 //! restart and never go down. Needs root.
 #![cfg(target_os = "linux")]
@@ -61,6 +67,13 @@ impl Pins {
     }
 
     fn args(&self) -> Vec<String> {
+        let mut a = self.paths();
+        a.insert(0, "--pin".into());
+        a
+    }
+
+    /// The directory and state file, without turning pinning on.
+    fn paths(&self) -> Vec<String> {
         vec![
             "--pin-dir".into(),
             self.dir.display().to_string(),
@@ -290,7 +303,7 @@ fn sigkill_mid_transfer_then_restart_counts_every_byte_once() {
     restart_mid_transfer("kill", libc::SIGKILL);
 }
 
-/// `bpftool map create` at `path` with these sizes.
+/// `bpftool map create` at `path` with these sizes (named `SOCKETS`).
 fn bpftool_map(path: &Path, kind: &str, key: u32, value: u32, entries: u32) {
     let out = Command::new(BPFTOOL)
         .args(["map", "create"])
@@ -352,9 +365,9 @@ fn incompatible_pins_are_replaced_with_a_log_line_never_read() {
     let sockets = set.join("maps").join("SOCKETS");
     std::fs::remove_file(&sockets).expect("unpinning SOCKETS");
     bpftool_map(&sockets, "lru_hash", 8, 16, 64);
-    let foreign = pins.dir.join("v0-0000000000000000");
-    std::fs::create_dir(&foreign).expect("a foreign set directory");
-    bpftool_map(&foreign.join("SOCKETS"), "hash", 8, 8, 16);
+    let foreign = pins.dir.join("v1-0000000000000000");
+    std::fs::create_dir_all(foreign.join("maps")).expect("another build's set directory");
+    bpftool_map(&foreign.join("maps").join("SOCKETS"), "hash", 8, 8, 16);
 
     let mut b = Agent::start(&pins.args());
     b.next();
@@ -415,7 +428,7 @@ fn no_pin_leaves_nothing_pinned() {
     let _serial = serial();
     let pins = Pins::new("nopin");
     std::fs::create_dir_all(&pins.dir).expect("creating the pin directory");
-    let mut args = pins.args();
+    let mut args = pins.paths();
     args.push("--no-pin".into());
     let mut a = Agent::start(&args);
     a.next();
@@ -676,4 +689,593 @@ fn sigterm_mid_transfer_then_restart_metrics_counters_continue_exactly() {
         (expected, expected),
         "(rx, tx) of this pid on /metrics after the restart; second agent's log: {log:?}"
     );
+}
+
+/// The ids of the BPF programs `pid` holds open (programs, links), from
+/// `/proc/<pid>/fdinfo`.
+fn prog_ids_of(pid: u32) -> std::collections::BTreeSet<u32> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Whether the kernel still has the BPF program `id` (loaded, whether or
+/// not attached): `BPF_PROG_GET_FD_BY_ID`.
+fn prog_exists(id: u32) -> bool {
+    #[repr(C)]
+    struct Attr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = Attr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: bpf(2) BPF_PROG_GET_FD_BY_ID with an attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            13,
+            &mut attr as *mut Attr,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the fd the kernel just returned, ours to close.
+        unsafe { libc::close(fd as i32) };
+        return true;
+    }
+    let e = std::io::Error::last_os_error();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOENT),
+        "BPF_PROG_GET_FD_BY_ID {id}: {e}"
+    );
+    false
+}
+
+/// The programs of `ids` the kernel still has after waiting up to 10 s
+/// for the release of the last reference (a bound, not a measure).
+fn still_loaded(ids: &std::collections::BTreeSet<u32>) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = ids.iter().copied().filter(|&id| prog_exists(id)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An agent run to the end with `--once`, its programs read from
+/// `/proc/<pid>/fdinfo` once it is attached; (exit success, stdout,
+/// stderr, program ids).
+fn run_once(extra: &[String]) -> (bool, String, Vec<String>, std::collections::BTreeSet<u32>) {
+    let mut child = Command::new(AGENT)
+        .args([
+            "--mode",
+            "ebpf",
+            "--ebpf-tier",
+            "tracepoint",
+            "--output",
+            "json",
+            "--once",
+            "--interval",
+            "1.5",
+        ])
+        .args(extra)
+        // Debug for the source: it logs the ids of the programs it loaded.
+        .env("RUST_LOG", "info,netwatch::source::ebpf=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting netwatch-agent");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let lines = thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("process rows from the") {
+                let _ = tx.send(());
+            }
+            all.push(line);
+        }
+        all
+    });
+    // Attached (or ended early): read its fds before the interval ends.
+    let ids = match rx.recv_timeout(PATIENCE) {
+        Ok(()) => prog_ids_of(pid),
+        Err(_) => Default::default(),
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .expect("reading the agent's stdout");
+    let status = child.wait().expect("waiting for the agent");
+    let log = lines.join().expect("stderr reader");
+    (status.success(), stdout, log, ids)
+}
+
+/// Entries left under `dir` (none if it is gone).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.expect("an entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn a_run_by_hand_leaves_no_program_loaded_when_it_exits() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("byhand");
+    // The paths are given (so nothing could land in the shared default
+    // place), but not --pin: pinning is opt-in.
+    let (ok, stdout, log, ids) = run_once(&pins.paths());
+    assert!(ok, "the agent failed: {log:?}");
+    assert_eq!(stdout.lines().count(), 1, "one snapshot: {stdout}");
+    assert!(
+        ids.len() >= 8,
+        "the agent's programs while it ran: {ids:?}; log: {log:?}"
+    );
+    assert_eq!(
+        still_loaded(&ids),
+        Vec::<u32>::new(),
+        "programs of the agent still loaded after it exited (of {ids:?}); pins: {:?}",
+        entries(&pins.dir)
+    );
+    assert_eq!(entries(&pins.dir), Vec::<PathBuf>::new());
+    assert!(!log.iter().any(|l| l.contains("pinned at")), "{log:?}");
+    // The ids it logged are the programs it held.
+    let logged: std::collections::BTreeSet<u32> = log
+        .iter()
+        .find_map(|l| l.split("BPF programs loaded, ids [").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no program ids logged: {log:?}"))
+        .split(", ")
+        .map(|id| id.parse().expect("a program id"))
+        .collect();
+    assert_eq!(logged, ids);
+}
+
+/// `bpftool map create` of a small hash map named `foreign` at `path`:
+/// another program's pin.
+fn foreign_map(path: &Path) {
+    let out = Command::new(BPFTOOL)
+        .args(["map", "create"])
+        .arg(path)
+        .args([
+            "type", "hash", "key", "4", "value", "4", "entries", "4", "name", "foreign",
+        ])
+        .output()
+        .expect("running bpftool (install bpftool for this test)");
+    assert!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `netwatch-agent --unpin` with these arguments: (success, stdout, stderr).
+fn unpin(args: &[String]) -> (bool, String, String) {
+    let out = Command::new(AGENT)
+        .arg("--unpin")
+        .args(args)
+        .output()
+        .expect("running netwatch-agent --unpin");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("unpin");
+    let mut a = Agent::start(&pins.args());
+    a.next();
+    let ids = prog_ids_of(a.child.id());
+    assert!(ids.len() >= 8, "{ids:?}");
+    // Not while an agent runs on them (it would pin them again).
+    let (ok, _, err) = unpin(&pins.paths());
+    assert!(
+        !ok && err.contains("an agent is running on these pins"),
+        "{err}"
+    );
+    a.stop(libc::SIGTERM);
+    // Pinned: the programs go on counting without the agent.
+    assert!(ids.iter().all(|&id| prog_exists(id)), "{ids:?}");
+    let set = pins.set();
+    let foreign = pins.dir.join("foreign");
+    foreign_map(&foreign);
+    let (ok, out, err) = unpin(&pins.paths());
+    assert!(ok, "--unpin failed: {out}{err}");
+    assert!(out.contains(&format!("removed {}", set.display())), "{out}");
+    assert!(
+        out.contains(&format!("left {}", foreign.display())),
+        "{out}"
+    );
+    assert_eq!(still_loaded(&ids), Vec::<u32>::new(), "after --unpin");
+    assert_eq!(entries(&pins.dir), vec![foreign.clone()]);
+    // Nothing left to remove is not an error.
+    let (ok, out, err) = unpin(&pins.paths());
+    assert!(
+        ok && out.contains("nothing of netwatch's is pinned"),
+        "{out}{err}"
+    );
+    assert!(foreign.exists());
+}
+
+#[test]
+fn a_pin_dir_holding_a_foreign_map_is_refused_and_the_map_survives() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("foreign");
+    std::fs::create_dir_all(&pins.dir).expect("creating the pin directory");
+    let foreign = pins.dir.join("foreign");
+    foreign_map(&foreign);
+    let (ok, _, log, _) = run_once(&pins.args());
+    assert!(
+        !ok,
+        "the agent ran on a pin dir holding a foreign map: {log:?}"
+    );
+    let text = log.join("\n");
+    assert!(
+        text.contains("holds 1 entry netwatch did not make (foreign)"),
+        "{text}"
+    );
+    assert!(foreign.exists(), "the foreign map was removed: {text}");
+    assert_eq!(entries(&pins.dir), vec![foreign]);
+}
+
+/// A BPF filesystem mounted at a directory of this test's own, unmounted
+/// when dropped.
+struct Bpffs(PathBuf);
+
+impl Bpffs {
+    fn mount(name: &str) -> Self {
+        let dir = PathBuf::from(format!("/run/nwtest-bpffs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the mount point");
+        let m = Self(dir);
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+        let target = c(m.0.to_str().expect("a UTF-8 path"));
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c("bpf").as_ptr(),
+                target.as_ptr(),
+                c("bpf").as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "mounting bpffs: {}", std::io::Error::last_os_error());
+        m
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        if let Ok(p) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2(2) on a NUL-terminated path.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_pin_dir_that_is_a_bpffs_root_is_refused_and_other_pins_survive() {
+    require_root();
+    let _serial = serial();
+    let fs = Bpffs::mount("root");
+    let foreign = fs.0.join("foreign");
+    foreign_map(&foreign);
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let args = vec![
+        "--pin".to_string(),
+        "--pin-dir".into(),
+        fs.0.display().to_string(),
+        "--pin-state-file".into(),
+        state.path().join("baseline").display().to_string(),
+    ];
+    let (ok, _, log, _) = run_once(&args);
+    assert!(!ok, "the agent pinned in a bpffs root: {log:?}");
+    let text = log.join("\n");
+    assert!(
+        text.contains("is the root of a mounted filesystem"),
+        "{text}"
+    );
+    assert!(foreign.exists(), "the foreign map was removed: {text}");
+    // Nothing of ours was made beside it (a new bpffs also holds the
+    // kernel's own `maps.debug` and `progs.debug`).
+    let ours: Vec<PathBuf> = entries(&fs.0)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("v1-"))
+        .collect();
+    assert_eq!(ours, Vec::<PathBuf>::new());
+}
+
+#[test]
+fn pins_removed_under_a_running_agent_are_pinned_again_and_every_byte_counts() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("removed");
+    let mut a = Agent::start(&pins.args());
+    a.next();
+    let mut sum = (0, 0);
+    transfer(111_111);
+    add(&mut sum, a.next());
+    add(&mut sum, a.next());
+    // What `rm -r` of the pin directory does, while the agent runs.
+    std::fs::remove_dir_all(&pins.dir).expect("removing the pins");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let noticed = loop {
+        if a.logged("were removed while the agent ran") {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    transfer(222_222);
+    add(&mut sum, a.next());
+    add(&mut sum, a.next());
+    let (rest, log) = a.stop(libc::SIGTERM);
+    add(&mut sum, rest);
+    assert_eq!(sum, (333_333, 333_333), "{log:?}");
+    assert!(noticed, "not noticed within 3 s (10 intervals): {log:?}");
+    let set = pins.set();
+    // The set made again is complete: the next agent continues from it.
+    let mut b = Agent::start(&pins.args());
+    b.next();
+    assert!(
+        b.logged("continuing from the maps and links pinned at")
+            && !b.logged("replacing incompatible"),
+        "{:?}",
+        b.logs()
+    );
+    assert_eq!(pins.set(), set);
+    b.stop(libc::SIGTERM);
+}
+
+/// A small tmpfs of this test's own, unmounted when dropped; `fill` takes
+/// all its space.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str) -> Self {
+        let dir = PathBuf::from(format!("/run/nwtest-tmpfs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the mount point");
+        let m = Self(dir);
+        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+        let target = c(m.0.to_str().expect("a UTF-8 path"));
+        let opts = c("size=16m,mode=0700");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let r = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mounting tmpfs: {}", std::io::Error::last_os_error());
+        m
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.0.join("filler")
+    }
+
+    /// Write until the filesystem is full (ENOSPC).
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.filler()).expect("creating the filler");
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.filler()).expect("removing the filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Ok(p) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2(2) on a NUL-terminated path.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// One loopback TCP connection of this process, kept open: `send(n)`
+/// moves exactly `n` bytes over it (counted as tx on one end, rx on the
+/// other, both this pid's).
+struct Conn {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Conn {
+    fn open() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
+        let client =
+            TcpStream::connect(l.local_addr().expect("listener address")).expect("connecting");
+        let (server, _) = l.accept().expect("accepting");
+        Self { client, server }
+    }
+
+    fn send(&mut self, n: usize) {
+        let mut server = self.server.try_clone().expect("cloning the socket");
+        let reader = thread::spawn(move || {
+            let mut buf = vec![0u8; n];
+            server.read_exact(&mut buf).expect("reading");
+        });
+        self.client.write_all(&vec![3u8; n]).expect("writing");
+        reader.join().expect("reader thread");
+    }
+}
+
+#[test]
+fn a_baseline_write_that_fails_never_makes_a_restart_count_twice() {
+    require_root();
+    let _serial = serial();
+    let pins = Pins::new("full");
+    let fs = Tmpfs::mount("full");
+    let args = vec![
+        "--pin".to_string(),
+        "--pin-dir".into(),
+        pins.dir.display().to_string(),
+        "--pin-state-file".into(),
+        fs.0.join("baseline").display().to_string(),
+    ];
+    let mut total = (0, 0);
+    let mut a = Agent::start(&args);
+    a.next();
+    // A connection that stays open across the restart: its counters are
+    // what the baseline carries.
+    let mut conn = Conn::open();
+    conn.send(111_111);
+    add(&mut total, a.next());
+    add(&mut total, a.next());
+    // The baseline's filesystem is full from here on: delivered snapshots
+    // whose baseline cannot be stored.
+    fs.fill();
+    conn.send(222_222);
+    add(&mut total, a.next());
+    add(&mut total, a.next());
+    assert!(a.logged("storing the baseline at"), "{:?}", a.logs());
+    let (rest, _) = a.stop(libc::SIGTERM);
+    add(&mut total, rest);
+    assert_eq!(total, (333_333, 333_333), "the first agent's count");
+    // Space again; a restart on the same pins.
+    fs.unfill();
+    let mut b = Agent::start(&args);
+    let first = b.next();
+    conn.send(33_333);
+    add(&mut total, first);
+    add(&mut total, b.next());
+    add(&mut total, b.next());
+    let (rest, log) = b.stop(libc::SIGTERM);
+    add(&mut total, rest);
+    assert_eq!(
+        first,
+        (0, 0),
+        "the restarted agent's first snapshot counted bytes again; log: {log:?}"
+    );
+    // Nothing moved while no agent ran: every byte once.
+    assert_eq!(total, (366_666, 366_666), "log: {log:?}");
+    let said = |needle: &str| log.iter().any(|l| l.contains(needle));
+    assert!(
+        said("continuing from the maps and links pinned at")
+            && said("has no section of generation"),
+        "{log:?}"
+    );
+}
+
+/// The baseline store's steps against a real generation map (on a BPF
+/// filesystem of this test's own): only the section of the snapshot the
+/// sinks kept last is ever named by the kernel's generation; a failed
+/// write leaves the kernel naming no section until a write succeeds; a
+/// read whose snapshot was not kept is never used.
+#[test]
+fn the_baseline_generation_names_only_what_the_sinks_kept() {
+    use netwatch::source::ebpf::generation::{self, BaselineStore};
+    use netwatch::source::ebpf::pin::BaselineEntry;
+    use netwatch::source::SocketId;
+
+    require_root();
+    let fs = Bpffs::mount("generation");
+    let map = fs.0.join("GENERATION");
+    generation::create(&map).expect("creating the generation map");
+    let open = || generation::open(&map).expect("opening the generation map");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("baseline");
+    // A directory where the temporary file goes makes every write fail.
+    let block = |on: bool| {
+        let tmp = path.with_extension("tmp");
+        if on {
+            std::fs::create_dir(&tmp).expect("blocking the temporary file");
+        } else {
+            std::fs::remove_dir(&tmp).expect("unblocking the temporary file");
+        }
+    };
+    let base = |rx: u64| {
+        vec![BaselineEntry {
+            id: SocketId {
+                primary: 1,
+                secondary: 2,
+            },
+            pid: 7,
+            udp: false,
+            rx,
+            tx: rx / 2,
+        }]
+    };
+    let resumed = || BaselineStore::resume(&path, "inst", open()).1;
+
+    let mut s = BaselineStore::fresh(&path, "inst", open());
+    // Nothing delivered yet: the kernel's generation 0 names nothing.
+    s.prepare(&base(10));
+    assert_eq!(resumed(), None);
+    s.commit();
+    assert_eq!(resumed(), Some(base(10)));
+    // A read whose snapshot no sink kept (no commit), then one kept.
+    s.prepare(&base(20));
+    assert_eq!(resumed(), Some(base(10)));
+    s.prepare(&base(30));
+    s.commit();
+    assert_eq!(resumed(), Some(base(30)));
+    // The same baseline again: nothing to write, the generation stays.
+    let g = s.kernel_generation();
+    s.prepare(&base(30));
+    s.commit();
+    assert_eq!((s.kernel_generation(), resumed()), (g, Some(base(30))));
+    // The write fails (a full or read-only disk), the snapshot is kept:
+    // the kernel names a section no file holds, so a restart uses none.
+    block(true);
+    s.prepare(&base(40));
+    s.commit();
+    assert_eq!(resumed(), None);
+    // The next write that succeeds stores the committed baseline again,
+    // even when the read did not change it.
+    block(false);
+    s.prepare(&base(40));
+    assert_eq!(resumed(), Some(base(40)));
+    // A failed write of a snapshot no sink kept changes nothing.
+    block(true);
+    s.prepare(&base(50));
+    block(false);
+    assert_eq!(resumed(), Some(base(40)));
+    // Another agent's instance never reads this file.
+    assert_eq!(BaselineStore::resume(&path, "other", open()).1, None);
 }

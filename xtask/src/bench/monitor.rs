@@ -96,7 +96,9 @@ pub fn reset_pins() -> std::io::Result<()> {
 
 pub fn agent_args(kind: Kind, interval: &str) -> Vec<String> {
     let mut a: Vec<String> = vec!["--interval".into(), interval.into()];
+    // Pinned, as the packaged service runs.
     a.extend([
+        "--pin".into(),
         "--pin-dir".into(),
         PIN_DIR.into(),
         "--pin-state-file".into(),

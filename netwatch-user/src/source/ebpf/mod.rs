@@ -6,6 +6,8 @@
 
 pub mod active;
 pub mod btf;
+pub mod generation;
+pub mod held;
 pub mod pin;
 pub mod seed;
 pub mod states;
@@ -193,9 +195,11 @@ pub struct EbpfSource {
     restore: Option<Vec<pin::BaselineEntry>>,
     /// The owners' counters of the last read, stored once it is delivered.
     last_read: Vec<pin::BaselineEntry>,
-    /// What this agent last wrote to the baseline file (a read that changed
-    /// nothing is not written again); `None` before its first write.
-    stored: Option<Vec<pin::BaselineEntry>>,
+    /// The baseline file and the pins' generation (pinned only).
+    store: Option<generation::BaselineStore>,
+    /// Every pinned object held open, so removed pins detach nothing and
+    /// are pinned again (pinned only).
+    held: Option<held::Held>,
     /// Held while this agent owns the pins.
     lock: Option<std::fs::File>,
     /// True when continuing from pins an earlier agent left.
@@ -472,7 +476,7 @@ impl EbpfSource {
                 // Whatever this attempt pinned half-way goes.
                 let _ = pin::remove(&pin::staging(pin_opts, opts));
                 warn!(
-                    "pinning under {} is not possible ({e}): running without pins, counters restart with the agent (--no-pin silences this)",
+                    "pinning under {} is not possible ({e}): running without pins, counters restart with the agent (without --pin or `pin = true` it is not tried)",
                     pin_opts.dir.display()
                 );
                 Self::load_fresh(&LoadOptions {
@@ -508,7 +512,12 @@ impl EbpfSource {
             pin_opts.dir.display(),
             pinned.tier
         );
-        let restore = pin::load_baseline(&pin_opts.state_file, &pinned.instance);
+        let held = held::Held::open(&pinned.root).map_err(LoadError::Pin)?;
+        let (store, restore) = generation::BaselineStore::resume(
+            &pin_opts.state_file,
+            &pinned.instance,
+            pinned.generation,
+        );
         if let Some(r) = &restore {
             info!(
                 "baseline of {} sockets restored from {}",
@@ -537,6 +546,8 @@ impl EbpfSource {
         );
         source.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
         source.restore = restore;
+        source.store = Some(store);
+        source.held = Some(held);
         source.lock = Some(lock);
         source.continued = true;
         source.states_iter = pinned.states.map(|p| states::Loaded::Pinned(Box::new(p)));
@@ -576,16 +587,28 @@ impl EbpfSource {
             }
             Err(e) => warn!("existing sockets are not listed until they move bytes: {e}"),
         }
-        let instance = match &opts.pin {
-            Some(p) => Some((
-                pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts).map_err(|e| {
+        let published = match &opts.pin {
+            Some(p) => {
+                let fail = |e: String| {
                     LoadError::Pin(std::io::Error::other(format!(
                         "pinning under {}: {e}",
                         p.dir.display()
                     )))
-                })?,
-                p.state_file.clone(),
-            )),
+                };
+                let published =
+                    pin::publish(&mut ebpf, &pin::staging(p, opts), p, opts).map_err(fail)?;
+                let held = held::Held::open(&published.root).map_err(|e| {
+                    // Not left attached behind an agent that runs unpinned.
+                    let _ = pin::remove(&published.root);
+                    LoadError::Pin(e)
+                })?;
+                let store = generation::BaselineStore::fresh(
+                    &p.state_file,
+                    &published.instance,
+                    published.generation,
+                );
+                Some(((published.instance, p.state_file.clone()), store, held))
+            }
             None => None,
         };
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -606,10 +629,28 @@ impl EbpfSource {
         ];
         let tcp_ring = take(&mut ebpf, names::TCP_EVENTS)?;
         let active = [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| ebpf.take_map(n));
+        if log::log_enabled!(log::Level::Debug) {
+            let ids: Vec<u32> = ebpf
+                .programs()
+                .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+                .collect();
+            debug!(
+                "BPF programs loaded, ids {ids:?} ({}: `bpftool prog show id N`)",
+                if opts.pin.is_some() {
+                    "pinned: they stay after the agent exits, until `netwatch-agent --unpin`"
+                } else {
+                    "not pinned: they go when the agent exits"
+                }
+            );
+        }
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
         source.states_iter = states_iter;
         source.active = active::ActiveSet::from_maps(active);
-        source.pinned = instance;
+        if let Some((pinned, store, held)) = published {
+            source.pinned = Some(pinned);
+            source.store = Some(store);
+            source.held = Some(held);
+        }
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
     }
@@ -654,7 +695,8 @@ impl EbpfSource {
             pinned: None,
             restore: None,
             last_read: Vec::new(),
-            stored: None,
+            store: None,
+            held: None,
             lock: None,
             continued: false,
             tcp_events: None,
@@ -727,35 +769,41 @@ impl EbpfSource {
         self.ebpf.as_ref()
     }
 
-    /// Store the counters of the last read as the baseline a restarted
-    /// agent starts from: called once that read's snapshot was delivered.
-    pub fn store_baseline(&mut self) {
-        if let Some((instance, path)) = &self.pinned {
-            if std::mem::take(&mut self.baseline_dirty) {
-                // A socket missing from the baseline is counted in full by
-                // the next agent: exact for those still at 0, which need
-                // no line.
-                self.last_read.clear();
-                self.last_read.extend(
-                    self.tracked
-                        .by_sk
-                        .values()
-                        .flat_map(|t| t.samples.iter())
-                        .filter(|s| s.rx_bytes != 0 || s.tx_bytes != 0)
-                        .map(pin::BaselineEntry::of),
-                );
-            }
-            if self.stored.as_ref() == Some(&self.last_read) {
-                return;
-            }
-            match pin::store(path, instance, &self.last_read) {
-                Ok(()) => match &mut self.stored {
-                    Some(v) => v.clone_from(&self.last_read),
-                    None => self.stored = Some(self.last_read.clone()),
-                },
-                Err(e) => warn!("storing the baseline at {}: {e}", path.display()),
-            }
+    /// After a read, before its snapshot goes to the sinks: store its
+    /// counters as the pending baseline ([`generation`]).
+    fn prepare_baseline(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut self.baseline_dirty) {
+            // A socket missing from the baseline is counted in full by
+            // the next agent: exact for those still at 0, which need
+            // no line.
+            self.last_read.clear();
+            self.last_read.extend(
+                self.tracked
+                    .by_sk
+                    .values()
+                    .flat_map(|t| t.samples.iter())
+                    .filter(|s| s.rx_bytes != 0 || s.tx_bytes != 0)
+                    .map(pin::BaselineEntry::of),
+            );
         }
+        store.prepare(&self.last_read);
+    }
+
+    /// The snapshot of the last read was kept by the sinks: a restarted
+    /// agent continues from its baseline.
+    pub fn store_baseline(&mut self) {
+        if let Some(store) = self.store.as_mut() {
+            store.commit();
+        }
+    }
+
+    /// Pinned objects pinned again since start, after their pins were
+    /// removed while the agent ran (0 unpinned).
+    pub fn pins_restored(&self) -> u64 {
+        self.held.as_ref().map_or(0, held::Held::restored)
     }
 
     /// The programs' own counters, summed over CPUs.
@@ -781,6 +829,11 @@ impl EbpfSource {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
+        // Pins removed while the agent runs are made again (the held
+        // descriptors kept everything attached meanwhile).
+        if let Some(h) = self.held.as_mut() {
+            h.check();
+        }
         // A restarted agent's first read (its priming read, never
         // delivered) is exactly what the previous agent last delivered:
         // the next read's deltas then count everything after it, once.
@@ -788,6 +841,7 @@ impl EbpfSource {
         if let Some(restore) = self.restore.take() {
             self.last_read = restore.clone();
             self.baseline_dirty = false;
+            self.prepare_baseline();
             return SampleBatch {
                 taken_at: Instant::now(),
                 samples: restore.iter().map(pin::BaselineEntry::sample).collect(),
@@ -853,6 +907,7 @@ impl EbpfSource {
         let after = self.kernel_counters();
         let estimate = evicted_estimate(&before, &after, live);
         self.evicted = self.evicted.max(estimate);
+        self.prepare_baseline();
         SampleBatch {
             taken_at: Instant::now(),
             samples,

@@ -1,13 +1,16 @@
 //! Pinning, so counters survive agent restarts: the maps and the program
 //! links live under a pin directory (`/sys/fs/bpf/netwatch/<abi tag>/`), the
 //! programs keep counting while no agent runs, and a restarted agent opens
-//! the pinned maps instead of loading anew. Also the baseline file: the
-//! per-owner counters the last delivered snapshot was computed from, so the
-//! next agent starts its deltas exactly there.
+//! the pinned maps instead of loading anew. Also the baseline's entries
+//! (stored by [`super::generation`]) and `--unpin`, which removes what a
+//! pinned agent left.
 //!
 //! It must never reuse pins it cannot prove are its own layout (another
 //! build, other sizes, an incomplete set): those are removed and logged,
-//! never read. It never touches anything outside its pin directory.
+//! never read. It never touches anything outside its pin directory, nor
+//! anything inside it that is not of its own naming scheme ([`is_ours`]):
+//! a pin directory that is a filesystem's root or holds anything else is
+//! refused ([`check_dir`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -155,6 +158,10 @@ pub struct Pinned {
     /// A tag naming this set of pins (layout, boot and map id), which a
     /// baseline file must carry to be used.
     pub instance: String,
+    /// The set's directory (`<pin dir>/<abi tag>`).
+    pub root: PathBuf,
+    /// The generation of the last delivered baseline ([`super::generation`]).
+    pub generation: aya::maps::Array<MapData, u64>,
 }
 
 fn boot_id() -> String {
@@ -224,6 +231,7 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
 /// (other builds, half-made sets, wrong sizes) is removed and logged.
 pub fn open_existing(pin: &PinOptions, opts: &LoadOptions) -> io::Result<Option<Pinned>> {
     let abi = abi_tag(opts);
+    check_dir(&pin.dir).map_err(io::Error::other)?;
     ensure_bpffs(&pin.dir)?;
     if !pin.dir.exists() {
         std::fs::create_dir_all(&pin.dir)?;
@@ -231,18 +239,23 @@ pub fn open_existing(pin: &PinOptions, opts: &LoadOptions) -> io::Result<Option<
     for entry in std::fs::read_dir(&pin.dir)? {
         let entry = entry?;
         let name = entry.file_name();
+        let path = entry.path();
+        // `check_dir` found only our own; one made since is left alone.
+        if !is_ours(&path) {
+            continue;
+        }
         if name.to_string_lossy().starts_with("staging-") {
             warn!(
                 "removing {}, left half-made by an agent that stopped while pinning",
-                entry.path().display()
+                path.display()
             );
-            remove(&entry.path())?;
+            remove(&path)?;
         } else if name.to_str() != Some(abi.as_str()) {
             warn!(
                 "removing pins of another netwatch build or layout at {} (not {abi}); counters restart",
-                entry.path().display()
+                path.display()
             );
-            remove(&entry.path())?;
+            remove(&path)?;
         }
     }
     let root = pin.dir.join(&abi);
@@ -290,6 +303,17 @@ fn open_set(root: &Path, abi: &str, opts: &LoadOptions) -> Result<Pinned, String
         let path = one.path().join(hook.program);
         PinnedLink::from_pin(&path).map_err(|e| format!("link {}: {e}", path.display()))?;
     }
+    // Made by the agent, not the object: pins of a build before it had
+    // none, and get one now (generation 0, which no baseline names).
+    let gen_path = root.join("maps").join(super::generation::MAP);
+    if !gen_path.exists() {
+        info!(
+            "{} has no baseline generation map: making one (the previous baseline is not used)",
+            root.display()
+        );
+        super::generation::create(&gen_path).map_err(|e| e.to_string())?;
+    }
+    let generation = super::generation::open(&gen_path)?;
     // Optional: without it, TCP states come from sock_diag.
     let states_pin = root.join("progs").join(super::states::PROGRAM);
     let states = match aya::programs::Iter::from_pin(&states_pin) {
@@ -307,6 +331,8 @@ fn open_set(root: &Path, abi: &str, opts: &LoadOptions) -> Result<Pinned, String
         maps,
         states,
         instance,
+        root: root.to_path_buf(),
+        generation,
     })
 }
 
@@ -317,6 +343,244 @@ pub fn remove(path: &Path) -> io::Result<()> {
     } else {
         std::fs::remove_file(path)
     }
+}
+
+/// Whether `name` is a layout tag: `v1-` and 16 lowercase hex digits.
+fn is_tag(name: &str) -> bool {
+    name.strip_prefix("v1-").is_some_and(|h| {
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `name` names a staging directory: `staging-<tag>-<pid>`.
+fn is_staging(name: &str) -> bool {
+    name.strip_prefix("staging-")
+        .and_then(|rest| rest.rsplit_once('-'))
+        .is_some_and(|(tag, pid)| {
+            is_tag(tag) && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// A program's name as our programs spell theirs (lowercase, digits, `_`).
+fn is_program_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The names under `dir`, or `None` if it is not a readable directory.
+fn names_in(dir: &Path) -> Option<Vec<(String, bool)>> {
+    let meta = std::fs::symlink_metadata(dir).ok()?;
+    if !meta.is_dir() {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .map(|e| {
+            let e = e.ok()?;
+            let is_dir = e.file_type().ok()?.is_dir();
+            Some((e.file_name().to_str()?.to_string(), is_dir))
+        })
+        .collect()
+}
+
+/// Whether `path` (an entry of a pin directory) is a set of pins of this
+/// agent's naming scheme: a directory named `v1-<16 hex>` (or
+/// `staging-v1-<16 hex>-<pid>`, one being made) that holds only `maps/`
+/// (pins named like netwatch's maps), `links/<tier>/` (pins named like
+/// programs, under a tier's name) and `progs/` (pins named like programs).
+/// Anything else under the pin directory is someone else's.
+pub fn is_ours(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if !(is_tag(name) || is_staging(name)) {
+        return false;
+    }
+    let Some(top) = names_in(path) else {
+        return false;
+    };
+    top.iter().all(|(name, is_dir)| {
+        let sub = path.join(name);
+        *is_dir
+            && match name.as_str() {
+                "maps" => names_in(&sub).is_some_and(|m| {
+                    m.iter().all(|(n, d)| {
+                        !d && (PINNED_MAPS.contains(&n.as_str()) || n == super::generation::MAP)
+                    })
+                }),
+                "links" => names_in(&sub).is_some_and(|tiers| {
+                    tiers.iter().all(|(tier, d)| {
+                        *d && Tier::ALL.iter().any(|t| t.name() == tier.as_str())
+                            && names_in(&sub.join(tier))
+                                .is_some_and(|l| l.iter().all(|(n, d)| !d && is_program_name(n)))
+                    })
+                }),
+                "progs" => {
+                    names_in(&sub).is_some_and(|p| p.iter().all(|(n, d)| !d && is_program_name(n)))
+                }
+                _ => false,
+            }
+    })
+}
+
+/// Whether `dir` is the root of a mounted filesystem (its device differs
+/// from its parent's), or is where the BPF filesystem would be mounted.
+fn is_mount_root(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(dir == Path::new(BPFFS)),
+        Err(e) => return Err(e),
+    };
+    let Some(parent) = dir.parent() else {
+        return Ok(true);
+    };
+    // Mounted there now, or by `ensure_bpffs` once an agent pins.
+    if dir == Path::new(BPFFS) {
+        return Ok(true);
+    }
+    Ok(std::fs::metadata(&dir)?.dev() != std::fs::metadata(parent)?.dev())
+}
+
+/// Why a pin directory is refused (`Err`), or `Ok` when it is one netwatch
+/// may pin in and clean up: not a filesystem's root (a BPF filesystem is
+/// shared with systemd, Cilium and other agents, whose pins clean-up would
+/// remove), and holding nothing but pin sets of this naming scheme
+/// ([`is_ours`]). A directory that does not exist yet is fine.
+pub fn check_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_absolute() {
+        return Err(format!(
+            "pin_dir {}: not an absolute path; name a directory on the BPF filesystem such as {DEFAULT_DIR}",
+            dir.display()
+        ));
+    }
+    let advice = format!(
+        "pin under a directory of netwatch's own such as {}",
+        dir.join("netwatch").display()
+    );
+    match is_mount_root(dir) {
+        Ok(true) => {
+            return Err(format!(
+                "pin_dir {} is the root of a mounted filesystem, shared with other software (systemd, Cilium, other agents) whose pins netwatch's clean-up could remove: refusing to pin there; {advice}",
+                dir.display()
+            ))
+        }
+        Ok(false) => {}
+        Err(e) => return Err(format!("pin_dir {}: {e}", dir.display())),
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("pin_dir {}: reading it: {e}", dir.display())),
+    };
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("pin_dir {}: reading it: {e}", dir.display()))?;
+        if !is_ours(&entry.path()) {
+            foreign.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign.len().min(5);
+    Err(format!(
+        "pin_dir {} holds {} entr{} netwatch did not make ({}{}): refusing to pin there, since cleaning up old pins could remove them; {advice}, or move them away",
+        dir.display(),
+        foreign.len(),
+        if foreign.len() == 1 { "y" } else { "ies" },
+        foreign[..shown].join(", "),
+        if foreign.len() > shown { ", …" } else { "" }
+    ))
+}
+
+/// What [`unpin`] did.
+#[derive(Debug, Default)]
+pub struct Unpinned {
+    /// The pin sets removed (their programs detach unless an agent runs).
+    pub removed: Vec<PathBuf>,
+    /// Entries left alone: not of this naming scheme.
+    pub left: Vec<PathBuf>,
+}
+
+/// Why [`unpin`] did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpinError {
+    #[error("an agent is running on these pins (it holds {lock}): stop it first (systemctl stop netwatch-agent), since a running agent pins them again")]
+    AgentRunning { lock: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Remove every set of pins of this naming scheme under `pin.dir` (what a
+/// pinned agent leaves when it stops): their programs detach. Entries not
+/// of the scheme are left and reported. Refused while an agent holds the
+/// pins' lock. A missing directory is nothing to remove.
+pub fn unpin(pin: &PinOptions) -> Result<Unpinned, UnpinError> {
+    use std::os::fd::AsRawFd;
+    let lock_path = pin.state_file.with_extension("lock");
+    // Held while removing: no agent starts on the pins meanwhile.
+    let _lock = match std::fs::OpenOptions::new().write(true).open(&lock_path) {
+        Ok(file) => {
+            // SAFETY: flock(2) on an fd we own; no memory is passed.
+            let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if ret != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(UnpinError::AgentRunning { lock: lock_path });
+            }
+            Some(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(UnpinError::Io {
+                what: "opening the pins' lock",
+                path: lock_path,
+                source,
+            })
+        }
+    };
+    let mut done = Unpinned::default();
+    let entries = match std::fs::read_dir(&pin.dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(done),
+        Err(source) => {
+            return Err(UnpinError::Io {
+                what: "reading",
+                path: pin.dir.clone(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| UnpinError::Io {
+            what: "reading",
+            path: pin.dir.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        if is_ours(&path) {
+            remove(&path).map_err(|source| UnpinError::Io {
+                what: "removing",
+                path: path.clone(),
+                source,
+            })?;
+            done.removed.push(path);
+        } else {
+            done.left.push(path);
+        }
+    }
+    done.removed.sort();
+    done.left.sort();
+    Ok(done)
 }
 
 /// Where a freshly attached tier pins its links, built beside the final
@@ -334,7 +598,7 @@ pub fn publish(
     stage: &Path,
     pin: &PinOptions,
     opts: &LoadOptions,
-) -> Result<String, String> {
+) -> Result<Published, String> {
     let abi = abi_tag(opts);
     let maps_dir = stage.join("maps");
     std::fs::create_dir_all(&maps_dir).map_err(|e| format!("{}: {e}", maps_dir.display()))?;
@@ -350,6 +614,8 @@ pub fn publish(
             instance = instance_tag(&abi, &data);
         }
     }
+    let gen_path = maps_dir.join(super::generation::MAP);
+    super::generation::create(&gen_path).map_err(|e| e.to_string())?;
     // The TCP state iterator, when it loaded: a restarted agent counts
     // states with it too. A program has no link to keep it; its pin does.
     if let Some(prog) = ebpf
@@ -365,7 +631,22 @@ pub fn publish(
     std::fs::rename(stage, &root)
         .map_err(|e| format!("renaming {} to {}: {e}", stage.display(), root.display()))?;
     info!("maps and links pinned at {}", root.display());
-    Ok(instance)
+    let generation = super::generation::open(&root.join("maps").join(super::generation::MAP))?;
+    Ok(Published {
+        instance,
+        root,
+        generation,
+    })
+}
+
+/// A set of pins just made by [`publish`].
+pub struct Published {
+    /// Its instance tag (see [`Pinned::instance`]).
+    pub instance: String,
+    /// Its directory.
+    pub root: PathBuf,
+    /// Its baseline generation map (generation 0).
+    pub generation: aya::maps::Array<MapData, u64>,
 }
 
 /// Take the pins for this agent alone: an exclusive lock on
@@ -441,176 +722,54 @@ impl BaselineEntry {
     }
 }
 
-/// The baseline file's first bytes (format 2: binary; format 1 was text).
-const STATE_MAGIC: &[u8; 8] = b"NWBASE02";
-/// Bytes per entry: primary, secondary (u64), pid (u32), udp (u8), rx, tx (u64).
-const ENTRY_LEN: usize = 8 + 8 + 4 + 1 + 8 + 8;
-
-/// The baseline file's bytes: the magic, the pins' instance tag (u16
-/// length, then its bytes), the entry count (u64), fixed-size entries, all
-/// little-endian, and a CRC-32 of everything before it, so a torn or
-/// altered file is refused. Binary: the agent writes it after every
-/// delivered snapshot that changed it, and formatting thousands of lines
-/// cost more than the rest of an idle tick.
-pub fn encode(instance: &str, entries: &[BaselineEntry]) -> Vec<u8> {
-    let tag = instance.as_bytes();
-    let tag = &tag[..tag.len().min(usize::from(u16::MAX))];
-    let mut out = Vec::with_capacity(8 + 2 + tag.len() + 8 + entries.len() * ENTRY_LEN + 4);
-    out.extend_from_slice(STATE_MAGIC);
-    out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
-    out.extend_from_slice(tag);
-    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-    for e in entries {
-        out.extend_from_slice(&e.id.primary.to_le_bytes());
-        out.extend_from_slice(&e.id.secondary.to_le_bytes());
-        out.extend_from_slice(&e.pid.to_le_bytes());
-        out.push(u8::from(e.udp));
-        out.extend_from_slice(&e.rx.to_le_bytes());
-        out.extend_from_slice(&e.tx.to_le_bytes());
-    }
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// Little-endian reader over a byte slice; `None` past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-}
-
-/// Parse a baseline file written for `instance`; `Err` says why it is not used.
-pub fn decode(bytes: &[u8], instance: &str) -> Result<Vec<BaselineEntry>, String> {
-    if !bytes.starts_with(STATE_MAGIC) {
-        return Err("not a baseline file of this version".into());
-    }
-    let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
-        return Err("truncated".into());
-    };
-    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
-        return Err("checksum mismatch (torn or altered)".into());
-    }
-    let mut r = Reader(body.get(STATE_MAGIC.len()..).unwrap_or_default());
-    let torn = || "truncated".to_string();
-    let tag_len = usize::from(r.u16().ok_or_else(torn)?);
-    let tag = String::from_utf8_lossy(r.take(tag_len).ok_or_else(torn)?).into_owned();
-    if tag != instance {
-        return Err(format!("written for other pins ({tag})"));
-    }
-    let count = r.u64().ok_or_else(torn)?;
-    if count.checked_mul(ENTRY_LEN as u64) != Some(r.0.len() as u64) {
-        return Err("entry count does not match".into());
-    }
-    let mut out = Vec::with_capacity(r.0.len() / ENTRY_LEN);
-    while !r.0.is_empty() {
-        let primary = r.u64().ok_or_else(torn)?;
-        let secondary = r.u64().ok_or_else(torn)?;
-        let pid = r.u32().ok_or_else(torn)?;
-        let udp = r.take(1).ok_or_else(torn)?.first().copied().unwrap_or(0) != 0;
-        let rx = r.u64().ok_or_else(torn)?;
-        let tx = r.u64().ok_or_else(torn)?;
-        out.push(BaselineEntry {
-            id: SocketId { primary, secondary },
-            pid,
-            udp,
-            rx,
-            tx,
-        });
-    }
-    Ok(out)
-}
-
-/// Write the baseline: to a temporary file, then renamed over the old one.
-pub fn store(path: &Path, instance: &str, entries: &[BaselineEntry]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, encode(instance, entries))?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Read the baseline for `instance`; a missing, foreign or torn file is
-/// no baseline (logged).
-pub fn load_baseline(path: &Path, instance: &str) -> Option<Vec<BaselineEntry>> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(
-                "no baseline at {} ({e}): counting starts from the kernel's counts now",
-                path.display()
-            );
-            return None;
-        }
-    };
-    match decode(&text, instance) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            warn!(
-                "baseline {} not used: {e}; counting starts from the kernel's counts now",
-                path.display()
-            );
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn baseline_round_trips_and_refuses_foreign_or_torn_files() {
-        let e = vec![
-            BaselineEntry {
-                id: SocketId {
-                    primary: u64::MAX,
-                    secondary: 7,
-                },
-                pid: 42,
-                udp: true,
-                rx: 1 << 40,
-                tx: 3,
-            },
-            BaselineEntry {
-                id: SocketId {
-                    primary: 1,
-                    secondary: 2,
-                },
-                pid: 0,
-                udp: false,
-                rx: 0,
-                tx: 0,
-            },
-        ];
-        let bytes = encode("tag:a", &e);
-        assert_eq!(decode(&bytes, "tag:a").unwrap(), e);
-        assert_eq!(decode(&encode("tag:a", &[]), "tag:a").unwrap(), vec![]);
-        assert!(decode(&bytes, "tag:b").unwrap_err().contains("other pins"));
-        for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut], "tag:a").is_err(), "torn at {cut}");
+    fn only_sets_of_this_naming_scheme_are_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let mk = |rel: &str| {
+            let p = d.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        };
+        mk("v1-0123456789abcdef/maps/SOCKETS");
+        mk("v1-0123456789abcdef/maps/GENERATION");
+        mk("v1-0123456789abcdef/links/tracepoint/tp_sock_send_length");
+        mk("v1-0123456789abcdef/progs/iter_tcp_states");
+        std::fs::create_dir_all(d.join("staging-v1-0123456789abcdef-42/links")).unwrap();
+        assert!(is_ours(&d.join("v1-0123456789abcdef")));
+        assert!(is_ours(&d.join("staging-v1-0123456789abcdef-42")));
+        assert_eq!(check_dir(d), Ok(()));
+        // Someone else's map beside ours, in a set, or a look-alike name.
+        mk("v1-fedcba9876543210/maps/foreign");
+        mk("v0-0123456789abcdef/maps/SOCKETS");
+        mk("cilium_calls");
+        mk("v1-0123456789abcdeg/maps/SOCKETS");
+        for name in [
+            "v1-fedcba9876543210",
+            "v0-0123456789abcdef",
+            "cilium_calls",
+            "v1-0123456789abcdeg",
+        ] {
+            assert!(!is_ours(&d.join(name)), "{name}");
         }
-        assert!(decode(b"garbage", "tag:a").is_err());
-        assert!(decode(b"netwatch-ebpf-baseline 1 tag:a\nend 0\n", "tag:a").is_err());
-        for i in 0..bytes.len() {
-            let mut altered = bytes.clone();
-            altered[i] ^= 0x10;
-            assert!(decode(&altered, "tag:a").is_err(), "altered byte {i}");
-        }
+        let e = check_dir(d).unwrap_err();
+        assert!(e.contains("holds 4 entries netwatch did not make"), "{e}");
+        assert!(e.contains("cilium_calls"), "{e}");
+        assert!(check_dir(Path::new("relative/dir")).is_err());
+        // A filesystem's root, and where the BPF filesystem is mounted.
+        assert!(check_dir(Path::new("/"))
+            .unwrap_err()
+            .contains("root of a mounted"));
+        assert!(check_dir(Path::new("/proc"))
+            .unwrap_err()
+            .contains("root of a mounted"));
+        assert!(check_dir(Path::new(BPFFS))
+            .unwrap_err()
+            .contains("root of a mounted"));
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! The pinned objects this agent holds open while it runs: a file
+//! descriptor for every map, link and program under its pin set, so that
+//! removing the pin files (`rm -r /sys/fs/bpf/netwatch/*` while the agent
+//! runs) detaches nothing, and the pins can be made again from the held
+//! descriptors. Checked once per read (one `lstat` per object); missing
+//! pins are pinned again, logged and counted.
+//!
+//! It must never pin anything outside its own set directory, never replace
+//! an entry that exists, and never close a descriptor while the agent runs
+//! (closing the last one of a link detaches its program).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use log::{info, warn};
+
+/// `BPF_OBJ_PIN` and `BPF_OBJ_GET`.
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// The `obj` member of `union bpf_attr` (`BPF_OBJ_PIN`, `BPF_OBJ_GET`).
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: a path with a NUL byte", path.display()),
+        )
+    })
+}
+
+fn bpf_obj(cmd: libc::c_long, attr: &mut ObjAttr) -> io::Result<libc::c_long> {
+    // SAFETY: bpf(2) with an `obj` attr whose pathname points at a live
+    // NUL-terminated string; the kernel reads `size_of::<ObjAttr>()` bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut ObjAttr,
+            std::mem::size_of::<ObjAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Open the BPF object (map, link or program) pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    let fd = bpf_obj(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET returned no fd"))?;
+    // SAFETY: a new fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pin the BPF object behind `fd` at `path` (the parent must exist on a
+/// BPF filesystem; an existing `path` is an error, never replaced).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..ObjAttr::default()
+    };
+    bpf_obj(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Every object of one pin set, held open, by its path under the set.
+pub struct Held {
+    root: PathBuf,
+    objects: Vec<(PathBuf, OwnedFd)>,
+    /// Objects pinned again since start.
+    restored: u64,
+    /// A failed restore was logged (logged again only after a success).
+    failing: bool,
+}
+
+impl Held {
+    /// Open every object pinned under `root` (recursively).
+    pub fn open(root: &Path) -> io::Result<Self> {
+        let mut objects = Vec::new();
+        let mut dirs = vec![PathBuf::new()];
+        while let Some(rel) = dirs.pop() {
+            let dir = root.join(&rel);
+            for entry in std::fs::read_dir(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
+            {
+                let entry = entry?;
+                let rel = rel.join(entry.file_name());
+                if entry.file_type()?.is_dir() {
+                    dirs.push(rel);
+                } else {
+                    let path = root.join(&rel);
+                    let fd = obj_get(&path).map_err(|e| {
+                        io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
+                    })?;
+                    objects.push((rel, fd));
+                }
+            }
+        }
+        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        log::debug!(
+            "holding {} pinned objects of {} open",
+            objects.len(),
+            root.display()
+        );
+        Ok(Self {
+            root: root.to_path_buf(),
+            objects,
+            restored: 0,
+            failing: false,
+        })
+    }
+
+    /// The set's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How many objects it holds.
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Objects pinned again since start (their pins had been removed).
+    pub fn restored(&self) -> u64 {
+        self.restored
+    }
+
+    /// Pin again every object whose pin is gone; returns how many were.
+    /// Cheap when nothing is missing: one `lstat` per object. A failure
+    /// is logged once per outage; the programs stay attached either way
+    /// (the descriptors held here keep them), only a restarted agent would
+    /// then start without the pins.
+    pub fn check(&mut self) -> u64 {
+        let missing: Vec<usize> = self
+            .objects
+            .iter()
+            .enumerate()
+            .filter(|(_, (rel, _))| {
+                matches!(std::fs::symlink_metadata(self.root.join(rel)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if missing.is_empty() {
+            return 0;
+        }
+        let mut pinned = 0;
+        let mut error = None;
+        for i in &missing {
+            let (rel, fd) = &self.objects[*i];
+            let path = self.root.join(rel);
+            let made = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| obj_pin(fd.as_fd(), &path));
+            match made {
+                Ok(()) => pinned += 1,
+                Err(e) => {
+                    error.get_or_insert_with(|| format!("{}: {e}", path.display()));
+                }
+            }
+        }
+        self.restored += pinned;
+        match error {
+            None => {
+                warn!(
+                    "{} of the {} pins under {} were removed while the agent ran: pinned them again from the agent's own handles (the programs never detached; {} restored since start)",
+                    missing.len(),
+                    self.objects.len(),
+                    self.root.display(),
+                    self.restored
+                );
+                if std::mem::take(&mut self.failing) {
+                    info!("the pins under {} are complete again", self.root.display());
+                }
+            }
+            Some(e) if !self.failing => {
+                self.failing = true;
+                warn!(
+                    "{} of the {} pins under {} were removed while the agent ran and pinning them again failed ({e}); the programs stay attached while this agent runs, but a restarted agent will start without pins (retried every interval)",
+                    missing.len(),
+                    self.objects.len(),
+                    self.root.display()
+                );
+            }
+            Some(_) => {}
+        }
+        pinned
+    }
+}
