@@ -385,6 +385,8 @@ pub fn run(args: SoakArgs) -> Result<()> {
         p(&dir.join("spool")),
         "--host-id-file".into(),
         p(&dir.join("host-id")),
+        // Pinned, as the packaged service runs.
+        "--pin".into(),
         "--pin-dir".into(),
         PIN_DIR.into(),
         "--pin-state-file".into(),
