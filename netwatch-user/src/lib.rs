@@ -21,6 +21,8 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privilege;
 pub mod procinfo;
+#[cfg(target_os = "linux")]
+pub mod sd_notify;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

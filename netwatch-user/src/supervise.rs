@@ -19,7 +19,8 @@
 //! and [`all_up`] (the ingest envelope's `agent_health.collectors_ok`). The
 //! tick reports each completed tick ([`tick_completed`]); [`liveness`] (the
 //! `/healthz` answer) is healthy only while ticks keep completing within
-//! [`stale_after`] and no part is down for good.
+//! [`stale_after`] and no part is down for good; under systemd each
+//! completed tick also feeds the unit's watchdog (`sd_notify`).
 //!
 //! Poisoned mutexes: a lock poisoned by a panicking holder is taken over
 //! with [`lock`], which logs it once and clears the poison. The supervisor
@@ -357,7 +358,9 @@ pub fn stale_after(interval: Duration) -> Duration {
     (interval.saturating_mul(3)).max(STALE_FLOOR)
 }
 
-/// The tick loop starts with this interval: liveness is judged from now.
+/// The tick loop starts with this interval: liveness is judged from now
+/// (and, under systemd, the agent is ready and its watchdog armed with
+/// [`stale_after`]).
 pub fn ticks_start(interval: Duration) {
     INTERVAL_MS.store(
         u64::try_from(interval.as_millis())
@@ -366,11 +369,15 @@ pub fn ticks_start(interval: Duration) {
         Ordering::SeqCst,
     );
     LAST_TICK_MS.store(now_ms(), Ordering::SeqCst);
+    #[cfg(target_os = "linux")]
+    crate::sd_notify::ready(stale_after(interval));
 }
 
 /// A tick completed (its snapshot was handed to every sink).
 pub fn tick_completed() {
     LAST_TICK_MS.store(now_ms(), Ordering::SeqCst);
+    #[cfg(target_os = "linux")]
+    crate::sd_notify::keep_alive();
 }
 
 /// The agent's liveness (the `/healthz` answer).

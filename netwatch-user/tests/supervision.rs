@@ -9,8 +9,9 @@
 //! envelope's `collectors_ok` is false while it is down. A part that keeps
 //! failing is given up on: `/healthz` says so with 503 and the agent exits
 //! non-zero naming it. A stalled tick turns `/healthz` to 503 until it
-//! ticks again. Needs root (BPF programs, sock_diag, capture; root-owned
-//! config files).
+//! ticks again, and starves systemd's watchdog (`NOTIFY_SOCKET`, a datagram
+//! socket of the test's own standing in for systemd). Needs root (BPF
+//! programs, sock_diag, capture; root-owned config files).
 #![cfg(target_os = "linux")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,6 +145,11 @@ impl Drop for Agent {
 /// `--output json --output prometheus` on a free port and `faults` in
 /// `NETWATCH_FAULT_INJECT`; returns once it serves `/metrics`.
 fn start(args: &[&str], config: &str, faults: &str) -> Agent {
+    start_with_env(args, config, faults, &[])
+}
+
+/// [`start`] with more environment variables.
+fn start_with_env(args: &[&str], config: &str, faults: &str, env: &[(&str, &str)]) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     for (name, text) in [("config.toml", config), ("api-key", KEY)] {
@@ -162,6 +168,8 @@ fn start(args: &[&str], config: &str, faults: &str) -> Agent {
         .env_remove("NETWATCH_CONFIG")
         .env_remove("NETWATCH_ENDPOINT")
         .env_remove("NETWATCH_INTERVAL")
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if args.contains(&"ingest") {
@@ -557,4 +565,64 @@ fn healthz_fails_while_the_tick_is_stuck_and_recovers_after() {
     let before = agent.snapshot_count();
     thread::sleep(Duration::from_secs(3));
     assert!(agent.snapshot_count() > before, "snapshots resumed");
+}
+
+/// Under systemd (`NOTIFY_SOCKET`): `READY=1` with the watchdog limit
+/// (10 s at a 1 s interval) when the tick loop starts, then `WATCHDOG=1`
+/// after every tick; none while the tick is stuck, and again after.
+#[test]
+fn systemd_gets_ready_and_a_keep_alive_per_tick_and_none_while_the_tick_is_stuck() {
+    require_root();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let agent = start_with_env(
+        &["--mode", "proc", "--interval", "1"],
+        "",
+        "stall:tick:after=5:for=6",
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let started = Instant::now();
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    let mut buf = [0u8; 512];
+    // Through the stall and a few ticks after it.
+    while started.elapsed() < Duration::from_secs(16) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(
+        texts.first().copied(),
+        Some("READY=1\nWATCHDOG_USEC=10000000\nSTATUS=collecting"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1..].iter().all(|t| *t == "WATCHDOG=1"),
+        "only keep-alives after READY: {texts:?}"
+    );
+    // A keep-alive per tick: the stall is the one long silence.
+    let times: Vec<Instant> = got[1..].iter().map(|(t, _)| *t).collect();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let long: Vec<&Duration> = gaps
+        .iter()
+        .filter(|g| **g >= Duration::from_secs(5))
+        .collect();
+    assert_eq!(long.len(), 1, "one silence, the stall: {gaps:?}");
+    let stall_at = gaps
+        .iter()
+        .position(|g| *g >= Duration::from_secs(5))
+        .unwrap();
+    assert!(stall_at >= 2, "keep-alives before the stall: {gaps:?}");
+    assert!(
+        gaps.len() - stall_at >= 2,
+        "keep-alives after the stall: {gaps:?}"
+    );
+    drop(agent);
 }
