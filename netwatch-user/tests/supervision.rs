@@ -36,6 +36,12 @@ fn require_root() {
         "the supervision tests load BPF programs, open sock_diag and a capture, and write \
          root-owned config files: run as root"
     );
+    if !cfg!(debug_assertions) {
+        panic!(
+            "these tests use the fault hook NETWATCH_FAULT_INJECT, which only debug builds \
+             have: run them without --release"
+        );
+    }
 }
 
 /// The agents of these tests load programs and capture on loopback: one

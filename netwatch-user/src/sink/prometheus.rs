@@ -1685,6 +1685,14 @@ mod tests {
         assert_eq!(r.headers()[http::header::ALLOW], "GET, HEAD");
         assert_eq!(answer(&req("GET", "/metrics/x"), &reg).status(), 404);
         assert_eq!(answer(&req("GET", "/api/v1/ingest"), &reg).status(), 404);
+        // No tick loop in this test process: not live.
+        let r = answer(&req("GET", "/healthz"), &reg);
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            crate::supervise::liveness().describe(),
+            "not ticking: the tick loop has not started"
+        );
+        assert_eq!(answer(&req("POST", "/healthz"), &reg).status(), 405);
     }
 
     #[test]
