@@ -98,10 +98,7 @@ pub trait DeliveryReport: Send + Sync + std::fmt::Debug {
 impl DeliveryReport for super::ingest::DeliveryStats {
     fn view(&self) -> DeliveryView {
         use std::sync::atomic::Ordering::Relaxed;
-        let errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let errors = crate::supervise::lock(&self.errors, "ingest error counters")
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
@@ -522,7 +519,8 @@ struct StateCollector {
 }
 
 fn lock(m: &Mutex<MetricsState>) -> MutexGuard<'_, MetricsState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    // Held only to copy numbers in or out: consistent after any panic.
+    crate::supervise::lock(m, "/metrics state")
 }
 
 fn counter<S: EncodeLabelSet>(
