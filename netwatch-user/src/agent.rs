@@ -270,7 +270,10 @@ impl StopSignals {
 
 /// Run the agent: prime, then one snapshot per `interval` until Ctrl-C or
 /// SIGTERM (which deliver a final snapshot of the partial interval), a
-/// sink's `Stop`, or (with `once`) the first snapshot.
+/// sink's `Stop`, or (with `once`) the first snapshot. Each completed tick
+/// is reported to [`crate::supervise`] (the `/healthz` heartbeat); a worker
+/// thread the supervisor gave up on ends the loop with an error naming it
+/// (the agent exits non-zero and its service manager restarts it).
 pub async fn run(
     mut agent: Agent,
     interval: Duration,
@@ -281,6 +284,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // completes immediately
     let StopSignals { mut int, mut term } = stops;
+    crate::supervise::ticks_start(interval);
     tokio::task::block_in_place(|| agent.prime());
     loop {
         let stopping = tokio::select! {
@@ -295,12 +299,22 @@ pub async fn run(
             if stopping {
                 agent.source.settle();
             }
+            crate::supervise::fault::stall("tick");
             let snap = agent.snapshot();
             let flow = agent.deliver(&snap);
             drop(snap);
             release_free_memory();
             flow
         });
+        crate::supervise::tick_completed();
+        if let Some(c) = crate::supervise::down_for_good() {
+            anyhow::bail!(
+                "the agent's {} part failed for good ({}): exiting so that the service \
+                 manager (systemd, Kubernetes) restarts the agent",
+                c.name,
+                c.last_failure.as_deref().unwrap_or("no reason recorded")
+            );
+        }
         if stopping || once || flow == Flow::Stop {
             break;
         }

@@ -6,7 +6,9 @@
 //! each snapshot, as a value, to every [`sink`]. Sources that read an
 //! external tool (`ss`, the macOS tools) run it through [`tool`]. The
 //! [`alerts`] detectors are fed each tick's rows and the source's events;
-//! the opt-in [`health`] probes run on their own thread.
+//! the opt-in [`health`] probes run on their own thread. Every thread besides
+//! the tick is a [`supervise::Worker`]: restarted when it fails, or the agent
+//! exits.
 
 pub mod agent;
 pub mod alerts;
@@ -20,7 +22,10 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privilege;
 pub mod procinfo;
+#[cfg(target_os = "linux")]
+pub mod sd_notify;
 pub mod sink;
 pub mod snapshot;
 pub mod source;
+pub mod supervise;
 pub mod tool;

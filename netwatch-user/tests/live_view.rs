@@ -5,7 +5,9 @@
 //! exec'd through, here a symlink to this test binary). The captured pane
 //! must show the header and that process's row (pid, name, user, cgroup,
 //! its two connections in the pane below), and `q` must end the agent with
-//! exit status 0 and the terminal back on the normal screen.
+//! exit status 0 and the terminal back on the normal screen. A view made to
+//! panic (the debug build's fault hook) ends the agent with status 1 and the
+//! terminal back on the normal screen.
 //!
 //! Needs root (the agent loads BPF programs) and tmux. Runs without the
 //! libtest harness (`harness = false`): started as `nwlive-mover`, this
@@ -183,10 +185,16 @@ mod linux {
         // synchronously (seen here: the pane stays dead with no status and
         // the agent an unreaped zombie until tmux gets another SIGCHLD).
         let conf = conf.to_str().expect("utf-8 path");
-        for session in ["live", "term"] {
+        for session in ["live", "term", "panic"] {
             let status_file = dir.path().join(format!("{session}.status"));
+            // The third view panics (the debug build's fault hook).
+            let env = if session == "panic" {
+                "NETWATCH_FAULT_INJECT=panic:live_view:after=3 RUST_BACKTRACE=0 "
+            } else {
+                ""
+            };
             let agent = format!(
-                "{AGENT} --no-pin --output table --interval 1; echo $? > {}",
+                "{env}{AGENT} --no-pin --output table --interval 1; echo $? > {}",
                 status_file.display()
             );
             tmux(
@@ -292,6 +300,43 @@ mod linux {
         // SAFETY: kill(2) with a pid and a valid signal number.
         assert_eq!(unsafe { libc::kill(agent_pid, libc::SIGTERM) }, 0);
         assert_ends_cleanly(&socket, "term", &dir.path().join("term.status"), "SIGTERM");
+
+        // A panic in the view is not restarted (the terminal's state is
+        // unknown): the terminal is restored and the agent exits with
+        // status 1, naming the part, for its service manager to restart.
+        let status_file = dir.path().join("panic.status");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let code = loop {
+            let code = std::fs::read_to_string(&status_file).unwrap_or_default();
+            if code.ends_with('\n') || Instant::now() > deadline {
+                break code;
+            }
+            thread::sleep(Duration::from_millis(100));
+        };
+        let after = tmux(
+            &socket,
+            &["capture-pane", "-p", "-S", "-200", "-t", "panic"],
+        );
+        assert_eq!(code.trim(), "1", "exit status after the panic:\n{after}");
+        assert_eq!(
+            tmux(
+                &socket,
+                &["display-message", "-p", "-t", "panic", "#{alternate_on}"]
+            )
+            .trim(),
+            "0",
+            "the normal screen after the panic:\n{after}"
+        );
+        for needle in [
+            "live_view failed: panicked: fault injection: live_view panics; it cannot be \
+             restarted safely",
+            "the agent's live_view part failed for good",
+        ] {
+            assert!(
+                after.replace('\n', "").contains(needle),
+                "`{needle}` after the panic:\n{after}"
+            );
+        }
 
         // Not a terminal: plain text, no escape sequences.
         let out = Command::new(AGENT)

@@ -1,9 +1,12 @@
 //! The shipped deployment files agree with what the agent was shown to
-//! need (README, "Least privilege"): the systemd unit grants exactly the
+//! need (README, "Least privilege"): the systemd unit (a notify service
+//! with a watchdog the tick feeds) grants exactly the
 //! start-up set to a dedicated user under `ProtectSystem=strict` (and
 //! `systemd-analyze verify` accepts it where systemd is installed), and the
 //! Kubernetes DaemonSet grants the same capabilities without
-//! `privileged: true`, with the host mounts the collectors read.
+//! `privileged: true`, with the host mounts the collectors read, and probes
+//! the agent's liveness on `/healthz` where the packaged configuration
+//! serves it.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +14,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 const UNIT: &str = include_str!("../../packaging/netwatch-agent.service");
 const DAEMONSET: &str = include_str!("../../packaging/netwatch-agent-daemonset.yaml");
+const CONFIG: &str = include_str!("../../packaging/config.toml");
 
 /// The start-up set: the union of every source's needs, plus CAP_NET_ADMIN
 /// (sock_diag destroy groups on older kernels) and CAP_SETPCAP (shrinking
@@ -52,6 +56,11 @@ fn the_unit_grants_the_start_set_to_a_dedicated_user_in_a_strict_sandbox() {
     assert!(exec.first().is_some_and(|p| p.starts_with('/')), "{exec:?}");
     // The service pins (a run by hand does not).
     assert!(exec.iter().any(|a| a == "--pin"), "{exec:?}");
+    // Readiness and the watchdog come from the tick (sd_notify).
+    assert_eq!(unit_values("Type"), ["notify"]);
+    assert_eq!(unit_values("NotifyAccess"), ["main"]);
+    assert_eq!(unit_values("WatchdogSec"), ["60s"]);
+    assert_eq!(unit_values("Restart"), ["on-failure"]);
     // The agent must see every process.
     assert!(unit_values("ProtectProc").is_empty() && unit_values("ProcSubset").is_empty());
 }
@@ -184,4 +193,48 @@ fn the_daemonset_parses_and_grants_the_same_set_without_privileged() {
     for m in c["volumeMounts"].as_vec().unwrap() {
         assert!(volumes.contains(m["name"].as_str().unwrap()), "{m:?}");
     }
+}
+
+#[test]
+fn the_daemonset_probes_healthz_on_the_packaged_metrics_listener() {
+    let cfg: toml::Table = CONFIG.parse().expect("packaging/config.toml is TOML");
+    let outputs: Vec<&str> = cfg["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| o.as_str().expect("an output name"))
+        .collect();
+    assert!(
+        outputs.contains(&"prometheus"),
+        "/healthz is served beside /metrics: {outputs:?}"
+    );
+    let listen: std::net::SocketAddr = cfg["prometheus"]["listen"]
+        .as_str()
+        .expect("[prometheus] listen")
+        .parse()
+        .expect("an address:port");
+    let docs = YamlLoader::load_from_str(DAEMONSET).expect("the DaemonSet manifest is YAML");
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .expect("a DaemonSet document");
+    let pod = get(ds, &["spec", "template", "spec"]);
+    // The kubelet reaches a loopback listener only in the node's namespace.
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
+    let probe = &pod["containers"][0]["livenessProbe"];
+    let http = &probe["httpGet"];
+    assert_eq!(http["path"].as_str(), Some("/healthz"), "{probe:?}");
+    assert_eq!(http["port"].as_i64(), Some(i64::from(listen.port())));
+    assert_eq!(
+        http["host"].as_str(),
+        Some(listen.ip().to_string().as_str())
+    );
+    // A scrape that waits past the probe's timeout is a failure too: it
+    // answers well within it (the server never waits on the tick).
+    let period = probe["periodSeconds"].as_i64().expect("periodSeconds");
+    let timeout = probe["timeoutSeconds"].as_i64().expect("timeoutSeconds");
+    assert!(0 < timeout && timeout < period, "{probe:?}");
+    assert!(probe["initialDelaySeconds"]
+        .as_i64()
+        .is_some_and(|d| d >= 10));
 }

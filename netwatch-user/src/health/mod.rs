@@ -21,7 +21,6 @@ pub mod targets;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use netwatch_common::wire::HealthMetric;
@@ -205,16 +204,17 @@ struct Shared {
     stop: bool,
 }
 
-/// The probe thread. Dropping it stops the thread (promptly: it waits on a
-/// condition variable, not a sleep).
+/// The probe thread, supervised as `health` (restarted after a failure:
+/// it owns nothing but its history, which it keeps). Dropping it stops the
+/// thread (promptly: it waits on a condition variable, not a sleep).
 #[derive(Debug)]
 pub struct Prober {
     shared: Arc<(Mutex<Shared>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<crate::supervise::Worker>,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    crate::supervise::lock(m, "health probe results")
 }
 
 impl Prober {
@@ -222,23 +222,26 @@ impl Prober {
     pub fn start(cfg: HealthConfig) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("netwatch-health".into())
-            .spawn(move || {
-                let mut state = HealthState::default();
-                loop {
-                    probe_round(&cfg, &mut state);
-                    let (m, cv) = &*s;
-                    let mut g = lock(m);
-                    g.state = state.clone();
-                    let (g, _) = cv
-                        .wait_timeout_while(g, cfg.interval, |g| !g.stop)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if g.stop {
-                        return;
-                    }
+        // Kept across restarts: a restarted prober goes on with its history.
+        let mut state = HealthState::default();
+        let thread = crate::supervise::Worker::spawn(
+            "health",
+            "netwatch-health",
+            crate::supervise::Policy::Restart,
+            move || loop {
+                crate::supervise::fault::point("health");
+                probe_round(&cfg, &mut state);
+                let (m, cv) = &*s;
+                let mut g = lock(m);
+                g.state = state.clone();
+                let (g, _) = cv
+                    .wait_timeout_while(g, cfg.interval, |g| !g.stop)
+                    .unwrap_or_else(|e| e.into_inner());
+                if g.stop {
+                    return Ok(());
                 }
-            })?;
+            },
+        )?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -260,9 +263,8 @@ impl Drop for Prober {
     fn drop(&mut self) {
         lock(&self.shared.0).stop = true;
         self.shared.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Stops restarts and joins.
+        drop(self.thread.take());
     }
 }
 

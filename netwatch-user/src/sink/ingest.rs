@@ -28,7 +28,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, error, info, warn};
@@ -61,7 +60,7 @@ pub struct DeliveryStats {
 
 impl DeliveryStats {
     fn error(&self, cause: &str) {
-        let mut m = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::supervise::lock(&self.errors, "ingest error counters");
         *m.entry(cause.to_string()).or_default() += 1;
     }
 }
@@ -85,25 +84,32 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::supervise::lock(&self.state, "ingest spool")
     }
 }
 
 /// The ingest sink: spool on emit, deliver on its own thread.
 pub struct IngestSink {
     shared: Arc<Shared>,
-    sender: Option<JoinHandle<()>>,
+    /// The sender thread, supervised as `ingest` (restarted: everything it
+    /// has not delivered is in the spool on disk).
+    sender: Option<crate::supervise::Worker>,
     /// Disconnects when the sender thread ends.
     sender_gone: std::sync::mpsc::Receiver<()>,
     flush_timeout: Duration,
 }
 
-/// Did every collector produce its section? Read from the snapshot the tick
-/// built: the socket source fills `processes`, the interface collector
-/// `interfaces` (Linux always has `lo`), the TCP state collector
-/// `connection_count`; a failure leaves its section empty.
+/// Did every collector produce its section, and is every supervised part
+/// of the agent up? Read from the snapshot the tick built: the socket
+/// source fills `processes`, the interface collector `interfaces` (Linux
+/// always has `lo`), the TCP state collector `connection_count`; a failure
+/// leaves its section empty. A worker thread waiting for its restart (or
+/// given up on) makes it false too ([`crate::supervise::all_up`]).
 pub fn collectors_ok(s: &Snapshot) -> bool {
-    s.processes.is_some() && !s.interfaces.is_empty() && s.connection_count.is_some()
+    s.processes.is_some()
+        && !s.interfaces.is_empty()
+        && s.connection_count.is_some()
+        && crate::supervise::all_up()
 }
 
 impl IngestSink {
@@ -134,14 +140,19 @@ impl IngestSink {
         });
         let flush_timeout = cfg.flush_timeout;
         let roots = root_certs(cfg.ca_file.as_deref())?;
-        let sender = Sender::new(cfg, host, roots, Arc::clone(&shared));
+        let mut sender = Sender::new(cfg, host, roots, Arc::clone(&shared));
         let (alive, sender_gone) = std::sync::mpsc::channel::<()>();
-        let handle = std::thread::Builder::new()
-            .name("ingest".into())
-            .spawn(move || {
-                let _alive = alive;
-                sender.run()
-            })?;
+        let handle = crate::supervise::Worker::spawn(
+            "ingest",
+            "ingest",
+            crate::supervise::Policy::Restart,
+            move || {
+                // Disconnects `sender_gone` when the thread ends.
+                let _alive = &alive;
+                sender.run();
+                Ok(())
+            },
+        )?;
         Ok(Self {
             shared,
             sender: Some(handle),
@@ -168,6 +179,8 @@ impl IngestSink {
             st.shutdown_deadline = Some(Instant::now() + self.flush_timeout);
         }
         self.shared.wake.notify_all();
+        // A sender waiting for its restart is not restarted to flush.
+        handle.stop();
         let grace = self.flush_timeout + Duration::from_secs(1);
         match self.sender_gone.recv_timeout(grace) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -176,13 +189,15 @@ impl IngestSink {
                      leaving it (its snapshots stay in the spool)",
                     self.flush_timeout.as_secs_f64()
                 );
+                handle.detach();
                 return;
             }
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
         }
-        if handle.join().is_err() {
-            error!("ingest: the sender thread panicked; undelivered snapshots stay in the spool");
+        if handle.status().gave_up {
+            error!("ingest: the sender thread was given up on; undelivered snapshots stay in the spool");
         }
+        drop(handle);
         let st = self.shared.lock();
         if !st.spool.is_empty() {
             info!(
@@ -395,9 +410,12 @@ impl Sender {
         }
     }
 
-    fn run(mut self) {
+    /// Deliver until shutdown. Run again by the supervisor after a panic:
+    /// what it had not finished is still in the spool.
+    fn run(&mut self) {
         let mut next_attempt = Instant::now();
         loop {
+            crate::supervise::fault::point("ingest");
             let mut st = self.shared.lock();
             let deadline = loop {
                 if let Some(d) = st.shutdown_deadline {

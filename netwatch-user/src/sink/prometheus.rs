@@ -2,7 +2,11 @@
 //! byte counters accumulated from the snapshots' per-interval bytes,
 //! interface counters, TCP state gauges, agent self-metrics), and a small
 //! HTTP/1 server on a thread of its own renders it in the OpenMetrics text
-//! format with `prometheus-client` on every `GET /metrics`.
+//! format with `prometheus-client` on every `GET /metrics`. The same server
+//! answers `GET /healthz` from [`crate::supervise::liveness`] (200 while
+//! the tick advances, 503 with the reason otherwise), and the page carries
+//! every supervised part's `netwatch_agent_component_up` and
+//! `netwatch_agent_component_restarts_total`.
 //!
 //! It must never block the tick on a scrape (the tick and a scrape share the
 //! state behind one mutex; both hold it only to copy numbers, the scrape
@@ -98,10 +102,7 @@ pub trait DeliveryReport: Send + Sync + std::fmt::Debug {
 impl DeliveryReport for super::ingest::DeliveryStats {
     fn view(&self) -> DeliveryView {
         use std::sync::atomic::Ordering::Relaxed;
-        let errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let errors = crate::supervise::lock(&self.errors, "ingest error counters")
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
@@ -524,7 +525,8 @@ struct StateCollector {
 }
 
 fn lock(m: &Mutex<MetricsState>) -> MutexGuard<'_, MetricsState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    // Held only to copy numbers in or out: consistent after any panic.
+    crate::supervise::lock(m, "/metrics state")
 }
 
 fn counter<S: EncodeLabelSet>(
@@ -924,7 +926,45 @@ fn registry(
         state: Arc::clone(state),
         delivery,
     }));
+    registry.register_collector(Box::new(ComponentCollector));
     registry
+}
+
+/// The supervised parts ([`crate::supervise::components`]): up or not, and
+/// their restarts. Nothing is written while no part runs.
+#[derive(Debug)]
+struct ComponentCollector;
+
+impl Collector for ComponentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let parts = crate::supervise::components();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let up: Vec<_> = parts
+            .iter()
+            .map(|c| (Labels([("component", Text(c.name))]), i64::from(c.up)))
+            .collect();
+        gauge(
+            &mut enc,
+            "netwatch_agent_component_up",
+            "Whether the agent's part (a worker thread) runs: 0 while it waits for its \
+             restart, and once given up on (the agent then exits)",
+            None,
+            &up,
+        )?;
+        let restarts: Vec<_> = parts
+            .iter()
+            .map(|c| (Labels([("component", Text(c.name))]), c.restarts))
+            .collect();
+        counter(
+            &mut enc,
+            "netwatch_agent_component_restarts",
+            "Times the agent's part was restarted after a panic or a failure",
+            None,
+            &restarts,
+        )
+    }
 }
 
 /// At most this many scrapes at once; more connections are closed at once.
@@ -946,8 +986,20 @@ pub struct PrometheusSink {
     persist: Option<(String, std::path::PathBuf)>,
     /// Sent once the counters are restored: the server starts answering.
     go: Option<std::sync::mpsc::Sender<()>>,
-    /// Dropped with the sink: the server stops.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Set (or dropped) to stop the server.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The server thread, supervised as `metrics` (restarted: the listener
+    /// belongs to its body, each run serves a clone of it).
+    server: Option<crate::supervise::Worker>,
+}
+
+impl Drop for PrometheusSink {
+    fn drop(&mut self) {
+        self.go = None;
+        self.stop.send_replace(true);
+        // Stops restarts and joins.
+        drop(self.server.take());
+    }
 }
 
 impl PrometheusSink {
@@ -976,23 +1028,33 @@ impl PrometheusSink {
             top_processes: cfg.top_processes,
         })));
         let registry = Arc::new(registry(&state, delivery));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the /metrics runtime")?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // The server starts once the counters are restored (`resume`):
         // until then scrapes wait in the listen backlog, so none ever sees
         // a restored counter at 0.
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                if go_rx.recv().is_ok() {
-                    rt.block_on(serve(listener, registry, stop_rx));
+        let mut waiting = Some(go_rx);
+        let server = crate::supervise::Worker::spawn(
+            "metrics",
+            "metrics",
+            crate::supervise::Policy::Restart,
+            move || {
+                if let Some(go) = waiting.take() {
+                    if go.recv().is_err() {
+                        return Ok(());
+                    }
                 }
-            })
-            .context("starting the /metrics thread")?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("starting the /metrics runtime: {e}"))?;
+                let listener = listener
+                    .try_clone()
+                    .map_err(|e| format!("duplicating the /metrics listener: {e}"))?;
+                rt.block_on(serve(listener, Arc::clone(&registry), stop_rx.clone()))
+            },
+        )
+        .context("starting the /metrics thread")?;
         log::info!("serving Prometheus metrics on http://{local_addr}/metrics");
         Ok(Self {
             state,
@@ -1000,7 +1062,8 @@ impl PrometheusSink {
             local_addr,
             persist: None,
             go: Some(go_tx),
-            _stop: stop_tx,
+            stop: stop_tx,
+            server: Some(server),
         })
     }
 
@@ -1132,7 +1195,8 @@ fn reply(status: http::StatusCode, content_type: &str, body: String) -> http::Re
     r
 }
 
-/// One request: `GET /metrics` renders the page; `/` points to it.
+/// One request: `GET /metrics` renders the page, `GET /healthz` the
+/// liveness; `/` points to both.
 fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body> {
     use http::{Method, StatusCode};
     let text = "text/plain; charset=utf-8";
@@ -1148,12 +1212,21 @@ fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body
                 ),
             }
         }
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            let live = crate::supervise::liveness();
+            let status = if live.is_live() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(status, text, format!("{}\n", live.describe()))
+        }
         (&Method::GET | &Method::HEAD, "/") => reply(
             StatusCode::OK,
             text,
-            "netwatch-agent: metrics at /metrics\n".into(),
+            "netwatch-agent: metrics at /metrics, liveness at /healthz\n".into(),
         ),
-        (_, "/metrics") | (_, "/") => {
+        (_, "/metrics") | (_, "/") | (_, "/healthz") => {
             let mut r = reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 text,
@@ -1168,29 +1241,29 @@ fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
-            "not found: try /metrics\n".into(),
+            "not found: try /metrics or /healthz\n".into(),
         ),
     }
 }
 
+/// Serve until `stop` is set or dropped (`Ok`); `Err` when the listener
+/// cannot be used (the supervisor tries again).
 async fn serve(
     listener: std::net::TcpListener,
     registry: Arc<Registry>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("/metrics: cannot use the listener: {e}; not serving metrics");
-            return;
-        }
-    };
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|e| format!("cannot use the /metrics listener: {e}"))?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    crate::supervise::fault::point("metrics");
+                    s
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait, go on.
                     log::warn!("/metrics: accepting a connection: {e}");
@@ -1628,6 +1701,14 @@ mod tests {
         assert_eq!(r.headers()[http::header::ALLOW], "GET, HEAD");
         assert_eq!(answer(&req("GET", "/metrics/x"), &reg).status(), 404);
         assert_eq!(answer(&req("GET", "/api/v1/ingest"), &reg).status(), 404);
+        // No tick loop in this test process: not live.
+        let r = answer(&req("GET", "/healthz"), &reg);
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            crate::supervise::liveness().describe(),
+            "not ticking: the tick loop has not started"
+        );
+        assert_eq!(answer(&req("POST", "/healthz"), &reg).status(), 405);
     }
 
     #[test]

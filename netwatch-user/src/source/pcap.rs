@@ -70,7 +70,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -239,8 +238,6 @@ struct Shared {
     stats: CaptureStats,
     /// A SYN was seen since the resolver last looked.
     opened: bool,
-    /// The capture failed and the thread stopped.
-    fatal: Option<String>,
 }
 
 impl Shared {
@@ -355,8 +352,10 @@ impl Shared {
 }
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Poisoned only if our own thread panicked mid-update; counters stay usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    // Poisoned only if the capture thread panicked mid-update (the
+    // supervisor restarts it); flows and counters stay usable, at worst one
+    // packet is missing.
+    crate::supervise::lock(m, "pcap flows")
 }
 
 /// Per-socket sample source over a live libpcap capture (Linux).
@@ -368,9 +367,12 @@ pub struct PcapSource {
     /// Wakes the capture thread out of `poll` (libpcap's timeout does not
     /// fire while no packet arrives with TPACKET_V3).
     breaker: BreakLoop,
-    thread: Option<JoinHandle<()>>,
+    /// The capture thread, supervised as `pcap_capture` (restarted: the
+    /// capture handle belongs to its body and outlives a panic).
+    thread: Option<crate::supervise::Worker>,
     resolver: Arc<Resolver>,
-    resolver_thread: Option<JoinHandle<()>>,
+    /// The rescan thread, supervised as `pcap_rescan` (restarted).
+    resolver_thread: Option<crate::supervise::Worker>,
     joiner: FlowJoiner,
     local_ips: HashSet<IpAddr>,
     /// The capture's read timeout: the longest a captured packet waits in
@@ -443,10 +445,16 @@ impl PcapSource {
             Some(gap) => {
                 let r = Arc::clone(&resolver);
                 Some(
-                    std::thread::Builder::new()
-                        .name("netwatch-pcap-scan".into())
-                        .spawn(move || r.run(gap))
-                        .map_err(PcapError::Thread)?,
+                    crate::supervise::Worker::spawn(
+                        "pcap_rescan",
+                        "netwatch-pcap-scan",
+                        crate::supervise::Policy::Restart,
+                        move || {
+                            r.run(gap);
+                            Ok(())
+                        },
+                    )
+                    .map_err(PcapError::Thread)?,
                 )
             }
             None => None,
@@ -454,17 +462,19 @@ impl PcapSource {
         let thread = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
             let wake = resolver_thread.is_some().then(|| Arc::clone(&resolver));
-            std::thread::Builder::new()
-                .name("netwatch-pcap".into())
-                .spawn(move || capture_loop(cap, link, &shared, &stop, wake.as_deref()))
+            let mut cap = cap;
+            crate::supervise::Worker::spawn(
+                "pcap_capture",
+                "netwatch-pcap",
+                crate::supervise::Policy::Restart,
+                move || capture_loop(&mut cap, link, &shared, &stop, wake.as_deref()),
+            )
         };
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
                 resolver.stop();
-                if let Some(t) = resolver_thread {
-                    let _ = t.join();
-                }
+                drop(resolver_thread);
                 return Err(PcapError::Thread(e));
             }
         };
@@ -532,17 +542,15 @@ impl SocketSource for PcapSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
-        let (flows, fatal) = {
-            let mut s = lock(&self.shared);
-            (std::mem::take(&mut s.flows), s.fatal.take())
-        };
-        if let Some(e) = fatal {
-            anyhow::bail!("pcap capture on `{}` stopped: {e}", self.device);
-        }
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+        let flows = std::mem::take(&mut lock(&self.shared).flows);
+        // The capture thread ends only when stopped or given up on.
+        if let Some(t) = self.thread.as_ref().filter(|t| t.is_finished()) {
             anyhow::bail!(
-                "pcap capture thread on `{}` ended unexpectedly",
-                self.device
+                "pcap capture on `{}` stopped: {}",
+                self.device,
+                t.status()
+                    .last_failure
+                    .unwrap_or_else(|| "the capture thread ended".into())
             );
         }
         let table = SocketTable::scan()
@@ -585,16 +593,12 @@ impl SocketSource for PcapSource {
 impl Drop for PcapSource {
     fn drop(&mut self) {
         self.resolver.stop();
-        if let Some(t) = self.resolver_thread.take() {
-            let _ = t.join();
-        }
+        drop(self.resolver_thread.take());
         self.stop.store(true, Ordering::Relaxed);
         // pcap_breakloop wakes a blocked pcap_next_ex (an eventfd on Linux,
         // libpcap ≥ 1.10) and stays armed if the thread is not blocked yet.
         self.breaker.breakloop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
     }
 }
 
@@ -609,16 +613,19 @@ fn open_hint(message: &str) -> &'static str {
     }
 }
 
+/// Count packets until stopped (`Ok`) or the capture fails (`Err`: the
+/// supervisor tries the same capture again after a backoff).
 fn capture_loop(
-    mut cap: Capture<Active>,
+    cap: &mut Capture<Active>,
     link: LinkType,
     shared: &Mutex<Shared>,
     stop: &AtomicBool,
     resolver: Option<&Resolver>,
-) {
+) -> Result<(), String> {
     let mut last_stats = Instant::now();
     let mut last_expiry = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        crate::supervise::fault::point("pcap_capture");
         match cap.next_packet() {
             Ok(p) => {
                 // Read now, on the monotonic clock: libpcap's own stamp is
@@ -637,11 +644,8 @@ fn capture_loop(
             }
             Err(pcap::Error::TimeoutExpired) => {}
             // Woken by pcap_breakloop (reported as "no more packets").
-            Err(_) if stop.load(Ordering::Relaxed) => return,
-            Err(e) => {
-                lock(shared).fatal = Some(e.to_string());
-                return;
-            }
+            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
+            Err(e) => return Err(format!("reading the capture: {e}")),
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
@@ -654,6 +658,7 @@ fn capture_loop(
             lock(shared).expire(crate::clock::mono_now());
         }
     }
+    Ok(())
 }
 
 /// Socket tables learned from rescans, kept between two reads.
@@ -680,7 +685,7 @@ struct ResolverState {
 
 impl Resolver {
     fn lock(&self) -> MutexGuard<'_, ResolverState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::supervise::lock(&self.state, "pcap rescans")
     }
 
     fn wake(&self) {
@@ -715,6 +720,7 @@ impl Resolver {
                 }
                 g.pending = false;
             }
+            crate::supervise::fault::point("pcap_rescan");
             // A failed scan only means fewer owners learned; the read's own
             // scan reports errors.
             let started = Instant::now();

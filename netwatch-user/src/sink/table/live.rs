@@ -15,7 +15,6 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, Once};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -115,7 +114,10 @@ fn install_panic_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            restore();
+            // A worker the supervisor restarts keeps the view up.
+            if !crate::supervise::panic_is_restarted() {
+                restore();
+            }
             previous(info);
         }));
     });
@@ -145,7 +147,11 @@ fn raise_sigint() {
 /// The tick's handle on the view thread.
 pub struct LiveTable {
     tx: Option<mpsc::Sender<Box<Snapshot>>>,
-    thread: Option<JoinHandle<()>>,
+    /// The view thread, supervised as `live_view` under
+    /// [`crate::supervise::Policy::Exit`]: the terminal's state after a
+    /// panic is unknown, so the view is not restarted; the agent exits
+    /// non-zero with the terminal restored.
+    thread: Option<crate::supervise::Worker>,
 }
 
 impl LiveTable {
@@ -168,10 +174,17 @@ impl LiveTable {
             }
         };
         let (tx, rx) = mpsc::channel::<Box<Snapshot>>();
-        let thread = std::thread::Builder::new()
-            .name("table".into())
-            .spawn(move || {
-                let quit = run(terminal, rx, UiState::new(host));
+        let mut parts = Some((terminal, rx, UiState::new(host)));
+        let thread = crate::supervise::Worker::spawn(
+            "live_view",
+            "table",
+            crate::supervise::Policy::Exit,
+            move || {
+                // Policy::Exit: run once.
+                let Some((terminal, rx, ui)) = parts.take() else {
+                    return Ok(());
+                };
+                let quit = run(terminal, rx, ui);
                 restore();
                 match quit {
                     Ok(true) => raise_sigint(),
@@ -181,7 +194,9 @@ impl LiveTable {
                         raise_sigint();
                     }
                 }
-            });
+                Ok(())
+            },
+        );
         match thread {
             Ok(t) => Ok(Self {
                 tx: Some(tx),
@@ -206,6 +221,7 @@ fn run(
     let mut dirty = true;
     let mut keys = true;
     loop {
+        crate::supervise::fault::point("live_view");
         loop {
             match rx.try_recv() {
                 Ok(s) => {
@@ -295,9 +311,7 @@ impl Sink for LiveTable {
 impl Drop for LiveTable {
     fn drop(&mut self) {
         self.tx = None; // disconnects: the thread restores and ends
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
         restore();
     }
 }

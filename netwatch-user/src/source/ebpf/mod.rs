@@ -19,7 +19,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -344,14 +343,14 @@ struct Pending {
 impl Pending {
     /// Move what the ring holds into `records`. Lock order: ring, records.
     fn drain(&self) {
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ring = crate::supervise::lock(&self.ring, "the closed-socket ring buffer");
         let mut batch = Vec::new();
         let malformed = drain_ring(&mut ring, &mut batch);
         self.dropped.fetch_add(malformed, Ordering::Relaxed);
         if batch.is_empty() {
             return;
         }
-        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut records = crate::supervise::lock(&self.records, "closed-socket records");
         let dropped = super::append_bounded(&mut records, batch, MAX_PENDING);
         self.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
@@ -364,7 +363,9 @@ impl Pending {
 enum Drain {
     Thread {
         pending: Arc<Pending>,
-        thread: Option<JoinHandle<()>>,
+        /// Supervised as `ringbuf` (restarted: the ring and the records
+        /// live in `pending`; meanwhile each read drains the ring itself).
+        thread: Option<crate::supervise::Worker>,
     },
     OnRead {
         ring: RingBuf<MapData>,
@@ -401,10 +402,13 @@ impl Drain {
             stop: AtomicBool::default(),
         });
         let shared = Arc::clone(&pending);
-        let thread = std::thread::Builder::new()
-            .name("netwatch-ringbuf".into())
-            .spawn(move || {
+        let thread = crate::supervise::Worker::spawn(
+            "ringbuf",
+            "netwatch-ringbuf",
+            crate::supervise::Policy::Restart,
+            move || {
                 while !shared.stop.load(Ordering::Relaxed) {
+                    crate::supervise::fault::point("ringbuf");
                     let mut pfd = libc::pollfd {
                         fd,
                         events: libc::POLLIN,
@@ -415,7 +419,9 @@ impl Drain {
                     unsafe { libc::poll(&mut pfd, 1, 100) };
                     shared.drain();
                 }
-            })?;
+                Ok(())
+            },
+        )?;
         Ok(Drain::Thread {
             pending,
             thread: Some(thread),
@@ -427,7 +433,10 @@ impl Drain {
         match self {
             Drain::Thread { pending, .. } => {
                 pending.drain();
-                std::mem::take(&mut *pending.records.lock().unwrap_or_else(|p| p.into_inner()))
+                std::mem::take(&mut *crate::supervise::lock(
+                    &pending.records,
+                    "closed-socket records",
+                ))
             }
             Drain::OnRead { ring, dropped } => {
                 let mut out = Vec::new();
@@ -450,9 +459,8 @@ impl Drop for Drain {
     fn drop(&mut self) {
         if let Drain::Thread { pending, thread } = self {
             pending.stop.store(true, Ordering::Relaxed);
-            if let Some(t) = thread.take() {
-                let _ = t.join();
-            }
+            // Stops restarts and joins.
+            drop(thread.take());
         }
     }
 }

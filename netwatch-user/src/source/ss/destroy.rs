@@ -21,7 +21,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 #[cfg(target_os = "linux")]
 use std::time::Duration;
 
@@ -325,7 +324,9 @@ struct Queue {
 #[derive(Debug)]
 pub struct DestroyListener {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The reader thread, supervised as `ss_destroy` (restarted: the socket
+    /// lives in `shared`; meanwhile each drain reads it itself).
+    thread: Option<crate::supervise::Worker>,
 }
 
 /// What the thread and [`DestroyListener::drain`] share. Lock order:
@@ -368,7 +369,7 @@ pub enum ListenError {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    crate::supervise::lock(m, "sock_diag destroy events")
 }
 
 impl DestroyListener {
@@ -427,12 +428,17 @@ impl DestroyListener {
             queue: Mutex::new(Queue::default()),
             stop: AtomicBool::new(false),
         });
-        let thread = std::thread::Builder::new()
-            .name("ss-destroy-events".into())
-            .spawn({
+        let thread = crate::supervise::Worker::spawn(
+            "ss_destroy",
+            "ss-destroy-events",
+            crate::supervise::Policy::Restart,
+            {
                 let shared = Arc::clone(&shared);
                 move || {
+                    // A restart tries the socket again.
+                    lock(&shared.reader).failed = false;
                     while !shared.stop.load(Ordering::Relaxed) {
+                        crate::supervise::fault::point("ss_destroy");
                         let mut pfd = libc::pollfd {
                             fd: raw,
                             events: libc::POLLIN,
@@ -443,12 +449,14 @@ impl DestroyListener {
                         // now and then to notice `stop`.
                         unsafe { libc::poll(&mut pfd, 1, 200) };
                         if !shared.read_available() {
-                            return;
+                            return Err("reading the sock_diag destroy events failed".into());
                         }
                     }
+                    Ok(())
                 }
-            })
-            .map_err(ListenError::Thread)?;
+            },
+        )
+        .map_err(ListenError::Thread)?;
         Ok(Self {
             shared,
             thread: Some(thread),
@@ -467,9 +475,8 @@ impl DestroyListener {
 impl Drop for DestroyListener {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // Stops restarts and joins.
+        drop(self.thread.take());
     }
 }
 
@@ -495,7 +502,7 @@ impl Shared {
                     );
                 }
                 Err(e) => {
-                    log::warn!("ss: reading sock_diag destroy events failed, stopping: {e}");
+                    log::warn!("ss: reading sock_diag destroy events failed: {e}");
                     r.failed = true;
                     return false;
                 }
