@@ -68,7 +68,12 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let _ = crate::tcp_events::on_state(ctx, sk, newstate, family);
     let st = match SOCKETS.get_ptr_mut(SockKey { sk }) {
         Some(p) => p,
-        None if newstate == TCP_ESTABLISHED => match entry(sk as *const u8, family, IPPROTO_TCP) {
+        None if newstate == TCP_ESTABLISHED => match entry(
+            sk as *const u8,
+            family,
+            IPPROTO_TCP,
+            maps::scratch::TP_INET_SOCK_SET_STATE,
+        ) {
             Some(p) => p,
             None => return Ok(0),
         },
