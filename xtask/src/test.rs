@@ -49,6 +49,12 @@ const GUEST_TESTS: &[&str] = &[
     "tcp_events_fentry_tier",
     "tcp_events_kprobe_tier",
     "tcp_events_tracepoint_tier",
+    "nested_programs_keep_their_entries_fentry_tier",
+    "nested_programs_keep_their_entries_kprobe_tier",
+    "nested_programs_keep_their_entries_tracepoint_tier",
+    "skipped_runs_are_counted_fentry_tier",
+    "skipped_runs_are_counted_kprobe_tier",
+    "skipped_runs_are_counted_tracepoint_tier",
 ];
 
 /// A stock kernel the guest tests run on.
