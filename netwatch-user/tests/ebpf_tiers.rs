@@ -1847,29 +1847,56 @@ const NEST_UDP_SENDER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 86, 0, 
 const NEST_TCP_BYTES: usize = 1000;
 const NEST_UDP_BYTES: usize = 7;
 
-/// A network namespace of the test's own (`ip netns`), removed on drop.
+/// A network namespace of the test's own: named (`ip netns`, removed on
+/// drop) where iproute2 is there, else (BusyBox in the QEMU guests)
+/// unnamed, made by a thread's `unshare` and kept by a descriptor.
 struct NestNs {
-    name: String,
+    name: Option<String>,
     file: std::fs::File,
 }
 
 impl NestNs {
     fn new(test: &str) -> Self {
         let name = format!("nw-nesting-{test}-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("running ip");
-            assert!(st.success(), "ip {}: {st}", args.join(" "));
-        };
         // A namespace left by a killed earlier run of this pid is ours.
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
             .status();
-        ip(&["netns", "add", &name]);
-        let file = std::fs::File::open(format!("/run/netns/{name}"))
-            .unwrap_or_else(|e| panic!("opening /run/netns/{name}: {e}"));
-        let ns = Self { name, file };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        let named = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success());
+        let ns = if named {
+            let file = std::fs::File::open(format!("/run/netns/{name}"))
+                .unwrap_or_else(|e| panic!("opening /run/netns/{name}: {e}"));
+            Self {
+                name: Some(name),
+                file,
+            }
+        } else {
+            let file = thread::spawn(|| {
+                // SAFETY: unshare(2) with CLONE_NEWNET moves only this
+                // thread, which ends once the namespace is opened.
+                let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+                std::fs::File::open("/proc/thread-self/ns/net").expect("opening the new namespace")
+            })
+            .join()
+            .unwrap();
+            Self { name: None, file }
+        };
+        thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter();
+                let st = Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("running ip");
+                assert!(st.success(), "ip link set lo up: {st}");
+            });
+        });
         ns
     }
 
@@ -1882,25 +1909,30 @@ impl NestNs {
         assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
     }
 
-    /// Have the namespace's loopback receive every packet on `cpu` (RPS).
-    fn receive_on(&self, cpu: usize) {
+    /// Have the namespace's loopback receive every packet on `cpu` (RPS);
+    /// false where the namespace has no name to reach its sysfs by.
+    fn receive_on(&self, cpu: usize) -> bool {
+        let Some(name) = &self.name else {
+            return false;
+        };
         let cmd = format!(
             "echo {:x} > /sys/class/net/lo/queues/rx-0/rps_cpus",
             1u64 << cpu
         );
         let st = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", &cmd])
+            .args(["netns", "exec", name, "sh", "-c", &cmd])
             .status()
             .expect("running ip netns exec");
         assert!(st.success(), "{cmd}: {st}");
+        true
     }
 }
 
 impl Drop for NestNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        if let Some(name) = &self.name {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
     }
 }
 
@@ -2124,9 +2156,8 @@ fn nest_sizes() -> usize {
 fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("keep-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
-    if softirq_cpu != conn_cpu {
-        ns.receive_on(softirq_cpu);
-    }
+    let rps = softirq_cpu != conn_cpu && ns.receive_on(softirq_cpu);
+    let (softirq_cpu, conn_cpu) = if rps { (softirq_cpu, conn_cpu) } else { (0, 0) };
     let stop = std::sync::atomic::AtomicBool::new(false);
     let ((udp_to, udp_pairs), (tcp_server, tcp_pairs)) = thread::scope(|s| {
         let udp = s.spawn(|| nest_udp_churn(&ns, softirq_cpu, &stop));
@@ -2245,7 +2276,7 @@ fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
         "{k:?}"
     );
     println!(
-        "NETWATCH-TIER {tier}: {} UDP sockets and {} TCP connections with softirqs on CPU {softirq_cpu} (connections from CPU {conn_cpu}): every UDP entry exact, TCP addresses and totals exact ({merged} connections' rows merged with another's); {skipped} skipped runs",
+        "NETWATCH-TIER {tier}: {} UDP sockets and {} TCP connections with softirqs on CPU {softirq_cpu} (connections from CPU {conn_cpu}): every UDP entry exact, TCP addresses and totals exact ({merged} connections' rows merged with another's); {skipped} skipped runs; {k:?}",
         udp_pairs.len(),
         tcp_pairs.len()
     );
@@ -2259,9 +2290,8 @@ fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
 fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("skip-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
-    if softirq_cpu != conn_cpu {
-        ns.receive_on(softirq_cpu);
-    }
+    let rps = softirq_cpu != conn_cpu && ns.receive_on(softirq_cpu);
+    let (softirq_cpu, conn_cpu) = if rps { (softirq_cpu, conn_cpu) } else { (0, 0) };
     let programs = src.program_misses();
     // Every program the tier attached is found (names as the kernel keeps
     // them: 15 bytes).
@@ -2312,7 +2342,7 @@ fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
             break;
         }
     }
-    if softirq_cpu != conn_cpu {
+    if rps {
         assert!(
             skipped > 0,
             "{} connections while {updates} map updates held CPU {softirq_cpu}'s bpf_prog_active: the kernel skipped no program run ({programs:?})",

@@ -97,6 +97,9 @@ const GUEST_SEED_TESTS: &[&str] = &[
 ];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
+/// The host's `bpftool`, which the nesting tests compare the agent's
+/// figures with.
+const HOST_BPFTOOL: &str = "/usr/sbin/bpftool";
 
 fn root() -> PathBuf {
     vm::workspace_root()
@@ -190,6 +193,9 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
+    if !Path::new(HOST_BPFTOOL).exists() {
+        bail!("the guest nesting tests need {HOST_BPFTOOL} on the host (cargo xtask setup)");
+    }
     let work_dir = VmOptions::default().work_dir;
     // Resolve (and on the first run download) the kernels one at a time, so
     // apt is never run twice at once.
@@ -248,7 +254,12 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
             };
             vm::run_in_vm(
                 &opts,
-                &[bin.clone(), seed_bin.clone(), PathBuf::from(HOST_SS)],
+                &[
+                    bin.clone(),
+                    seed_bin.clone(),
+                    PathBuf::from(HOST_SS),
+                    PathBuf::from(HOST_BPFTOOL),
+                ],
                 &commands,
             )
         })();
