@@ -1909,22 +1909,57 @@ impl NestNs {
         assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
     }
 
-    /// Have the namespace's loopback receive every packet on `cpu` (RPS);
-    /// false where the namespace has no name to reach its sysfs by.
-    fn receive_on(&self, cpu: usize) -> bool {
-        let Some(name) = &self.name else {
-            return false;
-        };
-        let cmd = format!(
-            "echo {:x} > /sys/class/net/lo/queues/rx-0/rps_cpus",
-            1u64 << cpu
-        );
-        let st = Command::new("ip")
-            .args(["netns", "exec", name, "sh", "-c", &cmd])
-            .status()
-            .expect("running ip netns exec");
-        assert!(st.success(), "{cmd}: {st}");
-        true
+    /// Have the namespace's loopback receive every packet on `cpu` (RPS):
+    /// written through a sysfs mounted by a thread in the namespace, in a
+    /// private mount namespace of its own that ends with it.
+    fn receive_on(&self, cpu: usize) {
+        thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                // SAFETY: unshare(2) and mount(2) with valid C strings; the
+                // new mount namespace is this thread's only, and private,
+                // so nothing mounted here is seen outside it.
+                unsafe {
+                    let r = libc::unshare(libc::CLONE_NEWNS);
+                    assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+                    let root = c"/";
+                    let r = libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    );
+                    assert_eq!(
+                        r,
+                        0,
+                        "making / private: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    let target =
+                        std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+                    let sysfs = c"sysfs";
+                    let r = libc::mount(
+                        sysfs.as_ptr(),
+                        target.as_ptr(),
+                        sysfs.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    );
+                    assert_eq!(r, 0, "mounting sysfs: {}", std::io::Error::last_os_error());
+                }
+                let file = dir.path().join("class/net/lo/queues/rx-0/rps_cpus");
+                let wrote = std::fs::write(&file, format!("{:x}\n", 1u64 << cpu));
+                // SAFETY: umount2(2) of the sysfs mounted above.
+                unsafe {
+                    let target =
+                        std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+                    libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+                }
+                wrote.unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+            });
+        });
     }
 }
 
@@ -2156,8 +2191,10 @@ fn nest_sizes() -> usize {
 fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("keep-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
-    let rps = softirq_cpu != conn_cpu && ns.receive_on(softirq_cpu);
-    let (softirq_cpu, conn_cpu) = if rps { (softirq_cpu, conn_cpu) } else { (0, 0) };
+    let rps = softirq_cpu != conn_cpu;
+    if rps {
+        ns.receive_on(softirq_cpu);
+    }
     let stop = std::sync::atomic::AtomicBool::new(false);
     let ((udp_to, udp_pairs), (tcp_server, tcp_pairs)) = thread::scope(|s| {
         let udp = s.spawn(|| nest_udp_churn(&ns, softirq_cpu, &stop));
@@ -2290,8 +2327,10 @@ fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
 fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("skip-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
-    let rps = softirq_cpu != conn_cpu && ns.receive_on(softirq_cpu);
-    let (softirq_cpu, conn_cpu) = if rps { (softirq_cpu, conn_cpu) } else { (0, 0) };
+    let rps = softirq_cpu != conn_cpu;
+    if rps {
+        ns.receive_on(softirq_cpu);
+    }
     let programs = src.program_misses();
     // Every program the tier attached is found (names as the kernel keeps
     // them: 15 bytes).

@@ -243,7 +243,11 @@ impl Misses {
             let Some(fd) = fd_by_id(BPF_PROG_GET_FD_BY_ID, id)? else {
                 continue;
             };
-            let info = prog_info(&fd, Some(&mut ids))?;
+            // Another program's info that cannot be read is not ours to
+            // count; ours always can be (we hold the maps it uses).
+            let Ok(info) = prog_info(&fd, Some(&mut ids)) else {
+                continue;
+            };
             let used = (info.nr_map_ids as usize).min(MAX_MAPS);
             if ids[..used].contains(&map_id) {
                 let end = info.name.iter().position(|&b| b == 0).unwrap_or(16);
@@ -255,28 +259,16 @@ impl Misses {
                 });
             }
         }
-        let mut links = Vec::new();
-        let mut id = 0;
-        while let Some(next) = next_id(BPF_LINK_GET_NEXT_ID, id)? {
-            id = next;
-            let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, id)? else {
-                continue;
-            };
-            let mut info = LinkInfo::default();
-            obj_info(&fd, &mut info)?;
-            let kprobe = info.type_ == BPF_LINK_TYPE_PERF_EVENT
-                && matches!(
-                    info.perf_type,
-                    BPF_PERF_EVENT_KPROBE | BPF_PERF_EVENT_KRETPROBE
+        let links = match kprobe_links(&progs) {
+            Ok(l) => l,
+            Err(e) => {
+                // The links only add the kprobes' own missed counts.
+                log::warn!(
+                    "walking the BPF links for the kprobes' missed counts: {e}; those are not counted"
                 );
-            if kprobe && progs.iter().any(|p| p.id == info.prog_id) {
-                links.push(KprobeLink {
-                    prog_id: info.prog_id,
-                    fd,
-                    missed: info.missed,
-                });
+                Vec::new()
             }
-        }
+        };
         Ok(Self { progs, links })
     }
 
@@ -331,4 +323,34 @@ impl Misses {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The kprobe links (perf-event links; Linux ≥ 6.6 tells their kind)
+/// attaching `progs`.
+fn kprobe_links(progs: &[Prog]) -> io::Result<Vec<KprobeLink>> {
+    let mut links = Vec::new();
+    let mut id = 0;
+    while let Some(next) = next_id(BPF_LINK_GET_NEXT_ID, id)? {
+        id = next;
+        let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, id)? else {
+            continue;
+        };
+        let mut info = LinkInfo::default();
+        if obj_info(&fd, &mut info).is_err() {
+            continue;
+        }
+        let kprobe = info.type_ == BPF_LINK_TYPE_PERF_EVENT
+            && matches!(
+                info.perf_type,
+                BPF_PERF_EVENT_KPROBE | BPF_PERF_EVENT_KRETPROBE
+            );
+        if kprobe && progs.iter().any(|p| p.id == info.prog_id) {
+            links.push(KprobeLink {
+                prog_id: info.prog_id,
+                fd,
+                missed: info.missed,
+            });
+        }
+    }
+    Ok(links)
 }
