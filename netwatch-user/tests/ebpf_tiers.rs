@@ -2184,10 +2184,13 @@ fn nest_sizes() -> usize {
 /// addresses, protocol and exactly its bytes; every TCP row is one of the
 /// connections the test opened, TCP, and the TCP bytes add up exactly; and
 /// nothing else carries the test's addresses. (Per TCP connection, rows can
-/// merge: a connection's final record occasionally holds the bytes of an
-/// earlier socket at the same kernel address, whose `tcp_destroy_sock` did
-/// not end its entry, with no skipped run counted. Seen under this load
-/// before and after the nesting fix; left open, see the issue.)
+/// merge: a connection's final record then holds the bytes of an earlier
+/// socket at the same kernel address, whose `tcp_destroy_sock` did not end
+/// its entry. On the kprobe tier that is the kernel skipping the lifecycle
+/// programs while a kprobe-tier program runs on the CPU (counted in
+/// `lost_records` from Linux 6.7; 6.1 counts nothing); on the host's
+/// tracepoint tier it is also seen, rarely, with no skipped run counted,
+/// before and after the nesting fix: left open.)
 fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("keep-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
@@ -2323,7 +2326,8 @@ fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
 /// figure is the kernel's (`bpftool prog show`), and the read's
 /// `lost_records` holds their sum. With two CPUs the test makes the kernel
 /// skip lifecycle tracepoint runs for real (a map update holding
-/// `bpf_prog_active` on the CPU their softirqs run on), and requires some.
+/// `bpf_prog_active` on the CPU their softirqs run on), and requires some
+/// where the kernel counts them (Linux ≥ 6.7; 6.1 skips them uncounted).
 fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
     let ns = NestNs::new(&format!("skip-{tier}"));
     let (softirq_cpu, conn_cpu) = nest_layout();
@@ -2381,7 +2385,14 @@ fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
             break;
         }
     }
-    if rps {
+    // Linux counts a skipped kprobe or classic tracepoint run only since
+    // 6.7 (`bpf_prog_inc_misses_counters` in `trace_call_bpf`).
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let counts = (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (6, 7);
+    if rps && counts {
         assert!(
             skipped > 0,
             "{} connections while {updates} map updates held CPU {softirq_cpu}'s bpf_prog_active: the kernel skipped no program run ({programs:?})",
