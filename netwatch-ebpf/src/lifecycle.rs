@@ -41,9 +41,11 @@ const TCP_LISTEN: i32 = 10;
 /// record goes out), so the new socket never inherits its counters.
 #[inline(always)]
 fn born(oldstate: i32, newstate: i32) -> bool {
-    (newstate == TCP_SYN_SENT && oldstate == TCP_CLOSE)
-        || (newstate == TCP_LISTEN && oldstate == TCP_CLOSE)
-        || (newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN)
+    match newstate {
+        TCP_SYN_SENT | TCP_LISTEN => oldstate == TCP_CLOSE,
+        TCP_SYN_RECV => oldstate == TCP_LISTEN,
+        _ => false,
+    }
 }
 
 /// An entry last seen closing (FIN_WAIT1 .. CLOSING, not LISTEN) when its
