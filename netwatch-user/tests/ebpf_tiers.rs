@@ -2186,7 +2186,8 @@ fn nest_sizes() -> usize {
 /// nothing else carries the test's addresses. (Per TCP connection, rows can
 /// merge: a connection's final record then holds the bytes of an earlier
 /// socket at the same kernel address, whose `tcp_destroy_sock` did not end
-/// its entry. On the kprobe tier that is the kernel skipping the lifecycle
+/// its entry, and whose successor's birth did not finish it either (that
+/// run skipped too). On the kprobe tier that is the kernel skipping the lifecycle
 /// programs while a kprobe-tier program runs on the CPU (counted in
 /// `lost_records` from Linux 6.7; 6.1 counts nothing); on the host's
 /// tracepoint tier it is also seen, rarely, with no skipped run counted,
