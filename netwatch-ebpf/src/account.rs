@@ -71,10 +71,12 @@ unsafe fn fill_addresses(sk: *const u8, family: u16, st: &mut SockStats) {
 }
 
 /// A fresh entry for `sk` with its addresses, built in this CPU's scratch
-/// slot (a `SockStats` does not fit on the BPF stack).
+/// slot of the calling program (`maps::scratch`: a `SockStats` does not
+/// fit on the BPF stack, and a program that nests in this one on this CPU
+/// builds in a slot of its own).
 #[inline(always)]
-unsafe fn fresh(sk: *const u8, family: u16, protocol: u8) -> Option<&'static SockStats> {
-    let p = SCRATCH.get_ptr_mut(0)?;
+unsafe fn fresh(sk: *const u8, family: u16, protocol: u8, slot: u32) -> Option<&'static SockStats> {
+    let p = SCRATCH.get_ptr_mut(slot)?;
     core::ptr::write_bytes(p, 0, 1);
     let st = &mut *p;
     st.protocol = protocol;
@@ -193,15 +195,21 @@ unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *const SockStats) -
     true
 }
 
-/// Look up the socket's entry, creating it (with its addresses) if new.
+/// Look up the socket's entry, creating it (with its addresses, built in
+/// the caller's `maps::scratch` slot) if new.
 #[inline(always)]
-pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8) -> Option<*mut SockStats> {
-    entry_new(sk, family, protocol).map(|(st, _)| st)
+pub unsafe fn entry(sk: *const u8, family: u16, protocol: u8, slot: u32) -> Option<*mut SockStats> {
+    entry_new(sk, family, protocol, slot).map(|(st, _)| st)
 }
 
 /// [`entry`], and whether this call created it.
 #[inline(always)]
-unsafe fn entry_new(sk: *const u8, family: u16, protocol: u8) -> Option<(*mut SockStats, bool)> {
+unsafe fn entry_new(
+    sk: *const u8,
+    family: u16,
+    protocol: u8,
+    slot: u32,
+) -> Option<(*mut SockStats, bool)> {
     let key = SockKey { sk: sk as u64 };
     if let Some(p) = SOCKETS.get_ptr_mut(key) {
         if !(protocol == IPPROTO_UDP
@@ -211,7 +219,7 @@ unsafe fn entry_new(sk: *const u8, family: u16, protocol: u8) -> Option<(*mut So
             return Some((p, false));
         }
     }
-    let st = fresh(sk, family, protocol)?;
+    let st = fresh(sk, family, protocol, slot)?;
     let created = match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => {
             bump(counter::CREATED);
@@ -337,7 +345,7 @@ unsafe fn release_claims(key: SockKey, first_ns: u64, claimed: u32) {
 /// the one place an entry and an owner come to be, used by the byte
 /// counters ([`account`]) and by seeding ([`seed`]). Also returns whether
 /// this call created the entry; `Some((st, created, None))` when every
-/// owner slot is taken.
+/// owner slot is taken. A new entry is built in `maps::scratch` slot `slot`.
 #[inline(always)]
 pub unsafe fn claim(
     sk: *const u8,
@@ -346,8 +354,9 @@ pub unsafe fn claim(
     tgid: u32,
     holder: Holder,
     cgroup_id: u64,
+    slot: u32,
 ) -> Option<(*mut SockStats, bool, Option<*mut Owner>)> {
-    let (st, created) = entry_new(sk, family, protocol)?;
+    let (st, created) = entry_new(sk, family, protocol, slot)?;
     let o = owner(SockKey { sk: sk as u64 }, st, tgid, holder, cgroup_id);
     Some((st, created, o))
 }
@@ -373,11 +382,20 @@ pub unsafe fn seed(
     tgid: u32,
     cgroup_id: u64,
 ) -> u8 {
+    let slot = crate::maps::scratch::SEED;
     let found = if task.is_null() || tgid == 0 {
-        entry_new(sk, family, protocol).map(|(st, created)| (st, created, None))
+        entry_new(sk, family, protocol, slot).map(|(st, created)| (st, created, None))
     } else {
-        claim(sk, family, protocol, tgid, Holder::Task(task), cgroup_id)
-            .map(|(st, created, o)| (st, created, Some(o)))
+        claim(
+            sk,
+            family,
+            protocol,
+            tgid,
+            Holder::Task(task),
+            cgroup_id,
+            slot,
+        )
+        .map(|(st, created, o)| (st, created, Some(o)))
     };
     let Some((st, created, slot)) = found else {
         return seeded::FAILED;
@@ -397,10 +415,11 @@ pub unsafe fn seed(
 
 /// Count `bytes` moved on `sk` in direction `dir` by the current task.
 /// `protocol` is the hook's protocol; the family is read from the socket,
-/// and anything but IPv4/IPv6 TCP/UDP is ignored.
+/// and anything but IPv4/IPv6 TCP/UDP is ignored. `slot` is the calling
+/// program's `maps::scratch` slot.
 #[inline(always)]
-pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
-    account_lazy(sk, dir, bytes, || protocol)
+pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8, slot: u32) {
+    account_lazy(sk, dir, bytes, slot, || protocol)
 }
 
 /// [`account`], with the protocol read only when the socket has no entry
@@ -411,7 +430,13 @@ pub unsafe fn account(sk: *const u8, dir: Dir, bytes: i64, protocol: u8) {
 /// and addresses are read when an entry or a slot is created, the RTT once
 /// per interval (when the socket enters the active set).
 #[inline(always)]
-pub unsafe fn account_lazy(sk: *const u8, dir: Dir, bytes: i64, protocol: impl FnOnce() -> u8) {
+pub unsafe fn account_lazy(
+    sk: *const u8,
+    dir: Dir,
+    bytes: i64,
+    slot: u32,
+    protocol: impl FnOnce() -> u8,
+) {
     if bytes <= 0 || sk.is_null() {
         return;
     }
@@ -435,6 +460,7 @@ pub unsafe fn account_lazy(sk: *const u8, dir: Dir, bytes: i64, protocol: impl F
                 tgid,
                 Holder::Current,
                 bpf_get_current_cgroup_id(),
+                slot,
             ) else {
                 return;
             };

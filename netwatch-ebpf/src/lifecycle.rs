@@ -26,14 +26,42 @@ use crate::{
     maps::{self, bump, SOCKETS},
 };
 
-/// `TCP_ESTABLISHED`.
+/// TCP states (`include/net/tcp_states.h`).
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+/// A socket comes to be at `sk` (connect, listen, a listener's child): an
+/// entry already there is a dead socket's whose `tcp_destroy_sock` run the
+/// kernel skipped (another program was running on that CPU: counted in
+/// the program's `recursion_misses` from Linux 6.7 on), or this socket's
+/// own from before a disconnect. Either way it is finished (its final
+/// record goes out), so the new socket never inherits its counters.
+#[inline(always)]
+fn born(oldstate: i32, newstate: i32) -> bool {
+    match newstate {
+        TCP_SYN_SENT | TCP_LISTEN => oldstate == TCP_CLOSE,
+        TCP_SYN_RECV => oldstate == TCP_LISTEN,
+        _ => false,
+    }
+}
+
+/// An entry last seen closing (FIN_WAIT1 .. CLOSING, not LISTEN) when its
+/// socket becomes ESTABLISHED: the dead socket's, as in [`born`] (whose
+/// own event may have been skipped too).
+#[inline(always)]
+fn closing(state: u8) -> bool {
+    matches!(state, 4..=9 | 11)
+}
 
 // Field offsets of the tracepoint records (`format` in tracefs), stable
 // since the IPv6 fields were added (4.16); the integration tests check them
 // against the running kernel's format files.
 mod set_state {
     pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
     pub const NEWSTATE: usize = 20;
     pub const SPORT: usize = 24;
     pub const DPORT: usize = 26;
@@ -66,9 +94,24 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;
     let _ = crate::tcp_events::on_state(ctx, sk, newstate, family);
+    let oldstate: i32 = ctx.read_at(OLDSTATE)?;
+    if born(oldstate, newstate) {
+        let _ = finish(SockKey { sk });
+    } else if newstate == TCP_ESTABLISHED {
+        if let Some(st) = SOCKETS.get_ptr(SockKey { sk }) {
+            if closing((*st).state) {
+                let _ = finish(SockKey { sk });
+            }
+        }
+    }
     let st = match SOCKETS.get_ptr_mut(SockKey { sk }) {
         Some(p) => p,
-        None if newstate == TCP_ESTABLISHED => match entry(sk as *const u8, family, IPPROTO_TCP) {
+        None if newstate == TCP_ESTABLISHED => match entry(
+            sk as *const u8,
+            family,
+            IPPROTO_TCP,
+            maps::scratch::TP_INET_SOCK_SET_STATE,
+        ) {
             Some(p) => p,
             None => return Ok(0),
         },

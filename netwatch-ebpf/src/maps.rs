@@ -2,6 +2,8 @@
 //! them by the names in `netwatch_common::names`; sizes set here are
 //! defaults the loader overrides.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -72,10 +74,66 @@ pub static SEND_ARGS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
 #[map(name = "RECV_ARGS")]
 pub static RECV_ARGS: HashMap<u64, RecvArgs> = HashMap::with_max_entries(16384, 0);
 
-/// Per-CPU room to build a new entry in: a `SockStats` is too big for the
-/// 512-byte BPF stack.
+/// Per-CPU room to build a new entry in (a `SockStats` with the rest of a
+/// program's frame does not fit the 512-byte BPF stack): one slot per
+/// program that builds entries, see [`scratch`].
 #[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<SockStats> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<SockStats> = PerCpuArray::with_max_entries(scratch::LEN, 0);
+
+/// Which `SCRATCH` slot each program builds its new entries in.
+///
+/// Programs nest: a softirq (`sock:inet_sock_set_state` when a SYN-ACK or
+/// the handshake's last ACK arrives, `tcp:tcp_destroy_sock`) can run on a
+/// CPU in the middle of any program running in process context there, and
+/// a trampoline program (fentry/fexit), the `cgroup/sock_release` program
+/// and the iterators run with only migration disabled, so another task can
+/// preempt them on their CPU (a preemptible kernel) and run its own
+/// programs. One shared slot per CPU let the inner program overwrite the
+/// entry the outer one was building (another socket's addresses, protocol
+/// and `first_ns` in the outer socket's new entry).
+///
+/// A program never runs nested inside itself on one CPU, and keeps its CPU
+/// from entry to exit:
+/// - fentry/fexit and `tp_btf` programs: the kernel's per-program recursion
+///   guard (`prog->active`, per CPU, held across preemption: the trampoline
+///   and `__bpf_trace_run` skip a nested run and count it in the program's
+///   `recursion_misses`), with migration disabled throughout;
+/// - kprobes, kretprobes and classic tracepoints: `trace_call_bpf` runs no
+///   such program while another one is running on the CPU
+///   (`bpf_prog_active`, preemption disabled); a skipped run is counted in
+///   `recursion_misses` from Linux 6.7 on, not counted on older kernels;
+/// - the seeding iterators: run one after another by the loader's thread.
+///
+/// So a slot of its own per program is never shared by two runs in flight.
+/// The `cgroup/sock_release` program (no guard) builds no entry and uses
+/// no slot. The three `fexit_tcp_recvmsg*` variants share one slot: the
+/// loader attaches exactly one. aya-log's per-CPU buffer is used by
+/// `tp_tcp_destroy_sock` alone. `COUNTERS` is per CPU too and shared by
+/// every program: [`bump`] adds atomically, so a nested bump is never lost.
+pub mod scratch {
+    pub const FEXIT_TCP_SENDMSG: u32 = 0;
+    pub const FEXIT_TCP_SENDPAGE: u32 = 1;
+    pub const FEXIT_TCP_RECVMSG: u32 = 2;
+    pub const FEXIT_TCP_SPLICE_READ: u32 = 3;
+    pub const FEXIT_UDP_SENDMSG: u32 = 4;
+    pub const FEXIT_UDPV6_SENDMSG: u32 = 5;
+    pub const FEXIT_UDP_SENDPAGE: u32 = 6;
+    pub const FENTRY_SKB_CONSUME_UDP: u32 = 7;
+    pub const KRETPROBE_TCP_SENDMSG: u32 = 8;
+    pub const KRETPROBE_TCP_SENDPAGE: u32 = 9;
+    pub const KRETPROBE_TCP_RECVMSG: u32 = 10;
+    pub const KRETPROBE_TCP_SPLICE_READ: u32 = 11;
+    pub const KRETPROBE_UDP_SENDMSG: u32 = 12;
+    pub const KRETPROBE_UDPV6_SENDMSG: u32 = 13;
+    pub const KRETPROBE_UDP_SENDPAGE: u32 = 14;
+    pub const KPROBE_SKB_CONSUME_UDP: u32 = 15;
+    pub const TP_SOCK_SEND_LENGTH: u32 = 16;
+    pub const TP_SOCK_RECV_LENGTH: u32 = 17;
+    pub const TP_INET_SOCK_SET_STATE: u32 = 18;
+    pub const SEED: u32 = 19;
+    /// Number of slots.
+    pub const LEN: u32 = 20;
+}
 
 // Offsets into `struct sock` resolved from the running kernel's BTF by the
 // loader. The defaults are those of x86_64 6.x kernels built with IPv6.
@@ -179,11 +237,14 @@ pub fn netns_inum() -> u32 {
     global(&NETNS_INUM) as u32
 }
 
-/// Add one to a `COUNTERS` slot.
+/// Add one to a `COUNTERS` slot. Atomically: the slot is per CPU, but a
+/// program that interrupts or preempts another on this CPU (see
+/// [`scratch`]) may bump the same slot between a plain load and store,
+/// and one of the two counts would be lost.
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *slot += 1 };
+        // SAFETY: a valid map value pointer; changed only by atomic adds.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
     }
 }

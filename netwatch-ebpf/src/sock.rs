@@ -15,7 +15,7 @@ const MSG_PEEK: i32 = 2;
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)` for both tracepoints.
 #[inline(always)]
-fn on_length(ctx: &BtfTracePointContext, dir: Dir) -> i32 {
+fn on_length(ctx: &BtfTracePointContext, dir: Dir, slot: u32) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret = ctx.arg::<i64>(1) as i32 as i64;
     let flags = ctx.arg::<i64>(2) as i32;
@@ -26,7 +26,7 @@ fn on_length(ctx: &BtfTracePointContext, dir: Dir) -> i32 {
     // the BTF-resolved offset of `sk_protocol` (a u16 since Linux 5.6),
     // only for a socket without an entry yet.
     unsafe {
-        account_lazy(sk, dir, ret, || {
+        account_lazy(sk, dir, ret, slot, || {
             read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8
         });
     }
@@ -35,10 +35,10 @@ fn on_length(ctx: &BtfTracePointContext, dir: Dir) -> i32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn tp_sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    on_length(&ctx, Dir::Tx)
+    on_length(&ctx, Dir::Tx, maps::scratch::TP_SOCK_SEND_LENGTH)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn tp_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    on_length(&ctx, Dir::Rx)
+    on_length(&ctx, Dir::Rx, maps::scratch::TP_SOCK_RECV_LENGTH)
 }

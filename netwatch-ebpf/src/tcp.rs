@@ -12,7 +12,14 @@
 //!
 //! The kprobe tier stashes the arguments by thread at entry and takes them
 //! at return; a stash found still present at the next entry means a missed
-//! return probe, counted as lost.
+//! return probe, counted as lost. The stashes (`SEND_ARGS`, `RECV_ARGS`) are
+//! hash maps keyed by `pid_tgid` (not per-CPU scratch), so a pair can only
+//! meet another pair of the same thread: none of the stashing functions
+//! runs in softirq or hardirq context (where `pid_tgid` would be the
+//! interrupted thread's), and the nested calls one thread makes have keys of
+//! their own ([`Send`]: `udp_sendpage` calls `udp_sendmsg` to start a cork,
+//! `udpv6_sendmsg` calls `udp_sendmsg` for an IPv4-mapped destination).
+//! `tcp_recvmsg` and `tcp_splice_read` never call each other.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
@@ -23,7 +30,7 @@ use netwatch_common::{counter, IPPROTO_TCP};
 
 use crate::{
     account::{account, read_at, Dir},
-    maps::{self, bump, RecvArgs, RECV_ARGS, SEND_ARGS},
+    maps::{self, bump, scratch, RecvArgs, RECV_ARGS, SEND_ARGS},
 };
 
 /// `MSG_PEEK`.
@@ -39,7 +46,7 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg::<i64>(3) as i32 as i64;
     // SAFETY: sk is the traced function's socket argument.
-    unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
+    unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP, scratch::FEXIT_TCP_SENDMSG) };
     0
 }
 
@@ -49,7 +56,7 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg::<i64>(5) as i32 as i64;
     // SAFETY: as above.
-    unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
+    unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP, scratch::FEXIT_TCP_SENDPAGE) };
     0
 }
 
@@ -88,7 +95,15 @@ fn recv_exit(sk: *const u8, flags: u64, ret: i64) -> i32 {
         return 0;
     }
     // SAFETY: sk is the traced function's socket argument.
-    unsafe { account(sk, Dir::Rx, ret as i32 as i64, IPPROTO_TCP) };
+    unsafe {
+        account(
+            sk,
+            Dir::Rx,
+            ret as i32 as i64,
+            IPPROTO_TCP,
+            scratch::FEXIT_TCP_RECVMSG,
+        )
+    };
     0
 }
 
@@ -104,28 +119,41 @@ pub fn fexit_tcp_splice_read(ctx: FExitContext) -> i32 {
     // BTF-resolved offset.
     unsafe {
         if let Ok(sk) = read_at::<u64>(sock, maps::off_socket_sk()) {
-            account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP);
+            account(
+                sk as *const u8,
+                Dir::Rx,
+                ret,
+                IPPROTO_TCP,
+                scratch::FEXIT_TCP_SPLICE_READ,
+            );
         }
     }
     0
 }
 
-/// Which send function a stash belongs to: `*_sendpage` may call
-/// `udp_sendmsg` itself (to start a cork), so the two must not share a slot.
+/// Which send function a stash belongs to: `udp_sendpage` calls
+/// `udp_sendmsg` itself (to start a cork), and `udpv6_sendmsg` calls
+/// `udp_sendmsg` for an IPv4-mapped destination, so no two of them share a
+/// key: an inner pair never takes or overwrites the outer pair's stash.
 #[derive(Clone, Copy)]
 pub enum Send {
+    /// `tcp_sendmsg`, `udp_sendmsg`.
     Msg,
+    /// `tcp_sendpage`, `udp_sendpage`.
     Page,
+    /// `udpv6_sendmsg`.
+    Msg6,
 }
 
 /// The `SEND_ARGS` key of this thread's `kind` of send (`pid_tgid` never
-/// has its top bit set).
+/// has its top bits set: a tgid is below 2^22).
 #[inline(always)]
 fn send_key(kind: Send) -> u64 {
     let id = bpf_get_current_pid_tgid();
     match kind {
         Send::Msg => id,
         Send::Page => id | (1 << 63),
+        Send::Msg6 => id | (1 << 62),
     }
 }
 
@@ -152,11 +180,11 @@ pub fn take_send(kind: Send) -> Option<*const u8> {
 }
 
 #[inline(always)]
-fn send_return(ctx: &RetProbeContext, kind: Send) -> u32 {
+fn send_return(ctx: &RetProbeContext, kind: Send, slot: u32) -> u32 {
     let ret: i64 = ctx.ret::<i64>() as i32 as i64;
     if let Some(sk) = take_send(kind) {
         // SAFETY: sk was the socket argument of this thread's send.
-        unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP) };
+        unsafe { account(sk, Dir::Tx, ret, IPPROTO_TCP, slot) };
     }
     0
 }
@@ -171,7 +199,7 @@ pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "tcp_sendmsg")]
 pub fn kretprobe_tcp_sendmsg(ctx: RetProbeContext) -> u32 {
-    send_return(&ctx, Send::Msg)
+    send_return(&ctx, Send::Msg, scratch::KRETPROBE_TCP_SENDMSG)
 }
 
 #[kprobe(function = "tcp_sendpage")]
@@ -184,7 +212,7 @@ pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "tcp_sendpage")]
 pub fn kretprobe_tcp_sendpage(ctx: RetProbeContext) -> u32 {
-    send_return(&ctx, Send::Page)
+    send_return(&ctx, Send::Page, scratch::KRETPROBE_TCP_SENDPAGE)
 }
 
 /// Stash a receive: its socket, and its flags (or `MSG_PEEK` for a
@@ -231,16 +259,16 @@ pub fn kprobe_tcp_splice_read(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "tcp_recvmsg")]
 pub fn kretprobe_tcp_recvmsg(ctx: RetProbeContext) -> u32 {
-    recv_return(&ctx)
+    recv_return(&ctx, scratch::KRETPROBE_TCP_RECVMSG)
 }
 
 #[kretprobe(function = "tcp_splice_read")]
 pub fn kretprobe_tcp_splice_read(ctx: RetProbeContext) -> u32 {
-    recv_return(&ctx)
+    recv_return(&ctx, scratch::KRETPROBE_TCP_SPLICE_READ)
 }
 
 #[inline(always)]
-fn recv_return(ctx: &RetProbeContext) -> u32 {
+fn recv_return(ctx: &RetProbeContext, slot: u32) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: a plain value copy out of the map.
     let Some(args) = (unsafe { RECV_ARGS.get(id) }).copied() else {
@@ -252,7 +280,7 @@ fn recv_return(ctx: &RetProbeContext) -> u32 {
         // SAFETY: args.sk is this thread's tcp_splice_read `struct socket`.
         unsafe {
             if let Ok(sk) = read_at::<u64>(args.sk as *const u8, maps::off_socket_sk()) {
-                account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP);
+                account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP, slot);
             }
         }
         return 0;
@@ -267,6 +295,7 @@ fn recv_return(ctx: &RetProbeContext) -> u32 {
             Dir::Rx,
             ret as i32 as i64,
             IPPROTO_TCP,
+            slot,
         )
     };
     0

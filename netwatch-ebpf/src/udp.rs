@@ -17,6 +17,7 @@ use netwatch_common::{AF_INET6, IPPROTO_UDP};
 
 use crate::{
     account::{account, sk_family, Dir},
+    maps::scratch,
     tcp::{stash_send, take_send, Send},
 };
 
@@ -29,7 +30,13 @@ pub fn fexit_udp_sendmsg(ctx: FExitContext) -> i32 {
         if sk_family(sk) == AF_INET6 {
             return 0;
         }
-        account(sk, Dir::Tx, ctx.arg::<i64>(3) as i32 as i64, IPPROTO_UDP);
+        account(
+            sk,
+            Dir::Tx,
+            ctx.arg::<i64>(3) as i32 as i64,
+            IPPROTO_UDP,
+            scratch::FEXIT_UDP_SENDMSG,
+        );
     }
     0
 }
@@ -39,7 +46,15 @@ pub fn fexit_udp_sendmsg(ctx: FExitContext) -> i32 {
 pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: as above.
-    unsafe { account(sk, Dir::Tx, ctx.arg::<i64>(3) as i32 as i64, IPPROTO_UDP) };
+    unsafe {
+        account(
+            sk,
+            Dir::Tx,
+            ctx.arg::<i64>(3) as i32 as i64,
+            IPPROTO_UDP,
+            scratch::FEXIT_UDPV6_SENDMSG,
+        )
+    };
     0
 }
 
@@ -48,7 +63,15 @@ pub fn fexit_udpv6_sendmsg(ctx: FExitContext) -> i32 {
 pub fn fentry_skb_consume_udp(ctx: FEntryContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: as above.
-    unsafe { account(sk, Dir::Rx, ctx.arg::<i64>(2) as i32 as i64, IPPROTO_UDP) };
+    unsafe {
+        account(
+            sk,
+            Dir::Rx,
+            ctx.arg::<i64>(2) as i32 as i64,
+            IPPROTO_UDP,
+            scratch::FENTRY_SKB_CONSUME_UDP,
+        )
+    };
     0
 }
 
@@ -65,7 +88,7 @@ pub fn kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "udp_sendmsg")]
 pub fn kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
-    udp_send_return(&ctx, Send::Msg)
+    udp_send_return(&ctx, Send::Msg, scratch::KRETPROBE_UDP_SENDMSG)
 }
 
 /// `int udp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)`
@@ -75,7 +98,15 @@ pub fn kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
 pub fn fexit_udp_sendpage(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: sk is the traced function's socket argument.
-    unsafe { account(sk, Dir::Tx, ctx.arg::<i64>(5) as i32 as i64, IPPROTO_UDP) };
+    unsafe {
+        account(
+            sk,
+            Dir::Tx,
+            ctx.arg::<i64>(5) as i32 as i64,
+            IPPROTO_UDP,
+            scratch::FEXIT_UDP_SENDPAGE,
+        )
+    };
     0
 }
 
@@ -89,28 +120,28 @@ pub fn kprobe_udp_sendpage(ctx: ProbeContext) -> u32 {
 
 #[kretprobe(function = "udp_sendpage")]
 pub fn kretprobe_udp_sendpage(ctx: RetProbeContext) -> u32 {
-    udp_send_return(&ctx, Send::Page)
+    udp_send_return(&ctx, Send::Page, scratch::KRETPROBE_UDP_SENDPAGE)
 }
 
 #[kprobe(function = "udpv6_sendmsg")]
 pub fn kprobe_udpv6_sendmsg(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        stash_send(sk, Send::Msg);
+        stash_send(sk, Send::Msg6);
     }
     0
 }
 
 #[kretprobe(function = "udpv6_sendmsg")]
 pub fn kretprobe_udpv6_sendmsg(ctx: RetProbeContext) -> u32 {
-    udp_send_return(&ctx, Send::Msg)
+    udp_send_return(&ctx, Send::Msg6, scratch::KRETPROBE_UDPV6_SENDMSG)
 }
 
 #[inline(always)]
-fn udp_send_return(ctx: &RetProbeContext, kind: Send) -> u32 {
+fn udp_send_return(ctx: &RetProbeContext, kind: Send, slot: u32) -> u32 {
     let ret: i64 = ctx.ret::<i64>() as i32 as i64;
     if let Some(sk) = take_send(kind) {
         // SAFETY: sk was the socket argument of this thread's send.
-        unsafe { account(sk, Dir::Tx, ret, IPPROTO_UDP) };
+        unsafe { account(sk, Dir::Tx, ret, IPPROTO_UDP, slot) };
     }
     0
 }
@@ -121,6 +152,14 @@ pub fn kprobe_skb_consume_udp(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: sk is the probed function's socket argument.
-    unsafe { account(sk as *const u8, Dir::Rx, len as i32 as i64, IPPROTO_UDP) };
+    unsafe {
+        account(
+            sk as *const u8,
+            Dir::Rx,
+            len as i32 as i64,
+            IPPROTO_UDP,
+            scratch::KPROBE_SKB_CONSUME_UDP,
+        )
+    };
     0
 }

@@ -1943,3 +1943,646 @@ fn an_alert_keeps_its_window_when_the_guest_wall_clock_steps() {
     }
     println!("NETWATCH-CLOCK-STEP: the alert stayed {seen_until:?} of its {active:?} window across steps of -1 h and +2 h");
 }
+
+// ---------- nested and skipped program runs (issue 15) ----------
+//
+// Programs nest: a softirq's `inet_sock_set_state` can run on a CPU in the
+// middle of a program running there in process context. The tests make it
+// happen for real: in a network namespace of their own whose loopback
+// hands every received packet to CPU 1 (RPS), connections are opened and
+// closed from CPU 0, so their handshakes and closes are processed in
+// softirqs on CPU 1, which interrupt whatever runs there:
+// - UDP senders making a new socket per datagram (each socket's first send
+//   builds a new entry in the `tp_sock_send_length`/`fexit_udp_sendmsg`/...
+//   program): every entry must keep its own 5-tuple and bytes, exactly;
+// - a thread updating a BPF map in a loop: while the kernel copies the
+//   value it holds the CPU's `bpf_prog_active`, and a classic tracepoint
+//   program (the lifecycle ones) due in a softirq then is skipped and
+//   counted by the kernel in the program's `recursion_misses`: every
+//   skipped run must be in the read's `lost_records`, and the figure read
+//   must be the kernel's (as `bpftool prog show` reports it).
+// A machine with one CPU runs the same traffic without RPS (whatever nests
+// there is checked the same way; nothing is provoked).
+
+/// The loopback addresses of the nesting tests: unique to them, so their
+/// sockets are told apart from any other on the machine (the socket map
+/// sees every namespace).
+const NEST_TCP_SERVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 86, 1, 1);
+const NEST_UDP_RECEIVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 86, 0, 1);
+const NEST_UDP_SENDER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 86, 0, 2);
+/// Bytes each TCP client sends, each UDP sender's one datagram.
+const NEST_TCP_BYTES: usize = 1000;
+const NEST_UDP_BYTES: usize = 7;
+
+/// A network namespace of the test's own: named (`ip netns`, removed on
+/// drop) where iproute2 is there, else (BusyBox in the QEMU guests)
+/// unnamed, made by a thread's `unshare` and kept by a descriptor.
+struct NestNs {
+    name: Option<String>,
+    file: std::fs::File,
+}
+
+impl NestNs {
+    fn new(test: &str) -> Self {
+        let name = format!("nw-nesting-{test}-{}", std::process::id());
+        // A namespace left by a killed earlier run of this pid is ours.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let named = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success());
+        let ns = if named {
+            let file = std::fs::File::open(format!("/run/netns/{name}"))
+                .unwrap_or_else(|e| panic!("opening /run/netns/{name}: {e}"));
+            Self {
+                name: Some(name),
+                file,
+            }
+        } else {
+            let file = thread::spawn(|| {
+                // SAFETY: unshare(2) with CLONE_NEWNET moves only this
+                // thread, which ends once the namespace is opened.
+                let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+                std::fs::File::open("/proc/thread-self/ns/net").expect("opening the new namespace")
+            })
+            .join()
+            .unwrap();
+            Self { name: None, file }
+        };
+        thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter();
+                let st = Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("running ip");
+                assert!(st.success(), "ip link set lo up: {st}");
+            });
+        });
+        ns
+    }
+
+    /// Move the calling thread into the namespace.
+    fn enter(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on a namespace fd this test holds; it moves
+        // only the calling thread.
+        let r = unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+    }
+
+    /// Have the namespace's loopback receive every packet on `cpu` (RPS):
+    /// written through a sysfs mounted by a thread in the namespace, in a
+    /// private mount namespace of its own that ends with it.
+    fn receive_on(&self, cpu: usize) {
+        thread::scope(|s| {
+            s.spawn(|| {
+                self.enter();
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                // SAFETY: unshare(2) and mount(2) with valid C strings; the
+                // new mount namespace is this thread's only, and private,
+                // so nothing mounted here is seen outside it.
+                unsafe {
+                    let r = libc::unshare(libc::CLONE_NEWNS);
+                    assert_eq!(r, 0, "unshare: {}", std::io::Error::last_os_error());
+                    let root = c"/";
+                    let r = libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    );
+                    assert_eq!(
+                        r,
+                        0,
+                        "making / private: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    let target =
+                        std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+                    let sysfs = c"sysfs";
+                    let r = libc::mount(
+                        sysfs.as_ptr(),
+                        target.as_ptr(),
+                        sysfs.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    );
+                    assert_eq!(r, 0, "mounting sysfs: {}", std::io::Error::last_os_error());
+                }
+                let file = dir.path().join("class/net/lo/queues/rx-0/rps_cpus");
+                let wrote = std::fs::write(&file, format!("{:x}\n", 1u64 << cpu));
+                // SAFETY: umount2(2) of the sysfs mounted above.
+                unsafe {
+                    let target =
+                        std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+                    libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+                }
+                wrote.unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+            });
+        });
+    }
+}
+
+impl Drop for NestNs {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Keep the calling thread on `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity(0) only touch it and the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The CPUs this test may use.
+fn nest_cpus() -> usize {
+    thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// The CPU the softirqs run on (1 when there are two, else the only one),
+/// and the one the connections are opened from.
+fn nest_layout() -> (usize, usize) {
+    if nest_cpus() >= 2 {
+        (1, 0)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Open and close `n` TCP connections from `cpu` in `ns`, each client
+/// sending [`NEST_TCP_BYTES`]; returns the server's address and every
+/// (client, server) pair.
+fn nest_tcp_churn(
+    ns: &NestNs,
+    cpu: usize,
+    n: usize,
+) -> (SocketAddr, Vec<(SocketAddr, SocketAddr)>) {
+    thread::scope(|s| {
+        ns.enter();
+        pin_to_cpu(cpu);
+        let l = TcpListener::bind((NEST_TCP_SERVER, 0)).unwrap();
+        let server = l.local_addr().unwrap();
+        let accepting = s.spawn(move || {
+            ns.enter();
+            pin_to_cpu(cpu);
+            for _ in 0..n {
+                let (mut c, _) = l.accept().unwrap();
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                assert_eq!(got.len(), NEST_TCP_BYTES);
+            }
+        });
+        let pairs = (0..n)
+            .map(|_| {
+                let mut c = TcpStream::connect(server).unwrap();
+                c.write_all(&pattern(NEST_TCP_BYTES)).unwrap();
+                (c.local_addr().unwrap(), server)
+            })
+            .collect();
+        accepting.join().unwrap();
+        (server, pairs)
+    })
+}
+
+/// A thread in `ns` on `cpu` that makes a new UDP socket per datagram (one
+/// [`NEST_UDP_BYTES`] datagram each, connected, then closed) until told to
+/// stop; returns the receiver's address and every (sender, receiver) pair.
+fn nest_udp_churn(
+    ns: &NestNs,
+    cpu: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (SocketAddr, Vec<(SocketAddr, SocketAddr)>) {
+    ns.enter();
+    pin_to_cpu(cpu);
+    let rx = UdpSocket::bind((NEST_UDP_RECEIVER, 0)).unwrap();
+    let to = rx.local_addr().unwrap();
+    let mut pairs = Vec::new();
+    // Bounded: each closed socket's final record goes through the ring.
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && pairs.len() < 20_000 {
+        let s = UdpSocket::bind((NEST_UDP_SENDER, 0)).unwrap();
+        s.connect(to).unwrap();
+        assert_eq!(s.send(&pattern(NEST_UDP_BYTES)).unwrap(), NEST_UDP_BYTES);
+        pairs.push((s.local_addr().unwrap(), to));
+    }
+    (to, pairs)
+}
+
+/// A thread on `cpu` that updates a 1 MiB BPF array map value in a loop:
+/// the kernel holds the CPU's `bpf_prog_active` while it copies the value,
+/// so a kprobe or classic tracepoint program due on that CPU meanwhile (in
+/// an interrupt's softirq) is skipped.
+struct MapUpdater {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<u64>>,
+}
+
+impl MapUpdater {
+    const VALUE: usize = 1 << 20;
+
+    fn start(cpu: usize) -> Self {
+        use std::os::fd::FromRawFd;
+        // `union bpf_attr` for BPF_MAP_CREATE: type, key size, value size,
+        // entries (the rest zero).
+        let mut create = [0u32; 32];
+        create[0] = 2; // BPF_MAP_TYPE_ARRAY
+        create[1] = 4;
+        create[2] = Self::VALUE as u32;
+        create[3] = 1;
+        // SAFETY: bpf(2) BPF_MAP_CREATE with a zero-padded attr.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                0,
+                create.as_mut_ptr(),
+                std::mem::size_of_val(&create) as u32,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_MAP_CREATE: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor the kernel just returned.
+        let map = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            pin_to_cpu(cpu);
+            let key = 0u32;
+            let value = vec![0x5au8; Self::VALUE];
+            let mut updates = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // map_fd, pad, key, value, flags (BPF_ANY).
+                let mut attr: [u64; 4] = [
+                    map.as_raw_fd() as u64,
+                    &key as *const u32 as u64,
+                    value.as_ptr() as u64,
+                    0,
+                ];
+                // SAFETY: bpf(2) BPF_MAP_UPDATE_ELEM with pointers to a
+                // live key and a value of the map's value size.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_bpf,
+                        2,
+                        attr.as_mut_ptr(),
+                        std::mem::size_of_val(&attr) as u32,
+                    )
+                };
+                assert_eq!(
+                    r,
+                    0,
+                    "BPF_MAP_UPDATE_ELEM: {}",
+                    std::io::Error::last_os_error()
+                );
+                updates += 1;
+            }
+            updates
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for MapUpdater {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `recursion_misses` of program `id` as `bpftool prog show` reports it
+/// (it leaves the field out while it is 0).
+fn bpftool_recursion_misses(id: u32) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(out.status.success(), "bpftool prog show id {id}: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    v.get("recursion_misses")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// The workload sizes: smaller under software emulation.
+fn nest_sizes() -> usize {
+    if std::env::var_os("NETWATCH_GUEST").is_some() {
+        300
+    } else {
+        3000
+    }
+}
+
+/// Every entry keeps its own socket's 5-tuple and bytes while softirqs'
+/// state changes build entries in the middle of the UDP senders' first
+/// sends on the same CPU: each UDP sender is listed once, with its own
+/// addresses, protocol and exactly its bytes; every TCP row is one of the
+/// connections the test opened, TCP, and the TCP bytes add up exactly; and
+/// nothing else carries the test's addresses. (Per TCP connection, rows can
+/// merge: a connection's final record then holds the bytes of an earlier
+/// socket at the same kernel address, whose `tcp_destroy_sock` did not end
+/// its entry, and whose successor's birth did not finish it either (that
+/// run skipped too). On the kprobe tier that is the kernel skipping the lifecycle
+/// programs while a kprobe-tier program runs on the CPU (counted in
+/// `lost_records` from Linux 6.7; 6.1 counts nothing); on the host's
+/// tracepoint tier it is also seen, rarely, with no skipped run counted,
+/// before and after the nesting fix: left open.)
+fn nested_programs_keep_their_entries(tier: Tier, mut src: EbpfSource) {
+    let ns = NestNs::new(&format!("keep-{tier}"));
+    let (softirq_cpu, conn_cpu) = nest_layout();
+    let rps = softirq_cpu != conn_cpu;
+    if rps {
+        ns.receive_on(softirq_cpu);
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ((udp_to, udp_pairs), (tcp_server, tcp_pairs)) = thread::scope(|s| {
+        let udp = s.spawn(|| nest_udp_churn(&ns, softirq_cpu, &stop));
+        let tcp = s.spawn(|| nest_tcp_churn(&ns, conn_cpu, nest_sizes()));
+        let tcp = tcp.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (udp.join().unwrap(), tcp)
+    });
+    // The last closes' final records reach the ring.
+    thread::sleep(Duration::from_millis(300));
+    let batch = src.read().unwrap();
+    assert_eq!(batch.omitted, None, "a first read lists every socket");
+    let mut udp_got: HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)> = HashMap::new();
+    let mut tcp_got: HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)> = HashMap::new();
+    let mut stray = Vec::new();
+    for sm in &batch.samples {
+        let (Some(l), Some(r)) = (sm.local, sm.remote) else {
+            continue;
+        };
+        if r.port() == 0 {
+            // The listener.
+            continue;
+        }
+        let ours = |a: SocketAddr| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets()[..2] == [127, 86]);
+        if !ours(l) && !ours(r) {
+            continue;
+        }
+        let slot = if r == udp_to && sm.protocol == netwatch::source::Protocol::Udp {
+            udp_got.entry((l, r)).or_default()
+        } else if r == tcp_server && sm.protocol == netwatch::source::Protocol::Tcp {
+            tcp_got.entry((l, r)).or_default()
+        } else if l == tcp_server && sm.protocol == netwatch::source::Protocol::Tcp {
+            // A server end: keyed as its client.
+            tcp_got.entry((r, l)).or_default()
+        } else {
+            stray.push(format!("{sm:?}"));
+            continue;
+        };
+        slot.0 += sm.tx_bytes;
+        slot.1 += sm.rx_bytes;
+        slot.2 += 1;
+    }
+    assert!(
+        stray.is_empty(),
+        "entries with another socket's addresses or protocol: {stray:#?}"
+    );
+    // A closed socket's port can be taken again by a later one: summed.
+    let mut udp_want: HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)> = HashMap::new();
+    for &p in &udp_pairs {
+        let w = udp_want.entry(p).or_default();
+        *w = (w.0 + NEST_UDP_BYTES as u64, 0, w.2 + 1);
+    }
+    // Each pair twice: the client (sent) and the server end (received).
+    let mut tcp_want: HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)> = HashMap::new();
+    for &p in &tcp_pairs {
+        let w = tcp_want.entry(p).or_default();
+        let n = NEST_TCP_BYTES as u64;
+        *w = (w.0 + n, w.1 + n, w.2 + 2);
+    }
+    let diff = |want: &HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)>,
+                got: &HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)>| {
+        let mut d: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| got.get(k) != Some(v))
+            .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
+            .chain(
+                got.iter()
+                    .filter(|(k, _)| !want.contains_key(k))
+                    .map(|(k, v)| format!("{k:?}: not opened by the test, got {v:?}")),
+            )
+            .collect();
+        d.sort();
+        let n = d.len();
+        d.truncate(10);
+        if n > 10 {
+            d.push(format!("and {} more", n - 10));
+        }
+        d
+    };
+    let k = src.kernel_counters();
+    let programs = src.program_misses();
+    let skipped: u64 = programs
+        .iter()
+        .map(|p| p.recursion_misses + p.kprobe_missed)
+        .sum();
+    let why = format!("{skipped} skipped runs: {programs:?}, {k:?}");
+    assert_eq!(
+        diff(&udp_want, &udp_got),
+        Vec::<String>::new(),
+        "UDP senders (tx, rx, rows); {why}"
+    );
+    let strays: Vec<_> = tcp_got
+        .keys()
+        .filter(|k| !tcp_want.contains_key(k))
+        .collect();
+    assert_eq!(
+        strays,
+        Vec::<&(SocketAddr, SocketAddr)>::new(),
+        "TCP rows with addresses of no connection the test opened; {why}"
+    );
+    let total = |m: &HashMap<(SocketAddr, SocketAddr), (u64, u64, usize)>| {
+        m.values().fold((0, 0), |(t, r), v| (t + v.0, r + v.1))
+    };
+    assert_eq!(
+        total(&tcp_got),
+        total(&tcp_want),
+        "TCP bytes (tx, rx); {why}"
+    );
+    let merged = tcp_want
+        .iter()
+        .filter(|(k, v)| tcp_got.get(k) != Some(v))
+        .count();
+    assert_eq!(
+        batch.lost_records,
+        skipped + k.insert_failed + k.final_lost + k.owner_full + k.missed_return,
+        "{k:?}"
+    );
+    println!(
+        "NETWATCH-TIER {tier}: {} UDP sockets and {} TCP connections with softirqs on CPU {softirq_cpu} (connections from CPU {conn_cpu}): every UDP entry exact, TCP addresses and totals exact ({merged} connections' rows merged with another's); {skipped} skipped runs; {k:?}",
+        udp_pairs.len(),
+        tcp_pairs.len()
+    );
+}
+
+/// Program runs the kernel skips are read and counted: each program's
+/// figure is the kernel's (`bpftool prog show`), and the read's
+/// `lost_records` holds their sum. With two CPUs the test makes the kernel
+/// skip lifecycle tracepoint runs for real (a map update holding
+/// `bpf_prog_active` on the CPU their softirqs run on), and requires some
+/// where the kernel counts them (Linux ≥ 6.7; 6.1 skips them uncounted).
+fn skipped_runs_are_counted(tier: Tier, mut src: EbpfSource) {
+    let ns = NestNs::new(&format!("skip-{tier}"));
+    let (softirq_cpu, conn_cpu) = nest_layout();
+    let rps = softirq_cpu != conn_cpu;
+    if rps {
+        ns.receive_on(softirq_cpu);
+    }
+    let programs = src.program_misses();
+    // Every program the tier attached is found (names as the kernel keeps
+    // them: 15 bytes).
+    let offsets = SockOffsets::from_kernel().unwrap();
+    let found: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
+    for hook in tier.hooks(&offsets) {
+        let name = &hook.program[..hook.program.len().min(15)];
+        assert!(found.contains(&name), "{name} not found among {found:?}");
+    }
+    let updater = MapUpdater::start(softirq_cpu);
+    let (_, pairs) = thread::scope(|s| {
+        s.spawn(|| nest_tcp_churn(&ns, conn_cpu, nest_sizes()))
+            .join()
+            .unwrap()
+    });
+    let updates = updater.stop();
+    thread::sleep(Duration::from_millis(300));
+    let batch = src.read().unwrap();
+    let k = src.kernel_counters();
+    let programs = src.program_misses();
+    let skipped: u64 = programs
+        .iter()
+        .map(|p| p.recursion_misses + p.kprobe_missed)
+        .sum();
+    assert_eq!(
+        batch.lost_records,
+        skipped + k.insert_failed + k.final_lost + k.owner_full + k.missed_return,
+        "lost_records holds every skipped run: {programs:?} {k:?}"
+    );
+    // The figures are the kernel's. Other work on the machine can make a
+    // program skip a run between two looks: compare when two reads of ours
+    // around bpftool's agree.
+    for attempt in 0.. {
+        let before = src.program_misses();
+        let kernel: Vec<u64> = before
+            .iter()
+            .map(|p| bpftool_recursion_misses(p.id))
+            .collect();
+        src.read().unwrap();
+        let after = src.program_misses();
+        let ours: Vec<u64> = after.iter().map(|p| p.recursion_misses).collect();
+        if before == after || attempt == 5 {
+            let names: Vec<&str> = after.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(
+                ours, kernel,
+                "recursion_misses of {names:?}: ours, bpftool's"
+            );
+            break;
+        }
+    }
+    // Linux counts a skipped kprobe or classic tracepoint run only since
+    // 6.7 (`bpf_prog_inc_misses_counters` in `trace_call_bpf`).
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let counts = (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (6, 7);
+    if rps && counts {
+        assert!(
+            skipped > 0,
+            "{} connections while {updates} map updates held CPU {softirq_cpu}'s bpf_prog_active: the kernel skipped no program run ({programs:?})",
+            pairs.len()
+        );
+    }
+    println!(
+        "NETWATCH-TIER {tier}: {skipped} program runs skipped by the kernel ({}), all in lost_records; {} connections, {updates} map updates",
+        programs
+            .iter()
+            .filter(|p| p.recursion_misses + p.kprobe_missed > 0)
+            .map(|p| format!("{} {}+{}", p.name, p.recursion_misses, p.kprobe_missed))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pairs.len()
+    );
+}
+
+#[test]
+fn nested_programs_keep_their_entries_tracepoint_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Tracepoint) {
+        nested_programs_keep_their_entries(Tier::Tracepoint, src);
+    }
+}
+
+#[test]
+fn nested_programs_keep_their_entries_kprobe_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Kprobe) {
+        nested_programs_keep_their_entries(Tier::Kprobe, src);
+    }
+}
+
+#[test]
+fn nested_programs_keep_their_entries_fentry_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Fentry) {
+        nested_programs_keep_their_entries(Tier::Fentry, src);
+    }
+}
+
+#[test]
+fn skipped_runs_are_counted_tracepoint_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Tracepoint) {
+        skipped_runs_are_counted(Tier::Tracepoint, src);
+    }
+}
+
+#[test]
+fn skipped_runs_are_counted_kprobe_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Kprobe) {
+        skipped_runs_are_counted(Tier::Kprobe, src);
+    }
+}
+
+#[test]
+fn skipped_runs_are_counted_fentry_tier() {
+    let _serial = serial();
+    if let Some(src) = load_or_skip(Tier::Fentry) {
+        skipped_runs_are_counted(Tier::Fentry, src);
+    }
+}

@@ -50,6 +50,12 @@ const GUEST_TESTS: &[&str] = &[
     "tcp_events_kprobe_tier",
     "tcp_events_tracepoint_tier",
     "an_alert_keeps_its_window_when_the_guest_wall_clock_steps",
+    "nested_programs_keep_their_entries_fentry_tier",
+    "nested_programs_keep_their_entries_kprobe_tier",
+    "nested_programs_keep_their_entries_tracepoint_tier",
+    "skipped_runs_are_counted_fentry_tier",
+    "skipped_runs_are_counted_kprobe_tier",
+    "skipped_runs_are_counted_tracepoint_tier",
 ];
 
 /// A stock kernel the guest tests run on.
@@ -92,6 +98,9 @@ const GUEST_SEED_TESTS: &[&str] = &[
 ];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
+/// The host's `bpftool`, which the nesting tests compare the agent's
+/// figures with.
+const HOST_BPFTOOL: &str = "/usr/sbin/bpftool";
 
 fn root() -> PathBuf {
     vm::workspace_root()
@@ -185,6 +194,9 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
+    if !Path::new(HOST_BPFTOOL).exists() {
+        bail!("the guest nesting tests need {HOST_BPFTOOL} on the host (cargo xtask setup)");
+    }
     let work_dir = VmOptions::default().work_dir;
     // Resolve (and on the first run download) the kernels one at a time, so
     // apt is never run twice at once.
@@ -243,7 +255,12 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
             };
             vm::run_in_vm(
                 &opts,
-                &[bin.clone(), seed_bin.clone(), PathBuf::from(HOST_SS)],
+                &[
+                    bin.clone(),
+                    seed_bin.clone(),
+                    PathBuf::from(HOST_SS),
+                    PathBuf::from(HOST_BPFTOOL),
+                ],
                 &commands,
             )
         })();

@@ -8,6 +8,7 @@ pub mod active;
 pub mod btf;
 pub mod generation;
 pub mod held;
+pub mod misses;
 pub mod pin;
 pub mod seed;
 pub mod states;
@@ -246,6 +247,10 @@ pub struct EbpfSource {
     states_last: Option<((u64, Option<u64>), TcpStateCounts, u32)>,
     /// Its output, reused.
     states_buf: Vec<u8>,
+    /// The programs' skipped runs (`None`: they could not be found).
+    misses: Option<misses::Misses>,
+    /// Skipped runs already warned about, and when (at most once a minute).
+    misses_logged: (u64, Option<Instant>),
 }
 
 /// The TCP state counts are walked again after this many reads even when
@@ -686,6 +691,22 @@ impl EbpfSource {
             .map_err(LoadError::DrainThread)?;
         let destroyed =
             BpfHashMap::try_from(destroyed).map_err(|e| LoadError::Map(names::DESTROYED, e))?;
+        // Every program of ours bumps a counter: the users of this
+        // `COUNTERS` map are this object's programs.
+        let misses = match &counters {
+            aya::maps::Map::PerCpuArray(d) => d
+                .info()
+                .map_err(std::io::Error::other)
+                .and_then(|i| misses::Misses::find(i.id())),
+            _ => Err(std::io::Error::other("not a per-CPU array")),
+        };
+        let misses = match misses {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("finding the loaded programs by their {} map: {e}; program runs the kernel skips are not counted in lost_records (run as root, or with CAP_SYS_ADMIN at start)", names::COUNTERS);
+                None
+            }
+        };
         let counters =
             PerCpuArray::try_from(counters).map_err(|e| LoadError::Map(names::COUNTERS, e))?;
         Ok(Self {
@@ -725,7 +746,37 @@ impl EbpfSource {
             states_iter: None,
             states_last: None,
             states_buf: Vec::new(),
+            misses,
+            misses_logged: (0, None),
         })
+    }
+
+    /// Each program's skipped runs as the last read found them (empty when
+    /// the programs could not be found).
+    pub fn program_misses(&self) -> Vec<misses::ProgramMisses> {
+        self.misses
+            .as_ref()
+            .map(misses::Misses::programs)
+            .unwrap_or_default()
+    }
+
+    /// Read the programs' skipped runs (one syscall per program and kprobe
+    /// link) and warn, at most once a minute, when there are new ones.
+    fn read_misses(&mut self) -> u64 {
+        let Some(m) = self.misses.as_mut() else {
+            return 0;
+        };
+        let total = m.read();
+        let (logged, when) = self.misses_logged;
+        if total > logged && when.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60))
+        {
+            warn!(
+                "{total} program runs skipped by the kernel since load ({}): a program was already running on that CPU, so those events (bytes, state changes, socket ends) were not seen; counted in lost_records",
+                m.summary()
+            );
+            self.misses_logged = (total, Some(Instant::now()));
+        }
+        total
     }
 
     /// Take the TCP events ring and say once what this kernel shows.
@@ -916,6 +967,7 @@ impl EbpfSource {
         let estimate = evicted_estimate(&before, &after, live);
         self.evicted = self.evicted.max(estimate);
         self.prepare_baseline();
+        let skipped = self.read_misses();
         SampleBatch {
             taken_at: Instant::now(),
             samples,
@@ -924,6 +976,7 @@ impl EbpfSource {
                 + after.final_lost
                 + after.owner_full
                 + after.missed_return
+                + skipped
                 + self.drain.dropped(),
             estimated: false,
             omitted,
