@@ -82,8 +82,9 @@ impl Phase {
 #[derive(Debug, Default)]
 struct Received {
     requests: u64,
-    /// Snapshot timestamp → times accepted.
-    accepted: HashMap<String, u32>,
+    /// Snapshot timestamp → times accepted, and how long the request that
+    /// first accepted it took to answer (from its arrival).
+    accepted: HashMap<String, (u32, Duration)>,
     /// pid → (tx, rx), from each snapshot the first time it was accepted.
     by_pid: HashMap<u32, (u64, u64)>,
     unreadable: u64,
@@ -104,6 +105,7 @@ async fn handle(
     phase: Arc<AtomicU8>,
     received: Arc<Mutex<Received>>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let arrived = Instant::now();
     let body = req
         .into_body()
         .collect()
@@ -137,9 +139,9 @@ async fn handle(
     // `schema_version` and `agent_health`.
     for snap in env["snapshots"].as_array().into_iter().flatten() {
         let ts = snap["timestamp"].as_str().unwrap_or_default().to_string();
-        let seen = r.accepted.entry(ts).or_default();
-        *seen += 1;
-        if *seen > 1 {
+        let seen = r.accepted.entry(ts).or_insert((0, arrived.elapsed()));
+        seen.0 += 1;
+        if seen.0 > 1 {
             continue;
         }
         for p in snap["processes"].as_array().into_iter().flatten() {
@@ -356,7 +358,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
     let config = dir.join("config.toml");
     write_private(
         &config,
-        "[ingest]\nretry_initial_secs = 0.5\nretry_max_secs = 10\nrequest_timeout_secs = 5\n\
+        "[ingest]\nretry_initial_secs = 0.5\nretry_max_secs = 10\nrequest_timeout_secs = 30\n\
          flush_timeout_secs = 30\n",
     )?;
     let key = dir.join("api-key");
@@ -515,7 +517,21 @@ pub fn run(args: SoakArgs) -> Result<()> {
             mismatched.push(format!("{pid} {comm}: truth {tx}/{rx}, agent {atx}/{arx}"));
         }
     }
-    let duplicates = received.accepted.values().filter(|n| **n > 1).count();
+    let duplicates = received.accepted.values().filter(|(n, _)| *n > 1).count();
+    // A request answered after the agent's timeout (30 s) was accepted
+    // here but is a failure to the agent, which sends its snapshots again:
+    // at-least-once delivery, the ingest side deduplicates by timestamp.
+    let late = |d: &Duration| *d >= Duration::from_secs(30);
+    let duplicates_after_late_answer = received
+        .accepted
+        .values()
+        .filter(|(n, d)| *n > 1 && late(d))
+        .count();
+    let slowest_answer_s = received
+        .accepted
+        .values()
+        .map(|(_, d)| d.as_secs_f64())
+        .fold(0.0, f64::max);
     let never_accepted = printed
         .iter()
         .filter(|t| !received.accepted.contains_key(*t))
@@ -530,6 +546,19 @@ pub fn run(args: SoakArgs) -> Result<()> {
         .collect();
     let per_hour = |f: fn(&Sample) -> f64| {
         slope(&steady.iter().map(|s| (s.t_s, f(s))).collect::<Vec<_>>()).map(|v| v * 3600.0)
+    };
+    // The second half alone: a step early on (the first long outage's
+    // batch) is not a trend; a leak grows in both halves.
+    let half = wall.as_secs_f64() / 2.0;
+    let late_per_hour = |f: fn(&Sample) -> f64| {
+        slope(
+            &steady
+                .iter()
+                .filter(|s| s.t_s >= half)
+                .map(|s| (s.t_s, f(s)))
+                .collect::<Vec<_>>(),
+        )
+        .map(|v| v * 3600.0)
     };
     let range = |f: fn(&Sample) -> u64| {
         let v: Vec<u64> = steady.iter().map(f).collect();
@@ -558,11 +587,13 @@ pub fn run(args: SoakArgs) -> Result<()> {
         "endpoint_requests": received.requests,
         "snapshots_accepted": received.accepted.len(),
         "snapshots_accepted_twice": duplicates,
+        "snapshots_accepted_twice_after_an_answer_past_the_timeout": duplicates_after_late_answer,
+        "slowest_accepting_answer_s": slowest_answer_s,
         "snapshots_printed_never_accepted": never_accepted,
         "spool_records_left": spool_left,
-        "rss_bytes": {"min": rss_lo, "max": rss_hi, "slope_per_hour": per_hour(|s| s.rss as f64)},
-        "open_fds": {"min": fd_lo, "max": fd_hi, "slope_per_hour": per_hour(|s| s.fds as f64)},
-        "threads": {"min": th_lo, "max": th_hi, "slope_per_hour": per_hour(|s| s.threads as f64)},
+        "rss_bytes": {"min": rss_lo, "max": rss_hi, "slope_per_hour": per_hour(|s| s.rss as f64), "second_half_slope_per_hour": late_per_hour(|s| s.rss as f64)},
+        "open_fds": {"min": fd_lo, "max": fd_hi, "slope_per_hour": per_hour(|s| s.fds as f64), "second_half_slope_per_hour": late_per_hour(|s| s.fds as f64)},
+        "threads": {"min": th_lo, "max": th_hi, "slope_per_hour": per_hour(|s| s.threads as f64), "second_half_slope_per_hour": late_per_hour(|s| s.threads as f64)},
         "agent_cpu_s": cpu,
         "samples": samples.iter().map(|s| serde_json::json!({
             "t_s": s.t_s, "rss": s.rss, "fds": s.fds, "threads": s.threads, "cpu_s": s.cpu_s,
@@ -592,23 +623,29 @@ pub fn run(args: SoakArgs) -> Result<()> {
     println!("| endpoint accepted tx / rx | {c_tx} / {c_rx} |");
     println!("| lost records | {} |", attributed.lost_records);
     println!(
+        "| accepted twice after an answer later than the agent's 30 s timeout | {duplicates_after_late_answer} (slowest accepting answer {slowest_answer_s:.1} s) |"
+    );
+    println!(
         "| snapshots printed / accepted / accepted twice / never accepted / left in spool | {} / {} / {duplicates} / {never_accepted} / {spool_left} |",
         printed.len(),
         received.accepted.len()
     );
     println!(
-        "| RSS MiB (steady min–max, slope/h) | {:.1}–{:.1}, {} MiB/h |",
+        "| RSS MiB (steady min–max; slope/h over the steady run, over its second half) | {:.1}–{:.1}; {}, {} MiB/h |",
         mib(rss_lo),
         mib(rss_hi),
-        fmt_slope(per_hour(|s| s.rss as f64), 1024.0 * 1024.0)
+        fmt_slope(per_hour(|s| s.rss as f64), 1024.0 * 1024.0),
+        fmt_slope(late_per_hour(|s| s.rss as f64), 1024.0 * 1024.0)
     );
     println!(
-        "| open fds (min–max, slope/h) | {fd_lo}–{fd_hi}, {} /h |",
-        fmt_slope(per_hour(|s| s.fds as f64), 1.0)
+        "| open fds (min–max; slope/h, second half) | {fd_lo}–{fd_hi}; {}, {} /h |",
+        fmt_slope(per_hour(|s| s.fds as f64), 1.0),
+        fmt_slope(late_per_hour(|s| s.fds as f64), 1.0)
     );
     println!(
-        "| threads (min–max, slope/h) | {th_lo}–{th_hi}, {} /h |",
-        fmt_slope(per_hour(|s| s.threads as f64), 1.0)
+        "| threads (min–max; slope/h, second half) | {th_lo}–{th_hi}; {}, {} /h |",
+        fmt_slope(per_hour(|s| s.threads as f64), 1.0),
+        fmt_slope(late_per_hour(|s| s.threads as f64), 1.0)
     );
     println!(
         "| agent CPU | {cpu:.1} s over {:.0} s |",
