@@ -68,7 +68,8 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// Every object of one pin set, held open, by its path under the set.
+/// Every object of one pin set, held open, by its pin's path (joined
+/// once here, not on every check).
 pub struct Held {
     root: PathBuf,
     objects: Vec<(PathBuf, OwnedFd)>,
@@ -97,7 +98,7 @@ impl Held {
                     let fd = obj_get(&path).map_err(|e| {
                         io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
                     })?;
-                    objects.push((rel, fd));
+                    objects.push((path, fd));
                 }
             }
         }
@@ -145,8 +146,8 @@ impl Held {
             .objects
             .iter()
             .enumerate()
-            .filter(|(_, (rel, _))| {
-                matches!(std::fs::symlink_metadata(self.root.join(rel)),
+            .filter(|(_, (path, _))| {
+                matches!(std::fs::symlink_metadata(path),
                     Err(e) if e.kind() == io::ErrorKind::NotFound)
             })
             .map(|(i, _)| i)
@@ -157,12 +158,11 @@ impl Held {
         let mut pinned = 0;
         let mut error = None;
         for i in &missing {
-            let (rel, fd) = &self.objects[*i];
-            let path = self.root.join(rel);
+            let (path, fd) = &self.objects[*i];
             let made = path
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| obj_pin(fd.as_fd(), &path));
+                .and_then(|()| obj_pin(fd.as_fd(), path));
             match made {
                 Ok(()) => pinned += 1,
                 Err(e) => {
