@@ -1701,6 +1701,22 @@ impl Drop for SpoolFs {
     }
 }
 
+impl Agent {
+    /// Wait until the first 3 snapshots printed from now on (after
+    /// `when`) were all accepted by `server`.
+    fn wait_for_three_accepted(&self, server: &Server, when: &str) {
+        let back_at = self.printed().len();
+        self.wait_for(&format!("3 accepted snapshots taken after {when}"), |a| {
+            let printed = a.printed();
+            let got = server.accepted();
+            printed.len() > back_at + 3
+                && printed[back_at..back_at + 3]
+                    .iter()
+                    .all(|p| got.contains(p))
+        });
+    }
+}
+
 /// What the run proves about snapshots the spool could not keep: each
 /// printed snapshot either reached the endpoint once (in order) or was
 /// dropped, and the agent's count of drops is exactly the printed ones
@@ -1765,15 +1781,7 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
     );
     std::fs::remove_file(filler).unwrap();
     server.script(|_, _| (200, String::new()));
-    let back_at = a.printed().len();
-    a.wait_for("3 accepted snapshots taken after space returned", |a| {
-        let printed = a.printed();
-        let got = server.accepted();
-        printed.len() > back_at + 3
-            && printed[back_at..back_at + 3]
-                .iter()
-                .all(|p| got.contains(p))
-    });
+    a.wait_for_three_accepted(&server, "space returned");
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
     let dropped = assert_delivered_or_counted(&server, &printed, 5);
@@ -1826,15 +1834,7 @@ fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
         "{page}"
     );
     fs.remount("rw");
-    let back_at = a.printed().len();
-    a.wait_for("3 accepted snapshots taken after the remount", |a| {
-        let printed = a.printed();
-        let got = server.accepted();
-        printed.len() > back_at + 3
-            && printed[back_at..back_at + 3]
-                .iter()
-                .all(|p| got.contains(p))
-    });
+    a.wait_for_three_accepted(&server, "the remount");
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
     assert_delivered_or_counted(&server, &printed, 5);
