@@ -25,6 +25,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use netwatch_common::wire::{IngestEnvelope, Snapshot};
 
+mod common;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const KEY: &str = "nwk_test_5e3f9a1c7b2d4e6f8a0b";
 
@@ -1263,37 +1265,6 @@ struct RawServer {
     state: Arc<Mutex<RawState>>,
 }
 
-/// Read one request (head and `Content-Length` body); `None` at EOF.
-fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<(String, String, Vec<u8>)> {
-    use std::io::Read;
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((method, path, body))
-}
-
 fn answer(status: u16, body: &str) -> String {
     let location = if (300..400).contains(&status) {
         "Location: /landing\r\n"
@@ -1332,7 +1303,7 @@ impl RawServer {
         use std::io::Write;
         let mut w = stream.try_clone().unwrap();
         let mut r = BufReader::new(stream);
-        while let Some((method, path, body)) = read_request(&mut r) {
+        while let Some((method, path, body)) = common::read_request(&mut r) {
             if path == "/landing" {
                 st.lock().unwrap().landing.push(Landing {
                     method,
