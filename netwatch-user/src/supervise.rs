@@ -102,6 +102,19 @@ pub struct ComponentStatus {
     pub last_failure: Option<String>,
 }
 
+impl Component {
+    /// Its state now, for reporting.
+    fn status(&self) -> ComponentStatus {
+        ComponentStatus {
+            name: self.name,
+            up: self.up.load(Ordering::SeqCst),
+            restarts: self.restarts.load(Ordering::SeqCst),
+            gave_up: self.gave_up.load(Ordering::SeqCst),
+            last_failure: lock(&self.last_failure, "a worker's last failure").clone(),
+        }
+    }
+}
+
 static REGISTRY: Mutex<Vec<Arc<Component>>> = Mutex::new(Vec::new());
 
 /// Every supervised part now running (or waiting for a restart, or given
@@ -109,13 +122,7 @@ static REGISTRY: Mutex<Vec<Arc<Component>>> = Mutex::new(Vec::new());
 pub fn components() -> Vec<ComponentStatus> {
     lock(&REGISTRY, "the worker registry")
         .iter()
-        .map(|c| ComponentStatus {
-            name: c.name,
-            up: c.up.load(Ordering::SeqCst),
-            restarts: c.restarts.load(Ordering::SeqCst),
-            gave_up: c.gave_up.load(Ordering::SeqCst),
-            last_failure: lock(&c.last_failure, "a worker's last failure").clone(),
-        })
+        .map(|c| c.status())
         .collect()
 }
 
@@ -128,7 +135,11 @@ pub fn all_up() -> bool {
 
 /// The first part the supervisor gave up on, if any.
 pub fn down_for_good() -> Option<ComponentStatus> {
-    components().into_iter().find(|c| c.gave_up)
+    // Called on every tick: the flags only, a status for the one found.
+    lock(&REGISTRY, "the worker registry")
+        .iter()
+        .find(|c| c.gave_up.load(Ordering::SeqCst))
+        .map(|c| c.status())
 }
 
 /// Lock `m`, taking over a lock poisoned by a panicking holder: logged
@@ -222,14 +233,7 @@ impl Worker {
 
     /// The part's state now.
     pub fn status(&self) -> ComponentStatus {
-        let c = &self.component;
-        ComponentStatus {
-            name: c.name,
-            up: c.up.load(Ordering::SeqCst),
-            restarts: c.restarts.load(Ordering::SeqCst),
-            gave_up: c.gave_up.load(Ordering::SeqCst),
-            last_failure: lock(&c.last_failure, "a worker's last failure").clone(),
-        }
+        self.component.status()
     }
 
     /// Leave the thread running without waiting for it (a shutdown that

@@ -7,19 +7,19 @@ use std::process::Command;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 
-/// Run the agent with `args` and `env`; (exit status, stderr).
-fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// Run the agent with a config file of our own holding `config` (so the
+/// host's /etc/netwatch-agent/config.toml never takes part), `args` and
+/// `env` (NETWATCH_INTERVAL only if `env` sets it); (exit status, stderr).
+fn run(config: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    // An empty config file of our own, so the host's
-    // /etc/netwatch-agent/config.toml never takes part.
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").expect("writing the config file");
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, config).expect("writing the config file");
     let out = Command::new(AGENT)
         .arg("--config")
-        .arg(&config)
+        .arg(&file)
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("NETWATCH_INTERVAL")
+        .envs(env.iter().copied())
         .output()
         .expect("running netwatch-agent");
     (
@@ -30,7 +30,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn an_interval_of_1e300_is_refused_with_status_2_and_the_range() {
-    let (code, err) = run(&["--once", "--interval", "1e300"], &[]);
+    let (code, err) = run("", &["--once", "--interval", "1e300"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(
         err.trim(),
@@ -41,25 +41,15 @@ fn an_interval_of_1e300_is_refused_with_status_2_and_the_range() {
 
 #[test]
 fn environment_and_command_line_values_out_of_range_are_refused() {
-    // NETWATCH_INTERVAL is read by clap; set it after the removal above.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "").expect("writing the config file");
-    let out = Command::new(AGENT)
-        .arg("--config")
-        .arg(&config)
-        .arg("--once")
-        .env("NETWATCH_INTERVAL", "inf")
-        .output()
-        .expect("running netwatch-agent");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    // NETWATCH_INTERVAL is read by clap.
+    let (code, err) = run("", &["--once"], &[("NETWATCH_INTERVAL", "inf")]);
+    assert_eq!(code, Some(2), "{err}");
     assert_eq!(
         err.trim(),
         "netwatch-agent: interval inf: must be between 0.05 and 86400 seconds"
     );
 
-    let (code, err) = run(&["--once", "--max-sockets", "4294967295"], &[]);
+    let (code, err) = run("", &["--once", "--max-sockets", "4294967295"], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(
         err.trim(),
@@ -69,18 +59,8 @@ fn environment_and_command_line_values_out_of_range_are_refused() {
 
 #[test]
 fn a_config_file_value_out_of_range_is_refused_naming_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[alerts]\nactive_secs = nan\n").expect("writing the config file");
-    let out = Command::new(AGENT)
-        .arg("--config")
-        .arg(&config)
-        .arg("--once")
-        .env_remove("NETWATCH_INTERVAL")
-        .output()
-        .expect("running netwatch-agent");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = run("[alerts]\nactive_secs = nan\n", &["--once"], &[]);
+    assert_eq!(code, Some(2), "{err}");
     assert_eq!(
         err.trim(),
         "netwatch-agent: [alerts] active_secs NaN: must be between 1 and 86400 seconds"

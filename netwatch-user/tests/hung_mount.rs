@@ -90,6 +90,29 @@ fn has_row(s: &Snapshot, device: &str) -> bool {
         .any(|d| d.device == device)
 }
 
+/// Wait up to `secs` seconds (counted from `from`, for the failure
+/// message) for a snapshot with a disk row for `device`.
+fn wait_for_row(
+    snaps: &mpsc::Receiver<Line>,
+    logs: &mpsc::Receiver<String>,
+    device: &str,
+    secs: u64,
+    from: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match snaps.recv_timeout(left) {
+            Ok((_, s)) if has_row(&s, device) => return,
+            Ok(_) => {}
+            Err(_) => panic!(
+                "no snapshot with a disk row for {device} within {secs} s {from}; log: {:?}",
+                logs.try_iter().collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
 #[test]
 fn a_hung_fuse_mount_costs_its_row_never_a_snapshot() {
     require_root();
@@ -144,18 +167,7 @@ fn a_hung_fuse_mount_costs_its_row_never_a_snapshot() {
     let device = source.display().to_string();
 
     // The mount is reported while its server runs.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match snaps.recv_timeout(left) {
-            Ok((_, s)) if has_row(&s, &device) => break,
-            Ok(_) => {}
-            Err(_) => panic!(
-                "no snapshot with a disk row for {device} within 30 s; log: {:?}",
-                logs.try_iter().collect::<Vec<_>>()
-            ),
-        }
-    }
+    wait_for_row(&snaps, &logs, &device, 30, "of the start");
     let bindfs: i32 = std::fs::read_to_string(guard.dir.path().join("bindfs.pid"))
         .expect("bindfs pid file")
         .trim()
@@ -206,15 +218,7 @@ fn a_hung_fuse_mount_costs_its_row_never_a_snapshot() {
 
     // It answers again: the row comes back, and a line says so.
     signal(bindfs, libc::SIGCONT);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match snaps.recv_timeout(left) {
-            Ok((_, s)) if has_row(&s, &device) => break,
-            Ok(_) => {}
-            Err(_) => panic!("the row of {device} did not come back within 5 s of SIGCONT"),
-        }
-    }
+    wait_for_row(&snaps, &logs, &device, 5, "of SIGCONT");
     let log: Vec<String> = logs.try_iter().collect();
     assert!(
         log.iter()

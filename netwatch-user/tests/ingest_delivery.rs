@@ -25,6 +25,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use netwatch_common::wire::{IngestEnvelope, Snapshot};
 
+mod common;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const KEY: &str = "nwk_test_5e3f9a1c7b2d4e6f8a0b";
 
@@ -1263,37 +1265,6 @@ struct RawServer {
     state: Arc<Mutex<RawState>>,
 }
 
-/// Read one request (head and `Content-Length` body); `None` at EOF.
-fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<(String, String, Vec<u8>)> {
-    use std::io::Read;
-    let mut line = String::new();
-    if r.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let path = parts.next()?.to_string();
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).ok()? == 0 {
-            return None;
-        }
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((method, path, body))
-}
-
 fn answer(status: u16, body: &str) -> String {
     let location = if (300..400).contains(&status) {
         "Location: /landing\r\n"
@@ -1332,7 +1303,7 @@ impl RawServer {
         use std::io::Write;
         let mut w = stream.try_clone().unwrap();
         let mut r = BufReader::new(stream);
-        while let Some((method, path, body)) = read_request(&mut r) {
+        while let Some((method, path, body)) = common::read_request(&mut r) {
             if path == "/landing" {
                 st.lock().unwrap().landing.push(Landing {
                     method,
@@ -1701,6 +1672,22 @@ impl Drop for SpoolFs {
     }
 }
 
+impl Agent {
+    /// Wait until the first 3 snapshots printed from now on (after
+    /// `when`) were all accepted by `server`.
+    fn wait_for_three_accepted(&self, server: &Server, when: &str) {
+        let back_at = self.printed().len();
+        self.wait_for(&format!("3 accepted snapshots taken after {when}"), |a| {
+            let printed = a.printed();
+            let got = server.accepted();
+            printed.len() > back_at + 3
+                && printed[back_at..back_at + 3]
+                    .iter()
+                    .all(|p| got.contains(p))
+        });
+    }
+}
+
 /// What the run proves about snapshots the spool could not keep: each
 /// printed snapshot either reached the endpoint once (in order) or was
 /// dropped, and the agent's count of drops is exactly the printed ones
@@ -1765,15 +1752,7 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
     );
     std::fs::remove_file(filler).unwrap();
     server.script(|_, _| (200, String::new()));
-    let back_at = a.printed().len();
-    a.wait_for("3 accepted snapshots taken after space returned", |a| {
-        let printed = a.printed();
-        let got = server.accepted();
-        printed.len() > back_at + 3
-            && printed[back_at..back_at + 3]
-                .iter()
-                .all(|p| got.contains(p))
-    });
+    a.wait_for_three_accepted(&server, "space returned");
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
     let dropped = assert_delivered_or_counted(&server, &printed, 5);
@@ -1826,15 +1805,7 @@ fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
         "{page}"
     );
     fs.remount("rw");
-    let back_at = a.printed().len();
-    a.wait_for("3 accepted snapshots taken after the remount", |a| {
-        let printed = a.printed();
-        let got = server.accepted();
-        printed.len() > back_at + 3
-            && printed[back_at..back_at + 3]
-                .iter()
-                .all(|p| got.contains(p))
-    });
+    a.wait_for_three_accepted(&server, "the remount");
     let (code, printed, log) = a.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "{log:#?}");
     assert_delivered_or_counted(&server, &printed, 5);

@@ -67,19 +67,12 @@ impl Pins {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut a = self.paths();
-        a.insert(0, "--pin".into());
-        a
+        pinned(&self.dir, &self.state_file())
     }
 
     /// The directory and state file, without turning pinning on.
     fn paths(&self) -> Vec<String> {
-        vec![
-            "--pin-dir".into(),
-            self.dir.display().to_string(),
-            "--pin-state-file".into(),
-            self.state_file().display().to_string(),
-        ]
+        pin_paths(&self.dir, &self.state_file())
     }
 
     /// The one directory of pinned objects (`<dir>/v1-…`).
@@ -99,6 +92,40 @@ impl Drop for Pins {
     }
 }
 
+/// `--pin-dir dir --pin-state-file state`, without turning pinning on.
+fn pin_paths(dir: &Path, state: &Path) -> Vec<String> {
+    vec![
+        "--pin-dir".into(),
+        dir.display().to_string(),
+        "--pin-state-file".into(),
+        state.display().to_string(),
+    ]
+}
+
+/// `--pin` with this directory and state file.
+fn pinned(dir: &Path, state: &Path) -> Vec<String> {
+    let mut a = pin_paths(dir, state);
+    a.insert(0, "--pin".into());
+    a
+}
+
+/// The agent on the eBPF source's tracepoint tier, with this output and
+/// interval (seconds).
+fn agent_command(output: &str, interval: &str) -> Command {
+    let mut c = Command::new(AGENT);
+    c.args([
+        "--mode",
+        "ebpf",
+        "--ebpf-tier",
+        "tracepoint",
+        "--output",
+        output,
+        "--interval",
+        interval,
+    ]);
+    c
+}
+
 /// The agent; its per-snapshot (rx, tx) of this pid and its log lines.
 struct Agent {
     child: Child,
@@ -109,17 +136,7 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[String]) -> Self {
-        let mut child = Command::new(AGENT)
-            .args([
-                "--mode",
-                "ebpf",
-                "--ebpf-tier",
-                "tracepoint",
-                "--output",
-                "json",
-                "--interval",
-                "0.3",
-            ])
+        let mut child = agent_command("json", "0.3")
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -303,8 +320,8 @@ fn sigkill_mid_transfer_then_restart_counts_every_byte_once() {
     restart_mid_transfer("kill", libc::SIGKILL);
 }
 
-/// `bpftool map create` at `path` with these sizes (named `SOCKETS`).
-fn bpftool_map(path: &Path, kind: &str, key: u32, value: u32, entries: u32) {
+/// `bpftool map create` at `path` with these sizes, named `name`.
+fn bpftool_map(path: &Path, kind: &str, key: u32, value: u32, entries: u32, name: &str) {
     let out = Command::new(BPFTOOL)
         .args(["map", "create"])
         .arg(path)
@@ -318,7 +335,7 @@ fn bpftool_map(path: &Path, kind: &str, key: u32, value: u32, entries: u32) {
             "entries",
             &entries.to_string(),
             "name",
-            "SOCKETS",
+            name,
         ])
         .output()
         .expect("running bpftool (install bpftool for this test)");
@@ -364,10 +381,17 @@ fn incompatible_pins_are_replaced_with_a_log_line_never_read() {
     let set = pins.set();
     let sockets = set.join("maps").join("SOCKETS");
     std::fs::remove_file(&sockets).expect("unpinning SOCKETS");
-    bpftool_map(&sockets, "lru_hash", 8, 16, 64);
+    bpftool_map(&sockets, "lru_hash", 8, 16, 64, "SOCKETS");
     let foreign = pins.dir.join("v1-0000000000000000");
     std::fs::create_dir_all(foreign.join("maps")).expect("another build's set directory");
-    bpftool_map(&foreign.join("maps").join("SOCKETS"), "hash", 8, 8, 16);
+    bpftool_map(
+        &foreign.join("maps").join("SOCKETS"),
+        "hash",
+        8,
+        8,
+        16,
+        "SOCKETS",
+    );
 
     let mut b = Agent::start(&pins.args());
     b.next();
@@ -461,16 +485,8 @@ struct MetricsAgent {
 impl MetricsAgent {
     /// Start; returns once it serves /metrics and its source is attached.
     fn start(extra: &[String]) -> Self {
-        let mut child = Command::new(AGENT)
+        let mut child = agent_command("prometheus", "0.3")
             .args([
-                "--mode",
-                "ebpf",
-                "--ebpf-tier",
-                "tracepoint",
-                "--output",
-                "prometheus",
-                "--interval",
-                "0.3",
                 "--metrics-listen",
                 "127.0.0.1:0",
                 // Other processes on this host must not crowd this one out.
@@ -762,18 +778,8 @@ fn still_loaded(ids: &std::collections::BTreeSet<u32>) -> Vec<u32> {
 /// `/proc/<pid>/fdinfo` once it is attached; (exit success, stdout,
 /// stderr, program ids).
 fn run_once(extra: &[String]) -> (bool, String, Vec<String>, std::collections::BTreeSet<u32>) {
-    let mut child = Command::new(AGENT)
-        .args([
-            "--mode",
-            "ebpf",
-            "--ebpf-tier",
-            "tracepoint",
-            "--output",
-            "json",
-            "--once",
-            "--interval",
-            "1.5",
-        ])
+    let mut child = agent_command("json", "1.5")
+        .arg("--once")
         .args(extra)
         // Debug for the source: it logs the ids of the programs it loaded.
         .env("RUST_LOG", "info,netwatch::source::ebpf=debug")
@@ -856,19 +862,7 @@ fn a_run_by_hand_leaves_no_program_loaded_when_it_exits() {
 /// `bpftool map create` of a small hash map named `foreign` at `path`:
 /// another program's pin.
 fn foreign_map(path: &Path) {
-    let out = Command::new(BPFTOOL)
-        .args(["map", "create"])
-        .arg(path)
-        .args([
-            "type", "hash", "key", "4", "value", "4", "entries", "4", "name", "foreign",
-        ])
-        .output()
-        .expect("running bpftool (install bpftool for this test)");
-    assert!(
-        out.status.success(),
-        "bpftool map create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    bpftool_map(path, "hash", 4, 4, 4, "foreign");
 }
 
 /// `netwatch-agent --unpin` with these arguments: (success, stdout, stderr).
@@ -946,33 +940,75 @@ fn a_pin_dir_holding_a_foreign_map_is_refused_and_the_map_survives() {
     assert_eq!(entries(&pins.dir), vec![foreign]);
 }
 
-/// A BPF filesystem mounted at a directory of this test's own, unmounted
-/// when dropped.
-struct Bpffs(PathBuf);
+/// A filesystem (a BPF filesystem, a small tmpfs) mounted at a directory
+/// of this test's own, unmounted when dropped.
+struct Mounted(PathBuf);
 
-impl Bpffs {
-    fn mount(name: &str) -> Self {
-        let dir = PathBuf::from(format!("/run/nwtest-bpffs-{name}-{}", std::process::id()));
+impl Mounted {
+    fn bpffs(name: &str) -> Self {
+        Self::mount("bpf", name, None)
+    }
+
+    /// 16 MiB; `fill` takes all its space.
+    fn tmpfs(name: &str) -> Self {
+        Self::mount("tmpfs", name, Some("size=16m,mode=0700"))
+    }
+
+    fn mount(fstype: &str, name: &str, opts: Option<&str>) -> Self {
+        let dir = PathBuf::from(format!(
+            "/run/nwtest-{fstype}-{name}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("creating the mount point");
         let m = Self(dir);
         let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
         let target = c(m.0.to_str().expect("a UTF-8 path"));
+        let fstype_c = c(fstype);
+        let opts = opts.map(c);
         // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
         let r = unsafe {
             libc::mount(
-                c("bpf").as_ptr(),
+                fstype_c.as_ptr(),
                 target.as_ptr(),
-                c("bpf").as_ptr(),
+                fstype_c.as_ptr(),
                 0,
-                std::ptr::null(),
+                opts.as_ref()
+                    .map_or(std::ptr::null(), |o| o.as_ptr().cast()),
             )
         };
-        assert_eq!(r, 0, "mounting bpffs: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "mounting {fstype}: {}",
+            std::io::Error::last_os_error()
+        );
         m
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.0.join("filler")
+    }
+
+    /// Write until the filesystem is full (ENOSPC).
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.filler()).expect("creating the filler");
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.filler()).expect("removing the filler");
     }
 }
 
-impl Drop for Bpffs {
+impl Drop for Mounted {
     fn drop(&mut self) {
         if let Ok(p) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
             // SAFETY: umount2(2) on a NUL-terminated path.
@@ -986,17 +1022,11 @@ impl Drop for Bpffs {
 fn a_pin_dir_that_is_a_bpffs_root_is_refused_and_other_pins_survive() {
     require_root();
     let _serial = serial();
-    let fs = Bpffs::mount("root");
+    let fs = Mounted::bpffs("root");
     let foreign = fs.0.join("foreign");
     foreign_map(&foreign);
     let state = tempfile::tempdir().expect("a temporary directory");
-    let args = vec![
-        "--pin".to_string(),
-        "--pin-dir".into(),
-        fs.0.display().to_string(),
-        "--pin-state-file".into(),
-        state.path().join("baseline").display().to_string(),
-    ];
+    let args = pinned(&fs.0, &state.path().join("baseline"));
     let (ok, _, log, _) = run_once(&args);
     assert!(!ok, "the agent pinned in a bpffs root: {log:?}");
     let text = log.join("\n");
@@ -1058,65 +1088,6 @@ fn pins_removed_under_a_running_agent_are_pinned_again_and_every_byte_counts() {
     b.stop(libc::SIGTERM);
 }
 
-/// A small tmpfs of this test's own, unmounted when dropped; `fill` takes
-/// all its space.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(name: &str) -> Self {
-        let dir = PathBuf::from(format!("/run/nwtest-tmpfs-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("creating the mount point");
-        let m = Self(dir);
-        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-        let target = c(m.0.to_str().expect("a UTF-8 path"));
-        let opts = c("size=16m,mode=0700");
-        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
-        let r = unsafe {
-            libc::mount(
-                c("tmpfs").as_ptr(),
-                target.as_ptr(),
-                c("tmpfs").as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        assert_eq!(r, 0, "mounting tmpfs: {}", std::io::Error::last_os_error());
-        m
-    }
-
-    fn filler(&self) -> PathBuf {
-        self.0.join("filler")
-    }
-
-    /// Write until the filesystem is full (ENOSPC).
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.filler()).expect("creating the filler");
-        let chunk = vec![0u8; 4096];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", self.0.display()),
-            }
-        }
-    }
-
-    fn unfill(&self) {
-        std::fs::remove_file(self.filler()).expect("removing the filler");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Ok(p) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
-            // SAFETY: umount2(2) on a NUL-terminated path.
-            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// One loopback TCP connection of this process, kept open: `send(n)`
 /// moves exactly `n` bytes over it (counted as tx on one end, rx on the
 /// other, both this pid's).
@@ -1150,14 +1121,8 @@ fn a_baseline_write_that_fails_never_makes_a_restart_count_twice() {
     require_root();
     let _serial = serial();
     let pins = Pins::new("full");
-    let fs = Tmpfs::mount("full");
-    let args = vec![
-        "--pin".to_string(),
-        "--pin-dir".into(),
-        pins.dir.display().to_string(),
-        "--pin-state-file".into(),
-        fs.0.join("baseline").display().to_string(),
-    ];
+    let fs = Mounted::tmpfs("full");
+    let args = pinned(&pins.dir, &fs.0.join("baseline"));
     let mut total = (0, 0);
     let mut a = Agent::start(&args);
     a.next();
@@ -1214,7 +1179,7 @@ fn the_baseline_generation_names_only_what_the_sinks_kept() {
     use netwatch::source::SocketId;
 
     require_root();
-    let fs = Bpffs::mount("generation");
+    let fs = Mounted::bpffs("generation");
     let map = fs.0.join("GENERATION");
     generation::create(&map).expect("creating the generation map");
     let open = || generation::open(&map).expect("opening the generation map");

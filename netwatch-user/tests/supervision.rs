@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const KEY: &str = "nwk_test_supervision_0123456789";
 /// Give up waiting after this long (a hang, not a measure).
@@ -97,29 +99,7 @@ fn answer_post(mut stream: TcpStream) -> Option<bool> {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            assert_ne!(
-                k, "transfer-encoding",
-                "the stand-in reads Content-Length bodies only"
-            );
-            if k == "content-length" {
-                length = v.trim().parse().ok()?;
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
+    let (_, _, body) = common::read_request(&mut reader)?;
     let _ =
         stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
     let env: serde_json::Value = serde_json::from_slice(&body).ok()?;

@@ -41,9 +41,14 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+/// bpf(2) command `cmd` with `attr`, the `union bpf_attr` member of that
+/// command's layout (its pointers set to live buffers of the sizes the
+/// command reads or writes); the syscall's return value (an fd for the
+/// commands that make one). The one wrapper of the syscall for this
+/// source's own commands (`held`, `generation` use it too).
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: bpf(2) with an attr of the command's layout, whose pointers
-    // the caller made point at live buffers of the map's key and value sizes.
+    // the caller made point at live buffers of the sizes the command uses.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -55,7 +60,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
 }
 
@@ -127,8 +132,8 @@ impl ActiveSet {
                     self.values.resize(chunk * 4, 0);
                     continue;
                 }
-                Ok(()) | Err(Some(libc::ENOENT)) => {}
-                Err(_) => return r,
+                Ok(_) | Err(Some(libc::ENOENT)) => {}
+                Err(_) => return r.map(drop),
             }
             out.extend_from_slice(&self.keys[..n]);
             if r.is_err() {
@@ -149,7 +154,7 @@ pub fn lookup(fd: BorrowedFd<'_>, key: &SockKey, value: &mut SockStats) -> io::R
         ..ElemAttr::default()
     };
     match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }

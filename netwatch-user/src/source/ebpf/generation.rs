@@ -67,22 +67,8 @@ pub fn create(path: &Path) -> io::Result<()> {
         ..CreateAttr::default()
     };
     attr.map_name[..KERNEL_NAME.len()].copy_from_slice(KERNEL_NAME);
-    // SAFETY: bpf(2) BPF_MAP_CREATE with an attr of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &mut attr as *mut CreateAttr,
-            std::mem::size_of::<CreateAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("creating the generation map: {e}"),
-        ));
-    }
+    let ret = super::active::bpf(BPF_MAP_CREATE, &mut attr)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating the generation map: {e}")))?;
     let fd = i32::try_from(ret).map_err(|_| io::Error::other("BPF_MAP_CREATE returned no fd"))?;
     // SAFETY: a new fd the kernel just returned, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
+use super::active::bpf;
+
 /// `BPF_OBJ_PIN` and `BPF_OBJ_GET`.
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -41,24 +43,6 @@ fn c_path(path: &Path) -> io::Result<CString> {
     })
 }
 
-fn bpf_obj(cmd: libc::c_long, attr: &mut ObjAttr) -> io::Result<libc::c_long> {
-    // SAFETY: bpf(2) with an `obj` attr whose pathname points at a live
-    // NUL-terminated string; the kernel reads `size_of::<ObjAttr>()` bytes.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut ObjAttr,
-            std::mem::size_of::<ObjAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 /// Open the BPF object (map, link or program) pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
@@ -66,7 +50,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         pathname: c.as_ptr() as u64,
         ..ObjAttr::default()
     };
-    let fd = bpf_obj(BPF_OBJ_GET, &mut attr)?;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET returned no fd"))?;
     // SAFETY: a new fd the kernel just returned, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -81,10 +65,11 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
         bpf_fd: fd.as_raw_fd() as u32,
         ..ObjAttr::default()
     };
-    bpf_obj(BPF_OBJ_PIN, &mut attr).map(drop)
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// Every object of one pin set, held open, by its path under the set.
+/// Every object of one pin set, held open, by its pin's path (joined
+/// once here, not on every check).
 pub struct Held {
     root: PathBuf,
     objects: Vec<(PathBuf, OwnedFd)>,
@@ -113,7 +98,7 @@ impl Held {
                     let fd = obj_get(&path).map_err(|e| {
                         io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
                     })?;
-                    objects.push((rel, fd));
+                    objects.push((path, fd));
                 }
             }
         }
@@ -161,8 +146,8 @@ impl Held {
             .objects
             .iter()
             .enumerate()
-            .filter(|(_, (rel, _))| {
-                matches!(std::fs::symlink_metadata(self.root.join(rel)),
+            .filter(|(_, (path, _))| {
+                matches!(std::fs::symlink_metadata(path),
                     Err(e) if e.kind() == io::ErrorKind::NotFound)
             })
             .map(|(i, _)| i)
@@ -173,12 +158,11 @@ impl Held {
         let mut pinned = 0;
         let mut error = None;
         for i in &missing {
-            let (rel, fd) = &self.objects[*i];
-            let path = self.root.join(rel);
+            let (path, fd) = &self.objects[*i];
             let made = path
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| obj_pin(fd.as_fd(), &path));
+                .and_then(|()| obj_pin(fd.as_fd(), path));
             match made {
                 Ok(()) => pinned += 1,
                 Err(e) => {
