@@ -10,7 +10,9 @@
 //!
 //! One worker per user, one job at a time: while a job is stuck, a new
 //! request fails at once ([`Outcome::Busy`]), so a hang never piles up
-//! threads or queued work. The worker is never joined (not at exit
+//! threads or queued work. A job whose result was taken no longer counts
+//! as outstanding (its caller may ask again at once); what it still does
+//! after delivering runs before the next job, which at most waits for it. The worker is never joined (not at exit
 //! either): a thread stuck in the kernel would hold the process forever.
 //!
 //! It must never block its caller past the bound, never run two jobs of
@@ -60,9 +62,21 @@ enum Slot<T> {
 struct Meeting<T> {
     slot: Mutex<Slot<T>>,
     ready: Condvar,
+    /// The user's busy flag, cleared once per job ([`Meeting::release`]).
+    busy: Arc<AtomicBool>,
+    released: AtomicBool,
 }
 
 impl<T> Meeting<T> {
+    /// The job no longer counts as outstanding: when its result is taken
+    /// (the caller may ask again at once, and the next job runs after
+    /// whatever this one does after delivering), or when it ends.
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.busy.store(false, Ordering::Release);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot<T>> {
         // Never held across anything that can panic: a poisoned lock's
         // data is still consistent.
@@ -89,6 +103,7 @@ impl<T> Claim<T> {
             Slot::Waiting => {
                 *slot = Slot::Ready(result);
                 drop(slot);
+                self.meeting.release();
                 self.meeting.ready.notify_all();
                 true
             }
@@ -139,18 +154,12 @@ impl BoundedIo {
     pub fn new(name: &'static str, bound: Duration) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let busy = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&busy);
         std::thread::Builder::new()
             .name(format!("nw-{name}"))
             .stack_size(WORKER_STACK_BYTES)
             .spawn(move || {
                 for job in rx {
-                    // A panicking job drops its claim (the caller sees
-                    // `Failed`); the worker stays for the next job.
-                    if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                        log::error!("{name}: a file operation panicked; it counts as failed");
-                    }
-                    flag.store(false, Ordering::Release);
+                    job();
                 }
             })?;
         Ok(Self {
@@ -185,12 +194,24 @@ impl BoundedIo {
         let meeting = Arc::new(Meeting {
             slot: Mutex::new(Slot::Waiting),
             ready: Condvar::new(),
+            busy: Arc::clone(&self.busy),
+            released: AtomicBool::new(false),
         });
         let claim = Claim {
             meeting: Arc::clone(&meeting),
             delivered: false,
         };
-        if self.jobs.send(Box::new(move || job(claim))).is_err() {
+        let ended = Arc::clone(&meeting);
+        let name = self.name;
+        let wrapped = move || {
+            // A panicking job drops its claim (the caller sees `Failed`);
+            // the worker stays for the next job.
+            if catch_unwind(AssertUnwindSafe(move || job(claim))).is_err() {
+                log::error!("{name}: a file operation panicked; it counts as failed");
+            }
+            ended.release();
+        };
+        if self.jobs.send(Box::new(wrapped)).is_err() {
             self.busy.store(false, Ordering::Release);
             return Outcome::Failed;
         }

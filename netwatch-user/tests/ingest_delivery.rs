@@ -1897,7 +1897,7 @@ fn a_hung_spool_filesystem_costs_counted_drops_never_a_snapshot() {
     args[at + 1] = "0.6".into();
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
     let script = format!(
-        "bindfs -f '{src}' '{mnt}' & echo $! > '{pid}'; \
+        "bindfs -f '{src}' '{mnt}' >/dev/null 2>&1 & echo $! > '{pid}'; \
          i=0; until mountpoint -q '{mnt}'; do i=$((i+1)); \
          [ $i -gt 100 ] && {{ echo 'bindfs did not mount' >&2; exit 1; }}; sleep 0.05; done; \
          exec '{AGENT}' {args}",
