@@ -260,7 +260,12 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert!(io.busy());
         // Stuck: refused at once, nothing queued behind it.
-        assert_eq!(io.run(|c: Claim<u32>| drop(c.deliver(9))), Outcome::Busy);
+        assert_eq!(
+            io.run(|c: Claim<u32>| {
+                let _ = c.deliver(9);
+            }),
+            Outcome::Busy
+        );
         release_tx.send(()).unwrap();
         assert!(
             !told_rx.recv().unwrap(),
@@ -270,7 +275,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(
-            io.run(|c: Claim<u32>| drop(c.deliver(10))),
+            io.run(|c: Claim<u32>| {
+                let _ = c.deliver(10);
+            }),
             Outcome::Done(10)
         );
     }
@@ -286,6 +293,11 @@ mod tests {
         while io.busy() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(io.run(|c: Claim<u32>| drop(c.deliver(1))), Outcome::Done(1));
+        assert_eq!(
+            io.run(|c: Claim<u32>| {
+                let _ = c.deliver(1);
+            }),
+            Outcome::Done(1)
+        );
     }
 }
