@@ -1972,3 +1972,69 @@ fn a_hung_spool_filesystem_costs_counted_drops_never_a_snapshot() {
     assert!(files.records().is_empty(), "{:?}", files.records());
     drop(guard);
 }
+
+/// The spool's mount hung (bindfs stopped) with records waiting and the
+/// endpoint failing, so the sender is stuck reading one while holding the
+/// spool: SIGTERM still ends the agent, with exit 0, within the flush
+/// timeout (5 s here) and its grace, never waiting on the filesystem.
+#[test]
+fn sigterm_while_the_spool_filesystem_hangs_exits() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    std::fs::create_dir(files.spool()).unwrap();
+    let mnt = files.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pid_file = files.path("bindfs.pid");
+    let mut args = files.args(&server);
+    let at = args.iter().position(|a| a == "--spool-dir").unwrap();
+    args[at + 1] = mnt.display().to_string();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "bindfs -f '{src}' '{mnt}' >/dev/null 2>&1 & echo $! > '{pid}'; \
+         i=0; until mountpoint -q '{mnt}'; do i=$((i+1)); \
+         [ $i -gt 100 ] && {{ echo 'bindfs did not mount' >&2; exit 1; }}; sleep 0.05; done; \
+         exec '{AGENT}' {args}",
+        src = files.spool().display(),
+        mnt = mnt.display(),
+        pid = pid_file.display(),
+        args = quoted.join(" "),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    server.script(|_, _| (503, "maintenance".into()));
+    let mut a = Agent::spawn(cmd, "info", &[]);
+    let mut guard = HungGuard {
+        agent: Some(a.child.id() as i32),
+        bindfs: None,
+    };
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    let bindfs: i32 = std::fs::read_to_string(&pid_file)
+        .expect("bindfs pid file")
+        .trim()
+        .parse()
+        .expect("bindfs pid");
+    guard.bindfs = Some(bindfs);
+    signal_pid(bindfs, libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(2));
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = a.child.try_wait().expect("waiting for the agent") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit within 15 s of SIGTERM while its spool hung; log: {:#?}",
+            a.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    guard.agent = None;
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status}; log: {:#?}",
+        a.log()
+    );
+    drop(guard);
+}

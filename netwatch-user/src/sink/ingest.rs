@@ -195,10 +195,33 @@ impl IngestSink {
         let Some(handle) = self.sender.take() else {
             return;
         };
-        {
-            let mut st = self.shared.lock();
-            st.shutdown_deadline = Some(Instant::now() + self.flush_timeout);
-        }
+        // The sender (reading a record) or the spool writer (removing
+        // one) may hold the lock while stuck on a hung filesystem: exit
+        // waits for it at most the flush timeout.
+        let deadline = Instant::now() + self.flush_timeout;
+        let st = loop {
+            match self.shared.state.try_lock() {
+                Ok(g) => break Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break None,
+            }
+        };
+        let Some(mut st) = st else {
+            warn!(
+                "ingest: the spool is stuck on its filesystem ({}) past the {} s flush \
+                 timeout; leaving it (undelivered snapshots stay in the spool)",
+                self.writer.dir().display(),
+                self.flush_timeout.as_secs_f64()
+            );
+            handle.stop();
+            handle.detach();
+            return;
+        };
+        st.shutdown_deadline = Some(deadline);
+        drop(st);
         self.shared.wake.notify_all();
         // A sender waiting for its restart is not restarted to flush.
         handle.stop();
@@ -268,11 +291,17 @@ impl Sink for IngestSink {
         let outcome = self.io.run(move |claim: Claim<bool>| {
             match writer.write(&snapshot) {
                 Ok((seq, size)) => {
+                    // Decided under the index lock: once the tick hears
+                    // "kept", the record is in the index for anyone who
+                    // takes the lock after it (the shutdown flush).
+                    let mut st = shared.lock();
                     if claim.deliver(true) {
                         writer.succeeded();
-                        shared.lock().spool.add(seq, size);
+                        st.spool.add(seq, size);
+                        drop(st);
                         shared.wake.notify_all();
                     } else {
+                        drop(st);
                         // Reported not kept and counted when its deadline
                         // passed: it must never be sent.
                         warn!(
