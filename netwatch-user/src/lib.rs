@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod attribution;
+pub mod bounded_io;
 pub mod clock;
 pub mod config;
 pub mod counter;

@@ -357,8 +357,14 @@ impl Agent {
     /// `NETWATCH_*` variables in `env`.
     fn start(args: &[String], rust_log: &str, env: &[(&str, String)]) -> Self {
         let mut cmd = Command::new(AGENT);
-        cmd.args(args)
-            .env("RUST_LOG", rust_log)
+        cmd.args(args);
+        Self::spawn(cmd, rust_log, env)
+    }
+
+    /// Start `cmd` (the agent, or something that execs it as its last
+    /// step) as [`Agent::start`] does.
+    fn spawn(mut cmd: Command, rust_log: &str, env: &[(&str, String)]) -> Self {
+        cmd.env("RUST_LOG", rust_log)
             .env_remove("NETWATCH_API_KEY")
             .env_remove("NETWATCH_CONFIG")
             .env_remove("NETWATCH_ENDPOINT")
@@ -1816,4 +1822,219 @@ fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
     );
     assert!(files.records().is_empty(), "leftover files removed");
     drop(fs);
+}
+
+// ---------------------------------------------------------------- hung spool
+
+fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; a gone pid is ESRCH.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Ends what the hung-spool test started, even when it fails: the agent
+/// (until the test stops it itself), then the FUSE server, continued first
+/// so it can exit. Their private mount namespace, and the mount in it,
+/// goes with them.
+struct HungGuard {
+    agent: Option<i32>,
+    bindfs: Option<i32>,
+}
+
+impl Drop for HungGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.agent {
+            signal_pid(pid, libc::SIGKILL);
+        }
+        if let Some(pid) = self.bindfs {
+            signal_pid(pid, libc::SIGCONT);
+            signal_pid(pid, libc::SIGTERM);
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while proc_dir.exists() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            signal_pid(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The spool on a FUSE filesystem (bindfs, in a private mount namespace
+/// that only the agent and bindfs share) whose server is stopped with
+/// SIGSTOP: every spool write, and the sender's reads, block until it
+/// resumes. Snapshots keep coming on stdout every interval; each one the
+/// spool could not write in time is counted once (`dropped_count` in the
+/// last accepted envelope is exactly the printed snapshots that never
+/// arrived), said once naming the directory; after SIGCONT delivery
+/// resumes and nothing arrives twice (the write that finished after its
+/// deadline is removed, never sent). On main the tick waits in the spool
+/// write (and for the lock the stuck sender holds): no snapshot at all
+/// while the mount hangs.
+#[test]
+fn a_hung_spool_filesystem_costs_counted_drops_never_a_snapshot() {
+    require_root();
+    assert!(
+        Command::new("bindfs")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        "bindfs is missing: run `cargo xtask setup` (or apt-get install bindfs)"
+    );
+    let server = Server::start();
+    let files = Files::new("");
+    // The records live in `spool` (read here directly, never through the
+    // hung mount); the agent sees them through bindfs at `mnt`.
+    std::fs::create_dir(files.spool()).unwrap();
+    let mnt = files.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pid_file = files.path("bindfs.pid");
+    let mut args = args_with_metrics(&files, &server.endpoint());
+    let at = args.iter().position(|a| a == "--spool-dir").unwrap();
+    args[at + 1] = mnt.display().to_string();
+    // Intervals longer than the 500 ms write bound.
+    let at = args.iter().position(|a| a == "--interval").unwrap();
+    args[at + 1] = "0.6".into();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "bindfs -f '{src}' '{mnt}' >/dev/null 2>&1 & echo $! > '{pid}'; \
+         i=0; until mountpoint -q '{mnt}'; do i=$((i+1)); \
+         [ $i -gt 100 ] && {{ echo 'bindfs did not mount' >&2; exit 1; }}; sleep 0.05; done; \
+         exec '{AGENT}' {args}",
+        src = files.spool().display(),
+        mnt = mnt.display(),
+        pid = pid_file.display(),
+        args = quoted.join(" "),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let a = Agent::spawn(cmd, "info", &[]);
+    let mut guard = HungGuard {
+        agent: Some(a.child.id() as i32),
+        bindfs: None,
+    };
+    a.wait_for_three_accepted(&server, "the start");
+    let bindfs: i32 = std::fs::read_to_string(&pid_file)
+        .expect("bindfs pid file")
+        .trim()
+        .parse()
+        .expect("bindfs pid");
+    guard.bindfs = Some(bindfs);
+
+    // Hang it, with records waiting (the endpoint failing), so the sender
+    // is stuck reading one.
+    server.script(|_, _| (503, "maintenance".into()));
+    thread::sleep(Duration::from_secs(2));
+    signal_pid(bindfs, libc::SIGSTOP);
+    let stopped = a.printed().len();
+    thread::sleep(Duration::from_secs(1));
+    let settled = a.printed().len();
+    thread::sleep(Duration::from_secs(5));
+    let during = a.printed().len() - settled;
+    println!(
+        "NETWATCH-HUNG-SPOOL: {} snapshots in the 6 s the spool's mount hung",
+        a.printed().len() - stopped
+    );
+    // 8 intervals of 0.6 s in those 5 s; a generous bound for a loaded
+    // machine. On main: 0 (the tick waits in the spool write).
+    assert!(
+        during >= 5,
+        "{during} snapshots in the 5 s the spool's mount hung (expected about 8); log: {:#?}",
+        a.log()
+    );
+    let spooled_while_hung = files.records().len();
+
+    // It answers again; the endpoint accepts.
+    signal_pid(bindfs, libc::SIGCONT);
+    server.script(|_, _| (200, String::new()));
+    a.wait_for_three_accepted(&server, "SIGCONT");
+    guard.agent = None;
+    let (code, printed, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    let dropped = assert_delivered_or_counted(&server, &printed, during);
+    println!(
+        "NETWATCH-HUNG-SPOOL: {dropped} snapshots dropped and counted, {} printed, \
+         {spooled_while_hung} records on disk while hung",
+        printed.len()
+    );
+    assert_eq!(
+        count(&log, "until a write succeeds"),
+        1,
+        "said once: {log:#?}"
+    );
+    let mnt_text = mnt.display().to_string();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("until a write succeeds") && l.contains(&mnt_text)),
+        "the line names the spool directory: {log:#?}"
+    );
+    assert_eq!(count(&log, "writing records to"), 1, "{log:#?}");
+    assert!(files.records().is_empty(), "{:?}", files.records());
+    drop(guard);
+}
+
+/// The spool's mount hung (bindfs stopped) with records waiting and the
+/// endpoint failing, so the sender is stuck reading one while holding the
+/// spool: SIGTERM still ends the agent, with exit 0, within the flush
+/// timeout (5 s here) and its grace, never waiting on the filesystem.
+#[test]
+fn sigterm_while_the_spool_filesystem_hangs_exits() {
+    require_root();
+    let server = Server::start();
+    let files = Files::new("");
+    std::fs::create_dir(files.spool()).unwrap();
+    let mnt = files.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let pid_file = files.path("bindfs.pid");
+    let mut args = files.args(&server);
+    let at = args.iter().position(|a| a == "--spool-dir").unwrap();
+    args[at + 1] = mnt.display().to_string();
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "bindfs -f '{src}' '{mnt}' >/dev/null 2>&1 & echo $! > '{pid}'; \
+         i=0; until mountpoint -q '{mnt}'; do i=$((i+1)); \
+         [ $i -gt 100 ] && {{ echo 'bindfs did not mount' >&2; exit 1; }}; sleep 0.05; done; \
+         exec '{AGENT}' {args}",
+        src = files.spool().display(),
+        mnt = mnt.display(),
+        pid = pid_file.display(),
+        args = quoted.join(" "),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    server.script(|_, _| (503, "maintenance".into()));
+    let mut a = Agent::spawn(cmd, "info", &[]);
+    let mut guard = HungGuard {
+        agent: Some(a.child.id() as i32),
+        bindfs: None,
+    };
+    a.wait_for("3 spooled snapshots", |_| files.records().len() >= 3);
+    let bindfs: i32 = std::fs::read_to_string(&pid_file)
+        .expect("bindfs pid file")
+        .trim()
+        .parse()
+        .expect("bindfs pid");
+    guard.bindfs = Some(bindfs);
+    signal_pid(bindfs, libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(2));
+    a.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = a.child.try_wait().expect("waiting for the agent") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit within 15 s of SIGTERM while its spool hung; log: {:#?}",
+            a.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    guard.agent = None;
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {status}; log: {:#?}",
+        a.log()
+    );
+    drop(guard);
 }

@@ -136,8 +136,14 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[String]) -> Self {
-        let mut child = agent_command("json", "0.3")
-            .args(extra)
+        let mut cmd = agent_command("json", "0.3");
+        cmd.args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Start `cmd` (the agent, or something that execs it last).
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1243,4 +1249,140 @@ fn the_baseline_generation_names_only_what_the_sinks_kept() {
     assert_eq!(resumed(), Some(base(40)));
     // Another agent's instance never reads this file.
     assert_eq!(BaselineStore::resume(&path, "other", open()).1, None);
+}
+
+/// Continues and stops a FUSE server (bindfs) this test started, even
+/// when the test fails; its private mount namespace goes with it.
+struct FuseServer(Option<i32>);
+
+impl Drop for FuseServer {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        // SAFETY: kill(2) on the pid of the bindfs this test started.
+        unsafe {
+            libc::kill(pid, libc::SIGCONT);
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while proc_dir.exists() && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// The baseline file on a FUSE filesystem (bindfs, in a private mount
+/// namespace only the agent and bindfs share) whose server is stopped
+/// with SIGSTOP: every baseline write blocks until it resumes. Snapshots
+/// keep coming every interval (each write fails after its bound); the
+/// agent is stopped while the mount still hangs, and a restart on the same
+/// pins counts every byte once: the kernel's generation names no section
+/// the file holds, so the restart starts from the kernel's counts. On main
+/// the read waits in the baseline write: no snapshot while the mount hangs.
+#[test]
+fn a_hung_baseline_filesystem_costs_no_snapshot_and_a_restart_never_counts_twice() {
+    require_root();
+    let _serial = serial();
+    assert!(
+        Command::new("bindfs")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        "bindfs is missing: run `cargo xtask setup` (or apt-get install bindfs)"
+    );
+    let pins = Pins::new("hungfs");
+    // The baseline lives in `src` (read here and by the restarted agent
+    // directly); the first agent writes it through bindfs at `mnt`.
+    let src = pins.state_dir.path().join("src");
+    let mnt = pins.state_dir.path().join("mnt");
+    std::fs::create_dir(&src).expect("creating the FUSE source");
+    std::fs::create_dir(&mnt).expect("creating the mount point");
+    let pid_file = pins.state_dir.path().join("bindfs.pid");
+    let args = pinned(&pins.dir, &mnt.join("baseline"));
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "bindfs -f '{src}' '{mnt}' >/dev/null 2>&1 & echo $! > '{pid}'; \
+         i=0; until mountpoint -q '{mnt}'; do i=$((i+1)); \
+         [ $i -gt 100 ] && {{ echo 'bindfs did not mount' >&2; exit 1; }}; sleep 0.05; done; \
+         exec '{AGENT}' --mode ebpf --ebpf-tier tracepoint --output json --interval 0.3 {args}",
+        src = src.display(),
+        mnt = mnt.display(),
+        pid = pid_file.display(),
+        args = quoted.join(" "),
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let mut a = Agent::spawn(cmd);
+    let mut fuse = FuseServer(None);
+    let mut total = (0, 0);
+    a.next();
+    let bindfs: i32 = std::fs::read_to_string(&pid_file)
+        .expect("bindfs pid file")
+        .trim()
+        .parse()
+        .expect("bindfs pid");
+    fuse.0 = Some(bindfs);
+    let mut conn = Conn::open();
+    conn.send(111_111);
+    add(&mut total, a.next());
+    add(&mut total, a.next());
+    assert!(
+        src.join("baseline").exists(),
+        "the baseline was written through the mount: {:?}",
+        a.logs()
+    );
+    // Hang it.
+    // SAFETY: kill(2) on the pid of the bindfs this test started.
+    unsafe { libc::kill(bindfs, libc::SIGSTOP) };
+    conn.send(222_222);
+    // 10 intervals of 0.3 s: at least 6 snapshots (on main: none, the read
+    // waits in the baseline write).
+    let hung_at = std::time::Instant::now();
+    let mut during = 0;
+    while hung_at.elapsed() < Duration::from_secs(3) {
+        if let Ok(s) = a.snaps.recv_timeout(Duration::from_millis(100)) {
+            add(&mut total, s);
+            during += 1;
+        }
+    }
+    assert!(
+        during >= 6,
+        "{during} snapshots in the 3 s the baseline's mount hung; log: {:?}",
+        a.logs()
+    );
+    assert!(a.logged("storing the baseline at"), "{:?}", a.logs());
+    // Stopped while the write is still stuck.
+    let (rest, log) = a.stop(libc::SIGTERM);
+    add(&mut total, rest);
+    assert_eq!(
+        total,
+        (333_333, 333_333),
+        "the first agent's count: {log:?}"
+    );
+    drop(fuse);
+    // A restart on the same pins, the baseline file read directly.
+    let mut b = Agent::start(&pinned(&pins.dir, &src.join("baseline")));
+    let first = b.next();
+    conn.send(33_333);
+    add(&mut total, first);
+    add(&mut total, b.next());
+    add(&mut total, b.next());
+    let (rest, log) = b.stop(libc::SIGTERM);
+    add(&mut total, rest);
+    eprintln!("hungfs: {during} snapshots while hung; in all {total:?}");
+    assert_eq!(
+        first,
+        (0, 0),
+        "the restarted agent's first snapshot counted bytes again; log: {log:?}"
+    );
+    assert_eq!(total, (366_666, 366_666), "every byte once; log: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("continuing from the maps and links pinned at")),
+        "{log:?}"
+    );
 }

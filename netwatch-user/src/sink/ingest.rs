@@ -21,12 +21,21 @@
 //! transport errors: exponential backoff with jitter, capped at
 //! `retry_max` (5 minutes at most).
 //!
-//! It must never block the tick on the network, never lose a snapshot it
+//! The tick never waits on the filesystem for long either: the spool
+//! write runs on a writer thread of its own ([`BoundedIo`]), and the tick
+//! waits for it at most [`crate::bounded_io::IO_BOUND`]. A write not done
+//! by then (a hung mount), or asked for while an earlier one is still
+//! stuck, is a snapshot not kept: counted as dropped, said once per run of
+//! failures. A write that completes after its deadline is removed, never
+//! sent: its snapshot was reported not kept. The tick takes no lock that
+//! the sender or the writer can hold across a filesystem call.
+//!
+//! It must never block the tick on the network or a filesystem, never lose a snapshot it
 //! did not get an answer for, never count as delivered what the endpoint
 //! did not accept with 200 or 207, and never print the API key.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,8 +44,9 @@ use netwatch_common::wire::{
     AgentHealth, HostInfo, IngestEnvelope, IngestRequest, IngestResponse, Snapshot, SCHEMA_VERSION,
 };
 
-use super::spool::{Spool, SpoolStats, Spooled};
+use super::spool::{Spool, SpoolStats, SpoolWriter, Spooled};
 use super::{Emitted, Sink};
+use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
 use crate::config::IngestConfig;
 
 /// Delivery counters, shared with whoever reports them (logs, `/metrics`).
@@ -65,21 +75,22 @@ impl DeliveryStats {
     }
 }
 
-/// What the tick and the sender share.
+/// What the sender, the spool writer and shutdown share. The sender holds
+/// this lock while it reads records, so the tick never takes it.
 struct State {
     spool: Spool,
     /// Set on shutdown: flush until then, then stop.
     shutdown_deadline: Option<Instant>,
-    /// From the latest snapshot: every collector produced data.
-    collectors_ok: bool,
-    /// From the latest snapshot: records the source lost since start.
-    source_lost: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     stats: Arc<DeliveryStats>,
+    /// From the latest snapshot: every collector produced data.
+    collectors_ok: AtomicBool,
+    /// From the latest snapshot: records the source lost since start.
+    source_lost: AtomicU64,
 }
 
 impl Shared {
@@ -97,6 +108,10 @@ pub struct IngestSink {
     /// Disconnects when the sender thread ends.
     sender_gone: std::sync::mpsc::Receiver<()>,
     flush_timeout: Duration,
+    /// Writes the spool's records, on a thread of its own.
+    writer: SpoolWriter,
+    /// The writer's thread: the tick waits for it at most [`IO_BOUND`].
+    io: BoundedIo,
 }
 
 /// Did every collector produce its section, and is every supervised part
@@ -128,15 +143,19 @@ impl IngestSink {
             spool: spool.stats(),
             ..Default::default()
         });
+        let writer = spool.writer();
+        let io = BoundedIo::new("spool-writer", IO_BOUND).map_err(|e| {
+            anyhow::anyhow!("starting the spool writer thread: {e}; the system is out of threads")
+        })?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 spool,
                 shutdown_deadline: None,
-                collectors_ok: true,
-                source_lost: 0,
             }),
             wake: Condvar::new(),
             stats,
+            collectors_ok: AtomicBool::new(true),
+            source_lost: AtomicU64::new(0),
         });
         let flush_timeout = cfg.flush_timeout;
         let roots = root_certs(cfg.ca_file.as_deref())?;
@@ -158,6 +177,8 @@ impl IngestSink {
             sender: Some(handle),
             sender_gone,
             flush_timeout,
+            writer,
+            io,
         })
     }
 
@@ -174,10 +195,33 @@ impl IngestSink {
         let Some(handle) = self.sender.take() else {
             return;
         };
-        {
-            let mut st = self.shared.lock();
-            st.shutdown_deadline = Some(Instant::now() + self.flush_timeout);
-        }
+        // The sender (reading a record) or the spool writer (removing
+        // one) may hold the lock while stuck on a hung filesystem: exit
+        // waits for it at most the flush timeout.
+        let deadline = Instant::now() + self.flush_timeout;
+        let st = loop {
+            match self.shared.state.try_lock() {
+                Ok(g) => break Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => break Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break None,
+            }
+        };
+        let Some(mut st) = st else {
+            warn!(
+                "ingest: the spool is stuck on its filesystem ({}) past the {} s flush \
+                 timeout; leaving it (undelivered snapshots stay in the spool)",
+                self.writer.dir().display(),
+                self.flush_timeout.as_secs_f64()
+            );
+            handle.stop();
+            handle.detach();
+            return;
+        };
+        st.shutdown_deadline = Some(deadline);
+        drop(st);
         self.shared.wake.notify_all();
         // A sender waiting for its restart is not restarted to flush.
         handle.stop();
@@ -198,7 +242,11 @@ impl IngestSink {
             error!("ingest: the sender thread was given up on; undelivered snapshots stay in the spool");
         }
         drop(handle);
-        let st = self.shared.lock();
+        // The spool writer may hold this lock while stuck on a hung
+        // filesystem: exit never waits for it.
+        let Ok(st) = self.shared.state.try_lock() else {
+            return;
+        };
         if !st.spool.is_empty() {
             info!(
                 "ingest: {} snapshots stay in the spool for the next start",
@@ -219,26 +267,87 @@ impl Sink for IngestSink {
         "ingest"
     }
 
-    /// Kept once durably spooled. A snapshot the spool cannot write is
-    /// not kept: the spool counted it (in `dropped_count` and `/metrics`)
-    /// and said so, once per run of failures, so it is not an error here.
+    /// Kept once durably spooled within [`IO_BOUND`]. A snapshot the
+    /// spool cannot write in time (an error, a hung filesystem, or the
+    /// writer still stuck with an earlier one) is not kept: it is counted
+    /// (in `dropped_count` and `/metrics`) and said once per run of
+    /// failures, so it is not an error here. Takes no lock a filesystem
+    /// call can hold.
     fn emit(&mut self, snapshot: &Snapshot) -> anyhow::Result<Emitted> {
-        let pushed = {
-            let mut st = self.shared.lock();
-            st.collectors_ok = collectors_ok(snapshot);
-            st.source_lost = snapshot
+        self.shared
+            .collectors_ok
+            .store(collectors_ok(snapshot), Ordering::Relaxed);
+        self.shared.source_lost.store(
+            snapshot
                 .collector
                 .as_ref()
                 .and_then(|c| c.lost_records)
-                .unwrap_or(0);
-            st.spool.push(snapshot)
-        };
-        match pushed {
-            Ok(()) => {
-                self.shared.wake.notify_all();
-                Ok(Emitted::KEPT)
+                .unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        let writer = self.writer.clone();
+        let shared = Arc::clone(&self.shared);
+        let snapshot = snapshot.clone();
+        let outcome = self.io.run(move |claim: Claim<bool>| {
+            match writer.write(&snapshot) {
+                Ok((seq, size)) => {
+                    // Decided under the index lock: once the tick hears
+                    // "kept", the record is in the index for anyone who
+                    // takes the lock after it (the shutdown flush).
+                    let mut st = shared.lock();
+                    if claim.deliver(true) {
+                        writer.succeeded();
+                        st.spool.add(seq, size);
+                        drop(st);
+                        shared.wake.notify_all();
+                    } else {
+                        drop(st);
+                        // Reported not kept and counted when its deadline
+                        // passed: it must never be sent.
+                        warn!(
+                            "spool: a record written to {} after its {} ms deadline is removed \
+                             (its snapshot was already counted as dropped)",
+                            writer.dir().display(),
+                            IO_BOUND.as_millis()
+                        );
+                        writer.discard(seq);
+                    }
+                }
+                Err(e) => {
+                    // Counted here only if the tick still waited; past
+                    // its deadline the tick counted it already.
+                    if claim.deliver(false) {
+                        writer.failed(&e);
+                    }
+                }
             }
-            Err(_) => Ok(Emitted::LOST),
+        });
+        let dir = self.writer.dir().display();
+        let bound = IO_BOUND.as_millis();
+        match outcome {
+            Outcome::Done(true) => Ok(Emitted::KEPT),
+            Outcome::Done(false) => Ok(Emitted::LOST),
+            Outcome::TimedOut => {
+                self.writer.not_written(&format!(
+                    "writing a record to {dir} did not finish within {bound} ms (a hung \
+                     filesystem?); the snapshot is dropped (counted): check that filesystem"
+                ));
+                Ok(Emitted::LOST)
+            }
+            Outcome::Busy => {
+                self.writer.not_written(&format!(
+                    "an earlier write to {dir} is still stuck (a hung filesystem?); the \
+                     snapshot is dropped (counted): check that filesystem"
+                ));
+                Ok(Emitted::LOST)
+            }
+            Outcome::Failed => {
+                self.writer.not_written(&format!(
+                    "the spool writer for {dir} failed without an answer; the snapshot is \
+                     dropped (counted)"
+                ));
+                Ok(Emitted::LOST)
+            }
         }
     }
 }
@@ -655,13 +764,11 @@ impl Sender {
     }
 
     fn envelope(&self, batch: &[Spooled]) -> IngestEnvelope {
-        let agent_health = {
-            let st = self.shared.lock();
-            AgentHealth {
-                collectors_ok: st.collectors_ok,
-                dropped_count: self.shared.stats.spool.dropped() + st.source_lost,
-                queue_depth: st.spool.len() as u64,
-            }
+        let agent_health = AgentHealth {
+            collectors_ok: self.shared.collectors_ok.load(Ordering::Relaxed),
+            dropped_count: self.shared.stats.spool.dropped()
+                + self.shared.source_lost.load(Ordering::Relaxed),
+            queue_depth: self.shared.stats.spool.depth.load(Ordering::Relaxed),
         };
         let mut host = self.host.clone();
         host.uptime_secs = host

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -182,8 +182,9 @@ pub struct Spool {
     max_bytes: u64,
     entries: VecDeque<Entry>,
     bytes: u64,
-    next_seq: u64,
     stats: Arc<SpoolStats>,
+    /// Writes records (and numbers them); shared with a writer thread.
+    writer: SpoolWriter,
     /// The latest evicted sequence numbers: one may be in flight, and if
     /// the cloud then answers for it, it was not dropped after all.
     evicted_recently: VecDeque<u64>,
@@ -191,8 +192,6 @@ pub struct Spool {
     /// removed (a read-only filesystem): removal is tried again at every
     /// push and remove; they are never sent again by this run.
     undeleted: Vec<u64>,
-    /// Writes are failing: said once until one succeeds.
-    write_failing: bool,
     /// Reads are failing for an I/O reason: said once until a batch reads
     /// without one.
     read_failing: bool,
@@ -261,11 +260,16 @@ impl Spool {
             max_bytes,
             entries: entries.into(),
             bytes,
-            next_seq,
+            writer: SpoolWriter {
+                dir: dir.to_path_buf(),
+                max_bytes,
+                next_seq: Arc::new(AtomicU64::new(next_seq)),
+                stats: Arc::clone(&stats),
+                failing: Arc::new(AtomicBool::new(false)),
+            },
             stats,
             evicted_recently: VecDeque::new(),
             undeleted: Vec::new(),
-            write_failing: false,
             read_failing: false,
         };
         spool.evict_to(max_bytes);
@@ -364,95 +368,40 @@ impl Spool {
     /// bound (counted). A snapshot that cannot be written (the error says
     /// why: no space, read-only, I/O error, larger than the whole bound)
     /// is dropped and counted, and no older record is touched; failures
-    /// are logged once until a write succeeds again.
+    /// are logged once until a write succeeds again. Runs the file calls
+    /// on the caller's thread: the agent's tick goes through
+    /// [`SpoolWriter`] on a bounded worker instead.
     pub fn push(&mut self, snapshot: &Snapshot) -> Result<(), SpoolError> {
         self.retry_unlinks();
-        match self.write(snapshot) {
-            Ok(()) => {
-                if self.write_failing {
-                    info!(
-                        "spool: writing records to {} again ({} snapshots dropped so far)",
-                        self.dir.display(),
-                        self.stats.dropped()
-                    );
-                    self.write_failing = false;
-                }
-                self.publish();
+        match self.writer.write(snapshot) {
+            Ok((seq, size)) => {
+                self.writer.succeeded();
+                self.add(seq, size);
                 Ok(())
             }
             Err(e) => {
-                if let SpoolError::TooLarge { .. } = e {
-                    let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-                    warn!("spool: {e} ({n} evicted so far)");
-                } else {
-                    let n = self.stats.write_failed.fetch_add(1, Ordering::Relaxed) + 1;
-                    if !self.write_failing {
-                        warn!(
-                            "spool: {e}; every snapshot is dropped and counted until a write \
-                             succeeds ({n} so far)"
-                        );
-                        self.write_failing = true;
-                    }
-                }
+                self.writer.failed(&e);
                 Err(e)
             }
         }
     }
 
-    /// Write one record (temporary file, fsync, rename, directory fsync),
-    /// then evict past the bound.
-    fn write(&mut self, snapshot: &Snapshot) -> Result<(), SpoolError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let record = encode(&serde_json::to_vec(snapshot)?);
-        let size = record.len() as u64;
-        if size > self.max_bytes {
-            return Err(SpoolError::TooLarge {
-                size,
-                max: self.max_bytes,
-            });
-        }
-        // Every attempt takes a new number: a temporary file an earlier
-        // failed attempt could not remove never collides with this one.
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let path = self.path(seq);
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{seq:020}"));
-        let mut created = false;
-        let mut renamed = false;
-        let mut write = || -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            created = true;
-            f.write_all(&record)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            renamed = true;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        if let Err(source) = write() {
-            // Not durable: take it back whole, so it is neither counted
-            // kept nor found by the next start.
-            let leftover = if renamed { &path } else { &tmp };
-            if created {
-                if let Err(e) = fs::remove_file(leftover) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        warn!(
-                            "spool: removing {} after a failed write: {e}",
-                            leftover.display()
-                        );
-                    }
-                }
-            }
-            let path = if renamed { path } else { tmp };
-            return Err(SpoolError::Write { path, source });
-        }
+    /// The writer of this spool's records, for a thread of its own: it
+    /// writes record files without this index, which [`Spool::add`] then
+    /// takes them into.
+    pub fn writer(&self) -> SpoolWriter {
+        self.writer.clone()
+    }
+
+    /// Take a record [`SpoolWriter::write`] wrote into the index (it can
+    /// be sent from now on), then drop the oldest records past the bound
+    /// (counted). Records are added in the order they were written.
+    pub fn add(&mut self, seq: u64, size: u64) {
+        self.retry_unlinks();
         self.entries.push_back(Entry { seq, size });
         self.bytes += size;
         self.evict_to(self.max_bytes);
-        Ok(())
+        self.publish();
     }
 
     /// The oldest records, in order: at most `max_count`, and at most
@@ -565,6 +514,131 @@ impl Spool {
             }
         }
         self.publish();
+    }
+}
+
+/// Writes spool records, without the index: the part of the spool a
+/// writer thread runs, so that a write stuck on a hung filesystem holds no
+/// lock the tick or the sender needs. Numbers are taken from a counter
+/// shared with the [`Spool`] it came from.
+#[derive(Debug, Clone)]
+pub struct SpoolWriter {
+    dir: PathBuf,
+    max_bytes: u64,
+    next_seq: Arc<AtomicU64>,
+    stats: Arc<SpoolStats>,
+    /// Writes are failing: said once until one succeeds.
+    failing: Arc<AtomicBool>,
+}
+
+impl SpoolWriter {
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Write one record durably (temporary file, fsync, rename, directory
+    /// fsync) and return its number and size; the caller adds it to the
+    /// index ([`Spool::add`]) or, if it must not be sent, [`Self::discard`]s it.
+    /// On an error nothing is left behind (what was made is removed).
+    pub fn write(&self, snapshot: &Snapshot) -> Result<(u64, u64), SpoolError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let record = encode(&serde_json::to_vec(snapshot)?);
+        let size = record.len() as u64;
+        if size > self.max_bytes {
+            return Err(SpoolError::TooLarge {
+                size,
+                max: self.max_bytes,
+            });
+        }
+        // Every attempt takes a new number: a temporary file an earlier
+        // failed attempt could not remove never collides with this one.
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(record_name(seq));
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{seq:020}"));
+        let mut created = false;
+        let mut renamed = false;
+        let mut write = || -> io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            created = true;
+            f.write_all(&record)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            renamed = true;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        if let Err(source) = write() {
+            // Not durable: take it back whole, so it is neither counted
+            // kept nor found by the next start.
+            let leftover = if renamed { &path } else { &tmp };
+            if created {
+                if let Err(e) = fs::remove_file(leftover) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        warn!(
+                            "spool: removing {} after a failed write: {e}",
+                            leftover.display()
+                        );
+                    }
+                }
+            }
+            let path = if renamed { path } else { tmp };
+            return Err(SpoolError::Write { path, source });
+        }
+        Ok((seq, size))
+    }
+
+    /// Remove record `seq`, written but never added to the index: its
+    /// snapshot was already reported not kept (and counted as dropped),
+    /// so it must never be sent.
+    pub fn discard(&self, seq: u64) {
+        let path = self.dir.join(record_name(seq));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                "spool: cannot remove {} ({e}), written after its deadline and already \
+                 counted as dropped: a restart before it is removed by hand sends it",
+                path.display()
+            ),
+        }
+    }
+
+    /// A write succeeded: say so if writes were failing.
+    pub fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            info!(
+                "spool: writing records to {} again ({} snapshots dropped so far)",
+                self.dir.display(),
+                self.stats.dropped()
+            );
+        }
+    }
+
+    /// A write failed with `e`: count the snapshot as dropped, and say so
+    /// once until a write succeeds.
+    pub fn failed(&self, e: &SpoolError) {
+        if let SpoolError::TooLarge { .. } = e {
+            let n = self.stats.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            warn!("spool: {e} ({n} evicted so far)");
+        } else {
+            self.not_written(&e.to_string());
+        }
+    }
+
+    /// A snapshot was not written (`why`, which names what was tried):
+    /// count it as dropped and say so once until a write succeeds.
+    pub fn not_written(&self, why: &str) {
+        let n = self.stats.write_failed.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            warn!(
+                "spool: {why}; every snapshot is dropped and counted until a write \
+                 succeeds ({n} so far)"
+            );
+        }
     }
 }
 

@@ -21,7 +21,17 @@
 //! reboot), and a baseline is only ever used with the pins it was written
 //! for (the instance tag includes the boot id).
 //!
-//! It must never reuse a generation number, never let the kernel's
+//! The file is written on a thread of its own ([`BoundedIo`]); the read
+//! waits for it at most [`IO_BOUND`]. A write not done by then (a hung
+//! filesystem), or asked for while an earlier one is still stuck, is a
+//! failed write. One that completes later is harmless: the worker runs one
+//! write at a time, in order, so a late file never replaces a newer one,
+//! and every section in it holds the baseline of the read its generation
+//! was given to. The kernel names a generation only once the sinks kept
+//! that read's snapshot, so a restart that finds the late section uses
+//! the baseline of the last kept snapshot: exact, as with a write in time.
+//!
+//! It must never wait on the file for longer than [`IO_BOUND`], never reuse a generation number, never let the kernel's
 //! generation name a section that holds anything but the baseline of the
 //! snapshot the sinks kept last, and never panic on a file it reads.
 
@@ -33,6 +43,7 @@ use aya::maps::{Array, Map, MapData, MapType};
 use log::warn;
 
 use super::pin::BaselineEntry;
+use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
 
 /// The generation map's name under `maps/` of a pin set.
 pub const MAP: &str = "GENERATION";
@@ -253,6 +264,9 @@ pub struct BaselineStore {
     next: u64,
     /// A failed write was logged (logged again after a success).
     failing: bool,
+    /// The thread that writes the file (`None`: it could not be started,
+    /// and every write fails).
+    io: Option<BoundedIo>,
 }
 
 impl BaselineStore {
@@ -268,6 +282,11 @@ impl BaselineStore {
             pending: None,
             next,
             failing: false,
+            io: BoundedIo::new("baseline-writer", IO_BOUND)
+                .map_err(|e| {
+                    warn!("starting the baseline writer thread: {e}; the baseline is not stored")
+                })
+                .ok(),
         }
     }
 
@@ -345,7 +364,8 @@ impl BaselineStore {
         if let Some((p, _)) = &self.pending {
             sections.push(&p.bytes);
         }
-        match write(&self.path, &encode(&self.instance, &sections)) {
+        let bytes = encode(&self.instance, &sections);
+        match self.write_bounded(bytes) {
             Ok(()) => {
                 self.file_current = true;
                 if let Some((_, written)) = &mut self.pending {
@@ -367,6 +387,28 @@ impl BaselineStore {
                     );
                 }
             }
+        }
+    }
+
+    /// Write the file on the writer thread, waiting at most [`IO_BOUND`].
+    fn write_bounded(&self, bytes: Vec<u8>) -> Result<(), String> {
+        let Some(io) = &self.io else {
+            return Err("no writer thread".into());
+        };
+        let path = self.path.clone();
+        let outcome = io.run(move |claim: Claim<io::Result<()>>| {
+            // A late result is dropped: a late file is harmless (see the
+            // module's documentation).
+            claim.deliver(write(&path, &bytes));
+        });
+        match outcome {
+            Outcome::Done(r) => r.map_err(|e| e.to_string()),
+            Outcome::TimedOut => Err(format!(
+                "the write did not finish within {} ms (a hung filesystem?)",
+                IO_BOUND.as_millis()
+            )),
+            Outcome::Busy => Err("an earlier write is still stuck (a hung filesystem?)".into()),
+            Outcome::Failed => Err("the writer thread failed without an answer".into()),
         }
     }
 
