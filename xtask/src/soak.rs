@@ -52,6 +52,10 @@ pub struct SoakArgs {
     /// Pause between two workload runs (milliseconds): the load's duty cycle.
     #[arg(long, default_value_t = 2000)]
     pub pause_ms: u64,
+    /// The agent's `request_timeout_secs` (an answer later than this is a
+    /// failure to the agent, which sends those snapshots again).
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
     /// Where the figures go (JSON), relative to the workspace root.
     #[arg(long, default_value = "bench/soak.json")]
     pub out: PathBuf,
@@ -358,8 +362,11 @@ pub fn run(args: SoakArgs) -> Result<()> {
     let config = dir.join("config.toml");
     write_private(
         &config,
-        "[ingest]\nretry_initial_secs = 0.5\nretry_max_secs = 10\nrequest_timeout_secs = 30\n\
-         flush_timeout_secs = 30\n",
+        &format!(
+            "[ingest]\nretry_initial_secs = 0.5\nretry_max_secs = 10\n\
+             request_timeout_secs = {}\nflush_timeout_secs = 30\n",
+            args.request_timeout_secs
+        ),
     )?;
     let key = dir.join("api-key");
     write_private(&key, "soak-key\n")?;
@@ -518,10 +525,10 @@ pub fn run(args: SoakArgs) -> Result<()> {
         }
     }
     let duplicates = received.accepted.values().filter(|(n, _)| *n > 1).count();
-    // A request answered after the agent's timeout (30 s) was accepted
+    // A request answered after the agent's timeout was accepted
     // here but is a failure to the agent, which sends its snapshots again:
     // at-least-once delivery, the ingest side deduplicates by timestamp.
-    let late = |d: &Duration| *d >= Duration::from_secs(30);
+    let late = |d: &Duration| *d >= Duration::from_secs(args.request_timeout_secs);
     let duplicates_after_late_answer = received
         .accepted
         .values()
@@ -573,6 +580,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
     let cpu = samples.last().map_or(0.0, |s| s.cpu_s);
     let figures = serde_json::json!({
         "minutes": wall.as_secs_f64() / 60.0,
+        "request_timeout_secs": args.request_timeout_secs,
         "workload_runs": runs,
         "workload_failures": failed_runs,
         "processes": truth.len(),
@@ -623,7 +631,8 @@ pub fn run(args: SoakArgs) -> Result<()> {
     println!("| endpoint accepted tx / rx | {c_tx} / {c_rx} |");
     println!("| lost records | {} |", attributed.lost_records);
     println!(
-        "| accepted twice after an answer later than the agent's 30 s timeout | {duplicates_after_late_answer} (slowest accepting answer {slowest_answer_s:.1} s) |"
+        "| accepted twice after an answer later than the agent's {} s timeout | {duplicates_after_late_answer} (slowest accepting answer {slowest_answer_s:.1} s) |",
+        args.request_timeout_secs
     );
     println!(
         "| snapshots printed / accepted / accepted twice / never accepted / left in spool | {} / {} / {duplicates} / {never_accepted} / {spool_left} |",
