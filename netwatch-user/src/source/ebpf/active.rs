@@ -45,7 +45,7 @@ struct ElemAttr {
 /// command's layout (its pointers set to live buffers of the sizes the
 /// command reads or writes); the syscall's return value (an fd for the
 /// commands that make one). The one wrapper of the syscall for this
-/// source's own commands (`held`, `generation` use it too).
+/// source's own commands (`held`, `generation` and `misses` use it too).
 pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: bpf(2) with an attr of the command's layout, whose pointers
     // the caller made point at live buffers of the sizes the command uses.

@@ -24,6 +24,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::active::bpf;
+
 /// `enum bpf_cmd` values used here.
 const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -120,26 +122,6 @@ struct LinkInfo {
 
 const _: () = assert!(std::mem::offset_of!(LinkInfo, perf_type) == 16);
 const _: () = assert!(std::mem::offset_of!(LinkInfo, missed) == 48);
-
-/// bpf(2) with `attr`, which holds no pointer or points at live buffers of
-/// the lengths it states. Returns the syscall's value.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: bpf(2) with an attr of the command's layout and its size;
-    // any pointer in it points at a live buffer of the length it gives.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as u32,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// The id after `id` (`BPF_PROG_GET_NEXT_ID` or `BPF_LINK_GET_NEXT_ID`);
 /// `None` at the end.
