@@ -29,4 +29,5 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod supervise;
+pub mod text;
 pub mod tool;

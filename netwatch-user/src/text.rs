@@ -1,0 +1,153 @@
+//! Text from outside, made safe to show: process names, cgroup paths, DNS
+//! names, server answers and error texts go through [`visible`] before a
+//! terminal (live view, plain table) or a log line sees them.
+//!
+//! Any local user can name a process `"\e[2J\e[31mroot\a"`; printed raw, that
+//! clears the operator's screen and fakes rows. [`visible`] shows every
+//! control character, every terminal escape and every invisible formatting
+//! character (bidi overrides, zero-width characters) as a visible escape
+//! (`\x1b`, `\r`, `\u{202e}`), escapes the backslash itself so the result is
+//! unambiguous, and caps the length. It must never be applied to JSON (serde
+//! escapes it) or to Prometheus label values (the exposition format has its
+//! own escaping): those carry the bytes as they are.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The longest text [`visible`] shows by default (in characters), e.g. for a
+/// server's response body in a log line. Longer text ends with `…`.
+pub const DEFAULT_MAX_CHARS: usize = 256;
+
+/// `s` as a terminal or a log may show it: control characters, escapes and
+/// invisible formatting characters escaped visibly, backslashes doubled, at
+/// most `max_chars` characters of the original kept (then `…`).
+///
+/// Borrows when nothing needs changing, the common case.
+///
+/// ```
+/// use netwatch::text::visible;
+/// assert_eq!(visible("nginx", 16), "nginx");
+/// assert_eq!(visible("\x1b[2Jroot\x07", 16), "\\x1b[2Jroot\\x07");
+/// assert_eq!(visible("a\\b", 16), "a\\\\b");
+/// assert_eq!(visible("abcdef", 3), "abc…");
+/// ```
+pub fn visible(s: &str, max_chars: usize) -> Cow<'_, str> {
+    let clean = s.chars().take(max_chars + 1).all(|c| !needs_escape(c));
+    let fits = s.chars().nth(max_chars).is_none();
+    if clean && fits {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len().min(max_chars * 4) + 4);
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// A [`fmt::Display`] wrapper that writes its text through [`visible`] with
+/// [`DEFAULT_MAX_CHARS`]: `log::warn!("... {}", Visible(&body))`.
+pub struct Visible<'a>(pub &'a str);
+
+impl fmt::Display for Visible<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&visible(self.0, DEFAULT_MAX_CHARS))
+    }
+}
+
+/// Whether `c` cannot be shown as itself.
+fn needs_escape(c: char) -> bool {
+    c == '\\' || c.is_control() || is_invisible_format(c)
+}
+
+/// Unicode format characters (category Cf) and separators that change how
+/// the text around them is drawn without being seen: bidi embeddings,
+/// overrides and isolates, zero-width characters, line and paragraph
+/// separators, the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}'
+        | '\u{061c}'
+        | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    use std::fmt::Write;
+    match c {
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if (c as u32) < 0x100 && needs_escape(c) => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if needs_escape(c) => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_control_character_is_shown_escaped() {
+        for b in (0u32..0x20).chain(0x7f..0xa0) {
+            let c = char::from_u32(b).unwrap();
+            let name = format!("a{c}b");
+            let shown = visible(&name, 16);
+            assert!(
+                shown.chars().all(|c| !c.is_control()),
+                "U+{b:04x} came through as {shown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_attack_name_is_shown_as_text() {
+        let name = "\x1b[2J\x1b[31mroot\x07\r\x08";
+        assert_eq!(visible(name, 64), "\\x1b[2J\\x1b[31mroot\\x07\\r\\x08");
+    }
+
+    #[test]
+    fn bidi_overrides_and_zero_width_characters_are_escaped() {
+        assert_eq!(visible("evil\u{202e}gpj.exe", 64), "evil\\u{202e}gpj.exe");
+        assert_eq!(visible("a\u{200b}b", 64), "a\\u{200b}b");
+    }
+
+    #[test]
+    fn printable_unicode_is_kept_and_borrowed() {
+        assert!(matches!(
+            visible("café-日本", 64),
+            Cow::Borrowed("café-日本")
+        ));
+    }
+
+    #[test]
+    fn length_is_capped_in_characters_not_bytes() {
+        assert_eq!(visible("日本語です", 2), "日本…");
+        assert_eq!(visible("abc", 3), "abc");
+        assert_eq!(
+            visible(&"x".repeat(10_000), DEFAULT_MAX_CHARS)
+                .chars()
+                .count(),
+            257
+        );
+    }
+
+    #[test]
+    fn a_backslash_cannot_fake_an_escape() {
+        // A name that is literally `\x1b` must not look like an escaped ESC.
+        assert_eq!(visible("\\x1b", 16), "\\\\x1b");
+    }
+}
