@@ -17,6 +17,7 @@ pub mod bounded_io;
 pub mod clock;
 pub mod config;
 pub mod counter;
+pub mod drops;
 pub mod estimate;
 pub mod health;
 pub mod net;

@@ -927,7 +927,34 @@ fn registry(
         delivery,
     }));
     registry.register_collector(Box::new(ComponentCollector));
+    registry.register_collector(Box::new(DropsCollector));
     registry
+}
+
+/// What the bounded tables dropped ([`crate::drops`]). Nothing is written
+/// while no table dropped anything.
+#[derive(Debug)]
+struct DropsCollector;
+
+impl Collector for DropsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let tables = crate::drops::totals();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let dropped: Vec<_> = tables
+            .iter()
+            .map(|&(name, total)| (Labels([("table", Text(name))]), total))
+            .collect();
+        counter(
+            &mut enc,
+            "netwatch_agent_table_dropped",
+            "Entries a bounded table (keyed by data from outside: DNS names, alert keys, \
+             scan sources, flows, events, series) refused or evicted because it was full",
+            None,
+            &dropped,
+        )
+    }
 }
 
 /// The supervised parts ([`crate::supervise::components`]): up or not, and
