@@ -210,9 +210,8 @@ pub struct TcpStateCounts {
 }
 
 /// Append `batch` to a queue a reader drains, keeping it at most `max`
-/// long; returns how many were dropped (for the caller's loss counter).
-/// (Its users, the eBPF and ss sources' event queues, are Linux only.)
-#[cfg(target_os = "linux")]
+/// long: what is queued stays, the end of `batch` that does not fit is
+/// dropped; returns how many were dropped (for the caller's loss counter).
 pub(crate) fn append_bounded<T>(queue: &mut Vec<T>, batch: Vec<T>, max: usize) -> u64 {
     let room = max.saturating_sub(queue.len());
     let dropped = batch.len().saturating_sub(room) as u64;

@@ -74,6 +74,11 @@ fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
     match mode {
         #[cfg(target_os = "linux")]
         Mode::Ebpf => Ok(Box::new(super::ebpf::EbpfSource::load(&opts.ebpf)?)),
+        #[cfg(target_os = "linux")]
+        Mode::Ss => Ok(Box::new(
+            super::ss::SsSource::new().with_max_sockets(opts.ebpf.max_sockets),
+        )),
+        #[cfg(not(target_os = "linux"))]
         Mode::Ss => Ok(Box::new(super::ss::SsSource::new())),
         #[cfg(target_os = "linux")]
         Mode::Pcap => Ok(Box::new(super::pcap::PcapSource::open(

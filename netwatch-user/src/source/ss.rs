@@ -72,6 +72,7 @@
 //! TIME-WAIT, so they are only the fallback when an `ss` prints no cookie.
 
 pub mod destroy;
+pub mod listeners;
 mod parse;
 
 pub use parse::{
@@ -92,6 +93,7 @@ use crate::attribution::GRACE_READS;
 use crate::source::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
 use crate::tool::{ToolCommand, ToolError};
 use destroy::{DestroyEvent, DestroyListener};
+use listeners::{Listeners, Owned};
 
 /// The arguments the source passes to `ss`: TCP and UDP (`-tu`), numeric
 /// (`-n`), all states (`-a`), owning processes (`-p`), `tcp_info` (`-i`) and
@@ -100,6 +102,44 @@ pub const SS_ARGS: &str = "-tunapie";
 
 /// How long one `ss` run may take before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Destroy events kept for the next successful read at most: while `ss`
+/// keeps failing, the events drained each tick wait in the source. Past
+/// this, the newest are dropped (the ones already waiting are kept, the
+/// rule of the listener's own queue), counted in `lost_records` and as
+/// `netwatch_agent_table_dropped_total{table="ss_pending_destroys"}`. One
+/// drain holds at most as many ([`destroy::MAX_QUEUED_EVENTS`]), so a
+/// source whose reads succeed never drops here. About 100 bytes each.
+pub const MAX_PENDING_EVENTS: usize = destroy::MAX_QUEUED_EVENTS;
+
+/// The sockets `ss` output is sized for unless told
+/// ([`SsSource::with_max_sockets`]): the default of `--max-sockets`.
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Bytes of `ss -tunapie` output allowed per socket: a real record (two
+/// lines: addresses, owners, inode, cookie, cgroup path, `tcp_info`) is
+/// 600 to 700 bytes (`testdata/ss/`); this leaves room for long cgroup
+/// paths and listeners shared by many processes.
+pub const OUTPUT_BYTES_PER_SOCKET: u64 = 1024;
+
+/// Bytes of `ss` output allowed on top of the per-socket share (the header
+/// line, and a host with few sockets but long records).
+pub const OUTPUT_BASE_BYTES: u64 = 1 << 20;
+
+/// The most `ss` output read for a host of `max_sockets` sockets:
+/// [`OUTPUT_BASE_BYTES`] + `max_sockets` × [`OUTPUT_BYTES_PER_SOCKET`]
+/// (65 MiB for the default 65,536). More is refused with
+/// [`SsError::TooMuchOutput`], counted as
+/// `netwatch_agent_table_dropped_total{table="ss_output"}` (one per refused
+/// read), and the read fails (its destroy events wait for the next one).
+///
+/// ```
+/// use netwatch::source::ss::output_limit_bytes;
+/// assert_eq!(output_limit_bytes(65_536), (1 << 20) + (64 << 20));
+/// ```
+pub fn output_limit_bytes(max_sockets: u32) -> u64 {
+    OUTPUT_BASE_BYTES + u64::from(max_sockets) * OUTPUT_BYTES_PER_SOCKET
+}
 
 /// Tags a [`SocketId`] built from the 5-tuple (no cookie) so it can never
 /// equal a cookie id, whose `secondary` is 0.
@@ -236,8 +276,8 @@ pub enum SsError {
         #[source]
         source: io::Error,
     },
-    /// Only with an output limit, which [`SsSource`] does not set.
-    #[error("`{program} {SS_ARGS}` printed more than {limit_bytes} bytes, refusing to parse it")]
+    /// More output than [`output_limit_bytes`] allows.
+    #[error("`{program} {SS_ARGS}` printed more than {limit_bytes} bytes (the limit for --max-sockets sockets), refusing to parse it; raise --max-sockets if this host really has that many sockets")]
     TooMuchOutput { program: String, limit_bytes: u64 },
     /// The program is not one the agent may run with privileges.
     #[error("{0}")]
@@ -304,17 +344,6 @@ enum TwKey {
     Ends(SocketAddr, SocketAddr),
 }
 
-/// The process a socket belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Owned {
-    pid: u32,
-    comm: std::sync::Arc<str>,
-    cgroup_id: Option<u64>,
-}
-
-/// A TCP listener's address and, when all its owners are one process, that process.
-type Listener = (SocketAddr, Option<Owned>);
-
 /// The `ss` socket source. See the module documentation.
 #[derive(Debug)]
 pub struct SsSource {
@@ -334,10 +363,17 @@ pub struct SsSource {
     lost_events: u64,
     /// Events this source could not use (no cookie).
     unusable_events: u64,
+    /// Events dropped because `pending` was full.
+    dropped_events: u64,
     /// Sockets seen by reads, by cookie.
     seen: HashMap<u64, Seen>,
     /// The TCP listeners of the last read.
-    listeners: Vec<Listener>,
+    listeners: Listeners,
+    /// At most this many destroy events wait in `pending` (see
+    /// [`MAX_PENDING_EVENTS`]).
+    max_pending: usize,
+    /// The largest `ss` output read (see [`output_limit_bytes`]).
+    max_output_bytes: u64,
 }
 
 impl Default for SsSource {
@@ -383,8 +419,11 @@ impl SsSource {
             pending: Vec::new(),
             lost_events: 0,
             unusable_events: 0,
+            dropped_events: 0,
             seen: HashMap::new(),
-            listeners: Vec::new(),
+            listeners: Listeners::default(),
+            max_pending: MAX_PENDING_EVENTS,
+            max_output_bytes: output_limit_bytes(DEFAULT_MAX_SOCKETS),
         }
     }
 
@@ -404,6 +443,32 @@ impl SsSource {
         self
     }
 
+    /// Size the output limit for a host of `max_sockets` sockets
+    /// ([`output_limit_bytes`]; `--max-sockets`).
+    pub fn with_max_sockets(mut self, max_sockets: u32) -> Self {
+        self.max_output_bytes = output_limit_bytes(max_sockets);
+        self
+    }
+
+    /// Refuse `ss` output longer than this many bytes (instead of
+    /// [`output_limit_bytes`] of the socket count).
+    pub fn with_max_output_bytes(mut self, limit: u64) -> Self {
+        self.max_output_bytes = limit;
+        self
+    }
+
+    /// Keep at most this many destroy events for the next successful read
+    /// (instead of [`MAX_PENDING_EVENTS`]).
+    pub fn with_max_pending_events(mut self, max: usize) -> Self {
+        self.max_pending = max;
+        self
+    }
+
+    /// Destroy events drained and waiting for a successful read.
+    pub fn pending_events(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Kill `ss` if it runs longer than this.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -416,13 +481,20 @@ impl SsSource {
     }
 
     /// Run `ss -tunapie` and return its output, lossily decoded (process
-    /// names are raw bytes and may be cut mid-character).
+    /// names are raw bytes and may be cut mid-character). Output longer
+    /// than the limit ([`output_limit_bytes`]) is refused, read to its end
+    /// and not kept, and counted as a drop of table `ss_output`.
     pub fn run(&self) -> Result<String, SsError> {
-        // No output limit: `ss` is read in full however many sockets the
-        // host has.
         let out = ToolCommand::new(&self.program, &[SS_ARGS], self.timeout)
-            .max_output_bytes(None)
-            .run()?;
+            .max_output_bytes(Some(self.max_output_bytes))
+            .run()
+            .map_err(SsError::from)
+            .inspect_err(|e| {
+                if matches!(e, SsError::TooMuchOutput { .. }) {
+                    let cap = usize::try_from(self.max_output_bytes).unwrap_or(usize::MAX);
+                    crate::drops::dropped("ss_output", cap, 1);
+                }
+            })?;
         if !out.status.success() {
             return Err(SsError::Failed {
                 program: self.program.display().to_string(),
@@ -450,20 +522,9 @@ impl SsSource {
         // This read's listeners and time-wait entries (by cookie, and by
         // endpoints: a socket whose cookie no read asked for before it closed
         // gets a fresh cookie in its time-wait successor).
-        let mut listeners: Vec<Listener> = Vec::new();
+        let listeners = Listeners::from_parsed(outcome, &mut cgroup_of);
         let mut tw_state: HashMap<TwKey, &str> = HashMap::new();
         for sock in &outcome.sockets {
-            if sock.protocol == Protocol::Tcp && sock.state == "LISTEN" {
-                let owner = sock
-                    .owner()
-                    .filter(|o| sock.owners.iter().all(|x| x.pid == o.pid));
-                let owner = owner.map(|o| Owned {
-                    pid: o.pid,
-                    comm: o.name.as_str().into(),
-                    cgroup_id: cgroup_of(&sock.cgroup_path),
-                });
-                listeners.push((sock.local, owner));
-            }
             if is_time_wait_entry(sock) {
                 if let Some(c) = sock.cookie {
                     tw_state.insert(TwKey::Cookie(c), sock.state.as_str());
@@ -565,13 +626,13 @@ impl SsSource {
         &mut self,
         ev: &DestroyEvent,
         tw_state: &HashMap<TwKey, &str>,
-        listeners: &[Listener],
+        listeners: &Listeners,
     ) -> SocketSample {
         let seen = self.seen.remove(&ev.cookie);
         let (last_rx, last_tx) = seen.as_ref().map_or((0, 0), |s| (s.rx, s.tx));
         let owner = seen
             .and_then(|s| s.owner)
-            .or_else(|| listener_owner(ev, listeners.iter().chain(self.listeners.iter())));
+            .or_else(|| listeners::owner_of(ev, &[listeners, &self.listeners]));
         let (rx, tx) = match ev.tcp {
             Some(t) => {
                 let received = t.bytes_received.unwrap_or(0);
@@ -629,8 +690,9 @@ fn is_time_wait_entry(sock: &ParsedSocket) -> bool {
         && sock.rtt_us.is_none()
 }
 
-/// [`listener_owner`] for a live connected TCP socket `ss` listed without owner.
-fn live_listener_owner(sample: &SocketSample, listeners: &[Listener]) -> Option<Owned> {
+/// [`listeners::owner_of`] for a live connected TCP socket `ss` listed
+/// without owner, over this read's listeners.
+fn live_listener_owner(sample: &SocketSample, listeners: &Listeners) -> Option<Owned> {
     let (Some(local), Some(remote)) = (sample.local, sample.remote) else {
         return None;
     };
@@ -646,38 +708,19 @@ fn live_listener_owner(sample: &SocketSample, listeners: &[Listener]) -> Option<
         tcp: None,
         successor_in_fin_wait2: false,
     };
-    listener_owner(&probe, listeners.iter())
+    listeners::owner_of(&probe, &[listeners])
 }
 
-/// The owner of the TCP listener a never-seen connected socket was accepted
-/// from: every listener on its local port (and address, or the wildcard)
-/// must name the same single process.
-fn listener_owner<'a>(
-    ev: &DestroyEvent,
-    listeners: impl Iterator<Item = &'a Listener>,
-) -> Option<Owned> {
-    if ev.protocol != Protocol::Tcp || ev.remote.is_none() {
-        return None;
-    }
-    let same_ip = |l: &SocketAddr| {
-        l.ip().is_unspecified() || l.ip() == ev.local.ip() || {
-            // A dual-stack listener's sockets have IPv4-mapped addresses.
-            match (l.ip(), ev.local.ip()) {
-                (std::net::IpAddr::V4(a), std::net::IpAddr::V6(b)) => b.to_ipv4_mapped() == Some(a),
-                _ => false,
-            }
-        }
-    };
-    let mut found: Option<Owned> = None;
-    for (_, owner) in listeners.filter(|(a, _)| a.port() == ev.local.port() && same_ip(a)) {
-        match (owner, &found) {
-            (None, _) => return None,
-            (Some(o), Some(f)) if o.pid != f.pid => return None,
-            (Some(o), None) => found = Some(o.clone()),
-            _ => {}
+impl SsSource {
+    /// Keep drained events for the next successful read, at most
+    /// `max_pending` of them (see [`MAX_PENDING_EVENTS`]).
+    fn queue_events(&mut self, events: Vec<DestroyEvent>) {
+        let dropped = crate::source::append_bounded(&mut self.pending, events, self.max_pending);
+        if dropped > 0 {
+            self.dropped_events += dropped;
+            crate::drops::dropped("ss_pending_destroys", self.max_pending, dropped);
         }
     }
-    found
 }
 
 impl SocketSource for SsSource {
@@ -689,8 +732,8 @@ impl SocketSource for SsSource {
         // Events first: a socket `ss` then lists alive cannot be among them.
         if let Some(l) = &self.destroy {
             let (events, lost) = l.drain();
-            self.pending.extend(events);
             self.lost_events = lost;
+            self.queue_events(events);
         }
         let text = self.run()?;
         let outcome = parse_ss(&text);
@@ -721,7 +764,10 @@ impl SocketSource for SsSource {
         Ok(SampleBatch {
             taken_at: Instant::now(),
             samples,
-            lost_records: self.lost_lines + self.lost_events + self.unusable_events,
+            lost_records: self.lost_lines
+                + self.lost_events
+                + self.unusable_events
+                + self.dropped_events,
             estimated: false,
             omitted: None,
         })
