@@ -14,6 +14,15 @@
 //! series lives, never hold more than `top_processes` process series (bytes
 //! of processes without a series are counted in the `comm="other"` series),
 //! and never expose configuration: no API key, no endpoint.
+//!
+//! The series cap under a flood (a user forking 100,000 processes with
+//! distinct names): a newcomer gets a series while there is room, else
+//! takes the place of the series idle the longest if that one moved
+//! nothing in this snapshot and the newcomer did, else its bytes go to
+//! `other`. Each eviction and each newcomer refused (per snapshot) counts
+//! in `netwatch_agent_table_dropped_total{table="prometheus_series"}`; the
+//! cost per snapshot is one sort of the idle series, never a scan per
+//! newcomer.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -258,26 +267,38 @@ impl MetricsState {
                 .cmp(&a.1.saturating_add(a.2))
                 .then_with(|| a.0.cmp(&b.0))
         });
+        // The series a busy newcomer may replace: idle in this snapshot,
+        // idle the longest first (ties by key), listed once per snapshot so
+        // a flood of newcomers costs a sort, not a scan per newcomer. A
+        // series inserted below is never among them (a newcomer that takes
+        // a place moved bytes; one that did not comes after every one that
+        // did, and evicts nobody).
+        let mut idle: Vec<(Instant, ProcessKey)> = Vec::new();
+        if self.processes.len() + newcomers.len() > self.limits.top_processes {
+            idle = self
+                .processes
+                .iter()
+                .filter(|(_, s)| s.tick_bytes == 0)
+                .map(|(k, s)| (s.last_active, k.clone()))
+                .collect();
+            // Idlest last, so each eviction pops it.
+            idle.sort_by(|a, b| b.cmp(a));
+        }
+        let (mut evicted, mut refused) = (0u64, 0u64);
         for (key, rx, tx) in newcomers {
             let bytes = rx.saturating_add(tx);
             if self.processes.len() >= self.limits.top_processes {
-                let idlest = self
-                    .processes
-                    .iter()
-                    .filter(|(_, s)| s.tick_bytes == 0)
-                    .min_by(|a, b| {
-                        a.1.last_active
-                            .cmp(&b.1.last_active)
-                            .then_with(|| a.0.cmp(b.0))
-                    })
-                    .map(|(k, _)| k.clone());
-                match idlest {
-                    Some(k) if bytes > 0 => {
+                match idle.pop() {
+                    Some((_, k)) if bytes > 0 => {
                         self.processes.remove(&k);
-                        self.series_evicted_total += 1;
+                        evicted += 1;
                     }
-                    _ => {
+                    last => {
+                        // Put it back for the next one (nobody can use it:
+                        // every newcomer after this one moved no more).
+                        idle.extend(last);
                         self.add_other(rx, tx);
+                        refused += 1;
                         continue;
                     }
                 }
@@ -293,6 +314,13 @@ impl MetricsState {
                 },
             );
         }
+        self.series_evicted_total += evicted;
+        // Both are entries the bounded series table refused or evicted.
+        crate::drops::dropped(
+            "prometheus_series",
+            self.limits.top_processes,
+            evicted + refused,
+        );
     }
 
     fn add_other(&mut self, rx: u64, tx: u64) {
@@ -362,6 +390,8 @@ impl MetricsState {
             a.0.cmp(&b.0)
                 .then_with(|| (a.1.pid, &a.1.comm).cmp(&(b.1.pid, &b.1.comm)))
         });
+        let over = live.len().saturating_sub(self.limits.top_processes) as u64;
+        crate::drops::dropped("prometheus_series", self.limits.top_processes, over);
         for (i, (_, p, last_seen, last_active)) in live.into_iter().enumerate() {
             if i >= self.limits.top_processes {
                 self.series_evicted_total += 1;
