@@ -41,6 +41,13 @@
 //! when `comm` changes (an `exec`). CPU % and memory come from `stat` each
 //! fill, as the rows report them per interval.
 //!
+//! **Bounds.** Both tables are keyed by what any local user controls (pids
+//! by forking, row names by naming threads): at most
+//! [`MAX_CACHED_PROCESSES`] processes cached, [`MAX_BINDINGS`] bindings and
+//! [`MAX_NAMES_PER_PID`] names per pid; past them the least recently seen
+//! go first, counted in `netwatch_agent_table_dropped_total` (tables
+//! `process_meta` and `process_bindings`).
+//!
 //! Where it differs from netwatch-sdk 0.3.2 (one `ps` fork per poll): CPU %
 //! is the share of one CPU the process used since the previous
 //! [`ProcessMetaTracker::fill`] (like `top`, so a busy multi-threaded
@@ -71,6 +78,48 @@ pub const FORGET_META_AFTER_FILLS: u64 = 5;
 /// the row. Longer than the metadata: a socket that moves nothing for a
 /// while must still not be handed to the next holder of its pid.
 pub const FORGET_BINDING_AFTER_FILLS: u64 = 600;
+
+/// Processes whose metadata is cached at most (about 200 bytes each: 3 MiB).
+/// Past it, after a fill, the ones filled least recently are dropped (ties:
+/// lowest pid first), counted as
+/// `netwatch_agent_table_dropped_total{table="process_meta"}`; a dropped
+/// process's `status`/`exe` are read again and its CPU % starts over at its
+/// next row. A host rarely has this many processes moving bytes at once;
+/// a fork flood of more only costs re-reads.
+pub const MAX_CACHED_PROCESSES: usize = 16_384;
+
+/// Row bindings kept at most (about 100 bytes each: 3 MiB), over all pids.
+/// Past it, after a fill, the ones whose rows were seen least recently are
+/// forgotten first (ties: lowest pid, then name), as
+/// [`FORGET_BINDING_AFTER_FILLS`] would later, counted as
+/// `netwatch_agent_table_dropped_total{table="process_bindings"}`.
+pub const MAX_BINDINGS: usize = 32_768;
+
+/// Row names bound per pid at most (the eBPF source names rows by thread,
+/// and a process may name its threads at will). A new name past it makes
+/// the pid's least recently seen binding forgotten (counted the same way).
+pub const MAX_NAMES_PER_PID: usize = 64;
+
+/// The caps of a [`ProcessMetaTracker`]'s tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaCaps {
+    /// [`MAX_CACHED_PROCESSES`].
+    pub processes: usize,
+    /// [`MAX_BINDINGS`].
+    pub bindings: usize,
+    /// [`MAX_NAMES_PER_PID`].
+    pub names_per_pid: usize,
+}
+
+impl Default for MetaCaps {
+    fn default() -> Self {
+        Self {
+            processes: MAX_CACHED_PROCESSES,
+            bindings: MAX_BINDINGS,
+            names_per_pid: MAX_NAMES_PER_PID,
+        }
+    }
+}
 
 /// A process: its pid and its start time in clock ticks after boot.
 pub type ProcessKey = (u32, u64);
@@ -129,6 +178,9 @@ pub struct ProcessMetaTracker {
     /// pid → the bindings of its rows (a few names at most; a list, so a
     /// lookup by `&str` allocates nothing).
     bound: HashMap<u32, Vec<Binding>>,
+    caps: MetaCaps,
+    /// Bindings forgotten for room during the current fill.
+    bindings_dropped: u64,
     refresh: Duration,
     fills: u64,
     /// `status`+`exe` reads so far (for tests and the cost bench).
@@ -163,6 +215,8 @@ impl ProcessMetaTracker {
         Self {
             cache: HashMap::new(),
             bound: HashMap::new(),
+            caps: MetaCaps::default(),
+            bindings_dropped: 0,
             refresh,
             fills: 0,
             slow_reads: 0,
@@ -171,6 +225,22 @@ impl ProcessMetaTracker {
             ticks_per_second: procfs::ticks_per_second(),
             page_size: procfs::page_size(),
         }
+    }
+
+    /// The same tracker with other caps on its tables.
+    pub fn with_caps(mut self, caps: MetaCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// Processes whose metadata is cached now.
+    pub fn cached_processes(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Row bindings kept now, over all pids.
+    pub fn bindings(&self) -> usize {
+        self.bound.values().map(Vec::len).sum()
     }
 
     /// How often `status` and `exe` are re-read.
@@ -224,6 +294,46 @@ impl ProcessMetaTracker {
             list.retain(|b| now_fill - b.last_fill < FORGET_BINDING_AFTER_FILLS);
         }
         self.bound.retain(|_, list| !list.is_empty());
+        self.enforce_caps();
+    }
+
+    /// Bring the cache and the bindings back under their caps, least
+    /// recently filled first, and count what went.
+    fn enforce_caps(&mut self) {
+        let over = self.cache.len().saturating_sub(self.caps.processes);
+        if over > 0 {
+            let mut by_age: Vec<(u64, ProcessKey)> =
+                self.cache.iter().map(|(k, c)| (c.last_fill, *k)).collect();
+            by_age.sort_unstable();
+            for (_, k) in by_age.into_iter().take(over) {
+                self.cache.remove(&k);
+            }
+            crate::drops::dropped("process_meta", self.caps.processes, over as u64);
+        }
+        let over = self.bindings().saturating_sub(self.caps.bindings);
+        if over > 0 {
+            let mut by_age: Vec<(u64, u32, &str)> = self
+                .bound
+                .iter()
+                .flat_map(|(pid, list)| list.iter().map(|b| (b.last_fill, *pid, b.name.as_str())))
+                .collect();
+            by_age.sort_unstable();
+            let mut gone: HashMap<u32, Vec<String>> = HashMap::new();
+            for (_, pid, name) in by_age.into_iter().take(over) {
+                gone.entry(pid).or_default().push(name.to_string());
+            }
+            for (pid, names) in gone {
+                if let Some(list) = self.bound.get_mut(&pid) {
+                    list.retain(|b| !names.contains(&b.name));
+                    if list.is_empty() {
+                        self.bound.remove(&pid);
+                    }
+                }
+            }
+            self.bindings_dropped += over as u64;
+        }
+        let dropped = std::mem::take(&mut self.bindings_dropped);
+        crate::drops::dropped("process_bindings", self.caps.bindings, dropped);
     }
 
     /// Whether row (pid, `name`) belongs to the process `stat` describes,
@@ -231,6 +341,14 @@ impl ProcessMetaTracker {
     fn bind(&mut self, pid: u32, name: &str, stat: &StatNow, now_fill: u64) -> bool {
         let list = self.bound.entry(pid).or_default();
         let Some(b) = list.iter_mut().find(|b| b.name == name) else {
+            if list.len() >= self.caps.names_per_pid.max(1) {
+                // The pid's least recently seen name goes (the first on a tie).
+                let oldest = (0..list.len()).min_by_key(|&i| list[i].last_fill);
+                if let Some(i) = oldest {
+                    list.remove(i);
+                    self.bindings_dropped += 1;
+                }
+            }
             list.push(Binding {
                 name: name.to_string(),
                 starttime: stat.starttime,
@@ -602,6 +720,104 @@ mod tests {
             "a process without rows for {FORGET_META_AFTER_FILLS} fills must be forgotten"
         );
         assert!(t.binding(me, "me").is_some());
+    }
+
+    /// Real processes that stay alive for the test (`sleep`), killed on drop.
+    struct Sleepers(Vec<std::process::Child>);
+
+    impl Drop for Sleepers {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn caps_hold_under_a_flood_of_processes_and_thread_names_and_count_drops() {
+        // One test for all three tables: the drop counters are process-wide.
+        let caps = MetaCaps {
+            processes: 20,
+            bindings: 25,
+            names_per_pid: 16,
+        };
+        let (meta0, bind0) = (
+            crate::drops::total("process_meta"),
+            crate::drops::total("process_bindings"),
+        );
+        let sleepers = Sleepers(
+            (0..30)
+                .map(|_| {
+                    std::process::Command::new("sleep")
+                        .arg("60")
+                        .spawn()
+                        .expect("running sleep")
+                })
+                .collect(),
+        );
+        let pids: Vec<u32> = sleepers.0.iter().map(|c| c.id()).collect();
+
+        // 30 live processes, one row each: 20 cached, 25 bound.
+        let mut t = ProcessMetaTracker::new().with_caps(caps);
+        let mut rows: Vec<ProcessBandwidth> = pids.iter().map(|&p| row("sleep", Some(p))).collect();
+        t.fill(&mut rows);
+        assert!(rows.iter().all(|r| r.state.is_some()), "every row filled");
+        assert_eq!(t.cached_processes(), 20);
+        assert_eq!(t.bindings(), 25);
+        assert_eq!(crate::drops::total("process_meta") - meta0, 10);
+        assert_eq!(crate::drops::total("process_bindings") - bind0, 5);
+        // The lowest pids went on the tie (all filled in this fill).
+        let mut sorted = pids.clone();
+        sorted.sort_unstable();
+        assert!(sorted[..5].iter().all(|&p| t.binding(p, "sleep").is_none()));
+        assert!(sorted[5..].iter().all(|&p| t.binding(p, "sleep").is_some()));
+
+        // The least recently filled go first: a fill of the 10 lowest pids
+        // (dropped above) brings them back, and the others filled longest
+        // ago (the next lowest, on the tie) make room.
+        let cached = |t: &ProcessMetaTracker, p: u32| {
+            let start = read_stat(p, 4096).map(|s| s.starttime);
+            start.is_some_and(|s| t.cache.contains_key(&(p, s)))
+        };
+        let mut low: Vec<ProcessBandwidth> = sorted[..10]
+            .iter()
+            .map(|&p| row("sleep", Some(p)))
+            .collect();
+        t.fill(&mut low);
+        assert!(low.iter().all(|r| r.state.is_some()));
+        assert_eq!(t.cached_processes(), 20);
+        assert!(sorted[..10].iter().all(|&p| cached(&t, p)));
+        assert!(sorted[10..20].iter().all(|&p| !cached(&t, p)));
+        assert!(sorted[20..].iter().all(|&p| cached(&t, p)));
+        assert_eq!(t.bindings(), 25);
+        assert!(sorted[..10]
+            .iter()
+            .all(|&p| t.binding(p, "sleep").is_some()));
+        assert!(sorted[10..15]
+            .iter()
+            .all(|&p| t.binding(p, "sleep").is_none()));
+        assert!(sorted[15..]
+            .iter()
+            .all(|&p| t.binding(p, "sleep").is_some()));
+        assert_eq!(crate::drops::total("process_meta") - meta0, 20);
+        assert_eq!(crate::drops::total("process_bindings") - bind0, 10);
+
+        // One process under 100 thread names (the eBPF source's rows):
+        // at most 16 bound to its pid, every row still filled.
+        let me = std::process::id();
+        let mut t = ProcessMetaTracker::new().with_caps(caps);
+        let mut named: Vec<ProcessBandwidth> = (0..100)
+            .map(|i| row(&format!("thread-{i}"), Some(me)))
+            .collect();
+        let before = crate::drops::total("process_bindings");
+        t.fill(&mut named);
+        assert!(named.iter().all(|r| r.state.is_some()));
+        assert_eq!(t.bindings(), 16);
+        assert_eq!(crate::drops::total("process_bindings") - before, 84);
+        assert!(t.binding(me, "thread-99").is_some());
+        assert!(t.binding(me, "thread-83").is_none());
+        drop(sleepers);
     }
 
     #[test]
