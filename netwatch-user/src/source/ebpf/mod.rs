@@ -329,7 +329,9 @@ impl Tracker {
 /// to a race (see `mark_active` in the programs) is bounded in time.
 const FULL_WALK_EVERY: u64 = 60;
 
-/// Records waiting for the next read at most (128 B each: 32 MiB).
+/// Records waiting for the next read at most (128 B each: 32 MiB); past
+/// it the newest are dropped, counted in `lost_records` and as
+/// `netwatch_agent_table_dropped_total{table="ebpf_closed_pending"}`.
 const MAX_PENDING: usize = 256 * 1024;
 
 /// What the drain thread shares with the reader.
@@ -358,6 +360,7 @@ impl Pending {
         let mut records = crate::supervise::lock(&self.records, "closed-socket records");
         let dropped = super::append_bounded(&mut records, batch, MAX_PENDING);
         self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        crate::drops::dropped("ebpf_closed_pending", MAX_PENDING, dropped);
     }
 }
 

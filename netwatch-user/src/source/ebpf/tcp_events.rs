@@ -32,8 +32,13 @@ use crate::source::{TcpEvent, TcpEventKind};
 
 /// Two traced halves of one segment are this close in time at most.
 pub const SAME_SEGMENT: Duration = Duration::from_secs(2);
-/// Bound on the remembered recent events (for [`SAME_SEGMENT`]).
-const MAX_RECENT: usize = 1 << 16;
+/// Bound on the remembered recent segments (for [`SAME_SEGMENT`]; about 80
+/// bytes each: 5 MiB). When it is full, the segments older than
+/// [`SAME_SEGMENT`] before the newest are forgotten first (once per take);
+/// if it is still full, a new segment is reported but not remembered (its
+/// traced twin, if any, is then reported too), counted as
+/// `netwatch_agent_table_dropped_total{table="tcp_event_dedup"}`.
+pub const MAX_RECENT: usize = 1 << 16;
 /// Records taken per call at most (the ring holds fewer).
 const MAX_TAKE: usize = 1 << 16;
 
@@ -238,11 +243,80 @@ pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
     }
 }
 
+/// The segments reported lately, to report each traced segment once
+/// (see [`MAX_RECENT`] for its bound).
+#[derive(Debug)]
+pub struct Dedup {
+    /// (is a SYN, src, dst) → time of the last event reported.
+    recent: HashMap<(bool, SocketAddr, SocketAddr), Duration>,
+    cap: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self::with_cap(MAX_RECENT)
+    }
+}
+
+impl Dedup {
+    /// A dedup table of at most `cap` segments.
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            recent: HashMap::new(),
+            cap,
+        }
+    }
+
+    /// Segments remembered now.
+    pub fn len(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+    }
+
+    /// The events of one take that are not a traced twin of one reported
+    /// within [`SAME_SEGMENT`], in order; then forgets what is older than
+    /// 10 × [`SAME_SEGMENT`] before the newest.
+    pub fn filter(&mut self, events: Vec<TcpEvent>) -> Vec<TcpEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        let (mut refused, mut pruned) = (0u64, false);
+        for e in events {
+            let key = (e.kind == TcpEventKind::Syn, e.src, e.dst);
+            if let Some(prev) = self.recent.get(&key) {
+                if prev.abs_diff(e.at) < SAME_SEGMENT {
+                    continue;
+                }
+            }
+            if self.recent.len() >= self.cap && !self.recent.contains_key(&key) && !pruned {
+                // Full: what cannot be a twin of this event any more goes.
+                let at = e.at;
+                self.recent
+                    .retain(|_, t| at.saturating_sub(*t) < SAME_SEGMENT);
+                pruned = true;
+            }
+            if self.recent.len() < self.cap || self.recent.contains_key(&key) {
+                self.recent.insert(key, e.at);
+            } else {
+                refused += 1;
+            }
+            out.push(e);
+        }
+        crate::drops::dropped("tcp_event_dedup", self.cap, refused);
+        if let Some(newest) = out.iter().map(|e| e.at).max() {
+            self.recent
+                .retain(|_, at| newest.saturating_sub(*at) < 10 * SAME_SEGMENT);
+        }
+        out
+    }
+}
+
 /// The ring and what is needed to report each segment once.
 pub struct TcpEvents {
     ring: RingBuf<MapData>,
-    /// (kind, src, dst) → time of the last event reported.
-    recent: HashMap<(bool, SocketAddr, SocketAddr), Duration>,
+    dedup: Dedup,
     /// Records of the wrong size (never written by our programs).
     malformed: u64,
 }
@@ -251,7 +325,7 @@ impl TcpEvents {
     pub fn new(ring: RingBuf<MapData>) -> Self {
         Self {
             ring,
-            recent: HashMap::new(),
+            dedup: Dedup::default(),
             malformed: 0,
         }
     }
@@ -285,27 +359,15 @@ impl TcpEvents {
     /// when loopback or one of `local_ips`.
     pub fn take(&mut self, local_ips: &std::collections::HashSet<IpAddr>) -> Vec<TcpEvent> {
         let records = self.take_records();
-        let mut out = Vec::new();
-        for (rec, at) in &records {
-            for mut e in to_events(rec, *at) {
-                let key = (e.kind == TcpEventKind::Syn, e.src, e.dst);
-                if let Some(prev) = self.recent.get(&key) {
-                    if prev.abs_diff(e.at) < SAME_SEGMENT {
-                        continue;
-                    }
-                }
-                if self.recent.len() < MAX_RECENT {
-                    self.recent.insert(key, e.at);
-                }
-                let local = |ip: IpAddr| ip.is_loopback() || local_ips.contains(&ip);
-                e.src_local = local(e.src.ip());
-                e.dst_local = local(e.dst.ip());
-                out.push(e);
-            }
-        }
-        if let Some(newest) = out.iter().map(|e| e.at).max() {
-            self.recent
-                .retain(|_, at| newest.saturating_sub(*at) < 10 * SAME_SEGMENT);
+        let events = records
+            .iter()
+            .flat_map(|(rec, at)| to_events(rec, *at))
+            .collect();
+        let mut out = self.dedup.filter(events);
+        let local = |ip: IpAddr| ip.is_loopback() || local_ips.contains(&ip);
+        for e in &mut out {
+            e.src_local = local(e.src.ip());
+            e.dst_local = local(e.dst.ip());
         }
         out
     }
@@ -392,6 +454,45 @@ format:
             kind,
             flags,
         }
+    }
+
+    fn syn(src_port: u16, at_ms: u64) -> TcpEvent {
+        TcpEvent {
+            at: Duration::from_millis(at_ms),
+            src: SocketAddr::from(([10, 0, 0, 9], src_port)),
+            dst: SocketAddr::from(([127, 0, 0, 1], 22)),
+            kind: TcpEventKind::Syn,
+            src_local: false,
+            dst_local: false,
+        }
+    }
+
+    #[test]
+    fn dedup_is_bounded_forgets_stale_segments_first_and_counts_what_it_refused() {
+        // The only test of this binary that reports to this table.
+        let before = crate::drops::total("tcp_event_dedup");
+        let mut d = Dedup::with_cap(4);
+        // Twins (both ends traced) within SAME_SEGMENT are reported once.
+        let out = d.filter(vec![syn(1, 0), syn(1, 1), syn(2, 5)]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(d.len(), 2);
+        // A flood of 10 sources at 3 s: the two of 0 s are stale and go
+        // first, then 4 are remembered and 6 refused, all 10 reported.
+        let flood: Vec<TcpEvent> = (100..110).map(|p| syn(p, 3_000)).collect();
+        let out = d.filter(flood);
+        assert_eq!(out.len(), 10);
+        assert_eq!(d.len(), 4);
+        assert_eq!(crate::drops::total("tcp_event_dedup") - before, 6);
+        // A remembered one's twin is still suppressed; an unremembered
+        // one's twin is reported (the cost of the bound).
+        let out = d.filter(vec![syn(100, 3_001), syn(109, 3_001)]);
+        assert_eq!(out.iter().map(|e| e.src.port()).collect::<Vec<_>>(), [109]);
+        assert_eq!(crate::drops::total("tcp_event_dedup") - before, 7);
+        // 20 s later every entry is forgotten and the table takes new ones.
+        let out = d.filter(vec![syn(200, 23_001)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(d.len(), 1);
+        assert_eq!(crate::drops::total("tcp_event_dedup") - before, 7);
     }
 
     #[test]

@@ -55,7 +55,9 @@ const TCPI_BYTES_SENT: usize = 200;
 const TCPI_BYTES_RETRANS: usize = 208;
 
 /// How many decoded events wait for [`DestroyListener::drain`] at most;
-/// past that they are dropped and counted (the agent stopped reading).
+/// past that the newest are dropped and counted (the agent stopped
+/// reading): in `lost_records` and as
+/// `netwatch_agent_table_dropped_total{table="ss_destroy_queue"}`.
 pub const MAX_QUEUED_EVENTS: usize = 1 << 18;
 
 /// The receive buffer asked for the netlink socket. Bursts of closes beyond
@@ -495,11 +497,13 @@ impl Shared {
             match read {
                 Ok((decoded, lost)) => {
                     q.lost += lost + decoded.malformed + decoded.overruns;
-                    q.lost += crate::source::append_bounded(
+                    let dropped = crate::source::append_bounded(
                         &mut q.events,
                         decoded.events,
                         MAX_QUEUED_EVENTS,
                     );
+                    q.lost += dropped;
+                    crate::drops::dropped("ss_destroy_queue", MAX_QUEUED_EVENTS, dropped);
                 }
                 Err(e) => {
                     log::warn!("ss: reading sock_diag destroy events failed: {e}");
