@@ -109,7 +109,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// rule of the listener's own queue), counted in `lost_records` and as
 /// `netwatch_agent_table_dropped_total{table="ss_pending_destroys"}`. One
 /// drain holds at most as many ([`destroy::MAX_QUEUED_EVENTS`]), so a
-/// source whose reads succeed never drops here. About 100 bytes each.
+/// source whose reads succeed never drops here. 144 bytes each: 36 MiB
+/// at most, held only while `ss` fails.
 pub const MAX_PENDING_EVENTS: usize = destroy::MAX_QUEUED_EVENTS;
 
 /// The sockets `ss` output is sized for unless told

@@ -32,8 +32,8 @@ use crate::source::{TcpEvent, TcpEventKind};
 
 /// Two traced halves of one segment are this close in time at most.
 pub const SAME_SEGMENT: Duration = Duration::from_secs(2);
-/// Bound on the remembered recent segments (for [`SAME_SEGMENT`]; about 80
-/// bytes each: 5 MiB). When it is full, the segments older than
+/// Bound on the remembered recent segments (for [`SAME_SEGMENT`]; about 90
+/// bytes each: 6 MiB). When it is full, the segments older than
 /// [`SAME_SEGMENT`] before the newest are forgotten first (once per take);
 /// if it is still full, a new segment is reported but not remembered (its
 /// traced twin, if any, is then reported too), counted as
