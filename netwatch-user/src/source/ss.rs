@@ -57,6 +57,13 @@
 //! - Lost events (kernel buffer overruns, unreadable messages) are counted
 //!   in `lost_records`.
 //!
+//! Bounds (a local user can open and close sockets at will, and `ss` can
+//! fail or print without end): at most [`MAX_PENDING_EVENTS`] destroy events
+//! wait for a successful read (the newest past it are dropped), at most
+//! [`output_limit_bytes`] of `ss` output are read (more is refused), both
+//! counted in `netwatch_agent_table_dropped_total`; a never-seen socket's
+//! listener is one lookup in an index ([`listeners`]), never a scan.
+//!
 //! Live sockets `ss` lists without an owner: an orphan (closed by its
 //! process, still sending or waiting for the peer) keeps the owner a read
 //! saw; a socket accepted from a single-owner listener gets that owner; a
