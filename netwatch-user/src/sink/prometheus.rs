@@ -994,12 +994,21 @@ impl Collector for ComponentCollector {
     }
 }
 
-/// At most this many scrapes at once; more connections are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections at once (fewer when the open-files limit
+/// is low: half of it); a new one past the cap closes the connection idle
+/// the longest, so a new scrape always gets in.
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must send a request's headers within this time of the
+/// connection's start, or of its previous answer (a deadline, not an idle
+/// timer: a byte now and then does not extend it). hyper answers 408 and
+/// closes.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request line and headers larger than this are answered 431 and closed.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// No connection lives longer than this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name of the connection table in `netwatch_agent_table_dropped_total`.
+pub const CONNECTIONS_TABLE: &str = "metrics_connections";
 
 /// The `/metrics` sink: updates the shared state on each snapshot; the
 /// server thread renders it on each scrape.
@@ -1083,6 +1092,12 @@ impl PrometheusSink {
         )
         .context("starting the /metrics thread")?;
         log::info!("serving Prometheus metrics on http://{local_addr}/metrics");
+        log::info!(
+            "/metrics: at most {} connections (the one idle the longest is closed for a new \
+             one), request headers within {} s and {MAX_HEADER_BYTES} bytes",
+            connection_cap(),
+            HEADER_READ_TIMEOUT.as_secs()
+        );
         Ok(Self {
             state,
             cgroups: HashMap::new(),
@@ -1273,8 +1288,111 @@ fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body
     }
 }
 
+/// How many connections the server holds at most: [`MAX_CONNECTIONS`],
+/// or half the soft open-files limit when that is lower (the rest is for
+/// the agent's own files: /proc, maps, the spool), at least 16.
+pub fn connection_cap() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass and nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            let half = usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX);
+            return half.clamp(16, MAX_CONNECTIONS);
+        }
+    }
+    MAX_CONNECTIONS
+}
+
+/// The open connections: at most `cap`. Each remembers when it last
+/// started a request (or was accepted); past the cap, the one whose last
+/// start is the oldest is closed: the connection idle the longest (one
+/// waiting for its request's headers, or between requests; a request is
+/// answered synchronously on this thread, so none is mid-answer when a new
+/// connection is accepted).
+struct Connections {
+    cap: usize,
+    /// A counter, not a clock: ordering only.
+    tick: u64,
+    next_id: u64,
+    /// id → (last start, the task serving it).
+    open: HashMap<u64, (u64, tokio::task::AbortHandle)>,
+}
+
+impl Connections {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            tick: 0,
+            next_id: 0,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Make room for one more: take out the connections idle the longest
+    /// while the table is full; the caller aborts their tasks (outside the
+    /// lock: a task's end takes the lock too).
+    fn make_room(&mut self) -> Vec<tokio::task::AbortHandle> {
+        let mut out = Vec::new();
+        while self.open.len() >= self.cap {
+            let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, (last, _))| *last)
+                .map(|(id, _)| *id)
+            else {
+                break;
+            };
+            if let Some((_, task)) = self.open.remove(&oldest) {
+                out.push(task);
+            }
+        }
+        out
+    }
+
+    fn insert(&mut self, task: tokio::task::AbortHandle) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tick += 1;
+        self.open.insert(id, (self.tick, task));
+        id
+    }
+
+    /// Connection `id` started a request.
+    fn touch(&mut self, id: u64) {
+        self.tick += 1;
+        if let Some((last, _)) = self.open.get_mut(&id) {
+            *last = self.tick;
+        }
+    }
+}
+
+fn lock_conns(c: &Mutex<Connections>) -> MutexGuard<'_, Connections> {
+    crate::supervise::lock(c, "/metrics connection table")
+}
+
+/// Removes a connection from the table when its task ends (answered,
+/// timed out, closed by the client, or aborted).
+struct Registered {
+    conns: Arc<Mutex<Connections>>,
+    id: Option<u64>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock_conns(&self.conns).open.remove(&id);
+        }
+    }
+}
+
 /// Serve until `stop` is set or dropped (`Ok`); `Err` when the listener
-/// cannot be used (the supervisor tries again).
+/// cannot be used (the supervisor tries again). Connections cost a task
+/// each (no thread): thousands of idle ones are held without starving a
+/// scrape; see [`Connections`] for the cap.
 async fn serve(
     listener: std::net::TcpListener,
     registry: Arc<Registry>,
@@ -1282,7 +1400,13 @@ async fn serve(
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("cannot use the /metrics listener: {e}"))?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap();
+    let conns = Arc::new(Mutex::new(Connections::new(cap)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES);
+    let http = Arc::new(http);
     loop {
         let stream = tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -1299,26 +1423,72 @@ async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            log::debug!("/metrics: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
-        };
+        let evicted = lock_conns(&conns).make_room();
+        for task in &evicted {
+            // Dropping the task's future closes its socket.
+            task.abort();
+        }
+        crate::drops::dropped(CONNECTIONS_TABLE, cap, evicted.len() as u64);
         let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let _slot = slot;
+        let http = Arc::clone(&http);
+        // The task's id is known once it is in the table; it cannot run
+        // before this loop next awaits (one thread).
+        let (id_tx, id_rx) = tokio::sync::oneshot::channel::<u64>();
+        let table = Arc::clone(&conns);
+        let task = tokio::spawn(async move {
+            let Ok(id) = id_rx.await else { return };
+            let _registered = Registered {
+                conns: Arc::clone(&table),
+                id: Some(id),
+            };
             let svc = hyper::service::service_fn(move |req| {
+                lock_conns(&table).touch(id);
                 let r = answer(&req, &registry);
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             // A connection past its time is dropped (closed).
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 log::debug!("/metrics connection: {e}");
             }
         });
+        let id = lock_conns(&conns).insert(task.abort_handle());
+        let _ = id_tx.send(id);
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn past_the_cap_the_connection_idle_longest_makes_room() {
+        let mut c = Connections::new(3);
+        let mut tasks = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let t = tokio::spawn(std::future::pending::<()>());
+            ids.push(c.insert(t.abort_handle()));
+            tasks.push(t);
+        }
+        assert_eq!(c.make_room().len(), 1);
+        // The first one went; a request on the second makes the third the
+        // idle one.
+        assert_eq!(c.open.len(), 2);
+        assert!(!c.open.contains_key(&ids[0]));
+        c.touch(ids[1]);
+        let t = tokio::spawn(std::future::pending::<()>());
+        let id3 = c.insert(t.abort_handle());
+        let gone = c.make_room();
+        assert_eq!(gone.len(), 1);
+        assert!(!c.open.contains_key(&ids[2]));
+        assert!(c.open.contains_key(&ids[1]) && c.open.contains_key(&id3));
+        // Room already: nothing closed.
+        assert!(c.make_room().is_empty());
+        for t in tasks {
+            t.abort();
+        }
+        t.abort();
     }
 }
 
