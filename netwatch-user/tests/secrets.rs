@@ -115,6 +115,11 @@ impl Agent {
 /// A stand-in ingest endpoint on 127.0.0.1: answers 200 to every request
 /// and passes each request's `Authorization` header on.
 fn ingest_server() -> (String, mpsc::Receiver<Option<String>>) {
+    ingest_server_answering("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+}
+
+/// The same, answering `answer` (a whole HTTP response) to every request.
+fn ingest_server_answering(answer: &'static str) -> (String, mpsc::Receiver<Option<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
@@ -122,15 +127,15 @@ fn ingest_server() -> (String, mpsc::Receiver<Option<String>>) {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
             let tx = tx.clone();
-            thread::spawn(move || serve(conn, tx));
+            thread::spawn(move || serve(conn, tx, answer));
         }
     });
     (url, rx)
 }
 
 /// Requests on one connection until it closes: headers, a
-/// `Content-Length` body, a 200 with an empty body.
-fn serve(conn: TcpStream, tx: mpsc::Sender<Option<String>>) {
+/// `Content-Length` body, then `answer`.
+fn serve(conn: TcpStream, tx: mpsc::Sender<Option<String>>, answer: &str) {
     let mut w = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     loop {
@@ -162,9 +167,7 @@ fn serve(conn: TcpStream, tx: mpsc::Sender<Option<String>>) {
             return;
         }
         let _ = tx.send(auth);
-        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .is_err()
-        {
+        if w.write_all(answer.as_bytes()).is_err() {
             return;
         }
     }
@@ -415,4 +418,55 @@ fn an_endpoint_with_a_user_and_password_stops_the_agent_without_echoing_them() {
         !err.contains(&password) && !err.contains("operator"),
         "{err}"
     );
+}
+
+#[test]
+fn a_redirect_to_a_url_with_a_password_is_logged_redacted() {
+    require_root();
+    // The server's own text: the agent logs the redirect it does not follow.
+    let (url, requests) = ingest_server_answering(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: https://operator:pw-r3d1rect@other.example/in\r\n\
+         content-length: 0\r\n\r\n",
+    );
+    let (dir, config) = files(
+        "mode = \"proc\"\n[ingest]\nretry_initial_secs = 0.1\nretry_max_secs = 0.2\n\
+         request_timeout_secs = 5\nflush_timeout_secs = 1\n",
+    );
+    let p = |n: &str| dir.path().join(n);
+    let mut cmd = Command::new(AGENT);
+    cmd.arg("--config")
+        .arg(&config)
+        .args([
+            "--output",
+            "ingest",
+            "--interval",
+            "0.2",
+            "--endpoint",
+            &url,
+        ])
+        .arg("--spool-dir")
+        .arg(p("spool"))
+        .arg("--host-id-file")
+        .arg(p("host-id"))
+        .args(["--max-connections", "20"]);
+    let agent = Agent::start(cmd, &[("NETWATCH_API_KEY", "nwk_redirect_test")]);
+    for _ in 0..2 {
+        requests
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("no delivery; log:\n{}", agent.log()));
+    }
+    let started = Instant::now();
+    let line = loop {
+        let log = agent.log();
+        if let Some(l) = log.lines().find(|l| l.contains("a redirect to")) {
+            break l.to_string();
+        }
+        assert!(started.elapsed() < PATIENCE, "no redirect logged:\n{log}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        line.contains("a redirect to https://<redacted>@other.example/in,"),
+        "{line}"
+    );
+    assert!(!agent.log().contains("pw-r3d1rect"), "{}", agent.log());
 }
