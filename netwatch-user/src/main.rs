@@ -20,8 +20,11 @@ use netwatch::source::select::{self, SourceOptions};
 fn main() -> Result<()> {
     tune_allocator();
     // Single-threaded still: nothing else reads the environment now.
-    secrets::protect_process()?;
+    // The scrub reads /proc/self/environ back, which a non-dumpable process
+    // of an unprivileged uid cannot (the file becomes root's, mode 0400):
+    // scrub first, then at once (a few syscalls later) not dumpable.
     let (env_key, _) = secrets::take_env_var(API_KEY_ENV)?;
+    secrets::protect_process()?;
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // Stderr, held back while the live view owns the terminal.
