@@ -4,8 +4,9 @@
 //! that each sent half a request line do not starve a scrape (200 held,
 //! the scrape answers 200 within 1 s); past the connection cap the
 //! connections idle the longest are closed first (and counted in
-//! `netwatch_agent_table_dropped_total{table="metrics_connections"}`); a
-//! client that drips its headers is cut at the header timeout; oversized
+//! `netwatch_agent_table_dropped_total{table="metrics_connections"}`), also
+//! under a flood of 3000; a client that drips its headers is cut at the
+//! header timeout; oversized
 //! headers get 431. Needs root (the agent's proc source starts with
 //! CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
 #![cfg(target_os = "linux")]
@@ -299,6 +300,40 @@ fn past_the_cap_the_connections_idle_longest_are_closed_first() {
         "{page}"
     );
     assert_eq!(logged, Some(cap));
+}
+
+#[test]
+fn a_flood_of_connections_past_the_cap_still_lets_a_scrape_in() {
+    require_root();
+    enough_files(8192);
+    let agent = Agent::start();
+    let cap = 1024;
+    // Each connect returns once the connection is in the accept queue, so
+    // the agent accepts them (and the scrape after them) in this order.
+    let flood = 3000;
+    let mut held: Vec<TcpStream> = (0..flood).map(|_| agent.idle()).collect();
+    let (status, page, took) = agent.get("/metrics", Duration::from_secs(5));
+    assert_eq!(status, Some(200), "log: {:#?}", agent.log());
+    assert!(took < Duration::from_secs(1), "the scrape took {took:?}");
+    // Room for the scrape: the oldest of the flood, and only those, closed.
+    let evicted = flood - cap + 1;
+    assert_eq!(
+        sample(
+            &page,
+            "netwatch_agent_table_dropped_total{table=\"metrics_connections\"}"
+        ),
+        Some(evicted as u64)
+    );
+    assert_eq!(
+        closed_ones(&mut held),
+        (0..evicted).collect::<Vec<_>>(),
+        "the {evicted} oldest closed, the newest {} held",
+        flood - evicted
+    );
+    assert!(agent
+        .log()
+        .iter()
+        .any(|l| l.contains("metrics_connections: full at 1024 entries, dropped")));
 }
 
 #[test]

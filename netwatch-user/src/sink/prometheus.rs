@@ -1007,6 +1007,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// No connection lives longer than this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the kernel queues for the server to accept (capped by
+/// `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: i32 = 1024;
 /// The name of the connection table in `netwatch_agent_table_dropped_total`.
 pub const CONNECTIONS_TABLE: &str = "metrics_connections";
 
@@ -1056,6 +1059,20 @@ impl PrometheusSink {
         listener
             .set_nonblocking(true)
             .context("making the /metrics listener non-blocking")?;
+        // std listens with a backlog of 128: a burst of connections fills
+        // it and the kernel drops new SYNs (a scrape's among them) for a
+        // second or more. Listening again only raises the queue's length.
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: listen(2) on a socket we own; no memory is passed.
+            if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                log::warn!(
+                    "/metrics: raising the listen backlog to {LISTEN_BACKLOG}: {} (kept 128)",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         let local_addr = listener
             .local_addr()
             .context("reading the /metrics listener's address")?;
@@ -1320,6 +1337,9 @@ struct Connections {
     next_id: u64,
     /// id → (last start, the task serving it).
     open: HashMap<u64, (u64, tokio::task::AbortHandle)>,
+    /// last start → id: the idle-longest first (O(log n) per connection,
+    /// so a connection flood at the cap costs no scan).
+    by_age: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Connections {
@@ -1329,6 +1349,7 @@ impl Connections {
             tick: 0,
             next_id: 0,
             open: HashMap::new(),
+            by_age: std::collections::BTreeMap::new(),
         }
     }
 
@@ -1338,12 +1359,7 @@ impl Connections {
     fn make_room(&mut self) -> Vec<tokio::task::AbortHandle> {
         let mut out = Vec::new();
         while self.open.len() >= self.cap {
-            let Some(oldest) = self
-                .open
-                .iter()
-                .min_by_key(|(_, (last, _))| *last)
-                .map(|(id, _)| *id)
-            else {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
                 break;
             };
             if let Some((_, task)) = self.open.remove(&oldest) {
@@ -1358,6 +1374,7 @@ impl Connections {
         self.next_id += 1;
         self.tick += 1;
         self.open.insert(id, (self.tick, task));
+        self.by_age.insert(self.tick, id);
         id
     }
 
@@ -1365,7 +1382,16 @@ impl Connections {
     fn touch(&mut self, id: u64) {
         self.tick += 1;
         if let Some((last, _)) = self.open.get_mut(&id) {
+            self.by_age.remove(last);
             *last = self.tick;
+            self.by_age.insert(self.tick, id);
+        }
+    }
+
+    /// Connection `id` ended.
+    fn remove(&mut self, id: u64) {
+        if let Some((last, _)) = self.open.remove(&id) {
+            self.by_age.remove(&last);
         }
     }
 }
@@ -1384,7 +1410,7 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            lock_conns(&self.conns).open.remove(&id);
+            lock_conns(&self.conns).remove(id);
         }
     }
 }
@@ -1485,6 +1511,9 @@ mod server_tests {
         assert!(c.open.contains_key(&ids[1]) && c.open.contains_key(&id3));
         // Room already: nothing closed.
         assert!(c.make_room().is_empty());
+        c.remove(id3);
+        assert_eq!(c.open.len(), 1);
+        assert_eq!(c.by_age.len(), 1);
         for t in tasks {
             t.abort();
         }
