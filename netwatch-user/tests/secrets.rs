@@ -470,3 +470,36 @@ fn a_redirect_to_a_url_with_a_password_is_logged_redacted() {
     );
     assert!(!agent.log().contains("pw-r3d1rect"), "{}", agent.log());
 }
+
+/// A regression guard (it passes on the code before the scrub too): the
+/// scrub's read-back of `/proc/self/environ` happens while the process is
+/// still dumpable, so an unprivileged uid without `CAP_DAC_READ_SEARCH`
+/// (which cannot read a non-dumpable process's root-owned environ) gets
+/// past it to the usual refusal of missing capabilities.
+#[test]
+fn an_agent_without_capabilities_still_scrubs_and_refuses_by_capability() {
+    require_root();
+    assert!(
+        Path::new(SETPRIV).exists(),
+        "{SETPRIV} (util-linux) is needed to start the agent as another uid"
+    );
+    let (dir, config) = files("");
+    let bin = agent_copy(dir.path());
+    let mut cmd = Command::new(SETPRIV);
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--inh-caps", "-all", "--bounding-set", "-all"])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--mode", "proc", "--output", "json", "--once"])
+        .current_dir("/")
+        .env("RUST_LOG", "info")
+        .env("NETWATCH_API_KEY", unique_secret("nocaps"))
+        .env_remove("NETWATCH_CONFIG")
+        .env_remove("NETWATCH_ENDPOINT")
+        .env_remove("NETWATCH_INTERVAL");
+    let (code, err) = run_to_end(&mut cmd);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(!err.contains("scrubbing"), "{err}");
+    assert!(err.contains("missing from the effective set"), "{err}");
+}
