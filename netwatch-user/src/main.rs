@@ -23,13 +23,16 @@ fn main() -> Result<()> {
     // The scrub reads /proc/self/environ back, which a non-dumpable process
     // of an unprivileged uid cannot (the file becomes root's, mode 0400):
     // scrub first, then at once (a few syscalls later) not dumpable.
-    let (env_key, _) = secrets::take_env_var(API_KEY_ENV)?;
+    let (env_key, scrubbed) = secrets::take_env_var(API_KEY_ENV)?;
     secrets::protect_process()?;
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // Stderr, held back while the live view owns the terminal.
         .target(env_logger::Target::Pipe(Box::new(table::live::LogWriter)))
         .init();
+    if env_key.is_some() {
+        log::debug!("API key taken from {API_KEY_ENV}: {scrubbed}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

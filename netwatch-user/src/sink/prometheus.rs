@@ -14,6 +14,10 @@
 //! series lives, never hold more than `top_processes` process series (bytes
 //! of processes without a series are counted in the `comm="other"` series),
 //! and never expose configuration: no API key, no endpoint.
+//!
+//! The server must never let clients starve a scrape: connections are
+//! tasks, capped (the one idle the longest is closed for a new one), with a
+//! header deadline and a header size limit (see `serve`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
