@@ -217,7 +217,8 @@ fn sample(page: &str, series: &str) -> Option<u64> {
 }
 
 /// Raise this process's open-files limit (the agent inherits it) so that
-/// both sides can hold the cap's connections.
+/// both sides can hold the cap's connections; as root, past the hard limit
+/// too.
 fn enough_files(n: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -227,8 +228,14 @@ fn enough_files(n: u64) {
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
         if lim.rlim_cur < n {
-            lim.rlim_cur = n.min(lim.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            lim.rlim_cur = n;
+            lim.rlim_max = lim.rlim_max.max(n);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+                0,
+                "raising RLIMIT_NOFILE to {n}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
