@@ -659,10 +659,38 @@ fn real_in(
     }
 }
 
+/// `url` with any user information (`user:password@`) of its authority
+/// replaced by `<redacted>`: the form in which a URL from the
+/// configuration may appear in an error or a log line. Works on text that
+/// is not a valid URL too (an error about a malformed URL must not echo a
+/// password either).
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => {
+            std::borrow::Cow::Owned(format!("{}<redacted>{}", &url[..after_scheme], &rest[at..]))
+        }
+        None => std::borrow::Cow::Borrowed(url),
+    }
+}
+
 /// The ingest URL for an endpoint: `<endpoint>/api/v1/ingest` (an endpoint
 /// that already ends so is kept). Plain http only to a loopback host unless
-/// `allow_insecure_http`.
+/// `allow_insecure_http`. An endpoint with user information
+/// (`https://user:password@host`) is refused: the key belongs in the key
+/// file, and a URL is logged. Errors show the endpoint through
+/// [`redact_url`].
 pub fn ingest_url(endpoint: &str, allow_insecure_http: bool) -> Result<String, ConfigError> {
+    let shown = redact_url(endpoint);
+    if shown != endpoint {
+        return Err(invalid(format!(
+            "endpoint {shown:?} holds a user name or password: credentials in the URL are \
+             refused (they would be logged); give the base URL and put the API key in \
+             --api-key-file or [ingest] api_key_file"
+        )));
+    }
     let uri: http::Uri = endpoint
         .parse()
         .map_err(|e| invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
@@ -1413,6 +1441,46 @@ mod tests {
         );
         assert!(ingest_url("ftp://c.example", false).is_err());
         assert!(ingest_url("not a url", false).is_err());
+    }
+
+    #[test]
+    fn an_endpoint_with_credentials_is_refused_and_never_echoed() {
+        for (url, shown) in [
+            (
+                "https://operator:pw-9f1@cloud.example/x",
+                "https://<redacted>@cloud.example/x",
+            ),
+            ("http://pw-9f1@127.0.0.1:9", "http://<redacted>@127.0.0.1:9"),
+            // Not a URL at all: still not echoed.
+            ("https://u:p w-9f1@h", "https://<redacted>@h"),
+            ("u:pw-9f1@h/p", "<redacted>@h/p"),
+            // '@' in the path or query is not user information.
+            ("https://h/a@pw-9f1", "https://h/a@pw-9f1"),
+            ("https://h?x=a@b", "https://h?x=a@b"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            if shown.contains("<redacted>") {
+                let e = ingest_url(url, true).unwrap_err().to_string();
+                assert!(!e.contains("pw-9f1") && !e.contains("operator"), "{e}");
+                assert!(e.contains("credentials in the URL are refused"), "{e}");
+            }
+        }
+        let e = err(resolve(
+            &args(&[
+                "--output",
+                "ingest",
+                "--endpoint",
+                "https://user:pw-9f1@c.example",
+            ]),
+            Some("k"),
+            None,
+        ));
+        assert_eq!(
+            e,
+            "endpoint \"https://<redacted>@c.example\" holds a user name or password: \
+             credentials in the URL are refused (they would be logged); give the base URL \
+             and put the API key in --api-key-file or [ingest] api_key_file"
+        );
     }
 
     #[test]

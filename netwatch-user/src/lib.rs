@@ -26,6 +26,7 @@ pub mod privilege;
 pub mod procinfo;
 #[cfg(target_os = "linux")]
 pub mod sd_notify;
+pub mod secrets;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

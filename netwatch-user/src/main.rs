@@ -1,14 +1,17 @@
 //! `netwatch-agent`: the command line only. Reads the configuration (see
 //! `netwatch::config`), sets up logging, picks the source, builds the
-//! sinks and hands everything to the tick loop. The API key is taken out
-//! of the environment before anything else runs, so no child process
-//! (`ss`, …) inherits it.
+//! sinks and hands everything to the tick loop. Before anything else
+//! runs the process is made non-dumpable and the API key is taken out of
+//! the environment, its bytes overwritten where `/proc/<pid>/environ`
+//! shows them (`netwatch::secrets`), so no child process (`ss`, …)
+//! inherits it and no other process reads it.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
 use netwatch::agent::{self, Agent};
 use netwatch::config::{self, Args, Config, Output, API_KEY_ENV};
+use netwatch::secrets;
 use netwatch::sink::prometheus::{DeliveryReport, PrometheusSink};
 use netwatch::sink::{json::JsonLines, table, Sink};
 use netwatch::snapshot::HostCollectors;
@@ -16,14 +19,20 @@ use netwatch::source::select::{self, SourceOptions};
 
 fn main() -> Result<()> {
     tune_allocator();
+    // Single-threaded still: nothing else reads the environment now.
+    // The scrub reads /proc/self/environ back, which a non-dumpable process
+    // of an unprivileged uid cannot (the file becomes root's, mode 0400):
+    // scrub first, then at once (a few syscalls later) not dumpable.
+    let (env_key, scrubbed) = secrets::take_env_var(API_KEY_ENV)?;
+    secrets::protect_process()?;
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // Stderr, held back while the live view owns the terminal.
         .target(env_logger::Target::Pipe(Box::new(table::live::LogWriter)))
         .init();
-    let env_key = std::env::var(API_KEY_ENV).ok();
-    // Single-threaded still: nothing else reads the environment now.
-    std::env::remove_var(API_KEY_ENV);
+    if env_key.is_some() {
+        log::debug!("API key taken from {API_KEY_ENV}: {scrubbed}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

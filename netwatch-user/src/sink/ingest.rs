@@ -829,8 +829,9 @@ impl Sender {
             }
         };
         let status = resp.status().as_u16();
+        // The server's text: a user and password in it are not logged.
         let location = resp.headers().get("location").map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
+            crate::config::redact_url(&String::from_utf8_lossy(v.as_bytes()))
                 .chars()
                 .take(200)
                 .collect::<String>()

@@ -23,6 +23,10 @@
 //! in `netwatch_agent_table_dropped_total{table="prometheus_series"}`; the
 //! cost per snapshot is one sort of the idle series, never a scan per
 //! newcomer.
+//!
+//! The server must never let clients starve a scrape: connections are
+//! tasks, capped (the one idle the longest is closed for a new one), with a
+//! header deadline and a header size limit (see `serve`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -1024,12 +1028,24 @@ impl Collector for ComponentCollector {
     }
 }
 
-/// At most this many scrapes at once; more connections are closed at once.
-const MAX_CONNECTIONS: usize = 32;
-/// A client must send its request headers within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many connections at once (fewer when the open-files limit
+/// is low: half of it); a new one past the cap closes the connection idle
+/// the longest, so a new scrape always gets in.
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must send a request's headers within this time of the
+/// connection's start, or of its previous answer (a deadline, not an idle
+/// timer: a byte now and then does not extend it). hyper answers 408 and
+/// closes.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request line and headers larger than this are answered 431 and closed.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// No connection lives longer than this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the kernel queues for the server to accept (capped by
+/// `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: i32 = 1024;
+/// The name of the connection table in `netwatch_agent_table_dropped_total`.
+pub const CONNECTIONS_TABLE: &str = "metrics_connections";
 
 /// The `/metrics` sink: updates the shared state on each snapshot; the
 /// server thread renders it on each scrape.
@@ -1077,6 +1093,20 @@ impl PrometheusSink {
         listener
             .set_nonblocking(true)
             .context("making the /metrics listener non-blocking")?;
+        // std listens with a backlog of 128: a burst of connections fills
+        // it and the kernel drops new SYNs (a scrape's among them) for a
+        // second or more. Listening again only raises the queue's length.
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: listen(2) on a socket we own; no memory is passed.
+            if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                log::warn!(
+                    "/metrics: raising the listen backlog to {LISTEN_BACKLOG}: {} (kept 128)",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         let local_addr = listener
             .local_addr()
             .context("reading the /metrics listener's address")?;
@@ -1113,6 +1143,12 @@ impl PrometheusSink {
         )
         .context("starting the /metrics thread")?;
         log::info!("serving Prometheus metrics on http://{local_addr}/metrics");
+        log::info!(
+            "/metrics: at most {} connections (the one idle the longest is closed for a new \
+             one), request headers within {} s and {MAX_HEADER_BYTES} bytes",
+            connection_cap(),
+            HEADER_READ_TIMEOUT.as_secs()
+        );
         Ok(Self {
             state,
             cgroups: HashMap::new(),
@@ -1303,8 +1339,120 @@ fn answer<B>(req: &http::Request<B>, registry: &Registry) -> http::Response<Body
     }
 }
 
+/// How many connections the server holds at most: [`MAX_CONNECTIONS`],
+/// or half the soft open-files limit when that is lower (the rest is for
+/// the agent's own files: /proc, maps, the spool), at least 16.
+pub fn connection_cap() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass and nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            let half = usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX);
+            return half.clamp(16, MAX_CONNECTIONS);
+        }
+    }
+    MAX_CONNECTIONS
+}
+
+/// The open connections: at most `cap`. Each remembers when it last
+/// started a request (or was accepted); past the cap, the one whose last
+/// start is the oldest is closed: the connection idle the longest (one
+/// waiting for its request's headers, or between requests; a request is
+/// answered synchronously on this thread, so none is mid-answer when a new
+/// connection is accepted).
+struct Connections {
+    cap: usize,
+    /// A counter, not a clock: ordering only.
+    tick: u64,
+    next_id: u64,
+    /// id → (last start, the task serving it).
+    open: HashMap<u64, (u64, tokio::task::AbortHandle)>,
+    /// last start → id: the idle-longest first (O(log n) per connection,
+    /// so a connection flood at the cap costs no scan).
+    by_age: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Connections {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            tick: 0,
+            next_id: 0,
+            open: HashMap::new(),
+            by_age: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Make room for one more: take out the connections idle the longest
+    /// while the table is full; the caller aborts their tasks (outside the
+    /// lock: a task's end takes the lock too).
+    fn make_room(&mut self) -> Vec<tokio::task::AbortHandle> {
+        let mut out = Vec::new();
+        while self.open.len() >= self.cap {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some((_, task)) = self.open.remove(&oldest) {
+                out.push(task);
+            }
+        }
+        out
+    }
+
+    fn insert(&mut self, task: tokio::task::AbortHandle) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tick += 1;
+        self.open.insert(id, (self.tick, task));
+        self.by_age.insert(self.tick, id);
+        id
+    }
+
+    /// Connection `id` started a request.
+    fn touch(&mut self, id: u64) {
+        self.tick += 1;
+        if let Some((last, _)) = self.open.get_mut(&id) {
+            self.by_age.remove(last);
+            *last = self.tick;
+            self.by_age.insert(self.tick, id);
+        }
+    }
+
+    /// Connection `id` ended.
+    fn remove(&mut self, id: u64) {
+        if let Some((last, _)) = self.open.remove(&id) {
+            self.by_age.remove(&last);
+        }
+    }
+}
+
+fn lock_conns(c: &Mutex<Connections>) -> MutexGuard<'_, Connections> {
+    crate::supervise::lock(c, "/metrics connection table")
+}
+
+/// Removes a connection from the table when its task ends (answered,
+/// timed out, closed by the client, or aborted).
+struct Registered {
+    conns: Arc<Mutex<Connections>>,
+    id: Option<u64>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock_conns(&self.conns).remove(id);
+        }
+    }
+}
+
 /// Serve until `stop` is set or dropped (`Ok`); `Err` when the listener
-/// cannot be used (the supervisor tries again).
+/// cannot be used (the supervisor tries again). Connections cost a task
+/// each (no thread): thousands of idle ones are held without starving a
+/// scrape; see [`Connections`] for the cap.
 async fn serve(
     listener: std::net::TcpListener,
     registry: Arc<Registry>,
@@ -1312,7 +1460,13 @@ async fn serve(
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| format!("cannot use the /metrics listener: {e}"))?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap();
+    let conns = Arc::new(Mutex::new(Connections::new(cap)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES);
+    let http = Arc::new(http);
     loop {
         let stream = tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -1329,26 +1483,75 @@ async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            log::debug!("/metrics: {MAX_CONNECTIONS} connections open; closing a new one");
-            continue;
-        };
+        let evicted = lock_conns(&conns).make_room();
+        for task in &evicted {
+            // Dropping the task's future closes its socket.
+            task.abort();
+        }
+        crate::drops::dropped(CONNECTIONS_TABLE, cap, evicted.len() as u64);
         let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let _slot = slot;
+        let http = Arc::clone(&http);
+        // The task's id is known once it is in the table; it cannot run
+        // before this loop next awaits (one thread).
+        let (id_tx, id_rx) = tokio::sync::oneshot::channel::<u64>();
+        let table = Arc::clone(&conns);
+        let task = tokio::spawn(async move {
+            let Ok(id) = id_rx.await else { return };
+            let _registered = Registered {
+                conns: Arc::clone(&table),
+                id: Some(id),
+            };
             let svc = hyper::service::service_fn(move |req| {
+                lock_conns(&table).touch(id);
                 let r = answer(&req, &registry);
                 async move { Ok::<_, std::convert::Infallible>(r) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             // A connection past its time is dropped (closed).
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
                 log::debug!("/metrics connection: {e}");
             }
         });
+        let id = lock_conns(&conns).insert(task.abort_handle());
+        let _ = id_tx.send(id);
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn past_the_cap_the_connection_idle_longest_makes_room() {
+        let mut c = Connections::new(3);
+        let mut tasks = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let t = tokio::spawn(std::future::pending::<()>());
+            ids.push(c.insert(t.abort_handle()));
+            tasks.push(t);
+        }
+        assert_eq!(c.make_room().len(), 1);
+        // The first one went; a request on the second makes the third the
+        // idle one.
+        assert_eq!(c.open.len(), 2);
+        assert!(!c.open.contains_key(&ids[0]));
+        c.touch(ids[1]);
+        let t = tokio::spawn(std::future::pending::<()>());
+        let id3 = c.insert(t.abort_handle());
+        let gone = c.make_room();
+        assert_eq!(gone.len(), 1);
+        assert!(!c.open.contains_key(&ids[2]));
+        assert!(c.open.contains_key(&ids[1]) && c.open.contains_key(&id3));
+        // Room already: nothing closed.
+        assert!(c.make_room().is_empty());
+        c.remove(id3);
+        assert_eq!(c.open.len(), 1);
+        assert_eq!(c.by_age.len(), 1);
+        for t in tasks {
+            t.abort();
+        }
+        t.abort();
     }
 }
 
