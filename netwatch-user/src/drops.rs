@@ -26,7 +26,8 @@ struct Table {
 
 static TABLES: Mutex<BTreeMap<&'static str, Table>> = Mutex::new(BTreeMap::new());
 
-/// Counts `n` entries that table `table` (capped at `cap` entries) refused
+/// Counts `n` entries that table `table` (capped at `cap`: entries, or bytes
+/// for a table that caps its size) refused
 /// or evicted. Logs a warning at most once a minute per table.
 pub fn dropped(table: &'static str, cap: usize, n: u64) {
     if n == 0 {
@@ -41,7 +42,7 @@ pub fn dropped(table: &'static str, cap: usize, n: u64) {
         .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
     {
         log::warn!(
-            "{table}: full at {cap} entries, dropped {} (total {}); \
+            "{table}: at its cap ({cap}), dropped {} (total {}); \
              counted in netwatch_agent_table_dropped_total{{table=\"{table}\"}}",
             t.unlogged,
             t.total

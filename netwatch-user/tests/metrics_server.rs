@@ -349,7 +349,7 @@ fn a_flood_of_connections_past_the_cap_still_lets_a_scrape_in() {
         flood - evicted
     );
     assert!(agent.log().iter().any(|l| l.contains(&format!(
-        "metrics_connections: full at {cap} entries, dropped"
+        "metrics_connections: at its cap ({cap}), dropped"
     ))));
 }
 
