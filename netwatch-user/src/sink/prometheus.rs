@@ -460,26 +460,6 @@ pub fn counters_file(baseline: &std::path::Path) -> std::path::PathBuf {
     baseline.with_file_name(name)
 }
 
-/// Write `text` to a temporary file beside `path`, flush it to disk, then
-/// rename it over `path`: a reader sees the old file or the new, whole.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_data()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1172,6 +1152,7 @@ impl Sink for PrometheusSink {
                 path.display()
             );
         }
+        crate::files::remove_leftovers(&path);
         self.persist = Some((c.instance.clone(), path));
         self.serve_now();
     }
@@ -1183,7 +1164,11 @@ impl Sink for PrometheusSink {
         let text = lock(&self.state)
             .saved(instance, Instant::now(), unix_ms())
             .encode();
-        if let Err(e) = write_atomically(path, &text) {
+        // Volatile: the counters are only restored with the pins they were
+        // written for, which a power loss (a reboot) takes away anyway.
+        if let Err(e) =
+            crate::files::replace(path, text.as_bytes(), crate::files::Durability::Volatile)
+        {
             log::warn!("storing the process counters at {}: {e}", path.display());
         }
     }
