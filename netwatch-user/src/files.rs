@@ -63,7 +63,7 @@ pub enum FileError {
     /// A symbolic link where a directory (or a file the agent writes) must be.
     #[error(
         "{what} {path} is a symbolic link: refused, since whoever can change the link \
-         aims the agent's files; name the real directory ({path} -> {target})"
+         aims the agent's files; name the real path instead ({path} -> {target})"
     )]
     Symlink {
         what: String,
