@@ -350,6 +350,27 @@ pub fn open_own(path: &Path, what: &str) -> Result<Option<File>, FileError> {
     }
 }
 
+/// Read a whole file of the agent's own (the pin baseline, the `/metrics`
+/// counters): never through a symlink at its name, and refused (`Err`) if
+/// another user owns it or could write it (checked on the open file).
+/// `Ok(None)` when absent.
+pub fn read_own(path: &Path, what: &str) -> Result<Option<Vec<u8>>, FileError> {
+    use std::io::Read;
+    let Some(mut file) = open_own(path, what)? else {
+        return Ok(None);
+    };
+    let meta = file
+        .metadata()
+        .map_err(io_err(what, path, "reading its owner and mode"))?;
+    if let Some(e) = refusal(what, path, path, &meta, FILE_RISK) {
+        return Err(e);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(io_err(what, path, "reading it"))?;
+    Ok(Some(bytes))
+}
+
 /// Whether a file of the agent's own (its `fstat`) may be trusted: owned
 /// by the agent's user or root, not group- or world-writable. `None` or
 /// why not.

@@ -1120,7 +1120,16 @@ impl Sink for PrometheusSink {
         };
         let path = counters_file(&c.state_file);
         if c.continued {
-            let text = match std::fs::read_to_string(&path) {
+            let read = crate::files::read_own(&path, "process counters file").and_then(|b| {
+                b.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| crate::files::FileError::Io {
+                        what: "process counters file".into(),
+                        path: path.clone(),
+                        action: "opening it",
+                        source: std::io::ErrorKind::NotFound.into(),
+                    })
+            });
+            let text = match read {
                 Ok(t) => Some(t),
                 Err(e) => {
                     log::warn!(

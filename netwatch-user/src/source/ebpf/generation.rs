@@ -311,8 +311,9 @@ impl BaselineStore {
                 return (store, None);
             }
         };
-        let sections = match std::fs::read(path) {
-            Ok(bytes) => decode(&bytes, instance),
+        let sections = match crate::files::read_own(path, "pin baseline") {
+            Ok(Some(bytes)) => decode(&bytes, instance),
+            Ok(None) => Err("no such file".to_string()),
             Err(e) => Err(e.to_string()),
         };
         let sections = match sections {
