@@ -594,6 +594,105 @@ fn unsafe_directories_and_ca_files_are_refused_at_start() {
     }
 }
 
+/// The API key file checked and then read by path (main) lets a swap in
+/// between win: a link flipped between the real key and another user's
+/// file (which the check refuses) is read as that file. Opened once and
+/// checked on the open file, every read is the real key or refused, never
+/// the other user's text. 20,000 reads against a thread flipping the link.
+#[test]
+fn a_key_file_swapped_between_check_and_read_is_never_read() {
+    require_root();
+    let st = State::new();
+    let good = st.write("good-key", "nwk_the_real_key\n", 0o600);
+    let evil = st.write("evil-key", "nwk_another_users_text\n", 0o600);
+    chown(&evil, Some(NOBODY), Some(NOBODY)).unwrap();
+    let link = st.path("api-key-link");
+    symlink(&good, &link).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, link, good, evil) =
+            (Arc::clone(&stop), link.clone(), good.clone(), evil.clone());
+        let tmp = st.path("api-key-link.new");
+        thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&tmp);
+                symlink(if flip { &good } else { &evil }, &tmp).unwrap();
+                std::fs::rename(&tmp, &link).unwrap();
+                flip = !flip;
+            }
+        })
+    };
+    let (mut real, mut refused, mut other) = (0, 0, 0);
+    for _ in 0..20_000 {
+        match netwatch::config::read_api_key_file(&link) {
+            Ok(k) if k.expose() == "nwk_the_real_key" => real += 1,
+            Ok(_) => other += 1,
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("owned by uid 65534"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    println!("NETWATCH-KEY-SWAP: {real} real, {refused} refused, {other} another user's");
+    assert_eq!(
+        other, 0,
+        "{other} of 20000 reads returned the other user's file"
+    );
+    assert!(
+        real > 0 && refused > 0,
+        "the link flipped: {real} real, {refused} refused"
+    );
+}
+
+/// A key or CA file named through a directory another user can write (a
+/// link there can be aimed anywhere) is refused, though the file itself
+/// is root's and 0600. On main both were used.
+#[test]
+fn a_key_or_ca_named_through_a_directory_others_can_write_is_refused() {
+    require_root();
+    let endpoint = "http://127.0.0.1:9";
+    let st = State::new();
+    let spool = st.mkdir("spool", 0o700);
+    let open = st.mkdir("open", 0o777);
+    symlink(st.path("api-key"), open.join("api-key")).unwrap();
+    let mut args = st.ingest_args(endpoint, &spool, &st.path("host-id"));
+    let at = args.iter().position(|a| a == "--api-key-file").unwrap();
+    args[at + 1] = open.join("api-key").display().to_string();
+    let (code, log) = Agent::spawn(&args, None).exit();
+    let log = log.join("\n");
+    assert_eq!(code, Some(2), "{log}");
+    let expect = format!(
+        "API key file {}: the directory {} above it is group- or world-writable (mode 0777) without the sticky bit",
+        open.join("api-key").display(),
+        open.display()
+    );
+    assert!(log.contains(&expect), "{log}");
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = st.write("ca.pem", &params.self_signed(&ca_key).unwrap().pem(), 0o644);
+    symlink(&ca, open.join("ca.pem")).unwrap();
+    let mut args = st.ingest_args("https://127.0.0.1:9", &spool, &st.path("host-id"));
+    args.extend([
+        "--ingest-ca-file".into(),
+        open.join("ca.pem").display().to_string(),
+    ]);
+    let (code, log) = Agent::spawn(&args, None).exit();
+    let log = log.join("\n");
+    assert_eq!(code, Some(1), "{log}");
+    let expect = format!(
+        "ingest CA file {}: the directory {} above it is group- or world-writable",
+        open.join("ca.pem").display(),
+        open.display()
+    );
+    assert!(log.contains(&expect), "{log}");
+}
+
 /// Records planted in the spool while it was open to others (another
 /// user's, group-writable, a symlink to a valid record) are skipped,
 /// removed and said, never sent: the endpoint receives the agent's own
