@@ -18,6 +18,10 @@
 //!   `O_NOFOLLOW|O_DIRECTORY` and checked with `fstat` on what was opened),
 //!   owned by anyone but root or the agent's user, or group- or
 //!   world-writable without the sticky bit.
+//! - A file of the agent's own is read back ([`open_own`], [`read_own`])
+//!   without following a symlink at its name, and refused when its `fstat`
+//!   shows another owner or group/world write (a spool record planted
+//!   there is skipped and counted by the spool).
 //! - A trusted file is opened once and checked with `fstat` on the open
 //!   descriptor (no stat-then-open race): a regular file owned by root or
 //!   the agent's user, not group- or world-writable. Symlinks are followed

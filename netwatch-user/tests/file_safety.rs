@@ -748,7 +748,8 @@ fn records_planted_by_another_user_are_not_shipped() {
 
 /// Under umask 000, every file the agent creates is 0600 and every
 /// directory it creates 0700: spool records, host id, pin baseline, its
-/// lock and the `/metrics` counters, and their directories. On main the
+/// lock and the `/metrics` counters, and their directories, and the BPF
+/// pin directory. On main the
 /// host id, baseline, lock and counters were 0666 and their directories
 /// 0777.
 #[test]
@@ -794,6 +795,8 @@ fn created_files_are_0600_and_directories_0700_whatever_the_umask() {
     ] {
         assert_eq!(mode(&st.path(d)), 0o700, "{d}");
     }
+    // The BPF pin directory too (on main: 0777 under umask 000).
+    assert_eq!(mode(&pins.0), 0o700, "{}", pins.0.display());
     let mut files = vec![
         host_id.clone(),
         baseline.clone(),

@@ -234,7 +234,17 @@ pub fn open_existing(pin: &PinOptions, opts: &LoadOptions) -> io::Result<Option<
     check_dir(&pin.dir).map_err(io::Error::other)?;
     ensure_bpffs(&pin.dir)?;
     if !pin.dir.exists() {
-        std::fs::create_dir_all(&pin.dir)?;
+        // The agent's user alone, whatever the umask: what is pinned below
+        // is reached through it.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::files::DIR_MODE)
+            .create(&pin.dir)?;
+        std::fs::set_permissions(
+            &pin.dir,
+            std::fs::Permissions::from_mode(crate::files::DIR_MODE),
+        )?;
     }
     for entry in std::fs::read_dir(&pin.dir)? {
         let entry = entry?;
