@@ -453,18 +453,27 @@ pub fn load_file(args: &Args) -> Result<Option<(PathBuf, FileConfig)>, ConfigErr
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
-        Err(e) => {
+    // Opened once and checked on the open descriptor: what is read is what
+    // was checked.
+    let mut file = match crate::files::open_trusted(&path, "config file") {
+        Ok((f, _)) => f,
+        Err(crate::files::FileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && !explicit =>
+        {
+            return Ok(None)
+        }
+        Err(crate::files::FileError::Io { source, .. }) => {
             return Err(ConfigError::File {
                 path,
-                what: format!("cannot be read ({e}); it was named by --config or NETWATCH_CONFIG"),
+                what: format!(
+                    "cannot be read ({source}); it was named by --config or NETWATCH_CONFIG"
+                ),
             })
         }
+        Err(e) => return Err(refused(&path, e)),
     };
-    check_private(&path, &meta, "config file")?;
-    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| ConfigError::File {
         path: path.clone(),
         what: format!("cannot be read: {e}"),
     })?;
@@ -499,41 +508,31 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     })
 }
 
-/// Refuse a file that someone other than root (or the agent's own user)
-/// could change: not owned by root/euid, or group/world-writable.
-pub fn check_private(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), ConfigError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != 0 && meta.uid() != euid {
-        return Err(ConfigError::File {
-            path: path.to_path_buf(),
-            what: format!(
-                "{what} is owned by uid {}, not by root: refused (chown root:root {})",
-                meta.uid(),
-                path.display()
-            ),
-        });
+/// A file [`crate::files::open_trusted`] refused, as a config error.
+fn refused(path: &Path, e: crate::files::FileError) -> ConfigError {
+    ConfigError::File {
+        path: path.to_path_buf(),
+        what: match e {
+            crate::files::FileError::Io { action, source, .. } => {
+                format!("{action}: {source}")
+            }
+            other => other.to_string(),
+        },
     }
-    if mode & 0o022 != 0 {
-        return Err(ConfigError::File {
-            path: path.to_path_buf(),
-            what: format!(
-                "{what} is group- or world-writable (mode {mode:04o}): refused (chmod go-w {})",
-                path.display()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Read the API key from `path` (one line; surrounding whitespace ignored).
+/// Opened once and checked on the open descriptor
+/// ([`crate::files::open_trusted`]): no symlink swap between the check and
+/// the read.
 pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|e| ConfigError::File {
-        path: path.to_path_buf(),
-        what: format!("API key file cannot be read: {e}"),
+    let (file, meta) = crate::files::open_trusted(path, "API key file").map_err(|e| match e {
+        crate::files::FileError::Io { source, .. } => ConfigError::File {
+            path: path.to_path_buf(),
+            what: format!("API key file cannot be read: {source}"),
+        },
+        other => refused(path, other),
     })?;
-    check_private(path, &meta, "API key file")?;
     if meta.mode() & 0o044 != 0 {
         log::warn!(
             "API key file {} is readable by other users (mode {:04o}); chmod 600 it",
@@ -541,10 +540,14 @@ pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
             meta.mode() & 0o7777
         );
     }
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::File {
-        path: path.to_path_buf(),
-        what: format!("API key file cannot be read: {e}"),
-    })?;
+    let mut bytes = Vec::new();
+    // A key is a line; 64 KiB is not one.
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, 64 << 10), &mut bytes).map_err(
+        |e| ConfigError::File {
+            path: path.to_path_buf(),
+            what: format!("API key file cannot be read: {e}"),
+        },
+    )?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ConfigError::ApiKey(format!("{} is not UTF-8 text", path.display())))?;
     ApiKey::new(text).map_err(|e| match e {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod counter;
 pub mod drops;
 pub mod estimate;
+pub mod files;
 pub mod health;
 pub mod net;
 #[cfg(target_os = "linux")]

@@ -1189,15 +1189,15 @@ fn the_baseline_generation_names_only_what_the_sinks_kept() {
     let map = fs.0.join("GENERATION");
     generation::create(&map).expect("creating the generation map");
     let open = || generation::open(&map).expect("opening the generation map");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let path = dir.path().join("baseline");
-    // A directory where the temporary file goes makes every write fail.
+    // A full filesystem makes every write fail (the temporary file has a
+    // new random name each time: nothing can stand in its way).
+    let store = Mounted::tmpfs("generation-store");
+    let path = store.0.join("baseline");
     let block = |on: bool| {
-        let tmp = path.with_extension("tmp");
         if on {
-            std::fs::create_dir(&tmp).expect("blocking the temporary file");
+            store.fill();
         } else {
-            std::fs::remove_dir(&tmp).expect("unblocking the temporary file");
+            store.unfill();
         }
     };
     let base = |rx: u64| {

@@ -4,13 +4,18 @@
 //! cloud, so a corrupt id file is an error that says how to fix it.
 //!
 //! Host id file policy: absent, empty or whitespace-only → a new v4 UUID
-//! is written (parent directories created; written to a temporary file,
-//! fsynced, renamed into place). A valid UUID (surrounding whitespace
-//! allowed) → reused. Anything else, or the nil UUID → error naming the
-//! file, what it holds, and to delete it to mint a new id.
+//! is written (parent directories created 0700; written through
+//! [`crate::files::replace`], durable: the id is the host's history, so it
+//! must survive a power loss once the cloud has seen it). A valid UUID
+//! (surrounding whitespace allowed) → reused. Anything else, or the nil
+//! UUID → error naming the file, what it holds, and to delete it to mint a
+//! new id. Its directory is refused if another user could write it or it is
+//! a symlink ([`crate::files::ensure_dir`]); the file is read without
+//! following a symlink at its name, and refused if another user owns it or
+//! could write it.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -77,8 +82,29 @@ pub fn parse_host_id(text: &str) -> HostIdFile {
 
 /// Read the host id at `path`, or create and persist one.
 pub fn load_or_create_host_id(path: &Path) -> anyhow::Result<Uuid> {
-    match fs::read(path) {
-        Ok(bytes) => match parse_host_id(&String::from_utf8_lossy(&bytes)) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    crate::files::ensure_dir(dir, "host id directory")?;
+    if let Some(mut file) = crate::files::open_own(path, "host id file")? {
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading host id file {}", path.display()))?;
+        if let Some(why) = crate::files::foreign(&meta) {
+            bail!(
+                "host id file {} ({why}): refused, since another user could have chosen this \
+                 host's id; check its content, then chown it to the agent's user and chmod 600 it",
+                path.display()
+            );
+        }
+        let mut bytes = Vec::new();
+        // An id is 36 characters: a larger file is not one.
+        file.by_ref()
+            .take(4096)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading host id file {}", path.display()))?;
+        match parse_host_id(&String::from_utf8_lossy(&bytes)) {
             HostIdFile::Valid(id) => return Ok(id),
             HostIdFile::Empty => {}
             HostIdFile::Corrupt(head) => bail!(
@@ -86,49 +112,18 @@ pub fn load_or_create_host_id(path: &Path) -> anyhow::Result<Uuid> {
                  host's id into it, or delete it to register this host under a new id",
                 path.display()
             ),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading host id file {}", path.display()))
         }
     }
+    crate::files::remove_leftovers(path);
     let id = Uuid::new_v4();
-    write_atomically(path, format!("{id}\n").as_bytes())
-        .with_context(|| format!("persisting a new host id to {}", path.display()))?;
+    crate::files::replace(
+        path,
+        format!("{id}\n").as_bytes(),
+        crate::files::Durability::Durable,
+    )
+    .with_context(|| format!("persisting a new host id to {}", path.display()))?;
     log::info!("created host id {id} in {}", path.display());
     Ok(id)
-}
-
-/// Write `contents` to `path` so that readers see the old file or the whole
-/// new one, never a part: a temporary file beside it, fsynced, renamed over
-/// it, and the directory fsynced so the rename survives a crash.
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "host id path has no file name")
-    })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// `PRETTY_NAME` from os-release(5): `/etc/os-release`, else `/usr/lib/os-release`.
@@ -255,6 +250,47 @@ mod tests {
         assert!(err.contains("delete it"), "{err}");
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert_eq!(fs::read_to_string(&path)?, "garbage\n");
+        Ok(())
+    }
+
+    /// Symlinks planted at the names the id is written through (the
+    /// temporary name main used, `<name>.tmp.<pid>`, and a leftover of
+    /// ours) are never followed: what they point at stays untouched; a
+    /// symlink at the id's own name is refused, not read. Modes are 0600
+    /// and 0700 (under umask 000: tests/file_safety.rs, the agent).
+    #[test]
+    fn planted_symlinks_are_never_followed_and_modes_are_exact() -> anyhow::Result<()> {
+        use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir()?;
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "the test's own\n")?;
+        let state = dir.path().join("state");
+        let path = state.join("host-id");
+        fs::create_dir(&state)?;
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700))?;
+        symlink(
+            &victim,
+            state.join(format!("host-id.tmp.{}", std::process::id())),
+        )?;
+        let id = load_or_create_host_id(&path)?;
+        assert_eq!(fs::read_to_string(&victim)?, "the test's own\n");
+        assert_eq!(fs::read_to_string(&path)?, format!("{id}\n"));
+        assert_eq!(fs::metadata(&path)?.mode() & 0o7777, 0o600);
+
+        // A symlink at the id's own name: refused, nothing written through it.
+        let linked = state.join("linked-id");
+        symlink(&victim, &linked)?;
+        let e = format!("{:#}", load_or_create_host_id(&linked).unwrap_err());
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert_eq!(fs::read_to_string(&victim)?, "the test's own\n");
+
+        // A directory created for it: 0700.
+        load_or_create_host_id(&dir.path().join("new/host-id"))?;
+        assert_eq!(fs::metadata(dir.path().join("new"))?.mode() & 0o7777, 0o700);
+        assert_eq!(
+            fs::metadata(dir.path().join("new/host-id"))?.mode() & 0o7777,
+            0o600
+        );
         Ok(())
     }
 

@@ -367,6 +367,10 @@ pub enum CaFileError {
     },
     #[error("ingest CA file {path}: holds no CERTIFICATE block")]
     Empty { path: std::path::PathBuf },
+    /// The file (or a directory on its way) could be changed by another
+    /// user, who would then choose who receives the API key.
+    #[error(transparent)]
+    Refused(#[from] crate::files::FileError),
 }
 
 /// The certificates in a PEM text (`CERTIFICATE` blocks; keys and other
@@ -397,15 +401,25 @@ pub fn pem_certificates(
 }
 
 /// The roots the endpoint's certificate must chain to: the Mozilla roots,
-/// plus the certificates of `ca_file` if given.
+/// plus the certificates of `ca_file` if given. The CA file decides who
+/// receives the API key, so it gets the key file's checks: opened once
+/// and checked on the open descriptor ([`crate::files::open_trusted`]:
+/// owned by root or the agent's user, not group- or world-writable, in
+/// directories only they can change), else refused.
 pub fn root_certs(ca_file: Option<&std::path::Path>) -> Result<ureq::tls::RootCerts, CaFileError> {
+    use std::io::Read;
     let Some(path) = ca_file else {
         return Ok(ureq::tls::RootCerts::WebPki);
     };
-    let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let (file, _) = crate::files::open_trusted(path, "ingest CA file")?;
+    let mut pem = Vec::new();
+    // A CA bundle is a few hundred KiB; 16 MiB is not one.
+    file.take(16 << 20)
+        .read_to_end(&mut pem)
+        .map_err(|source| CaFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let private = pem_certificates(path, &pem)?;
     info!(
         "ingest: trusting {} certificate(s) from {} besides the Mozilla roots",

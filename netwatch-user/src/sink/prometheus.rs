@@ -494,26 +494,6 @@ pub fn counters_file(baseline: &std::path::Path) -> std::path::PathBuf {
     baseline.with_file_name(name)
 }
 
-/// Write `text` to a temporary file beside `path`, flush it to disk, then
-/// rename it over `path`: a reader sees the old file or the new, whole.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_data()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-}
-
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1206,7 +1186,16 @@ impl Sink for PrometheusSink {
         };
         let path = counters_file(&c.state_file);
         if c.continued {
-            let text = match std::fs::read_to_string(&path) {
+            let read = crate::files::read_own(&path, "process counters file").and_then(|b| {
+                b.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| crate::files::FileError::Io {
+                        what: "process counters file".into(),
+                        path: path.clone(),
+                        action: "opening it",
+                        source: std::io::ErrorKind::NotFound.into(),
+                    })
+            });
+            let text = match read {
                 Ok(t) => Some(t),
                 Err(e) => {
                     log::warn!(
@@ -1238,6 +1227,7 @@ impl Sink for PrometheusSink {
                 path.display()
             );
         }
+        crate::files::remove_leftovers(&path);
         self.persist = Some((c.instance.clone(), path));
         self.serve_now();
     }
@@ -1249,7 +1239,11 @@ impl Sink for PrometheusSink {
         let text = lock(&self.state)
             .saved(instance, Instant::now(), unix_ms())
             .encode();
-        if let Err(e) = write_atomically(path, &text) {
+        // Volatile: the counters are only restored with the pins they were
+        // written for, which a power loss (a reboot) takes away anyway.
+        if let Err(e) =
+            crate::files::replace(path, text.as_bytes(), crate::files::Durability::Volatile)
+        {
             log::warn!("storing the process counters at {}: {e}", path.display());
         }
     }

@@ -1,10 +1,16 @@
 //! The on-disk spool: every snapshot not yet accepted by the cloud, one
 //! checksummed record per file, oldest first, bounded by bytes.
 //!
-//! A record is written to a hidden temporary file created new (`O_EXCL`),
-//! fsynced, renamed to `<seq>.nws` and the directory fsynced, so after a
+//! A record is written through [`crate::files::replace`] (durable: a hidden
+//! temporary file of a random name created `O_EXCL|O_NOFOLLOW`, mode 0600,
+//! fsynced, renamed to `<seq>.nws` and the directory fsynced), so after a
 //! crash (SIGKILL, power loss) a record is either whole or absent; a
-//! leftover temporary file is a torn write and is removed and counted. Only
+//! leftover temporary file is a torn write and is removed and counted. The
+//! directory is checked at open ([`crate::files::ensure_dir`]: refused if
+//! another user could write it, or a symlink); a record is read through
+//! `O_NOFOLLOW` and checked with `fstat`, and one that is a symlink, not
+//! owned by the agent's user (or root) or group/world-writable was planted
+//! by someone else: skipped, removed and counted (`foreign`), never sent. Only
 //! after a write succeeded are the oldest records past the byte bound
 //! dropped (counted), so a write that fails (disk full, read-only, EIO)
 //! never costs an older record too; the snapshot it could not write is
@@ -20,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +42,7 @@ pub const VERSION: u8 = 1;
 /// magic (4) · version (1) · reserved (3) · payload length u32 LE · CRC-32 of payload u32 LE.
 pub const HEADER_LEN: usize = 16;
 const EXT: &str = "nws";
-const TMP_PREFIX: &str = ".tmp-";
+const TMP_PREFIX: &str = crate::files::TMP_PREFIX;
 
 /// Why a record could not be read back.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -102,6 +108,10 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], FrameError> {
 pub enum SpoolError {
     #[error("spool directory {dir}: {source}")]
     Dir { dir: PathBuf, source: io::Error },
+    /// The directory is refused (a symlink, another user's, writable by
+    /// others), or could not be checked; the error says what to do.
+    #[error(transparent)]
+    Unsafe(#[from] crate::files::FileError),
     #[error(
         "writing spool record {path}: {source}; the snapshot is dropped (counted): \
          free space on that filesystem or make it writable"
@@ -126,6 +136,10 @@ enum ReadError {
     Corrupt(#[from] FrameError),
     #[error("{0}")]
     Io(io::Error),
+    /// Not the agent's record: a symlink, or a file another user could
+    /// have written (the reason says which).
+    #[error("{0}")]
+    Foreign(String),
 }
 
 /// Counters shared with the delivery side and (later) `/metrics`.
@@ -143,6 +157,10 @@ pub struct SpoolStats {
     /// Record reads that failed for an I/O reason (the record was kept and
     /// is read again later); not a loss.
     pub read_errors: AtomicU64,
+    /// Files at a record's name the agent did not write (a symlink, or
+    /// owned by another user, or group/world-writable): skipped, removed,
+    /// never sent. Not the agent's snapshots, so not in [`Self::dropped`].
+    pub foreign: AtomicU64,
     /// Records waiting now.
     pub depth: AtomicU64,
     /// Bytes on disk now (headers included).
@@ -217,19 +235,16 @@ fn parse_record_name(name: &str) -> Option<u64> {
 }
 
 impl Spool {
-    /// Open (creating it, mode 0700) the spool in `dir`: index the records
-    /// there, remove torn temporary files (counted).
+    /// Open (creating it, mode 0700 exactly) the spool in `dir`: index the
+    /// records there, remove torn temporary files (counted). A directory
+    /// another user could write, or a symlink, is refused
+    /// ([`SpoolError::Unsafe`] says why and what to do).
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
-        use std::os::unix::fs::DirBuilderExt;
         let dir_err = |source| SpoolError::Dir {
             dir: dir.to_path_buf(),
             source,
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(dir_err)?;
+        crate::files::ensure_dir(dir, "spool directory")?;
         let stats = Arc::new(SpoolStats::default());
         let mut entries = Vec::new();
         for item in fs::read_dir(dir).map_err(dir_err)? {
@@ -459,6 +474,17 @@ impl Spool {
                     failed.get_or_insert(err);
                     i += 1;
                 }
+                Err(ReadError::Foreign(why)) => {
+                    let n = self.stats.foreign.fetch_add(1, Ordering::Relaxed) + 1;
+                    warn!(
+                        "spool: skipping {}, not a record of the agent's ({why}): removed, never \
+                         sent; {n} such files so far",
+                        self.path(e.seq).display()
+                    );
+                    self.unlink(e.seq);
+                    self.bytes = self.bytes.saturating_sub(e.size);
+                    let _ = self.entries.remove(i);
+                }
                 Err(ReadError::Corrupt(why)) => {
                     let n = self.stats.corrupt.fetch_add(1, Ordering::Relaxed) + 1;
                     warn!(
@@ -486,11 +512,22 @@ impl Spool {
     }
 
     fn read(&self, seq: u64) -> Result<Option<(Snapshot, usize)>, ReadError> {
-        let bytes = match fs::read(self.path(seq)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(ReadError::Io(e)),
+        use std::io::Read;
+        let mut file = match crate::files::open_own(&self.path(seq), "spool record") {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(crate::files::FileError::Io { source, .. }) => return Err(ReadError::Io(source)),
+            Err(e) => return Err(ReadError::Foreign(e.to_string())),
         };
+        // What was opened is what is checked (fstat): no swap in between.
+        let meta = file.metadata().map_err(ReadError::Io)?;
+        if meta.is_file() {
+            if let Some(why) = crate::files::foreign(&meta) {
+                return Err(ReadError::Foreign(why));
+            }
+        }
+        let mut bytes = Vec::with_capacity(meta.len().min(64 << 20) as usize);
+        file.read_to_end(&mut bytes).map_err(ReadError::Io)?;
         let payload = decode(&bytes)?;
         let snapshot: Snapshot = serde_json::from_slice(payload)
             .map_err(|e| ReadError::Corrupt(FrameError::Payload(e.to_string())))?;
@@ -542,7 +579,6 @@ impl SpoolWriter {
     /// index ([`Spool::add`]) or, if it must not be sent, [`Self::discard`]s it.
     /// On an error nothing is left behind (what was made is removed).
     pub fn write(&self, snapshot: &Snapshot) -> Result<(u64, u64), SpoolError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let record = encode(&serde_json::to_vec(snapshot)?);
         let size = record.len() as u64;
         if size > self.max_bytes {
@@ -551,44 +587,31 @@ impl SpoolWriter {
                 max: self.max_bytes,
             });
         }
-        // Every attempt takes a new number: a temporary file an earlier
-        // failed attempt could not remove never collides with this one.
+        // Every attempt takes a new number: a record an earlier failed
+        // attempt could not remove never collides with this one.
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(record_name(seq));
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{seq:020}"));
-        let mut created = false;
-        let mut renamed = false;
-        let mut write = || -> io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            created = true;
-            f.write_all(&record)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            renamed = true;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        if let Err(source) = write() {
-            // Not durable: take it back whole, so it is neither counted
-            // kept nor found by the next start.
-            let leftover = if renamed { &path } else { &tmp };
-            if created {
-                if let Err(e) = fs::remove_file(leftover) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        warn!(
-                            "spool: removing {} after a failed write: {e}",
-                            leftover.display()
-                        );
+        match crate::files::replace(&path, &record, crate::files::Durability::Durable) {
+            Ok(()) => Ok((seq, size)),
+            Err(e) => {
+                // Renamed but not durable: take it back whole, so it is
+                // neither counted kept nor found by the next start.
+                if e.renamed {
+                    if let Err(rm) = fs::remove_file(&path) {
+                        if rm.kind() != io::ErrorKind::NotFound {
+                            warn!(
+                                "spool: removing {} after a failed write: {rm}",
+                                path.display()
+                            );
+                        }
                     }
                 }
+                Err(SpoolError::Write {
+                    path: e.path,
+                    source: e.source,
+                })
             }
-            let path = if renamed { path } else { tmp };
-            return Err(SpoolError::Write { path, source });
         }
-        Ok((seq, size))
     }
 
     /// Remove record `seq`, written but never added to the index: its
@@ -912,8 +935,8 @@ mod tests {
         );
     }
 
-    /// A write that fails (here the temporary file's name is taken, so the
-    /// exclusive create fails) drops that snapshot, counted, and evicts
+    /// A write that fails (here a directory stands at the record's name,
+    /// so the rename fails) drops that snapshot, counted, and evicts
     /// nothing: the full spool keeps its older records. The next write
     /// works and only then evicts the oldest.
     #[test]
@@ -923,15 +946,21 @@ mod tests {
         let mut s = Spool::open(dir.path(), one * 2).unwrap();
         s.push(&snap(0)).unwrap();
         s.push(&snap(1)).unwrap();
-        let blocker = dir.path().join(format!("{TMP_PREFIX}{:020}", 2));
+        let blocker = dir.path().join(record_name(2));
         fs::create_dir(&blocker).unwrap();
         match s.push(&snap(2)) {
             Err(SpoolError::Write { path, source }) => {
-                assert_eq!(path, blocker);
-                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists);
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                assert!(
+                    name.starts_with(&format!("{TMP_PREFIX}{}.", record_name(2))),
+                    "{name}"
+                );
+                assert_eq!(source.kind(), io::ErrorKind::IsADirectory);
             }
             other => panic!("expected a write error, got {other:?}"),
         }
+        // The temporary file went with the failure.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
         assert_eq!(s.stats().write_failed.load(Ordering::Relaxed), 1);
         assert_eq!(s.stats().evicted.load(Ordering::Relaxed), 0);
         assert_eq!(s.stats().dropped(), 1);
@@ -946,6 +975,46 @@ mod tests {
             [1_700_000_001, 1_700_000_003]
         );
         assert_eq!(s.bytes(), one * 2);
+    }
+
+    /// Files at record names the agent did not write (a group-writable
+    /// record, a symlink to a valid record elsewhere) are skipped, removed
+    /// and counted as foreign, never read back as snapshots; what a link
+    /// points to stays untouched.
+    #[test]
+    fn planted_records_are_skipped_counted_and_never_sent() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..3 {
+                s.push(&snap(i)).unwrap();
+            }
+        }
+        let planted = fs::read(dir.path().join(record_name(1))).unwrap();
+        fs::set_permissions(
+            dir.path().join(record_name(1)),
+            fs::Permissions::from_mode(0o620),
+        )
+        .unwrap();
+        let target = elsewhere.path().join("record");
+        fs::write(&target, &planted).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(record_name(5))).unwrap();
+
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let got = s.oldest(100, 1 << 20).unwrap();
+        assert_eq!(times(&got), [1_700_000_000, 1_700_000_002]);
+        assert_eq!(s.stats().foreign.load(Ordering::Relaxed), 2);
+        assert_eq!(s.stats().corrupt.load(Ordering::Relaxed), 0);
+        assert_eq!(s.stats().dropped(), 0);
+        assert!(!dir.path().join(record_name(1)).exists());
+        assert!(fs::symlink_metadata(dir.path().join(record_name(5))).is_err());
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            planted,
+            "the link's target is untouched"
+        );
     }
 
     #[test]

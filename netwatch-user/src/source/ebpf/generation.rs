@@ -16,10 +16,13 @@
 //! the generation the kernel moves to, so a restart starts from the
 //! kernel's counts now and says so: the bytes since the last delivered
 //! snapshot are then not counted, and never counted twice. The next write
-//! that succeeds stores the committed section again. No `fsync`: the pins
-//! live in memory (bpffs) and do not survive what loses the page cache (a
-//! reboot), and a baseline is only ever used with the pins it was written
-//! for (the instance tag includes the boot id).
+//! that succeeds stores the committed section again. The file goes through
+//! [`crate::files::replace`] (a temporary file of a random name,
+//! `O_EXCL|O_NOFOLLOW`, mode 0600, renamed into place), without `fsync`
+//! ([`crate::files::Durability::Volatile`]): the pins live in memory
+//! (bpffs) and do not survive what loses the page cache (a reboot), and a
+//! baseline is only ever used with the pins it was written for (the
+//! instance tag includes the boot id).
 //!
 //! The file is written on a thread of its own ([`BoundedIo`]); the read
 //! waits for it at most [`IO_BOUND`]. A write not done by then (a hung
@@ -273,6 +276,8 @@ impl BaselineStore {
     /// For pins made now: nothing delivered yet.
     pub fn fresh(path: &Path, instance: &str, kernel: Array<MapData, u64>) -> Self {
         let next = kernel.get(&0, 0).unwrap_or(0).saturating_add(1);
+        // Temporary files a crash left mid-write (never read).
+        crate::files::remove_leftovers(path);
         Self {
             path: path.to_path_buf(),
             instance: instance.to_string(),
@@ -306,8 +311,9 @@ impl BaselineStore {
                 return (store, None);
             }
         };
-        let sections = match std::fs::read(path) {
-            Ok(bytes) => decode(&bytes, instance),
+        let sections = match crate::files::read_own(path, "pin baseline") {
+            Ok(Some(bytes)) => decode(&bytes, instance),
+            Ok(None) => Err("no such file".to_string()),
             Err(e) => Err(e.to_string()),
         };
         let sections = match sections {
@@ -432,18 +438,12 @@ impl BaselineStore {
     }
 }
 
-/// Write `bytes` to `path`: a temporary file beside it, then renamed over
-/// it (a torn temporary file is removed, the old file stays whole).
+/// Write `bytes` to `path`, whole or not at all (the old file stays whole).
 fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let done = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    done
+    crate::files::replace(path, bytes, crate::files::Durability::Volatile).map_err(|e| {
+        let why = e.to_string();
+        io::Error::new(e.source.kind(), why)
+    })
 }
 
 #[cfg(test)]

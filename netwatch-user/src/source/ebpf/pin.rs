@@ -234,7 +234,17 @@ pub fn open_existing(pin: &PinOptions, opts: &LoadOptions) -> io::Result<Option<
     check_dir(&pin.dir).map_err(io::Error::other)?;
     ensure_bpffs(&pin.dir)?;
     if !pin.dir.exists() {
-        std::fs::create_dir_all(&pin.dir)?;
+        // The agent's user alone, whatever the umask: what is pinned below
+        // is reached through it.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(crate::files::DIR_MODE)
+            .create(&pin.dir)?;
+        std::fs::set_permissions(
+            &pin.dir,
+            std::fs::Permissions::from_mode(crate::files::DIR_MODE),
+        )?;
     }
     for entry in std::fs::read_dir(&pin.dir)? {
         let entry = entry?;
@@ -651,18 +661,22 @@ pub struct Published {
 
 /// Take the pins for this agent alone: an exclusive lock on
 /// `<state file>.lock`, held as long as the returned file is open.
-/// `Ok(None)`: another agent holds them.
+/// `Ok(None)`: another agent holds them. The baseline's directory is
+/// created 0700 and refused if another user could write it
+/// ([`crate::files::ensure_dir`]); the lock is never opened through a
+/// symlink ([`crate::files::open_lock`]).
 pub fn lock(pin: &PinOptions) -> io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
-    if let Some(dir) = pin.state_file.parent() {
-        std::fs::create_dir_all(dir)?;
+    let refused = |e: crate::files::FileError| io::Error::other(e.to_string());
+    if let Some(dir) = pin
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        crate::files::ensure_dir(dir, "pin baseline directory").map_err(refused)?;
     }
     let path = pin.state_file.with_extension("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
+    let file = crate::files::open_lock(&path).map_err(refused)?;
     // SAFETY: flock(2) on an fd we own; no memory is passed.
     let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if ret == 0 {
