@@ -104,6 +104,9 @@ pub struct DeliveryView {
     pub spool_write_failed: u64,
     /// Record reads that failed for an I/O reason (records kept).
     pub spool_read_errors: u64,
+    /// Records in the spool another user could have written (owned by
+    /// someone else, group/world-writable, a symlink): removed, never sent.
+    pub spool_foreign: u64,
 }
 
 /// Something that reports delivery counters (the ingest sink's stats).
@@ -132,6 +135,7 @@ impl DeliveryReport for super::ingest::DeliveryStats {
             spool_torn: self.spool.torn.load(Relaxed),
             spool_write_failed: self.spool.write_failed.load(Relaxed),
             spool_read_errors: self.spool.read_errors.load(Relaxed),
+            spool_foreign: self.spool.foreign.load(Relaxed),
         }
     }
 }
@@ -898,13 +902,14 @@ fn encode_state(
         counter(
             enc,
             "netwatch_agent_spool_dropped_snapshots",
-            "Snapshots the spool lost: evicted past the bound, corrupt, torn writes, or writes that failed (full, read-only, I/O error)",
+            "Snapshots the spool lost: evicted past the bound, corrupt, torn writes, writes that failed (full, read-only, I/O error), or records another user could have written (foreign: removed, never sent)",
             None,
             &[
                 (Labels([("reason", Text("evicted"))]), d.spool_evicted),
                 (Labels([("reason", Text("corrupt"))]), d.spool_corrupt),
                 (Labels([("reason", Text("torn"))]), d.spool_torn),
                 (Labels([("reason", Text("write_failed"))]), d.spool_write_failed),
+                (Labels([("reason", Text("foreign"))]), d.spool_foreign),
             ],
         )?;
         counter1(
@@ -1873,6 +1878,7 @@ mod tests {
                 spool_torn: 0,
                 spool_write_failed: 5,
                 spool_read_errors: 6,
+                spool_foreign: 7,
             }),
         );
         for line in [
@@ -1902,6 +1908,7 @@ mod tests {
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"corrupt\"} 2\n",
             "netwatch_agent_spool_dropped_snapshots_total{reason=\"write_failed\"} 5\n",
             "netwatch_agent_spool_read_errors_total 6\n",
+            "netwatch_agent_spool_dropped_snapshots_total{reason=\"foreign\"} 7\n",
         ] {
             assert!(p.contains(line), "missing {line:?} in\n{p}");
         }
