@@ -238,7 +238,8 @@ impl Spool {
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(TMP_PREFIX) {
                 warn!(
-                    "spool: removing {name}, a record whose write was interrupted (counted as dropped)"
+                    "spool: removing {}, a record whose write was interrupted (counted as dropped)",
+                    crate::text::Visible(name)
                 );
                 if let Err(e) = fs::remove_file(item.path()) {
                     warn!("spool: removing {}: {e}", item.path().display());
