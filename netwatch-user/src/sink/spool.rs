@@ -51,7 +51,9 @@ pub enum FrameError {
     Length { header: u64, actual: u64 },
     #[error("checksum mismatch (header {header:08x}, payload {actual:08x})")]
     Checksum { header: u32, actual: u32 },
-    #[error("payload is not a snapshot: {0}")]
+    /// The JSON error quotes the payload (a planted record's text):
+    /// shown escaped.
+    #[error("payload is not a snapshot: {}", crate::text::Visible(.0))]
     Payload(String),
 }
 
