@@ -104,7 +104,8 @@ fn needs_escape(c: char) -> bool {
 /// Unicode format characters (category Cf) and separators that change how
 /// the text around them is drawn without being seen: bidi embeddings,
 /// overrides and isolates, zero-width characters, line and paragraph
-/// separators, the byte-order mark.
+/// separators, the byte-order mark, and the tag characters (invisible
+/// copies of ASCII, a way to smuggle text past a reader).
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{00ad}'
@@ -114,7 +115,8 @@ fn is_invisible_format(c: char) -> bool {
         | '\u{2028}'..='\u{202e}'
         | '\u{2060}'..='\u{206f}'
         | '\u{feff}'
-        | '\u{fff9}'..='\u{fffb}')
+        | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -161,6 +163,11 @@ mod tests {
     fn bidi_overrides_and_zero_width_characters_are_escaped() {
         assert_eq!(visible("evil\u{202e}gpj.exe", 64), "evil\\u{202e}gpj.exe");
         assert_eq!(visible("a\u{200b}b", 64), "a\\u{200b}b");
+        // Tag characters: invisible ASCII ("hi" here).
+        assert_eq!(
+            visible("ok\u{e0068}\u{e0069}", 64),
+            "ok\\u{e0068}\\u{e0069}"
+        );
     }
 
     #[test]
