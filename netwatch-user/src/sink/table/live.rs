@@ -325,3 +325,37 @@ impl Drop for LiveTable {
         restore();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record from a call site that printed outside text raw (the alert
+    /// log line prints the alert's message as it is) is kept escaped, and
+    /// its forged second record is only an indented continuation.
+    #[test]
+    fn log_records_are_kept_escaped_and_cannot_forge_a_record() {
+        log_buffer().capturing = true;
+        let rec = "[2026-12-07T13:00:00Z WARN  netwatch::alerts] alert: DNS tunnel to \
+                   a\x1b[2J\x07b.example\n[2026-12-07T13:00:01Z ERROR netwatch] forged\n";
+        let n = LogWriter.write(rec.as_bytes()).expect("write");
+        let (lines, latest) = {
+            let mut log = log_buffer();
+            log.capturing = false;
+            (log.lines.drain(..).collect::<Vec<_>>(), log.latest.take())
+        };
+        assert_eq!(n, rec.len());
+        assert_eq!(
+            lines,
+            [
+                "[2026-12-07T13:00:00Z WARN  netwatch::alerts] alert: DNS tunnel to \
+                 a\\x1b[2J\\x07b.example",
+                "  [2026-12-07T13:00:01Z ERROR netwatch] forged",
+            ]
+        );
+        assert_eq!(
+            latest.as_deref(),
+            Some("  [2026-12-07T13:00:01Z ERROR netwatch] forged")
+        );
+    }
+}
