@@ -49,13 +49,13 @@ use netwatch_common::wire::{
 
 use super::spool::{Spool, SpoolStats, SpoolWriter, Spooled};
 use super::{Emitted, Sink};
+use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
+use crate::config::IngestConfig;
 use crate::text::visible;
 
 /// The most characters of one text from the server (a 207 message, an
 /// error body, a `Location`) that a log line shows, escaped.
 pub const MAX_LOGGED_SERVER_CHARS: usize = 200;
-use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
-use crate::config::IngestConfig;
 
 /// Delivery counters, shared with whoever reports them (logs, `/metrics`).
 #[derive(Debug, Default)]
