@@ -317,7 +317,14 @@ mod linux {
         // No status line: the pane is the whole 80×24 window. The pane
         // stays after the agent exits so its exit status can be read.
         let conf = dir.path().join("tmux.conf");
-        std::fs::write(&conf, "set -g remain-on-exit on\nset -g status off\n").expect("conf");
+        // A long history: the log replayed after the view ends is searched
+        // whole (other tests' traffic on a shared host can log pages of
+        // alerts after it).
+        std::fs::write(
+            &conf,
+            "set -g remain-on-exit on\nset -g status off\nset -g history-limit 100000\n",
+        )
+        .expect("conf");
         // The pane's shell runs the agent in the foreground and writes its
         // exit status to a file: tmux's own `pane_dead_status` is lost when
         // the agent's SIGCHLD coalesces with one from a job tmux waits for
@@ -507,10 +514,7 @@ mod linux {
             }
             thread::sleep(Duration::from_millis(100));
         };
-        let after = tmux(
-            &socket,
-            &["capture-pane", "-p", "-S", "-200", "-t", "panic"],
-        );
+        let after = tmux(&socket, &["capture-pane", "-p", "-S", "-", "-t", "panic"]);
         assert_eq!(code.trim(), "1", "exit status after the panic:\n{after}");
         assert_eq!(
             tmux(
@@ -747,7 +751,9 @@ mod linux {
             }
             thread::sleep(Duration::from_millis(100));
         };
-        let after = tmux(socket, &["capture-pane", "-p", "-t", pane]);
+        // With the whole history: on a shared host other tests' traffic can
+        // log enough (alerts) to scroll the replayed lines off the pane.
+        let after = tmux(socket, &["capture-pane", "-p", "-S", "-", "-t", pane]);
         assert_eq!(
             status, "0 1 0",
             "after {how}: exit status 0, pane dead, normal screen; the pane shows:\n{after}"
