@@ -58,6 +58,44 @@ impl fmt::Display for Visible<'_> {
     }
 }
 
+/// One formatted log record as the log may show it: the safety net under
+/// every log line, whatever its call site did. Control characters,
+/// terminal escapes and invisible formatting characters are escaped as in
+/// [`visible`]; backslashes are left alone (text a call site already passed
+/// through [`visible`] comes out unchanged) and nothing is cut. A newline
+/// inside the record is kept but the line after it is indented by two
+/// spaces, so a record's own lines (a verifier log) stay readable while no
+/// text can start a line that looks like a record of its own; the record's
+/// final newline is kept as it is.
+///
+/// ```
+/// use netwatch::text::log_record;
+/// assert_eq!(log_record("[INFO] ok\n"), "[INFO] ok\n");
+/// assert_eq!(log_record("[WARN] a\x1b[2J\\b\n"), "[WARN] a\\x1b[2J\\b\n");
+/// assert_eq!(log_record("[WARN] a\n[ERROR] forged\n"), "[WARN] a\n  [ERROR] forged\n");
+/// ```
+pub fn log_record(s: &str) -> Cow<'_, str> {
+    let body = s.strip_suffix('\n').unwrap_or(s);
+    let clean = body
+        .chars()
+        .all(|c| c == '\t' || c == '\\' || !needs_escape(c));
+    if clean {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in body.chars() {
+        match c {
+            '\n' => out.push_str("\n  "),
+            '\t' | '\\' => out.push(c),
+            c => push_escaped(&mut out, c),
+        }
+    }
+    if body.len() < s.len() {
+        out.push('\n');
+    }
+    Cow::Owned(out)
+}
+
 /// Whether `c` cannot be shown as itself.
 fn needs_escape(c: char) -> bool {
     c == '\\' || c.is_control() || is_invisible_format(c)
@@ -66,7 +104,8 @@ fn needs_escape(c: char) -> bool {
 /// Unicode format characters (category Cf) and separators that change how
 /// the text around them is drawn without being seen: bidi embeddings,
 /// overrides and isolates, zero-width characters, line and paragraph
-/// separators, the byte-order mark.
+/// separators, the byte-order mark, and the tag characters (invisible
+/// copies of ASCII, a way to smuggle text past a reader).
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{00ad}'
@@ -76,7 +115,8 @@ fn is_invisible_format(c: char) -> bool {
         | '\u{2028}'..='\u{202e}'
         | '\u{2060}'..='\u{206f}'
         | '\u{feff}'
-        | '\u{fff9}'..='\u{fffb}')
+        | '\u{fff9}'..='\u{fffb}'
+        | '\u{e0000}'..='\u{e007f}')
 }
 
 fn push_escaped(out: &mut String, c: char) {
@@ -123,6 +163,11 @@ mod tests {
     fn bidi_overrides_and_zero_width_characters_are_escaped() {
         assert_eq!(visible("evil\u{202e}gpj.exe", 64), "evil\\u{202e}gpj.exe");
         assert_eq!(visible("a\u{200b}b", 64), "a\\u{200b}b");
+        // Tag characters: invisible ASCII ("hi" here).
+        assert_eq!(
+            visible("ok\u{e0068}\u{e0069}", 64),
+            "ok\\u{e0068}\\u{e0069}"
+        );
     }
 
     #[test]
@@ -143,6 +188,22 @@ mod tests {
                 .count(),
             257
         );
+    }
+
+    #[test]
+    fn a_log_record_keeps_its_lines_but_none_can_pass_for_a_record() {
+        let rec = "[2026-12-07T13:00:00Z WARN  netwatch] body: \x1b[2J\r\x08\x07\n[2026-12-07T13:00:01Z ERROR netwatch] forged\n";
+        assert_eq!(
+            log_record(rec),
+            "[2026-12-07T13:00:00Z WARN  netwatch] body: \\x1b[2J\\r\\x08\\x07\n  \
+             [2026-12-07T13:00:01Z ERROR netwatch] forged\n"
+        );
+        // What `visible` made safe passes unchanged (no double escaping).
+        let shown = format!("[WARN] {}\n", Visible("a\x1b\\b\u{202e}"));
+        assert!(matches!(log_record(&shown), Cow::Borrowed(_)), "{shown:?}");
+        // Tabs and a record without a final newline.
+        assert_eq!(log_record("a\tb"), "a\tb");
+        assert_eq!(log_record("a\x07"), "a\\x07");
     }
 
     #[test]

@@ -110,14 +110,11 @@ pub struct ToolOutput {
 }
 
 impl ToolOutput {
-    /// stderr, trimmed and cut to a length fit for an error message.
+    /// stderr, trimmed, cut to 300 characters and escaped
+    /// ([`crate::text::visible`]): fit for an error message or a log line.
     pub fn stderr_excerpt(&self) -> String {
         let text = String::from_utf8_lossy(&self.stderr);
-        let text = text.trim();
-        match text.char_indices().nth(300) {
-            Some((at, _)) => format!("{}…", &text[..at]),
-            None => text.to_string(),
-        }
+        crate::text::visible(text.trim(), 300).into_owned()
     }
 }
 
@@ -325,6 +322,27 @@ mod tests {
         assert_eq!(out.stdout, b"a\nbenv-ok\n");
         assert_eq!(out.stderr_excerpt(), "oops");
         assert_eq!(out.status.code(), Some(3));
+    }
+
+    #[test]
+    fn stderr_excerpt_is_escaped_and_capped() {
+        let out = ToolCommand::new(
+            Path::new(SH),
+            &[
+                "-c",
+                "printf '\\033[2J\\rroot\\007\\n' >&2; head -c 100000 /dev/zero | tr '\\0' x >&2",
+            ],
+            Duration::from_secs(10),
+        )
+        .run()
+        .unwrap();
+        let excerpt = out.stderr_excerpt();
+        assert!(
+            excerpt.starts_with("\\x1b[2J\\rroot\\x07\\nxxx"),
+            "{excerpt}"
+        );
+        // 300 characters of the original, then `…`.
+        assert_eq!(excerpt.chars().count(), 300 + 8 + 1, "{excerpt}");
     }
 
     #[test]

@@ -721,6 +721,106 @@ fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
     assert!(files.records().is_empty());
 }
 
+/// A hostile endpoint (issue 16): a 503 whose ~1 MB body is terminal
+/// escapes, a forged log record and a bidi override, then a 207 whose
+/// verdicts carry the same (one of ~600 KB) plus one for no snapshot. The
+/// agent's log holds no raw control character and no forged record; each
+/// server text is shown escaped (`netwatch::text::visible`) and capped at
+/// 200 characters of the original.
+#[test]
+fn hostile_server_texts_reach_the_log_escaped_and_capped() {
+    use netwatch::text::visible;
+    require_root();
+    const EVIL: &str =
+        "\x1b[2J\x1b[31mroot\x07\r\x08\n[2026-12-07T00:00:00Z ERROR netwatch] forged\u{202e}txt ";
+    let body = EVIL.repeat((1 << 20) / EVIL.len());
+    let message = EVIL.repeat(600_000 / EVIL.len());
+    let server = Server::start();
+    let files = Files::new("");
+    let (body2, message2) = (body.clone(), message.clone());
+    server.script(move |n, env| match n {
+        0 => (503, body2.clone()),
+        1 => {
+            let mut results: Vec<_> = (0..env.request.snapshots.len())
+                .map(|i| {
+                    let m = if i == 0 { message2.as_str() } else { EVIL };
+                    serde_json::json!({"index": i, "status": 422, "message": m})
+                })
+                .collect();
+            results.push(serde_json::json!({"index": 9999, "status": 422, "message": EVIL}));
+            let r = serde_json::json!({
+                "accepted": 0,
+                "rejected": env.request.snapshots.len(),
+                "host_id": env.request.host.host_id,
+                "results": results,
+            });
+            (207, r.to_string())
+        }
+        _ => (200, String::new()),
+    });
+    let a = Agent::start(&files.args(&server), "info", &[]);
+    a.wait_for("a 200 after the 503 and the 207", |_| {
+        server.requests().len() >= 3
+    });
+    let (code, _, log) = a.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{log:#?}");
+    for line in &log {
+        assert!(
+            !line.chars().any(char::is_control),
+            "a raw control character in the log: {line:?}"
+        );
+        assert!(!line.contains("\u{202e}"), "a raw bidi override: {line:?}");
+        assert!(
+            !line.trim_start().starts_with("[2026-12-07T00:00:00Z"),
+            "a forged log record: {line:?}"
+        );
+        assert!(line.chars().count() < 3000, "an uncapped line: {line:?}");
+    }
+    // The 503: said once, its body escaped and capped.
+    let shown_body = visible(body.trim(), 200);
+    assert_eq!(
+        count(&log, &format!("answered 503: {shown_body} (HTTP 503)")),
+        1,
+        "{log:#?}"
+    );
+    // The 207: one line per rejected snapshot, each message escaped and
+    // capped; the verdict for no snapshot said once.
+    let batch = server.requests()[1].env.request.snapshots.len();
+    assert_eq!(
+        count(&log, "the cloud rejected snapshot "),
+        batch,
+        "{log:#?}"
+    );
+    assert_eq!(
+        count(
+            &log,
+            &format!(
+                "the cloud rejected snapshot 0 of the batch (taken at {}): 422 {}; it is not resent",
+                ts(&server.requests()[1].env.request.snapshots[0]),
+                visible(&message, 200)
+            )
+        ),
+        1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        count(
+            &log,
+            &format!("): 422 {}; it is not resent", visible(EVIL, 200))
+        ),
+        batch - 1,
+        "{log:#?}"
+    );
+    assert_eq!(
+        count(
+            &log,
+            &format!("207 named 1 verdicts for no snapshot of the batch of {batch} (the first for index 9999)")
+        ),
+        1,
+        "{log:#?}"
+    );
+}
+
 #[test]
 fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
     require_root();

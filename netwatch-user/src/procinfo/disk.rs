@@ -29,6 +29,7 @@ use procfs::{DiskStat, FromBufRead, MountEntry};
 
 use super::round_to;
 use crate::counter::counter_delta;
+use crate::text::Visible;
 
 /// Filesystems that live in the kernel and have no meaningful usage (the SDK's list).
 const VIRTUAL_FS: &[&str] = &[
@@ -218,15 +219,17 @@ impl StatvfsWorkers {
                     if self.hung.remove(&m.mount_point) {
                         log::info!(
                             "statvfs {} ({}) answers again; its disk row is back",
-                            m.mount_point,
-                            m.device
+                            Visible(&m.mount_point),
+                            Visible(&m.device)
                         );
                     }
                     match figures {
                         Ok((frsize, blocks, bfree, bavail)) => {
                             rows.extend(usage(m, frsize, blocks, bfree, bavail));
                         }
-                        Err(e) => log::debug!("statvfs {}: {e}; mount skipped", m.mount_point),
+                        Err(e) => {
+                            log::debug!("statvfs {}: {e}; mount skipped", Visible(&m.mount_point))
+                        }
                     }
                 }
                 None if asked.contains(m.mount_point.as_str())
@@ -236,8 +239,8 @@ impl StatvfsWorkers {
                         "statvfs {} ({}) did not answer within {} ms (a hung FUSE or network \
                          filesystem?): its disk row is left out, and it is not asked again \
                          until that call returns",
-                        m.mount_point,
-                        m.device,
+                        Visible(&m.mount_point),
+                        Visible(&m.device),
                         budget.as_millis()
                     );
                 }

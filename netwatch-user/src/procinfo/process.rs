@@ -368,7 +368,8 @@ impl ProcessMetaTracker {
         // The pid was reused while this row was being reported.
         if name == stat.comm && b.comm != stat.comm {
             log::debug!(
-                "pid {pid}: row {name:?} moves from the process started at tick {} to the one started at {}",
+                "pid {pid}: row `{}` moves from the process started at tick {} to the one started at {}",
+                crate::text::Visible(name),
                 b.starttime,
                 stat.starttime
             );
@@ -377,9 +378,10 @@ impl ProcessMetaTracker {
             return true;
         }
         log::debug!(
-            "pid {pid} was reused (start tick {} -> {}): row {name:?} gets no metadata",
+            "pid {pid} was reused (start tick {} -> {}): row `{}` gets no metadata",
             b.starttime,
-            stat.starttime
+            stat.starttime,
+            crate::text::Visible(name)
         );
         false
     }

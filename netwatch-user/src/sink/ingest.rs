@@ -32,7 +32,10 @@
 //!
 //! It must never block the tick on the network or a filesystem, never lose a snapshot it
 //! did not get an answer for, never count as delivered what the endpoint
-//! did not accept with 200 or 207, and never print the API key.
+//! did not accept with 200 or 207, and never print the API key. What the
+//! server says (207 messages, error bodies, `Location`, error texts) is
+//! logged only through [`crate::text::visible`], capped at
+//! [`MAX_LOGGED_SERVER_CHARS`] characters: never raw.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +51,11 @@ use super::spool::{Spool, SpoolStats, SpoolWriter, Spooled};
 use super::{Emitted, Sink};
 use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
 use crate::config::IngestConfig;
+use crate::text::visible;
+
+/// The most characters of one text from the server (a 207 message, an
+/// error body, a `Location`) that a log line shows, escaped.
+pub const MAX_LOGGED_SERVER_CHARS: usize = 200;
 
 /// Delivery counters, shared with whoever reports them (logs, `/metrics`).
 #[derive(Debug, Default)]
@@ -702,13 +710,14 @@ impl Sender {
             Reply::Partial(resp) => {
                 let mut accepted = 0;
                 let mut rejected = 0;
+                // Verdicts for no snapshot of the batch: said once per
+                // answer, however many the server sent.
+                let mut stray = 0usize;
+                let mut first_stray = None;
                 for r in &resp.results {
                     let Some(s) = batch.get(r.index) else {
-                        warn!(
-                            "ingest: 207 names snapshot index {} of a batch of {}; ignored",
-                            r.index,
-                            batch.len()
-                        );
+                        stray += 1;
+                        first_stray.get_or_insert(r.index);
                         continue;
                     };
                     if done.contains(&s.seq) {
@@ -724,10 +733,17 @@ impl Sender {
                             r.index,
                             s.snapshot.timestamp.to_rfc3339(),
                             r.status,
-                            r.message
+                            visible(&r.message, MAX_LOGGED_SERVER_CHARS)
                         );
                     }
                     done.push(s.seq);
+                }
+                if let Some(first) = first_stray {
+                    warn!(
+                        "ingest: 207 named {stray} verdicts for no snapshot of the batch of {} \
+                         (the first for index {first}); ignored",
+                        batch.len()
+                    );
                 }
                 self.succeeded(accepted, rejected);
                 let missing = batch.len() - (accepted + rejected) as usize;
@@ -826,8 +842,9 @@ impl Sender {
             Ok(r) => r,
             Err(e) => {
                 self.shared.stats.error("transport");
-                let text = e.to_string();
-                let detail = if text.contains("invalid peer certificate") {
+                let raw = e.to_string();
+                let text = visible(&raw, crate::text::DEFAULT_MAX_CHARS);
+                let detail = if raw.contains("invalid peer certificate") {
                     format!(
                         "POST {}: TLS certificate verification failed ({text}); nothing was sent \
                          (a private CA: --ingest-ca-file or [ingest] ca_file)",
@@ -845,10 +862,11 @@ impl Sender {
         let status = resp.status().as_u16();
         // The server's text: a user and password in it are not logged.
         let location = resp.headers().get("location").map(|v| {
-            crate::config::redact_url(&String::from_utf8_lossy(v.as_bytes()))
-                .chars()
-                .take(200)
-                .collect::<String>()
+            visible(
+                &crate::config::redact_url(&String::from_utf8_lossy(v.as_bytes())),
+                MAX_LOGGED_SERVER_CHARS,
+            )
+            .into_owned()
         });
         let text = resp
             .body_mut()
@@ -869,8 +887,9 @@ impl Sender {
                     Reply::Failed(Failure::Retry {
                         cause: "207 unreadable".into(),
                         detail: format!(
-                            "HTTP 207 with a body that is not an IngestResponse ({e}; \
-                             over 4 MiB reads as empty)"
+                            "HTTP 207 with a body that is not an IngestResponse ({}; \
+                             over 4 MiB reads as empty)",
+                            visible(&e.to_string(), MAX_LOGGED_SERVER_CHARS)
                         ),
                     })
                 }
@@ -893,7 +912,7 @@ impl Sender {
                 detail: format!(
                     "POST {} answered {status}: {}",
                     self.cfg.url,
-                    text.chars().take(200).collect::<String>()
+                    visible(text.trim(), MAX_LOGGED_SERVER_CHARS)
                 ),
             }),
         }

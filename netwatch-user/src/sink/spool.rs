@@ -57,7 +57,9 @@ pub enum FrameError {
     Length { header: u64, actual: u64 },
     #[error("checksum mismatch (header {header:08x}, payload {actual:08x})")]
     Checksum { header: u32, actual: u32 },
-    #[error("payload is not a snapshot: {0}")]
+    /// The JSON error quotes the payload (a planted record's text):
+    /// shown escaped.
+    #[error("payload is not a snapshot: {}", crate::text::Visible(.0))]
     Payload(String),
 }
 
@@ -253,7 +255,8 @@ impl Spool {
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(TMP_PREFIX) {
                 warn!(
-                    "spool: removing {name}, a record whose write was interrupted (counted as dropped)"
+                    "spool: removing {}, a record whose write was interrupted (counted as dropped)",
+                    crate::text::Visible(name)
                 );
                 if let Err(e) = fs::remove_file(item.path()) {
                     warn!("spool: removing {}: {e}", item.path().display());

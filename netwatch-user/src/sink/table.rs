@@ -3,7 +3,10 @@
 //! [`view`] draws); when stdout is not a terminal, each snapshot's
 //! interfaces and top processes as plain text ([`render`]), appended.
 //! Rendering stays a pure function of its inputs so it is tested as text.
-//! It must never write escape sequences to a stdout that is not a terminal.
+//! It must never write escape sequences to a stdout that is not a terminal,
+//! and never outside text (process and interface names) as it is: those go
+//! through [`crate::text::visible`], so a process named `"\e[2J\r"` shows
+//! as `\x1b[2J\r` and cannot clear a screen or fake a row.
 
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
@@ -85,7 +88,7 @@ pub fn render(s: &Snapshot, max_rows: usize) -> String {
         let _ = writeln!(
             out,
             "{:<16} {:>4} {:>14} {:>14}",
-            truncate(&i.name, 16),
+            cell(&i.name, 16),
             if i.is_up { "up" } else { "down" },
             rate(i.rx_rate.unwrap_or(0.0)),
             rate(i.tx_rate.unwrap_or(0.0))
@@ -103,7 +106,7 @@ pub fn render(s: &Snapshot, max_rows: usize) -> String {
             out,
             "{:>8} {:<16} {:>14} {:>14} {:>12} {:>12} {:>5}",
             p.pid.map_or("-".into(), |p| p.to_string()),
-            truncate(&p.process_name, 16),
+            cell(&p.process_name, 16),
             rate(p.rx_rate),
             rate(p.tx_rate),
             p.rx_bytes,
@@ -117,12 +120,21 @@ pub fn render(s: &Snapshot, max_rows: usize) -> String {
     out
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
+/// Outside text for a column of `n` characters: cut to `n` characters of
+/// the original (the last one `…` when cut), then escaped. An escaped name
+/// is wider than `n` (its row's later columns move right) rather than cut
+/// inside an escape.
+fn cell(s: &str, n: usize) -> String {
+    let cut: std::borrow::Cow<'_, str> = if s.chars().count() <= n {
+        s.into()
     } else {
-        s.chars().take(n - 1).chain(['…']).collect()
-    }
+        s.chars()
+            .take(n - 1)
+            .chain(['…'])
+            .collect::<String>()
+            .into()
+    };
+    crate::text::visible(&cut, n).into_owned()
 }
 
 /// Appends the plain-text table to stdout (not a terminal).
@@ -222,5 +234,37 @@ lo                 up      2.0 KiB/s      2.0 KiB/s
 … 1 more processes
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn hostile_names_are_printed_escaped_and_other_rows_intact() {
+        let mut s = Snapshot::empty(Utc.with_ymd_and_hms(2026, 11, 24, 19, 0, 0).unwrap());
+        s.processes = Some(vec![
+            ProcessBandwidth::network_only("curl".into(), Some(7), 1, 2, 1.0, 2.0, 1),
+            ProcessBandwidth::network_only(
+                "\x1b[2J\r\x08\x07evil".into(),
+                Some(666),
+                3,
+                4,
+                3.0,
+                4.0,
+                2,
+            ),
+            ProcessBandwidth::network_only("sshd".into(), Some(8), 5, 6, 5.0, 6.0, 1),
+        ]);
+        let text = render(&s, 10);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        let rows: Vec<&str> = text.lines().skip(5).collect();
+        assert_eq!(
+            rows,
+            [
+                "       7 curl                      1 B/s          2 B/s            1            2     1",
+                "     666 \\x1b[2J\\r\\x08\\x07evil          3 B/s          4 B/s            3            4     2",
+                "       8 sshd                      5 B/s          6 B/s            5            6     1",
+            ]
+        );
     }
 }

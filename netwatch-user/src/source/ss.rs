@@ -270,7 +270,7 @@ pub enum SsError {
         #[source]
         source: io::Error,
     },
-    #[error("`{program} {SS_ARGS}` exited with {status}: {stderr}")]
+    #[error("`{program} {SS_ARGS}` exited with {status}: {}", crate::text::Visible(.stderr.trim()))]
     Failed {
         program: String,
         status: ExitStatus,

@@ -55,17 +55,27 @@ fn log_buffer() -> std::sync::MutexGuard<'static, LogBuffer> {
 /// The log target (`env_logger::Target::Pipe`): stderr, except while the
 /// live view is up, when lines are kept for the footer and replayed on
 /// stderr when the view ends (log text would tear the full-screen view).
+///
+/// Every record passes [`crate::text::log_record`] first: whatever a call
+/// site printed, no control character or terminal escape reaches stderr or
+/// the footer raw, and no text inside a record can start a line that looks
+/// like a record. env_logger hands a pipe target one whole record per
+/// `write` (it formats into a buffer, then `write_all`s it, and this
+/// writer always takes the whole buffer).
 #[derive(Debug, Default)]
 pub struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let text = crate::text::log_record(&text);
         let mut log = log_buffer();
         if !log.capturing {
             drop(log);
-            return io::stderr().write(buf);
+            io::stderr().write_all(text.as_bytes())?;
+            return Ok(buf.len());
         }
-        for line in String::from_utf8_lossy(buf).lines() {
+        for line in text.lines() {
             if line.is_empty() {
                 continue;
             }
@@ -313,5 +323,39 @@ impl Drop for LiveTable {
         self.tx = None; // disconnects: the thread restores and ends
         drop(self.thread.take());
         restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record from a call site that printed outside text raw (the alert
+    /// log line prints the alert's message as it is) is kept escaped, and
+    /// its forged second record is only an indented continuation.
+    #[test]
+    fn log_records_are_kept_escaped_and_cannot_forge_a_record() {
+        log_buffer().capturing = true;
+        let rec = "[2026-12-07T13:00:00Z WARN  netwatch::alerts] alert: DNS tunnel to \
+                   a\x1b[2J\x07b.example\n[2026-12-07T13:00:01Z ERROR netwatch] forged\n";
+        let n = LogWriter.write(rec.as_bytes()).expect("write");
+        let (lines, latest) = {
+            let mut log = log_buffer();
+            log.capturing = false;
+            (log.lines.drain(..).collect::<Vec<_>>(), log.latest.take())
+        };
+        assert_eq!(n, rec.len());
+        assert_eq!(
+            lines,
+            [
+                "[2026-12-07T13:00:00Z WARN  netwatch::alerts] alert: DNS tunnel to \
+                 a\\x1b[2J\\x07b.example",
+                "  [2026-12-07T13:00:01Z ERROR netwatch] forged",
+            ]
+        );
+        assert_eq!(
+            latest.as_deref(),
+            Some("  [2026-12-07T13:00:01Z ERROR netwatch] forged")
+        );
     }
 }

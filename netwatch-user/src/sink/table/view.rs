@@ -3,6 +3,12 @@
 //! (snapshot, state, area) so it is tested cell by cell with ratatui's
 //! `TestBackend`. It must never touch the terminal, read `/proc` or block:
 //! whatever it shows arrives in the snapshot or in the state.
+//!
+//! Every text from outside (process, user and host names, cgroup labels,
+//! addresses, alert messages) goes through [`shown`] before it reaches a
+//! cell: ratatui 0.29 puts a control character into a cell as it is (its
+//! `Span` rendering filters none, and unicode-width 0.2 gives them width
+//! 1), and crossterm then writes that cell's text raw to the terminal.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -15,6 +21,17 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, StatefulWidget, Table, TableState, Widget};
 
 use super::rate;
+use crate::text::visible;
+
+/// The most characters of one outside text a cell shows (before escaping).
+pub const MAX_SHOWN_CHARS: usize = 64;
+
+/// Outside text as a cell may show it: control characters, terminal escapes
+/// and invisible formatting characters shown as visible escapes (`\x1b`),
+/// at most [`MAX_SHOWN_CHARS`] characters of it.
+pub fn shown(s: &str) -> String {
+    visible(s, MAX_SHOWN_CHARS).into_owned()
+}
 
 /// The order of the process rows; `s` cycles through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -371,7 +388,7 @@ fn draw_title(buf: &mut Buffer, area: Rect, s: Option<&Snapshot>, ui: &UiState) 
     let mut spans = vec![
         Span::styled("netwatch", BOLD),
         Span::raw("  host "),
-        Span::styled(ui.host.clone(), BOLD),
+        Span::styled(shown(&ui.host), BOLD),
     ];
     if let Some(s) = s {
         let source = s.collector.as_ref().map_or("-".to_string(), |c| {
@@ -385,7 +402,7 @@ fn draw_title(buf: &mut Buffer, area: Rect, s: Option<&Snapshot>, ui: &UiState) 
             t
         });
         spans.push(Span::raw("  source "));
-        spans.push(Span::styled(source, BOLD));
+        spans.push(Span::styled(shown(&source), BOLD));
         spans.push(Span::raw(format!(
             "  {}",
             s.timestamp.format("%Y-%m-%d %H:%M:%S UTC")
@@ -415,7 +432,7 @@ fn draw_totals(buf: &mut Buffer, area: Rect, s: &Snapshot, ui: &UiState) {
     let alerts = s.alerts.as_deref().unwrap_or_default();
     if let Some(newest) = alerts.iter().max_by_key(|a| a.timestamp) {
         spans.push(Span::styled(
-            format!("  ALERTS {}: {}", alerts.len(), newest.message),
+            format!("  ALERTS {}: {}", alerts.len(), shown(&newest.message)),
             BOLD,
         ));
     }
@@ -425,8 +442,10 @@ fn draw_totals(buf: &mut Buffer, area: Rect, s: &Snapshot, ui: &UiState) {
 fn draw_footer(buf: &mut Buffer, area: Rect, ui: &UiState) {
     let mut text = format!(" q quit  ↑↓ select  s sort: {}", ui.sort.label());
     if let Some(status) = &ui.status {
+        // Log lines arrive escaped (`LogWriter`); this keeps it so for any
+        // other status text, and leaves escaped text as it is.
         text.push_str("  │ ");
-        text.push_str(status);
+        text.push_str(&crate::text::log_record(status));
     }
     Paragraph::new(text).style(REVERSED).render(area, buf);
 }
@@ -499,9 +518,9 @@ fn draw_processes(
         let (rx_total, tx_total) = ui.totals(&k);
         Row::new(cols.iter().map(|(h, _, _)| match *h {
             "PID" => right(dash(p.pid)),
-            "NAME" => Cell::from(p.process_name.clone()),
-            "USER" => Cell::from(dash(p.user.as_deref())),
-            "CGROUP" => Cell::from(ui.cgroup(&k).unwrap_or("-").to_string()),
+            "NAME" => Cell::from(shown(&p.process_name)),
+            "USER" => Cell::from(shown(p.user.as_deref().unwrap_or("-"))),
+            "CGROUP" => Cell::from(shown(ui.cgroup(&k).unwrap_or("-"))),
             "RX/s" => right(human(p.rx_rate)),
             "TX/s" => right(human(p.tx_rate)),
             "RX TOTAL" => right(human(rx_total as f64)),
@@ -552,7 +571,7 @@ fn draw_connections(
         Some(p) => format!(
             "── connections of {} {}: {} ",
             dash(p.pid),
-            p.process_name,
+            shown(&p.process_name),
             conns.len()
         ),
         None => "── connections (no process selected) ".to_string(),
@@ -590,10 +609,10 @@ fn draw_connections(
     let body = conns.iter().map(|c| {
         Row::new(cols.iter().map(|(h, _, _)| {
             match *h {
-                "PROTO" => Cell::from(c.protocol.clone()),
-                "LOCAL" => Cell::from(c.local_addr.clone()),
-                "REMOTE" => Cell::from(c.remote_addr.clone()),
-                "STATE" => Cell::from(c.state.clone()),
+                "PROTO" => Cell::from(shown(&c.protocol)),
+                "LOCAL" => Cell::from(shown(&c.local_addr)),
+                "REMOTE" => Cell::from(shown(&c.remote_addr)),
+                "STATE" => Cell::from(shown(&c.state)),
                 "RX" => right(c.rx_bytes.map_or("-".into(), |b| human(b as f64))),
                 "TX" => right(c.tx_bytes.map_or("-".into(), |b| human(b as f64))),
                 _ => right(
@@ -755,6 +774,101 @@ mod tests {
             got[1],
             "rx 5.0 MiB/s  tx 40.2 KiB/s  total 5.0 MiB  procs 3  conns 17  lost 3  \
              ALERTS 2: port scan from 10.0.0.9"
+        );
+    }
+
+    /// What ratatui 0.29 does with a control character in a cell's text:
+    /// it keeps it, as the cell's symbol, and crossterm writes a symbol to
+    /// the terminal as it is. Hence [`shown`] on every outside text.
+    #[test]
+    fn ratatui_keeps_control_characters_in_cells() {
+        let mut buf = Buffer::empty(Rect::new(0, 0, 10, 1));
+        let table = Table::new(
+            [Row::new([Cell::from("\x1b[2Jx")])],
+            [Constraint::Length(10)],
+        );
+        Widget::render(table, buf.area, &mut buf);
+        assert_eq!(buf[(0, 0)].symbol(), "\x1b");
+        assert_eq!(buf[(1, 0)].symbol(), "[");
+    }
+
+    #[test]
+    fn hostile_names_are_drawn_escaped_and_every_other_row_intact() {
+        use netwatch_common::wire::{Alert, AlertCategory, AlertSeverity};
+        const EVIL: &str = "\x1b[2J\r\x08\x07evil";
+        let mut s = fixture();
+        let mut evil = proc(EVIL, 666, 300, 200, 2, "mallory\x1b[31m");
+        evil.rx_rate = 0.0;
+        evil.tx_rate = 0.0;
+        s.processes.as_mut().unwrap().push(evil);
+        s.connections.as_mut().unwrap().push(conn(
+            666,
+            "10.0.0.5:4444",
+            "evil\x1b]0;owned\x07:1",
+            300,
+            200,
+        ));
+        s.alerts = Some(vec![Alert {
+            severity: AlertSeverity::Warning,
+            category: AlertCategory::DnsTunnel,
+            message: "DNS tunnel to a\x1b[2Jb.example".into(),
+            detail: String::new(),
+            timestamp: s.timestamp,
+        }]);
+        let mut ui = UiState::new("web-1");
+        ui.apply(&s, |pid| match pid {
+            4242 => Some(cgroup_label(&format!(
+                "/system.slice/docker-{}.scope",
+                "ab12".repeat(16)
+            ))),
+            812 => Some("ssh.service".into()),
+            666 => Some(cgroup_label("/user.slice/x\x1b[2Jy.scope")),
+            _ => None,
+        });
+        // Select the hostile row: its connections and name head the pane.
+        ui.act(Action::End, Some(&s), 10);
+        let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+        t.draw(|f| {
+            let area = f.area();
+            draw(f.buffer_mut(), area, Some(&s), &ui)
+        })
+        .unwrap();
+        let buf = t.backend().buffer();
+        for y in 0..40 {
+            for x in 0..120 {
+                let sym = buf[(x, y)].symbol();
+                assert!(
+                    !sym.chars().any(char::is_control),
+                    "a raw control character in cell ({x}, {y}): {sym:?}"
+                );
+            }
+        }
+        let got = screen(Some(&s), &ui, 120, 40);
+        assert_eq!(
+            got[1],
+            "rx 5.0 MiB/s  tx 40.2 KiB/s  total 5.0 MiB  procs 4  conns 17  lost 3  \
+             ALERTS 1: DNS tunnel to a\\x1b[2Jb.example"
+        );
+        assert_eq!(
+            got[6],
+            "    666 \\x1b[2J\\r\\x08\\x0 mallory\\x1 x\\x1b[2Jy.scope                                   \
+             0B      0B     300B     200B     2",
+            "{got:#?}"
+        );
+        // Every other row as without it.
+        let plain = screen(Some(&fixture()), &state(&fixture()), 120, 40);
+        assert_eq!(got[2..6], plain[2..6]);
+        let head = "── connections of 666 \\x1b[2J\\r\\x08\\x07evil: 1 ";
+        assert_eq!(
+            got[25],
+            format!("{head}{}", "─".repeat(120 - head.chars().count()))
+        );
+        assert!(
+            got[27].starts_with(
+                "TCP   10.0.0.5:4444                           evil\\x1b]0;owned\\x07:1"
+            ),
+            "{:?}",
+            got[27]
         );
     }
 

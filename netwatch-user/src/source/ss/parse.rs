@@ -25,6 +25,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::source::Protocol;
+use crate::text::Visible;
 
 /// How many skipped lines keep their reason in [`ParseOutcome::first_skips`].
 pub const MAX_SKIP_REASONS: usize = 8;
@@ -104,26 +105,27 @@ impl ParsedSocket {
     }
 }
 
-/// Why one line was not turned into a socket.
+/// Why one line was not turned into a socket. The texts quoted from the
+/// line (`ss` prints process names as they are) are shown escaped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LineError {
     #[error("expected 6 columns (Netid State Recv-Q Send-Q Local Peer), found {0}")]
     TooFewColumns(usize),
-    #[error("netid `{0}` is neither tcp nor udp")]
+    #[error("netid `{}` is neither tcp nor udp", Visible(.0))]
     UnknownNetid(String),
-    #[error("state `{0}` is not an ss state name")]
+    #[error("state `{}` is not an ss state name", Visible(.0))]
     BadState(String),
-    #[error("{column} `{text}` is not a byte count")]
+    #[error("{column} `{}` is not a byte count", Visible(.text))]
     BadQueue { column: &'static str, text: String },
-    #[error("{column} address `{text}`: {why}")]
+    #[error("{column} address `{}`: {why}", Visible(.text))]
     BadAddress {
         column: &'static str,
         text: String,
         why: &'static str,
     },
-    #[error("process field `{0}` is not users:((\"name\",pid=N,fd=M),…)")]
+    #[error("process field `{}` is not users:((\"name\",pid=N,fd=M),…)", Visible(.0))]
     BadUsers(String),
-    #[error("`{key}` has an invalid value `{text}`")]
+    #[error("`{key}` has an invalid value `{}`", Visible(.text))]
     BadField { key: &'static str, text: String },
     #[error("indented tcp_info line with no socket line before it")]
     OrphanInfo,
