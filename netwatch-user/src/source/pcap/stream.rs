@@ -19,7 +19,10 @@
 //! [`MAX_GAP`] past what was counted (state from another connection): each
 //! resync is counted in [`Streams::resyncs`]. With [`MAX_STREAMS`] directions
 //! tracked, further new ones are counted without the rule
-//! ([`Streams::untracked`]).
+//! ([`Streams::untracked`], reported by the source as dropped entries of
+//! `pcap_tcp_streams`); ended and idle ones make room as they expire. A
+//! reset never starts a direction (it carries no stream data), so a flood
+//! of refused SYNs costs one direction per SYN, not two.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -28,8 +31,9 @@ use std::time::Duration;
 use super::frame::TcpSegment;
 use super::FlowKey;
 
-/// Directions tracked at most.
-pub const MAX_STREAMS: usize = 1 << 18;
+/// Directions tracked at most (7/8 of a power of two: a full map does not
+/// grow its buckets; about 3.4 MB).
+pub const MAX_STREAMS: usize = 28_672;
 /// A direction idle this long is forgotten.
 ///
 /// Every time here is monotonic: when the capture thread read the segment
@@ -85,9 +89,11 @@ impl Streams {
                 }
                 s
             }
+            // A reset carries no stream data: nothing to track.
+            Entry::Vacant(_) if seg.rst() => return 0,
             Entry::Vacant(_) if full => {
                 self.untracked += 1;
-                return if seg.rst() { 0 } else { u64::from(len) };
+                return u64::from(len);
             }
             Entry::Vacant(v) => v.insert(fresh),
         };
