@@ -33,7 +33,7 @@ const REMEMBER: Duration = Duration::from_secs(10);
 /// [`crate::drops`] as `alert_inbound_syns` and `alert_fed_connections`:
 /// a reset refusing a SYN not remembered is not an attempt, a row whose
 /// SYN was not remembered is fed again (with the row's time).
-pub const MAX_REMEMBERED: usize = 14_336;
+pub const MAX_REMEMBERED: usize = 3_584;
 
 type Tuple = (SocketAddr, SocketAddr);
 

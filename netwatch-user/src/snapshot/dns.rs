@@ -46,7 +46,7 @@ pub const CAPTURE_SLACK: Duration = Duration::from_secs(1);
 /// waited for (its response then counts without a latency), counted in
 /// [`crate::drops`] as `dns_outstanding`; they leave after
 /// [`OUTSTANDING_TIMEOUT`].
-pub const MAX_OUTSTANDING: usize = 14_336;
+pub const MAX_OUTSTANDING: usize = 7_168;
 /// Distinct base domains counted per interval, at most. When full, a new
 /// one is not counted (the interval's top list is of the ones counted),
 /// counted in [`crate::drops`] as `dns_domains`; the table empties every
@@ -269,7 +269,7 @@ mod tests {
             d.observe(&query(i as u16, client, &format!("x.p{i:05}.com"), t(0)));
         }
         assert_eq!(d.outstanding(), MAX_OUTSTANDING);
-        assert_eq!(crate::drops::total("dns_outstanding") - o, 20_000 - 14_336);
+        assert_eq!(crate::drops::total("dns_outstanding") - o, 20_000 - 7_168);
         assert_eq!(crate::drops::total("dns_domains") - n, 20_000 - 7_168);
         let a = d.take(t(1));
         assert_eq!(a.total_queries, 20_000, "every query counted");

@@ -67,7 +67,8 @@
 //!   forged flows cannot take a known connection's bytes;
 //! - TCP stream directions (`pcap_tcp_streams`, see [`stream`]): a new one
 //!   past the cap is counted without the sequence rule; a reset never
-//!   starts one;
+//!   starts one, a bare SYN only below [`stream::MAX_HALF_OPEN`]
+//!   (`pcap_half_open`);
 //! - DNS messages and TCP events between two reads (`pcap_dns_events`,
 //!   `pcap_tcp_events`): [`MAX_DNS_EVENTS`], [`MAX_TCP_EVENTS`], the rest
 //!   refused;
@@ -268,6 +269,8 @@ struct Shared {
     refused_flows: u64,
     /// TCP events refused since the last read.
     refused_tcp_events: u64,
+    /// Half-open directions refused, as last reported.
+    reported_half_open: u64,
     stats: CaptureStats,
     /// A SYN was seen since the resolver last looked.
     opened: bool,
@@ -593,6 +596,12 @@ impl SocketSource for PcapSource {
             );
             sh.stats.tcp_events_overflow += refused.1;
             let untracked = sh.streams.untracked();
+            let half_open = sh.streams.refused_half_open();
+            crate::drops::dropped(
+                "pcap_half_open",
+                stream::MAX_HALF_OPEN,
+                half_open.saturating_sub(std::mem::replace(&mut sh.reported_half_open, half_open)),
+            );
             let dns_overflow = sh.stats.dns_overflow;
             (
                 std::mem::take(&mut sh.flows),
@@ -859,7 +868,7 @@ fn timestamp(tv: libc::timeval) -> Duration {
 
 /// Socket-less flows given a row of their own per read; the bytes of the
 /// others are summed into one row per protocol ([`SocketKey::Overflow`]).
-pub const MAX_UNOWNED_FLOWS: usize = 4_096;
+pub const MAX_UNOWNED_FLOWS: usize = 1_024;
 
 /// Which socket a side of a flow belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1052,6 +1061,10 @@ impl FlowJoiner {
             self.sockets.remove(&key);
         }
         self.previous = table;
+        // A flood's read left a big map: give the memory back.
+        if self.sockets.capacity() > 4 * self.sockets.len() + 4_096 {
+            self.sockets.shrink_to_fit();
+        }
         self.forget(flows);
         crate::drops::dropped(
             "pcap_unowned_flows",
@@ -1762,8 +1775,8 @@ mod tests {
             SocketTable::from_entries(Vec::new()),
             |ip| ip.is_loopback(),
         );
-        // Each flow has two local sides: 10,000 sides, 4,096 rows of their
-        // own, the other 5,904 summed into one row.
+        // Each flow has two local sides: 10,000 sides, 1,024 rows of their
+        // own, the other 8,976 summed into one row.
         assert_eq!(samples.len(), MAX_UNOWNED_FLOWS + 1);
         let (rx, tx) = samples
             .iter()
@@ -1771,8 +1784,8 @@ mod tests {
         assert_eq!((rx, tx), (500_000, 500_000), "every byte kept");
         let overflow: Vec<_> = samples.iter().filter(|s| s.local.is_none()).collect();
         assert_eq!(overflow.len(), 1);
-        assert_eq!(overflow[0].rx_bytes + overflow[0].tx_bytes, 5_904 * 100);
-        assert_eq!(crate::drops::total("pcap_unowned_flows") - before, 5_904);
+        assert_eq!(overflow[0].rx_bytes + overflow[0].tx_bytes, 8_976 * 100);
+        assert_eq!(crate::drops::total("pcap_unowned_flows") - before, 8_976);
     }
 
     /// The test clock's wall part as a libpcap timestamp would carry it.
