@@ -108,8 +108,9 @@ struct Aggregate {
     /// A parent not remembered came (there were more than [`MAX_PARENTS`]).
     more_parents: bool,
     examples: Vec<String>,
-    /// The latest query, as shown.
+    /// The latest query, as shown, and who asked it.
     latest: String,
+    latest_client: SocketAddr,
     /// Counts moved since the engine last took [`DnsTunnel::updates`].
     dirty: bool,
     /// The alert's key and message, fixed when it was raised.
@@ -200,6 +201,7 @@ impl DnsTunnel {
                     }
                 }
                 a.latest = visible(f.shown, SHOWN_CHARS).into_owned();
+                a.latest_client = f.client;
                 a.dirty = true;
                 return None;
             }
@@ -220,6 +222,7 @@ impl DnsTunnel {
             more_parents: false,
             examples: vec![visible(f.parent, 64).into_owned()],
             latest: visible(f.shown, SHOWN_CHARS).into_owned(),
+            latest_client: f.client,
             dirty: false,
             key: format!("dns|{:?}|{who}", f.cause),
             message: message.clone(),
@@ -370,11 +373,12 @@ impl DnsTunnel {
                 message: a.message.clone(),
                 detail: format!(
                     "{} suspicious queries under {at_least}{parents} parent domains in {:.0}s \
-                     (e.g. {}); latest: {}",
+                     (e.g. {}); latest: {} from {}",
                     a.queries,
                     a.last.saturating_sub(a.start).as_secs_f64(),
                     a.examples.join(", "),
-                    a.latest
+                    a.latest,
+                    a.latest_client
                 ),
                 key: a.key.clone(),
             });
