@@ -8,8 +8,9 @@
 //! Bounded under floods: an alert is one per kind and source ([`Raised::key`]);
 //! raising a key that is active again updates that alert in place. At most
 //! [`AlertConfig::history`] (100, the SDK's history) alerts are active: when
-//! the individual slots are full, a new key folds into one summary alert of
-//! its category ("… and N more"), and the refusal is counted in
+//! the individual slots (history − 4) are full, a new key folds into one
+//! summary alert of its category ("Port Scan: more alerts than are listed",
+//! its detail counting them and naming the latest), and the refusal is counted in
 //! `netwatch_agent_table_dropped_total{table="alert_keys"}`
 //! ([`crate::drops`]). So a snapshot never carries more than 100 alerts,
 //! whatever the packets say.
@@ -258,9 +259,14 @@ impl AlertEngine {
             .collect()
     }
 
-    /// Individual (not summary) slots.
+    /// Individual (not summary) slots: all of the history when it is too
+    /// short to spare the summaries theirs.
     fn slots(&self) -> usize {
-        self.cfg.history.saturating_sub(SUMMARY_SLOTS).max(1)
+        if self.cfg.history > 2 * SUMMARY_SLOTS {
+            self.cfg.history - SUMMARY_SLOTS
+        } else {
+            self.cfg.history
+        }
     }
 
     /// Add the alert of `r.key`, or update its detail and severity (its
@@ -289,7 +295,9 @@ impl AlertEngine {
         let individual = self.active.iter().filter(|a| a.folded == 0).count();
         if individual >= self.slots() {
             crate::drops::dropped("alert_keys", self.slots(), 1);
-            self.fold(at, &alert);
+            if self.slots() < self.cfg.history {
+                self.fold(at, &alert);
+            }
             return None;
         }
         self.active.push(Active {
@@ -458,6 +466,22 @@ mod tests {
             "{}",
             active[96].detail
         );
+    }
+
+    #[test]
+    fn a_short_history_is_the_bound_too() {
+        let mut e = AlertEngine::new(AlertConfig {
+            history: 3,
+            ..AlertConfig::default()
+        });
+        for i in 0..10u64 {
+            let name = format!("if{i}");
+            e.observe(&rate(s(i), &name, 2e8));
+            e.observe(&rate(s(i), &name, 2e8));
+        }
+        let active = e.active();
+        assert_eq!(active.len(), 3, "no room for summaries: the rest dropped");
+        assert_eq!(active[2].message, "if2: bandwidth threshold exceeded");
     }
 
     #[test]
