@@ -9,6 +9,7 @@
 //! guest (software emulation: compare tiers there with each other only).
 //! No figure here is asserted anywhere; `cargo xtask test` never runs this.
 
+mod flood;
 pub(crate) mod monitor;
 pub(crate) mod procfs;
 mod report;
@@ -38,7 +39,9 @@ pub struct BenchArgs {
     /// Send/receive calls per protocol in the per-event cost workload.
     #[arg(long, default_value_t = 50_000)]
     pub calls: u32,
-    /// Sections to run (comma-separated: overhead, scale, cost, cold).
+    /// Sections to run (comma-separated: overhead, scale, cost, cold;
+    /// `flood` alone runs only the agent's memory under the issue-16 flood,
+    /// writing `bench/flood.json`).
     #[arg(long, default_value = "overhead,scale,cost,cold")]
     pub only: String,
     /// Also measure the fentry and kprobe tiers' per-event cost in the QEMU guest.
@@ -667,6 +670,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("cargo xtask bench loads BPF programs and captures packets: run it as root");
     }
     crate::setup::ensure()?;
+    if args.only.trim() == "flood" {
+        return flood::run(&workspace_root());
+    }
     let plan = Plan::new(&args);
     let root = workspace_root();
     let started = chrono_now();

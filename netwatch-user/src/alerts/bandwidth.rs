@@ -51,7 +51,8 @@ impl Default for BandwidthConfig {
     }
 }
 
-/// Subjects tracked at once.
+/// Subjects tracked at once; when full, new subjects are refused until idle
+/// ones are forgotten (counted in [`crate::drops`] as `bandwidth_subjects`).
 const MAX_SUBJECTS: usize = 4096;
 /// Weight of a new sample in the baseline (exponential moving average).
 const BASELINE_ALPHA: f64 = 0.2;
@@ -104,6 +105,7 @@ impl Bandwidth {
             return None;
         }
         if self.subjects.len() >= MAX_SUBJECTS && !self.subjects.contains_key(subject) {
+            crate::drops::dropped("bandwidth_subjects", MAX_SUBJECTS, 1);
             return None;
         }
         let threshold = match subject {
@@ -150,17 +152,17 @@ impl Bandwidth {
             Subject::Interface(n) => n.clone(),
             other => other.to_string(),
         };
-        Some(Raised {
-            severity: AlertSeverity::Warning,
-            category: AlertCategory::Bandwidth,
-            message: format!("{name}: bandwidth threshold exceeded"),
-            detail: format!(
+        Some(Raised::new(
+            AlertSeverity::Warning,
+            AlertCategory::Bandwidth,
+            format!("{name}: bandwidth threshold exceeded"),
+            format!(
                 "RX: {}, TX: {} ({why}; {} consecutive samples)",
                 human(rx),
                 human(tx),
                 s.over
             ),
-        })
+        ))
     }
 
     /// Forget subjects not sampled for [`BandwidthConfig::idle`].

@@ -45,7 +45,10 @@ impl Default for BeaconConfig {
     }
 }
 
-/// Keys tracked at once (SDK `MAX_TRACKED_BEACONS`).
+/// Keys tracked at once (SDK `MAX_TRACKED_BEACONS`); when full, new keys
+/// are refused until idle ones are forgotten (counted in [`crate::drops`]
+/// as `beacon_keys`): a series needs minutes to judge, so the ones being
+/// judged are kept.
 const MAX_KEYS: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -123,6 +126,7 @@ impl Beacon {
             remote: *remote,
         };
         if self.series.len() >= MAX_KEYS && !self.series.contains_key(&key) {
+            crate::drops::dropped("beacon_keys", MAX_KEYS, 1);
             return None;
         }
         let s = self.series.entry(key.clone()).or_insert_with(|| Series {
@@ -164,17 +168,17 @@ impl Beacon {
             Some((None, name)) => format!("{name} on {from}"),
             None => from,
         };
-        Some(Raised {
-            severity: AlertSeverity::Warning,
-            category: AlertCategory::Beaconing,
-            message: format!("Beaconing: {who} → {remote}"),
-            detail: format!(
+        Some(Raised::new(
+            AlertSeverity::Warning,
+            AlertCategory::Beaconing,
+            format!("Beaconing: {who} → {remote}"),
+            format!(
                 "Regular interval {mean:.3}s (jitter {:.1}%), {} intervals over {} connections",
                 j * 100.0,
                 s.intervals.len(),
                 s.connections
             ),
-        })
+        ))
     }
 
     /// Forget series idle for longer than [`BeaconConfig::idle`].

@@ -1,8 +1,10 @@
 //! Alerts counted by category and severity, for a metrics sink (the
 //! Prometheus `/metrics` counter `netwatch_alerts_total{category,severity}`).
 //! Fed the snapshots' `alerts` field, which repeats an alert for as long as
-//! it is active: each alert is counted once, the first time it is seen. It
-//! never looks anywhere but at the alerts it is given.
+//! it is active: each alert is counted once, the first time it is seen (an
+//! alert is its time, category and message: the engine updates an
+//! aggregated alert's detail and severity in place). It never looks
+//! anywhere but at the alerts it is given.
 
 use std::collections::HashSet;
 
@@ -42,7 +44,7 @@ fn index(c: AlertCategory, s: AlertSeverity) -> usize {
     ci * SEVERITIES.len() + si
 }
 
-type Identity = (i64, u32, &'static str, String, String);
+type Identity = (i64, u32, &'static str, String);
 
 fn identity(a: &Alert) -> Identity {
     (
@@ -50,7 +52,6 @@ fn identity(a: &Alert) -> Identity {
         a.timestamp.timestamp_subsec_nanos(),
         category_label(a.category),
         a.message.clone(),
-        a.detail.clone(),
     )
 }
 

@@ -27,8 +27,13 @@ use crate::source::{DnsEvent, DnsEventKind, Protocol, SocketSample, TcpEvent, Tc
 /// How long an inbound SYN is remembered to match the reset refusing it,
 /// and a fed connection to skip its row.
 const REMEMBER: Duration = Duration::from_secs(10);
-/// Bound on remembered SYNs and connections.
-const MAX_REMEMBERED: usize = 1 << 16;
+/// Bound on remembered SYNs and on remembered connections, each (7/8 of a
+/// power of two: a full map does not grow its buckets). When full, new
+/// ones are not remembered until old ones pass [`REMEMBER`], counted in
+/// [`crate::drops`] as `alert_inbound_syns` and `alert_fed_connections`:
+/// a reset refusing a SYN not remembered is not an attempt, a row whose
+/// SYN was not remembered is fed again (with the row's time).
+pub const MAX_REMEMBERED: usize = 3_584;
 
 type Tuple = (SocketAddr, SocketAddr);
 
@@ -116,12 +121,18 @@ impl Feed {
             .collect();
         let mut tcp: Vec<&TcpEvent> = t.tcp.iter().collect();
         tcp.sort_by_key(|e| e.at);
+        let mut refused = (0u64, 0u64);
         for e in tcp {
             match e.kind {
                 TcpEventKind::Syn => {
                     if e.dst_local {
-                        if self.inbound_syns.len() < MAX_REMEMBERED {
-                            self.inbound_syns.insert((e.src, e.dst), e.at);
+                        let key = (e.src, e.dst);
+                        if self.inbound_syns.len() < MAX_REMEMBERED
+                            || self.inbound_syns.contains_key(&key)
+                        {
+                            self.inbound_syns.insert(key, e.at);
+                        } else {
+                            refused.0 += 1;
                         }
                         out.push(Event::InboundAttempt {
                             at: e.at,
@@ -134,8 +145,11 @@ impl Feed {
                         let (pid, process) =
                             owners.get(&(e.src, e.dst)).copied().unwrap_or_default();
                         let process = process.map(str::to_string);
-                        if self.fed.len() < MAX_REMEMBERED {
-                            self.fed.insert((e.src, e.dst), (e.at, pid.is_some()));
+                        let key = (e.src, e.dst);
+                        if self.fed.len() < MAX_REMEMBERED || self.fed.contains_key(&key) {
+                            self.fed.insert(key, (e.at, pid.is_some()));
+                        } else {
+                            refused.1 += 1;
                         }
                         out.push(Event::Connect {
                             at: e.at,
@@ -159,6 +173,8 @@ impl Feed {
                 }
             }
         }
+        crate::drops::dropped("alert_inbound_syns", MAX_REMEMBERED, refused.0);
+        crate::drops::dropped("alert_fed_connections", MAX_REMEMBERED, refused.1);
         self.rows_events(&t, &mut out);
         for d in t.dns {
             if let DnsEventKind::Query { name: Some(name) } = &d.kind {

@@ -4,6 +4,16 @@
 //! thresholds as defaults ([`AlertConfig`]). The [`AlertEngine`] owns the
 //! detectors, keeps each raised alert active for 60 s and the last 100 in a
 //! history, and is what the snapshot's `alerts` field is filled from.
+//!
+//! Bounded under floods: an alert is one per kind and source ([`Raised::key`]);
+//! raising a key that is active again updates that alert in place. At most
+//! [`AlertConfig::history`] (100, the SDK's history) alerts are active: when
+//! the individual slots (history − 4) are full, a new key folds into one
+//! summary alert of its category ("Port Scan: more alerts than are listed",
+//! its detail counting them and naming the latest), and the refusal is counted in
+//! `netwatch_agent_table_dropped_total{table="alert_keys"}`
+//! ([`crate::drops`]). So a snapshot never carries more than 100 alerts,
+//! whatever the packets say.
 //! [`feed`] turns what the agent sees each tick into events; [`counter`]
 //! counts alerts per category and severity for a metrics sink.
 //!
@@ -100,6 +110,30 @@ pub struct Raised {
     pub category: AlertCategory,
     pub message: String,
     pub detail: String,
+    /// What makes two alerts the same one (kind and source): raised again
+    /// while active, the engine updates the active alert instead of adding
+    /// another.
+    pub key: String,
+}
+
+impl Raised {
+    /// An alert keyed by its category and message (each detector's message
+    /// names its kind and source).
+    pub fn new(
+        severity: AlertSeverity,
+        category: AlertCategory,
+        message: String,
+        detail: String,
+    ) -> Self {
+        let key = format!("{category:?}|{message}");
+        Self {
+            severity,
+            category,
+            message,
+            detail,
+            key,
+        }
+    }
 }
 
 /// Every threshold, with netwatch-sdk 0.3.2's values as defaults.
@@ -144,6 +178,22 @@ pub fn wall(at: Duration) -> DateTime<Utc> {
     .unwrap_or_default()
 }
 
+/// Slots of [`AlertConfig::history`] kept for the per-category summary
+/// alerts (one per [`AlertCategory`]).
+const SUMMARY_SLOTS: usize = 4;
+
+/// One active alert.
+#[derive(Debug, Clone)]
+struct Active {
+    key: String,
+    /// When it was last raised or updated (monotonic): it stays active
+    /// [`AlertConfig::active`] after that.
+    at: Duration,
+    alert: Alert,
+    /// For a category summary: the keys folded into it.
+    folded: u64,
+}
+
 /// The detectors, the active alerts and the history.
 #[derive(Debug)]
 pub struct AlertEngine {
@@ -152,7 +202,11 @@ pub struct AlertEngine {
     beacon: beacon::Beacon,
     dns_tunnel: dns_tunnel::DnsTunnel,
     bandwidth: bandwidth::Bandwidth,
-    active: VecDeque<(Duration, Alert)>,
+    /// Active alerts, one per key, oldest raised first; at most
+    /// [`AlertConfig::history`], the category summaries included. A new key
+    /// when the individual slots are full is refused and folded into its
+    /// category's summary (counted as a drop of `alert_keys`).
+    active: Vec<Active>,
     history: VecDeque<Alert>,
     latest: Duration,
     /// The latest reading of both clocks (monotonic, wall), for alert
@@ -168,7 +222,7 @@ impl AlertEngine {
             dns_tunnel: dns_tunnel::DnsTunnel::new(cfg.dns_tunnel.clone()),
             bandwidth: bandwidth::Bandwidth::new(cfg.bandwidth.clone()),
             cfg,
-            active: VecDeque::new(),
+            active: Vec::new(),
             history: VecDeque::new(),
             latest: Duration::ZERO,
             clock: (Duration::ZERO, DateTime::<Utc>::UNIX_EPOCH),
@@ -183,7 +237,8 @@ impl AlertEngine {
         self.clock = (mono, wall);
     }
 
-    /// Feed one event to every detector; returns what it raised.
+    /// Feed one event to every detector; returns the alerts it raised that
+    /// were not active yet (an update of an active one is not returned).
     pub fn observe(&mut self, e: &Event) -> Vec<Alert> {
         let at = match e {
             Event::InboundAttempt { at, .. }
@@ -193,19 +248,39 @@ impl AlertEngine {
             | Event::Rate { at, .. } => *at,
         };
         self.latest = self.latest.max(at);
-        let raised: Vec<Raised> = [
-            self.port_scan.observe(e),
-            self.beacon.observe(e),
-            self.dns_tunnel.observe(e),
-            self.bandwidth.observe(e),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        raised.into_iter().map(|r| self.push(at, r)).collect()
+        let mut raised: Vec<Raised> = Vec::new();
+        raised.extend(self.port_scan.observe(e));
+        raised.extend(self.beacon.observe(e));
+        raised.extend(self.dns_tunnel.observe(e));
+        raised.extend(self.bandwidth.observe(e));
+        raised
+            .into_iter()
+            .filter_map(|r| self.push(at, r))
+            .collect()
     }
 
-    fn push(&mut self, at: Duration, r: Raised) -> Alert {
+    /// Individual (not summary) slots: all of the history when it is too
+    /// short to spare the summaries theirs.
+    fn slots(&self) -> usize {
+        if self.cfg.history > 2 * SUMMARY_SLOTS {
+            self.cfg.history - SUMMARY_SLOTS
+        } else {
+            self.cfg.history
+        }
+    }
+
+    /// Add the alert of `r.key`, or update its detail and severity (its
+    /// time and message stay: they are what makes it the same alert);
+    /// returns it when it is new.
+    fn push(&mut self, at: Duration, r: Raised) -> Option<Alert> {
+        if let Some(a) = self.active.iter_mut().find(|a| a.key == r.key) {
+            a.at = a.at.max(at);
+            a.alert.detail = r.detail;
+            if r.severity == AlertSeverity::Critical {
+                a.alert.severity = AlertSeverity::Critical;
+            }
+            return None;
+        }
         let alert = Alert {
             severity: r.severity,
             category: r.category,
@@ -213,21 +288,85 @@ impl AlertEngine {
             detail: r.detail,
             timestamp: crate::clock::wall_at(at, self.clock.0, self.clock.1),
         };
-        self.active.push_back((at, alert.clone()));
         self.history.push_back(alert.clone());
         while self.history.len() > self.cfg.history {
             self.history.pop_front();
         }
-        alert
+        let individual = self.active.iter().filter(|a| a.folded == 0).count();
+        if individual >= self.slots() {
+            crate::drops::dropped("alert_keys", self.slots(), 1);
+            if self.slots() < self.cfg.history {
+                self.fold(at, &alert);
+            }
+            return None;
+        }
+        self.active.push(Active {
+            key: r.key,
+            at,
+            alert: alert.clone(),
+            folded: 0,
+        });
+        Some(alert)
+    }
+
+    /// Update the active alert of `r.key` in place, if there is one.
+    fn update(&mut self, at: Duration, r: Raised) {
+        if self.active.iter().any(|a| a.key == r.key) {
+            let _ = self.push(at, r);
+        }
+    }
+
+    /// Fold `alert` (refused: no individual slot left) into its category's
+    /// summary alert.
+    fn fold(&mut self, at: Duration, alert: &Alert) {
+        let key = format!("summary|{:?}", alert.category);
+        let slot = match self.active.iter().position(|a| a.key == key) {
+            Some(i) => i,
+            None => {
+                self.active.push(Active {
+                    key,
+                    at,
+                    alert: Alert {
+                        severity: alert.severity,
+                        category: alert.category,
+                        message: String::new(),
+                        detail: String::new(),
+                        timestamp: alert.timestamp,
+                    },
+                    folded: 0,
+                });
+                self.active.len() - 1
+            }
+        };
+        let s = &mut self.active[slot];
+        s.folded += 1;
+        s.at = s.at.max(at);
+        if alert.severity == AlertSeverity::Critical {
+            s.alert.severity = AlertSeverity::Critical;
+        }
+        let label = match alert.category {
+            AlertCategory::PortScan => "Port Scan",
+            AlertCategory::Beaconing => "Beaconing",
+            AlertCategory::DnsTunnel => "DNS Tunnel",
+            AlertCategory::Bandwidth => "Bandwidth",
+        };
+        s.alert.message = format!("{label}: more alerts than are listed");
+        s.alert.detail = format!(
+            "{} more {} alerts not listed (at most {} alerts are); latest: {} ({})",
+            s.folded, label, self.cfg.history, alert.message, alert.detail
+        );
     }
 
     /// Drop alerts older than the active period and detector state nobody
-    /// refreshed, as of `now` (call once per tick).
+    /// refreshed, as of `now` (call once per tick). Aggregated alerts whose
+    /// counts moved since the last call are updated first.
     pub fn expire(&mut self, now: Duration) {
         let now = now.max(self.latest);
+        for r in self.dns_tunnel.updates() {
+            self.update(now, r);
+        }
         let active = self.cfg.active;
-        self.active
-            .retain(|(at, _)| now.saturating_sub(*at) < active);
+        self.active.retain(|a| now.saturating_sub(a.at) < active);
         self.port_scan.expire(now);
         self.beacon.expire(now);
         self.dns_tunnel.expire(now);
@@ -235,9 +374,9 @@ impl AlertEngine {
     }
 
     /// Alerts raised within the active period, oldest first: the
-    /// snapshot's `alerts`.
+    /// snapshot's `alerts`; at most [`AlertConfig::history`].
     pub fn active(&self) -> Vec<Alert> {
-        self.active.iter().map(|(_, a)| a.clone()).collect()
+        self.active.iter().map(|a| a.alert.clone()).collect()
     }
 
     /// The last [`AlertConfig::history`] alerts raised, oldest first.
@@ -279,6 +418,14 @@ impl Detectors {
 mod tests {
     use super::*;
 
+    /// The tests that make `alert_keys` drops, one at a time: the counter
+    /// is process-wide.
+    static ALERT_KEYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn alert_keys() -> std::sync::MutexGuard<'static, ()> {
+        ALERT_KEYS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn s(x: u64) -> Duration {
         Duration::from_secs(1_700_000_000 + x)
     }
@@ -307,6 +454,7 @@ mod tests {
 
     #[test]
     fn history_keeps_the_last_hundred() {
+        let _serial = alert_keys();
         let mut e = AlertEngine::new(AlertConfig::default());
         for i in 0..120u64 {
             let name = format!("if{i}");
@@ -315,6 +463,68 @@ mod tests {
         }
         assert_eq!(e.history().len(), 100);
         assert_eq!(e.history()[0].message, "if20: bandwidth threshold exceeded");
-        assert_eq!(e.active().len(), 120);
+        // 96 listed one by one, the other 24 in one summary.
+        let active = e.active();
+        assert_eq!(active.len(), 97);
+        assert_eq!(active[95].message, "if95: bandwidth threshold exceeded");
+        assert_eq!(active[96].message, "Bandwidth: more alerts than are listed");
+        assert!(
+            active[96].detail.starts_with(
+                "24 more Bandwidth alerts not listed (at most 100 alerts are); latest: if119"
+            ),
+            "{}",
+            active[96].detail
+        );
+    }
+
+    #[test]
+    fn a_short_history_is_the_bound_too() {
+        let _serial = alert_keys();
+        let mut e = AlertEngine::new(AlertConfig {
+            history: 3,
+            ..AlertConfig::default()
+        });
+        for i in 0..10u64 {
+            let name = format!("if{i}");
+            e.observe(&rate(s(i), &name, 2e8));
+            e.observe(&rate(s(i), &name, 2e8));
+        }
+        let active = e.active();
+        assert_eq!(active.len(), 3, "no room for summaries: the rest dropped");
+        assert_eq!(active[2].message, "if2: bandwidth threshold exceeded");
+    }
+
+    #[test]
+    fn a_flood_of_keys_is_at_most_a_hundred_alerts_and_counted() {
+        let _serial = alert_keys();
+        let mut e = AlertEngine::new(AlertConfig::default());
+        let before = crate::drops::total("alert_keys");
+        // 1,000 sources scanning 20 ports each (the port-scan detector's
+        // table holds them all: no eviction there).
+        for src in 0..1_000u32 {
+            let remote = IpAddr::from(std::net::Ipv4Addr::from(0xc633_0000 + src));
+            for port in 1..=20u16 {
+                e.observe(&Event::InboundAttempt {
+                    at: s(1),
+                    remote,
+                    local: SocketAddr::from(([127, 0, 0, 1], port)),
+                    failed: false,
+                });
+            }
+        }
+        e.expire(s(2));
+        let active = e.active();
+        assert_eq!(active.len(), 97);
+        assert_eq!(active[96].message, "Port Scan: more alerts than are listed");
+        assert!(
+            active[96].detail.starts_with("904 more Port Scan alerts"),
+            "{}",
+            active[96].detail
+        );
+        assert_eq!(crate::drops::total("alert_keys") - before, 904);
+        e.expire(s(60));
+        assert_eq!(e.active().len(), 97);
+        e.expire(s(61));
+        assert!(e.active().is_empty(), "60 s after the last raise");
     }
 }

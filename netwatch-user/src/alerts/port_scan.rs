@@ -3,6 +3,14 @@
 //! netwatch-sdk 0.3.2: ≥ 20 distinct ports from one source within 30 s,
 //! severity critical. One alert per source per window. Pure: it only
 //! counts the [`Event::InboundAttempt`]s it is given.
+//!
+//! Bounded: at most [`MAX_SOURCES`] sources are tracked; when a new one
+//! comes and the table is full, the half with the fewest distinct ports
+//! (the least recently active first among equals) is evicted, so forged
+//! one-probe sources cannot hide a real scan. Each source remembers at most
+//! [`MAX_PORTS`] distinct ports (its lowest and highest port, and the count
+//! past the cap, stay exact). Both are counted in [`crate::drops`]
+//! (`port_scan_sources`, `port_scan_ports`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -34,17 +42,45 @@ impl Default for PortScanConfig {
     }
 }
 
-/// Sources tracked at once (SDK `MAX_TRACKED_IPS`); more are ignored.
-const MAX_SOURCES: usize = 1000;
+/// Sources tracked at once (SDK `MAX_TRACKED_IPS`).
+pub const MAX_SOURCES: usize = 1000;
+/// Distinct ports remembered per source (a scan is judged at 20 by
+/// default; more only make the alert's count).
+pub const MAX_PORTS: usize = 256;
 
 #[derive(Debug)]
 struct Window {
     start: Duration,
     last: Duration,
     ports: BTreeSet<u16>,
+    /// Distinct ports seen past [`MAX_PORTS`] (not remembered, so a port
+    /// seen again there counts again).
+    more_ports: u64,
+    lowest: u16,
+    highest: u16,
     local_ips: BTreeSet<IpAddr>,
     failed: u32,
     alerted: bool,
+}
+
+impl Window {
+    fn new(at: Duration, port: u16) -> Self {
+        Self {
+            start: at,
+            last: at,
+            ports: BTreeSet::new(),
+            more_ports: 0,
+            lowest: port,
+            highest: port,
+            local_ips: BTreeSet::new(),
+            failed: 0,
+            alerted: false,
+        }
+    }
+
+    fn distinct(&self) -> u64 {
+        self.ports.len() as u64 + self.more_ports
+    }
 }
 
 /// Per-source windows.
@@ -73,58 +109,73 @@ impl PortScan {
             return None;
         };
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(remote) {
-            return None;
+            self.evict();
         }
-        let w = self.sources.entry(*remote).or_insert_with(|| Window {
-            start: *at,
-            last: *at,
-            ports: BTreeSet::new(),
-            local_ips: BTreeSet::new(),
-            failed: 0,
-            alerted: false,
-        });
+        let port = local.port();
+        let w = self
+            .sources
+            .entry(*remote)
+            .or_insert_with(|| Window::new(*at, port));
         if at.saturating_sub(w.start) > self.cfg.window {
-            *w = Window {
-                start: *at,
-                last: *at,
-                ports: BTreeSet::new(),
-                local_ips: BTreeSet::new(),
-                failed: 0,
-                alerted: false,
-            };
+            *w = Window::new(*at, port);
         }
         w.last = w.last.max(*at);
-        w.ports.insert(local.port());
+        w.lowest = w.lowest.min(port);
+        w.highest = w.highest.max(port);
+        if w.ports.len() < MAX_PORTS || w.ports.contains(&port) {
+            w.ports.insert(port);
+        } else {
+            w.more_ports += 1;
+            crate::drops::dropped("port_scan_ports", MAX_PORTS, 1);
+        }
         if w.local_ips.len() < 8 {
             w.local_ips.insert(local.ip());
         }
         if *failed {
             w.failed = w.failed.saturating_add(1);
         }
-        let by_ports = w.ports.len() >= self.cfg.distinct_ports;
+        let by_ports = w.distinct() >= self.cfg.distinct_ports as u64;
         let by_failed = self.cfg.failed_attempts > 0 && w.failed >= self.cfg.failed_attempts;
         if w.alerted || !(by_ports || by_failed) {
             return None;
         }
         w.alerted = true;
-        let (lo, hi) = (
-            w.ports.first().copied().unwrap_or(0),
-            w.ports.last().copied().unwrap_or(0),
-        );
+        let (lo, hi) = (w.lowest, w.highest);
         let targets: Vec<String> = w.local_ips.iter().map(|i| i.to_string()).collect();
-        Some(Raised {
-            severity: AlertSeverity::Critical,
-            category: AlertCategory::PortScan,
-            message: format!("Port scan from {remote}"),
-            detail: format!(
+        Some(Raised::new(
+            AlertSeverity::Critical,
+            AlertCategory::PortScan,
+            format!("Port scan from {remote}"),
+            format!(
                 "{remote} → {} unique ports ({lo}-{hi}) on {}, {} refused or reset, in {:.1}s (window {}s)",
-                w.ports.len(),
+                w.distinct(),
                 targets.join(", "),
                 w.failed,
                 w.last.saturating_sub(w.start).as_secs_f64(),
                 self.cfg.window.as_secs()
             ),
-        })
+        ))
+    }
+
+    /// Make room: evict the half of the sources with the fewest distinct
+    /// ports, the least recently active first among equals.
+    fn evict(&mut self) {
+        let mut order: Vec<(u64, Duration, IpAddr)> = self
+            .sources
+            .iter()
+            .map(|(ip, w)| (w.distinct(), w.last, *ip))
+            .collect();
+        order.sort_unstable();
+        let n = (self.sources.len() / 2).max(1);
+        for (_, _, ip) in order.into_iter().take(n) {
+            self.sources.remove(&ip);
+        }
+        crate::drops::dropped("port_scan_sources", MAX_SOURCES, n as u64);
+    }
+
+    /// Sources tracked now.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
     }
 
     /// Forget sources whose window ended.
@@ -220,6 +271,44 @@ mod tests {
             ..Default::default()
         });
         assert!((0..300).all(|i| off.observe(&attempt(t(i), "192.0.2.9", 22, true)).is_none()));
+    }
+
+    #[test]
+    fn forged_one_probe_sources_are_evicted_before_a_real_scanner() {
+        let mut d = PortScan::new(PortScanConfig::default());
+        let before = crate::drops::total("port_scan_sources");
+        // A real scanner starts: 10 ports so far.
+        for p in 1..=10 {
+            assert!(d.observe(&attempt(t(0), "192.0.2.7", p, false)).is_none());
+        }
+        // 5,000 forged sources, one probe each.
+        for i in 0..5_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            assert!(d.observe(&attempt(t(1), &ip, 80, false)).is_none());
+            assert!(d.sources() <= MAX_SOURCES);
+        }
+        // The scanner's window survived: 10 more ports make the alert.
+        let fired: Vec<_> = (11..=20)
+            .filter_map(|p| d.observe(&attempt(t(2), "192.0.2.7", p, false)))
+            .collect();
+        assert_eq!(fired.len(), 1);
+        // 1 + 5,000 sources through a table of 1,000 that evicts 500 at a
+        // time: 4,001 - 1,000 (full) → 9 evictions of 500.
+        assert_eq!(crate::drops::total("port_scan_sources") - before, 4_500);
+    }
+
+    #[test]
+    fn ports_past_the_cap_are_counted_not_kept() {
+        let mut d = PortScan::new(PortScanConfig::default());
+        let mut fired = Vec::new();
+        for p in 1..=1_000u16 {
+            fired.extend(d.observe(&attempt(t(u64::from(p)), "192.0.2.7", p, false)));
+        }
+        assert_eq!(fired.len(), 1);
+        let w = &d.sources[&"192.0.2.7".parse::<IpAddr>().unwrap()];
+        assert_eq!(w.ports.len(), MAX_PORTS);
+        assert_eq!(w.distinct(), 1_000);
+        assert_eq!((w.lowest, w.highest), (1, 1_000));
     }
 
     #[test]

@@ -41,9 +41,17 @@ pub const OUTSTANDING_TIMEOUT: Duration = Duration::from_secs(5);
 /// up to the capture's read timeout (100 ms) before the capture thread
 /// reads them, so arrival times can be that much closer together.
 pub const CAPTURE_SLACK: Duration = Duration::from_secs(1);
-/// Bounds on per-interval state, so a flood cannot grow memory without end.
-const MAX_OUTSTANDING: usize = 65_536;
-const MAX_DOMAINS: usize = 10_000;
+/// Queries waiting for their response, at most (7/8 of a power of two: a
+/// full map does not grow its buckets). When full, a new query is not
+/// waited for (its response then counts without a latency), counted in
+/// [`crate::drops`] as `dns_outstanding`; they leave after
+/// [`OUTSTANDING_TIMEOUT`].
+pub const MAX_OUTSTANDING: usize = 7_168;
+/// Distinct base domains counted per interval, at most. When full, a new
+/// one is not counted (the interval's top list is of the ones counted),
+/// counted in [`crate::drops`] as `dns_domains`; the table empties every
+/// interval.
+pub const MAX_DOMAINS: usize = 7_168;
 
 /// Per-interval DNS counters fed one event at a time.
 ///
@@ -93,6 +101,8 @@ impl DnsTracker {
                 let key = (e.id, e.client);
                 if self.outstanding.len() < MAX_OUTSTANDING || self.outstanding.contains_key(&key) {
                     self.outstanding.insert(key, (e.at, e.captured));
+                } else {
+                    crate::drops::dropped("dns_outstanding", MAX_OUTSTANDING, 1);
                 }
                 if let Some(name) = name {
                     let d = base_domain(name);
@@ -100,6 +110,8 @@ impl DnsTracker {
                         *n = n.saturating_add(1);
                     } else if self.domains.len() < MAX_DOMAINS {
                         self.domains.insert(d, 1);
+                    } else {
+                        crate::drops::dropped("dns_domains", MAX_DOMAINS, 1);
                     }
                 }
             }
@@ -112,7 +124,12 @@ impl DnsTracker {
     pub fn take(&mut self, now: Duration) -> DnsAnalytics {
         let cutoff = now.saturating_sub(OUTSTANDING_TIMEOUT);
         self.outstanding.retain(|_, (sent, _)| *sent >= cutoff);
-        let mut top: Vec<(String, u32)> = self.domains.drain().collect();
+        // A new map each interval: a flood's interval does not leave its
+        // buckets behind.
+        let mut top: Vec<(String, u32)> = std::mem::take(&mut self.domains).into_iter().collect();
+        if self.outstanding.capacity() > 4 * self.outstanding.len() + 1024 {
+            self.outstanding.shrink_to_fit();
+        }
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(TOP_DOMAINS);
         let mut out = std::mem::take(&mut self.analytics);
@@ -236,5 +253,28 @@ mod tests {
         d.observe(&query(5, c1, "a.b", t(8000)));
         d.take(t(8000));
         assert_eq!(d.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_flood_of_unanswered_queries_is_bounded_and_counted() {
+        let c = sa("127.0.0.1:40000");
+        let t = |ms: u64| Duration::from_secs(1_700_000_000) + Duration::from_millis(ms);
+        let mut d = DnsTracker::default();
+        let (o, n) = (
+            crate::drops::total("dns_outstanding"),
+            crate::drops::total("dns_domains"),
+        );
+        for i in 0..20_000u32 {
+            let client = SocketAddr::new(c.ip(), 10_000 + (i % 50_000) as u16);
+            d.observe(&query(i as u16, client, &format!("x.p{i:05}.com"), t(0)));
+        }
+        assert_eq!(d.outstanding(), MAX_OUTSTANDING);
+        assert_eq!(crate::drops::total("dns_outstanding") - o, 20_000 - 7_168);
+        assert_eq!(crate::drops::total("dns_domains") - n, 20_000 - 7_168);
+        let a = d.take(t(1));
+        assert_eq!(a.total_queries, 20_000, "every query counted");
+        assert_eq!(a.top_domains.len(), TOP_DOMAINS);
+        d.take(t(6_000));
+        assert_eq!(d.outstanding(), 0);
     }
 }

@@ -56,6 +56,28 @@
 //! [`SocketSource::take_tcp_events`] for the alert detectors (port scans,
 //! beaconing); at most 65536 between two reads.
 //!
+//! # Bounded under floods
+//! Every table keyed by packets has a fixed cap, an eviction rule and
+//! counts what it refused in [`crate::drops`] (`netwatch_agent_table_dropped_total`):
+//! - flows between two reads (`pcap_flows`): [`MAX_FLOWS`] of 5-tuples no
+//!   socket of the last scan has; a new one past that is refused (its
+//!   bytes are lost records, [`CaptureStats::flow_overflow`]), one without
+//!   payload (a bare SYN or reset) already past half of it. Flows of the
+//!   sockets the last read's scan saw are always kept, so a flood of
+//!   forged flows cannot take a known connection's bytes;
+//! - TCP stream directions (`pcap_tcp_streams`, see [`stream`]): a new one
+//!   past the cap is counted without the sequence rule; a reset never
+//!   starts one, a bare SYN only below [`stream::MAX_HALF_OPEN`]
+//!   (`pcap_half_open`);
+//! - DNS messages and TCP events between two reads (`pcap_dns_events`,
+//!   `pcap_tcp_events`): [`MAX_DNS_EVENTS`], [`MAX_TCP_EVENTS`], the rest
+//!   refused;
+//! - socket-less flows per read (`pcap_unowned_flows`):
+//!   [`MAX_UNOWNED_FLOWS`] get a row each, the bytes of the others are
+//!   summed into one row per protocol (no address, no owner): kept, not
+//!   itemised;
+//! - remembered owners (`pcap_owners`): the least recently seen go first.
+//!
 //! # Limits
 //! Every socket in the table is reported, with zero counters if no payload
 //! was seen. On `any`, UDP crossing several interfaces of this host
@@ -170,6 +192,9 @@ pub struct CaptureStats {
     /// DNS messages not reported because too many arrived between two
     /// reads (lost records).
     pub dns_overflow: u64,
+    /// SYNs and resets not handed to the alert detectors because too many
+    /// arrived between two reads.
+    pub tcp_events_overflow: u64,
     /// TCP payload bytes captured but not counted because their stream had
     /// already counted them (retransmissions, a packet captured twice).
     pub repeated_bytes: u64,
@@ -217,12 +242,14 @@ pub struct FlowCount {
     pub ended: bool,
 }
 
-/// Distinct flows kept between two reads before packets are dropped.
-const MAX_FLOWS: usize = 1 << 18;
+/// Distinct flows of no known socket kept between two reads (7/8 of a power
+/// of two: a full map does not grow its buckets); flows without payload
+/// only up to half of it.
+pub const MAX_FLOWS: usize = 28_672;
 /// DNS messages kept between two reads.
-const MAX_DNS_EVENTS: usize = 1 << 16;
+pub const MAX_DNS_EVENTS: usize = 16_384;
 /// TCP SYNs and resets kept between two reads.
-const MAX_TCP_EVENTS: usize = 1 << 16;
+pub const MAX_TCP_EVENTS: usize = 16_384;
 const STATS_EVERY: Duration = Duration::from_millis(250);
 /// How often ended and idle TCP streams are forgotten.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
@@ -235,6 +262,15 @@ struct Shared {
     dns: Vec<DnsEvent>,
     /// SYNs and resets, for the alert detectors (locality filled at read).
     tcp_events: Vec<TcpEvent>,
+    /// Both directions of the connected sockets the last read's scan saw
+    /// with an owner: always given a flow, whatever the flood.
+    known: HashSet<FlowKey>,
+    /// New flows refused (the table was full) since the last read.
+    refused_flows: u64,
+    /// TCP events refused since the last read.
+    refused_tcp_events: u64,
+    /// Half-open directions refused, as last reported.
+    reported_half_open: u64,
     stats: CaptureStats,
     /// A SYN was seen since the resolver last looked.
     opened: bool,
@@ -293,7 +329,9 @@ impl Shared {
                 None
             };
             if let Some(kind) = kind {
-                if self.tcp_events.len() < MAX_TCP_EVENTS {
+                if self.tcp_events.len() >= MAX_TCP_EVENTS {
+                    self.refused_tcp_events += 1;
+                } else {
                     self.tcp_events.push(TcpEvent {
                         at: arrival,
                         src,
@@ -306,25 +344,30 @@ impl Shared {
             }
         }
         if bytes > 0 || opened || ended {
-            let full = self.flows.len() >= MAX_FLOWS;
             match self.flows.get_mut(&key) {
                 Some(f) => {
                     f.bytes += bytes;
                     f.opened |= opened;
                     f.ended |= ended;
                 }
-                None if !full => {
-                    self.flows.insert(
-                        key,
-                        FlowCount {
-                            bytes,
-                            opened,
-                            ended,
-                        },
-                    );
+                None => {
+                    let room = if bytes > 0 { MAX_FLOWS } else { MAX_FLOWS / 2 };
+                    if self.flows.len() < room || self.known.contains(&key) {
+                        self.flows.insert(
+                            key,
+                            FlowCount {
+                                bytes,
+                                opened,
+                                ended,
+                            },
+                        );
+                    } else {
+                        self.refused_flows += 1;
+                        if bytes > 0 {
+                            self.stats.flow_overflow += 1;
+                        }
+                    }
                 }
-                None if bytes > 0 => self.stats.flow_overflow += 1,
-                None => {}
             }
         }
         if p.protocol == Protocol::Udp && (src.port() == 53 || dst.port() == 53) {
@@ -378,6 +421,8 @@ pub struct PcapSource {
     /// The capture's read timeout: the longest a captured packet waits in
     /// libpcap's buffer before the capture thread sees it.
     timeout: Duration,
+    /// Untracked TCP segments and DNS overflow already reported as drops.
+    reported: (u64, u64),
 }
 
 impl std::fmt::Debug for PcapSource {
@@ -490,6 +535,7 @@ impl PcapSource {
             joiner: FlowJoiner::default(),
             local_ips: HashSet::new(),
             timeout: Duration::from_millis(config.timeout_ms.max(1) as u64),
+            reported: (0, 0),
         };
         source.refresh_local_ips();
         Ok(source)
@@ -542,7 +588,42 @@ impl SocketSource for PcapSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
-        let flows = std::mem::take(&mut lock(&self.shared).flows);
+        let (flows, refused_flows, refused_tcp, untracked, dns_overflow) = {
+            let mut sh = lock(&self.shared);
+            let refused = (
+                std::mem::take(&mut sh.refused_flows),
+                std::mem::take(&mut sh.refused_tcp_events),
+            );
+            sh.stats.tcp_events_overflow += refused.1;
+            let untracked = sh.streams.untracked();
+            let half_open = sh.streams.refused_half_open();
+            crate::drops::dropped(
+                "pcap_half_open",
+                stream::MAX_HALF_OPEN,
+                half_open.saturating_sub(std::mem::replace(&mut sh.reported_half_open, half_open)),
+            );
+            let dns_overflow = sh.stats.dns_overflow;
+            (
+                std::mem::take(&mut sh.flows),
+                refused.0,
+                refused.1,
+                untracked,
+                dns_overflow,
+            )
+        };
+        crate::drops::dropped("pcap_flows", MAX_FLOWS, refused_flows);
+        crate::drops::dropped("pcap_tcp_events", MAX_TCP_EVENTS, refused_tcp);
+        crate::drops::dropped(
+            "pcap_tcp_streams",
+            stream::MAX_STREAMS,
+            untracked.saturating_sub(self.reported.0),
+        );
+        crate::drops::dropped(
+            "pcap_dns_events",
+            MAX_DNS_EVENTS,
+            dns_overflow.saturating_sub(self.reported.1),
+        );
+        self.reported = (untracked, dns_overflow);
         // The capture thread ends only when stopped or given up on.
         if let Some(t) = self.thread.as_ref().filter(|t| t.is_finished()) {
             anyhow::bail!(
@@ -558,6 +639,28 @@ impl SocketSource for PcapSource {
         self.refresh_local_ips();
         let learned = self.resolver.take_learned();
         let local = &self.local_ips;
+        let known: HashSet<FlowKey> = table
+            .entries()
+            .iter()
+            .filter(|e| e.inode != 0 && e.owner.is_some())
+            .filter_map(|e| {
+                let (local, remote) = (canonical(e.local), canonical(e.remote?));
+                Some([
+                    FlowKey {
+                        protocol: e.protocol,
+                        src: local,
+                        dst: remote,
+                    },
+                    FlowKey {
+                        protocol: e.protocol,
+                        src: remote,
+                        dst: local,
+                    },
+                ])
+            })
+            .flatten()
+            .collect();
+        lock(&self.shared).known = known;
         let samples = self.joiner.apply(&flows, learned, table, |ip| {
             ip.is_loopback() || local.contains(&ip)
         });
@@ -763,9 +866,15 @@ fn timestamp(tv: libc::timeval) -> Duration {
     Duration::from_secs(secs) + Duration::from_micros(micros)
 }
 
+/// Socket-less flows given a row of their own per read; the bytes of the
+/// others are summed into one row per protocol ([`SocketKey::Overflow`]).
+pub const MAX_UNOWNED_FLOWS: usize = 1_024;
+
 /// Which socket a side of a flow belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum SocketKey {
+    /// The socket-less flows past [`MAX_UNOWNED_FLOWS`] of one read.
+    Overflow(Protocol),
     /// A socket of the table, or one a scan saw and that is gone now.
     Inode(u64),
     /// A local endpoint of a socket no scan saw.
@@ -861,6 +970,10 @@ struct FlowJoiner {
     reads: u64,
     next_id: u64,
     stats: JoinStats,
+    /// Socket-less flows given a row of their own in this read.
+    unowned: usize,
+    /// Socket-less flow sides summed into an overflow row in this read.
+    folded: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -880,6 +993,7 @@ impl FlowJoiner {
         is_local: impl Fn(IpAddr) -> bool,
     ) -> Vec<SocketSample> {
         self.reads += 1;
+        self.unowned = 0;
         for c in self.sockets.values_mut() {
             c.active = false;
         }
@@ -922,7 +1036,7 @@ impl FlowJoiner {
         for (key, c) in &self.sockets {
             let closed = match key {
                 SocketKey::Inode(inode) => table.by_inode(*inode).is_none(),
-                SocketKey::Flow { .. } => !c.active,
+                SocketKey::Flow { .. } | SocketKey::Overflow(_) => !c.active,
             };
             if closed {
                 gone.push(*key);
@@ -930,8 +1044,8 @@ impl FlowJoiner {
             samples.push(SocketSample {
                 id: c.id,
                 protocol: c.protocol,
-                local: Some(c.local),
-                remote: c.remote,
+                local: (!matches!(key, SocketKey::Overflow(_))).then_some(c.local),
+                remote: c.remote.filter(|_| !matches!(key, SocketKey::Overflow(_))),
                 state: if closed { "CLOSED" } else { c.state }.into(),
                 pid: c.pid,
                 comm: c.comm.as_deref().map(Into::into),
@@ -947,7 +1061,16 @@ impl FlowJoiner {
             self.sockets.remove(&key);
         }
         self.previous = table;
+        // A flood's read left a big map: give the memory back.
+        if self.sockets.capacity() > 4 * self.sockets.len() + 4_096 {
+            self.sockets.shrink_to_fit();
+        }
         self.forget(flows);
+        crate::drops::dropped(
+            "pcap_unowned_flows",
+            MAX_UNOWNED_FLOWS,
+            std::mem::take(&mut self.folded),
+        );
         samples.sort_by_key(|s| s.id);
         samples
     }
@@ -1002,6 +1125,7 @@ impl FlowJoiner {
                 self.owners.iter().map(|(k, m)| (m.seen, *k)).collect();
             by_age.sort_unstable();
             let excess = self.owners.len() - MAX_OWNERS;
+            crate::drops::dropped("pcap_owners", MAX_OWNERS, excess as u64);
             for (_, k) in by_age.into_iter().take(excess) {
                 self.owners.remove(&k);
             }
@@ -1042,7 +1166,7 @@ impl FlowJoiner {
                     primary: *next_id,
                     secondary: match key {
                         SocketKey::Inode(i) => i,
-                        SocketKey::Flow { .. } => 0,
+                        SocketKey::Flow { .. } | SocketKey::Overflow(_) => 0,
                     },
                 },
                 protocol,
@@ -1130,7 +1254,15 @@ impl FlowJoiner {
                     local,
                     remote,
                 };
-                (k, None)
+                if self.sockets.contains_key(&k) {
+                    (k, None)
+                } else if self.unowned < MAX_UNOWNED_FLOWS {
+                    self.unowned += 1;
+                    (k, None)
+                } else {
+                    self.folded += 1;
+                    (SocketKey::Overflow(protocol), None)
+                }
             }
             (None, ..) => {
                 self.stats.not_local_bytes += bytes;
@@ -1562,6 +1694,98 @@ mod tests {
                 name: Some("a.example.com".into())
             }
         );
+    }
+
+    /// A UDP datagram of `n` payload bytes from 127.0.0.1:`sport` to
+    /// 127.0.0.1:9.
+    fn datagram(sport: u16, n: usize) -> Vec<u8> {
+        use frame::tests::{ethernet, ipv4, udp, UDP};
+        ethernet(
+            0x0800,
+            &[],
+            &ipv4(
+                [127, 0, 0, 1],
+                [127, 0, 0, 1],
+                UDP,
+                0,
+                0,
+                &udp(sport, 9, &vec![1; n]),
+            ),
+        )
+    }
+
+    #[test]
+    fn a_flow_flood_is_refused_past_the_cap_but_known_sockets_keep_their_flows() {
+        let mut s = Shared::default();
+        let known = FlowKey {
+            protocol: Protocol::Udp,
+            src: sa("127.0.0.1:65000"),
+            dst: sa("127.0.0.1:9"),
+        };
+        s.known.insert(known);
+        let see = |s: &mut Shared, f: &[u8]| {
+            s.observe(
+                LinkType::Ethernet,
+                f,
+                f.len(),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
+        };
+        // Bare SYNs (no payload) fill only half the table.
+        for i in 0..MAX_FLOWS as u32 {
+            see(&mut s, &segment(1 + (i % 60_000) as u16, i, 0x02, 0));
+        }
+        assert_eq!(s.flows.len(), MAX_FLOWS / 2);
+        // Datagrams with payload fill the rest; further ones are refused.
+        for sport in 1..=(MAX_FLOWS as u16) {
+            see(&mut s, &datagram(sport, 10));
+        }
+        assert_eq!(s.flows.len(), MAX_FLOWS);
+        // Half the SYNs and half the datagrams.
+        assert_eq!(s.refused_flows, MAX_FLOWS as u64);
+        assert_eq!(s.stats.flow_overflow, (MAX_FLOWS / 2) as u64);
+        // A known socket's flow still gets its entry and every byte.
+        see(&mut s, &datagram(65_000, 1_234));
+        assert_eq!(s.flows.get(&known).map(|f| f.bytes), Some(1_234));
+        assert_eq!(s.flows.len(), MAX_FLOWS + 1);
+    }
+
+    #[test]
+    fn socket_less_flows_past_the_cap_are_summed_into_one_row_per_protocol() {
+        let mut j = FlowJoiner::default();
+        let before = crate::drops::total("pcap_unowned_flows");
+        let list: Vec<(Protocol, String, String, u64)> = (0..5_000u32)
+            .map(|i| {
+                (
+                    Protocol::Udp,
+                    format!("127.10.{}.{}:5353", i >> 8, i & 0xff),
+                    "127.0.0.1:53".to_string(),
+                    100,
+                )
+            })
+            .collect();
+        let refs: Vec<(Protocol, &str, &str, u64)> = list
+            .iter()
+            .map(|(p, a, b, n)| (*p, a.as_str(), b.as_str(), *n))
+            .collect();
+        let samples = j.apply(
+            &flows(&refs),
+            Vec::new(),
+            SocketTable::from_entries(Vec::new()),
+            |ip| ip.is_loopback(),
+        );
+        // Each flow has two local sides: 10,000 sides, 1,024 rows of their
+        // own, the other 8,976 summed into one row.
+        assert_eq!(samples.len(), MAX_UNOWNED_FLOWS + 1);
+        let (rx, tx) = samples
+            .iter()
+            .fold((0, 0), |a, s| (a.0 + s.rx_bytes, a.1 + s.tx_bytes));
+        assert_eq!((rx, tx), (500_000, 500_000), "every byte kept");
+        let overflow: Vec<_> = samples.iter().filter(|s| s.local.is_none()).collect();
+        assert_eq!(overflow.len(), 1);
+        assert_eq!(overflow[0].rx_bytes + overflow[0].tx_bytes, 8_976 * 100);
+        assert_eq!(crate::drops::total("pcap_unowned_flows") - before, 8_976);
     }
 
     /// The test clock's wall part as a libpcap timestamp would carry it.

@@ -19,7 +19,12 @@
 //! [`MAX_GAP`] past what was counted (state from another connection): each
 //! resync is counted in [`Streams::resyncs`]. With [`MAX_STREAMS`] directions
 //! tracked, further new ones are counted without the rule
-//! ([`Streams::untracked`]).
+//! ([`Streams::untracked`], reported by the source as dropped entries of
+//! `pcap_tcp_streams`); ended and idle ones make room as they expire. A
+//! reset never starts a direction (it carries no stream data), and a bare
+//! SYN only while fewer than [`MAX_HALF_OPEN`] are tracked (counted in
+//! [`Streams::refused_half_open`], reported as `pcap_half_open`), so a SYN
+//! flood holds at most that many.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -28,8 +33,14 @@ use std::time::Duration;
 use super::frame::TcpSegment;
 use super::FlowKey;
 
-/// Directions tracked at most.
-pub const MAX_STREAMS: usize = 1 << 18;
+/// Directions tracked at most (7/8 of a power of two: a full map does not
+/// grow its buckets; about 3.4 MB).
+pub const MAX_STREAMS: usize = 28_672;
+/// A bare SYN (no payload) starts a direction only while fewer than this
+/// many are tracked: a half-open direction's only use is its initial
+/// sequence number (a reused tuple), and its first data segment starts it
+/// anyway, counted in full. So a SYN flood holds at most this many.
+pub const MAX_HALF_OPEN: usize = 7_168;
 /// A direction idle this long is forgotten.
 ///
 /// Every time here is monotonic: when the capture thread read the segment
@@ -60,6 +71,7 @@ struct Stream {
 pub struct Streams {
     map: HashMap<FlowKey, Stream>,
     untracked: u64,
+    refused_half_open: u64,
     resyncs: u64,
 }
 
@@ -76,6 +88,7 @@ impl Streams {
             ended: false,
         };
         let full = self.map.len() >= MAX_STREAMS;
+        let half_open_full = self.map.len() >= MAX_HALF_OPEN;
         let s = match self.map.entry(key) {
             Entry::Occupied(o) => {
                 let s = o.into_mut();
@@ -85,9 +98,15 @@ impl Streams {
                 }
                 s
             }
+            // A reset carries no stream data: nothing to track.
+            Entry::Vacant(_) if seg.rst() => return 0,
+            Entry::Vacant(_) if len == 0 && half_open_full => {
+                self.refused_half_open += 1;
+                return 0;
+            }
             Entry::Vacant(_) if full => {
                 self.untracked += 1;
-                return if seg.rst() { 0 } else { u64::from(len) };
+                return u64::from(len);
             }
             Entry::Vacant(v) => v.insert(fresh),
         };
@@ -132,6 +151,11 @@ impl Streams {
         self.map.is_empty()
     }
 
+    /// Bare SYNs of new directions not tracked ([`MAX_HALF_OPEN`]).
+    pub fn refused_half_open(&self) -> u64 {
+        self.refused_half_open
+    }
+
     /// Segments of new directions counted without the rule because the
     /// table was full.
     pub fn untracked(&self) -> u64 {
@@ -148,6 +172,14 @@ impl Streams {
 mod tests {
     use super::*;
     use crate::source::Protocol;
+
+    fn reverse(k: FlowKey) -> FlowKey {
+        FlowKey {
+            protocol: k.protocol,
+            src: k.dst,
+            dst: k.src,
+        }
+    }
 
     fn key(n: u16) -> FlowKey {
         FlowKey {
@@ -258,5 +290,25 @@ mod tests {
         assert_eq!(s.count(key(7), seg(0, ACK), 9, t(0)), 9);
         assert_eq!(s.count(key(7), seg(0, ACK), 9, t(0)), 9);
         assert_eq!((s.len(), s.untracked()), (MAX_STREAMS, 2));
+    }
+
+    #[test]
+    fn a_syn_flood_holds_at_most_the_half_open_cap_and_resets_start_nothing() {
+        let mut s = Streams::default();
+        let k = |i: usize| FlowKey {
+            protocol: Protocol::Tcp,
+            src: ([127, 10, (i >> 8) as u8, i as u8], 40_000).into(),
+            dst: ([127, 0, 0, 1], 80).into(),
+        };
+        for i in 0..20_000 {
+            assert_eq!(s.count(k(i), seg(7, SYN), 0, t(0)), 0);
+            assert_eq!(s.count(reverse(k(i)), seg(0, RST), 0, t(0)), 0);
+        }
+        assert_eq!(s.len(), MAX_HALF_OPEN);
+        assert_eq!(s.refused_half_open(), (20_000 - MAX_HALF_OPEN) as u64);
+        // A refused direction's data still counts, in full, and from then
+        // on by the rule.
+        assert_eq!(s.count(k(19_999), seg(8, ACK), 100, t(1)), 100);
+        assert_eq!(s.count(k(19_999), seg(8, ACK), 100, t(1)), 0);
     }
 }
