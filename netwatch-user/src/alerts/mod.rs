@@ -406,7 +406,11 @@ impl Detectors {
         self.engine.set_clock(t.now, t.wall);
         for e in self.feed.events(t) {
             for a in self.engine.observe(&e) {
-                log::warn!("alert: {} ({})", a.message, a.detail);
+                log::warn!(
+                    "alert: {} ({})",
+                    crate::text::Visible(&a.message),
+                    crate::text::Visible(&a.detail)
+                );
             }
         }
         self.engine.expire(t.now);
