@@ -478,6 +478,12 @@ fn reply_and_close_child() {
         "bridge-server" => {
             let l = TcpListener::bind("10.99.0.1:0").unwrap();
             let port = l.local_addr().unwrap().port();
+            // The listener stays open until the last read: the accepted
+            // connections are owned through it, and a run that ends before
+            // any scan saw the listener (the 100 exchanges can finish in
+            // less than one read on a loaded machine) would test attribution
+            // after the owner is gone, not the double capture.
+            let keep = l.try_clone().unwrap();
             let mut src = open("any", Some(format!("tcp port {port}")));
             let mut attribution = Attribution::new(Instant::now());
             let mut tally = Tally::default();
@@ -502,6 +508,7 @@ fn reply_and_close_child() {
                 let b = src.read().expect("read");
                 tally.add(&mut attribution, &b, port);
             }
+            drop(keep);
             let (rx, tx) = tally.of(std::process::id());
             let st = src.stats();
             writeln!(
