@@ -1932,6 +1932,7 @@ mod tests {
             fallback_reason: None,
             lost_records: Some(6),
             connections_truncated: None,
+            processes_folded: None,
         });
         st.apply(&s, Instant::now(), &mut cg);
         let p = page(

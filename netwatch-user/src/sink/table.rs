@@ -191,6 +191,7 @@ mod tests {
             fallback_reason: None,
             lost_records: Some(0),
             connections_truncated: None,
+            processes_folded: None,
         });
         s.interfaces.push(InterfaceMetric {
             name: "lo".into(),
