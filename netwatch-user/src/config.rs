@@ -49,9 +49,10 @@ pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Process rows per snapshot by default (the busiest this interval; the
 /// others are summed into one row). A row with every metadata field is
-/// about 400 bytes of JSON (measured: `BENCHMARKS.md`, "process rows"), so
-/// 1000 rows are 0.4 MB, with 1000 connection rows 0.6 MB: a fork flood of
-/// any size leaves a snapshot well under the ingest's 5 MB batch limit.
+/// about 360 bytes of JSON (measured by `tests/process_rows.rs`, an exe
+/// path of 70 characters), so 1000 rows are 0.36 MB, with 1000 connection
+/// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
+/// snapshot well under the ingest's 5 MB batch limit.
 pub const DEFAULT_MAX_PROCESSES: usize = 1000;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
