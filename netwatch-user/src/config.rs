@@ -52,7 +52,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// about 360 bytes of JSON (measured by `tests/process_rows.rs`, an exe
 /// path of 70 characters), so 1000 rows are 0.36 MB, with 1000 connection
 /// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
-/// snapshot well under the ingest's 5 MB batch limit.
+/// snapshot well under the ingest's 5 MB batch limit. Rows of hostile
+/// names stay under 2 KB each (`cmd` is cut at
+/// [`crate::procinfo::process::MAX_CMD_CHARS`]): 2 MB for 1000.
 pub const DEFAULT_MAX_PROCESSES: usize = 1000;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
