@@ -173,6 +173,12 @@ pub struct CollectorInfo {
     /// them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections_truncated: Option<u64>,
+    /// Process rows folded into the snapshot's one row without a pid (named
+    /// `(others)`) by the top-N bound (`max_processes`). That row carries
+    /// their bytes, rates and connection counts summed, so the rows still
+    /// add up to every process's traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_folded: Option<u64>,
 }
 
 /// Per-interface counters and derived rates.

@@ -360,6 +360,7 @@ fn collector() -> ours::CollectorInfo {
         fallback_reason: Some("fentry: EPERM".to_string()),
         lost_records: Some(7),
         connections_truncated: None,
+        processes_folded: None,
     }
 }
 
@@ -390,6 +391,7 @@ fn our_request() -> ours::IngestRequest {
                 fallback_reason: None,
                 lost_records: None,
                 connections_truncated: None,
+                processes_folded: None,
             })),
         ],
     }

@@ -31,6 +31,8 @@ pub struct Agent {
     alerts: Option<Detectors>,
     health: Option<Prober>,
     max_connections: usize,
+    /// Process rows per snapshot at most (the rest folded into one).
+    max_processes: usize,
     /// Snapshots no sink kept (see [`Agent::unkept_snapshots`]).
     unkept: u64,
     /// The latest snapshot was kept by no sink: said once until one is.
@@ -63,6 +65,7 @@ impl Agent {
             alerts: None,
             health: None,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            max_processes: crate::config::DEFAULT_MAX_PROCESSES,
             unkept: 0,
             unkept_said: false,
             clock: Arc::new(SystemClock),
@@ -91,6 +94,15 @@ impl Agent {
         self
     }
 
+    /// Emit at most `max` process rows per snapshot (the busiest this
+    /// interval), the others summed into one row without a pid
+    /// ([`crate::attribution::fold_processes`]) and counted as
+    /// `snapshot_processes` drops; the alert detectors see every process.
+    pub fn with_max_processes(mut self, max: usize) -> Self {
+        self.max_processes = max;
+        self
+    }
+
     /// Copy the probe thread's latest result into every snapshot (`health`).
     pub fn with_health(mut self, prober: Prober) -> Self {
         self.health = Some(prober);
@@ -100,12 +112,18 @@ impl Agent {
     /// The first read: sets every baseline (interface counters, CPU times,
     /// socket counters) so the first emitted snapshot covers one interval.
     pub fn prime(&mut self) {
-        let _ = self.snapshot();
+        let _ = self.collect(false);
     }
 
     /// Collect one snapshot. Collector failures are logged and leave their
     /// section empty; they never stop the tick.
     pub fn snapshot(&mut self) -> Snapshot {
+        self.collect(true)
+    }
+
+    /// One snapshot; `emitted`: it goes to the sinks (the priming one does
+    /// not, so the rows it folds are not counted as dropped).
+    fn collect(&mut self, emitted: bool) -> Snapshot {
         // One reading of each clock per tick: the monotonic one for every
         // window, the wall one for timestamps only.
         let now = self.clock.mono();
@@ -121,10 +139,13 @@ impl Agent {
         // The batch and its compact rows live until the alerts are fed;
         // wire rows are built for the top N only.
         let mut read = None;
+        // Every process's row until the alerts have seen them; then the
+        // top N go out.
+        let mut processes = None;
         match self.source.read() {
             Ok(batch) => {
                 let mut rows = self.attribution.read(&batch);
-                let mut processes = if batch.estimated {
+                processes = Some(if batch.estimated {
                     // The estimate splits by every ESTABLISHED connection
                     // (the fallback sources only).
                     crate::estimate::split_by_connections(
@@ -133,9 +154,7 @@ impl Agent {
                     )
                 } else {
                     std::mem::take(&mut rows.processes)
-                };
-                self.host.fill_processes(&mut processes);
-                snap.processes = Some(processes);
+                });
                 let (connections, left_out) = rows.top_connections(&batch, self.max_connections);
                 snap.connections = Some(connections);
                 if left_out > 0 {
@@ -171,12 +190,25 @@ impl Agent {
                 tcp: &tcp,
                 connections: &conns,
                 dns: dns.as_deref().unwrap_or(&[]),
-                processes: snap.processes.as_deref().unwrap_or(&[]),
+                processes: processes.as_deref().unwrap_or(&[]),
                 interfaces: &snap.interfaces,
             }));
         }
         if let Some((_, rows)) = read {
             self.attribution.recycle(rows);
+        }
+        if let Some(mut processes) = processes {
+            let folded = crate::attribution::fold_processes(&mut processes, self.max_processes);
+            if folded > 0 {
+                info.processes_folded = Some(folded);
+                if emitted {
+                    crate::drops::dropped("snapshot_processes", self.max_processes, folded);
+                }
+            }
+            // Metadata for the rows that go out only: a fork flood costs
+            // no /proc reads past the bound.
+            self.host.fill_processes(&mut processes);
+            snap.processes = Some(processes);
         }
         self.host.fill_dns(&mut snap, dns, now);
         if let Some(p) = &self.health {
@@ -397,6 +429,7 @@ mod tests {
             fallback_reason: None,
             lost_records: None,
             connections_truncated: None,
+            processes_folded: None,
         };
         let agent = Agent::new(
             Box::new(Baseline(Arc::clone(&moved))),

@@ -7,6 +7,10 @@
 //! ([`Attribution::read`]) yields compact [`Row`]s that point into the
 //! batch, and wire [`ConnectionDetail`]s are built only for the rows that
 //! go out ([`Interval::top_connections`]).
+//!
+//! What goes out is bounded; what is counted is not: the top N connection
+//! rows ([`Interval::top`]) and the top N process rows ([`fold_processes`],
+//! the rest summed into one row) are cut from complete per-process sums.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -574,6 +578,60 @@ pub fn truncate_connections(rows: &mut Vec<ConnectionDetail>, bytes: &[u64], max
     dropped
 }
 
+/// The `process_name` of the one row [`fold_processes`] adds for the
+/// processes it leaves out. That row is the only one without a pid (every
+/// row of a source has one), which is what tells it apart from a process
+/// that names itself so.
+pub const FOLDED_PROCESS_NAME: &str = "(others)";
+
+/// Keep the `max` process rows that moved the most bytes (rx + tx) this
+/// interval and fold the rest into one row appended last: `pid` `None`,
+/// `process_name` [`FOLDED_PROCESS_NAME`], the sums of their bytes, rates
+/// and connection counts, no metadata. Returns how many rows were folded
+/// (0: `rows` untouched, in their order, and no row added).
+///
+/// Ties on bytes go to the smaller pid, then the smaller name (a row
+/// without a pid last), whatever order `rows` came in; the kept rows come
+/// out in that order. Bytes are summed saturating (they cannot reach
+/// `u64::MAX` in one interval), so the rows still add up exactly to what
+/// every process moved. Only the rows of one snapshot are cut: the counters
+/// they come from ([`Attribution`]) stay complete, so a process folded in
+/// one interval has its own exact row again in the next one it is among
+/// the busiest, and its bytes are counted once, in the interval that moved
+/// them.
+pub fn fold_processes(rows: &mut Vec<ProcessBandwidth>, max: usize) -> u64 {
+    if rows.len() <= max {
+        return 0;
+    }
+    let bytes = |p: &ProcessBandwidth| p.rx_bytes.saturating_add(p.tx_bytes);
+    let rank = |a: &ProcessBandwidth, b: &ProcessBandwidth| {
+        bytes(b)
+            .cmp(&bytes(a))
+            .then_with(|| match (a.pid, b.pid) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (x, y) => x.is_none().cmp(&y.is_none()),
+            })
+            .then_with(|| a.process_name.cmp(&b.process_name))
+    };
+    if max > 0 {
+        rows.select_nth_unstable_by(max - 1, rank);
+    }
+    let rest = rows.split_off(max);
+    rows.sort_unstable_by(rank);
+    let folded = rest.len() as u64;
+    let mut other =
+        ProcessBandwidth::network_only(FOLDED_PROCESS_NAME.to_string(), None, 0, 0, 0.0, 0.0, 0);
+    for p in &rest {
+        other.rx_bytes = other.rx_bytes.saturating_add(p.rx_bytes);
+        other.tx_bytes = other.tx_bytes.saturating_add(p.tx_bytes);
+        other.rx_rate += p.rx_rate;
+        other.tx_rate += p.tx_rate;
+        other.connection_count = other.connection_count.saturating_add(p.connection_count);
+    }
+    rows.push(other);
+    folded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -957,6 +1015,131 @@ mod tests {
                 assert_eq!(iv.processes, all.processes);
             }
         }
+    }
+
+    fn p(name: &str, pid: u32, rx: u64, tx: u64, conns: u32) -> ProcessBandwidth {
+        ProcessBandwidth::network_only(
+            name.into(),
+            Some(pid),
+            rx,
+            tx,
+            rx as f64 / 2.0,
+            tx as f64 / 2.0,
+            conns,
+        )
+    }
+
+    fn brief(rows: &[ProcessBandwidth]) -> Vec<(Option<u32>, &str, u64, u64, u32)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r.pid,
+                    r.process_name.as_str(),
+                    r.rx_bytes,
+                    r.tx_bytes,
+                    r.connection_count,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fold_keeps_the_busiest_rows_ties_by_pid_then_name_and_sums_the_rest() {
+        // Given out of order: three rows tie at 30 bytes, two of them on
+        // one pid (a thread renamed).
+        let given = vec![
+            p("c", 9, 10, 20, 1),
+            p("z", 4, 0, 0, 2),
+            p("b", 7, 15, 15, 1),
+            p("a", 7, 30, 0, 0),
+            p("big", 12, 1000, 1, 3),
+            p("d", 5, 0, 30, 4),
+            p("e", 3, 1, 1, 5),
+        ];
+        let mut rows = given.clone();
+        assert_eq!(fold_processes(&mut rows, 3), 4);
+        assert_eq!(
+            brief(&rows),
+            vec![
+                (Some(12), "big", 1000, 1, 3),
+                // 30 bytes each: pid 5 first, then pid 7's `a` before `b`.
+                (Some(5), "d", 0, 30, 4),
+                (Some(7), "a", 30, 0, 0),
+                // Folded: b (7), c (9), e (3), z (4).
+                (
+                    None,
+                    FOLDED_PROCESS_NAME,
+                    15 + 10 + 1,
+                    15 + 20 + 1,
+                    1 + 1 + 5 + 2
+                ),
+            ]
+        );
+        let other = &rows[3];
+        assert_eq!((other.rx_rate, other.tx_rate), (13.0, 18.0));
+        assert_eq!((other.user.as_ref(), other.cmd.as_ref()), (None, None));
+        // Every byte is in some row.
+        let total = |r: &[ProcessBandwidth]| {
+            r.iter()
+                .fold((0, 0), |t, p| (t.0 + p.rx_bytes, t.1 + p.tx_bytes))
+        };
+        assert_eq!(total(&rows), total(&given));
+        // The same rows in any order fold the same.
+        let mut reversed: Vec<_> = given.iter().rev().cloned().collect();
+        assert_eq!(fold_processes(&mut reversed, 3), 4);
+        assert_eq!(reversed, rows);
+
+        // Nothing to cut: untouched, in the given order, no row added.
+        let mut same = given.clone();
+        assert_eq!(fold_processes(&mut same, 7), 0);
+        assert_eq!(same, given);
+        // 0: only the folded row, holding everything.
+        let mut none = given.clone();
+        assert_eq!(fold_processes(&mut none, 0), 7);
+        assert_eq!(
+            brief(&none),
+            vec![(None, FOLDED_PROCESS_NAME, 1056, 67, 16)]
+        );
+    }
+
+    #[test]
+    fn a_folded_process_has_its_exact_bytes_when_it_is_back_in_the_top_n() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut a = Attribution::new(t0);
+        let s = |pid: u32, rx| sample(u64::from(pid), pid, rx, 0, CountOrigin::SinceAttach);
+        let mut tick = |secs, v: Vec<SocketSample>| {
+            let mut rows = a.read(&batch(at(secs), v)).processes;
+            let folded = fold_processes(&mut rows, 2);
+            (
+                folded,
+                brief(&rows)
+                    .iter()
+                    .map(|r| (r.0, r.2, r.4))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // Pid 1 is the smallest mover: folded.
+        assert_eq!(
+            tick(1, vec![s(1, 10), s(2, 100), s(3, 200)]),
+            (1, vec![(Some(3), 200, 1), (Some(2), 100, 1), (None, 10, 1)])
+        );
+        // Next interval it moves 500 more: its row has exactly those (not
+        // the 10 already counted in the folded row). Pids 2 and 3 moved
+        // nothing: they tie at 0 and the smaller pid stays.
+        assert_eq!(
+            tick(2, vec![s(1, 510), s(2, 100), s(3, 200)]),
+            (1, vec![(Some(1), 500, 1), (Some(2), 0, 1), (None, 0, 1)])
+        );
+        // Pid 3 moves again while folded, then is back: counted once each.
+        assert_eq!(
+            tick(3, vec![s(1, 610), s(2, 150), s(3, 207)]),
+            (1, vec![(Some(1), 100, 1), (Some(2), 50, 1), (None, 7, 1)])
+        );
+        assert_eq!(
+            tick(4, vec![s(1, 610), s(2, 150), s(3, 1207)]),
+            (1, vec![(Some(3), 1000, 1), (Some(1), 0, 1), (None, 0, 1)])
+        );
     }
 
     fn new_flags(a: &mut Attribution, at: Instant, v: Vec<SocketSample>) -> Vec<(u64, bool)> {

@@ -47,6 +47,15 @@ pub const DEFAULT_VIEW_INTERVAL_SECS: f64 = 1.0;
 /// bound to its caller (`top_connections(conns, max)`); 1000 rows keep a
 /// snapshot near 200 KB of JSON.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Process rows per snapshot by default (the busiest this interval; the
+/// others are summed into one row). A row with every metadata field is
+/// about 360 bytes of JSON (measured by `tests/process_rows.rs`, an exe
+/// path of 70 characters), so 1000 rows are 0.36 MB, with 1000 connection
+/// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
+/// snapshot well under the ingest's 5 MB batch limit. Rows of hostile
+/// names stay under 2 KB each (`cmd` is cut at
+/// [`crate::procinfo::process::MAX_CMD_CHARS`]): 2 MB for 1000.
+pub const DEFAULT_MAX_PROCESSES: usize = 1000;
 /// Shortest interval accepted.
 pub const MIN_INTERVAL_SECS: f64 = 0.05;
 /// Longest interval accepted (a day).
@@ -185,6 +194,10 @@ pub struct Args {
     /// first; per-process totals still count every socket [default: 1000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Process rows per snapshot at most, the busiest this interval first;
+    /// the others are summed into one `(others)` row [default: 1000].
+    #[arg(long)]
+    pub max_processes: Option<usize>,
     /// NetWatch Cloud base URL (`/api/v1/ingest` is appended).
     #[arg(long, env = "NETWATCH_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
@@ -237,6 +250,7 @@ pub struct FileConfig {
     pub interface: Option<String>,
     pub rows: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_processes: Option<usize>,
     #[serde(default)]
     pub ebpf: EbpfFile,
     #[serde(default)]
@@ -434,6 +448,9 @@ pub struct Config {
     pub rows: usize,
     /// Connection rows per snapshot at most (top-N by interval bytes).
     pub max_connections: usize,
+    /// Process rows per snapshot at most (top-N by interval bytes, the rest
+    /// folded into one row).
+    pub max_processes: usize,
     /// Set when `outputs` holds `Ingest`.
     pub ingest: Option<IngestConfig>,
     /// Set when `outputs` holds `Prometheus`.
@@ -567,6 +584,8 @@ pub mod limits {
     pub const ROWS: (usize, usize) = (1, 10_000);
     /// `max_connections` per snapshot (0: none listed).
     pub const MAX_CONNECTIONS: (usize, usize) = (0, 1_000_000);
+    /// `max_processes` per snapshot (0: every process in the one folded row).
+    pub const MAX_PROCESSES: (usize, usize) = (0, 1_000_000);
     /// The spool's bound, bytes (64 KiB to 1 TiB).
     pub const SPOOL_MAX_BYTES: (u64, u64) = (64 * 1024, 1 << 40);
     /// `[health] probes` per round.
@@ -825,6 +844,13 @@ pub fn resolve(
             .unwrap_or(DEFAULT_MAX_CONNECTIONS),
         limits::MAX_CONNECTIONS,
     )?;
+    let max_processes = int_in(
+        "max_processes",
+        args.max_processes
+            .or(f.max_processes)
+            .unwrap_or(DEFAULT_MAX_PROCESSES),
+        limits::MAX_PROCESSES,
+    )?;
 
     let endpoint = args.endpoint.clone().or(f.ingest.endpoint.clone());
     let ingest = if delivering {
@@ -947,6 +973,7 @@ pub fn resolve(
         interface: args.interface.clone().or(f.interface.clone()),
         rows,
         max_connections,
+        max_processes,
         ingest,
         prometheus,
         config_file,
@@ -1655,6 +1682,16 @@ mod tests {
                 "max_connections 18446744073709551615: must be between 0 and 1000000",
             ),
             (
+                &["--max-processes", "1000001"],
+                "",
+                "max_processes 1000001: must be between 0 and 1000000",
+            ),
+            (
+                &[],
+                "max_processes = 18446744073709551615\n",
+                "max_processes 18446744073709551615: must be between 0 and 1000000",
+            ),
+            (
                 &[
                     "--output",
                     "prometheus",
@@ -1785,6 +1822,7 @@ mod tests {
     const INT_KEYS: &[(&str, &str)] = &[
         ("", "rows"),
         ("", "max_connections"),
+        ("", "max_processes"),
         ("ebpf", "max_sockets"),
         ("ebpf", "ringbuf_bytes"),
         ("ingest", "batch_max_snapshots"),
@@ -1809,6 +1847,7 @@ mod tests {
         "--ringbuf-bytes",
         "--rows",
         "--max-connections",
+        "--max-processes",
         "--spool-max-bytes",
         "--metrics-process-expiry",
         "--metrics-top-processes",

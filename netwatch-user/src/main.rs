@@ -201,7 +201,8 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
         sinks,
         selected.started_at,
     )
-    .with_max_connections(cfg.max_connections);
+    .with_max_connections(cfg.max_connections)
+    .with_max_processes(cfg.max_processes);
     if let Some(a) = cfg.alerts.clone() {
         agent = agent.with_alerts(netwatch::alerts::Detectors::new(a));
     }

@@ -77,6 +77,7 @@ impl Rig {
             fallback_reason: None,
             lost_records: None,
             connections_truncated: None,
+            processes_folded: None,
         };
         let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
             .with_alerts(Detectors::new(AlertConfig::default()))

@@ -66,3 +66,19 @@ fn a_config_file_value_out_of_range_is_refused_naming_it() {
         "netwatch-agent: [alerts] active_secs NaN: must be between 1 and 86400 seconds"
     );
 }
+
+#[test]
+fn max_processes_out_of_range_is_refused_from_the_command_line_and_the_file() {
+    let (code, err) = run("", &["--once", "--max-processes", "1000001"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "netwatch-agent: max_processes 1000001: must be between 0 and 1000000"
+    );
+    let (code, err) = run("max_processes = 2000000\n", &["--once"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "netwatch-agent: max_processes 2000000: must be between 0 and 1000000"
+    );
+}

@@ -1875,6 +1875,7 @@ fn an_alert_keeps_its_window_when_the_guest_wall_clock_steps() {
         fallback_reason: None,
         lost_records: None,
         connections_truncated: None,
+        processes_folded: None,
     };
     let active = Duration::from_secs(4);
     let cfg = AlertConfig {

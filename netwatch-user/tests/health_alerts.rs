@@ -280,6 +280,7 @@ impl Watch {
             fallback_reason: None,
             lost_records: None,
             connections_truncated: None,
+            processes_folded: None,
         };
         let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
             .with_alerts(Detectors::new(cfg));

@@ -348,9 +348,10 @@ fn a_flood_of_connections_past_the_cap_still_lets_a_scrape_in() {
         "the {evicted} oldest closed, the newest {} held",
         flood - evicted
     );
-    assert!(agent.log().iter().any(|l| l.contains(&format!(
-        "metrics_connections: at its cap ({cap}), dropped"
-    ))));
+    assert!(agent
+        .log()
+        .iter()
+        .any(|l| l.contains(&format!("metrics_connections: at its cap ({cap}), dropped"))));
 }
 
 #[test]

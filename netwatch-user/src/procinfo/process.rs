@@ -481,6 +481,25 @@ fn read_stat(pid: u32, page_size: u64) -> Option<StatNow> {
     })
 }
 
+/// The longest `cmd` a row carries, in characters. Any user can run a
+/// program from a path of 4095 bytes, each a control character that JSON
+/// writes as 6 (`\u0001`): uncut, one such row is 25 KB, and a thousand
+/// processes of one such program would take a snapshot past the ingest's
+/// 5 MB limit. Cut, a row stays under 2 KB of JSON whatever the names.
+pub const MAX_CMD_CHARS: usize = 256;
+
+/// `exe` as a row's `cmd`: whole when it has at most [`MAX_CMD_CHARS`]
+/// characters, else `…` and its last `MAX_CMD_CHARS - 1` characters (the
+/// end names the program).
+fn cmd_of(exe: &str) -> String {
+    let n = exe.chars().count();
+    if n <= MAX_CMD_CHARS {
+        return exe.to_string();
+    }
+    let tail: String = exe.chars().skip(n - (MAX_CMD_CHARS - 1)).collect();
+    format!("…{tail}")
+}
+
 /// Read `/proc/<pid>/{status,exe}`; each file that cannot be read leaves
 /// its field `None`. Never touches `cmdline` or `environ`. The result is
 /// for the process `stat` described only if the pid still has its start
@@ -499,7 +518,7 @@ fn read_slow(pid: u32, stat: &StatNow) -> SlowMeta {
         return empty;
     };
     let euid = p.status().ok().map(|s| s.euid);
-    let exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
+    let exe = p.exe().ok().map(|e| cmd_of(&e.to_string_lossy()));
     // Re-validate: the same process still holds the pid.
     let same = read_stat(pid, 1).is_some_and(|s| s.starttime == stat.starttime);
     if !same {
@@ -734,6 +753,48 @@ mod tests {
                 let _ = c.wait();
             }
         }
+    }
+
+    #[test]
+    fn a_hostile_exe_path_is_cut_so_the_row_stays_small() {
+        // A program run from a path of 3,800 bytes, all but the slashes and
+        // its name control characters (any user can make one).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut deep = dir.path().to_path_buf();
+        let component: String = "\u{1}\u{1b}".repeat(125);
+        while deep.as_os_str().len() < 3_500 {
+            deep.push(&component);
+        }
+        std::fs::create_dir_all(&deep).expect("a deep directory");
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("a sleep binary");
+        let exe = deep.join("hostile-sleep");
+        std::fs::copy(sleep, &exe).expect("copying sleep");
+        let long = exe.to_string_lossy().into_owned();
+        assert!(long.chars().count() > 3_500);
+        let child = std::process::Command::new(&exe)
+            .arg("60")
+            .spawn()
+            .expect("running sleep from the deep path");
+        let sleepers = Sleepers(vec![child]);
+        let pid = sleepers.0[0].id();
+        let mut t = ProcessMetaTracker::new();
+        let comm = read_stat(pid, 4096).expect("its stat").comm;
+        let mut rows = vec![row(&comm, Some(pid))];
+        t.fill(&mut rows);
+        let cmd = rows[0].cmd.clone().expect("its exe");
+        assert_eq!(cmd.chars().count(), MAX_CMD_CHARS);
+        let tail: String = long.chars().skip(long.chars().count() - 255).collect();
+        assert_eq!(cmd, format!("…{tail}"));
+        assert!(cmd.ends_with("/hostile-sleep"));
+        let json = serde_json::to_string(&rows[0]).expect("json");
+        assert!(json.len() < 2_048, "{} bytes", json.len());
+        // A usual path is whole.
+        assert_eq!(cmd_of("/usr/bin/curl"), "/usr/bin/curl");
+        let exact: String = "a".repeat(MAX_CMD_CHARS);
+        assert_eq!(cmd_of(&exact), exact);
     }
 
     #[test]

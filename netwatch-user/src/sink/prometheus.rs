@@ -1645,6 +1645,29 @@ mod tests {
     }
 
     #[test]
+    fn the_folded_row_of_a_snapshot_counts_under_other_exactly() {
+        let mut st = state(10, 300);
+        let mut s = snap(&[
+            (1, "a", 10, 1),
+            (2, "b", 20, 2),
+            (3, "c", 30, 3),
+            (4, "d", 40, 4),
+        ]);
+        let rows = s.processes.as_mut().unwrap();
+        assert_eq!(crate::attribution::fold_processes(rows, 2), 2);
+        st.apply(&s, Instant::now(), &mut cg);
+        // The two kept rows have series; the folded row (no pid) is not a
+        // process: its bytes are in `other`, none lost.
+        assert_eq!(st.processes().len(), 2);
+        assert_eq!(totals(&st, 4, "d"), Some((40, 4)));
+        assert_eq!(totals(&st, 3, "c"), Some((30, 3)));
+        assert_eq!(st.other_bytes_total(), (30, 3));
+        let p = page(&st, None);
+        assert!(!p.contains("(others)"), "{p}");
+        assert!(p.contains("netwatch_agent_processes 3\n"), "{p}");
+    }
+
+    #[test]
     fn series_of_gone_processes_expire_after_the_configured_time() {
         let mut st = state(10, 60);
         let t0 = Instant::now();
@@ -1932,6 +1955,7 @@ mod tests {
             fallback_reason: None,
             lost_records: Some(6),
             connections_truncated: None,
+            processes_folded: None,
         });
         st.apply(&s, Instant::now(), &mut cg);
         let p = page(

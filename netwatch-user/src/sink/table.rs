@@ -115,7 +115,15 @@ pub fn render(s: &Snapshot, max_rows: usize) -> String {
         );
     }
     if procs.len() > max_rows {
-        let _ = writeln!(out, "… {} more processes", procs.len() - max_rows);
+        // The last row, when folded ones are, stands for all of them.
+        let folded = s
+            .collector
+            .as_ref()
+            .and_then(|c| c.processes_folded)
+            .filter(|_| procs.last().is_some_and(|p| p.pid.is_none()))
+            .map_or(0, |n| n.saturating_sub(1));
+        let more = (procs.len() - max_rows) as u64 + folded;
+        let _ = writeln!(out, "… {more} more processes");
     }
     out
 }
@@ -191,6 +199,7 @@ mod tests {
             fallback_reason: None,
             lost_records: Some(0),
             connections_truncated: None,
+            processes_folded: None,
         });
         s.interfaces.push(InterfaceMetric {
             name: "lo".into(),
@@ -234,6 +243,46 @@ lo                 up      2.0 KiB/s      2.0 KiB/s
 … 1 more processes
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_folded_row_shows_without_a_pid_and_counts_as_its_processes_when_cut() {
+        let mut s = Snapshot::empty(Utc.with_ymd_and_hms(2026, 11, 24, 19, 0, 0).unwrap());
+        let mut rows: Vec<ProcessBandwidth> = (1..=5u32)
+            .map(|pid| {
+                let b = u64::from(pid) * 100;
+                ProcessBandwidth::network_only(format!("p{pid}"), Some(pid), b, b, 0.0, 0.0, 1)
+            })
+            .collect();
+        let folded = crate::attribution::fold_processes(&mut rows, 2);
+        s.collector = Some(CollectorInfo {
+            source: "ebpf".into(),
+            ebpf_tier: None,
+            estimated: false,
+            fallback_reason: None,
+            lost_records: None,
+            connections_truncated: None,
+            processes_folded: Some(folded),
+        });
+        s.processes = Some(rows);
+        let table = |max_rows| {
+            render(&s, max_rows)
+                .lines()
+                .skip(5)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            table(3),
+            [
+                "       5 p5                        0 B/s          0 B/s          500          500     1",
+                "       4 p4                        0 B/s          0 B/s          400          400     1",
+                "       - (others)                  0 B/s          0 B/s          600          600     3",
+            ]
+        );
+        // Cut before it: the three processes it holds are the ones not shown.
+        assert_eq!(table(2)[2], "… 3 more processes");
+        assert_eq!(table(1)[1], "… 4 more processes");
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn info(source: &dyn SocketSource, fallback_reason: Option<String>) -> Collector
         fallback_reason,
         lost_records: None,
         connections_truncated: None,
+        processes_folded: None,
     }
 }
 

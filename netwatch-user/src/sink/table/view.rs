@@ -673,6 +673,7 @@ mod tests {
             fallback_reason: None,
             lost_records: Some(3),
             connections_truncated: None,
+            processes_folded: None,
         });
         s.processes = Some(vec![
             proc("sshd", 812, 2_048, 10_240, 1, "root"),
