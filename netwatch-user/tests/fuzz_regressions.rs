@@ -1,0 +1,38 @@
+//! Inputs the fuzz targets (`fuzz/`, `cargo xtask fuzz`) found crashing a
+//! parser, fed byte for byte to that parser: each must now give a clear
+//! error (or a value) and never panic. The files are the crash inputs as
+//! libFuzzer wrote them (`tests/fixtures/fuzz/<target>/`), so the first byte
+//! is the target's selector; `cargo xtask test` also runs each through its
+//! fuzz target. Pure parsing: no root needed.
+
+use std::panic::{catch_unwind, UnwindSafe};
+use std::path::PathBuf;
+
+fn fixture(path: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fuzz")
+        .join(path);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// The parser's result, or the test fails saying it panicked.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T + UnwindSafe) -> T {
+    catch_unwind(f).unwrap_or_else(|_| panic!("{what} panicked on the fuzz input"))
+}
+
+/// `/proc/meminfo` with `M21 39650520989738367 kB`: procfs multiplied the
+/// value by 1024 unchecked (overflow panic with overflow checks on, a
+/// wrapped total without). Now refused, naming the field.
+#[test]
+fn meminfo_whose_bytes_overflow_64_bits_is_refused() {
+    let input = fixture("proc_files/meminfo-unit-overflow");
+    assert_eq!(input[0] % 17, 1, "selector 1 of proc_files: parse_meminfo");
+    let text = String::from_utf8_lossy(&input[1..]).into_owned();
+    let r = no_panic("parse_meminfo", || {
+        netwatch::procinfo::system::parse_meminfo(&text)
+    });
+    assert_eq!(
+        r.err().as_deref(),
+        Some("M21 39650520989738367 kB is more bytes than 64 bits hold")
+    );
+}
