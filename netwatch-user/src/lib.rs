@@ -19,6 +19,9 @@ pub mod config;
 pub mod counter;
 pub mod drops;
 pub mod estimate;
+#[cfg(all(feature = "fuzzing", target_os = "linux"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod net;
 #[cfg(target_os = "linux")]
