@@ -94,6 +94,24 @@ fn cargo_fuzz() -> Command {
         .env("AYA_BUILD_SKIP", "1")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    // What `cargo run` sets for xtask itself: ring's build script reruns
+    // when CARGO_MANIFEST_DIR changes, and with it every crate above ring,
+    // so a build from xtask and one from a shell would each rebuild.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd
 }
 
