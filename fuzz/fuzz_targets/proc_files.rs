@@ -1,5 +1,6 @@
-//! The /proc, /sys and /etc files the agent parses itself (besides procfs):
-//! the first byte picks the parser, the rest is the file's text.
+//! The /proc, /sys and /etc files the agent parses itself (besides procfs),
+//! and its API key and CA files: the first byte picks the parser, the rest
+//! is the file's text.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use netwatch::health::targets::{
@@ -16,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     // error there) or decodes them lossily; both reach the parser as &str.
     let text = String::from_utf8_lossy(rest);
     let text = text.as_ref();
-    match which % 17 {
+    match which % 19 {
         0 => {
             let _ = netwatch::fuzzing::parse_proc_stat(rest);
         }
@@ -72,6 +73,23 @@ fuzz_target!(|data: &[u8]| {
         }
         15 => {
             let _ = parse_netstat_rn(text);
+        }
+        17 => {
+            // The API key file: a key is one header-safe token, and an error
+            // never repeats the text.
+            match netwatch::config::ApiKey::new(text) {
+                Ok(k) => assert!(
+                    !k.expose().is_empty() && k.expose().bytes().all(|b| b.is_ascii_graphic())
+                ),
+                Err(e) => {
+                    let t = text.trim();
+                    assert!(t.len() < 4 || !e.to_string().contains(t));
+                }
+            }
+        }
+        18 => {
+            // The CA file (`[ingest] ca_file`), PEM.
+            let _ = netwatch::sink::ingest::pem_certificates(std::path::Path::new("ca.pem"), rest);
         }
         _ => {
             let _ = process::started_at(
