@@ -36,3 +36,29 @@ fn meminfo_whose_bytes_overflow_64_bits_is_refused() {
         Some("M21 39650520989738367 kB is more bytes than 64 bits hold")
     );
 }
+
+/// An ingest envelope whose `cpu_usage_pct` is `1e89`: serde_json's default
+/// float parsing read `1e+89` back one unit in the last place off
+/// (`1.0000000000000001e+89`), so a snapshot kept in the spool (JSON) was
+/// not what was written, and JSON → value → JSON did not settle. With
+/// `float_roundtrip` every float reads back exactly.
+#[test]
+fn wire_json_floats_read_back_exactly() {
+    use netwatch_common::wire::{IngestEnvelope, Snapshot};
+    let input = fixture("wire_json/float-1e89-not-read-back-exactly");
+    assert_eq!(input[0] % 3, 1, "selector 1 of wire_json: IngestEnvelope");
+    let env: IngestEnvelope = serde_json::from_slice(&input[1..]).expect("the input parses");
+    let json = serde_json::to_string(&env).expect("serialises");
+    let back: IngestEnvelope = serde_json::from_str(&json).expect("its own JSON parses");
+    assert_eq!(back, env);
+    assert_eq!(serde_json::to_string(&back).expect("serialises"), json);
+
+    // The spool's path: a snapshot written as JSON and read back.
+    let snapshot = &env.request.snapshots[0];
+    let cpu = snapshot.system.as_ref().and_then(|s| s.cpu_usage_pct);
+    assert_eq!(cpu, Some(1e89));
+    let record = netwatch::sink::spool::encode(&serde_json::to_vec(snapshot).expect("serialises"));
+    let payload = netwatch::sink::spool::decode(&record).expect("a whole record");
+    let read: Snapshot = serde_json::from_slice(payload).expect("its own JSON parses");
+    assert_eq!(&read, snapshot);
+}
