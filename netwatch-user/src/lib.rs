@@ -20,6 +20,9 @@ pub mod counter;
 pub mod drops;
 pub mod estimate;
 pub mod files;
+#[cfg(all(feature = "fuzzing", target_os = "linux"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod net;
 #[cfg(target_os = "linux")]

@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line and dispatches here.
 
 pub mod bench;
+pub mod fuzz;
 pub mod host;
 pub mod run;
 pub mod setup;

@@ -23,6 +23,9 @@ enum Command {
     /// A long run under churn with a flapping ingest endpoint: RSS, fds and
     /// threads over time, lost records, bytes against truth (RELIABILITY.md).
     Soak(xtask::soak::SoakArgs),
+    /// Build the cargo-fuzz targets (fuzz/) and run each for --time SECS over
+    /// its seed corpus; prints target, seconds, executions, crashes.
+    Fuzz(xtask::fuzz::FuzzArgs),
     /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
 }
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => xtask::test::run(args),
         Command::Bench(args) => xtask::bench::run(args),
         Command::Soak(args) => xtask::soak::run(args),
+        Command::Fuzz(args) => xtask::fuzz::run(args).map(|_| ()),
         Command::Vm(args) => xtask::vm::cli::run(args),
     }
 }

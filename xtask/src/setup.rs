@@ -47,6 +47,33 @@ const DEBIAN_BPF_PACKAGES: &[&str] = &[
     "llvm-22-dev",
 ];
 
+/// The cargo-fuzz release the fuzz targets (`cargo xtask fuzz`, and the
+/// corpus run of `cargo xtask test`) are built with, from crates.io.
+pub const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+
+/// Install cargo-fuzz from crates.io unless `cargo fuzz` already runs.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let present = Command::new(&cargo)
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask setup: installing {CARGO_FUZZ} from crates.io (cargo install --locked {CARGO_FUZZ}, about a minute)"
+    );
+    let status = Command::new(&cargo)
+        .args(["install", "--locked", CARGO_FUZZ])
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !status.success() {
+        bail!("cargo install {CARGO_FUZZ} failed ({status}); see the output above");
+    }
+    Ok(())
+}
+
 /// Which toolchain builds the BPF crate (and the macOS type-check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BpfToolchain {
@@ -159,6 +186,7 @@ pub fn ensure() -> Result<BpfToolchain> {
         bail!("rustup not found: netwatch builds its userspace with rustup's stable toolchain");
     }
     ensure_packages(HOST_PACKAGES)?;
+    ensure_cargo_fuzz()?;
     if detect() == Some(BpfToolchain::Nightly) {
         eprintln!("xtask setup: using rustup nightly (rust-src) and bpf-linker from PATH");
         return Ok(BpfToolchain::Nightly);

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole suite, from a bare machine of this kind:
 //! setup, format and lint checks (the BPF crate separately), every host test
-//! as root (the tracepoint tier on kernels ≥ 6.3), the macOS type-check, and
+//! as root (the tracepoint tier on kernels ≥ 6.3), every fuzz target over its
+//! committed corpus and crash inputs (`fuzz.rs`), the macOS type-check, and
 //! the eBPF tier tests inside QEMU guests on two Debian 12 stock kernels: 6.1
 //! (fentry and kprobe tiers must attach) and 6.12 (all three must). Each step
 //! says what it runs; the first failing step stops the run (both guests run
@@ -428,6 +429,23 @@ pub fn run(args: TestArgs) -> Result<()> {
     timings.push((
         "host tests".into(),
         step("host tests (as root, real kernel)", &mut test)?,
+    ));
+
+    // A parser change that crashes on a known input fails here: each fuzz
+    // target runs its seed corpus and the crash inputs kept as regressions
+    // once (no fuzzing; `cargo xtask fuzz --time SECS` fuzzes).
+    eprintln!(
+        "\nxtask test: fuzz targets over their committed inputs (cargo xtask fuzz --corpus-only)"
+    );
+    timings.push((
+        "fuzz corpora".into(),
+        crate::fuzz::timed(crate::fuzz::FuzzArgs {
+            time: 0,
+            corpus_only: true,
+            jobs: 2,
+            nice: 0,
+            targets: Vec::new(),
+        })?,
     ));
 
     timings.push((

@@ -536,7 +536,7 @@ fn read_slow(pid: u32, stat: &StatNow) -> SlowMeta {
 /// parentheses unchecked and panics on text the kernel never writes, so it
 /// only gets text of the kernel's shape, `<pid> (<comm>) <state> …`: a
 /// space before the first `(`, and a space after the last `)`.
-fn parse_stat(raw: &[u8]) -> Option<Stat> {
+pub(crate) fn parse_stat(raw: &[u8]) -> Option<Stat> {
     let text = String::from_utf8_lossy(raw);
     let t = text.trim();
     let open = t.find('(')?;

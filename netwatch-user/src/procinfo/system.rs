@@ -92,6 +92,30 @@ pub fn parse_meminfo(text: &str) -> Result<Meminfo, String> {
     if !text.is_ascii() {
         return Err("not ASCII, so not what the kernel writes".into());
     }
+    // procfs 0.17 also multiplies each value by its unit unchecked (a panic
+    // with overflow checks, a wrapped figure without): refuse a value whose
+    // bytes do not fit in 64 bits (found by the fuzz target `proc_files`).
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(field), Some(value), Some(unit)) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let scale: u64 = match unit {
+            "KiB" | "kiB" | "kB" | "KB" => 1 << 10,
+            "MiB" | "miB" | "MB" | "mB" => 1 << 20,
+            "GiB" | "giB" | "GB" | "gB" => 1 << 30,
+            _ => 1,
+        };
+        if value
+            .parse::<u64>()
+            .is_ok_and(|v| v.checked_mul(scale).is_none())
+        {
+            return Err(format!(
+                "{field} {value} {unit} is more bytes than 64 bits hold"
+            ));
+        }
+    }
     Meminfo::from_buf_read(text.as_bytes()).map_err(|e| e.to_string())
 }
 

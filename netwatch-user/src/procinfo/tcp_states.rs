@@ -122,14 +122,14 @@ pub enum NetlinkError {
 
 /// Whether a dump continues after one datagram.
 #[derive(Debug, PartialEq, Eq)]
-enum Dump {
+pub(crate) enum Dump {
     More,
     Done,
 }
 
 /// Count the replies to dump `seq` in one datagram into `s`. Messages of
 /// other sequence numbers (stale replies) are skipped. Never panics.
-fn count_dump(
+pub(crate) fn count_dump(
     buf: &[u8],
     seq: u32,
     s: &mut TcpStates,

@@ -121,7 +121,7 @@ pub struct Section {
 
 /// A section's bytes: generation, entry count (u64), fixed-size entries,
 /// all little-endian.
-fn encode_section(generation: u64, entries: &[BaselineEntry]) -> Vec<u8> {
+pub(crate) fn encode_section(generation: u64, entries: &[BaselineEntry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + entries.len() * ENTRY_LEN);
     out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
@@ -139,7 +139,7 @@ fn encode_section(generation: u64, entries: &[BaselineEntry]) -> Vec<u8> {
 /// The file's bytes: the magic, the pins' instance tag (u16 length, then
 /// its bytes), the section count (u8), the sections (already encoded), and
 /// a CRC-32 of everything before it, so a torn or altered file is refused.
-fn encode(instance: &str, sections: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn encode(instance: &str, sections: &[&[u8]]) -> Vec<u8> {
     let tag = instance.as_bytes();
     let tag = &tag[..tag.len().min(usize::from(u16::MAX))];
     let len = sections.iter().map(|s| s.len()).sum::<usize>();

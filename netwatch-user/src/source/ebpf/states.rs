@@ -106,7 +106,7 @@ pub fn sockstat_tw() -> Option<u64> {
     parse_sockstat_tw(&text)
 }
 
-fn parse_sockstat_tw(text: &str) -> Option<u64> {
+pub(crate) fn parse_sockstat_tw(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("TCP:"))?;
     let mut words = line.split_whitespace();
     while let Some(w) = words.next() {
