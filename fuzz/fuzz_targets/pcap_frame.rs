@@ -16,22 +16,12 @@ use netwatch::source::pcap::stream::Streams;
 use netwatch::source::pcap::{dns, FlowKey};
 use netwatch::source::Protocol;
 
-const LINKS: [LinkType; 8] = [
-    LinkType::Ethernet,
-    LinkType::LinuxSll,
-    LinkType::LinuxSll2,
-    LinkType::Null,
-    LinkType::Loop,
-    LinkType::Raw,
-    LinkType::Ipv4,
-    LinkType::Ipv6,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, mut rest)) = data.split_first() else {
         return;
     };
-    let link = LINKS[usize::from(which) % LINKS.len()];
+    let link = LinkType::ALL[usize::from(which) % LinkType::ALL.len()];
     let mut streams = Streams::default();
     let mut at = Duration::from_secs(1000);
     while rest.len() >= 4 {

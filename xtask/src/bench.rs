@@ -184,33 +184,42 @@ pub(crate) fn run_workload(dir: &Path, stem: &str, args: &[String]) -> Result<Tr
 }
 
 pub(crate) fn build(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("xtask bench: cargo build --release -p netwatch-user --bin netwatch-agent --example bpf_cost --example bench_load");
-    let st = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "netwatch-user",
-            "--bin",
-            "netwatch-agent",
-            "--example",
-            "bpf_cost",
-            "--example",
-            "bench_load",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("building the agent and bench examples failed ({st})");
-    }
-    let rel = root.join("target/release");
+    let rel = build_release(root, &["bpf_cost", "bench_load"])?;
     Ok((
         rel.join("netwatch-agent"),
         rel.join("examples/bpf_cost"),
         rel.join("examples/bench_load"),
     ))
+}
+
+/// Build the release agent and the named examples of netwatch-user; the
+/// release directory they are in.
+pub(crate) fn build_release(root: &Path, examples: &[&str]) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = vec![
+        "build",
+        "--release",
+        "-p",
+        "netwatch-user",
+        "--bin",
+        "netwatch-agent",
+    ];
+    for e in examples {
+        args.extend(["--example", e]);
+    }
+    eprintln!("xtask bench: cargo {}", args.join(" "));
+    let st = Command::new(cargo)
+        .current_dir(root)
+        .args(&args)
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!(
+            "building the agent and the examples {} failed ({st})",
+            examples.join(", ")
+        );
+    }
+    Ok(root.join("target/release"))
 }
 
 /// One monitor session of the overhead + accuracy section.

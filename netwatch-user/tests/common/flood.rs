@@ -10,6 +10,8 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use netwatch::health::icmp::checksum;
+
 /// What to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
@@ -83,17 +85,6 @@ pub fn source(s: u32) -> Ipv4Addr {
     Ipv4Addr::new(127, 10, (s >> 8) as u8, (s & 0xff) as u8)
 }
 
-fn csum(data: &[u8], mut sum: u32) -> u16 {
-    for c in data.chunks(2) {
-        let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-        sum += u32::from(w);
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     let total = 20 + payload.len();
     let mut p = Vec::with_capacity(total);
@@ -102,18 +93,22 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
     p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    let c = csum(&p[..20], 0);
+    let c = checksum(&p[..20]);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p.extend_from_slice(payload);
     p
 }
 
-fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
-    let mut sum = 0u32;
-    for c in src.octets().chunks(2).chain(dst.octets().chunks(2)) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    sum + u32::from(proto) + len as u32
+/// The checksum of a UDP or TCP segment: over the IPv4 pseudo-header
+/// (addresses, protocol, length) and the segment.
+fn segment_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    let mut all = Vec::with_capacity(12 + segment.len());
+    all.extend_from_slice(&src.octets());
+    all.extend_from_slice(&dst.octets());
+    all.extend_from_slice(&[0, proto]);
+    all.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    all.extend_from_slice(segment);
+    checksum(&all)
 }
 
 /// One DNS query (id `id`, name `name`, type A) from `src:sport` to
@@ -134,7 +129,7 @@ pub fn dns_packet(src: Ipv4Addr, sport: u16, id: u16, name: &str) -> Vec<u8> {
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(&dns);
     let dst = Ipv4Addr::LOCALHOST;
-    let c = csum(&udp, pseudo(src, dst, 17, udp.len()));
+    let c = segment_checksum(src, dst, 17, &udp);
     udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
     ipv4(src, dst, 17, &udp)
 }
@@ -147,7 +142,7 @@ pub fn syn_packet(src: Ipv4Addr, sport: u16, dport: u16, seq: u32) -> Vec<u8> {
     tcp.extend_from_slice(&seq.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
     let dst = Ipv4Addr::LOCALHOST;
-    let c = csum(&tcp, pseudo(src, dst, 6, tcp.len()));
+    let c = segment_checksum(src, dst, 6, &tcp);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     ipv4(src, dst, 6, &tcp)
 }

@@ -11,26 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 pub fn run(root: &Path) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("xtask bench: cargo build --release -p netwatch-user --bin netwatch-agent --example flood_rss");
-    let st = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "netwatch-user",
-            "--bin",
-            "netwatch-agent",
-            "--example",
-            "flood_rss",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("building the agent and the flood example failed ({st})");
-    }
-    let rel = root.join("target/release");
+    let rel = super::build_release(root, &["flood_rss"])?;
     let out = Command::new(rel.join("examples/flood_rss"))
         .arg(rel.join("netwatch-agent"))
         .output()

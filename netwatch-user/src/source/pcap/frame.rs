@@ -56,6 +56,18 @@ pub enum LinkType {
 }
 
 impl LinkType {
+    /// Every link type decoded.
+    pub const ALL: [LinkType; 8] = [
+        LinkType::Ethernet,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Null,
+        LinkType::Loop,
+        LinkType::Raw,
+        LinkType::Ipv4,
+        LinkType::Ipv6,
+    ];
+
     /// The type for a value of `pcap_datalink()`; `None` if not decodable.
     /// 12 is taken as `DLT_RAW` (its meaning everywhere but OpenBSD, where
     /// it is `DLT_LOOP`, and this module is Linux-only).
@@ -1046,23 +1058,12 @@ pub(crate) mod tests {
         assert_eq!(LinkType::from_dlt(127), None);
     }
 
-    const LINKS: [LinkType; 8] = [
-        LinkType::Ethernet,
-        LinkType::LinuxSll,
-        LinkType::LinuxSll2,
-        LinkType::Null,
-        LinkType::Loop,
-        LinkType::Raw,
-        LinkType::Ipv4,
-        LinkType::Ipv6,
-    ];
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), extra in 0usize..70000) {
-            for link in LINKS {
+            for link in LinkType::ALL {
                 let _ = decode(link, &data);
                 let _ = decode_captured(link, &data, data.len() + extra);
             }
