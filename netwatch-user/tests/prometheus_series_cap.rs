@@ -16,6 +16,9 @@
 //! up: it goes with its last process). The agent test needs root.
 #![cfg(target_os = "linux")]
 
+#[path = "common/netns.rs"]
+mod netns;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -222,36 +225,6 @@ impl Drop for Agent {
     }
 }
 
-/// Bring `lo` up in the calling thread's network namespace.
-fn loopback_up() {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; the
-    // descriptor is closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        let got = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
-        assert_eq!(
-            got,
-            0,
-            "SIOCGIFFLAGS lo: {}",
-            std::io::Error::last_os_error()
-        );
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        let set = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
-        assert_eq!(
-            set,
-            0,
-            "SIOCSIFFLAGS lo: {}",
-            std::io::Error::last_os_error()
-        );
-        libc::close(fd);
-    }
-}
-
 /// GET `path` from `addr` (HTTP/1.1, one request, connection closed).
 fn get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
@@ -291,7 +264,7 @@ fn agent_in_a_namespace() {
         "unshare(CLONE_NEWNET): {}",
         std::io::Error::last_os_error()
     );
-    loopback_up();
+    netns::loopback_up();
 
     let mut child = Command::new(AGENT)
         .args([

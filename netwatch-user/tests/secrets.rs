@@ -183,6 +183,21 @@ fn holds(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// The agent delivering to `url` every 0.2 s, with its config, spool and
+/// host id in `dir`.
+fn ingest_agent(config: &std::path::Path, dir: &std::path::Path, url: &str) -> Command {
+    let mut cmd = Command::new(AGENT);
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--output", "ingest", "--interval", "0.2", "--endpoint", url])
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .arg("--host-id-file")
+        .arg(dir.join("host-id"))
+        .args(["--max-connections", "20"]);
+    cmd
+}
+
 #[test]
 fn a_key_from_the_environment_is_absent_from_proc_and_still_delivered() {
     require_root();
@@ -192,23 +207,7 @@ fn a_key_from_the_environment_is_absent_from_proc_and_still_delivered() {
         "mode = \"proc\"\n[ingest]\nretry_initial_secs = 0.1\nretry_max_secs = 1.0\n\
          request_timeout_secs = 5\nflush_timeout_secs = 2\n",
     );
-    let p = |n: &str| dir.path().join(n);
-    let mut cmd = Command::new(AGENT);
-    cmd.arg("--config")
-        .arg(&config)
-        .args([
-            "--output",
-            "ingest",
-            "--interval",
-            "0.2",
-            "--endpoint",
-            &url,
-        ])
-        .arg("--spool-dir")
-        .arg(p("spool"))
-        .arg("--host-id-file")
-        .arg(p("host-id"))
-        .args(["--max-connections", "20"]);
+    let cmd = ingest_agent(&config, dir.path(), &url);
     let agent = Agent::start(
         cmd,
         &[
@@ -432,23 +431,7 @@ fn a_redirect_to_a_url_with_a_password_is_logged_redacted() {
         "mode = \"proc\"\n[ingest]\nretry_initial_secs = 0.1\nretry_max_secs = 0.2\n\
          request_timeout_secs = 5\nflush_timeout_secs = 1\n",
     );
-    let p = |n: &str| dir.path().join(n);
-    let mut cmd = Command::new(AGENT);
-    cmd.arg("--config")
-        .arg(&config)
-        .args([
-            "--output",
-            "ingest",
-            "--interval",
-            "0.2",
-            "--endpoint",
-            &url,
-        ])
-        .arg("--spool-dir")
-        .arg(p("spool"))
-        .arg("--host-id-file")
-        .arg(p("host-id"))
-        .args(["--max-connections", "20"]);
+    let cmd = ingest_agent(&config, dir.path(), &url);
     let agent = Agent::start(cmd, &[("NETWATCH_API_KEY", "nwk_redirect_test")]);
     for _ in 0..2 {
         requests

@@ -11,6 +11,9 @@
 //! and joining the destroy groups needs `CAP_NET_ADMIN`). Linux only.
 #![cfg(target_os = "linux")]
 
+#[path = "common/netns.rs"]
+mod netns;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -35,36 +38,6 @@ fn fake_ss(dir: &tempfile::TempDir, name: &str, script: &str) -> std::path::Path
     std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).expect("write script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
-}
-
-/// Bring `lo` up in the calling thread's network namespace.
-fn loopback_up() {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo"; the
-    // descriptor is closed below.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        let got = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
-        assert_eq!(
-            got,
-            0,
-            "SIOCGIFFLAGS lo: {}",
-            std::io::Error::last_os_error()
-        );
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        let set = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
-        assert_eq!(
-            set,
-            0,
-            "SIOCSIFFLAGS lo: {}",
-            std::io::Error::last_os_error()
-        );
-        libc::close(fd);
-    }
 }
 
 /// Close with a reset: the socket is destroyed at once (no FIN exchange,
@@ -114,7 +87,7 @@ fn ss_pending_destroy_events_stay_at_their_cap_while_ss_fails() {
             "unshare(CLONE_NEWNET): {}",
             std::io::Error::last_os_error()
         );
-        loopback_up();
+        netns::loopback_up();
         let mut source = SsSource::new()
             .with_program(&failing)
             .with_max_pending_events(CAP);
