@@ -170,12 +170,9 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     #[cfg(target_os = "linux")]
     if let Some(dir) = &cfg.ebpf.pin_dir {
         netwatch::source::ebpf::pin::check_dir(dir).map_err(|e| anyhow::anyhow!(e))?;
-        // The baseline's directory: refused if another user could write it.
-        if let Some(state) = cfg.ebpf.pin_state_file.parent() {
-            if !state.as_os_str().is_empty() {
-                netwatch::files::ensure_dir(state, "pin baseline directory")?;
-            }
-        }
+        // The baseline's directory: refused if another user could write it
+        // (again when the pins are locked; here before anything is loaded).
+        netwatch::source::ebpf::pin::ensure_state_dir(&cfg.ebpf.pin_state_file)?;
     }
     // Sinks first: a bad spool directory or host id file stops the agent
     // before it loads anything into the kernel.

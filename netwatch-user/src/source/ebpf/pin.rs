@@ -659,6 +659,16 @@ pub struct Published {
     pub generation: aya::maps::Array<MapData, u64>,
 }
 
+/// The directory of the pin baseline `state_file`: created 0700, refused
+/// if another user could write it ([`crate::files::ensure_dir`]). Nothing
+/// to do for a bare file name (the working directory).
+pub fn ensure_state_dir(state_file: &Path) -> Result<(), crate::files::FileError> {
+    match state_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => crate::files::ensure_dir(dir, "pin baseline directory"),
+        None => Ok(()),
+    }
+}
+
 /// Take the pins for this agent alone: an exclusive lock on
 /// `<state file>.lock`, held as long as the returned file is open.
 /// `Ok(None)`: another agent holds them. The baseline's directory is
@@ -668,13 +678,7 @@ pub struct Published {
 pub fn lock(pin: &PinOptions) -> io::Result<Option<std::fs::File>> {
     use std::os::fd::AsRawFd;
     let refused = |e: crate::files::FileError| io::Error::other(e.to_string());
-    if let Some(dir) = pin
-        .state_file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        crate::files::ensure_dir(dir, "pin baseline directory").map_err(refused)?;
-    }
+    ensure_state_dir(&pin.state_file).map_err(refused)?;
     let path = pin.state_file.with_extension("lock");
     let file = crate::files::open_lock(&path).map_err(refused)?;
     // SAFETY: flock(2) on an fd we own; no memory is passed.
