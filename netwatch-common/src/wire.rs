@@ -326,6 +326,122 @@ pub struct ConnectionDetail {
     pub rx_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_bytes: Option<u64>,
+    /// TCP quality figures from the kernel (eBPF mode), cumulative like
+    /// `rx_bytes`; absent where the source has none. netwatch's own additive
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_quality: Option<ConnectionQuality>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// TCP quality of one connection, counted by the kernel collector since it
+/// first saw the socket (as `rx_bytes`/`tx_bytes` are). Zero counters are
+/// left out of the JSON and read back as zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionQuality {
+    /// Segments the kernel retransmitted (`tcp:tcp_retransmit_skb`), counted
+    /// as `tcpi_total_retrans` counts them (a TSO burst is its segments).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retransmits: u64,
+    /// Bytes in those segments, as `tcpi_bytes_retrans` counts them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retransmitted_bytes: u64,
+    /// For a connection this host opened: milliseconds from its first SYN
+    /// to ESTABLISHED (SYN retries included), when the collector saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    /// Resets this host sent on the connection (`tcp:tcp_send_reset`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resets_sent: u64,
+    /// Resets the connection received (`tcp:tcp_receive_reset`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resets_received: u64,
+}
+
+/// TCP quality of one process over the interval, from the kernel (eBPF
+/// mode). Zero counters are left out of the JSON and read back as zero.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessTcpQuality {
+    /// Segments retransmitted on the process's connections.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retransmits: u64,
+    /// Bytes in those segments.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retransmitted_bytes: u64,
+    /// Outbound connects (`connect` on a TCP socket) that ended during the
+    /// interval, established or failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connects: u64,
+    /// Connects refused: a reset answered the SYN (`ECONNREFUSED`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connects_refused: u64,
+    /// Connects that timed out: every SYN retry went unanswered (`ETIMEDOUT`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connects_timed_out: u64,
+    /// Connects an ICMP error ended (`EHOSTUNREACH`, `ENETUNREACH`, …).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connects_unreachable: u64,
+    /// Connects that ended otherwise: closed by the process while
+    /// connecting, or another error.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connects_failed_other: u64,
+    /// Mean milliseconds from first SYN to ESTABLISHED over the connects
+    /// that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms_avg: Option<f64>,
+    /// The slowest of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms_max: Option<f64>,
+    /// Resets sent on the process's connections.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resets_sent: u64,
+    /// Resets received on the process's connections.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resets_received: u64,
+    /// Mean kernel smoothed RTT (µs) over the process's TCP connections
+    /// that have one (the connections' `kernel_rtt_us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us_avg: Option<f64>,
+}
+
+impl ProcessTcpQuality {
+    /// Connects that failed, whatever the cause.
+    pub fn connect_failures(&self) -> u64 {
+        self.connects_refused
+            + self.connects_timed_out
+            + self.connects_unreachable
+            + self.connects_failed_other
+    }
+}
+
+/// DNS lookups one process made over the interval (matched by the client
+/// socket that sent the query). Zero counters are left out of the JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessDns {
+    /// Queries sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queries: u64,
+    /// Responses received.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub responses: u64,
+    /// Responses with a non-zero RCODE (NXDOMAIN, SERVFAIL, REFUSED, …).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u64,
+    /// Of those, NXDOMAIN.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nxdomain: u64,
+    /// Queries given up on: no response within 5 seconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unanswered: u64,
+    /// Mean milliseconds from query to response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms_avg: Option<f64>,
+    /// The slowest response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms_max: Option<f64>,
 }
 
 /// Network use of one process over the interval.
@@ -359,6 +475,13 @@ pub struct ProcessBandwidth {
     /// Executable path (`/proc/<pid>/exe`); never argv.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<String>,
+    /// TCP quality over the interval (eBPF mode); netwatch's own additive field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_quality: Option<ProcessTcpQuality>,
+    /// DNS lookups over the interval, where DNS is captured; netwatch's own
+    /// additive field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<ProcessDns>,
 }
 
 impl ProcessBandwidth {
@@ -388,6 +511,8 @@ impl ProcessBandwidth {
             state: None,
             started_at: None,
             cmd: None,
+            tcp_quality: None,
+            dns: None,
         }
     }
 }

@@ -84,9 +84,10 @@ macro_rules! every_alert {
 }
 
 /// A snapshot with every optional field set. `$extra` is the tail of the
-/// struct literal: our additive fields, nothing for the SDK.
+/// struct literal: our additive fields, nothing for the SDK; `$p` and `$c`
+/// the same for the full process row and the connection rows.
 macro_rules! full_snapshot {
-    ($m:ident, $($extra:tt)*) => {
+    ($m:ident, [$($p:tt)*], [$($c:tt)*], $($extra:tt)*) => {
         $m::Snapshot {
             timestamp: ts("2026-11-24T19:00:00.123456789Z"),
             interfaces: vec![
@@ -193,6 +194,7 @@ macro_rules! full_snapshot {
                     state: Some("S".to_string()),
                     started_at: Some(ts("2026-11-14T07:12:03.5Z")),
                     cmd: Some("/usr/sbin/nginx".to_string()),
+                    $($p)*
                 },
                 // The constructor both sides share: network fields only.
                 $m::ProcessBandwidth::network_only(
@@ -216,6 +218,7 @@ macro_rules! full_snapshot {
                     kernel_rtt_us: Some(1_250.5f64),
                     rx_bytes: Some(52_000u64),
                     tx_bytes: Some(u64::MAX),
+                    $($c)*
                 },
                 $m::ConnectionDetail {
                     protocol: "UDP".to_string(),
@@ -227,6 +230,7 @@ macro_rules! full_snapshot {
                     kernel_rtt_us: None,
                     rx_bytes: None,
                     tx_bytes: None,
+                    $($c)*
                 },
                 $m::ConnectionDetail {
                     protocol: "TCP".to_string(),
@@ -238,6 +242,7 @@ macro_rules! full_snapshot {
                     kernel_rtt_us: None,
                     rx_bytes: Some(0u64),
                     tx_bytes: None,
+                    $($c)*
                 },
             ]),
             alerts: Some(every_alert!($m)),
@@ -352,6 +357,48 @@ macro_rules! bare_host {
     };
 }
 
+/// Our additive per-process TCP quality, every field set.
+fn process_quality() -> ours::ProcessTcpQuality {
+    ours::ProcessTcpQuality {
+        retransmits: 17,
+        retransmitted_bytes: 24_616,
+        connects: 9,
+        connects_refused: 1,
+        connects_timed_out: 2,
+        connects_unreachable: 3,
+        connects_failed_other: u64::MAX,
+        connect_ms_avg: Some(1.25),
+        connect_ms_max: Some(1_003.5),
+        resets_sent: 4,
+        resets_received: 5,
+        rtt_us_avg: Some(88.0),
+    }
+}
+
+/// Our additive per-process DNS figures, every field set.
+fn process_dns() -> ours::ProcessDns {
+    ours::ProcessDns {
+        queries: 12,
+        responses: 11,
+        failures: 3,
+        nxdomain: 2,
+        unanswered: 1,
+        latency_ms_avg: Some(0.75),
+        latency_ms_max: Some(4.5),
+    }
+}
+
+/// Our additive per-connection TCP quality, every field set.
+fn connection_quality() -> ours::ConnectionQuality {
+    ours::ConnectionQuality {
+        retransmits: 3,
+        retransmitted_bytes: 4_344,
+        connect_ms: Some(1_000.25),
+        resets_sent: 0,
+        resets_received: 1,
+    }
+}
+
 fn collector() -> ours::CollectorInfo {
     ours::CollectorInfo {
         source: "ebpf".to_string(),
@@ -369,7 +416,7 @@ fn sdk_request() -> sdk::IngestRequest {
         agent_version: "0.5.0".to_string(),
         host: full_host!(sdk),
         snapshots: vec![
-            full_snapshot!(sdk,),
+            full_snapshot!(sdk, [], [],),
             sparse_snapshot!(sdk,),
             empty_sections_snapshot!(sdk,),
         ],
@@ -382,7 +429,12 @@ fn our_request() -> ours::IngestRequest {
         agent_version: "0.5.0".to_string(),
         host: full_host!(ours),
         snapshots: vec![
-            full_snapshot!(ours, collector: Some(collector())),
+            full_snapshot!(
+                ours,
+                [tcp_quality: Some(process_quality()), dns: Some(process_dns()),],
+                [tcp_quality: Some(connection_quality()),],
+                collector: Some(collector())
+            ),
             sparse_snapshot!(ours, collector: None),
             empty_sections_snapshot!(ours, collector: Some(ours::CollectorInfo {
                 source: "ss".to_string(),
@@ -418,6 +470,11 @@ fn our_request_as_sdk_sends_it() -> ours::IngestRequest {
         for c in s.connections.iter_mut().flatten() {
             c.rx_bytes = None;
             c.tx_bytes = None;
+            c.tcp_quality = None;
+        }
+        for p in s.processes.iter_mut().flatten() {
+            p.tcp_quality = None;
+            p.dns = None;
         }
     }
     r
@@ -463,8 +520,15 @@ fn strip_snapshot(snap: &mut Value, path: &str) -> usize {
     let mut dropped = usize::from(remove(snap, "collector", path).is_some());
     if let Some(conns) = snap.get_mut("connections").and_then(Value::as_array_mut) {
         for (i, c) in conns.iter_mut().enumerate() {
-            for k in ["rx_bytes", "tx_bytes"] {
+            for k in ["rx_bytes", "tx_bytes", "tcp_quality"] {
                 dropped += usize::from(remove(c, k, &format!("{path}.connections[{i}]")).is_some());
+            }
+        }
+    }
+    if let Some(procs) = snap.get_mut("processes").and_then(Value::as_array_mut) {
+        for (i, p) in procs.iter_mut().enumerate() {
+            for k in ["tcp_quality", "dns"] {
+                dropped += usize::from(remove(p, k, &format!("{path}.processes[{i}]")).is_some());
             }
         }
     }
@@ -519,13 +583,28 @@ fn same_data_serializes_to_the_same_json() {
         .get("rx_bytes")
         .is_none());
 
-    // schema_version, agent_health, 2 collectors, 3 connection byte fields.
-    assert_eq!(strip_request(&mut ours_json), 2 + 2 + 3);
+    // The quality fields, spelled as documented; zero counters left out.
+    assert_eq!(
+        s0["connections"][0]["tcp_quality"],
+        json!({"retransmits": 3, "retransmitted_bytes": 4_344, "connect_ms": 1_000.25,
+               "resets_received": 1})
+    );
+    assert_eq!(
+        s0["processes"][0]["tcp_quality"]["connects_failed_other"],
+        json!(u64::MAX)
+    );
+    assert_eq!(s0["processes"][0]["dns"]["nxdomain"], json!(2));
+    assert!(s0["processes"][1].get("tcp_quality").is_none());
+    assert!(s0["processes"][1].get("dns").is_none());
+
+    // schema_version, agent_health, 2 collectors, 3 connection byte fields,
+    // 3 connection quality fields, the nginx row's two.
+    assert_eq!(strip_request(&mut ours_json), 2 + 2 + 3 + 3 + 2);
     assert_json_eq(&ours_json, &sdk_json, "$");
 
     // The bare request without the envelope: the same.
     let mut ours_bare = to_value(&our_request());
-    assert_eq!(strip_request(&mut ours_bare), 2 + 3);
+    assert_eq!(strip_request(&mut ours_bare), 2 + 3 + 3 + 2);
     assert_json_eq(&ours_bare, &sdk_json, "$");
 }
 

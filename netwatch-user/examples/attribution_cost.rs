@@ -48,6 +48,7 @@ fn batch(at: Instant, sockets: u64, tick: u64, comms: &[Arc<str>]) -> SampleBatc
                 rx_bytes: moved * 64,
                 tx_bytes: moved * 64,
                 rtt_us: None,
+                tcp: None,
                 closed: false,
                 origin: CountOrigin::SinceAttach,
             }

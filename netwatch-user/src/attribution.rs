@@ -475,7 +475,21 @@ pub fn connection_detail(batch: &SampleBatch, row: &Row) -> Option<ConnectionDet
         kernel_rtt_us: s.rtt_us,
         rx_bytes: Some(row.rx_bytes),
         tx_bytes: Some(row.tx_bytes),
+        tcp_quality: s.tcp.map(|t| connection_quality(&t)),
     })
+}
+
+/// A socket's quality counters as its wire row carries them.
+pub fn connection_quality(
+    t: &crate::source::TcpCounters,
+) -> netwatch_common::wire::ConnectionQuality {
+    netwatch_common::wire::ConnectionQuality {
+        retransmits: t.retrans_segs,
+        retransmitted_bytes: t.retrans_bytes,
+        connect_ms: t.connect.map(|d| d.as_secs_f64() * 1000.0),
+        resets_sent: t.resets_sent,
+        resets_received: t.resets_received,
+    }
 }
 
 impl Interval {
@@ -653,6 +667,7 @@ mod tests {
             rx_bytes: rx,
             tx_bytes: tx,
             rtt_us: None,
+            tcp: None,
             closed: false,
             origin,
         }

@@ -140,6 +140,7 @@ mod tests {
             kernel_rtt_us: None,
             rx_bytes: None,
             tx_bytes: None,
+            tcp_quality: None,
         }
     }
 

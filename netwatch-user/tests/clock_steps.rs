@@ -103,6 +103,8 @@ impl Rig {
                 kind: TcpEventKind::Syn,
                 src_local: false,
                 dst_local: true,
+                pid: None,
+                connect: None,
             });
         }
     }

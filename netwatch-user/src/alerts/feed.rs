@@ -311,6 +311,8 @@ mod tests {
             kind,
             src_local,
             dst_local,
+            pid: None,
+            connect: None,
         }
     }
 

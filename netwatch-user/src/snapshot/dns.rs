@@ -146,6 +146,7 @@ impl DnsTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Protocol;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -157,6 +158,7 @@ mod tests {
             captured: at,
             client,
             id,
+            protocol: Protocol::Udp,
             kind: DnsEventKind::Query {
                 name: Some(name.to_string()),
             },
@@ -169,6 +171,7 @@ mod tests {
             captured: at,
             client,
             id,
+            protocol: Protocol::Udp,
             kind: DnsEventKind::Response { rcode },
         }
     }
@@ -226,6 +229,7 @@ mod tests {
             captured: t(900),
             client: c2,
             id: 77,
+            protocol: Protocol::Udp,
             kind: DnsEventKind::Query { name: None },
         });
         let a = d.take(t(900));

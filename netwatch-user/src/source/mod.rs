@@ -86,9 +86,30 @@ pub struct SocketSample {
     pub tx_bytes: u64,
     /// Kernel smoothed RTT in microseconds, when the source has it.
     pub rtt_us: Option<f64>,
+    /// TCP quality counters, cumulative from [`Self::origin`] like the
+    /// bytes, for sources that count them (the kernel collector); `None`
+    /// otherwise.
+    pub tcp: Option<TcpCounters>,
     /// The socket is gone: these are its final counters, and it will not be seen again.
     pub closed: bool,
     pub origin: CountOrigin,
+}
+
+/// One TCP socket's quality counters as a source counts them: cumulative,
+/// like a sample's bytes. The per-process figures are their deltas
+/// (`crate::snapshot::quality`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// Segments retransmitted (as `tcpi_total_retrans` counts them).
+    pub retrans_segs: u64,
+    /// Bytes retransmitted (as `tcpi_bytes_retrans`).
+    pub retrans_bytes: u64,
+    /// Resets this host sent on the socket.
+    pub resets_sent: u64,
+    /// Resets the socket received.
+    pub resets_received: u64,
+    /// For a socket this host connected: first SYN to ESTABLISHED.
+    pub connect: Option<Duration>,
 }
 
 /// A state as a sample holds it: the static name when `name` is one of
@@ -157,6 +178,8 @@ pub struct DnsEvent {
     pub client: SocketAddr,
     /// Transaction id.
     pub id: u16,
+    /// UDP, or TCP for DNS over TCP (the client endpoint is then a TCP one).
+    pub protocol: Protocol,
     pub kind: DnsEventKind,
 }
 
@@ -188,6 +211,35 @@ pub struct TcpEvent {
     /// The source / destination address is one of this host's.
     pub src_local: bool,
     pub dst_local: bool,
+    /// The process that caused it, when the source knows (the kernel
+    /// collector knows who called `connect`).
+    pub pid: Option<u32>,
+    /// For a [`TcpEventKind::Syn`] this host sent (`src` local): how the
+    /// connect ended, when the source saw it end (the kernel collector).
+    pub connect: Option<ConnectResult>,
+}
+
+/// How an outbound connect ended and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectResult {
+    /// First SYN to the end (ESTABLISHED, or the failure).
+    pub took: Duration,
+    pub outcome: ConnectOutcome,
+}
+
+/// The end of an outbound connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// The handshake completed.
+    Established,
+    /// A reset answered the SYN (`ECONNREFUSED`).
+    Refused,
+    /// Every SYN retry went unanswered (`ETIMEDOUT`).
+    TimedOut,
+    /// An ICMP error ended it (`EHOSTUNREACH`, `ENETUNREACH`, …).
+    Unreachable,
+    /// Closed by the process while connecting, or another error (the errno, 0 if none).
+    Other(i32),
 }
 
 /// What a [`TcpEvent`] was.

@@ -339,6 +339,8 @@ impl Shared {
                         kind,
                         src_local: false,
                         dst_local: false,
+                        pid: None,
+                        connect: None,
                     });
                 }
             }
@@ -1053,6 +1055,7 @@ impl FlowJoiner {
                 rx_bytes: c.rx_bytes,
                 tx_bytes: c.tx_bytes,
                 rtt_us: None,
+                tcp: None,
                 closed,
                 origin: CountOrigin::SinceAttach,
             });

@@ -46,6 +46,7 @@ pub fn samples(table: &SocketTable) -> Vec<SocketSample> {
                 rx_bytes: 0,
                 tx_bytes: 0,
                 rtt_us: None,
+                tcp: None,
                 closed: false,
                 origin: CountOrigin::SinceSocketOpen,
             }

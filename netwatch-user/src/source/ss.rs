@@ -253,6 +253,7 @@ impl ParsedSocket {
             rx_bytes: self.rx_bytes(),
             tx_bytes: self.tx_bytes(counter),
             rtt_us: self.rtt_us,
+            tcp: None,
             closed: false,
             origin: CountOrigin::SinceSocketOpen,
         }
@@ -678,6 +679,7 @@ impl SsSource {
             cgroup_id: owner.and_then(|o| o.cgroup_id),
             rx_bytes: rx,
             tx_bytes: tx,
+            tcp: None,
             rtt_us: None,
             closed: true,
             origin: CountOrigin::SinceSocketOpen,

@@ -659,6 +659,7 @@ mod tests {
             kernel_rtt_us: Some(250.0),
             rx_bytes: Some(rx),
             tx_bytes: Some(tx),
+            tcp_quality: None,
         }
     }
 

@@ -145,6 +145,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
             rx_bytes: rx,
             tx_bytes: tx,
             rtt_us: (protocol == Protocol::Tcp && st.srtt_us != 0).then_some(f64::from(st.srtt_us)),
+            tcp: None,
             closed,
             origin: CountOrigin::SinceAttach,
         })

@@ -734,6 +734,7 @@ impl BaselineEntry {
             rx_bytes: self.rx,
             tx_bytes: self.tx,
             rtt_us: None,
+            tcp: None,
             closed: false,
             origin: CountOrigin::SinceAttach,
         }

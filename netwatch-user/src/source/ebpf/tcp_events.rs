@@ -230,6 +230,8 @@ pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
         kind,
         src_local: false,
         dst_local: false,
+        pid: None,
+        connect: None,
     };
     match rec.kind {
         tcp_event::SYN_SENT | tcp_event::SYN_RECV => vec![ev(TcpEventKind::Syn, src, dst)],
@@ -464,6 +466,8 @@ format:
             kind: TcpEventKind::Syn,
             src_local: false,
             dst_local: false,
+            pid: None,
+            connect: None,
         }
     }
 

@@ -224,6 +224,7 @@ fn sample(
         rx_bytes,
         tx_bytes,
         rtt_us,
+        tcp: None,
         // A polled socket is never known to be gone: nettop's `Closed` and
         // `TimeWait` flows can show up again on the next read.
         closed: false,

@@ -251,6 +251,7 @@ fn join_of_the_fixtures_gives_every_socket_once_with_nettop_bytes() {
             rx_bytes: w.6,
             tx_bytes: w.7,
             rtt_us: w.8,
+            tcp: None,
             closed: false,
             origin: CountOrigin::SinceSocketOpen,
         };

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::source::{DnsEvent, DnsEventKind};
+use crate::source::{DnsEvent, DnsEventKind, Protocol};
 
 /// Why a payload is not a DNS message we can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +184,7 @@ pub fn event(
             captured,
             client: dst,
             id: header.id,
+            protocol: Protocol::Udp,
             kind: DnsEventKind::Response {
                 rcode: header.rcode,
             },
@@ -202,6 +203,7 @@ pub fn event(
         captured,
         client: src,
         id: header.id,
+        protocol: Protocol::Udp,
         kind: DnsEventKind::Query { name },
     };
     (Some(e), malformed)
@@ -352,6 +354,7 @@ mod tests {
                     captured: at,
                     client: c,
                     id: 1,
+                    protocol: Protocol::Udp,
                     kind: DnsEventKind::Query {
                         name: Some("www.example.com".into())
                     }
