@@ -139,6 +139,20 @@ pub struct SockStats {
     /// one (0 for an entry never marked), see [`names::EPOCH`]. Userspace
     /// ignores it.
     pub epoch: u32,
+    /// TCP segments the kernel retransmitted on the socket
+    /// (`tcp:tcp_retransmit_skb`), counted as `tcpi_total_retrans` counts them.
+    pub retrans_segs: u32,
+    /// TCP resets this host sent on the socket (`tcp:tcp_send_reset`).
+    pub resets_sent: u16,
+    /// TCP resets the socket received (`tcp:tcp_receive_reset`).
+    pub resets_received: u16,
+    /// Bytes in the retransmitted segments (as `tcpi_bytes_retrans`).
+    pub retrans_bytes: u64,
+    /// For a socket this host connected: microseconds from its first SYN to
+    /// ESTABLISHED (0: not seen).
+    pub connect_us: u32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
     /// The processes that moved bytes on the socket.
     pub owners: [Owner; OWNERS],
 }
@@ -160,6 +174,12 @@ impl SockStats {
             first_ns: 0,
             srtt_us: 0,
             epoch: 0,
+            retrans_segs: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            retrans_bytes: 0,
+            connect_us: 0,
+            _pad2: 0,
             owners: [Owner::zeroed(); OWNERS],
         }
     }
@@ -409,5 +429,5 @@ mod pod {
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
 const _: () = assert!(core::mem::size_of::<Owner>() == 56);
 const _: () = assert!(core::mem::size_of::<TcpEventRecord>() == 56);
-const _: () = assert!(core::mem::size_of::<SockStats>() == 64 + 56 * OWNERS);
-const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 64 + 56 * OWNERS);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 88 + 56 * OWNERS);
+const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 88 + 56 * OWNERS);
