@@ -26,6 +26,7 @@ pub struct Agent {
     source: Box<dyn SocketSource>,
     info: CollectorInfo,
     attribution: Attribution,
+    quality: crate::snapshot::quality::QualityTracker,
     host: HostCollectors,
     sinks: Vec<Box<dyn Sink>>,
     alerts: Option<Detectors>,
@@ -60,6 +61,7 @@ impl Agent {
             source,
             info,
             attribution: Attribution::new(started_at),
+            quality: Default::default(),
             host,
             sinks,
             alerts: None,
@@ -194,10 +196,19 @@ impl Agent {
                 interfaces: &snap.interfaces,
             }));
         }
+        // Per-process quality: each socket's counters and connect results,
+        // then the DNS lookups joined to the sockets' owners.
+        let mut figures = read
+            .as_ref()
+            .map(|(batch, _)| self.quality.tcp(batch, &tcp, now))
+            .unwrap_or_default();
+        let clients = self.host.fill_dns(&mut snap, dns.as_deref(), now);
+        self.quality.dns(&mut figures, clients);
         if let Some((_, rows)) = read {
             self.attribution.recycle(rows);
         }
         if let Some(mut processes) = processes {
+            figures.fill(&mut processes);
             let folded = crate::attribution::fold_processes(&mut processes, self.max_processes);
             if folded > 0 {
                 info.processes_folded = Some(folded);
@@ -210,7 +221,6 @@ impl Agent {
             self.host.fill_processes(&mut processes);
             snap.processes = Some(processes);
         }
-        self.host.fill_dns(&mut snap, dns, now);
         if let Some(p) = &self.health {
             snap.health = p.latest();
         }

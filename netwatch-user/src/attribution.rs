@@ -600,8 +600,9 @@ pub const FOLDED_PROCESS_NAME: &str = "(others)";
 
 /// Keep the `max` process rows that moved the most bytes (rx + tx) this
 /// interval and fold the rest into one row appended last: `pid` `None`,
-/// `process_name` [`FOLDED_PROCESS_NAME`], the sums of their bytes, rates
-/// and connection counts, no metadata. Returns how many rows were folded
+/// `process_name` [`FOLDED_PROCESS_NAME`], the sums of their bytes, rates,
+/// connection counts and quality figures (`crate::snapshot::quality::merge`),
+/// no metadata. Returns how many rows were folded
 /// (0: `rows` untouched, in their order, and no row added).
 ///
 /// Ties on bytes go to the smaller pid, then the smaller name (a row
@@ -635,7 +636,9 @@ pub fn fold_processes(rows: &mut Vec<ProcessBandwidth>, max: usize) -> u64 {
     let folded = rest.len() as u64;
     let mut other =
         ProcessBandwidth::network_only(FOLDED_PROCESS_NAME.to_string(), None, 0, 0, 0.0, 0.0, 0);
+    let mut rtt_rows = 0;
     for p in &rest {
+        crate::snapshot::quality::merge(&mut other, p, &mut rtt_rows);
         other.rx_bytes = other.rx_bytes.saturating_add(p.rx_bytes);
         other.tx_bytes = other.tx_bytes.saturating_add(p.tx_bytes);
         other.rx_rate += p.rx_rate;

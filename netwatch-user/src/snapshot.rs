@@ -3,9 +3,12 @@
 //! keeps every collector's previous sample, so each tick diffs against the
 //! last (no sleeping inside a snapshot). A failing collector leaves its
 //! section empty and is logged; it never stops the tick. DNS analytics are
-//! built here ([`dns`]) from the DNS events the source yields.
+//! built here ([`dns`]) from the DNS events the source yields, and the
+//! per-process quality figures ([`quality`]) from the source's per-socket
+//! counters and events.
 
 pub mod dns;
+pub mod quality;
 
 use log::warn;
 use netwatch_common::wire::{ProcessBandwidth, Snapshot};
@@ -111,17 +114,22 @@ impl HostCollectors {
     /// interval, as of the tick's monotonic time `now`
     /// ([`crate::clock::Clock::mono`]); `None` (a source that sees no
     /// packets) leaves it empty.
+    /// Returns each client endpoint's lookups of the interval (for the
+    /// per-process figures), empty when there are no events.
     pub fn fill_dns(
         &mut self,
         snap: &mut Snapshot,
-        events: Option<Vec<DnsEvent>>,
+        events: Option<&[DnsEvent]>,
         now: std::time::Duration,
-    ) {
-        let Some(events) = events else { return };
-        for e in &events {
+    ) -> std::collections::HashMap<dns::ClientKey, dns::ClientDns> {
+        let Some(events) = events else {
+            return Default::default();
+        };
+        for e in events {
             self.dns.observe(e);
         }
         snap.dns_analytics = Some(self.dns.take(now));
+        self.dns.take_clients()
     }
 
     /// Fill process metadata (ppid, user, cpu, memory, state, start, exe).

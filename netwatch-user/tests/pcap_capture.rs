@@ -342,7 +342,7 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
     let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
     host.fill_dns(
         &mut snap,
-        src.take_dns_events(),
+        src.take_dns_events().as_deref(),
         netwatch::clock::mono_now(),
     );
     let a = snap
@@ -372,7 +372,7 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
     let mut snap = netwatch_common::wire::Snapshot::empty(chrono::Utc::now());
     host.fill_dns(
         &mut snap,
-        src.take_dns_events(),
+        src.take_dns_events().as_deref(),
         netwatch::clock::mono_now(),
     );
     let again = snap.dns_analytics.unwrap_or_default();

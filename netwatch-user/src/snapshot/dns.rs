@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use netwatch_common::wire::DnsAnalytics;
 
-use crate::source::{DnsEvent, DnsEventKind};
+use crate::source::{DnsEvent, DnsEventKind, Protocol};
 
 /// netwatch-sdk's base domain: the last two labels (`a.b.example.com` →
 /// `example.com`); a single label as is.
@@ -64,17 +64,49 @@ pub const MAX_DOMAINS: usize = 7_168;
 /// arrival times' difference. Counts cover the interval since the last
 /// [`Self::take`]; queries still waiting are carried over, and forgotten
 /// after [`OUTSTANDING_TIMEOUT`] of monotonic time.
+///
+/// Besides the host-wide analytics it counts each client endpoint's
+/// lookups ([`ClientDns`], taken with [`Self::take_clients`]): the
+/// per-process figures are those endpoints joined to the sockets' owners
+/// (`crate::snapshot::quality`).
 #[derive(Debug, Default)]
 pub struct DnsTracker {
-    /// (txid, client) → the query's (arrival, capture timestamp).
-    outstanding: HashMap<(u16, SocketAddr), (Duration, Duration)>,
+    /// (txid, client) → the query's (arrival, capture timestamp, protocol).
+    outstanding: HashMap<(u16, SocketAddr), (Duration, Duration, Protocol)>,
     domains: HashMap<String, u32>,
     analytics: DnsAnalytics,
+    clients: HashMap<ClientKey, ClientDns>,
 }
+
+/// A DNS client endpoint: the socket that sent the queries.
+pub type ClientKey = (Protocol, SocketAddr);
+
+/// One client endpoint's lookups over an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientDns {
+    pub queries: u64,
+    pub responses: u64,
+    /// Responses with a non-zero RCODE.
+    pub failures: u64,
+    pub nxdomain: u64,
+    /// Queries given up on ([`OUTSTANDING_TIMEOUT`]).
+    pub unanswered: u64,
+    /// Responses matched to their query, and their latencies' sum and
+    /// maximum (ms).
+    pub timed: u64,
+    pub latency_ms_sum: f64,
+    pub latency_ms_max: f64,
+}
+
+/// Client endpoints counted per interval, at most (7/8 of a power of two).
+/// When full, a new endpoint's messages still count in the analytics but
+/// not per process, counted in [`crate::drops`] as `dns_clients`; the
+/// table empties every interval.
+pub const MAX_CLIENTS: usize = 7_168;
 
 /// The latency of response `r` to a query that arrived at `sent` (monotonic)
 /// and was stamped `captured` (wall): see [`DnsTracker`].
-fn latency((sent, captured): (Duration, Duration), r: &DnsEvent) -> Duration {
+fn latency((sent, captured, _): (Duration, Duration, Protocol), r: &DnsEvent) -> Duration {
     let arrival = r.at.saturating_sub(sent);
     match r.captured.checked_sub(captured) {
         Some(wall) if wall <= arrival + CAPTURE_SLACK => wall,
@@ -86,21 +118,44 @@ impl DnsTracker {
     /// Count one DNS message a source saw.
     pub fn observe(&mut self, e: &DnsEvent) {
         let a = &mut self.analytics;
+        let client = client_entry(&mut self.clients, (e.protocol, e.client));
         match &e.kind {
             DnsEventKind::Response { rcode } => {
                 a.total_responses += 1;
                 if *rcode == 3 {
                     a.nxdomain_count += 1;
                 }
-                if let Some(sent) = self.outstanding.remove(&(e.id, e.client)) {
-                    a.latency_buckets[latency_bucket(latency(sent, e))] += 1;
+                let took = self
+                    .outstanding
+                    .remove(&(e.id, e.client))
+                    .map(|sent| latency(sent, e));
+                if let Some(took) = took {
+                    a.latency_buckets[latency_bucket(took)] += 1;
+                }
+                if let Some(c) = client {
+                    c.responses += 1;
+                    if *rcode != 0 {
+                        c.failures += 1;
+                    }
+                    if *rcode == 3 {
+                        c.nxdomain += 1;
+                    }
+                    if let Some(took) = took {
+                        let ms = took.as_secs_f64() * 1000.0;
+                        c.timed += 1;
+                        c.latency_ms_sum += ms;
+                        c.latency_ms_max = c.latency_ms_max.max(ms);
+                    }
                 }
             }
             DnsEventKind::Query { name } => {
                 a.total_queries += 1;
+                if let Some(c) = client {
+                    c.queries += 1;
+                }
                 let key = (e.id, e.client);
                 if self.outstanding.len() < MAX_OUTSTANDING || self.outstanding.contains_key(&key) {
-                    self.outstanding.insert(key, (e.at, e.captured));
+                    self.outstanding.insert(key, (e.at, e.captured, e.protocol));
                 } else {
                     crate::drops::dropped("dns_outstanding", MAX_OUTSTANDING, 1);
                 }
@@ -123,7 +178,16 @@ impl DnsTracker {
     /// [`OUTSTANDING_TIMEOUT`] before `now` are dropped.
     pub fn take(&mut self, now: Duration) -> DnsAnalytics {
         let cutoff = now.saturating_sub(OUTSTANDING_TIMEOUT);
-        self.outstanding.retain(|_, (sent, _)| *sent >= cutoff);
+        let clients = &mut self.clients;
+        self.outstanding.retain(|(_, client), (sent, _, protocol)| {
+            let keep = *sent >= cutoff;
+            if !keep {
+                if let Some(c) = client_entry(clients, (*protocol, *client)) {
+                    c.unanswered += 1;
+                }
+            }
+            keep
+        });
         // A new map each interval: a flood's interval does not leave its
         // buckets behind.
         let mut top: Vec<(String, u32)> = std::mem::take(&mut self.domains).into_iter().collect();
@@ -137,16 +201,33 @@ impl DnsTracker {
         out
     }
 
+    /// Each client endpoint's lookups since the last call (call it after
+    /// [`Self::take`], which counts the queries given up on).
+    pub fn take_clients(&mut self) -> HashMap<ClientKey, ClientDns> {
+        std::mem::take(&mut self.clients)
+    }
+
     /// Queries waiting for their response.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
 }
 
+/// `key`'s counters, made if there is room ([`MAX_CLIENTS`]).
+fn client_entry(
+    clients: &mut HashMap<ClientKey, ClientDns>,
+    key: ClientKey,
+) -> Option<&mut ClientDns> {
+    if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
+        crate::drops::dropped("dns_clients", MAX_CLIENTS, 1);
+        return None;
+    }
+    Some(clients.entry(key).or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Protocol;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -280,5 +361,40 @@ mod tests {
         assert_eq!(a.top_domains.len(), TOP_DOMAINS);
         d.take(t(6_000));
         assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn each_client_endpoint_counts_its_own_lookups_and_the_ones_given_up_on() {
+        let t = Duration::from_millis;
+        let (c1, c2) = (sa("10.0.0.5:40001"), sa("10.0.0.6:40002"));
+        let mut d = DnsTracker::default();
+        d.observe(&query(1, c1, "a.example.com", t(0)));
+        d.observe(&response(1, c1, 0, t(4)));
+        d.observe(&query(2, c1, "b.example.com", t(10)));
+        d.observe(&response(2, c1, 3, t(30)));
+        d.observe(&query(3, c2, "c.example.com", t(10)));
+        d.take(t(1_000));
+        let cl = d.take_clients();
+        let one = cl[&(Protocol::Udp, c1)];
+        assert_eq!(
+            (
+                one.queries,
+                one.responses,
+                one.failures,
+                one.nxdomain,
+                one.unanswered
+            ),
+            (2, 2, 1, 1, 0)
+        );
+        assert_eq!(
+            (one.timed, one.latency_ms_sum, one.latency_ms_max),
+            (2, 24.0, 20.0)
+        );
+        assert_eq!(cl[&(Protocol::Udp, c2)].queries, 1);
+        // c2's query is given up on once OUTSTANDING_TIMEOUT has passed.
+        d.take(t(6_000));
+        let cl = d.take_clients();
+        assert_eq!(cl[&(Protocol::Udp, c2)].unanswered, 1);
+        assert_eq!(cl.len(), 1);
     }
 }
