@@ -97,7 +97,9 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::attribution::GRACE_READS;
-use crate::source::{CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource};
+use crate::source::{
+    CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpCounters,
+};
 use crate::tool::{ToolCommand, ToolError};
 use destroy::{DestroyEvent, DestroyListener};
 use listeners::{Listeners, Owned};
@@ -253,7 +255,13 @@ impl ParsedSocket {
             rx_bytes: self.rx_bytes(),
             tx_bytes: self.tx_bytes(counter),
             rtt_us: self.rtt_us,
-            tcp: None,
+            // `ss -i` shows the kernel's retransmission counters (zero
+            // ones omitted); resets and connect times it does not show.
+            tcp: (self.protocol == Protocol::Tcp).then(|| TcpCounters {
+                retrans_segs: self.retrans_total.unwrap_or(0),
+                retrans_bytes: self.bytes_retrans.unwrap_or(0),
+                ..TcpCounters::default()
+            }),
             closed: false,
             origin: CountOrigin::SinceSocketOpen,
         }
@@ -679,7 +687,11 @@ impl SsSource {
             cgroup_id: owner.and_then(|o| o.cgroup_id),
             rx_bytes: rx,
             tx_bytes: tx,
-            tcp: None,
+            tcp: ev.tcp.map(|t| TcpCounters {
+                retrans_segs: u64::from(t.total_retrans.unwrap_or(0)),
+                retrans_bytes: t.bytes_retrans.unwrap_or(0),
+                ..TcpCounters::default()
+            }),
             rtt_us: None,
             closed: true,
             origin: CountOrigin::SinceSocketOpen,
@@ -909,6 +921,7 @@ mod tests {
                 bytes_received: Some(received),
                 bytes_sent: Some(sent),
                 bytes_retrans: Some(0),
+                total_retrans: Some(0),
                 bytes_acked: None,
             }),
             successor_in_fin_wait2: false,

@@ -49,6 +49,7 @@ const IPPROTO_UDP: u8 = 17;
 pub const DESTROY_GROUPS_MASK: u32 = 0b1111;
 
 /// Offsets in `struct tcp_info` (stable ABI: fields are only appended).
+const TCPI_TOTAL_RETRANS: usize = 100;
 const TCPI_BYTES_ACKED: usize = 120;
 const TCPI_BYTES_RECEIVED: usize = 128;
 const TCPI_BYTES_SENT: usize = 200;
@@ -77,6 +78,8 @@ pub struct TcpFinal {
     pub bytes_retrans: Option<u64>,
     /// `tcpi_bytes_acked` (≥ 4.1).
     pub bytes_acked: Option<u64>,
+    /// `tcpi_total_retrans`: segments retransmitted over the socket's life.
+    pub total_retrans: Option<u32>,
 }
 
 /// One destroyed socket.
@@ -218,6 +221,10 @@ fn decode_inet(body: &[u8]) -> Option<Option<DestroyEvent>> {
             bytes_sent: u64_ne(i, TCPI_BYTES_SENT),
             bytes_retrans: u64_ne(i, TCPI_BYTES_RETRANS),
             bytes_acked: u64_ne(i, TCPI_BYTES_ACKED),
+            total_retrans: i
+                .get(TCPI_TOTAL_RETRANS..TCPI_TOTAL_RETRANS + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes),
         }),
         _ => None,
     };
@@ -640,6 +647,9 @@ mod tests {
         i[TCPI_BYTES_RECEIVED..TCPI_BYTES_RECEIVED + 8].copy_from_slice(&received.to_ne_bytes());
         i[TCPI_BYTES_SENT..TCPI_BYTES_SENT + 8].copy_from_slice(&sent.to_ne_bytes());
         i[TCPI_BYTES_RETRANS..TCPI_BYTES_RETRANS + 8].copy_from_slice(&retrans.to_ne_bytes());
+        // One segment per 1000 retransmitted bytes.
+        i[TCPI_TOTAL_RETRANS..TCPI_TOTAL_RETRANS + 4]
+            .copy_from_slice(&((retrans / 1000) as u32).to_ne_bytes());
         i
     }
 
@@ -663,7 +673,7 @@ mod tests {
 
     #[test]
     fn destroy_decodes_tcp_v4_and_v6_with_final_counters() {
-        let info = tcp_info(123_457, 54_321, 21);
+        let info = tcp_info(123_457, 54_321, 21_000);
         let mut buf = message(AF_INET, Some(IPPROTO_TCP), Some(&info));
         buf.extend(message(AF_INET6, Some(IPPROTO_TCP), Some(&info)));
         let d = decode(&buf);
@@ -676,8 +686,13 @@ mod tests {
         assert_eq!(e.rqueue, 1);
         let t = e.tcp.unwrap();
         assert_eq!(
-            (t.bytes_received, t.bytes_sent, t.bytes_retrans),
-            (Some(123_457), Some(54_321), Some(21))
+            (
+                t.bytes_received,
+                t.bytes_sent,
+                t.bytes_retrans,
+                t.total_retrans
+            ),
+            (Some(123_457), Some(54_321), Some(21_000), Some(21))
         );
         assert_eq!(d.events[1].local, "[::1]:8080".parse().unwrap());
     }
@@ -731,6 +746,7 @@ mod tests {
         let d = decode(&message(AF_INET, Some(IPPROTO_TCP), Some(info)));
         let t = d.events[0].tcp.unwrap();
         assert_eq!((t.bytes_received, t.bytes_sent), (Some(10), None));
+        assert_eq!(t.total_retrans, Some(0));
     }
 
     #[test]

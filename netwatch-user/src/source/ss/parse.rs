@@ -86,6 +86,9 @@ pub struct ParsedSocket {
     pub bytes_sent: Option<u64>,
     /// `bytes_retrans:` payload bytes retransmitted (kernel ≥ 4.19).
     pub bytes_retrans: Option<u64>,
+    /// `retrans:<in flight>/<total>`: segments retransmitted over the
+    /// socket's life (`tcpi_total_retrans`); absent while none were.
+    pub retrans_total: Option<u64>,
     /// `bytes_acked:` sequence space acknowledged by the peer (kernel ≥ 4.1;
     /// includes the SYN on the active side and a FIN once acknowledged).
     pub bytes_acked: Option<u64>,
@@ -331,6 +334,7 @@ fn parse_socket_line(line: &str, following: &[&str]) -> Result<(ParsedSocket, us
         rtt_us: None,
         bytes_sent: None,
         bytes_retrans: None,
+        retrans_total: None,
         bytes_acked: None,
         bytes_received: None,
     };
@@ -536,6 +540,9 @@ fn apply_info_line(sock: &mut ParsedSocket, line: &str) -> Result<(), LineError>
             sock.bytes_sent = Some(count("bytes_sent", v)?);
         } else if let Some(v) = tok.strip_prefix("bytes_retrans:") {
             sock.bytes_retrans = Some(count("bytes_retrans", v)?);
+        } else if let Some(v) = tok.strip_prefix("retrans:") {
+            let total = |v: &str| v.split_once('/').and_then(|(_, t)| t.parse::<u64>().ok());
+            sock.retrans_total = Some(parse_field("retrans", v, total)?);
         } else if let Some(v) = tok.strip_prefix("bytes_acked:") {
             sock.bytes_acked = Some(count("bytes_acked", v)?);
         } else if let Some(v) = tok.strip_prefix("bytes_received:") {
@@ -625,6 +632,21 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn retransmission_counters_are_read_and_a_bad_one_is_an_error() {
+        let line = "tcp ESTAB 0 0 10.99.0.1:40000 10.99.0.2:7000 users:((\"nc\",pid=7,fd=3)) ino:9 sk:1 cgroup:/";
+        let info = "\t cubic rtt:0.5/0.25 retrans:0/17 bytes_sent:90000 bytes_retrans:24616";
+        let out = parse_ss(&format!("{line}\n{info}\n"));
+        assert_eq!(out.skipped, 0);
+        let sock = &out.sockets[0];
+        assert_eq!(
+            (sock.retrans_total, sock.bytes_retrans),
+            (Some(17), Some(24616))
+        );
+        let out = parse_ss(&format!("{line}\n\t cubic retrans:0/x\n"));
+        assert_eq!((out.skipped, out.sockets.len()), (1, 0));
     }
 
     #[test]
