@@ -67,7 +67,10 @@ impl VethPair {
         ip(&["netns", "add", &pair.server]);
         // Interface names are at most 15 bytes: short, and local to each
         // namespace once moved, so the same names in every pair.
-        let (vc, vs) = (format!("v{n}c{}", std::process::id() % 10_000), format!("v{n}s{}", std::process::id() % 10_000));
+        let (vc, vs) = (
+            format!("v{n}c{}", std::process::id() % 10_000),
+            format!("v{n}s{}", std::process::id() % 10_000),
+        );
         ip(&["link", "add", &vc, "type", "veth", "peer", "name", &vs]);
         ip(&["link", "set", &vc, "netns", &pair.client, "name", "veth0"]);
         ip(&["link", "set", &vs, "netns", &pair.server, "name", "veth0"]);
@@ -148,4 +151,51 @@ impl Drop for VethPair {
                 .status();
         }
     }
+}
+
+/// The kernel's `TCP_INFO` for a connected socket: the ground truth the
+/// quality tests compare with (`tcpi_total_retrans`, `tcpi_bytes_retrans`).
+pub fn tcp_info(s: &impl std::os::fd::AsRawFd) -> libc::tcp_info {
+    // SAFETY: getsockopt(2) writes at most `len` bytes into a zeroed
+    // tcp_info we own.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    }
+}
+
+/// Wait until everything `s` sent is acknowledged (no segment left to
+/// retransmit), at most `limit`.
+pub fn wait_all_acked(s: &impl std::os::fd::AsRawFd, limit: std::time::Duration) -> libc::tcp_info {
+    let start = std::time::Instant::now();
+    loop {
+        let i = tcp_info(s);
+        if i.tcpi_unacked == 0 {
+            return i;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "segments still unacknowledged after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A ruleset for `side`'s input that drops `percent`% of the TCP segments
+/// to or from `port`, at random (`numgen random`).
+pub fn random_drop(port: u16, percent: u32) -> String {
+    format!(
+        "table inet nwloss {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
+         tcp dport {port} numgen random mod 100 < {percent} drop\n \
+         tcp sport {port} numgen random mod 100 < {percent} drop\n }}\n}}\n"
+    )
 }
