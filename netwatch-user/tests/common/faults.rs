@@ -7,6 +7,9 @@
 //! The BPF programs see every namespace, so a test finds its own sockets
 //! by the addresses below and the ports it chose.
 
+// Each test file uses a part of the helpers.
+#![allow(dead_code)]
+
 use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd as _;
