@@ -1,8 +1,9 @@
 //! Network faults the tests make themselves, checked against what the
 //! kernel then does: two network namespaces of the test's own joined by a
 //! veth link ([`netns::VethPair`]), nftables rules on the server's side
-//! ([`netns::nft`]) that reject one port with a TCP reset, drop everything
-//! to another, and drop one packet in ten to a third. The quality tests
+//! ([`netns::nft`]) that reject one port with a TCP reset, another with an
+//! ICMP host-unreachable, drop everything to a third, only the first SYN to
+//! a fourth, and one packet in ten to a fifth. The quality tests
 //! (retransmits, connect failures, resets) build on the same helpers; this
 //! file proves the faults themselves are what those tests assume, on the
 //! host and in both QEMU guests (`cargo xtask test`'s guest step loads the
@@ -54,12 +55,18 @@ fn faults_made_by_nft_rules_behave_exactly() {
     let server_ip = pair.server_ip;
     // A listener on each port: without the rules each connect would be
     // accepted, so whatever fails below fails because of a rule.
-    let [dropped, rejected, lossy] = pair.in_server(|| {
-        [(); 3]
+    let [dropped, rejected, unreachable, first_syn, lossy] = pair.in_server(|| {
+        [(); 5]
             .map(|()| TcpListener::bind((server_ip, 0)).expect("listening in the server namespace"))
     });
     let port = |l: &TcpListener| l.local_addr().expect("a bound listener").port();
-    let (dropped_port, rejected_port, lossy_port) = (port(&dropped), port(&rejected), port(&lossy));
+    let (dropped_port, rejected_port, unreachable_port, first_syn_port, lossy_port) = (
+        port(&dropped),
+        port(&rejected),
+        port(&unreachable),
+        port(&first_syn),
+        port(&lossy),
+    );
 
     // Before any rule, the link carries a connect to the port the rule will reject.
     let before =
@@ -78,11 +85,15 @@ fn faults_made_by_nft_rules_behave_exactly() {
             "table inet {TABLE} {{
                 counter dropped {{ }}
                 counter rejected {{ }}
+                counter unreachable {{ }}
+                counter first_syn {{ }}
                 counter lossy {{ }}
                 chain input {{
                     type filter hook input priority filter; policy accept;
                     tcp dport {dropped_port} counter name \"dropped\" drop
                     tcp dport {rejected_port} counter name \"rejected\" reject with tcp reset
+                    tcp dport {unreachable_port} counter name \"unreachable\" reject with icmpx type host-unreachable
+                    tcp dport {first_syn_port} tcp flags & (syn | ack) == syn numgen inc mod 2 == 0 counter name \"first_syn\" drop
                     tcp dport {lossy_port} numgen random mod 100 < {LOSS_PERCENT} counter name \"lossy\" drop
                 }}
             }}"
@@ -150,6 +161,56 @@ fn faults_made_by_nft_rules_behave_exactly() {
         },
         "the drop rule saw exactly the SYN and each retransmit"
     );
+
+    // Unreachable: the SYN is answered by an ICMP host-unreachable, which
+    // ends a connect in SYN-SENT at once with EHOSTUNREACH.
+    let unreached = pair
+        .in_client(|| connect_with_syn_retries(SocketAddrV4::new(server_ip, unreachable_port), 1));
+    let failure = unreached.expect_err("a connect to the unreachable port must fail");
+    assert_eq!(
+        failure.error.raw_os_error(),
+        Some(libc::EHOSTUNREACH),
+        "connect to the unreachable port: {}",
+        failure.error
+    );
+    let retransmitted = failure.info.map(|i| i.tcpi_total_retrans);
+    assert_eq!(
+        retransmitted,
+        Some(0),
+        "SYNs retransmitted before the ICMP error"
+    );
+    assert_eq!(
+        nft_counter(&pair.server_ns, "inet", TABLE, "unreachable"),
+        NftCounter {
+            packets: 1,
+            bytes: SYN_BYTES
+        },
+        "the unreachable rule saw exactly the one SYN"
+    );
+
+    // The first SYN dropped: the connect succeeds on the kernel's first SYN
+    // retransmit (1 s later), and the established socket counts that one
+    // retransmit.
+    let started = Instant::now();
+    let delayed = pair
+        .in_client(|| connect_with_syn_retries(SocketAddrV4::new(server_ip, first_syn_port), 3))
+        .unwrap_or_else(|e| panic!("connect with its first SYN dropped: {e}"));
+    let connect_time = started.elapsed();
+    assert_eq!(
+        tcp_info(&delayed).tcpi_total_retrans,
+        1,
+        "SYN retransmits of the connect whose first SYN was dropped"
+    );
+    assert_eq!(
+        nft_counter(&pair.server_ns, "inet", TABLE, "first_syn"),
+        NftCounter {
+            packets: 1,
+            bytes: SYN_BYTES
+        },
+        "the first-SYN rule dropped exactly one SYN"
+    );
+    drop(first_syn.accept().expect("accepting the delayed connect"));
+    println!("net_faults: the connect whose first SYN was dropped took {connect_time:?}");
 
     // Lossy: one client packet in ten dropped at random. The whole stream
     // arrives, intact, and the client's kernel says it retransmitted.
