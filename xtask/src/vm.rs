@@ -46,7 +46,8 @@ const RUNS_KEPT: usize = 10;
 /// or loadable): veth pairs; nftables with `numgen`, `reject` (TCP reset and
 /// ICMP), `ct` (conntrack), named counters and other objects (`objref`: a
 /// module in 6.1, part of `nf_tables` in 6.12, hence optional) and `limit`;
-/// and netem. Their dependencies come along. An nft rule using an
+/// netem; and kernel TLS (`tls`, for kTLS sockets). Their dependencies come
+/// along. An nft rule using an
 /// expression whose module is missing fails with "Could not process rule:
 /// No such file or directory".
 pub const NET_FAULT_MODULES: &[&str] = &[
@@ -58,6 +59,7 @@ pub const NET_FAULT_MODULES: &[&str] = &[
     "nft_objref?",
     "nft_limit",
     "sch_netem",
+    "tls",
 ];
 
 /// The host tools (program, Debian package) the network-fault tests run in
