@@ -21,7 +21,10 @@ const BPF_LINKER: &str = "bpf-linker@0.13.0";
 /// busybox + cpio for the guest kernel tests; and the tools the tests drive:
 /// bpftool (incompatible pins), tmux (the live view), curl (/metrics
 /// scrapes), openssl (a TLS peer), util-linux's setpriv (least privilege),
-/// bindfs (a FUSE filesystem the hung-mount test stops).
+/// bindfs (a FUSE filesystem the hung-mount test stops), nftables (the
+/// network-fault tests' rules, on the host and, copied, in the guests),
+/// kmod's depmod (indexes a guest kernel's modules), xz and zstd
+/// (decompress them).
 /// (`systemd-analyze verify` of the unit runs where systemd is installed.)
 const HOST_PACKAGES: &[&str] = &[
     "libpcap-dev",
@@ -36,6 +39,10 @@ const HOST_PACKAGES: &[&str] = &[
     "openssl",
     "util-linux",
     "bindfs",
+    "nftables",
+    "kmod",
+    "xz-utils",
+    "zstd",
 ];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.

@@ -97,6 +97,11 @@ const GUEST_SEED_TESTS: &[&str] = &[
     "thread_bytes_named_by_process_kprobe_tier",
     "thread_bytes_named_by_process_tracepoint_tier",
 ];
+/// The network-fault tests (`net_faults`, and the helpers in
+/// `tests/common/netns.rs` other test files use): namespaces, veth pairs
+/// and nftables rules made in the guest as on the host, so every guest run
+/// gets [`vm::NET_FAULT_MODULES`] and the host's `ip`, `tc` and `nft`.
+const GUEST_FAULT_TESTS: &[&str] = &["faults_made_by_nft_rules_behave_exactly"];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -148,33 +153,12 @@ fn host_required_tiers() -> String {
     tiers.join(",")
 }
 
-/// Path of the `ebpf_tiers` integration test binary (built if needed).
-fn tier_test_binary() -> Result<PathBuf> {
+/// Path of the netwatch-user integration test binary `name` (e.g.
+/// `ebpf_tiers`), built if needed.
+fn test_binary(name: &str) -> Result<PathBuf> {
     crate::host::cargo_executable(
-        &[
-            "test",
-            "-p",
-            "netwatch-user",
-            "--test",
-            "ebpf_tiers",
-            "--no-run",
-        ],
-        "ebpf_tiers",
-    )
-}
-
-/// Path of the `ebpf_seed` integration test binary (built if needed).
-fn seed_test_binary() -> Result<PathBuf> {
-    crate::host::cargo_executable(
-        &[
-            "test",
-            "-p",
-            "netwatch-user",
-            "--test",
-            "ebpf_seed",
-            "--no-run",
-        ],
-        "ebpf_seed",
+        &["test", "-p", "netwatch-user", "--test", name, "--no-run"],
+        name,
     )
 }
 
@@ -190,8 +174,10 @@ struct GuestRun {
 /// unless `sequential`), prints each kernel's results, and fails when any
 /// kernel's run failed. Returns the time of each kernel's run.
 fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
-    let bin = tier_test_binary()?;
-    let seed_bin = seed_test_binary()?;
+    let bin = test_binary("ebpf_tiers")?;
+    let seed_bin = test_binary("ebpf_seed")?;
+    let fault_bin = test_binary("net_faults")?;
+    let fault_tools = vm::net_fault_tools()?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -237,6 +223,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .iter()
                 .map(|name| (&bin, name))
                 .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
+                .chain(GUEST_FAULT_TESTS.iter().map(|name| (&fault_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -249,21 +236,24 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 bpf_stats: true,
                 // Software emulation is slow and its speed varies with the host's load.
                 timeout: Duration::from_secs(900),
+                modules: vm::NET_FAULT_MODULES
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect(),
                 // Two consoles interleaved are unreadable: side by side, each is
                 // only logged, and the output of failed tests is printed after.
                 echo_console: sequential,
                 ..VmOptions::default()
             };
-            vm::run_in_vm(
-                &opts,
-                &[
-                    bin.clone(),
-                    seed_bin.clone(),
-                    PathBuf::from(HOST_SS),
-                    PathBuf::from(HOST_BPFTOOL),
-                ],
-                &commands,
-            )
+            let mut binaries = vec![
+                bin.clone(),
+                seed_bin.clone(),
+                fault_bin.clone(),
+                PathBuf::from(HOST_SS),
+                PathBuf::from(HOST_BPFTOOL),
+            ];
+            binaries.extend(fault_tools.iter().cloned());
+            vm::run_in_vm(&opts, &binaries, &commands)
         })();
         GuestRun {
             kernel,

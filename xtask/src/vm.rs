@@ -1,8 +1,9 @@
 //! Runs commands inside a QEMU guest booted on a real (Debian stock) kernel,
 //! so eBPF programs are tested against a kernel other than the host's. One
-//! call builds an initramfs with the given binaries, boots it under software
-//! emulation, and reports each command's exit status and output as parsed
-//! from the serial console. It never uses KVM and never trusts QEMU's exit
+//! call builds an initramfs with the given binaries (and, when asked, the
+//! kernel modules named in [`VmOptions::modules`] with their dependencies),
+//! boots it under software emulation, and reports each command's exit
+//! status and output as parsed from the serial console. It never uses KVM and never trusts QEMU's exit
 //! status.
 //!
 //! ```no_run
@@ -19,6 +20,7 @@ mod console;
 mod init_script;
 mod initramfs;
 mod kernel;
+mod modules;
 mod qemu;
 
 use std::collections::HashSet;
@@ -33,11 +35,47 @@ pub use console::{CommandReport, VmFailure};
 pub use kernel::{Kernel, KernelSource, DEBIAN_612_CLOUD_META, DEBIAN_CLOUD_META};
 
 use console::{ConsoleParser, Markers};
-use init_script::InitScript;
+use init_script::{GuestModule, InitScript};
 use initramfs::Initramfs;
 
 /// How many run directories (initramfs + console log) to keep under `runs/`.
 const RUNS_KEPT: usize = 10;
+
+/// The kernel modules the network-fault tests need in the guest (Debian's
+/// cloud kernels build them as modules; the host's kernel has them built in
+/// or loadable): veth pairs; nftables with `numgen`, `reject` (TCP reset and
+/// ICMP), `ct` (conntrack), named counters and other objects (`objref`: a
+/// module in 6.1, part of `nf_tables` in 6.12, hence optional) and `limit`;
+/// netem; and kernel TLS (`tls`, for kTLS sockets). Their dependencies come
+/// along. An nft rule using an
+/// expression whose module is missing fails with "Could not process rule:
+/// No such file or directory".
+pub const NET_FAULT_MODULES: &[&str] = &[
+    "veth",
+    "nf_tables",
+    "nft_numgen",
+    "nft_reject_inet",
+    "nft_ct",
+    "nft_objref?",
+    "nft_limit",
+    "sch_netem",
+    "tls",
+];
+
+/// The host tools (program, Debian package) the network-fault tests run in
+/// the guest exactly as on the host: iproute2's `ip` (`ip netns`, veth
+/// pairs; it replaces BusyBox's `ip` applet) and `tc` (netem), and `nft`.
+pub const NET_FAULT_TOOLS: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")];
+
+/// The host paths of [`NET_FAULT_TOOLS`], installing a missing package
+/// first; pass them to [`run_in_vm`] with the other binaries.
+pub fn net_fault_tools() -> Result<Vec<PathBuf>> {
+    NET_FAULT_TOOLS
+        .iter()
+        .map(|(tool, package)| crate::host::ensure_tool(tool, package))
+        .collect()
+}
 
 /// How to boot the guest.
 #[derive(Debug, Clone)]
@@ -56,6 +94,14 @@ pub struct VmOptions {
     pub bpf_stats: bool,
     /// Stream the console to stdout (prefixed `guest| `) as it arrives.
     pub echo_console: bool,
+    /// Kernel modules (by name, e.g. `nf_tables`, `veth`) `/init` loads
+    /// with `insmod` before the commands run, each after the modules it
+    /// needs (from the kernel package's `modules.dep`); one the kernel has
+    /// built in is skipped; `name?` is optional (skipped when the kernel
+    /// has no such module), any other unknown name is an error. A module that does not load fails the run
+    /// ("guest setup failed: insmod ..."). Needs a Debian kernel package
+    /// (not [`KernelSource::Image`]). See [`NET_FAULT_MODULES`].
+    pub modules: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -68,6 +114,7 @@ impl Default for VmOptions {
             timeout: Duration::from_secs(300),
             bpf_stats: false,
             echo_console: true,
+            modules: Vec::new(),
         }
     }
 }
@@ -166,6 +213,10 @@ pub struct VmTimings {
     pub initramfs: Duration,
     /// QEMU start to `/init`'s first line.
     pub boot_to_init: Option<Duration>,
+    /// `/init`'s first line to the line saying every kernel module of the
+    /// run loaded (the `insmod`s), and how many loaded; `None` without
+    /// modules.
+    pub modules: Option<(Duration, usize)>,
     /// QEMU start to QEMU exit.
     pub qemu: Duration,
 }
@@ -225,12 +276,16 @@ impl VmReport {
         let t = &self.timings;
         let _ = writeln!(
             s,
-            "xtask vm: kernel {} ({}); kernel {:.2} s, initramfs {:.2} s, boot to /init {}, QEMU start to exit {:.2} s",
+            "xtask vm: kernel {} ({}); kernel {:.2} s, initramfs {:.2} s, boot to /init {}{}, QEMU start to exit {:.2} s",
             self.kernel_release.as_deref().unwrap_or("?"),
             self.kernel.image.display(),
             t.kernel.as_secs_f64(),
             t.initramfs.as_secs_f64(),
             t.boot_to_init.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64())),
+            t.modules.map_or(String::new(), |(d, n)| format!(
+                ", {n} kernel module(s) loaded in {:.2} s",
+                d.as_secs_f64()
+            )),
             t.qemu.as_secs_f64(),
         );
         if self.is_success() {
@@ -291,16 +346,18 @@ pub fn run_in_vm(
     let run_dir = new_run_dir(&opts.work_dir)?;
     let markers = Markers::fresh();
     let started = Instant::now();
-    let script = InitScript {
-        markers: &markers,
-        commands,
-        bpf_stats: opts.bpf_stats,
-    }
-    .render();
     let mut fs = Initramfs::with_busybox(&busybox)?;
     for binary in binaries {
         fs.add_binary(binary)?;
     }
+    let modules = add_modules(&mut fs, &kernel, &opts.work_dir, &opts.modules)?;
+    let script = InitScript {
+        markers: &markers,
+        commands,
+        bpf_stats: opts.bpf_stats,
+        modules: &modules,
+    }
+    .render();
     fs.add_init(&script);
     std::fs::write(run_dir.join("init"), &script)
         .with_context(|| format!("writing {}", run_dir.join("init").display()))?;
@@ -348,9 +405,78 @@ pub fn run_in_vm(
             kernel: kernel_time,
             initramfs: initramfs_time,
             boot_to_init: booted.parsed.booted_at,
+            modules: match (booted.parsed.booted_at, booted.parsed.modules_loaded) {
+                (Some(boot), Some((loaded, n))) => Some((loaded.saturating_sub(boot), n)),
+                _ => None,
+            },
             qemu: booted.elapsed,
         },
     })
+}
+
+/// Puts the files of `wanted` (module names) and of every module they need
+/// into `fs` under `/lib/modules/<release>/`, decompressed; returns them in
+/// load order for `/init`.
+fn add_modules(
+    fs: &mut Initramfs,
+    kernel: &Kernel,
+    work_dir: &Path,
+    wanted: &[String],
+) -> Result<Vec<GuestModule>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tree = kernel::module_tree(kernel, &work_dir.join("kernels"))?;
+    let resolution = tree
+        .index()?
+        .resolve(wanted)
+        .with_context(|| format!("resolving the guest's kernel modules ({})", tree.release))?;
+    let mut out = Vec::with_capacity(resolution.load.len());
+    let mut bytes = 0;
+    for module in &resolution.load {
+        let path = format!(
+            "/lib/modules/{}/{}",
+            tree.release,
+            module.uncompressed_path()
+        );
+        // The path is written into /init inside double quotes as well.
+        if !path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._+-".contains(c))
+        {
+            bail!("kernel module path {path:?} has characters /init cannot carry");
+        }
+        let data = tree.read(module)?;
+        bytes += data.len();
+        fs.add_bytes(&path, data, 0o644);
+        out.push(GuestModule {
+            name: module.name.clone(),
+            path,
+        });
+    }
+    eprintln!(
+        "xtask vm: {} kernel module(s) for the guest ({:.1} MiB): {}{}{}",
+        out.len(),
+        bytes as f64 / (1024.0 * 1024.0),
+        out.iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        if resolution.builtin.is_empty() {
+            String::new()
+        } else {
+            format!("; built in: {}", resolution.builtin.join(" "))
+        },
+        if resolution.absent.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; optional, not in this kernel: {}",
+                resolution.absent.join(" ")
+            )
+        }
+    );
+    Ok(out)
 }
 
 /// The workspace root (the parent of the xtask crate).

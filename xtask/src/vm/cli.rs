@@ -15,6 +15,8 @@ use super::{run_in_vm, GuestCommand, KernelSource, VmOptions};
 ///   cargo xtask vm                                  # boot, print `uname -a`, power off
 ///   cargo xtask vm --bin target/debug/deps/it-123   # run the test binary with no arguments
 ///   cargo xtask vm --bin target/debug/deps/it-123 --env NETWATCH_TIER=fentry -- it-123 --exact tcp --nocapture
+///   cargo xtask vm --net-faults --bin target/debug/deps/net_faults-123 -- net_faults-123 --exact some_test --nocapture
+///   cargo xtask vm --module veth --bin /usr/sbin/ip -- ip link add a type veth peer name b
 ///   (argv[0] may be the binary's file name, its guest path /bin/it-123, or the host path given to --bin)
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
@@ -48,6 +50,15 @@ pub struct VmArgs {
     /// newest 6.12 cloud kernel apt offers.
     #[arg(long, value_name = "PACKAGE")]
     pub kernel_package: Option<String>,
+    /// A kernel module to load in the guest before the command, with the
+    /// modules it needs (repeatable; a Debian kernel's module name, e.g.
+    /// nf_tables).
+    #[arg(long = "module", value_name = "NAME")]
+    pub modules: Vec<String>,
+    /// What the network-fault tests need: the modules for veth, nftables
+    /// (numgen, reject, ct) and netem, and the host's ip, tc and nft.
+    #[arg(long)]
+    pub net_faults: bool,
     /// Do not stream the guest console to stdout (it is still logged).
     #[arg(long)]
     pub quiet: bool,
@@ -77,8 +88,15 @@ pub fn run(args: VmArgs) -> Result<()> {
         (None, Some(package)) => KernelSource::DebianPackage(package),
         (None, None) => KernelSource::DebianCloud,
     };
+    let mut modules = args.modules.clone();
+    let mut bins = args.bins.clone();
+    if args.net_faults {
+        modules.extend(super::NET_FAULT_MODULES.iter().map(|m| m.to_string()));
+        bins.extend(super::net_fault_tools()?);
+    }
     let opts = VmOptions {
         kernel,
+        modules,
         memory_mib: args.memory_mib,
         cpus: args.cpus,
         timeout: Duration::from_secs(args.timeout_secs),
@@ -108,7 +126,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     for cmd in &mut commands {
         cmd.env.extend(args.env.iter().cloned());
     }
-    let report = run_in_vm(&opts, &args.bins, &commands).context("running the guest")?;
+    let report = run_in_vm(&opts, &bins, &commands).context("running the guest")?;
     if args.quiet {
         // The console was not streamed: show what the failed commands printed.
         for cmd in report.commands.iter().filter(|c| !c.passed()) {

@@ -45,6 +45,11 @@ impl Markers {
     pub fn setup_error(&self, what: &str) -> String {
         format!("{PREFIX}SETUP-ERROR {what}{}", self.suffix())
     }
+    /// Printed once every kernel module of the run is loaded; `count` is
+    /// a shell expression.
+    pub fn modules_loaded(&self, count: &str) -> String {
+        format!("{PREFIX}MODULES-LOADED count={count}{}", self.suffix())
+    }
     /// Printed before a command runs.
     pub fn start(&self, name: &str) -> String {
         format!("{PREFIX}START {name}{}", self.suffix())
@@ -75,6 +80,9 @@ impl Markers {
             },
             "SETUP-ERROR" => Marker::SetupError {
                 what: rest.to_string(),
+            },
+            "MODULES-LOADED" => Marker::ModulesLoaded {
+                count: rest.strip_prefix("count=")?.parse().ok()?,
             },
             "START" => Marker::Start {
                 name: rest.to_string(),
@@ -111,6 +119,7 @@ impl Markers {
 enum Marker {
     Booted { kernel_release: String },
     SetupError { what: String },
+    ModulesLoaded { count: usize },
     Start { name: String },
     Result { name: String, rc: i32 },
     Summary { passed: u32, failed: u32 },
@@ -217,6 +226,9 @@ pub struct ParsedConsole {
     pub kernel_release: Option<String>,
     /// Host-side time from QEMU start to `/init`'s first line.
     pub booted_at: Option<Duration>,
+    /// Host-side time from QEMU start to the line saying the run's kernel
+    /// modules are loaded, and how many; `None` when the run loads none.
+    pub modules_loaded: Option<(Duration, usize)>,
     pub commands: Vec<CommandReport>,
     pub failures: Vec<VmFailure>,
 }
@@ -268,6 +280,9 @@ impl ConsoleParser {
             }
             Marker::SetupError { what } => {
                 self.parsed.failures.push(VmFailure::SetupFailed { what });
+            }
+            Marker::ModulesLoaded { count } => {
+                self.parsed.modules_loaded = Some((at, count));
             }
             Marker::Start { name } => {
                 self.parsed.commands.push(CommandReport {
@@ -598,6 +613,30 @@ mod tests {
                 },
                 VmFailure::NoPoweroff
             ]
+        );
+    }
+
+    #[test]
+    fn the_modules_loaded_line_is_timed_and_a_failed_insmod_fails_the_run() {
+        let m = Markers::new("abc");
+        let mut p = ConsoleParser::new(m.clone(), vec![]);
+        feed_all(
+            &mut p,
+            &[
+                m.booted("x"),
+                "insmod: can't insert 'veth.ko': invalid module format".into(),
+                m.setup_error("insmod veth (/lib/modules/x/veth.ko) failed: insmod: can't insert"),
+                m.modules_loaded("3"),
+                m.summary("0", "0"),
+            ],
+        );
+        let parsed = p.finish(QemuEnd::Exited);
+        assert_eq!(parsed.modules_loaded, Some((ms(300), 3)));
+        assert_eq!(
+            parsed.failures,
+            vec![VmFailure::SetupFailed {
+                what: "insmod veth (/lib/modules/x/veth.ko) failed: insmod: can't insert".into()
+            }]
         );
     }
 

@@ -1,6 +1,7 @@
 //! Writes the guest's `/init`: a busybox shell script that mounts the
-//! filesystems eBPF tests need, runs each guest command between marker lines,
-//! prints a summary and powers off. Pure text generation; every value that
+//! filesystems eBPF tests need, loads the run's kernel modules (`insmod`, in
+//! the order given), runs each guest command between marker lines, prints a
+//! summary and powers off. Pure text generation; every value that
 //! reaches the script is single-quoted or checked by `GuestCommand::validate`.
 
 use super::console::Markers;
@@ -12,6 +13,18 @@ pub struct InitScript<'a> {
     pub commands: &'a [GuestCommand],
     /// Set `kernel.bpf_stats_enabled=1` before the commands run.
     pub bpf_stats: bool,
+    /// Kernel modules to `insmod` before the commands, in this order (each
+    /// after the modules it needs).
+    pub modules: &'a [GuestModule],
+}
+
+/// A kernel module file in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestModule {
+    /// Module name, for messages.
+    pub name: String,
+    /// Absolute guest path of the (uncompressed) `.ko`.
+    pub path: String,
 }
 
 /// Mounts `/init` makes: (fstype, source, mount point).
@@ -50,6 +63,23 @@ impl InitScript<'_> {
             );
         }
         s += &format!("echo \"{}\"\n", m.booted("$(uname -r)"));
+        if !self.modules.is_empty() {
+            for module in self.modules {
+                let what = format!(
+                    "insmod {} ({}) failed: $(printf %s \"$out\" | tr '\\n' ' ')",
+                    module.name, module.path
+                );
+                s += &format!(
+                    "out=$(insmod {} 2>&1) || echo \"{}\"\n",
+                    shell_quote(&module.path),
+                    m.setup_error(&what)
+                );
+            }
+            s += &format!(
+                "echo \"{}\"\n",
+                m.modules_loaded(&self.modules.len().to_string())
+            );
+        }
         s += "passed=0\nfailed=0\n";
         for cmd in self.commands {
             s += &format!("\necho \"{}\"\n(\n", m.start(&cmd.name));
@@ -91,6 +121,7 @@ mod tests {
             markers: &markers,
             commands: &commands,
             bpf_stats: true,
+            modules: &[],
         }
         .render();
         let expected_tail = "\
@@ -112,5 +143,36 @@ poweroff -f
         assert!(script.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo"));
         assert!(script.contains("ip link set lo up || echo"));
         assert!(script.contains("echo 1 > /proc/sys/kernel/bpf_stats_enabled"));
+        assert!(!script.contains("insmod"));
+    }
+
+    #[test]
+    fn modules_load_in_order_after_boot_and_a_failure_is_a_setup_error() {
+        let markers = Markers::new("n1");
+        let modules = [
+            GuestModule {
+                name: "nfnetlink".into(),
+                path: "/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nfnetlink.ko".into(),
+            },
+            GuestModule {
+                name: "nf_tables".into(),
+                path: "/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nf_tables.ko".into(),
+            },
+        ];
+        let script = InitScript {
+            markers: &markers,
+            commands: &[],
+            bpf_stats: false,
+            modules: &modules,
+        }
+        .render();
+        let expected = "\
+echo \"NETWATCH-VM-BOOTED kernel=$(uname -r) (run n1)\"
+out=$(insmod '/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nfnetlink.ko' 2>&1) || echo \"NETWATCH-VM-SETUP-ERROR insmod nfnetlink (/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nfnetlink.ko) failed: $(printf %s \"$out\" | tr '\\n' ' ') (run n1)\"
+out=$(insmod '/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nf_tables.ko' 2>&1) || echo \"NETWATCH-VM-SETUP-ERROR insmod nf_tables (/lib/modules/6.1.0-57-cloud-amd64/kernel/net/netfilter/nf_tables.ko) failed: $(printf %s \"$out\" | tr '\\n' ' ') (run n1)\"
+echo \"NETWATCH-VM-MODULES-LOADED count=2 (run n1)\"
+passed=0
+";
+        assert!(script.contains(expected), "{script}");
     }
 }

@@ -82,6 +82,19 @@ impl Initramfs {
         fs.add_text("/etc/group", "root:x:0:\n", 0o644);
         fs.add_text("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644);
         fs.add_text("/etc/nsswitch.conf", "hosts: files\n", 0o644);
+        // Protocol and service names for tools that print or parse them
+        // (`nft`, `ss`), when the host has them (Debian's netbase).
+        for file in ["/etc/protocols", "/etc/services"] {
+            if Path::new(file).is_file() {
+                fs.insert(
+                    file,
+                    Entry::HostFile {
+                        source: PathBuf::from(file),
+                        mode: 0o644,
+                    },
+                );
+            }
+        }
 
         fs.add_binary_at(busybox, "/bin/busybox")?;
         let list = host::run_captured(
@@ -119,8 +132,22 @@ impl Initramfs {
                 binary.display()
             );
         }
-        if matches!(self.entries.get(&guest), Some(Entry::Symlink { .. })) {
-            eprintln!("xtask vm: {guest} replaces the busybox applet of the same name");
+        // One program per name on PATH: a host binary replaces BusyBox's
+        // applet of that name wherever the applet's link is (`ip` is in
+        // /sbin). BusyBox's own shell still runs its applet for a bare
+        // `ip` in a script; a program's exec of `ip` gets this binary.
+        let applets: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(path, entry)| {
+                matches!(entry, Entry::Symlink { target } if target == "/bin/busybox")
+                    && path.rsplit('/').next() == Some(name)
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        for applet in applets {
+            self.entries.remove(&applet);
+            eprintln!("xtask vm: {guest} replaces the busybox applet {applet}");
         }
         self.add_binary_at(binary, &guest)?;
         Ok(guest)
@@ -168,6 +195,11 @@ impl Initramfs {
                 mode: 0o755,
             },
         );
+    }
+
+    /// Adds a file with these contents at the absolute guest `path`.
+    pub fn add_bytes(&mut self, path: &str, data: Vec<u8>, mode: u32) {
+        self.insert(path, Entry::Bytes { data, mode });
     }
 
     fn add_text(&mut self, path: &str, text: &str, mode: u32) {

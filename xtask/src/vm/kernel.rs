@@ -2,8 +2,10 @@
 //! `apt-get download` and kept under `target/vm/kernels/<package>/`, or an
 //! image the caller names. Which package a Debian meta-package (the 6.1
 //! `linux-image-cloud-amd64`, the 6.12 `linux-image-6.12-cloud-amd64`) stands
-//! for is asked of apt each run, so the newest one apt offers is used. Never
-//! installs the kernel package on the host.
+//! for is asked of apt each run, so the newest one apt offers is used. The
+//! package's modules are unpacked (and indexed with `depmod`) only when a
+//! run asks for modules, once, beside the image. Never installs the kernel
+//! package on the host.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use super::modules::ModuleTree;
 use crate::host;
 
 /// Debian 12's meta-package that depends on the current 6.1 cloud kernel.
@@ -261,6 +264,113 @@ fn download_and_unpack(package: &str, tmp: &Path, dpkg: &Path) -> Result<(String
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     Ok((deb_name, deb_bytes))
+}
+
+/// The directory under a kernel's cache directory that holds its unpacked
+/// modules (`lib/modules/<release>/...`).
+const MODULES_DIR: &str = "modules";
+
+/// The unpacked, indexed modules of `kernel`: the first call unpacks
+/// `lib/modules` from the cached `.deb` into `<package>/modules/` and runs
+/// `depmod` on it (Debian's package ships no `modules.dep`: its postinst
+/// makes one); later calls reuse it.
+pub fn module_tree(kernel: &Kernel, cache_dir: &Path) -> Result<ModuleTree> {
+    let Some(package) = &kernel.package else {
+        bail!(
+            "kernel modules were asked for, but the kernel {} is not a Debian package: \
+             only a packaged kernel's modules can be put in the guest",
+            kernel.image.display()
+        );
+    };
+    let package_dir = cache_dir.join(package);
+    let modules_dir = package_dir.join(MODULES_DIR);
+    if let Some(tree) = find_module_tree(&modules_dir) {
+        return Ok(tree);
+    }
+    let deb = std::fs::read_dir(&package_dir)
+        .with_context(|| format!("listing {}", package_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| {
+            format!(
+                "{} holds no .deb to take the modules from; remove that directory so the next run downloads the kernel again",
+                package_dir.display()
+            )
+        })?;
+    let dpkg = host::ensure_tool("dpkg", "dpkg")?;
+    let depmod = host::ensure_tool("depmod", "kmod")?;
+    let started = Instant::now();
+    let tmp = package_dir.join(format!(".{MODULES_DIR}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let unpacked = (|| -> Result<ModuleTree> {
+        host::run_captured(
+            Command::new(&dpkg).arg("-x").arg(&deb).arg(&tmp),
+            "unpacking the guest kernel's modules",
+        )?;
+        // Only lib/modules is kept.
+        for entry in
+            std::fs::read_dir(&tmp).with_context(|| format!("listing {}", tmp.display()))?
+        {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n != "lib") {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        let release = only_release(&tmp.join("lib").join("modules"))
+            .with_context(|| format!("{} has no lib/modules/<release>", deb.display()))?;
+        host::run_captured(
+            Command::new(&depmod).arg("-b").arg(&tmp).arg(&release),
+            "indexing the guest kernel's modules",
+        )?;
+        find_module_tree(&tmp)
+            .with_context(|| format!("depmod wrote no modules.dep under {}", tmp.display()))
+    })();
+    if let Err(e) = unpacked {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("unpacking the modules of {package}")));
+    }
+    match std::fs::rename(&tmp, &modules_dir) {
+        Ok(()) => {}
+        // Another run unpacked them first; use theirs.
+        Err(_) if find_module_tree(&modules_dir).is_some() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", tmp.display(), modules_dir.display()));
+        }
+    }
+    let tree = find_module_tree(&modules_dir)
+        .with_context(|| format!("{} lost its modules.dep", modules_dir.display()))?;
+    eprintln!(
+        "xtask vm: unpacked and indexed the modules of {package} in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        tree.dir.display()
+    );
+    Ok(tree)
+}
+
+/// The single directory in `dir` (a `lib/modules`), by name.
+fn only_release(dir: &Path) -> Option<String> {
+    let mut releases = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let release = releases.next()?;
+    releases.next().is_none().then_some(release)
+}
+
+/// The indexed module tree under `root` (`root/lib/modules/<release>` with
+/// a `modules.dep`), if any.
+fn find_module_tree(root: &Path) -> Option<ModuleTree> {
+    let release = only_release(&root.join("lib").join("modules"))?;
+    let dir = root.join("lib").join("modules").join(&release);
+    dir.join("modules.dep")
+        .is_file()
+        .then_some(ModuleTree { release, dir })
 }
 
 /// The single `vmlinuz-*` in `dir`, if any.
