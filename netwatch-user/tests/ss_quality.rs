@@ -6,14 +6,14 @@
 //! reads carry exactly the retransmits between them. Needs root
 //! (namespaces, nftables).
 
-#[path = "common/faults.rs"]
-mod faults;
+#[path = "common/netns.rs"]
+mod netns;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use faults::{Side, VethPair, SERVER_IP};
+use netns::{Side, VethPair};
 use netwatch::snapshot::quality::QualityTracker;
 use netwatch::source::ss::SsSource;
 use netwatch::source::{SampleBatch, SocketSource as _};
@@ -80,17 +80,16 @@ fn ss_retransmits_equal_the_kernels_count() {
     require_root();
     let pair = VethPair::new("ssq");
     let port = 7100;
-    let listener = pair.enter(Side::Server, || {
-        TcpListener::bind(SocketAddr::from((SERVER_IP, port))).expect("bind")
-    });
+    let server = SocketAddr::from((pair.server_ip, port));
+    let listener = pair.enter(Side::Server, || TcpListener::bind(server).expect("bind"));
     let mut c = pair.enter(Side::Client, || {
-        TcpStream::connect(SocketAddr::from((SERVER_IP, port))).expect("connect")
+        TcpStream::connect(server).expect("connect")
     });
     let mut src = SsSource::new();
     let mut tracker = QualityTracker::default();
     // The first read is the baseline the per-process figures start from.
     tracker.tcp(&read(&pair, &mut src), &[], Duration::ZERO);
-    pair.nft(Side::Server, &faults::random_drop(port, 3));
+    pair.nft(Side::Server, &netns::random_drop(port, 3));
     let n = if std::env::var_os("NETWATCH_GUEST").is_some() {
         1 << 20
     } else {
@@ -98,7 +97,7 @@ fn ss_retransmits_equal_the_kernels_count() {
     };
     let started = Instant::now();
     transfer(&listener, &mut c, n);
-    let info = faults::wait_all_acked(&c, Duration::from_secs(60));
+    let info = netns::wait_all_acked(&c, Duration::from_secs(60));
     assert!(
         info.tcpi_total_retrans > 0,
         "3% loss over {n} bytes made no retransmission ({:?}): the fault did not work",

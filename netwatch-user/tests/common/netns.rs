@@ -148,6 +148,71 @@ impl VethPair {
     pub fn in_server<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         in_netns(&self.server_ns, f)
     }
+
+    /// The namespace of `side`.
+    pub fn ns(&self, side: Side) -> &str {
+        match side {
+            Side::Client => &self.client_ns,
+            Side::Server => &self.server_ns,
+        }
+    }
+
+    /// The address of `side`'s end.
+    pub fn ip(&self, side: Side) -> Ipv4Addr {
+        match side {
+            Side::Client => self.client_ip,
+            Side::Server => self.server_ip,
+        }
+    }
+
+    /// Runs `f` on a thread inside `side`'s namespace (see [`in_netns`]).
+    pub fn enter<T: Send>(&self, side: Side, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(self.ns(side), f)
+    }
+
+    /// Loads `rules` in `side`'s namespace (see [`nft`]).
+    pub fn nft(&self, side: Side, rules: &str) {
+        nft(self.ns(side), rules);
+    }
+
+    /// Removes every nft rule in `side`'s namespace.
+    pub fn nft_flush(&self, side: Side) {
+        nft(self.ns(side), "flush ruleset\n");
+    }
+}
+
+/// Which end of a [`VethPair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// Wait until everything `s` sent is acknowledged (no segment left to
+/// retransmit), at most `limit`; returns the `TCP_INFO` then.
+pub fn wait_all_acked(s: &impl AsRawFd, limit: std::time::Duration) -> libc::tcp_info {
+    let start = std::time::Instant::now();
+    loop {
+        let i = tcp_info(s);
+        if i.tcpi_unacked == 0 {
+            return i;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "segments still unacknowledged after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A ruleset for a namespace's input that drops `percent`% of the TCP
+/// segments to or from `port`, at random (`numgen random`).
+pub fn random_drop(port: u16, percent: u32) -> String {
+    format!(
+        "table inet nwloss {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
+         tcp dport {port} numgen random mod 100 < {percent} drop\n \
+         tcp sport {port} numgen random mod 100 < {percent} drop\n }}\n}}\n"
+    )
 }
 
 impl Drop for VethPair {
