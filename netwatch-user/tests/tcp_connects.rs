@@ -179,14 +179,20 @@ fn server(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(SERVER_IP), port)
 }
 
-/// The SYNs this host's connects sent to `to` since the last take, as the
-/// detectors get them (each segment once).
+/// The SYNs to `to` since the last take, as the detectors get them (each
+/// segment once), but those another process's connects sent (the
+/// programs see every namespace, and other tests' veth pairs use the same
+/// addresses).
 fn syns_to(src: &mut EbpfSource, to: SocketAddr) -> Vec<TcpEvent> {
+    let pid = std::process::id();
     src.take_tcp_events()
         .expect("the eBPF source reports TCP events")
         .into_iter()
         .filter(|e| {
-            e.kind == TcpEventKind::Syn && e.dst == to && e.src.ip() == IpAddr::V4(CLIENT_IP)
+            e.kind == TcpEventKind::Syn
+                && e.dst == to
+                && e.src.ip() == IpAddr::V4(CLIENT_IP)
+                && e.pid.is_none_or(|p| p == pid)
         })
         .collect()
 }

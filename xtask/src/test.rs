@@ -97,6 +97,14 @@ const GUEST_SEED_TESTS: &[&str] = &[
     "thread_bytes_named_by_process_kprobe_tier",
     "thread_bytes_named_by_process_tracepoint_tier",
 ];
+/// The connect and reset tests (`tcp_connects`): network namespaces, a
+/// veth pair and nftables rules of their own, so the guest needs `ip`,
+/// `nft` and the veth / nf_tables modules.
+const GUEST_CONNECT_TESTS: &[&str] = &[
+    "connects_and_resets_fentry_tier",
+    "connects_and_resets_kprobe_tier",
+    "connects_and_resets_tracepoint_tier",
+];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -178,6 +186,21 @@ fn seed_test_binary() -> Result<PathBuf> {
     )
 }
 
+/// Path of the `tcp_connects` integration test binary (built if needed).
+fn connect_test_binary() -> Result<PathBuf> {
+    crate::host::cargo_executable(
+        &[
+            "test",
+            "-p",
+            "netwatch-user",
+            "--test",
+            "tcp_connects",
+            "--no-run",
+        ],
+        "tcp_connects",
+    )
+}
+
 /// One guest kernel's run: the report, or why it could not be attempted.
 struct GuestRun {
     kernel: &'static GuestKernel,
@@ -192,6 +215,7 @@ struct GuestRun {
 fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let bin = tier_test_binary()?;
     let seed_bin = seed_test_binary()?;
+    let connect_bin = connect_test_binary()?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -237,6 +261,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .iter()
                 .map(|name| (&bin, name))
                 .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
+                .chain(GUEST_CONNECT_TESTS.iter().map(|name| (&connect_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -259,6 +284,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 &[
                     bin.clone(),
                     seed_bin.clone(),
+                    connect_bin.clone(),
                     PathBuf::from(HOST_SS),
                     PathBuf::from(HOST_BPFTOOL),
                 ],

@@ -67,7 +67,10 @@ impl VethPair {
         ip(&["netns", "add", &pair.server]);
         // Interface names are at most 15 bytes: short, and local to each
         // namespace once moved, so the same names in every pair.
-        let (vc, vs) = (format!("v{n}c{}", std::process::id() % 10_000), format!("v{n}s{}", std::process::id() % 10_000));
+        let (vc, vs) = (
+            format!("v{n}c{}", std::process::id() % 10_000),
+            format!("v{n}s{}", std::process::id() % 10_000),
+        );
         ip(&["link", "add", &vc, "type", "veth", "peer", "name", &vs]);
         ip(&["link", "set", &vc, "netns", &pair.client, "name", "veth0"]);
         ip(&["link", "set", &vs, "netns", &pair.server, "name", "veth0"]);
