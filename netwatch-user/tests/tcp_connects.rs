@@ -136,6 +136,21 @@ fn setsockopt<T>(fd: &impl AsRawFd, level: i32, name: i32, value: &T) {
 
 /// A blocking `connect` of `fd` to `to`, timed around the call alone.
 fn connect(fd: OwnedFd, to: SocketAddr) -> (std::io::Result<TcpStream>, Duration) {
+    connect_with(fd, to, false)
+}
+
+/// `connect`, or with `nonblocking` a non-blocking one (`EINPROGRESS`, then
+/// `poll` for writable and `SO_ERROR`), timed from the call to its end.
+fn connect_with(
+    fd: OwnedFd,
+    to: SocketAddr,
+    nonblocking: bool,
+) -> (std::io::Result<TcpStream>, Duration) {
+    if nonblocking {
+        // SAFETY: fcntl on a descriptor we own.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        assert_eq!(r, 0, "O_NONBLOCK: {}", std::io::Error::last_os_error());
+    }
     let SocketAddr::V4(to) = to else {
         panic!("IPv4 only: {to}")
     };
@@ -156,12 +171,43 @@ fn connect(fd: OwnedFd, to: SocketAddr) -> (std::io::Result<TcpStream>, Duration
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
-    let took = t.elapsed();
-    if r == 0 {
-        (Ok(TcpStream::from(fd)), took)
+    let mut err = if r == 0 {
+        0
     } else {
-        (Err(std::io::Error::last_os_error()), took)
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    };
+    if nonblocking && err == libc::EINPROGRESS {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(n, 1, "poll: {}", std::io::Error::last_os_error());
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut i32).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "SO_ERROR: {}", std::io::Error::last_os_error());
     }
+    let took = t.elapsed();
+    if err != 0 {
+        return (Err(std::io::Error::from_raw_os_error(err)), took);
+    }
+    if nonblocking {
+        // SAFETY: fcntl on a descriptor we own.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) };
+        assert_eq!(r, 0, "blocking again: {}", std::io::Error::last_os_error());
+    }
+    (Ok(TcpStream::from(fd)), took)
 }
 
 /// A listener on the server's address, and a port nothing listens on.
@@ -255,9 +301,12 @@ fn connects_and_resets(tier: Tier, mut src: EbpfSource) {
              }}\n"
         ),
     );
+    // K blocking connects and a non-blocking one (the kernel times the
+    // handshake, not the call).
     let mut slow_conns = Vec::new();
-    for _ in 0..K {
-        let (c, took) = connect(tcp_socket(&pair, Side::Client, None), server(slow_port));
+    for i in 0..=K {
+        let fd = tcp_socket(&pair, Side::Client, None);
+        let (c, took) = connect_with(fd, server(slow_port), i == K);
         let c = c.expect("connect through the dropped first SYN");
         let (accepted, _) = slow.accept().unwrap();
         slow_conns.push((c.local_addr().unwrap(), took, c, accepted));
@@ -265,7 +314,7 @@ fn connects_and_resets(tier: Tier, mut src: EbpfSource) {
     let events = syns_to(&mut src, server(slow_port));
     assert_eq!(
         outcomes(&events),
-        vec![(Some(pid), Some(ConnectOutcome::Established)); K],
+        vec![(Some(pid), Some(ConnectOutcome::Established)); K + 1],
         "{tier}: connects through a dropped first SYN: {events:?}"
     );
     let conns = connections(&mut src);
