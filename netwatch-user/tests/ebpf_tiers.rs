@@ -1775,7 +1775,7 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
 }
 
 /// A full TCP events ring is counted, never silent: 10,000 refused
-/// connects (3 records each) between two reads overflow its 16,384 slots,
+/// connects (3 records each) between two reads overflow its 13,107 slots,
 /// and every one of our records not read is among those counted lost.
 #[test]
 fn tcp_events_overflow_is_counted() {

@@ -45,7 +45,7 @@ pub use tier::{LoadError, LoadOptions, TierChoice};
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
 
 /// Size of the `TCP_EVENTS` ring buffer, as the BPF object defines it
-/// (16384 records: 56 bytes and an 8-byte header each; drained every tick).
+/// (13,107 records: 72 bytes and an 8-byte header each; drained every tick).
 pub const TCP_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// A TCP state number as the wire spells it, the same names every Linux
