@@ -236,6 +236,38 @@ pub struct TcpEventRecord {
     pub kind: u8,
     /// [`tcp_event`]'s `FLAG_*` bits.
     pub flags: u8,
+    /// `SYN_SENT` with an `end`: nanoseconds from the socket entering
+    /// SYN_SENT (its first SYN) to leaving it. 0 otherwise.
+    pub took_ns: u64,
+    /// `SYN_SENT` ending in [`tcp_event::END_CLOSED`]: the socket's
+    /// `sk_err` then (`ECONNREFUSED`, `ETIMEDOUT`, `EHOSTUNREACH`, …; 0 when
+    /// its process closed it). 0 otherwise.
+    pub err: i32,
+    /// `SYN_SENT`: how the connect ended, one of [`tcp_event`]'s `END_*`.
+    pub end: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+impl TcpEventRecord {
+    /// An all-zero record, the starting point for a new event.
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            pid_tgid: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 0,
+            dport: 0,
+            family: 0,
+            kind: 0,
+            flags: 0,
+            took_ns: 0,
+            err: 0,
+            end: 0,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// Kinds and flags of [`TcpEventRecord`].
@@ -253,6 +285,14 @@ pub mod tcp_event {
     pub const FLAG_NO_SOCKET: u8 = 1;
     /// `RST_SENT` answering a SYN without ACK (a connection attempt refused).
     pub const FLAG_ANSWERED_SYN: u8 = 2;
+    /// A `SYN_SENT` record whose end was not seen (another state than
+    /// ESTABLISHED or CLOSE followed SYN_SENT: a simultaneous open).
+    pub const END_NONE: u8 = 0;
+    /// The socket left SYN_SENT for ESTABLISHED: the handshake completed.
+    pub const END_ESTABLISHED: u8 = 1;
+    /// The socket left SYN_SENT for CLOSE: the connect failed (the cause is
+    /// in `err`) or its process closed it.
+    pub const END_CLOSED: u8 = 2;
 }
 
 /// Indexes into the `COUNTERS` per-CPU array: the programs' own accounting,
@@ -358,6 +398,9 @@ pub mod names {
     pub const OFF_SOCKET_SK: &str = "OFF_SOCKET_SK";
     /// Global `u32`: offset of `srtt_us` in `struct tcp_sock`.
     pub const OFF_SRTT_US: &str = "OFF_SRTT_US";
+    /// Global `u32`: offset of `sk_err` in `struct sock` (0: unknown, a
+    /// failed connect's cause is then not read).
+    pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
     /// Global `u32`: offset of `group_leader` in `struct task_struct`.
     pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     /// Global `u32`: offset of `comm` in `struct task_struct`.
@@ -422,12 +465,13 @@ mod pod {
     unsafe impl aya::Pod for super::DestroyedKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Owner {}
-    // SAFETY: as above (no padding: 8 + 8 + 16 + 16 + 2 + 2 + 2 + 1 + 1).
+    // SAFETY: as above (no padding: 8 + 8 + 16 + 16 + 2 + 2 + 2 + 1 + 1,
+    // then 8 + 4 + 1 + 3).
     unsafe impl aya::Pod for super::TcpEventRecord {}
 }
 
 // The layout is the ABI: pin it so a field change cannot go unnoticed.
 const _: () = assert!(core::mem::size_of::<Owner>() == 56);
-const _: () = assert!(core::mem::size_of::<TcpEventRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<TcpEventRecord>() == 72);
 const _: () = assert!(core::mem::size_of::<SockStats>() == 88 + 56 * OWNERS);
 const _: () = assert!(core::mem::size_of::<ClosedSock>() == 8 + 88 + 56 * OWNERS);

@@ -93,7 +93,9 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let newstate: i32 = ctx.read_at(NEWSTATE)?;
     let family: u16 = ctx.read_at(FAMILY)?;
-    let _ = crate::tcp_events::on_state(ctx, sk, newstate, family);
+    let connect_us = crate::tcp_events::on_state(ctx, sk, newstate, family)
+        .ok()
+        .flatten();
     let oldstate: i32 = ctx.read_at(OLDSTATE)?;
     if born(oldstate, newstate) {
         let _ = finish(SockKey { sk });
@@ -118,6 +120,11 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
         None => return Ok(0),
     };
     let st = &mut *st;
+    if let Some(us) = connect_us {
+        // Written with the entry's creation, in this same run: a connected
+        // socket's entry always carries its connect time.
+        st.connect_us = us;
+    }
     st.state = newstate as u8;
     st.family = family;
     st.lport = ctx.read_at(SPORT)?;

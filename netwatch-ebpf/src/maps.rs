@@ -158,6 +158,9 @@ static OFF_SOCKET_SK: u32 = 24;
 /// Offset of `srtt_us` in `struct tcp_sock`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_SRTT_US: u32 = 0;
+/// Offset of `sk_err` in `struct sock`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_SK_ERR: u32 = 0;
 /// Offset of `group_leader` in `struct task_struct`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_TASK_GROUP_LEADER: u32 = 0;
@@ -214,6 +217,10 @@ pub fn off_socket_sk() -> usize {
 #[inline(always)]
 pub fn off_srtt_us() -> usize {
     global(&OFF_SRTT_US)
+}
+#[inline(always)]
+pub fn off_sk_err() -> usize {
+    global(&OFF_SK_ERR)
 }
 #[inline(always)]
 pub fn off_task_group_leader() -> usize {

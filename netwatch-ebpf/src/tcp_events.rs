@@ -3,9 +3,16 @@
 //! (`tcp:tcp_receive_reset`, `tcp:tcp_send_reset`), one fixed-size
 //! `TcpEventRecord` each in the bounded `TCP_EVENTS` ring buffer; a record
 //! that does not fit is counted (`counter::TCP_EVENTS_LOST`), never dropped
-//! silently. It only reads tracepoint fields (and, for a reset, the first
-//! TCP header bytes of the answered segment); it never touches the
-//! accounting maps.
+//! silently. It reads tracepoint fields (and, for a reset, the first TCP
+//! header bytes of the answered segment; for a failed connect, the
+//! socket's `sk_err`). Of the accounting maps it only ever adds to an
+//! existing `SOCKETS` entry's reset counters (and marks it active); it
+//! never creates or deletes an entry.
+//!
+//! A connect's record says how it ended (`end`: ESTABLISHED, or CLOSE with
+//! the socket's `sk_err`) and how long after its first SYN (`took_ns`), and
+//! its connect time is handed back to the lifecycle program, which stores it
+//! in the entry it creates at ESTABLISHED (`SockStats::connect_us`).
 //!
 //! What each kernel shows:
 //! - SYN_SENT fires in `connect`, before the ephemeral port is chosen: the
@@ -31,12 +38,19 @@ use aya_ebpf::{
     maps::{LruHashMap, RingBuf},
     programs::{FEntryContext, ProbeContext, TracePointContext},
 };
-use netwatch_common::{counter, send_reset, tcp_event, TcpEventRecord, AF_INET, AF_INET6};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use crate::maps::bump;
+use netwatch_common::{
+    counter, send_reset, tcp_event, SockKey, SockStats, TcpEventRecord, AF_INET, AF_INET6,
+};
 
+use crate::account::mark_active;
+use crate::maps::{bump, SOCKETS};
+
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
 
 /// The events, for userspace (read at every `take_tcp_events`).
 #[map(name = "TCP_EVENTS")]
@@ -107,6 +121,7 @@ const SET_STATE_DADDR_V6: usize = 56;
 // `tcp:tcp_receive_reset` (class `tcp_event_sk`), stable since 5.x; the
 // integration tests check them against the running kernel's format file.
 mod receive_reset {
+    pub const SKADDR: usize = 8;
     pub const SPORT: usize = 16;
     pub const DPORT: usize = 18;
     pub const FAMILY: usize = 20;
@@ -159,19 +174,23 @@ unsafe fn addrs(
 }
 
 /// Called by the `inet_sock_set_state` program for every TCP state change.
+/// Returns the connect time in µs (first SYN to ESTABLISHED) when this
+/// change is a connect's SYN_SENT → ESTABLISHED, for the caller to store in
+/// the socket's entry (which it creates at ESTABLISHED, in the same run: so
+/// the entry always has it).
 #[inline(always)]
 pub unsafe fn on_state(
     ctx: &TracePointContext,
     sk: u64,
     newstate: i32,
     family: u16,
-) -> Result<(), i64> {
+) -> Result<Option<u32>, i64> {
     let entering = newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV;
     if !entering {
         // The common case (every other state change) costs one read.
         let old: i32 = ctx.read_at(SET_STATE_OLDSTATE)?;
         if old != TCP_SYN_SENT && old != TCP_SYN_RECV {
-            return Ok(());
+            return Ok(None);
         }
     }
     let lport: u16 = ctx.read_at(SET_STATE_SPORT)?;
@@ -202,20 +221,42 @@ pub unsafe fn on_state(
             if PENDING_SYNS.insert(sk, pending, 0).is_err() {
                 bump(counter::TCP_EVENTS_LOST);
             }
-            return Ok(());
+            return Ok(None);
         }
         (kind, bpf_ktime_get_ns(), pid_tgid)
     } else {
         let Some(p) = PENDING_SYNS.get(sk) else {
-            return Ok(());
+            return Ok(None);
         };
         let p = *p;
         let _ = PENDING_SYNS.remove(sk);
         (p.kind as u8, p.ts_ns, p.pid_tgid)
     };
+    // A connect leaving SYN_SENT: how it ended and how long it took (the
+    // kernel's own time, so a non-blocking connect counts the same).
+    let (mut took_ns, mut err, mut end, mut connect_us) = (0u64, 0i32, tcp_event::END_NONE, None);
+    if !entering && kind == tcp_event::SYN_SENT {
+        took_ns = bpf_ktime_get_ns().saturating_sub(ts_ns);
+        if newstate == TCP_ESTABLISHED {
+            end = tcp_event::END_ESTABLISHED;
+            connect_us = Some(u32::try_from(took_ns / 1000).unwrap_or(u32::MAX));
+        } else if newstate == TCP_CLOSE {
+            end = tcp_event::END_CLOSED;
+            // Every kernel path that ends a connect sets `sk_err` before
+            // `tcp_done` moves the socket to CLOSE (`tcp_reset`,
+            // `tcp_write_err`, `tcp_v4_err`/`tcp_v6_err`, or
+            // `tcp_done_with_error` for all three since 6.10 and in the
+            // stable kernels); a process closing its connecting socket
+            // leaves it 0.
+            let off = crate::maps::off_sk_err();
+            if off != 0 {
+                err = bpf_probe_read_kernel((sk as usize + off) as *const i32).unwrap_or(0);
+            }
+        }
+    }
     if lport == 0 || rport == 0 {
         // Left SYN_SENT without a port: `connect` failed before any SYN.
-        return Ok(());
+        return Ok(connect_us);
     }
     let inbound = kind == tcp_event::SYN_RECV;
     let (local, remote) = addrs(
@@ -237,6 +278,7 @@ pub unsafe fn on_state(
             family,
             kind: tcp_event::SYN_RECV,
             flags: 0,
+            ..TcpEventRecord::zeroed()
         }
     } else {
         TcpEventRecord {
@@ -249,10 +291,48 @@ pub unsafe fn on_state(
             family,
             kind: tcp_event::SYN_SENT,
             flags: 0,
+            took_ns,
+            err,
+            end,
+            _pad: [0; 3],
         }
     };
     emit(&rec);
-    Ok(())
+    Ok(connect_us)
+}
+
+// The two reset counters are adjacent `u16`s in one aligned `u32` (BPF
+// atomics are 32 or 64 bits wide): sent in its low half, received in its
+// high half (little-endian BPF).
+const _: () = assert!(core::mem::offset_of!(SockStats, resets_sent) % 4 == 0);
+const _: () = assert!(
+    core::mem::offset_of!(SockStats, resets_received)
+        == core::mem::offset_of!(SockStats, resets_sent) + 2
+);
+
+/// A reset sent or received on `sk`: counted in its entry, if it has one
+/// (a socket the programs never saw has none; a reset answering a segment
+/// no socket took has no `sk`). By an atomic add, so a reset on another
+/// CPU is never lost; a counter stops at `u16::MAX` instead of carrying
+/// into the other (a socket gets one reset and dies, so it never gets there).
+#[inline(always)]
+unsafe fn count_reset(sk: u64, received: bool) {
+    let key = SockKey { sk };
+    let Some(st) = SOCKETS.get_ptr_mut(key) else {
+        return;
+    };
+    let word = core::ptr::addr_of_mut!((*st).resets_sent).cast::<u32>();
+    let (shift, add) = if received {
+        (16, 1u32 << 16)
+    } else {
+        (0, 1u32)
+    };
+    if (core::ptr::read_volatile(word) >> shift) & 0xffff == 0xffff {
+        return;
+    }
+    atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(word, add);
+    // News for userspace even when no byte moved.
+    mark_active(key, st);
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
@@ -276,7 +356,10 @@ unsafe fn on_receive_reset(ctx: &TracePointContext) -> Result<(), i64> {
         family,
         kind: tcp_event::RST_RECEIVED,
         flags: 0,
+        ..TcpEventRecord::zeroed()
     });
+    let sk: u64 = ctx.read_at(SKADDR)?;
+    count_reset(sk, true);
     Ok(())
 }
 
@@ -317,6 +400,7 @@ unsafe fn on_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
         family: 0,
         kind: tcp_event::RST_SENT,
         flags: 0,
+        ..TcpEventRecord::zeroed()
     };
     if layout == send_reset::SOCKADDR {
         let (family, sport, s) = sockaddr(ctx, global(&SEND_RESET_SADDR))?;
@@ -346,6 +430,8 @@ unsafe fn on_send_reset(ctx: &TracePointContext) -> Result<(), i64> {
     let sk: u64 = ctx.read_at(global(&SEND_RESET_SKADDR))?;
     if sk == 0 {
         rec.flags |= tcp_event::FLAG_NO_SOCKET;
+    } else {
+        count_reset(sk, false);
     }
     let skb: u64 = ctx.read_at(global(&SEND_RESET_SKBADDR))?;
     let off_data = global(&OFF_SKB_DATA);
@@ -442,6 +528,7 @@ unsafe fn on_reset_skb(sk: u64, skb: u64, family: u16) -> Result<(), i64> {
         family,
         kind: tcp_event::RST_SENT,
         flags: tcp_event::FLAG_NO_SOCKET,
+        ..TcpEventRecord::zeroed()
     };
     if flags & 0x12 == 0x02 {
         rec.flags |= tcp_event::FLAG_ANSWERED_SYN;

@@ -4,6 +4,12 @@
 //! A measurement, not a test: `cargo xtask bench` runs it on the host and in
 //! the guest kernel. Needs root.
 //!
+//! Besides the bytes, `calls / 50` connections make the control events
+//! (`tp_inet_sock_set_state` at every state change, the connect results,
+//! `tp_tcp_send_reset` / `tp_tcp_receive_reset`): each is accepted, then
+//! reset by its server (`SO_LINGER` 0), and a connect to a closed port is
+//! refused.
+//!
 //! Usage: bpf_cost [auto|fentry|kprobe|tracepoint] [calls]
 
 use std::io::{Read, Write};
@@ -13,6 +19,30 @@ use std::thread;
 use anyhow::{Context, Result};
 use netwatch::source::ebpf::{EbpfSource, LoadOptions, TierChoice};
 use netwatch::source::SocketSource;
+
+/// `SO_LINGER` 0: `close` resets the connection.
+fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -63,6 +93,21 @@ fn main() -> Result<()> {
         tx.send_to(&buf, rx.local_addr()?)?;
         rx.recv(&mut buf)?;
     }
+    // Control events: `calls / 50` accepted connections reset by their
+    // server, and as many refused connects.
+    let conns = calls / 50;
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    for _ in 0..conns {
+        let c = TcpStream::connect(l.local_addr()?)?;
+        let (s, _) = l.accept()?;
+        linger_zero(&s)?;
+        drop(s);
+        drop(c);
+        if TcpStream::connect(closed).is_ok() {
+            anyhow::bail!("{closed} accepted a connection: it was meant to be closed");
+        }
+    }
     let batch = src.read()?;
     let counted: u64 = batch
         .samples
@@ -71,7 +116,7 @@ fn main() -> Result<()> {
         .map(|s| s.tx_bytes)
         .sum();
     println!(
-        "tier={} tcp_bytes={got} udp_bytes={} counted_tx_bytes={counted}",
+        "tier={} tcp_bytes={got} udp_bytes={} counted_tx_bytes={counted} resets={conns} refused={conns}",
         src.tier(),
         calls * 512
     );

@@ -632,6 +632,7 @@ fn lifecycle_tracepoint_formats_match() {
     assert_eq!(offsets.get("oldstate"), Some(&16), "{format}");
     let (format, offsets) = tracepoint_format("tcp/tcp_receive_reset");
     for (field, want) in [
+        ("skaddr", 8),
         ("sport", 16),
         ("dport", 18),
         ("family", 20),
@@ -1729,6 +1730,21 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
             (SYN_SENT, 0, rport, refused, pid),
         ];
         assert_eq!(got, want, "{tier} {ip}: refused connect");
+        // How each connect ended: established, and refused (`sk_err`
+        // ECONNREFUSED when the reset closed the socket).
+        let ends: Vec<_> = recs
+            .iter()
+            .filter(|(r, _)| r.kind == SYN_SENT && (r.dport == server.port() || r.dport == port))
+            .map(|(r, _)| (r.dport, r.end, r.err))
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                (server.port(), END_ESTABLISHED, 0),
+                (port, END_CLOSED, libc::ECONNREFUSED)
+            ],
+            "{tier} {ip}: connect ends"
+        );
         drop((client, accepted, listener));
 
         // As the detectors see it: the segments on the wire, each once.
@@ -1759,7 +1775,7 @@ fn tcp_events(tier: Tier, mut src: EbpfSource) {
 }
 
 /// A full TCP events ring is counted, never silent: 10,000 refused
-/// connects (3 records each) between two reads overflow its 16,384 slots,
+/// connects (3 records each) between two reads overflow its 13,107 slots,
 /// and every one of our records not read is among those counted lost.
 #[test]
 fn tcp_events_overflow_is_counted() {

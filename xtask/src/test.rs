@@ -102,6 +102,14 @@ const GUEST_SEED_TESTS: &[&str] = &[
 /// and nftables rules made in the guest as on the host, so every guest run
 /// gets [`vm::NET_FAULT_MODULES`] and the host's `ip`, `tc` and `nft`.
 const GUEST_FAULT_TESTS: &[&str] = &["faults_made_by_nft_rules_behave_exactly"];
+/// The connect and reset tests (`tcp_connects`): network namespaces, a
+/// veth pair and nftables rules of their own, so the guest needs `ip`,
+/// `nft` and the veth / nf_tables modules.
+const GUEST_CONNECT_TESTS: &[&str] = &[
+    "connects_and_resets_fentry_tier",
+    "connects_and_resets_kprobe_tier",
+    "connects_and_resets_tracepoint_tier",
+];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -178,6 +186,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let seed_bin = test_binary("ebpf_seed")?;
     let fault_bin = test_binary("net_faults")?;
     let fault_tools = vm::net_fault_tools()?;
+    let connect_bin = test_binary("tcp_connects")?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -224,6 +233,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .map(|name| (&bin, name))
                 .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
                 .chain(GUEST_FAULT_TESTS.iter().map(|name| (&fault_bin, name)))
+                .chain(GUEST_CONNECT_TESTS.iter().map(|name| (&connect_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -249,6 +259,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 bin.clone(),
                 seed_bin.clone(),
                 fault_bin.clone(),
+                connect_bin.clone(),
                 PathBuf::from(HOST_SS),
                 PathBuf::from(HOST_BPFTOOL),
             ];

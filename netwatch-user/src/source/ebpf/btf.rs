@@ -23,6 +23,8 @@ pub struct SockOffsets {
     pub socket_sk: u32,
     /// `struct tcp_sock.srtt_us`; 0 if the kernel has none.
     pub srtt_us: u32,
+    /// `struct sock.sk_err` (a failed connect's cause).
+    pub sk_err: u32,
     /// `struct task_struct.group_leader` (the owner's name is its leader's `comm`).
     pub task_group_leader: u32,
     /// `struct task_struct.comm`.
@@ -271,6 +273,7 @@ impl SockOffsets {
             sk_protocol: offset(btf, &sock, "sock", "sk_protocol")?,
             socket_sk: offset(btf, &socket, "socket", "sk")?,
             srtt_us,
+            sk_err: offset(btf, &sock, "sock", "sk_err")?,
             task_group_leader: offset(btf, &task, "task_struct", "group_leader")?,
             task_comm: offset(btf, &task, "task_struct", "comm")?,
             recv_flags_arg,
@@ -305,6 +308,7 @@ mod tests {
         );
         assert_eq!(o.skc_v6_rcv_saddr, o.skc_v6_daddr + 16, "{o:?}");
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
+        assert!(o.sk_err > o.skc_v6_rcv_saddr, "{o:?}");
         assert!(o.socket_sk > 0 && o.srtt_us > 0, "{o:?}");
         assert!(
             o.task_comm > o.task_group_leader && o.task_group_leader > 0,

@@ -45,7 +45,7 @@ pub use tier::{LoadError, LoadOptions, TierChoice};
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netwatch"));
 
 /// Size of the `TCP_EVENTS` ring buffer, as the BPF object defines it
-/// (16384 records: 56 bytes and an 8-byte header each; drained every tick).
+/// (13,107 records: 72 bytes and an 8-byte header each; drained every tick).
 pub const TCP_EVENTS_BYTES: u32 = 1024 * 1024;
 
 /// A TCP state number as the wire spells it, the same names every Linux
@@ -76,6 +76,18 @@ fn owner_id(key: &SockKey, first_ns: u64, tgid: u32) -> SocketId {
 fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<Arc<str>> {
     let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     (len > 0).then(|| Arc::from(String::from_utf8_lossy(&raw[..len])))
+}
+
+/// A TCP socket's quality counters as the kernel programs keep them.
+pub fn tcp_counters(st: &SockStats) -> crate::source::TcpCounters {
+    crate::source::TcpCounters {
+        retrans_segs: u64::from(st.retrans_segs),
+        retrans_bytes: st.retrans_bytes,
+        resets_sent: u64::from(st.resets_sent),
+        resets_received: u64::from(st.resets_received),
+        connect: (st.connect_us != 0)
+            .then(|| std::time::Duration::from_micros(u64::from(st.connect_us))),
+    }
 }
 
 /// Convert one kernel record into samples: one per process that moved
@@ -131,6 +143,9 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
     if owners.is_empty() {
         owners.push((0, None, 0, 0, 0, 0));
     }
+    // The socket's TCP quality counters go on its first sample only, so a
+    // sum over samples counts each once.
+    let mut tcp = (protocol == Protocol::Tcp).then(|| tcp_counters(st));
     owners
         .into_iter()
         .map(|(tgid, comm, cgroup_id, rx, tx, _)| SocketSample {
@@ -145,7 +160,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
             rx_bytes: rx,
             tx_bytes: tx,
             rtt_us: (protocol == Protocol::Tcp && st.srtt_us != 0).then_some(f64::from(st.srtt_us)),
-            tcp: None,
+            tcp: tcp.take(),
             closed,
             origin: CountOrigin::SinceAttach,
         })

@@ -28,7 +28,7 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use netwatch_common::{send_reset, tcp_event, TcpEventRecord, AF_INET, AF_INET6};
 
-use crate::source::{TcpEvent, TcpEventKind};
+use crate::source::{ConnectOutcome, ConnectResult, TcpEvent, TcpEventKind};
 
 /// Two traced halves of one segment are this close in time at most.
 pub const SAME_SEGMENT: Duration = Duration::from_secs(2);
@@ -213,9 +213,31 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// How a connect ended, from its record's `end` and `err` (`sk_err` when
+/// the socket closed): `None` when the end was not seen.
+pub fn connect_outcome(end: u8, err: i32) -> Option<ConnectOutcome> {
+    match end {
+        tcp_event::END_ESTABLISHED => Some(ConnectOutcome::Established),
+        tcp_event::END_CLOSED => Some(match err {
+            // A reset answered the SYN (or an ICMP port unreachable).
+            libc::ECONNREFUSED => ConnectOutcome::Refused,
+            libc::ETIMEDOUT => ConnectOutcome::TimedOut,
+            // The ICMP destination-unreachable codes (`icmp_err_convert`),
+            // time exceeded, and their IPv6 counterparts.
+            libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENONET => {
+                ConnectOutcome::Unreachable
+            }
+            other => ConnectOutcome::Other(other),
+        }),
+        _ => None,
+    }
+}
+
 /// The packets one record stands for, in wire order: a reset answering a
 /// SYN to a closed port is that SYN and the reset. `at` is the record's
-/// monotonic time (`bpf_ktime_get_ns`). Empty for a malformed record.
+/// monotonic time (`bpf_ktime_get_ns`). Empty for a malformed record. A
+/// connect's SYN carries its process and, when its end was seen, how it
+/// ended and how long after the first SYN.
 pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
     let (Some(src), Some(dst)) = (
         addr(rec.family, &rec.saddr, rec.sport),
@@ -234,7 +256,17 @@ pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
         connect: None,
     };
     match rec.kind {
-        tcp_event::SYN_SENT | tcp_event::SYN_RECV => vec![ev(TcpEventKind::Syn, src, dst)],
+        tcp_event::SYN_SENT => {
+            let mut e = ev(TcpEventKind::Syn, src, dst);
+            // The upper half of `bpf_get_current_pid_tgid` is the tgid.
+            e.pid = Some((rec.pid_tgid >> 32) as u32).filter(|p| *p != 0);
+            e.connect = connect_outcome(rec.end, rec.err).map(|outcome| ConnectResult {
+                took: Duration::from_nanos(rec.took_ns),
+                outcome,
+            });
+            vec![e]
+        }
+        tcp_event::SYN_RECV => vec![ev(TcpEventKind::Syn, src, dst)],
         tcp_event::RST_RECEIVED => vec![ev(TcpEventKind::Reset, src, dst)],
         tcp_event::RST_SENT if rec.flags & tcp_event::FLAG_ANSWERED_SYN != 0 => vec![
             ev(TcpEventKind::Syn, dst, src),
@@ -281,15 +313,32 @@ impl Dedup {
 
     /// The events of one take that are not a traced twin of one reported
     /// within [`SAME_SEGMENT`], in order; then forgets what is older than
-    /// 10 × [`SAME_SEGMENT`] before the newest.
+    /// 10 × [`SAME_SEGMENT`] before the newest. A twin that knows more than
+    /// the event reported (a connect's process and result, which only the
+    /// connecting side's record has) gives it to that event when it is in
+    /// this take, and is reported itself when that event went out in an
+    /// earlier take (a connect result is never lost; the SYN is then seen
+    /// twice, possible only when the listener's record came first, as with
+    /// TCP Fast Open).
     pub fn filter(&mut self, events: Vec<TcpEvent>) -> Vec<TcpEvent> {
-        let mut out = Vec::with_capacity(events.len());
+        let mut out: Vec<TcpEvent> = Vec::with_capacity(events.len());
         let (mut refused, mut pruned) = (0u64, false);
         for e in events {
             let key = (e.kind == TcpEventKind::Syn, e.src, e.dst);
             if let Some(prev) = self.recent.get(&key) {
                 if prev.abs_diff(e.at) < SAME_SEGMENT {
-                    continue;
+                    if e.pid.is_none() && e.connect.is_none() {
+                        continue;
+                    }
+                    let twin = out.iter_mut().rev().find(|o| {
+                        (o.kind == TcpEventKind::Syn, o.src, o.dst) == key
+                            && o.at.abs_diff(e.at) < SAME_SEGMENT
+                    });
+                    if let Some(twin) = twin {
+                        twin.pid = twin.pid.or(e.pid);
+                        twin.connect = twin.connect.or(e.connect);
+                        continue;
+                    }
                 }
             }
             if self.recent.len() >= self.cap && !self.recent.contains_key(&key) && !pruned {
@@ -455,6 +504,7 @@ format:
             family: AF_INET,
             kind,
             flags,
+            ..TcpEventRecord::zeroed()
         }
     }
 
@@ -497,6 +547,104 @@ format:
         assert_eq!(out.len(), 1);
         assert_eq!(d.len(), 1);
         assert_eq!(crate::drops::total("tcp_event_dedup") - before, 7);
+    }
+
+    #[test]
+    fn a_connect_record_carries_its_process_and_how_it_ended() {
+        let at = Duration::from_secs(5);
+        let mut r = rec(tcp_event::SYN_SENT, 0);
+        r.pid_tgid = (4321u64 << 32) | 4325;
+        r.took_ns = 1_003_456_789;
+        let cases = [
+            (
+                tcp_event::END_ESTABLISHED,
+                0,
+                Some(ConnectOutcome::Established),
+            ),
+            (
+                tcp_event::END_CLOSED,
+                libc::ECONNREFUSED,
+                Some(ConnectOutcome::Refused),
+            ),
+            (
+                tcp_event::END_CLOSED,
+                libc::ETIMEDOUT,
+                Some(ConnectOutcome::TimedOut),
+            ),
+            (
+                tcp_event::END_CLOSED,
+                libc::EHOSTUNREACH,
+                Some(ConnectOutcome::Unreachable),
+            ),
+            (
+                tcp_event::END_CLOSED,
+                libc::ENETUNREACH,
+                Some(ConnectOutcome::Unreachable),
+            ),
+            (tcp_event::END_CLOSED, 0, Some(ConnectOutcome::Other(0))),
+            (
+                tcp_event::END_CLOSED,
+                libc::EPROTO,
+                Some(ConnectOutcome::Other(libc::EPROTO)),
+            ),
+            (tcp_event::END_NONE, 0, None),
+            (77, 0, None),
+        ];
+        for (end, err, want) in cases {
+            r.end = end;
+            r.err = err;
+            let ev = to_events(&r, at);
+            assert_eq!(ev.len(), 1);
+            assert_eq!(ev[0].pid, Some(4321), "the tgid, not the thread id");
+            assert_eq!(
+                ev[0].connect,
+                want.map(|outcome| ConnectResult {
+                    took: Duration::from_nanos(1_003_456_789),
+                    outcome
+                }),
+                "end {end} err {err}"
+            );
+        }
+        // Events that are not a connect's carry neither.
+        r.pid_tgid = 0;
+        assert_eq!(to_events(&r, at)[0].pid, None);
+        for kind in [tcp_event::SYN_RECV, tcp_event::RST_RECEIVED] {
+            let mut o = rec(kind, 0);
+            o.end = tcp_event::END_ESTABLISHED;
+            assert!(to_events(&o, at)
+                .iter()
+                .all(|e| e.pid.is_none() && e.connect.is_none()));
+        }
+    }
+
+    #[test]
+    fn a_twin_gives_its_connect_result_to_the_event_reported() {
+        let result = Some(ConnectResult {
+            took: Duration::from_millis(3),
+            outcome: ConnectOutcome::Refused,
+        });
+        let with = |at_ms| {
+            let mut e = syn(7, at_ms);
+            e.pid = Some(9);
+            e.connect = result;
+            e
+        };
+        // The reset's SYN first (no process), then the connect's own record.
+        let mut d = Dedup::default();
+        let out = d.filter(vec![syn(7, 0), with(1)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].pid, out[0].connect, out[0].at),
+            (Some(9), result, Duration::ZERO)
+        );
+        // Its twin in the next take is reported (the result is kept).
+        let mut d = Dedup::default();
+        assert_eq!(d.filter(vec![syn(7, 0)]).len(), 1);
+        let out = d.filter(vec![with(1)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].connect, result);
+        // A twin with nothing more is dropped as before.
+        assert!(d.filter(vec![syn(7, 2)]).is_empty());
     }
 
     #[test]

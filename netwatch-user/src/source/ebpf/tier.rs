@@ -516,6 +516,7 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::RECV_FLAGS_ARG, &offsets.recv_flags_arg, true)
         .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
         .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
+        .override_global(names::OFF_SK_ERR, &offsets.sk_err, true)
         .override_global(
             names::OFF_TASK_GROUP_LEADER,
             &offsets.task_group_leader,
