@@ -18,7 +18,8 @@
 //! The series cap under a flood (a user forking 100,000 processes with
 //! distinct names): a newcomer gets a series while there is room, else
 //! takes the place of the series idle the longest if that one moved
-//! nothing in this snapshot and the newcomer did, else its bytes go to
+//! nothing (no bytes, no TCP or DNS event) in this snapshot and the
+//! newcomer moved bytes, else its bytes (and quality figures) go to
 //! `other`. Each eviction and each newcomer refused (per snapshot) counts
 //! in `netwatch_agent_table_dropped_total{table="prometheus_series"}`; the
 //! cost per snapshot is one sort of the idle series, never a scan per
@@ -89,6 +90,9 @@ pub struct ProcessSeries {
     last_active: Instant,
     /// Bytes it moved in the latest snapshot.
     tick_bytes: u64,
+    /// Its rows in the latest snapshot counted a TCP or DNS event: it is
+    /// not idle (evicting it would drop those counts unseen).
+    tick_events: bool,
     /// TCP quality and DNS counters, accumulated as the bytes are.
     pub quality: QualityTotals,
     /// Mean kernel RTT (µs) of its TCP connections in the latest snapshot.
@@ -292,6 +296,7 @@ impl MetricsState {
 
         for s in self.processes.values_mut() {
             s.tick_bytes = 0;
+            s.tick_events = false;
             s.rtt_us = None;
         }
         let mut newcomers = Vec::new();
@@ -304,7 +309,8 @@ impl MetricsState {
                     s.rtt_us = t.rtt_us();
                     s.last_seen = now;
                     s.tick_bytes = t.rx.saturating_add(t.tx);
-                    if s.tick_bytes > 0 {
+                    s.tick_events = t.quality.any_events();
+                    if s.tick_bytes > 0 || s.tick_events {
                         s.last_active = now;
                     }
                 }
@@ -335,7 +341,7 @@ impl MetricsState {
             idle = self
                 .processes
                 .iter()
-                .filter(|(_, s)| s.tick_bytes == 0)
+                .filter(|(_, s)| s.tick_bytes == 0 && !s.tick_events)
                 .map(|(k, s)| (s.last_active, k.clone()))
                 .collect();
             // Idlest last, so each eviction pops it.
@@ -362,6 +368,7 @@ impl MetricsState {
                 }
             }
             let rtt_us = t.rtt_us();
+            let tick_events = t.quality.any_events();
             self.processes.insert(
                 key,
                 ProcessSeries {
@@ -370,6 +377,7 @@ impl MetricsState {
                     last_seen: now,
                     last_active: now,
                     tick_bytes: bytes,
+                    tick_events,
                     quality: t.quality,
                     rtt_us,
                 },
@@ -472,6 +480,7 @@ impl MetricsState {
                 last_seen,
                 last_active,
                 tick_bytes: 0,
+                tick_events: false,
                 quality: QualityTotals::default(),
                 rtt_us: None,
             });

@@ -152,6 +152,27 @@ impl QualityTotals {
         self.tcp.is_none() && self.dns.is_none()
     }
 
+    /// Some counter is not zero (an event was counted; an RTT alone, or
+    /// a figure that is all zeros, is none).
+    pub fn any_events(&self) -> bool {
+        let tcp = self.tcp.as_ref().is_some_and(|t| {
+            t.retransmits
+                | t.retransmitted_bytes
+                | t.connects_established
+                | t.connects_refused
+                | t.connects_timed_out
+                | t.connects_unreachable
+                | t.connects_failed_other
+                | t.resets_sent
+                | t.resets_received
+                != 0
+        });
+        let dns = self.dns.as_ref().is_some_and(|d| {
+            d.queries | d.responses | d.error_rcode | d.nxdomain | d.unanswered != 0
+        });
+        tcp || dns
+    }
+
     /// Add one row's per-interval figures.
     pub fn add_interval(&mut self, tcp: Option<&ProcessTcpQuality>, dns: Option<&ProcessDns>) {
         if let Some(q) = tcp {
@@ -725,6 +746,36 @@ mod tests {
         );
     }
 
+    /// A series whose process moved no bytes but counted DNS queries (or
+    /// TCP events) in this snapshot is not idle: a busy newcomer does not
+    /// evict it (that would drop the queries unseen); it goes to `other`.
+    #[test]
+    fn a_series_with_events_but_no_bytes_is_not_evicted() {
+        let mut st = state(1, 300);
+        let t0 = Instant::now();
+        st.apply(
+            &snap(vec![row(Some(6), "resolver", 0, None, None)]),
+            t0,
+            &mut cg,
+        );
+        st.apply(
+            &snap(vec![
+                row(Some(6), "resolver", 0, None, Some(dns(3, 3, 0, 0, 1.0))),
+                row(Some(2), "busy", 500, None, Some(dns(1, 1, 0, 0, 1.0))),
+            ]),
+            t0 + Duration::from_secs(1),
+            &mut cg,
+        );
+        assert_eq!(
+            lines(&page(&st), "netwatch_process_dns_queries_total"),
+            [
+                "netwatch_process_dns_queries_total{pid=\"6\",comm=\"resolver\",cgroup=\"/test/6\"} 3",
+                "netwatch_process_dns_queries_total{pid=\"\",comm=\"other\",cgroup=\"\"} 1",
+            ]
+        );
+        assert_eq!(st.other_bytes_total(), (500, 500));
+    }
+
     /// Under a flood of distinct processes each with quality figures, the
     /// families hold at most `top` process series and nothing is lost:
     /// every retransmit is in a series or in `other`.
@@ -849,5 +900,70 @@ mod tests {
                 .all(|l| l.starts_with("netwatch_") || l.starts_with("# ")),
             "{p}"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the rows, the cap and the clock: a live series'
+        /// quality counters never go down, `other`'s never go down, and
+        /// every retransmit and DNS query fed in is in a live series, in
+        /// `other`, or in a series that ended (expired or evicted).
+        #[test]
+        fn quality_counters_are_monotonic_and_conserved(
+            top in 1usize..5,
+            ticks in proptest::collection::vec(
+                (0u64..40, proptest::collection::vec(
+                    (0u32..8, 0u64..1000, 0u64..50, proptest::option::of(0u64..20)),
+                    0..8,
+                )),
+                1..30,
+            ),
+        ) {
+            let mut st = state(top, 60);
+            let mut now = Instant::now();
+            let (mut fed_r, mut fed_q) = (0u64, 0u64);
+            let (mut gone_r, mut gone_q) = (0u64, 0u64);
+            let r = |q: &super::QualityTotals| q.tcp.as_ref().map_or(0, |t| t.retransmits);
+            let d = |q: &super::QualityTotals| q.dns.as_ref().map_or(0, |d| d.queries);
+            for (step, rows) in ticks {
+                now += Duration::from_secs(step);
+                let mut seen = std::collections::HashSet::new();
+                let rows: Vec<ProcessBandwidth> = rows
+                    .into_iter()
+                    .filter(|r| seen.insert(r.0))
+                    .map(|(pid, bytes, retrans, queries)| {
+                        fed_r += retrans;
+                        fed_q += queries.unwrap_or(0);
+                        row(
+                            Some(pid),
+                            "p",
+                            bytes,
+                            Some(tcp((retrans, 0), (0, 0, 0), None, (0, 0), None)),
+                            queries.map(|n| dns(n, n, 0, 0, 1.0)),
+                        )
+                    })
+                    .collect();
+                let before = st.clone();
+                st.apply(&snap(rows), now, &mut cg);
+                proptest::prop_assert!(st.processes().len() <= top);
+                proptest::prop_assert!(r(st.other_quality()) >= r(before.other_quality()));
+                proptest::prop_assert!(d(st.other_quality()) >= d(before.other_quality()));
+                for (k, old) in before.processes() {
+                    match st.processes().get(k) {
+                        Some(new) => {
+                            proptest::prop_assert!(r(&new.quality) >= r(&old.quality));
+                            proptest::prop_assert!(d(&new.quality) >= d(&old.quality));
+                        }
+                        None => {
+                            gone_r += r(&old.quality);
+                            gone_q += d(&old.quality);
+                        }
+                    }
+                }
+                let live_r: u64 = st.processes().values().map(|s| r(&s.quality)).sum();
+                let live_q: u64 = st.processes().values().map(|s| d(&s.quality)).sum();
+                proptest::prop_assert_eq!(live_r + gone_r + r(st.other_quality()), fed_r);
+                proptest::prop_assert_eq!(live_q + gone_q + d(st.other_quality()), fed_q);
+            }
+        }
     }
 }
