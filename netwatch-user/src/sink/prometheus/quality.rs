@@ -21,7 +21,9 @@ use prometheus_client::registry::Unit;
 use super::{Labels, Text};
 
 /// TCP figures of one series, summed over the snapshots (eBPF mode).
+/// A counter missing from a saved file reads as 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TcpTotals {
     pub retransmits: u64,
     pub retransmitted_bytes: u64,
@@ -39,7 +41,9 @@ pub struct TcpTotals {
 }
 
 /// DNS figures of one series, summed over the snapshots.
+/// A counter missing from a saved file reads as 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DnsTotals {
     pub queries: u64,
     pub responses: u64,
@@ -867,6 +871,32 @@ mod tests {
         let saved = SavedCounters::decode(&old, "pins-q").expect("an older file decodes");
         assert!(saved.processes[0].quality.is_empty());
         assert!(saved.other_quality.is_empty());
+        // The fuzz seed with quality counters (some left out: read as 0)
+        // decodes, and encodes back to the same counters.
+        let seed = include_str!("../../../../fuzz/corpus/prom_counters/body_quality");
+        let body = seed.trim_start_matches('\u{1}');
+        let file = format!(
+            "netwatch-prometheus-counters 1 {:08x}\n{body}",
+            crc32fast::hash(body.as_bytes())
+        );
+        let saved = SavedCounters::decode(&file, "pins-1").expect("the seed decodes");
+        assert_eq!(
+            saved.other_quality.dns,
+            Some(super::DnsTotals {
+                queries: 1,
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            saved.processes[0]
+                .quality
+                .tcp
+                .as_ref()
+                .map(|t| t.connect_us),
+            Some(25_000)
+        );
+        let again = SavedCounters::decode(&saved.encode(), "pins-1").expect("decodes");
+        assert_eq!(again, saved);
     }
 
     #[test]
