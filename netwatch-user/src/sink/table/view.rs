@@ -48,6 +48,11 @@ pub enum SortKey {
     Pid,
     /// Name, alphabetical.
     Name,
+    /// Retransmitted segments in the interval, most first (rows without
+    /// TCP figures last).
+    Retransmits,
+    /// Failed connects in the interval, most first.
+    FailedConnects,
 }
 
 impl SortKey {
@@ -58,7 +63,9 @@ impl SortKey {
             Self::Rx => Self::Tx,
             Self::Tx => Self::Pid,
             Self::Pid => Self::Name,
-            Self::Name => Self::Total,
+            Self::Name => Self::Retransmits,
+            Self::Retransmits => Self::FailedConnects,
+            Self::FailedConnects => Self::Total,
         }
     }
 
@@ -70,6 +77,8 @@ impl SortKey {
             Self::Tx => "tx rate",
             Self::Pid => "pid",
             Self::Name => "name",
+            Self::Retransmits => "retransmits",
+            Self::FailedConnects => "failed connects",
         }
     }
 }
@@ -272,6 +281,14 @@ pub fn sorted_rows<'a>(s: &'a Snapshot, ui: &UiState) -> Vec<&'a ProcessBandwidt
                 .process_name
                 .to_lowercase()
                 .cmp(&b.process_name.to_lowercase()),
+            SortKey::Retransmits => {
+                let n = |p: &ProcessBandwidth| p.tcp_quality.as_ref().map(|q| q.retransmits);
+                n(b).cmp(&n(a))
+            }
+            SortKey::FailedConnects => {
+                let n = |p: &ProcessBandwidth| p.tcp_quality.as_ref().map(connect_failures);
+                n(b).cmp(&n(a))
+            }
         };
         primary.then_with(|| by_pid(a, b))
     });
@@ -1319,7 +1336,7 @@ mod tests {
         ui.act(Action::Down, Some(&s), 10);
         assert_eq!(ui.selected, Some((Some(812), "sshd".into())));
         let mut seen = vec![];
-        for _ in 0..5 {
+        for _ in 0..7 {
             ui.act(Action::CycleSort, Some(&s), 10);
             seen.push((ui.sort, names(&s, &ui)));
             // Still on sshd, wherever it sorts.
@@ -1345,6 +1362,15 @@ mod tests {
                     SortKey::Name,
                     vec!["curl".into(), "postgres".into(), "sshd".into()]
                 ),
+                // curl 12, sshd 0, postgres no TCP figures: last.
+                (
+                    SortKey::Retransmits,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
+                (
+                    SortKey::FailedConnects,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
                 (
                     SortKey::Total,
                     vec!["curl".into(), "sshd".into(), "postgres".into()]
@@ -1355,6 +1381,41 @@ mod tests {
         assert_eq!(
             screen(Some(&s), &ui2, 80, 24)[15],
             format!("── connections of 812 sshd: 1 {}", "─".repeat(50))
+        );
+    }
+
+    /// The quality sorts put the worst process first whatever its rate;
+    /// a process without TCP figures sorts last.
+    #[test]
+    fn quality_sorts_put_the_worst_first() {
+        use netwatch_common::wire::ProcessTcpQuality;
+        let mut s = fixture();
+        for p in s.processes.iter_mut().flatten() {
+            match p.pid {
+                Some(1500) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        retransmits: 50,
+                        ..Default::default()
+                    })
+                }
+                Some(812) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        connects: 3,
+                        connects_timed_out: 3,
+                        ..Default::default()
+                    })
+                }
+                _ => p.tcp_quality = None,
+            }
+        }
+        let mut ui = state(&s);
+        ui.sort = SortKey::Retransmits;
+        assert_eq!(names(&s, &ui), ["postgres", "sshd", "curl"]);
+        ui.sort = SortKey::FailedConnects;
+        assert_eq!(names(&s, &ui), ["sshd", "postgres", "curl"]);
+        assert_eq!(
+            screen(Some(&s), &ui, 80, 24)[23],
+            " q quit  ↑↓ select  s sort: failed connects  t columns: bandwidth"
         );
     }
 
