@@ -642,6 +642,46 @@ mod tests {
         }
     }
 
+    /// A mean that is not a finite non-negative number (a NaN or an
+    /// infinity from a broken division upstream) adds nothing and never
+    /// panics; the counts beside it still count.
+    #[test]
+    fn non_finite_means_add_nothing() {
+        let mut st = state(10, 300);
+        for (i, ms) in [f64::NAN, f64::INFINITY, -5.0, 1e300]
+            .into_iter()
+            .enumerate()
+        {
+            st.apply(
+                &snap(vec![row(
+                    Some(42),
+                    "curl",
+                    1,
+                    Some(tcp((1, 0), (1, 0, 0), Some(ms), (0, 0), Some(ms))),
+                    Some(dns(1, 1, 0, 0, ms)),
+                )]),
+                Instant::now() + Duration::from_secs(i as u64),
+                &mut cg,
+            );
+        }
+        let s = &st.processes()[&super::super::ProcessKey {
+            pid: 42,
+            comm: "curl".into(),
+            cgroup: cg(42),
+        }];
+        let t = s.quality.tcp.as_ref().expect("tcp");
+        // 1e300 ms saturates (the counter is full, not wrapped).
+        assert_eq!(
+            (t.retransmits, t.connects_established, t.connect_us),
+            (4, 4, u64::MAX)
+        );
+        assert_eq!(
+            s.quality.dns.as_ref().map(|d| (d.queries, d.latency_us)),
+            Some((4, u64::MAX))
+        );
+        assert_eq!(s.rtt_us, Some(u64::MAX));
+    }
+
     #[test]
     fn rtt_is_the_latest_snapshots_mean_and_disappears_without_one() {
         let mut st = state(10, 300);
