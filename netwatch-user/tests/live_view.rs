@@ -20,6 +20,9 @@
 //! holds no raw control byte, the hostile row shows the escaped name, and
 //! both rows add up to exactly the bytes moved.
 //!
+//! `t` switches the process table to the TCP quality and DNS columns: the
+//! header and footer say so, the hostile name is still escaped.
+//!
 //! Needs root (the agent loads BPF programs) and tmux. Runs without the
 //! libtest harness (`harness = false`): started as `nwlive-mover` (or
 //! `nwlive-exact`), this binary is the mover.
@@ -484,6 +487,58 @@ mod linux {
             .unwrap_or_else(|| panic!("the mover's row:\n{screen}"));
         assert_eq!(mover_row[2], "root", "{screen}");
         assert_eq!(mover_row.last().map(String::as_str), Some("2"), "{screen}");
+
+        // `t`: the quality columns (issue 18), the footer says so, the
+        // hostile name still escaped (whole: the name column is wider).
+        tmux(&socket, &["send-keys", "-t", "live", "t"]);
+        const QUALITY_HEADER: &str =
+            "    PID NAME                  USER      RETR CFAIL CONNECT     RTT   DNS DNSFAIL";
+        let screen = wait_for(&socket, "live", "the quality columns", |s| {
+            s.lines()
+                .nth(2)
+                .is_some_and(|l| l.trim_end() == QUALITY_HEADER)
+        });
+        println!("{screen}");
+        assert!(
+            !screen.chars().any(|c| c.is_control() && c != '\n'),
+            "{screen:?}"
+        );
+        let lines: Vec<&str> = screen.lines().collect();
+        assert!(
+            lines[23].contains("s sort: name  t columns: quality"),
+            "the footer:\n{screen}"
+        );
+        let first: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            first[..3],
+            [evil_pid.as_str(), EVIL_SHOWN, "root"],
+            "{screen}"
+        );
+        // Each quality cell is a figure or `-` (none carried): the figures
+        // themselves are checked where the sources fill them.
+        let figure = |c: &str| {
+            c == "-"
+                || c.parse::<u64>().is_ok()
+                || c.strip_suffix("ms")
+                    .is_some_and(|n| n.parse::<f64>().is_ok())
+                || c.strip_suffix("µs")
+                    .is_some_and(|n| n.parse::<f64>().is_ok())
+                || c.strip_suffix('s')
+                    .is_some_and(|n| n.parse::<f64>().is_ok())
+        };
+        for row in [
+            first,
+            lines[3..]
+                .iter()
+                .find_map(|l| row_of(l))
+                .unwrap_or_default()
+                .iter()
+                .map(String::as_str)
+                .collect(),
+        ] {
+            assert_eq!(row.len(), 9, "{row:?} in\n{screen}");
+            assert!(row[3..].iter().all(|c| figure(c)), "{row:?} in\n{screen}");
+        }
 
         tmux(&socket, &["send-keys", "-t", "live", "q"]);
         assert_ends_cleanly(&socket, "live", &dir.path().join("live.status"), "q");

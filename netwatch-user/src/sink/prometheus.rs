@@ -18,11 +18,15 @@
 //! The series cap under a flood (a user forking 100,000 processes with
 //! distinct names): a newcomer gets a series while there is room, else
 //! takes the place of the series idle the longest if that one moved
-//! nothing in this snapshot and the newcomer did, else its bytes go to
+//! nothing (no bytes, no TCP or DNS event) in this snapshot and the
+//! newcomer moved bytes, else its bytes (and quality figures) go to
 //! `other`. Each eviction and each newcomer refused (per snapshot) counts
 //! in `netwatch_agent_table_dropped_total{table="prometheus_series"}`; the
 //! cost per snapshot is one sort of the idle series, never a scan per
 //! newcomer.
+//!
+//! Each process series also carries its TCP quality and DNS counters
+//! ([`quality`]): same labels, same cap, same expiry, same persistence.
 //!
 //! The server must never let clients starve a scrape: connections are
 //! tasks, capped (the one idle the longest is closed for a new one), with a
@@ -47,6 +51,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::{Emitted, Sink};
 use crate::config::PrometheusConfig;
+
+pub mod quality;
+use quality::QualityTotals;
 
 /// The `Content-Type` of a `/metrics` answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -83,6 +90,31 @@ pub struct ProcessSeries {
     last_active: Instant,
     /// Bytes it moved in the latest snapshot.
     tick_bytes: u64,
+    /// Its rows in the latest snapshot counted a TCP or DNS event: it is
+    /// not idle (evicting it would drop those counts unseen).
+    tick_events: bool,
+    /// TCP quality and DNS counters, accumulated as the bytes are.
+    pub quality: QualityTotals,
+    /// Mean kernel RTT (µs) of its TCP connections in the latest snapshot.
+    pub rtt_us: Option<u64>,
+}
+
+/// What one snapshot's rows of one series carried.
+#[derive(Debug, Default)]
+struct Tick {
+    rx: u64,
+    tx: u64,
+    quality: QualityTotals,
+    /// (sum, rows) of the rows' mean RTTs.
+    rtt_us: Option<(f64, u32)>,
+}
+
+impl Tick {
+    fn rtt_us(&self) -> Option<u64> {
+        // `as` saturates; the sum of finite non-negative means is one.
+        self.rtt_us
+            .map(|(sum, n)| (sum / f64::from(n)).round() as u64)
+    }
 }
 
 /// Delivery counters as `/metrics` shows them (from the ingest sink).
@@ -148,6 +180,8 @@ pub struct MetricsState {
     processes: HashMap<ProcessKey, ProcessSeries>,
     other_rx_bytes_total: u64,
     other_tx_bytes_total: u64,
+    /// Quality counters of processes that had no series.
+    other_quality: QualityTotals,
     /// Series removed because their process was gone past the expiry.
     series_expired_total: u64,
     /// Series removed to make room for a busier process.
@@ -171,6 +205,7 @@ impl MetricsState {
             processes: HashMap::new(),
             other_rx_bytes_total: 0,
             other_tx_bytes_total: 0,
+            other_quality: QualityTotals::default(),
             series_expired_total: 0,
             series_evicted_total: 0,
             interfaces: Vec::new(),
@@ -192,6 +227,11 @@ impl MetricsState {
     /// Bytes of processes that had no series: (rx, tx).
     pub fn other_bytes_total(&self) -> (u64, u64) {
         (self.other_rx_bytes_total, self.other_tx_bytes_total)
+    }
+
+    /// Quality counters of processes that had no series.
+    pub fn other_quality(&self) -> &QualityTotals {
+        &self.other_quality
     }
 
     /// Take in one snapshot taken at `now`. Process bytes are added to
@@ -228,10 +268,12 @@ impl MetricsState {
         self.process_rows = rows.len() as u64;
 
         // One entry per key (rows are per (pid, name) already; sum anyway).
-        let mut tick: HashMap<ProcessKey, (u64, u64)> = HashMap::new();
+        let mut tick: HashMap<ProcessKey, Tick> = HashMap::new();
         for row in rows {
             let Some(pid) = row.pid else {
                 self.add_other(row.rx_bytes, row.tx_bytes);
+                self.other_quality
+                    .add_interval(row.tcp_quality.as_ref(), row.dns.as_ref());
                 continue;
             };
             let key = ProcessKey {
@@ -240,26 +282,39 @@ impl MetricsState {
                 cgroup: cgroup_of(pid),
             };
             let e = tick.entry(key).or_default();
-            e.0 = e.0.saturating_add(row.rx_bytes);
-            e.1 = e.1.saturating_add(row.tx_bytes);
+            e.rx = e.rx.saturating_add(row.rx_bytes);
+            e.tx = e.tx.saturating_add(row.tx_bytes);
+            e.quality
+                .add_interval(row.tcp_quality.as_ref(), row.dns.as_ref());
+            let rtt = row.tcp_quality.as_ref().and_then(|q| q.rtt_us_avg);
+            if let Some(us) = rtt.filter(|us| us.is_finite() && *us >= 0.0) {
+                let (sum, n) = e.rtt_us.get_or_insert((0.0, 0));
+                *sum += us;
+                *n = n.saturating_add(1);
+            }
         }
 
         for s in self.processes.values_mut() {
             s.tick_bytes = 0;
+            s.tick_events = false;
+            s.rtt_us = None;
         }
         let mut newcomers = Vec::new();
-        for (key, (rx, tx)) in tick {
+        for (key, t) in tick {
             match self.processes.get_mut(&key) {
                 Some(s) => {
-                    s.rx_bytes_total = s.rx_bytes_total.saturating_add(rx);
-                    s.tx_bytes_total = s.tx_bytes_total.saturating_add(tx);
+                    s.rx_bytes_total = s.rx_bytes_total.saturating_add(t.rx);
+                    s.tx_bytes_total = s.tx_bytes_total.saturating_add(t.tx);
+                    s.quality.merge(&t.quality);
+                    s.rtt_us = t.rtt_us();
                     s.last_seen = now;
-                    s.tick_bytes = rx.saturating_add(tx);
-                    if s.tick_bytes > 0 {
+                    s.tick_bytes = t.rx.saturating_add(t.tx);
+                    s.tick_events = t.quality.any_events();
+                    if s.tick_bytes > 0 || s.tick_events {
                         s.last_active = now;
                     }
                 }
-                None => newcomers.push((key, rx, tx)),
+                None => newcomers.push((key, t)),
             }
         }
 
@@ -271,8 +326,8 @@ impl MetricsState {
 
         // Busiest first; ties by key so the outcome does not depend on hashing.
         newcomers.sort_by(|a, b| {
-            (b.1.saturating_add(b.2))
-                .cmp(&a.1.saturating_add(a.2))
+            (b.1.rx.saturating_add(b.1.tx))
+                .cmp(&a.1.rx.saturating_add(a.1.tx))
                 .then_with(|| a.0.cmp(&b.0))
         });
         // The series a busy newcomer may replace: idle in this snapshot,
@@ -286,15 +341,15 @@ impl MetricsState {
             idle = self
                 .processes
                 .iter()
-                .filter(|(_, s)| s.tick_bytes == 0)
+                .filter(|(_, s)| s.tick_bytes == 0 && !s.tick_events)
                 .map(|(k, s)| (s.last_active, k.clone()))
                 .collect();
             // Idlest last, so each eviction pops it.
             idle.sort_by(|a, b| b.cmp(a));
         }
         let (mut evicted, mut refused) = (0u64, 0u64);
-        for (key, rx, tx) in newcomers {
-            let bytes = rx.saturating_add(tx);
+        for (key, t) in newcomers {
+            let bytes = t.rx.saturating_add(t.tx);
             if self.processes.len() >= self.limits.top_processes {
                 match idle.pop() {
                     Some((_, k)) if bytes > 0 => {
@@ -305,20 +360,26 @@ impl MetricsState {
                         // Put it back for the next one (nobody can use it:
                         // every newcomer after this one moved no more).
                         idle.extend(last);
-                        self.add_other(rx, tx);
+                        self.add_other(t.rx, t.tx);
+                        self.other_quality.merge(&t.quality);
                         refused += 1;
                         continue;
                     }
                 }
             }
+            let rtt_us = t.rtt_us();
+            let tick_events = t.quality.any_events();
             self.processes.insert(
                 key,
                 ProcessSeries {
-                    rx_bytes_total: rx,
-                    tx_bytes_total: tx,
+                    rx_bytes_total: t.rx,
+                    tx_bytes_total: t.tx,
                     last_seen: now,
                     last_active: now,
                     tick_bytes: bytes,
+                    tick_events,
+                    quality: t.quality,
+                    rtt_us,
                 },
             );
         }
@@ -352,6 +413,7 @@ impl MetricsState {
                 cgroup: k.cgroup.clone(),
                 rx_bytes_total: s.rx_bytes_total,
                 tx_bytes_total: s.tx_bytes_total,
+                quality: s.quality.clone(),
                 seen_ms_ago: ago(s.last_seen),
                 active_ms_ago: ago(s.last_active),
             })
@@ -363,6 +425,7 @@ impl MetricsState {
             processes,
             other_rx_bytes_total: self.other_rx_bytes_total,
             other_tx_bytes_total: self.other_tx_bytes_total,
+            other_quality: self.other_quality.clone(),
             series_expired_total: self.series_expired_total,
             series_evicted_total: self.series_evicted_total,
         }
@@ -377,6 +440,7 @@ impl MetricsState {
         let down = Duration::from_millis(unix_ms.saturating_sub(saved.saved_unix_ms));
         self.other_rx_bytes_total = saved.other_rx_bytes_total;
         self.other_tx_bytes_total = saved.other_tx_bytes_total;
+        self.other_quality = saved.other_quality.clone();
         self.series_expired_total = saved.series_expired_total;
         self.series_evicted_total = saved.series_evicted_total;
         self.processes.clear();
@@ -416,10 +480,14 @@ impl MetricsState {
                 last_seen,
                 last_active,
                 tick_bytes: 0,
+                tick_events: false,
+                quality: QualityTotals::default(),
+                rtt_us: None,
             });
             // A key twice in a (hand-edited) file: its counts add up.
             s.rx_bytes_total = s.rx_bytes_total.saturating_add(p.rx_bytes_total);
             s.tx_bytes_total = s.tx_bytes_total.saturating_add(p.tx_bytes_total);
+            s.quality.merge(&p.quality);
         }
     }
 }
@@ -432,6 +500,10 @@ pub struct SavedProcess {
     pub cgroup: String,
     pub rx_bytes_total: u64,
     pub tx_bytes_total: u64,
+    /// Its TCP quality and DNS counters (absent in files of older agents:
+    /// read as none).
+    #[serde(default, skip_serializing_if = "QualityTotals::is_empty")]
+    pub quality: QualityTotals,
     /// Milliseconds between its last snapshot row and the save.
     pub seen_ms_ago: u64,
     /// Milliseconds between its last bytes and the save.
@@ -449,6 +521,9 @@ pub struct SavedCounters {
     pub processes: Vec<SavedProcess>,
     pub other_rx_bytes_total: u64,
     pub other_tx_bytes_total: u64,
+    /// Quality counters of `other` (absent in files of older agents).
+    #[serde(default, skip_serializing_if = "QualityTotals::is_empty")]
+    pub other_quality: QualityTotals,
     pub series_expired_total: u64,
     pub series_evicted_total: u64,
 }
@@ -658,6 +733,25 @@ fn encode_state(
         bytes,
         &tx,
     )?;
+    let mut shown: Vec<quality::Shown<'_>> = procs
+        .iter()
+        .zip(&pids)
+        .map(|((k, s), pid)| quality::Shown {
+            pid,
+            comm: &k.comm,
+            cgroup: &k.cgroup,
+            totals: &s.quality,
+            rtt_us: s.rtt_us,
+        })
+        .collect();
+    shown.push(quality::Shown {
+        pid: "",
+        comm: OTHER_COMM,
+        cgroup: "",
+        totals: &st.other_quality,
+        rtt_us: None,
+    });
+    quality::encode(enc, &shown)?;
     gauge1(
         enc,
         "netwatch_process_series",
@@ -1861,17 +1955,31 @@ mod tests {
         const COMM: &str = "a\"b\\c\nd\x1b[2J";
         const CGROUP: &str = "/user.slice/x\"}\\\n\x1b]0;y\x07 z=\"1\",";
         let mut st = state(10, 300);
-        st.apply(
-            &snap(&[(9, COMM, 111, 222), (10, "curl", 333, 444)]),
-            Instant::now(),
-            &mut |pid| {
-                if pid == 9 {
-                    CGROUP.to_string()
-                } else {
-                    cg(pid)
-                }
-            },
-        );
+        // With TCP quality and DNS figures: their families parse too.
+        let mut s = snap(&[(9, COMM, 111, 222), (10, "curl", 333, 444)]);
+        for row in s.processes.iter_mut().flatten() {
+            row.tcp_quality = Some(netwatch_common::wire::ProcessTcpQuality {
+                retransmits: 3,
+                connects: 2,
+                connects_refused: 1,
+                connect_ms_avg: Some(1.5),
+                rtt_us_avg: Some(250.0),
+                ..Default::default()
+            });
+            row.dns = Some(netwatch_common::wire::ProcessDns {
+                queries: 2,
+                responses: 1,
+                latency_ms_avg: Some(3.0),
+                ..Default::default()
+            });
+        }
+        st.apply(&s, Instant::now(), &mut |pid| {
+            if pid == 9 {
+                CGROUP.to_string()
+            } else {
+                cg(pid)
+            }
+        });
         let page = page(&st, None);
         // openmetrics-parser 0.5.1 refuses a family with descriptors and no
         // sample (the spec allows it; this page has such families when
@@ -1920,6 +2028,22 @@ mod tests {
                 ("10".into(), "curl".into(), "/test/10".into(), 333.0),
                 ("9".into(), COMM.into(), CGROUP.into(), 111.0),
             ]
+        );
+        let family = &exposition.families["netwatch_process_tcp_retransmits"];
+        let mut comms: Vec<String> = family
+            .iter_samples()
+            .map(|s| {
+                let l = s.get_labelset().expect("labels");
+                l.get_label_value("comm").unwrap_or("?").to_string()
+            })
+            .collect();
+        comms.sort();
+        assert_eq!(comms, [COMM, "curl"]);
+        assert_eq!(
+            exposition.families["netwatch_process_tcp_connects"]
+                .iter_samples()
+                .count(),
+            10
         );
     }
 

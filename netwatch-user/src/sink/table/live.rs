@@ -2,7 +2,8 @@
 //! thread of its own owns the terminal (raw mode, alternate screen), reads
 //! keys and redraws [`super::view`] whenever a snapshot or a key arrives;
 //! the tick only hands it a copy of each snapshot, so input never delays
-//! collection. `q` or Ctrl-C restores the terminal and raises SIGINT, so the
+//! collection. `t` switches the process table between bandwidth and TCP
+//! quality/DNS columns. `q` or Ctrl-C restores the terminal and raises SIGINT, so the
 //! agent stops through its usual path (last snapshot, flush, exit 0).
 //!
 //! It must never leave the terminal in raw mode: the terminal is restored
@@ -286,6 +287,7 @@ fn run(
                     KeyCode::Home => Action::Home,
                     KeyCode::End => Action::End,
                     KeyCode::Char('s') | KeyCode::Char('S') => Action::CycleSort,
+                    KeyCode::Char('t') | KeyCode::Char('T') => Action::ToggleColumns,
                     _ => continue,
                 };
                 ui.act(action, snapshot.as_deref(), page);

@@ -1,5 +1,6 @@
 //! The live view's model and drawing: [`UiState`] (sort, selection, bytes
-//! since the view started, cgroup labels) and [`draw`], a pure function of
+//! since the view started, cgroup labels, which columns the process table
+//! shows: bandwidth or TCP quality and DNS, `t` switches) and [`draw`], a pure function of
 //! (snapshot, state, area) so it is tested cell by cell with ratatui's
 //! `TestBackend`. It must never touch the terminal, read `/proc` or block:
 //! whatever it shows arrives in the snapshot or in the state.
@@ -47,6 +48,11 @@ pub enum SortKey {
     Pid,
     /// Name, alphabetical.
     Name,
+    /// Retransmitted segments in the interval, most first (rows without
+    /// TCP figures last).
+    Retransmits,
+    /// Failed connects in the interval, most first.
+    FailedConnects,
 }
 
 impl SortKey {
@@ -57,7 +63,9 @@ impl SortKey {
             Self::Rx => Self::Tx,
             Self::Tx => Self::Pid,
             Self::Pid => Self::Name,
-            Self::Name => Self::Total,
+            Self::Name => Self::Retransmits,
+            Self::Retransmits => Self::FailedConnects,
+            Self::FailedConnects => Self::Total,
         }
     }
 
@@ -69,6 +77,38 @@ impl SortKey {
             Self::Tx => "tx rate",
             Self::Pid => "pid",
             Self::Name => "name",
+            Self::Retransmits => "retransmits",
+            Self::FailedConnects => "failed connects",
+        }
+    }
+}
+
+/// What the process table shows; `t` switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Columns {
+    /// Rates, bytes since the view started, connections.
+    #[default]
+    Bandwidth,
+    /// Per interval: retransmits, failed connects, mean connect time, mean
+    /// RTT, DNS queries and failed lookups; the connection pane shows each
+    /// connection's RTT, retransmits, connect time and resets.
+    Quality,
+}
+
+impl Columns {
+    /// The other one.
+    pub fn next(self) -> Self {
+        match self {
+            Self::Bandwidth => Self::Quality,
+            Self::Quality => Self::Bandwidth,
+        }
+    }
+
+    /// As shown in the footer.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Bandwidth => "bandwidth",
+            Self::Quality => "quality",
         }
     }
 }
@@ -83,6 +123,8 @@ pub enum Action {
     Home,
     End,
     CycleSort,
+    /// Switch the process table between bandwidth and quality columns.
+    ToggleColumns,
 }
 
 /// A process row's identity across snapshots (the sources group rows by it).
@@ -107,6 +149,8 @@ pub struct UiState {
     pub host: String,
     /// The process order.
     pub sort: SortKey,
+    /// What the process table shows.
+    pub columns: Columns,
     /// The latest log line, for the footer.
     pub status: Option<String>,
     selected: Option<ProcKey>,
@@ -150,6 +194,11 @@ impl UiState {
 
     /// Act on a key.
     pub fn act(&mut self, action: Action, s: Option<&Snapshot>, page: usize) {
+        if action == Action::ToggleColumns {
+            // Same rows, same order: the selection stays where it is.
+            self.columns = self.columns.next();
+            return;
+        }
         if action == Action::CycleSort {
             self.sort = self.sort.next();
             if let Some(s) = s {
@@ -172,7 +221,7 @@ impl UiState {
             Action::PageDown => (cur + page).min(last),
             Action::Home => 0,
             Action::End => last,
-            Action::CycleSort => cur,
+            Action::CycleSort | Action::ToggleColumns => cur,
         };
         self.select(&rows, to);
     }
@@ -232,6 +281,14 @@ pub fn sorted_rows<'a>(s: &'a Snapshot, ui: &UiState) -> Vec<&'a ProcessBandwidt
                 .process_name
                 .to_lowercase()
                 .cmp(&b.process_name.to_lowercase()),
+            SortKey::Retransmits => {
+                let n = |p: &ProcessBandwidth| p.tcp_quality.as_ref().map(|q| q.retransmits);
+                n(b).cmp(&n(a))
+            }
+            SortKey::FailedConnects => {
+                let n = |p: &ProcessBandwidth| p.tcp_quality.as_ref().map(connect_failures);
+                n(b).cmp(&n(a))
+            }
         };
         primary.then_with(|| by_pid(a, b))
     });
@@ -349,6 +406,33 @@ fn dash(v: Option<impl ToString>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// Milliseconds for a cell of at most seven characters: `42µs`,
+/// `14.2ms`, `250ms`, `3012ms`, `12.5s`; `-` for none (or not a number).
+pub fn millis(ms: Option<f64>) -> String {
+    match ms {
+        Some(v) if v.is_finite() && v >= 0.0 => {
+            if v < 0.9995 {
+                format!("{:.0}µs", v * 1000.0)
+            } else if v < 99.95 {
+                format!("{v:.1}ms")
+            } else if v < 9999.5 {
+                format!("{v:.0}ms")
+            } else {
+                format!("{:.1}s", v / 1000.0)
+            }
+        }
+        _ => "-".into(),
+    }
+}
+
+/// Connects of a row that failed, whatever the cause (never overflows).
+fn connect_failures(q: &netwatch_common::wire::ProcessTcpQuality) -> u64 {
+    q.connects_refused
+        .saturating_add(q.connects_timed_out)
+        .saturating_add(q.connects_unreachable)
+        .saturating_add(q.connects_failed_other)
+}
+
 /// Draw the whole view into `buf` within `area`. `None`: no snapshot yet.
 pub fn draw(buf: &mut Buffer, area: Rect, snapshot: Option<&Snapshot>, ui: &UiState) {
     if area.height == 0 || area.width == 0 {
@@ -380,7 +464,8 @@ pub fn draw(buf: &mut Buffer, area: Rect, snapshot: Option<&Snapshot>, ui: &UiSt
     let selected = selected_row(&rows, ui);
     draw_processes(buf, procs, &rows, selected, ui);
     if conn_height > 0 {
-        draw_connections(buf, conns, s, selected.and_then(|i| rows.get(i).copied()));
+        let p = selected.and_then(|i| rows.get(i).copied());
+        draw_connections(buf, conns, s, p, ui.columns);
     }
 }
 
@@ -440,7 +525,11 @@ fn draw_totals(buf: &mut Buffer, area: Rect, s: &Snapshot, ui: &UiState) {
 }
 
 fn draw_footer(buf: &mut Buffer, area: Rect, ui: &UiState) {
-    let mut text = format!(" q quit  ↑↓ select  s sort: {}", ui.sort.label());
+    let mut text = format!(
+        " q quit  ↑↓ select  s sort: {}  t columns: {}",
+        ui.sort.label(),
+        ui.columns.label()
+    );
     if let Some(status) = &ui.status {
         // Log lines arrive escaped (`LogWriter`); this keeps it so for any
         // other status text, and leaves escaped text as it is.
@@ -452,8 +541,12 @@ fn draw_footer(buf: &mut Buffer, area: Rect, ui: &UiState) {
 
 /// Process columns for a width: wide screens split the totals and get
 /// wider; narrow ones drop cgroup and user, then totals and connections.
-fn process_columns(width: u16) -> Vec<(&'static str, Constraint, bool)> {
+/// The quality columns drop cgroup, then user, then connect time and DNS.
+fn process_columns(width: u16, columns: Columns) -> Vec<(&'static str, Constraint, bool)> {
     use Constraint::{Fill, Length};
+    if columns == Columns::Quality {
+        return quality_columns(width);
+    }
     // (header, width, right-aligned)
     if width >= 110 {
         vec![
@@ -497,6 +590,51 @@ fn process_columns(width: u16) -> Vec<(&'static str, Constraint, bool)> {
     }
 }
 
+/// The quality columns of the process table (see [`Columns::Quality`]).
+fn quality_columns(width: u16) -> Vec<(&'static str, Constraint, bool)> {
+    use Constraint::{Fill, Length};
+    let mut cols = vec![("PID", Length(7), true)];
+    if width >= 110 {
+        cols.extend([
+            ("NAME", Length(16), false),
+            ("USER", Length(10), false),
+            ("CGROUP", Fill(1), false),
+            ("RETR", Length(6), true),
+            ("CFAIL", Length(6), true),
+            ("CONNECT", Length(8), true),
+            ("RTT", Length(8), true),
+            ("DNS", Length(6), true),
+            ("DNSFAIL", Length(7), true),
+        ]);
+    } else if width >= 72 {
+        cols.extend([
+            ("NAME", Fill(1), false),
+            ("USER", Length(8), false),
+            ("RETR", Length(5), true),
+            ("CFAIL", Length(5), true),
+            ("CONNECT", Length(7), true),
+            ("RTT", Length(7), true),
+            ("DNS", Length(5), true),
+            ("DNSFAIL", Length(7), true),
+        ]);
+    } else if width >= 48 {
+        cols.extend([
+            ("NAME", Fill(1), false),
+            ("RETR", Length(5), true),
+            ("CFAIL", Length(5), true),
+            ("RTT", Length(7), true),
+            ("DNS", Length(5), true),
+        ]);
+    } else {
+        cols.extend([
+            ("NAME", Fill(1), false),
+            ("RETR", Length(5), true),
+            ("CFAIL", Length(5), true),
+        ]);
+    }
+    cols
+}
+
 fn header_row(cols: &[(&'static str, Constraint, bool)]) -> Row<'static> {
     Row::new(
         cols.iter()
@@ -512,10 +650,12 @@ fn draw_processes(
     selected: Option<usize>,
     ui: &UiState,
 ) {
-    let cols = process_columns(area.width);
+    let cols = process_columns(area.width, ui.columns);
     let body = rows.iter().map(|p| {
         let k = key(p);
         let (rx_total, tx_total) = ui.totals(&k);
+        let tcp = p.tcp_quality.as_ref();
+        let dns = p.dns.as_ref();
         Row::new(cols.iter().map(|(h, _, _)| match *h {
             "PID" => right(dash(p.pid)),
             "NAME" => Cell::from(shown(&p.process_name)),
@@ -526,7 +666,14 @@ fn draw_processes(
             "RX TOTAL" => right(human(rx_total as f64)),
             "TX TOTAL" => right(human(tx_total as f64)),
             "TOTAL" => right(human(rx_total.saturating_add(tx_total) as f64)),
-            _ => right(p.connection_count.to_string()),
+            "CONN" => right(p.connection_count.to_string()),
+            "RETR" => right(dash(tcp.map(|q| q.retransmits))),
+            "CFAIL" => right(dash(tcp.map(connect_failures))),
+            "CONNECT" => right(millis(tcp.and_then(|q| q.connect_ms_avg))),
+            "RTT" => right(millis(tcp.and_then(|q| q.rtt_us_avg).map(|us| us / 1000.0))),
+            "DNS" => right(dash(dns.map(|d| d.queries))),
+            "DNSFAIL" => right(dash(dns.map(|d| d.failures.saturating_add(d.unanswered)))),
+            _ => Cell::from(""),
         }))
     });
     let table = Table::new(body, cols.iter().map(|c| c.1))
@@ -541,6 +688,7 @@ fn draw_connections(
     area: Rect,
     s: &Snapshot,
     selected: Option<&ProcessBandwidth>,
+    columns: Columns,
 ) {
     let [title, list] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
     let mut conns: Vec<&ConnectionDetail> = match selected {
@@ -580,7 +728,35 @@ fn draw_connections(
     Paragraph::new(format!("{head}{}", "─".repeat(fill))).render(title, buf);
 
     use Constraint::{Fill, Length};
-    let cols: Vec<(&'static str, Constraint, bool)> = if area.width >= 110 {
+    let quality = columns == Columns::Quality;
+    let cols: Vec<(&'static str, Constraint, bool)> = if quality && area.width >= 110 {
+        vec![
+            ("PROTO", Length(5), false),
+            ("LOCAL", Fill(1), false),
+            ("REMOTE", Fill(1), false),
+            ("STATE", Length(11), false),
+            ("RTT", Length(8), true),
+            ("RETR", Length(6), true),
+            ("CONNECT", Length(8), true),
+            ("RST S/R", Length(9), true),
+        ]
+    } else if quality && area.width >= 72 {
+        vec![
+            ("PROTO", Length(5), false),
+            ("LOCAL", Fill(1), false),
+            ("REMOTE", Fill(1), false),
+            ("STATE", Length(11), false),
+            ("RTT", Length(7), true),
+            ("RETR", Length(5), true),
+        ]
+    } else if quality {
+        vec![
+            ("PROTO", Length(5), false),
+            ("REMOTE", Fill(1), false),
+            ("RTT", Length(7), true),
+            ("RETR", Length(5), true),
+        ]
+    } else if area.width >= 110 {
         vec![
             ("PROTO", Length(5), false),
             ("LOCAL", Fill(1), false),
@@ -589,6 +765,7 @@ fn draw_connections(
             ("RX", Length(6), true),
             ("TX", Length(6), true),
             ("RTT", Length(8), true),
+            ("RETR", Length(6), true),
         ]
     } else if area.width >= 72 {
         vec![
@@ -607,19 +784,21 @@ fn draw_connections(
         ]
     };
     let body = conns.iter().map(|c| {
-        Row::new(cols.iter().map(|(h, _, _)| {
-            match *h {
-                "PROTO" => Cell::from(shown(&c.protocol)),
-                "LOCAL" => Cell::from(shown(&c.local_addr)),
-                "REMOTE" => Cell::from(shown(&c.remote_addr)),
-                "STATE" => Cell::from(shown(&c.state)),
-                "RX" => right(c.rx_bytes.map_or("-".into(), |b| human(b as f64))),
-                "TX" => right(c.tx_bytes.map_or("-".into(), |b| human(b as f64))),
-                _ => right(
-                    c.kernel_rtt_us
-                        .map_or("-".into(), |us| format!("{:.1}ms", us / 1000.0)),
-                ),
-            }
+        let q = c.tcp_quality.as_ref();
+        Row::new(cols.iter().map(|(h, _, _)| match *h {
+            "PROTO" => Cell::from(shown(&c.protocol)),
+            "LOCAL" => Cell::from(shown(&c.local_addr)),
+            "REMOTE" => Cell::from(shown(&c.remote_addr)),
+            "STATE" => Cell::from(shown(&c.state)),
+            "RX" => right(c.rx_bytes.map_or("-".into(), |b| human(b as f64))),
+            "TX" => right(c.tx_bytes.map_or("-".into(), |b| human(b as f64))),
+            "RTT" => right(millis(c.kernel_rtt_us.map(|us| us / 1000.0))),
+            "RETR" => right(dash(q.map(|q| q.retransmits))),
+            "CONNECT" => right(millis(q.and_then(|q| q.connect_ms))),
+            "RST S/R" => right(q.map_or("-".into(), |q| {
+                format!("{}/{}", q.resets_sent, q.resets_received)
+            })),
+            _ => Cell::from(""),
         }))
     });
     let table = Table::new(body, cols.iter().map(|c| c.1)).header(header_row(&cols));
@@ -686,7 +865,58 @@ mod tests {
             conn(4242, "10.0.0.5:51520", "93.184.215.14:443", 1024, 512),
             conn(812, "10.0.0.5:22", "10.0.0.9:50000", 4096, 20_000),
         ]);
+        with_quality(&mut s);
         s
+    }
+
+    /// TCP quality and DNS figures: curl has all of them, sshd TCP only
+    /// (an RTT), postgres none (ss mode, or no capture).
+    fn with_quality(s: &mut Snapshot) {
+        use netwatch_common::wire::{ConnectionQuality, ProcessDns, ProcessTcpQuality};
+        for p in s.processes.iter_mut().flatten() {
+            match p.pid {
+                Some(4242) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        retransmits: 12,
+                        retransmitted_bytes: 17_376,
+                        connects: 3,
+                        connects_refused: 1,
+                        connects_timed_out: 1,
+                        connect_ms_avg: Some(14.4),
+                        connect_ms_max: Some(20.0),
+                        resets_received: 1,
+                        rtt_us_avg: Some(2_500.0),
+                        ..Default::default()
+                    });
+                    p.dns = Some(ProcessDns {
+                        queries: 4,
+                        responses: 3,
+                        failures: 1,
+                        nxdomain: 1,
+                        unanswered: 1,
+                        latency_ms_avg: Some(2.0),
+                        latency_ms_max: Some(3.0),
+                    });
+                }
+                Some(812) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        rtt_us_avg: Some(250.0),
+                        ..Default::default()
+                    });
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = s.connections.as_mut().and_then(|c| c.first_mut()) {
+            c.kernel_rtt_us = Some(2_500.0);
+            c.tcp_quality = Some(ConnectionQuality {
+                retransmits: 12,
+                retransmitted_bytes: 17_376,
+                connect_ms: Some(1_250.0),
+                resets_sent: 0,
+                resets_received: 1,
+            });
+        }
     }
 
     fn state(s: &Snapshot) -> UiState {
@@ -745,7 +975,7 @@ mod tests {
         "",
         "",
         "",
-        " q quit  ↑↓ select  s sort: total rate",
+        " q quit  ↑↓ select  s sort: total rate  t columns: bandwidth",
     ];
 
     #[test]
@@ -865,13 +1095,187 @@ mod tests {
             got[25],
             format!("{head}{}", "─".repeat(120 - head.chars().count()))
         );
-        assert!(
-            got[27].starts_with(
-                "TCP   10.0.0.5:4444                           evil\\x1b]0;owned\\x07:1"
-            ),
-            "{:?}",
-            got[27]
+        assert_eq!(
+            got[27],
+            "TCP   10.0.0.5:4444                        evil\\x1b]0;owned\\x07:1              \
+             ESTABLISHED   300B   200B    250µs      -"
         );
+    }
+
+    /// The quality columns show every outside text escaped too: the
+    /// hostile process's row, the pane's title and its connection's remote.
+    #[test]
+    fn hostile_names_stay_escaped_in_the_quality_columns() {
+        use netwatch_common::wire::{ConnectionQuality, ProcessDns, ProcessTcpQuality};
+        const EVIL: &str = "\x1b[2J\r\x08\x07evil";
+        let mut s = fixture();
+        let mut evil = proc(EVIL, 666, 300, 200, 2, "mallory\x1b[31m");
+        evil.rx_rate = 0.0;
+        evil.tx_rate = 0.0;
+        evil.tcp_quality = Some(ProcessTcpQuality {
+            retransmits: 7,
+            connects: 5,
+            connects_unreachable: 5,
+            rtt_us_avg: Some(12_000.0),
+            ..Default::default()
+        });
+        evil.dns = Some(ProcessDns {
+            queries: 900,
+            failures: 900,
+            nxdomain: 900,
+            ..Default::default()
+        });
+        s.processes.as_mut().unwrap().push(evil);
+        let mut c = conn(666, "10.0.0.5:4444", "evil\x1b]0;owned\x07:1", 300, 200);
+        c.tcp_quality = Some(ConnectionQuality {
+            retransmits: 7,
+            resets_sent: 2,
+            ..Default::default()
+        });
+        s.connections.as_mut().unwrap().push(c);
+        let mut ui = state(&s);
+        ui.act(Action::ToggleColumns, Some(&s), 10);
+        ui.act(Action::End, Some(&s), 10);
+        let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+        t.draw(|f| {
+            let area = f.area();
+            draw(f.buffer_mut(), area, Some(&s), &ui)
+        })
+        .unwrap();
+        let buf = t.backend().buffer();
+        for y in 0..40 {
+            for x in 0..120 {
+                let sym = buf[(x, y)].symbol();
+                assert!(
+                    !sym.chars().any(char::is_control),
+                    "a raw control character in cell ({x}, {y}): {sym:?}"
+                );
+            }
+        }
+        let got = screen(Some(&s), &ui, 120, 40);
+        assert_eq!(
+            got[6],
+            "    666 \\x1b[2J\\r\\x08\\x0 mallory\\x1 -                                          \
+             7      5        -   12.0ms    900     900",
+            "{got:#?}"
+        );
+        let head = "── connections of 666 \\x1b[2J\\r\\x08\\x07evil: 1 ";
+        assert_eq!(
+            got[25],
+            format!("{head}{}", "─".repeat(120 - head.chars().count()))
+        );
+        assert_eq!(
+            got[27],
+            "TCP   10.0.0.5:4444                     evil\\x1b]0;owned\\x07:1            \
+             ESTABLISHED    250µs      7        -       2/0"
+        );
+        // At 80 columns too.
+        let narrow = screen(Some(&s), &ui, 80, 24);
+        assert_eq!(
+            narrow[6],
+            "    666 \\x1b[2J\\r\\x08\\x07evil mallory\\     7     5       -  12.0ms   900     900"
+        );
+    }
+
+    /// `t` switches the process table to the quality columns and back; the
+    /// selection stays on the same process; the footer names the columns.
+    #[test]
+    fn t_switches_to_the_quality_columns_80x24_cell_for_cell() {
+        let s = fixture();
+        let mut ui = state(&s);
+        ui.act(Action::Down, Some(&s), 10);
+        ui.act(Action::ToggleColumns, Some(&s), 10);
+        assert_eq!(ui.columns, Columns::Quality);
+        assert_eq!(ui.selected, Some((Some(812), "sshd".into())));
+        ui.act(Action::Up, Some(&s), 10);
+        let got = screen(Some(&s), &ui, 80, 24);
+        let mut want: Vec<String> = vec![
+            SCREEN_80X24[0].into(),
+            SCREEN_80X24[1].into(),
+            "    PID NAME                  USER      RETR CFAIL CONNECT     RTT   DNS DNSFAIL"
+                .into(),
+            "   4242 curl                  alice       12     2  14.4ms   2.5ms     4       2"
+                .into(),
+            "    812 sshd                  root         0     0       -   250µs     -       -"
+                .into(),
+            "   1500 postgres              postgres     -     -       -       -     -       -"
+                .into(),
+        ];
+        want.resize(15, String::new());
+        want.extend([
+            SCREEN_80X24[15].into(),
+            "PROTO LOCAL                    REMOTE                  STATE           RTT  RETR"
+                .into(),
+            "TCP   10.0.0.5:51514           93.184.215.14:443       ESTABLISHED   2.5ms    12"
+                .into(),
+            "TCP   10.0.0.5:51520           93.184.215.14:443       ESTABLISHED   250µs     -"
+                .into(),
+        ]);
+        want.resize(23, String::new());
+        want.push(" q quit  ↑↓ select  s sort: total rate  t columns: quality".into());
+        assert_eq!(got, want);
+        ui.act(Action::ToggleColumns, Some(&s), 10);
+        assert_eq!(screen(Some(&s), &ui, 80, 24), SCREEN_80X24);
+    }
+
+    #[test]
+    fn quality_columns_at_120x40_and_on_narrow_terminals() {
+        let s = fixture();
+        let mut ui = state(&s);
+        ui.act(Action::ToggleColumns, Some(&s), 10);
+        let got = screen(Some(&s), &ui, 120, 40);
+        assert_eq!(
+            got[2..6],
+            [
+                "    PID NAME             USER       CGROUP                                  RETR  CFAIL  CONNECT      RTT    DNS DNSFAIL",
+                "   4242 curl             alice      docker:ab12ab12ab12                       12      2   14.4ms    2.5ms      4       2",
+                "    812 sshd             root       ssh.service                                0      0        -    250µs      -       -",
+                "   1500 postgres         postgres   -                                          -      -        -        -      -       -",
+            ]
+        );
+        assert_eq!(
+            got[26..29],
+            [
+                "PROTO LOCAL                             REMOTE                            STATE            RTT   RETR  CONNECT   RST S/R",
+                "TCP   10.0.0.5:51514                    93.184.215.14:443                 ESTABLISHED    2.5ms     12   1250ms       0/1",
+                "TCP   10.0.0.5:51520                    93.184.215.14:443                 ESTABLISHED    250µs      -        -         -",
+            ]
+        );
+        let mid = screen(Some(&s), &ui, 60, 12);
+        assert_eq!(
+            mid[2..6],
+            [
+                "    PID NAME                        RETR CFAIL     RTT   DNS",
+                "   4242 curl                          12     2   2.5ms     4",
+                "    812 sshd                           0     0   250µs     -",
+                "   1500 postgres                       -     -       -     -",
+            ]
+        );
+        assert_eq!(
+            mid[9..11],
+            [
+                "PROTO REMOTE                                       RTT  RETR",
+                "TCP   93.184.215.14:443                          2.5ms    12",
+            ]
+        );
+        let tiny = screen(Some(&s), &ui, 30, 6);
+        assert_eq!(tiny[2], "    PID NAME        RETR CFAIL");
+        assert_eq!(tiny[3], "   4242 curl          12     2");
+    }
+
+    #[test]
+    fn milliseconds_fit_seven_characters() {
+        assert_eq!(millis(None), "-");
+        assert_eq!(millis(Some(0.042)), "42µs");
+        assert_eq!(millis(Some(0.25)), "250µs");
+        assert_eq!(millis(Some(0.9996)), "1.0ms");
+        assert_eq!(millis(Some(14.4)), "14.4ms");
+        assert_eq!(millis(Some(99.9)), "99.9ms");
+        assert_eq!(millis(Some(250.0)), "250ms");
+        assert_eq!(millis(Some(3012.4)), "3012ms");
+        assert_eq!(millis(Some(12_500.0)), "12.5s");
+        assert_eq!(millis(Some(f64::NAN)), "-");
+        assert_eq!(millis(Some(-1.0)), "-");
     }
 
     #[test]
@@ -890,12 +1294,12 @@ mod tests {
         want.resize(25, String::new());
         want.extend([
             format!("── connections of 4242 curl: 2 {}", "─".repeat(89)),
-            "PROTO LOCAL                                   REMOTE                                  STATE           RX     TX      RTT".into(),
-            "TCP   10.0.0.5:51514                          93.184.215.14:443                       ESTABLISHED   6.0M  39.1K    0.2ms".into(),
-            "TCP   10.0.0.5:51520                          93.184.215.14:443                       ESTABLISHED   1.0K   512B    0.2ms".into(),
+            "PROTO LOCAL                                REMOTE                              STATE           RX     TX      RTT   RETR".into(),
+            "TCP   10.0.0.5:51514                       93.184.215.14:443                   ESTABLISHED   6.0M  39.1K    2.5ms     12".into(),
+            "TCP   10.0.0.5:51520                       93.184.215.14:443                   ESTABLISHED   1.0K   512B    250µs      -".into(),
         ]);
         want.resize(39, String::new());
-        want.push(" q quit  ↑↓ select  s sort: total rate".into());
+        want.push(" q quit  ↑↓ select  s sort: total rate  t columns: bandwidth".into());
         assert_eq!(got, want);
     }
 
@@ -932,7 +1336,7 @@ mod tests {
         ui.act(Action::Down, Some(&s), 10);
         assert_eq!(ui.selected, Some((Some(812), "sshd".into())));
         let mut seen = vec![];
-        for _ in 0..5 {
+        for _ in 0..7 {
             ui.act(Action::CycleSort, Some(&s), 10);
             seen.push((ui.sort, names(&s, &ui)));
             // Still on sshd, wherever it sorts.
@@ -958,6 +1362,15 @@ mod tests {
                     SortKey::Name,
                     vec!["curl".into(), "postgres".into(), "sshd".into()]
                 ),
+                // curl 12, sshd 0, postgres no TCP figures: last.
+                (
+                    SortKey::Retransmits,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
+                (
+                    SortKey::FailedConnects,
+                    vec!["curl".into(), "sshd".into(), "postgres".into()]
+                ),
                 (
                     SortKey::Total,
                     vec!["curl".into(), "sshd".into(), "postgres".into()]
@@ -968,6 +1381,41 @@ mod tests {
         assert_eq!(
             screen(Some(&s), &ui2, 80, 24)[15],
             format!("── connections of 812 sshd: 1 {}", "─".repeat(50))
+        );
+    }
+
+    /// The quality sorts put the worst process first whatever its rate;
+    /// a process without TCP figures sorts last.
+    #[test]
+    fn quality_sorts_put_the_worst_first() {
+        use netwatch_common::wire::ProcessTcpQuality;
+        let mut s = fixture();
+        for p in s.processes.iter_mut().flatten() {
+            match p.pid {
+                Some(1500) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        retransmits: 50,
+                        ..Default::default()
+                    })
+                }
+                Some(812) => {
+                    p.tcp_quality = Some(ProcessTcpQuality {
+                        connects: 3,
+                        connects_timed_out: 3,
+                        ..Default::default()
+                    })
+                }
+                _ => p.tcp_quality = None,
+            }
+        }
+        let mut ui = state(&s);
+        ui.sort = SortKey::Retransmits;
+        assert_eq!(names(&s, &ui), ["postgres", "sshd", "curl"]);
+        ui.sort = SortKey::FailedConnects;
+        assert_eq!(names(&s, &ui), ["sshd", "postgres", "curl"]);
+        assert_eq!(
+            screen(Some(&s), &ui, 80, 24)[23],
+            " q quit  ↑↓ select  s sort: failed connects  t columns: bandwidth"
         );
     }
 
