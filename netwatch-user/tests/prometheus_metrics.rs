@@ -287,7 +287,6 @@ fn pid_labelled(page: &str, name: &str, pid: u32, label: &str) -> u64 {
 /// the unit tests in `sink/prometheus/quality.rs` with constructed
 /// snapshots.
 #[test]
-#[ignore = "needs the kernel connect results and the per-process TCP quality aggregation (issue 18)"]
 fn connects_of_this_process_are_counted_exactly_by_result() {
     require_root();
     let _serial = serial();
