@@ -153,14 +153,14 @@ pub unsafe fn emit_final(key: SockKey, st: *const SockStats) -> Final {
     Final::Overflow
 }
 
-/// The end of a socket: its final counters go out (if it moved any bytes)
-/// and its entry is deleted, so nothing can add to it afterwards and a new
-/// socket at the same address starts a new entry.
+/// The end of a socket: its final counters go out (if it moved any bytes
+/// or retransmitted) and its entry is deleted, so nothing can add to it
+/// afterwards and a new socket at the same address starts a new entry.
 #[inline(always)]
 pub unsafe fn finish(key: SockKey) -> Option<Final> {
     let st = SOCKETS.get_ptr_mut(key)?;
     let (rx, tx) = (*st).totals();
-    let out = if rx != 0 || tx != 0 {
+    let out = if rx != 0 || tx != 0 || (*st).retrans_segs != 0 {
         Some(emit_final(key, st))
     } else {
         // No final record: the active set tells userspace it is gone.
