@@ -97,6 +97,13 @@ const GUEST_SEED_TESTS: &[&str] = &[
     "thread_bytes_named_by_process_kprobe_tier",
     "thread_bytes_named_by_process_tracepoint_tier",
 ];
+/// The retransmit tests (`tcp_retransmits`): need `ip`, `nft` and the
+/// veth / nf_tables / nft_numgen modules in the guest.
+const GUEST_RETRANS_TESTS: &[&str] = &[
+    "tcp_retransmits_fentry_tier",
+    "tcp_retransmits_kprobe_tier",
+    "tcp_retransmits_tracepoint_tier",
+];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -178,6 +185,21 @@ fn seed_test_binary() -> Result<PathBuf> {
     )
 }
 
+/// Path of the `tcp_retransmits` integration test binary (built if needed).
+fn retrans_test_binary() -> Result<PathBuf> {
+    crate::host::cargo_executable(
+        &[
+            "test",
+            "-p",
+            "netwatch-user",
+            "--test",
+            "tcp_retransmits",
+            "--no-run",
+        ],
+        "tcp_retransmits",
+    )
+}
+
 /// One guest kernel's run: the report, or why it could not be attempted.
 struct GuestRun {
     kernel: &'static GuestKernel,
@@ -192,6 +214,7 @@ struct GuestRun {
 fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let bin = tier_test_binary()?;
     let seed_bin = seed_test_binary()?;
+    let retrans_bin = retrans_test_binary()?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -237,6 +260,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .iter()
                 .map(|name| (&bin, name))
                 .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
+                .chain(GUEST_RETRANS_TESTS.iter().map(|name| (&retrans_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -259,6 +283,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 &[
                     bin.clone(),
                     seed_bin.clone(),
+                    retrans_bin.clone(),
                     PathBuf::from(HOST_SS),
                     PathBuf::from(HOST_BPFTOOL),
                 ],
