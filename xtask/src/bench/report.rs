@@ -346,8 +346,9 @@ fn cost_table(md: &mut String, ctx: &Context, cost: &Cost) {
     let _ = writeln!(
         md,
         "\n## Per-event kernel cost\n\n`run_time_ns ÷ run_cnt` with `kernel.bpf_stats_enabled=1`, for each netwatch \
-         program (the `bpf_cost` example, tier `{}`, {} TCP writes of 1 KiB and {} UDP datagrams) and, in the same \
-         run and on the same tracepoints, for the bpftrace one-liner (from `/proc/<bpftrace>/fdinfo` of its program \
+         program (the `bpf_cost` example, tier `{}`, {} TCP writes of 1 KiB and {} UDP datagrams, and for \
+         `tp_tcp_retransmit_skb` as many KiB over TCP through a 3% loss that nftables makes in a network namespace \
+         of the run's own) and, in the same run and on the same tracepoints, for the bpftrace one-liner (from `/proc/<bpftrace>/fdinfo` of its program \
          fds; names from `bpftool prog show`). Both see every event on the host during the window, other \
          processes' too.\n\n| program | ns per event |\n|---|---|",
         cost.tier, ctx.plan.calls, ctx.plan.calls
