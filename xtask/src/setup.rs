@@ -21,8 +21,7 @@ const BPF_LINKER: &str = "bpf-linker@0.13.0";
 /// busybox + cpio for the guest kernel tests; and the tools the tests drive:
 /// bpftool (incompatible pins), tmux (the live view), curl (/metrics
 /// scrapes), openssl (a TLS peer), util-linux's setpriv (least privilege),
-/// bindfs (a FUSE filesystem the hung-mount test stops), nftables (the
-/// loss the retransmit tests make).
+/// bindfs (a FUSE filesystem the hung-mount test stops).
 /// (`systemd-analyze verify` of the unit runs where systemd is installed.)
 const HOST_PACKAGES: &[&str] = &[
     "libpcap-dev",
@@ -37,7 +36,6 @@ const HOST_PACKAGES: &[&str] = &[
     "openssl",
     "util-linux",
     "bindfs",
-    "nftables",
 ];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.
