@@ -168,6 +168,9 @@ pub unsafe fn finish(key: SockKey) -> Option<Final> {
         None
     };
     release_claims(key, (*st).first_ns, (*st).claimed);
+    if (*st).protocol == IPPROTO_TCP {
+        crate::retrans::forget_base(key.sk, (*st).first_ns);
+    }
     let _ = SOCKETS.remove(key);
     bump(counter::CLOSED);
     out
@@ -223,6 +226,11 @@ unsafe fn entry_new(
     let created = match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => {
             bump(counter::CREATED);
+            if protocol == IPPROTO_TCP {
+                // Retransmits count from here, like the bytes (the
+                // lifecycle forgets this for a connection it saw begin).
+                crate::retrans::remember_base(sk, st as *const SockStats);
+            }
             true
         }
         Err(e) if e == EEXIST => false,

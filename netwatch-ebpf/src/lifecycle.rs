@@ -24,7 +24,7 @@ use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_
 use crate::{
     account::{entry, finish, mark_active, read_at, Final},
     maps::{self, bump, SOCKETS},
-    retrans::record_retrans,
+    retrans::{forget_base, record_retrans},
 };
 
 /// TCP states (`include/net/tcp_states.h`).
@@ -119,8 +119,10 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
         None => return Ok(0),
     };
     if newstate == TCP_ESTABLISHED {
-        // The handshake's retransmits (SYNs; a passive socket's SYN-ACKs)
-        // are already in the kernel's totals: see `crate::retrans`.
+        // A connection seen from its start: every retransmit counts, the
+        // handshake's too (SYNs; a passive socket's SYN-ACKs), already in
+        // the kernel's totals: see `crate::retrans`.
+        forget_base(sk, (*st).first_ns);
         record_retrans(sk as *const u8, st);
     }
     let st = &mut *st;

@@ -19,16 +19,30 @@
 //! refreshed here, when the lifecycle creates the entry at ESTABLISHED
 //! ([`crate::lifecycle`]) and right before the final record.
 //!
+//! Counted from the entry's creation, like the bytes: an entry made for a
+//! socket already under way (entered by seeding, by its first counted
+//! call, or here) keeps the socket's totals at that moment in
+//! [`RETRANS_BASE`], and its copies are taken less that baseline; the
+//! lifecycle drops the baseline of a connection it saw become ESTABLISHED
+//! (all of its retransmits happened while attached). A baseline the full
+//! LRU map evicted is lost: that socket's earlier retransmits then show in
+//! its counts.
+//!
 //! A retransmit on a socket without an entry: in a synchronized state
 //! (ESTABLISHED and the closing states) the entry is created here as the
 //! lifecycle does at ESTABLISHED (an entry evicted from the full LRU map, or
-//! a socket seeding missed), with no owner; in SYN_SENT / SYN_RECV none is
+//! a socket seeding missed), with no owner, counting from the next
+//! retransmit (its baseline holds this one); in SYN_SENT / SYN_RECV none is
 //! created (the lifecycle creates it at ESTABLISHED and copies the totals
 //! then, the handshake's retransmits included); a connect that never gets
 //! there has no connection row to carry them.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use netwatch_common::{SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use netwatch_common::{DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP};
 
 use crate::{
     account::{entry, mark_active, read_at},
@@ -42,6 +56,58 @@ mod record {
     pub const SKADDR: usize = 16;
     pub const STATE: usize = 24;
     pub const FAMILY: usize = 32;
+}
+
+/// The kernel's retransmit totals of a TCP socket when its entry was
+/// created, by entry (socket address and `first_ns`), only where nonzero;
+/// removed when the entry finishes or the lifecycle sees it become
+/// ESTABLISHED.
+#[map(name = "RETRANS_BASE")]
+pub static RETRANS_BASE: LruHashMap<DestroyedKey, Totals> = LruHashMap::with_max_entries(16384, 0);
+
+/// A socket's retransmit totals as the kernel keeps them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Totals {
+    pub segs: u32,
+    pub _pad: u32,
+    pub bytes: u64,
+}
+
+/// The kernel's totals for `sk` (`None` when the loader found no offsets
+/// or the memory is unreadable).
+#[inline(always)]
+unsafe fn totals(sk: *const u8) -> Option<Totals> {
+    let (off_segs, off_bytes) = (maps::off_total_retrans(), maps::off_bytes_retrans());
+    if off_segs == 0 || off_bytes == 0 {
+        return None;
+    }
+    Some(Totals {
+        segs: read_at::<u32>(sk, off_segs).ok()?,
+        _pad: 0,
+        bytes: read_at::<u64>(sk, off_bytes).ok()?,
+    })
+}
+
+/// A new entry `st` for TCP socket `sk`: remember the socket's totals so
+/// far (retransmits before the entry existed), so that its counts start at 0.
+#[inline(always)]
+pub unsafe fn remember_base(sk: *const u8, st: *const SockStats) {
+    if let Some(t) = totals(sk) {
+        if t.segs != 0 || t.bytes != 0 {
+            let key = DestroyedKey {
+                sk: sk as u64,
+                first_ns: (*st).first_ns,
+            };
+            let _ = RETRANS_BASE.insert(key, t, 0);
+        }
+    }
+}
+
+/// Forget a finished entry's baseline.
+#[inline(always)]
+pub unsafe fn forget_base(sk: u64, first_ns: u64) {
+    let _ = RETRANS_BASE.remove(DestroyedKey { sk, first_ns });
 }
 
 /// ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: the
@@ -98,14 +164,17 @@ unsafe fn on_retransmit(ctx: &TracePointContext) -> Result<u32, i64> {
 /// (its lock or its last reference), so a copy never goes backwards.
 #[inline(always)]
 pub unsafe fn record_retrans(sk: *const u8, st: *mut SockStats) {
-    let (off_segs, off_bytes) = (maps::off_total_retrans(), maps::off_bytes_retrans());
-    if off_segs == 0 || off_bytes == 0 {
+    let Some(mut t) = totals(sk) else {
         return;
+    };
+    let key = DestroyedKey {
+        sk: sk as u64,
+        first_ns: (*st).first_ns,
+    };
+    if let Some(base) = RETRANS_BASE.get_ptr(key) {
+        t.segs = t.segs.saturating_sub((*base).segs);
+        t.bytes = t.bytes.saturating_sub((*base).bytes);
     }
-    if let Ok(segs) = read_at::<u32>(sk, off_segs) {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*st).retrans_segs), segs);
-    }
-    if let Ok(bytes) = read_at::<u64>(sk, off_bytes) {
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*st).retrans_bytes), bytes);
-    }
+    core::ptr::write_volatile(core::ptr::addr_of_mut!((*st).retrans_segs), t.segs);
+    core::ptr::write_volatile(core::ptr::addr_of_mut!((*st).retrans_bytes), t.bytes);
 }

@@ -9,6 +9,8 @@
 //! must carry exactly `tcpi_total_retrans` segments and `tcpi_bytes_retrans`
 //! bytes, and exactly the bytes sent; so must the socket's final record once
 //! it is closed (with the drop rule gone, so nothing more is retransmitted).
+//! A connection that retransmitted before the programs were attached counts
+//! only what it retransmits after, as its bytes do.
 //!
 //! Needs root (BPF programs, network namespaces, nftables), `ip` and `nft`.
 //! A tier the kernel genuinely lacks is skipped with the reason printed;
@@ -148,6 +150,80 @@ fn drop_rule(port: u16) -> String {
     )
 }
 
+/// Bytes each transfer sends at least: less in the guests (TCG).
+fn transfer_size() -> u64 {
+    if guest() {
+        1 << 20
+    } else {
+        8 << 20
+    }
+}
+
+/// Send in chunks until at least `min` bytes went out and the kernel has
+/// retransmitted once more than before (3% loss makes that certain well
+/// before the cap), then wait until everything is acknowledged, so that
+/// no retransmit can follow. Returns the bytes sent.
+fn send_until_retransmitted(client: &mut TcpStream, min: u64, what: &str) -> u64 {
+    let before = tcp_info(client).tcpi_total_retrans;
+    let cap: u64 = 64 << 20;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < min || tcp_info(client).tcpi_total_retrans == before {
+        assert!(
+            sent < cap,
+            "[{what}] {sent} bytes through a 3% drop rule and no retransmit"
+        );
+        client.write_all(&chunk).expect("client write");
+        sent += chunk.len() as u64;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while unacknowledged(client) != 0 || tcp_info(client).tcpi_unacked != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "[{what}] still {} bytes unacknowledged after 180 s",
+            unacknowledged(client)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    sent
+}
+
+/// The kernel's (`tcpi_total_retrans`, `tcpi_bytes_retrans`) of `s`.
+fn totals(s: &TcpStream) -> (u64, u64) {
+    let info = tcp_info(s);
+    (u64::from(info.tcpi_total_retrans), info.tcpi_bytes_retrans)
+}
+
+/// A server in `pair`'s server namespace behind a 3% drop rule, reading
+/// everything until the client closes (returns the byte count), and a
+/// client connected to it from the client namespace.
+fn lossy_connection(pair: &VethPair) -> (TcpStream, thread::JoinHandle<u64>) {
+    let listener = pair
+        .enter(Side::Server, || TcpListener::bind((SERVER_IP, 0)))
+        .expect("binding the server in its namespace");
+    let server_addr = listener.local_addr().expect("server address");
+    pair.nft(Side::Server, &drop_rule(server_addr.port()));
+    let server = thread::spawn(move || -> u64 {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return total,
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+        }
+    });
+    let client = pair
+        .enter(Side::Client, || TcpStream::connect(server_addr))
+        .expect("connecting from the client namespace");
+    let local = client.local_addr().expect("client address");
+    assert_eq!(local.ip(), std::net::IpAddr::V4(CLIENT_IP));
+    (client, server)
+}
+
 /// The samples of the socket `local` -> `remote` in a batch.
 fn samples_of(
     samples: &[SocketSample],
@@ -178,58 +254,14 @@ fn retransmits(tier: Tier, mut src: EbpfSource) {
     attribution.apply(&src.read().expect("baseline read"));
 
     let pair = VethPair::new("rt");
-    let listener = pair
-        .enter(Side::Server, || TcpListener::bind((SERVER_IP, 0)))
-        .expect("binding the server in its namespace");
-    let server_addr = listener.local_addr().expect("server address");
-    pair.nft(Side::Server, &drop_rule(server_addr.port()));
+    let (mut client, server) = lossy_connection(&pair);
+    let (client_addr, server_addr) = (
+        client.local_addr().expect("client address"),
+        client.peer_addr().expect("server address"),
+    );
 
-    // The server reads everything until the client closes, then closes.
-    let server = thread::spawn(move || -> u64 {
-        let (mut s, _) = listener.accept().expect("accept");
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return total,
-                Ok(n) => total += n as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => panic!("server read: {e}"),
-            }
-        }
-    });
-    let mut client = pair
-        .enter(Side::Client, || TcpStream::connect(server_addr))
-        .expect("connecting from the client namespace");
-    let client_addr = client.local_addr().expect("client address");
-    assert_eq!(client_addr.ip(), std::net::IpAddr::V4(CLIENT_IP));
-
-    // Send in chunks until at least `min` bytes went out and the kernel has
-    // retransmitted (3% loss makes that certain well before the cap).
-    let min: u64 = if guest() { 1 << 20 } else { 8 << 20 };
-    let cap: u64 = 64 << 20;
-    let chunk = vec![0x5au8; 256 * 1024];
-    let mut sent = 0u64;
-    while sent < min || tcp_info(&client).tcpi_total_retrans == 0 {
-        assert!(
-            sent < cap,
-            "[{tier}] {sent} bytes through a 3% drop rule and no retransmit"
-        );
-        client.write_all(&chunk).expect("client write");
-        sent += chunk.len() as u64;
-    }
-    // Everything acknowledged: no retransmit can follow.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while unacknowledged(&client) != 0 || tcp_info(&client).tcpi_unacked != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "[{tier}] still {} bytes unacknowledged after 180 s",
-            unacknowledged(&client)
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    let info = tcp_info(&client);
-    let kernel = (u64::from(info.tcpi_total_retrans), info.tcpi_bytes_retrans);
+    let sent = send_until_retransmitted(&mut client, transfer_size(), &tier.to_string());
+    let kernel = totals(&client);
     println!(
         "NETWATCH-RETRANS tier={tier} sent={sent} total_retrans={} bytes_retrans={}",
         kernel.0, kernel.1
@@ -319,4 +351,53 @@ fn tcp_retransmits_fentry_tier() {
     if let Some(src) = load_or_skip(Tier::Fentry) {
         retransmits(Tier::Fentry, src);
     }
+}
+
+/// A connection that retransmitted before the programs were attached:
+/// seeding enters it with the kernel's totals then as a baseline, so its
+/// counts, like its bytes, start at 0 and then follow the kernel's exactly.
+/// Loads the best tier the kernel allows.
+#[test]
+fn tcp_retransmits_before_attach_are_not_counted() {
+    let _serial = serial();
+    require_root();
+    let pair = VethPair::new("rs");
+    let (mut client, server) = lossy_connection(&pair);
+    let (client_addr, server_addr) = (
+        client.local_addr().expect("client address"),
+        client.peer_addr().expect("server address"),
+    );
+    send_until_retransmitted(&mut client, transfer_size() / 4, "before attach");
+    let before = totals(&client);
+
+    let mut src = EbpfSource::load(&LoadOptions::default()).expect("loading the best tier");
+    let tier = src.tier();
+    let batch = src.read().expect("first read");
+    let seeded = samples_of(&batch.samples, client_addr, server_addr);
+    let (tcp, tx) = counters_of(&seeded, &format!("[{tier}] seeded socket"));
+    assert_eq!(
+        ((tcp.retrans_segs, tcp.retrans_bytes), tx),
+        ((0, 0), 0),
+        "[{tier}] a seeded socket starts at 0 (the kernel had {before:?})"
+    );
+
+    let sent = send_until_retransmitted(&mut client, transfer_size() / 4, &tier.to_string());
+    let after = totals(&client);
+    let batch = src.read().expect("read after the transfer");
+    let live = samples_of(&batch.samples, client_addr, server_addr);
+    let (tcp, tx) = counters_of(&live, &format!("[{tier}] seeded socket after"));
+    assert_eq!(
+        (tcp.retrans_segs, tcp.retrans_bytes),
+        (after.0 - before.0, after.1 - before.1),
+        "[{tier}] retransmits since attach: TCP_INFO went from {before:?} to {after:?}"
+    );
+    assert_eq!(tx, sent, "[{tier}] bytes since attach");
+    pair.nft_flush(Side::Server);
+    drop(client);
+    server.join().expect("server thread");
+    println!(
+        "NETWATCH-TIER {tier}: seeded socket counts {} of the kernel's {} retransmits (those since attach)",
+        after.0 - before.0,
+        after.0
+    );
 }

@@ -103,6 +103,7 @@ const GUEST_RETRANS_TESTS: &[&str] = &[
     "tcp_retransmits_fentry_tier",
     "tcp_retransmits_kprobe_tier",
     "tcp_retransmits_tracepoint_tier",
+    "tcp_retransmits_before_attach_are_not_counted",
 ];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
