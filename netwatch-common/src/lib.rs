@@ -139,14 +139,16 @@ pub struct SockStats {
     /// one (0 for an entry never marked), see [`names::EPOCH`]. Userspace
     /// ignores it.
     pub epoch: u32,
-    /// TCP segments the kernel retransmitted on the socket
-    /// (`tcp:tcp_retransmit_skb`), counted as `tcpi_total_retrans` counts them.
+    /// TCP segments the kernel retransmitted on the socket: a copy of its
+    /// `tcp_sock.total_retrans` (`tcpi_total_retrans`), refreshed at each
+    /// `tcp:tcp_retransmit_skb`, at ESTABLISHED and before the final record.
     pub retrans_segs: u32,
     /// TCP resets this host sent on the socket (`tcp:tcp_send_reset`).
     pub resets_sent: u16,
     /// TCP resets the socket received (`tcp:tcp_receive_reset`).
     pub resets_received: u16,
-    /// Bytes in the retransmitted segments (as `tcpi_bytes_retrans`).
+    /// Bytes in the retransmitted segments: a copy of `tcp_sock.bytes_retrans`
+    /// (`tcpi_bytes_retrans`), refreshed with [`Self::retrans_segs`].
     pub retrans_bytes: u64,
     /// For a socket this host connected: microseconds from its first SYN to
     /// ESTABLISHED (0: not seen).
@@ -401,6 +403,10 @@ pub mod names {
     /// Global `u32`: offset of `sk_err` in `struct sock` (0: unknown, a
     /// failed connect's cause is then not read).
     pub const OFF_SK_ERR: &str = "OFF_SK_ERR";
+    /// Global `u32`: offset of `total_retrans` in `struct tcp_sock` (0: unknown).
+    pub const OFF_TOTAL_RETRANS: &str = "OFF_TOTAL_RETRANS";
+    /// Global `u32`: offset of `bytes_retrans` in `struct tcp_sock` (0: unknown).
+    pub const OFF_BYTES_RETRANS: &str = "OFF_BYTES_RETRANS";
     /// Global `u32`: offset of `group_leader` in `struct task_struct`.
     pub const OFF_TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     /// Global `u32`: offset of `comm` in `struct task_struct`.

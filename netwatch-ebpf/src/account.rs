@@ -153,14 +153,14 @@ pub unsafe fn emit_final(key: SockKey, st: *const SockStats) -> Final {
     Final::Overflow
 }
 
-/// The end of a socket: its final counters go out (if it moved any bytes)
-/// and its entry is deleted, so nothing can add to it afterwards and a new
-/// socket at the same address starts a new entry.
+/// The end of a socket: its final counters go out (if it moved any bytes
+/// or retransmitted) and its entry is deleted, so nothing can add to it
+/// afterwards and a new socket at the same address starts a new entry.
 #[inline(always)]
 pub unsafe fn finish(key: SockKey) -> Option<Final> {
     let st = SOCKETS.get_ptr_mut(key)?;
     let (rx, tx) = (*st).totals();
-    let out = if rx != 0 || tx != 0 {
+    let out = if rx != 0 || tx != 0 || (*st).retrans_segs != 0 {
         Some(emit_final(key, st))
     } else {
         // No final record: the active set tells userspace it is gone.
@@ -168,6 +168,9 @@ pub unsafe fn finish(key: SockKey) -> Option<Final> {
         None
     };
     release_claims(key, (*st).first_ns, (*st).claimed);
+    if (*st).protocol == IPPROTO_TCP {
+        crate::retrans::forget_base(key.sk, (*st).first_ns);
+    }
     let _ = SOCKETS.remove(key);
     bump(counter::CLOSED);
     out
@@ -223,6 +226,11 @@ unsafe fn entry_new(
     let created = match SOCKETS.insert(key, st, BPF_NOEXIST) {
         Ok(()) => {
             bump(counter::CREATED);
+            if protocol == IPPROTO_TCP {
+                // Retransmits count from here, like the bytes (the
+                // lifecycle forgets this for a connection it saw begin).
+                crate::retrans::remember_base(sk, st as *const SockStats);
+            }
             true
         }
         Err(e) if e == EEXIST => false,

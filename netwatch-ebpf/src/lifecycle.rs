@@ -24,6 +24,7 @@ use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_
 use crate::{
     account::{entry, finish, mark_active, read_at, Final},
     maps::{self, bump, SOCKETS},
+    retrans::{forget_base, record_retrans},
 };
 
 /// TCP states (`include/net/tcp_states.h`).
@@ -119,6 +120,13 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
         },
         None => return Ok(0),
     };
+    if newstate == TCP_ESTABLISHED {
+        // A connection seen from its start: every retransmit counts, the
+        // handshake's too (SYNs; a passive socket's SYN-ACKs), already in
+        // the kernel's totals: see `crate::retrans`.
+        forget_base(sk, (*st).first_ns);
+        record_retrans(sk as *const u8, st);
+    }
     let st = &mut *st;
     if let Some(us) = connect_us {
         // Written with the entry's creation, in this same run: a connected
@@ -174,6 +182,12 @@ pub fn tp_tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 
 unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
     let sk: u64 = ctx.read_at(destroy::SKADDR)?;
+    if let Some(st) = SOCKETS.get_ptr_mut(SockKey { sk }) {
+        if (*st).protocol == IPPROTO_TCP {
+            // The final record carries the kernel's final totals.
+            record_retrans(sk as *const u8, st);
+        }
+    }
     match finish(SockKey { sk }) {
         Some(Final::Overflow) => debug!(
             ctx,

@@ -7,6 +7,8 @@
 //! - `kprobe`/`kretprobe` ([`tcp`], [`udp`]): for kernels without trampolines;
 //! - `tp_btf` on `sock:sock_{send,recv}_length` ([`sock`]): Linux ≥ 6.3.
 //!
+//! [`retrans`] copies the kernel's per-socket retransmit totals into the
+//! socket's entry at each `tcp:tcp_retransmit_skb`, on every tier.
 //! [`lifecycle`] follows TCP state changes on every tier and hands a
 //! socket's final counters to userspace when it closes; it also hands
 //! [`tcp_events`] the connection attempts, which with the reset tracepoints
@@ -24,6 +26,7 @@
 mod account;
 mod lifecycle;
 mod maps;
+mod retrans;
 mod seed;
 mod sock;
 mod states;

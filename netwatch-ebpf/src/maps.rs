@@ -131,8 +131,9 @@ pub mod scratch {
     pub const TP_SOCK_RECV_LENGTH: u32 = 17;
     pub const TP_INET_SOCK_SET_STATE: u32 = 18;
     pub const SEED: u32 = 19;
+    pub const TP_TCP_RETRANSMIT_SKB: u32 = 20;
     /// Number of slots.
-    pub const LEN: u32 = 20;
+    pub const LEN: u32 = 21;
 }
 
 // Offsets into `struct sock` resolved from the running kernel's BTF by the
@@ -161,6 +162,12 @@ static OFF_SRTT_US: u32 = 0;
 /// Offset of `sk_err` in `struct sock`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_SK_ERR: u32 = 0;
+/// Offset of `total_retrans` in `struct tcp_sock`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_TOTAL_RETRANS: u32 = 0;
+/// Offset of `bytes_retrans` in `struct tcp_sock`; 0 when unknown.
+#[unsafe(no_mangle)]
+static OFF_BYTES_RETRANS: u32 = 0;
 /// Offset of `group_leader` in `struct task_struct`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_TASK_GROUP_LEADER: u32 = 0;
@@ -221,6 +228,14 @@ pub fn off_srtt_us() -> usize {
 #[inline(always)]
 pub fn off_sk_err() -> usize {
     global(&OFF_SK_ERR)
+}
+#[inline(always)]
+pub fn off_total_retrans() -> usize {
+    global(&OFF_TOTAL_RETRANS)
+}
+#[inline(always)]
+pub fn off_bytes_retrans() -> usize {
+    global(&OFF_BYTES_RETRANS)
 }
 #[inline(always)]
 pub fn off_task_group_leader() -> usize {

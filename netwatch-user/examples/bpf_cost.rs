@@ -10,13 +10,21 @@
 //! reset by its server (`SO_LINGER` 0), and a connect to a closed port is
 //! refused.
 //!
+//! The retransmit program runs only when segments are lost: a transfer on
+//! the loopback of a network namespace of this run's own, where nftables
+//! drops 3% of the segments to its port (skipped, with the reason printed,
+//! where `ip` or `nft` are missing).
+//!
 //! Usage: bpf_cost [auto|fentry|kprobe|tracepoint] [calls]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::thread;
 
-use anyhow::{Context, Result};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
 use netwatch::source::ebpf::{EbpfSource, LoadOptions, TierChoice};
 use netwatch::source::SocketSource;
 
@@ -108,6 +116,11 @@ fn main() -> Result<()> {
             anyhow::bail!("{closed} accepted a connection: it was meant to be closed");
         }
     }
+    // Retransmits, for `tp_tcp_retransmit_skb` (not on the paths above).
+    match lossy_transfer(calls * 1024) {
+        Ok(n) => println!("retransmit workload: {n} segments retransmitted"),
+        Err(e) => println!("retransmit workload skipped: {e:#}"),
+    }
     let batch = src.read()?;
     let counted: u64 = batch
         .samples
@@ -133,4 +146,99 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Run `cmd` (from the calling thread, so in its network namespace).
+fn run(cmd: &mut Command, stdin: &str) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("piped stdin")?
+        .write_all(stdin.as_bytes())
+        .with_context(|| format!("writing to {cmd:?}"))?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Send `bytes` over TCP through a 3% loss: on the loopback of a new
+/// network namespace, which only a thread of this run enters (and which
+/// goes away with it and its sockets), nftables dropping 3% of the segments
+/// to the listener's port. Returns the sender's `tcpi_total_retrans`.
+fn lossy_transfer(bytes: usize) -> Result<u32> {
+    thread::spawn(move || -> Result<u32> {
+        // SAFETY: unshare(2) moves only this thread (and the processes and
+        // threads it starts) into a new network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            bail!(
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        run(Command::new("ip").args(["link", "set", "lo", "up"]), "")?;
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        run(
+            Command::new("nft").args(["-f", "-"]),
+            &format!(
+                "table inet bpf_cost {{\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport {port} numgen random mod 100 < 3 drop\n\t}}\n}}\n"
+            ),
+        )?;
+        let reader = thread::spawn(move || -> std::io::Result<usize> {
+            let (mut s, _) = l.accept()?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf)? {
+                    0 => return Ok(total),
+                    n => total += n,
+                }
+            }
+        });
+        let mut c = TcpStream::connect(("127.0.0.1", port))?;
+        let chunk = vec![1u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < bytes {
+            c.write_all(&chunk)?;
+            sent += chunk.len();
+        }
+        c.shutdown(std::net::Shutdown::Write)?;
+        let got = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        if got != sent {
+            bail!("sent {sent} bytes through the loss, {got} arrived");
+        }
+        // SAFETY: an all-zero tcp_info is valid; getsockopt writes at most `len` bytes.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a valid socket and a buffer of `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(
+                c.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            bail!("TCP_INFO: {}", std::io::Error::last_os_error());
+        }
+        Ok(info.tcpi_total_retrans)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("lossy transfer thread panicked"))?
 }

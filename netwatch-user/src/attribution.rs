@@ -475,8 +475,22 @@ pub fn connection_detail(batch: &SampleBatch, row: &Row) -> Option<ConnectionDet
         kernel_rtt_us: s.rtt_us,
         rx_bytes: Some(row.rx_bytes),
         tx_bytes: Some(row.tx_bytes),
-        tcp_quality: s.tcp.map(|t| connection_quality(&t)),
+        tcp_quality: socket_counters(batch, row.sample).map(|t| connection_quality(&t)),
     })
+}
+
+/// The TCP counters of the socket whose sample is `at`: a source puts them
+/// on one sample of a shared socket only (so per-process sums count them
+/// once), and that socket's samples are adjacent with one `id.primary`.
+fn socket_counters(batch: &SampleBatch, at: usize) -> Option<crate::source::TcpCounters> {
+    let samples = &batch.samples;
+    let primary = samples.get(at)?.id.primary;
+    let after = samples[at..].iter().take_while(|s| s.id.primary == primary);
+    let before = samples[..at]
+        .iter()
+        .rev()
+        .take_while(|s| s.id.primary == primary);
+    after.chain(before).find_map(|s| s.tcp)
 }
 
 /// A socket's quality counters as its wire row carries them.

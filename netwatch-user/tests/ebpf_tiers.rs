@@ -647,6 +647,15 @@ fn lifecycle_tracepoint_formats_match() {
             "tcp_receive_reset field {field}:\n{format}"
         );
     }
+    // The retransmit program's (`netwatch-ebpf/src/retrans.rs`).
+    let (format, offsets) = tracepoint_format("tcp/tcp_retransmit_skb");
+    for (field, want) in [("skaddr", 16), ("state", 24), ("family", 32)] {
+        assert_eq!(
+            offsets.get(field),
+            Some(&want),
+            "tcp_retransmit_skb field {field}:\n{format}"
+        );
+    }
     // `tcp_send_reset`'s are read from the format at load: it must be one
     // of the two known layouts.
     let (format, _) = tracepoint_format("tcp/tcp_send_reset");

@@ -614,6 +614,9 @@ fn bpf_cost(plan: &Plan, tools: &Tools, bpftool: Option<&PathBuf>, bin: &Path, o
         match o {
             Ok(o) if o.status.success() => {
                 for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if line.starts_with("retransmit workload skipped") {
+                        cost.notes.push(line.to_string());
+                    }
                     let kv: BTreeMap<&str, &str> = line
                         .split_whitespace()
                         .filter_map(|f| f.split_once('='))

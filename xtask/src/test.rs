@@ -110,6 +110,14 @@ const GUEST_CONNECT_TESTS: &[&str] = &[
     "connects_and_resets_kprobe_tier",
     "connects_and_resets_tracepoint_tier",
 ];
+/// The retransmit tests (`tcp_retransmits`): need `ip`, `nft` and the
+/// veth / nf_tables / nft_numgen modules in the guest.
+const GUEST_RETRANS_TESTS: &[&str] = &[
+    "tcp_retransmits_fentry_tier",
+    "tcp_retransmits_kprobe_tier",
+    "tcp_retransmits_tracepoint_tier",
+    "tcp_retransmits_before_attach_are_not_counted",
+];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -187,6 +195,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let fault_bin = test_binary("net_faults")?;
     let fault_tools = vm::net_fault_tools()?;
     let connect_bin = test_binary("tcp_connects")?;
+    let retrans_bin = test_binary("tcp_retransmits")?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -234,6 +243,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .chain(GUEST_SEED_TESTS.iter().map(|name| (&seed_bin, name)))
                 .chain(GUEST_FAULT_TESTS.iter().map(|name| (&fault_bin, name)))
                 .chain(GUEST_CONNECT_TESTS.iter().map(|name| (&connect_bin, name)))
+                .chain(GUEST_RETRANS_TESTS.iter().map(|name| (&retrans_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -260,6 +270,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 seed_bin.clone(),
                 fault_bin.clone(),
                 connect_bin.clone(),
+                retrans_bin.clone(),
                 PathBuf::from(HOST_SS),
                 PathBuf::from(HOST_BPFTOOL),
             ];

@@ -348,7 +348,8 @@ fn cost_table(md: &mut String, ctx: &Context, cost: &Cost) {
         "\n## Per-event kernel cost\n\n`run_time_ns ÷ run_cnt` with `kernel.bpf_stats_enabled=1`, for each netwatch \
          program (the `bpf_cost` example, tier `{}`, {} TCP writes of 1 KiB and {} UDP datagrams, then {} \
          connections accepted and reset by their server with `SO_LINGER` 0 and {} connects refused by a closed \
-         port: the state changes, connect results and resets) and, in the same \
+         port: the state changes, connect results and resets; and for `tp_tcp_retransmit_skb` as many KiB over \
+         TCP through a 3% loss that nftables makes in a network namespace of the run's own) and, in the same \
          run and on the same tracepoints, for the bpftrace one-liner (from `/proc/<bpftrace>/fdinfo` of its program \
          fds; names from `bpftool prog show`). Both see every event on the host during the window, other \
          processes' too.\n\n| program | ns per event |\n|---|---|",

@@ -25,6 +25,10 @@ pub struct SockOffsets {
     pub srtt_us: u32,
     /// `struct sock.sk_err` (a failed connect's cause).
     pub sk_err: u32,
+    /// `struct tcp_sock.total_retrans` and `.bytes_retrans` (the kernel's
+    /// per-socket retransmit totals); 0 if the kernel has none.
+    pub total_retrans: u32,
+    pub bytes_retrans: u32,
     /// `struct task_struct.group_leader` (the owner's name is its leader's `comm`).
     pub task_group_leader: u32,
     /// `struct task_struct.comm`.
@@ -262,9 +266,12 @@ impl SockOffsets {
         let sock = find_struct(btf, "sock")?;
         let socket = find_struct(btf, "socket")?;
         let task = find_struct(btf, "task_struct")?;
-        let srtt_us = find_struct(btf, "tcp_sock")
-            .and_then(|t| offset(btf, &t, "tcp_sock", "srtt_us"))
-            .unwrap_or(0);
+        let tcp_sock = |member| {
+            find_struct(btf, "tcp_sock")
+                .and_then(|t| offset(btf, &t, "tcp_sock", member))
+                .unwrap_or(0)
+        };
+        let srtt_us = tcp_sock("srtt_us");
         let (recv_flags_arg, recv_nargs) = func_param(btf, "tcp_recvmsg", "flags")?;
         Ok(Self {
             skc_family: offset(btf, &common, "sock_common", "skc_family")?,
@@ -274,6 +281,8 @@ impl SockOffsets {
             socket_sk: offset(btf, &socket, "socket", "sk")?,
             srtt_us,
             sk_err: offset(btf, &sock, "sock", "sk_err")?,
+            total_retrans: tcp_sock("total_retrans"),
+            bytes_retrans: tcp_sock("bytes_retrans"),
             task_group_leader: offset(btf, &task, "task_struct", "group_leader")?,
             task_comm: offset(btf, &task, "task_struct", "comm")?,
             recv_flags_arg,
@@ -310,6 +319,8 @@ mod tests {
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr, "{o:?}");
         assert!(o.sk_err > o.skc_v6_rcv_saddr, "{o:?}");
         assert!(o.socket_sk > 0 && o.srtt_us > 0, "{o:?}");
+        assert!(o.total_retrans > 0 && o.bytes_retrans > 0, "{o:?}");
+        assert!(o.bytes_retrans.is_multiple_of(8), "{o:?}");
         assert!(
             o.task_comm > o.task_group_leader && o.task_group_leader > 0,
             "{o:?}"

@@ -143,9 +143,12 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
     if owners.is_empty() {
         owners.push((0, None, 0, 0, 0, 0));
     }
-    // The socket's TCP quality counters go on its first sample only, so a
-    // sum over samples counts each once.
-    let mut tcp = (protocol == Protocol::Tcp).then(|| tcp_counters(st));
+    // The socket's TCP counters go on one sample only, so that per-process
+    // sums never count a retransmit twice: the owner of the first slot (the
+    // socket's first mover, which never changes while the entry lives),
+    // or the one ownerless sample.
+    let first_slot = st.owners[0].tgid;
+    let tcp = (protocol == Protocol::Tcp).then(|| tcp_counters(st));
     owners
         .into_iter()
         .map(|(tgid, comm, cgroup_id, rx, tx, _)| SocketSample {
@@ -160,7 +163,7 @@ pub fn to_samples(key: &SockKey, st: &SockStats, closed: bool) -> Samples {
             rx_bytes: rx,
             tx_bytes: tx,
             rtt_us: (protocol == Protocol::Tcp && st.srtt_us != 0).then_some(f64::from(st.srtt_us)),
-            tcp: tcp.take(),
+            tcp: if tgid == first_slot { tcp } else { None },
             closed,
             origin: CountOrigin::SinceAttach,
         })
@@ -1484,5 +1487,46 @@ mod tests {
         st.owners[0] = netwatch_common::Owner::zeroed();
         let s = to_samples(&SockKey { sk: 3 }, &st, false);
         assert_eq!((s.len(), s[0].pid), (1, None));
+    }
+
+    /// A shared TCP socket's quality counters ride on the first slot's
+    /// owner only (not the most recent mover), every field mapped; UDP
+    /// samples carry none; an ownerless TCP entry carries them itself.
+    #[test]
+    fn tcp_counters_ride_on_the_first_slots_sample_only() {
+        let mut st = stats();
+        st.retrans_segs = 17;
+        st.retrans_bytes = 24_616;
+        st.resets_sent = 1;
+        st.resets_received = 2;
+        st.connect_us = 1_500;
+        st.owners[0].last_epoch = 5;
+        st.owners[1] = st.owners[0];
+        st.owners[1].tgid = 43;
+        st.owners[1].last_epoch = 9;
+        let s = to_samples(&SockKey { sk: 3 }, &st, false);
+        assert_eq!((s[0].pid, s[0].tcp), (Some(43), None));
+        let want = super::super::TcpCounters {
+            retrans_segs: 17,
+            retrans_bytes: 24_616,
+            resets_sent: 1,
+            resets_received: 2,
+            connect: Some(std::time::Duration::from_micros(1_500)),
+        };
+        assert_eq!((s[1].pid, s[1].tcp), (Some(42), Some(want)));
+        // Final records the same way; no connect time seen: `None`.
+        st.connect_us = 0;
+        let s = to_samples(&SockKey { sk: 3 }, &st, true);
+        let tcp = s[1].tcp.expect("first slot's sample");
+        assert_eq!((tcp.retrans_segs, tcp.connect), (17, None));
+        // No owner yet.
+        let mut lone = st;
+        lone.owners = [netwatch_common::Owner::zeroed(); OWNERS];
+        let s = to_samples(&SockKey { sk: 3 }, &lone, false);
+        assert_eq!(s[0].tcp.map(|t| t.retrans_bytes), Some(24_616));
+        // UDP: none.
+        st.protocol = IPPROTO_UDP;
+        let s = to_samples(&SockKey { sk: 3 }, &st, false);
+        assert!(s.iter().all(|x| x.tcp.is_none()), "{s:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! a fresh copy of the object, so a failed tier leaves nothing behind. The
 //! lifecycle tracepoints (`sock:inet_sock_set_state`, `tcp:tcp_destroy_sock`),
 //! the reset tracepoints (`tcp:tcp_{receive,send}_reset`, TCP events for the
-//! alert detectors) and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
+//! alert detectors), the retransmit tracepoint (`tcp:tcp_retransmit_skb`,
+//! per-socket retransmit totals) and the UDP release program (`cgroup/sock_release` on the root cgroup v2)
 //! go with every tier.
 
 use std::fmt;
@@ -268,7 +269,7 @@ impl fmt::Display for Tier {
 }
 
 /// The lifecycle programs attached with every tier.
-pub const LIFECYCLE: [Hook; 5] = [
+pub const LIFECYCLE: [Hook; 6] = [
     Hook {
         program: "tp_inet_sock_set_state",
         kind: HookKind::Tracepoint,
@@ -294,6 +295,12 @@ pub const LIFECYCLE: [Hook; 5] = [
         program: "tp_tcp_send_reset",
         kind: HookKind::Tracepoint,
         target: "tcp/tcp_send_reset",
+    },
+    // Per-socket retransmit totals (TCP quality).
+    Hook {
+        program: "tp_tcp_retransmit_skb",
+        kind: HookKind::Tracepoint,
+        target: "tcp/tcp_retransmit_skb",
     },
 ];
 
@@ -517,6 +524,8 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .override_global(names::OFF_SOCKET_SK, &offsets.socket_sk, true)
         .override_global(names::OFF_SRTT_US, &offsets.srtt_us, true)
         .override_global(names::OFF_SK_ERR, &offsets.sk_err, true)
+        .override_global(names::OFF_TOTAL_RETRANS, &offsets.total_retrans, true)
+        .override_global(names::OFF_BYTES_RETRANS, &offsets.bytes_retrans, true)
         .override_global(
             names::OFF_TASK_GROUP_LEADER,
             &offsets.task_group_leader,
