@@ -1725,6 +1725,85 @@ mod tests {
         );
     }
 
+    /// `--mode pcap` reads DNS over TCP too: two messages in one segment,
+    /// a retransmission of it (not counted again), and the answers; the
+    /// stream's bytes count once as before.
+    #[test]
+    fn pcap_mode_reads_dns_over_tcp_once_per_message() {
+        use frame::tests::{ethernet, ipv4, tcp, TCP};
+        let framed = |id: u16, response: bool, name: &str| {
+            let m = dns::build_message(
+                id,
+                response,
+                if name.starts_with("nx.") { 3 } else { 0 },
+                name,
+                1,
+            );
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(&m);
+            v
+        };
+        let segment = |sport: u16, dport: u16, seq: u32, payload: &[u8]| {
+            let mut t = tcp(sport, dport, 0, payload);
+            t[4..8].copy_from_slice(&seq.to_be_bytes());
+            ethernet(
+                0x0800,
+                &[],
+                &ipv4([127, 0, 0, 1], [127, 0, 0, 1], TCP, 0, 0, &t),
+            )
+        };
+        let mut s = Shared::default();
+        let mut see = |f: &[u8]| {
+            s.observe(
+                LinkType::Ethernet,
+                f,
+                f.len(),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
+        };
+        let mut queries = framed(1, false, "a.example.com");
+        queries.extend(framed(2, false, "nx.example.com"));
+        let answers = [
+            framed(1, true, "a.example.com"),
+            framed(2, true, "nx.example.com"),
+        ]
+        .concat();
+        see(&segment(40000, 53, 100, &queries));
+        see(&segment(40000, 53, 100, &queries));
+        see(&segment(53, 40000, 700, &answers));
+        let got: Vec<_> = s
+            .dns
+            .take()
+            .into_iter()
+            .map(|e| (e.id, e.protocol, e.kind))
+            .collect();
+        use crate::source::DnsEventKind::{Query, Response};
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    Protocol::Tcp,
+                    Query {
+                        name: Some("a.example.com".into())
+                    }
+                ),
+                (
+                    2,
+                    Protocol::Tcp,
+                    Query {
+                        name: Some("nx.example.com".into())
+                    }
+                ),
+                (1, Protocol::Tcp, Response { rcode: 0 }),
+                (2, Protocol::Tcp, Response { rcode: 3 }),
+            ]
+        );
+        assert_eq!(s.stats.dns_malformed, 0);
+        assert_eq!(s.stats.repeated_bytes, queries.len() as u64);
+    }
+
     /// A UDP datagram of `n` payload bytes from 127.0.0.1:`sport` to
     /// 127.0.0.1:9.
     fn datagram(sport: u16, n: usize) -> Vec<u8> {
