@@ -614,3 +614,50 @@ fn malformed_and_truncated_dns_is_counted_never_a_panic() {
         ]
     );
 }
+
+/// `--mode pcap` reads DNS over TCP too (its own capture, 512-byte
+/// snapshot length): the workload's 9 queries and 9 answers, 4 of each
+/// over TCP, each once.
+#[test]
+fn pcap_mode_reads_dns_over_udp_and_tcp_exactly() {
+    use netwatch::source::{DnsEventKind, Protocol, SocketSource as _};
+    require_root();
+    let _serial = serial();
+    let pair = VethPair::new("dc");
+    let _servers = servers(&pair);
+    let mut src = pair.enter(Side::Client, || {
+        netwatch::source::pcap::PcapSource::open(None).expect("opening the pcap source")
+    });
+    workload(&pair);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = Vec::new();
+    while Instant::now() < deadline && events.len() < 18 {
+        events.extend(src.take_dns_events().unwrap_or_default());
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_millis(300));
+    events.extend(src.take_dns_events().unwrap_or_default());
+    let count = |p: Protocol, query: bool| {
+        events
+            .iter()
+            .filter(|e| e.protocol == p && matches!(e.kind, DnsEventKind::Query { .. }) == query)
+            .count()
+    };
+    assert_eq!(
+        (
+            count(Protocol::Udp, true),
+            count(Protocol::Udp, false),
+            count(Protocol::Tcp, true),
+            count(Protocol::Tcp, false)
+        ),
+        (5, 5, 4, 4),
+        "{events:#?}"
+    );
+    let nx = events
+        .iter()
+        .filter(|e| e.kind == DnsEventKind::Response { rcode: 3 })
+        .count();
+    assert_eq!(nx, 3);
+    assert_eq!(src.stats().dns_malformed, 0);
+    assert_eq!(src.stats().dns_tcp_desyncs, 0);
+}
