@@ -217,14 +217,14 @@ impl Agent {
     /// The agent in eBPF mode in `ns`'s network namespace (only that: the
     /// mount namespace stays the host's), JSON every half second.
     fn start(ns: &str, extra: &[&str]) -> Self {
-        Self::start_with(Command::new(AGENT), ns, extra)
+        Self::start_with(Command::new(AGENT), ns, "ebpf", extra)
     }
 
-    fn start_with(mut cmd: Command, ns: &str, extra: &[&str]) -> Self {
+    fn start_with(mut cmd: Command, ns: &str, mode: &str, extra: &[&str]) -> Self {
         let path = format!("/run/netns/{ns}");
         let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let fd = netns.as_raw_fd();
-        cmd.args(["--mode", "ebpf", "--no-pin", "--output", "json"])
+        cmd.args(["--mode", mode, "--no-pin", "--output", "json"])
             .args(["--interval", "0.5"])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -303,7 +303,7 @@ impl Sum {
         let a = s
             .dns_analytics
             .as_ref()
-            .expect("eBPF mode with the DNS capture: every snapshot has dns_analytics");
+            .expect("with the DNS capture every snapshot has dns_analytics");
         self.queries += a.total_queries;
         self.responses += a.total_responses;
         self.nxdomain += a.nxdomain_count;
@@ -376,15 +376,25 @@ fn servers(pair: &VethPair) -> (Server, Server) {
 
 #[test]
 fn ebpf_mode_counts_dns_exactly_over_udp_and_tcp_across_veth_and_loopback() {
+    counts_exactly_in("ebpf");
+}
+
+/// The same beside the `ss` source.
+#[test]
+fn ss_mode_counts_dns_exactly_too() {
+    counts_exactly_in("ss");
+}
+
+fn counts_exactly_in(mode: &str) {
     require_root();
     let _serial = serial();
     let pair = VethPair::new("dq");
     let _servers = servers(&pair);
-    let agent = Agent::start(pair.ns(Side::Client), &[]);
+    let agent = Agent::start_with(Command::new(AGENT), pair.ns(Side::Client), mode, &[]);
     let first = agent.ready();
     assert_eq!(
         first.collector.as_ref().map(|c| c.source.as_str()),
-        Some("ebpf")
+        Some(mode)
     );
     let mut sum = Sum::default();
     sum.add(&first);
@@ -510,7 +520,7 @@ fn a_dns_capture_that_cannot_open_is_said_once_and_the_agent_runs_on() {
     let _servers = servers(&pair);
     let mut cmd = Command::new("setpriv");
     cmd.args(["--bounding-set", "-net_raw", "--", AGENT]);
-    let agent = Agent::start_with(cmd, pair.ns(Side::Client), &[]);
+    let agent = Agent::start_with(cmd, pair.ns(Side::Client), "ebpf", &[]);
     let first = agent.ready();
     workload(&pair);
     let mut snaps = vec![first];
