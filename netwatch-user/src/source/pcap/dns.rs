@@ -1006,6 +1006,30 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_holds_at_most_its_cap_and_counts_the_rest() {
+        use super::super::frame::{decode, tests::ipv4, tests::udp, tests::UDP, LinkType};
+        let mut r = DnsReader::new(2);
+        let q = build_message(1, false, 0, "a.example.com", 1);
+        let f = ipv4(
+            [10, 0, 0, 5],
+            [10, 0, 0, 53],
+            UDP,
+            0,
+            0,
+            &udp(40001, 53, &q),
+        );
+        let p = decode(LinkType::Ipv4, &f).unwrap();
+        let (c, s) = (sa("10.0.0.5:40001"), sa("10.0.0.53:53"));
+        for _ in 0..5 {
+            r.packet(&p, c, s, Duration::ZERO, Duration::ZERO);
+        }
+        assert_eq!((r.take().len(), r.overflow, r.malformed), (2, 3, 0));
+        // Not port 53: not read.
+        r.packet(&p, c, sa("10.0.0.53:5353"), Duration::ZERO, Duration::ZERO);
+        assert_eq!(r.take().len(), 0);
+    }
+
+    #[test]
     fn tcp_directions_are_bounded_and_expire() {
         let mut t = TcpDns::default();
         let z = Duration::ZERO;
