@@ -14,7 +14,8 @@
 //!   twice (outgoing and incoming); libpcap drops the outgoing copy of
 //!   packets on `lo` (`linux_check_direction` in `pcap-linux.c`), so each
 //!   message counts once, and queries to a local resolver (systemd-resolved
-//!   at 127.0.0.53) are seen. A message crossing several interfaces of this
+//!   at 127.0.0.53) are seen; a lookup it forwards is seen twice (the
+//!   application's query and the resolver's own). A message crossing several interfaces of this
 //!   host (a bridge and a veth, a tunnel) is seen on each: UDP then counts
 //!   more than once, TCP does not (read once per stream byte).
 //! - Only the agent's network namespace: a packet socket sees the
