@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             wire,
             at,
             at,
-            &mut |e| events.push(e),
+            &mut |e, _| events.push(e),
         );
         if offset >= 0 && tcp_flags & 0x02 == 0 {
             next[dir] = seq.wrapping_add(wire);
@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
             in_order.len() as u32,
             at,
             at,
-            &mut |e| once.push(e),
+            &mut |e, _| once.push(e),
         );
         let from_client = |e: &DnsEvent| {
             matches!(e.kind, netwatch::source::DnsEventKind::Query { .. }) && e.client == client

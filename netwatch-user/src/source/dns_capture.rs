@@ -15,9 +15,11 @@
 //!   packets on `lo` (`linux_check_direction` in `pcap-linux.c`), so each
 //!   message counts once, and queries to a local resolver (systemd-resolved
 //!   at 127.0.0.53) are seen; a lookup it forwards is seen twice (the
-//!   application's query and the resolver's own). A message crossing several interfaces of this
-//!   host (a bridge and a veth, a tunnel) is seen on each: UDP then counts
-//!   more than once, TCP does not (read once per stream byte).
+//!   application's query and the resolver's own). A message crossing several
+//!   interfaces of this host (a veth and its bridge, before and after NAT)
+//!   is captured on each and counts once: copies with the same bytes within
+//!   [`crate::source::pcap::dns::DUPLICATE_WINDOW`] are dropped
+//!   ([`DnsCaptureStats::duplicates`]).
 //! - Only the agent's network namespace: a packet socket sees the
 //!   interfaces of the namespace it was opened in. Containers in their own
 //!   namespaces that talk to a resolver on the host are seen on the host's
@@ -73,6 +75,8 @@ pub struct DnsCaptureStats {
     pub overflow: u64,
     /// DNS-over-TCP directions whose framing was lost.
     pub tcp_desyncs: u64,
+    /// Copies of a message captured on another interface: counted once.
+    pub duplicates: u64,
     /// Packets the kernel dropped because the buffer was full (`ps_drop`).
     pub kernel_drops: u64,
 }
@@ -186,6 +190,7 @@ impl DnsCapture {
             malformed: s.reader.malformed,
             overflow: s.reader.overflow,
             tcp_desyncs: s.reader.tcp().desyncs(),
+            duplicates: s.reader.duplicates,
             kernel_drops: s.kernel_drops,
         }
     }

@@ -89,7 +89,8 @@
 //! Every socket in the table is reported, with zero counters if no payload
 //! was seen. On `any`, UDP crossing several interfaces of this host
 //! (bridges, veth, tunnels) is seen once per interface, and so is TCP whose
-//! 5-tuple is rewritten on the way (NAT).
+//! 5-tuple is rewritten on the way (NAT); a DNS message is one event
+//! however many interfaces it was captured on ([`dns::DnsReader`]).
 
 pub mod dns;
 pub mod frame;
@@ -200,6 +201,9 @@ pub struct CaptureStats {
     /// DNS-over-TCP directions whose framing was lost (a segment missed
     /// or cut by the snapshot length): read no more.
     pub dns_tcp_desyncs: u64,
+    /// Copies of a DNS message captured on another interface (the same
+    /// bytes within [`dns::DUPLICATE_WINDOW`]): one event only.
+    pub dns_duplicates: u64,
     /// DNS messages not reported because too many arrived between two
     /// reads (lost records).
     pub dns_overflow: u64,
@@ -387,6 +391,7 @@ impl Shared {
         self.stats.dns_malformed = self.dns.malformed;
         self.stats.dns_overflow = self.dns.overflow;
         self.stats.dns_tcp_desyncs = self.dns.tcp().desyncs();
+        self.stats.dns_duplicates = self.dns.duplicates;
     }
 }
 

@@ -332,8 +332,9 @@ pub struct TcpDns {
 impl TcpDns {
     /// Read one captured segment from `src` to `dst` whose TCP payload is
     /// `payload_len` bytes, of which `payload` were captured; each message
-    /// whose head is complete becomes an event passed to `emit`. `at` is
-    /// the monotonic arrival time, `captured` libpcap's stamp.
+    /// whose head is complete becomes an event passed to `emit` with the
+    /// bytes it was read from. `at` is the monotonic arrival time,
+    /// `captured` libpcap's stamp.
     #[allow(clippy::too_many_arguments)]
     pub fn segment(
         &mut self,
@@ -344,7 +345,7 @@ impl TcpDns {
         payload_len: u32,
         at: Duration,
         captured: Duration,
-        emit: &mut dyn FnMut(DnsEvent),
+        emit: &mut dyn FnMut(DnsEvent, &[u8]),
     ) -> TcpRead {
         let mut read = TcpRead::default();
         let key = (src, dst);
@@ -461,7 +462,7 @@ fn feed(
     at: Duration,
     captured: Duration,
     read: &mut TcpRead,
-    emit: &mut dyn FnMut(DnsEvent),
+    emit: &mut dyn FnMut(DnsEvent, &[u8]),
 ) -> bool {
     loop {
         let Some(len) = d.msg_len else {
@@ -501,7 +502,7 @@ fn feed(
                     read.malformed += 1;
                 }
                 if let Some(e) = e {
-                    emit(e);
+                    emit(e, &d.head);
                 }
             }
         }
@@ -535,18 +536,69 @@ impl Default for DnsReader {
     }
 }
 
+/// Copies of one message (the same bytes, the same transport) read within
+/// this long of each other count once: one packet captured on several
+/// interfaces of this host (a veth and its bridge, before and after NAT).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+/// Messages remembered for [`DUPLICATE_WINDOW`] at most (the oldest are
+/// forgotten first: a copy of one of them would then count again).
+pub const MAX_RECENT: usize = 16_384;
+
+/// Fingerprints of the messages read in the last [`DUPLICATE_WINDOW`].
+#[derive(Debug, Default)]
+struct Recent {
+    order: std::collections::VecDeque<(Duration, u64)>,
+    live: HashMap<u64, u32>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl Recent {
+    /// Whether a message with fingerprint `key` was read within the window
+    /// before `at`; if not, it is remembered.
+    fn seen(&mut self, key: u64, at: Duration) -> bool {
+        while let Some(&(t, k)) = self.order.front() {
+            if at.saturating_sub(t) < DUPLICATE_WINDOW && self.order.len() < MAX_RECENT {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(n) = self.live.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.live.remove(&k);
+                }
+            }
+        }
+        if self.live.contains_key(&key) {
+            return true;
+        }
+        self.order.push_back((at, key));
+        *self.live.entry(key).or_default() += 1;
+        false
+    }
+
+    fn key(&self, protocol: Protocol, bytes: &[u8]) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.keys.hash_one((protocol == Protocol::Tcp, bytes))
+    }
+}
+
 /// Reads the DNS messages of a capture's port-53 packets, UDP and TCP, into
-/// a queue of events the capture's reader drains; bounded: at most `cap`
+/// a queue of events the capture's reader drains. A message read again
+/// within [`DUPLICATE_WINDOW`] (the same bytes over the same transport) is a
+/// copy and counts once ([`Self::duplicates`]). Bounded: at most `cap`
 /// events wait, further ones are refused and counted ([`Self::overflow`]).
 #[derive(Debug)]
 pub struct DnsReader {
     tcp: TcpDns,
     events: Vec<DnsEvent>,
     cap: usize,
+    recent: Recent,
     /// Port-53 UDP payloads and TCP messages that were not readable DNS.
     pub malformed: u64,
     /// Events refused because `cap` were waiting.
     pub overflow: u64,
+    /// Copies of a message read within [`DUPLICATE_WINDOW`]: not counted again.
+    pub duplicates: u64,
 }
 
 impl DnsReader {
@@ -556,8 +608,10 @@ impl DnsReader {
             tcp: TcpDns::default(),
             events: Vec::new(),
             cap,
+            recent: Recent::default(),
             malformed: 0,
             overflow: 0,
+            duplicates: 0,
         }
     }
 
@@ -575,8 +629,11 @@ impl DnsReader {
             return;
         }
         let (events, cap, overflow) = (&mut self.events, self.cap, &mut self.overflow);
-        let mut push = |e: DnsEvent| {
-            if events.len() < cap {
+        let (recent, duplicates) = (&mut self.recent, &mut self.duplicates);
+        let mut push = |e: DnsEvent, bytes: &[u8]| {
+            if recent.seen(recent.key(e.protocol, bytes), e.at) {
+                *duplicates += 1;
+            } else if events.len() < cap {
                 events.push(e);
             } else {
                 *overflow += 1;
@@ -587,7 +644,7 @@ impl DnsReader {
                 let (e, malformed) = event(p.payload, src, dst, at, captured);
                 self.malformed += u64::from(malformed);
                 if let Some(e) = e {
-                    push(e);
+                    push(e, p.payload);
                 }
             }
             (Protocol::Tcp, Some(seg)) => {
@@ -832,7 +889,7 @@ mod tests {
                 payload.len() as u32,
                 Duration::ZERO,
                 Duration::ZERO,
-                &mut |e| events.push(e),
+                &mut |e, _| events.push(e),
             );
             self.malformed += r.malformed;
             self.events.extend(events);
@@ -928,8 +985,8 @@ mod tests {
         let m = query(9, "c.example.com");
         let seg = |seq, flags| TcpSegment { seq, flags };
         let z = Duration::ZERO;
-        t.segment(c, s, seg(50, SYN), &[], 0, z, z, &mut |e| events.push(e));
-        t.segment(c, s, seg(51, ACK), &m, m.len() as u32, z, z, &mut |e| {
+        t.segment(c, s, seg(50, SYN), &[], 0, z, z, &mut |e, _| events.push(e));
+        t.segment(c, s, seg(51, ACK), &m, m.len() as u32, z, z, &mut |e, _| {
             events.push(e)
         });
         assert_eq!(events.len(), 1);
@@ -1005,28 +1062,80 @@ mod tests {
         assert_eq!(f.t.desyncs(), 0);
     }
 
+    /// A UDP DNS query from `c` to `s` as a decoded packet's parts.
+    fn udp_query(id: u16, c: &str, s: &str) -> Vec<u8> {
+        use super::super::frame::tests::{ipv4, udp, UDP};
+        let q = build_message(id, false, 0, "a.example.com", 1);
+        let (c, s) = (sa(c), sa(s));
+        let ip = |a: SocketAddr| match a.ip() {
+            std::net::IpAddr::V4(v) => v.octets(),
+            std::net::IpAddr::V6(_) => unreachable!(),
+        };
+        ipv4(ip(c), ip(s), UDP, 0, 0, &udp(c.port(), s.port(), &q))
+    }
+
+    fn read(r: &mut DnsReader, frame: &[u8], at: Duration) {
+        use super::super::frame::{decode, LinkType};
+        let p = decode(LinkType::Ipv4, frame).unwrap();
+        r.packet(&p, p.src, p.dst, at, at);
+    }
+
     #[test]
     fn the_reader_holds_at_most_its_cap_and_counts_the_rest() {
-        use super::super::frame::{decode, tests::ipv4, tests::udp, tests::UDP, LinkType};
         let mut r = DnsReader::new(2);
-        let q = build_message(1, false, 0, "a.example.com", 1);
-        let f = ipv4(
-            [10, 0, 0, 5],
-            [10, 0, 0, 53],
-            UDP,
-            0,
-            0,
-            &udp(40001, 53, &q),
-        );
-        let p = decode(LinkType::Ipv4, &f).unwrap();
-        let (c, s) = (sa("10.0.0.5:40001"), sa("10.0.0.53:53"));
-        for _ in 0..5 {
-            r.packet(&p, c, s, Duration::ZERO, Duration::ZERO);
+        for id in 0..5 {
+            read(
+                &mut r,
+                &udp_query(id, "10.0.0.5:40001", "10.0.0.53:53"),
+                Duration::ZERO,
+            );
         }
         assert_eq!((r.take().len(), r.overflow, r.malformed), (2, 3, 0));
         // Not port 53: not read.
-        r.packet(&p, c, sa("10.0.0.53:5353"), Duration::ZERO, Duration::ZERO);
+        read(
+            &mut r,
+            &udp_query(9, "10.0.0.5:40001", "10.0.0.53:5353"),
+            Duration::ZERO,
+        );
         assert_eq!(r.take().len(), 0);
+    }
+
+    #[test]
+    fn copies_of_a_message_on_several_interfaces_count_once() {
+        let mut r = DnsReader::new(100);
+        let ms = Duration::from_millis;
+        // The same query on a veth, then on a bridge, then after NAT (its
+        // addresses rewritten, its bytes the same): one event.
+        read(
+            &mut r,
+            &udp_query(7, "10.0.0.5:40001", "10.0.0.53:53"),
+            ms(1000),
+        );
+        read(
+            &mut r,
+            &udp_query(7, "10.0.0.5:40001", "10.0.0.53:53"),
+            ms(1000),
+        );
+        read(
+            &mut r,
+            &udp_query(7, "192.168.1.2:61000", "10.0.0.53:53"),
+            ms(1020),
+        );
+        assert_eq!((r.take().len(), r.duplicates), (1, 2));
+        // Another id: another message.
+        read(
+            &mut r,
+            &udp_query(8, "10.0.0.5:40001", "10.0.0.53:53"),
+            ms(1030),
+        );
+        assert_eq!(r.take().len(), 1);
+        // The same bytes again after the window: the client asked again.
+        read(
+            &mut r,
+            &udp_query(7, "10.0.0.5:40001", "10.0.0.53:53"),
+            ms(1000) + DUPLICATE_WINDOW,
+        );
+        assert_eq!((r.take().len(), r.duplicates), (1, 2));
     }
 
     #[test]
@@ -1039,7 +1148,7 @@ mod tests {
         for i in 0..=MAX_TCP_DIRECTIONS as u32 {
             let src = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1000));
             let seg = TcpSegment { seq: 1, flags: ACK };
-            t.segment(src, dst, seg, &m, m.len() as u32, z, z, &mut |_| n += 1);
+            t.segment(src, dst, seg, &m, m.len() as u32, z, z, &mut |_, _| n += 1);
         }
         assert_eq!(
             (t.len(), t.refused(), n),
@@ -1096,7 +1205,7 @@ mod tests {
             let z = Duration::ZERO;
             for (seq, flags, payload, extra) in segs {
                 let len = payload.len() as u32 + extra;
-                t.segment(sa("1.1.1.1:1"), sa("2.2.2.2:53"), TcpSegment { seq, flags }, &payload, len, z, z, &mut |_| {});
+                t.segment(sa("1.1.1.1:1"), sa("2.2.2.2:53"), TcpSegment { seq, flags }, &payload, len, z, z, &mut |_, _| {});
             }
         }
 
