@@ -1,7 +1,8 @@
 //! Captured frames of every link type the pcap source decodes
 //! (source::pcap::frame), fed as the capture thread feeds them: decoded,
 //! their TCP segments counted per stream (source::pcap::stream), port-53
-//! UDP payloads turned into DNS events (source::pcap::dns).
+//! UDP payloads and DNS-over-TCP segments turned into DNS events
+//! (source::pcap::dns::DnsReader).
 //!
 //! Input: one byte picking the link type, then frames, each a 2-byte
 //! little-endian captured length, a 2-byte extra original length, and the
@@ -23,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let link = LinkType::ALL[usize::from(which) % LinkType::ALL.len()];
     let mut streams = Streams::default();
+    let mut reader = dns::DnsReader::new(64);
     let mut at = Duration::from_secs(1000);
     while rest.len() >= 4 {
         let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
@@ -51,7 +53,11 @@ fuzz_target!(|data: &[u8]| {
         if p.protocol == Protocol::Udp && (src.port() == 53 || dst.port() == 53) {
             let _ = dns::event(p.payload, src, dst, at, at);
         }
+        reader.packet(&p, src, dst, at, at);
+        assert!(reader.take().len() <= 64);
     }
     streams.expire(at + Duration::from_secs(301));
     assert_eq!(streams.len(), 0);
+    reader.expire(at + dns::TCP_IDLE);
+    assert!(reader.tcp().is_empty());
 });

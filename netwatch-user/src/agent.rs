@@ -19,7 +19,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::health::Prober;
 use crate::sink::{Flow, Sink};
 use crate::snapshot::HostCollectors;
-use crate::source::SocketSource;
+use crate::source::{DnsEvent, DnsFeed, SocketSource};
 
 /// The agent: one source, the host collectors, the sinks.
 pub struct Agent {
@@ -31,6 +31,9 @@ pub struct Agent {
     sinks: Vec<Box<dyn Sink>>,
     alerts: Option<Detectors>,
     health: Option<Prober>,
+    /// DNS from beside the source: the DNS-only capture, for a source that
+    /// sees no packets.
+    dns_feed: Option<Box<dyn DnsFeed>>,
     max_connections: usize,
     /// Process rows per snapshot at most (the rest folded into one).
     max_processes: usize,
@@ -66,6 +69,7 @@ impl Agent {
             sinks,
             alerts: None,
             health: None,
+            dns_feed: None,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
             max_processes: crate::config::DEFAULT_MAX_PROCESSES,
             unkept: 0,
@@ -109,6 +113,26 @@ impl Agent {
     pub fn with_health(mut self, prober: Prober) -> Self {
         self.health = Some(prober);
         self
+    }
+
+    /// Take DNS events from `feed` as well as from the source (the DNS-only
+    /// capture beside a source that sees no packets): `dns_analytics` and
+    /// the DNS detectors then work as with a source that sees them.
+    pub fn with_dns_feed(mut self, feed: Box<dyn DnsFeed>) -> Self {
+        self.dns_feed = Some(feed);
+        self
+    }
+
+    /// The DNS events of the interval: the source's and the feed's; `None`
+    /// when neither sees DNS.
+    fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
+        let from_source = self.source.take_dns_events();
+        let Some(feed) = &mut self.dns_feed else {
+            return from_source;
+        };
+        let mut events = from_source.unwrap_or_default();
+        events.extend(feed.take_dns_events());
+        Some(events)
     }
 
     /// The first read: sets every baseline (interface counters, CPU times,
@@ -168,7 +192,7 @@ impl Agent {
             }
             Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
         }
-        let dns = self.source.take_dns_events();
+        let dns = self.take_dns_events();
         // Drained every tick, so a source never holds them for nobody.
         let tcp = self.source.take_tcp_events().unwrap_or_default();
         if let Some(d) = &mut self.alerts {

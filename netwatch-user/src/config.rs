@@ -187,6 +187,11 @@ pub struct Args {
     /// Capture interface for `--mode pcap` (default: all).
     #[arg(short = 'i', long)]
     pub interface: Option<String>,
+    /// Do not run the DNS-only capture (libpcap, `port 53`) beside a
+    /// source that sees no packets (ebpf, ss, proc): no `dns_analytics`
+    /// then. Overrides `dns_capture = true` in the config file.
+    #[arg(long)]
+    pub no_dns_capture: bool,
     /// Rows in the live table [default: 20].
     #[arg(long)]
     pub rows: Option<usize>,
@@ -248,6 +253,8 @@ pub struct FileConfig {
     pub interval_secs: Option<f64>,
     pub outputs: Option<Vec<Output>>,
     pub interface: Option<String>,
+    /// The DNS-only capture beside a source that sees no packets [default: true].
+    pub dns_capture: Option<bool>,
     pub rows: Option<usize>,
     pub max_connections: Option<usize>,
     pub max_processes: Option<usize>,
@@ -445,6 +452,9 @@ pub struct Config {
     pub once: bool,
     pub outputs: Vec<Output>,
     pub interface: Option<String>,
+    /// Run the DNS-only capture beside a source that sees no packets
+    /// (`crate::source::dns_capture`).
+    pub dns_capture: bool,
     pub rows: usize,
     /// Connection rows per snapshot at most (top-N by interval bytes).
     pub max_connections: usize,
@@ -971,6 +981,7 @@ pub fn resolve(
         once: args.once,
         outputs,
         interface: args.interface.clone().or(f.interface.clone()),
+        dns_capture: !args.no_dns_capture && f.dns_capture != Some(false),
         rows,
         max_connections,
         max_processes,
@@ -1233,6 +1244,21 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(1));
         assert_eq!(c.mode, Mode::Auto);
         assert!(c.ingest.is_none());
+    }
+
+    #[test]
+    fn the_dns_capture_is_on_unless_the_flag_or_the_file_turns_it_off() {
+        let on = |a: &[&str], f: Option<&str>| {
+            resolve(&args(a), None, f.and_then(file))
+                .unwrap()
+                .dns_capture
+        };
+        assert!(on(&[], None));
+        assert!(on(&[], Some("dns_capture = true\n")));
+        assert!(!on(&[], Some("dns_capture = false\n")));
+        assert!(!on(&["--no-dns-capture"], None));
+        assert!(!on(&["--no-dns-capture"], Some("dns_capture = true\n")));
+        assert!(parse_file("dns_capture = \"no\"\n").is_err());
     }
 
     #[test]

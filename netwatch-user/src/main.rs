@@ -178,6 +178,32 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     // before it loads anything into the kernel.
     let sinks = sinks(&cfg)?;
     let selected = select::select(cfg.mode, &opts)?;
+    // Beside a source that sees no packets, a DNS-only capture, opened
+    // before the capabilities go (its handle outlives the drop).
+    #[cfg(target_os = "linux")]
+    let dns_capture = {
+        use netwatch::source::dns_capture::{self, NotStarted};
+        match dns_capture::beside(selected.source.as_ref(), cfg.dns_capture) {
+            Ok(c) => {
+                log::info!(
+                    "DNS capture on `{}` (filter `{}`) beside the {} source",
+                    c.device(),
+                    dns_capture::FILTER,
+                    selected.info.source
+                );
+                Some(c)
+            }
+            Err(NotStarted::SourceSeesPackets(_)) => None,
+            Err(e @ NotStarted::Disabled) => {
+                log::info!("{e}");
+                None
+            }
+            Err(e) => {
+                log::warn!("{}", netwatch::text::visible(&e.to_string(), 1024));
+                None
+            }
+        }
+    };
     // Programs attached, maps, sockets and capture open: keep only what the
     // source needs from here on, on every thread, before the tick loop.
     #[cfg(target_os = "linux")]
@@ -200,6 +226,10 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     )
     .with_max_connections(cfg.max_connections)
     .with_max_processes(cfg.max_processes);
+    #[cfg(target_os = "linux")]
+    if let Some(c) = dns_capture {
+        agent = agent.with_dns_feed(Box::new(c));
+    }
     if let Some(a) = cfg.alerts.clone() {
         agent = agent.with_alerts(netwatch::alerts::Detectors::new(a));
     }

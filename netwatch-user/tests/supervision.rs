@@ -461,6 +461,30 @@ fn pcap_capture_and_rescan_threads_that_panic_once_are_restarted_and_counted() {
     assert_logged_once_each(&log, &faulted);
 }
 
+/// The DNS capture beside the eBPF source panics once (the health
+/// probe's DNS queries to 127.0.0.1 are the packets that reach its fault
+/// point): restarted and counted with its capture handle, snapshots keep
+/// coming.
+#[test]
+fn the_dns_capture_thread_that_panics_once_is_restarted_and_counted() {
+    require_root();
+    let _serial = serial();
+    let agent = start(
+        &["--mode", "ebpf", "--health", "--interval", "1"],
+        "[health]\ninterval_secs = 0.5\ntimeout_ms = 200\ngateway = \"127.0.0.1\"\n\
+         dns_server = \"127.0.0.1\"\n",
+        "panic:dns_capture:after=4",
+    );
+    let parts = watch_restarts(&agent, &["dns_capture"]);
+    assert_eq!(parts.get("dns_capture"), Some(&(1, 1)), "{parts:?}");
+    assert_eq!(parts.get("metrics"), Some(&(1, 0)), "{parts:?}");
+    let before = agent.snapshot_count();
+    thread::sleep(Duration::from_secs(3));
+    assert!(agent.snapshot_count() > before, "snapshots stopped");
+    assert!(agent.longest_gap() < Duration::from_secs(3));
+    assert_logged_once_each(&agent.log(), &["dns_capture"]);
+}
+
 /// A part that fails on every run is given up on after the restart cap:
 /// `/healthz` answers 503 naming it, and the agent exits with status 1 and
 /// a message naming it (so systemd or Kubernetes restart it).

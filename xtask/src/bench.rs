@@ -9,6 +9,7 @@
 //! guest (software emulation: compare tiers there with each other only).
 //! No figure here is asserted anywhere; `cargo xtask test` never runs this.
 
+mod dns;
 mod flood;
 pub(crate) mod monitor;
 pub(crate) mod procfs;
@@ -41,7 +42,8 @@ pub struct BenchArgs {
     pub calls: u32,
     /// Sections to run (comma-separated: overhead, scale, cost, cold;
     /// `flood` alone runs only the agent's memory under the issue-16 flood,
-    /// writing `bench/flood.json`).
+    /// writing `bench/flood.json`; `dns` alone only the DNS capture's cost,
+    /// writing `bench/dns_capture.json`).
     #[arg(long, default_value = "overhead,scale,cost,cold")]
     pub only: String,
     /// Also measure the fentry and kprobe tiers' per-event cost in the QEMU guest.
@@ -684,6 +686,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     crate::setup::ensure()?;
     if args.only.trim() == "flood" {
         return flood::run(&workspace_root());
+    }
+    if args.only.trim() == "dns" {
+        return dns::run(&workspace_root(), args.quick);
     }
     let plan = Plan::new(&args);
     let root = workspace_root();

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[cfg(target_os = "linux")]
+pub mod dns_capture;
+#[cfg(target_os = "linux")]
 pub mod ebpf;
 pub mod macos;
 #[cfg(target_os = "linux")]
@@ -183,6 +185,13 @@ pub struct DnsEvent {
     pub kind: DnsEventKind,
 }
 
+/// DNS events from beside the socket source: the DNS-only capture the
+/// agent runs when its source sees no packets (`dns_capture`).
+pub trait DnsFeed: Send {
+    /// The DNS messages seen since the last call.
+    fn take_dns_events(&mut self) -> Vec<DnsEvent>;
+}
+
 /// What a [`DnsEvent`] was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsEventKind {
@@ -305,6 +314,12 @@ pub trait SocketSource: Send {
     /// packets (`Some`, possibly empty); `None` for sources that cannot.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
         None
+    }
+    /// Whether this source sees packets (and so yields DNS events itself):
+    /// the agent runs the DNS-only capture beside the others
+    /// (`dns_capture`).
+    fn sees_packets(&self) -> bool {
+        false
     }
     /// The host's TCP sockets counted by state, for sources that can count
     /// them more cheaply than the host collector's `sock_diag` dump (`None`:

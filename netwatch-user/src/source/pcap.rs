@@ -48,8 +48,13 @@
 //! while they had an owner.
 //!
 //! # DNS
-//! Port-53 UDP payloads become [`DnsEvent`]s (see [`dns`]), handed out by
-//! [`SocketSource::take_dns_events`]; the snapshot builds the analytics.
+//! Port-53 UDP payloads and the messages of DNS over TCP (port 53, framed
+//! by their length prefix and read once per stream byte, see [`dns`])
+//! become [`DnsEvent`]s, handed out by [`SocketSource::take_dns_events`];
+//! the snapshot builds the analytics. Only the first
+//! [`PcapConfig::snaplen`] bytes of a packet are captured: a DNS-over-TCP
+//! segment cut where a message's length or head lies loses that
+//! connection's framing (counted in [`CaptureStats::dns_tcp_desyncs`]).
 //!
 //! # TCP events
 //! SYNs (without ACK) and resets become [`TcpEvent`]s, handed out by
@@ -72,6 +77,8 @@
 //! - DNS messages and TCP events between two reads (`pcap_dns_events`,
 //!   `pcap_tcp_events`): [`MAX_DNS_EVENTS`], [`MAX_TCP_EVENTS`], the rest
 //!   refused;
+//! - DNS-over-TCP directions (`dns_tcp_streams`):
+//!   [`dns::MAX_TCP_DIRECTIONS`], a new one past that is not read;
 //! - socket-less flows per read (`pcap_unowned_flows`):
 //!   [`MAX_UNOWNED_FLOWS`] get a row each, the bytes of the others are
 //!   summed into one row per protocol (no address, no owner): kept, not
@@ -82,7 +89,8 @@
 //! Every socket in the table is reported, with zero counters if no payload
 //! was seen. On `any`, UDP crossing several interfaces of this host
 //! (bridges, veth, tunnels) is seen once per interface, and so is TCP whose
-//! 5-tuple is rewritten on the way (NAT). DNS over TCP is not parsed.
+//! 5-tuple is rewritten on the way (NAT); a DNS message is one event
+//! however many interfaces it was captured on ([`dns::DnsReader`]).
 
 pub mod dns;
 pub mod frame;
@@ -187,8 +195,15 @@ pub struct CaptureStats {
     /// Packets not counted because too many distinct flows arrived
     /// between two reads (lost records).
     pub flow_overflow: u64,
-    /// Port-53 UDP payloads that were not readable DNS.
+    /// Port-53 UDP payloads and DNS-over-TCP messages that were not
+    /// readable DNS.
     pub dns_malformed: u64,
+    /// DNS-over-TCP directions whose framing was lost (a segment missed
+    /// or cut by the snapshot length): read no more.
+    pub dns_tcp_desyncs: u64,
+    /// Copies of a DNS message captured on another interface (the same
+    /// bytes within [`dns::DUPLICATE_WINDOW`]): one event only.
+    pub dns_duplicates: u64,
     /// DNS messages not reported because too many arrived between two
     /// reads (lost records).
     pub dns_overflow: u64,
@@ -259,7 +274,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 struct Shared {
     flows: HashMap<FlowKey, FlowCount>,
     streams: Streams,
-    dns: Vec<DnsEvent>,
+    dns: dns::DnsReader,
     /// SYNs and resets, for the alert detectors (locality filled at read).
     tcp_events: Vec<TcpEvent>,
     /// Both directions of the connected sockets the last read's scan saw
@@ -372,19 +387,11 @@ impl Shared {
                 }
             }
         }
-        if p.protocol == Protocol::Udp && (src.port() == 53 || dst.port() == 53) {
-            let (event, malformed) = dns::event(p.payload, src, dst, arrival, captured);
-            if malformed {
-                self.stats.dns_malformed += 1;
-            }
-            if let Some(e) = event {
-                if self.dns.len() < MAX_DNS_EVENTS {
-                    self.dns.push(e);
-                } else {
-                    self.stats.dns_overflow += 1;
-                }
-            }
-        }
+        self.dns.packet(&p, src, dst, arrival, captured);
+        self.stats.dns_malformed = self.dns.malformed;
+        self.stats.dns_overflow = self.dns.overflow;
+        self.stats.dns_tcp_desyncs = self.dns.tcp().desyncs();
+        self.stats.dns_duplicates = self.dns.duplicates;
     }
 }
 
@@ -393,6 +400,7 @@ impl Shared {
     /// `now` (on the scale of the arrival times).
     fn expire(&mut self, now: Duration) {
         self.streams.expire(now);
+        self.dns.expire(now);
     }
 }
 
@@ -423,8 +431,9 @@ pub struct PcapSource {
     /// The capture's read timeout: the longest a captured packet waits in
     /// libpcap's buffer before the capture thread sees it.
     timeout: Duration,
-    /// Untracked TCP segments and DNS overflow already reported as drops.
-    reported: (u64, u64),
+    /// Untracked TCP segments, DNS overflow and refused DNS-over-TCP
+    /// directions already reported as drops.
+    reported: (u64, u64, u64),
 }
 
 impl std::fmt::Debug for PcapSource {
@@ -451,38 +460,7 @@ impl PcapSource {
     /// Open the capture as `config` says and start the capture thread.
     /// Counting starts now.
     pub fn with_config(config: PcapConfig) -> Result<Self, PcapError> {
-        let device = config.device.clone().unwrap_or_else(|| "any".to_string());
-        let open_err = |source: pcap::Error| {
-            let hint = open_hint(&source.to_string());
-            PcapError::Open {
-                device: device.clone(),
-                source,
-                hint,
-            }
-        };
-        let mut cap = Capture::from_device(device.as_str())
-            .map_err(open_err)?
-            .snaplen(config.snaplen.max(128))
-            .buffer_size(config.buffer_size)
-            .timeout(config.timeout_ms.max(1))
-            .immediate_mode(config.immediate)
-            .promisc(false)
-            .open()
-            .map_err(open_err)?;
-        let dlt = cap.get_datalink();
-        let link = LinkType::from_dlt(dlt.0).ok_or_else(|| PcapError::UnsupportedLinkType {
-            device: device.clone(),
-            dlt: dlt.0,
-            name: dlt.get_name().unwrap_or_else(|_| "unknown".into()),
-        })?;
-        if let Some(filter) = &config.filter {
-            cap.filter(filter, true)
-                .map_err(|source| PcapError::Filter {
-                    device: device.clone(),
-                    filter: filter.clone(),
-                    source,
-                })?;
-        }
+        let (mut cap, link, device) = open_capture(&config)?;
         let breaker = cap.breakloop_handle();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -537,7 +515,7 @@ impl PcapSource {
             joiner: FlowJoiner::default(),
             local_ips: HashSet::new(),
             timeout: Duration::from_millis(config.timeout_ms.max(1) as u64),
-            reported: (0, 0),
+            reported: (0, 0, 0),
         };
         source.refresh_local_ips();
         Ok(source)
@@ -590,7 +568,7 @@ impl SocketSource for PcapSource {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
-        let (flows, refused_flows, refused_tcp, untracked, dns_overflow) = {
+        let (flows, refused_flows, refused_tcp, untracked, dns_overflow, dns_tcp_refused) = {
             let mut sh = lock(&self.shared);
             let refused = (
                 std::mem::take(&mut sh.refused_flows),
@@ -611,6 +589,7 @@ impl SocketSource for PcapSource {
                 refused.1,
                 untracked,
                 dns_overflow,
+                sh.dns.tcp().refused(),
             )
         };
         crate::drops::dropped("pcap_flows", MAX_FLOWS, refused_flows);
@@ -625,7 +604,12 @@ impl SocketSource for PcapSource {
             MAX_DNS_EVENTS,
             dns_overflow.saturating_sub(self.reported.1),
         );
-        self.reported = (untracked, dns_overflow);
+        crate::drops::dropped(
+            "dns_tcp_streams",
+            dns::MAX_TCP_DIRECTIONS,
+            dns_tcp_refused.saturating_sub(self.reported.2),
+        );
+        self.reported = (untracked, dns_overflow, dns_tcp_refused);
         // The capture thread ends only when stopped or given up on.
         if let Some(t) = self.thread.as_ref().filter(|t| t.is_finished()) {
             anyhow::bail!(
@@ -678,7 +662,11 @@ impl SocketSource for PcapSource {
     /// The DNS messages captured since the previous call (the first call:
     /// since the capture opened). Always `Some`: a capture sees DNS.
     fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
-        Some(std::mem::take(&mut lock(&self.shared).dns))
+        Some(lock(&self.shared).dns.take())
+    }
+
+    fn sees_packets(&self) -> bool {
+        true
     }
 
     /// The SYNs and resets captured since the previous call, each side
@@ -705,6 +693,48 @@ impl Drop for PcapSource {
         self.breaker.breakloop();
         drop(self.thread.take());
     }
+}
+
+/// Open a live capture as `config` says (device, snapshot length, buffer,
+/// timeout, filter; never promiscuous): the handle, its link type and the
+/// device's name. Shared by this source and the DNS-only capture
+/// (`crate::source::dns_capture`).
+pub(crate) fn open_capture(
+    config: &PcapConfig,
+) -> Result<(Capture<Active>, LinkType, String), PcapError> {
+    let device = config.device.clone().unwrap_or_else(|| "any".to_string());
+    let open_err = |source: pcap::Error| {
+        let hint = open_hint(&source.to_string());
+        PcapError::Open {
+            device: device.clone(),
+            source,
+            hint,
+        }
+    };
+    let mut cap = Capture::from_device(device.as_str())
+        .map_err(open_err)?
+        .snaplen(config.snaplen.max(128))
+        .buffer_size(config.buffer_size)
+        .timeout(config.timeout_ms.max(1))
+        .immediate_mode(config.immediate)
+        .promisc(false)
+        .open()
+        .map_err(open_err)?;
+    let dlt = cap.get_datalink();
+    let link = LinkType::from_dlt(dlt.0).ok_or_else(|| PcapError::UnsupportedLinkType {
+        device: device.clone(),
+        dlt: dlt.0,
+        name: dlt.get_name().unwrap_or_else(|_| "unknown".into()),
+    })?;
+    if let Some(filter) = &config.filter {
+        cap.filter(filter, true)
+            .map_err(|source| PcapError::Filter {
+                device: device.clone(),
+                filter: filter.clone(),
+                source,
+            })?;
+    }
+    Ok((cap, link, device))
 }
 
 fn open_hint(message: &str) -> &'static str {
@@ -862,7 +892,7 @@ impl Resolver {
 }
 
 /// A capture timestamp as time since the Unix epoch (0 if before it).
-fn timestamp(tv: libc::timeval) -> Duration {
+pub(crate) fn timestamp(tv: libc::timeval) -> Duration {
     let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
     let micros = u64::try_from(tv.tv_usec).unwrap_or(0).min(999_999);
     Duration::from_secs(secs) + Duration::from_micros(micros)
@@ -1690,13 +1720,93 @@ mod tests {
         assert_eq!(s.stats.decode_errors, 1);
         assert_eq!(s.stats.packets, 3);
         assert_eq!(s.stats.lost_records(), 1);
-        assert_eq!(s.dns.len(), 1);
+        let events = s.dns.take();
+        assert_eq!(events.len(), 1);
         assert_eq!(
-            s.dns[0].kind,
+            events[0].kind,
             crate::source::DnsEventKind::Query {
                 name: Some("a.example.com".into())
             }
         );
+    }
+
+    /// `--mode pcap` reads DNS over TCP too: two messages in one segment,
+    /// a retransmission of it (not counted again), and the answers; the
+    /// stream's bytes count once as before.
+    #[test]
+    fn pcap_mode_reads_dns_over_tcp_once_per_message() {
+        use frame::tests::{ethernet, ipv4, tcp, TCP};
+        let framed = |id: u16, response: bool, name: &str| {
+            let m = dns::build_message(
+                id,
+                response,
+                if name.starts_with("nx.") { 3 } else { 0 },
+                name,
+                1,
+            );
+            let mut v = (m.len() as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(&m);
+            v
+        };
+        let segment = |sport: u16, dport: u16, seq: u32, payload: &[u8]| {
+            let mut t = tcp(sport, dport, 0, payload);
+            t[4..8].copy_from_slice(&seq.to_be_bytes());
+            ethernet(
+                0x0800,
+                &[],
+                &ipv4([127, 0, 0, 1], [127, 0, 0, 1], TCP, 0, 0, &t),
+            )
+        };
+        let mut s = Shared::default();
+        let mut see = |f: &[u8]| {
+            s.observe(
+                LinkType::Ethernet,
+                f,
+                f.len(),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
+        };
+        let mut queries = framed(1, false, "a.example.com");
+        queries.extend(framed(2, false, "nx.example.com"));
+        let answers = [
+            framed(1, true, "a.example.com"),
+            framed(2, true, "nx.example.com"),
+        ]
+        .concat();
+        see(&segment(40000, 53, 100, &queries));
+        see(&segment(40000, 53, 100, &queries));
+        see(&segment(53, 40000, 700, &answers));
+        let got: Vec<_> = s
+            .dns
+            .take()
+            .into_iter()
+            .map(|e| (e.id, e.protocol, e.kind))
+            .collect();
+        use crate::source::DnsEventKind::{Query, Response};
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    Protocol::Tcp,
+                    Query {
+                        name: Some("a.example.com".into())
+                    }
+                ),
+                (
+                    2,
+                    Protocol::Tcp,
+                    Query {
+                        name: Some("nx.example.com".into())
+                    }
+                ),
+                (1, Protocol::Tcp, Response { rcode: 0 }),
+                (2, Protocol::Tcp, Response { rcode: 3 }),
+            ]
+        );
+        assert_eq!(s.stats.dns_malformed, 0);
+        assert_eq!(s.stats.repeated_bytes, queries.len() as u64);
     }
 
     /// A UDP datagram of `n` payload bytes from 127.0.0.1:`sport` to
@@ -1918,7 +2028,7 @@ mod tests {
             )
         };
         let mut tick = |s: &mut Shared, t: &mut DnsTracker| {
-            for e in std::mem::take(&mut s.dns) {
+            for e in s.dns.take() {
                 t.observe(&e);
             }
             let a = t.take(c.mono());
