@@ -1,42 +1,46 @@
-//! The default mode's per-process quality figures, end to end: the real
-//! agent (the library's `Agent` on the kernel collector, the best tier this
-//! kernel allows) builds a snapshot while this process makes faults of its
-//! own over a veth pair (nftables in namespaces of the test's own): its
-//! row's `tcp_quality` carries exactly the retransmits `TCP_INFO` counted,
-//! the connects it made and the refused ones, its connection row the
-//! socket's own figures, and the snapshot still reads in netwatch-sdk 0.3.2.
-//! Needs root (BPF, namespaces, nftables).
+//! The default mode's per-process quality figures, end to end, on every
+//! hook tier: the real agent (the library's `Agent` on the kernel
+//! collector forced to one tier, with the DNS capture beside it) builds
+//! snapshots while this process makes faults of its own over a veth pair
+//! (nftables in namespaces of the test's own) and asks a DNS server of its
+//! own: its row's `tcp_quality` carries exactly the retransmits `TCP_INFO`
+//! counted, the connects it made and the refused ones, its `dns` exactly
+//! its lookups, its connection row the socket's own figures, and the
+//! snapshots still read in netwatch-sdk 0.3.2. Runs on the host and in
+//! both QEMU guests (`cargo xtask test`). Needs root (BPF, namespaces,
+//! nftables, a capture).
 
 #[path = "common/netns.rs"]
 mod netns;
+#[path = "common/tiers.rs"]
+mod tiers;
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns::{Side, VethPair};
 use netwatch::agent::Agent;
-use netwatch::source::ebpf::{EbpfSource, LoadOptions, TierChoice};
-use netwatch_common::wire::{CollectorInfo, Snapshot};
+use netwatch::source::dns_capture::DnsCapture;
+use netwatch::source::ebpf::tier::Tier;
+use netwatch::source::ebpf::EbpfSource;
+use netwatch::source::pcap::dns;
+use netwatch_common::wire::{CollectorInfo, ProcessDns, ProcessTcpQuality, Snapshot};
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test NEEDS ROOT: it loads BPF programs and makes namespaces; run it as root"
-    );
+/// One tier at a time: the figures are this process's.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn agent() -> Agent {
-    let src = EbpfSource::load(&LoadOptions {
-        tier: TierChoice::Auto,
-        max_sockets: 65536,
-        ringbuf_bytes: 1 << 20,
-        drain_thread: true,
-        pin: None,
-    })
-    .unwrap_or_else(|e| panic!("no eBPF tier loads on this kernel: {e}"));
+/// The agent on `src`, with a DNS capture opened in the client's namespace.
+fn agent(src: EbpfSource, pair: &VethPair) -> Agent {
+    let capture = pair
+        .enter(Side::Client, || DnsCapture::open(None))
+        .unwrap_or_else(|e| panic!("the DNS capture: {e}"));
     let info = CollectorInfo {
         source: "ebpf".into(),
         ebpf_tier: None,
@@ -53,6 +57,96 @@ fn agent() -> Agent {
         Vec::new(),
         Instant::now(),
     )
+    .with_dns_feed(Box::new(capture))
+}
+
+/// A DNS server on UDP port 53 of `pair`'s server end, answering NXDOMAIN
+/// for names under `nx.` and an empty answer otherwise, until dropped.
+struct DnsServer {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    fn start(pair: &VethPair) -> Self {
+        let addr = SocketAddr::from((pair.server_ip, 53));
+        let udp = pair.enter(Side::Server, || {
+            UdpSocket::bind(addr).expect("binding the DNS server")
+        });
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("a read timeout");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = udp.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(m) = dns::parse(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = m.question else { continue };
+                let rcode = if q.name.starts_with("nx.") { 3 } else { 0 };
+                let answer = dns::build_message(m.header.id, true, rcode, &q.name, q.qtype);
+                let _ = udp.send_to(&answer, from);
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This process's figures summed over snapshots.
+#[derive(Debug, Default)]
+struct Own {
+    tcp: ProcessTcpQuality,
+    dns: ProcessDns,
+    connect_ms: usize,
+    rtt: usize,
+}
+
+impl Own {
+    fn add(&mut self, snap: &Snapshot) {
+        let me = std::process::id();
+        for p in snap
+            .processes
+            .iter()
+            .flatten()
+            .filter(|p| p.pid == Some(me))
+        {
+            if let Some(q) = &p.tcp_quality {
+                let t = &mut self.tcp;
+                t.retransmits += q.retransmits;
+                t.retransmitted_bytes += q.retransmitted_bytes;
+                t.connects += q.connects;
+                t.connects_refused += q.connects_refused;
+                t.connects_timed_out += q.connects_timed_out;
+                t.connects_unreachable += q.connects_unreachable;
+                t.connects_failed_other += q.connects_failed_other;
+                self.connect_ms += usize::from(q.connect_ms_avg.is_some());
+                self.rtt += usize::from(q.rtt_us_avg.is_some());
+            }
+            if let Some(d) = &p.dns {
+                self.dns.queries += d.queries;
+                self.dns.responses += d.responses;
+                self.dns.failures += d.failures;
+                self.dns.nxdomain += d.nxdomain;
+                self.dns.unanswered += d.unanswered;
+            }
+        }
+    }
 }
 
 /// Send `n` bytes over `c` while a thread reads them all from `listener`'s
@@ -81,12 +175,15 @@ fn send_all(c: &mut TcpStream, srv: &mut TcpStream, n: usize) {
     });
 }
 
-#[test]
-fn a_process_row_carries_its_retransmits_and_connects_exactly() {
-    require_root();
-    let mut agent = agent();
-    agent.prime();
+fn quality_rows(tier: Tier) {
+    let _serial = serial();
+    let Some(src) = tiers::load_or_skip(tier) else {
+        return;
+    };
     let pair = VethPair::new("qrow");
+    let _dns = DnsServer::start(&pair);
+    let mut agent = agent(src, &pair);
+    agent.prime();
     let (data_port, refused_port) = (7200, 7201);
     let server = SocketAddr::from((pair.server_ip, data_port));
     let listener = pair.enter(Side::Server, || TcpListener::bind(server).expect("bind"));
@@ -104,11 +201,7 @@ fn a_process_row_carries_its_retransmits_and_connects_exactly() {
              tcp dport {refused_port} reject with tcp reset\n }}\n}}\n"
         ),
     );
-    let n = if std::env::var_os("NETWATCH_GUEST").is_some() {
-        1 << 20
-    } else {
-        8 << 20
-    };
+    let n = if tiers::guest() { 1 << 20 } else { 8 << 20 };
     send_all(&mut c, &mut srv, n);
     let info = netns::wait_all_acked(&c, Duration::from_secs(60));
     assert!(
@@ -124,49 +217,101 @@ fn a_process_row_carries_its_retransmits_and_connects_exactly() {
             .expect_err("a connect to the rejected port");
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
     }
-    // The connect results and retransmit counts reach the agent through
-    // ring buffers and maps read at the tick: one snapshot covers them.
-    let snap = agent.snapshot();
-    let me = std::process::id();
-    let row = snap
-        .processes
-        .iter()
-        .flatten()
-        .find(|p| p.pid == Some(me))
-        .unwrap_or_else(|| panic!("no row for this process ({me})"));
-    let q = row
-        .tcp_quality
-        .clone()
-        .unwrap_or_else(|| panic!("no tcp_quality on our row: {row:?}"));
+    // Four lookups, one of them NXDOMAIN, from one UDP socket.
+    const NAMES: [&str; 4] = [
+        "a.example.com",
+        "nx.example.com",
+        "b.example.net",
+        "c.example.org",
+    ];
+    pair.enter(Side::Client, || {
+        let udp = UdpSocket::bind("0.0.0.0:0").expect("a client socket");
+        udp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        for (id, name) in (1u16..).zip(NAMES) {
+            let to = SocketAddr::from((pair.server_ip, 53));
+            udp.send_to(&dns::build_message(id, false, 0, name, 1), to)
+                .expect("a query");
+            let mut buf = [0u8; 1500];
+            udp.recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no answer to {name}: {e}"));
+        }
+    });
+    // Counters reach the agent through maps, ring buffers and the capture
+    // thread: snapshots until the lookups are in (each interval's figures
+    // are its own, so they add up), then one more.
+    let mut own = Own::default();
+    let mut snaps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snap = agent.snapshot();
+        own.add(&snap);
+        snaps.push(snap);
+        if own.dns.responses >= NAMES.len() as u64 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = agent.snapshot();
+    own.add(&last);
+    snaps.push(last);
+    let q = &own.tcp;
     assert_eq!(
         (q.retransmits, q.retransmitted_bytes),
         (u64::from(info.tcpi_total_retrans), info.tcpi_bytes_retrans),
-        "our row's retransmits against the socket's TCP_INFO"
+        "{tier}: our row's retransmits against the socket's TCP_INFO"
     );
     assert_eq!(
         (q.connects, q.connects_refused, q.connect_failures()),
         (1 + REFUSED, REFUSED, REFUSED),
-        "{q:?}"
+        "{tier}: {q:?}"
     );
-    assert!(
-        q.connect_ms_avg.is_some() && q.rtt_us_avg.is_some(),
-        "{q:?}"
+    assert!(own.connect_ms >= 1 && own.rtt >= 1, "{tier}: {own:?}");
+    let d = &own.dns;
+    assert_eq!(
+        (d.queries, d.responses, d.failures, d.nxdomain, d.unanswered),
+        (4, 4, 1, 1, 0),
+        "{tier}: our row's DNS figures"
     );
-    // The client connection's own row.
+    let a = snaps.iter().filter_map(|s| s.dns_analytics.as_ref());
+    assert_eq!(
+        a.map(|a| a.total_queries).sum::<u64>(),
+        4,
+        "{tier}: dns_analytics"
+    );
+    // The client connection's own row (cumulative), in the last snapshot
+    // that listed it.
     let local = c.local_addr().expect("local address").to_string();
-    let conn = snap
-        .connections
+    let cq = snaps
         .iter()
-        .flatten()
-        .find(|k| k.local_addr == local && k.pid == Some(me))
-        .unwrap_or_else(|| panic!("no connection row for {local}"));
-    let cq = conn.tcp_quality.clone().expect("the connection's quality");
+        .rev()
+        .flat_map(|s| s.connections.iter().flatten())
+        .find(|k| k.local_addr == local && k.pid == Some(std::process::id()))
+        .and_then(|k| k.tcp_quality.clone())
+        .unwrap_or_else(|| panic!("{tier}: no connection row with quality for {local}"));
     assert_eq!(
         (cq.retransmits, cq.retransmitted_bytes),
         (u64::from(info.tcpi_total_retrans), info.tcpi_bytes_retrans)
     );
     assert!(cq.connect_ms.is_some(), "{cq:?}");
-    sdk_reads(&snap);
+    for snap in &snaps {
+        sdk_reads(snap);
+    }
+}
+
+#[test]
+fn quality_rows_tracepoint_tier() {
+    quality_rows(Tier::Tracepoint);
+}
+
+#[test]
+fn quality_rows_kprobe_tier() {
+    quality_rows(Tier::Kprobe);
+}
+
+#[test]
+fn quality_rows_fentry_tier() {
+    quality_rows(Tier::Fentry);
 }
 
 /// netwatch-sdk 0.3.2 reads the snapshot, additive fields and all.

@@ -17,6 +17,10 @@
 #[path = "common/netns.rs"]
 mod netns;
 
+#[path = "common/tiers.rs"]
+mod tiers;
+use tiers::*;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use netns::{Side, VethPair};
 use netwatch::source::ebpf::tier::Tier;
-use netwatch::source::ebpf::{EbpfSource, LoadError, LoadOptions, TierChoice};
+use netwatch::source::ebpf::EbpfSource;
 use netwatch::source::{ConnectOutcome, SocketSource, TcpCounters, TcpEvent, TcpEventKind};
 
 // ---------- environment (as in ebpf_tiers.rs) ----------
@@ -35,66 +39,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     KERNEL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the connect tests load BPF programs and make network namespaces: they must run as root (run `cargo xtask test`)"
-    );
-}
-
-fn required_tiers() -> Vec<String> {
-    std::env::var("NETWATCH_REQUIRE_TIERS")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// Why `tier` cannot exist on this kernel, if it cannot.
-fn genuinely_unavailable(tier: Tier, err: &LoadError) -> Option<String> {
-    let msg = err.to_string();
-    match tier {
-        Tier::Tracepoint => {
-            let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").ok()?;
-            btf.resolve_ids_by_name("btf_trace_sock_send_length")
-                .map_or(true, |ids| ids.is_empty())
-                .then(|| format!("sock:sock_send_length does not exist (Linux < 6.3): {msg}"))
-        }
-        Tier::Kprobe => (!std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists())
-            .then(|| "the kernel has no kprobe PMU (CONFIG_KPROBES is not set)".to_string()),
-        Tier::Fentry => msg
-            .contains("EPERM")
-            .then(|| format!("the kernel refuses BPF trampolines: {msg}")),
-    }
-}
-
-fn load_or_skip(tier: Tier) -> Option<EbpfSource> {
-    require_root();
-    let opts = LoadOptions {
-        tier: TierChoice::Only(tier),
-        ..LoadOptions::default()
-    };
-    match EbpfSource::load(&opts) {
-        Ok(src) => {
-            println!("NETWATCH-TIER {tier}: loaded and attached");
-            Some(src)
-        }
-        Err(e) => {
-            let required = required_tiers().iter().any(|t| t == tier.name());
-            match genuinely_unavailable(tier, &e) {
-                Some(why) if !required => {
-                    println!("NETWATCH-TIER {tier}: SKIPPED, unavailable on this kernel: {why}");
-                    None
-                }
-                _ => panic!("{tier} tier failed to load on a kernel that should allow it: {e}"),
-            }
-        }
-    }
 }
 
 // ---------- sockets ----------

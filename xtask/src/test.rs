@@ -118,6 +118,14 @@ const GUEST_RETRANS_TESTS: &[&str] = &[
     "tcp_retransmits_tracepoint_tier",
     "tcp_retransmits_before_attach_are_not_counted",
 ];
+/// The end-to-end quality tests (`quality_rows`): the library agent on
+/// each tier with the DNS capture, a veth pair, nftables and a DNS server
+/// of their own.
+const GUEST_QUALITY_TESTS: &[&str] = &[
+    "quality_rows_fentry_tier",
+    "quality_rows_kprobe_tier",
+    "quality_rows_tracepoint_tier",
+];
 /// Where iproute2 puts `ss` on the host.
 const HOST_SS: &str = "/usr/bin/ss";
 /// The host's `bpftool`, which the nesting tests compare the agent's
@@ -196,6 +204,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
     let fault_tools = vm::net_fault_tools()?;
     let connect_bin = test_binary("tcp_connects")?;
     let retrans_bin = test_binary("tcp_retransmits")?;
+    let quality_bin = test_binary("quality_rows")?;
     if !Path::new(HOST_SS).exists() {
         bail!("the guest seeding tests need {HOST_SS} on the host (apt-get install iproute2)");
     }
@@ -244,6 +253,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 .chain(GUEST_FAULT_TESTS.iter().map(|name| (&fault_bin, name)))
                 .chain(GUEST_CONNECT_TESTS.iter().map(|name| (&connect_bin, name)))
                 .chain(GUEST_RETRANS_TESTS.iter().map(|name| (&retrans_bin, name)))
+                .chain(GUEST_QUALITY_TESTS.iter().map(|name| (&quality_bin, name)))
                 .map(|(bin, name)| {
                     Ok(GuestCommand::cargo_test(bin, name)?
                         .env("NETWATCH_REQUIRE_TIERS", kernel.required_tiers)
@@ -271,6 +281,7 @@ fn guest_tests(sequential: bool) -> Result<Vec<(String, Duration)>> {
                 fault_bin.clone(),
                 connect_bin.clone(),
                 retrans_bin.clone(),
+                quality_bin.clone(),
                 PathBuf::from(HOST_SS),
                 PathBuf::from(HOST_BPFTOOL),
             ];
