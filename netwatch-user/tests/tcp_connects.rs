@@ -275,9 +275,13 @@ fn connects_and_resets(tier: Tier, mut src: EbpfSource) {
             took >= Duration::from_secs(1),
             "{tier}: {took:?}: the first SYN was not dropped (the retry comes after 1 s)"
         );
+        // 5 ms on real hardware; under the guests' software emulation the
+        // calls around the handshake alone take milliseconds (6 ms seen on
+        // a cold first run), so there the bound is 25 ms.
+        let bound = Duration::from_millis(if guest() { 25 } else { 5 });
         assert!(
-            took.abs_diff(*measured) <= Duration::from_millis(5),
-            "{tier}: kernel {took:?} vs connect() {measured:?}: more than 5 ms apart"
+            took.abs_diff(*measured) <= bound,
+            "{tier}: kernel {took:?} vs connect() {measured:?}: more than {bound:?} apart"
         );
         let (pids, tcp) = conns
             .get(&(*local, server(&pair, slow_port)))
