@@ -43,6 +43,7 @@ const HOST_PACKAGES: &[&str] = &[
     "kmod",
     "xz-utils",
     "zstd",
+    "binutils",
 ];
 /// Debian's rustc/cargo with their library source and clippy, and the LLVM
 /// bpf-linker links against.

@@ -41,14 +41,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pcap::{Active, BreakLoop, Capture};
+use pcap::BreakLoop;
 
 use crate::procinfo::sockets::canonical;
 use crate::source::pcap::dns::{DnsReader, MAX_TCP_DIRECTIONS};
 use crate::source::pcap::frame::{decode_captured, LinkType};
-use crate::source::pcap::{open_capture, timestamp, PcapConfig, PcapError, MAX_DNS_EVENTS};
+use crate::source::pcap::{
+    open_capture, run_capture, CaptureSink, PcapConfig, PcapError, MAX_DNS_EVENTS,
+};
 use crate::source::{DnsEvent, DnsFeed, SocketSource};
 
 /// The kernel-side filter: DNS only.
@@ -59,8 +61,6 @@ pub const SNAPLEN: i32 = 65_535;
 pub const BUFFER_BYTES: i32 = 4 << 20;
 /// libpcap's read timeout: the longest a message waits in the kernel buffer.
 pub const TIMEOUT_MS: i32 = 100;
-const STATS_EVERY: Duration = Duration::from_millis(250);
-const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters of the DNS capture since it opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -162,7 +162,13 @@ impl DnsCapture {
                 "dns_capture",
                 "netwatch-dns",
                 crate::supervise::Policy::Restart,
-                move || capture_loop(&mut cap, link, &shared, &stop),
+                move || {
+                    let mut sink = DnsSink {
+                        link,
+                        shared: &shared,
+                    };
+                    run_capture(&mut cap, "dns_capture", "the DNS capture", &stop, &mut sink)
+                },
             )
             .map_err(PcapError::Thread)?
         };
@@ -270,40 +276,22 @@ pub fn beside(source: &dyn SocketSource, enabled: bool) -> Result<DnsCapture, No
     })
 }
 
-/// Read DNS packets until stopped (`Ok`) or the capture fails (`Err`: the
-/// supervisor runs it again on the same handle after a backoff).
-fn capture_loop(
-    cap: &mut Capture<Active>,
+/// The DNS capture's thread: every packet to the DNS reader.
+struct DnsSink<'a> {
     link: LinkType,
-    shared: &Mutex<Shared>,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    let mut last_stats = Instant::now();
-    let mut last_expiry = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        crate::supervise::fault::point("dns_capture");
-        match cap.next_packet() {
-            Ok(p) => {
-                // Monotonic arrival for windows; libpcap's wall stamp for latency.
-                let at = crate::clock::mono_now();
-                let captured = timestamp(p.header.ts);
-                let wire_len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
-                lock(shared).observe(link, p.data, wire_len, at, captured);
-            }
-            Err(pcap::Error::TimeoutExpired) => {}
-            Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
-            Err(e) => return Err(format!("reading the DNS capture: {e}")),
-        }
-        if last_stats.elapsed() >= STATS_EVERY {
-            last_stats = Instant::now();
-            if let Ok(s) = cap.stats() {
-                lock(shared).kernel_drops = u64::from(s.dropped);
-            }
-        }
-        if last_expiry.elapsed() >= EXPIRE_EVERY {
-            last_expiry = Instant::now();
-            lock(shared).reader.expire(crate::clock::mono_now());
-        }
+    shared: &'a Mutex<Shared>,
+}
+
+impl CaptureSink for DnsSink<'_> {
+    fn packet(&mut self, data: &[u8], wire_len: usize, arrival: Duration, captured: Duration) {
+        lock(self.shared).observe(self.link, data, wire_len, arrival, captured);
     }
-    Ok(())
+
+    fn kernel_drops(&mut self, dropped: u64) {
+        lock(self.shared).kernel_drops = dropped;
+    }
+
+    fn expire(&mut self, now: Duration) {
+        lock(self.shared).reader.expire(now);
+    }
 }

@@ -265,9 +265,10 @@ pub const MAX_FLOWS: usize = 28_672;
 pub const MAX_DNS_EVENTS: usize = 16_384;
 /// TCP SYNs and resets kept between two reads.
 pub const MAX_TCP_EVENTS: usize = 16_384;
-const STATS_EVERY: Duration = Duration::from_millis(250);
+/// How often a capture thread reads the kernel's drop count.
+pub(crate) const STATS_EVERY: Duration = Duration::from_millis(250);
 /// How often ended and idle TCP streams are forgotten.
-const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the capture thread fills and `read` drains.
 #[derive(Debug, Default)]
@@ -492,7 +493,14 @@ impl PcapSource {
                 "pcap_capture",
                 "netwatch-pcap",
                 crate::supervise::Policy::Restart,
-                move || capture_loop(&mut cap, link, &shared, &stop, wake.as_deref()),
+                move || {
+                    let mut sink = FlowSink {
+                        link,
+                        shared: &shared,
+                        resolver: wake.as_deref(),
+                    };
+                    run_capture(&mut cap, "pcap_capture", "the capture", &stop, &mut sink)
+                },
             )
         };
         let thread = match thread {
@@ -748,52 +756,86 @@ fn open_hint(message: &str) -> &'static str {
     }
 }
 
-/// Count packets until stopped (`Ok`) or the capture fails (`Err`: the
-/// supervisor tries the same capture again after a backoff).
-fn capture_loop(
+/// What a capture thread does with what it reads ([`run_capture`]).
+pub(crate) trait CaptureSink {
+    /// One packet, read from the capture at `arrival` (the monotonic
+    /// clock: libpcap's own stamp, `captured`, is wall-clock time, which a
+    /// clock step moves); `wire_len` is its length on the wire.
+    fn packet(&mut self, data: &[u8], wire_len: usize, arrival: Duration, captured: Duration);
+    /// The kernel's count of packets it dropped for this capture.
+    fn kernel_drops(&mut self, dropped: u64);
+    /// Forget state older than its window, as of monotonic `now`.
+    fn expire(&mut self, now: Duration);
+}
+
+/// Read packets into `sink` until stopped (`Ok`) or the capture fails
+/// (`Err`, naming `what`: the supervisor tries the same capture again after
+/// a backoff). `point` names the thread for fault injection. Kernel drops
+/// are read every [`STATS_EVERY`], state expired every [`EXPIRE_EVERY`].
+pub(crate) fn run_capture(
     cap: &mut Capture<Active>,
-    link: LinkType,
-    shared: &Mutex<Shared>,
+    point: &'static str,
+    what: &str,
     stop: &AtomicBool,
-    resolver: Option<&Resolver>,
+    sink: &mut impl CaptureSink,
 ) -> Result<(), String> {
     let mut last_stats = Instant::now();
     let mut last_expiry = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        crate::supervise::fault::point("pcap_capture");
+        crate::supervise::fault::point(point);
         match cap.next_packet() {
             Ok(p) => {
-                // Read now, on the monotonic clock: libpcap's own stamp is
-                // wall-clock time, which a clock step moves.
                 let arrival = crate::clock::mono_now();
                 let captured = timestamp(p.header.ts);
                 let wire_len = usize::try_from(p.header.len).unwrap_or(usize::MAX);
-                let opened = {
-                    let mut s = lock(shared);
-                    s.observe(link, p.data, wire_len, arrival, captured);
-                    std::mem::take(&mut s.opened)
-                };
-                if let (true, Some(r)) = (opened, resolver) {
-                    r.wake();
-                }
+                sink.packet(p.data, wire_len, arrival, captured);
             }
             Err(pcap::Error::TimeoutExpired) => {}
             // Woken by pcap_breakloop (reported as "no more packets").
             Err(_) if stop.load(Ordering::Relaxed) => return Ok(()),
-            Err(e) => return Err(format!("reading the capture: {e}")),
+            Err(e) => return Err(format!("reading {what}: {e}")),
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
             if let Ok(s) = cap.stats() {
-                lock(shared).stats.kernel_drops = u64::from(s.dropped);
+                sink.kernel_drops(u64::from(s.dropped));
             }
         }
         if last_expiry.elapsed() >= EXPIRE_EVERY {
             last_expiry = Instant::now();
-            lock(shared).expire(crate::clock::mono_now());
+            sink.expire(crate::clock::mono_now());
         }
     }
     Ok(())
+}
+
+/// The pcap source's capture thread: counts flows, wakes the rescan
+/// thread when a connection opens.
+struct FlowSink<'a> {
+    link: LinkType,
+    shared: &'a Mutex<Shared>,
+    resolver: Option<&'a Resolver>,
+}
+
+impl CaptureSink for FlowSink<'_> {
+    fn packet(&mut self, data: &[u8], wire_len: usize, arrival: Duration, captured: Duration) {
+        let opened = {
+            let mut s = lock(self.shared);
+            s.observe(self.link, data, wire_len, arrival, captured);
+            std::mem::take(&mut s.opened)
+        };
+        if let (true, Some(r)) = (opened, self.resolver) {
+            r.wake();
+        }
+    }
+
+    fn kernel_drops(&mut self, dropped: u64) {
+        lock(self.shared).stats.kernel_drops = dropped;
+    }
+
+    fn expire(&mut self, now: Duration) {
+        lock(self.shared).expire(now);
+    }
 }
 
 /// Socket tables learned from rescans, kept between two reads.

@@ -149,7 +149,8 @@ impl Initramfs {
             self.entries.remove(&applet);
             eprintln!("xtask vm: {guest} replaces the busybox applet {applet}");
         }
-        self.add_binary_at(binary, &guest)?;
+        let stripped = without_debug_info(binary)?;
+        self.add_binary_at(&stripped, &guest)?;
         Ok(guest)
     }
 
@@ -446,6 +447,50 @@ fn parse_ldd(stdout: &str) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+/// A copy of `binary` without its debug sections (symbols kept, so a
+/// panic's backtrace still names functions), cached in `target/vm/stripped`
+/// and made again when the binary is newer. Debug test binaries are
+/// 100-200 MiB with their DWARF and 10-20 without: a guest with 1 GiB of
+/// memory holds the initramfs in RAM, so only stripped copies of several
+/// test binaries fit.
+fn without_debug_info(binary: &Path) -> Result<PathBuf> {
+    let name = binary
+        .file_name()
+        .with_context(|| format!("{}: no file name", binary.display()))?;
+    let dir = crate::vm::workspace_root().join("target/vm/stripped");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(name);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(src), Some(copy)) = (modified(binary), modified(&out)) {
+        if copy >= src {
+            return Ok(out);
+        }
+    }
+    let objcopy = host::ensure_tool("objcopy", "binutils")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let status = Command::new(objcopy)
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running objcopy --strip-debug on {}", binary.display()))?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "objcopy --strip-debug {} failed ({status})",
+            binary.display()
+        );
+    }
+    std::fs::rename(&tmp, &out)
+        .with_context(|| format!("moving {} to {}", tmp.display(), out.display()))?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -932,6 +932,26 @@ mod tests {
         ui
     }
 
+    /// No cell of the rendered `w`×`h` screen holds a raw control character.
+    fn assert_no_control_cells(s: &Snapshot, ui: &UiState, w: u16, h: u16) {
+        let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+        t.draw(|f| {
+            let area = f.area();
+            draw(f.buffer_mut(), area, Some(s), ui)
+        })
+        .unwrap();
+        let buf = t.backend().buffer();
+        for y in 0..h {
+            for x in 0..w {
+                let sym = buf[(x, y)].symbol();
+                assert!(
+                    !sym.chars().any(char::is_control),
+                    "a raw control character in cell ({x}, {y}): {sym:?}"
+                );
+            }
+        }
+    }
+
     fn screen(s: Option<&Snapshot>, ui: &UiState, w: u16, h: u16) -> Vec<String> {
         let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
         t.draw(|f| {
@@ -1059,22 +1079,7 @@ mod tests {
         });
         // Select the hostile row: its connections and name head the pane.
         ui.act(Action::End, Some(&s), 10);
-        let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
-        t.draw(|f| {
-            let area = f.area();
-            draw(f.buffer_mut(), area, Some(&s), &ui)
-        })
-        .unwrap();
-        let buf = t.backend().buffer();
-        for y in 0..40 {
-            for x in 0..120 {
-                let sym = buf[(x, y)].symbol();
-                assert!(
-                    !sym.chars().any(char::is_control),
-                    "a raw control character in cell ({x}, {y}): {sym:?}"
-                );
-            }
-        }
+        assert_no_control_cells(&s, &ui, 120, 40);
         let got = screen(Some(&s), &ui, 120, 40);
         assert_eq!(
             got[1],
@@ -1136,22 +1141,7 @@ mod tests {
         let mut ui = state(&s);
         ui.act(Action::ToggleColumns, Some(&s), 10);
         ui.act(Action::End, Some(&s), 10);
-        let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
-        t.draw(|f| {
-            let area = f.area();
-            draw(f.buffer_mut(), area, Some(&s), &ui)
-        })
-        .unwrap();
-        let buf = t.backend().buffer();
-        for y in 0..40 {
-            for x in 0..120 {
-                let sym = buf[(x, y)].symbol();
-                assert!(
-                    !sym.chars().any(char::is_control),
-                    "a raw control character in cell ({x}, {y}): {sym:?}"
-                );
-            }
-        }
+        assert_no_control_cells(&s, &ui, 120, 40);
         let got = screen(Some(&s), &ui, 120, 40);
         assert_eq!(
             got[6],
