@@ -9,6 +9,10 @@
 //! printed, unless listed in `NETWATCH_REQUIRE_TIERS` (comma separated).
 #![cfg(target_os = "linux")]
 
+#[path = "common/tiers.rs"]
+mod tiers;
+use tiers::*;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,45 +33,11 @@ const TCP4_BYTES: usize = 70_001;
 const TCP6_BYTES: usize = 123_457;
 const UDP_BYTES: usize = 1_234;
 
-/// The kernel is shared state: one test at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the eBPF tests load BPF programs and must run as root (run `cargo xtask test`)"
-    );
-}
-
 fn required(tier: Tier) -> bool {
     std::env::var("NETWATCH_REQUIRE_TIERS")
         .unwrap_or_default()
         .split(',')
         .any(|t| t == tier.name())
-}
-
-/// Why `tier` cannot exist on this kernel, if it cannot.
-fn genuinely_unavailable(tier: Tier, msg: &str) -> Option<String> {
-    match tier {
-        Tier::Tracepoint => {
-            let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").ok()?;
-            btf.resolve_ids_by_name("btf_trace_sock_send_length")
-                .map_or(true, |ids| ids.is_empty())
-                .then(|| format!("sock:sock_send_length does not exist (Linux < 6.3): {msg}"))
-        }
-        Tier::Kprobe => (!std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists())
-            .then(|| "the kernel has no kprobe PMU (CONFIG_KPROBES is not set)".to_string()),
-        Tier::Fentry => msg
-            .contains("EPERM")
-            .then(|| format!("the kernel refuses BPF trampolines: {msg}")),
-    }
 }
 
 fn pattern(n: usize) -> Vec<u8> {
@@ -535,7 +505,7 @@ fn seeded_sockets_listed(tier: Tier) {
     };
     let mut src = match EbpfSource::load(&opts) {
         Ok(src) => src,
-        Err(e) => match genuinely_unavailable(tier, &e.to_string()) {
+        Err(e) => match unavailable_because(tier, &e.to_string()) {
             Some(why) if !required(tier) => {
                 println!("NETWATCH-SEED {tier}: SKIPPED, unavailable on this kernel: {why}");
                 return;
@@ -780,7 +750,7 @@ fn load_tier(tier: Tier) -> Option<EbpfSource> {
     };
     match EbpfSource::load(&opts) {
         Ok(src) => Some(src),
-        Err(e) => match genuinely_unavailable(tier, &e.to_string()) {
+        Err(e) => match unavailable_because(tier, &e.to_string()) {
             Some(why) if !required(tier) => {
                 println!("NETWATCH-SEED {tier}: SKIPPED, unavailable on this kernel: {why}");
                 None

@@ -28,16 +28,6 @@ use netwatch_common::wire::ConnectionDetail;
 
 // ---------- environment ----------
 
-/// The kernel (and this process's pid, whose bytes the tests count) is
-/// shared state: tests that load programs or move bytes run one at a time
-/// even when the harness runs tests in parallel.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 // ---------- the workload ----------
 
 const TCP_SIZES: [usize; 3] = [1, 64 * 1024, 10_000_000];

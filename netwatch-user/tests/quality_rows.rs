@@ -15,26 +15,20 @@ mod netns;
 #[path = "common/tiers.rs"]
 mod tiers;
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns::{Side, VethPair};
 use netwatch::agent::Agent;
+use netwatch::snapshot::quality;
 use netwatch::source::dns_capture::DnsCapture;
 use netwatch::source::ebpf::tier::Tier;
 use netwatch::source::ebpf::EbpfSource;
 use netwatch::source::pcap::dns;
-use netwatch_common::wire::{CollectorInfo, ProcessDns, ProcessTcpQuality, Snapshot};
-
-/// One tier at a time: the figures are this process's.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use netwatch_common::wire::{
+    CollectorInfo, ProcessBandwidth, ProcessDns, ProcessTcpQuality, Snapshot,
+};
 
 /// The agent on `src`, with a DNS capture opened in the client's namespace.
 fn agent(src: EbpfSource, pair: &VethPair) -> Agent {
@@ -108,16 +102,26 @@ impl Drop for DnsServer {
     }
 }
 
-/// This process's figures summed over snapshots.
-#[derive(Debug, Default)]
+/// This process's figures summed over snapshots (by the same sum the
+/// folded `(others)` row uses), and how many of its rows had a connect
+/// time and an RTT.
 struct Own {
-    tcp: ProcessTcpQuality,
-    dns: ProcessDns,
+    row: ProcessBandwidth,
+    rtt_rows: u64,
     connect_ms: usize,
     rtt: usize,
 }
 
 impl Own {
+    fn new() -> Self {
+        Self {
+            row: ProcessBandwidth::network_only("sum".into(), None, 0, 0, 0.0, 0.0, 0),
+            rtt_rows: 0,
+            connect_ms: 0,
+            rtt: 0,
+        }
+    }
+
     fn add(&mut self, snap: &Snapshot) {
         let me = std::process::id();
         for p in snap
@@ -127,56 +131,24 @@ impl Own {
             .filter(|p| p.pid == Some(me))
         {
             if let Some(q) = &p.tcp_quality {
-                let t = &mut self.tcp;
-                t.retransmits += q.retransmits;
-                t.retransmitted_bytes += q.retransmitted_bytes;
-                t.connects += q.connects;
-                t.connects_refused += q.connects_refused;
-                t.connects_timed_out += q.connects_timed_out;
-                t.connects_unreachable += q.connects_unreachable;
-                t.connects_failed_other += q.connects_failed_other;
                 self.connect_ms += usize::from(q.connect_ms_avg.is_some());
                 self.rtt += usize::from(q.rtt_us_avg.is_some());
             }
-            if let Some(d) = &p.dns {
-                self.dns.queries += d.queries;
-                self.dns.responses += d.responses;
-                self.dns.failures += d.failures;
-                self.dns.nxdomain += d.nxdomain;
-                self.dns.unanswered += d.unanswered;
-            }
+            quality::merge(&mut self.row, p, &mut self.rtt_rows);
         }
+    }
+
+    fn tcp(&self) -> ProcessTcpQuality {
+        self.row.tcp_quality.clone().unwrap_or_default()
+    }
+
+    fn dns(&self) -> ProcessDns {
+        self.row.dns.clone().unwrap_or_default()
     }
 }
 
-/// Send `n` bytes over `c` while a thread reads them all from `listener`'s
-/// connection `srv`.
-fn send_all(c: &mut TcpStream, srv: &mut TcpStream, n: usize) {
-    std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            let mut buf = vec![0u8; 1 << 16];
-            let mut got = 0;
-            while got < n {
-                match srv.read(&mut buf).expect("server read") {
-                    0 => break,
-                    k => got += k,
-                }
-            }
-            got
-        });
-        let chunk = vec![0xa5u8; 1 << 16];
-        let mut sent = 0;
-        while sent < n {
-            let k = (n - sent).min(chunk.len());
-            c.write_all(&chunk[..k]).expect("client write");
-            sent += k;
-        }
-        assert_eq!(reader.join().expect("reader"), n);
-    });
-}
-
 fn quality_rows(tier: Tier) {
-    let _serial = serial();
+    let _serial = tiers::serial();
     let Some(src) = tiers::load_or_skip(tier) else {
         return;
     };
@@ -202,7 +174,7 @@ fn quality_rows(tier: Tier) {
         ),
     );
     let n = if tiers::guest() { 1 << 20 } else { 8 << 20 };
-    send_all(&mut c, &mut srv, n);
+    netns::send_all(&mut c, &mut srv, n);
     let info = netns::wait_all_acked(&c, Duration::from_secs(60));
     assert!(
         info.tcpi_total_retrans > 0,
@@ -240,14 +212,14 @@ fn quality_rows(tier: Tier) {
     // Counters reach the agent through maps, ring buffers and the capture
     // thread: snapshots until the lookups are in (each interval's figures
     // are its own, so they add up), then one more.
-    let mut own = Own::default();
+    let mut own = Own::new();
     let mut snaps = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let snap = agent.snapshot();
         own.add(&snap);
         snaps.push(snap);
-        if own.dns.responses >= NAMES.len() as u64 || Instant::now() > deadline {
+        if own.dns().responses >= NAMES.len() as u64 || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -255,7 +227,7 @@ fn quality_rows(tier: Tier) {
     let last = agent.snapshot();
     own.add(&last);
     snaps.push(last);
-    let q = &own.tcp;
+    let q = &own.tcp();
     assert_eq!(
         (q.retransmits, q.retransmitted_bytes),
         (u64::from(info.tcpi_total_retrans), info.tcpi_bytes_retrans),
@@ -266,8 +238,13 @@ fn quality_rows(tier: Tier) {
         (1 + REFUSED, REFUSED, REFUSED),
         "{tier}: {q:?}"
     );
-    assert!(own.connect_ms >= 1 && own.rtt >= 1, "{tier}: {own:?}");
-    let d = &own.dns;
+    assert!(
+        own.connect_ms >= 1 && own.rtt >= 1,
+        "{tier}: {} rows with a connect time, {} with an RTT",
+        own.connect_ms,
+        own.rtt
+    );
+    let d = &own.dns();
     assert_eq!(
         (d.queries, d.responses, d.failures, d.nxdomain, d.unanswered),
         (4, 4, 1, 1, 0),

@@ -9,7 +9,6 @@
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -26,32 +25,6 @@ fn require_root() {
         0,
         "this test NEEDS ROOT: it makes network namespaces and nftables rules; run it as root"
     );
-}
-
-/// Send `n` bytes over `c` while a thread reads them all from `server`.
-fn transfer(listener: &TcpListener, c: &mut TcpStream, n: usize) {
-    std::thread::scope(|s| {
-        let reader = s.spawn(|| {
-            let (mut srv, _) = listener.accept().expect("accept");
-            let mut buf = vec![0u8; 1 << 16];
-            let mut got = 0;
-            while got < n {
-                match srv.read(&mut buf).expect("server read") {
-                    0 => break,
-                    k => got += k,
-                }
-            }
-            got
-        });
-        let chunk = vec![0x5au8; 1 << 16];
-        let mut sent = 0;
-        while sent < n {
-            let k = (n - sent).min(chunk.len());
-            c.write_all(&chunk[..k]).expect("client write");
-            sent += k;
-        }
-        assert_eq!(reader.join().expect("reader"), n);
-    });
 }
 
 /// A read of the ss source in the client namespace, where `ss` sees `c`.
@@ -96,7 +69,8 @@ fn ss_retransmits_equal_the_kernels_count() {
         8 << 20
     };
     let started = Instant::now();
-    transfer(&listener, &mut c, n);
+    let (mut srv, _) = listener.accept().expect("accept");
+    netns::send_all(&mut c, &mut srv, n);
     let info = netns::wait_all_acked(&c, Duration::from_secs(60));
     assert!(
         info.tcpi_total_retrans > 0,

@@ -34,13 +34,6 @@ use netwatch::source::{ConnectOutcome, SocketSource, TcpCounters, TcpEvent, TcpE
 
 // ---------- environment (as in ebpf_tiers.rs) ----------
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 // ---------- sockets ----------
 
 /// A TCP socket made inside `side`'s namespace (it lives there whichever

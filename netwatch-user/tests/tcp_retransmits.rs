@@ -40,14 +40,6 @@ use netwatch::source::{SocketSample, SocketSource, TcpCounters};
 
 // ---------- environment (as in ebpf_tiers.rs) ----------
 
-/// The kernel is shared state: tests that load programs run one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 // ---------- retransmits (h/retrans) ----------
 
 /// Bytes written to `s` and not yet acknowledged by the peer (`SIOCOUTQ`).

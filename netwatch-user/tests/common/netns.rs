@@ -491,3 +491,30 @@ pub fn connect_with_syn_retries(
         Ok(TcpStream::from(fd))
     }
 }
+
+/// Send `n` bytes over `c` while a thread reads them all from its peer
+/// `srv`; panics unless exactly `n` arrive.
+pub fn send_all(c: &mut TcpStream, srv: &mut TcpStream, n: usize) {
+    use std::io::{Read as _, Write as _};
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got = 0;
+            while got < n {
+                match srv.read(&mut buf).expect("server read") {
+                    0 => break,
+                    k => got += k,
+                }
+            }
+            got
+        });
+        let chunk = vec![0xa5u8; 1 << 16];
+        let mut sent = 0;
+        while sent < n {
+            let k = (n - sent).min(chunk.len());
+            c.write_all(&chunk[..k]).expect("client write");
+            sent += k;
+        }
+        assert_eq!(reader.join().expect("reader"), n);
+    });
+}

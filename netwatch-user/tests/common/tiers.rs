@@ -36,9 +36,23 @@ pub fn required_tiers() -> Vec<String> {
         .collect()
 }
 
+/// The kernel (and this process's pid, whose bytes the tests count) is
+/// shared state: tests that load programs or move bytes run one at a time
+/// even when the harness runs tests in parallel.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Why `tier` cannot exist on this kernel, if it cannot.
 pub fn genuinely_unavailable(tier: Tier, err: &LoadError) -> Option<String> {
-    let msg = err.to_string();
+    unavailable_because(tier, &err.to_string())
+}
+
+/// [`genuinely_unavailable`] from the load error's text `msg`.
+pub fn unavailable_because(tier: Tier, msg: &str) -> Option<String> {
     match tier {
         Tier::Tracepoint => {
             let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").ok()?;

@@ -469,8 +469,11 @@ fn without_debug_info(binary: &Path) -> Result<PathBuf> {
         }
     }
     let objcopy = host::ensure_tool("objcopy", "binutils")?;
+    // Unique per call: the guests' initramfs are built side by side.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{n}",
         name.to_string_lossy(),
         std::process::id()
     ));
