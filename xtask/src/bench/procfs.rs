@@ -52,13 +52,25 @@ fn fdinfos(pid: u32) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Sum of `memlock` over the BPF maps `pid` holds open (bytes).
+/// Sum of `memlock` over the BPF maps `pid` holds open (bytes), each map
+/// once: a pinned agent holds several descriptors of one map (the one it
+/// loaded or reopened from its pin, and those its readers keep), and
+/// memory is per map, not per descriptor.
 pub fn map_memlock(pid: u32) -> u64 {
-    fdinfos(pid)
+    unique_map_memlock(&fdinfos(pid))
+}
+
+/// [`map_memlock`] over parsed fdinfo records.
+fn unique_map_memlock(infos: &[BTreeMap<String, String>]) -> u64 {
+    let maps: BTreeMap<&str, u64> = infos
         .iter()
         .filter(|m| m.contains_key("map_type"))
-        .filter_map(|m| m.get("memlock")?.parse::<u64>().ok())
-        .sum()
+        .filter_map(|m| {
+            let id = m.get("map_id")?.as_str();
+            Some((id, m.get("memlock")?.parse::<u64>().ok()?))
+        })
+        .collect();
+    maps.values().sum()
 }
 
 /// (prog_id, run_time_ns, run_cnt) of each BPF program `pid` holds open.
@@ -114,4 +126,25 @@ pub fn loadavg() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_map_held_through_several_descriptors_counts_once() {
+        let sockets = info(&[("map_type", "9"), ("map_id", "7"), ("memlock", "1000")]);
+        let ring = info(&[("map_type", "27"), ("map_id", "8"), ("memlock", "24")]);
+        let prog = info(&[("prog_type", "5"), ("prog_id", "3"), ("memlock", "4096")]);
+        let infos = [sockets.clone(), ring, sockets.clone(), prog, sockets];
+        assert_eq!(unique_map_memlock(&infos), 1024);
+    }
 }

@@ -288,7 +288,7 @@ fn scale_table(md: &mut String, ctx: &Context, scale: &[ScalePoint]) {
          (100 B each) at a rate; \"idle\" is the agent while the workload holds no socket and moves nothing \
          (what it costs on a quiet server: the machine's own background traffic still counts; it starts once the TIME_WAIT sockets earlier rows left have expired, at most 70 s later). CPU is the agent's utime+stime over a {} s window ({} s idle; open-socket rows start it 2.5 s after the sockets exist, once their creation burst is over, which the connection-rate rows measure) divided by the window \
          (seconds per 1 s interval = fraction of one core). RSS is `VmRSS` at the end of the window, peak \
-         `VmHWM`; map memory is the sum of `memlock` in `/proc/<agent>/fdinfo` of its BPF map fds. \
+         `VmHWM`; map memory is the sum of `memlock` in `/proc/<agent>/fdinfo` over its BPF maps, each map once (a pinned agent holds some through several descriptors). \
          lost_records is the agent's own counter; exact = bytes attributed to the workload's pid ÷ truth.\n\n\
          | agent | open sockets | new conns/s (achieved) | CPU % of one core | RSS | peak RSS | map memory | lost_records | exact sent | exact received |\n|---|---|---|---|---|---|---|---|---|---|",
         ctx.plan.active_per_s, ctx.plan.window_s, ctx.plan.window_s * 5
