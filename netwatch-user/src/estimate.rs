@@ -37,7 +37,8 @@ use netwatch_common::wire::{ConnectionDetail, InterfaceMetric, ProcessBandwidth}
 /// # use netwatch_common::wire::{ConnectionDetail, InterfaceMetric};
 /// # let conn = |pid: u32| ConnectionDetail { protocol: "TCP".into(), local_addr: "10.0.0.1:1".into(),
 /// #     remote_addr: "10.0.0.2:2".into(), state: "ESTABLISHED".into(), pid: Some(pid),
-/// #     process_name: Some(format!("p{pid}")), kernel_rtt_us: None, rx_bytes: None, tx_bytes: None };
+/// #     process_name: Some(format!("p{pid}")), kernel_rtt_us: None, rx_bytes: None, tx_bytes: None,
+/// #     tcp_quality: None };
 /// # let eth0 = InterfaceMetric { name: "eth0".into(), is_up: true, rx_bytes: 0, tx_bytes: 0,
 /// #     rx_bytes_delta: 1000, tx_bytes_delta: 10, rx_packets: 0, tx_packets: 0, rx_errors: 0,
 /// #     tx_errors: 0, rx_drops: 0, tx_drops: 0, rx_rate: Some(1000.0), tx_rate: Some(10.0),
