@@ -252,6 +252,19 @@ impl Agent {
         snap
     }
 
+    /// Settle the source before a last snapshot: its final reads (closed
+    /// sockets' last counts) land in the next [`Agent::snapshot`].
+    pub(crate) fn settle(&mut self) {
+        self.source.settle();
+    }
+
+    /// The caller took the latest snapshot over (the library's
+    /// [`crate::Collector`], which has no sinks): the source's persisted
+    /// baseline moves past it, as after a snapshot a sink kept.
+    pub(crate) fn handed_over(&mut self) {
+        self.source.delivered();
+    }
+
     /// Snapshots that no sink kept since start (each sink counts its own
     /// losses too: the spool's write failures are in the ingest sink's
     /// `dropped_count` and in `/metrics`). The source's baseline did not

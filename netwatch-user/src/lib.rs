@@ -1,29 +1,85 @@
-//! netwatch: per-process network bandwidth, counted in the kernel.
+//! Exact per-process network bandwidth for Linux (eBPF, with `ss`,
+//! libpcap and `/proc` fallbacks) and macOS (`nettop`, `lsof`), as
+//! [`wire::Snapshot`]s: the NetWatch Cloud wire format of netwatch-sdk
+//! 0.3.2, which this crate implements.
 //!
-//! Data flows one way: a [`source`] reads per-socket counters, [`attribution`]
-//! turns them into the interval's rows, [`snapshot`] assembles the wire
-//! `Snapshot` with the host collectors of [`procinfo`], and the agent hands
-//! each snapshot, as a value, to every [`sink`]. Sources that read an
-//! external tool (`ss`, the macOS tools) run it through [`tool`]. The
-//! [`alerts`] detectors are fed each tick's rows and the source's events;
-//! the opt-in [`health`] probes run on their own thread. Every thread besides
-//! the tick is a [`supervise::Worker`]: restarted when it fails, or the agent
-//! exits.
+//! # Quick start
+//!
+//! One snapshot as JSON (root, or the capabilities in the table below):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // The best source this host allows: eBPF, else `ss`, else libpcap.
+//!     let mut collector = netwatch::Collector::builder().build()?;
+//!     println!("counting with {}", collector.info().source);
+//!     std::thread::sleep(Duration::from_secs(1));
+//!     // The interval since build(); the source settles first.
+//!     let snapshot = collector.finish();
+//!     for p in snapshot.processes.iter().flatten() {
+//!         // Process names are anyone's to choose: escape them.
+//!         let name = netwatch::text::visible(&p.process_name, 32);
+//!         eprintln!("{name}: {} bytes in, {} out", p.rx_bytes, p.tx_bytes);
+//!     }
+//!     println!("{}", serde_json::to_string(&snapshot)?);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Host metrics need no privilege at all ([`host::Host`]):
+//!
+//! ```
+//! let mut host = netwatch::host::Host::new();
+//! let snap = host.snapshot();
+//! assert!(snap.processes.is_none()); // process rows need a Collector
+//! ```
+//!
+//! More in `examples/`: `snapshot_json` (the above), `host_metrics`,
+//! `snapshot_stream` (an iterator of snapshots), `alert_thresholds`,
+//! `tokio_ebpf` (a [`futures_core::Stream`] in a tokio program, feature
+//! `tokio`).
+//!
+//! # What each mode needs and gives
+//!
+//! | [`Mode`] | counts | needs (capabilities) | kernel / tools |
+//! |---|---|---|---|
+//! | `Ebpf` | every byte of every TCP and UDP socket, exact, closed sockets included | `CAP_BPF`, `CAP_PERFMON`, `CAP_DAC_READ_SEARCH`, `CAP_SYS_PTRACE` | Linux ≥ 5.8 with BTF; fentry, kprobe or tracepoint tier, whichever loads |
+//! | `Ss` | TCP exact (`ss -i` counters); sockets that close between two reads are read from their destroy event | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | `ss` (iproute2) |
+//! | `Pcap` | packets on the wire joined to the socket table (what a capture sees: no loopback offloads, no drops) | `CAP_NET_RAW`, `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | libpcap |
+//! | `Proc` | connections from `/proc/net`, bytes **estimated** from interface counters | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | — |
+//! | `Auto` | eBPF, else `ss`, else libpcap; [`Collector::info`] says why | | macOS: `nettop` and `lsof` |
+//!
+//! A missing capability is refused before anything is loaded, as
+//! [`Error::PermissionDenied`] naming what is missing. Beside eBPF and
+//! `ss`, a DNS-only capture (libpcap, `port 53`, `CAP_NET_RAW`) fills
+//! `dns_analytics` ([`CollectorBuilder::dns_capture`]).
+//!
+//! | platform | process rows | host metrics |
+//! |---|---|---|
+//! | Linux | all modes | interfaces, TCP states, CPU, memory, swap, load, disks (`/proc`, `/sys`) |
+//! | macOS | `nettop` + `lsof` (`Auto`) | interfaces and TCP states (`netstat`) |
+//!
+//! How this maps to netwatch-sdk's collectors, function by function:
+//! `docs/sdk.md` in the repository.
 
 pub mod agent;
 pub mod alerts;
 pub mod attribution;
 pub mod bounded_io;
 pub mod clock;
+mod collector;
 pub mod config;
 pub mod counter;
 pub mod drops;
+mod error;
 pub mod estimate;
 pub mod files;
 #[cfg(all(feature = "fuzzing", target_os = "linux"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod host;
 pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privilege;
@@ -37,3 +93,14 @@ pub mod source;
 pub mod supervise;
 pub mod text;
 pub mod tool;
+
+#[cfg(feature = "tokio")]
+pub use collector::SnapshotStream;
+pub use collector::{
+    AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Snapshots,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
+};
+pub use error::{Cause, Error};
+/// The NetWatch Cloud wire format (netwatch-sdk 0.3.2's `Snapshot` and
+/// every type in it), as the collector emits it.
+pub use netwatch_common::wire;

@@ -98,29 +98,67 @@ fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
 
 /// Open the source `mode` asks for; `auto` falls back in order.
 pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
+    select_each(mode, opts).map_err(|mut failed| {
+        if mode == Mode::Auto || failed.len() != 1 {
+            return anyhow!(
+                "no source available: {}",
+                failed_reasons(&failed).unwrap_or_default()
+            );
+        }
+        let Failed { mode: m, error } = failed.remove(0);
+        error.context(format!("opening the {m:?} source"))
+    })
+}
+
+/// One source that did not open, and why.
+pub struct Failed {
+    /// The source tried.
+    pub mode: Mode,
+    /// Why it did not open.
+    pub error: anyhow::Error,
+}
+
+fn failed_reasons(failed: &[Failed]) -> Option<String> {
+    (!failed.is_empty()).then(|| {
+        failed
+            .iter()
+            .map(|f| format!("{}: {:#}", source_name(f.mode), f.error))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// As [`select`], but a failure returns each source tried with its own
+/// error (typed, for the library's [`crate::Error`]), in the order tried.
+pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Selected, Vec<Failed>> {
     #[cfg(target_os = "macos")]
     if mode == Mode::Auto {
-        let source: Box<dyn SocketSource> = Box::new(super::macos::MacSource::new(
-            super::macos::MacTools::default(),
-        )?);
-        let info = info(source.as_ref(), None);
-        return Ok(Selected {
-            source,
-            info,
-            started_at: Instant::now(),
-        });
+        return match super::macos::MacSource::new(super::macos::MacTools::default()) {
+            Ok(s) => {
+                let source: Box<dyn SocketSource> = Box::new(s);
+                let info = info(source.as_ref(), None);
+                Ok(Selected {
+                    source,
+                    info,
+                    started_at: Instant::now(),
+                })
+            }
+            Err(e) => Err(vec![Failed {
+                mode,
+                error: e.into(),
+            }]),
+        };
     }
     let order: &[Mode] = match mode {
         Mode::Auto => &[Mode::Ebpf, Mode::Ss, Mode::Pcap],
         _ => std::slice::from_ref(&mode),
     };
-    let mut reasons: Vec<String> = Vec::new();
+    let mut failed: Vec<Failed> = Vec::new();
     for &m in order {
         let started_at = Instant::now();
         match open(m, opts) {
             Ok(source) => {
-                let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
-                let info = info(source.as_ref(), reason);
+                let info = info(source.as_ref(), failed_reasons(&failed));
                 info!(
                     "process rows from the {} source{}",
                     info.source,
@@ -135,12 +173,18 @@ pub fn select(mode: Mode, opts: &SourceOptions) -> Result<Selected> {
                     started_at,
                 });
             }
-            Err(e) if mode == Mode::Auto => {
-                warn!("{m:?} source unavailable: {e:#}");
-                reasons.push(format!("{}: {e:#}", format!("{m:?}").to_lowercase()));
+            Err(error) => {
+                if mode == Mode::Auto {
+                    warn!("{m:?} source unavailable: {error:#}");
+                }
+                failed.push(Failed { mode: m, error });
             }
-            Err(e) => return Err(e.context(format!("opening the {m:?} source"))),
         }
     }
-    Err(anyhow!("no source available: {}", reasons.join("; ")))
+    Err(failed)
+}
+
+/// The name the library and the snapshots give `mode`.
+pub fn mode_name(mode: Mode) -> &'static str {
+    source_name(mode)
 }

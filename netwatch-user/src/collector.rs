@@ -1,0 +1,362 @@
+//! The library's front door: a [`Collector`] is one socket source (eBPF,
+//! `ss`, libpcap, `/proc`, or the macOS tools), the host collectors, and
+//! the optional alert detectors, DNS capture and health probes, built by a
+//! [`CollectorBuilder`] and read one interval at a time. It is what
+//! `netwatch-agent` runs on every tick, without the agent's sinks,
+//! configuration file, privilege drop or live view. It never writes
+//! anything but the source's own state (with [`CollectorBuilder::pin`],
+//! the pinned maps and the baseline file), never prints, and never exits
+//! the process.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use netwatch_common::wire::{CollectorInfo, Snapshot};
+
+use crate::agent::Agent;
+use crate::error::{Cause, Error};
+use crate::snapshot::HostCollectors;
+use crate::source::select::{self, Failed, SourceOptions};
+
+pub use crate::alerts::AlertConfig;
+pub use crate::health::HealthConfig;
+pub use crate::source::select::Mode;
+
+/// Default number of connection rows per snapshot (the busiest first).
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::config::DEFAULT_MAX_CONNECTIONS;
+/// Default number of process rows per snapshot; the rest fold into one
+/// `(others)` row whose bytes are exact.
+pub const DEFAULT_MAX_PROCESSES: usize = crate::config::DEFAULT_MAX_PROCESSES;
+
+/// Settings of a [`Collector`]; every one has a default, so
+/// `Collector::builder().build()` starts the best source this host allows.
+#[derive(Debug, Clone)]
+pub struct CollectorBuilder {
+    mode: Mode,
+    max_connections: usize,
+    max_processes: usize,
+    max_sockets: Option<u32>,
+    pin: Option<(PathBuf, PathBuf)>,
+    alerts: Option<AlertConfig>,
+    health: Option<HealthConfig>,
+    dns_capture: bool,
+    interface: Option<String>,
+}
+
+impl Default for CollectorBuilder {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Auto,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_sockets: None,
+            pin: None,
+            alerts: None,
+            health: None,
+            dns_capture: true,
+            interface: None,
+        }
+    }
+}
+
+impl CollectorBuilder {
+    /// Which source fills the process rows; [`Mode::Auto`] (the default)
+    /// tries eBPF, then `ss`, then libpcap, and [`Collector::info`] says
+    /// why each was passed over.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// At most `max` connection rows per snapshot (the busiest of the
+    /// interval); per-process totals still count every socket.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// At most `max` process rows per snapshot; the rest are summed into
+    /// one row without a pid, so the totals stay exact.
+    pub fn max_processes(mut self, max: usize) -> Self {
+        self.max_processes = max;
+        self
+    }
+
+    /// Capacity of the per-socket table (the eBPF LRU map, the `ss`
+    /// source's bound); default 65536.
+    pub fn max_sockets(mut self, max: u32) -> Self {
+        self.max_sockets = Some(max);
+        self
+    }
+
+    /// eBPF only: pin the programs and maps under `dir` (on a bpffs, e.g.
+    /// `/sys/fs/bpf/myapp`) and keep the delivered baseline in
+    /// `state_file`, so a restarted program continues counting where the
+    /// last one stopped. Without it everything is removed from the kernel
+    /// when the collector is dropped.
+    pub fn pin(mut self, dir: impl Into<PathBuf>, state_file: impl Into<PathBuf>) -> Self {
+        self.pin = Some((dir.into(), state_file.into()));
+        self
+    }
+
+    /// Run the alert detectors (port scans, beacons, DNS tunnels,
+    /// bandwidth) with these thresholds; fills `Snapshot::alerts`.
+    pub fn alerts(mut self, config: AlertConfig) -> Self {
+        self.alerts = Some(config);
+        self
+    }
+
+    /// Probe the gateway and the DNS server on a thread of their own;
+    /// fills `Snapshot::health`. Needs `CAP_NET_RAW` for ICMP.
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = Some(config);
+        self
+    }
+
+    /// Beside a source that sees no packets (eBPF, `ss`), capture DNS
+    /// (libpcap, `port 53`) for `dns_analytics` and the per-process DNS
+    /// figures (default on; needs `CAP_NET_RAW`, else it is left off with
+    /// a logged warning).
+    pub fn dns_capture(mut self, on: bool) -> Self {
+        self.dns_capture = on;
+        self
+    }
+
+    /// libpcap only: the interface to capture on (default: all).
+    pub fn interface(mut self, name: impl Into<String>) -> Self {
+        self.interface = Some(name.into());
+        self
+    }
+
+    /// Open the source, attach what it needs, and take the first reading,
+    /// so the first [`Collector::snapshot`] covers the time since now.
+    pub fn build(self) -> Result<Collector, Error> {
+        let opts = self.source_options();
+        let selected = select::select_each(self.mode, &opts).map_err(|f| self.error(f))?;
+        // Beside a source that sees no packets: the DNS-only capture.
+        #[cfg(target_os = "linux")]
+        let dns = {
+            use crate::source::dns_capture::{self, NotStarted};
+            match dns_capture::beside(selected.source.as_ref(), self.dns_capture) {
+                Ok(c) => Some(c),
+                Err(NotStarted::SourceSeesPackets(_) | NotStarted::Disabled) => None,
+                Err(e) => {
+                    log::warn!("{}", crate::text::visible(&e.to_string(), 1024));
+                    None
+                }
+            }
+        };
+        let mut agent = Agent::new(
+            selected.source,
+            selected.info.clone(),
+            HostCollectors::new(),
+            Vec::new(),
+            selected.started_at,
+        )
+        .with_max_connections(self.max_connections)
+        .with_max_processes(self.max_processes);
+        #[cfg(target_os = "linux")]
+        if let Some(c) = dns {
+            agent = agent.with_dns_feed(Box::new(c));
+        }
+        if let Some(a) = self.alerts {
+            agent = agent.with_alerts(crate::alerts::Detectors::new(a));
+        }
+        if let Some(h) = self.health {
+            let prober = crate::health::Prober::start(h).map_err(|e| Error::Start {
+                what: "health probe thread",
+                cause: Cause::new(e),
+            })?;
+            agent = agent.with_health(prober);
+        }
+        agent.prime();
+        Ok(Collector {
+            agent,
+            info: selected.info,
+            last: Instant::now(),
+        })
+    }
+
+    fn source_options(&self) -> SourceOptions {
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        let mut opts = SourceOptions {
+            interface: self.interface.clone(),
+            ..Default::default()
+        };
+        #[cfg(target_os = "linux")]
+        {
+            if let Some(max) = self.max_sockets {
+                opts.ebpf.max_sockets = max;
+            }
+            opts.ebpf.pin = self
+                .pin
+                .clone()
+                .map(|(dir, state_file)| crate::source::ebpf::pin::PinOptions { dir, state_file });
+        }
+        opts
+    }
+
+    /// The typed error for the sources that did not open.
+    fn error(&self, mut failed: Vec<Failed>) -> Error {
+        if self.mode == Mode::Auto || failed.len() != 1 {
+            return Error::NoSource {
+                tried: failed
+                    .into_iter()
+                    .map(|f| (select::mode_name(f.mode), format!("{:#}", f.error)))
+                    .collect(),
+            };
+        }
+        let Failed { mode, error } = failed.remove(0);
+        let mode = select::mode_name(mode);
+        #[cfg(target_os = "linux")]
+        if let Some(p) = error.downcast_ref::<crate::privilege::PrivilegeError>() {
+            use crate::privilege::PrivilegeError;
+            match p {
+                PrivilegeError::Missing {
+                    needed, missing, ..
+                } => {
+                    return Error::PermissionDenied {
+                        mode,
+                        needs: needed.clone(),
+                        missing: missing.clone(),
+                    }
+                }
+                PrivilegeError::PerfParanoid { level } => {
+                    return Error::PermissionDenied {
+                        mode,
+                        needs: format!(
+                            "CAP_SYS_ADMIN at kernel.perf_event_paranoid={level} \
+                             (CAP_PERFMON suffices at 2)"
+                        ),
+                        missing: "CAP_SYS_ADMIN".into(),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Error::Unsupported {
+            mode,
+            cause: Cause::from_anyhow(error),
+        }
+    }
+}
+
+/// Exact per-process network bandwidth, one interval at a time.
+///
+/// Build one with [`Collector::builder`]; each [`Collector::snapshot`]
+/// returns a [`Snapshot`] (the NetWatch Cloud wire format) covering the
+/// time since the previous call. Dropping it detaches everything it
+/// attached, unless it was built with [`CollectorBuilder::pin`].
+pub struct Collector {
+    agent: Agent,
+    info: CollectorInfo,
+    last: Instant,
+}
+
+impl Collector {
+    /// Settings, each with a default.
+    pub fn builder() -> CollectorBuilder {
+        CollectorBuilder::default()
+    }
+
+    /// Which source runs (and its eBPF tier), and why the ones before it
+    /// in [`Mode::Auto`]'s order were passed over.
+    pub fn info(&self) -> &CollectorInfo {
+        &self.info
+    }
+
+    /// One interval: everything since the previous call (or since
+    /// [`CollectorBuilder::build`]). A host collector that fails leaves
+    /// its section empty (`None` or empty), logged through the `log`
+    /// crate; it never fails the snapshot. With [`CollectorBuilder::pin`]
+    /// the saved baseline moves past this snapshot: a restarted program
+    /// continues after it.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let snap = self.agent.snapshot();
+        self.agent.handed_over();
+        self.last = Instant::now();
+        snap
+    }
+
+    /// The last snapshot: the source settles first (the final counts of
+    /// sockets that closed are read), so nothing moved since the previous
+    /// snapshot is lost; then the collector is dropped.
+    pub fn finish(mut self) -> Snapshot {
+        self.agent.settle();
+        self.snapshot()
+    }
+
+    /// Snapshots every `interval`, for ever: each `next()` sleeps until
+    /// `interval` after the previous snapshot, then takes one.
+    pub fn snapshots(&mut self, interval: Duration) -> Snapshots<'_> {
+        Snapshots {
+            collector: self,
+            interval,
+        }
+    }
+
+    /// With the `tokio` feature: a [`futures_core::Stream`] of snapshots
+    /// every `interval` (the first one `interval` from now). Each snapshot
+    /// is taken on the polling task (a few milliseconds of `/proc` and map
+    /// reads): poll it from a multi-threaded runtime, or wrap it in
+    /// `tokio::task::spawn_blocking` for a current-thread one.
+    #[cfg(feature = "tokio")]
+    pub fn into_stream(self, interval: Duration) -> SnapshotStream {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        SnapshotStream {
+            collector: self,
+            ticker,
+        }
+    }
+}
+
+/// The iterator of [`Collector::snapshots`]; it never ends.
+pub struct Snapshots<'a> {
+    collector: &'a mut Collector,
+    interval: Duration,
+}
+
+impl Iterator for Snapshots<'_> {
+    type Item = Snapshot;
+
+    fn next(&mut self) -> Option<Snapshot> {
+        let due = self.collector.last + self.interval;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Some(self.collector.snapshot())
+    }
+}
+
+/// The stream of [`Collector::into_stream`]; it never ends.
+#[cfg(feature = "tokio")]
+pub struct SnapshotStream {
+    collector: Collector,
+    ticker: tokio::time::Interval,
+}
+
+#[cfg(feature = "tokio")]
+impl SnapshotStream {
+    /// Stop: the last, partial interval's snapshot (see
+    /// [`Collector::finish`]).
+    pub fn finish(self) -> Snapshot {
+        self.collector.finish()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl futures_core::Stream for SnapshotStream {
+    type Item = Snapshot;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Snapshot>> {
+        let this = self.get_mut();
+        match this.ticker.poll_tick(cx) {
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(this.collector.snapshot())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
