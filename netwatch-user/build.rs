@@ -1,9 +1,19 @@
-//! Builds the BPF programs (`netwatch-ebpf`, target bpfel-unknown-none) with
-//! aya-build so that a plain `cargo build` of the agent embeds a fresh
-//! object. It picks the toolchain that can build `core` for BPF:
-//! `$NETWATCH_BPF_TOOLCHAIN` if set, else the `netwatch-bpf` toolchain that
-//! `cargo xtask setup` links (Debian's rustc-web + rust-web-src), else
-//! rustup's `nightly` (the standard aya setup).
+//! The BPF object the library embeds (`OUT_DIR/netwatch`), from one of:
+//!
+//! 1. **Source**, inside this workspace (`.cargo/config.toml` sets
+//!    `NETWATCH_BPF_FROM_SOURCE=1`): the programs of `../netwatch-ebpf`
+//!    (target bpfel-unknown-none) are built with aya-build, so every test
+//!    loads what the sources say. It picks the toolchain that can build
+//!    `core` for BPF: `$NETWATCH_BPF_TOOLCHAIN` if set, else the
+//!    `netwatch-bpf` toolchain that `cargo xtask setup` links (Debian's
+//!    rustc-web + rust-web-src), else rustup's `nightly`.
+//! 2. **The shipped object**, `bpf/netwatch.bpf.o`, everywhere else: a
+//!    crate that depends on netwatch (from crates.io, git or a path) builds
+//!    with a stable compiler and no `bpf-linker`. `cargo xtask bpf-object`
+//!    writes it; `cargo xtask test` checks it matches the sources.
+//! 3. **Nothing** (an empty object, reported at load time as "built without
+//!    its BPF object") on docs.rs (`DOCS_RS`), off Linux, or with
+//!    `AYA_BUILD_SKIP=1`.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -24,12 +34,18 @@ fn rustup_has(toolchain: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The object shipped with the crate (see the module docs).
+const SHIPPED: &str = "bpf/netwatch.bpf.o";
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=NETWATCH_BPF_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=NETWATCH_BPF_FROM_SOURCE");
+    println!("cargo:rerun-if-env-changed=DOCS_RS");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let object = out_dir.join("netwatch");
-    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
-        // Only Linux loads BPF; other targets embed nothing.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") || env::var_os("DOCS_RS").is_some()
+    {
+        // Only Linux loads BPF; docs.rs builds documentation only.
         std::fs::write(&object, [])?;
         return Ok(());
     }
@@ -37,6 +53,25 @@ fn main() -> anyhow::Result<()> {
     if skip {
         // The loader reports "built without a BPF object" at run time.
         std::fs::write(&object, [])?;
+    }
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../netwatch-ebpf");
+    let from_source = env::var("NETWATCH_BPF_FROM_SOURCE").is_ok_and(|v| v == "1")
+        && ebpf_dir.join("Cargo.toml").exists();
+    if !from_source {
+        if !skip {
+            let shipped = manifest_dir.join(SHIPPED);
+            println!("cargo:rerun-if-changed={}", shipped.display());
+            std::fs::copy(&shipped, &object).map_err(|e| {
+                anyhow::anyhow!(
+                    "copying the shipped BPF object {}: {e} (a netwatch checkout: run \
+                     `cargo xtask bpf-object`, or build from source with \
+                     NETWATCH_BPF_FROM_SOURCE=1)",
+                    shipped.display()
+                )
+            })?;
+        }
+        return Ok(());
     }
 
     let chosen = env::var("NETWATCH_BPF_TOOLCHAIN").ok();
@@ -66,8 +101,6 @@ fn main() -> anyhow::Result<()> {
     // keep its progress lines out so only real diagnostics surface.
     env::set_var("CARGO_TERM_QUIET", "true");
 
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let ebpf_dir = manifest_dir.join("../netwatch-ebpf");
     let root_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;

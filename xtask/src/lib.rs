@@ -3,9 +3,11 @@
 //! `main.rs` only parses the command line and dispatches here.
 
 pub mod bench;
+pub mod bpf_object;
 pub mod fuzz;
 pub mod host;
 pub mod run;
+pub mod scratch;
 pub mod setup;
 pub mod soak;
 pub mod test;
