@@ -168,27 +168,14 @@ pub struct Attribution {
     spare_rows: Vec<Row>,
 }
 
-/// Set in `SocketId::secondary` by a source that splits one socket between
-/// the processes that used it (the eBPF source): such shares of one socket
-/// come adjacent in a batch, with one `primary` and the same low 32 bits of
-/// `secondary`, and make one connection row. Other sources (one sample per
-/// row, as ss; or one row per socket and pid, as macOS) never set it.
-/// The owner's tgid is XORed into the high half of `secondary`, so the
-/// ownerless sample of a socket (tgid 0) has the id of the socket itself.
-pub const SHARED_SOCKET_TAG: u64 = 1 << 62;
-
-fn tagged(id: SocketId) -> bool {
-    id.secondary & SHARED_SOCKET_TAG != 0
-}
-
-/// `s` is another owner's share of the socket `prev` describes.
+/// `s` is another owner's share of the socket `prev` describes: a source
+/// that splits one socket between the processes that used it (the eBPF
+/// source, [`SocketId::shared`]) lists the shares adjacent in a batch, and
+/// they make one connection row. Other sources (one sample per row, as ss;
+/// or one row per socket and pid, as macOS) build plain ids and never merge.
 fn same_socket(prev: Option<&SocketSample>, s: &SocketSample) -> bool {
     prev.is_some_and(|p| {
-        tagged(p.id)
-            && tagged(s.id)
-            && p.id.primary == s.id.primary
-            && p.id != s.id
-            && (p.id.secondary ^ s.id.secondary) & 0xffff_ffff == 0
+        p.id.is_other_share_of(s.id)
             && p.closed == s.closed
             && p.protocol == s.protocol
             && p.local == s.local
@@ -337,12 +324,9 @@ impl Attribution {
             // itself is not new when its ownerless sample was seen before.
             let new = reads > 0
                 && !known
-                && !(tagged(s.id)
-                    && pid.is_some()
-                    && prev.contains_key(&SocketId {
-                        primary: s.id.primary,
-                        secondary: s.id.secondary ^ (u64::from(pid.unwrap_or(0)) << 32),
-                    }));
+                && !pid
+                    .and_then(|p| s.id.ownerless(p))
+                    .is_some_and(|socket| prev.contains_key(&socket));
             if let Some(pid) = pid {
                 if rx != 0 || tx != 0 {
                     let name = s.comm.as_deref();
@@ -706,7 +690,7 @@ mod tests {
         let mut attr = Attribution::new(t0);
         let share = |pid: u32, rx, tx| {
             let mut s = sample(7, pid, rx, tx, CountOrigin::SinceAttach);
-            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            s.id = SocketId::shared(7, 99, pid);
             s
         };
         // Untagged samples with one primary (macOS: one row per socket and pid) stay apart.
@@ -1006,7 +990,7 @@ mod tests {
                     // Two owners of one socket, the most recent first.
                     for pid in [20 + i as u32, 10] {
                         let mut s = sample(i, pid, moved * tick, tick, CountOrigin::SinceAttach);
-                        s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | i;
+                        s.id = SocketId::shared(i, i, pid);
                         v.push(s);
                     }
                     continue;
@@ -1209,7 +1193,7 @@ mod tests {
         // new share id): the socket is not new. Another owner joining: not new.
         let share = |pid: u32| {
             let mut s = sample(7, pid, 1, 1, CountOrigin::SinceAttach);
-            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            s.id = SocketId::shared(7, 99, pid);
             if pid == 0 {
                 s.pid = None;
             }
