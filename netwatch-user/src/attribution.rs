@@ -11,17 +11,25 @@
 //! What goes out is bounded; what is counted is not: the top N connection
 //! rows ([`Interval::top`]) and the top N process rows ([`fold_processes`],
 //! the rest summed into one row) are cut from complete per-process sums.
+//!
+//! The steps of a read live in submodules: `sockets` (what is kept per
+//! socket between reads, deltas, the grace), `rows` (connection rows, the
+//! shares of a socket merged), `processes` (process rows).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+mod processes;
+mod rows;
+mod sockets;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{ConnectionDetail, ProcessBandwidth};
-use smallvec::SmallVec;
 
-use crate::counter::counter_delta;
 use crate::net::state;
-use crate::source::{CountOrigin, SampleBatch, SocketId, SocketSample};
+use crate::source::SampleBatch;
+use processes::{process_rows, MovedBytes};
+use rows::Rows;
+use sockets::{owner_pid, Grace, Pass, Sockets};
 
 /// Maps hashed once per socket per read: a fast hasher (the keys are
 /// kernel addresses, inodes and tuples, not attacker-chosen strings).
@@ -80,120 +88,20 @@ pub struct Interval {
 /// leave unchanged sockets out on purpose and do not count.
 pub const GRACE_READS: u64 = 5;
 
-/// A socket's last cumulative counters, the read that last listed it, and
-/// what it adds to its process's row while it is open.
-#[derive(Debug, Clone)]
-struct Last {
-    rx: u64,
-    tx: u64,
-    /// The read (its index) that last listed it.
-    seen: u64,
-    /// Its owner (a pid other than 0) and the name it is counted under.
-    owner: Option<(u32, Option<Arc<str>>)>,
-    /// In `ESTABLISHED`: counted in its process's `connection_count`.
-    established: bool,
-    /// Counted in its owner's [`Held`] counts: it is, from the read that
-    /// lists it until a full read does not.
-    held: bool,
-}
-
-/// The open sockets one process holds under one name, as `prev` holds
-/// them: kept up to date from the sockets each read lists, so a socket a
-/// read leaves out (a partial batch omits unchanged ones) still counts.
-#[derive(Debug, Clone, Default)]
-struct Held {
-    name: Option<Arc<str>>,
-    /// Sockets still open, in any state: a process holding one keeps its row.
-    open: u32,
-    /// Open sockets in `ESTABLISHED`: the row's `connection_count`.
-    established: u32,
-}
-
-/// Per pid, its [`Held`] counts per name (nearly always one).
-type HeldMap = FastMap<u32, SmallVec<[Held; 1]>>;
-
-/// Add (`add`) or take back one open socket of `owner` in `held`.
-fn hold(held: &mut HeldMap, owner: &(u32, Option<Arc<str>>), established: bool, add: bool) {
-    let (pid, name) = owner;
-    let names = held.entry(*pid).or_default();
-    let at = match names.iter().position(|h| h.name == *name) {
-        Some(at) => at,
-        None if add => {
-            names.push(Held {
-                name: name.clone(),
-                ..Held::default()
-            });
-            names.len() - 1
-        }
-        None => return,
-    };
-    let h = &mut names[at];
-    let step = |n: u32| if add { n + 1 } else { n.saturating_sub(1) };
-    h.open = step(h.open);
-    if established {
-        h.established = step(h.established);
-    }
-    if h.open == 0 {
-        names.swap_remove(at);
-        if names.is_empty() {
-            held.remove(pid);
-        }
-    }
-}
-
-/// One process's bytes over one read's samples, under one name.
-#[derive(Debug, Clone, Copy)]
-struct Moved<'a> {
-    name: Option<&'a str>,
-    rx: u64,
-    tx: u64,
-    /// Already in a row (its process holds an open socket under this name).
-    listed: bool,
-}
-
 /// Per-socket delta tracker. Keeps each live socket's last cumulative
 /// counters and owner, and every process's open and established counts.
 #[derive(Debug)]
 pub struct Attribution {
-    prev: FastMap<SocketId, Last>,
-    held: HeldMap,
+    /// What earlier reads left: each socket's last counters and what its
+    /// owners hold.
+    prev: Sockets,
     last_read: Instant,
     reads: u64,
-    /// The indices of the last [`GRACE_READS`] reads of a full batch
-    /// (every socket listed): the clock the grace counts in, as only a
-    /// full read can miss a socket.
-    recent_full: VecDeque<u64>,
+    /// The clock the grace counts in.
+    grace: Grace,
     /// The rows of an [`Interval`] handed back ([`Self::recycle`]): the
     /// next read fills them again instead of allocating.
     spare_rows: Vec<Row>,
-}
-
-/// Set in `SocketId::secondary` by a source that splits one socket between
-/// the processes that used it (the eBPF source): such shares of one socket
-/// come adjacent in a batch, with one `primary` and the same low 32 bits of
-/// `secondary`, and make one connection row. Other sources (one sample per
-/// row, as ss; or one row per socket and pid, as macOS) never set it.
-/// The owner's tgid is XORed into the high half of `secondary`, so the
-/// ownerless sample of a socket (tgid 0) has the id of the socket itself.
-pub const SHARED_SOCKET_TAG: u64 = 1 << 62;
-
-fn tagged(id: SocketId) -> bool {
-    id.secondary & SHARED_SOCKET_TAG != 0
-}
-
-/// `s` is another owner's share of the socket `prev` describes.
-fn same_socket(prev: Option<&SocketSample>, s: &SocketSample) -> bool {
-    prev.is_some_and(|p| {
-        tagged(p.id)
-            && tagged(s.id)
-            && p.id.primary == s.id.primary
-            && p.id != s.id
-            && (p.id.secondary ^ s.id.secondary) & 0xffff_ffff == 0
-            && p.closed == s.closed
-            && p.protocol == s.protocol
-            && p.local == s.local
-            && p.remote == s.remote
-    })
 }
 
 impl Attribution {
@@ -201,11 +109,10 @@ impl Attribution {
     /// runs from there to the first read.
     pub fn new(started_at: Instant) -> Self {
         Self {
-            prev: FastMap::default(),
-            held: HeldMap::default(),
+            prev: Sockets::default(),
             last_read: started_at,
             reads: 0,
-            recent_full: VecDeque::with_capacity(GRACE_READS as usize + 1),
+            grace: Grace::new(),
             spare_rows: Vec::new(),
         }
     }
@@ -237,223 +144,48 @@ impl Attribution {
     /// allocates. A partial batch ([`SampleBatch::omitted`]) costs only
     /// what it lists: the sockets it leaves out are unchanged, still open
     /// and still counted in their processes' rows.
+    ///
+    /// In four steps, each in its own module: per sample, (1) the bytes it
+    /// moved since its socket's last read (`sockets`), (2) added to its
+    /// process's bytes (`processes`) and to its connection row, the shares
+    /// of one shared socket merged (`rows`); then, after a full batch, (3)
+    /// the sockets it missed leave their owners' rows and are forgotten
+    /// once out of their grace (`sockets`); (4) one row per process
+    /// (`processes`).
     pub fn read(&mut self, batch: &SampleBatch) -> Interval {
         let interval = batch.taken_at.saturating_duration_since(self.last_read);
-        let secs = interval.as_secs_f64();
-        let rate = |bytes: u64| if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
-        let reads = self.reads;
-        let full = batch.omitted.is_none();
-
-        // Per pid, the bytes its samples moved by name, borrowed from the
-        // batch (no String per socket).
-        let mut moved: FastMap<u32, SmallVec<[Moved<'_>; 1]>> = FastMap::default();
-        let mut rows = std::mem::take(&mut self.spare_rows);
-        rows.clear();
-        rows.reserve(batch.samples.len());
-        let mut prev_sample: Option<&SocketSample> = None;
-        // Entries of `prev` that this read saw (and kept): when every
-        // entry was seen, none can have outlived the grace.
-        let mut refreshed = 0usize;
-        let (prev, held) = (&mut self.prev, &mut self.held);
-
+        let mut pass = Pass::new(self.reads);
+        let mut moved = MovedBytes::default();
+        let mut rows = Rows::new(std::mem::take(&mut self.spare_rows), batch.samples.len());
         for (i, s) in batch.samples.iter().enumerate() {
-            let pid = s.pid.filter(|&p| p != 0);
-            // netwatch-sdk 0.3.2 counts a process's connections whose state
-            // is exactly `ESTABLISHED` (connected UDP included, as `ss`
-            // names it), nothing else.
-            let established = s.state == state::ESTABLISHED;
-            let ((rx, tx), known) = match prev.entry(s.id) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let last = e.get_mut();
-                    // A counter that went backwards: the socket id was
-                    // reused, so everything it holds is new.
-                    let delta = (
-                        counter_delta(last.rx, s.rx_bytes),
-                        counter_delta(last.tx, s.tx_bytes),
-                    );
-                    let counted = last.seen == reads;
-                    if s.closed {
-                        // Its final counters are counted; it never returns.
-                        let last = e.remove();
-                        if let (Some(o), true) = (&last.owner, last.held) {
-                            hold(held, o, last.established, false);
-                        }
-                        if counted {
-                            refreshed -= 1;
-                        }
-                    } else {
-                        let same_owner = match (&last.owner, pid) {
-                            (Some((p, name)), Some(q)) => *p == q && *name == s.comm,
-                            (None, None) => true,
-                            _ => false,
-                        };
-                        if !last.held || !same_owner || last.established != established {
-                            if let (Some(o), true) = (&last.owner, last.held) {
-                                hold(held, o, last.established, false);
-                            }
-                            last.owner = pid.map(|p| (p, s.comm.clone()));
-                            last.established = established;
-                            last.held = true;
-                            if let Some(o) = &last.owner {
-                                hold(held, o, established, true);
-                            }
-                        }
-                        last.rx = s.rx_bytes;
-                        last.tx = s.tx_bytes;
-                        last.seen = reads;
-                        if !counted {
-                            refreshed += 1;
-                        }
-                    }
-                    (delta, true)
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    if !s.closed {
-                        let owner = pid.map(|p| (p, s.comm.clone()));
-                        if let Some(o) = &owner {
-                            hold(held, o, established, true);
-                        }
-                        e.insert(Last {
-                            rx: s.rx_bytes,
-                            tx: s.tx_bytes,
-                            seen: reads,
-                            owner,
-                            established,
-                            held: true,
-                        });
-                        refreshed += 1;
-                    }
-                    let delta = match s.origin {
-                        CountOrigin::SinceAttach => (s.rx_bytes, s.tx_bytes),
-                        // First read: the counters predate us and are only a baseline.
-                        CountOrigin::SinceSocketOpen if reads == 0 => (0, 0),
-                        // Later reads: the socket opened within the interval.
-                        CountOrigin::SinceSocketOpen => (s.rx_bytes, s.tx_bytes),
-                    };
-                    (delta, false)
-                }
-            };
-            // A shared socket's owner seen for the first time: the socket
+            let pid = owner_pid(s);
+            // Step 1: what it moved since its socket's last read.
+            let delta = self.prev.update(&mut pass, s, pid);
+            // Never on the first read, whose sockets are a baseline. A
+            // shared socket's owner seen for the first time: the socket
             // itself is not new when its ownerless sample was seen before.
-            let new = reads > 0
-                && !known
-                && !(tagged(s.id)
-                    && pid.is_some()
-                    && prev.contains_key(&SocketId {
-                        primary: s.id.primary,
-                        secondary: s.id.secondary ^ (u64::from(pid.unwrap_or(0)) << 32),
-                    }));
+            let new = pass.read > 0 && !delta.known && !self.prev.knows_socket_of(s, pid);
+            // Step 2: its process's bytes and its connection row.
             if let Some(pid) = pid {
-                if rx != 0 || tx != 0 {
-                    let name = s.comm.as_deref();
-                    let names = moved.entry(pid).or_default();
-                    match names.iter_mut().find(|m| m.name == name) {
-                        Some(m) => {
-                            m.rx += rx;
-                            m.tx += tx;
-                        }
-                        None => names.push(Moved {
-                            name,
-                            rx,
-                            tx,
-                            listed: false,
-                        }),
-                    }
-                }
+                moved.add(pid, s.comm.as_deref(), delta.rx, delta.tx);
             }
-            let bytes = rx.saturating_add(tx);
-            // One socket shared by several processes comes as adjacent
-            // samples with one `id.primary` and endpoints (the eBPF source's
-            // owners): one connection row, its bytes summed, the first
-            // (most recent) owner named.
-            if same_socket(prev_sample, s) {
-                if let Some(r) = rows.last_mut() {
-                    r.rx_bytes = r.rx_bytes.saturating_add(s.rx_bytes);
-                    r.tx_bytes = r.tx_bytes.saturating_add(s.tx_bytes);
-                    r.bytes = r.bytes.saturating_add(bytes);
-                    r.new &= new;
-                    prev_sample = Some(s);
-                    continue;
-                }
-            }
-            prev_sample = Some(s);
-            rows.push(Row {
-                sample: i,
-                rx_bytes: s.rx_bytes,
-                tx_bytes: s.tx_bytes,
-                bytes,
-                new,
-            });
+            rows.push(i, s, delta.rx.saturating_add(delta.tx), new);
         }
-
-        // A full batch's missing sockets: no longer counted in their
-        // processes' rows (a polling source cannot see a last byte or a
-        // close), and forgotten once no full read of the grace listed them.
-        // Only when some entry was not listed now.
-        if full {
-            if self.recent_full.len() == GRACE_READS as usize {
-                self.recent_full.pop_front();
-            }
-            self.recent_full.push_back(reads);
-            let oldest = self.recent_full.front().copied().unwrap_or(reads);
-            if prev.len() > refreshed {
-                prev.retain(|_, l| {
-                    if l.seen == reads {
-                        return true;
-                    }
-                    if let (Some(o), true) = (&l.owner, l.held) {
-                        hold(held, o, l.established, false);
-                        l.held = false;
-                    }
-                    l.seen >= oldest
-                });
-            }
+        // Step 3: a full batch's missing sockets leave their processes'
+        // rows, and are forgotten once out of their grace. Partial batches
+        // leave unchanged sockets out on purpose.
+        if batch.omitted.is_none() {
+            let oldest = self.grace.full_read(pass.read);
+            self.prev.expire(&pass, oldest);
         }
-
-        // A row per process and name that holds an open socket or moved
-        // bytes: (pid, name) order first, then most bytes first (a stable
-        // sort): equal totals keep a stable order.
-        let mut sums: Vec<(u32, Option<&str>, u64, u64, u32)> = Vec::new();
-        for (&pid, names) in self.held.iter() {
-            for h in names.iter().filter(|h| h.open > 0) {
-                let name = h.name.as_deref();
-                let (rx, tx) = moved
-                    .get_mut(&pid)
-                    .and_then(|v| v.iter_mut().find(|m| m.name == name))
-                    .map_or((0, 0), |m| {
-                        m.listed = true;
-                        (m.rx, m.tx)
-                    });
-                sums.push((pid, name, rx, tx, h.established));
-            }
-        }
-        for (&pid, names) in &moved {
-            for m in names.iter().filter(|m| !m.listed) {
-                sums.push((pid, m.name, m.rx, m.tx, 0));
-            }
-        }
-        sums.sort_unstable_by_key(|&(pid, name, ..)| (pid, name));
-        let mut processes: Vec<ProcessBandwidth> = sums
-            .into_iter()
-            .map(|(pid, name, rx, tx, established)| {
-                ProcessBandwidth::network_only(
-                    name.map_or_else(|| format!("pid:{pid}"), str::to_string),
-                    Some(pid),
-                    rx,
-                    tx,
-                    rate(rx),
-                    rate(tx),
-                    established,
-                )
-            })
-            .collect();
-        processes.sort_by_key(|p| std::cmp::Reverse(p.rx_bytes + p.tx_bytes));
+        // Step 4: a row per process that holds an open socket or moved bytes.
+        let processes = process_rows(self.prev.held(), &mut moved, interval);
 
         self.last_read = batch.taken_at;
         self.reads += 1;
         Interval {
             processes,
-            rows,
+            rows: rows.into_rows(),
             interval,
         }
     }
@@ -666,9 +398,9 @@ pub fn fold_processes(rows: &mut Vec<ProcessBandwidth>, max: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Protocol;
+    use crate::source::{CountOrigin, Protocol, SocketId, SocketSample};
 
-    fn sample(id: u64, pid: u32, rx: u64, tx: u64, origin: CountOrigin) -> SocketSample {
+    pub(super) fn sample(id: u64, pid: u32, rx: u64, tx: u64, origin: CountOrigin) -> SocketSample {
         SocketSample {
             id: SocketId {
                 primary: id,
@@ -706,7 +438,7 @@ mod tests {
         let mut attr = Attribution::new(t0);
         let share = |pid: u32, rx, tx| {
             let mut s = sample(7, pid, rx, tx, CountOrigin::SinceAttach);
-            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            s.id = SocketId::shared(7, 99, pid);
             s
         };
         // Untagged samples with one primary (macOS: one row per socket and pid) stay apart.
@@ -1006,7 +738,7 @@ mod tests {
                     // Two owners of one socket, the most recent first.
                     for pid in [20 + i as u32, 10] {
                         let mut s = sample(i, pid, moved * tick, tick, CountOrigin::SinceAttach);
-                        s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | i;
+                        s.id = SocketId::shared(i, i, pid);
                         v.push(s);
                     }
                     continue;
@@ -1209,7 +941,7 @@ mod tests {
         // new share id): the socket is not new. Another owner joining: not new.
         let share = |pid: u32| {
             let mut s = sample(7, pid, 1, 1, CountOrigin::SinceAttach);
-            s.id.secondary = SHARED_SOCKET_TAG | (u64::from(pid) << 32) | 99;
+            s.id = SocketId::shared(7, 99, pid);
             if pid == 0 {
                 s.pid = None;
             }

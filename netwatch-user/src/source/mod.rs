@@ -19,11 +19,16 @@ pub mod pcap;
 #[cfg(target_os = "linux")]
 pub mod procnet;
 pub mod select;
+pub mod socket_id;
 pub mod ss;
 
 /// The transport protocol lives in [`crate::net`], below both sources and
 /// `procinfo`; re-exported here for the sources.
 pub use crate::net::Protocol;
+
+/// A socket's identity within one source; its own module holds the one
+/// layout of the eBPF source's shared-socket ids.
+pub use socket_id::SocketId;
 
 /// A source whose counts survive agent restarts: the tag of the set of
 /// kernel maps it counts in, and the file its delivered baseline lives in.
@@ -50,15 +55,6 @@ pub enum CountOrigin {
     /// seen on a later read is taken to have opened within the interval
     /// (`ss` does not say socket age, so the interval is the bound).
     SinceSocketOpen,
-}
-
-/// Identifies one socket within one source for the lifetime of the source.
-/// Sources choose what goes in: the kernel `struct sock` address and its
-/// creation time for eBPF, the inode for `ss`, the 5-tuple for pcap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketId {
-    pub primary: u64,
-    pub secondary: u64,
 }
 
 /// One socket as one source saw it on one read.

@@ -33,8 +33,6 @@ use smallvec::SmallVec;
 
 use crate::net;
 
-use crate::attribution::SHARED_SOCKET_TAG;
-
 use super::{
     CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent,
     TcpStateCounts,
@@ -67,10 +65,7 @@ fn ip(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
 /// `first_ns`); owners are told apart by their tgid in the high half;
 /// tagged so attribution makes one connection row of the shares.
 fn owner_id(key: &SockKey, first_ns: u64, tgid: u32) -> SocketId {
-    SocketId {
-        primary: key.sk,
-        secondary: (first_ns ^ (u64::from(tgid) << 32)) | SHARED_SOCKET_TAG,
-    }
+    SocketId::shared(key.sk, first_ns, tgid)
 }
 
 fn comm_of(raw: &[u8; netwatch_common::COMM_LEN]) -> Option<Arc<str>> {
