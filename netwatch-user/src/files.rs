@@ -1,7 +1,7 @@
 //! Files the agent writes and trusts, made so that another local user
 //! cannot aim them: every file the agent writes (spool records, the pin
 //! baseline and its lock, the `/metrics` counters, the host id) goes through
-//! [`replace`] or [`open_lock`], every directory they live in through
+//! [`write_atomically`] or [`open_lock`], every directory they live in through
 //! [`ensure_dir`], and every file whose content decides something (the
 //! config, the API key, the ingest CA) is read through [`open_trusted`].
 //!
@@ -9,7 +9,8 @@
 //!   (`.tmp-<name>.<6 random>`) created with `O_CREAT|O_EXCL|O_NOFOLLOW` (a
 //!   planted symlink or file at that name is never opened: another name is
 //!   tried) and mode 0600 set with `fchmod` (whatever the umask), written,
-//!   fsynced when the caller claims durability ([`Durability`]), renamed
+//!   fsynced when the caller claims durability ([`Durability`], whose
+//!   variants say when each is right), renamed
 //!   over its final name (a symlink there is replaced, never followed) and
 //!   the directory fsynced (durable writes).
 //! - A directory is created 0700 (set exactly, whatever the umask) when
@@ -94,21 +95,32 @@ pub enum FileError {
 }
 
 /// Whether a write must survive a crash of the machine (power loss), or
-/// only of the agent.
+/// only a crash of the agent. Either way a reader sees the old file or the
+/// new one, whole (the rename); the choice is only what a power loss
+/// keeps, against the cost of two fsyncs (file and directory) per write.
+/// Each caller says in one line at its call why its choice is right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// The file and its directory are fsynced: after `replace` returns, a
-    /// power loss keeps the new file. For data whose loss costs something
-    /// (spool records: snapshots; the host id: the host's history).
+    /// The file and its directory are fsynced: after [`write_atomically`]
+    /// returns, a power loss keeps the new file. Right for data nothing
+    /// can rebuild: a spool record is a snapshot the cloud has not
+    /// accepted (lost, its interval is missing for good), and the host id
+    /// is the cloud's key for the host (lost, the cloud sees a new host and
+    /// the history splits). Both are written rarely (a record per
+    /// interval, an id once), so the fsyncs cost little.
     Durable,
     /// No fsync: a crash of the agent keeps the file (the page cache has
-    /// it), a power loss may not. For state that is only ever used with
-    /// kernel state a reboot loses anyway (the pin baseline, the `/metrics`
-    /// counters beside it).
+    /// it), a power loss may not. Right for state that is only ever used
+    /// with kernel state a reboot loses anyway: the pin baseline and the
+    /// `/metrics` counters are read back only with the pins (bpffs, in
+    /// memory) they were written for, and the instance tag holds the boot
+    /// id, so after a power loss they are unused whatever the disk holds
+    /// (a restart re-seeds). They are rewritten every interval, where two
+    /// fsyncs a tick would be a cost for nothing.
     Volatile,
 }
 
-/// A write [`replace`] could not finish.
+/// A write [`write_atomically`] could not finish.
 #[derive(Debug, Error)]
 #[error("{}: {source}", path.display())]
 pub struct WriteError {
@@ -387,9 +399,15 @@ pub fn foreign(meta: &Metadata) -> Option<String> {
 /// random name beside it (`O_EXCL|O_NOFOLLOW`, mode 0600 exactly), written,
 /// fsynced if `durability` says so, renamed over `path` (a symlink there
 /// is replaced, never followed) and the directory fsynced (durable only).
-/// On an error before the rename the temporary file is removed; the
-/// directory must have been checked ([`ensure_dir`]) by the caller.
-pub fn replace(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), WriteError> {
+/// On an error before the rename the temporary file is removed and the old
+/// file is untouched; the directory must have been checked
+/// ([`ensure_dir`]) by the caller. The one write-then-rename of the agent:
+/// every file it writes goes through here.
+pub fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), WriteError> {
     let fail = |path: &Path, renamed, source| WriteError {
         path: path.to_path_buf(),
         renamed,
@@ -458,7 +476,7 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
-/// Remove the temporary files [`replace`] left for `path` (a crash between
+/// Remove the temporary files [`write_atomically`] left for `path` (a crash between
 /// creating one and renaming it): those named `.tmp-<name>.` and 6
 /// characters. Returns how many were removed; errors are logged, not
 /// returned (a leftover costs a few bytes, not correctness).
@@ -548,7 +566,7 @@ mod tests {
         let target = d.path().join("state");
         std::os::unix::fs::symlink(&victim, &target).unwrap();
         for durability in [Durability::Durable, Durability::Volatile] {
-            replace(&target, b"new", durability).unwrap();
+            write_atomically(&target, b"new", durability).unwrap();
             assert_eq!(fs::read(&victim).unwrap(), b"mine");
             assert!(fs::symlink_metadata(&target).unwrap().is_file());
             assert_eq!(fs::read(&target).unwrap(), b"new");
@@ -560,6 +578,120 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn write_atomically_replaces_the_file_whole_with_mode_0600() {
+        for durability in [Durability::Durable, Durability::Volatile] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("state");
+            // A longer old file, of another mode: nothing of it is left.
+            fs::write(&p, b"old content, longer than the new one").unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+            write_atomically(&p, b"new", durability).unwrap();
+            assert_eq!(fs::read(&p).unwrap(), b"new");
+            assert_eq!(mode(&p), 0o600);
+            // A new file, and an empty one.
+            let q = d.path().join("fresh");
+            write_atomically(&q, b"", durability).unwrap();
+            assert_eq!(fs::read(&q).unwrap(), b"");
+            assert_eq!(mode(&q), 0o600);
+            assert_eq!(names(d.path()), ["fresh", "state"], "{durability:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        for durability in [Durability::Durable, Durability::Volatile] {
+            let d = tempfile::tempdir().unwrap();
+            // The target is a directory: the rename fails (EISDIR).
+            let target = d.path().join("state");
+            fs::create_dir(&target).unwrap();
+            fs::write(target.join("inside"), b"kept").unwrap();
+            let e = write_atomically(&target, b"new", durability).unwrap_err();
+            assert_eq!(e.source.raw_os_error(), Some(libc::EISDIR), "{e}");
+            assert!(!e.renamed);
+            assert!(
+                e.path
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".tmp-state."),
+                "the error names the temporary file: {e}"
+            );
+            assert_eq!(names(d.path()), ["state"], "no temporary left");
+            assert_eq!(fs::read(target.join("inside")).unwrap(), b"kept");
+            // No file name: refused before anything is made.
+            let e = write_atomically(Path::new("/"), b"x", durability).unwrap_err();
+            assert_eq!(e.source.kind(), io::ErrorKind::InvalidInput);
+            // A directory that is not there: nothing made.
+            let e = write_atomically(&d.path().join("absent/state"), b"x", durability).unwrap_err();
+            assert_eq!(e.source.kind(), io::ErrorKind::NotFound);
+            assert_eq!(names(d.path()), ["state"]);
+        }
+    }
+
+    /// A write that fails half way (the filesystem is full: a 64 KiB tmpfs,
+    /// root only; a read-only directory otherwise, which root's
+    /// CAP_DAC_OVERRIDE would ignore) keeps the old file whole and leaves
+    /// no temporary behind.
+    #[test]
+    fn a_write_refused_by_the_filesystem_keeps_the_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state");
+        if euid() == 0 {
+            struct Unmount<'a>(&'a Path);
+            impl Drop for Unmount<'_> {
+                fn drop(&mut self) {
+                    let _ = std::process::Command::new("umount").arg(self.0).status();
+                }
+            }
+            let mounted = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "size=64k,mode=0700",
+                    "netwatch-files-test",
+                ])
+                .arg(d.path())
+                .status()
+                .unwrap();
+            assert!(
+                mounted.success(),
+                "mounting a tmpfs on {}",
+                d.path().display()
+            );
+            let _unmount = Unmount(d.path());
+            fs::write(&p, b"old").unwrap();
+            for durability in [Durability::Durable, Durability::Volatile] {
+                let e = write_atomically(&p, &vec![7u8; 1 << 20], durability).unwrap_err();
+                assert_eq!(e.source.kind(), io::ErrorKind::StorageFull, "{e}");
+                assert!(!e.renamed);
+                assert_eq!(fs::read(&p).unwrap(), b"old");
+                assert_eq!(names(d.path()), ["state"], "no temporary left");
+            }
+        } else {
+            fs::write(&p, b"old").unwrap();
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(0o500)).unwrap();
+            for durability in [Durability::Durable, Durability::Volatile] {
+                let e = write_atomically(&p, b"new", durability).unwrap_err();
+                assert_eq!(e.source.kind(), io::ErrorKind::PermissionDenied, "{e}");
+                assert_eq!(fs::read(&p).unwrap(), b"old");
+                assert_eq!(names(d.path()), ["state"]);
+            }
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        }
     }
 
     #[test]

@@ -146,11 +146,7 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     let opts = SourceOptions {
         #[cfg(target_os = "linux")]
         ebpf: netwatch::source::ebpf::LoadOptions {
-            tier: cfg
-                .ebpf
-                .tier
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?,
+            tier: cfg.ebpf.tier,
             max_sockets: cfg.ebpf.max_sockets,
             ringbuf_bytes: cfg.ebpf.ringbuf_bytes,
             pin: cfg

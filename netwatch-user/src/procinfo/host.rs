@@ -5,7 +5,7 @@
 //!
 //! Host id file policy: absent, empty or whitespace-only → a new v4 UUID
 //! is written (parent directories created 0700; written through
-//! [`crate::files::replace`], durable: the id is the host's history, so it
+//! [`crate::files::write_atomically`], durable: the id is the host's history, so it
 //! must survive a power loss once the cloud has seen it). A valid UUID
 //! (surrounding whitespace allowed) → reused. Anything else, or the nil
 //! UUID → error naming the file, what it holds, and to delete it to mint a
@@ -116,7 +116,8 @@ pub fn load_or_create_host_id(path: &Path) -> anyhow::Result<Uuid> {
     }
     crate::files::remove_leftovers(path);
     let id = Uuid::new_v4();
-    crate::files::replace(
+    // Durable: a lost id makes the cloud see a new host (the history splits).
+    crate::files::write_atomically(
         path,
         format!("{id}\n").as_bytes(),
         crate::files::Durability::Durable,

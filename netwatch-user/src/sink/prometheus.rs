@@ -1340,9 +1340,11 @@ impl Sink for PrometheusSink {
             .encode();
         // Volatile: the counters are only restored with the pins they were
         // written for, which a power loss (a reboot) takes away anyway.
-        if let Err(e) =
-            crate::files::replace(path, text.as_bytes(), crate::files::Durability::Volatile)
-        {
+        if let Err(e) = crate::files::write_atomically(
+            path,
+            text.as_bytes(),
+            crate::files::Durability::Volatile,
+        ) {
             log::warn!("storing the process counters at {}: {e}", path.display());
         }
     }

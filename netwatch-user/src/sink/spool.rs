@@ -1,7 +1,7 @@
 //! The on-disk spool: every snapshot not yet accepted by the cloud, one
 //! checksummed record per file, oldest first, bounded by bytes.
 //!
-//! A record is written through [`crate::files::replace`] (durable: a hidden
+//! A record is written through [`crate::files::write_atomically`] (durable: a hidden
 //! temporary file of a random name created `O_EXCL|O_NOFOLLOW`, mode 0600,
 //! fsynced, renamed to `<seq>.nws` and the directory fsynced), so after a
 //! crash (SIGKILL, power loss) a record is either whole or absent; a
@@ -594,7 +594,9 @@ impl SpoolWriter {
         // attempt could not remove never collides with this one.
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(record_name(seq));
-        match crate::files::replace(&path, &record, crate::files::Durability::Durable) {
+        // Durable: a record is a snapshot the cloud has not accepted;
+        // nothing can rebuild it after a power loss.
+        match crate::files::write_atomically(&path, &record, crate::files::Durability::Durable) {
             Ok(()) => Ok((seq, size)),
             Err(e) => {
                 // Renamed but not durable: take it back whole, so it is

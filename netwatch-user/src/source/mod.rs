@@ -30,6 +30,17 @@ pub use crate::net::Protocol;
 /// layout of the eBPF source's shared-socket ids.
 pub use socket_id::SocketId;
 
+/// The sockets a source is sized for unless told (`--max-sockets`,
+/// `[ebpf] max_sockets`): the capacity of the eBPF per-socket map, and the
+/// host size `ss` output is bounded for. The one home of this default (the
+/// config, the eBPF loader and the `ss` source read it from here).
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// The eBPF closed-socket ring buffer's size in bytes unless told
+/// (`--ringbuf-bytes`, `[ebpf] ringbuf_bytes`): 1 MiB. The one home of this
+/// default (the config and the eBPF loader read it from here).
+pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
+
 /// A source whose counts survive agent restarts: the tag of the set of
 /// kernel maps it counts in, and the file its delivered baseline lives in.
 #[derive(Debug, Clone, PartialEq, Eq)]

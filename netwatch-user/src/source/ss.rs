@@ -122,10 +122,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// at most, held only while `ss` fails.
 pub const MAX_PENDING_EVENTS: usize = destroy::MAX_QUEUED_EVENTS;
 
-/// The sockets `ss` output is sized for unless told
-/// ([`SsSource::with_max_sockets`]): the default of `--max-sockets`.
-pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
-
 /// Bytes of `ss -tunapie` output allowed per socket: a real record (two
 /// lines: addresses, owners, inode, cookie, cgroup path, `tcp_info`) is
 /// 600 to 700 bytes (`testdata/ss/`); this leaves room for long cgroup
@@ -440,7 +436,9 @@ impl SsSource {
             seen: HashMap::new(),
             listeners: Listeners::default(),
             max_pending: MAX_PENDING_EVENTS,
-            max_output_bytes: output_limit_bytes(DEFAULT_MAX_SOCKETS),
+            // Sized for the default of `--max-sockets` unless told
+            // (`with_max_sockets`).
+            max_output_bytes: output_limit_bytes(super::DEFAULT_MAX_SOCKETS),
         }
     }
 

@@ -17,7 +17,7 @@
 //! kernel's counts now and says so: the bytes since the last delivered
 //! snapshot are then not counted, and never counted twice. The next write
 //! that succeeds stores the committed section again. The file goes through
-//! [`crate::files::replace`] (a temporary file of a random name,
+//! [`crate::files::write_atomically`] (a temporary file of a random name,
 //! `O_EXCL|O_NOFOLLOW`, mode 0600, renamed into place), without `fsync`
 //! ([`crate::files::Durability::Volatile`]): the pins live in memory
 //! (bpffs) and do not survive what loses the page cache (a reboot), and a
@@ -440,7 +440,9 @@ impl BaselineStore {
 
 /// Write `bytes` to `path`, whole or not at all (the old file stays whole).
 fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    crate::files::replace(path, bytes, crate::files::Durability::Volatile).map_err(|e| {
+    // Volatile: only ever used with the pins it was written for, which a
+    // power loss takes away (a restart then re-seeds); rewritten every tick.
+    crate::files::write_atomically(path, bytes, crate::files::Durability::Volatile).map_err(|e| {
         let why = e.to_string();
         io::Error::new(e.source.kind(), why)
     })

@@ -393,8 +393,8 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             tier: TierChoice::Auto,
-            max_sockets: 65536,
-            ringbuf_bytes: 1024 * 1024,
+            max_sockets: crate::source::DEFAULT_MAX_SOCKETS,
+            ringbuf_bytes: crate::source::DEFAULT_RINGBUF_BYTES,
             drain_thread: true,
             pin: None,
         }
