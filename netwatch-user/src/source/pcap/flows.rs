@@ -87,7 +87,7 @@ pub struct FlowKey {
 /// What one direction of a flow did between two reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowCount {
-    /// Payload bytes new to the stream (TCP: see [`stream`]).
+    /// Payload bytes new to the stream (TCP: see [`super::stream`]).
     pub bytes: u64,
     /// A connection opened in this direction (a SYN without ACK).
     pub opened: bool,
