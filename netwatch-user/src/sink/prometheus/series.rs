@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use netwatch_common::wire::{CollectorInfo, InterfaceMetric, Snapshot};
+use netwatch_common::wire::{CollectorInfo, InterfaceMetric, ProcessBandwidth, Snapshot};
 
 use super::quality::QualityTotals;
 use super::state_file::{SavedCounters, SavedProcess};
@@ -159,6 +159,18 @@ impl MetricsState {
         now: Instant,
         cgroup_of: &mut dyn FnMut(u32) -> String,
     ) {
+        self.take_host_figures(snap);
+        let rows = snap.processes.as_deref().unwrap_or_default();
+        self.process_rows = rows.len() as u64;
+        let tick = self.gather(rows, cgroup_of);
+        let newcomers = self.add_to_live_series(tick, now);
+        self.expire(now);
+        self.admit(newcomers, now);
+    }
+
+    /// What the snapshot says besides the process rows: interfaces, TCP
+    /// states, the collector, the connection count and the alerts.
+    fn take_host_figures(&mut self, snap: &Snapshot) {
         self.snapshots_total += 1;
         self.interfaces = snap.interfaces.clone();
         self.tcp = snap.connection_count.map(|e| {
@@ -178,9 +190,15 @@ impl MetricsState {
         self.connections = snap.connections.as_ref().map_or(0, |c| c.len() as u64);
         self.alerts
             .observe(snap.alerts.as_deref().unwrap_or_default());
-        let rows = snap.processes.as_deref().unwrap_or_default();
-        self.process_rows = rows.len() as u64;
+    }
 
+    /// The rows summed per series key; rows without a pid (the folded
+    /// row) go to `other` at once.
+    fn gather(
+        &mut self,
+        rows: &[ProcessBandwidth],
+        cgroup_of: &mut dyn FnMut(u32) -> String,
+    ) -> HashMap<ProcessKey, Tick> {
         // One entry per key (rows are per (pid, name) already; sum anyway).
         let mut tick: HashMap<ProcessKey, Tick> = HashMap::new();
         for row in rows {
@@ -207,7 +225,16 @@ impl MetricsState {
                 *n = n.saturating_add(1);
             }
         }
+        tick
+    }
 
+    /// Add this snapshot's figures to the series that exist; the keys
+    /// without one are returned (the newcomers).
+    fn add_to_live_series(
+        &mut self,
+        tick: HashMap<ProcessKey, Tick>,
+        now: Instant,
+    ) -> Vec<(ProcessKey, Tick)> {
         for s in self.processes.values_mut() {
             s.tick_bytes = 0;
             s.tick_events = false;
@@ -231,13 +258,22 @@ impl MetricsState {
                 None => newcomers.push((key, t)),
             }
         }
+        newcomers
+    }
 
+    /// Remove the series not seen for the expiry.
+    fn expire(&mut self, now: Instant) {
         let expiry = self.limits.expiry;
         let before = self.processes.len();
         self.processes
             .retain(|_, s| now.saturating_duration_since(s.last_seen) < expiry);
         self.series_expired_total += (before - self.processes.len()) as u64;
+    }
 
+    /// Give the newcomers a series: while there is room, else in the place
+    /// of the series idle the longest if the newcomer moved bytes, else
+    /// their figures go to `other`.
+    fn admit(&mut self, mut newcomers: Vec<(ProcessKey, Tick)>, now: Instant) {
         // Busiest first; ties by key so the outcome does not depend on hashing.
         newcomers.sort_by(|a, b| {
             (b.1.rx.saturating_add(b.1.tx))
@@ -410,7 +446,6 @@ impl MetricsState {
 mod tests {
     use super::super::fixtures::{cg, page, snap, state, totals};
     use super::*;
-    use netwatch_common::wire::ProcessBandwidth;
 
     #[test]
     fn counters_accumulate_interval_bytes_across_snapshots() {
