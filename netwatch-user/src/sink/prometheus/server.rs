@@ -407,6 +407,54 @@ mod tests {
     use super::super::registry;
     use super::*;
 
+    /// The server thread on a real socket: bound on port 0 (its port
+    /// known at once), no answer before `serve_now` (the request waits in
+    /// the backlog), then the page of the state it was given; dropped, it
+    /// stops and its listener is closed.
+    #[test]
+    fn the_server_answers_once_told_to_and_closes_its_port_when_dropped() {
+        use std::io::{Read, Write};
+        let st = Arc::new(Mutex::new(state(10, 300)));
+        let (listener, addr) =
+            Server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("binding 127.0.0.1:0");
+        assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+        assert_ne!(addr.port(), 0);
+        let mut server = Server::start(listener, addr, registry(&st, None)).expect("starting");
+        assert_eq!(server.local_addr(), addr);
+        let mut c = std::net::TcpStream::connect(addr).expect("connecting");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("sending the request");
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("setting a read timeout");
+        let mut byte = [0u8; 1];
+        let waiting = c.read(&mut byte).expect_err("no answer before serve_now");
+        assert!(
+            matches!(
+                waiting.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{waiting}"
+        );
+        server.serve_now();
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("setting a read timeout");
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).expect("reading the answer");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains(&format!("content-type: {CONTENT_TYPE}\r\n")),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("\nnetwatch_agent_snapshots_total 0\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("# EOF\n"), "{answer}");
+        drop(server);
+        let refused = std::net::TcpStream::connect(addr).expect_err("the port is closed");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
     #[test]
     fn only_get_and_head_of_metrics_and_root_are_served() {
         let st = Arc::new(Mutex::new(state(10, 300)));
