@@ -12,6 +12,7 @@ pub mod misses;
 pub mod pin;
 pub mod seed;
 pub mod states;
+pub mod sys;
 pub mod tcp_events;
 pub mod tier;
 
@@ -1088,7 +1089,7 @@ impl EbpfSource {
         }
         for key in &keys {
             let found = match &self.sockets_fd {
-                Some(fd) => active::lookup(fd.as_fd(), key, &mut self.scratch),
+                Some(fd) => sys::lookup_elem(fd.as_fd(), key, &mut *self.scratch),
                 None => Ok(false),
             };
             match found {
@@ -1247,83 +1248,19 @@ impl Rebuild<'_> {
     }
 }
 
-/// `BPF_MAP_LOOKUP_BATCH`.
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 /// Every entry of a hash map of `SockKey -> SockStats`, bucket by bucket,
-/// handed to `each` a chunk at a time (the buffers are reused).
+/// handed to `each` a batch at a time (256 entries to start with).
 fn lookup_batch(
     fd: std::os::fd::BorrowedFd<'_>,
     each: &mut impl FnMut(&SockKey, &SockStats),
 ) -> std::io::Result<()> {
-    let mut chunk = 256usize;
-    // The cursor of a hash map batch is a u32 bucket index.
-    let mut cursor: u32 = 0;
-    let mut next: u32 = 0;
-    let mut first = true;
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
-    loop {
-        keys.resize(chunk, SockKey::default());
-        values.resize(chunk, SockStats::zeroed());
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &cursor as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: bpf(2) with a batch attr whose buffers hold `count` keys
-        // and values of the map's sizes, and whose cursors are live u32s.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (ret < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(chunk);
-        match err.as_ref().and_then(std::io::Error::raw_os_error) {
-            // A bucket holds more entries than the chunk: retry bigger.
-            Some(libc::ENOSPC) if chunk < 1 << 20 => {
-                chunk *= 4;
-                continue;
-            }
-            None | Some(libc::ENOENT) => {}
-            _ => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
-        }
-        for (k, v) in keys.iter().zip(&values).take(n) {
+    let mut keys = vec![SockKey::default(); 256];
+    let mut values = vec![SockStats::zeroed(); 256];
+    sys::batch_read(fd, sys::Batch::Lookup, &mut keys, &mut values, |k, v| {
+        for (k, v) in k.iter().zip(v) {
             each(k, v);
         }
-        if err.is_some() {
-            // ENOENT: the last buckets are done.
-            return Ok(());
-        }
-        cursor = next;
-        first = false;
-    }
+    })
 }
 
 /// Entries the LRU evicted, from the identity
