@@ -39,7 +39,6 @@
 //! snapshot the sinks kept last, and never panic on a file it reads.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData, MapType};
@@ -53,40 +52,11 @@ pub const MAP: &str = "GENERATION";
 /// Its name in the kernel (`bpftool map show`).
 const KERNEL_NAME: &[u8] = b"nw_generation";
 
-/// `BPF_MAP_CREATE`, `BPF_MAP_TYPE_ARRAY`.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-
-/// The `BPF_MAP_CREATE` part of `union bpf_attr` up to `map_name`.
-#[repr(C)]
-#[derive(Default)]
-struct CreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-}
-
 /// Make a new generation map (generation 0) and pin it at `path`.
 pub fn create(path: &Path) -> io::Result<()> {
-    let mut attr = CreateAttr {
-        map_type: BPF_MAP_TYPE_ARRAY,
-        key_size: 4,
-        value_size: 8,
-        max_entries: 1,
-        ..CreateAttr::default()
-    };
-    attr.map_name[..KERNEL_NAME.len()].copy_from_slice(KERNEL_NAME);
-    let ret = super::active::bpf(BPF_MAP_CREATE, &mut attr)
+    let fd = super::sys::create_array(KERNEL_NAME, 8, 1)
         .map_err(|e| io::Error::new(e.kind(), format!("creating the generation map: {e}")))?;
-    let fd = i32::try_from(ret).map_err(|_| io::Error::other("BPF_MAP_CREATE returned no fd"))?;
-    // SAFETY: a new fd the kernel just returned, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    super::held::obj_pin(std::os::fd::AsFd::as_fd(&fd), path)
+    super::sys::obj_pin(std::os::fd::AsFd::as_fd(&fd), path)
         .map_err(|e| io::Error::new(e.kind(), format!("pinning {}: {e}", path.display())))
 }
 

@@ -9,64 +9,13 @@
 //! an entry that exists, and never close a descriptor while the agent runs
 //! (closing the last one of a link detaches its program).
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 
-use super::active::bpf;
-
-/// `BPF_OBJ_PIN` and `BPF_OBJ_GET`.
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-
-/// The `obj` member of `union bpf_attr` (`BPF_OBJ_PIN`, `BPF_OBJ_GET`).
-#[repr(C)]
-#[derive(Default)]
-struct ObjAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: a path with a NUL byte", path.display()),
-        )
-    })
-}
-
-/// Open the BPF object (map, link or program) pinned at `path`.
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let c = c_path(path)?;
-    let mut attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        ..ObjAttr::default()
-    };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("BPF_OBJ_GET returned no fd"))?;
-    // SAFETY: a new fd the kernel just returned, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Pin the BPF object behind `fd` at `path` (the parent must exist on a
-/// BPF filesystem; an existing `path` is an error, never replaced).
-pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let c = c_path(path)?;
-    let mut attr = ObjAttr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        ..ObjAttr::default()
-    };
-    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
-}
+pub use super::sys::{obj_get, obj_pin};
 
 /// Every object of one pin set, held open, by its pin's path (joined
 /// once here, not on every check).

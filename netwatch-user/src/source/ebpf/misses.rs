@@ -22,39 +22,14 @@
 //! program and per kprobe link, on descriptors it holds.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use super::active::bpf;
+use super::sys::{self, fd_by_id, next_id, Object};
 
-/// `enum bpf_cmd` values used here.
-const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
 /// `BPF_LINK_TYPE_PERF_EVENT`, `BPF_PERF_EVENT_KPROBE`, `_KRETPROBE`.
 const BPF_LINK_TYPE_PERF_EVENT: u32 = 7;
 const BPF_PERF_EVENT_KPROBE: u32 = 3;
 const BPF_PERF_EVENT_KRETPROBE: u32 = 4;
-
-/// The `*_GET_NEXT_ID` / `*_GET_FD_BY_ID` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct IdAttr {
-    /// `start_id` / `prog_id` / `link_id`.
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
-/// The `info` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
 
 /// `struct bpf_prog_info` up to `recursion_misses` (the kernel fills what
 /// fits in the length given, and leaves out what it does not have).
@@ -123,45 +98,6 @@ struct LinkInfo {
 const _: () = assert!(std::mem::offset_of!(LinkInfo, perf_type) == 16);
 const _: () = assert!(std::mem::offset_of!(LinkInfo, missed) == 48);
 
-/// The id after `id` (`BPF_PROG_GET_NEXT_ID` or `BPF_LINK_GET_NEXT_ID`);
-/// `None` at the end.
-fn next_id(cmd: libc::c_long, id: u32) -> io::Result<Option<u32>> {
-    let mut attr = IdAttr {
-        id,
-        ..Default::default()
-    };
-    match bpf(cmd, &mut attr) {
-        Ok(_) => Ok(Some(attr.next_id)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A descriptor for the object `id` (`BPF_PROG_GET_FD_BY_ID` or
-/// `BPF_LINK_GET_FD_BY_ID`); `None` if it went away meanwhile.
-fn fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<Option<OwnedFd>> {
-    let mut attr = IdAttr {
-        id,
-        ..Default::default()
-    };
-    match bpf(cmd, &mut attr) {
-        // SAFETY: the kernel returned a new descriptor, owned from here on.
-        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD` into `info`.
-fn obj_info<T>(fd: &OwnedFd, info: &mut T) -> io::Result<()> {
-    let mut attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<T>() as u32,
-        info: info as *mut T as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
-}
-
 /// A program's info, and with `map_ids` the ids of the maps it uses
 /// (as many as fit).
 pub(crate) fn prog_info(fd: &OwnedFd, map_ids: Option<&mut [u32]>) -> io::Result<ProgInfo> {
@@ -170,7 +106,7 @@ pub(crate) fn prog_info(fd: &OwnedFd, map_ids: Option<&mut [u32]>) -> io::Result
         info.nr_map_ids = ids.len() as u32;
         info.map_ids = ids.as_mut_ptr() as u64;
     }
-    obj_info(fd, &mut info)?;
+    sys::obj_info(fd.as_fd(), &mut info)?;
     Ok(info)
 }
 
@@ -220,9 +156,9 @@ impl Misses {
         let mut progs = Vec::new();
         let mut id = 0;
         let mut ids = [0u32; MAX_MAPS];
-        while let Some(next) = next_id(BPF_PROG_GET_NEXT_ID, id)? {
+        while let Some(next) = next_id(Object::Prog, id)? {
             id = next;
-            let Some(fd) = fd_by_id(BPF_PROG_GET_FD_BY_ID, id)? else {
+            let Some(fd) = fd_by_id(Object::Prog, id)? else {
                 continue;
             };
             // Another program's info that cannot be read is not ours to
@@ -265,7 +201,7 @@ impl Misses {
         }
         for l in &mut self.links {
             let mut info = LinkInfo::default();
-            if obj_info(&l.fd, &mut info).is_ok() {
+            if sys::obj_info(l.fd.as_fd(), &mut info).is_ok() {
                 l.missed = l.missed.max(info.missed);
             }
         }
@@ -312,13 +248,13 @@ impl Misses {
 fn kprobe_links(progs: &[Prog]) -> io::Result<Vec<KprobeLink>> {
     let mut links = Vec::new();
     let mut id = 0;
-    while let Some(next) = next_id(BPF_LINK_GET_NEXT_ID, id)? {
+    while let Some(next) = next_id(Object::Link, id)? {
         id = next;
-        let Some(fd) = fd_by_id(BPF_LINK_GET_FD_BY_ID, id)? else {
+        let Some(fd) = fd_by_id(Object::Link, id)? else {
             continue;
         };
         let mut info = LinkInfo::default();
-        if obj_info(&fd, &mut info).is_err() {
+        if sys::obj_info(fd.as_fd(), &mut info).is_err() {
             continue;
         }
         let kprobe = info.type_ == BPF_LINK_TYPE_PERF_EVENT

@@ -6,28 +6,28 @@
 
 pub mod active;
 pub mod btf;
+pub mod finals;
 pub mod generation;
 pub mod held;
 pub mod misses;
 pub mod pin;
+pub mod pinning;
+pub mod reader;
 pub mod seed;
 pub mod states;
+pub mod sys;
 pub mod tcp_events;
 pub mod tier;
 
-use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
 use log::{debug, info, warn};
 use netwatch_common::{
-    counter, names, ClosedSock, DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP,
-    IPPROTO_UDP, OWNERS,
+    counter, names, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, OWNERS,
 };
 use smallvec::SmallVec;
 
@@ -37,6 +37,7 @@ use super::{
     CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpEvent,
     TcpStateCounts,
 };
+pub use reader::Refresh;
 pub use tier::{LoadError, LoadOptions, TierChoice};
 
 /// The BPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
@@ -183,74 +184,34 @@ pub struct KernelCounters {
     pub state_changes: u64,
 }
 
-/// The loaded and attached programs and their maps.
+/// The loaded and attached programs and their maps. A read is done by
+/// its parts: [`finals::Finals`] takes the closed sockets' final records,
+/// [`reader::Reader`] the live sockets that changed or went (and keeps
+/// every live one's samples); this struct joins them into a batch, keeps
+/// the pins and their baseline, and reads the programs' counters, TCP
+/// events and state counts.
 pub struct EbpfSource {
     /// Owns the programs and their links: dropping it detaches everything
     /// not pinned. `None` when continuing from pins (the pins hold them).
     ebpf: Option<Ebpf>,
     tier: tier::Tier,
-    sockets: BpfHashMap<MapData, SockKey, SockStats>,
-    /// Final records drained from the `CLOSED` ring buffer as they arrive.
-    drain: Drain,
-    destroyed: BpfHashMap<MapData, DestroyedKey, SockStats>,
+    /// The per-socket map's reader: the sockets that changed or went,
+    /// and every live one's samples.
+    reader: reader::Reader<reader::KernelSockets, active::ActiveSet>,
+    /// The final records of closed sockets.
+    finals: finals::Finals,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// A second handle on `SOCKETS` for `BPF_MAP_LOOKUP_BATCH`.
-    sockets_fd: Option<OwnedFd>,
-    /// Capacity of `SOCKETS`, which bounds a map walk.
-    max_sockets: u32,
     /// Highest eviction count estimated so far (kept monotonic).
     evicted: u64,
     /// What seeding found at load (`None`: it could not run).
     seeded: Option<seed::SeedReport>,
-    /// Pinned: the pins' instance tag and the baseline file.
-    pinned: Option<(String, std::path::PathBuf)>,
-    /// The baseline to prime deltas with at the first read (restarted agent).
-    restore: Option<Vec<pin::BaselineEntry>>,
-    /// The owners' counters of the last read, stored once it is delivered.
-    last_read: Vec<pin::BaselineEntry>,
-    /// The baseline file and the pins' generation (pinned only).
-    store: Option<generation::BaselineStore>,
-    /// Every pinned object held open, so removed pins detach nothing and
-    /// are pinned again (pinned only).
-    held: Option<held::Held>,
-    /// Held while this agent owns the pins.
-    lock: Option<std::fs::File>,
-    /// True when continuing from pins an earlier agent left.
-    continued: bool,
+    /// The pins, their baseline and its lock (empty unpinned).
+    pins: pinning::Pinning,
     /// The TCP events ring, read at every [`SocketSource::take_tcp_events`].
     tcp_events: Option<tcp_events::TcpEvents>,
     /// Lost TCP events already warned about, and when (at most once a minute).
     tcp_events_lost_logged: (u64, Option<Instant>),
-    /// The sockets that moved bytes or changed state since the last read
-    /// (`None`: the loaded object has no active set; every read walks).
-    active: Option<active::ActiveSet>,
-    /// Every live socket's samples as of its last change, by `struct sock`
-    /// address: an idle socket's come from here, not from the kernel.
-    tracked: Tracker,
-    /// Sockets that left the map without a final record (they never
-    /// moved a byte), as closed samples for the read that found them gone.
-    gone: Vec<SocketSample>,
-    /// Unchanged sockets a partial batch adds to fill the snapshot's
-    /// connection list ([`SocketSource::set_row_budget`]).
-    row_budget: usize,
-    /// A read changed `tracked` since the baseline was last built.
-    baseline_dirty: bool,
-    /// Keys drained from the active set, reused across reads.
-    active_keys: Vec<SockKey>,
-    /// A `SOCKETS` value to look up into, reused.
-    scratch: Box<SockStats>,
-    /// Per active-set generation, its `ACTIVE_MARKS` count read just before
-    /// its last drain (`None`: drain it next time).
-    drained_marks: [Option<u64>; 2],
-    /// The `RINGBUF_DROPS` count read before the last look at `DESTROYED`,
-    /// which emptied it: while it stands still, nothing is there to read.
-    destroyed_seen_drops: Option<u64>,
-    /// Reads so far, and the `ACTIVE_FULL` count the last read saw.
-    reads: u64,
-    active_full_seen: u64,
-    /// The next read walks the whole map (a lookup failed).
-    walk_next: bool,
     /// How the last read found its sockets.
     last_refresh: Refresh,
     /// The TCP state iterator, loaded (`states::prepare`) or reopened from
@@ -271,221 +232,9 @@ pub struct EbpfSource {
 /// nothing seemed to change.
 const STATES_WALK_EVERY: u32 = 30;
 
-/// How a read found the live sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Refresh {
-    /// No read yet, or a restarted agent's baseline.
-    #[default]
-    None,
-    /// The whole socket map was walked.
-    Walk,
-    /// Only the sockets of the active set were looked up (how many).
-    Active(usize),
-}
-
 /// One socket's samples, one per owner: inline for the usual single owner,
 /// so a tracked socket costs no allocation of its own.
 pub type Samples = SmallVec<[SocketSample; 1]>;
-
-/// One live socket as its last change left it.
-struct Tracked {
-    first_ns: u64,
-    samples: Samples,
-}
-
-/// Every live socket's samples, and which of them listen (a partial batch
-/// lists every listener: the alert feed reads them each tick).
-#[derive(Default)]
-struct Tracker {
-    by_sk: HashMap<u64, Tracked>,
-    listeners: HashSet<u64>,
-}
-
-impl Tracker {
-    /// Remember one live entry's samples (or forget it, if it yields none).
-    fn insert(&mut self, key: &SockKey, st: &SockStats) {
-        let samples = to_samples(key, st, false);
-        if samples.is_empty() {
-            self.remove(key.sk);
-            return;
-        }
-        if samples.iter().any(|s| s.state == crate::net::state::LISTEN) {
-            self.listeners.insert(key.sk);
-        } else {
-            self.listeners.remove(&key.sk);
-        }
-        self.by_sk.insert(
-            key.sk,
-            Tracked {
-                first_ns: st.first_ns,
-                samples,
-            },
-        );
-    }
-
-    fn remove(&mut self, sk: u64) {
-        self.by_sk.remove(&sk);
-        self.listeners.remove(&sk);
-    }
-
-    fn clear(&mut self) {
-        self.by_sk.clear();
-        self.listeners.clear();
-    }
-
-    fn len(&self) -> usize {
-        self.by_sk.len()
-    }
-}
-
-/// Every this many reads the whole map is walked even when the active set
-/// worked: entries the LRU evicted leave `tracked` then, and a mark lost
-/// to a race (see `mark_active` in the programs) is bounded in time.
-const FULL_WALK_EVERY: u64 = 60;
-
-/// Records waiting for the next read at most (128 B each: 32 MiB); past
-/// it the newest are dropped, counted in `lost_records` and as
-/// `netwatch_agent_table_dropped_total{table="ebpf_closed_pending"}`.
-const MAX_PENDING: usize = 256 * 1024;
-
-/// What the drain thread shares with the reader.
-struct Pending {
-    /// The ring itself: the thread empties it as soon as the kernel writes,
-    /// and a read empties it too, so a record written just before a read
-    /// (a socket closed right before the agent's final snapshot) is in that
-    /// read whether or not the thread has woken yet.
-    ring: Mutex<RingBuf<MapData>>,
-    records: Mutex<Vec<ClosedSock>>,
-    /// Records dropped: malformed, or over [`MAX_PENDING`].
-    dropped: AtomicU64,
-    stop: AtomicBool,
-}
-
-impl Pending {
-    /// Move what the ring holds into `records`. Lock order: ring, records.
-    fn drain(&self) {
-        let mut ring = crate::supervise::lock(&self.ring, "the closed-socket ring buffer");
-        let mut batch = Vec::new();
-        let malformed = drain_ring(&mut ring, &mut batch);
-        self.dropped.fetch_add(malformed, Ordering::Relaxed);
-        if batch.is_empty() {
-            return;
-        }
-        let mut records = crate::supervise::lock(&self.records, "closed-socket records");
-        let dropped = super::append_bounded(&mut records, batch, MAX_PENDING);
-        self.dropped.fetch_add(dropped, Ordering::Relaxed);
-        crate::drops::dropped("ebpf_closed_pending", MAX_PENDING, dropped);
-    }
-}
-
-/// Empties the `CLOSED` ring buffer: by default on a thread of its own,
-/// woken by `poll` on the ring's fd as soon as the kernel writes, so bursts
-/// of closing sockets between two ticks do not overflow it; or, when asked,
-/// only when the source is read.
-enum Drain {
-    Thread {
-        pending: Arc<Pending>,
-        /// Supervised as `ringbuf` (restarted: the ring and the records
-        /// live in `pending`; meanwhile each read drains the ring itself).
-        thread: Option<crate::supervise::Worker>,
-    },
-    OnRead {
-        ring: RingBuf<MapData>,
-        dropped: u64,
-    },
-}
-
-/// Move every record the ring holds into `out`; returns the malformed count.
-fn drain_ring(ring: &mut RingBuf<MapData>, out: &mut Vec<ClosedSock>) -> u64 {
-    let mut malformed = 0;
-    while let Some(item) = ring.next() {
-        let bytes: &[u8] = &item;
-        if bytes.len() < std::mem::size_of::<ClosedSock>() {
-            malformed += 1;
-            continue;
-        }
-        // SAFETY: a ClosedSock written by our programs (length checked);
-        // read_unaligned copes with any alignment.
-        out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ClosedSock>()) });
-    }
-    malformed
-}
-
-impl Drain {
-    fn start(ring: RingBuf<MapData>, on_thread: bool) -> std::io::Result<Self> {
-        if !on_thread {
-            return Ok(Drain::OnRead { ring, dropped: 0 });
-        }
-        let fd = ring.as_raw_fd();
-        let pending = Arc::new(Pending {
-            ring: Mutex::new(ring),
-            records: Mutex::default(),
-            dropped: AtomicU64::default(),
-            stop: AtomicBool::default(),
-        });
-        let shared = Arc::clone(&pending);
-        let thread = crate::supervise::Worker::spawn(
-            "ringbuf",
-            "netwatch-ringbuf",
-            crate::supervise::Policy::Restart,
-            move || {
-                while !shared.stop.load(Ordering::Relaxed) {
-                    crate::supervise::fault::point("ringbuf");
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd for the ring buffer's fd, which
-                    // `shared.ring` keeps open for the life of this thread.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    shared.drain();
-                }
-                Ok(())
-            },
-        )?;
-        Ok(Drain::Thread {
-            pending,
-            thread: Some(thread),
-        })
-    }
-
-    /// Everything written to the ring so far and not taken before.
-    fn take(&mut self) -> Vec<ClosedSock> {
-        match self {
-            Drain::Thread { pending, .. } => {
-                pending.drain();
-                std::mem::take(&mut *crate::supervise::lock(
-                    &pending.records,
-                    "closed-socket records",
-                ))
-            }
-            Drain::OnRead { ring, dropped } => {
-                let mut out = Vec::new();
-                *dropped += drain_ring(ring, &mut out);
-                out
-            }
-        }
-    }
-
-    /// Records dropped since start (malformed, or over [`MAX_PENDING`]).
-    fn dropped(&self) -> u64 {
-        match self {
-            Drain::Thread { pending, .. } => pending.dropped.load(Ordering::Relaxed),
-            Drain::OnRead { dropped, .. } => *dropped,
-        }
-    }
-}
-
-impl Drop for Drain {
-    fn drop(&mut self) {
-        if let Drain::Thread { pending, thread } = self {
-            pending.stop.store(true, Ordering::Relaxed);
-            // Stops restarts and joins.
-            drop(thread.take());
-        }
-    }
-}
 
 impl EbpfSource {
     /// Load and attach on the tier `opts` asks for (or the best available);
@@ -534,7 +283,7 @@ impl EbpfSource {
         let pinned = pin::open_existing(pin_opts, opts).map_err(LoadError::Pin)?;
         let Some(pinned) = pinned else {
             let mut source = Self::load_fresh(opts)?;
-            source.lock = Some(lock);
+            source.pins.lock = Some(lock);
             return Ok(source);
         };
         info!(
@@ -571,15 +320,15 @@ impl EbpfSource {
             None,
         )?;
         let tcp_ring = take(names::TCP_EVENTS)?;
-        source.active = active::ActiveSet::from_maps(
+        source.reader.set_active(active::ActiveSet::from_maps(
             [names::EPOCH, names::ACTIVE[0], names::ACTIVE[1]].map(|n| maps.remove(n)),
-        );
-        source.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
-        source.restore = restore;
-        source.store = Some(store);
-        source.held = Some(held);
-        source.lock = Some(lock);
-        source.continued = true;
+        ));
+        source.pins.pinned = Some((pinned.instance, pin_opts.state_file.clone()));
+        source.pins.restore = restore;
+        source.pins.store = Some(store);
+        source.pins.held = Some(held);
+        source.pins.lock = Some(lock);
+        source.pins.continued = true;
         source.states_iter = pinned.states.map(|p| states::Loaded::Pinned(Box::new(p)));
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
@@ -675,11 +424,13 @@ impl EbpfSource {
         }
         let mut source = Self::from_maps(Some(ebpf), tier, opts, logger, maps, seeded.ok())?;
         source.states_iter = states_iter;
-        source.active = active::ActiveSet::from_maps(active);
+        source
+            .reader
+            .set_active(active::ActiveSet::from_maps(active));
         if let Some((pinned, store, held)) = published {
-            source.pinned = Some(pinned);
-            source.store = Some(store);
-            source.held = Some(held);
+            source.pins.pinned = Some(pinned);
+            source.pins.store = Some(store);
+            source.pins.held = Some(held);
         }
         source.start_tcp_events(tcp_ring)?;
         Ok(source)
@@ -693,21 +444,17 @@ impl EbpfSource {
         [sockets_map, closed, destroyed, counters]: [aya::maps::Map; 4],
         seeded: Option<seed::SeedReport>,
     ) -> Result<Self, LoadError> {
-        let sockets_fd = match &sockets_map {
-            aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => {
-                d.fd().as_fd().try_clone_to_owned().ok()
-            }
-            _ => None,
-        };
+        let sockets_fd = active::fd_of(&sockets_map);
         let sockets =
             BpfHashMap::try_from(sockets_map).map_err(|e| LoadError::Map(names::SOCKETS, e))?;
         let closed = RingBuf::try_from(closed).map_err(|e| LoadError::Map(names::CLOSED, e))?;
-        // Pinned: records stay in the kernel's ring until a read takes
-        // them, so a killed agent loses none it had not delivered.
-        let drain = Drain::start(closed, opts.drain_thread && opts.pin.is_none())
-            .map_err(LoadError::DrainThread)?;
         let destroyed =
             BpfHashMap::try_from(destroyed).map_err(|e| LoadError::Map(names::DESTROYED, e))?;
+        // Pinned: records stay in the kernel's ring until a read takes
+        // them, so a killed agent loses none it had not delivered.
+        let finals =
+            finals::Finals::start(closed, destroyed, opts.drain_thread && opts.pin.is_none())
+                .map_err(LoadError::DrainThread)?;
         // Every program of ours bumps a counter: the users of this
         // `COUNTERS` map are this object's programs.
         let misses = match &counters {
@@ -729,36 +476,19 @@ impl EbpfSource {
         Ok(Self {
             ebpf,
             tier,
-            sockets,
-            drain,
-            destroyed,
+            reader: reader::Reader::new(
+                reader::KernelSockets::new(sockets, sockets_fd),
+                None,
+                opts.max_sockets,
+            ),
+            finals,
             counters,
             logger,
-            sockets_fd,
-            max_sockets: opts.max_sockets,
             evicted: 0,
             seeded,
-            pinned: None,
-            restore: None,
-            last_read: Vec::new(),
-            store: None,
-            held: None,
-            lock: None,
-            continued: false,
+            pins: pinning::Pinning::default(),
             tcp_events: None,
             tcp_events_lost_logged: (0, None),
-            active: None,
-            tracked: Tracker::default(),
-            gone: Vec::new(),
-            row_budget: 0,
-            baseline_dirty: false,
-            active_keys: Vec::new(),
-            scratch: Box::new(SockStats::zeroed()),
-            reads: 0,
-            active_full_seen: 0,
-            drained_marks: [None; 2],
-            destroyed_seen_drops: None,
-            walk_next: false,
             last_refresh: Refresh::None,
             states_iter: None,
             states_last: None,
@@ -845,41 +575,16 @@ impl EbpfSource {
         self.ebpf.as_ref()
     }
 
-    /// After a read, before its snapshot goes to the sinks: store its
-    /// counters as the pending baseline ([`generation`]).
-    fn prepare_baseline(&mut self) {
-        let Some(store) = self.store.as_mut() else {
-            return;
-        };
-        if std::mem::take(&mut self.baseline_dirty) {
-            // A socket missing from the baseline is counted in full by
-            // the next agent: exact for those still at 0, which need
-            // no line.
-            self.last_read.clear();
-            self.last_read.extend(
-                self.tracked
-                    .by_sk
-                    .values()
-                    .flat_map(|t| t.samples.iter())
-                    .filter(|s| s.rx_bytes != 0 || s.tx_bytes != 0)
-                    .map(pin::BaselineEntry::of),
-            );
-        }
-        store.prepare(&self.last_read);
-    }
-
     /// The snapshot of the last read was kept by the sinks: a restarted
     /// agent continues from its baseline.
     pub fn store_baseline(&mut self) {
-        if let Some(store) = self.store.as_mut() {
-            store.commit();
-        }
+        self.pins.commit();
     }
 
     /// Pinned objects pinned again since start, after their pins were
     /// removed while the agent ran (0 unpinned).
     pub fn pins_restored(&self) -> u64 {
-        self.held.as_ref().map_or(0, held::Held::restored)
+        self.pins.restored()
     }
 
     /// The programs' own counters, summed over CPUs.
@@ -907,17 +612,12 @@ impl EbpfSource {
         }
         // Pins removed while the agent runs are made again (the held
         // descriptors kept everything attached meanwhile).
-        if let Some(h) = self.held.as_mut() {
-            h.check();
-        }
+        self.pins.check();
         // A restarted agent's first read (its priming read, never
         // delivered) is exactly what the previous agent last delivered:
         // the next read's deltas then count everything after it, once.
         // Nothing is drained here: closed records wait in the kernel.
-        if let Some(restore) = self.restore.take() {
-            self.last_read = restore.clone();
-            self.baseline_dirty = false;
-            self.prepare_baseline();
+        if let Some(restore) = self.pins.take_restore() {
             return SampleBatch {
                 taken_at: Instant::now(),
                 samples: restore.iter().map(pin::BaselineEntry::sample).collect(),
@@ -928,62 +628,25 @@ impl EbpfSource {
         }
         // Counters before the walk: see `evicted_estimate`.
         let before = self.kernel_counters();
-        let mut samples = Vec::new();
-        // Sockets whose final record is in this read: a live entry of one
-        // of them seen below (deleted just after its record was written)
-        // must not be counted a second time.
-        let mut finished: HashSet<(u64, u64)> = HashSet::new();
-        for rec in self.drain.take() {
-            finished.insert((rec.key.sk, rec.stats.first_ns));
-            samples.extend(to_samples(&rec.key, &rec.stats, true));
-        }
-        // Final records the ring buffer had no room for (only ever written
-        // when it was full, which `RINGBUF_DROPS` counts: while that count
-        // stands still since the last look emptied the map, there is none).
-        if self.destroyed_seen_drops != Some(before.ringbuf_drops) {
-            let overflowed: Vec<(DestroyedKey, SockStats)> =
-                self.destroyed.iter().filter_map(Result::ok).collect();
-            let mut emptied = true;
-            for (dkey, st) in overflowed {
-                if finished.insert((dkey.sk, st.first_ns)) {
-                    samples.extend(to_samples(&SockKey { sk: dkey.sk }, &st, true));
-                }
-                // Read once: make room.
-                emptied &= self.destroyed.remove(&dkey).is_ok();
-            }
-            self.destroyed_seen_drops = emptied.then_some(before.ringbuf_drops);
-        }
-        for &(sk, first_ns) in &finished {
-            if self
-                .tracked
-                .by_sk
-                .get(&sk)
-                .is_some_and(|t| t.first_ns == first_ns)
-            {
-                self.tracked.remove(sk);
-            }
-        }
-        let live = self.refresh(&before, &finished);
-        samples.append(&mut self.gone);
-        // What the pin baseline holds changed: a socket closed, went, or
-        // was looked up (listeners and filler rows are unchanged ones).
-        self.baseline_dirty |= !samples.is_empty() || !self.active_keys.is_empty();
-        let omitted = if self.last_refresh == Refresh::Walk {
-            // A walk saw every socket: list them all (a full batch).
-            samples.reserve(self.tracked.len());
-            for t in self.tracked.by_sk.values() {
-                samples.extend(t.samples.iter().cloned());
-            }
-            None
-        } else {
-            Some(self.list_changed(&mut samples))
-        };
-        self.baseline_dirty |= omitted.is_none();
-        self.reads += 1;
+        let finals::Closed {
+            mut samples,
+            finished,
+        } = self.finals.take(before.ringbuf_drops);
+        let marks = [
+            self.kernel_counter(counter::ACTIVE_MARKS0),
+            self.kernel_counter(counter::ACTIVE_MARKS0 + 1),
+        ];
+        let mut found = self.reader.refresh(&before, marks, &finished);
+        let live = found.live;
+        self.last_refresh = found.how;
+        // What the pin baseline holds changed: see `Found::changes_baseline`.
+        let changed = found.changes_baseline(samples.len());
+        samples.append(&mut found.gone);
+        let omitted = self.reader.list(found, &mut samples);
         let after = self.kernel_counters();
         let estimate = evicted_estimate(&before, &after, live);
         self.evicted = self.evicted.max(estimate);
-        self.prepare_baseline();
+        self.pins.prepare(changed, self.reader.samples());
         let skipped = self.read_misses();
         SampleBatch {
             taken_at: Instant::now(),
@@ -994,130 +657,14 @@ impl EbpfSource {
                 + after.owner_full
                 + after.missed_return
                 + skipped
-                + self.drain.dropped(),
+                + self.finals.dropped(),
             estimated: false,
             omitted,
         }
     }
-
-    /// A partial batch after the active set's lookups: the sockets they
-    /// found (changed since the last read), every listener, and up to
-    /// [`Self::row_budget`] unchanged ones, each socket once; returns how
-    /// many live sockets it left out.
-    fn list_changed(&self, samples: &mut Vec<SocketSample>) -> u64 {
-        let mut listed: HashSet<u64> = HashSet::with_capacity(self.active_keys.len());
-        let mut list = |sk: u64, samples: &mut Vec<SocketSample>| {
-            if let Some(t) = self.tracked.by_sk.get(&sk) {
-                if listed.insert(sk) {
-                    samples.extend(t.samples.iter().cloned());
-                }
-            }
-        };
-        for key in &self.active_keys {
-            list(key.sk, samples);
-        }
-        for &sk in &self.tracked.listeners {
-            list(sk, samples);
-        }
-        let mut fill = self.row_budget;
-        for (&sk, t) in &self.tracked.by_sk {
-            if fill == 0 {
-                break;
-            }
-            if listed.insert(sk) {
-                samples.extend(t.samples.iter().cloned());
-                fill -= 1;
-            }
-        }
-        (self.tracked.len() - listed.len()) as u64
-    }
 }
 
 impl EbpfSource {
-    /// Bring `tracked` up to date and return how many live entries it
-    /// holds: the sockets of the active set only, or (first read, a full
-    /// set, a failed drain or lookup, a map near full, and every
-    /// [`FULL_WALK_EVERY`] reads) the whole map. The interval advances
-    /// before anything is read, so an event after the read marks its
-    /// socket for the next one.
-    fn refresh(&mut self, before: &KernelCounters, finished: &HashSet<(u64, u64)>) -> u64 {
-        let near_full =
-            before.created.saturating_sub(before.closed) >= u64::from(self.max_sockets) / 8 * 7;
-        let mut walk = self.reads == 0
-            || self.walk_next
-            || near_full
-            || before.active_full > self.active_full_seen
-            || self.reads.is_multiple_of(FULL_WALK_EVERY);
-        self.active_full_seen = before.active_full;
-        self.walk_next = false;
-        let mut keys = std::mem::take(&mut self.active_keys);
-        let marks = [
-            self.kernel_counter(counter::ACTIVE_MARKS0),
-            self.kernel_counter(counter::ACTIVE_MARKS0 + 1),
-        ];
-        match self.active.as_mut() {
-            Some(a) => match a.advance() {
-                // Nothing entered this generation since its last drain:
-                // skip the drain, a walk of every bucket of the set.
-                Ok(g) if self.drained_marks[g & 1] == Some(marks[g & 1]) => keys.clear(),
-                Ok(g) => match a.drain(g, &mut keys) {
-                    Ok(()) => self.drained_marks[g & 1] = Some(marks[g & 1]),
-                    Err(e) => {
-                        debug!("draining the active set: {e}; walking the socket map");
-                        self.drained_marks = [None; 2];
-                        walk = true;
-                    }
-                },
-                Err(e) => {
-                    debug!("advancing the active set: {e}; walking the socket map");
-                    walk = true;
-                }
-            },
-            None => walk = true,
-        }
-        if walk {
-            let live = self.walk(finished);
-            self.active_keys = keys;
-            self.last_refresh = Refresh::Walk;
-            return live;
-        }
-        for key in &keys {
-            let found = match &self.sockets_fd {
-                Some(fd) => active::lookup(fd.as_fd(), key, &mut self.scratch),
-                None => Ok(false),
-            };
-            match found {
-                Ok(true) if !finished.contains(&(key.sk, self.scratch.first_ns)) => {
-                    let st = *self.scratch;
-                    self.track(key, &st);
-                }
-                // Finished (its final record is in this read or the next)
-                // or evicted: gone either way. One that never moved a byte
-                // gets no final record: its samples go out closed now, or
-                // its process would count it open until the next walk.
-                Ok(_) => {
-                    if let Some(t) = self.tracked.by_sk.get(&key.sk) {
-                        if t.samples.iter().all(|s| s.rx_bytes == 0 && s.tx_bytes == 0) {
-                            self.gone.extend(t.samples.iter().cloned().map(|mut s| {
-                                s.closed = true;
-                                s.state = crate::net::state::CLOSED.into();
-                                s
-                            }));
-                        }
-                    }
-                    self.tracked.remove(key.sk);
-                }
-                Err(e) => {
-                    debug!("looking up socket {:x}: {e}; walking next read", key.sk);
-                    self.walk_next = true;
-                }
-            }
-        }
-        self.last_refresh = Refresh::Active(keys.len());
-        self.active_keys = keys;
-        self.tracked.len() as u64
-    }
-
     /// How the last read found the live sockets.
     pub fn last_refresh(&self) -> Refresh {
         self.last_refresh
@@ -1177,148 +724,6 @@ impl EbpfSource {
         self.states_last = Some((stamp, counts, 0));
         Some(counts)
     }
-
-    /// Remember one live entry's samples.
-    fn track(&mut self, key: &SockKey, st: &SockStats) {
-        self.tracked.insert(key, st);
-    }
-
-    /// Rebuild `tracked` from every live entry, each once (those whose
-    /// final record is in this read left out), and return how many live
-    /// entries the map held. By `BPF_MAP_LOOKUP_BATCH`, whose cursor is a
-    /// hash bucket: deletions and insertions meanwhile never restart or
-    /// skip it, so every entry that lives through the walk is seen; taken
-    /// a chunk at a time, so a walk never holds a copy of the whole map.
-    /// Kernels without batch lookups on hash maps (< 5.6) fall back to
-    /// `get_next_key`, which restarts from the first key when the current
-    /// one is deleted: bounded, and deduplicated.
-    fn walk(&mut self, finished: &HashSet<(u64, u64)>) -> u64 {
-        let mut rebuild = Rebuild {
-            tracked: &mut self.tracked,
-            finished,
-            live: 0,
-        };
-        rebuild.restart();
-        if let Some(fd) = &self.sockets_fd {
-            match lookup_batch(fd.as_fd(), &mut |k, st| rebuild.take(k, st)) {
-                Ok(()) => return rebuild.live,
-                Err(e) => debug!("BPF_MAP_LOOKUP_BATCH on SOCKETS: {e}; walking by key"),
-            }
-            // Start over: the batch walk may have stopped half way.
-            rebuild.restart();
-        }
-        let mut seen = HashSet::new();
-        let max_steps = 2 * self.max_sockets as usize + 1024;
-        // An entry deleted while we iterate is simply gone: its record is
-        // in the ring buffer for the next read.
-        for (key, st) in self.sockets.iter().take(max_steps).filter_map(Result::ok) {
-            if seen.insert(key.sk) {
-                rebuild.take(&key, &st);
-            }
-        }
-        rebuild.live
-    }
-}
-
-/// `tracked` rebuilt by a walk: every live entry met is counted, and kept
-/// unless its final record is in this read.
-struct Rebuild<'a> {
-    tracked: &'a mut Tracker,
-    finished: &'a HashSet<(u64, u64)>,
-    live: u64,
-}
-
-impl Rebuild<'_> {
-    fn restart(&mut self) {
-        self.tracked.clear();
-        self.live = 0;
-    }
-
-    fn take(&mut self, key: &SockKey, st: &SockStats) {
-        self.live += 1;
-        if !self.finished.contains(&(key.sk, st.first_ns)) {
-            self.tracked.insert(key, st);
-        }
-    }
-}
-
-/// `BPF_MAP_LOOKUP_BATCH`.
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Every entry of a hash map of `SockKey -> SockStats`, bucket by bucket,
-/// handed to `each` a chunk at a time (the buffers are reused).
-fn lookup_batch(
-    fd: std::os::fd::BorrowedFd<'_>,
-    each: &mut impl FnMut(&SockKey, &SockStats),
-) -> std::io::Result<()> {
-    let mut chunk = 256usize;
-    // The cursor of a hash map batch is a u32 bucket index.
-    let mut cursor: u32 = 0;
-    let mut next: u32 = 0;
-    let mut first = true;
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
-    loop {
-        keys.resize(chunk, SockKey::default());
-        values.resize(chunk, SockStats::zeroed());
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &cursor as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: bpf(2) with a batch attr whose buffers hold `count` keys
-        // and values of the map's sizes, and whose cursors are live u32s.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (ret < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(chunk);
-        match err.as_ref().and_then(std::io::Error::raw_os_error) {
-            // A bucket holds more entries than the chunk: retry bigger.
-            Some(libc::ENOSPC) if chunk < 1 << 20 => {
-                chunk *= 4;
-                continue;
-            }
-            None | Some(libc::ENOENT) => {}
-            _ => return Err(err.unwrap_or_else(std::io::Error::last_os_error)),
-        }
-        for (k, v) in keys.iter().zip(&values).take(n) {
-            each(k, v);
-        }
-        if err.is_some() {
-            // ENOENT: the last buckets are done.
-            return Ok(());
-        }
-        cursor = next;
-        first = false;
-    }
 }
 
 /// Entries the LRU evicted, from the identity
@@ -1345,7 +750,7 @@ impl SocketSource for EbpfSource {
     }
 
     fn set_row_budget(&mut self, rows: usize) {
-        self.row_budget = rows;
+        self.reader.set_row_budget(rows);
     }
 
     fn delivered(&mut self) {
@@ -1353,13 +758,7 @@ impl SocketSource for EbpfSource {
     }
 
     fn continuity(&self) -> Option<crate::source::Continuity> {
-        self.pinned
-            .as_ref()
-            .map(|(instance, state_file)| crate::source::Continuity {
-                instance: instance.clone(),
-                state_file: state_file.clone(),
-                continued: self.continued,
-            })
+        self.pins.continuity()
     }
 
     /// The SYNs and resets the kernel traced since the last call, read
