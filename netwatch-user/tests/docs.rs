@@ -134,7 +134,7 @@ fn the_configuration_example_is_accepted_by_the_agents_loader() {
     );
     assert!(c.dns_capture);
     assert_eq!(c.interface, None);
-    assert_eq!(c.ebpf.tier, "auto");
+    assert_eq!(c.ebpf.tier, netwatch::config::TierChoice::Auto);
     assert_eq!((c.ebpf.max_sockets, c.ebpf.ringbuf_bytes), (65536, 1 << 20));
     assert_eq!(c.ebpf.pin_dir, None);
     assert_eq!(
