@@ -40,10 +40,10 @@ pub fn root_required() -> bool {
 
 /// True when the calling test may go on: this process is root. As another
 /// user: panics when the run requires root ([`root_required`]), else prints
-/// once per test (to stderr, so `cargo test` shows it with `--nocapture`)
-/// `skipped: <test>: needs root (<why>); run as root or with cargo xtask
-/// test` and returns false. The test is named after its thread (libtest
-/// runs each test on a thread named so).
+/// once per test, to stderr past libtest's capture (so a plain `cargo test`
+/// shows it), `skipped: <test>: needs root (<why>); run as root or with
+/// cargo xtask test` and returns false. The test is named after its thread
+/// (libtest runs each test on a thread named so).
 pub fn root_or_skip(why: &str) -> bool {
     let test = std::thread::current()
         .name()
@@ -70,7 +70,13 @@ pub fn root_or_skip_as(test: &str, why: &str) -> bool {
     }
     SAID.with_borrow_mut(|said| {
         if said != test {
-            eprintln!("{SKIPPED}{test}: needs root ({why}); run as root or with cargo xtask test");
+            // Straight to stderr, not through eprintln!: libtest captures
+            // the print macros of a passing test, and this line must show
+            // in a plain `cargo test` too. One write: one whole line.
+            let line = format!(
+                "{SKIPPED}{test}: needs root ({why}); run as root or with cargo xtask test\n"
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             test.clone_into(said);
         }
     });
