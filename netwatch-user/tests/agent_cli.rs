@@ -18,18 +18,10 @@ use std::time::Duration;
 
 use netwatch_common::wire::Snapshot;
 
-/// Start the agent; returns it once it says it has attached (stderr).
+/// Start the agent; returns it once it says it has attached (stderr) and
+/// had time to prime its baselines.
 fn start_agent(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let started = agent::start_attached(
-        Command::new(AGENT)
-            .arg("--no-pin")
-            .args(args)
-            .stdout(Stdio::piped()),
-        Duration::from_secs(30),
-    );
-    // The agent primes its baselines right after attaching.
-    thread::sleep(Duration::from_millis(300));
-    (started.child, started.log)
+    agent::start_primed(args, Duration::from_millis(300))
 }
 
 fn my_bytes(s: &Snapshot) -> (u64, u64) {

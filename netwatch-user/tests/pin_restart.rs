@@ -495,17 +495,7 @@ impl MetricsAgent {
 
     /// One scrape, by a `curl` child process (its bytes are not ours).
     fn scrape(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "10", &self.url])
-            .output()
-            .expect("running curl (install curl for this test)");
-        assert!(
-            out.status.success(),
-            "scraping {}: {}",
-            self.url,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+        agent::scrape(&self.url)
     }
 
     /// Scrape until the agent took two more snapshots than at the call: the

@@ -13,13 +13,12 @@
 
 #[macro_use]
 mod common;
-use common::agent::{self, AGENT};
+use common::agent;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use netwatch_common::wire::Snapshot;
@@ -99,16 +98,8 @@ impl Drop for Agent {
 /// Start the agent; returns it once it says it has attached and had time
 /// to prime, with its log lines.
 fn start_agent(args: &[&str]) -> (Agent, mpsc::Receiver<String>) {
-    let started = agent::start_attached(
-        Command::new(AGENT)
-            .arg("--no-pin")
-            .args(args)
-            .stdout(Stdio::piped()),
-        Duration::from_secs(30),
-    );
-    // The agent primes its baselines right after attaching.
-    thread::sleep(Duration::from_millis(500));
-    (Agent(started.child), started.log)
+    let (child, log) = agent::start_primed(args, Duration::from_millis(500));
+    (Agent(child), log)
 }
 
 #[test]

@@ -56,17 +56,7 @@ fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Agent {
 
 /// One scrape, by a `curl` child process.
 fn scrape(agent: &Agent) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "10", &agent.metrics_url])
-        .output()
-        .expect("running curl (install curl for this test)");
-    assert!(
-        out.status.success(),
-        "scraping {}: {}",
-        agent.metrics_url,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+    agent::scrape(&agent.metrics_url)
 }
 
 /// The value of the sample `name{labels}` exactly (labels as printed, or

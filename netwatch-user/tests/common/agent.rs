@@ -1,6 +1,6 @@
 //! Starting the agent binary in a test: spawn it, forward its log (stderr)
 //! line by line, wait until it says its source is attached (and where it
-//! serves /metrics), and stop it. Test code only: it only ever signals the
+//! serves /metrics), scrape it, and stop it. Test code only: it only ever signals the
 //! children it started.
 
 use std::io::{BufRead, BufReader};
@@ -98,4 +98,33 @@ pub fn terminate(child: &mut Child) {
     // SAFETY: kill(2) on the pid of a child we started and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
+}
+
+/// The agent with `--no-pin` and `args`, its stdout piped, once attached
+/// (30 s at most) and given `prime` to prime its baselines: (child, log).
+pub fn start_primed(args: &[&str], prime: Duration) -> (Child, mpsc::Receiver<String>) {
+    let started = start_attached(
+        Command::new(AGENT)
+            .arg("--no-pin")
+            .args(args)
+            .stdout(Stdio::piped()),
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(prime);
+    (started.child, started.log)
+}
+
+/// One scrape of `url` (the agent's /metrics), by a `curl` child process,
+/// so its bytes are not this process's; fails the test on an HTTP error.
+pub fn scrape(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", url])
+        .output()
+        .expect("running curl (install curl for this test)");
+    assert!(
+        out.status.success(),
+        "scraping {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("/metrics is UTF-8")
 }
