@@ -84,6 +84,8 @@ pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privilege;
 pub mod procinfo;
+#[cfg(test)]
+mod root_check;
 #[cfg(target_os = "linux")]
 pub mod sd_notify;
 pub mod secrets;

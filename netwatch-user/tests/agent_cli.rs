@@ -4,6 +4,11 @@
 //! transferring process's pid. Needs root (the agent loads BPF programs).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent::{self, AGENT};
+use common::{serial, transfer};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -13,71 +18,10 @@ use std::time::Duration;
 
 use netwatch_common::wire::Snapshot;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the agent tests load BPF programs: run as root"
-    );
-}
-
-/// One process-wide lock: both tests count this process's bytes.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Start the agent; returns it once it says it has attached (stderr).
+/// Start the agent; returns it once it says it has attached (stderr) and
+/// had time to prime its baselines.
 fn start_agent(args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(AGENT)
-        .arg("--no-pin")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting netwatch-agent");
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (log_tx, log_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("process rows from the") {
-                let _ = ready_tx.send(());
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            panic!(
-                "agent did not attach; log: {:?}",
-                log_rx.try_iter().collect::<Vec<_>>()
-            )
-        });
-    // The agent primes its baselines right after attaching.
-    thread::sleep(Duration::from_millis(300));
-    (child, log_rx)
-}
-
-/// Move exactly `n` bytes from this process to itself over loopback TCP.
-fn transfer(n: usize) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let reader = thread::spawn(move || {
-        let (mut s, _) = l.accept().unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        buf.len()
-    });
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(&vec![7u8; n]).unwrap();
-    drop(c);
-    assert_eq!(reader.join().unwrap(), n);
+    agent::start_primed(args, Duration::from_millis(300))
 }
 
 fn my_bytes(s: &Snapshot) -> (u64, u64) {
@@ -92,7 +36,7 @@ fn my_bytes(s: &Snapshot) -> (u64, u64) {
 
 #[test]
 fn once_prints_one_snapshot_with_the_transfer_exact() {
-    require_root();
+    require_root!("the agent loads BPF programs");
     let _serial = serial();
     let (mut agent, _log) = start_agent(&["--output", "json", "--once", "--interval", "4"]);
     transfer(1_234_567);
@@ -131,7 +75,7 @@ fn once_prints_one_snapshot_with_the_transfer_exact() {
 
 #[test]
 fn json_stream_carries_every_byte_across_intervals() {
-    require_root();
+    require_root!("the agent loads BPF programs");
     let _serial = serial();
     let (mut agent, _log) = start_agent(&["--output", "json", "--interval", "0.5"]);
     let stdout = agent.stdout.take().unwrap();
@@ -187,7 +131,7 @@ fn snapshots(lines: thread::JoinHandle<Vec<String>>) -> Vec<Snapshot> {
 /// partial interval carries all of it, whether the bytes wait in a ring
 /// buffer (eBPF), a destroy event (ss) or the capture buffer (pcap).
 fn bytes_of_a_connection_closed_just_before_stop_are_delivered(mode: &str) {
-    require_root();
+    require_root!("the agent loads BPF programs");
     let _serial = serial();
     let (mut agent, log) = start_agent(&["--mode", mode, "--output", "json", "--interval", "0.5"]);
     let stdout = agent.stdout.take().unwrap();
@@ -258,7 +202,7 @@ fn pcap_delivers_a_connection_closed_just_before_stop() {
 /// and exits 0, instead of being killed half-way by the default action.
 #[test]
 fn sigterm_during_start_up_still_ends_cleanly_with_one_snapshot() {
-    require_root();
+    require_root!("the agent loads BPF programs");
     let _serial = serial();
     let mut child = Command::new(AGENT)
         .args(["--no-pin", "--output", "json", "--interval", "30"])

@@ -15,8 +15,11 @@
 //! capture, never a panic. Needs root (BPF programs, namespaces, capture).
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
+use common::serial;
+
+use common::netns;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,21 +39,6 @@ use netwatch_common::wire::{AlertCategory, Snapshot};
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 /// The local resolver's address, as systemd-resolved's.
 const RESOLVED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the DNS capture tests load BPF programs, make network namespaces and capture: run as root"
-    );
-}
-
-/// One agent (BPF programs, a capture) at a time: the machine is small.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A DNS server on UDP and TCP port 53 of one address: NXDOMAIN for names
 /// starting `nx.`, NOERROR otherwise; over TCP it answers every whole
@@ -409,7 +397,7 @@ fn ss_mode_counts_dns_exactly_too() {
 }
 
 fn counts_exactly_in(mode: &str) {
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dq");
     let _servers = servers(&pair);
@@ -462,7 +450,7 @@ fn counts_exactly_in(mode: &str) {
 
 #[test]
 fn ebpf_mode_raises_the_dns_tunnel_alert() {
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dt");
     let _servers = servers(&pair);
@@ -516,7 +504,7 @@ fn ebpf_mode_raises_the_dns_tunnel_alert() {
 
 #[test]
 fn no_dns_capture_gives_null_dns_analytics() {
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dn");
     let _servers = servers(&pair);
@@ -546,7 +534,7 @@ fn no_dns_capture_gives_null_dns_analytics() {
 /// eBPF mode without DNS analytics.
 #[test]
 fn a_dns_capture_that_cannot_open_is_said_once_and_the_agent_runs_on() {
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dp");
     let _servers = servers(&pair);
@@ -579,7 +567,7 @@ fn a_dns_capture_that_cannot_open_is_said_once_and_the_agent_runs_on() {
 /// read exactly.
 #[test]
 fn malformed_and_truncated_dns_is_counted_never_a_panic() {
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dm");
     let (udp_sock, tcp_listener) = pair.enter(Side::Server, || Server::bind(pair.server_ip));
@@ -663,7 +651,7 @@ fn malformed_and_truncated_dns_is_counted_never_a_panic() {
 #[test]
 fn pcap_mode_reads_dns_over_udp_and_tcp_exactly() {
     use netwatch::source::{DnsEventKind, Protocol, SocketSource as _};
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and captures packets");
     let _serial = serial();
     let pair = VethPair::new("dc");
     let _servers = servers(&pair);

@@ -8,20 +8,14 @@
 //! this test's own ports, never about global totals.
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use netwatch::source::ebpf::{EbpfSource, LoadOptions, Refresh, TierChoice};
 use netwatch::source::{SampleBatch, SocketSource};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the eBPF tests load BPF programs and must run as root (run `cargo xtask test`)"
-    );
-}
 
 /// (rx, tx, closed) of the samples of the socket `(local, remote)`.
 fn find(batch: &SampleBatch, (local, remote): (SocketAddr, SocketAddr)) -> Vec<(u64, u64, bool)> {
@@ -39,7 +33,7 @@ fn read(src: &mut EbpfSource) -> SampleBatch {
 
 #[test]
 fn idle_sockets_are_left_out_of_partial_batches_yet_listed_exactly_on_budget() {
-    require_root();
+    require_root!("loads BPF programs");
     let opts = LoadOptions {
         tier: TierChoice::Auto,
         pin: None,
@@ -171,7 +165,7 @@ fn tcp_states_from_the_iterator_are_exact() {
     use netwatch::procinfo::tcp_states::TcpStates;
     use netwatch::source::TcpStateCounts;
 
-    require_root();
+    require_root!("loads BPF programs");
     let opts = LoadOptions {
         tier: TierChoice::Auto,
         pin: None,
@@ -267,7 +261,7 @@ fn settle<F: FnMut() -> Option<netwatch::source::TcpStateCounts>>(
 fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
     use netwatch::source::ebpf::pin::{self, PinOptions};
 
-    require_root();
+    require_root!("loads BPF programs");
     let dir = std::env::temp_dir().join(format!("netwatch-active-pins-{}", std::process::id()));
     let pins = PinOptions {
         dir: format!("/sys/fs/bpf/netwatch-test-active-{}", std::process::id()).into(),
@@ -312,7 +306,7 @@ fn a_source_continued_from_pins_counts_states_with_the_pinned_iterator() {
 fn tcp_state_counts_kept_between_walks_follow_every_change() {
     use netwatch::source::TcpStateCounts;
 
-    require_root();
+    require_root!("loads BPF programs");
     // The namespace the test starts in (the process's), to go back to.
     let host_ns = std::fs::File::open("/proc/self/ns/net").expect("opening /proc/self/ns/net");
     std::thread::spawn(move || {

@@ -9,8 +9,10 @@
 //! printed, unless listed in `NETWATCH_REQUIRE_TIERS` (comma separated).
 #![cfg(target_os = "linux")]
 
-#[path = "common/tiers.rs"]
-mod tiers;
+#[macro_use]
+mod common;
+
+use common::tiers;
 use tiers::*;
 
 use std::collections::BTreeSet;
@@ -458,7 +460,7 @@ fn row<'a>(a: &'a Attributed, pid: u32, key: &str) -> &'a ConnectionDetail {
 }
 
 fn seeded_sockets_listed(tier: Tier) {
-    require_root();
+    require_root!("loads BPF programs");
     let mut child = Worker::spawn("child");
     let (ownerless, expected): (BTreeSet<String>, BTreeSet<String>) = child
         .lines_until("READY")
@@ -699,7 +701,7 @@ fn seeded_sockets_listed_fentry_tier() {
 #[test]
 fn seeding_fills_at_most_half_the_map() {
     let _serial = serial();
-    require_root();
+    require_root!("loads BPF programs");
     let mut child = Worker::spawn("many");
     let sockets = child.lines_until("READY");
     assert_eq!(sockets.len(), MANY);
@@ -780,7 +782,7 @@ fn owners_of(batch: &netwatch::source::SampleBatch, key: &str) -> BTreeSet<u32> 
 /// connection row per socket, nothing lost; then the bytes one of them
 /// moves are its own and the other's stay 0.
 fn shared_sockets_seeded(tier: Tier) {
-    require_root();
+    require_root!("loads BPF programs");
     let mut child = Worker::spawn("shared");
     let mut forked = Vec::new();
     let mut sockets = Vec::new();
@@ -874,7 +876,7 @@ fn shared_sockets_seeded_fentry_tier() {
 /// connection and on one it opens itself: every row of the process, and
 /// its one process row, carry the process's name, not the thread's.
 fn thread_bytes_named_by_process(tier: Tier) {
-    require_root();
+    require_root!("loads BPF programs");
     let mut child = Worker::spawn("thread");
     child.lines_until("READY");
     let pid = child.child.id();

@@ -9,8 +9,10 @@
 //! `NETWATCH_REQUIRE_TIERS` (comma separated) turns that skip into a failure.
 #![cfg(target_os = "linux")]
 
-#[path = "common/tiers.rs"]
-mod tiers;
+#[macro_use]
+mod common;
+
+use common::tiers;
 use tiers::*;
 
 use std::collections::HashMap;
@@ -474,7 +476,7 @@ fn exact_bytes_fentry_tier() {
 #[test]
 fn verifier_accepts_every_program() {
     let _serial = serial();
-    require_root();
+    require_root!("loads BPF programs");
     let offsets = SockOffsets::from_kernel().unwrap();
     let btf = aya::Btf::from_sys_fs().unwrap();
     let mut loaded = 0;
@@ -534,7 +536,7 @@ fn tracepoint_format(event: &str) -> (String, HashMap<String, usize>) {
 /// The lifecycle programs' hard-coded field offsets match this kernel's formats.
 #[test]
 fn lifecycle_tracepoint_formats_match() {
-    require_root();
+    require_root!("loads BPF programs");
     let (format, offsets) = tracepoint_format("sock/inet_sock_set_state");
     for (field, want) in [
         ("skaddr", 8),
@@ -606,7 +608,9 @@ fn lifecycle_tracepoint_formats_match() {
 
 /// Load the best tier this kernel allows with custom map sizes, or skip.
 fn load_best_with(max_sockets: u32, ringbuf_bytes: u32, drain_thread: bool) -> Option<EbpfSource> {
-    require_root();
+    if !common::root_or_skip("loads BPF programs") {
+        return None;
+    }
     let opts = LoadOptions {
         tier: TierChoice::Auto,
         max_sockets,

@@ -20,6 +20,7 @@
 //! Needs root (files of another user, BPF pins for the baseline).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -40,15 +41,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// `nobody`: another user.
 const NOBODY: u32 = 65534;
 const KEY: &str = "nwk_file_safety_test_key";
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the file safety tests make files of another user (nobody) and pin BPF maps: run as root"
-    );
-}
 
 // ---------------------------------------------------------------- endpoint
 
@@ -370,7 +362,7 @@ fn pinned_ingest(base: Vec<String>, pins: &Pins, state_file: &Path) -> Vec<Strin
 /// a symlinked record was read and sent.
 #[test]
 fn symlinks_planted_at_the_names_the_agent_writes_are_never_followed() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     let endpoint = Endpoint::start(200);
     let st = State::new();
     let spool = st.mkdir("spool", 0o700);
@@ -441,7 +433,7 @@ fn symlinks_planted_at_the_names_the_agent_writes_are_never_followed() {
 /// On main each of these started.
 #[test]
 fn unsafe_directories_and_ca_files_are_refused_at_start() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     // Nothing listens there: the agent is never meant to get that far.
     let endpoint = "http://127.0.0.1:9";
     let run = |args: Vec<String>| -> (Option<i32>, String) {
@@ -601,7 +593,7 @@ fn unsafe_directories_and_ca_files_are_refused_at_start() {
 /// the other user's text. 20,000 reads against a thread flipping the link.
 #[test]
 fn a_key_file_swapped_between_check_and_read_is_never_read() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     let st = State::new();
     let good = st.write("good-key", "nwk_the_real_key\n", 0o600);
     let evil = st.write("evil-key", "nwk_another_users_text\n", 0o600);
@@ -653,7 +645,7 @@ fn a_key_file_swapped_between_check_and_read_is_never_read() {
 /// is root's and 0600. On main both were used.
 #[test]
 fn a_key_or_ca_named_through_a_directory_others_can_write_is_refused() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     let endpoint = "http://127.0.0.1:9";
     let st = State::new();
     let spool = st.mkdir("spool", 0o700);
@@ -699,7 +691,7 @@ fn a_key_or_ca_named_through_a_directory_others_can_write_is_refused() {
 /// snapshots only. On main all three were sent.
 #[test]
 fn records_planted_by_another_user_are_not_shipped() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     let endpoint = Endpoint::start(200);
     let st = State::new();
     let spool = st.mkdir("spool", 0o700);
@@ -754,7 +746,7 @@ fn records_planted_by_another_user_are_not_shipped() {
 /// 0777.
 #[test]
 fn created_files_are_0600_and_directories_0700_whatever_the_umask() {
-    require_root();
+    require_root!("makes files of another user (nobody) and pins BPF maps");
     // 503: records stay in the spool, to be looked at.
     let endpoint = Endpoint::start(503);
     let st = State::new();

@@ -4,16 +4,20 @@
 //! gateway or resolver, and every assertion is about the test's own
 //! addresses, interface and pid (other tests share the host).
 //!
-//! Every test NEEDS ROOT (namespaces, libpcap capture, raw ICMP, port 53)
-//! and fails, loudly, without it.
+//! Every test NEEDS ROOT (namespaces, libpcap capture, raw ICMP, port 53):
+//! as another user each skips with one line (`require_root!`), in CI it fails.
 #![cfg(target_os = "linux")]
+
+#[macro_use]
+mod common;
+use common::serial;
 
 use std::collections::HashSet;
 use std::io::{BufRead, Read, Write};
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netwatch::agent::Agent;
@@ -22,24 +26,6 @@ use netwatch::health::{HealthConfig, Prober};
 use netwatch::snapshot::HostCollectors;
 use netwatch::source::pcap::{PcapConfig, PcapSource};
 use netwatch_common::wire::{Alert, AlertCategory, CollectorInfo};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn root_test() -> MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("Uid line");
-    assert_eq!(
-        euid, "0",
-        "this test NEEDS ROOT: it creates a network namespace and a veth pair, captures \
-         with libpcap, sends raw ICMP and binds UDP port 53; run it as root"
-    );
-    guard
-}
 
 fn ip(args: &[&str]) {
     let st = std::process::Command::new("ip")
@@ -345,7 +331,8 @@ fn only(alerts: &[Alert], category: AlertCategory, what: &str) {
 /// each raises exactly one alert of its own category and none of the others.
 #[test]
 fn real_traffic_raises_exactly_the_right_alert() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("a", 231);
     let servers = peer.spawn("servers", "");
     let mut cfg = AlertConfig::default();
@@ -475,7 +462,8 @@ fn real_traffic_raises_exactly_the_right_alert() {
 /// the namespace raise exactly one alert.
 #[test]
 fn ss_rows_alone_reveal_a_scan_of_open_ports() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("s", 236);
     let listeners: Vec<TcpListener> = (21_000..21_025u16)
         .map(|p| TcpListener::bind(format!("{}:{p}", peer.host_ip)).unwrap())
@@ -512,7 +500,8 @@ fn ss_rows_alone_reveal_a_scan_of_open_ports() {
 /// before it raise none.
 #[test]
 fn ebpf_tcp_events_reveal_a_port_scan() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("e", 237);
     let servers = peer.spawn("servers", "");
     let src = netwatch::source::ebpf::EbpfSource::load(&netwatch::source::ebpf::LoadOptions {
@@ -579,7 +568,8 @@ fn ebpf_tcp_events_reveal_a_port_scan() {
 /// `net.ipv4.ping_group_range` (per namespace) admitting group 0.
 #[test]
 fn icmp_echo_over_an_unprivileged_datagram_socket() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("d", 233);
     let st = std::process::Command::new("ip")
         .args([
@@ -602,7 +592,8 @@ fn icmp_echo_over_an_unprivileged_datagram_socket() {
 /// admits nobody) to a namespace peer's ULA address.
 #[test]
 fn icmpv6_echo_to_a_namespace_peer() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("v", 235);
     let mut e = netwatch::health::icmp::Echo::open(peer.peer_ip6()).expect("an ICMPv6 socket");
     let answered = (0..3)
@@ -618,7 +609,8 @@ fn icmpv6_echo_to_a_namespace_peer() {
 /// `alerts` is always there (empty when nothing fired).
 #[test]
 fn the_agent_reports_health_only_when_asked() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("b", 234);
     let _servers = peer.spawn("servers", "");
     let dir = tempfile::tempdir().unwrap();
@@ -687,7 +679,8 @@ fn the_agent_reports_health_only_when_asked() {
 /// is down.
 #[test]
 fn health_probe_measures_a_peer_and_reports_loss_when_it_goes_down() {
-    let _root = root_test();
+    require_root!("makes a network namespace and a veth pair, captures with libpcap, sends raw ICMP and binds UDP port 53");
+    let _serial = serial();
     let peer = Peer::new("h", 232);
     let _servers = peer.spawn("servers", "");
     let prober = Prober::start(HealthConfig {

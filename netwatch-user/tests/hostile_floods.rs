@@ -11,8 +11,11 @@
 //! (`examples/flood_rss.rs`), never asserted here.
 #![cfg(target_os = "linux")]
 
-#[path = "common/flood.rs"]
-mod flood;
+#[macro_use]
+mod common;
+use common::agent::{self, AGENT};
+
+use common::flood;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use netwatch_common::wire::Snapshot;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 /// Bytes the real transfer moves.
 const N: usize = 3_000_000;
 /// The JSON size every snapshot stays under.
@@ -36,16 +38,6 @@ const DNS_PARENTS_CAP: u64 = 500;
 /// The port-scan detector's sources
 /// (`netwatch::alerts::port_scan::MAX_SOURCES`, the SDK's).
 const SCAN_SOURCES_CAP: u64 = 1_000;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test NEEDS ROOT: it creates a network namespace, sends raw \
-         packets and runs the agent's libpcap capture; run it as root"
-    );
-}
 
 /// What the test keeps of one `--output json` line.
 #[derive(Debug)]
@@ -71,49 +63,32 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
 fn start_agent() -> Agent {
-    let mut child = Command::new(AGENT)
-        .args([
-            "--no-pin",
-            "--mode",
-            "pcap",
-            "-i",
-            "lo",
-            "--interval",
-            "0.25",
-            "--output",
-            "json",
-            "--output",
-            "prometheus",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting netwatch-agent");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (url_tx, url_rx) = mpsc::channel();
-    let (log_tx, log_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut url = None;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("serving Prometheus metrics on ").nth(1) {
-                url = Some(rest.trim().to_string());
-            }
-            if line.contains("process rows from the") {
-                let _ = url_tx.send(url.clone());
-            }
-            let _ = log_tx.send(line);
-        }
-    });
+    let (mut child, log_rx, metrics_url) = agent::start_attached(
+        Command::new(AGENT)
+            .args([
+                "--no-pin",
+                "--mode",
+                "pcap",
+                "-i",
+                "lo",
+                "--interval",
+                "0.25",
+                "--output",
+                "json",
+                "--output",
+                "prometheus",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped()),
+        Duration::from_secs(60),
+    )
+    .serving();
     let stdout = child.stdout.take().expect("piped stdout");
     let me = std::process::id();
     let lines = thread::spawn(move || {
@@ -143,14 +118,6 @@ fn start_agent() -> Agent {
         }
         seen
     });
-    let url = url_rx.recv_timeout(Duration::from_secs(60)).ok().flatten();
-    let Some(metrics_url) = url else {
-        let _ = child.kill();
-        panic!(
-            "the agent did not serve /metrics and attach; log: {:?}",
-            log_rx.try_iter().collect::<Vec<_>>()
-        );
-    };
     Agent {
         child,
         metrics_url,
@@ -251,7 +218,9 @@ fn transfer(chunks: usize, gap: Duration) -> thread::JoinHandle<()> {
 
 #[test]
 fn pcap_agent_under_a_dns_and_syn_flood_stays_bounded_and_exact() {
-    require_root();
+    require_root!(
+        "makes a network namespace, sends raw packets and runs the agent's libpcap capture"
+    );
     flood::in_new_netns(|| {
         let plan = flood::Plan::ISSUE;
         let mut agent = start_agent();

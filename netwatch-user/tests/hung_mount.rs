@@ -17,6 +17,9 @@
 //! installs it).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,13 +31,8 @@ use netwatch_common::wire::Snapshot;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the hung-mount test mounts a FUSE filesystem in a mount namespace: run as root"
-    );
+/// The rest of what these tests need, beside root.
+fn require_bindfs() {
     assert!(
         Command::new("bindfs")
             .arg("--version")
@@ -115,7 +113,8 @@ fn wait_for_row(
 
 #[test]
 fn a_hung_fuse_mount_costs_its_row_never_a_snapshot() {
-    require_root();
+    require_root!("mounts a FUSE filesystem in a mount namespace");
+    require_bindfs();
     let name = format!("nwtest-hung-{}", std::process::id());
     let source = PathBuf::from(format!("/dev/shm/{name}"));
     std::fs::create_dir_all(&source).expect("creating the FUSE source under /dev/shm");

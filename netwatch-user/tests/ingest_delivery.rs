@@ -25,19 +25,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use netwatch_common::wire::{IngestEnvelope, Snapshot};
 
+#[macro_use]
 mod common;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const KEY: &str = "nwk_test_5e3f9a1c7b2d4e6f8a0b";
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the delivery tests write root-owned config and key files: run as root"
-    );
-}
 
 // ---------------------------------------------------------------- server
 
@@ -477,7 +469,7 @@ fn prefill(files: &Files, server: &Server, n: usize) -> Vec<String> {
 
 #[test]
 fn normal_delivery_every_snapshot_once_in_order_with_auth_envelope_and_host_id() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     // trace: even ureq's and rustls's own logging must not show the key.
@@ -506,7 +498,7 @@ fn normal_delivery_every_snapshot_once_in_order_with_auth_envelope_and_host_id()
 
 #[test]
 fn key_from_the_environment_is_used_and_never_logged() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     // The environment overrides the file: this endpoint and interval lose.
@@ -553,7 +545,7 @@ fn key_from_the_environment_is_used_and_never_logged() {
 
 #[test]
 fn endpoint_down_20s_then_back_every_snapshot_arrives_once_in_order() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let mut server = Server::start();
     let files = Files::new("batch_max_snapshots = 10");
     server.down();
@@ -595,7 +587,7 @@ fn endpoint_down_20s_then_back_every_snapshot_arrives_once_in_order() {
 
 #[test]
 fn sigkill_while_down_then_restart_delivers_every_spooled_snapshot() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let mut server = Server::start();
     let files = Files::new("");
     server.down();
@@ -635,7 +627,7 @@ fn sigkill_while_down_then_restart_delivers_every_spooled_snapshot() {
 
 #[test]
 fn a_corrupt_spool_record_is_skipped_and_counted() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     let first = prefill(&files, &server, 5);
@@ -668,7 +660,7 @@ fn a_corrupt_spool_record_is_skipped_and_counted() {
 
 #[test]
 fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     let first = prefill(&files, &server, 4);
@@ -730,7 +722,7 @@ fn partial_207_accepted_are_not_resent_rejected_are_logged_and_not_retried() {
 #[test]
 fn hostile_server_texts_reach_the_log_escaped_and_capped() {
     use netwatch::text::visible;
-    require_root();
+    require_root!("writes root-owned config and key files");
     const EVIL: &str =
         "\x1b[2J\x1b[31mroot\x07\r\x08\n[2026-12-07T00:00:00Z ERROR netwatch] forged\u{202e}txt ";
     let body = EVIL.repeat((1 << 20) / EVIL.len());
@@ -823,7 +815,7 @@ fn hostile_server_texts_reach_the_log_escaped_and_capped() {
 
 #[test]
 fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     server.script(|_, _| (503, String::new()));
@@ -865,7 +857,7 @@ fn past_its_byte_bound_the_spool_drops_the_oldest_and_counts_them() {
 
 #[test]
 fn payment_402_stops_sending_once_and_keeps_collecting() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     server.script(|_, _| (402, String::new()));
@@ -889,7 +881,7 @@ fn payment_402_stops_sending_once_and_keeps_collecting() {
 /// when one is accepted, and every snapshot arrives exactly once, in order.
 #[test]
 fn payment_402_is_rechecked_and_delivery_resumes_once_accepted() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("payment_recheck_secs = 0.5");
     server.script(|n, _| {
@@ -936,7 +928,7 @@ fn payment_402_is_rechecked_and_delivery_resumes_once_accepted() {
 
 #[test]
 fn too_large_413_splits_the_batch_until_it_fits() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     let first = prefill(&files, &server, 8);
@@ -973,7 +965,7 @@ fn too_large_413_splits_the_batch_until_it_fits() {
 
 #[test]
 fn unauthorized_401_is_said_once_spooling_continues_and_delivery_resumes() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     let allow = Arc::new(Mutex::new(false));
@@ -1007,7 +999,7 @@ fn unauthorized_401_is_said_once_spooling_continues_and_delivery_resumes() {
 
 #[test]
 fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     // Requests may take 60 s; the flush may take 2 s.
     let files = Files::new("request_timeout_secs = 60\nflush_timeout_secs = 2");
@@ -1042,7 +1034,7 @@ fn sigterm_exits_within_the_flush_timeout_even_with_a_request_hanging() {
 /// sent; the snapshot stays spooled.
 #[test]
 fn https_verifies_certificates_and_refuses_a_self_signed_endpoint() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let files = Files::new("");
     let (key, cert) = (files.path("tls.key"), files.path("tls.crt"));
     let ok = Command::new("openssl")
@@ -1173,7 +1165,7 @@ impl Pki {
 /// follows, every snapshot once, in order, certificates verified.
 #[test]
 fn https_with_a_private_ca_delivers_verified_and_another_ca_is_refused() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let pki = Pki::new("right");
     let wrong = Pki::new("wrong");
     let server = Server::start_tls(Arc::clone(&pki.server));
@@ -1230,7 +1222,7 @@ fn https_with_a_private_ca_delivers_verified_and_another_ca_is_refused() {
 
 #[test]
 fn an_unusable_ca_file_is_refused_at_start_naming_it() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     write_private(&files.path("empty.pem"), "no certificate here\n", 0o644);
@@ -1278,7 +1270,7 @@ fn write_private(path: &Path, text: &str, mode: u32) {
 
 #[test]
 fn bad_configuration_is_refused_at_start_naming_the_value() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let files = Files::new("");
     let c = files.path("c.toml");
     let cs = c.to_str().unwrap();
@@ -1546,7 +1538,7 @@ fn assert_once_in_order(got: &[String], printed: &[String]) {
 /// arrives exactly once, in order.
 #[test]
 fn a_redirect_is_a_failure_never_followed_and_nothing_is_lost() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let redirecting = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let r = Arc::clone(&redirecting);
     let server = RawServer::start(move |n| {
@@ -1619,7 +1611,7 @@ fn a_redirect_is_a_failure_never_followed_and_nothing_is_lost() {
 /// the endpoint answers 200, and every snapshot arrives exactly once.
 #[test]
 fn an_endpoint_that_closes_or_hangs_mid_answer_loses_nothing() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let faults = [
         Raw::Close,
         Raw::HalfStatus,
@@ -1675,7 +1667,7 @@ fn an_endpoint_that_closes_or_hangs_mid_answer_loses_nothing() {
 /// whatever its body. Every snapshot arrives exactly once.
 #[test]
 fn server_errors_and_unusable_207s_are_retried_and_garbage_200s_accepted() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let huge = "x".repeat(5 * 1024 * 1024);
     let server = RawServer::start(move |n| match n {
         0 | 1 => Raw::Answer(500, "oops".into()),
@@ -1823,7 +1815,7 @@ fn assert_delivered_or_counted(server: &Server, printed: &[String], during: usiz
 /// snapshot arrives once, in order, and nothing twice.
 #[test]
 fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     server.script(|_, _| (503, "maintenance".into()));
     let files = Files::new("");
@@ -1885,7 +1877,7 @@ fn a_full_spool_filesystem_drops_counted_and_delivery_resumes_without_duplicates
 /// are removed, delivery continues, nothing arrives twice.
 #[test]
 fn a_read_only_spool_filesystem_drops_counted_and_nothing_is_delivered_twice() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     let fs = SpoolFs::mount(&files, "4m");
@@ -1971,7 +1963,7 @@ impl Drop for HungGuard {
 /// while the mount hangs.
 #[test]
 fn a_hung_spool_filesystem_costs_counted_drops_never_a_snapshot() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     assert!(
         Command::new("bindfs")
             .arg("--version")
@@ -2079,7 +2071,7 @@ fn a_hung_spool_filesystem_costs_counted_drops_never_a_snapshot() {
 /// timeout (5 s here) and its grace, never waiting on the filesystem.
 #[test]
 fn sigterm_while_the_spool_filesystem_hangs_exits() {
-    require_root();
+    require_root!("writes root-owned config and key files");
     let server = Server::start();
     let files = Files::new("");
     std::fs::create_dir(files.spool()).unwrap();

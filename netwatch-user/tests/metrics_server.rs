@@ -11,6 +11,10 @@
 //! CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -25,16 +29,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The agent's header timeout (`sink::prometheus::HEADER_READ_TIMEOUT`).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the /metrics server tests start the agent's proc source, which needs \
-         CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: run as root"
-    );
-}
-
 /// The agent, stopped when dropped (also when a test fails).
 struct Agent {
     child: Child,
@@ -45,9 +39,7 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
@@ -250,7 +242,7 @@ fn cap_for(files: u64) -> usize {
 
 #[test]
 fn a_scrape_is_answered_within_1s_while_200_idle_connections_are_held() {
-    require_root();
+    require_root!("the agent's proc source needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
     let agent = Agent::start();
     let mut held: Vec<TcpStream> = (0..200).map(|_| agent.idle()).collect();
     // Let the agent accept them all.
@@ -272,7 +264,7 @@ fn a_scrape_is_answered_within_1s_while_200_idle_connections_are_held() {
 
 #[test]
 fn past_the_cap_the_connections_idle_longest_are_closed_first() {
-    require_root();
+    require_root!("the agent's proc source needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
     let files = enough_files(4096);
     let agent = Agent::start();
     // The cap with 4096 open files, 1024 (fewer where the hard limit is
@@ -320,7 +312,7 @@ fn past_the_cap_the_connections_idle_longest_are_closed_first() {
 
 #[test]
 fn a_flood_of_connections_past_the_cap_still_lets_a_scrape_in() {
-    require_root();
+    require_root!("the agent's proc source needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
     let files = enough_files(8192);
     let agent = Agent::start();
     let cap = cap_for(files);
@@ -356,7 +348,7 @@ fn a_flood_of_connections_past_the_cap_still_lets_a_scrape_in() {
 
 #[test]
 fn a_client_dripping_its_headers_is_cut_at_the_header_timeout() {
-    require_root();
+    require_root!("the agent's proc source needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
     let agent = Agent::start();
     let mut s = TcpStream::connect(agent.addr).unwrap();
     let t0 = Instant::now();
@@ -395,7 +387,7 @@ fn a_client_dripping_its_headers_is_cut_at_the_header_timeout() {
 
 #[test]
 fn oversized_request_headers_are_refused_with_431() {
-    require_root();
+    require_root!("the agent's proc source needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH");
     let agent = Agent::start();
     let exchange = |filler: usize| {
         let mut s = TcpStream::connect(agent.addr).unwrap();

@@ -12,8 +12,10 @@
 //! Needs root (namespaces, nftables). Linux only.
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
+
+use common::netns;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener};
@@ -28,15 +30,6 @@ const LOSS_PERCENT: u32 = 10;
 /// The nft table the rules live in (in the server's namespace).
 const TABLE: &str = "faults";
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the network-fault tests make namespaces and nftables rules and must run as root (run `cargo xtask test`)"
-    );
-}
-
 /// The byte at `offset` of the lossy transfer's stream.
 fn pattern(offset: usize) -> u8 {
     (offset % 251) as u8
@@ -50,7 +43,7 @@ const SYN_BYTES: u64 = 60;
 
 #[test]
 fn faults_made_by_nft_rules_behave_exactly() {
-    require_root();
+    require_root!("makes network namespaces and nftables rules");
     let pair = VethPair::new("faults");
     let server_ip = pair.server_ip;
     // A listener on each port: without the rules each connect would be

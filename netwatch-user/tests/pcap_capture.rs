@@ -1,7 +1,8 @@
 //! The pcap source against real loopback traffic. Every test here NEEDS
-//! ROOT (CAP_NET_RAW to capture, root to bind port 53) and fails, loudly,
-//! without it. The tests run one at a time (they share this process's pid,
-//! which is what the per-process assertions are about).
+//! ROOT (CAP_NET_RAW to capture, root to bind port 53): as another user each
+//! skips with one line (`require_root!`), in CI it fails. The tests run one
+//! at a time (they share this process's pid, which is what the per-process
+//! assertions are about).
 //!
 //! The byte bound: the source counts transport payload from the IP/TCP/UDP
 //! length fields. A TCP stream of N bytes therefore counts N + retransmitted
@@ -9,34 +10,19 @@
 //! UDP datagrams count exactly their payload.
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::serial;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netwatch::attribution::Attribution;
 use netwatch::source::pcap::{dns, PcapConfig, PcapError, PcapSource};
 use netwatch::source::{CountOrigin, SampleBatch, SocketSample, SocketSource};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Take the one-test-at-a-time lock and insist on root.
-fn root_test() -> MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("Uid line in /proc/self/status");
-    assert_eq!(
-        euid, "0",
-        "this test NEEDS ROOT: it captures on loopback with libpcap (CAP_NET_RAW) \
-         and binds UDP port 53; run it as root (e.g. `sudo -E cargo test --test pcap_capture`)"
-    );
-    guard
-}
 
 fn open(device: &str, filter: Option<String>) -> PcapSource {
     PcapSource::with_config(PcapConfig {
@@ -105,7 +91,8 @@ fn pattern(n: usize) -> Vec<u8> {
 fn tcp_exact(ip: &str) {
     const UP: usize = 1_000_003;
     const DOWN: usize = 70_001;
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let mut src = open("lo", None);
     let mut attribution = Attribution::new(Instant::now());
 
@@ -179,7 +166,8 @@ fn tcp_over_ipv6_loopback_counts_exact_payload_per_socket_and_process() {
 /// a 65527-byte IPv6 datagram that exceeds lo's MTU and is fragmented.
 #[test]
 fn udp_datagrams_on_any_count_exactly_including_ipv6_fragments() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     for (ip, sizes) in [
         ("127.0.0.1", &[0usize, 1, 100, 1472, 9000, 65507][..]),
         ("::1", &[1usize, 512, 65000, 65527][..]),
@@ -277,7 +265,8 @@ fn responder(sock: UdpSocket, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<
 
 #[test]
 fn dns_over_loopback_port_53_is_counted_exactly() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let server = UdpSocket::bind("127.0.0.1:53").unwrap_or_else(|e| {
         panic!("binding 127.0.0.1:53 for the test responder (needs root and a free port): {e}")
     });
@@ -385,7 +374,8 @@ fn dns_over_loopback_port_53_is_counted_exactly() {
 
 #[test]
 fn opening_a_missing_interface_says_what_is_wrong() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let err = PcapSource::open(Some("netwatch-nope0")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, PcapError::Open { .. }), "{msg}");
@@ -404,7 +394,8 @@ fn opening_a_missing_interface_says_what_is_wrong() {
 
 #[test]
 fn dropping_the_source_stops_the_capture_thread_promptly() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let src = PcapSource::open(None).expect("capture on any");
     assert_eq!(src.device(), "any");
     assert_eq!(src.detail(), None, "detail() is the eBPF tier slot");
@@ -620,7 +611,8 @@ impl Tally {
 
 #[test]
 fn servers_that_reply_and_close_keep_their_bytes_per_process() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let mut server = spawn_worker("server", None, false);
     let port: u16 = report_line(&mut server, "PORT ")
         .expect("the server reports its port")
@@ -773,7 +765,8 @@ fn spawn_in(ns: &str, role: &str, server: Option<SocketAddr>) -> Worker {
 /// runs in two network namespaces this test creates.
 #[test]
 fn tcp_captured_twice_on_a_bridge_counts_each_byte_once() {
-    let _root = root_test();
+    require_root!("captures with libpcap (CAP_NET_RAW) and binds UDP port 53");
+    let _serial = serial();
     let id = std::process::id();
     let (srv_ns, cli_ns) = (format!("nwpcap-s{id}"), format!("nwpcap-c{id}"));
     ip(&["netns", "add", &srv_ns]);

@@ -17,6 +17,11 @@
 //! restart and never go down. Needs root.
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent::{self, AGENT};
+use common::{serial, transfer};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,25 +30,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const BPFTOOL: &str = "/usr/sbin/bpftool";
 /// Give up waiting for the agent after this long (a hang, not a measure).
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the pinning tests load BPF programs and pin them: run as root"
-    );
-}
-
-/// Every test counts this process's own bytes: one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A pin directory and a baseline file of this test's own, removed (the
 /// programs detached) when dropped.
@@ -217,9 +206,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
@@ -264,7 +251,7 @@ fn stream(
 }
 
 fn restart_mid_transfer(name: &str, sig: i32) {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new(name);
     let mut first = Agent::start(&pins.args());
@@ -352,25 +339,9 @@ fn bpftool_map(path: &Path, kind: &str, key: u32, value: u32, entries: u32, name
     );
 }
 
-/// Move exactly `n` bytes from this process to itself over loopback TCP.
-fn transfer(n: usize) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
-    let addr = l.local_addr().expect("listener address");
-    let reader = thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accepting");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("reading");
-        buf.len()
-    });
-    let mut c = TcpStream::connect(addr).expect("connecting");
-    c.write_all(&vec![7u8; n]).expect("writing");
-    drop(c);
-    assert_eq!(reader.join().expect("reader thread"), n);
-}
-
 #[test]
 fn incompatible_pins_are_replaced_with_a_log_line_never_read() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("compat");
     let (_, log) = {
@@ -426,7 +397,7 @@ fn incompatible_pins_are_replaced_with_a_log_line_never_read() {
 /// is incompatible: replaced, with a log line naming the missing map.
 #[test]
 fn pins_without_the_tcp_events_ring_are_replaced() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("tcpev");
     let (_, log) = {
@@ -454,7 +425,7 @@ fn pins_without_the_tcp_events_ring_are_replaced() {
 
 #[test]
 fn no_pin_leaves_nothing_pinned() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("nopin");
     std::fs::create_dir_all(&pins.dir).expect("creating the pin directory");
@@ -491,42 +462,20 @@ struct MetricsAgent {
 impl MetricsAgent {
     /// Start; returns once it serves /metrics and its source is attached.
     fn start(extra: &[String]) -> Self {
-        let mut child = agent_command("prometheus", "0.3")
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                // Other processes on this host must not crowd this one out.
-                "--metrics-top-processes",
-                "100000",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting netwatch-agent");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (url_tx, url_rx) = mpsc::channel();
-        let (log_tx, log) = mpsc::channel();
-        thread::spawn(move || {
-            let mut url = None;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("serving Prometheus metrics on ").nth(1) {
-                    url = Some(rest.trim().to_string());
-                }
-                if line.contains("process rows from the") {
-                    let _ = url_tx.send(url.clone());
-                }
-                let _ = log_tx.send(line);
-            }
-        });
-        let Some(url) = url_rx.recv_timeout(PATIENCE).ok().flatten() else {
-            let _ = child.kill();
-            panic!(
-                "the agent did not serve /metrics and attach; log: {:?}",
-                log.try_iter().collect::<Vec<_>>()
-            );
-        };
+        let (child, log, url) = agent::start_attached(
+            agent_command("prometheus", "0.3")
+                .args([
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    // Other processes on this host must not crowd this one out.
+                    "--metrics-top-processes",
+                    "100000",
+                ])
+                .args(extra)
+                .stdout(Stdio::null()),
+            PATIENCE,
+        )
+        .serving();
         Self {
             child,
             url,
@@ -546,17 +495,7 @@ impl MetricsAgent {
 
     /// One scrape, by a `curl` child process (its bytes are not ours).
     fn scrape(&self) -> String {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "10", &self.url])
-            .output()
-            .expect("running curl (install curl for this test)");
-        assert!(
-            out.status.success(),
-            "scraping {}: {}",
-            self.url,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+        agent::scrape(&self.url)
     }
 
     /// Scrape until the agent took two more snapshots than at the call: the
@@ -582,9 +521,7 @@ impl MetricsAgent {
 
     /// SIGTERM, wait for the exit; the log.
     fn stop(mut self) -> Vec<String> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
         // The reader ends at EOF.
         while let Ok(l) = self.log.recv_timeout(PATIENCE) {
             self.seen_log.push(l);
@@ -595,9 +532,7 @@ impl MetricsAgent {
 
 impl Drop for MetricsAgent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
@@ -643,7 +578,7 @@ impl Monotonic {
 
 #[test]
 fn sigterm_mid_transfer_then_restart_metrics_counters_continue_exactly() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("metrics");
     let me = std::process::id();
@@ -833,7 +768,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_run_by_hand_leaves_no_program_loaded_when_it_exits() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("byhand");
     // The paths are given (so nothing could land in the shared default
@@ -887,7 +822,7 @@ fn unpin(args: &[String]) -> (bool, String, String) {
 
 #[test]
 fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("unpin");
     let mut a = Agent::start(&pins.args());
@@ -926,7 +861,7 @@ fn unpin_removes_what_a_pinned_run_left_and_nothing_else() {
 
 #[test]
 fn a_pin_dir_holding_a_foreign_map_is_refused_and_the_map_survives() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("foreign");
     std::fs::create_dir_all(&pins.dir).expect("creating the pin directory");
@@ -1026,7 +961,7 @@ impl Drop for Mounted {
 
 #[test]
 fn a_pin_dir_that_is_a_bpffs_root_is_refused_and_other_pins_survive() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let fs = Mounted::bpffs("root");
     let foreign = fs.0.join("foreign");
@@ -1052,7 +987,7 @@ fn a_pin_dir_that_is_a_bpffs_root_is_refused_and_other_pins_survive() {
 
 #[test]
 fn pins_removed_under_a_running_agent_are_pinned_again_and_every_byte_counts() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("removed");
     let mut a = Agent::start(&pins.args());
@@ -1124,7 +1059,7 @@ impl Conn {
 
 #[test]
 fn a_baseline_write_that_fails_never_makes_a_restart_count_twice() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     let pins = Pins::new("full");
     let fs = Mounted::tmpfs("full");
@@ -1184,7 +1119,7 @@ fn the_baseline_generation_names_only_what_the_sinks_kept() {
     use netwatch::source::ebpf::pin::BaselineEntry;
     use netwatch::source::SocketId;
 
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let fs = Mounted::bpffs("generation");
     let map = fs.0.join("GENERATION");
     generation::create(&map).expect("creating the generation map");
@@ -1283,7 +1218,7 @@ impl Drop for FuseServer {
 /// the read waits in the baseline write: no snapshot while the mount hangs.
 #[test]
 fn a_hung_baseline_filesystem_costs_no_snapshot_and_a_restart_never_counts_twice() {
-    require_root();
+    require_root!("loads BPF programs and pins them under /sys/fs/bpf");
     let _serial = serial();
     assert!(
         Command::new("bindfs")

@@ -7,6 +7,10 @@
 //! missing. Needs root.
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::serial;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,21 +32,6 @@ const NOBODY: &str = "65534";
 const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 const CAP_SYS_PTRACE: u64 = 1 << 19;
 const CAP_BPF: u64 = 1 << 39;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the privilege tests start the agent as root and switch uids: run as root"
-    );
-}
-
-/// One lock: the tests count this process's bytes.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The documented steady state of one source (README "Least privilege").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,7 +359,7 @@ fn run_and_count(mode: &str, ambient: Option<&[String]>, n: usize) -> (String, (
 
 #[test]
 fn as_root_the_agent_keeps_exactly_the_documented_set_on_every_thread() {
-    require_root();
+    require_root!("starts the agent as root and switches uids");
     let _serial = serial();
     // auto: eBPF if it loads here, else ss.
     let (source, total) = run_and_count("auto", None, 300_001);
@@ -383,7 +372,7 @@ fn as_root_the_agent_keeps_exactly_the_documented_set_on_every_thread() {
 
 #[test]
 fn unprivileged_with_the_units_ambient_set_every_mode_counts_exactly() {
-    require_root();
+    require_root!("starts the agent as root and switches uids");
     let _serial = serial();
     let unit = unit_ambient();
     // eBPF when it loads on this kernel (it needs the same set as root).
@@ -420,7 +409,7 @@ fn assert_refused(mode: &str, caps: &[String], missing: &str) {
 
 #[test]
 fn a_missing_capability_is_refused_by_name() {
-    require_root();
+    require_root!("starts the agent as root and switches uids");
     let _serial = serial();
     let without =
         |name: &str| -> Vec<String> { unit_ambient().into_iter().filter(|c| c != name).collect() };

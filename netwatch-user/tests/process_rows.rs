@@ -11,16 +11,17 @@
 //! its few seconds (any that does shows in the failure message).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use netwatch_common::wire::Snapshot;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 
 /// The test's movers, and how many of them keep their rows.
 const MOVERS: usize = 60;
@@ -29,15 +30,6 @@ const MAX_PROCESSES: usize = 20;
 const MOVER_NAME: &str = "nwrows-mover";
 /// The env variable that makes this binary a mover of that many bytes.
 const MOVER_ENV: &str = "NETWATCH_PROCROWS_BYTES";
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test NEEDS ROOT: the agent loads BPF programs; run it as root"
-    );
-}
 
 /// Mover `i`'s bytes: distinct, so the busiest 20 are movers 40..60.
 fn bytes_of(i: usize) -> u64 {
@@ -106,40 +98,13 @@ impl Drop for Agent {
 /// Start the agent; returns it once it says it has attached and had time
 /// to prime, with its log lines.
 fn start_agent(args: &[&str]) -> (Agent, mpsc::Receiver<String>) {
-    let mut child = Command::new(AGENT)
-        .arg("--no-pin")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting netwatch-agent");
-    let stderr = child.stderr.take().expect("stderr");
-    let agent = Agent(child);
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (log_tx, log_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("process rows from the") {
-                let _ = ready_tx.send(());
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        panic!(
-            "agent did not attach; log: {:?}",
-            log_rx.try_iter().collect::<Vec<_>>()
-        );
-    }
-    // The agent primes its baselines right after attaching.
-    thread::sleep(Duration::from_millis(500));
-    (agent, log_rx)
+    let (child, log) = agent::start_primed(args, Duration::from_millis(500));
+    (Agent(child), log)
 }
 
 #[test]
 fn twenty_busiest_keep_their_rows_and_forty_fold_into_one_exact_row() {
-    require_root();
+    require_root!("the agent loads BPF programs");
     let (mut agent, log) = start_agent(&[
         "--output",
         "json",

@@ -9,6 +9,11 @@
 //! port stops the agent at start. Needs root (the agent loads BPF programs).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent::{self, AGENT};
+use common::{serial, transfer};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -17,24 +22,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 /// Give up waiting for the agent after this long (a hang, not a measure).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the /metrics tests run the agent with the eBPF source: run as root"
-    );
-}
-
-/// Both tests make loopback traffic from this process: one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The agent, killed when dropped.
 struct Agent {
@@ -45,9 +34,7 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
@@ -55,58 +42,21 @@ impl Drop for Agent {
 /// source is attached.
 fn start_agent(args: &[&str], env: &[(&str, &str)]) -> Agent {
     let mut cmd = Command::new(AGENT);
-    cmd.arg("--no-pin")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.arg("--no-pin").args(args).stdout(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("starting netwatch-agent");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (url_tx, url_rx) = mpsc::channel();
-    let (log_tx, log_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut url = None;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("serving Prometheus metrics on ").nth(1) {
-                url = Some(rest.trim().to_string());
-            }
-            if line.contains("process rows from the") {
-                let _ = url_tx.send(url.clone());
-            }
-            let _ = log_tx.send(line);
-        }
-    });
-    let url = url_rx.recv_timeout(PATIENCE).ok().flatten();
-    let Some(metrics_url) = url else {
-        let _ = child.kill();
-        panic!(
-            "the agent did not serve /metrics and attach; log: {:?}",
-            log_rx.try_iter().collect::<Vec<_>>()
-        );
-    };
+    let (child, log, metrics_url) = agent::start_attached(&mut cmd, PATIENCE).serving();
     Agent {
         child,
         metrics_url,
-        log: log_rx,
+        log,
     }
 }
 
 /// One scrape, by a `curl` child process.
 fn scrape(agent: &Agent) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "10", &agent.metrics_url])
-        .output()
-        .expect("running curl (install curl for this test)");
-    assert!(
-        out.status.success(),
-        "scraping {}: {}",
-        agent.metrics_url,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("/metrics is UTF-8")
+    agent::scrape(&agent.metrics_url)
 }
 
 /// The value of the sample `name{labels}` exactly (labels as printed, or
@@ -160,25 +110,9 @@ fn after_two_snapshots(agent: &Agent) -> String {
     wait_for_snapshots(agent, start + 2)
 }
 
-/// Move exactly `n` bytes from this process to itself over loopback TCP.
-fn transfer(n: usize) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
-    let addr = l.local_addr().expect("listener address");
-    let reader = thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accepting");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).expect("reading");
-        buf.len()
-    });
-    let mut c = TcpStream::connect(addr).expect("connecting");
-    c.write_all(&vec![7u8; n]).expect("writing");
-    drop(c);
-    assert_eq!(reader.join().expect("reader thread"), n);
-}
-
 #[test]
 fn scrape_finds_this_process_exact_bytes_and_they_only_grow() {
-    require_root();
+    require_root!("runs the agent with the eBPF source");
     let _serial = serial();
     let agent = start_agent(
         &[
@@ -288,7 +222,7 @@ fn pid_labelled(page: &str, name: &str, pid: u32, label: &str) -> u64 {
 /// snapshots.
 #[test]
 fn connects_of_this_process_are_counted_exactly_by_result() {
-    require_root();
+    require_root!("runs the agent with the eBPF source");
     let _serial = serial();
     let agent = start_agent(
         &[
@@ -412,7 +346,7 @@ fn start_cloud() -> Cloud {
 
 #[test]
 fn delivery_counters_are_exact_and_the_key_is_never_shown() {
-    require_root();
+    require_root!("runs the agent with the eBPF source");
     let _serial = serial();
     let cloud = start_cloud();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -498,7 +432,7 @@ fn delivery_counters_are_exact_and_the_key_is_never_shown() {
 
 #[test]
 fn an_address_in_use_stops_the_agent_at_start_naming_it() {
-    require_root();
+    require_root!("runs the agent with the eBPF source");
     let taken = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     let addr = taken.local_addr().expect("address").to_string();
     let out = Command::new(AGENT)
@@ -522,7 +456,7 @@ fn an_address_in_use_stops_the_agent_at_start_naming_it() {
 
 #[test]
 fn a_child_process_bytes_are_exact_and_its_series_expires_after_it_exits() {
-    require_root();
+    require_root!("runs the agent with the eBPF source");
     let _serial = serial();
     let agent = start_agent(
         &[

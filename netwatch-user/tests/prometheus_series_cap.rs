@@ -16,8 +16,11 @@
 //! up: it goes with its last process). The agent test needs root.
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
+use common::serial;
+
+use common::netns;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,21 +36,6 @@ use netwatch_common::wire::{ProcessBandwidth, Snapshot};
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const PATIENCE: Duration = Duration::from_secs(60);
 const TABLE: &str = "prometheus_series";
-
-/// Both tests read the one drop counter of this process: one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test runs the agent in a network namespace of its own: run as root"
-    );
-}
 
 /// The workload processes: with `NWCAP_NAME` set, name this process so and
 /// move bytes to itself over loopback until stdin closes.
@@ -245,7 +233,7 @@ fn get(addr: &str, path: &str) -> String {
 
 #[test]
 fn the_agent_under_a_process_flood_keeps_the_cap_exact_totals_and_counts_drops() {
-    require_root();
+    require_root!("runs the agent in a network namespace of its own");
     let _one = serial();
     std::thread::spawn(agent_in_a_namespace)
         .join()

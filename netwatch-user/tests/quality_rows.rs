@@ -10,10 +10,11 @@
 //! both QEMU guests (`cargo xtask test`). Needs root (BPF, namespaces,
 //! nftables, a capture).
 
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/tiers.rs"]
-mod tiers;
+#[macro_use]
+mod common;
+
+use common::netns;
+use common::tiers;
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};

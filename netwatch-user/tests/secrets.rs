@@ -9,6 +9,10 @@
 //! config files, and `setpriv` to start the agent as another uid).
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+use common::agent;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,16 +27,6 @@ const SETPRIV: &str = "/usr/bin/setpriv";
 const NOBODY: u32 = 65534;
 /// Give up waiting for the agent after this long (a hang, not a measure).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the secrets tests write root-owned config files and start the agent as \
-         another uid: run as root"
-    );
-}
 
 /// A secret no other test or process uses.
 fn unique_secret(what: &str) -> String {
@@ -63,9 +57,7 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        agent::terminate(&mut self.child);
     }
 }
 
@@ -200,7 +192,7 @@ fn ingest_agent(config: &std::path::Path, dir: &std::path::Path, url: &str) -> C
 
 #[test]
 fn a_key_from_the_environment_is_absent_from_proc_and_still_delivered() {
-    require_root();
+    require_root!("writes root-owned config files and starts the agent as another uid");
     let secret = unique_secret("env");
     let (url, auths) = ingest_server();
     let (dir, config) = files(
@@ -265,7 +257,7 @@ fn status_field(pid: u32, field: &str) -> String {
 
 #[test]
 fn the_agent_is_not_dumpable_so_its_own_uid_cannot_read_its_memory() {
-    require_root();
+    require_root!("writes root-owned config files and starts the agent as another uid");
     assert!(
         Path::new(SETPRIV).exists(),
         "{SETPRIV} (util-linux) is needed to start the agent as another uid"
@@ -355,7 +347,7 @@ fn run_to_end(cmd: &mut Command) -> (Option<i32>, String) {
 
 #[test]
 fn an_endpoint_with_a_user_and_password_stops_the_agent_without_echoing_them() {
-    require_root();
+    require_root!("writes root-owned config files and starts the agent as another uid");
     let password = unique_secret("pw");
     // Everything else the agent needs to deliver, so only the URL can stop it.
     let (dir, config) = files("[ingest]\nrequest_timeout_secs = 1\nflush_timeout_secs = 1\n");
@@ -421,7 +413,7 @@ fn an_endpoint_with_a_user_and_password_stops_the_agent_without_echoing_them() {
 
 #[test]
 fn a_redirect_to_a_url_with_a_password_is_logged_redacted() {
-    require_root();
+    require_root!("writes root-owned config files and starts the agent as another uid");
     // The server's own text: the agent logs the redirect it does not follow.
     let (url, requests) = ingest_server_answering(
         "HTTP/1.1 307 Temporary Redirect\r\nlocation: https://operator:pw-r3d1rect@other.example/in\r\n\
@@ -461,7 +453,7 @@ fn a_redirect_to_a_url_with_a_password_is_logged_redacted() {
 /// past it to the usual refusal of missing capabilities.
 #[test]
 fn an_agent_without_capabilities_still_scrubs_and_refuses_by_capability() {
-    require_root();
+    require_root!("writes root-owned config files and starts the agent as another uid");
     assert!(
         Path::new(SETPRIV).exists(),
         "{SETPRIV} (util-linux) is needed to start the agent as another uid"

@@ -11,26 +11,18 @@
 //! and joining the destroy groups needs `CAP_NET_ADMIN`). Linux only.
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
+
+use common::netns;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use netwatch::source::ss::{output_limit_bytes, SsError, SsSource};
 use netwatch::source::SocketSource;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test makes a network namespace and joins sock_diag multicast groups: run as root"
-    );
-}
 
 /// A stand-in `ss` (a real executable, run the way the real one is).
 fn fake_ss(dir: &tempfile::TempDir, name: &str, script: &str) -> std::path::PathBuf {
@@ -43,27 +35,13 @@ fn fake_ss(dir: &tempfile::TempDir, name: &str, script: &str) -> std::path::Path
 /// Close with a reset: the socket is destroyed at once (no FIN exchange,
 /// no time-wait), so its destroy event comes right away.
 fn close_now(s: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a linger struct of its size.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    common::reset_on_close(&s);
     drop(s);
 }
 
 #[test]
 fn ss_pending_destroy_events_stay_at_their_cap_while_ss_fails() {
-    require_root();
+    require_root!("makes a network namespace and joins sock_diag multicast groups");
     const CAP: usize = 100;
     const CONNECTIONS: usize = 150;
     // Two destroyed sockets per connection: the client's and the accepted one.

@@ -10,6 +10,9 @@
 //! `CAP_NET_ADMIN`) and `ss` on `PATH`. Linux only.
 #![cfg(target_os = "linux")]
 
+#[macro_use]
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -24,15 +27,6 @@ const REQUEST: usize = 3_001;
 const REPLY: usize = 70_007;
 const CLIENTS: usize = 3;
 const PER_CLIENT: usize = 20;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the ss destroy-event tests join sock_diag multicast groups (CAP_NET_ADMIN): run as root"
-    );
-}
 
 fn env(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"))
@@ -238,7 +232,7 @@ fn report_and_check(what: &str, counted: &Counted, truth: &[(&str, u32, u64, u64
 
 /// Server plus clients; `hold` makes every connection live through one read.
 fn servers_reply_and_close(ip: &str, hold: bool) {
-    require_root();
+    require_root!("joins sock_diag multicast groups (CAP_NET_ADMIN)");
     let mut source = SsSource::new();
     assert!(
         source.destroy_events_enabled(),
@@ -347,7 +341,7 @@ fn ss_servers_that_reply_and_close_ipv6_between_reads() {
 /// A UDP socket seen by a read and then closed gets a closed sample with its owner.
 #[test]
 fn ss_closed_udp_socket_yields_a_closed_sample() {
-    require_root();
+    require_root!("joins sock_diag multicast groups (CAP_NET_ADMIN)");
     let mut source = SsSource::new();
     assert!(source.destroy_events_enabled());
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -377,7 +371,7 @@ fn ss_closed_udp_socket_yields_a_closed_sample() {
 #[test]
 fn ss_destroy_event_of_a_server_whose_peer_stays_open_has_no_fin() {
     use netwatch::source::ss::destroy::DestroyListener;
-    require_root();
+    require_root!("joins sock_diag multicast groups (CAP_NET_ADMIN)");
     let listener = DestroyListener::start().expect("joining the destroy groups");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();

@@ -6,8 +6,10 @@
 //! reads carry exactly the retransmits between them. Needs root
 //! (namespaces, nftables).
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
+
+use common::netns;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -17,15 +19,6 @@ use netwatch::snapshot::quality::QualityTracker;
 use netwatch::source::ss::SsSource;
 use netwatch::source::{SampleBatch, SocketSource as _};
 use netwatch_common::wire::ProcessBandwidth;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test NEEDS ROOT: it makes network namespaces and nftables rules; run it as root"
-    );
-}
 
 /// A read of the ss source in the client namespace, where `ss` sees `c`.
 fn read(pair: &VethPair, src: &mut SsSource) -> SampleBatch {
@@ -50,7 +43,7 @@ fn sample_of(batch: &SampleBatch, c: &TcpStream) -> netwatch::source::TcpCounter
 
 #[test]
 fn ss_retransmits_equal_the_kernels_count() {
-    require_root();
+    require_root!("makes network namespaces and nftables rules");
     let pair = VethPair::new("ssq");
     let port = 7100;
     let server = SocketAddr::from((pair.server_ip, port));

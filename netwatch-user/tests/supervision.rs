@@ -23,34 +23,23 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[macro_use]
 mod common;
+use common::serial;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_netwatch-agent");
 const KEY: &str = "nwk_test_supervision_0123456789";
 /// Give up waiting after this long (a hang, not a measure).
 const PATIENCE: Duration = Duration::from_secs(90);
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the supervision tests load BPF programs, open sock_diag and a capture, and write \
-         root-owned config files: run as root"
-    );
+/// The rest of what these tests need, beside root.
+fn require_debug_build() {
     if !cfg!(debug_assertions) {
         panic!(
             "these tests use the fault hook NETWATCH_FAULT_INJECT, which only debug builds \
              have: run them without --release"
         );
     }
-}
-
-/// The agents of these tests load programs and capture on loopback: one
-/// at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 // ------------------------------------------------------------ ingest stand-in
@@ -365,7 +354,10 @@ fn ingest_and_health_config(ingest: &Ingest) -> String {
 /// true once all are back.
 #[test]
 fn ebpf_ingest_health_and_metrics_workers_that_panic_once_are_restarted_and_counted() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let ingest = Ingest::start();
     let agent = start(
@@ -419,7 +411,10 @@ fn ebpf_ingest_health_and_metrics_workers_that_panic_once_are_restarted_and_coun
 /// counted, snapshots keep coming.
 #[test]
 fn the_ss_destroy_listener_that_panics_once_is_restarted_and_counted() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let agent = start(
         &["--mode", "ss", "--interval", "1"],
@@ -441,7 +436,10 @@ fn the_ss_destroy_listener_that_panics_once_is_restarted_and_counted() {
 /// their fault points): restarted and counted, the capture handle kept.
 #[test]
 fn pcap_capture_and_rescan_threads_that_panic_once_are_restarted_and_counted() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let agent = start(
         &["--mode", "pcap", "-i", "lo", "--interval", "1"],
@@ -472,7 +470,10 @@ fn pcap_capture_and_rescan_threads_that_panic_once_are_restarted_and_counted() {
 /// coming.
 #[test]
 fn the_dns_capture_thread_that_panics_once_is_restarted_and_counted() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let agent = start(
         &["--mode", "ebpf", "--health", "--interval", "1"],
@@ -495,7 +496,10 @@ fn the_dns_capture_thread_that_panics_once_is_restarted_and_counted() {
 /// a message naming it (so systemd or Kubernetes restart it).
 #[test]
 fn a_part_failing_past_the_restart_cap_fails_healthz_and_exits_non_zero() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let ingest = Ingest::start();
     let agent = start(
@@ -546,7 +550,10 @@ fn a_part_failing_past_the_restart_cap_fails_healthz_and_exits_non_zero() {
 /// again when the tick goes on. `/metrics` answers throughout.
 #[test]
 fn healthz_fails_while_the_tick_is_stuck_and_recovers_after() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let agent = start(
         &["--mode", "proc", "--interval", "1"],
@@ -590,7 +597,10 @@ fn healthz_fails_while_the_tick_is_stuck_and_recovers_after() {
 /// after every tick; none while the tick is stuck, and again after.
 #[test]
 fn systemd_gets_ready_and_a_keep_alive_per_tick_and_none_while_the_tick_is_stuck() {
-    require_root();
+    require_root!(
+        "loads BPF programs, opens sock_diag and a capture, writes root-owned config files"
+    );
+    require_debug_build();
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify");

@@ -14,11 +14,12 @@
 //! `NETWATCH_REQUIRE_TIERS` (comma separated) turns that skip into a failure.
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
 
-#[path = "common/tiers.rs"]
-mod tiers;
+use common::netns;
+
+use common::tiers;
 use tiers::*;
 
 use std::collections::HashMap;
@@ -425,11 +426,7 @@ fn connects_and_resets(tier: Tier, mut src: EbpfSource) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         } else {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            setsockopt(&s, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+            common::reset_on_close(&s);
         }
         let client = c.local_addr().unwrap();
         drop(s);

@@ -19,11 +19,12 @@
 //! guests, software emulation) sizes the transfer down.
 #![cfg(target_os = "linux")]
 
-#[path = "common/netns.rs"]
-mod netns;
+#[macro_use]
+mod common;
 
-#[path = "common/tiers.rs"]
-mod tiers;
+use common::netns;
+
+use common::tiers;
 use tiers::*;
 
 use std::io::{Read, Write};
@@ -263,7 +264,7 @@ fn tcp_retransmits_fentry_tier() {
 #[test]
 fn tcp_retransmits_before_attach_are_not_counted() {
     let _serial = serial();
-    require_root();
+    require_root!("loads BPF programs, makes network namespaces and nftables rules");
     let pair = VethPair::new("rs");
     let (mut client, server) = lossy_connection(&pair);
     let (client_addr, server_addr) = (

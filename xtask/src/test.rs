@@ -1,7 +1,9 @@
 //! `cargo xtask test`: the whole suite, from a bare machine of this kind:
 //! setup, format and lint checks (the BPF crate separately), every host test
-//! as root (the tracepoint tier on kernels ≥ 6.3), every fuzz target over its
-//! committed corpus and crash inputs (`fuzz.rs`), the macOS type-check, and
+//! as root (the tracepoint tier on kernels ≥ 6.3), the same test binaries
+//! again as `nobody` (they must pass, each root test skipping with one
+//! line), every fuzz target over its committed corpus and crash inputs
+//! (`fuzz.rs`), the macOS type-check, and
 //! the eBPF tier tests inside QEMU guests on two Debian 12 stock kernels: 6.1
 //! (fentry and kprobe tiers must attach) and 6.12 (all three must). Each step
 //! says what it runs; the first failing step stops the run (both guests run
@@ -31,6 +33,10 @@ pub struct TestArgs {
     /// Skip fmt and clippy.
     #[arg(long)]
     pub skip_lint: bool,
+    /// Run only the host test binaries as nobody (built first if needed):
+    /// every test must pass, each root test skipping with one line.
+    #[arg(long, conflicts_with = "vm_only")]
+    pub nobody_only: bool,
     /// Extra arguments for the host `cargo test` (e.g. a test name filter).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -409,11 +415,335 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// The unprivileged user the logic tests are run as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// The start of the line a test skipped for want of root prints
+/// (`netwatch-user/src/root_check.rs`, which `tests/common` includes).
+const SKIPPED: &str = "skipped: ";
+
+/// One test binary cargo built for the host tests.
+struct TestBinary {
+    /// The binary.
+    executable: PathBuf,
+    /// Its package's directory (where `cargo test` runs it).
+    package_dir: PathBuf,
+    /// The sources whose `#[test]` functions it runs: the test file, or
+    /// every file under a library's `src/`.
+    sources: Vec<PathBuf>,
+    /// The target's name (`netwatch`, `pin_restart`, …).
+    name: String,
+}
+
+/// What one binary's run as [`NOBODY`] showed.
+#[derive(Debug, Default, PartialEq)]
+struct UnprivilegedRun {
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+    /// The tests that printed the skip line, in order (one entry a line).
+    skipped: Vec<String>,
+}
+
+/// libtest's summary (`test result: ok. 3 passed; 0 failed; 1 ignored; …`)
+/// summed over every summary line in `stdout`: (passed, failed, ignored);
+/// None when there is none (the binary did not finish).
+fn test_results(stdout: &str) -> Option<(u32, u32, u32)> {
+    let mut total = None;
+    for line in stdout.lines() {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
+        let count = |what: &str| -> u32 {
+            rest.split(';')
+                .filter_map(|part| part.trim().strip_suffix(what))
+                .filter_map(|n| n.rsplit(' ').find(|w| !w.is_empty()))
+                .filter_map(|n| n.parse().ok())
+                .next()
+                .unwrap_or(0)
+        };
+        let (p, f, i) = total.unwrap_or((0, 0, 0));
+        total = Some((
+            p + count(" passed"),
+            f + count(" failed"),
+            i + count(" ignored"),
+        ));
+    }
+    total
+}
+
+/// The tests named by skip lines (`skipped: <test>: needs root (…)`) in
+/// `stderr`, in order.
+fn skipped_tests(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(SKIPPED))
+        .filter_map(|l| l.split_once(": needs root ("))
+        .map(|(test, _)| test.to_string())
+        .collect()
+}
+
+/// The `#[test]` functions in `source` whose own body starts the root check
+/// (`require_root!`, or `root_or_skip(` for a test that returns a value):
+/// each must print a skip line as another user. A test that reaches the
+/// check through a helper prints one too, but is not listed here.
+fn root_tests(source: &str) -> Vec<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "#[test]" {
+            i += 1;
+            continue;
+        }
+        // The fn line after the attributes, and its body up to the closing
+        // brace at the fn's own indentation (rustfmt's layout).
+        let Some(f) = (i + 1..lines.len()).find(|&j| lines[j].trim_start().starts_with("fn "))
+        else {
+            break;
+        };
+        let indent = lines[f].len() - lines[f].trim_start().len();
+        let close = format!("{}}}", " ".repeat(indent));
+        let end = (f + 1..lines.len())
+            .find(|&j| lines[j] == close)
+            .unwrap_or(lines.len());
+        let name = lines[f].trim_start()["fn ".len()..]
+            .split(['(', '<'])
+            .next()
+            .unwrap_or_default();
+        if lines[f..end].iter().map(|l| l.trim()).any(|l| {
+            l.starts_with("require_root!(")
+                || (l.starts_with("if !") && l.contains("root_or_skip(") && l.ends_with('{'))
+        }) {
+            found.push(name.to_string());
+        }
+        i = end;
+    }
+    found
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The test binaries of the host tests, as cargo lists them (already
+/// built by the host test step: nothing is compiled again).
+fn host_test_binaries() -> Result<Vec<TestBinary>> {
+    let out = cargo()
+        .current_dir(root())
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "netwatch-ebpf",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .context("listing the host test binaries (cargo test --no-run)")?;
+    if !out.status.success() {
+        bail!(
+            "listing the host test binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut binaries = Vec::new();
+    for m in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+    {
+        let (Some(exe), Some(manifest), Some(src)) = (
+            m["executable"].as_str(),
+            m["manifest_path"].as_str(),
+            m["target"]["src_path"].as_str(),
+        ) else {
+            continue;
+        };
+        let src = PathBuf::from(src);
+        let is_lib = m["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "lib"));
+        let mut sources = Vec::new();
+        match src.parent() {
+            Some(dir) if is_lib => rust_files(dir, &mut sources),
+            _ => sources.push(src),
+        }
+        binaries.push(TestBinary {
+            executable: exe.into(),
+            package_dir: Path::new(manifest)
+                .parent()
+                .context("a manifest path with no directory")?
+                .to_path_buf(),
+            sources,
+            name: m["target"]["name"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(binaries)
+}
+
+/// Run `bin` as [`NOBODY`] with no capabilities (`setpriv`), as `cargo
+/// test` would (from its package directory), with `scratch` as HOME and
+/// TMPDIR, `CI` and `NETWATCH_REQUIRE_ROOT` unset (so root tests skip):
+/// (status, stdout, stderr).
+fn run_unprivileged(
+    bin: &TestBinary,
+    scratch: &Path,
+    extra: &[&str],
+) -> Result<(std::process::ExitStatus, String, String)> {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin.executable)
+        .args(extra)
+        .current_dir(&bin.package_dir)
+        .env_remove("CI")
+        .env_remove("NETWATCH_REQUIRE_ROOT")
+        .env_remove("NETWATCH_REQUIRE_TIERS")
+        .env("CARGO_MANIFEST_DIR", &bin.package_dir)
+        .env("HOME", scratch)
+        .env("TMPDIR", scratch)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} as uid {NOBODY} with setpriv (util-linux)",
+                bin.executable.display()
+            )
+        })?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The host tests again as an ordinary user, from the binaries the root
+/// run built: every test must pass, and every test that needs root must
+/// skip with exactly one line (each `#[test]` whose body starts the root
+/// check must have printed it). Prints the counts.
+fn unprivileged_tests() -> Result<Duration> {
+    eprintln!(
+        "\nxtask test: the host test binaries as uid {NOBODY} (setpriv, no capabilities, CI unset)"
+    );
+    let t = Instant::now();
+    let binaries = host_test_binaries()?;
+    let scratch =
+        std::env::temp_dir().join(format!("netwatch-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    std::os::unix::fs::chown(&scratch, Some(NOBODY), Some(NOBODY))
+        .with_context(|| format!("giving {} to uid {NOBODY}", scratch.display()))?;
+    let result = run_all_unprivileged(&binaries, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    Ok(t.elapsed())
+}
+
+fn run_all_unprivileged(binaries: &[TestBinary], scratch: &Path) -> Result<()> {
+    let mut total = UnprivilegedRun::default();
+    let mut problems = Vec::new();
+    for bin in binaries {
+        let (status, stdout, stderr) = run_unprivileged(bin, scratch, &["--nocapture"])?;
+        let Some((passed, failed, ignored)) = test_results(&stdout) else {
+            problems.push(format!(
+                "{}: no test summary ({status}); stderr:\n{stderr}",
+                bin.name
+            ));
+            continue;
+        };
+        let skipped = skipped_tests(&stderr);
+        if !status.success() || failed > 0 {
+            problems.push(format!(
+                "{}: {failed} failed ({status}):\n{stdout}\n{stderr}",
+                bin.name
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for test in &skipped {
+            if !seen.insert(test) {
+                problems.push(format!("{}: {test} printed its skip line twice", bin.name));
+            }
+        }
+        let (_, listed, _) = run_unprivileged(bin, scratch, &["--list"])?;
+        for test in &skipped {
+            if !listed
+                .lines()
+                .any(|l| l.strip_suffix(": test") == Some(test))
+            {
+                problems.push(format!(
+                    "{}: a skip line names {test:?}, which is no test of it (a root check \
+                     off the test's own thread?)",
+                    bin.name
+                ));
+            }
+        }
+        for source in &bin.sources {
+            let text = std::fs::read_to_string(source)
+                .with_context(|| format!("reading {}", source.display()))?;
+            for test in root_tests(&text) {
+                let said = skipped
+                    .iter()
+                    .any(|s| s == &test || s.ends_with(&format!("::{test}")));
+                if !said {
+                    problems.push(format!(
+                        "{}: {test} ({}) needs root but printed no skip line as uid {NOBODY}",
+                        bin.name,
+                        source.display()
+                    ));
+                }
+            }
+        }
+        if !skipped.is_empty() || failed > 0 {
+            eprintln!(
+                "  {:<24} {passed:>4} passed ({} skipped: needs root), {failed} failed",
+                bin.name,
+                skipped.len()
+            );
+        }
+        total.passed += passed;
+        total.failed += failed;
+        total.ignored += ignored;
+        total.skipped.extend(skipped);
+    }
+    eprintln!(
+        "xtask test: as uid {NOBODY}: {} tests in {} binaries: {} passed ({} ran, {} skipped \
+         for want of root, one line each), {} failed, {} ignored",
+        total.passed + total.failed + total.ignored,
+        binaries.len(),
+        total.passed,
+        total.passed as usize - total.skipped.len(),
+        total.skipped.len(),
+        total.failed,
+        total.ignored
+    );
+    if !problems.is_empty() {
+        bail!("the unprivileged test run failed:\n{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
 pub fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     require_root()?;
     let toolchain = setup::ensure()?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
+
+    if args.nobody_only {
+        timings.push(("host tests as nobody".into(), unprivileged_tests()?));
+        print_timings(started, &timings);
+        return Ok(());
+    }
 
     if args.vm_only {
         timings.extend(guest_tests(args.vm_sequential)?);
@@ -453,6 +783,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         "host tests".into(),
         step("host tests (as root, real kernel)", &mut test)?,
     ));
+    // A contributor without root runs `cargo test` too: the same binaries
+    // as nobody must pass, the root tests skipping with one line each.
+    timings.push(("host tests as nobody".into(), unprivileged_tests()?));
 
     // A parser change that crashes on a known input fails here: each fuzz
     // target runs its seed corpus and the crash inputs kept as regressions
@@ -547,6 +880,34 @@ mod tests {
                    NETWATCH-TIER tracepoint: SKIPPED, unavailable on this kernel: Linux < 6.3\n";
         assert_eq!(tier_notes(out), ["fentry attached", "tracepoint skipped"]);
         assert!(tier_notes("test lifecycle_tracepoint_formats_match ... ok\n").is_empty());
+    }
+
+    #[test]
+    fn test_results_sum_every_summary_line() {
+        let out = "running 2 tests\ntest a ... ok\n\
+                   test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+                   test result: FAILED. 10 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(test_results(out), Some((12, 3, 1)));
+        assert_eq!(test_results("running 1 test\n"), None);
+    }
+
+    #[test]
+    fn skipped_tests_are_named_by_their_lines_only() {
+        let err = "skipped: pin_restart_a: needs root (loads BPF programs); run as root or with cargo xtask test\n\
+                   thread 'x' panicked\n\
+                   skipped: procinfo::disk::io: needs root (mounts); run as root or with cargo xtask test\n\
+                   skipped: not a root line\n";
+        assert_eq!(skipped_tests(err), ["pin_restart_a", "procinfo::disk::io"]);
+    }
+
+    #[test]
+    fn root_tests_are_the_tests_whose_own_body_checks() {
+        let src = "#[test]\nfn plain() {\n    assert_eq!(1, 1);\n}\n\n\
+                   fn helper() {\n    require_root!(\"x\");\n}\n\n\
+                   #[test]\nfn direct() {\n    require_root!(\"loads BPF programs\");\n}\n\n\
+                   mod m {\n    #[test]\n    #[cfg(target_os = \"linux\")]\n    fn nested() -> Result<()> {\n        \
+                   if !crate::common::root_or_skip(\"why\") {\n            return Ok(());\n        }\n        Ok(())\n    }\n}\n";
+        assert_eq!(root_tests(src), ["direct", "nested"]);
     }
 
     #[test]

@@ -530,12 +530,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn the_mount_table_is_read_again_only_when_it_changed() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test mounts a tmpfs and must run as root (run `cargo xtask test`)"
-        );
+        crate::root_check::require_root!("mounts a tmpfs");
         let mut m = Mounts::open().expect("/proc/self/mounts");
         assert!(!m.changed(), "nothing changed since it was read");
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Network-namespace helpers shared by test files that run the agent in a
 //! namespace of their own, or make network faults in namespaces of their
-//! own (`#[path = "common/netns.rs"] mod netns;`): [`VethPair`] (two
+//! own (`use common::netns;`): [`VethPair`] (two
 //! namespaces and a veth link), [`in_netns`] (run code, open sockets, in
 //! one), [`nft`] and [`nft_counter`] (rules and what they counted),
 //! [`connect_with_syn_retries`] and [`tcp_info`]. They work the same on the

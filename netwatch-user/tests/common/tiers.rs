@@ -1,5 +1,5 @@
 //! Loading the kernel collector on one hook tier in a test, shared by the
-//! tier test files (`#[path = "common/tiers.rs"] mod tiers;`): a tier the
+//! tier test files (`use common::tiers::*;`): a tier the
 //! kernel genuinely lacks is skipped (said on stdout), unless the run
 //! requires it (`NETWATCH_REQUIRE_TIERS`, set by `cargo xtask test` per
 //! kernel), where failing to load fails the test. Test code only.
@@ -9,16 +9,6 @@
 
 use netwatch::source::ebpf::tier::Tier;
 use netwatch::source::ebpf::{EbpfSource, LoadError, LoadOptions, TierChoice};
-
-/// Panics unless root: the tier tests load BPF programs.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the eBPF tests load BPF programs and must run as root (run `cargo xtask test`)"
-    );
-}
 
 /// Running in a QEMU guest (`NETWATCH_GUEST`): software emulation, so
 /// workloads are sized down.
@@ -36,15 +26,8 @@ pub fn required_tiers() -> Vec<String> {
         .collect()
 }
 
-/// The kernel (and this process's pid, whose bytes the tests count) is
-/// shared state: tests that load programs or move bytes run one at a time
-/// even when the harness runs tests in parallel.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    KERNEL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+#[allow(unused_imports)] // the tier test files take it with the rest (`use tiers::*`)
+pub use super::serial;
 
 /// Why `tier` cannot exist on this kernel, if it cannot.
 pub fn genuinely_unavailable(tier: Tier, err: &LoadError) -> Option<String> {
@@ -69,14 +52,17 @@ pub fn unavailable_because(tier: Tier, msg: &str) -> Option<String> {
 }
 
 /// Load `tier` with default options, or return None (skip) if the kernel
-/// genuinely lacks it and the tier is not required here.
+/// genuinely lacks it and the tier is not required here, or this process
+/// is not root (one skip line, see [`super::root_or_skip`]).
 pub fn load_or_skip(tier: Tier) -> Option<EbpfSource> {
     load_or_skip_with(tier, LoadOptions::default())
 }
 
 /// [`load_or_skip`] with `opts` (its tier replaced by `tier`).
 pub fn load_or_skip_with(tier: Tier, opts: LoadOptions) -> Option<EbpfSource> {
-    require_root();
+    if !super::root_or_skip("loads BPF programs") {
+        return None;
+    }
     let opts = LoadOptions {
         tier: TierChoice::Only(tier),
         ..opts
