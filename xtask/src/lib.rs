@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bpf_object;
 pub mod fuzz;
 pub mod host;
+pub mod library;
 pub mod run;
 pub mod scratch;
 pub mod setup;

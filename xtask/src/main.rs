@@ -28,10 +28,10 @@ enum Command {
     Fuzz(xtask::fuzz::FuzzArgs),
     /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
-    /// Build a crate outside the workspace that depends on netwatch by
-    /// path (default features and none) and run it: host metrics as
-    /// nobody, the shipped eBPF object as root.
-    Scratch,
+    /// The library checks of `cargo xtask test` alone: the shipped BPF
+    /// object, the examples, cargo package, and a crate outside the
+    /// workspace that depends on netwatch (default features and none).
+    Library,
     /// Rebuild the BPF object shipped with the netwatch crate
     /// (netwatch-user/bpf/) from netwatch-ebpf and record its sources;
     /// with --check, only check it matches them (as `cargo xtask test` does).
@@ -52,7 +52,11 @@ fn main() -> anyhow::Result<()> {
         Command::Soak(args) => xtask::soak::run(args),
         Command::Fuzz(args) => xtask::fuzz::run(args).map(|_| ()),
         Command::Vm(args) => xtask::vm::cli::run(args),
-        Command::Scratch => xtask::scratch::check(),
+        Command::Library => xtask::library::checks().map(|t| {
+            for (name, d) in t {
+                eprintln!("  {name:<34} {d:.1?}");
+            }
+        }),
         Command::BpfObject { check: false } => xtask::bpf_object::update(),
         Command::BpfObject { check: true } => xtask::bpf_object::check(),
     }

@@ -786,6 +786,9 @@ pub fn run(args: TestArgs) -> Result<()> {
     // A contributor without root runs `cargo test` too: the same binaries
     // as nobody must pass, the root tests skipping with one line each.
     timings.push(("host tests as nobody".into(), unprivileged_tests()?));
+    // The crate as a user meets it: the shipped BPF object, the examples,
+    // cargo package and a dependent crate outside the workspace.
+    timings.extend(crate::library::checks()?);
 
     // A parser change that crashes on a known input fails here: each fuzz
     // target runs its seed corpus and the crash inputs kept as regressions

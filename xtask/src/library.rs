@@ -1,0 +1,128 @@
+//! The `netwatch` crate as a library, checked the way a user meets it (a
+//! step of `cargo xtask test`): the shipped BPF object matches its sources,
+//! the examples run (the quick start as root, the host metrics as nobody),
+//! `cargo package` builds the crates from their tarballs, and a crate
+//! outside the workspace builds against netwatch with and without its
+//! default features.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// Every check, with how long each took.
+pub fn checks() -> Result<Vec<(String, Duration)>> {
+    let mut timings = Vec::new();
+    let mut timed = |name: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
+        eprintln!("\nxtask test: {name}");
+        let t = Instant::now();
+        f().with_context(|| name.to_string())?;
+        timings.push((name.to_string(), t.elapsed()));
+        Ok(())
+    };
+    timed("shipped BPF object", &crate::bpf_object::check)?;
+    timed("examples", &examples)?;
+    timed("cargo package", &package)?;
+    timed("crate outside the workspace", &crate::scratch::check)?;
+    Ok(timings)
+}
+
+/// Build the examples, then run the library ones: each must exit 0, and
+/// the quick start must print a Snapshot with process rows.
+fn examples() -> Result<()> {
+    let root = root();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "-p", "netwatch-user", "--examples"])
+        .status()
+        .context("cargo build --examples")?;
+    if !status.success() {
+        bail!("the examples did not build");
+    }
+    let bin = |name: &str| root.join("target/debug/examples").join(name);
+    // The quick start, as root: one Snapshot as JSON with process rows.
+    let out = Command::new(bin("snapshot_json"))
+        .output()
+        .context("running examples/snapshot_json")?;
+    if !out.status.success() {
+        bail!(
+            "examples/snapshot_json failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let snap: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("snapshot_json printed no JSON")?;
+    if !snap["processes"].is_array() || snap["collector"]["source"] != "ebpf" {
+        bail!("snapshot_json's snapshot has no eBPF process rows: {snap}");
+    }
+    // Host metrics, as nobody.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin("host_metrics"))
+        .output()
+        .context("running examples/host_metrics as nobody")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("established TCP connections:") {
+        bail!(
+            "examples/host_metrics failed as nobody: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The others, a few ticks each, as root.
+    for (name, ticks) in [
+        ("snapshot_stream", "2"),
+        ("alert_thresholds", "2"),
+        ("tokio_ebpf", "1"),
+    ] {
+        let out = Command::new(bin(name))
+            .env("NETWATCH_EXAMPLE_TICKS", ticks)
+            .output()
+            .with_context(|| format!("running examples/{name}"))?;
+        if !out.status.success() {
+            bail!(
+                "examples/{name} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    eprintln!(
+        "xtask test: examples ran: snapshot_json (eBPF, as root), host_metrics (as nobody), \
+         snapshot_stream, alert_thresholds, tokio_ebpf"
+    );
+    Ok(())
+}
+
+/// `cargo package` of the crates meant for crates.io: each is built from
+/// its own tarball, which must hold everything it needs (the BPF object).
+fn package() -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "package",
+            "-p",
+            "netwatch-common",
+            "-p",
+            "netwatch-user",
+            "--allow-dirty",
+        ])
+        .status()
+        .context("cargo package")?;
+    if !status.success() {
+        bail!("cargo package failed");
+    }
+    Ok(())
+}
