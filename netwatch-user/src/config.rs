@@ -484,12 +484,12 @@ pub fn load_file(args: &Args) -> Result<Option<(PathBuf, FileConfig)>, ConfigErr
     // was checked.
     let mut file = match crate::files::open_trusted(&path, "config file") {
         Ok((f, _)) => f,
-        Err(crate::files::FileError::Io { source, .. })
+        Err(crate::files::FileError::Io { error: source, .. })
             if source.kind() == std::io::ErrorKind::NotFound && !explicit =>
         {
             return Ok(None)
         }
-        Err(crate::files::FileError::Io { source, .. }) => {
+        Err(crate::files::FileError::Io { error: source, .. }) => {
             return Err(ConfigError::File {
                 path,
                 what: format!(
@@ -540,7 +540,11 @@ fn refused(path: &Path, e: crate::files::FileError) -> ConfigError {
     ConfigError::File {
         path: path.to_path_buf(),
         what: match e {
-            crate::files::FileError::Io { action, source, .. } => {
+            crate::files::FileError::Io {
+                action,
+                error: source,
+                ..
+            } => {
                 format!("{action}: {source}")
             }
             other => other.to_string(),
@@ -554,7 +558,7 @@ fn refused(path: &Path, e: crate::files::FileError) -> ConfigError {
 /// the read.
 pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
     let (file, meta) = crate::files::open_trusted(path, "API key file").map_err(|e| match e {
-        crate::files::FileError::Io { source, .. } => ConfigError::File {
+        crate::files::FileError::Io { error: source, .. } => ConfigError::File {
             path: path.to_path_buf(),
             what: format!("API key file cannot be read: {source}"),
         },

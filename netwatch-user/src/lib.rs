@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod counter;
 pub mod drops;
+pub mod error_chain;
 pub mod estimate;
 pub mod files;
 #[cfg(all(feature = "fuzzing", target_os = "linux"))]

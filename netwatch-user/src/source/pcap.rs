@@ -156,11 +156,10 @@ impl Default for PcapConfig {
 /// Opening the capture failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("opening pcap capture on `{device}`: {source}{hint}")]
+    #[error("opening pcap capture on `{device}`: {error}{hint}")]
     Open {
         device: String,
-        #[source]
-        source: pcap::Error,
+        error: pcap::Error,
         /// What to do about it, when the message says.
         hint: &'static str,
     },
@@ -170,15 +169,14 @@ pub enum PcapError {
         dlt: i32,
         name: String,
     },
-    #[error("setting capture filter `{filter}` on `{device}`: {source}")]
+    #[error("setting capture filter `{filter}` on `{device}`: {error}")]
     Filter {
         device: String,
         filter: String,
-        #[source]
-        source: pcap::Error,
+        error: pcap::Error,
     },
     #[error("starting a pcap source thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// Counters of the capture since it opened.
@@ -715,7 +713,7 @@ pub(crate) fn open_capture(
         let hint = open_hint(&source.to_string());
         PcapError::Open {
             device: device.clone(),
-            source,
+            error: source,
             hint,
         }
     };
@@ -739,7 +737,7 @@ pub(crate) fn open_capture(
             .map_err(|source| PcapError::Filter {
                 device: device.clone(),
                 filter: filter.clone(),
-                source,
+                error: source,
             })?;
     }
     Ok((cap, link, device))
