@@ -10,7 +10,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    bpf_get_current_task, bpf_ktime_get_ns,
 };
 use netwatch_common::{
     counter, seeded, ClosedSock, DestroyedKey, Owner, SockKey, SockStats, AF_INET, AF_INET6,
@@ -20,6 +20,7 @@ use netwatch_common::{
 use crate::maps::{
     self, bump, ClaimKey, ACTIVE0, ACTIVE1, CLAIMS, CLOSED, DESTROYED, EPOCH, SCRATCH, SOCKETS,
 };
+use crate::sk::{self, read_at};
 
 /// Which way the bytes went.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,38 +34,24 @@ const BPF_NOEXIST: u64 = 1;
 /// `-EEXIST`.
 const EEXIST: i32 = -17;
 
-/// Read a `T` at `base + off` from kernel memory.
-#[inline(always)]
-pub unsafe fn read_at<T>(base: *const u8, off: usize) -> Result<T, i32> {
-    bpf_probe_read_kernel(base.add(off) as *const T)
-}
-
-/// The socket's address family, from the BTF-resolved `skc_family` offset.
-#[inline(always)]
-pub unsafe fn sk_family(sk: *const u8) -> u16 {
-    read_at::<u16>(sk, maps::off_skc_family()).unwrap_or(0)
-}
-
-/// Fill `st` with the socket's family and addresses, read from `struct sock`.
-/// IPv4 addresses and ports sit in the first 16 bytes of `sock_common`
-/// (identical on every kernel); IPv6 addresses at BTF-resolved offsets.
+/// Fill `st` with the socket's family, ports and addresses: IPv4 ones from
+/// the [`sk::Head`] of `sock_common`, IPv6 ones from their own fields.
 #[inline(always)]
 unsafe fn fill_addresses(sk: *const u8, family: u16, st: &mut SockStats) {
     st.family = family;
-    // skc_daddr @0, skc_rcv_saddr @4, skc_dport @12 (network order), skc_num @14 (host order)
-    if let Ok(pair) = read_at::<[u8; 16]>(sk, 0) {
-        st.rport = u16::from_be_bytes([pair[12], pair[13]]);
-        st.lport = u16::from_ne_bytes([pair[14], pair[15]]);
+    if let Ok(head) = sk::head(sk) {
+        st.rport = head.rport();
+        st.lport = head.lport();
         if family == AF_INET {
-            st.raddr[..4].copy_from_slice(&pair[0..4]);
-            st.laddr[..4].copy_from_slice(&pair[4..8]);
+            st.raddr[..4].copy_from_slice(&head.daddr);
+            st.laddr[..4].copy_from_slice(&head.rcv_saddr);
         }
     }
     if family == AF_INET6 {
-        if let Ok(a) = read_at::<[u8; 16]>(sk, maps::off_skc_v6_daddr()) {
+        if let Ok(a) = sk::v6_daddr(sk) {
             st.raddr = a;
         }
-        if let Ok(a) = read_at::<[u8; 16]>(sk, maps::off_skc_v6_rcv_saddr()) {
+        if let Ok(a) = sk::v6_rcv_saddr(sk) {
             st.laddr = a;
         }
     }
@@ -183,14 +170,13 @@ pub unsafe fn finish(key: SockKey) -> Option<Final> {
 /// deleted) and the caller creates a new one. True if it was replaced.
 #[inline(always)]
 unsafe fn replace_if_reused(sk: *const u8, key: SockKey, st: *const SockStats) -> bool {
-    let Ok(pair) = read_at::<[u8; 16]>(sk, 0) else {
+    let Ok(head) = sk::head(sk) else {
         return false;
     };
-    let rport = u16::from_be_bytes([pair[12], pair[13]]);
-    let lport = u16::from_ne_bytes([pair[14], pair[15]]);
+    let (rport, lport) = (head.rport(), head.lport());
     let old = &*st;
     let same_v4 =
-        old.family != AF_INET || (old.raddr[..4] == pair[0..4] && old.laddr[..4] == pair[4..8]);
+        old.family != AF_INET || (old.raddr[..4] == head.daddr && old.laddr[..4] == head.rcv_saddr);
     if old.lport == lport && old.rport == rport && same_v4 {
         return false;
     }
@@ -410,7 +396,7 @@ pub unsafe fn seed(
     };
     if protocol == IPPROTO_TCP {
         if created {
-            (*st).state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
+            (*st).state = sk::state(sk).unwrap_or(0);
         }
         record_rtt(sk, st);
     }
@@ -457,7 +443,7 @@ pub unsafe fn account_lazy(
             if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
                 return;
             }
-            let family = sk_family(sk);
+            let family = sk::family(sk);
             if family != AF_INET && family != AF_INET6 {
                 return;
             }
@@ -583,15 +569,11 @@ unsafe fn mark_active_at(key: SockKey, st: *mut SockStats, mark: u32) {
     }
 }
 
-/// Keep the entry's smoothed RTT current: `tcp_sock.srtt_us >> 3`, at the
-/// BTF-resolved offset (0 when the loader found none).
+/// Keep the entry's smoothed RTT current ([`sk::srtt_us`]; left as it is
+/// when the loader found no offset).
 #[inline(always)]
 unsafe fn record_rtt(sk: *const u8, st: *mut SockStats) {
-    let off = maps::off_srtt_us();
-    if off == 0 {
-        return;
-    }
-    if let Ok(srtt) = read_at::<u32>(sk, off) {
-        (*st).srtt_us = srtt >> 3;
+    if let Some(us) = sk::srtt_us(sk) {
+        (*st).srtt_us = us;
     }
 }

@@ -22,9 +22,10 @@ use aya_log_ebpf::{debug, warn};
 use netwatch_common::{counter, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    account::{entry, finish, mark_active, read_at, Final},
+    account::{entry, finish, mark_active, Final},
     maps::{self, bump, SOCKETS},
     retrans::{forget_base, record_retrans},
+    sk,
 };
 
 /// TCP states (`include/net/tcp_states.h`).
@@ -157,21 +158,8 @@ unsafe fn on_state(ctx: &TracePointContext) -> Result<u32, i64> {
 /// `ns.inum`), or the loader could not tell (then every namespace counts).
 #[inline(always)]
 unsafe fn in_loader_netns(sk: *const u8) -> bool {
-    let (want, off_net, off_inum) = (
-        maps::netns_inum(),
-        maps::off_skc_net(),
-        maps::off_net_inum(),
-    );
-    if want == 0 || off_net == 0 || off_inum == 0 {
-        return true;
-    }
-    let Ok(net) = read_at::<u64>(sk, off_net) else {
-        return true;
-    };
-    if net == 0 {
-        return true;
-    }
-    read_at::<u32>(net as *const u8, off_inum).map_or(true, |inum| inum == want)
+    let want = maps::netns_inum();
+    want == 0 || sk::netns_inum(sk).is_none_or(|inum| inum == want)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_destroy_sock")]

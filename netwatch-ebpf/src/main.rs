@@ -5,7 +5,7 @@
 //! ([`account::account`]), so they cannot drift apart:
 //! - `fentry`/`fexit` ([`tcp`], [`udp`]): cheapest, needs BPF trampolines;
 //! - `kprobe`/`kretprobe` ([`tcp`], [`udp`]): for kernels without trampolines;
-//! - `tp_btf` on `sock:sock_{send,recv}_length` ([`sock`]): Linux ≥ 6.3.
+//! - `tp_btf` on `sock:sock_{send,recv}_length` ([`tracepoint_tier`]): Linux ≥ 6.3.
 //!
 //! [`retrans`] copies the kernel's per-socket retransmit totals into the
 //! socket's entry at each `tcp:tcp_retransmit_skb`, on every tier.
@@ -15,9 +15,10 @@
 //! feed userspace's port-scan detector. [`seed`] runs once
 //! at load (BPF iterators) and enters the sockets that already exist, with
 //! their owners and 0 bytes, through [`account::seed`]. [`states`] counts
-//! TCP sockets by state once per read, for the snapshot. Nothing here bakes
-//! in a `struct sock` offset beyond the first 16 bytes of `sock_common`: the
-//! rest comes from the running kernel's BTF through load-time globals.
+//! TCP sockets by state once per read, for the snapshot. Every read of a
+//! kernel socket goes through [`sk`], which bakes in no `struct sock`
+//! offset beyond the first 16 bytes of `sock_common`: the rest comes from
+//! the running kernel's BTF through load-time globals.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -28,10 +29,11 @@ mod lifecycle;
 mod maps;
 mod retrans;
 mod seed;
-mod sock;
+mod sk;
 mod states;
 mod tcp;
 mod tcp_events;
+mod tracepoint_tier;
 mod udp;
 
 /// The kernel only lets GPL programs call the helpers we need.

@@ -1,6 +1,7 @@
 //! The maps and load-time globals shared by every program. Userspace finds
 //! them by the names in `netwatch_common::names`; sizes set here are
-//! defaults the loader overrides.
+//! defaults the loader overrides. The offsets into a socket live with
+//! their one reader, [`crate::sk`].
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -136,16 +137,6 @@ pub mod scratch {
     pub const LEN: u32 = 21;
 }
 
-// Offsets into `struct sock` resolved from the running kernel's BTF by the
-// loader. The defaults are those of x86_64 6.x kernels built with IPv6.
-#[unsafe(no_mangle)]
-static OFF_SKC_FAMILY: u32 = 16;
-#[unsafe(no_mangle)]
-static OFF_SKC_V6_DADDR: u32 = 56;
-#[unsafe(no_mangle)]
-static OFF_SKC_V6_RCV_SADDR: u32 = 72;
-#[unsafe(no_mangle)]
-static OFF_SK_PROTOCOL: u32 = 0x204;
 /// The `netwatch_common::Tier` the loader attached, stamped on new entries.
 #[unsafe(no_mangle)]
 static TIER: u32 = 0;
@@ -153,21 +144,6 @@ static TIER: u32 = 0;
 /// (`nonblock` came first), 3 since. Resolved from BTF by the loader.
 #[unsafe(no_mangle)]
 static RECV_FLAGS_ARG: u32 = 3;
-/// Offset of `sk` in `struct socket`.
-#[unsafe(no_mangle)]
-static OFF_SOCKET_SK: u32 = 24;
-/// Offset of `srtt_us` in `struct tcp_sock`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_SRTT_US: u32 = 0;
-/// Offset of `sk_err` in `struct sock`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_SK_ERR: u32 = 0;
-/// Offset of `total_retrans` in `struct tcp_sock`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_TOTAL_RETRANS: u32 = 0;
-/// Offset of `bytes_retrans` in `struct tcp_sock`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_BYTES_RETRANS: u32 = 0;
 /// Offset of `group_leader` in `struct task_struct`; 0 when unknown.
 #[unsafe(no_mangle)]
 static OFF_TASK_GROUP_LEADER: u32 = 0;
@@ -175,12 +151,6 @@ static OFF_TASK_GROUP_LEADER: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_TASK_COMM: u32 = 0;
 
-/// Offset of `skc_net` in `struct sock_common`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_SKC_NET: u32 = 0;
-/// Offset of `ns.inum` in `struct net`; 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_NET_INUM: u32 = 0;
 /// The loader's network namespace inode number; 0 when unknown.
 #[unsafe(no_mangle)]
 static NETNS_INUM: u32 = 0;
@@ -193,67 +163,31 @@ fn global(v: &'static u32) -> usize {
     unsafe { core::ptr::read_volatile(v) as usize }
 }
 
+/// The tier the loader attached ([`TIER`]).
 #[inline(always)]
 pub fn tier() -> u8 {
     global(&TIER) as u8
 }
-#[inline(always)]
-pub fn off_skc_family() -> usize {
-    global(&OFF_SKC_FAMILY)
-}
-#[inline(always)]
-pub fn off_skc_v6_daddr() -> usize {
-    global(&OFF_SKC_V6_DADDR)
-}
-#[inline(always)]
-pub fn off_skc_v6_rcv_saddr() -> usize {
-    global(&OFF_SKC_V6_RCV_SADDR)
-}
-#[inline(always)]
-pub fn off_sk_protocol() -> usize {
-    global(&OFF_SK_PROTOCOL)
-}
+
+/// [`RECV_FLAGS_ARG`].
 #[inline(always)]
 pub fn recv_flags_arg() -> usize {
     global(&RECV_FLAGS_ARG)
 }
-#[inline(always)]
-pub fn off_socket_sk() -> usize {
-    global(&OFF_SOCKET_SK)
-}
-#[inline(always)]
-pub fn off_srtt_us() -> usize {
-    global(&OFF_SRTT_US)
-}
-#[inline(always)]
-pub fn off_sk_err() -> usize {
-    global(&OFF_SK_ERR)
-}
-#[inline(always)]
-pub fn off_total_retrans() -> usize {
-    global(&OFF_TOTAL_RETRANS)
-}
-#[inline(always)]
-pub fn off_bytes_retrans() -> usize {
-    global(&OFF_BYTES_RETRANS)
-}
+
+/// Offset of `group_leader` in `struct task_struct`; 0 when unknown.
 #[inline(always)]
 pub fn off_task_group_leader() -> usize {
     global(&OFF_TASK_GROUP_LEADER)
 }
+
+/// Offset of `comm` in `struct task_struct`; 0 when unknown.
 #[inline(always)]
 pub fn off_task_comm() -> usize {
     global(&OFF_TASK_COMM)
 }
 
-#[inline(always)]
-pub fn off_skc_net() -> usize {
-    global(&OFF_SKC_NET)
-}
-#[inline(always)]
-pub fn off_net_inum() -> usize {
-    global(&OFF_NET_INUM)
-}
+/// The loader's network namespace inode number; 0 when unknown.
 #[inline(always)]
 pub fn netns_inum() -> u32 {
     global(&NETNS_INUM) as u32

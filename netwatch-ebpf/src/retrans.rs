@@ -45,8 +45,9 @@ use aya_ebpf::{
 use netwatch_common::{DestroyedKey, SockKey, SockStats, AF_INET, AF_INET6, IPPROTO_TCP};
 
 use crate::{
-    account::{entry, mark_active, read_at},
+    account::{entry, mark_active},
     maps::{self, SOCKETS},
+    sk,
 };
 
 // Field offsets of the `tcp:tcp_retransmit_skb` record (`format` in
@@ -74,18 +75,15 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-/// The kernel's totals for `sk` (`None` when the loader found no offsets
-/// or the memory is unreadable).
+/// The kernel's totals for `sk` ([`sk::retrans_totals`]: `None` when the
+/// loader found no offsets or the memory is unreadable).
 #[inline(always)]
 unsafe fn totals(sk: *const u8) -> Option<Totals> {
-    let (off_segs, off_bytes) = (maps::off_total_retrans(), maps::off_bytes_retrans());
-    if off_segs == 0 || off_bytes == 0 {
-        return None;
-    }
+    let (segs, bytes) = sk::retrans_totals(sk)?;
     Some(Totals {
-        segs: read_at::<u32>(sk, off_segs).ok()?,
+        segs,
         _pad: 0,
-        bytes: read_at::<u64>(sk, off_bytes).ok()?,
+        bytes,
     })
 }
 

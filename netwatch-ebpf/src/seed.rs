@@ -11,6 +11,7 @@
 //! Every offset into `file`, `inode`, `socket`, `task_struct` and the cgroup
 //! chain comes from the running kernel's BTF through the load-time globals
 //! below (rustc emits no CO-RE relocations); the defaults are placeholders.
+//! The socket's own fields are read through [`crate::sk`].
 //! For each socket it writes one byte to the iterator's output
 //! (`netwatch_common::seeded`) so userspace can tally what was seeded, and
 //! the kernel never walks a million objects without output (it would stop
@@ -22,8 +23,8 @@ use aya_ebpf::helpers::generated::bpf_seq_write;
 use aya_ebpf::{macros::map, maps::Array};
 use netwatch_common::{seeded, SockKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE};
 
-use crate::account::{read_at, sk_family};
 use crate::maps;
+use crate::sk::{self, read_at};
 
 /// `S_IFMT` and `S_IFSOCK` from `include/uapi/linux/stat.h`.
 const S_IFMT: u16 = 0o170000;
@@ -52,11 +53,6 @@ static OFF_CSS_SET_DFL_CGRP: u32 = 0;
 static OFF_CGROUP_KN: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_KERNFS_NODE_ID: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKC_STATE: u32 = 18;
-/// `inet_timewait_sock.tw_substate` (`crate::states`); 0 when unknown.
-#[unsafe(no_mangle)]
-static OFF_TW_SUBSTATE: u32 = 0;
 /// Most entries seeding may create (the loader sets half the capacity of
 /// `SOCKETS`), so existing idle sockets never make the LRU evict entries.
 #[unsafe(no_mangle)]
@@ -98,18 +94,6 @@ unsafe fn seed_within_limit(
 fn global(v: &'static u32) -> usize {
     // SAFETY: reading an initialised static; volatile so the loader's value is used.
     unsafe { core::ptr::read_volatile(v) as usize }
-}
-
-/// Offset of `skc_state` in `struct sock_common`.
-#[inline(always)]
-pub fn off_skc_state() -> usize {
-    global(&OFF_SKC_STATE)
-}
-
-/// Offset of `tw_substate` in `struct inet_timewait_sock`; 0 when unknown.
-#[inline(always)]
-pub fn off_tw_substate() -> usize {
-    global(&OFF_TW_SUBSTATE)
 }
 
 /// Read a kernel pointer at `base + off`; null if unreadable.
@@ -168,7 +152,7 @@ unsafe fn emit(meta: *const u8, outcome: u8) {
 /// no visible process holds, as `ss` lists them without `users:`.
 #[inline(always)]
 unsafe fn seed_ownerless(meta: *const u8, sk: *const u8, protocol: u8) {
-    let family = sk_family(sk);
+    let family = sk::family(sk);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
@@ -188,7 +172,7 @@ pub fn iter_tcp(ctx: *mut c_void) -> i32 {
             return 0;
         };
         // `sock_common` heads full, time-wait and request sockets alike.
-        let state = read_at::<u8>(sk, off_skc_state()).unwrap_or(TCP_TIME_WAIT);
+        let state = sk::state(sk).unwrap_or(TCP_TIME_WAIT);
         if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
             return 0;
         }
@@ -256,16 +240,16 @@ unsafe fn on_file(ctx: *const u8) {
     }
     // Raw sockets may carry IPPROTO_TCP/UDP too: only stream and datagram.
     let kind = read_at::<u16>(socket, global(&OFF_SOCKET_TYPE)).unwrap_or(0);
-    let sk = ptr_at(socket, maps::off_socket_sk());
+    let sk = sk::of_socket(socket).unwrap_or(core::ptr::null());
     if sk.is_null() {
         return;
     }
-    let family = sk_family(sk);
+    let family = sk::family(sk);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
     // Compared as the kernel's u16: IPPROTO_MPTCP (262) is not TCP.
-    let protocol = read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0);
+    let protocol = sk::protocol(sk);
     let protocol = match (protocol, kind) {
         (p, SOCK_STREAM) if p == IPPROTO_TCP as u16 => IPPROTO_TCP,
         (p, SOCK_DGRAM) if p == IPPROTO_UDP as u16 => IPPROTO_UDP,
@@ -273,14 +257,11 @@ unsafe fn on_file(ctx: *const u8) {
     };
     // `ss` lists no TCP socket in CLOSE (never connected, or bound and not
     // listening: neither is in the tables it dumps), and neither do we.
-    if protocol == IPPROTO_TCP
-        && read_at::<u8>(sk, off_skc_state()).unwrap_or(TCP_CLOSE) == TCP_CLOSE
-    {
+    if protocol == IPPROTO_TCP && sk::state(sk).unwrap_or(TCP_CLOSE) == TCP_CLOSE {
         return;
     }
-    // Nor a UDP socket never bound (local port 0: in no table). `skc_num`,
-    // the local port, sits at byte 14 of `sock_common` on every kernel.
-    if protocol == IPPROTO_UDP && read_at::<u16>(sk, 14).unwrap_or(0) == 0 {
+    // Nor a UDP socket never bound (local port 0: in no table).
+    if protocol == IPPROTO_UDP && sk::local_port(sk) == 0 {
         return;
     }
     let tgid = read_at::<u32>(task, global(&OFF_TASK_TGID)).unwrap_or(0);

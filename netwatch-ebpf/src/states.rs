@@ -11,9 +11,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
 
-use crate::account::read_at;
-
-use crate::seed::TCP_TIME_WAIT;
+use crate::{seed::TCP_TIME_WAIT, sk};
 
 /// Called for each TCP socket (`struct bpf_iter__tcp { meta, sk_common, uid }`).
 #[unsafe(no_mangle)]
@@ -25,19 +23,26 @@ pub fn iter_tcp_states(ctx: *mut c_void) -> i32 {
         let Some((meta, sk)) = crate::seed::iter_sock(ctx) else {
             return 0;
         };
-        // skc_dport @12 (network order), skc_num @14 (host order), the
-        // same in every `sock_common`.
-        let Ok(head) = read_at::<[u8; 16]>(sk, 0) else {
+        let Ok(head) = sk::head(sk) else {
             return 0;
         };
-        let mut state = read_at::<u8>(sk, crate::seed::off_skc_state()).unwrap_or(0);
+        let mut state = sk::state(sk).unwrap_or(0);
         // A time-wait socket reports its substate (FIN_WAIT2 for an
         // orphan waiting for its peer's FIN), as `sock_diag` does.
-        let off_sub = crate::seed::off_tw_substate();
-        if state == TCP_TIME_WAIT && off_sub != 0 {
-            state = read_at::<u8>(sk, off_sub).unwrap_or(state);
+        if state == TCP_TIME_WAIT {
+            if let Some(sub) = sk::tw_substate(sk) {
+                state = sub;
+            }
         }
-        let rec: [u8; 5] = [state, head[14], head[15], head[12], head[13]];
+        // The local port as the kernel keeps it (host order), the remote
+        // one as on the wire (network order).
+        let rec: [u8; 5] = [
+            state,
+            head.num[0],
+            head.num[1],
+            head.dport[0],
+            head.dport[1],
+        ];
         // `meta->seq` is the first field of `struct bpf_iter_meta`.
         let seq = core::ptr::read(meta as *const *mut c_void);
         bpf_seq_write(seq.cast(), rec.as_ptr() as *const c_void, 5);

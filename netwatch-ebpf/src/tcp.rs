@@ -29,8 +29,9 @@ use aya_ebpf::{
 use netwatch_common::{counter, IPPROTO_TCP};
 
 use crate::{
-    account::{account, read_at, Dir},
+    account::{account, Dir},
     maps::{self, bump, scratch, RecvArgs, RECV_ARGS, SEND_ARGS},
+    sk,
 };
 
 /// `MSG_PEEK`.
@@ -115,12 +116,11 @@ pub fn fexit_tcp_splice_read(ctx: FExitContext) -> i32 {
     if ret <= 0 || sock.is_null() {
         return 0;
     }
-    // SAFETY: sock is the traced function's `struct socket`; its `sk` at the
-    // BTF-resolved offset.
+    // SAFETY: sock is the traced function's `struct socket`.
     unsafe {
-        if let Ok(sk) = read_at::<u64>(sock, maps::off_socket_sk()) {
+        if let Ok(sk) = sk::of_socket(sock) {
             account(
-                sk as *const u8,
+                sk,
                 Dir::Rx,
                 ret,
                 IPPROTO_TCP,
@@ -279,8 +279,8 @@ fn recv_return(ctx: &RetProbeContext, slot: u32) -> u32 {
     if args.flags & SPLICE != 0 {
         // SAFETY: args.sk is this thread's tcp_splice_read `struct socket`.
         unsafe {
-            if let Ok(sk) = read_at::<u64>(args.sk as *const u8, maps::off_socket_sk()) {
-                account(sk as *const u8, Dir::Rx, ret, IPPROTO_TCP, slot);
+            if let Ok(sk) = sk::of_socket(args.sk as *const u8) {
+                account(sk, Dir::Rx, ret, IPPROTO_TCP, slot);
             }
         }
         return 0;

@@ -248,10 +248,7 @@ pub unsafe fn on_state(
             // `tcp_done_with_error` for all three since 6.10 and in the
             // stable kernels); a process closing its connecting socket
             // leaves it 0.
-            let off = crate::maps::off_sk_err();
-            if off != 0 {
-                err = bpf_probe_read_kernel((sk as usize + off) as *const i32).unwrap_or(0);
-            }
+            err = crate::sk::err(sk as *const u8);
         }
     }
     if lport == 0 || rport == 0 {

@@ -16,8 +16,9 @@ use aya_ebpf::{
 use netwatch_common::{AF_INET6, IPPROTO_UDP};
 
 use crate::{
-    account::{account, sk_family, Dir},
+    account::{account, Dir},
     maps::scratch,
+    sk,
     tcp::{stash_send, take_send, Send},
 };
 
@@ -27,7 +28,7 @@ pub fn fexit_udp_sendmsg(ctx: FExitContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     // SAFETY: sk is the traced function's socket argument.
     unsafe {
-        if sk_family(sk) == AF_INET6 {
+        if sk::family(sk) == AF_INET6 {
             return 0;
         }
         account(
@@ -79,7 +80,7 @@ pub fn fentry_skb_consume_udp(ctx: FEntryContext) -> i32 {
 pub fn kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
         // SAFETY: sk is the probed function's socket argument.
-        if unsafe { sk_family(sk as *const u8) } != AF_INET6 {
+        if unsafe { sk::family(sk as *const u8) } != AF_INET6 {
             stash_send(sk, Send::Msg);
         }
     }

@@ -58,12 +58,12 @@ const MAX_HOPS: usize = 40;
 #[derive(Debug, Error)]
 pub enum FileError {
     /// The check itself failed (the error says what was tried).
-    #[error("{what} {path}: {action}: {source}")]
+    #[error("{what} {path}: {action}: {error}")]
     Io {
         what: String,
         path: PathBuf,
         action: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     /// A symbolic link where a directory (or a file the agent writes) must be.
     #[error(
@@ -207,7 +207,7 @@ fn io_err(what: &str, path: &Path, action: &'static str) -> impl FnOnce(io::Erro
         what,
         path,
         action,
-        source,
+        error: source,
     }
 }
 
@@ -361,7 +361,9 @@ pub fn open_trusted(path: &Path, what: &str) -> Result<(File, Metadata), FileErr
 pub fn open_own(path: &Path, what: &str) -> Result<Option<File>, FileError> {
     match open_nofollow(path, OpenOptions::new().read(true), 0, what, "opening it") {
         Ok(f) => Ok(Some(f)),
-        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(FileError::Io { error: source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

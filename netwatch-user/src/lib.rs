@@ -73,6 +73,7 @@ pub mod config;
 pub mod counter;
 pub mod drops;
 mod error;
+pub mod error_chain;
 pub mod estimate;
 pub mod files;
 #[cfg(all(feature = "fuzzing", target_os = "linux"))]

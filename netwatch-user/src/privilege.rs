@@ -120,12 +120,8 @@ pub enum PrivilegeError {
     PerfParanoid { level: i32 },
     #[error("reading this process's capabilities: {0}")]
     Read(String),
-    #[error("dropping capabilities: {what}: {source}")]
-    Drop {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("dropping capabilities: {what}: {error}")]
+    Drop { what: String, error: std::io::Error },
     #[error("dropping capabilities: thread {tid} still holds {field} {found:016x}, expected {expected:016x}; refusing to run")]
     Verify {
         tid: String,
@@ -424,7 +420,7 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 fn task_ids() -> Result<Vec<i32>, PrivilegeError> {
     let dir = std::fs::read_dir("/proc/self/task").map_err(|source| PrivilegeError::Drop {
         what: "listing /proc/self/task".into(),
-        source,
+        error: source,
     })?;
     Ok(dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -515,7 +511,7 @@ pub fn drop_to(steady: SteadyState) -> Result<Dropped, PrivilegeError> {
     if unsafe { libc::sigaction(sig, &act, &mut old) } != 0 {
         return Err(PrivilegeError::Drop {
             what: "installing the per-thread drop signal handler".into(),
-            source: std::io::Error::last_os_error(),
+            error: std::io::Error::last_os_error(),
         });
     }
     let result = broadcast(me, sig);
@@ -525,7 +521,7 @@ pub fn drop_to(steady: SteadyState) -> Result<Dropped, PrivilegeError> {
     if apply_to_this_thread() != 0 {
         return Err(PrivilegeError::Drop {
             what: "capset/prctl on the main thread".into(),
-            source: std::io::Error::from_raw_os_error(T_ERRNO.load(Ordering::SeqCst)),
+            error: std::io::Error::from_raw_os_error(T_ERRNO.load(Ordering::SeqCst)),
         });
     }
     let expected = TaskCaps {
@@ -584,7 +580,7 @@ fn broadcast(me: i32, sig: libc::c_int) -> Result<usize, PrivilegeError> {
         if T_FAILED.load(Ordering::SeqCst) > 0 {
             return Err(PrivilegeError::Drop {
                 what: "capset/prctl on a worker thread".into(),
-                source: std::io::Error::from_raw_os_error(T_ERRNO.load(Ordering::SeqCst)),
+                error: std::io::Error::from_raw_os_error(T_ERRNO.load(Ordering::SeqCst)),
             });
         }
     }

@@ -76,28 +76,16 @@ pub enum ToolError {
     },
     #[error("running {program}: not found; install it or give the path to it")]
     NotFound { program: PathBuf },
-    #[error("starting {program}: {source}")]
-    Spawn {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("waiting for {program} to exit: {source}; killed it")]
-    Wait {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("starting {program}: {error}")]
+    Spawn { program: PathBuf, error: io::Error },
+    #[error("waiting for {program} to exit: {error}; killed it")]
+    Wait { program: PathBuf, error: io::Error },
     #[error("running {program}: no result within {timeout:?}, killed it (raise the timeout on a busy host)")]
     Timeout { program: PathBuf, timeout: Duration },
     #[error("running {program}: printed more than {limit_bytes} bytes, refusing to keep it")]
     TooMuchOutput { program: PathBuf, limit_bytes: u64 },
-    #[error("reading the output of {program}: {source}")]
-    Read {
-        program: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("reading the output of {program}: {error}")]
+    Read { program: PathBuf, error: io::Error },
 }
 
 /// What a tool printed, and how it exited.
@@ -189,7 +177,7 @@ impl<'a> ToolCommand<'a> {
                 },
                 _ => ToolError::Spawn {
                     program: self.program.to_path_buf(),
-                    source,
+                    error: source,
                 },
             })?;
         // Read both pipes while waiting: a child blocked on a full pipe never exits.
@@ -238,7 +226,7 @@ impl<'a> ToolCommand<'a> {
                 },
                 Err(source) => ToolError::Wait {
                     program: self.program.to_path_buf(),
-                    source,
+                    error: source,
                 },
             };
             // Killing our own child by its handle; it may have just exited.
@@ -261,7 +249,7 @@ impl<'a> ToolCommand<'a> {
             .unwrap_or_else(|_| Err(io::Error::other("output reader thread panicked")))
             .map_err(|source| ToolError::Read {
                 program: self.program.to_path_buf(),
-                source,
+                error: source,
             })
     }
 }

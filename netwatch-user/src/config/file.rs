@@ -157,12 +157,12 @@ pub fn load_file(args: &Args) -> Result<Option<(PathBuf, FileConfig)>, ConfigErr
     // was checked.
     let mut file = match crate::files::open_trusted(&path, "config file") {
         Ok((f, _)) => f,
-        Err(crate::files::FileError::Io { source, .. })
+        Err(crate::files::FileError::Io { error: source, .. })
             if source.kind() == std::io::ErrorKind::NotFound && !explicit =>
         {
             return Ok(None)
         }
-        Err(crate::files::FileError::Io { source, .. }) => {
+        Err(crate::files::FileError::Io { error: source, .. }) => {
             return Err(ConfigError::File {
                 path,
                 what: format!(
@@ -213,7 +213,11 @@ pub(super) fn refused(path: &Path, e: crate::files::FileError) -> ConfigError {
     ConfigError::File {
         path: path.to_path_buf(),
         what: match e {
-            crate::files::FileError::Io { action, source, .. } => {
+            crate::files::FileError::Io {
+                action,
+                error: source,
+                ..
+            } => {
                 format!("{action}: {source}")
             }
             other => other.to_string(),

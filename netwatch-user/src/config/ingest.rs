@@ -106,7 +106,7 @@ pub struct IngestConfig {
 /// the read.
 pub fn read_api_key_file(path: &Path) -> Result<ApiKey, ConfigError> {
     let (file, meta) = crate::files::open_trusted(path, "API key file").map_err(|e| match e {
-        crate::files::FileError::Io { source, .. } => ConfigError::File {
+        crate::files::FileError::Io { error: source, .. } => ConfigError::File {
             path: path.to_path_buf(),
             what: format!("API key file cannot be read: {source}"),
         },

@@ -24,19 +24,11 @@ use crate::net::{self, Protocol};
 #[derive(Debug, thiserror::Error)]
 pub enum SocketTableError {
     /// A `/proc/net/*` table could not be read or parsed.
-    #[error("reading socket table {path}: {source}")]
-    NetTable {
-        path: PathBuf,
-        #[source]
-        source: ProcError,
-    },
+    #[error("reading socket table {path}: {error}")]
+    NetTable { path: PathBuf, error: ProcError },
     /// The process list could not be read at all.
-    #[error("listing processes under {path}: {source} (is /proc mounted?)")]
-    Processes {
-        path: PathBuf,
-        #[source]
-        source: ProcError,
-    },
+    #[error("listing processes under {path}: {error} (is /proc mounted?)")]
+    Processes { path: PathBuf, error: ProcError },
 }
 
 /// The process holding a socket.
@@ -114,7 +106,12 @@ impl SocketTable {
                     owner: None,
                 })),
                 Err(ProcError::NotFound(_)) if !required => {}
-                Err(source) => return Err(SocketTableError::NetTable { path, source }),
+                Err(source) => {
+                    return Err(SocketTableError::NetTable {
+                        path,
+                        error: source,
+                    })
+                }
             }
         }
         for (file, required) in [("udp", true), ("udp6", false)] {
@@ -135,7 +132,12 @@ impl SocketTable {
                     }
                 })),
                 Err(ProcError::NotFound(_)) if !required => {}
-                Err(source) => return Err(SocketTableError::NetTable { path, source }),
+                Err(source) => {
+                    return Err(SocketTableError::NetTable {
+                        path,
+                        error: source,
+                    })
+                }
             }
         }
 
@@ -267,7 +269,7 @@ fn inode_owners(
         procfs::process::all_processes_with_root(proc_root).map_err(|source| {
             SocketTableError::Processes {
                 path: proc_root.to_path_buf(),
-                source,
+                error: source,
             }
         })?;
     for process in processes.flatten() {

@@ -110,14 +110,21 @@ const DPORT_AT: usize = 6;
 /// Why the netlink count failed (the caller falls back to `/proc`).
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
+    /// A leaf: the message carries the OS error, which is not chained.
     #[error("sock_diag socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("sock_diag answered with error {0}")]
     Kernel(i32),
     #[error("sock_diag reply malformed")]
     Malformed,
     #[error("sock_diag dump interrupted or overrun")]
     Interrupted,
+}
+
+impl From<std::io::Error> for NetlinkError {
+    fn from(error: std::io::Error) -> Self {
+        NetlinkError::Io(error)
+    }
 }
 
 /// Whether a dump continues after one datagram.

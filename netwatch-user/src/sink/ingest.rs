@@ -363,10 +363,10 @@ impl Sink for IngestSink {
 /// Why a CA file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CaFileError {
-    #[error("ingest CA file {path}: {source}")]
+    #[error("ingest CA file {path}: {error}")]
     Read {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("ingest CA file {path}: not PEM ({why})")]
     Pem {
@@ -426,7 +426,7 @@ pub fn root_certs(ca_file: Option<&std::path::Path>) -> Result<ureq::tls::RootCe
         .read_to_end(&mut pem)
         .map_err(|source| CaFileError::Read {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     let private = pem_certificates(path, &pem)?;
     info!(

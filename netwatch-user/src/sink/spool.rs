@@ -108,26 +108,32 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], FrameError> {
 /// Why the spool could not do its job.
 #[derive(Debug, Error)]
 pub enum SpoolError {
-    #[error("spool directory {dir}: {source}")]
-    Dir { dir: PathBuf, source: io::Error },
+    #[error("spool directory {dir}: {error}")]
+    Dir { dir: PathBuf, error: io::Error },
     /// The directory is refused (a symlink, another user's, writable by
     /// others), or could not be checked; the error says what to do.
     #[error(transparent)]
     Unsafe(#[from] crate::files::FileError),
     #[error(
-        "writing spool record {path}: {source}; the snapshot is dropped (counted): \
+        "writing spool record {path}: {error}; the snapshot is dropped (counted): \
          free space on that filesystem or make it writable"
     )]
-    Write { path: PathBuf, source: io::Error },
+    Write { path: PathBuf, error: io::Error },
     #[error("serializing a snapshot for the spool: {0}")]
-    Serialize(#[from] serde_json::Error),
+    Serialize(serde_json::Error),
     #[error(
         "a snapshot of {size} bytes is larger than the whole spool bound of {max} bytes: \
          dropped (counted); raise [spool] max_bytes"
     )]
     TooLarge { size: u64, max: u64 },
-    #[error("reading spool record {path}: {source}; the record is kept and read again later")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading spool record {path}: {error}; the record is kept and read again later")]
+    Read { path: PathBuf, error: io::Error },
+}
+
+impl From<serde_json::Error> for SpoolError {
+    fn from(error: serde_json::Error) -> Self {
+        SpoolError::Serialize(error)
+    }
 }
 
 /// Why one record could not be read back: its content is bad (it is
@@ -244,7 +250,7 @@ impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
         let dir_err = |source| SpoolError::Dir {
             dir: dir.to_path_buf(),
-            source,
+            error: source,
         };
         crate::files::ensure_dir(dir, "spool directory")?;
         let stats = Arc::new(SpoolStats::default());
@@ -468,7 +474,7 @@ impl Spool {
                     failures += 1;
                     let err = SpoolError::Read {
                         path: self.path(e.seq),
-                        source,
+                        error: source,
                     };
                     if !self.read_failing {
                         warn!("spool: {err}; said once until records read again");
@@ -519,7 +525,9 @@ impl Spool {
         let mut file = match crate::files::open_own(&self.path(seq), "spool record") {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
-            Err(crate::files::FileError::Io { source, .. }) => return Err(ReadError::Io(source)),
+            Err(crate::files::FileError::Io { error: source, .. }) => {
+                return Err(ReadError::Io(source))
+            }
             Err(e) => return Err(ReadError::Foreign(e.to_string())),
         };
         // What was opened is what is checked (fstat): no swap in between.
@@ -613,7 +621,7 @@ impl SpoolWriter {
                 }
                 Err(SpoolError::Write {
                     path: e.path,
-                    source: e.source,
+                    error: e.source,
                 })
             }
         }
@@ -855,7 +863,10 @@ mod tests {
         assert_eq!(s.len(), 1, "the unreadable record is kept");
         // Nothing else to send: the caller is told why, to back off.
         match s.oldest(100, 1 << 20) {
-            Err(SpoolError::Read { path, source }) => {
+            Err(SpoolError::Read {
+                path,
+                error: source,
+            }) => {
                 assert_eq!(path, p1);
                 assert_eq!(source.kind(), io::ErrorKind::IsADirectory);
             }
@@ -927,7 +938,7 @@ mod tests {
         // SAFETY: as above; the soft limit goes back up to where it was.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) }, 0);
         match starved {
-            Err(SpoolError::Read { source, .. }) => {
+            Err(SpoolError::Read { error: source, .. }) => {
                 assert_eq!(source.raw_os_error(), Some(libc::EMFILE));
             }
             other => panic!("expected EMFILE, got {other:?}"),
@@ -954,7 +965,10 @@ mod tests {
         let blocker = dir.path().join(record_name(2));
         fs::create_dir(&blocker).unwrap();
         match s.push(&snap(2)) {
-            Err(SpoolError::Write { path, source }) => {
+            Err(SpoolError::Write {
+                path,
+                error: source,
+            }) => {
                 let name = path.file_name().unwrap().to_string_lossy().into_owned();
                 assert!(
                     name.starts_with(&format!("{TMP_PREFIX}{}.", record_name(2))),

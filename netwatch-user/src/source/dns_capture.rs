@@ -255,7 +255,6 @@ pub enum NotStarted {
     )]
     Open {
         source_name: &'static str,
-        #[source]
         error: PcapError,
     },
 }

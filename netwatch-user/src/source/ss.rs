@@ -269,12 +269,8 @@ impl ParsedSocket {
 pub enum SsError {
     #[error("running `{program} {SS_ARGS}`: not found; install iproute2 (it provides `ss`) or use another source")]
     NotFound { program: String },
-    #[error("running `{program} {SS_ARGS}`: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("running `{program} {SS_ARGS}`: {error}")]
+    Spawn { program: String, error: io::Error },
     #[error("`{program} {SS_ARGS}` exited with {status}: {}", crate::text::Visible(.stderr.trim()))]
     Failed {
         program: String,
@@ -283,12 +279,8 @@ pub enum SsError {
     },
     #[error("`{program} {SS_ARGS}` did not finish within {timeout:?} and was killed")]
     Timeout { program: String, timeout: Duration },
-    #[error("reading the output of `{program} {SS_ARGS}`: {source}")]
-    Read {
-        program: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("reading the output of `{program} {SS_ARGS}`: {error}")]
+    Read { program: String, error: io::Error },
     /// More output than [`output_limit_bytes`] allows.
     #[error("`{program} {SS_ARGS}` printed more than {limit_bytes} bytes (the limit for --max-sockets sockets), refusing to parse it; raise --max-sockets if this host really has that many sockets")]
     TooMuchOutput { program: String, limit_bytes: u64 },
@@ -306,16 +298,24 @@ impl From<ToolError> for SsError {
             ToolError::NotFound { program } => SsError::NotFound {
                 program: program.display().to_string(),
             },
-            ToolError::Spawn { program, source } => SsError::Spawn {
+            ToolError::Spawn {
+                program,
+                error: source,
+            } => SsError::Spawn {
                 program: program.display().to_string(),
-                source,
+                error: source,
             },
-            ToolError::Wait { program, source } | ToolError::Read { program, source } => {
-                SsError::Read {
-                    program: program.display().to_string(),
-                    source,
-                }
+            ToolError::Wait {
+                program,
+                error: source,
             }
+            | ToolError::Read {
+                program,
+                error: source,
+            } => SsError::Read {
+                program: program.display().to_string(),
+                error: source,
+            },
             ToolError::Timeout { program, timeout } => SsError::Timeout {
                 program: program.display().to_string(),
                 timeout,

@@ -157,7 +157,7 @@ impl Sink for PrometheusSink {
                         what: "process counters file".into(),
                         path: path.clone(),
                         action: "opening it",
-                        source: std::io::ErrorKind::NotFound.into(),
+                        error: std::io::ErrorKind::NotFound.into(),
                     })
             });
             let text = match read {

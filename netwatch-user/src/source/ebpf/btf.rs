@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use btf_rs::{Btf, Type};
 use thiserror::Error;
 
+use crate::error_chain::Once;
+
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -52,14 +54,13 @@ pub struct SockOffsets {
     pub net_inum: u32,
 }
 
+/// Why a BTF offset could not be resolved. A leaf: btf-rs's error repeats
+/// its own cause (`Error::IO` prints the `io::Error` and chains it), so it is
+/// kept typed and rendered once in the message ([`Once`]), not chained.
 #[derive(Debug, Error)]
 pub enum BtfError {
-    #[error("reading kernel BTF from {path}: {source} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
-    Read {
-        path: String,
-        #[source]
-        source: btf_rs::Error,
-    },
+    #[error("reading kernel BTF from {path}: {} (is CONFIG_DEBUG_INFO_BTF enabled?)", Once(.error))]
+    Read { path: String, error: btf_rs::Error },
     #[error("kernel BTF has no struct {0}")]
     NoStruct(&'static str),
     #[error("kernel BTF: struct {strukt} has no member {member}")]
@@ -75,8 +76,14 @@ pub enum BtfError {
     },
     #[error("kernel BTF: function {0} has no parameter named flags (unknown signature)")]
     NoFlags(&'static str),
-    #[error("kernel BTF: {0}")]
-    Btf(#[from] btf_rs::Error),
+    #[error("kernel BTF: {}", Once(.0))]
+    Btf(btf_rs::Error),
+}
+
+impl From<btf_rs::Error> for BtfError {
+    fn from(error: btf_rs::Error) -> Self {
+        BtfError::Btf(error)
+    }
 }
 
 /// Bit offset of `member` in the struct or union `ty`, looking through
@@ -164,9 +171,9 @@ fn func_param(btf: &Btf, func: &'static str, param: &str) -> Result<(u32, u32), 
 /// Parse a BTF file, read whole first (the kernel's is ~5 MB; parsing it
 /// through small buffered reads and seeks costs twice the time).
 pub(super) fn read_btf(path: &Path) -> Result<Btf, BtfError> {
-    let read_err = |source| BtfError::Read {
+    let read_err = |error| BtfError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let bytes = std::fs::read(path).map_err(|e| read_err(btf_rs::Error::from(e)))?;
     Btf::from_bytes(&bytes).map_err(read_err)

@@ -524,11 +524,11 @@ pub struct Unpinned {
 pub enum UnpinError {
     #[error("an agent is running on these pins (it holds {lock}): stop it first (systemctl stop netwatch-agent), since a running agent pins them again")]
     AgentRunning { lock: PathBuf },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -554,7 +554,7 @@ pub fn unpin(pin: &PinOptions) -> Result<Unpinned, UnpinError> {
             return Err(UnpinError::Io {
                 what: "opening the pins' lock",
                 path: lock_path,
-                source,
+                error: source,
             })
         }
     };
@@ -566,7 +566,7 @@ pub fn unpin(pin: &PinOptions) -> Result<Unpinned, UnpinError> {
             return Err(UnpinError::Io {
                 what: "reading",
                 path: pin.dir.clone(),
-                source,
+                error: source,
             })
         }
     };
@@ -574,14 +574,14 @@ pub fn unpin(pin: &PinOptions) -> Result<Unpinned, UnpinError> {
         let entry = entry.map_err(|source| UnpinError::Io {
             what: "reading",
             path: pin.dir.clone(),
-            source,
+            error: source,
         })?;
         let path = entry.path();
         if is_ours(&path) {
             remove(&path).map_err(|source| UnpinError::Io {
                 what: "removing",
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             done.removed.push(path);
         } else {

@@ -12,13 +12,15 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aya::programs::{Iter, ProgramError};
 use aya::Ebpf;
 use btf_rs::Btf;
 use netwatch_common::seeded;
 use thiserror::Error;
+
+use crate::error_chain::Once;
 
 use super::btf::{find_struct, kernel_btf, kernel_btf_aya, offset, read_btf, BtfError};
 
@@ -103,12 +105,12 @@ pub fn limit(max_sockets: u32) -> u32 {
 }
 
 /// The running kernel's offsets, resolved once per process.
-fn kernel_offsets() -> &'static Result<SeedOffsets, String> {
-    static OFFSETS: OnceLock<Result<SeedOffsets, String>> = OnceLock::new();
+fn kernel_offsets() -> &'static Result<SeedOffsets, Arc<BtfError>> {
+    static OFFSETS: OnceLock<Result<SeedOffsets, Arc<BtfError>>> = OnceLock::new();
     OFFSETS.get_or_init(|| {
         kernel_btf()
             .and_then(|btf| SeedOffsets::from_btf(&btf))
-            .map_err(|e| e.to_string())
+            .map_err(Arc::new)
     })
 }
 
@@ -169,32 +171,32 @@ impl Tally {
     }
 }
 
+/// Why seeding did not run. A leaf: each message carries its cause once
+/// (aya's errors repeat their own causes, so they are rendered with
+/// [`Once`]); the causes stay typed, none is chained as `source`.
 #[derive(Debug, Error)]
 pub enum SeedError {
     #[error("resolving the iterator's field offsets from kernel BTF: {0}")]
-    Offsets(String),
-    #[error("reading kernel BTF: {0}")]
-    KernelBtf(#[source] aya::BtfError),
+    Offsets(Arc<BtfError>),
+    #[error("reading kernel BTF: {}", Once(.0))]
+    KernelBtf(aya::BtfError),
     #[error("the BPF object has no program {0}")]
     Missing(&'static str),
-    #[error("{action} the iter/{target} program (BPF iterators need Linux ≥ 5.8, iter/tcp and iter/udp ≥ 5.9): {source}")]
+    #[error("{action} the iter/{target} program (BPF iterators need Linux ≥ 5.8, iter/tcp and iter/udp ≥ 5.9): {}", Once(.error))]
     Program {
         action: &'static str,
         target: &'static str,
-        #[source]
-        source: ProgramError,
+        error: ProgramError,
     },
-    #[error("creating the iter/{target} iterator: {source}")]
+    #[error("creating the iter/{target} iterator: {}", Once(.error))]
     Link {
         target: &'static str,
-        #[source]
-        source: aya::programs::links::LinkError,
+        error: aya::programs::links::LinkError,
     },
-    #[error("reading the iter/{target} iterator: {source}")]
+    #[error("reading the iter/{target} iterator: {error}")]
     Read {
         target: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -242,10 +244,10 @@ fn run_pass(
     target: &'static str,
 ) -> Result<Tally, SeedError> {
     let err = |action| {
-        move |source| SeedError::Program {
+        move |error| SeedError::Program {
             action,
             target,
-            source,
+            error,
         }
     };
     let prog: &mut Iter = ebpf
@@ -262,17 +264,17 @@ fn run_pass(
 
 fn iterate(prog: &mut Iter, target: &'static str) -> Result<Tally, SeedError> {
     let err = |action| {
-        move |source| SeedError::Program {
+        move |error| SeedError::Program {
             action,
             target,
-            source,
+            error,
         }
     };
     let link_id = prog.attach().map_err(err("attaching"))?;
     let link = prog.take_link(link_id).map_err(err("taking the link of"))?;
     let mut file = link
         .into_file()
-        .map_err(|source| SeedError::Link { target, source })?;
+        .map_err(|error| SeedError::Link { target, error })?;
     let mut tally = Tally::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut eagain = 0;
@@ -285,7 +287,7 @@ fn iterate(prog: &mut Iter, target: &'static str) -> Result<Tally, SeedError> {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && eagain < MAX_EAGAIN => eagain += 1,
-            Err(source) => return Err(SeedError::Read { target, source }),
+            Err(error) => return Err(SeedError::Read { target, error }),
         }
     }
 }

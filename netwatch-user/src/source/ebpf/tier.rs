@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use super::btf::{BtfError, SockOffsets};
 use super::BPF_OBJECT;
+use crate::error_chain::Once;
 
 /// A hook tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -401,60 +402,89 @@ impl Default for LoadOptions {
     }
 }
 
-/// Why loading failed.
+/// Why loading failed. Each cause appears once under `{:#}`: our own
+/// causes ([`BtfError`], the OS errors of the drain thread and the pins) are
+/// chained as `source` and left out of the message; aya's errors, which
+/// repeat their own causes (`ProgramError::LoadError` prints its `io_error`
+/// and also chains it), are kept typed and rendered once in the message
+/// ([`Once`]), with no `source`. Render one with `{:#}` (anyhow) or
+/// [`Once`] to see its causes.
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("this agent was built without its BPF object (AYA_BUILD_SKIP); rebuild with the BPF toolchain (`cargo xtask setup`)")]
     NoObject,
-    #[error("resolving struct sock offsets: {0}")]
+    #[error("resolving struct sock offsets")]
     Btf(#[from] BtfError),
-    #[error("reading kernel BTF for BTF-typed programs: {0}")]
-    KernelBtf(#[source] aya::BtfError),
-    #[error("loading the BPF object (maps, globals): {0}")]
-    Object(#[source] aya::EbpfError),
-    #[error("{action} {hook} ({tier} tier): {reason}")]
+    #[error("reading kernel BTF for BTF-typed programs: {}", Once(.0))]
+    KernelBtf(aya::BtfError),
+    #[error("loading the BPF object (maps, globals): {}", Once(.0.as_ref()))]
+    Object(Box<aya::EbpfError>),
+    #[error("{action} {hook} ({tier} tier): {failure}")]
     Program {
         tier: Tier,
         hook: Hook,
         action: &'static str,
-        reason: String,
+        failure: ProgramFailure,
     },
-    #[error("no eBPF tier could be attached: {}", .0.join("; "))]
-    NoTier(Vec<String>),
+    /// Every tier tried, each with why it failed, in the order tried.
+    #[error("no eBPF tier could be attached: {}", tiers(.0))]
+    NoTier(Vec<LoadError>),
     #[error("the BPF object has no map {0}")]
     MissingMap(&'static str),
-    #[error("starting the ring buffer drain thread: {0}")]
+    #[error("starting the ring buffer drain thread")]
     DrainThread(#[source] io::Error),
-    #[error("pinned maps and links: {0}")]
+    #[error("pinned maps and links")]
     Pin(#[source] io::Error),
-    #[error("opening map {0}: {1}")]
-    Map(&'static str, #[source] aya::maps::MapError),
+    #[error("opening map {}: {}", .0, Once(.1))]
+    Map(&'static str, aya::maps::MapError),
 }
 
-/// A short explanation of a program error: its cause chain, the errno and
-/// what it usually means.
-fn explain(hook: Hook, e: &ProgramError) -> String {
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
+/// The failures of [`LoadError::NoTier`], each with its causes, `; `-separated.
+fn tiers(failures: &[LoadError]) -> String {
+    let texts: Vec<String> = failures.iter().map(|e| Once(e).to_string()).collect();
+    texts.join("; ")
+}
+
+/// Why one program could not be loaded or attached. A leaf: the message
+/// carries the cause (typed here), so it has no `source`.
+#[derive(Debug, Error)]
+pub enum ProgramFailure {
+    #[error("program missing from the BPF object")]
+    Missing,
+    /// aya's error with its causes once, then what the errno usually means.
+    #[error("{}{hint}", Once(.error.as_ref()))]
+    Aya {
+        error: Box<ProgramError>,
+        hint: &'static str,
+    },
+    #[error(
+        "`{}` is absent: this kernel has no kprobes (CONFIG_KPROBES off)",
+        KPROBE_PMU_TYPE
+    )]
+    NoKprobes,
+    #[error("finding or mounting the root cgroup v2: {error}")]
+    Cgroup2Root { error: io::Error },
+    #[error("opening {}: {error}", .path.display())]
+    Cgroup2Open {
+        path: std::path::PathBuf,
+        error: io::Error,
+    },
+}
+
+/// What a program error's errno usually means here, as a parenthesis to
+/// append (empty when nothing useful can be said).
+fn hint(hook: Hook, e: &ProgramError) -> &'static str {
     if matches!(hook.kind, HookKind::Kprobe | HookKind::Kretprobe)
         && !std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
     {
-        return format!("{text} (this kernel has no kprobes: CONFIG_KPROBES is not set)");
+        return " (this kernel has no kprobes: CONFIG_KPROBES is not set)";
     }
     let io = match e {
         ProgramError::LoadError { io_error, .. } => Some(io_error),
         ProgramError::SyscallError(s) => Some(&s.io_error),
         _ => None,
     };
-    let hint = match io.and_then(io::Error::raw_os_error) {
+    match io.and_then(io::Error::raw_os_error) {
         Some(libc::EPERM) => {
             " (EPERM: the kernel refuses this program type here, e.g. no BPF trampolines)"
         }
@@ -462,8 +492,7 @@ fn explain(hook: Hook, e: &ProgramError) -> String {
         Some(libc::ESRCH) => " (ESRCH: the hook does not exist on this kernel)",
         Some(libc::EINVAL) => " (EINVAL: the kernel rejected the program or attach type)",
         _ => "",
-    };
-    format!("{text}{hint}")
+    }
 }
 
 fn program_error(tier: Tier, hook: Hook, action: &'static str, e: ProgramError) -> LoadError {
@@ -474,7 +503,10 @@ fn program_error(tier: Tier, hook: Hook, action: &'static str, e: ProgramError) 
         tier,
         hook,
         action,
-        reason: explain(hook, &e),
+        failure: ProgramFailure::Aya {
+            hint: hint(hook, &e),
+            error: Box::new(e),
+        },
     }
 }
 
@@ -545,7 +577,7 @@ pub fn open(tier: Tier, opts: &LoadOptions, offsets: &SockOffsets) -> Result<Ebp
         .map_max_entries(names::ACTIVE[0], opts.max_sockets)
         .map_max_entries(names::ACTIVE[1], opts.max_sockets)
         .load(BPF_OBJECT)
-        .map_err(LoadError::Object)
+        .map_err(|e| LoadError::Object(Box::new(e)))
 }
 
 /// The program `hook` names, from the loaded object.
@@ -555,7 +587,7 @@ fn find_program(ebpf: &mut Ebpf, tier: Tier, hook: Hook) -> Result<&mut Program,
             tier,
             hook,
             action: "finding",
-            reason: "program missing from the BPF object".into(),
+            failure: ProgramFailure::Missing,
         })
 }
 
@@ -651,17 +683,20 @@ fn attach_program(
             done!(p, p.attach(category, name))
         }
         HookKind::CgroupSockRelease => {
-            let root = cgroup2_root().map_err(|e| LoadError::Program {
+            let root = cgroup2_root().map_err(|error| LoadError::Program {
                 tier,
                 hook,
                 action: "attaching",
-                reason: format!("finding or mounting the root cgroup v2: {e}"),
+                failure: ProgramFailure::Cgroup2Root { error },
             })?;
-            let dir = std::fs::File::open(&root).map_err(|e| LoadError::Program {
+            let dir = std::fs::File::open(&root).map_err(|error| LoadError::Program {
                 tier,
                 hook,
                 action: "attaching",
-                reason: format!("opening {}: {e}", root.display()),
+                failure: ProgramFailure::Cgroup2Open {
+                    path: root.clone(),
+                    error,
+                },
             })?;
             let p: &mut CgroupSock = prog.try_into().map_err(err)?;
             // Attached as a BPF link (Linux ≥ 5.7), which always runs
@@ -776,9 +811,7 @@ fn unavailable(tier: Tier) -> Option<LoadError> {
             tier,
             hook,
             action: "attaching",
-            reason: format!(
-                "`{KPROBE_PMU_TYPE}` is absent: this kernel has no kprobes (CONFIG_KPROBES off)"
-            ),
+            failure: ProgramFailure::NoKprobes,
         });
     }
     None
@@ -818,10 +851,10 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
             Err(e @ LoadError::Pin(_)) => return Err(e),
             Err(e) if opts.tier == TierChoice::Auto => {
                 match candidates.get(i + 1) {
-                    Some(next) => warn!("{e}; falling back to the {next} tier"),
-                    None => warn!("{e}; no tier left"),
+                    Some(next) => warn!("{}; falling back to the {next} tier", Once(&e)),
+                    None => warn!("{}; no tier left", Once(&e)),
                 }
-                reasons.push(e.to_string());
+                reasons.push(e);
             }
             Err(e) => return Err(e),
         }
@@ -832,6 +865,48 @@ pub fn load_best(opts: &LoadOptions) -> Result<(Ebpf, Tier), LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real failure of the load's first step, resolving the socket
+    /// offsets from a BTF file (`load_best` reads the kernel's the same
+    /// way), rendered as the agent does (`{:#}`): each cause appears once.
+    /// btf-rs's I/O error prints its `io::Error` and also chains it; before
+    /// this, `BtfError` and `LoadError` did the same, and the OS error's
+    /// text came four times.
+    #[test]
+    fn a_load_error_shows_each_cause_once() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let missing = dir.path().join("vmlinux");
+        let err = LoadError::from(SockOffsets::from_file(&missing).expect_err("no such file"));
+        let rendered = format!("{:#}", anyhow::Error::from(err));
+        let os = io::Error::from_raw_os_error(libc::ENOENT).to_string();
+        assert_eq!(
+            rendered,
+            format!(
+                "resolving struct sock offsets: reading kernel BTF from {}: i/o error: {os} \
+                 (is CONFIG_DEBUG_INFO_BTF enabled?)",
+                missing.display()
+            )
+        );
+        assert_eq!(rendered.matches(&os).count(), 1, "{rendered}");
+        assert_eq!(
+            rendered.matches("reading kernel BTF").count(),
+            1,
+            "{rendered}"
+        );
+
+        // Not BTF at all: btf-rs's format error, a leaf, once too.
+        let garbage = dir.path().join("not-btf");
+        std::fs::write(&garbage, b"not BTF at all").expect("writing the file");
+        let err = LoadError::from(SockOffsets::from_file(&garbage).expect_err("not BTF"));
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(err)),
+            format!(
+                "resolving struct sock offsets: reading kernel BTF from {}: \
+                 Invalid BTF magic: 0x6f6e (is CONFIG_DEBUG_INFO_BTF enabled?)",
+                garbage.display()
+            )
+        );
+    }
 
     #[test]
     fn tier_choice_parses() {

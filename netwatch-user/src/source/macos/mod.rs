@@ -86,11 +86,10 @@ pub enum MacError {
          /usr/sbin/lsof, /usr/bin/nettop, /usr/sbin/netstat; set the path if yours differs)"
     )]
     ToolMissing { tool: PathBuf },
-    #[error("running {tool}: {source}")]
+    #[error("running {tool}: {error}")]
     Spawn {
         tool: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("running {tool}: no result within {timeout_ms} ms, killed it (raise the timeout on a busy host)")]
     Timeout { tool: PathBuf, timeout_ms: u64 },
@@ -118,20 +117,20 @@ impl From<ToolError> for MacError {
         match e {
             ToolError::NotFound { program } => MacError::ToolMissing { tool: program },
             ToolError::NotAbsolute { program } => MacError::Spawn {
-                source: std::io::Error::other("not an absolute path (tools are never looked up in PATH)"),
+                error: std::io::Error::other("not an absolute path (tools are never looked up in PATH)"),
                 tool: program,
             },
             ToolError::Unsafe { program, uid, mode } => MacError::Spawn {
-                source: std::io::Error::other(format!(
+                error: std::io::Error::other(format!(
                     "owned by uid {uid} with mode {mode:o}; must be root's and writable by nobody else"
                 )),
                 tool: program,
             },
-            ToolError::Spawn { program, source }
-            | ToolError::Wait { program, source }
-            | ToolError::Read { program, source } => MacError::Spawn {
+            ToolError::Spawn { program, error: source }
+            | ToolError::Wait { program, error: source }
+            | ToolError::Read { program, error: source } => MacError::Spawn {
                 tool: program,
-                source,
+                error: source,
             },
             ToolError::Timeout { program, timeout } => MacError::Timeout {
                 tool: program,

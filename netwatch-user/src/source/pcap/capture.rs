@@ -62,11 +62,10 @@ impl Default for PcapConfig {
 /// Opening the capture failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("opening pcap capture on `{device}`: {source}{hint}")]
+    #[error("opening pcap capture on `{device}`: {error}{hint}")]
     Open {
         device: String,
-        #[source]
-        source: pcap::Error,
+        error: pcap::Error,
         /// What to do about it, when the message says.
         hint: &'static str,
     },
@@ -76,15 +75,14 @@ pub enum PcapError {
         dlt: i32,
         name: String,
     },
-    #[error("setting capture filter `{filter}` on `{device}`: {source}")]
+    #[error("setting capture filter `{filter}` on `{device}`: {error}")]
     Filter {
         device: String,
         filter: String,
-        #[source]
-        source: pcap::Error,
+        error: pcap::Error,
     },
     #[error("starting a pcap source thread: {0}")]
-    Thread(#[source] std::io::Error),
+    Thread(std::io::Error),
 }
 /// How often a capture thread reads the kernel's drop count.
 pub(crate) const STATS_EVERY: Duration = Duration::from_millis(250);
@@ -103,7 +101,7 @@ pub(crate) fn open_capture(
         let hint = open_hint(&source.to_string());
         PcapError::Open {
             device: device.clone(),
-            source,
+            error: source,
             hint,
         }
     };
@@ -127,7 +125,7 @@ pub(crate) fn open_capture(
             .map_err(|source| PcapError::Filter {
                 device: device.clone(),
                 filter: filter.clone(),
-                source,
+                error: source,
             })?;
     }
     Ok((cap, link, device))

@@ -365,14 +365,14 @@ struct Reader {
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("opening a NETLINK_SOCK_DIAG socket: {0}")]
-    Socket(#[source] io::Error),
+    Socket(io::Error),
     #[error(
         "joining the sock_diag destroy groups: {0} (needs CAP_NET_ADMIN); \
          bytes a socket moves after the last `ss` read are not counted"
     )]
-    Bind(#[source] io::Error),
+    Bind(io::Error),
     #[error("starting the destroy-event reader thread: {0}")]
-    Thread(#[source] io::Error),
+    Thread(io::Error),
     #[error("sock_diag destroy events exist only on Linux")]
     Unsupported,
 }

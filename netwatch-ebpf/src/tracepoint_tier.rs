@@ -1,13 +1,16 @@
-//! The tracepoint tier: `tp_btf` on `sock:sock_send_length` and
-//! `sock:sock_recv_length` (Linux ≥ 6.3), which fire in the sending or
-//! receiving task for every socket family with the bytes moved. Peeks
-//! (`MSG_PEEK`) are skipped: the same bytes are read again later.
+//! The tracepoint tier's byte counters: `tp_btf` programs on
+//! `sock:sock_send_length` and `sock:sock_recv_length` (Linux ≥ 6.3), the
+//! tier for kernels without trampolines or kprobes. They fire in the
+//! sending or receiving task for every socket family with the bytes moved;
+//! this shim only picks the socket, direction and byte count and hands them
+//! to [`account_lazy`]. Peeks (`MSG_PEEK`) are skipped: the same bytes are
+//! read again later. It never counts anything but the call's own bytes.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    account::{account_lazy, read_at, Dir},
-    maps,
+    account::{account_lazy, Dir},
+    maps, sk,
 };
 
 /// `MSG_PEEK`.
@@ -22,13 +25,10 @@ fn on_length(ctx: &BtfTracePointContext, dir: Dir, slot: u32) -> i32 {
     if ret <= 0 || (dir == Dir::Rx && flags & MSG_PEEK != 0) || sk.is_null() {
         return 0;
     }
-    // SAFETY: sk is the tracepoint's socket argument; protocol is read at
-    // the BTF-resolved offset of `sk_protocol` (a u16 since Linux 5.6),
-    // only for a socket without an entry yet.
+    // SAFETY: sk is the tracepoint's socket argument; its protocol is
+    // read only for a socket without an entry yet.
     unsafe {
-        account_lazy(sk, dir, ret, slot, || {
-            read_at::<u16>(sk, maps::off_sk_protocol()).unwrap_or(0) as u8
-        });
+        account_lazy(sk, dir, ret, slot, || sk::protocol(sk) as u8);
     }
     0
 }
