@@ -8,7 +8,7 @@
 //! every thread (`/proc/self/task/*/status`).
 //!
 //! The sets, measured on kernel 6.18 as an unprivileged uid with only
-//! ambient capabilities (see the README, "Least privilege"):
+//! ambient capabilities (see docs/deployment.md, "Least privilege"):
 //!
 //! | source | start-up                                   | steady: agent          | steady: for `ss` |
 //! |--------|--------------------------------------------|------------------------|------------------|

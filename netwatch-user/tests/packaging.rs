@@ -1,5 +1,5 @@
 //! The shipped deployment files agree with what the agent was shown to
-//! need (README, "Least privilege"): the systemd unit (a notify service
+//! need (docs/deployment.md, "Least privilege"): the systemd unit (a notify service
 //! with a watchdog the tick feeds) grants exactly the
 //! start-up set to a dedicated user under `ProtectSystem=strict` (and
 //! `systemd-analyze verify` accepts it where systemd is installed), and the
