@@ -27,10 +27,7 @@ pub const OBJECT: &str = "netwatch-user/bpf/netwatch.bpf.o";
 pub const RECORD: &str = "netwatch-user/bpf/netwatch.bpf.o.sources";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    crate::vm::workspace_root()
 }
 
 /// The files the BPF object is compiled from: the BPF crate and the kernel

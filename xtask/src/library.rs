@@ -5,17 +5,14 @@
 //! outside the workspace builds against netwatch with and without its
 //! default features.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    crate::vm::workspace_root()
 }
 
 /// Every check, with how long each took.
@@ -64,14 +61,7 @@ fn examples() -> Result<()> {
         bail!("snapshot_json's snapshot has no eBPF process rows: {snap}");
     }
     // Host metrics, as nobody.
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(bin("host_metrics"))
+    let out = crate::test::as_nobody(&bin("host_metrics"))
         .output()
         .context("running examples/host_metrics as nobody")?;
     let text = String::from_utf8_lossy(&out.stdout);

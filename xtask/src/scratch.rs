@@ -10,10 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    crate::vm::workspace_root()
 }
 
 /// The user's program: host metrics as JSON, or with `ebpf` the eBPF
@@ -82,14 +79,7 @@ pub fn check() -> Result<()> {
         }
         let bin = target.join("debug/netwatch-scratch");
         // Host metrics as nobody.
-        let out = Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-            ])
-            .arg(&bin)
+        let out = crate::test::as_nobody(&bin)
             .output()
             .context("running the scratch crate as nobody")?;
         if !out.status.success() {

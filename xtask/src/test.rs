@@ -590,6 +590,20 @@ fn host_test_binaries() -> Result<Vec<TestBinary>> {
     Ok(binaries)
 }
 
+/// `program` to be run as [`NOBODY`] with no capabilities (util-linux's
+/// `setpriv`): how the tests show what works without privileges.
+pub fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(program);
+    cmd
+}
+
 /// Run `bin` as [`NOBODY`] with no capabilities (`setpriv`), as `cargo
 /// test` would (from its package directory), with `scratch` as HOME and
 /// TMPDIR, `CI` and `NETWATCH_REQUIRE_ROOT` unset (so root tests skip):
@@ -599,14 +613,7 @@ fn run_unprivileged(
     scratch: &Path,
     extra: &[&str],
 ) -> Result<(std::process::ExitStatus, String, String)> {
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(&bin.executable)
+    let out = as_nobody(&bin.executable)
         .args(extra)
         .current_dir(&bin.package_dir)
         .env_remove("CI")

@@ -341,14 +341,10 @@ fn resolve_api_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::config::test_input::{args};
     use std::os::unix::fs::PermissionsExt;
 
     const BASE: [&str; 4] = ["--output", "ingest", "--endpoint", "https://c.example"];
-
-    fn args(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("netwatch-agent").chain(argv.iter().copied())).unwrap()
-    }
 
     fn sections(text: &str) -> (IngestFile, SpoolFile) {
         let f = super::super::parse_file(text).unwrap();

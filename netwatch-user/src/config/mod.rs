@@ -41,6 +41,23 @@ mod sources;
 #[cfg(test)]
 mod tests;
 
+/// Inputs the resolvers' tests share: a command line and a file's text.
+#[cfg(test)]
+pub(crate) mod test_input {
+    use super::{parse_file, Args, FileConfig};
+    use clap::Parser;
+
+    /// `netwatch-agent` run with `argv`.
+    pub fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("netwatch-agent").chain(argv.iter().copied())).unwrap()
+    }
+
+    /// A configuration file's text, parsed.
+    pub fn file(text: &str) -> FileConfig {
+        parse_file(text).unwrap()
+    }
+}
+
 pub use alerts::resolve_alerts;
 pub use args::Args;
 pub use file::{

@@ -118,15 +118,7 @@ pub fn resolve_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn args(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("netwatch-agent").chain(argv.iter().copied())).unwrap()
-    }
-
-    fn file(text: &str) -> FileConfig {
-        super::super::parse_file(text).unwrap()
-    }
+    use crate::config::test_input::{args, file};
 
     #[test]
     fn outputs_command_line_beats_file_beats_json() {

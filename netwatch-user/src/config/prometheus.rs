@@ -72,11 +72,7 @@ pub fn resolve_prometheus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn args(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("netwatch-agent").chain(argv.iter().copied())).unwrap()
-    }
+    use crate::config::test_input::{args};
 
     fn section(text: &str) -> PrometheusFile {
         super::super::parse_file(text).unwrap().prometheus

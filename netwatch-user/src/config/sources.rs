@@ -13,11 +13,7 @@ use super::file::{EbpfFile, FileConfig};
 use super::{invalid, limits, Args, ConfigError};
 use crate::source::select::Mode;
 use crate::source::{DEFAULT_MAX_SOCKETS, DEFAULT_RINGBUF_BYTES};
-
-/// Where the BPF maps and links are pinned.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netwatch";
-/// The per-socket baseline a restarted agent continues from.
-pub const DEFAULT_PIN_STATE_FILE: &str = "/var/lib/netwatch-agent/ebpf-baseline";
+pub use crate::source::{DEFAULT_PIN_DIR, DEFAULT_PIN_STATE_FILE};
 
 /// The eBPF tier setting: the loader's own choice type, parsed by its
 /// `FromStr` (whose error is the one users see).
@@ -144,15 +140,7 @@ fn paths(args: &Args, f: &EbpfFile) -> (PathBuf, PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    fn args(argv: &[&str]) -> Args {
-        Args::try_parse_from(std::iter::once("netwatch-agent").chain(argv.iter().copied())).unwrap()
-    }
-
-    fn file(text: &str) -> FileConfig {
-        super::super::parse_file(text).unwrap()
-    }
+    use crate::config::test_input::{args, file};
 
     fn ebpf(argv: &[&str], text: &str) -> Result<EbpfSettings, String> {
         resolve_ebpf(&args(argv), &file(text).ebpf).map_err(|e| e.to_string())

@@ -3,14 +3,8 @@
 //! setting panics. Each section's own tests are beside its resolver.
 
 use super::*;
-use clap::Parser;
+use super::test_input::args;
 use std::path::Path;
-
-fn args(argv: &[&str]) -> Args {
-    let mut v = vec!["netwatch-agent"];
-    v.extend_from_slice(argv);
-    Args::try_parse_from(v).unwrap()
-}
 
 fn file(text: &str) -> Option<(PathBuf, FileConfig)> {
     Some((PathBuf::from("/test.toml"), parse_file(text).unwrap()))

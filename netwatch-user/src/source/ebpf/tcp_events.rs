@@ -245,16 +245,7 @@ pub fn to_events(rec: &TcpEventRecord, at: Duration) -> Vec<TcpEvent> {
     ) else {
         return Vec::new();
     };
-    let ev = |kind, src, dst| TcpEvent {
-        at,
-        src,
-        dst,
-        kind,
-        src_local: false,
-        dst_local: false,
-        pid: None,
-        connect: None,
-    };
+    let ev = |kind, src, dst| TcpEvent::seen(at, src, dst, kind);
     match rec.kind {
         tcp_event::SYN_SENT => {
             let mut e = ev(TcpEventKind::Syn, src, dst);
@@ -509,16 +500,12 @@ format:
     }
 
     fn syn(src_port: u16, at_ms: u64) -> TcpEvent {
-        TcpEvent {
-            at: Duration::from_millis(at_ms),
-            src: SocketAddr::from(([10, 0, 0, 9], src_port)),
-            dst: SocketAddr::from(([127, 0, 0, 1], 22)),
-            kind: TcpEventKind::Syn,
-            src_local: false,
-            dst_local: false,
-            pid: None,
-            connect: None,
-        }
+        TcpEvent::seen(
+            Duration::from_millis(at_ms),
+            SocketAddr::from(([10, 0, 0, 9], src_port)),
+            SocketAddr::from(([127, 0, 0, 1], 22)),
+            TcpEventKind::Syn,
+        )
     }
 
     #[test]

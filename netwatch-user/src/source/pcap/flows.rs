@@ -182,16 +182,7 @@ impl Shared {
                 if self.tcp_events.len() >= MAX_TCP_EVENTS {
                     self.refused_tcp_events += 1;
                 } else {
-                    self.tcp_events.push(TcpEvent {
-                        at: arrival,
-                        src,
-                        dst,
-                        kind,
-                        src_local: false,
-                        dst_local: false,
-                        pid: None,
-                        connect: None,
-                    });
+                    self.tcp_events.push(TcpEvent::seen(arrival, src, dst, kind));
                 }
             }
         }
