@@ -146,9 +146,13 @@ impl CollectorBuilder {
                 }
             }
         };
+        let info = crate::snapshot::collector_info(
+            selected.source.as_ref(),
+            selected.fallback_reason.clone(),
+        );
         let mut agent = Agent::new(
             selected.source,
-            selected.info.clone(),
+            info.clone(),
             HostCollectors::new(),
             Vec::new(),
             selected.started_at,
@@ -172,7 +176,7 @@ impl CollectorBuilder {
         agent.prime();
         Ok(Collector {
             agent,
-            info: selected.info,
+            info,
             last: Instant::now(),
         })
     }

@@ -70,6 +70,7 @@ pub mod bounded_io;
 pub mod clock;
 mod collector;
 pub mod config;
+pub mod continuity;
 pub mod counter;
 pub mod drops;
 mod error;

@@ -185,7 +185,7 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
                     "DNS capture on `{}` (filter `{}`) beside the {} source",
                     c.device(),
                     dns_capture::FILTER,
-                    selected.info.source
+                    selected.source.name()
                 );
                 Some(c)
             }
@@ -205,7 +205,7 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     #[cfg(target_os = "linux")]
     {
         use netwatch::privilege;
-        let mut steady = privilege::steady_state(&selected.info.source);
+        let mut steady = privilege::steady_state(selected.source.name());
         if cfg.health.is_some() {
             steady = steady.with_health_probes();
         }
@@ -213,9 +213,13 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
         log::info!("least privilege: kept {kept}");
     }
     let host = HostCollectors::new();
+    let info = netwatch::snapshot::collector_info(
+        selected.source.as_ref(),
+        selected.fallback_reason.clone(),
+    );
     let mut agent = Agent::new(
         selected.source,
-        selected.info,
+        info,
         host,
         sinks,
         selected.started_at,

@@ -12,6 +12,8 @@
 //! socket that is gone (a source's final record of it) is [`state::CLOSED`],
 //! on every source.
 
+pub mod sock_diag;
+
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {

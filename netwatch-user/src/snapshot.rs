@@ -11,15 +11,30 @@ pub mod dns;
 pub mod quality;
 
 use log::warn;
-use netwatch_common::wire::{ProcessBandwidth, Snapshot};
+use netwatch_common::wire::{CollectorInfo, ProcessBandwidth, Snapshot};
 
-use crate::source::DnsEvent;
+use crate::source::{DnsEvent, SocketSource};
 
 #[cfg(target_os = "linux")]
 use crate::procinfo::{
     disk::DiskTracker, interfaces::InterfaceTracker, process::ProcessMetaTracker,
     system::SystemTracker, tcp_states::TcpStates,
 };
+
+/// How a snapshot describes its source (`Snapshot::collector`): its name,
+/// its eBPF tier, and why the sources tried before it were passed over.
+/// The per-tick figures (lost records, truncation) start empty.
+pub fn collector_info(source: &dyn SocketSource, fallback_reason: Option<String>) -> CollectorInfo {
+    CollectorInfo {
+        source: source.name().to_string(),
+        ebpf_tier: source.detail(),
+        estimated: false,
+        fallback_reason,
+        lost_records: None,
+        connections_truncated: None,
+        processes_folded: None,
+    }
+}
 
 /// Every host collector with its previous sample.
 pub struct HostCollectors {

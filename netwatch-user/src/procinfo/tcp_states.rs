@@ -90,7 +90,7 @@ impl TcpStates {
     }
 }
 
-use crate::source::ss::destroy as d;
+use crate::net::sock_diag as d;
 
 /// Kernel TCP state numbers (`include/net/tcp_states.h`).
 const TCP_ESTABLISHED: u8 = 1;

@@ -62,7 +62,7 @@ pub trait Sink: Send {
     /// continuity: a sink that accumulates the snapshots' bytes takes back
     /// the totals an earlier agent on the same pins saved, and keeps them
     /// from now on. `None`: counts restart with the agent, nothing kept.
-    fn resume(&mut self, _continuity: Option<&crate::source::Continuity>) {}
+    fn resume(&mut self, _continuity: Option<&crate::continuity::Continuity>) {}
     /// At least one sink kept the latest snapshot and the source stored
     /// its baseline: save what a restarted agent continues from. Not
     /// called for a snapshot no sink kept.

@@ -30,6 +30,14 @@ pub use crate::net::Protocol;
 /// layout of the eBPF source's shared-socket ids.
 pub use socket_id::SocketId;
 
+/// Where the eBPF source pins its maps and links unless told (`--pin-dir`,
+/// `[ebpf] pin_dir`). Lives here, below the configuration and the loader
+/// that both read it, so neither imports the other.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netwatch";
+/// The per-socket baseline a restarted eBPF source continues from unless
+/// told (`--pin-state-file`, `[ebpf] pin_state_file`).
+pub const DEFAULT_PIN_STATE_FILE: &str = "/var/lib/netwatch-agent/ebpf-baseline";
+
 /// The sockets a source is sized for unless told (`--max-sockets`,
 /// `[ebpf] max_sockets`): the capacity of the eBPF per-socket map, and the
 /// host size `ss` output is bounded for. The one home of this default (the
@@ -41,19 +49,7 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
 /// default (the config and the eBPF loader read it from here).
 pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
 
-/// A source whose counts survive agent restarts: the tag of the set of
-/// kernel maps it counts in, and the file its delivered baseline lives in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Continuity {
-    /// Names one set of pinned maps; another set (replaced, re-created
-    /// after a reboot) has another tag.
-    pub instance: String,
-    /// The source's baseline file; sinks keep their state beside it.
-    pub state_file: std::path::PathBuf,
-    /// True when this agent continued from pins an earlier agent left
-    /// (their counts go on); false when it created them now.
-    pub continued: bool,
-}
+pub use crate::continuity::Continuity;
 
 /// Since when a sample's cumulative counters count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +229,25 @@ pub struct TcpEvent {
     /// For a [`TcpEventKind::Syn`] this host sent (`src` local): how the
     /// connect ended, when the source saw it end (the kernel collector).
     pub connect: Option<ConnectResult>,
+}
+
+impl TcpEvent {
+    /// A SYN or reset seen at `at` from `src` to `dst`, before anything
+    /// else is known of it: which ends are local is filled in later (the
+    /// agent knows its addresses), the pid and the connect result only by
+    /// a source that saw them.
+    pub fn seen(at: Duration, src: SocketAddr, dst: SocketAddr, kind: TcpEventKind) -> Self {
+        Self {
+            at,
+            src,
+            dst,
+            kind,
+            src_local: false,
+            dst_local: false,
+            pid: None,
+            connect: None,
+        }
+    }
 }
 
 /// How an outbound connect ended and how long it took.

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use log::{info, warn};
-use netwatch_common::wire::CollectorInfo;
 
 use super::SocketSource;
 
@@ -35,24 +34,14 @@ pub struct SourceOptions {
     pub interface: Option<String>,
 }
 
-/// The chosen source and how to describe it in snapshots.
+/// The chosen source, and why the ones tried before it were passed over
+/// (the snapshot layer describes it: `snapshot::collector_info`).
 pub struct Selected {
     pub source: Box<dyn SocketSource>,
-    pub info: CollectorInfo,
+    /// `Auto` only: each source tried before this one, and why it did not open.
+    pub fallback_reason: Option<String>,
     /// When the source began counting.
     pub started_at: Instant,
-}
-
-fn info(source: &dyn SocketSource, fallback_reason: Option<String>) -> CollectorInfo {
-    CollectorInfo {
-        source: source.name().to_string(),
-        ebpf_tier: source.detail(),
-        estimated: false,
-        fallback_reason,
-        lost_records: None,
-        connections_truncated: None,
-        processes_folded: None,
-    }
 }
 
 /// The name the source of `mode` reports (`SocketSource::name`).
@@ -134,15 +123,11 @@ pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Sele
     #[cfg(target_os = "macos")]
     if mode == Mode::Auto {
         return match super::macos::MacSource::new(super::macos::MacTools::default()) {
-            Ok(s) => {
-                let source: Box<dyn SocketSource> = Box::new(s);
-                let info = info(source.as_ref(), None);
-                Ok(Selected {
-                    source,
-                    info,
-                    started_at: Instant::now(),
-                })
-            }
+            Ok(s) => Ok(Selected {
+                source: Box::new(s),
+                fallback_reason: None,
+                started_at: Instant::now(),
+            }),
             Err(e) => Err(vec![Failed {
                 mode,
                 error: e.into(),
@@ -158,18 +143,17 @@ pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Sele
         let started_at = Instant::now();
         match open(m, opts) {
             Ok(source) => {
-                let info = info(source.as_ref(), failed_reasons(&failed));
                 info!(
                     "process rows from the {} source{}",
-                    info.source,
-                    info.ebpf_tier
-                        .as_deref()
+                    source.name(),
+                    source
+                        .detail()
                         .map(|t| format!(" ({t} tier)"))
                         .unwrap_or_default()
                 );
                 return Ok(Selected {
                     source,
-                    info,
+                    fallback_reason: failed_reasons(&failed),
                     started_at,
                 });
             }

@@ -144,7 +144,7 @@ impl Sink for PrometheusSink {
         Ok(Emitted::KEPT)
     }
 
-    fn resume(&mut self, continuity: Option<&crate::source::Continuity>) {
+    fn resume(&mut self, continuity: Option<&crate::continuity::Continuity>) {
         let Some(c) = continuity else {
             self.serve_now();
             return;

@@ -26,9 +26,9 @@ use super::BPF_OBJECT;
 use crate::source::{CountOrigin, Protocol, SocketId, SocketSample};
 
 /// Where the maps and links are pinned by default.
-pub const DEFAULT_DIR: &str = crate::config::DEFAULT_PIN_DIR;
+pub const DEFAULT_DIR: &str = crate::source::DEFAULT_PIN_DIR;
 /// Where the last delivered baseline is kept by default.
-pub const DEFAULT_STATE_FILE: &str = crate::config::DEFAULT_PIN_STATE_FILE;
+pub const DEFAULT_STATE_FILE: &str = crate::source::DEFAULT_PIN_STATE_FILE;
 
 /// The maps that carry state userspace reads, pinned and reopened by name.
 /// (`SEND_ARGS`/`RECV_ARGS`/`SCRATCH` are only the programs' own scratch:

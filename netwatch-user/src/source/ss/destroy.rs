@@ -26,23 +26,20 @@ use std::time::Duration;
 
 use crate::source::Protocol;
 
-/// `SOCK_DIAG_BY_FAMILY`: the message type of a destroy event.
-pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_NOOP: u16 = 1;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLMSG_DONE: u16 = 3;
-pub(crate) const NLMSG_OVERRUN: u16 = 4;
-pub(crate) const NLMSG_HDRLEN: usize = 16;
+// The netlink and sock_diag vocabulary, shared with the TCP state counts
+// (`procinfo::tcp_states`), lives below both.
+pub(crate) use crate::net::sock_diag::{
+    align4, port_be, u16_ne, u32_ne, u64_ne, AF_INET, AF_INET6, INET_DIAG_REQ_V2_LEN, IPPROTO_TCP,
+    IPPROTO_UDP, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_REQUEST,
+    SOCK_DIAG_BY_FAMILY,
+};
+
 /// `sizeof(struct inet_diag_msg)`.
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_PROTOCOL: u16 = 10;
 /// `NLA_F_NESTED | NLA_F_NET_BYTEORDER`: flags, not part of the type.
 const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
-pub(crate) const AF_INET: u8 = 2;
-pub(crate) const AF_INET6: u8 = 10;
-pub(crate) const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 
 /// `SKNLGRP_INET_TCP_DESTROY`, `_INET_UDP_`, `_INET6_TCP_`, `_INET6_UDP_`
 /// (groups 1–4) as a bind mask.
@@ -112,21 +109,6 @@ pub struct Decoded {
     pub overruns: u64,
 }
 
-pub(crate) fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-pub(crate) fn u32_ne(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_ne(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-pub(crate) fn port_be(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
 
 fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
     match family {
@@ -142,9 +124,6 @@ fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
     }
 }
 
-pub(crate) const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
 
 /// Decode one datagram read from the destroy groups. Never panics.
 ///
@@ -242,9 +221,6 @@ fn decode_inet(body: &[u8]) -> Option<Option<DestroyEvent>> {
 /// `TCP_FIN_WAIT2` and `TCP_TIME_WAIT`, the kernel's state numbers.
 const TCP_FIN_WAIT2: u8 = 5;
 const TCP_TIME_WAIT: u8 = 6;
-pub(crate) const NLM_F_REQUEST: u16 = 1;
-/// `sizeof(struct inet_diag_req_v2)`.
-pub(crate) const INET_DIAG_REQ_V2_LEN: usize = 56;
 
 /// An exact `SOCK_DIAG_BY_FAMILY` lookup of the TCP socket with `ev`'s
 /// endpoints in time-wait states (its successor), as netlink bytes.
@@ -279,30 +255,6 @@ pub fn successor_query(ev: &DestroyEvent, seq: u32) -> Option<Vec<u8>> {
     Some(m)
 }
 
-/// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`).
-#[cfg(target_os = "linux")]
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-/// The length of [`dump_request`]'s message.
-#[cfg(target_os = "linux")]
-pub(crate) const DUMP_REQUEST_LEN: usize = NLMSG_HDRLEN + INET_DIAG_REQ_V2_LEN;
-
-/// A `SOCK_DIAG_BY_FAMILY` dump of every TCP socket of `family` whose state
-/// bit is set in `states` (bit `n` = kernel state `n`), asking for no
-/// extensions: the replies are bare `inet_diag_msg`s.
-#[cfg(target_os = "linux")]
-pub(crate) fn dump_request(family: u8, states: u32, seq: u32) -> [u8; DUMP_REQUEST_LEN] {
-    let mut m = [0u8; DUMP_REQUEST_LEN];
-    m[0..4].copy_from_slice(&(DUMP_REQUEST_LEN as u32).to_ne_bytes());
-    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // pid 0; then inet_diag_req_v2: family, protocol, ext = 0, pad.
-    m[16] = family;
-    m[17] = IPPROTO_TCP;
-    m[20..24].copy_from_slice(&states.to_ne_bytes());
-    // The socket id stays zero (any), cookie included: a dump ignores it.
-    m
-}
 
 /// The state of the socket in a reply to [`successor_query`] number `seq`:
 /// `None` for an error (no such socket), another message, or garbage.
