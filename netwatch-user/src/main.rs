@@ -217,15 +217,9 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
         selected.source.as_ref(),
         selected.fallback_reason.clone(),
     );
-    let mut agent = Agent::new(
-        selected.source,
-        info,
-        host,
-        sinks,
-        selected.started_at,
-    )
-    .with_max_connections(cfg.max_connections)
-    .with_max_processes(cfg.max_processes);
+    let mut agent = Agent::new(selected.source, info, host, sinks, selected.started_at)
+        .with_max_connections(cfg.max_connections)
+        .with_max_processes(cfg.max_processes);
     #[cfg(target_os = "linux")]
     if let Some(c) = dns_capture {
         agent = agent.with_dns_feed(Box::new(c));

@@ -341,7 +341,7 @@ fn resolve_api_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::test_input::{args};
+    use crate::config::test_input::args;
     use std::os::unix::fs::PermissionsExt;
 
     const BASE: [&str; 4] = ["--output", "ingest", "--endpoint", "https://c.example"];

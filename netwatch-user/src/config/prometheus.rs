@@ -72,7 +72,7 @@ pub fn resolve_prometheus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::test_input::{args};
+    use crate::config::test_input::args;
 
     fn section(text: &str) -> PrometheusFile {
         super::super::parse_file(text).unwrap().prometheus

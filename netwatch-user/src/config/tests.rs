@@ -2,8 +2,9 @@
 //! their exact messages, and a property test that no value of any numeric
 //! setting panics. Each section's own tests are beside its resolver.
 
-use super::*;
 use super::test_input::args;
+use clap::Parser;
+use super::*;
 use std::path::Path;
 
 fn file(text: &str) -> Option<(PathBuf, FileConfig)> {

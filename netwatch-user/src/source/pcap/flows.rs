@@ -182,7 +182,8 @@ impl Shared {
                 if self.tcp_events.len() >= MAX_TCP_EVENTS {
                     self.refused_tcp_events += 1;
                 } else {
-                    self.tcp_events.push(TcpEvent::seen(arrival, src, dst, kind));
+                    self.tcp_events
+                        .push(TcpEvent::seen(arrival, src, dst, kind));
                 }
             }
         }

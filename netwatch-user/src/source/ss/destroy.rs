@@ -109,7 +109,6 @@ pub struct Decoded {
     pub overruns: u64,
 }
 
-
 fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
     match family {
         AF_INET => {
@@ -123,7 +122,6 @@ fn addr(family: u8, b: &[u8]) -> Option<IpAddr> {
         _ => None,
     }
 }
-
 
 /// Decode one datagram read from the destroy groups. Never panics.
 ///
@@ -254,7 +252,6 @@ pub fn successor_query(ev: &DestroyEvent, seq: u32) -> Option<Vec<u8>> {
     m.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
     Some(m)
 }
-
 
 /// The state of the socket in a reply to [`successor_query`] number `seq`:
 /// `None` for an error (no such socket), another message, or garbage.
