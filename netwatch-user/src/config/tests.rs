@@ -3,8 +3,8 @@
 //! setting panics. Each section's own tests are beside its resolver.
 
 use super::test_input::args;
-use clap::Parser;
 use super::*;
+use clap::Parser;
 use std::path::Path;
 
 fn file(text: &str) -> Option<(PathBuf, FileConfig)> {
