@@ -131,6 +131,20 @@ impl CollectorBuilder {
     /// Open the source, attach what it needs, and take the first reading,
     /// so the first [`Collector::snapshot`] covers the time since now.
     pub fn build(self) -> Result<Collector, Error> {
+        // The same refusals as the agent's, before anything is loaded or
+        // removed: pins go only where netwatch's own pins may be.
+        #[cfg(target_os = "linux")]
+        if let Some((dir, state_file)) = &self.pin {
+            use crate::source::ebpf::pin;
+            pin::check_dir(dir).map_err(|e| Error::Refused {
+                what: "pin directory",
+                cause: Cause::new(e),
+            })?;
+            pin::ensure_state_dir(state_file).map_err(|e| Error::Refused {
+                what: "pin baseline directory",
+                cause: Cause::new(e),
+            })?;
+        }
         let opts = self.source_options();
         let selected = select::select_each(self.mode, &opts).map_err(|f| self.error(f))?;
         // Beside a source that sees no packets: the DNS-only capture.

@@ -39,6 +39,17 @@ pub enum Error {
         /// `(source, why)` for each source tried.
         tried: Vec<(&'static str, String)>,
     },
+    /// A setting was refused before anything was loaded: a pin directory
+    /// that is not on the BPF filesystem, is its root, or holds other
+    /// software's pins; a baseline directory another user could write.
+    #[error("refused the {what}")]
+    Refused {
+        /// The setting, e.g. `pin directory`.
+        what: &'static str,
+        /// Why.
+        #[source]
+        cause: Cause,
+    },
     /// A part beside the source (the health probe thread) could not start.
     #[error("starting the {what}")]
     Start {
