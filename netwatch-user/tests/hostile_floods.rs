@@ -150,20 +150,6 @@ fn thread_cpu(pid: u32) -> String {
     out.join(", ")
 }
 
-/// One scrape, by a `curl` child (its bytes are not this process's).
-fn scrape(url: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "10", url])
-        .output()
-        .expect("running curl (install curl for this test)");
-    assert!(
-        out.status.success(),
-        "scraping {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("/metrics is UTF-8")
-}
-
 /// `netwatch_agent_table_dropped_total{table="…"}` on the page (0 if absent).
 fn dropped(page: &str, table: &str) -> u64 {
     let series = format!("netwatch_agent_table_dropped_total{{table=\"{table}\"}}");
@@ -265,7 +251,7 @@ fn pcap_agent_under_a_dns_and_syn_flood_stays_bounded_and_exact() {
             before.0, before.1, after.0, after.1
         );
         eprintln!("agent threads' CPU (not asserted): {}", thread_cpu(pid));
-        let page = scrape(&agent.metrics_url);
+        let page = agent::scrape(&agent.metrics_url);
         // SAFETY: plain kill(2) on our child's pid; it delivers the
         // partial interval and exits.
         unsafe { libc::kill(pid as i32, libc::SIGINT) };
