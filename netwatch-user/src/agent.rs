@@ -1,268 +1,42 @@
-//! The tick loop: one clock drives everything. Each tick reads the socket
-//! source and the host collectors, builds one `Snapshot` value and hands it
-//! to every sink. The loop owns no collection logic of its own; delivery
-//! policy (spool, retries) belongs to the sinks. It must never move the
-//! source's persisted baseline past a snapshot that no sink kept. Windows
-//! (alerts, DNS) run on the monotonic clock; the wall clock only stamps the
-//! snapshot and its alerts ([`crate::clock`]).
+//! The agent's tick loop: one clock drives everything. Each tick takes one
+//! snapshot from the [`Collector`] and hands it to every sink. The loop
+//! owns no collection logic of its own (the collector has it) and no
+//! delivery policy (spool, retries: the sinks have it). It must never move
+//! the source's persisted baseline past a snapshot that no sink kept.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{error, info, warn};
-use netwatch_common::wire::{CollectorInfo, Snapshot};
+use netwatch_common::wire::Snapshot;
 
-use crate::alerts::feed::{Conn, Tick};
-use crate::alerts::Detectors;
-use crate::attribution::Attribution;
-use crate::clock::{Clock, SystemClock};
-use crate::health::Prober;
 use crate::sink::{Flow, Sink};
-use crate::snapshot::HostCollectors;
-use crate::source::{DnsEvent, DnsFeed, SocketSource};
+use crate::Collector;
 
-/// The agent: one source, the host collectors, the sinks.
+/// The agent: a collector and the sinks its snapshots go to.
 pub struct Agent {
-    source: Box<dyn SocketSource>,
-    info: CollectorInfo,
-    attribution: Attribution,
-    quality: crate::snapshot::quality::QualityTracker,
-    host: HostCollectors,
+    collector: Collector,
     sinks: Vec<Box<dyn Sink>>,
-    alerts: Option<Detectors>,
-    health: Option<Prober>,
-    /// DNS from beside the source: the DNS-only capture, for a source that
-    /// sees no packets.
-    dns_feed: Option<Box<dyn DnsFeed>>,
-    max_connections: usize,
-    /// Process rows per snapshot at most (the rest folded into one).
-    max_processes: usize,
     /// Snapshots no sink kept (see [`Agent::unkept_snapshots`]).
     unkept: u64,
     /// The latest snapshot was kept by no sink: said once until one is.
     unkept_said: bool,
-    clock: Arc<dyn Clock>,
 }
 
 impl Agent {
-    /// `started_at` is when the source began counting.
-    pub fn new(
-        source: Box<dyn SocketSource>,
-        info: CollectorInfo,
-        host: HostCollectors,
-        sinks: Vec<Box<dyn Sink>>,
-        started_at: Instant,
-    ) -> Self {
+    /// Each sink first learns what the collector's counts continue from
+    /// (a pinned source's baseline), to restore its own state beside it.
+    pub fn new(collector: Collector, sinks: Vec<Box<dyn Sink>>) -> Self {
         let mut sinks = sinks;
-        let continuity = source.continuity();
+        let continuity = collector.continuity();
         for sink in &mut sinks {
             sink.resume(continuity.as_ref());
         }
-        let mut source = source;
-        source.set_row_budget(crate::config::DEFAULT_MAX_CONNECTIONS);
         Self {
-            source,
-            info,
-            attribution: Attribution::new(started_at),
-            quality: Default::default(),
-            host,
+            collector,
             sinks,
-            alerts: None,
-            health: None,
-            dns_feed: None,
-            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-            max_processes: crate::config::DEFAULT_MAX_PROCESSES,
             unkept: 0,
             unkept_said: false,
-            clock: Arc::new(SystemClock),
         }
-    }
-
-    /// Read time from `clock` instead of the system's (tests step it). Its
-    /// monotonic part must be on the scale of the source's event times.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// Run the alert detectors on every tick (fills `alerts`).
-    pub fn with_alerts(mut self, alerts: Detectors) -> Self {
-        self.alerts = Some(alerts);
-        self
-    }
-
-    /// Emit at most `max` connection rows per snapshot (the busiest this
-    /// interval); per-process totals count every socket, and the alert
-    /// detectors see every new one.
-    pub fn with_max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
-        self.source.set_row_budget(max);
-        self
-    }
-
-    /// Emit at most `max` process rows per snapshot (the busiest this
-    /// interval), the others summed into one row without a pid
-    /// ([`crate::attribution::fold_processes`]) and counted as
-    /// `snapshot_processes` drops; the alert detectors see every process.
-    pub fn with_max_processes(mut self, max: usize) -> Self {
-        self.max_processes = max;
-        self
-    }
-
-    /// Copy the probe thread's latest result into every snapshot (`health`).
-    pub fn with_health(mut self, prober: Prober) -> Self {
-        self.health = Some(prober);
-        self
-    }
-
-    /// Take DNS events from `feed` as well as from the source (the DNS-only
-    /// capture beside a source that sees no packets): `dns_analytics` and
-    /// the DNS detectors then work as with a source that sees them.
-    pub fn with_dns_feed(mut self, feed: Box<dyn DnsFeed>) -> Self {
-        self.dns_feed = Some(feed);
-        self
-    }
-
-    /// The DNS events of the interval: the source's and the feed's; `None`
-    /// when neither sees DNS.
-    fn take_dns_events(&mut self) -> Option<Vec<DnsEvent>> {
-        let from_source = self.source.take_dns_events();
-        let Some(feed) = &mut self.dns_feed else {
-            return from_source;
-        };
-        let mut events = from_source.unwrap_or_default();
-        events.extend(feed.take_dns_events());
-        Some(events)
-    }
-
-    /// The first read: sets every baseline (interface counters, CPU times,
-    /// socket counters) so the first emitted snapshot covers one interval.
-    pub fn prime(&mut self) {
-        let _ = self.collect(false);
-    }
-
-    /// Collect one snapshot. Collector failures are logged and leave their
-    /// section empty; they never stop the tick.
-    pub fn snapshot(&mut self) -> Snapshot {
-        self.collect(true)
-    }
-
-    /// One snapshot; `emitted`: it goes to the sinks (the priming one does
-    /// not, so the rows it folds are not counted as dropped).
-    fn collect(&mut self, emitted: bool) -> Snapshot {
-        // One reading of each clock per tick: the monotonic one for every
-        // window, the wall one for timestamps only.
-        let now = self.clock.mono();
-        let timestamp = self.clock.wall();
-        let mut snap = Snapshot::empty(timestamp);
-        if let Some(t) = self.source.tcp_states() {
-            snap.connection_count = Some(t.established);
-            snap.tcp_time_wait = Some(t.time_wait);
-            snap.tcp_close_wait = Some(t.close_wait);
-        }
-        self.host.fill(&mut snap);
-        let mut info = self.info.clone();
-        // The batch and its compact rows live until the alerts are fed;
-        // wire rows are built for the top N only.
-        let mut read = None;
-        // Every process's row until the alerts have seen them; then the
-        // top N go out.
-        let mut processes = None;
-        match self.source.read() {
-            Ok(batch) => {
-                let mut rows = self.attribution.read(&batch);
-                processes = Some(if batch.estimated {
-                    // The estimate splits by every ESTABLISHED connection
-                    // (the fallback sources only).
-                    crate::estimate::split_by_connections(
-                        &rows.all_connections(&batch),
-                        &snap.interfaces,
-                    )
-                } else {
-                    std::mem::take(&mut rows.processes)
-                });
-                let (connections, left_out) = rows.top_connections(&batch, self.max_connections);
-                snap.connections = Some(connections);
-                if left_out > 0 {
-                    info.connections_truncated = Some(left_out);
-                }
-                info.estimated = batch.estimated;
-                info.lost_records = Some(batch.lost_records);
-                read = Some((batch, rows));
-            }
-            Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
-        }
-        let dns = self.take_dns_events();
-        // Drained every tick, so a source never holds them for nobody.
-        let tcp = self.source.take_tcp_events().unwrap_or_default();
-        if let Some(d) = &mut self.alerts {
-            // The feed sees the new rows and the listeners, typed: never
-            // every socket, never strings to parse back.
-            let conns: Vec<Conn<'_>> = read
-                .as_ref()
-                .map(|(batch, rows)| {
-                    rows.rows
-                        .iter()
-                        .filter_map(|r| {
-                            let s = batch.samples.get(r.sample)?;
-                            Conn::wanted(s, r.new).then(|| Conn::of(s, r.new))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            snap.alerts = Some(d.tick(Tick {
-                now,
-                wall: timestamp,
-                tcp: &tcp,
-                connections: &conns,
-                dns: dns.as_deref().unwrap_or(&[]),
-                processes: processes.as_deref().unwrap_or(&[]),
-                interfaces: &snap.interfaces,
-            }));
-        }
-        // Per-process quality: each socket's counters and connect results,
-        // then the DNS lookups joined to the sockets' owners.
-        let mut figures = read
-            .as_ref()
-            .map(|(batch, _)| self.quality.tcp(batch, &tcp, now))
-            .unwrap_or_default();
-        let clients = self.host.fill_dns(&mut snap, dns.as_deref(), now);
-        self.quality.dns(&mut figures, clients);
-        if let Some((_, rows)) = read {
-            self.attribution.recycle(rows);
-        }
-        if let Some(mut processes) = processes {
-            figures.fill(&mut processes);
-            let folded = crate::attribution::fold_processes(&mut processes, self.max_processes);
-            if folded > 0 {
-                info.processes_folded = Some(folded);
-                if emitted {
-                    crate::drops::dropped("snapshot_processes", self.max_processes, folded);
-                }
-            }
-            // Metadata for the rows that go out only: a fork flood costs
-            // no /proc reads past the bound.
-            self.host.fill_processes(&mut processes);
-            snap.processes = Some(processes);
-        }
-        if let Some(p) = &self.health {
-            snap.health = p.latest();
-        }
-        snap.collector = Some(info);
-        snap
-    }
-
-    /// Settle the source before a last snapshot: its final reads (closed
-    /// sockets' last counts) land in the next [`Agent::snapshot`].
-    pub(crate) fn settle(&mut self) {
-        self.source.settle();
-    }
-
-    /// The caller took the latest snapshot over (the library's
-    /// [`crate::Collector`], which has no sinks): the source's persisted
-    /// baseline moves past it, as after a snapshot a sink kept.
-    pub(crate) fn handed_over(&mut self) {
-        self.source.delivered();
     }
 
     /// Snapshots that no sink kept since start (each sink counts its own
@@ -315,7 +89,7 @@ impl Agent {
         }
         // After the sinks: what a restarted agent continues from is
         // exactly what was kept.
-        self.source.delivered();
+        self.collector.kept();
         // Then the sinks' own state (counters accumulated from the bytes):
         // a kill between the two loses at most that one interval from
         // them, and never counts it twice.
@@ -347,7 +121,7 @@ impl StopSignals {
     }
 }
 
-/// Run the agent: prime, then one snapshot per `interval` until Ctrl-C or
+/// Run the agent: one snapshot per `interval` until Ctrl-C or
 /// SIGTERM (which deliver a final snapshot of the partial interval), a
 /// sink's `Stop`, or (with `once`) the first snapshot. Each completed tick
 /// is reported to [`crate::supervise`] (the `/healthz` heartbeat); a worker
@@ -364,7 +138,6 @@ pub async fn run(
     ticker.tick().await; // completes immediately
     let StopSignals { mut int, mut term } = stops;
     crate::supervise::ticks_start(interval);
-    tokio::task::block_in_place(|| agent.prime());
     loop {
         let stopping = tokio::select! {
             biased;
@@ -376,10 +149,10 @@ pub async fn run(
         // bytes moved since the previous tick are never dropped.
         let flow = tokio::task::block_in_place(|| {
             if stopping {
-                agent.source.settle();
+                agent.collector.settle();
             }
             crate::supervise::fault::stall("tick");
-            let snap = agent.snapshot();
+            let snap = agent.collector.collect();
             let flow = agent.deliver(&snap);
             drop(snap);
             release_free_memory();
@@ -420,9 +193,11 @@ fn release_free_memory() {
 mod tests {
     use super::*;
     use crate::sink::Emitted;
-    use crate::source::SampleBatch;
+    use crate::source::{SampleBatch, SocketSource};
+    use netwatch_common::wire::CollectorInfo;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::Instant;
 
     /// Counts `delivered()` calls: the baseline moves once per call.
     struct Baseline(Arc<AtomicU64>);
@@ -478,13 +253,13 @@ mod tests {
             connections_truncated: None,
             processes_folded: None,
         };
-        let agent = Agent::new(
+        let engine = crate::engine::Engine::new(
             Box::new(Baseline(Arc::clone(&moved))),
-            info,
-            HostCollectors::new(),
-            sinks,
+            info.clone(),
+            crate::snapshot::HostCollectors::new(),
             Instant::now(),
         );
+        let agent = Agent::new(Collector::from_engine(engine, info), sinks);
         (agent, moved, saved)
     }
 

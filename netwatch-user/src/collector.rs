@@ -13,20 +13,31 @@ use std::time::{Duration, Instant};
 
 use netwatch_common::wire::{CollectorInfo, Snapshot};
 
-use crate::agent::Agent;
+use crate::continuity::Continuity;
+use crate::engine::Engine;
 use crate::error::{Cause, Error};
 use crate::snapshot::HostCollectors;
 use crate::source::select::{self, Failed, SourceOptions};
 
 pub use crate::alerts::AlertConfig;
 pub use crate::health::HealthConfig;
+#[cfg(target_os = "linux")]
+pub use crate::source::ebpf::pin::{UnpinError, Unpinned};
 pub use crate::source::select::Mode;
 
-/// Default number of connection rows per snapshot (the busiest first).
-pub const DEFAULT_MAX_CONNECTIONS: usize = crate::config::DEFAULT_MAX_CONNECTIONS;
-/// Default number of process rows per snapshot; the rest fold into one
-/// `(others)` row whose bytes are exact.
-pub const DEFAULT_MAX_PROCESSES: usize = crate::config::DEFAULT_MAX_PROCESSES;
+/// Connection rows per snapshot by default. netwatch-sdk 0.3.2 leaves the
+/// bound to its caller (`top_connections(conns, max)`); 1000 rows keep a
+/// snapshot near 200 KB of JSON.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Process rows per snapshot by default (the busiest this interval; the
+/// others are summed into one row). A row with every metadata field is
+/// about 360 bytes of JSON (measured by `tests/process_rows.rs`, an exe
+/// path of 70 characters), so 1000 rows are 0.36 MB, with 1000 connection
+/// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
+/// snapshot well under the ingest's 5 MB batch limit. Rows of hostile
+/// names stay under 2 KB each (`cmd` is cut at
+/// [`crate::procinfo::process::MAX_CMD_CHARS`]): 2 MB for 1000.
+pub const DEFAULT_MAX_PROCESSES: usize = 1000;
 
 /// Settings of a [`Collector`]; every one has a default, so
 /// `Collector::builder().build()` starts the best source this host allows.
@@ -41,6 +52,9 @@ pub struct CollectorBuilder {
     health: Option<HealthConfig>,
     dns_capture: bool,
     interface: Option<String>,
+    #[cfg(target_os = "linux")]
+    ebpf_tier: crate::source::ebpf::TierChoice,
+    ringbuf_bytes: Option<u32>,
 }
 
 impl Default for CollectorBuilder {
@@ -55,6 +69,9 @@ impl Default for CollectorBuilder {
             health: None,
             dns_capture: true,
             interface: None,
+            #[cfg(target_os = "linux")]
+            ebpf_tier: Default::default(),
+            ringbuf_bytes: None,
         }
     }
 }
@@ -128,6 +145,22 @@ impl CollectorBuilder {
         self
     }
 
+    /// eBPF only: which hook tier to load (default: the best the kernel
+    /// allows: fentry, else kprobe, else tracepoint).
+    #[cfg(target_os = "linux")]
+    pub fn ebpf_tier(mut self, tier: crate::source::ebpf::TierChoice) -> Self {
+        self.ebpf_tier = tier;
+        self
+    }
+
+    /// eBPF only: the size in bytes of the ring that carries closed
+    /// sockets' final counts (a power of two, a multiple of the page size;
+    /// default 1 MiB).
+    pub fn ringbuf_bytes(mut self, bytes: u32) -> Self {
+        self.ringbuf_bytes = Some(bytes);
+        self
+    }
+
     /// Open the source, attach what it needs, and take the first reading,
     /// so the first [`Collector::snapshot`] covers the time since now.
     pub fn build(self) -> Result<Collector, Error> {
@@ -152,8 +185,20 @@ impl CollectorBuilder {
         let dns = {
             use crate::source::dns_capture::{self, NotStarted};
             match dns_capture::beside(selected.source.as_ref(), self.dns_capture) {
-                Ok(c) => Some(c),
-                Err(NotStarted::SourceSeesPackets(_) | NotStarted::Disabled) => None,
+                Ok(c) => {
+                    log::info!(
+                        "DNS capture on `{}` (filter `{}`) beside the {} source",
+                        c.device(),
+                        dns_capture::FILTER,
+                        selected.source.name()
+                    );
+                    Some(c)
+                }
+                Err(NotStarted::SourceSeesPackets(_)) => None,
+                Err(e @ NotStarted::Disabled) => {
+                    log::info!("{e}");
+                    None
+                }
                 Err(e) => {
                     log::warn!("{}", crate::text::visible(&e.to_string(), 1024));
                     None
@@ -164,11 +209,10 @@ impl CollectorBuilder {
             selected.source.as_ref(),
             selected.fallback_reason.clone(),
         );
-        let mut agent = Agent::new(
+        let mut agent = Engine::new(
             selected.source,
             info.clone(),
             HostCollectors::new(),
-            Vec::new(),
             selected.started_at,
         )
         .with_max_connections(self.max_connections)
@@ -189,7 +233,7 @@ impl CollectorBuilder {
         }
         agent.prime();
         Ok(Collector {
-            agent,
+            engine: agent,
             info,
             last: Instant::now(),
         })
@@ -206,6 +250,10 @@ impl CollectorBuilder {
             if let Some(max) = self.max_sockets {
                 opts.ebpf.max_sockets = max;
             }
+            if let Some(bytes) = self.ringbuf_bytes {
+                opts.ebpf.ringbuf_bytes = bytes;
+            }
+            opts.ebpf.tier = self.ebpf_tier;
             opts.ebpf.pin = self
                 .pin
                 .clone()
@@ -266,12 +314,23 @@ impl CollectorBuilder {
 /// time since the previous call. Dropping it detaches everything it
 /// attached, unless it was built with [`CollectorBuilder::pin`].
 pub struct Collector {
-    agent: Agent,
+    engine: Engine,
     info: CollectorInfo,
     last: Instant,
 }
 
 impl Collector {
+    /// A collector around an engine built by hand (the tests' fake
+    /// sources).
+    #[cfg(test)]
+    pub(crate) fn from_engine(engine: Engine, info: CollectorInfo) -> Self {
+        Self {
+            engine,
+            info,
+            last: Instant::now(),
+        }
+    }
+
     /// Settings, each with a default.
     pub fn builder() -> CollectorBuilder {
         CollectorBuilder::default()
@@ -288,20 +347,54 @@ impl Collector {
     /// its section empty (`None` or empty), logged through the `log`
     /// crate; it never fails the snapshot. With [`CollectorBuilder::pin`]
     /// the saved baseline moves past this snapshot: a restarted program
-    /// continues after it.
+    /// continues after it (see [`Collector::collect`] to move it only
+    /// once the snapshot is stored).
     pub fn snapshot(&mut self) -> Snapshot {
-        let snap = self.agent.snapshot();
-        self.agent.handed_over();
+        let snap = self.collect();
+        self.kept();
+        snap
+    }
+
+    /// One interval, as [`Collector::snapshot`], but with
+    /// [`CollectorBuilder::pin`] the saved baseline stays before it until
+    /// [`Collector::kept`] is called: a program that stores or sends
+    /// snapshots calls `kept` once this one is safe, so a restart after a
+    /// lost snapshot counts its bytes again instead of losing them.
+    pub fn collect(&mut self) -> Snapshot {
+        let snap = self.engine.snapshot();
         self.last = Instant::now();
         snap
+    }
+
+    /// The latest [`Collector::collect`]ed snapshot is stored: the saved
+    /// baseline (with [`CollectorBuilder::pin`]) moves past it. Without
+    /// pins there is nothing to move and this does nothing.
+    pub fn kept(&mut self) {
+        self.engine.kept();
+    }
+
+    /// Before a last snapshot: the source reads what it reads only when
+    /// stopping (the final counts of sockets that closed since the last
+    /// read), so the next snapshot holds everything moved until now.
+    /// [`Collector::finish`] does this and takes that snapshot.
+    pub fn settle(&mut self) {
+        self.engine.settle();
     }
 
     /// The last snapshot: the source settles first (the final counts of
     /// sockets that closed are read), so nothing moved since the previous
     /// snapshot is lost; then the collector is dropped.
     pub fn finish(mut self) -> Snapshot {
-        self.agent.settle();
+        self.settle();
         self.snapshot()
+    }
+
+    /// With [`CollectorBuilder::pin`]: what the counts continue from
+    /// across restarts (the pinned maps' tag and the baseline file), for a
+    /// program that keeps state of its own beside the baseline. `None`
+    /// for a source whose counts start at zero with each process.
+    pub fn continuity(&self) -> Option<Continuity> {
+        self.engine.continuity()
     }
 
     /// Snapshots every `interval`, for ever: each `next()` sleeps until
@@ -377,4 +470,20 @@ impl futures_core::Stream for SnapshotStream {
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
     }
+}
+
+/// Remove the pins a collector built with [`CollectorBuilder::pin`] (or a
+/// pinned `netwatch-agent`) left under `dir`, whose baseline is
+/// `state_file`: their programs detach from the kernel. Entries not of
+/// netwatch's naming scheme are left and listed. Refused while a
+/// collector or agent holds the pins.
+#[cfg(target_os = "linux")]
+pub fn unpin(
+    dir: impl Into<PathBuf>,
+    state_file: impl Into<PathBuf>,
+) -> Result<Unpinned, UnpinError> {
+    crate::source::ebpf::pin::unpin(&crate::source::ebpf::pin::PinOptions {
+        dir: dir.into(),
+        state_file: state_file.into(),
+    })
 }

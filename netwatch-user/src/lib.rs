@@ -63,48 +63,88 @@
 //! How this maps to netwatch-sdk's collectors, function by function:
 //! `docs/sdk.md` in the repository.
 
-pub mod agent;
-pub mod alerts;
-pub mod attribution;
-pub mod bounded_io;
-pub mod clock;
+// The public API: what is declared `pub` here and re-exported below.
+pub mod host;
+pub mod text;
+
 mod collector;
-pub mod config;
-pub mod continuity;
-pub mod counter;
-pub mod drops;
 mod error;
-pub mod error_chain;
-pub mod estimate;
-pub mod files;
+
+// The agent's own parts (`netwatch-agent`: its configuration, sinks, tick
+// loop, least privilege). Public for the agent binary only: not an API,
+// not covered by semver, hidden from the docs.
+#[doc(hidden)]
+pub mod agent;
+#[doc(hidden)]
+pub mod config;
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod privilege;
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod sd_notify;
+#[doc(hidden)]
+pub mod secrets;
+#[doc(hidden)]
+pub mod sink;
+
+/// The crate's inner modules: private, except to the crate's own tests,
+/// benchmarks and fuzz targets, which turn on the `internals` feature (a
+/// dev-dependency of the crate on itself; never for embedders).
+macro_rules! internal {
+    ($($(#[$m:meta])* mod $name:ident;)*) => {$(
+        $(#[$m])*
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        $(#[$m])*
+        #[cfg(not(feature = "internals"))]
+        // What only the tests reach (the macOS parsers on Linux, test
+        // clocks, inspection methods) is unused in this build.
+        #[allow(dead_code, unused_imports)]
+        mod $name;
+    )*};
+}
+
+internal! {
+    mod alerts;
+    mod attribution;
+    mod bounded_io;
+    mod clock;
+    mod continuity;
+    mod counter;
+    mod drops;
+    mod engine;
+    mod error_chain;
+    mod estimate;
+    mod files;
+    mod health;
+    mod net;
+    mod procinfo;
+    mod snapshot;
+    mod source;
+    mod supervise;
+    mod tool;
+}
 #[cfg(all(feature = "fuzzing", target_os = "linux"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
-pub mod host;
-pub mod net;
-#[cfg(target_os = "linux")]
-pub mod privilege;
-pub mod procinfo;
 #[cfg(test)]
 mod root_check;
-#[cfg(target_os = "linux")]
-pub mod sd_notify;
-pub mod secrets;
-pub mod sink;
-pub mod snapshot;
-pub mod source;
-pub mod supervise;
-pub mod text;
-pub mod tool;
 
 #[cfg(feature = "tokio")]
 pub use collector::SnapshotStream;
+#[cfg(target_os = "linux")]
+pub use collector::{unpin, UnpinError, Unpinned};
 pub use collector::{
     AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Snapshots,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
 };
+pub use continuity::Continuity;
 pub use error::{Cause, Error};
 /// The NetWatch Cloud wire format (netwatch-sdk 0.3.2's `Snapshot` and
 /// every type in it), as the collector emits it.
 pub use netwatch_common::wire;
+/// The eBPF hook tiers ([`CollectorBuilder::ebpf_tier`]).
+#[cfg(target_os = "linux")]
+pub use source::ebpf::{tier::Tier, TierChoice};

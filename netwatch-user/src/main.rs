@@ -14,8 +14,7 @@ use netwatch::config::{self, Args, Config, Output, API_KEY_ENV};
 use netwatch::secrets;
 use netwatch::sink::prometheus::{DeliveryReport, PrometheusSink};
 use netwatch::sink::{json::JsonLines, table, Sink};
-use netwatch::snapshot::HostCollectors;
-use netwatch::source::select::{self, SourceOptions};
+use netwatch::{Collector, CollectorBuilder};
 
 fn main() -> Result<()> {
     tune_allocator();
@@ -66,14 +65,10 @@ fn main() -> Result<()> {
 /// `--unpin`: remove the pins a pinned agent left, say what, exit 0.
 #[cfg(target_os = "linux")]
 fn unpin(args: &Args, file: Option<&config::FileConfig>) -> Result<()> {
-    use netwatch::source::ebpf::pin;
     let default = config::FileConfig::default();
     let (dir, state_file) = config::pin_paths(args, file.unwrap_or(&default));
-    let done = pin::unpin(&pin::PinOptions {
-        dir: dir.clone(),
-        state_file,
-    })
-    .with_context(|| format!("removing netwatch's pins under {}", dir.display()))?;
+    let done = netwatch::unpin(&dir, state_file)
+        .with_context(|| format!("removing netwatch's pins under {}", dir.display()))?;
     for p in &done.removed {
         println!("removed {} (its programs are detached)", p.display());
     }
@@ -123,7 +118,7 @@ fn ingest_sink(cfg: &Config) -> Result<(Box<dyn Sink>, std::sync::Arc<dyn Delive
     let Some(ingest) = cfg.ingest.clone() else {
         anyhow::bail!("output ingest without ingest settings");
     };
-    let host = netwatch::procinfo::host::host_info(&ingest.host_id_file)?;
+    let host = netwatch::sink::ingest::host_info(&ingest.host_id_file)?;
     log::info!(
         "delivering to {} as host {} every {:.1} s; spool {} (at most {} bytes)",
         ingest.url,
@@ -143,102 +138,62 @@ fn ingest_sink(_cfg: &Config) -> Result<(Box<dyn Sink>, std::sync::Arc<dyn Deliv
 }
 
 fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals) -> Result<()> {
-    let opts = SourceOptions {
-        #[cfg(target_os = "linux")]
-        ebpf: netwatch::source::ebpf::LoadOptions {
-            tier: cfg.ebpf.tier,
-            max_sockets: cfg.ebpf.max_sockets,
-            ringbuf_bytes: cfg.ebpf.ringbuf_bytes,
-            pin: cfg
-                .ebpf
-                .pin_dir
-                .clone()
-                .map(|dir| netwatch::source::ebpf::pin::PinOptions {
-                    dir,
-                    state_file: cfg.ebpf.pin_state_file.clone(),
-                }),
-            ..Default::default()
-        },
-        interface: cfg.interface.clone(),
-    };
-    // A pin directory that is a filesystem's root or holds other
-    // software's pins is refused before anything is loaded or removed.
-    #[cfg(target_os = "linux")]
-    if let Some(dir) = &cfg.ebpf.pin_dir {
-        netwatch::source::ebpf::pin::check_dir(dir).map_err(|e| anyhow::anyhow!(e))?;
-        // The baseline's directory: refused if another user could write it
-        // (again when the pins are locked; here before anything is loaded).
-        netwatch::source::ebpf::pin::ensure_state_dir(&cfg.ebpf.pin_state_file)?;
-    }
     // Sinks first: a bad spool directory or host id file stops the agent
     // before it loads anything into the kernel.
     let sinks = sinks(&cfg)?;
-    let selected = select::select(cfg.mode, &opts)?;
-    // Beside a source that sees no packets, a DNS-only capture, opened
-    // before the capabilities go (its handle outlives the drop).
-    #[cfg(target_os = "linux")]
-    let dns_capture = {
-        use netwatch::source::dns_capture::{self, NotStarted};
-        match dns_capture::beside(selected.source.as_ref(), cfg.dns_capture) {
-            Ok(c) => {
-                log::info!(
-                    "DNS capture on `{}` (filter `{}`) beside the {} source",
-                    c.device(),
-                    dns_capture::FILTER,
-                    selected.source.name()
-                );
-                Some(c)
-            }
-            Err(NotStarted::SourceSeesPackets(_)) => None,
-            Err(e @ NotStarted::Disabled) => {
-                log::info!("{e}");
-                None
-            }
-            Err(e) => {
-                log::warn!("{}", netwatch::text::visible(&e.to_string(), 1024));
-                None
-            }
-        }
-    };
-    // Programs attached, maps, sockets and capture open: keep only what the
-    // source needs from here on, on every thread, before the tick loop.
-    #[cfg(target_os = "linux")]
-    {
-        use netwatch::privilege;
-        let mut steady = privilege::steady_state(selected.source.name());
-        if cfg.health.is_some() {
-            steady = steady.with_health_probes();
-        }
-        let kept = privilege::drop_to(steady).context("dropping capabilities after start-up")?;
-        log::info!("least privilege: kept {kept}");
-    }
-    let host = HostCollectors::new();
-    let info = netwatch::snapshot::collector_info(
-        selected.source.as_ref(),
-        selected.fallback_reason.clone(),
-    );
-    let mut agent = Agent::new(selected.source, info, host, sinks, selected.started_at)
-        .with_max_connections(cfg.max_connections)
-        .with_max_processes(cfg.max_processes);
-    #[cfg(target_os = "linux")]
-    if let Some(c) = dns_capture {
-        agent = agent.with_dns_feed(Box::new(c));
-    }
-    if let Some(a) = cfg.alerts.clone() {
-        agent = agent.with_alerts(netwatch::alerts::Detectors::new(a));
-    }
-    if let Some(h) = cfg.health.clone() {
+    let collector = collector(&cfg)?.build()?;
+    if let Some(h) = &cfg.health {
         log::info!(
             "health probes every {:.0} s (gateway {}, DNS {})",
             h.interval.as_secs_f64(),
             h.gateway.map_or("detected".into(), |g| g.to_string()),
             h.dns_server.map_or("detected".into(), |d| d.to_string())
         );
-        agent = agent.with_health(
-            netwatch::health::Prober::start(h).context("starting the health probe thread")?,
-        );
     }
+    // Programs attached, maps, sockets and capture open: keep only what the
+    // source needs from here on, on every thread, before the tick loop.
+    #[cfg(target_os = "linux")]
+    {
+        use netwatch::privilege;
+        let mut steady = privilege::steady_state(&collector.info().source);
+        if cfg.health.is_some() {
+            steady = steady.with_health_probes();
+        }
+        let kept = privilege::drop_to(steady).context("dropping capabilities after start-up")?;
+        log::info!("least privilege: kept {kept}");
+    }
+    let agent = Agent::new(collector, sinks);
     runtime.block_on(agent::run(agent, cfg.interval, cfg.once, stops))
+}
+
+/// The collector the configuration asks for. Its pin directory and
+/// baseline are checked by [`CollectorBuilder::build`] before anything is
+/// loaded or removed.
+fn collector(cfg: &Config) -> Result<CollectorBuilder> {
+    let mut b = Collector::builder()
+        .mode(cfg.mode)
+        .max_connections(cfg.max_connections)
+        .max_processes(cfg.max_processes)
+        .max_sockets(cfg.ebpf.max_sockets)
+        .ringbuf_bytes(cfg.ebpf.ringbuf_bytes)
+        .dns_capture(cfg.dns_capture);
+    #[cfg(target_os = "linux")]
+    {
+        b = b.ebpf_tier(cfg.ebpf.tier);
+        if let Some(dir) = &cfg.ebpf.pin_dir {
+            b = b.pin(dir, &cfg.ebpf.pin_state_file);
+        }
+    }
+    if let Some(i) = &cfg.interface {
+        b = b.interface(i);
+    }
+    if let Some(a) = cfg.alerts.clone() {
+        b = b.alerts(a);
+    }
+    if let Some(h) = cfg.health.clone() {
+        b = b.health(h);
+    }
+    Ok(b)
 }
 
 /// glibc malloc settings for a long-running agent whose per-tick buffers

@@ -1,5 +1,5 @@
 //! Alert windows across wall-clock steps, through the real agent loop
-//! (`Agent::snapshot` with the real host collectors and the real alert
+//! (`Engine::snapshot` with the real host collectors and the real alert
 //! detectors) and a test clock whose wall part is stepped an hour back or
 //! forward while its monotonic part advances one second per tick. The
 //! source is scripted: it yields the TCP SYNs a capture or the kernel
@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use netwatch::agent::Agent;
 use netwatch::alerts::{AlertConfig, Detectors};
 use netwatch::clock::{Clock, TestClock};
+use netwatch::engine::Engine;
 use netwatch::snapshot::HostCollectors;
 use netwatch::source::{SampleBatch, SocketSource, TcpEvent, TcpEventKind, TcpStateCounts};
 use netwatch_common::wire::{Alert, AlertCategory, CollectorInfo};
@@ -59,7 +59,7 @@ impl SocketSource for Scripted {
 struct Rig {
     clock: Arc<TestClock>,
     events: Arc<Mutex<Vec<TcpEvent>>>,
-    agent: Agent,
+    agent: Engine,
 }
 
 impl Rig {
@@ -79,7 +79,7 @@ impl Rig {
             connections_truncated: None,
             processes_folded: None,
         };
-        let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
+        let mut agent = Engine::new(src, info, HostCollectors::new(), Instant::now())
             .with_alerts(Detectors::new(AlertConfig::default()))
             .with_clock(clock.clone());
         agent.prime();

@@ -1818,8 +1818,8 @@ impl Drop for WallClockStep {
 /// wall-clock windows it expired on the tick that raised it.
 #[test]
 fn an_alert_keeps_its_window_when_the_guest_wall_clock_steps() {
-    use netwatch::agent::Agent;
     use netwatch::alerts::{AlertConfig, Detectors};
+    use netwatch::engine::Engine;
     use netwatch_common::wire::{AlertCategory, CollectorInfo};
     let _serial = serial();
     if !cases::guest() {
@@ -1843,11 +1843,10 @@ fn an_alert_keeps_its_window_when_the_guest_wall_clock_steps() {
         active,
         ..AlertConfig::default()
     };
-    let mut agent = Agent::new(
+    let mut agent = Engine::new(
         Box::new(src),
         info,
         netwatch::snapshot::HostCollectors::new(),
-        Vec::new(),
         Instant::now(),
     )
     .with_alerts(Detectors::new(cfg));

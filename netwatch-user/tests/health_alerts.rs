@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netwatch::agent::Agent;
 use netwatch::alerts::{AlertConfig, Detectors};
+use netwatch::engine::Engine;
 use netwatch::health::{HealthConfig, Prober};
 use netwatch::snapshot::HostCollectors;
 use netwatch::source::pcap::{PcapConfig, PcapSource};
@@ -243,7 +243,7 @@ fn peer_worker() {
 /// The agent on this host's veth end, with the detectors, collecting every
 /// alert it raises.
 struct Watch {
-    agent: Agent,
+    agent: Engine,
     seen: HashSet<(String, String)>,
     alerts: Vec<Alert>,
 }
@@ -268,7 +268,7 @@ impl Watch {
             connections_truncated: None,
             processes_folded: None,
         };
-        let mut agent = Agent::new(src, info, HostCollectors::new(), Vec::new(), Instant::now())
+        let mut agent = Engine::new(src, info, HostCollectors::new(), Instant::now())
             .with_alerts(Detectors::new(cfg));
         agent.prime();
         Self {

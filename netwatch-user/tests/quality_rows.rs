@@ -1,5 +1,5 @@
 //! The default mode's per-process quality figures, end to end, on every
-//! hook tier: the real agent (the library's `Agent` on the kernel
+//! hook tier: the real agent (the library's `Engine` on the kernel
 //! collector forced to one tier, with the DNS capture beside it) builds
 //! snapshots while this process makes faults of its own over a veth pair
 //! (nftables in namespaces of the test's own) and asks a DNS server of its
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netns::{Side, VethPair};
-use netwatch::agent::Agent;
+use netwatch::engine::Engine;
 use netwatch::snapshot::quality;
 use netwatch::source::dns_capture::DnsCapture;
 use netwatch::source::ebpf::tier::Tier;
@@ -32,7 +32,7 @@ use netwatch_common::wire::{
 };
 
 /// The agent on `src`, with a DNS capture opened in the client's namespace.
-fn agent(src: EbpfSource, pair: &VethPair) -> Agent {
+fn agent(src: EbpfSource, pair: &VethPair) -> Engine {
     let capture = pair
         .enter(Side::Client, || DnsCapture::open(None))
         .unwrap_or_else(|e| panic!("the DNS capture: {e}"));
@@ -45,11 +45,10 @@ fn agent(src: EbpfSource, pair: &VethPair) -> Agent {
         connections_truncated: None,
         processes_folded: None,
     };
-    Agent::new(
+    Engine::new(
         Box::new(src),
         info,
         netwatch::snapshot::HostCollectors::new(),
-        Vec::new(),
         Instant::now(),
     )
     .with_dns_feed(Box::new(capture))

@@ -19,19 +19,7 @@ pub const MIN_INTERVAL_SECS: f64 = 0.05;
 pub const MAX_INTERVAL_SECS: f64 = 86_400.0;
 /// Rows in the live table by default.
 pub const DEFAULT_ROWS: usize = 20;
-/// Connection rows per snapshot by default. netwatch-sdk 0.3.2 leaves the
-/// bound to its caller (`top_connections(conns, max)`); 1000 rows keep a
-/// snapshot near 200 KB of JSON.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
-/// Process rows per snapshot by default (the busiest this interval; the
-/// others are summed into one row). A row with every metadata field is
-/// about 360 bytes of JSON (measured by `tests/process_rows.rs`, an exe
-/// path of 70 characters), so 1000 rows are 0.36 MB, with 1000 connection
-/// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
-/// snapshot well under the ingest's 5 MB batch limit. Rows of hostile
-/// names stay under 2 KB each (`cmd` is cut at
-/// [`crate::procinfo::process::MAX_CMD_CHARS`]): 2 MB for 1000.
-pub const DEFAULT_MAX_PROCESSES: usize = 1000;
+pub use crate::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES};
 
 /// The outputs: `--output` (all of them), else the file's `outputs`, else
 /// json; ingest first, each once. An empty list is refused.

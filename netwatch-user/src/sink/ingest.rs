@@ -51,6 +51,8 @@ use super::spool::{Spool, SpoolStats, SpoolWriter, Spooled};
 use super::{Emitted, Sink};
 use crate::bounded_io::{BoundedIo, Claim, Outcome, IO_BOUND};
 use crate::config::IngestConfig;
+/// The host this agent reports as (its id file, created on first use).
+pub use crate::procinfo::host::host_info;
 use crate::text::visible;
 
 /// The most characters of one text from the server (a 207 message, an

@@ -521,13 +521,22 @@ pub struct Unpinned {
 
 /// Why [`unpin`] did nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UnpinError {
+    /// A running agent (or collector) holds the pins' lock.
     #[error("an agent is running on these pins (it holds {lock}): stop it first (systemctl stop netwatch-agent), since a running agent pins them again")]
-    AgentRunning { lock: PathBuf },
+    AgentRunning {
+        /// The lock file beside the baseline.
+        lock: PathBuf,
+    },
+    /// Reading the pin directory or removing a pin failed.
     #[error("{what} {path}: {error}")]
     Io {
+        /// What was being done, e.g. `removing`.
         what: &'static str,
+        /// On what.
         path: PathBuf,
+        /// The OS error.
         error: io::Error,
     },
 }
