@@ -226,7 +226,7 @@ impl CollectorBuilder {
         }
         if let Some(h) = self.health {
             let prober = crate::health::Prober::start(h).map_err(|e| Error::Start {
-                what: "health probe thread",
+                what: "starting the health probe thread",
                 cause: Cause::new(e),
             })?;
             agent = agent.with_health(prober);

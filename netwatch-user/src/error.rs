@@ -51,9 +51,9 @@ pub enum Error {
         cause: Cause,
     },
     /// A part beside the source (the health probe thread) could not start.
-    #[error("starting the {what}")]
+    #[error("{what}")]
     Start {
-        /// The part, e.g. `health probe thread`.
+        /// What failed, e.g. `starting the health probe thread`.
         what: &'static str,
         /// Why.
         #[source]
