@@ -17,6 +17,8 @@
 //! kernel's files say: a table that cannot be read is a [`HostError`] (or,
 //! in the trackers that fill several fields, those fields left `None`).
 
+#![warn(missing_docs)]
+
 use netwatch_common::wire::Snapshot;
 
 use crate::snapshot::HostCollectors;

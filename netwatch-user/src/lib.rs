@@ -82,6 +82,7 @@ pub mod files;
 pub mod fuzzing;
 pub mod health;
 pub mod host;
+pub mod intel;
 pub mod net;
 #[cfg(target_os = "linux")]
 pub mod privilege;
