@@ -145,14 +145,19 @@ mod linux {
             Ok(t) => Ok(t.into()),
             Err(e) => {
                 log::debug!("sock_diag TCP state dump failed ({e}); parsing /proc/net/tcp");
-                let entries = procinfo::tcp_states::read_entries()
-                    .map_err(read_error("TCP states", "/proc/net/tcp{,6}"))?;
-                let kept = entries
-                    .iter()
-                    .filter(|e| keep(e.local_address.port(), e.remote_address.port()));
-                Ok(Counts::count(kept).into())
+                tcp_states_from_proc(keep)
             }
         }
+    }
+
+    /// [`tcp_states_where`] from `/proc/net/tcp` and `/proc/net/tcp6`.
+    fn tcp_states_from_proc(keep: impl Fn(u16, u16) -> bool) -> Result<TcpStates, HostError> {
+        let entries = procinfo::tcp_states::read_entries()
+            .map_err(read_error("TCP states", "/proc/net/tcp{,6}"))?;
+        let kept = entries
+            .iter()
+            .filter(|e| keep(e.local_address.port(), e.remote_address.port()));
+        Ok(procinfo::tcp_states::TcpStates::count(kept).into())
     }
 
     /// TCP sockets in `ESTABLISHED` (IPv4 and IPv6), as [`tcp_states`]
@@ -307,5 +312,33 @@ mod linux {
             from: "/proc/diskstats and /sys/block",
             cause: Cause::new(e),
         })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::net::{TcpListener, TcpStream};
+
+        /// The `/proc` fallback counts what the netlink dump counts: the
+        /// test's own two connections (both ends) and listener.
+        #[test]
+        fn the_proc_fallback_counts_as_the_netlink_dump() -> std::io::Result<()> {
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let port = listener.local_addr()?.port();
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                held.push(TcpStream::connect(("127.0.0.1", port))?);
+                held.push(listener.accept()?.0);
+            }
+            let mine = |l: u16, r: u16| l == port || r == port;
+            let want = TcpStates {
+                established: 4,
+                time_wait: 0,
+                close_wait: 0,
+            };
+            assert_eq!(tcp_states_from_proc(mine).ok(), Some(want));
+            assert_eq!(tcp_states_where(mine).ok(), Some(want));
+            Ok(())
+        }
     }
 }
