@@ -63,8 +63,11 @@
 //! How this maps to netwatch-sdk's collectors, function by function:
 //! `docs/sdk.md` in the repository.
 
+#![warn(missing_docs)]
+
 // The public API: what is declared `pub` here and re-exported below.
 pub mod host;
+pub mod intel;
 pub mod text;
 
 mod collector;

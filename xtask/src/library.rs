@@ -1,6 +1,7 @@
 //! The `netwatch` crate as a library, checked the way a user meets it (a
 //! step of `cargo xtask test`): the shipped BPF object matches its sources,
-//! the examples run (the quick start as root, the host metrics as nobody),
+//! the examples run (the quick start as root, the host metrics and the
+//! hand-fed detectors as nobody),
 //! `cargo package` builds the crates from their tarballs, and a crate
 //! outside the workspace builds against netwatch with and without its
 //! default features.
@@ -71,6 +72,20 @@ fn examples() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The detectors fed by hand, as nobody: the alerts it makes up.
+    let out = crate::test::as_nobody(&bin("intel_events"))
+        .output()
+        .context("running examples/intel_events as nobody")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success()
+        || !text.contains("raised: Port scan from 198.51.100.7")
+        || !text.contains("2 alerts raised, 1 still active")
+    {
+        bail!(
+            "examples/intel_events failed as nobody: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The others, a few ticks each, as root.
     for (name, ticks) in [
         ("snapshot_stream", "2"),
@@ -90,8 +105,8 @@ fn examples() -> Result<()> {
         }
     }
     eprintln!(
-        "xtask test: examples ran: snapshot_json (eBPF, as root), host_metrics (as nobody), \
-         snapshot_stream, alert_thresholds, tokio_ebpf"
+        "xtask test: examples ran: snapshot_json (eBPF, as root), host_metrics and \
+         intel_events (as nobody), snapshot_stream, alert_thresholds, tokio_ebpf"
     );
     Ok(())
 }

@@ -139,9 +139,13 @@ impl Raised {
 /// Every threshold, with netwatch-sdk 0.3.2's values as defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertConfig {
+    /// Port scans: distinct ports or refused attempts from one source.
     pub port_scan: port_scan::PortScanConfig,
+    /// Beaconing: connections to one endpoint at regular intervals.
     pub beacon: beacon::BeaconConfig,
+    /// DNS tunnels: long or high-entropy names, many subdomains.
     pub dns_tunnel: dns_tunnel::DnsTunnelConfig,
+    /// Bandwidth: interfaces and processes over a rate.
     pub bandwidth: bandwidth::BandwidthConfig,
     /// How long a raised alert stays in the snapshot's `alerts` (SDK: 60 s).
     pub active: Duration,

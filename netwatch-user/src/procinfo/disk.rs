@@ -398,6 +398,25 @@ impl DiskTracker {
     }
 }
 
+/// Bytes read and written by the whole disks since boot (or since each
+/// disk appeared): netwatch-sdk's cumulative `collect_disk_io`, with the
+/// same whole-disk rule as [`DiskTracker`] (partitions and virtual stacks
+/// not counted twice). Reads `/proc/diskstats` and lists `/sys/block`
+/// each call (no cache).
+pub fn io_since_boot() -> Result<DiskIo, String> {
+    let text = fs::read_to_string("/proc/diskstats")
+        .map_err(|e| format!("reading /proc/diskstats: {e}"))?;
+    let (stats, skipped) = parse_diskstats(&text);
+    if skipped > 0 {
+        log::debug!("/proc/diskstats: skipped {skipped} malformed rows");
+    }
+    let whole =
+        whole_disks(Path::new("/sys/block")).map_err(|e| format!("listing /sys/block: {e}"))?;
+    let cur = whole_disk_sectors(&stats, &whole);
+    let zero: HashMap<String, Sectors> = cur.keys().map(|k| (k.clone(), (0, 0))).collect();
+    Ok(io_since(&zero, &cur))
+}
+
 /// Bytes moved between two per-disk counter sets. A disk absent from
 /// `prev` (hot-plugged) starts its baseline now; a counter that went
 /// backwards (the disk was re-attached) counts from its reset.

@@ -201,6 +201,18 @@ impl DnsTracker {
         out
     }
 
+    /// The analytics counted since the last [`Self::take`], without
+    /// restarting them or forgetting any waiting query.
+    pub fn peek(&self) -> DnsAnalytics {
+        let mut top: Vec<(String, u32)> =
+            self.domains.iter().map(|(d, n)| (d.clone(), *n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(TOP_DOMAINS);
+        let mut out = self.analytics.clone();
+        out.top_domains = top;
+        out
+    }
+
     /// Each client endpoint's lookups since the last call (call it after
     /// [`Self::take`], which counts the queries given up on).
     pub fn take_clients(&mut self) -> HashMap<ClientKey, ClientDns> {
