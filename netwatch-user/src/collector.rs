@@ -36,7 +36,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// rows (about 190 bytes each) 0.55 MB: a fork flood of any size leaves a
 /// snapshot well under the ingest's 5 MB batch limit. Rows of hostile
 /// names stay under 2 KB each (`cmd` is cut at
-/// [`crate::procinfo::process::MAX_CMD_CHARS`]): 2 MB for 1000.
+/// 256 characters): 2 MB for 1000.
 pub const DEFAULT_MAX_PROCESSES: usize = 1000;
 
 /// Settings of a [`Collector`]; every one has a default, so
@@ -275,29 +275,28 @@ impl CollectorBuilder {
         let Failed { mode, error } = failed.remove(0);
         let mode = select::mode_name(mode);
         #[cfg(target_os = "linux")]
-        if let Some(p) = error.downcast_ref::<crate::privilege::PrivilegeError>() {
+        {
             use crate::privilege::PrivilegeError;
-            match p {
-                PrivilegeError::Missing {
+            let denied = match error.downcast_ref::<PrivilegeError>() {
+                Some(PrivilegeError::Missing {
                     needed, missing, ..
-                } => {
-                    return Error::PermissionDenied {
-                        mode,
-                        needs: needed.clone(),
-                        missing: missing.clone(),
-                    }
-                }
-                PrivilegeError::PerfParanoid { level } => {
-                    return Error::PermissionDenied {
-                        mode,
-                        needs: format!(
-                            "CAP_SYS_ADMIN at kernel.perf_event_paranoid={level} \
-                             (CAP_PERFMON suffices at 2)"
-                        ),
-                        missing: "CAP_SYS_ADMIN".into(),
-                    }
-                }
-                _ => {}
+                }) => Some((needed.clone(), missing.clone())),
+                Some(PrivilegeError::PerfParanoid { level }) => Some((
+                    format!(
+                        "CAP_SYS_ADMIN at kernel.perf_event_paranoid={level} \
+                         (CAP_PERFMON suffices at 2)"
+                    ),
+                    "CAP_SYS_ADMIN".into(),
+                )),
+                _ => None,
+            };
+            if let Some((needs, missing)) = denied {
+                return Error::PermissionDenied {
+                    mode,
+                    needs,
+                    missing,
+                    cause: Cause::from_anyhow(error),
+                };
             }
         }
         Error::Unsupported {

@@ -13,7 +13,7 @@ pub enum Error {
     /// The process lacks what the source needs; run as root or grant
     /// `needs` (systemd `AmbientCapabilities=`, Kubernetes
     /// `securityContext.capabilities.add`).
-    #[error("the {mode} source needs {needs}; this process lacks {missing}")]
+    #[error("the {mode} source is not permitted: this process lacks {missing}")]
     PermissionDenied {
         /// The source that was refused (`ebpf`, `ss`, `pcap`, ...).
         mode: &'static str,
@@ -21,6 +21,9 @@ pub enum Error {
         needs: String,
         /// What of it this process does not have.
         missing: String,
+        /// The check's own words: what to grant and where.
+        #[source]
+        cause: Cause,
     },
     /// The source cannot run on this system (an OS without it, a kernel
     /// without the hooks, a build without the BPF object, a missing tool).

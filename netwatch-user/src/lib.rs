@@ -75,21 +75,27 @@ mod error;
 
 // The agent's own parts (`netwatch-agent`: its configuration, sinks, tick
 // loop, least privilege). Public for the agent binary only: not an API,
-// not covered by semver, hidden from the docs.
-#[doc(hidden)]
-pub mod agent;
-#[doc(hidden)]
-pub mod config;
-#[cfg(target_os = "linux")]
-#[doc(hidden)]
-pub mod privilege;
-#[cfg(target_os = "linux")]
-#[doc(hidden)]
-pub mod sd_notify;
-#[doc(hidden)]
-pub mod secrets;
-#[doc(hidden)]
-pub mod sink;
+// not covered by semver, hidden from the docs; their doc comments are for
+// maintainers and link to the private modules they build on.
+macro_rules! agent_part {
+    ($($(#[$m:meta])* mod $name:ident;)*) => {$(
+        $(#[$m])*
+        #[doc(hidden)]
+        #[allow(rustdoc::private_intra_doc_links)]
+        pub mod $name;
+    )*};
+}
+
+agent_part! {
+    mod agent;
+    mod config;
+    #[cfg(target_os = "linux")]
+    mod privilege;
+    #[cfg(target_os = "linux")]
+    mod sd_notify;
+    mod secrets;
+    mod sink;
+}
 
 /// The crate's inner modules: private, except to the crate's own tests,
 /// benchmarks and fuzz targets, which turn on the `internals` feature (a

@@ -35,6 +35,7 @@ pub const DEFAULT_QUERY_NAME: &str = ".";
 /// What to probe and how often.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
+    /// Time between two probe rounds (default 30 s).
     pub interval: Duration,
     /// Echo requests (and DNS queries) per round (SDK: `ping -c 3`).
     pub probes: u32,
@@ -44,6 +45,7 @@ pub struct HealthConfig {
     pub gateway: Option<IpAddr>,
     /// DNS server to query (port 53 unless given); `None`: the host's.
     pub dns_server: Option<SocketAddr>,
+    /// The name the DNS probe asks for (default `.`, the root's NS).
     pub dns_query_name: String,
 }
 

@@ -510,7 +510,7 @@ pub fn check_dir(dir: &Path) -> Result<(), String> {
     ))
 }
 
-/// What [`unpin`] did.
+/// What [`crate::unpin`] did.
 #[derive(Debug, Default)]
 pub struct Unpinned {
     /// The pin sets removed (their programs detach unless an agent runs).
@@ -519,7 +519,7 @@ pub struct Unpinned {
     pub left: Vec<PathBuf>,
 }
 
-/// Why [`unpin`] did nothing.
+/// Why [`crate::unpin`] did nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnpinError {

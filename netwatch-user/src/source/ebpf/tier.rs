@@ -27,8 +27,15 @@ use crate::error_chain::Once;
 /// A hook tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tier {
+    /// fentry/fexit on the kernel's socket functions (BTF trampolines):
+    /// the cheapest; needs a kernel that allows them (5.5+, not every
+    /// sandbox).
     Fentry,
+    /// kprobes/kretprobes on the same functions, for kernels without
+    /// fentry.
     Kprobe,
+    /// BTF-typed tracepoints and cgroup socket hooks, for kernels
+    /// without kprobes (e.g. hardened or sandboxed ones).
     Tracepoint,
 }
 
