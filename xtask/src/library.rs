@@ -1,6 +1,6 @@
 //! The `netwatch` crate as a library, checked the way a user meets it (a
 //! step of `cargo xtask test`): the shipped BPF object matches its sources,
-//! the examples run (the quick start as root, the host metrics and the
+//! the API docs build without a warning, the examples run (the quick start as root, the host metrics and the
 //! hand-fed detectors as nobody),
 //! `cargo package` builds the crates from their tarballs, and a crate
 //! outside the workspace builds against netwatch with and without its
@@ -27,10 +27,27 @@ pub fn checks() -> Result<Vec<(String, Duration)>> {
         Ok(())
     };
     timed("shipped BPF object", &crate::bpf_object::check)?;
+    timed("API docs", &api_docs)?;
     timed("examples", &examples)?;
     timed("cargo package", &package)?;
     timed("crate outside the workspace", &crate::scratch::check)?;
     Ok(timings)
+}
+
+/// `cargo doc` of the public API (the library's doc tests run with the
+/// host tests): every public item documented (`#![warn(missing_docs)]`),
+/// no broken or private link; any warning fails the step.
+fn api_docs() -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(root())
+        .args(["doc", "-p", "netwatch-user", "-p", "netwatch-common", "--no-deps"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .status()
+        .context("cargo doc")?;
+    if !status.success() {
+        bail!("cargo doc of the public API has warnings (missing docs, broken links): see above");
+    }
+    Ok(())
 }
 
 /// Build the examples, then run the library ones: each must exit 0, and
