@@ -81,12 +81,7 @@ pub struct Interval {
     pub interval: Duration,
 }
 
-/// A socket missing from a full batch without a final record keeps its last
-/// counters for this many full reads: an incomplete read (a map walk cut
-/// short, a line a parser skipped) must not make it look new, and counted
-/// twice, when it is seen again. Partial batches ([`SampleBatch::omitted`])
-/// leave unchanged sockets out on purpose and do not count.
-pub const GRACE_READS: u64 = 5;
+pub use crate::source::GRACE_READS;
 
 /// Per-socket delta tracker. Keeps each live socket's last cumulative
 /// counters and owner, and every process's open and established counts.

@@ -109,7 +109,7 @@ impl HostCollectors {
     #[cfg(target_os = "macos")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
         match self.tools.interfaces() {
-            Ok(n) => snap.interfaces = n.interfaces,
+            Ok(n) => snap.interfaces = n.interfaces.into_iter().map(netstat_row).collect(),
             Err(e) => self.failed("interfaces", &e.into()),
         }
         match self.tools.tcp_states() {
@@ -157,5 +157,29 @@ impl HostCollectors {
 
     fn failed(&self, what: &str, e: &anyhow::Error) {
         warn!("{what} collector: {e:#}");
+    }
+}
+
+/// A `netstat -ibn` row as the wire's interface: cumulative counters only
+/// (deltas 0, rates `None`: netstat gives one reading, not two).
+#[cfg(target_os = "macos")]
+fn netstat_row(i: crate::source::macos::NetstatInterface) -> netwatch_common::wire::InterfaceMetric {
+    netwatch_common::wire::InterfaceMetric {
+        name: i.name,
+        is_up: i.is_up,
+        rx_bytes: i.rx_bytes,
+        tx_bytes: i.tx_bytes,
+        rx_bytes_delta: 0,
+        tx_bytes_delta: 0,
+        rx_packets: i.rx_packets,
+        tx_packets: i.tx_packets,
+        rx_errors: i.rx_errors,
+        tx_errors: i.tx_errors,
+        rx_drops: 0,
+        tx_drops: i.tx_drops,
+        rx_rate: None,
+        tx_rate: None,
+        rx_history: None,
+        tx_history: None,
     }
 }

@@ -40,7 +40,14 @@ pub fn checks() -> Result<Vec<(String, Duration)>> {
 fn api_docs() -> Result<()> {
     let status = Command::new("cargo")
         .current_dir(root())
-        .args(["doc", "-p", "netwatch-user", "-p", "netwatch-common", "--no-deps"])
+        .args([
+            "doc",
+            "-p",
+            "netwatch-user",
+            "-p",
+            "netwatch-common",
+            "--no-deps",
+        ])
         .env("RUSTDOCFLAGS", "-D warnings")
         .status()
         .context("cargo doc")?;

@@ -38,6 +38,14 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netwatch";
 /// told (`--pin-state-file`, `[ebpf] pin_state_file`).
 pub const DEFAULT_PIN_STATE_FILE: &str = "/var/lib/netwatch-agent/ebpf-baseline";
 
+/// A socket missing from a full batch without a final record keeps its last
+/// counters for this many full reads: an incomplete read (a map walk cut
+/// short, a line a parser skipped) must not make it look new, and counted
+/// twice, when it is seen again. Shared by attribution (deltas) and the
+/// `ss` source (which sockets it has seen). Partial batches ([`SampleBatch::omitted`])
+/// leave unchanged sockets out on purpose and do not count.
+pub const GRACE_READS: u64 = 5;
+
 /// The sockets a source is sized for unless told (`--max-sockets`,
 /// `[ebpf] max_sockets`): the capacity of the eBPF per-socket map, and the
 /// host size `ss` output is bounded for. The one home of this default (the

@@ -96,7 +96,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::attribution::GRACE_READS;
+use crate::source::GRACE_READS;
 use crate::source::{
     CountOrigin, Protocol, SampleBatch, SocketId, SocketSample, SocketSource, TcpCounters,
 };

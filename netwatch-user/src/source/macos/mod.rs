@@ -38,7 +38,9 @@ pub use addr::normalize_tcp_state;
 pub use correlate::{socket_id, Correlator};
 pub use lines::LineCounts;
 pub use lsof::{parse_lsof, LsofOutput, LsofSocket};
-pub use netstat::{parse_netstat_interfaces, parse_netstat_tcp, NetstatInterfaces, TcpStateCounts};
+pub use netstat::{
+    parse_netstat_interfaces, parse_netstat_tcp, NetstatInterface, NetstatInterfaces, TcpStateCounts,
+};
 pub use nettop::{parse_nettop, NettopFlow, NettopOutput, NettopProcess};
 #[cfg(any(target_os = "macos", test))]
 pub use run::MacSource;

@@ -10,20 +10,42 @@
 //! without a link-layer address (`lo0`, `utun0`), so the counters are taken
 //! from the end of the row.
 
-use netwatch_common::wire::InterfaceMetric;
-
 use super::addr::normalize_tcp_state;
 use super::lines::{Line, LineCounts};
 
 /// `netstat -ibn`, read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetstatInterfaces {
-    /// One per interface, in netstat's order, with the cumulative fields
-    /// set; deltas are 0 and rates `None` (the snapshot builder owns those).
-    /// `rx_drops` is always 0 (netstat `-ibn` has no input-drop column) and
-    /// `tx_drops` is the `Drop` column when present (`-d`), else 0.
-    pub interfaces: Vec<InterfaceMetric>,
+    /// One per interface, in netstat's order.
+    pub interfaces: Vec<NetstatInterface>,
+    /// How each line was read.
     pub lines: LineCounts,
+}
+
+/// One interface's cumulative counters from its `<Link#N>` row; the
+/// snapshot builder turns them into the wire's `InterfaceMetric` (deltas,
+/// rates). netstat `-ibn` has no input-drop column; `tx_drops` is the
+/// `Drop` column when present (`-d`), else 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetstatInterface {
+    /// The interface's name, without netstat's `*` (down) mark.
+    pub name: String,
+    /// No `*` after the name.
+    pub is_up: bool,
+    /// `Ibytes`.
+    pub rx_bytes: u64,
+    /// `Obytes`.
+    pub tx_bytes: u64,
+    /// `Ipkts`.
+    pub rx_packets: u64,
+    /// `Opkts`.
+    pub tx_packets: u64,
+    /// `Ierrs`.
+    pub rx_errors: u64,
+    /// `Oerrs`.
+    pub tx_errors: u64,
+    /// `Drop`, when netstat prints it.
+    pub tx_drops: u64,
 }
 
 /// The counter columns in the order the header gives them.
@@ -53,7 +75,7 @@ pub fn parse_netstat_interfaces(text: &str) -> NetstatInterfaces {
     out
 }
 
-fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<InterfaceMetric>) -> Line {
+fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<NetstatInterface>) -> Line {
     // Name, Mtu, Network, [Address], counters…
     if toks.len() < 3 + counters.len() || toks.len() > 4 + counters.len() {
         return Line::Malformed;
@@ -93,23 +115,16 @@ fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<InterfaceMetr
         // A second link row for one interface: keep the first.
         return Line::Ignored;
     }
-    out.push(InterfaceMetric {
+    out.push(NetstatInterface {
         name: name.to_string(),
         is_up,
         rx_bytes,
         tx_bytes,
-        rx_bytes_delta: 0,
-        tx_bytes_delta: 0,
         rx_packets,
         tx_packets,
         rx_errors,
         tx_errors,
-        rx_drops: 0,
         tx_drops,
-        rx_rate: None,
-        tx_rate: None,
-        rx_history: None,
-        tx_history: None,
     });
     Line::Used
 }
@@ -217,9 +232,7 @@ mod tests {
                 got.tx_errors,
             );
             assert_eq!(got_row, *want);
-            assert_eq!((got.rx_drops, got.tx_drops), (0, 0));
-            assert_eq!((got.rx_bytes_delta, got.tx_bytes_delta), (0, 0));
-            assert_eq!((got.rx_rate, got.tx_rate), (None, None));
+            assert_eq!(got.tx_drops, 0);
         }
         let l = out.lines;
         assert_eq!(
