@@ -388,6 +388,14 @@ impl Collector {
         self.snapshot()
     }
 
+    /// What failed while taking the latest snapshot: the source's read
+    /// (its rows are then missing) or a host collector (its section is
+    /// empty). Each is also logged through the `log` crate. Empty when
+    /// everything was read.
+    pub fn problems(&self) -> &[Problem] {
+        self.engine.problems()
+    }
+
     /// With [`CollectorBuilder::pin`]: what the counts continue from
     /// across restarts (the pinned maps' tag and the baseline file), for a
     /// program that keeps state of its own beside the baseline. `None`
@@ -485,4 +493,82 @@ pub fn unpin(
         dir: dir.into(),
         state_file: state_file.into(),
     })
+}
+
+/// A part of a snapshot that could not be read ([`Collector::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Which part: `source`, `interfaces`, `TCP states`.
+    pub part: &'static str,
+    /// What went wrong, with its causes.
+    pub error: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.part, self.error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{SampleBatch, SocketSource};
+
+    /// Fails its read when told to, else reads no sockets.
+    struct Flaky(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl SocketSource for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn read(&mut self) -> anyhow::Result<SampleBatch> {
+            if self.0.load(std::sync::atomic::Ordering::Relaxed) {
+                anyhow::bail!("the map is gone");
+            }
+            Ok(SampleBatch {
+                taken_at: Instant::now(),
+                samples: Vec::new(),
+                lost_records: 0,
+                estimated: false,
+                omitted: None,
+            })
+        }
+    }
+
+    /// A failed read is the latest snapshot's problem (named, with its
+    /// cause) and leaves its process rows out; the next good read clears it.
+    #[test]
+    fn a_failed_source_read_is_a_problem_of_that_snapshot_only() {
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let info = crate::snapshot::collector_info(&Flaky(failing.clone()), None);
+        let mut engine = Engine::new(
+            Box::new(Flaky(failing.clone())),
+            info.clone(),
+            HostCollectors::new(),
+            Instant::now(),
+        );
+        engine.prime();
+        let mut c = Collector::from_engine(engine, info);
+        let ok = c.snapshot();
+        assert_eq!(ok.processes.as_deref(), Some(&[][..]));
+        let source_problems = |c: &Collector| -> Vec<String> {
+            c.problems()
+                .iter()
+                .filter(|p| p.part == "source")
+                .map(Problem::to_string)
+                .collect()
+        };
+        assert!(source_problems(&c).is_empty());
+        failing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bad = c.snapshot();
+        assert_eq!(bad.processes, None);
+        assert_eq!(
+            source_problems(&c),
+            ["source: reading the flaky source: the map is gone"]
+        );
+        failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        c.snapshot();
+        assert!(source_problems(&c).is_empty());
+    }
 }

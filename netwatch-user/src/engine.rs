@@ -37,6 +37,8 @@ pub struct Engine {
     /// Process rows per snapshot at most (the rest folded into one).
     max_processes: usize,
     clock: Arc<dyn Clock>,
+    /// What failed in the latest snapshot (each also logged).
+    problems: Vec<crate::Problem>,
 }
 
 impl Engine {
@@ -61,6 +63,7 @@ impl Engine {
             max_connections: crate::DEFAULT_MAX_CONNECTIONS,
             max_processes: crate::DEFAULT_MAX_PROCESSES,
             clock: Arc::new(SystemClock),
+            problems: Vec::new(),
         }
     }
 
@@ -125,6 +128,15 @@ impl Engine {
     /// socket counters) so the first emitted snapshot covers one interval.
     pub fn prime(&mut self) {
         let _ = self.collect(false);
+        // Pins created just now: nothing was delivered from them yet, so
+        // what a restart continues from is this first read. Without it a
+        // restart before the first kept snapshot found no baseline, took
+        // its own first read as the start, and lost every byte between.
+        // Pins continued from an earlier run keep that run's baseline:
+        // the bytes moved while no one counted go in the first snapshot.
+        if self.source.continuity().is_some_and(|c| !c.continued) {
+            self.source.delivered();
+        }
     }
 
     /// Collect one snapshot; the persisted baseline does not move (see
@@ -148,6 +160,8 @@ impl Engine {
             snap.tcp_close_wait = Some(t.close_wait);
         }
         self.host.fill(&mut snap);
+        self.problems.clear();
+        self.problems.extend_from_slice(self.host.failures());
         let mut info = self.info.clone();
         // The batch and its compact rows live until the alerts are fed;
         // wire rows are built for the top N only.
@@ -177,7 +191,13 @@ impl Engine {
                 info.lost_records = Some(batch.lost_records);
                 read = Some((batch, rows));
             }
-            Err(e) => warn!("reading the {} source: {e:#}", self.source.name()),
+            Err(e) => {
+                warn!("reading the {} source: {e:#}", self.source.name());
+                self.problems.push(crate::Problem {
+                    part: "source",
+                    error: format!("reading the {} source: {e:#}", self.source.name()),
+                });
+            }
         }
         let dns = self.take_dns_events();
         // Drained every tick, so a source never holds them for nobody.
@@ -255,5 +275,11 @@ impl Engine {
     /// eBPF source), for state kept beside its baseline.
     pub(crate) fn continuity(&self) -> Option<crate::continuity::Continuity> {
         self.source.continuity()
+    }
+
+    /// What failed in the latest snapshot: the source's read, a host
+    /// collector (each also logged). Empty when everything was read.
+    pub(crate) fn problems(&self) -> &[crate::Problem] {
+        &self.problems
     }
 }

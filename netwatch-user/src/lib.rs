@@ -146,7 +146,7 @@ pub use collector::SnapshotStream;
 #[cfg(target_os = "linux")]
 pub use collector::{unpin, UnpinError, Unpinned};
 pub use collector::{
-    AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Snapshots,
+    AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Problem, Snapshots,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
 };
 pub use continuity::Continuity;

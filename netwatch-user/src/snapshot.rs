@@ -49,6 +49,8 @@ pub struct HostCollectors {
     #[cfg(target_os = "macos")]
     tools: crate::source::macos::MacTools,
     dns: dns::DnsTracker,
+    /// What failed in the latest [`HostCollectors::fill`] (each logged).
+    failures: Vec<crate::Problem>,
 }
 
 impl Default for HostCollectors {
@@ -71,6 +73,7 @@ impl HostCollectors {
             #[cfg(target_os = "macos")]
             tools: crate::source::macos::MacTools::default(),
             dns: dns::DnsTracker::default(),
+            failures: Vec::new(),
         }
     }
 
@@ -78,6 +81,7 @@ impl HostCollectors {
     /// the source has not (`SocketSource::tcp_states`).
     #[cfg(target_os = "linux")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
+        self.failures.clear();
         match self.interfaces.sample() {
             Ok(i) => snap.interfaces = i,
             Err(e) => self.failed("interfaces", &e),
@@ -108,6 +112,7 @@ impl HostCollectors {
     /// state counts from `netstat -an -p tcp`.
     #[cfg(target_os = "macos")]
     pub fn fill(&mut self, snap: &mut Snapshot) {
+        self.failures.clear();
         match self.tools.interfaces() {
             Ok(n) => snap.interfaces = n.interfaces.into_iter().map(netstat_row).collect(),
             Err(e) => self.failed("interfaces", &e.into()),
@@ -155,8 +160,18 @@ impl HostCollectors {
         let _ = rows;
     }
 
-    fn failed(&self, what: &str, e: &anyhow::Error) {
+    fn failed(&mut self, what: &'static str, e: &anyhow::Error) {
         warn!("{what} collector: {e:#}");
+        self.failures.push(crate::Problem {
+            part: what,
+            error: format!("{e:#}"),
+        });
+    }
+
+    /// What failed in the latest [`HostCollectors::fill`] (each was
+    /// logged too); empty when everything was read.
+    pub fn failures(&self) -> &[crate::Problem] {
+        &self.failures
     }
 }
 
