@@ -35,10 +35,20 @@
 //! assert!(snap.processes.is_none()); // process rows need a Collector
 //! ```
 //!
+//! A program that stores or sends its snapshots, with
+//! [`CollectorBuilder::pin`], takes each with [`Collector::collect`] and
+//! calls [`Collector::kept`] once it is safe: a restart after a lost
+//! snapshot then counts its bytes again. [`Collector::problems`] says what
+//! could not be read for the latest snapshot.
+//!
+//! The pieces alone: [`host`] (one-shot host collectors: interfaces, TCP
+//! states, connections, CPU and memory, disks) and [`intel`] (the alert
+//! detectors and DNS analytics, fed with events you give them).
+//!
 //! More in `examples/`: `snapshot_json` (the above), `host_metrics`,
 //! `snapshot_stream` (an iterator of snapshots), `alert_thresholds`,
-//! `tokio_ebpf` (a [`futures_core::Stream`] in a tokio program, feature
-//! `tokio`).
+//! `intel_events` (the detectors fed by hand), `tokio_ebpf` (a
+//! [`futures_core::Stream`] in a tokio program, feature `tokio`).
 //!
 //! # What each mode needs and gives
 //!
