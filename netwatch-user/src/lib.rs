@@ -37,7 +37,7 @@
 //!
 //! More in `examples/`: `snapshot_json` (the above), `host_metrics`,
 //! `snapshot_stream` (an iterator of snapshots), `alert_thresholds`,
-//! `tokio_ebpf` (a [`futures_core::Stream`] in a tokio program, feature
+//! `tokio_ebpf` (a `futures_core::Stream` in a tokio program, feature
 //! `tokio`).
 //!
 //! # What each mode needs and gives
@@ -48,12 +48,12 @@
 //! | `Ss` | TCP exact (`ss -i` counters); sockets that close between two reads are read from their destroy event | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | `ss` (iproute2) |
 //! | `Pcap` | packets on the wire joined to the socket table (what a capture sees: no loopback offloads, no drops) | `CAP_NET_RAW`, `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | libpcap |
 //! | `Proc` | connections from `/proc/net`, bytes **estimated** from interface counters | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | — |
-//! | `Auto` | eBPF, else `ss`, else libpcap; [`Collector::info`] says why | | macOS: `nettop` and `lsof` |
+//! | `Auto` | eBPF, else `ss`, else libpcap (those compiled in; `Proc` in a build with none); [`Collector::info`] says why | | macOS: `nettop` and `lsof` |
 //!
 //! A missing capability is refused before anything is loaded, as
 //! [`Error::PermissionDenied`] naming what is missing. Beside eBPF and
 //! `ss`, a DNS-only capture (libpcap, `port 53`, `CAP_NET_RAW`) fills
-//! `dns_analytics` ([`CollectorBuilder::dns_capture`]).
+//! `dns_analytics` (`CollectorBuilder::dns_capture`, feature `pcap`).
 //!
 //! | platform | process rows | host metrics |
 //! |---|---|---|
@@ -62,6 +62,29 @@
 //!
 //! How this maps to netwatch-sdk's collectors, function by function:
 //! `docs/sdk.md` in the repository.
+//!
+//! # Cargo features
+//!
+//! Pay for what you use: with `default-features = false` the crate is the
+//! wire types, the host collectors and [`Collector`] with [`Mode::Proc`],
+//! built on stable Rust with no BPF toolchain and no libpcap.
+//!
+//! | feature | adds | needs |
+//! |---|---|---|
+//! | `ebpf` (default) | [`Mode::Ebpf`], pins (`CollectorBuilder::pin`, `unpin`), tiers | crates `aya`, `aya-log`, `btf-rs`; the BPF object shipped with the crate (no toolchain); Linux ≥ 5.8 with BTF; `CAP_BPF` + `CAP_PERFMON` at run time |
+//! | `pcap` (default) | [`Mode::Pcap`], the DNS capture (`CollectorBuilder::dns_capture`, `CollectorBuilder::interface`) | crate `pcap`: links the system's libpcap (`libpcap-dev` to build); `CAP_NET_RAW` at run time |
+//! | `ss` (default) | [`Mode::Ss`] | no crate; iproute2's `ss` at run time |
+//! | `macos` (default) | the macOS process rows (`nettop` + `lsof`, what `Auto` opens there) | no crate; macOS only (nothing on Linux) |
+//! | `tokio` (default) | `Collector::into_stream` (a `Stream` of snapshots) | crates `tokio` (its timer), `futures-core` |
+//! | `agent` (default) | the `netwatch-agent` binary's own parts (not an API) | `clap`, `toml`, `hyper`, `prometheus-client`, `ureq` (rustls), `ratatui`, `crossterm`, `env_logger`, `tokio` |
+//!
+//! A mode whose feature is off is refused at run time
+//! ([`Error::Unsupported`], naming the feature), so code asking for it
+//! compiles against every build; builder methods that only mean something
+//! with a feature exist only with it (marked on docs.rs).
+
+// docs.rs (`--cfg docsrs`): each item says which Cargo feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The public API: what is declared `pub` here and re-exported below.
 pub mod host;
@@ -73,8 +96,10 @@ mod error;
 // The agent's own parts (`netwatch-agent`: its configuration, sinks, tick
 // loop, least privilege). Public for the agent binary only: not an API,
 // not covered by semver, hidden from the docs.
+#[cfg(feature = "agent")]
 #[doc(hidden)]
 pub mod agent;
+#[cfg(feature = "agent")]
 #[doc(hidden)]
 pub mod config;
 #[cfg(target_os = "linux")]
@@ -83,8 +108,10 @@ pub mod privilege;
 #[cfg(target_os = "linux")]
 #[doc(hidden)]
 pub mod sd_notify;
+#[cfg(feature = "agent")]
 #[doc(hidden)]
 pub mod secrets;
+#[cfg(feature = "agent")]
 #[doc(hidden)]
 pub mod sink;
 
@@ -126,7 +153,7 @@ internal! {
     mod supervise;
     mod tool;
 }
-#[cfg(all(feature = "fuzzing", target_os = "linux"))]
+#[cfg(all(feature = "fuzzing", feature = "ebpf", target_os = "linux"))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(test)]
@@ -134,7 +161,7 @@ mod root_check;
 
 #[cfg(feature = "tokio")]
 pub use collector::SnapshotStream;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use collector::{unpin, UnpinError, Unpinned};
 pub use collector::{
     AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Snapshots,
@@ -146,5 +173,5 @@ pub use error::{Cause, Error};
 /// every type in it), as the collector emits it.
 pub use netwatch_common::wire;
 /// The eBPF hook tiers ([`CollectorBuilder::ebpf_tier`]).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use source::ebpf::{tier::Tier, TierChoice};
