@@ -14,14 +14,24 @@
 //! 3. **Nothing** (an empty object, reported at load time as "built without
 //!    its BPF object") on docs.rs (`DOCS_RS`), off Linux, or with
 //!    `AYA_BUILD_SKIP=1`.
+//!
+//! Only with the `ebpf` feature (`CARGO_FEATURE_EBPF`): without it the
+//! library holds no BPF source, so nothing is embedded and nothing of the
+//! above is looked at (no toolchain, no shipped object needed).
 
-use std::{env, path::PathBuf, process::Command};
+use std::{env, path::PathBuf};
 
+#[cfg(feature = "ebpf")]
+use std::process::Command;
+
+#[cfg(feature = "ebpf")]
 use aya_build::{Package, Toolchain};
 
 /// The rustup name `cargo xtask setup` gives Debian's toolchain.
+#[cfg(feature = "ebpf")]
 const LINKED_TOOLCHAIN: &str = "netwatch-bpf";
 
+#[cfg(feature = "ebpf")]
 fn rustup_has(toolchain: &str) -> bool {
     Command::new("rustup")
         .args(["toolchain", "list"])
@@ -38,6 +48,15 @@ fn rustup_has(toolchain: &str) -> bool {
 const SHIPPED: &str = "bpf/netwatch.bpf.o";
 
 fn main() -> anyhow::Result<()> {
+    if env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        // No eBPF source in this build: no object to embed.
+        return Ok(());
+    }
+    embed()
+}
+
+/// Put the BPF object at `OUT_DIR/netwatch` (see the module docs).
+fn embed() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=NETWATCH_BPF_TOOLCHAIN");
     println!("cargo:rerun-if-env-changed=NETWATCH_BPF_FROM_SOURCE");
     println!("cargo:rerun-if-env-changed=DOCS_RS");
@@ -73,7 +92,16 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    build_from_source(&ebpf_dir, &object, skip)
+}
 
+/// The programs of `../netwatch-ebpf` built with aya-build into `object`.
+#[cfg(feature = "ebpf")]
+fn build_from_source(
+    ebpf_dir: &std::path::Path,
+    object: &std::path::Path,
+    skip: bool,
+) -> anyhow::Result<()> {
     let chosen = env::var("NETWATCH_BPF_TOOLCHAIN").ok();
     let toolchain = match chosen.as_deref() {
         Some(name) => Toolchain::Custom(name),
@@ -120,9 +148,17 @@ fn main() -> anyhow::Result<()> {
         )
     })?;
     if !skip {
-        strip_debug(&object);
+        strip_debug(object);
     }
     Ok(())
+}
+
+/// Without the `ebpf` feature `main` returns before `embed` is called;
+/// this keeps the build script free of aya-build (an optional
+/// build-dependency of that feature).
+#[cfg(not(feature = "ebpf"))]
+fn build_from_source(_: &std::path::Path, _: &std::path::Path, _: bool) -> anyhow::Result<()> {
+    anyhow::bail!("the BPF programs are built from source only with the `ebpf` feature")
 }
 
 /// Drop the object's DWARF sections (`.debug_*`, four fifths of its size)
@@ -132,6 +168,7 @@ fn main() -> anyhow::Result<()> {
 /// memory for as long as it runs. Uses the `llvm-objcopy` of the LLVM that
 /// `cargo xtask setup` installs for bpf-linker; where there is none the
 /// object is embedded as built, which loads the same.
+#[cfg(feature = "ebpf")]
 fn strip_debug(object: &std::path::Path) {
     let stripped = object.with_extension("stripped");
     for tool in ["/usr/lib/llvm-22/bin/llvm-objcopy", "llvm-objcopy"] {

@@ -458,7 +458,7 @@ pub mod send_reset {
     pub const SOCKADDR: u32 = 2;
 }
 
-#[cfg(feature = "user")]
+#[cfg(all(feature = "user", target_os = "linux"))]
 mod pod {
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays, with
     // every padding byte spelled out as a field, so any bit pattern is valid.

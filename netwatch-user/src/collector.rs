@@ -8,6 +8,7 @@
 //! the pinned maps and the baseline file), never prints, and never exits
 //! the process.
 
+#[cfg(feature = "ebpf")]
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::source::select::{self, Failed, SourceOptions};
 
 pub use crate::alerts::AlertConfig;
 pub use crate::health::HealthConfig;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use crate::source::ebpf::pin::{UnpinError, Unpinned};
 pub use crate::source::select::Mode;
 
@@ -47,13 +48,21 @@ pub struct CollectorBuilder {
     max_connections: usize,
     max_processes: usize,
     max_sockets: Option<u32>,
+    #[cfg(feature = "ebpf")]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pin: Option<(PathBuf, PathBuf)>,
     alerts: Option<AlertConfig>,
     health: Option<HealthConfig>,
+    #[cfg(feature = "pcap")]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     dns_capture: bool,
+    #[cfg(feature = "pcap")]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     interface: Option<String>,
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "ebpf"))]
     ebpf_tier: crate::source::ebpf::TierChoice,
+    #[cfg(feature = "ebpf")]
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     ringbuf_bytes: Option<u32>,
 }
 
@@ -64,13 +73,17 @@ impl Default for CollectorBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_processes: DEFAULT_MAX_PROCESSES,
             max_sockets: None,
+            #[cfg(feature = "ebpf")]
             pin: None,
             alerts: None,
             health: None,
+            #[cfg(feature = "pcap")]
             dns_capture: true,
+            #[cfg(feature = "pcap")]
             interface: None,
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", feature = "ebpf"))]
             ebpf_tier: Default::default(),
+            #[cfg(feature = "ebpf")]
             ringbuf_bytes: None,
         }
     }
@@ -78,8 +91,11 @@ impl Default for CollectorBuilder {
 
 impl CollectorBuilder {
     /// Which source fills the process rows; [`Mode::Auto`] (the default)
-    /// tries eBPF, then `ss`, then libpcap, and [`Collector::info`] says
-    /// why each was passed over.
+    /// tries eBPF, then `ss`, then libpcap, those this build holds (their
+    /// Cargo features; `/proc` estimates in a build with none of them),
+    /// and [`Collector::info`] says why each was passed over. A mode whose
+    /// feature is off is refused by [`CollectorBuilder::build`] as
+    /// [`Error::Unsupported`] naming the feature.
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
@@ -110,7 +126,9 @@ impl CollectorBuilder {
     /// `/sys/fs/bpf/myapp`) and keep the delivered baseline in
     /// `state_file`, so a restarted program continues counting where the
     /// last one stopped. Without it everything is removed from the kernel
-    /// when the collector is dropped.
+    /// when the collector is dropped. Feature `ebpf` (ignored off Linux).
+    #[cfg(feature = "ebpf")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ebpf")))]
     pub fn pin(mut self, dir: impl Into<PathBuf>, state_file: impl Into<PathBuf>) -> Self {
         self.pin = Some((dir.into(), state_file.into()));
         self
@@ -133,21 +151,28 @@ impl CollectorBuilder {
     /// Beside a source that sees no packets (eBPF, `ss`), capture DNS
     /// (libpcap, `port 53`) for `dns_analytics` and the per-process DNS
     /// figures (default on; needs `CAP_NET_RAW`, else it is left off with
-    /// a logged warning).
+    /// a logged warning). Feature `pcap` (without it there is no DNS
+    /// capture; ignored off Linux).
+    #[cfg(feature = "pcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "pcap")))]
     pub fn dns_capture(mut self, on: bool) -> Self {
         self.dns_capture = on;
         self
     }
 
-    /// libpcap only: the interface to capture on (default: all).
+    /// libpcap only: the interface to capture on (default: all). Feature
+    /// `pcap` (ignored off Linux).
+    #[cfg(feature = "pcap")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "pcap")))]
     pub fn interface(mut self, name: impl Into<String>) -> Self {
         self.interface = Some(name.into());
         self
     }
 
     /// eBPF only: which hook tier to load (default: the best the kernel
-    /// allows: fentry, else kprobe, else tracepoint).
-    #[cfg(target_os = "linux")]
+    /// allows: fentry, else kprobe, else tracepoint). Linux, feature `ebpf`.
+    #[cfg(all(target_os = "linux", feature = "ebpf"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ebpf")))]
     pub fn ebpf_tier(mut self, tier: crate::source::ebpf::TierChoice) -> Self {
         self.ebpf_tier = tier;
         self
@@ -155,7 +180,9 @@ impl CollectorBuilder {
 
     /// eBPF only: the size in bytes of the ring that carries closed
     /// sockets' final counts (a power of two, a multiple of the page size;
-    /// default 1 MiB).
+    /// default 1 MiB). Feature `ebpf` (ignored off Linux).
+    #[cfg(feature = "ebpf")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ebpf")))]
     pub fn ringbuf_bytes(mut self, bytes: u32) -> Self {
         self.ringbuf_bytes = Some(bytes);
         self
@@ -166,7 +193,7 @@ impl CollectorBuilder {
     pub fn build(self) -> Result<Collector, Error> {
         // The same refusals as the agent's, before anything is loaded or
         // removed: pins go only where netwatch's own pins may be.
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "ebpf"))]
         if let Some((dir, state_file)) = &self.pin {
             use crate::source::ebpf::pin;
             pin::check_dir(dir).map_err(|e| Error::Refused {
@@ -181,7 +208,7 @@ impl CollectorBuilder {
         let opts = self.source_options();
         let selected = select::select_each(self.mode, &opts).map_err(|f| self.error(f))?;
         // Beside a source that sees no packets: the DNS-only capture.
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "pcap"))]
         let dns = {
             use crate::source::dns_capture::{self, NotStarted};
             match dns_capture::beside(selected.source.as_ref(), self.dns_capture) {
@@ -217,7 +244,7 @@ impl CollectorBuilder {
         )
         .with_max_connections(self.max_connections)
         .with_max_processes(self.max_processes);
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "pcap"))]
         if let Some(c) = dns {
             agent = agent.with_dns_feed(Box::new(c));
         }
@@ -240,12 +267,21 @@ impl CollectorBuilder {
     }
 
     fn source_options(&self) -> SourceOptions {
-        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+        #[cfg_attr(
+            not(all(target_os = "linux", any(feature = "ebpf", feature = "pcap"))),
+            allow(unused_mut)
+        )]
         let mut opts = SourceOptions {
-            interface: self.interface.clone(),
+            max_sockets: self
+                .max_sockets
+                .unwrap_or(crate::source::DEFAULT_MAX_SOCKETS),
             ..Default::default()
         };
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "pcap"))]
+        {
+            opts.interface = self.interface.clone();
+        }
+        #[cfg(all(target_os = "linux", feature = "ebpf"))]
         {
             if let Some(max) = self.max_sockets {
                 opts.ebpf.max_sockets = max;
@@ -311,7 +347,7 @@ impl CollectorBuilder {
 /// Build one with [`Collector::builder`]; each [`Collector::snapshot`]
 /// returns a [`Snapshot`] (the NetWatch Cloud wire format) covering the
 /// time since the previous call. Dropping it detaches everything it
-/// attached, unless it was built with [`CollectorBuilder::pin`].
+/// attached, unless it was built with `CollectorBuilder::pin` (feature `ebpf`).
 pub struct Collector {
     engine: Engine,
     info: CollectorInfo,
@@ -344,7 +380,7 @@ impl Collector {
     /// One interval: everything since the previous call (or since
     /// [`CollectorBuilder::build`]). A host collector that fails leaves
     /// its section empty (`None` or empty), logged through the `log`
-    /// crate; it never fails the snapshot. With [`CollectorBuilder::pin`]
+    /// crate; it never fails the snapshot. With `CollectorBuilder::pin` (feature `ebpf`)
     /// the saved baseline moves past this snapshot: a restarted program
     /// continues after it (see [`Collector::collect`] to move it only
     /// once the snapshot is stored).
@@ -355,7 +391,7 @@ impl Collector {
     }
 
     /// One interval, as [`Collector::snapshot`], but with
-    /// [`CollectorBuilder::pin`] the saved baseline stays before it until
+    /// `CollectorBuilder::pin` (feature `ebpf`) the saved baseline stays before it until
     /// [`Collector::kept`] is called: a program that stores or sends
     /// snapshots calls `kept` once this one is safe, so a restart after a
     /// lost snapshot counts its bytes again instead of losing them.
@@ -366,7 +402,7 @@ impl Collector {
     }
 
     /// The latest [`Collector::collect`]ed snapshot is stored: the saved
-    /// baseline (with [`CollectorBuilder::pin`]) moves past it. Without
+    /// baseline (with `CollectorBuilder::pin`, feature `ebpf`) moves past it. Without
     /// pins there is nothing to move and this does nothing.
     pub fn kept(&mut self) {
         self.engine.kept();
@@ -396,7 +432,7 @@ impl Collector {
         self.engine.problems()
     }
 
-    /// With [`CollectorBuilder::pin`]: what the counts continue from
+    /// With `CollectorBuilder::pin` (feature `ebpf`): what the counts continue from
     /// across restarts (the pinned maps' tag and the baseline file), for a
     /// program that keeps state of its own beside the baseline. `None`
     /// for a source whose counts start at zero with each process.
@@ -419,6 +455,7 @@ impl Collector {
     /// reads): poll it from a multi-threaded runtime, or wrap it in
     /// `tokio::task::spawn_blocking` for a current-thread one.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn into_stream(self, interval: Duration) -> SnapshotStream {
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,6 +486,7 @@ impl Iterator for Snapshots<'_> {
 
 /// The stream of [`Collector::into_stream`]; it never ends.
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct SnapshotStream {
     collector: Collector,
     ticker: tokio::time::Interval,
@@ -483,8 +521,9 @@ impl futures_core::Stream for SnapshotStream {
 /// pinned `netwatch-agent`) left under `dir`, whose baseline is
 /// `state_file`: their programs detach from the kernel. Entries not of
 /// netwatch's naming scheme are left and listed. Refused while a
-/// collector or agent holds the pins.
-#[cfg(target_os = "linux")]
+/// collector or agent holds the pins. Linux, feature `ebpf`.
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "ebpf")))]
 pub fn unpin(
     dir: impl Into<PathBuf>,
     state_file: impl Into<PathBuf>,

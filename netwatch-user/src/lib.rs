@@ -36,7 +36,7 @@
 //! ```
 //!
 //! A program that stores or sends its snapshots, with
-//! [`CollectorBuilder::pin`], takes each with [`Collector::collect`] and
+//! `CollectorBuilder::pin`, takes each with [`Collector::collect`] and
 //! calls [`Collector::kept`] once it is safe: a restart after a lost
 //! snapshot then counts its bytes again. [`Collector::problems`] says what
 //! could not be read for the latest snapshot.
@@ -48,7 +48,7 @@
 //! More in `examples/`: `snapshot_json` (the above), `host_metrics`,
 //! `snapshot_stream` (an iterator of snapshots), `alert_thresholds`,
 //! `intel_events` (the detectors fed by hand), `tokio_ebpf` (a
-//! [`futures_core::Stream`] in a tokio program, feature `tokio`).
+//! `futures_core::Stream` in a tokio program, feature `tokio`).
 //!
 //! # What each mode needs and gives
 //!
@@ -58,12 +58,12 @@
 //! | `Ss` | TCP exact (`ss -i` counters); sockets that close between two reads are read from their destroy event | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | `ss` (iproute2) |
 //! | `Pcap` | packets on the wire joined to the socket table (what a capture sees: no loopback offloads, no drops) | `CAP_NET_RAW`, `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | libpcap |
 //! | `Proc` | connections from `/proc/net`, bytes **estimated** from interface counters | `CAP_SYS_PTRACE`, `CAP_DAC_READ_SEARCH` | — |
-//! | `Auto` | eBPF, else `ss`, else libpcap; [`Collector::info`] says why | | macOS: `nettop` and `lsof` |
+//! | `Auto` | eBPF, else `ss`, else libpcap (those compiled in; `Proc` in a build with none); [`Collector::info`] says why | | macOS: `nettop` and `lsof` |
 //!
 //! A missing capability is refused before anything is loaded, as
 //! [`Error::PermissionDenied`] naming what is missing. Beside eBPF and
 //! `ss`, a DNS-only capture (libpcap, `port 53`, `CAP_NET_RAW`) fills
-//! `dns_analytics` ([`CollectorBuilder::dns_capture`]).
+//! `dns_analytics` (`CollectorBuilder::dns_capture`, feature `pcap`).
 //!
 //! | platform | process rows | host metrics |
 //! |---|---|---|
@@ -72,7 +72,29 @@
 //!
 //! How this maps to netwatch-sdk's collectors, function by function:
 //! `docs/sdk.md` in the repository.
+//!
+//! # Cargo features
+//!
+//! Pay for what you use: with `default-features = false` the crate is the
+//! wire types, the host collectors and [`Collector`] with [`Mode::Proc`],
+//! built on stable Rust with no BPF toolchain and no libpcap.
+//!
+//! | feature | adds | needs |
+//! |---|---|---|
+//! | `ebpf` (default) | [`Mode::Ebpf`], pins (`CollectorBuilder::pin`, `unpin`), tiers | crates `aya`, `aya-log`, `btf-rs`; the BPF object shipped with the crate (no toolchain); Linux ≥ 5.8 with BTF; `CAP_BPF` + `CAP_PERFMON` at run time |
+//! | `pcap` (default) | [`Mode::Pcap`], the DNS capture (`CollectorBuilder::dns_capture`, `CollectorBuilder::interface`) | crate `pcap`: links the system's libpcap (`libpcap-dev` to build); `CAP_NET_RAW` at run time |
+//! | `ss` (default) | [`Mode::Ss`] | no crate; iproute2's `ss` at run time |
+//! | `macos` (default) | the macOS process rows (`nettop` + `lsof`, what `Auto` opens there) | no crate; macOS only (nothing on Linux) |
+//! | `tokio` (default) | `Collector::into_stream` (a `Stream` of snapshots) | crates `tokio` (its timer), `futures-core` |
+//! | `agent` (default) | the `netwatch-agent` binary's own parts (not an API) | `clap`, `toml`, `hyper`, `prometheus-client`, `ureq` (rustls), `ratatui`, `crossterm`, `env_logger`, `tokio` |
+//!
+//! A mode whose feature is off is refused at run time
+//! ([`Error::Unsupported`], naming the feature), so code asking for it
+//! compiles against every build; builder methods that only mean something
+//! with a feature exist only with it (marked on docs.rs).
 
+// docs.rs (`--cfg docsrs`): each item says which Cargo feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 // The public API: what is declared `pub` here and re-exported below.
@@ -97,13 +119,19 @@ macro_rules! agent_part {
 }
 
 agent_part! {
+    #[cfg(feature = "agent")]
     mod agent;
+    #[cfg(feature = "agent")]
     mod config;
+    // Not agent-only: the sources' start checks and the supervisor's
+    // watchdog use them.
     #[cfg(target_os = "linux")]
     mod privilege;
     #[cfg(target_os = "linux")]
     mod sd_notify;
+    #[cfg(feature = "agent")]
     mod secrets;
+    #[cfg(feature = "agent")]
     mod sink;
 }
 
@@ -145,7 +173,7 @@ internal! {
     mod supervise;
     mod tool;
 }
-#[cfg(all(feature = "fuzzing", target_os = "linux"))]
+#[cfg(all(feature = "fuzzing", feature = "ebpf", target_os = "linux"))]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg(test)]
@@ -153,7 +181,7 @@ mod root_check;
 
 #[cfg(feature = "tokio")]
 pub use collector::SnapshotStream;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use collector::{unpin, UnpinError, Unpinned};
 pub use collector::{
     AlertConfig, Collector, CollectorBuilder, HealthConfig, Mode, Problem, Snapshots,
@@ -165,5 +193,5 @@ pub use error::{Cause, Error};
 /// every type in it), as the collector emits it.
 pub use netwatch_common::wire;
 /// The eBPF hook tiers ([`CollectorBuilder::ebpf_tier`]).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use source::ebpf::{tier::Tier, TierChoice};

@@ -1,10 +1,13 @@
 //! The `netwatch` crate as a library, checked the way a user meets it (a
 //! step of `cargo xtask test`): the shipped BPF object matches its sources,
-//! the API docs build without a warning, the examples run (the quick start as root, the host metrics and the
-//! hand-fed detectors as nobody),
-//! `cargo package` builds the crates from their tarballs, and a crate
-//! outside the workspace builds against netwatch with and without its
-//! default features.
+//! the feature combinations an embedder picks build warning-free (wire
+//! types only, host metrics only, default, every feature) and the
+//! featureless one pulls in no BPF, libpcap or agent crate, the API docs
+//! build without a warning, the examples run (the quick start as root, the
+//! host metrics and the hand-fed detectors as nobody), `cargo
+//! package` builds the crates from their tarballs, and a crate outside the
+//! workspace builds against netwatch with and without its default
+//! features.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,22 +19,190 @@ fn root() -> PathBuf {
     crate::vm::workspace_root()
 }
 
+/// The checks, by the name `cargo xtask library NAME...` selects them.
+type Check = (&'static str, &'static str, fn() -> Result<()>);
+
+const CHECKS: &[Check] = &[
+    ("bpf-object", "shipped BPF object", crate::bpf_object::check),
+    ("features", "feature combinations", features),
+    ("docs", "API docs", api_docs),
+    ("examples", "examples", examples),
+    ("package", "cargo package", package),
+    (
+        "scratch",
+        "crate outside the workspace",
+        crate::scratch::check,
+    ),
+];
+
 /// Every check, with how long each took.
 pub fn checks() -> Result<Vec<(String, Duration)>> {
+    checks_named(&[])
+}
+
+/// The checks named in `only` (`bpf-object`, `features`, `docs`, `examples`,
+/// `package`, `scratch`), or every one when it is empty, with how long
+/// each took.
+pub fn checks_named(only: &[String]) -> Result<Vec<(String, Duration)>> {
+    if let Some(unknown) = only.iter().find(|n| !CHECKS.iter().any(|c| c.0 == *n)) {
+        let names: Vec<&str> = CHECKS.iter().map(|c| c.0).collect();
+        bail!(
+            "no library check named {unknown:?}; the checks are {}",
+            names.join(", ")
+        );
+    }
     let mut timings = Vec::new();
-    let mut timed = |name: &str, f: &dyn Fn() -> Result<()>| -> Result<()> {
+    for (key, name, f) in CHECKS {
+        if !only.is_empty() && !only.iter().any(|n| n == key) {
+            continue;
+        }
         eprintln!("\nxtask test: {name}");
         let t = Instant::now();
         f().with_context(|| name.to_string())?;
         timings.push((name.to_string(), t.elapsed()));
+    }
+    Ok(timings)
+}
+
+/// A feature combination of the library crates that CI builds.
+struct Combination {
+    /// What an embedder gets with it.
+    name: &'static str,
+    /// The cargo arguments selecting the package and its features.
+    args: &'static [&'static str],
+    /// Also `cargo build` it (the featureless builds an embedder links);
+    /// the others are built by the rest of the suite.
+    build: bool,
+}
+
+/// The combinations that matter: (a) the wire types alone, (b) the host
+/// collectors alone (no feature: no BPF toolchain, no libpcap, no agent
+/// crates), (c) the default (the agent's), (d) every feature (`fuzzing`
+/// included: it builds on stable, it only makes the parsers public).
+const COMBINATIONS: &[Combination] = &[
+    Combination {
+        name: "wire types only (netwatch-common, feature wire)",
+        args: &[
+            "-p",
+            "netwatch-common",
+            "--no-default-features",
+            "--features",
+            "wire",
+        ],
+        build: true,
+    },
+    Combination {
+        name: "host collectors only (netwatch-user, no features)",
+        args: &["-p", "netwatch-user", "--no-default-features"],
+        build: true,
+    },
+    Combination {
+        name: "default (netwatch-user)",
+        args: &["-p", "netwatch-user"],
+        build: false,
+    },
+    Combination {
+        name: "every feature (netwatch-user --all-features)",
+        args: &["-p", "netwatch-user", "--all-features"],
+        build: false,
+    },
+];
+
+/// The crates a build of netwatch-user without features must not depend
+/// on: the BPF loader, libpcap's binding, the agent's own.
+pub const NOT_WITHOUT_FEATURES: &[&str] = &[
+    "aya",
+    "aya-log",
+    "aya-build",
+    "btf-rs",
+    "pcap",
+    "clap",
+    "tokio",
+    "hyper",
+    "ratatui",
+    "crossterm",
+    "prometheus-client",
+    "ureq",
+    "toml",
+    "env_logger",
+];
+
+/// Each of [`COMBINATIONS`] passes clippy with `-D warnings` (and builds,
+/// where an embedder links it), and the featureless build's dependency
+/// tree holds none of [`NOT_WITHOUT_FEATURES`].
+fn features() -> Result<()> {
+    let root = root();
+    let cargo = |args: &[&str]| -> Result<()> {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(args)
+            .status()
+            .with_context(|| format!("running cargo {}", args.join(" ")))?;
+        if !status.success() {
+            bail!("cargo {} failed", args.join(" "));
+        }
         Ok(())
     };
-    timed("shipped BPF object", &crate::bpf_object::check)?;
-    timed("API docs", &api_docs)?;
-    timed("examples", &examples)?;
-    timed("cargo package", &package)?;
-    timed("crate outside the workspace", &crate::scratch::check)?;
-    Ok(timings)
+    for c in COMBINATIONS {
+        eprintln!("xtask test: features: {}", c.name);
+        if c.build {
+            cargo(&[&["build"], c.args].concat())?;
+        }
+        cargo(&[&["clippy"], c.args, &["--", "-D", "warnings"]].concat())?;
+    }
+    // What the featureless build links: its normal dependencies, every
+    // platform's (a macOS or Linux embedder alike).
+    let out = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "tree",
+            "-p",
+            "netwatch-user",
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--target",
+            "all",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found = forbidden_in_tree(&tree, NOT_WITHOUT_FEATURES);
+    if !found.is_empty() {
+        bail!(
+            "netwatch-user without features depends on {}: a crate only a feature may pull in",
+            found.join(", ")
+        );
+    }
+    eprintln!(
+        "xtask test: features: the featureless netwatch-user depends on none of {}",
+        NOT_WITHOUT_FEATURES.join(", ")
+    );
+    Ok(())
+}
+
+/// The crates of `forbidden` that `tree` (`cargo tree --prefix none
+/// --format {p}`: one `name vX.Y.Z [...]` a line) holds, each once, in the
+/// order of `forbidden`.
+pub fn forbidden_in_tree(tree: &str, forbidden: &[&str]) -> Vec<String> {
+    forbidden
+        .iter()
+        .filter(|name| {
+            tree.lines()
+                .any(|l| l.split_whitespace().next() == Some(**name))
+        })
+        .map(|name| name.to_string())
+        .collect()
 }
 
 /// `cargo doc` of the public API (the library's doc tests run with the
@@ -154,4 +325,29 @@ fn package() -> Result<()> {
         bail!("cargo package failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whole crate names only: `aya-obj` is not `aya`, `pcap-sys` is not
+    /// `pcap`; each name is reported once however often it appears.
+    #[test]
+    fn forbidden_crates_are_found_by_their_whole_name() {
+        let tree = "netwatch-user v0.1.0 (/w/netwatch-user)\n\
+                    aya-obj v0.3.0\n\
+                    pcap-sys v1.0.0\n\
+                    tokio v1.54.1\n\
+                    tokio v1.54.1 (*)\n\
+                    procfs v0.17.0\n";
+        assert_eq!(
+            forbidden_in_tree(tree, &["aya", "pcap", "tokio", "procfs"]),
+            vec!["tokio".to_string(), "procfs".to_string()]
+        );
+        assert_eq!(
+            forbidden_in_tree(tree, &["aya", "clap"]),
+            Vec::<String>::new()
+        );
+    }
 }

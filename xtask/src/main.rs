@@ -29,9 +29,14 @@ enum Command {
     /// Run binaries in a QEMU guest on Debian's stock kernel.
     Vm(xtask::vm::cli::VmArgs),
     /// The library checks of `cargo xtask test` alone: the shipped BPF
-    /// object, the examples, cargo package, and a crate outside the
-    /// workspace that depends on netwatch (default features and none).
-    Library,
+    /// object, the feature combinations, the examples, cargo package, and
+    /// a crate outside the workspace that depends on netwatch (default
+    /// features and none).
+    Library {
+        /// Only these checks (bpf-object, features, examples, package,
+        /// scratch); all when none is named.
+        only: Vec<String>,
+    },
     /// Rebuild the BPF object shipped with the netwatch crate
     /// (netwatch-user/bpf/) from netwatch-ebpf and record its sources;
     /// with --check, only check it matches them (as `cargo xtask test` does).
@@ -52,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Soak(args) => xtask::soak::run(args),
         Command::Fuzz(args) => xtask::fuzz::run(args).map(|_| ()),
         Command::Vm(args) => xtask::vm::cli::run(args),
-        Command::Library => xtask::library::checks().map(|t| {
+        Command::Library { only } => xtask::library::checks_named(&only).map(|t| {
             for (name, d) in t {
                 eprintln!("  {name:<34} {d:.1?}");
             }

@@ -17,11 +17,12 @@ pub use crate::source::{DEFAULT_PIN_DIR, DEFAULT_PIN_STATE_FILE};
 
 /// The eBPF tier setting: the loader's own choice type, parsed by its
 /// `FromStr` (whose error is the one users see).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub use crate::source::ebpf::TierChoice;
 
-/// The eBPF tier setting where there is no eBPF loader: only `auto`.
-#[cfg(not(target_os = "linux"))]
+/// The eBPF tier setting where there is no eBPF loader (not Linux, or a
+/// build without the `ebpf` feature): only `auto`.
+#[cfg(not(all(target_os = "linux", feature = "ebpf")))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TierChoice {
     /// Whatever the system offers (here: none).
@@ -29,14 +30,15 @@ pub enum TierChoice {
     Auto,
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "ebpf")))]
 impl std::str::FromStr for TierChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(TierChoice::Auto),
             other => Err(format!(
-                "eBPF tier {other:?}: this system has no eBPF; only auto is accepted"
+                "eBPF tier {other:?}: this build has no eBPF source (not Linux, or \
+                 built without the `ebpf` feature); only auto is accepted"
             )),
         }
     }

@@ -9,12 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "pcap"))]
 pub mod dns_capture;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "ebpf"))]
 pub mod ebpf;
+// On Linux the macOS parsers are compiled for the crate's tests and fuzz
+// targets only.
+#[cfg(any(target_os = "macos", feature = "internals", test))]
 pub mod macos;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "pcap"))]
 pub mod pcap;
 #[cfg(target_os = "linux")]
 pub mod procnet;

@@ -1,6 +1,8 @@
 //! Mode selection: which source fills the process rows. `auto` tries the
-//! exact sources first (eBPF), then `ss`, then libpcap, and logs why each
-//! was passed over; the reason also goes into the snapshot. Selection only
+//! exact sources compiled in (Cargo features `ebpf`, `ss`, `pcap`) first
+//! (eBPF), then `ss`, then libpcap, and logs why each was passed over; a
+//! source whose feature is off is refused at run time, never a compile
+//! error for the caller; the reason also goes into the snapshot. Selection only
 //! constructs sources; it never reads them.
 
 use std::time::Instant;
@@ -11,27 +13,44 @@ use log::{info, warn};
 use super::SocketSource;
 
 /// `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "agent", derive(clap::ValueEnum))]
 pub enum Mode {
-    /// eBPF if it loads, else ss, else pcap.
+    /// Every exact source compiled in, in order: eBPF if it loads, else
+    /// ss, else pcap (`/proc` estimates when none of them is compiled in).
     Auto,
-    /// Kernel counters (exact). Linux only.
+    /// Kernel counters (exact). Linux only; feature `ebpf`.
     Ebpf,
     /// `ss -tunapie` socket counters (TCP exact, sockets closed between reads lost).
+    /// Linux; feature `ss`.
     Ss,
-    /// libpcap capture joined to the socket table.
+    /// libpcap capture joined to the socket table. Linux; feature `pcap`.
     Pcap,
     /// /proc socket table with bytes estimated from interface counters.
     Proc,
 }
 
 /// Settings the sources need.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SourceOptions {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "ebpf"))]
     pub ebpf: super::ebpf::LoadOptions,
+    /// The per-socket bound of the `ss` source (the eBPF map's is
+    /// `ebpf.max_sockets`).
+    pub max_sockets: u32,
     /// Capture interface for pcap (`None`: all).
     pub interface: Option<String>,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            #[cfg(all(target_os = "linux", feature = "ebpf"))]
+            ebpf: Default::default(),
+            max_sockets: super::DEFAULT_MAX_SOCKETS,
+            interface: None,
+        }
+    }
 }
 
 /// The chosen source, and why the ones tried before it were passed over
@@ -55,33 +74,95 @@ fn source_name(mode: Mode) -> &'static str {
     }
 }
 
+/// The Cargo feature that compiles the source of `mode` in, if it has one.
+fn feature(mode: Mode) -> Option<&'static str> {
+    match mode {
+        Mode::Ebpf => Some("ebpf"),
+        Mode::Ss => Some("ss"),
+        Mode::Pcap => Some("pcap"),
+        Mode::Auto | Mode::Proc => None,
+    }
+}
+
+/// Whether this build holds the source of `mode` (its feature is on).
+pub fn compiled_in(mode: Mode) -> bool {
+    match mode {
+        Mode::Ebpf => cfg!(feature = "ebpf"),
+        Mode::Ss => cfg!(feature = "ss"),
+        Mode::Pcap => cfg!(feature = "pcap"),
+        Mode::Auto | Mode::Proc => true,
+    }
+}
+
+/// The sources `Auto` tries, in order: the exact ones compiled in (eBPF,
+/// `ss`, libpcap), or `/proc` estimates in a build that holds none of them.
+pub fn auto_order() -> Vec<Mode> {
+    auto_order_of(compiled_in)
+}
+
+/// [`auto_order`] for a build that holds what `compiled` says.
+fn auto_order_of(compiled: impl Fn(Mode) -> bool) -> Vec<Mode> {
+    let exact: Vec<Mode> = [Mode::Ebpf, Mode::Ss, Mode::Pcap]
+        .into_iter()
+        .filter(|&m| compiled(m))
+        .collect();
+    if exact.is_empty() {
+        vec![Mode::Proc]
+    } else {
+        exact
+    }
+}
+
+/// Why `mode` cannot open in a build that holds what `compiled` says:
+/// `Some` when its Cargo feature is off. A run-time refusal, so a caller's
+/// `Mode::Ebpf` compiles against every build.
+fn missing_feature(mode: Mode, compiled: impl Fn(Mode) -> bool) -> Option<String> {
+    let feature = feature(mode).filter(|_| !compiled(mode))?;
+    Some(format!(
+        "this build of netwatch has no {} source: it was compiled without the \
+         `{feature}` Cargo feature of netwatch-user (enable it: \
+         `features = [\"{feature}\"]`)",
+        source_name(mode)
+    ))
+}
+
 fn open(mode: Mode, opts: &SourceOptions) -> Result<Box<dyn SocketSource>> {
+    if let Some(why) = missing_feature(mode, compiled_in) {
+        return Err(anyhow!(why));
+    }
     // Refuse before touching the kernel when a needed capability is missing.
     #[cfg(target_os = "linux")]
     crate::privilege::check_start(source_name(mode))?;
-    #[cfg(not(target_os = "linux"))]
-    let _ = source_name(mode);
     match mode {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "ebpf"))]
         Mode::Ebpf => Ok(Box::new(super::ebpf::EbpfSource::load(&opts.ebpf)?)),
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "ss"))]
         Mode::Ss => Ok(Box::new(
-            super::ss::SsSource::new().with_max_sockets(opts.ebpf.max_sockets),
+            super::ss::SsSource::new().with_max_sockets(opts.max_sockets),
         )),
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(all(not(target_os = "linux"), feature = "ss"))]
         Mode::Ss => Ok(Box::new(super::ss::SsSource::new())),
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "pcap"))]
         Mode::Pcap => Ok(Box::new(super::pcap::PcapSource::open(
             opts.interface.as_deref(),
         )?)),
         #[cfg(target_os = "linux")]
         Mode::Proc => Ok(Box::new(super::procnet::ProcNetSource::new())),
         #[cfg(not(target_os = "linux"))]
-        Mode::Ebpf | Mode::Pcap | Mode::Proc => {
-            let _ = opts;
-            Err(anyhow!("--mode {mode:?} is only available on Linux"))
-        }
+        Mode::Ebpf | Mode::Pcap | Mode::Proc => Err(anyhow!(
+            "the {} source is only available on Linux",
+            source_name(mode)
+        )),
         Mode::Auto => Err(anyhow!("auto is resolved by select()")),
+        // Modes whose feature is off were refused above.
+        #[allow(unreachable_patterns)]
+        _ => {
+            let _ = opts;
+            Err(anyhow!(
+                "this build of netwatch has no {} source",
+                source_name(mode)
+            ))
+        }
     }
 }
 
@@ -120,7 +201,7 @@ fn failed_reasons(failed: &[Failed]) -> Option<String> {
 /// As [`select`], but a failure returns each source tried with its own
 /// error (typed, for the library's [`crate::Error`]), in the order tried.
 pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Selected, Vec<Failed>> {
-    #[cfg(target_os = "macos")]
+    #[cfg(all(target_os = "macos", feature = "macos"))]
     if mode == Mode::Auto {
         return match super::macos::MacSource::new(super::macos::MacTools::default()) {
             Ok(s) => Ok(Selected {
@@ -134,12 +215,12 @@ pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Sele
             }]),
         };
     }
-    let order: &[Mode] = match mode {
-        Mode::Auto => &[Mode::Ebpf, Mode::Ss, Mode::Pcap],
-        _ => std::slice::from_ref(&mode),
+    let order: Vec<Mode> = match mode {
+        Mode::Auto => auto_order(),
+        _ => vec![mode],
     };
     let mut failed: Vec<Failed> = Vec::new();
-    for &m in order {
+    for m in order {
         let started_at = Instant::now();
         match open(m, opts) {
             Ok(source) => {
@@ -171,4 +252,62 @@ pub fn select_each(mode: Mode, opts: &SourceOptions) -> std::result::Result<Sele
 /// The name the library and the snapshots give `mode`.
 pub fn mode_name(mode: Mode) -> &'static str {
     source_name(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Auto` tries the exact sources compiled in, in order, and `/proc`
+    /// only in a build that holds none of them.
+    #[test]
+    fn auto_tries_what_is_compiled_in() {
+        assert_eq!(
+            auto_order_of(|_| true),
+            vec![Mode::Ebpf, Mode::Ss, Mode::Pcap]
+        );
+        assert_eq!(auto_order_of(|m| m != Mode::Ebpf), vec![Mode::Ss, Mode::Pcap]);
+        assert_eq!(auto_order_of(|m| m == Mode::Pcap), vec![Mode::Pcap]);
+        assert_eq!(
+            auto_order_of(|m| matches!(m, Mode::Auto | Mode::Proc)),
+            vec![Mode::Proc]
+        );
+        // This build (the tests have the default features): all three.
+        assert_eq!(auto_order(), vec![Mode::Ebpf, Mode::Ss, Mode::Pcap]);
+    }
+
+    /// A mode whose feature is off is refused with the feature's name; one
+    /// that needs none (`proc`) never is.
+    #[test]
+    fn a_mode_without_its_feature_names_the_feature() {
+        let none = |m: Mode| matches!(m, Mode::Auto | Mode::Proc);
+        assert_eq!(
+            missing_feature(Mode::Ebpf, none).as_deref(),
+            Some(
+                "this build of netwatch has no ebpf source: it was compiled without the \
+                 `ebpf` Cargo feature of netwatch-user (enable it: `features = [\"ebpf\"]`)"
+            )
+        );
+        assert_eq!(
+            missing_feature(Mode::Pcap, none).as_deref(),
+            Some(
+                "this build of netwatch has no pcap source: it was compiled without the \
+                 `pcap` Cargo feature of netwatch-user (enable it: `features = [\"pcap\"]`)"
+            )
+        );
+        assert_eq!(
+            missing_feature(Mode::Ss, none).as_deref(),
+            Some(
+                "this build of netwatch has no ss source: it was compiled without the \
+                 `ss` Cargo feature of netwatch-user (enable it: `features = [\"ss\"]`)"
+            )
+        );
+        assert_eq!(missing_feature(Mode::Proc, none), None);
+        assert_eq!(missing_feature(Mode::Auto, none), None);
+        assert_eq!(missing_feature(Mode::Ebpf, |_| true), None);
+        // This build holds every source.
+        for m in [Mode::Ebpf, Mode::Ss, Mode::Pcap, Mode::Proc] {
+            assert_eq!(missing_feature(m, compiled_in), None, "{m:?}");
+        }
+    }
 }
