@@ -23,6 +23,7 @@ pub mod pcap;
 pub mod procnet;
 pub mod select;
 pub mod socket_id;
+#[cfg(feature = "ss")]
 pub mod ss;
 
 /// The transport protocol lives in [`crate::net`], below both sources and
