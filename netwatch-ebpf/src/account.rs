@@ -570,9 +570,13 @@ unsafe fn mark_active_at(key: SockKey, st: *mut SockStats, mark: u32) {
 }
 
 /// Keep the entry's smoothed RTT current ([`sk::srtt_us`]; left as it is
-/// when the loader found no offset).
+/// when the loader found no offset). Not for an MPTCP socket, entered as
+/// TCP but no `tcp_sock` (its RTTs are its subflows'): its entry has none.
 #[inline(always)]
 unsafe fn record_rtt(sk: *const u8, st: *mut SockStats) {
+    if sk::protocol(sk) != IPPROTO_TCP as u16 {
+        return;
+    }
     if let Some(us) = sk::srtt_us(sk) {
         (*st).srtt_us = us;
     }

@@ -191,16 +191,23 @@ unsafe fn on_destroy(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
+/// `IPPROTO_MPTCP`: `sk_protocol` of an MPTCP socket (not a `u8`).
+pub const IPPROTO_MPTCP: u16 = 262;
+
 /// A socket's release (its last file reference closed). UDP sockets end
-/// here; TCP sockets live on in the kernel (FIN_WAIT, TIME_WAIT) and end at
-/// `tcp_destroy_sock`. The context is the kernel's `struct sock` itself, so
-/// its address is the map key. Always allows the release.
+/// here, and so do MPTCP sockets: `tcp:tcp_destroy_sock` fires for their
+/// subflows (in-kernel TCP sockets, released by the kernel, never seen
+/// here), never for the MPTCP socket, and once its file is closed no call
+/// of the application can move its bytes. TCP sockets live on in the
+/// kernel (FIN_WAIT, TIME_WAIT) and end at `tcp_destroy_sock`. The context
+/// is the kernel's `struct sock` itself, so its address is the map key.
+/// Always allows the release.
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
     // SAFETY: ctx.sock is the released socket's context; protocol is a
     // field every cgroup/sock program may read.
     let protocol = unsafe { (*ctx.sock).protocol };
-    if protocol == IPPROTO_UDP as u32 {
+    if protocol == IPPROTO_UDP as u32 || protocol == IPPROTO_MPTCP as u32 {
         // SAFETY: only the address is used, as the map key.
         let _ = unsafe {
             finish(SockKey {

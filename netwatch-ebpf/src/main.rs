@@ -3,8 +3,8 @@
 //!
 //! Three hook tiers count the same thing through one accounting function
 //! ([`account::account`]), so they cannot drift apart:
-//! - `fentry`/`fexit` ([`tcp`], [`udp`]): cheapest, needs BPF trampolines;
-//! - `kprobe`/`kretprobe` ([`tcp`], [`udp`]): for kernels without trampolines;
+//! - `fentry`/`fexit` ([`tcp`], [`udp`], [`mptcp`]): cheapest, needs BPF trampolines;
+//! - `kprobe`/`kretprobe` ([`tcp`], [`udp`], [`mptcp`]): for kernels without trampolines;
 //! - `tp_btf` on `sock:sock_{send,recv}_length` ([`tracepoint_tier`]): Linux ≥ 6.3.
 //!
 //! [`retrans`] copies the kernel's per-socket retransmit totals into the
@@ -27,6 +27,7 @@
 mod account;
 mod lifecycle;
 mod maps;
+mod mptcp;
 mod retrans;
 mod seed;
 mod sk;

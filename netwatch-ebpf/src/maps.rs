@@ -108,7 +108,7 @@ pub static SCRATCH: PerCpuArray<SockStats> = PerCpuArray::with_max_entries(scrat
 /// So a slot of its own per program is never shared by two runs in flight.
 /// The `cgroup/sock_release` program (no guard) builds no entry and uses
 /// no slot. The three `fexit_tcp_recvmsg*` variants share one slot: the
-/// loader attaches exactly one. aya-log's per-CPU buffer is used by
+/// loader attaches exactly one (so do the `fexit_mptcp_recvmsg*` ones). aya-log's per-CPU buffer is used by
 /// `tp_tcp_destroy_sock` alone. `COUNTERS` is per CPU too and shared by
 /// every program: [`bump`] adds atomically, so a nested bump is never lost.
 pub mod scratch {
@@ -133,8 +133,12 @@ pub mod scratch {
     pub const TP_INET_SOCK_SET_STATE: u32 = 18;
     pub const SEED: u32 = 19;
     pub const TP_TCP_RETRANSMIT_SKB: u32 = 20;
+    pub const FEXIT_MPTCP_SENDMSG: u32 = 21;
+    pub const FEXIT_MPTCP_RECVMSG: u32 = 22;
+    pub const KRETPROBE_MPTCP_SENDMSG: u32 = 23;
+    pub const KRETPROBE_MPTCP_RECVMSG: u32 = 24;
     /// Number of slots.
-    pub const LEN: u32 = 21;
+    pub const LEN: u32 = 25;
 }
 
 /// The `netwatch_common::Tier` the loader attached, stamped on new entries.

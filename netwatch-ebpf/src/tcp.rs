@@ -92,19 +92,17 @@ pub fn fexit_tcp_recvmsg_nonblock(ctx: FExitContext) -> i32 {
 
 #[inline(always)]
 fn recv_exit(sk: *const u8, flags: u64, ret: i64) -> i32 {
+    recv_exit_in(sk, flags, ret, scratch::FEXIT_TCP_RECVMSG)
+}
+
+/// [`recv_exit`] building a new entry in `maps::scratch` slot `slot`.
+#[inline(always)]
+pub fn recv_exit_in(sk: *const u8, flags: u64, ret: i64, slot: u32) -> i32 {
     if flags & MSG_PEEK != 0 {
         return 0;
     }
     // SAFETY: sk is the traced function's socket argument.
-    unsafe {
-        account(
-            sk,
-            Dir::Rx,
-            ret as i32 as i64,
-            IPPROTO_TCP,
-            scratch::FEXIT_TCP_RECVMSG,
-        )
-    };
+    unsafe { account(sk, Dir::Rx, ret as i32 as i64, IPPROTO_TCP, slot) };
     0
 }
 
@@ -143,6 +141,9 @@ pub enum Send {
     Page,
     /// `udpv6_sendmsg`.
     Msg6,
+    /// `mptcp_sendmsg` (drives its subflows with `tcp_sendmsg_locked`,
+    /// never `tcp_sendmsg`: a key of its own all the same).
+    Mptcp,
 }
 
 /// The `SEND_ARGS` key of this thread's `kind` of send (`pid_tgid` never
@@ -154,6 +155,7 @@ fn send_key(kind: Send) -> u64 {
         Send::Msg => id,
         Send::Page => id | (1 << 63),
         Send::Msg6 => id | (1 << 62),
+        Send::Mptcp => id | (1 << 61),
     }
 }
 
@@ -180,7 +182,7 @@ pub fn take_send(kind: Send) -> Option<*const u8> {
 }
 
 #[inline(always)]
-fn send_return(ctx: &RetProbeContext, kind: Send, slot: u32) -> u32 {
+pub fn send_return(ctx: &RetProbeContext, kind: Send, slot: u32) -> u32 {
     let ret: i64 = ctx.ret::<i64>() as i32 as i64;
     if let Some(sk) = take_send(kind) {
         // SAFETY: sk was the socket argument of this thread's send.
@@ -219,7 +221,7 @@ pub fn kretprobe_tcp_sendpage(ctx: RetProbeContext) -> u32 {
 /// `tcp_splice_read`, whose first argument is the `struct socket`: marked
 /// by the high bit so the return probe knows to follow `sock->sk`).
 #[inline(always)]
-fn stash_recv(args: RecvArgs) {
+pub fn stash_recv(args: RecvArgs) {
     let id = bpf_get_current_pid_tgid();
     if RECV_ARGS.insert(id, args, BPF_NOEXIST).is_err() {
         bump(counter::MISSED_RETURN);
@@ -268,7 +270,7 @@ pub fn kretprobe_tcp_splice_read(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn recv_return(ctx: &RetProbeContext, slot: u32) -> u32 {
+pub fn recv_return(ctx: &RetProbeContext, slot: u32) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: a plain value copy out of the map.
     let Some(args) = (unsafe { RECV_ARGS.get(id) }).copied() else {

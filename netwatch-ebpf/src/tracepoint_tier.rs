@@ -3,18 +3,35 @@
 //! tier for kernels without trampolines or kprobes. They fire in the
 //! sending or receiving task for every socket family with the bytes moved;
 //! this shim only picks the socket, direction and byte count and hands them
-//! to [`account_lazy`]. Peeks (`MSG_PEEK`) are skipped: the same bytes are
-//! read again later. It never counts anything but the call's own bytes.
+//! to [`account_lazy`]. They fire on an MPTCP socket itself (its
+//! application's calls), never on its subflows. Peeks (`MSG_PEEK`) are
+//! skipped: the same bytes are read again later. It never counts anything
+//! but the call's own bytes.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use netwatch_common::IPPROTO_TCP;
+
 use crate::{
     account::{account_lazy, Dir},
+    lifecycle::IPPROTO_MPTCP,
     maps, sk,
 };
 
 /// `MSG_PEEK`.
 const MSG_PEEK: i32 = 2;
+
+/// The protocol an entry of a socket with `sk_protocol` `p` carries: an
+/// MPTCP socket's is TCP (as on the fentry and kprobe tiers, [`crate::mptcp`]:
+/// MPTCP is TCP on the wire), anything else not a `u8` none.
+#[inline(always)]
+fn entry_protocol(p: u16) -> u8 {
+    if p == IPPROTO_MPTCP {
+        IPPROTO_TCP
+    } else {
+        u8::try_from(p).unwrap_or(0)
+    }
+}
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)` for both tracepoints.
 #[inline(always)]
@@ -28,7 +45,7 @@ fn on_length(ctx: &BtfTracePointContext, dir: Dir, slot: u32) -> i32 {
     // SAFETY: sk is the tracepoint's socket argument; its protocol is
     // read only for a socket without an entry yet.
     unsafe {
-        account_lazy(sk, dir, ret, slot, || sk::protocol(sk) as u8);
+        account_lazy(sk, dir, ret, slot, || entry_protocol(sk::protocol(sk)));
     }
     0
 }

@@ -101,6 +101,19 @@ fn workload_child() {
             drop(idle);
             return;
         }
+        // One MPTCP connection to `$MPTCP`: send MPTCP_SEND, half-close,
+        // read the reply to EOF.
+        "mptcp-client" => {
+            let server = addr("MPTCP");
+            let mut s = mptcp::connect(server).expect("an MPTCP connect to the test server");
+            let local = s.local_addr().unwrap();
+            s.write_all(&pattern(mptcp::SEND)).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            drop(s);
+            writeln!(out, "MPTCP {local} {server} {} {}", mptcp::SEND, got.len()).unwrap();
+        }
         other => {
             if let Some(case) = cases::Case::from_role(other) {
                 cases::child(case, &mut out);
@@ -1556,6 +1569,358 @@ fn cases_fentry_tier() {
     if let Some(src) = load_or_skip(Tier::Fentry) {
         all_cases(Tier::Fentry, src);
     }
+}
+
+// ---------- MPTCP (issue 21) ----------
+
+/// MPTCP sockets (`socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)`): the
+/// application's calls go to `mptcp_sendmsg`/`mptcp_recvmsg` on the MPTCP
+/// socket, and its TCP subflows are driven inside the kernel
+/// (`tcp_sendmsg_locked`, the subflow's receive queue), never through
+/// `tcp_sendmsg`/`tcp_recvmsg`.
+mod mptcp {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// `IPPROTO_MPTCP`.
+    pub const IPPROTO_MPTCP: i32 = 262;
+    /// Bytes the client sends, and the server's reply (odd sizes: no
+    /// multiple of any buffer).
+    pub const SEND: usize = 3_000_017;
+    pub const REPLY: usize = 1_000_003;
+
+    /// A fresh IPv4 MPTCP stream socket.
+    fn socket() -> std::io::Result<OwnedFd> {
+        // SAFETY: plain syscall; the fd is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn sockaddr(addr: SocketAddr) -> libc::sockaddr_in {
+        let SocketAddr::V4(a) = addr else {
+            panic!("IPv4 only: {addr}")
+        };
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        }
+    }
+
+    fn check(ret: i32, what: &str) -> std::io::Result<()> {
+        if ret < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("{what}: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Why this kernel has no MPTCP, if it has none: `net.mptcp.enabled`
+    /// off, or the socket call refused (`EPROTONOSUPPORT` without
+    /// `CONFIG_MPTCP`, `EINVAL`/`ENOPROTOOPT` on older kernels).
+    pub fn unavailable() -> Option<String> {
+        if let Ok(v) = std::fs::read_to_string("/proc/sys/net/mptcp/enabled") {
+            if v.trim() == "0" {
+                return Some("net.mptcp.enabled is 0".into());
+            }
+        }
+        match socket() {
+            Ok(_) => None,
+            Err(e)
+                if [libc::EPROTONOSUPPORT, libc::EINVAL, libc::ENOPROTOOPT]
+                    .contains(&e.raw_os_error().unwrap_or(0)) =>
+            {
+                Some(format!(
+                    "socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP) failed: {e}"
+                ))
+            }
+            Err(e) => panic!("socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): {e}"),
+        }
+    }
+
+    /// An MPTCP listener on 127.0.0.1, port chosen by the kernel.
+    pub fn listen() -> std::io::Result<TcpListener> {
+        use std::os::fd::AsRawFd;
+        let fd = socket()?;
+        let sa = sockaddr("127.0.0.1:0".parse().unwrap());
+        // SAFETY: sa is a valid sockaddr_in of the size passed.
+        check(
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as libc::socklen_t,
+                )
+            },
+            "bind",
+        )?;
+        // SAFETY: plain syscall on our fd.
+        check(unsafe { libc::listen(fd.as_raw_fd(), 8) }, "listen")?;
+        Ok(TcpListener::from(fd))
+    }
+
+    /// An MPTCP connection to `server`.
+    pub fn connect(server: SocketAddr) -> std::io::Result<TcpStream> {
+        use std::os::fd::AsRawFd;
+        let fd = socket()?;
+        let sa = sockaddr(server);
+        // SAFETY: sa is a valid sockaddr_in of the size passed.
+        check(
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of_val(&sa) as libc::socklen_t,
+                )
+            },
+            "connect",
+        )?;
+        Ok(TcpStream::from(fd))
+    }
+
+    /// The socket's protocol (`SO_PROTOCOL`).
+    pub fn protocol(s: &impl std::os::fd::AsRawFd) -> i32 {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are valid for the kernel to write.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PROTOCOL,
+                &mut v as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "SO_PROTOCOL: {}", std::io::Error::last_os_error());
+        v
+    }
+}
+
+/// One MPTCP connection on loopback, client in a child process: the
+/// client sends [`mptcp::SEND`] bytes and reads [`mptcp::REPLY`] back; the
+/// server (this process) the reverse. Both processes' rows and both
+/// connection rows (listed as `TCP`: MPTCP is TCP on the wire) must show
+/// exactly those bytes, counted once (the subflows' own TCP sockets never
+/// add to them), with no RTT of their own, and nothing may be lost; once
+/// both ends are closed, neither is listed any more.
+fn mptcp_exact(tier: Tier, mut src: EbpfSource) {
+    let mut attribution = Attribution::new(Instant::now());
+    attribution.apply(&src.read().unwrap());
+    let listener = mptcp::listen().expect("an MPTCP listener on 127.0.0.1");
+    let server = listener.local_addr().unwrap();
+    let serve = thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        assert_eq!(
+            mptcp::protocol(&s),
+            mptcp::IPPROTO_MPTCP,
+            "the accepted socket is MPTCP"
+        );
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(&pattern(mptcp::REPLY)).unwrap();
+        drop(s);
+        (peer, got.len())
+    });
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "workload_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("NETWATCH_WORKLOAD_ROLE", "mptcp-client")
+        .env("MPTCP", server.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("re-executing the test binary as the MPTCP client");
+    let mut child = Worker(child);
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(
+        child.wait().unwrap().success(),
+        "MPTCP client child failed: {lines:?}"
+    );
+    let (peer, received) = serve.join().unwrap();
+    assert_eq!(received, mptcp::SEND, "the server read everything");
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("MPTCP "))
+        .unwrap_or_else(|| panic!("the client reported nothing: {lines:?}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let local: SocketAddr = f[1].parse().unwrap();
+    assert_eq!(local, peer, "the client's address as the server saw it");
+    assert_eq!(
+        (
+            f[3].parse::<usize>().unwrap(),
+            f[4].parse::<usize>().unwrap()
+        ),
+        (mptcp::SEND, mptcp::REPLY)
+    );
+
+    let (me, client_pid) = (std::process::id(), child.id());
+    let (send, reply) = (mptcp::SEND as u64, mptcp::REPLY as u64);
+    let mut procs: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut conns: Vec<ConnectionDetail> = Vec::new();
+    let mut lost = 0;
+    for round in 0..30 {
+        thread::sleep(Duration::from_millis(200));
+        let batch = src.read().unwrap();
+        lost += batch.lost_records;
+        let a = attribution.apply(&batch);
+        for p in &a.processes {
+            if let Some(pid) = p.pid {
+                let e = procs.entry(pid).or_default();
+                e.0 += p.rx_bytes;
+                e.1 += p.tx_bytes;
+            }
+        }
+        conns.extend(
+            a.connections
+                .iter()
+                .filter(|c| {
+                    [local.to_string(), server.to_string()].contains(&c.local_addr)
+                        || [local.to_string(), server.to_string()].contains(&c.remote_addr)
+                })
+                .cloned(),
+        );
+        let done = procs.get(&client_pid) == Some(&(reply, send))
+            && procs.get(&me) == Some(&(send, reply));
+        if done && round > 0 {
+            break;
+        }
+    }
+    let got = |pid: u32| procs.get(&pid).copied().unwrap_or_default();
+    assert_eq!(
+        got(client_pid),
+        (reply, send),
+        "[{tier}] MPTCP client (pid {client_pid}) rx/tx"
+    );
+    assert_eq!(
+        got(me),
+        (send, reply),
+        "[{tier}] MPTCP server (pid {me}) rx/tx"
+    );
+    assert_eq!(lost, 0, "[{tier}] no record may be lost");
+    // Per connection: each end's bytes, summed over the reads (a row per
+    // read while open, its final record after), on one TCP row each.
+    let sum = |from: SocketAddr, to: SocketAddr| {
+        let rows: Vec<&ConnectionDetail> = conns
+            .iter()
+            .filter(|c| c.local_addr == from.to_string() && c.remote_addr == to.to_string())
+            .collect();
+        let protocols: Vec<&str> = rows.iter().map(|c| c.protocol.as_str()).collect();
+        let bytes = rows.iter().fold((0, 0), |acc, c| {
+            (
+                acc.0 + c.rx_bytes.unwrap_or(0),
+                acc.1 + c.tx_bytes.unwrap_or(0),
+            )
+        });
+        let pids: Vec<Option<u32>> = rows.iter().map(|c| c.pid).filter(|p| p.is_some()).collect();
+        (bytes, protocols, pids)
+    };
+    let (client_bytes, client_protos, client_pids) = sum(local, server);
+    let (server_bytes, server_protos, server_pids) = sum(server, local);
+    assert_eq!(
+        client_bytes,
+        (reply, send),
+        "[{tier}] client connection {local}->{server} (rx, tx): {conns:?}"
+    );
+    assert_eq!(
+        server_bytes,
+        (send, reply),
+        "[{tier}] server connection {server}<-{local} (rx, tx): {conns:?}"
+    );
+    assert!(
+        client_protos
+            .iter()
+            .chain(&server_protos)
+            .all(|p| *p == "TCP"),
+        "[{tier}] MPTCP rows are listed as TCP: {conns:?}"
+    );
+    assert!(
+        client_pids.iter().all(|p| *p == Some(client_pid))
+            && server_pids.iter().all(|p| *p == Some(me)),
+        "[{tier}] each end's owner: {conns:?}"
+    );
+    // The MPTCP socket has no RTT of its own (no `tcp_sock`: its subflows
+    // have theirs, on their own rows, which carry no bytes).
+    let with_bytes: Vec<&ConnectionDetail> = conns
+        .iter()
+        .filter(|c| c.rx_bytes.unwrap_or(0) + c.tx_bytes.unwrap_or(0) != 0)
+        .collect();
+    assert!(
+        with_bytes.iter().all(|c| c.kernel_rtt_us.is_none()),
+        "[{tier}] MPTCP rows carry no kernel_rtt_us: {with_bytes:?}"
+    );
+    // Both ends are closed: their entries end at release (no
+    // `tcp_destroy_sock` fires for an MPTCP socket), so by the second read
+    // from here neither is listed with an owner.
+    let owned = |a: &Attributed| -> Vec<ConnectionDetail> {
+        a.connections
+            .iter()
+            .filter(|c| {
+                c.pid.is_some()
+                    && ((c.local_addr == local.to_string() && c.remote_addr == server.to_string())
+                        || (c.local_addr == server.to_string()
+                            && c.remote_addr == local.to_string()))
+            })
+            .cloned()
+            .collect()
+    };
+    let mut still = Vec::new();
+    for _ in 0..2 {
+        thread::sleep(Duration::from_millis(200));
+        still = owned(&attribution.apply(&src.read().unwrap()));
+    }
+    assert!(
+        still.is_empty(),
+        "[{tier}] closed MPTCP sockets still listed: {still:?}"
+    );
+    let ownerless = conns.iter().filter(|c| c.pid.is_none()).count();
+    println!(
+        "NETWATCH-CASE {tier} Mptcp: exact client (rx {reply}, tx {send}), server (rx {send}, tx {reply}); \
+         connection rows exact, protocol TCP; {ownerless} ownerless 0-byte row(s) of subflows over the reads"
+    );
+}
+
+/// Load `tier` and run [`mptcp_exact`], or skip with one line when the
+/// kernel has no MPTCP.
+fn mptcp_case(tier: Tier) {
+    require_root!("loads BPF programs");
+    let _serial = serial();
+    if let Some(why) = mptcp::unavailable() {
+        println!("NETWATCH-CASE {tier} Mptcp: SKIPPED, this kernel has no MPTCP: {why}");
+        return;
+    }
+    if let Some(src) = load_or_skip(tier) {
+        mptcp_exact(tier, src);
+    }
+}
+
+#[test]
+fn mptcp_tracepoint_tier() {
+    mptcp_case(Tier::Tracepoint);
+}
+
+#[test]
+fn mptcp_kprobe_tier() {
+    mptcp_case(Tier::Kprobe);
+}
+
+#[test]
+fn mptcp_fentry_tier() {
+    mptcp_case(Tier::Fentry);
 }
 
 // ---------- TCP events (SYNs and resets for the port-scan detector) ----------

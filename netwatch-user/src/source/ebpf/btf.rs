@@ -42,6 +42,11 @@ pub struct SockOffsets {
     /// `do_tcp_sendpages` exists (Linux < 6.5): `sendfile`/`splice` to a
     /// socket go through `tcp_sendpage`/`udp_sendpage`, not `*_sendmsg`.
     pub sendpage_path: bool,
+    /// `mptcp_sendmsg` exists (`CONFIG_MPTCP`): an MPTCP socket's sends.
+    pub mptcp_send: bool,
+    /// (index of `flags`, number of parameters) of `mptcp_recvmsg`, an
+    /// MPTCP socket's receives; `None` without MPTCP.
+    pub mptcp_recv: Option<(u32, u32)>,
     /// `struct sk_buff.data` (a reset's answered segment); 0 if unknown.
     pub skb_data: u32,
     /// `struct sk_buff.{head, network_header, transport_header}`; 0 if unknown.
@@ -295,6 +300,8 @@ impl SockOffsets {
             recv_flags_arg,
             recv_nargs,
             sendpage_path: has_func(btf, "do_tcp_sendpages"),
+            mptcp_send: has_func(btf, "mptcp_sendmsg"),
+            mptcp_recv: func_param(btf, "mptcp_recvmsg", "flags").ok(),
             skb_data: skb_offset(btf, "data"),
             skb_head: skb_offset(btf, "head"),
             skb_network_header: skb_offset(btf, "network_header"),

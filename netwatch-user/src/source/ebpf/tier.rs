@@ -243,6 +243,80 @@ impl Tier {
         }
     }
 
+    /// The programs that count an MPTCP socket's own calls, where the
+    /// kernel has MPTCP (its BTF lists `mptcp_sendmsg`/`mptcp_recvmsg`):
+    /// the application's calls on an MPTCP socket never reach
+    /// `tcp_sendmsg`/`tcp_recvmsg` (its subflows are driven inside the
+    /// kernel), so without these its bytes go unseen. The fexit variant
+    /// matches `mptcp_recvmsg`'s parameters; the kprobe pair on it reads
+    /// `flags` at `tcp_recvmsg`'s index (one load-time global) and is
+    /// attached only where the two agree. The tracepoint tier needs none:
+    /// `sock:sock_{send,recv}_length` fire on the MPTCP socket.
+    pub fn mptcp_programs(self, offsets: &SockOffsets) -> Vec<Hook> {
+        use HookKind::*;
+        let mut hooks = Vec::new();
+        match self {
+            Tier::Fentry => {
+                if offsets.mptcp_send {
+                    hooks.push(Hook {
+                        program: "fexit_mptcp_sendmsg",
+                        kind: Fexit,
+                        target: "mptcp_sendmsg",
+                    });
+                }
+                if let Some((_, nargs)) = offsets.mptcp_recv {
+                    hooks.push(Hook {
+                        program: match nargs {
+                            6 => "fexit_mptcp_recvmsg_nonblock",
+                            4 => "fexit_mptcp_recvmsg_4",
+                            _ => "fexit_mptcp_recvmsg",
+                        },
+                        kind: Fexit,
+                        target: "mptcp_recvmsg",
+                    });
+                }
+            }
+            Tier::Kprobe => {
+                if offsets.mptcp_send {
+                    hooks.extend([
+                        Hook {
+                            program: "kprobe_mptcp_sendmsg",
+                            kind: Kprobe,
+                            target: "mptcp_sendmsg",
+                        },
+                        Hook {
+                            program: "kretprobe_mptcp_sendmsg",
+                            kind: Kretprobe,
+                            target: "mptcp_sendmsg",
+                        },
+                    ]);
+                }
+                match offsets.mptcp_recv {
+                    Some((flags, _)) if flags == offsets.recv_flags_arg => hooks.extend([
+                        Hook {
+                            program: "kprobe_mptcp_recvmsg",
+                            kind: Kprobe,
+                            target: "mptcp_recvmsg",
+                        },
+                        Hook {
+                            program: "kretprobe_mptcp_recvmsg",
+                            kind: Kretprobe,
+                            target: "mptcp_recvmsg",
+                        },
+                    ]),
+                    Some((flags, _)) => warn!(
+                        "mptcp_recvmsg takes flags as argument {flags}, tcp_recvmsg as {}: \
+                         MPTCP receives are not counted on the kprobe tier",
+                        offsets.recv_flags_arg
+                    ),
+                    None => {}
+                }
+            }
+            Tier::Tracepoint => {}
+        }
+        hooks
+    }
+
     /// Every program the tier attaches on a kernel with these facts.
     pub fn hooks(self, offsets: &SockOffsets) -> Vec<Hook> {
         let mut hooks = self.programs().to_vec();
@@ -262,6 +336,7 @@ impl Tier {
         if offsets.sendpage_path {
             hooks.extend_from_slice(self.sendpage_programs());
         }
+        hooks.extend(self.mptcp_programs(offsets));
         if !super::tcp_events::SendResetFormat::from_kernel().sees_closed_ports() {
             hooks.extend_from_slice(self.reset_programs());
         }
@@ -923,6 +998,88 @@ mod tests {
             Ok(TierChoice::Only(Tier::Kprobe))
         );
         assert!("xdp".parse::<TierChoice>().unwrap_err().contains("fentry"));
+    }
+
+    /// Which MPTCP programs each tier attaches, from the kernel's BTF facts:
+    /// this host's (6.18: `mptcp_recvmsg(sk, msg, len, flags)`), Debian 6.1's
+    /// and 6.12's (`addr_len` after `flags`), a kernel before 5.19
+    /// (`nonblock` before `flags`), one where `mptcp_recvmsg` took `flags`
+    /// elsewhere than `tcp_recvmsg`, and one without MPTCP.
+    #[test]
+    fn mptcp_programs_follow_btf() {
+        let host = SockOffsets::from_kernel().expect("this kernel publishes BTF");
+        assert_eq!(
+            (host.mptcp_send, host.mptcp_recv),
+            (true, Some((3, 4))),
+            "this host's kernel has MPTCP with a 4-parameter mptcp_recvmsg"
+        );
+        let names = |tier: Tier, o: &SockOffsets| -> Vec<String> {
+            tier.mptcp_programs(o)
+                .iter()
+                .map(|h| format!("{h} {}", h.program))
+                .collect()
+        };
+        let kprobes = [
+            "kprobe/mptcp_sendmsg kprobe_mptcp_sendmsg",
+            "kretprobe/mptcp_sendmsg kretprobe_mptcp_sendmsg",
+            "kprobe/mptcp_recvmsg kprobe_mptcp_recvmsg",
+            "kretprobe/mptcp_recvmsg kretprobe_mptcp_recvmsg",
+        ];
+        assert_eq!(
+            names(Tier::Fentry, &host),
+            ["fexit/mptcp_sendmsg fexit_mptcp_sendmsg", "fexit/mptcp_recvmsg fexit_mptcp_recvmsg_4"]
+        );
+        assert_eq!(names(Tier::Kprobe, &host), kprobes);
+        assert!(names(Tier::Tracepoint, &host).is_empty());
+
+        let debian = SockOffsets {
+            recv_flags_arg: 3,
+            recv_nargs: 5,
+            mptcp_recv: Some((3, 5)),
+            ..host
+        };
+        assert_eq!(
+            names(Tier::Fentry, &debian),
+            ["fexit/mptcp_sendmsg fexit_mptcp_sendmsg", "fexit/mptcp_recvmsg fexit_mptcp_recvmsg"]
+        );
+        assert_eq!(names(Tier::Kprobe, &debian), kprobes);
+
+        let old = SockOffsets {
+            recv_flags_arg: 4,
+            recv_nargs: 6,
+            mptcp_recv: Some((4, 6)),
+            ..host
+        };
+        assert_eq!(
+            names(Tier::Fentry, &old),
+            [
+                "fexit/mptcp_sendmsg fexit_mptcp_sendmsg",
+                "fexit/mptcp_recvmsg fexit_mptcp_recvmsg_nonblock"
+            ]
+        );
+        assert_eq!(names(Tier::Kprobe, &old), kprobes);
+
+        // The kprobe reads `flags` at `tcp_recvmsg`'s index: not attached
+        // where they differ (its sends still are).
+        let apart = SockOffsets {
+            mptcp_recv: Some((4, 6)),
+            ..host
+        };
+        assert_eq!(names(Tier::Kprobe, &apart), kprobes[..2]);
+
+        let none = SockOffsets {
+            mptcp_send: false,
+            mptcp_recv: None,
+            ..host
+        };
+        for tier in Tier::ALL {
+            assert!(names(tier, &none).is_empty(), "{tier}");
+            assert_eq!(
+                tier.hooks(&none).len() + tier.mptcp_programs(&host).len(),
+                tier.hooks(&host).len(),
+                "{tier}: hooks() attaches the MPTCP programs"
+            );
+        }
     }
 
     #[test]
