@@ -154,7 +154,26 @@ impl SocketTable {
     }
 
     /// Build a table from entries (addresses are canonicalized here too).
+    ///
+    /// One socket, one entry: `/proc/net/*` is read a page at a time, and a
+    /// table that changes between two reads (sockets opened or closed
+    /// meanwhile) lists some entries twice. Later copies of an inode, or of
+    /// an inode-0 entry's protocol, tuple and state, are dropped.
     pub fn from_entries(mut entries: Vec<SocketEntry>) -> Self {
+        let mut seen_inodes = HashSet::new();
+        let mut seen_orphans = HashSet::new();
+        entries.retain(|e| {
+            if e.inode != 0 {
+                seen_inodes.insert(e.inode)
+            } else {
+                seen_orphans.insert((
+                    e.protocol,
+                    canonical(e.local),
+                    e.remote.map(canonical),
+                    e.state,
+                ))
+            }
+        });
         let mut by_tuple = HashMap::new();
         let mut by_port: HashMap<(Protocol, u16), Vec<usize>> = HashMap::new();
         let mut by_inode = HashMap::new();
@@ -370,6 +389,55 @@ mod tests {
                 .unwrap();
             }
         }
+    }
+
+    /// A table read while it changed lists an entry twice (the kernel's
+    /// page-at-a-time walk): each socket comes out once, and a TIME_WAIT
+    /// beside a live connection of the same tuple is still kept apart.
+    #[test]
+    fn an_entry_listed_twice_is_one_socket() {
+        let p = FakeProc::new();
+        let lo = [127, 0, 0, 1];
+        let established = line(1, &hex4(lo, 8080), &hex4(lo, 40000), 0x01, 102);
+        let time_wait = line(2, &hex4(lo, 40001), &hex4(lo, 8080), 0x06, 0);
+        p.net(
+            "tcp",
+            TCP_HEADER,
+            &[
+                line(0, &hex4(lo, 8080), &hex4([0; 4], 0), 0x0A, 100),
+                established.clone(),
+                established.clone(),
+                time_wait.clone(),
+                established,
+                time_wait,
+                line(3, &hex4(lo, 40000), &hex4(lo, 8080), 0x06, 0),
+            ],
+        );
+        p.net("udp", UDP_HEADER, &[]);
+        p.process(10, b"server\n", &[100, 102]);
+        let t = SocketTable::scan_at(p.0.path()).unwrap();
+        let got: Vec<(u64, String, Option<String>, &str)> = t
+            .entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.inode,
+                    e.local.to_string(),
+                    e.remote.map(|r| r.to_string()),
+                    e.state,
+                )
+            })
+            .collect();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            got,
+            [
+                (100, s("127.0.0.1:8080"), None, "LISTEN"),
+                (102, s("127.0.0.1:8080"), Some(s("127.0.0.1:40000")), "ESTABLISHED"),
+                (0, s("127.0.0.1:40001"), Some(s("127.0.0.1:8080")), "TIME_WAIT"),
+                (0, s("127.0.0.1:40000"), Some(s("127.0.0.1:8080")), "TIME_WAIT"),
+            ]
+        );
     }
 
     #[test]
