@@ -23,8 +23,8 @@ use netwatch_common::IPPROTO_TCP;
 
 use crate::{
     account::{account, Dir},
-    maps::{self, scratch, RecvArgs},
-    tcp::{recv_exit_in, recv_return, send_return, stash_recv, stash_send, Send},
+    maps::scratch,
+    tcp::{recv_exit_in, recv_return, send_return, stash_recvmsg_entry, stash_send, Send},
 };
 
 /// `int mptcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t len)`.
@@ -79,17 +79,7 @@ pub fn kretprobe_mptcp_sendmsg(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "mptcp_recvmsg")]
 pub fn kprobe_mptcp_recvmsg(ctx: ProbeContext) -> u32 {
-    let Some(sk) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
-    // As `kprobe_tcp_recvmsg`: both registers read at constant offsets.
-    let (a3, a4) = (ctx.arg::<u64>(3), ctx.arg::<u64>(4));
-    let flags = if maps::recv_flags_arg() == 4 { a4 } else { a3 };
-    stash_recv(RecvArgs {
-        sk,
-        flags: flags.unwrap_or(0) & 0xffff_ffff,
-    });
-    0
+    stash_recvmsg_entry(&ctx)
 }
 
 #[kretprobe(function = "mptcp_recvmsg")]

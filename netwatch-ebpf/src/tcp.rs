@@ -234,6 +234,15 @@ const SPLICE: u64 = 1 << 63;
 
 #[kprobe(function = "tcp_recvmsg")]
 pub fn kprobe_tcp_recvmsg(ctx: ProbeContext) -> u32 {
+    stash_recvmsg_entry(&ctx)
+}
+
+/// The entry of a `recvmsg` whose `flags` sit where `tcp_recvmsg`'s do
+/// (argument 3, or 4 before 5.19: [`maps::recv_flags_arg`]): its socket
+/// and flags stashed for the return probe. Shared by `tcp_recvmsg` and
+/// `mptcp_recvmsg`.
+#[inline(always)]
+pub fn stash_recvmsg_entry(ctx: &ProbeContext) -> u32 {
     let Some(sk) = ctx.arg::<u64>(0) else {
         return 0;
     };

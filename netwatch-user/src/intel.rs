@@ -252,16 +252,14 @@ impl NetworkIntel {
     pub fn on_dns_query(&mut self, e: DnsQuery) -> Vec<Alert> {
         let at = self.since_origin(e.at);
         let name = e.name.to_ascii_lowercase();
-        self.dns.observe(&DnsEvent {
+        self.dns.observe(&dns_event(
             at,
-            captured: at,
-            client: e.client,
-            id: e.id,
-            protocol: Protocol::Udp,
-            kind: DnsEventKind::Query {
+            e.client,
+            e.id,
+            DnsEventKind::Query {
                 name: Some(name.clone()),
             },
-        });
+        ));
         self.observe(Event::DnsQuery {
             at,
             client: e.client,
@@ -274,14 +272,12 @@ impl NetworkIntel {
     /// bucket: <5, <10, <25, <50, <100, <250, <500, ≥500 ms).
     pub fn on_dns_response(&mut self, e: DnsResponse) {
         let at = self.since_origin(e.at);
-        self.dns.observe(&DnsEvent {
+        self.dns.observe(&dns_event(
             at,
-            captured: at,
-            client: e.client,
-            id: e.id,
-            protocol: Protocol::Udp,
-            kind: DnsEventKind::Response { rcode: e.rcode },
-        });
+            e.client,
+            e.id,
+            DnsEventKind::Response { rcode: e.rcode },
+        ));
     }
 
     /// An interface's rate: the bandwidth detector
@@ -353,5 +349,18 @@ impl NetworkIntel {
         // Per-client figures are for the agent's process rows: not kept.
         self.dns.take_clients();
         out
+    }
+}
+
+/// A DNS message fed by hand, as the tracker takes the capture's: seen
+/// when it happened, over UDP.
+fn dns_event(at: Duration, client: SocketAddr, id: u16, kind: DnsEventKind) -> DnsEvent {
+    DnsEvent {
+        at,
+        captured: at,
+        client,
+        id,
+        protocol: Protocol::Udp,
+        kind,
     }
 }

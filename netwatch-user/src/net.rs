@@ -2,7 +2,8 @@
 //! [`Protocol`] and the wire names of socket states, with the one table that
 //! maps the kernel's TCP state numbers (`include/net/tcp_states.h`) and each
 //! tool's spelling (`ss`, BSD `netstat`/`lsof`/`nettop`) to them. It sits
-//! below `source`, `procinfo` and `attribution`: it must never import from
+//! below `source`, `procinfo` and `attribution` (with the interface
+//! counters both platforms' readers produce): it must never import from
 //! them, and it never reads the system.
 //!
 //! Spellings follow netwatch-sdk 0.3.2, which passes each platform's tool
@@ -13,6 +14,34 @@
 //! on every source.
 
 pub mod sock_diag;
+
+/// One network interface's cumulative counters at one instant, as each
+/// platform's reader gives them (`/sys/class/net` on Linux, `netstat -ibn`
+/// on macOS); the host collectors turn two readings into the wire's
+/// `InterfaceMetric` (deltas, rates).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    /// The interface's name.
+    pub name: String,
+    /// Administratively up.
+    pub is_up: bool,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+    /// Received packets dropped (0 where the platform does not say).
+    pub rx_drops: u64,
+    /// Sent packets dropped (0 where the platform does not say).
+    pub tx_drops: u64,
+}
 
 /// Transport protocol of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

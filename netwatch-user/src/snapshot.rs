@@ -178,7 +178,7 @@ impl HostCollectors {
 /// A `netstat -ibn` row as the wire's interface: cumulative counters only
 /// (deltas 0, rates `None`: netstat gives one reading, not two).
 #[cfg(target_os = "macos")]
-fn netstat_row(i: crate::source::macos::NetstatInterface) -> netwatch_common::wire::InterfaceMetric {
+fn netstat_row(i: crate::net::InterfaceCounters) -> netwatch_common::wire::InterfaceMetric {
     netwatch_common::wire::InterfaceMetric {
         name: i.name,
         is_up: i.is_up,
@@ -190,7 +190,7 @@ fn netstat_row(i: crate::source::macos::NetstatInterface) -> netwatch_common::wi
         tx_packets: i.tx_packets,
         rx_errors: i.rx_errors,
         tx_errors: i.tx_errors,
-        rx_drops: 0,
+        rx_drops: i.rx_drops,
         tx_drops: i.tx_drops,
         rx_rate: None,
         tx_rate: None,

@@ -1649,18 +1649,7 @@ mod mptcp {
     pub fn listen() -> std::io::Result<TcpListener> {
         use std::os::fd::AsRawFd;
         let fd = socket()?;
-        let sa = sockaddr("127.0.0.1:0".parse().unwrap());
-        // SAFETY: sa is a valid sockaddr_in of the size passed.
-        check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &sa as *const _ as *const libc::sockaddr,
-                    std::mem::size_of_val(&sa) as libc::socklen_t,
-                )
-            },
-            "bind",
-        )?;
+        with_addr(&fd, "127.0.0.1:0".parse().unwrap(), libc::bind, "bind")?;
         // SAFETY: plain syscall on our fd.
         check(unsafe { libc::listen(fd.as_raw_fd(), 8) }, "listen")?;
         Ok(TcpListener::from(fd))
@@ -1668,21 +1657,36 @@ mod mptcp {
 
     /// An MPTCP connection to `server`.
     pub fn connect(server: SocketAddr) -> std::io::Result<TcpStream> {
-        use std::os::fd::AsRawFd;
         let fd = socket()?;
-        let sa = sockaddr(server);
-        // SAFETY: sa is a valid sockaddr_in of the size passed.
+        with_addr(&fd, server, libc::connect, "connect")?;
+        Ok(TcpStream::from(fd))
+    }
+
+    /// `bind` or `connect` of `fd` to the IPv4 address `addr`.
+    fn with_addr(
+        fd: &std::os::fd::OwnedFd,
+        addr: SocketAddr,
+        call: unsafe extern "C" fn(
+            libc::c_int,
+            *const libc::sockaddr,
+            libc::socklen_t,
+        ) -> libc::c_int,
+        name: &str,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let sa = sockaddr(addr);
+        // SAFETY: sa is a valid sockaddr_in of the size passed; `call` is
+        // bind(2) or connect(2), which only read it.
         check(
             unsafe {
-                libc::connect(
+                call(
                     fd.as_raw_fd(),
                     &sa as *const _ as *const libc::sockaddr,
                     std::mem::size_of_val(&sa) as libc::socklen_t,
                 )
             },
-            "connect",
-        )?;
-        Ok(TcpStream::from(fd))
+            name,
+        )
     }
 
     /// The socket's protocol (`SO_PROTOCOL`).

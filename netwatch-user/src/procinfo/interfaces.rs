@@ -25,20 +25,7 @@ pub const RATE_HISTORY_LEN: usize = 60;
 /// `IFF_UP` in `/sys/class/net/<if>/flags` (linux/if.h).
 const IFF_UP: u64 = 0x1;
 
-/// One interface's cumulative counters as read at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InterfaceCounters {
-    pub name: String,
-    pub is_up: bool,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_errors: u64,
-    pub tx_errors: u64,
-    pub rx_drops: u64,
-    pub tx_drops: u64,
-}
+pub use crate::net::InterfaceCounters;
 
 /// A ring of the most recent [`RATE_HISTORY_LEN`] rate samples.
 #[derive(Debug, Clone, Default)]

@@ -39,7 +39,7 @@ pub use correlate::{socket_id, Correlator};
 pub use lines::LineCounts;
 pub use lsof::{parse_lsof, LsofOutput, LsofSocket};
 pub use netstat::{
-    parse_netstat_interfaces, parse_netstat_tcp, NetstatInterface, NetstatInterfaces, TcpStateCounts,
+    parse_netstat_interfaces, parse_netstat_tcp, NetstatInterfaces, TcpStateCounts,
 };
 pub use nettop::{parse_nettop, NettopFlow, NettopOutput, NettopProcess};
 #[cfg(any(target_os = "macos", test))]

@@ -11,42 +11,20 @@
 //! from the end of the row.
 
 use super::addr::normalize_tcp_state;
+use crate::net::InterfaceCounters;
 use super::lines::{Line, LineCounts};
 
 /// `netstat -ibn`, read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetstatInterfaces {
-    /// One per interface, in netstat's order.
-    pub interfaces: Vec<NetstatInterface>,
+    /// One per interface, in netstat's order, from its `<Link#N>` row.
+    /// netstat `-ibn` has no input-drop column (`rx_drops` is 0);
+    /// `tx_drops` is the `Drop` column when present (`-d`), else 0.
+    pub interfaces: Vec<InterfaceCounters>,
     /// How each line was read.
     pub lines: LineCounts,
 }
 
-/// One interface's cumulative counters from its `<Link#N>` row; the
-/// snapshot builder turns them into the wire's `InterfaceMetric` (deltas,
-/// rates). netstat `-ibn` has no input-drop column; `tx_drops` is the
-/// `Drop` column when present (`-d`), else 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NetstatInterface {
-    /// The interface's name, without netstat's `*` (down) mark.
-    pub name: String,
-    /// No `*` after the name.
-    pub is_up: bool,
-    /// `Ibytes`.
-    pub rx_bytes: u64,
-    /// `Obytes`.
-    pub tx_bytes: u64,
-    /// `Ipkts`.
-    pub rx_packets: u64,
-    /// `Opkts`.
-    pub tx_packets: u64,
-    /// `Ierrs`.
-    pub rx_errors: u64,
-    /// `Oerrs`.
-    pub tx_errors: u64,
-    /// `Drop`, when netstat prints it.
-    pub tx_drops: u64,
-}
 
 /// The counter columns in the order the header gives them.
 const DEFAULT_COUNTERS: [&str; 7] = [
@@ -75,7 +53,7 @@ pub fn parse_netstat_interfaces(text: &str) -> NetstatInterfaces {
     out
 }
 
-fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<NetstatInterface>) -> Line {
+fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<InterfaceCounters>) -> Line {
     // Name, Mtu, Network, [Address], counters…
     if toks.len() < 3 + counters.len() || toks.len() > 4 + counters.len() {
         return Line::Malformed;
@@ -115,7 +93,7 @@ fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<NetstatInterf
         // A second link row for one interface: keep the first.
         return Line::Ignored;
     }
-    out.push(NetstatInterface {
+    out.push(InterfaceCounters {
         name: name.to_string(),
         is_up,
         rx_bytes,
@@ -124,6 +102,7 @@ fn interface_row(toks: &[&str], counters: &[String], out: &mut Vec<NetstatInterf
         tx_packets,
         rx_errors,
         tx_errors,
+        rx_drops: 0,
         tx_drops,
     });
     Line::Used
@@ -232,7 +211,7 @@ mod tests {
                 got.tx_errors,
             );
             assert_eq!(got_row, *want);
-            assert_eq!(got.tx_drops, 0);
+            assert_eq!((got.rx_drops, got.tx_drops), (0, 0));
         }
         let l = out.lines;
         assert_eq!(
