@@ -114,6 +114,16 @@ fn workload_child() {
             drop(s);
             writeln!(out, "MPTCP {local} {server} {} {}", mptcp::SEND, got.len()).unwrap();
         }
+        // One connected sender socket per receiver in `$UDPGSO` (comma
+        // separated), each sending both GSO payloads.
+        "udp-gso-sender" => {
+            let list = std::env::var("UDPGSO").unwrap();
+            for to in list.split(',') {
+                let to: SocketAddr = to.parse().unwrap();
+                let (local, sent) = udp_gso::send(to);
+                writeln!(out, "GSO {local} {to} {sent}").unwrap();
+            }
+        }
         other => {
             if let Some(case) = cases::Case::from_role(other) {
                 cases::child(case, &mut out);
@@ -1925,6 +1935,389 @@ fn mptcp_kprobe_tier() {
 #[test]
 fn mptcp_fentry_tier() {
     mptcp_case(Tier::Fentry);
+}
+
+// ---------- UDP GSO/GRO (issue 21) ----------
+
+/// UDP segmentation offload on send (`UDP_SEGMENT`: one `sendmsg` the
+/// kernel splits into many datagrams) and generic receive offload on
+/// receive (`UDP_GRO`: one `recvmsg` returns several coalesced datagrams),
+/// as QUIC stacks use them. The send still goes through
+/// `udp_sendmsg`/`udpv6_sendmsg` (returning the whole payload) and each
+/// receive through `skb_consume_udp` (its `len` is what `recvmsg`
+/// returns), so each call is counted once with what it returned.
+mod udp_gso {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    /// `UDP_SEGMENT` (socket option and cmsg type at `SOL_UDP`).
+    pub const UDP_SEGMENT: libc::c_int = 103;
+    /// `UDP_GRO` (socket option and cmsg type at `SOL_UDP`).
+    pub const UDP_GRO: libc::c_int = 104;
+    /// The first send: `UDP_SEGMENT` set on the socket, 51 datagrams (50 of
+    /// 1,200 bytes and one of 1).
+    pub const OPT_SEGMENT: u16 = 1200;
+    pub const OPT_SEND: usize = 60_001;
+    /// The second send: a `UDP_SEGMENT` cmsg on the call, 41 datagrams (40
+    /// of 1,000 bytes and one of 7).
+    pub const CMSG_SEGMENT: u16 = 1000;
+    pub const CMSG_SEND: usize = 40_007;
+    /// What each receiver gets: both sends.
+    pub const PER_RECEIVER: usize = OPT_SEND + CMSG_SEND;
+
+    fn check(ret: isize, what: &str) -> usize {
+        assert!(ret >= 0, "{what}: {}", std::io::Error::last_os_error());
+        ret as usize
+    }
+
+    fn set_int(s: &UdpSocket, level: libc::c_int, opt: libc::c_int, v: libc::c_int, what: &str) {
+        // SAFETY: v is a valid int of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                opt,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        check(r as isize, what);
+    }
+
+    /// A receiver on `bind` (loopback, port 0) with a 4 MiB receive buffer
+    /// (no datagram may be dropped), `UDP_GRO` on if `gro`.
+    pub fn receiver(bind: &str, gro: bool) -> UdpSocket {
+        let s = UdpSocket::bind(bind).unwrap();
+        set_int(
+            &s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            4 << 20,
+            "SO_RCVBUFFORCE",
+        );
+        if gro {
+            set_int(&s, libc::SOL_UDP, UDP_GRO, 1, "setsockopt(UDP_GRO)");
+        }
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    /// Send both GSO payloads from a fresh socket connected to `to`:
+    /// returns the socket's address and what the two calls returned.
+    pub fn send(to: SocketAddr) -> (SocketAddr, usize) {
+        let bind = if to.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        let s = UdpSocket::bind(bind).unwrap();
+        s.connect(to).unwrap();
+        set_int(
+            &s,
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            OPT_SEGMENT as libc::c_int,
+            "setsockopt(UDP_SEGMENT)",
+        );
+        let first = s.send(&super::pattern(OPT_SEND)).unwrap();
+        assert_eq!(first, OPT_SEND, "one GSO send takes the whole payload");
+        // The second call carries its own segment size in a cmsg.
+        let mut data = super::pattern(CMSG_SEND);
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut control = [0u64; 4];
+        // SAFETY: zeroed msghdr is valid; its pointers are set to our
+        // buffers below, which outlive the call.
+        let second = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), CMSG_SEGMENT);
+            check(
+                libc::sendmsg(s.as_raw_fd(), &msg, 0),
+                "sendmsg(UDP_SEGMENT cmsg)",
+            )
+        };
+        assert_eq!(second, CMSG_SEND, "one GSO sendmsg takes the whole payload");
+        (s.local_addr().unwrap(), first + second)
+    }
+
+    /// What one receiver saw: bytes its calls returned, the number of
+    /// calls, and the `UDP_GRO` segment sizes the kernel reported.
+    #[derive(Debug, Default)]
+    pub struct Received {
+        pub bytes: usize,
+        pub calls: usize,
+        pub largest: usize,
+        pub gro_sizes: Vec<u16>,
+    }
+
+    /// Read `s` with a 64 KiB buffer (room for every coalesced datagram)
+    /// until [`PER_RECEIVER`] bytes are in.
+    pub fn receive(s: &UdpSocket) -> Received {
+        let mut r = Received::default();
+        let mut buf = vec![0u8; 65536];
+        while r.bytes < PER_RECEIVER {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut control = [0u64; 8];
+            // SAFETY: as in `send`; the kernel writes into our buffers.
+            unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control);
+                let n = check(libc::recvmsg(s.as_raw_fd(), &mut msg, 0), "recvmsg");
+                assert_eq!(msg.msg_flags & libc::MSG_TRUNC, 0, "no datagram truncated");
+                r.bytes += n;
+                r.calls += 1;
+                r.largest = r.largest.max(n);
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u16>());
+                        if !r.gro_sizes.contains(&size) {
+                            r.gro_sizes.push(size);
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+        assert_eq!(r.bytes, PER_RECEIVER, "every byte sent arrives, no more");
+        r
+    }
+}
+
+/// UDP GSO and GRO on loopback, IPv4 and IPv6: a child process sends,
+/// from one connected socket per receiver, one `UDP_SEGMENT` payload set
+/// by socket option and one set by cmsg (92 datagrams in two calls); this
+/// process receives them on a plain socket (one `recvmsg` per datagram)
+/// and on a `UDP_GRO` socket (coalesced datagrams per `recvmsg`). The
+/// sender's tx and the receiver's rx must be exactly what their calls
+/// returned, each connection row exact, nothing lost.
+fn udp_gso_exact(tier: Tier, mut src: EbpfSource) {
+    let mut attribution = Attribution::new(Instant::now());
+    attribution.apply(&src.read().unwrap());
+    // plain v4, GRO v4, plain v6, GRO v6
+    let receivers: Vec<(UdpSocket, bool)> = [("127.0.0.1:0", false), ("127.0.0.1:0", true)]
+        .into_iter()
+        .chain([("[::1]:0", false), ("[::1]:0", true)])
+        .map(|(bind, gro)| (udp_gso::receiver(bind, gro), gro))
+        .collect();
+    let addrs: Vec<SocketAddr> = receivers
+        .iter()
+        .map(|(s, _)| s.local_addr().unwrap())
+        .collect();
+    let readers: Vec<thread::JoinHandle<(bool, udp_gso::Received)>> = receivers
+        .into_iter()
+        .map(|(s, gro)| thread::spawn(move || (gro, udp_gso::receive(&s))))
+        .collect();
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "workload_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("NETWATCH_WORKLOAD_ROLE", "udp-gso-sender")
+        .env("UDPGSO", list.join(","))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("re-executing the test binary as the UDP GSO sender");
+    let mut child = Worker(child);
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(
+        child.wait().unwrap().success(),
+        "UDP GSO sender child failed: {lines:?}"
+    );
+    let received: Vec<(bool, udp_gso::Received)> =
+        readers.into_iter().map(|t| t.join().unwrap()).collect();
+    // The senders' sockets, one per receiver, in order.
+    let senders: Vec<(SocketAddr, SocketAddr, usize)> = lines
+        .iter()
+        .filter(|l| l.starts_with("GSO "))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        senders.iter().map(|s| s.1).collect::<Vec<_>>(),
+        addrs,
+        "one sender socket per receiver: {lines:?}"
+    );
+    let total = (udp_gso::PER_RECEIVER * addrs.len()) as u64;
+    assert_eq!(
+        senders.iter().map(|s| s.2 as u64).sum::<u64>(),
+        total,
+        "what the sends returned"
+    );
+
+    let (me, sender_pid) = (std::process::id(), child.id());
+    let mut procs: HashMap<u32, (u64, u64)> = HashMap::new();
+    let mut conns: Vec<ConnectionDetail> = Vec::new();
+    let mut lost = 0;
+    let ours: Vec<String> = addrs
+        .iter()
+        .chain(senders.iter().map(|s| &s.0))
+        .map(|a| a.to_string())
+        .collect();
+    for round in 0..30 {
+        thread::sleep(Duration::from_millis(200));
+        let batch = src.read().unwrap();
+        lost += batch.lost_records;
+        let a = attribution.apply(&batch);
+        for p in &a.processes {
+            if let Some(pid) = p.pid {
+                let e = procs.entry(pid).or_default();
+                e.0 += p.rx_bytes;
+                e.1 += p.tx_bytes;
+            }
+        }
+        conns.extend(
+            a.connections
+                .iter()
+                .filter(|c| c.protocol == "UDP" && ours.contains(&c.local_addr))
+                .cloned(),
+        );
+        let done =
+            procs.get(&sender_pid) == Some(&(0, total)) && procs.get(&me) == Some(&(total, 0));
+        if done && round > 0 {
+            break;
+        }
+    }
+    let got = |pid: u32| procs.get(&pid).copied().unwrap_or_default();
+    assert_eq!(
+        got(sender_pid),
+        (0, total),
+        "[{tier}] UDP GSO sender (pid {sender_pid}) rx/tx"
+    );
+    assert_eq!(
+        got(me),
+        (total, 0),
+        "[{tier}] UDP GSO/GRO receiver (pid {me}) rx/tx"
+    );
+    assert_eq!(lost, 0, "[{tier}] no record may be lost");
+    // Per connection, summed over the reads.
+    let sum = |local: SocketAddr, remote: &str| {
+        conns
+            .iter()
+            .filter(|c| c.local_addr == local.to_string() && c.remote_addr == remote)
+            .fold((0, 0, Vec::new()), |mut acc, c| {
+                acc.0 += c.rx_bytes.unwrap_or(0);
+                acc.1 += c.tx_bytes.unwrap_or(0);
+                acc.2.push(c.pid);
+                acc
+            })
+    };
+    let each = udp_gso::PER_RECEIVER as u64;
+    for (local, remote, _) in &senders {
+        let (rx, tx, pids) = sum(*local, &remote.to_string());
+        assert_eq!(
+            (rx, tx),
+            (0, each),
+            "[{tier}] sender socket {local}->{remote} (rx, tx): {conns:?}"
+        );
+        assert!(
+            pids.iter().all(|p| *p == Some(sender_pid)),
+            "[{tier}] sender socket {local} owner: {conns:?}"
+        );
+    }
+    for a in &addrs {
+        let (rx, tx, pids) = sum(*a, "*:*");
+        assert_eq!(
+            (rx, tx),
+            (each, 0),
+            "[{tier}] receiver socket {a} (rx, tx): {conns:?}"
+        );
+        assert!(
+            pids.iter().all(|p| *p == Some(me)),
+            "[{tier}] receiver socket {a} owner: {conns:?}"
+        );
+    }
+    // The paths under test were taken: loopback carries each GSO payload
+    // as one skb (`lo` has `NETIF_F_GSO_UDP_L4`), which `udp_queue_rcv_skb`
+    // hands whole to a `UDP_GRO` socket (one `recvmsg` per `sendmsg`, with
+    // the `UDP_GRO` cmsg) and segments for a plain one (one per datagram).
+    for (gro, r) in &received {
+        let want = if *gro {
+            (2, vec![udp_gso::OPT_SEGMENT, udp_gso::CMSG_SEGMENT])
+        } else {
+            (92, Vec::new())
+        };
+        assert_eq!(
+            (r.calls, r.gro_sizes.clone()),
+            want,
+            "[{tier}] recvmsg calls and UDP_GRO sizes of a {} receiver",
+            if *gro { "UDP_GRO" } else { "plain" }
+        );
+    }
+    let describe = |gro: bool| {
+        received
+            .iter()
+            .filter(|r| r.0 == gro)
+            .map(|(_, r)| {
+                format!(
+                    "{} recvmsg, largest {} B, UDP_GRO sizes {:?}",
+                    r.calls, r.largest, r.gro_sizes
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "NETWATCH-CASE {tier} UdpGsoGro: exact sender (rx 0, tx {total}) in 8 sendmsg calls (368 datagrams), \
+         receiver (rx {total}, tx 0); 4 sender and 4 receiver rows exact; \
+         plain receivers (v4 / v6): {}; GRO receivers (v4 / v6): {}",
+        describe(false),
+        describe(true)
+    );
+}
+
+/// Load `tier` and run [`udp_gso_exact`].
+fn udp_gso_case(tier: Tier) {
+    require_root!("loads BPF programs");
+    let _serial = serial();
+    if let Some(src) = load_or_skip(tier) {
+        udp_gso_exact(tier, src);
+    }
+}
+
+#[test]
+fn udp_gso_tracepoint_tier() {
+    udp_gso_case(Tier::Tracepoint);
+}
+
+#[test]
+fn udp_gso_kprobe_tier() {
+    udp_gso_case(Tier::Kprobe);
+}
+
+#[test]
+fn udp_gso_fentry_tier() {
+    udp_gso_case(Tier::Fentry);
 }
 
 // ---------- TCP events (SYNs and resets for the port-scan detector) ----------
