@@ -418,13 +418,7 @@ mod tests {
     }
 
     fn batch(at: Instant, samples: Vec<SocketSample>) -> SampleBatch {
-        SampleBatch {
-            taken_at: at,
-            samples,
-            lost_records: 0,
-            estimated: false,
-            omitted: None,
-        }
+        SampleBatch::exact(at, samples)
     }
 
     #[test]

@@ -565,13 +565,7 @@ mod tests {
             if self.0.load(std::sync::atomic::Ordering::Relaxed) {
                 anyhow::bail!("the map is gone");
             }
-            Ok(SampleBatch {
-                taken_at: Instant::now(),
-                samples: Vec::new(),
-                lost_records: 0,
-                estimated: false,
-                omitted: None,
-            })
+            Ok(SampleBatch::exact(Instant::now(), Vec::new()))
         }
     }
 

@@ -28,7 +28,7 @@ use netwatch_common::wire::{Alert, DnsAnalytics};
 
 use crate::alerts::{AlertEngine, Event, Subject};
 use crate::snapshot::dns::DnsTracker;
-use crate::source::{DnsEvent, DnsEventKind, Protocol};
+use crate::source::{DnsEvent, DnsEventKind};
 
 pub use crate::alerts::bandwidth::BandwidthConfig;
 pub use crate::alerts::beacon::BeaconConfig;
@@ -252,7 +252,7 @@ impl NetworkIntel {
     pub fn on_dns_query(&mut self, e: DnsQuery) -> Vec<Alert> {
         let at = self.since_origin(e.at);
         let name = e.name.to_ascii_lowercase();
-        self.dns.observe(&dns_event(
+        self.dns.observe(&DnsEvent::udp(
             at,
             e.client,
             e.id,
@@ -272,7 +272,7 @@ impl NetworkIntel {
     /// bucket: <5, <10, <25, <50, <100, <250, <500, ≥500 ms).
     pub fn on_dns_response(&mut self, e: DnsResponse) {
         let at = self.since_origin(e.at);
-        self.dns.observe(&dns_event(
+        self.dns.observe(&DnsEvent::udp(
             at,
             e.client,
             e.id,
@@ -349,18 +349,5 @@ impl NetworkIntel {
         // Per-client figures are for the agent's process rows: not kept.
         self.dns.take_clients();
         out
-    }
-}
-
-/// A DNS message fed by hand, as the tracker takes the capture's: seen
-/// when it happened, over UDP.
-fn dns_event(at: Duration, client: SocketAddr, id: u16, kind: DnsEventKind) -> DnsEvent {
-    DnsEvent {
-        at,
-        captured: at,
-        client,
-        id,
-        protocol: Protocol::Udp,
-        kind,
     }
 }

@@ -38,13 +38,7 @@ impl SocketSource for Scripted {
     }
 
     fn read(&mut self) -> anyhow::Result<SampleBatch> {
-        Ok(SampleBatch {
-            taken_at: Instant::now(),
-            samples: Vec::new(),
-            lost_records: 0,
-            estimated: false,
-            omitted: None,
-        })
+        Ok(SampleBatch::exact(Instant::now(), Vec::new()))
     }
 
     fn tcp_states(&mut self) -> Option<TcpStateCounts> {

@@ -246,27 +246,12 @@ mod tests {
     }
 
     fn query(id: u16, client: SocketAddr, name: &str, at: Duration) -> DnsEvent {
-        DnsEvent {
-            at,
-            captured: at,
-            client,
-            id,
-            protocol: Protocol::Udp,
-            kind: DnsEventKind::Query {
-                name: Some(name.to_string()),
-            },
-        }
+        let name = Some(name.to_string());
+        DnsEvent::udp(at, client, id, DnsEventKind::Query { name })
     }
 
     fn response(id: u16, client: SocketAddr, rcode: u8, at: Duration) -> DnsEvent {
-        DnsEvent {
-            at,
-            captured: at,
-            client,
-            id,
-            protocol: Protocol::Udp,
-            kind: DnsEventKind::Response { rcode },
-        }
+        DnsEvent::udp(at, client, id, DnsEventKind::Response { rcode })
     }
 
     #[test]

@@ -178,6 +178,20 @@ pub struct SampleBatch {
     pub omitted: Option<u64>,
 }
 
+impl SampleBatch {
+    /// A full batch of exact counts with nothing lost: every socket in
+    /// `samples`, read at `taken_at`.
+    pub fn exact(taken_at: Instant, samples: Vec<SocketSample>) -> Self {
+        Self {
+            taken_at,
+            samples,
+            lost_records: 0,
+            estimated: false,
+            omitted: None,
+        }
+    }
+}
+
 /// One DNS message a source saw on the wire; the snapshot's DNS analytics
 /// are built from these (`crate::snapshot::dns`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +212,21 @@ pub struct DnsEvent {
     /// UDP, or TCP for DNS over TCP (the client endpoint is then a TCP one).
     pub protocol: Protocol,
     pub kind: DnsEventKind,
+}
+
+impl DnsEvent {
+    /// A UDP message seen at `at` (its capture time the same): what
+    /// events fed by hand or built in tests carry.
+    pub fn udp(at: Duration, client: SocketAddr, id: u16, kind: DnsEventKind) -> Self {
+        Self {
+            at,
+            captured: at,
+            client,
+            id,
+            protocol: Protocol::Udp,
+            kind,
+        }
+    }
 }
 
 /// DNS events from beside the socket source: the DNS-only capture the

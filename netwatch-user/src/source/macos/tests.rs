@@ -348,13 +348,7 @@ fn tcp_state_lsof_did_not_print_comes_from_nettop() {
 // ──────────────────────── through attribution ────────────────────────
 
 fn batch(at: Instant, samples: Vec<SocketSample>) -> SampleBatch {
-    SampleBatch {
-        taken_at: at,
-        samples,
-        lost_records: 0,
-        estimated: false,
-        omitted: None,
-    }
+    SampleBatch::exact(at, samples)
 }
 
 /// A process's row: (name, rx, tx, open sockets).
