@@ -236,7 +236,7 @@ impl CollectorBuilder {
             selected.source.as_ref(),
             selected.fallback_reason.clone(),
         );
-        let mut agent = Engine::new(
+        let mut engine = Engine::new(
             selected.source,
             info.clone(),
             HostCollectors::new(),
@@ -246,21 +246,21 @@ impl CollectorBuilder {
         .with_max_processes(self.max_processes);
         #[cfg(all(target_os = "linux", feature = "pcap"))]
         if let Some(c) = dns {
-            agent = agent.with_dns_feed(Box::new(c));
+            engine = engine.with_dns_feed(Box::new(c));
         }
         if let Some(a) = self.alerts {
-            agent = agent.with_alerts(crate::alerts::Detectors::new(a));
+            engine = engine.with_alerts(crate::alerts::Detectors::new(a));
         }
         if let Some(h) = self.health {
             let prober = crate::health::Prober::start(h).map_err(|e| Error::Start {
                 what: "starting the health probe thread",
                 cause: Cause::new(e),
             })?;
-            agent = agent.with_health(prober);
+            engine = engine.with_health(prober);
         }
-        agent.prime();
+        engine.prime();
         Ok(Collector {
-            engine: agent,
+            engine,
             info,
             last: Instant::now(),
         })

@@ -141,7 +141,7 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
     // Sinks first: a bad spool directory or host id file stops the agent
     // before it loads anything into the kernel.
     let sinks = sinks(&cfg)?;
-    let collector = collector(&cfg)?.build()?;
+    let collector = collector(&cfg).build()?;
     if let Some(h) = &cfg.health {
         log::info!(
             "health probes every {:.0} s (gateway {}, DNS {})",
@@ -169,7 +169,7 @@ fn run(cfg: Config, runtime: &tokio::runtime::Runtime, stops: agent::StopSignals
 /// The collector the configuration asks for. Its pin directory and
 /// baseline are checked by [`CollectorBuilder::build`] before anything is
 /// loaded or removed.
-fn collector(cfg: &Config) -> Result<CollectorBuilder> {
+fn collector(cfg: &Config) -> CollectorBuilder {
     let mut b = Collector::builder()
         .mode(cfg.mode)
         .max_connections(cfg.max_connections)
@@ -193,7 +193,7 @@ fn collector(cfg: &Config) -> Result<CollectorBuilder> {
     if let Some(h) = cfg.health.clone() {
         b = b.health(h);
     }
-    Ok(b)
+    b
 }
 
 /// glibc malloc settings for a long-running agent whose per-tick buffers
